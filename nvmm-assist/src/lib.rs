@@ -1,0 +1,46 @@
+//! The x86 instruction assist of nvmm-rs: decode the guest instruction behind
+//! an MMIO or port-I/O exit, walk the guest page tables, perform the access
+//! through the caller's buses and update the guest registers exactly as the
+//! CPU would have.
+//!
+//! The crate knows nothing about any hypervisor. The caller implements
+//! [`CpuState`] (registers, possibly straight over a shared page), [`GuestRam`],
+//! [`MmioBus`] and [`PortIo`], then calls [`assist_mem`] or [`assist_io`].
+//!
+//! Guarantees, for any input a guest or a kernel can produce:
+//! - the result is [`Outcome::Done`], [`Outcome::Resume`] or an [`Error`]:
+//!   never a panic, an unbounded loop or an out-of-bounds access;
+//! - on an error no guest register has changed and no further device access
+//!   happens after the failing one;
+//! - a REP instruction is done in bounded batches ([`Outcome::Resume`]).
+#![no_std]
+#![forbid(unsafe_code)]
+
+pub mod access;
+pub mod bus;
+pub mod decode;
+pub mod error;
+pub mod mode;
+pub mod segment;
+pub mod state;
+pub mod translate;
+
+pub use access::AccessType;
+pub use bus::{BusError, CompareWrite, GuestRam, MmioBus, PortIo, RamStatus};
+pub use decode::{DecodeError, Instruction, decode};
+pub use error::{Error, Exception};
+pub use mode::CpuMode;
+pub use segment::linear_address;
+pub use state::{CpuState, Gpr, Registers, Segment, SegmentAttributes, SegmentRegister};
+pub use translate::translate;
+
+/// How an assist call ended when it succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The instruction completed; RIP points past it.
+    Done,
+    /// A bounded batch of a REP instruction was performed: RCX, RSI and RDI
+    /// reflect the completed iterations and RIP is unchanged, so the guest
+    /// re-executes the instruction (and exits again) for the rest.
+    Resume,
+}

@@ -1,0 +1,1 @@
+//! Safe interface to NetBSD's NVMM (filled by its own issue).

@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("xtask: not implemented yet");
+    std::process::exit(1);
+}
