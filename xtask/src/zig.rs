@@ -14,6 +14,8 @@ pub const ZIGLANG_VERSION: &str = "0.17.1";
 
 /// An installed `ziglang` package.
 pub struct Ziglang {
+    /// The virtualenv's Python interpreter (runs `python -m ziglang cc`).
+    pub python: PathBuf,
     /// The package directory (`site-packages/ziglang`).
     pub package_dir: PathBuf,
 }
@@ -53,7 +55,10 @@ fn find_installed(venv: &Path) -> Option<Ziglang> {
     for entry in lib.flatten() {
         let package_dir = entry.path().join("site-packages/ziglang");
         if package_dir.join("lib/libc/include").is_dir() && python.exists() {
-            return Some(Ziglang { package_dir });
+            return Some(Ziglang {
+                python,
+                package_dir,
+            });
         }
     }
     None
