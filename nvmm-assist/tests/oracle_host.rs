@@ -54,7 +54,7 @@ fn native_stub_self_check() {
         let sf = r >> 63;
         let of = ((!(a ^ b) & (a ^ r)) >> 63) & 1;
         let af = ((a ^ b ^ r) >> 4) & 1;
-        let pf = ((r as u8).count_ones() % 2 == 0) as u64;
+        let pf = ((r as u8).count_ones() & 1 == 0) as u64;
         let want = cf | pf << 2 | af << 4 | zf << 6 | sf << 7 | of << 11;
         assert_eq!(after.rflags & 0x8d5, want, "add flags");
     }

@@ -850,10 +850,10 @@ pub fn mem_operand(
             if fixed_val(base).is_none() {
                 m.regs.push((base, hi(rng, bv)));
             }
-            if let (Some(i), Some(v)) = (idx, iv) {
-                if fixed_val(i).is_none() {
-                    m.regs.push((i, hi(rng, v)));
-                }
+            if let (Some(i), Some(v)) = (idx, iv)
+                && fixed_val(i).is_none()
+            {
+                m.regs.push((i, hi(rng, v)));
             }
         }
     }

@@ -325,12 +325,9 @@ impl HostOracle {
                 "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11",
                 "r12", "r13", "r14", "r15",
             ];
-            for i in 0..16 {
-                if st.gprs[i] != nctx.gprs[i] {
-                    diffs.push(format!(
-                        "{}: cpu {:#018x} assist {:#018x}",
-                        names[i], nctx.gprs[i], st.gprs[i]
-                    ));
+            for ((name, a), n) in names.iter().zip(st.gprs).zip(nctx.gprs) {
+                if a != n {
+                    diffs.push(format!("{name}: cpu {n:#018x} assist {a:#018x}"));
                 }
             }
             let want_rip = self.layout.insn + case.bytes.len() as u64;
