@@ -305,7 +305,7 @@ fn describe(command: &Command) -> String {
         || "cargo".to_owned(),
         |name| name.to_string_lossy().into_owned(),
     );
-    for arg in command.get_args().take(3) {
+    for arg in command.get_args().take_while(|arg| *arg != "--") {
         text.push(' ');
         text.push_str(&arg.to_string_lossy());
     }
