@@ -33,6 +33,12 @@ pub fn ensure_target() -> Result<()> {
     {
         return Ok(());
     }
+    if !crate::util::program_exists("rustup") {
+        return Err(fail!(
+            "rustup not found: the {TARGET} standard library comes from `rustup target add {TARGET}`; \
+             install Rust with rustup (https://rustup.rs)"
+        ));
+    }
     eprintln!("xtask: installing the {TARGET} standard library (rustup target add {TARGET})");
     let status = Command::new("rustup")
         .args(["target", "add", TARGET])
