@@ -252,7 +252,11 @@ mod tests {
         let other = DF | TF | AC | 0x2;
         assert_eq!(logic(0, 4, STATUS | other), ZF | PF | other);
         assert_eq!(logic(0x8000_0000, 4, other), SF | PF | other);
-        assert_eq!(logic(0x1_0000_0001, 4, 0), 0, "bits beyond the size are ignored");
+        assert_eq!(
+            logic(0x1_0000_0001, 4, 0),
+            0,
+            "bits beyond the size are ignored"
+        );
     }
 
     #[test]

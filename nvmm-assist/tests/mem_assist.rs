@@ -97,7 +97,12 @@ fn high_byte_registers_without_rex_and_low_bytes_with_rex() {
 fn movzx_into_si_di_sp_bp_writes_those_registers() {
     // libnvmm resolves these to DH/BH/AH/CH and corrupts RDX etc.
     let mut g = mmio_guest(0xF0E1);
-    for (modrm, reg) in [(0x30, Gpr::Rsi), (0x38, Gpr::Rdi), (0x20, Gpr::Rsp), (0x28, Gpr::Rbp)] {
+    for (modrm, reg) in [
+        (0x30, Gpr::Rsi),
+        (0x38, Gpr::Rdi),
+        (0x20, Gpr::Rsp),
+        (0x28, Gpr::Rbp),
+    ] {
         set(&mut g, Gpr::Rdx, 0x1234_5678);
         set(&mut g, reg, u64::MAX);
         g.step(&[0x0F, 0xB6, modrm], MMIO); // movzx e?x,byte [rax]
@@ -105,7 +110,11 @@ fn movzx_into_si_di_sp_bp_writes_those_registers() {
         assert_eq!(get(&g, Gpr::Rdx), 0x1234_5678);
         set(&mut g, reg, u64::MAX);
         g.step(&[0x66, 0x0F, 0xB6, modrm], MMIO); // movzx ?x,byte [rax]
-        assert_eq!(get(&g, reg), 0xFFFF_FFFF_FFFF_00E1, "16-bit keeps bits 63:16");
+        assert_eq!(
+            get(&g, reg),
+            0xFFFF_FFFF_FFFF_00E1,
+            "16-bit keeps bits 63:16"
+        );
     }
     set(&mut g, Gpr::Rax, MMIO);
 }
@@ -134,7 +143,11 @@ fn immediates_are_sign_extended() {
     assert_eq!(g.mmio.low.u64_at(MMIO), 3);
     g.step(&[0x48, 0x83, 0x00, 0xFC], MMIO); // add qword [rax],-4
     assert_eq!(g.mmio.low.u64_at(MMIO), u64::MAX);
-    assert_eq!(g.regs.rflags & (CF | SF), SF, "3 + (-4): no carry, negative");
+    assert_eq!(
+        g.regs.rflags & (CF | SF),
+        SF,
+        "3 + (-4): no carry, negative"
+    );
 }
 
 // ---- flags, with the meta-check of untouched bits --------------------------
@@ -151,7 +164,12 @@ fn alu_flags_for_every_size() {
         // add dword [rax],1 ; 0x7FFFFFFF -> 0x80000000: OF SF AF PF
         (&[0x83, 0x00, 0x01], 0x7FFF_FFFF, STATUS, OF | SF | AF | PF),
         // add qword [rax],1 ; max -> 0
-        (&[0x48, 0x83, 0x00, 0x01], u64::MAX, STATUS, CF | ZF | AF | PF),
+        (
+            &[0x48, 0x83, 0x00, 0x01],
+            u64::MAX,
+            STATUS,
+            CF | ZF | AF | PF,
+        ),
         // sub byte [rax],1 ; 0 -> 0xFF: CF SF AF PF
         (&[0x80, 0x28, 0x01], 0, STATUS, CF | SF | AF | PF),
         // sub qword [rax],1 ; 0x8000.. -> 0x7FFF..: OF AF PF
@@ -165,7 +183,12 @@ fn alu_flags_for_every_size() {
         // xor qword [rax],-1 ; 0 -> all ones: SF PF
         (&[0x48, 0x83, 0x30, 0xFF], 0, STATUS, SF | PF),
         // test dword [rax],0x80000000 ; SF
-        (&[0xF7, 0x00, 0x00, 0x00, 0x00, 0x80], 0x8000_0000, STATUS, SF | PF),
+        (
+            &[0xF7, 0x00, 0x00, 0x00, 0x00, 0x80],
+            0x8000_0000,
+            STATUS,
+            SF | PF,
+        ),
         // inc byte [rax] ; 0xFF -> 0: ZF AF PF, CF untouched
         (&[0xFE, 0x00], 0xFF, STATUS & !CF, ZF | AF | PF),
         // dec word [rax] ; 0x8000 -> 0x7FFF: OF AF PF, CF untouched
@@ -228,7 +251,11 @@ fn setcc_writes_a_byte_and_cmovcc_always_reads() {
     set(&mut g, Gpr::Rcx, 0x1234_5678_9ABC_DEF0);
     let reads = g.mmio.low.counts().0;
     g.step(&[0x0F, 0x45, 0x08], MMIO);
-    assert_eq!(g.mmio.low.counts().0, reads + 1, "memory read although false");
+    assert_eq!(
+        g.mmio.low.counts().0,
+        reads + 1,
+        "memory read although false"
+    );
     assert_eq!(get(&g, Gpr::Rcx), 0x9ABC_DEF0);
     // cmove rcx,[rax] with ZF=1 loads.
     g.step(&[0x48, 0x0F, 0x44, 0x08], MMIO);
@@ -288,13 +315,19 @@ fn sixteen_bit_string_registers_wrap_and_keep_upper_bits() {
 #[test]
 fn direction_flag_moves_backwards() {
     let mut g = Guest::long64();
-    g.mmio.low.put(MMIO + 0x10, &[0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88]);
+    g.mmio.low.put(
+        MMIO + 0x10,
+        &[0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88],
+    );
     g.regs.rflags = 2 | DF;
     set(&mut g, Gpr::Rsi, MMIO + 0x16);
     set(&mut g, Gpr::Rdi, MMIO + 0x46);
     set(&mut g, Gpr::Rcx, 4);
     g.step(&[0xF3, 0x66, 0xA5], MMIO + 0x16); // rep movsw, backwards
-    assert_eq!(&g.mmio.low.mem[0x40..0x48], &[0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88]);
+    assert_eq!(
+        &g.mmio.low.mem[0x40..0x48],
+        &[0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88]
+    );
     assert_eq!(get(&g, Gpr::Rsi), MMIO + 0x0E);
     assert_eq!(get(&g, Gpr::Rdi), MMIO + 0x3E);
     // Reads happened from the highest element down.
@@ -347,7 +380,10 @@ fn repne_on_movs_stos_lods_acts_as_rep() {
     set(&mut g, Gpr::Rdi, MMIO + 0x100);
     set(&mut g, Gpr::Rcx, 5);
     g.step(&[0xF2, 0xA4], MMIO); // repne movsb
-    assert_eq!(&g.mmio.low.mem[0x100..0x106], &[0x7E, 0x7E, 0x7E, 0x7E, 0x7E, 0]);
+    assert_eq!(
+        &g.mmio.low.mem[0x100..0x106],
+        &[0x7E, 0x7E, 0x7E, 0x7E, 0x7E, 0]
+    );
 }
 
 #[test]
@@ -461,7 +497,15 @@ fn rep_batches_stop_at_page_boundaries() {
     set(&mut g, Gpr::Rcx, 3);
     assert_eq!(g.exec(&[0xF3, 0xAB], MMIO2 + 0xFFE), Ok(Outcome::Resume));
     assert_eq!(get(&g, Gpr::Rcx), 2);
-    let last_two: Vec<_> = g.mmio.high.log.iter().rev().take(2).map(|a| (a.addr, a.data.len())).collect();
+    let last_two: Vec<_> = g
+        .mmio
+        .high
+        .log
+        .iter()
+        .rev()
+        .take(2)
+        .map(|a| (a.addr, a.data.len()))
+        .collect();
     assert_eq!(last_two, vec![(MMIO2 + 0x1000, 2), (MMIO2 + 0xFFE, 2)]);
 }
 
@@ -479,7 +523,10 @@ fn a_bus_error_mid_batch_commits_the_done_iterations() {
     assert_eq!(g.regs.rip, rip);
     // The next call fails at once and changes nothing.
     let before = g.regs.clone();
-    assert_eq!(g.exec(&[0xF3, 0xAA], MMIO + 3), Err(Error::Bus(nvmm_assist::BusError(7))));
+    assert_eq!(
+        g.exec(&[0xF3, 0xAA], MMIO + 3),
+        Err(Error::Bus(nvmm_assist::BusError(7)))
+    );
     assert_eq!(g.regs, before);
 }
 
@@ -548,14 +595,25 @@ fn locked_rmw_on_ram_retries_when_memory_changes() {
     set(&mut g, Gpr::Rcx, 0x1);
     let (mut g, mut ram) = racing(g, 0x5000, &[0x20], 1);
     // lock or [rax],ecx: another writer stores 0x20 between read and write.
-    let exit = MemExit { gpa: 0x5000, access: AccessType::Write, instruction: &[0xF0, 0x09, 0x08] };
+    let exit = MemExit {
+        gpa: 0x5000,
+        access: AccessType::Write,
+        instruction: &[0xF0, 0x09, 0x08],
+    };
     let r = assist_mem(&mut g.regs, &mut ram, &mut g.mmio, &exit);
     assert_eq!(r, Ok(Outcome::Done));
     assert_eq!(ram.inner.read_u32(0x5000), 0x21, "retried on the new value");
     assert_eq!(ram.cas_calls, 2);
     // Implicitly locked XCHG also uses compare-and-write.
-    let exit = MemExit { gpa: 0x5000, access: AccessType::Write, instruction: &[0x87, 0x08] };
-    assert_eq!(assist_mem(&mut g.regs, &mut ram, &mut g.mmio, &exit), Ok(Outcome::Done));
+    let exit = MemExit {
+        gpa: 0x5000,
+        access: AccessType::Write,
+        instruction: &[0x87, 0x08],
+    };
+    assert_eq!(
+        assist_mem(&mut g.regs, &mut ram, &mut g.mmio, &exit),
+        Ok(Outcome::Done)
+    );
     assert_eq!(ram.cas_calls, 3);
     assert_eq!(get(&g, Gpr::Rcx), 0x21);
     assert_eq!(ram.inner.read_u32(0x5000), 0x1);
@@ -570,11 +628,19 @@ fn locked_rmw_that_keeps_losing_returns_resume_with_nothing_changed() {
     let (mut g, mut ram) = racing(g, 0x5000, &[0x20], usize::MAX);
     let before = g.regs.clone();
     // lock xadd [rax],ecx
-    let exit = MemExit { gpa: 0x5000, access: AccessType::Write, instruction: &[0xF0, 0x0F, 0xC1, 0x08] };
+    let exit = MemExit {
+        gpa: 0x5000,
+        access: AccessType::Write,
+        instruction: &[0xF0, 0x0F, 0xC1, 0x08],
+    };
     let r = assist_mem(&mut g.regs, &mut ram, &mut g.mmio, &exit);
     assert_eq!(r, Ok(Outcome::Resume));
     assert_eq!(g.regs, before, "no register changed, RIP not advanced");
-    assert!(ram.cas_calls > 1 && ram.cas_calls <= 64, "bounded: {}", ram.cas_calls);
+    assert!(
+        ram.cas_calls > 1 && ram.cas_calls <= 64,
+        "bounded: {}",
+        ram.cas_calls
+    );
 }
 
 #[test]
@@ -644,7 +710,13 @@ fn cmpxchg8b_and_16b() {
     set(&mut g, Gpr::Rcx, 4);
     g.step(&[0x48, 0x0F, 0xC7, 0x0F], MMIO + 0x20);
     assert_eq!(g.regs.rflags & ZF, ZF);
-    assert_eq!((g.mmio.low.u64_at(MMIO + 0x20), g.mmio.low.u64_at(MMIO + 0x28)), (3, 4));
+    assert_eq!(
+        (
+            g.mmio.low.u64_at(MMIO + 0x20),
+            g.mmio.low.u64_at(MMIO + 0x28)
+        ),
+        (3, 4)
+    );
 }
 
 // ---- BT family -----------------------------------------------------------
@@ -722,15 +794,24 @@ fn sixteen_bit_stack_wraps_sp_and_keeps_the_upper_bits() {
 fn sse_moves() {
     let mut g = mmio_guest(0);
     g.regs.xmm = Some([0; 16]);
-    g.mmio.low.put(MMIO + 0x10, &(0x0123_4567_89AB_CDEF_FEDC_BA98_7654_3210u128).to_le_bytes());
+    g.mmio.low.put(
+        MMIO + 0x10,
+        &(0x0123_4567_89AB_CDEF_FEDC_BA98_7654_3210u128).to_le_bytes(),
+    );
     set(&mut g, Gpr::Rax, MMIO + 0x10);
     g.step(&[0x66, 0x0F, 0x6F, 0x08], MMIO + 0x10); // movdqa xmm1,[rax]
-    assert_eq!(g.regs.xmm.unwrap()[1], 0x0123_4567_89AB_CDEF_FEDC_BA98_7654_3210);
+    assert_eq!(
+        g.regs.xmm.unwrap()[1],
+        0x0123_4567_89AB_CDEF_FEDC_BA98_7654_3210
+    );
     g.step(&[0x66, 0x0F, 0x6E, 0x10], MMIO + 0x10); // movd xmm2,[rax]
     assert_eq!(g.regs.xmm.unwrap()[2], 0x7654_3210, "zero-extended");
     set(&mut g, Gpr::Rax, MMIO + 0x21);
     g.step(&[0xF3, 0x0F, 0x7F, 0x08], MMIO + 0x21); // movdqu [rax],xmm1
-    assert_eq!(&g.mmio.low.mem[0x21..0x31], &(0x0123_4567_89AB_CDEF_FEDC_BA98_7654_3210u128).to_le_bytes());
+    assert_eq!(
+        &g.mmio.low.mem[0x21..0x31],
+        &(0x0123_4567_89AB_CDEF_FEDC_BA98_7654_3210u128).to_le_bytes()
+    );
     // Aligned form on a misaligned address: #GP(0), no access.
     let n = g.mmio.low.log.len();
     assert_eq!(
@@ -740,7 +821,10 @@ fn sse_moves() {
     assert_eq!(g.mmio.low.log.len(), n);
     // No XMM state: unsupported, no access.
     g.regs.xmm = None;
-    assert!(matches!(g.exec(&[0xF3, 0x0F, 0x7F, 0x08], MMIO + 0x21), Err(Error::Unsupported { len: 4, .. })));
+    assert!(matches!(
+        g.exec(&[0xF3, 0x0F, 0x7F, 0x08], MMIO + 0x21),
+        Err(Error::Unsupported { len: 4, .. })
+    ));
     assert_eq!(g.mmio.low.log.len(), n);
 }
 
@@ -754,7 +838,10 @@ fn alignment_check_at_cpl3() {
     g.regs.cr0 |= 1 << 18; // AM
     g.regs.rflags = 2 | AC;
     set(&mut g, Gpr::Rax, MMIO + 1);
-    assert_eq!(g.exec(&[0x89, 0x08], MMIO + 1), Err(Error::Exception(Exception::AlignmentCheck)));
+    assert_eq!(
+        g.exec(&[0x89, 0x08], MMIO + 1),
+        Err(Error::Exception(Exception::AlignmentCheck))
+    );
     // Aligned, or a byte access: fine.
     g.step(&[0x88, 0x08], MMIO + 1);
     set(&mut g, Gpr::Rax, MMIO + 4);
@@ -769,7 +856,10 @@ fn alignment_check_at_cpl3() {
 fn an_exit_gpa_that_does_not_match_the_operand_is_inconsistent() {
     let mut g = mmio_guest(0);
     let before = g.regs.clone();
-    assert_eq!(g.exec(&[0x89, 0x08], MMIO + 8), Err(Error::InconsistentExit));
+    assert_eq!(
+        g.exec(&[0x89, 0x08], MMIO + 8),
+        Err(Error::InconsistentExit)
+    );
     assert_eq!(g.regs, before);
     assert_eq!(g.mmio.total_accesses(), 0);
 }
@@ -779,12 +869,18 @@ fn a_bus_error_changes_no_register() {
     let mut g = mmio_guest(0);
     g.mmio.low.fail_at = Some(0);
     let before = g.regs.clone();
-    assert_eq!(g.exec(&[0x8B, 0x08], MMIO), Err(Error::Bus(nvmm_assist::BusError(7))));
+    assert_eq!(
+        g.exec(&[0x8B, 0x08], MMIO),
+        Err(Error::Bus(nvmm_assist::BusError(7)))
+    );
     assert_eq!(g.regs, before);
     // A read-modify-write whose write fails: no flags, no RIP.
     g.mmio.low.fail_at = Some(1);
     g.mmio.low.log.clear();
-    assert_eq!(g.exec(&[0x83, 0x00, 0x01], MMIO), Err(Error::Bus(nvmm_assist::BusError(7))));
+    assert_eq!(
+        g.exec(&[0x83, 0x00, 0x01], MMIO),
+        Err(Error::Bus(nvmm_assist::BusError(7)))
+    );
     assert_eq!(g.regs, before);
 }
 

@@ -77,7 +77,8 @@ where
             compute(op, 0, 0, size, rflags).ok_or_else(|| x.unsupported())?;
             let (_, range) = x.locate(&m, 0, size, AccessType::Write, true)?;
             let result = x.rmw(&range, size, insn.lock, |old| {
-                let (r, f) = compute(op, old as u64, b, size, rflags).unwrap_or((old as u64, rflags));
+                let (r, f) =
+                    compute(op, old as u64, b, size, rflags).unwrap_or((old as u64, rflags));
                 (u128::from(r), f)
             })?;
             match result {

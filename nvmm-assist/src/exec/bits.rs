@@ -49,7 +49,10 @@ where
             if matches!(insn.operands[0], Operand::Mem(_)) {
                 let signed = flags::sign_extend(raw, size) as i64;
                 // |signed >> log2| < 2^60, so the product cannot overflow.
-                ((raw & (bits - 1)) as u32, (signed >> log2).wrapping_mul(i64::from(size)))
+                (
+                    (raw & (bits - 1)) as u32,
+                    (signed >> log2).wrapping_mul(i64::from(size)),
+                )
             } else {
                 ((raw & (bits - 1)) as u32, 0)
             }

@@ -414,7 +414,12 @@ where
     }
 
     /// Writes the low `size` (at most 16) bytes of `value`, little-endian.
-    pub(crate) fn write_mem(&mut self, range: &PhysRange, size: u8, value: u128) -> Result<(), Error> {
+    pub(crate) fn write_mem(
+        &mut self,
+        range: &PhysRange,
+        size: u8,
+        value: u128,
+    ) -> Result<(), Error> {
         let buf = value.to_le_bytes();
         let n = usize::from(size).min(16);
         let src = buf.get(..n).ok_or(Error::InconsistentExit)?;

@@ -78,7 +78,10 @@ where
     match (insn.operands[0], insn.operands[1]) {
         (Operand::Xmm(i), Operand::Mem(m)) => {
             x.state.xmm(i).ok_or_else(|| x.unsupported())?;
-            if matches!(op, Mnemonic::Movntdq | Mnemonic::Movntps | Mnemonic::Movntpd) {
+            if matches!(
+                op,
+                Mnemonic::Movntdq | Mnemonic::Movntps | Mnemonic::Movntpd
+            ) {
                 // Non-temporal forms are stores only.
                 return Err(x.unsupported());
             }

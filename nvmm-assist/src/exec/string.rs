@@ -259,12 +259,20 @@ where
     let moved = done * s;
     if has_src {
         let v = x.gpr(Gpr::Rsi);
-        let new = if backwards { v.wrapping_sub(moved) } else { v.wrapping_add(moved) };
+        let new = if backwards {
+            v.wrapping_sub(moved)
+        } else {
+            v.wrapping_add(moved)
+        };
         x.write_addr_reg(Gpr::Rsi, asz, new);
     }
     if has_dst {
         let v = x.gpr(Gpr::Rdi);
-        let new = if backwards { v.wrapping_sub(moved) } else { v.wrapping_add(moved) };
+        let new = if backwards {
+            v.wrapping_sub(moved)
+        } else {
+            v.wrapping_add(moved)
+        };
         x.write_addr_reg(Gpr::Rdi, asz, new);
     }
     if let Some(v) = loaded {

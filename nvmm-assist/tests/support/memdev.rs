@@ -70,7 +70,10 @@ impl BufferMmio {
 
 impl MmioBus for BufferMmio {
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BusError> {
-        assert!((gpa & 0xFFF) + buf.len() as u64 <= 4096, "MMIO read crosses a page");
+        assert!(
+            (gpa & 0xFFF) + buf.len() as u64 <= 4096,
+            "MMIO read crosses a page"
+        );
         if self.fail_at == Some(self.log.len()) {
             return Err(BusError(7));
         }
@@ -85,7 +88,10 @@ impl MmioBus for BufferMmio {
     }
 
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), BusError> {
-        assert!((gpa & 0xFFF) + data.len() as u64 <= 4096, "MMIO write crosses a page");
+        assert!(
+            (gpa & 0xFFF) + data.len() as u64 <= 4096,
+            "MMIO write crosses a page"
+        );
         if self.fail_at == Some(self.log.len()) {
             return Err(BusError(7));
         }
@@ -179,7 +185,11 @@ pub struct MmioPair {
 
 impl MmioPair {
     fn pick(&mut self, gpa: u64) -> &mut BufferMmio {
-        if gpa >= MMIO2 { &mut self.high } else { &mut self.low }
+        if gpa >= MMIO2 {
+            &mut self.high
+        } else {
+            &mut self.low
+        }
     }
     /// Every access to either region, low region first (tests that need the
     /// global order use one region).
@@ -248,7 +258,11 @@ impl Guest {
         let rip = self.regs.rip;
         let r = self.exec(bytes, gpa);
         assert_eq!(r, Ok(Outcome::Done), "instruction {bytes:02x?}");
-        assert_eq!(self.regs.rip, rip + bytes.len() as u64, "RIP after {bytes:02x?}");
+        assert_eq!(
+            self.regs.rip,
+            rip + bytes.len() as u64,
+            "RIP after {bytes:02x?}"
+        );
     }
 
     /// Writes `bytes` at RIP in RAM (RIP must be identity-mapped RAM) and
