@@ -28,6 +28,9 @@ pub struct TestRam {
     /// How many upcoming compare_and_write calls report a mismatch (and, to
     /// make the mismatch real, the test may have changed memory itself).
     pub cas_mismatches: usize,
+    /// Writes another vCPU makes just before the next compare_and_write
+    /// calls, one per call, in order: (gpa, bytes).
+    pub cas_interference: Vec<(u64, Vec<u8>)>,
     /// Every compare_and_write call: (gpa, len, result).
     pub cas_log: Vec<(u64, usize, CompareWrite)>,
     /// Number of read calls.
@@ -46,6 +49,7 @@ impl TestRam {
             holes: Vec::new(),
             read_only: Vec::new(),
             cas_mismatches: 0,
+            cas_interference: Vec::new(),
             cas_log: Vec::new(),
             reads: 0,
             writes: 0,
@@ -165,6 +169,10 @@ impl GuestRam for TestRam {
         Self::check_page(gpa, new.len());
         assert_eq!(expected.len(), new.len());
         assert!(new.len() <= 16);
+        if !self.cas_interference.is_empty() {
+            let (at, bytes) = self.cas_interference.remove(0);
+            self.put(at, &bytes);
+        }
         let result = match self.range(gpa, new.len()) {
             None => CompareWrite::NotRam,
             Some(_) if self.cas_mismatches > 0 => {
@@ -471,6 +479,12 @@ impl PageTables {
         } else {
             ram.write_u64(at, value);
         }
+    }
+
+    /// Sets the bits `set` and clears the bits `clear` of the entry at `at`.
+    pub fn modify(&self, ram: &mut TestRam, at: u64, set: u64, clear: u64) {
+        let v = (self.get(ram, at) | set) & !clear;
+        self.set(ram, at, v);
     }
 
     /// Reads an entry of the layout's size.
