@@ -940,7 +940,11 @@ pub fn assemble(
 pub fn mem_operand16(rng: &mut Rng, off: u16) -> (MemEnc, bool) {
     let mut m = MemEnc::default();
     let rm = rng.below(8) as u8;
-    let md = if rm == 6 && rng.chance(30) { 0 } else { rng.below(3) as u8 };
+    let md = if rm == 6 && rng.chance(30) {
+        0
+    } else {
+        rng.below(3) as u8
+    };
     m.modrm_mod = md;
     m.rm = rm;
     let disp: u16 = match md {
@@ -979,7 +983,9 @@ pub fn mem_operand16(rng: &mut Rng, off: u16) -> (MemEnc, bool) {
             _ => disp.to_le_bytes().to_vec(),
         };
     }
-    m.shape = ["bx+si", "bx+di", "bp+si", "bp+di", "si", "di", "bp/d16", "bx"][rm as usize];
+    m.shape = [
+        "bx+si", "bx+di", "bp+si", "bp+di", "si", "di", "bp/d16", "bx",
+    ][rm as usize];
     let ss = matches!(rm, 2 | 3) || (rm == 6 && md != 0);
     (m, ss)
 }
