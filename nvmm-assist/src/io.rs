@@ -234,7 +234,7 @@ fn string_io<
     n = n.min(count).min((IO_BATCH_BYTES / size) as u64);
     // No wrap of the offset at the address size within a batch.
     let no_wrap = if backwards {
-        offset / size64 + 1
+        (offset / size64).saturating_add(1)
     } else {
         // Elements wholly below the wrap; 0 when the first one straddles it
         // (it is then a batch of its own).

@@ -11,8 +11,8 @@
 use std::vec::Vec;
 
 use nvmm_assist::{
-    BusError, CompareWrite, GuestRam, MmioBus, PortIo, RamStatus, Registers, Segment,
-    SegmentAttributes, SegmentRegister,
+    BusError, CompareWrite, CpuState, Gpr, GuestRam, MmioBus, PortIo, RamStatus, Registers,
+    Segment, SegmentAttributes, SegmentRegister,
 };
 
 /// Guest RAM: `mem.len()` bytes from GPA 0; GPAs at or beyond the end, or in
@@ -617,4 +617,62 @@ pub fn real_mode() -> Registers {
         };
     }
     r
+}
+
+/// A [`CpuState`] that reports `max_phys` as MAXPHYADDR and delegates the
+/// rest to `state`.
+#[derive(Debug, Clone)]
+pub struct WithMaxPhys<S> {
+    /// The wrapped state.
+    pub state: S,
+    /// The MAXPHYADDR to report.
+    pub max_phys: u8,
+}
+
+impl<S: CpuState> CpuState for WithMaxPhys<S> {
+    fn gpr(&self, reg: Gpr) -> u64 {
+        self.state.gpr(reg)
+    }
+    fn set_gpr(&mut self, reg: Gpr, value: u64) {
+        self.state.set_gpr(reg, value)
+    }
+    fn rip(&self) -> u64 {
+        self.state.rip()
+    }
+    fn set_rip(&mut self, value: u64) {
+        self.state.set_rip(value)
+    }
+    fn rflags(&self) -> u64 {
+        self.state.rflags()
+    }
+    fn set_rflags(&mut self, value: u64) {
+        self.state.set_rflags(value)
+    }
+    fn segment(&self, seg: Segment) -> SegmentRegister {
+        self.state.segment(seg)
+    }
+    fn cr0(&self) -> u64 {
+        self.state.cr0()
+    }
+    fn cr3(&self) -> u64 {
+        self.state.cr3()
+    }
+    fn cr4(&self) -> u64 {
+        self.state.cr4()
+    }
+    fn efer(&self) -> u64 {
+        self.state.efer()
+    }
+    fn xmm(&self, index: u8) -> Option<u128> {
+        self.state.xmm(index)
+    }
+    fn set_xmm(&mut self, index: u8, value: u128) {
+        self.state.set_xmm(index, value)
+    }
+    fn cpl(&self) -> u8 {
+        self.state.cpl()
+    }
+    fn max_phys_addr(&self) -> u8 {
+        self.max_phys
+    }
 }

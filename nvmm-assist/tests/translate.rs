@@ -767,3 +767,75 @@ fn cr3_flag_and_pcid_bits_and_ignored_entry_bits_are_not_address_bits() {
     regs.cr4 |= 1 << 17; // PCIDE
     assert_eq!(translate(&regs, &mut ram, 0x1FFF, Read), Ok(0x5FFF));
 }
+
+// ---- MAXPHYADDR from the state ----
+
+#[test]
+fn default_maxphyaddr_is_52() {
+    let (regs, mut ram, mut pt) = setup(Layout::Level4, 0);
+    pt.map(&mut ram, 0x1000, 0xF_FFFF_FFFF_F000, 1, pte::PWU);
+    assert_eq!(
+        translate(&regs, &mut ram, 0x1001, Read),
+        Ok(0xF_FFFF_FFFF_F001)
+    );
+}
+
+#[test]
+fn maxphyaddr_36_reserves_bits_51_to_36_in_4level_entries() {
+    let (regs, mut ram, mut pt) = setup(Layout::Level4, 0);
+    let leaf = pt.map(&mut ram, 0x1000, 0xF_FFFF_F000, 1, pte::PWU);
+    let st = WithMaxPhys {
+        state: regs,
+        max_phys: 36,
+    };
+    assert_eq!(translate(&st, &mut ram, 0x1001, Read), Ok(0xF_FFFF_F001));
+    for bit in [36, 51] {
+        pt.set(&mut ram, leaf, 0xF_FFFF_F000 | pte::PWU | (1 << bit));
+        assert_eq!(
+            translate(&st, &mut ram, 0x1001, Read),
+            pf_err(0x1001, pf::P | pf::RSVD),
+            "bit {bit}"
+        );
+    }
+    // Bits 62:52 stay ignored.
+    pt.set(&mut ram, leaf, 0xF_FFFF_F000 | pte::PWU | (1 << 52));
+    assert_eq!(translate(&st, &mut ram, 0x1001, Read), Ok(0xF_FFFF_F001));
+    // In a non-leaf entry too.
+    let pml4e = pt.entry_gpa(&mut ram, 0x1000, 4);
+    pt.modify(&mut ram, pml4e, 1 << 40, 0);
+    assert_eq!(
+        translate(&st, &mut ram, 0x1001, Write),
+        pf_err(0x1001, pf::P | pf::W | pf::RSVD)
+    );
+}
+
+#[test]
+fn maxphyaddr_36_in_pae_and_pse36() {
+    let (regs, mut ram, mut pt) = setup(Layout::Pae, 0);
+    let leaf = pt.map(&mut ram, 0x1000, 0x1000, 1, pte::PWU | (1 << 40));
+    let st = WithMaxPhys {
+        state: regs,
+        max_phys: 36,
+    };
+    assert_eq!(
+        translate(&st, &mut ram, 0x1000, Read),
+        pf_err(0x1000, pf::P | pf::RSVD)
+    );
+    pt.set(&mut ram, leaf, 0xF_0000_1000 | pte::PWU);
+    assert_eq!(translate(&st, &mut ram, 0x1000, Read), Ok(0xF_0000_1000));
+
+    // 32-bit paging, 4 MiB page: PDE bits 16:13 are physical bits 35:32,
+    // bits 20:17 are reserved with MAXPHYADDR 36.
+    let (regs, mut ram, mut pt) = setup(Layout::Bits32, 0);
+    let pde = pt.map(&mut ram, 0x40_0000, 0x80_0000 | (0xF << 13), 2, pte::PWU);
+    let st = WithMaxPhys {
+        state: regs,
+        max_phys: 36,
+    };
+    assert_eq!(translate(&st, &mut ram, 0x40_0004, Read), Ok(0xF_0080_0004));
+    pt.modify(&mut ram, pde, 1 << 17, 0);
+    assert_eq!(
+        translate(&st, &mut ram, 0x40_0004, Read),
+        pf_err(0x40_0004, pf::P | pf::RSVD)
+    );
+}
