@@ -2,10 +2,18 @@
 //! two guest-physical fragments (one per page), then perform each fragment
 //! on RAM or, where the GPA is not RAM, on the MMIO bus.
 
-use crate::bus::{GuestRam, MmioBus};
+// Until the I/O and memory assists call every helper here.
+#![allow(dead_code)]
+
+use crate::bus::{CompareWrite, GuestRam, MmioBus, RamStatus};
 use crate::error::Error;
 use crate::mode::CpuMode;
-use crate::state::CpuState;
+use crate::segment::linear_address;
+use crate::state::{CpuState, Segment};
+use crate::translate::translate;
+
+/// The page size every access is split at.
+pub(crate) const PAGE_SIZE: u64 = 4096;
 
 /// The kind of a memory access, for segment and page permission checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,6 +38,9 @@ pub(crate) struct PhysRange {
 
 /// Translates `linear..linear + len` (1 <= len <= 4096) for `access`, each
 /// page once, before any access is made.
+///
+/// Outside 64-bit mode linear addresses are 32 bits wide, so a range that
+/// runs past 0xFFFFFFFF continues at 0 (as on the CPU).
 pub(crate) fn resolve<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     state: &S,
     ram: &mut R,
@@ -37,11 +48,46 @@ pub(crate) fn resolve<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     len: usize,
     access: AccessType,
 ) -> Result<PhysRange, Error> {
-    let _ = (state, ram, access);
+    if len == 0 || len > PAGE_SIZE as usize {
+        return Err(Error::InconsistentExit);
+    }
+    let wide = CpuMode::of(state).is_64bit();
+    let linear = if wide { linear } else { linear & 0xFFFF_FFFF };
+    let in_first = PAGE_SIZE - (linear & (PAGE_SIZE - 1));
+    let len64 = len as u64;
+    let first_len = len64.min(in_first);
+    let first = translate(state, ram, linear, access)?;
+    if first_len == len64 {
+        return Ok(PhysRange {
+            parts: [(first, len), (0, 0)],
+            count: 1,
+        });
+    }
+    let mut next = linear.wrapping_add(first_len);
+    if !wide {
+        next &= 0xFFFF_FFFF;
+    }
+    let second = translate(state, ram, next, access)?;
+    // first_len < len <= 4096, so both fit in usize.
+    let first_len = first_len as usize;
     Ok(PhysRange {
-        parts: [(linear, len), (0, 0)],
-        count: 1,
+        parts: [(first, first_len), (second, len - first_len)],
+        count: 2,
     })
+}
+
+/// The used fragments of `range`, each with its offset in the whole range.
+fn fragments(range: &PhysRange) -> impl Iterator<Item = (usize, u64, usize)> + '_ {
+    let mut offset = 0usize;
+    range
+        .parts
+        .iter()
+        .take(range.count.min(2))
+        .map(move |&(gpa, len)| {
+            let start = offset;
+            offset = offset.saturating_add(len);
+            (start, gpa, len)
+        })
 }
 
 /// Reads a resolved range into `buf` (`buf.len()` equals the range length).
@@ -51,8 +97,14 @@ pub(crate) fn read_phys<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     range: &PhysRange,
     buf: &mut [u8],
 ) -> Result<(), Error> {
-    let _ = (ram, mmio, range, buf);
-    Err(Error::InconsistentExit)
+    for (start, gpa, len) in fragments(range) {
+        let end = start.checked_add(len).ok_or(Error::InconsistentExit)?;
+        let part = buf.get_mut(start..end).ok_or(Error::InconsistentExit)?;
+        if ram.read(gpa, part)? == RamStatus::NotRam {
+            mmio.read(gpa, part)?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes `data` to a resolved range.
@@ -62,14 +114,22 @@ pub(crate) fn write_phys<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     range: &PhysRange,
     data: &[u8],
 ) -> Result<(), Error> {
-    let _ = (ram, mmio, range, data);
-    Err(Error::InconsistentExit)
+    for (start, gpa, len) in fragments(range) {
+        let end = start.checked_add(len).ok_or(Error::InconsistentExit)?;
+        let part = data.get(start..end).ok_or(Error::InconsistentExit)?;
+        if ram.write(gpa, part)? == RamStatus::NotRam {
+            mmio.write(gpa, part)?;
+        }
+    }
+    Ok(())
 }
 
 /// The write half of a locked read-modify-write: on RAM, atomically replaces
 /// `expected` (what the caller read) with `new` and returns `false` if memory
 /// changed in between (the caller retries); on MMIO, writes `new` and returns
-/// `true`. A range split over two pages is written non-atomically.
+/// `true`. A range split over two pages is written non-atomically: a
+/// mismatch on the second part after the first was written returns `false`
+/// too, and the caller's retry rewrites both parts from a fresh read.
 pub(crate) fn compare_and_write_phys<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     ram: &mut R,
     mmio: &mut M,
@@ -77,14 +137,30 @@ pub(crate) fn compare_and_write_phys<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     expected: &[u8],
     new: &[u8],
 ) -> Result<bool, Error> {
-    let _ = (ram, mmio, range, expected, new);
-    Err(Error::InconsistentExit)
+    if expected.len() != new.len() {
+        return Err(Error::InconsistentExit);
+    }
+    for (start, gpa, len) in fragments(range) {
+        let end = start.checked_add(len).ok_or(Error::InconsistentExit)?;
+        let old_part = expected.get(start..end).ok_or(Error::InconsistentExit)?;
+        let new_part = new.get(start..end).ok_or(Error::InconsistentExit)?;
+        match ram.compare_and_write(gpa, old_part, new_part)? {
+            CompareWrite::Written => {}
+            CompareWrite::Mismatch => return Ok(false),
+            CompareWrite::NotRam => mmio.write(gpa, new_part)?,
+        }
+    }
+    Ok(true)
 }
 
 /// Fetches instruction bytes `buf[have..want]` at CS:RIP + `have`, through
 /// segmentation and the page walker (execute access), reading no further
 /// than `want` so that a page or segment edge the instruction does not
 /// cross never fails the fetch.
+///
+/// Outside 64-bit mode the offset `RIP + have` is taken modulo 2^32 and
+/// checked against the CS limit (so 16-bit code running past 0xFFFF with a
+/// 64 KiB limit gets `#GP(0)`, as on the CPU).
 pub(crate) fn fetch<S: CpuState + ?Sized, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     state: &S,
     mode: CpuMode,
@@ -94,6 +170,31 @@ pub(crate) fn fetch<S: CpuState + ?Sized, R: GuestRam + ?Sized, M: MmioBus + ?Si
     have: usize,
     want: usize,
 ) -> Result<(), Error> {
-    let _ = (state, mode, ram, mmio, buf, have, want);
-    Err(Error::InconsistentExit)
+    if have >= want {
+        return if have == want && want <= buf.len() {
+            Ok(())
+        } else {
+            Err(Error::InconsistentExit)
+        };
+    }
+    let dest = buf.get_mut(have..want).ok_or(Error::InconsistentExit)?;
+    // have < want <= 15.
+    let mut offset = state.rip().wrapping_add(have as u64);
+    if !mode.is_64bit() {
+        offset &= 0xFFFF_FFFF;
+    }
+    let linear = linear_address(
+        state,
+        mode,
+        Segment::Cs,
+        offset,
+        dest.len() as u64,
+        AccessType::Execute,
+    )?;
+    let range = resolve(state, ram, linear, dest.len(), AccessType::Execute)?;
+    read_phys(ram, mmio, &range, dest)
 }
+
+#[cfg(test)]
+#[path = "access_tests.rs"]
+mod tests;

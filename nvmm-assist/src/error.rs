@@ -73,6 +73,20 @@ pub enum Error {
     /// guest state (for example, a memory exit whose GPA the instruction's
     /// operand cannot reach). The kernel or the guest state is inconsistent.
     InconsistentExit,
+    /// A guest paging-structure entry at this guest-physical address is not
+    /// in RAM (the guest put a page table in MMIO or unmapped space). The
+    /// CPU's behaviour there is undefined, so the assist refuses.
+    PageTableNotRam {
+        /// The guest-physical address of the entry.
+        gpa: u64,
+    },
+    /// The guest's paging-structure entries kept changing while the walker
+    /// set their accessed/dirty bits (another vCPU rewriting them); the walk
+    /// gave up after a bounded number of restarts. Retrying later is safe.
+    PageTableBusy {
+        /// The guest-physical address of the top-level entry of the walk.
+        gpa: u64,
+    },
 }
 
 impl From<Exception> for Error {
@@ -107,6 +121,15 @@ impl core::fmt::Display for Error {
             }
             Error::Bus(e) => write!(f, "bus callback failed with code {}", e.0),
             Error::InconsistentExit => write!(f, "exit information contradicts the instruction"),
+            Error::PageTableNotRam { gpa } => {
+                write!(f, "guest page-table entry at GPA {gpa:#x} is not in RAM")
+            }
+            Error::PageTableBusy { gpa } => {
+                write!(
+                    f,
+                    "guest page tables at GPA {gpa:#x} kept changing during the walk"
+                )
+            }
         }
     }
 }

@@ -16,6 +16,12 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+#[cfg(test)]
+extern crate std;
+// Lets the shared test support name the crate as the integration tests do.
+#[cfg(test)]
+extern crate self as nvmm_assist;
+
 pub mod access;
 pub mod bus;
 pub mod decode;
@@ -24,6 +30,9 @@ pub mod mode;
 pub mod segment;
 pub mod state;
 pub mod translate;
+
+#[cfg(test)]
+pub(crate) mod testutil;
 
 pub use access::AccessType;
 pub use bus::{BusError, CompareWrite, GuestRam, MmioBus, PortIo, RamStatus};

@@ -1,14 +1,75 @@
 //! Segmentation: `segment:offset` to a linear address, with the checks the
 //! CPU makes (present, type, limit including expand-down, canonical form).
+//!
+//! The rules follow the Intel SDM vol. 3A §3.4-3.5 and §5.3-5.4 (limit and
+//! type checking) and vol. 1 §3.3.7.1 (canonical addressing), and the AMD APM
+//! vol. 2 §4.5-4.11:
+//!
+//! - **64-bit mode**: no base except FS/GS, no limit or type check; every
+//!   byte of the access must be canonical (48 bits, or 57 with CR4.LA57),
+//!   else `#SS(0)` for an SS-based access and `#GP(0)` otherwise.
+//! - **Real and virtual-8086 mode**: the base is the cached base; the only
+//!   check is the cached (expand-up) limit, `#SS(0)` for SS and `#GP(0)`
+//!   otherwise (SDM: "if any part of the operand would lie outside of the
+//!   effective address space from 0 to FFFFH"; with "unreal" cached limits
+//!   the cached limit is what the CPU checks).
+//! - **Protected and compatibility mode**: the segment must be usable
+//!   (present; a null selector loaded into DS/ES/FS/GS is unusable), a code
+//!   or data segment, and of the right type (writes only to writable data
+//!   segments; reads from data segments or readable code segments; fetches
+//!   only from code segments), else `#GP(0)`. The limit check is expand-up
+//!   (`offset..=offset+size-1` within `0..=limit`) or expand-down (within
+//!   `limit+1..=upper`, where `upper` is 0xFFFFFFFF with D/B=1 and 0xFFFF
+//!   with D/B=0), else `#SS(0)` for SS and `#GP(0)` otherwise. An access
+//!   whose last byte lies beyond 0xFFFFFFFF (offset+size wrap) fails the
+//!   limit check rather than wrapping.
+//!
+//! Outside 64-bit mode linear addresses are 32 bits wide: `base + offset`
+//! wraps at 4 GiB.
 
 use crate::access::AccessType;
-use crate::error::Error;
+use crate::error::{Error, Exception};
 use crate::mode::CpuMode;
 use crate::state::{CpuState, Segment};
 
+const CR4_LA57: u64 = 1 << 12;
+
+/// Segment type bit 3: code (as opposed to data).
+const TYPE_CODE: u8 = 1 << 3;
+/// Segment type bit 2 for data segments: expand-down.
+const TYPE_EXPAND_DOWN: u8 = 1 << 2;
+/// Segment type bit 1: readable (code) or writable (data).
+const TYPE_RW: u8 = 1 << 1;
+
+/// The fault for a limit or canonical violation through `seg`.
+fn limit_fault(seg: Segment) -> Error {
+    if seg == Segment::Ss {
+        Error::Exception(Exception::StackSegment(0))
+    } else {
+        Error::Exception(Exception::GeneralProtection(0))
+    }
+}
+
+/// Whether `addr` is canonical for a linear-address width of `bits`
+/// (48 or 57): bits 63 down to `bits - 1` all equal.
+pub(crate) fn is_canonical(addr: u64, bits: u32) -> bool {
+    let shift = 64 - bits;
+    (((addr << shift) as i64) >> shift) as u64 == addr
+}
+
+/// The linear-address width of 64-bit mode for `state`: 57 with CR4.LA57,
+/// else 48.
+pub(crate) fn linear_width<S: CpuState + ?Sized>(state: &S) -> u32 {
+    if state.cr4() & CR4_LA57 != 0 { 57 } else { 48 }
+}
+
 /// The linear address of `seg:offset` for an access of `size` bytes, or the
 /// `#GP(0)`/`#SS(0)` the CPU raises. `offset` is already masked to the
-/// address size.
+/// address size. A `size` of 0 is checked as 1 byte.
+///
+/// The returned address is the first byte's; outside 64-bit mode it is 32
+/// bits wide (the range may wrap at 4 GiB when the base is not zero, as on
+/// the CPU), in 64-bit mode the range is canonical throughout.
 pub fn linear_address<S: CpuState + ?Sized>(
     state: &S,
     mode: CpuMode,
@@ -17,6 +78,69 @@ pub fn linear_address<S: CpuState + ?Sized>(
     size: u64,
     access: AccessType,
 ) -> Result<u64, Error> {
-    let _ = (access, size, mode);
-    Ok(state.segment(seg).base.wrapping_add(offset))
+    let size = size.max(1);
+    let reg = state.segment(seg);
+
+    if mode.is_64bit() {
+        let base = match seg {
+            Segment::Fs | Segment::Gs => reg.base,
+            _ => 0,
+        };
+        let first = base.wrapping_add(offset);
+        let last = first.wrapping_add(size - 1);
+        let bits = linear_width(state);
+        // A range that wraps past 2^64 goes from the top of the address space
+        // to the bottom: its middle is not canonical either way, but both
+        // ends are, so reject it explicitly.
+        if !is_canonical(first, bits) || !is_canonical(last, bits) || last < first {
+            return Err(limit_fault(seg));
+        }
+        return Ok(first);
+    }
+
+    // Outside 64-bit mode the offset is at most 32 bits wide.
+    let offset = offset & 0xFFFF_FFFF;
+    let last = offset + (size - 1);
+    let limit = u64::from(reg.limit);
+
+    if mode.is_real_or_v86() {
+        if last > limit {
+            return Err(limit_fault(seg));
+        }
+        return Ok(reg.base.wrapping_add(offset) & 0xFFFF_FFFF);
+    }
+
+    // Protected or compatibility mode.
+    let attr = reg.attributes;
+    if !attr.present() {
+        return Err(limit_fault(seg));
+    }
+    if !attr.s() {
+        // A system descriptor cannot be loaded into a segment register used
+        // for memory accesses; the state is inconsistent, treat it as the
+        // type violation the CPU would have raised at load time.
+        return Err(Error::Exception(Exception::GeneralProtection(0)));
+    }
+    let typ = attr.typ();
+    let is_code = typ & TYPE_CODE != 0;
+    let type_ok = match access {
+        AccessType::Execute => is_code,
+        AccessType::Read => !is_code || typ & TYPE_RW != 0,
+        AccessType::Write => !is_code && typ & TYPE_RW != 0,
+    };
+    if !type_ok {
+        return Err(Error::Exception(Exception::GeneralProtection(0)));
+    }
+
+    let expand_down = !is_code && typ & TYPE_EXPAND_DOWN != 0;
+    let in_limit = if expand_down {
+        let upper: u64 = if attr.db() { 0xFFFF_FFFF } else { 0xFFFF };
+        offset > limit && last <= upper
+    } else {
+        last <= limit
+    };
+    if !in_limit {
+        return Err(limit_fault(seg));
+    }
+    Ok(reg.base.wrapping_add(offset) & 0xFFFF_FFFF)
 }

@@ -1,21 +1,458 @@
 //! The guest page walker: linear to guest-physical addresses in every x86
 //! paging mode, with the CPU's permission checks and accessed/dirty updates.
+//!
+//! Modes (Intel SDM vol. 3A ch. 4, AMD APM vol. 2 ch. 5):
+//! - CR0.PG = 0: no paging, the physical address is the 32-bit linear one.
+//! - 32-bit paging (CR4.PAE = 0): 4 KiB pages, and 4 MiB pages when CR4.PSE
+//!   is set (with PSE-36 physical bits 39:32 in PDE bits 20:13). With
+//!   CR4.PSE = 0 the PS bit of a PDE is ignored.
+//! - PAE paging (CR4.PAE = 1, EFER.LMA = 0): the four PDPTEs, 4 KiB and
+//!   2 MiB pages.
+//! - 4-level and 5-level paging (EFER.LMA = 1, CR4.LA57 = 0/1): 4 KiB,
+//!   2 MiB and 1 GiB pages.
+//!
+//! Choices:
+//! - **MAXPHYADDR** is taken as 52, the architectural maximum: physical
+//!   address bits 51:M are never reported as reserved, because the
+//!   [`CpuState`] trait does not carry CPUID. A guest that sets such bits
+//!   gets them used as address bits (most likely landing outside RAM, on the
+//!   MMIO bus for the final access, or as [`Error::PageTableNotRam`] for a
+//!   table), where the CPU would raise a `#PF` with RSVD.
+//! - **PAE PDPTEs** are read from CR3 on every walk. The CPU loads them into
+//!   internal registers when CR3 (or CR0/CR4 paging bits) is written and does
+//!   not re-read memory, so a guest that edits its PDPT without reloading
+//!   CR3 sees a difference; the assist cannot know the cached copies.
+//! - 1 GiB pages and PSE-36 are taken as supported.
+//! - Protection keys (CR4.PKE/PKS) are not evaluated.
+//!
+//! Accessed and dirty bits are set only once the whole translation has
+//! succeeded (a faulting access sets none), each with
+//! [`GuestRam::compare_and_write`] on the entry; if an entry changed since
+//! it was read, the walk restarts from the top, at most
+//! [`MAX_WALK_ATTEMPTS`] times.
 
 use crate::access::AccessType;
-use crate::bus::GuestRam;
-use crate::error::Error;
+use crate::bus::{CompareWrite, GuestRam, RamStatus};
+use crate::error::{Error, Exception};
+use crate::segment::is_canonical;
 use crate::state::CpuState;
+
+const CR0_WP: u64 = 1 << 16;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PSE: u64 = 1 << 4;
+const CR4_PAE: u64 = 1 << 5;
+const CR4_LA57: u64 = 1 << 12;
+const CR4_SMEP: u64 = 1 << 20;
+const CR4_SMAP: u64 = 1 << 21;
+const EFER_LMA: u64 = 1 << 10;
+const EFER_NXE: u64 = 1 << 11;
+const RFLAGS_AC: u64 = 1 << 18;
+
+const PTE_P: u64 = 1 << 0;
+const PTE_RW: u64 = 1 << 1;
+const PTE_US: u64 = 1 << 2;
+const PTE_A: u64 = 1 << 5;
+const PTE_D: u64 = 1 << 6;
+const PTE_PS: u64 = 1 << 7;
+const PTE_XD: u64 = 1 << 63;
+
+/// The page-fault error code bits (SDM vol. 3A §4.7).
+pub mod pf {
+    /// P: the fault was a protection violation (0: a not-present entry).
+    pub const P: u32 = 1 << 0;
+    /// W/R: the access was a write.
+    pub const W: u32 = 1 << 1;
+    /// U/S: the access was a user-mode access (CPL = 3).
+    pub const U: u32 = 1 << 2;
+    /// RSVD: a reserved bit was set in a paging-structure entry.
+    pub const RSVD: u32 = 1 << 3;
+    /// I/D: the access was an instruction fetch (reported only with
+    /// EFER.NXE under PAE/4-level/5-level paging, or with CR4.SMEP).
+    pub const ID: u32 = 1 << 4;
+}
+
+/// The architectural maximum physical-address width, used as MAXPHYADDR.
+pub const MAXPHYADDR: u32 = 52;
+
+/// How many times a walk restarts when an entry changes under the
+/// accessed/dirty update before [`Error::PageTableBusy`] is returned.
+pub const MAX_WALK_ATTEMPTS: usize = 8;
+
+/// Bits `M-1:12` of a 64-bit entry: the frame address.
+const ADDR_MASK_64: u64 = ((1u64 << MAXPHYADDR) - 1) & !0xFFF;
+/// Bits `62:M` of a 64-bit entry, reserved under PAE paging (SDM tables
+/// 4-8 to 4-11); under 4/5-level paging only bits `51:M` are reserved and
+/// 62:52 are ignored (or protection keys), which with M = 52 is none.
+const PAE_HIGH_RSVD: u64 = !((1u64 << MAXPHYADDR) - 1) & !PTE_XD;
+
+/// One paging-structure entry used by a walk: where it is and what it held.
+#[derive(Debug, Clone, Copy, Default)]
+struct WalkedEntry {
+    gpa: u64,
+    value: u64,
+    /// Whether the entry is 8 bytes wide (4 for 32-bit paging).
+    wide: bool,
+    /// Whether the CPU sets its accessed bit (not for PAE PDPTEs).
+    has_accessed: bool,
+}
+
+/// A completed walk before the accessed/dirty update.
+struct Walk {
+    gpa: u64,
+    entries: [WalkedEntry; 5],
+    count: usize,
+    user: bool,
+    writable: bool,
+    no_exec: bool,
+}
+
+/// The paging mode in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PagingMode {
+    None,
+    Bits32,
+    Pae,
+    Level4,
+    Level5,
+}
+
+fn paging_mode<S: CpuState + ?Sized>(state: &S) -> Result<PagingMode, Error> {
+    if state.cr0() & CR0_PG == 0 {
+        return Ok(PagingMode::None);
+    }
+    let cr4 = state.cr4();
+    if state.efer() & EFER_LMA != 0 {
+        if cr4 & CR4_PAE == 0 {
+            // Long mode cannot be active without PAE; the state is bogus.
+            return Err(Error::InconsistentExit);
+        }
+        Ok(if cr4 & CR4_LA57 != 0 {
+            PagingMode::Level5
+        } else {
+            PagingMode::Level4
+        })
+    } else if cr4 & CR4_PAE != 0 {
+        Ok(PagingMode::Pae)
+    } else {
+        Ok(PagingMode::Bits32)
+    }
+}
 
 /// Translates `linear` to a guest-physical address as the CPU would for an
 /// access of type `access` at the state's CPL, setting accessed/dirty bits.
 /// On failure: `Error::Exception(Exception::PageFault { .. })` with the exact
-/// error code, or a bus error from reading a page-table entry.
+/// error code, `#GP(0)` for a non-canonical address under 4/5-level paging,
+/// [`Error::PageTableNotRam`] when a paging structure is not in RAM,
+/// [`Error::PageTableBusy`] when the entries keep changing under the
+/// accessed/dirty update, or a bus error from reading an entry.
 pub fn translate<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     state: &S,
     ram: &mut R,
     linear: u64,
     access: AccessType,
 ) -> Result<u64, Error> {
-    let _ = (state, ram, access);
-    Ok(linear)
+    let mode = paging_mode(state)?;
+    if mode == PagingMode::None {
+        return Ok(linear & 0xFFFF_FFFF);
+    }
+    let mut attempts = 0;
+    loop {
+        let walk = walk(state, ram, mode, linear, access)?;
+        check_permissions(state, mode, &walk, linear, access)?;
+        if update_accessed_dirty(ram, &walk, access)? {
+            return Ok(walk.gpa);
+        }
+        attempts += 1;
+        if attempts >= MAX_WALK_ATTEMPTS {
+            let gpa = walk.entries.first().map_or(0, |e| e.gpa);
+            return Err(Error::PageTableBusy { gpa });
+        }
+    }
+}
+
+/// The error-code bits that describe the access itself.
+fn access_code<S: CpuState + ?Sized>(state: &S, mode: PagingMode, access: AccessType) -> u32 {
+    let mut code = 0;
+    if access == AccessType::Write {
+        code |= pf::W;
+    }
+    if state.cpl() == 3 {
+        code |= pf::U;
+    }
+    if access == AccessType::Execute {
+        let nx_mode = mode != PagingMode::Bits32 && state.efer() & EFER_NXE != 0;
+        if nx_mode || state.cr4() & CR4_SMEP != 0 {
+            code |= pf::ID;
+        }
+    }
+    code
+}
+
+fn page_fault<S: CpuState + ?Sized>(
+    state: &S,
+    mode: PagingMode,
+    linear: u64,
+    access: AccessType,
+    extra: u32,
+) -> Error {
+    Error::Exception(Exception::PageFault {
+        address: linear,
+        code: access_code(state, mode, access) | extra,
+    })
+}
+
+/// Reads one entry of `wide` (8) or 4 bytes at `gpa`.
+fn read_entry<R: GuestRam + ?Sized>(ram: &mut R, gpa: u64, wide: bool) -> Result<u64, Error> {
+    let mut buf = [0u8; 8];
+    let len = if wide { 8 } else { 4 };
+    let slice = buf.get_mut(..len).ok_or(Error::InconsistentExit)?;
+    match ram.read(gpa, slice)? {
+        RamStatus::Done => Ok(u64::from_le_bytes(buf)),
+        RamStatus::NotRam => Err(Error::PageTableNotRam { gpa }),
+    }
+}
+
+/// Walks the tables for `linear` without changing anything.
+fn walk<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
+    state: &S,
+    ram: &mut R,
+    mode: PagingMode,
+    linear: u64,
+    access: AccessType,
+) -> Result<Walk, Error> {
+    let nxe = state.efer() & EFER_NXE != 0;
+    let rsvd = |extra: u32| page_fault(state, mode, linear, access, pf::P | pf::RSVD | extra);
+    let not_present = || page_fault(state, mode, linear, access, 0);
+
+    let mut w = Walk {
+        gpa: 0,
+        entries: [WalkedEntry::default(); 5],
+        count: 0,
+        user: true,
+        writable: true,
+        no_exec: false,
+    };
+
+    if mode == PagingMode::Bits32 {
+        let linear = linear & 0xFFFF_FFFF;
+        let pde_gpa = (state.cr3() & 0xFFFF_F000) | ((linear >> 22) << 2);
+        let pde = read_entry(ram, pde_gpa, false)?;
+        if pde & PTE_P == 0 {
+            return Err(not_present());
+        }
+        w.entries[0] = WalkedEntry {
+            gpa: pde_gpa,
+            value: pde,
+            wide: false,
+            has_accessed: true,
+        };
+        w.count = 1;
+        w.user &= pde & PTE_US != 0;
+        w.writable &= pde & PTE_RW != 0;
+        if pde & PTE_PS != 0 && state.cr4() & CR4_PSE != 0 {
+            // 4 MiB page. Bit 21 is reserved; bits 20:13 are physical address
+            // bits 39:32 (PSE-36 with min(MAXPHYADDR, 40) = 40 bits).
+            if pde & (1 << 21) != 0 {
+                return Err(rsvd(0));
+            }
+            let high = ((pde >> 13) & 0xFF) << 32;
+            w.gpa = high | (pde & 0xFFC0_0000) | (linear & 0x003F_FFFF);
+            return Ok(w);
+        }
+        let pte_gpa = (pde & 0xFFFF_F000) | (((linear >> 12) & 0x3FF) << 2);
+        let pte = read_entry(ram, pte_gpa, false)?;
+        if pte & PTE_P == 0 {
+            return Err(not_present());
+        }
+        w.entries[1] = WalkedEntry {
+            gpa: pte_gpa,
+            value: pte,
+            wide: false,
+            has_accessed: true,
+        };
+        w.count = 2;
+        w.user &= pte & PTE_US != 0;
+        w.writable &= pte & PTE_RW != 0;
+        // Bit 7 of a 4 KiB PTE is PAT, not PS.
+        w.gpa = (pte & 0xFFFF_F000) | (linear & 0xFFF);
+        return Ok(w);
+    }
+
+    // 64-bit entries: PAE, 4-level, 5-level.
+    let xd_rsvd = if nxe { 0 } else { PTE_XD };
+    // (table address, first level): level 5 = PML5, 4 = PML4, 3 = PDPT,
+    // 2 = PD, 1 = PT.
+    let (mut table, top) = match mode {
+        PagingMode::Level5 => {
+            if !is_canonical(linear, 57) {
+                return Err(Error::Exception(Exception::GeneralProtection(0)));
+            }
+            (state.cr3() & ADDR_MASK_64, 5)
+        }
+        PagingMode::Level4 => {
+            if !is_canonical(linear, 48) {
+                return Err(Error::Exception(Exception::GeneralProtection(0)));
+            }
+            (state.cr3() & ADDR_MASK_64, 4)
+        }
+        _ => {
+            // PAE: the PDPTE comes from the 32-byte aligned PDPT at CR3.
+            let linear = linear & 0xFFFF_FFFF;
+            let gpa = (state.cr3() & 0xFFFF_FFE0) | ((linear >> 30) << 3);
+            let pdpte = read_entry(ram, gpa, true)?;
+            if pdpte & PTE_P == 0 {
+                return Err(not_present());
+            }
+            // PAE PDPTE: bits 2:1, 8:5 and 63:M are reserved (bit 63 is not
+            // XD here, whatever EFER.NXE says).
+            let reserved = 0x6 | 0x1E0 | PTE_XD | PAE_HIGH_RSVD;
+            if pdpte & reserved != 0 {
+                return Err(rsvd(0));
+            }
+            w.entries[0] = WalkedEntry {
+                gpa,
+                value: pdpte,
+                wide: true,
+                has_accessed: false,
+            };
+            w.count = 1;
+            (pdpte & ADDR_MASK_64, 2)
+        }
+    };
+    let high_rsvd = if mode == PagingMode::Pae {
+        PAE_HIGH_RSVD
+    } else {
+        0
+    };
+    let linear_bits = if mode == PagingMode::Pae {
+        linear & 0xFFFF_FFFF
+    } else {
+        linear
+    };
+
+    let mut level = top;
+    loop {
+        let shift = 12 + 9 * (level - 1);
+        let index = (linear_bits >> shift) & 0x1FF;
+        let gpa = table | (index << 3);
+        let entry = read_entry(ram, gpa, true)?;
+        if entry & PTE_P == 0 {
+            return Err(not_present());
+        }
+        let mut reserved = xd_rsvd | high_rsvd;
+        let large = entry & PTE_PS != 0 && level <= 3;
+        match level {
+            // PS is reserved in PML5Es and PML4Es.
+            4 | 5 => reserved |= PTE_PS,
+            // 1 GiB page: bits 29:13 reserved (bit 12 is PAT).
+            3 if large => reserved |= 0x3FFF_E000,
+            // 2 MiB page: bits 20:13 reserved.
+            2 if large => reserved |= 0x001F_E000,
+            _ => {}
+        }
+        if entry & reserved != 0 {
+            return Err(rsvd(0));
+        }
+        let slot = w.entries.get_mut(w.count).ok_or(Error::InconsistentExit)?;
+        *slot = WalkedEntry {
+            gpa,
+            value: entry,
+            wide: true,
+            has_accessed: true,
+        };
+        w.count += 1;
+        w.user &= entry & PTE_US != 0;
+        w.writable &= entry & PTE_RW != 0;
+        w.no_exec |= nxe && entry & PTE_XD != 0;
+
+        if level == 1 || large {
+            // Level 1: bit 7 is PAT, not PS.
+            let page_mask = (1u64 << shift) - 1;
+            w.gpa = (entry & ADDR_MASK_64 & !page_mask) | (linear_bits & page_mask);
+            return Ok(w);
+        }
+        table = entry & ADDR_MASK_64;
+        level -= 1;
+    }
+}
+
+/// The permission checks of SDM vol. 3A §4.6 on a completed walk.
+fn check_permissions<S: CpuState + ?Sized>(
+    state: &S,
+    mode: PagingMode,
+    w: &Walk,
+    linear: u64,
+    access: AccessType,
+) -> Result<(), Error> {
+    let cr0 = state.cr0();
+    let cr4 = state.cr4();
+    let user_access = state.cpl() == 3;
+    let wp = cr0 & CR0_WP != 0;
+    let smap_blocks = cr4 & CR4_SMAP != 0 && state.rflags() & RFLAGS_AC == 0;
+    let allowed = match access {
+        AccessType::Read => {
+            if user_access {
+                w.user
+            } else {
+                !(w.user && smap_blocks)
+            }
+        }
+        AccessType::Write => {
+            if user_access {
+                w.user && w.writable
+            } else if w.user && smap_blocks {
+                false
+            } else {
+                w.writable || !wp
+            }
+        }
+        AccessType::Execute => {
+            let user_ok = if user_access {
+                w.user
+            } else {
+                !(w.user && cr4 & CR4_SMEP != 0)
+            };
+            user_ok && !w.no_exec
+        }
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(page_fault(state, mode, linear, access, pf::P))
+    }
+}
+
+/// Sets the accessed bits of every walked entry and the dirty bit of the
+/// final one for a write. Returns `false` when an entry changed since the
+/// walk read it (the caller walks again).
+fn update_accessed_dirty<R: GuestRam + ?Sized>(
+    ram: &mut R,
+    w: &Walk,
+    access: AccessType,
+) -> Result<bool, Error> {
+    let count = w.count.min(w.entries.len());
+    for (i, e) in w.entries.iter().take(count).enumerate() {
+        if !e.has_accessed {
+            continue;
+        }
+        let mut want = e.value | PTE_A;
+        if i + 1 == count && access == AccessType::Write {
+            want |= PTE_D;
+        }
+        if want == e.value {
+            continue;
+        }
+        let len = if e.wide { 8 } else { 4 };
+        let old = e.value.to_le_bytes();
+        let new = want.to_le_bytes();
+        let (Some(old), Some(new)) = (old.get(..len), new.get(..len)) else {
+            return Err(Error::InconsistentExit);
+        };
+        match ram.compare_and_write(e.gpa, old, new)? {
+            CompareWrite::Written => {}
+            CompareWrite::Mismatch => return Ok(false),
+            CompareWrite::NotRam => return Err(Error::PageTableNotRam { gpa: e.gpa }),
+        }
+    }
+    Ok(true)
 }

@@ -1,4 +1,68 @@
-fn main() {
-    eprintln!("xtask: not implemented yet");
-    std::process::exit(1);
+//! nvmm-rs project automation: `cargo xtask <command>`.
+
+mod regen;
+mod util;
+mod zig;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use util::Result;
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  regen [--sysroot DIR] [--check]  regenerate nvmm-sys's bindings (or check them)
+  netbsd                           build libraries, tests and examples for x86_64-unknown-netbsd
+  ci                               the full test suite
+  bench                            run every benchmark of nvmm and nvmm-assist
+  vmtest                           run the tests on a NetBSD host with /dev/nvmm";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match dispatch(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(args: &[String]) -> Result<()> {
+    let Some((command, rest)) = args.split_first() else {
+        return Err(fail!("no command given\n{USAGE}"));
+    };
+    match command.as_str() {
+        "regen" => regen::run(&parse_regen(rest)?),
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => Err(fail!("unknown command `{other}`\n{USAGE}")),
+    }
+}
+
+fn parse_regen(args: &[String]) -> Result<regen::Options> {
+    let mut options = regen::Options {
+        sysroot: None,
+        check: false,
+    };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--check" => options.check = true,
+            "--sysroot" => {
+                let dir = args
+                    .next()
+                    .ok_or_else(|| fail!("--sysroot needs a directory"))?;
+                options.sysroot = Some(PathBuf::from(dir));
+            }
+            other => match other.strip_prefix("--sysroot=") {
+                Some(dir) => options.sysroot = Some(PathBuf::from(dir)),
+                None => return Err(fail!("regen: unknown argument `{other}`")),
+            },
+        }
+    }
+    Ok(options)
 }

@@ -1,0 +1,9 @@
+//! Test support for the integration tests: the same file the unit tests use
+//! as `crate::testutil` (RAM with MMIO holes and page-table builders,
+//! recording MMIO and port buses, CPU state builders).
+#![allow(dead_code, unused_imports)]
+
+#[path = "../../src/testutil.rs"]
+mod testutil;
+
+pub use testutil::*;
