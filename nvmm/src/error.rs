@@ -238,7 +238,9 @@ pub enum Error {
         errno: i32,
     },
     /// The kernel speaks an NVMM version this crate does not support.
-    #[error("NVMM kernel version {kernel} is not supported (this crate speaks version {supported})")]
+    #[error(
+        "NVMM kernel version {kernel} is not supported (this crate speaks version {supported})"
+    )]
     VersionMismatch {
         /// The version the kernel reports.
         kernel: u32,

@@ -160,9 +160,9 @@ pub(crate) fn decode(e: &sys::nvmm_x86_exit) -> Exit<'_> {
     // read below is defined whatever the kernel wrote; the reason selects
     // which one is meaningful.
     match e.reason {
-        r if r == sys::NVMM_VCPU_EXIT_NONE as u64 => Exit::None,
-        r if r == sys::NVMM_VCPU_EXIT_STOPPED as u64 => Exit::Stopped,
-        r if r == sys::NVMM_VCPU_EXIT_MEMORY as u64 => {
+        sys::NVMM_VCPU_EXIT_NONE => Exit::None,
+        sys::NVMM_VCPU_EXIT_STOPPED => Exit::Stopped,
+        sys::NVMM_VCPU_EXIT_MEMORY => {
             // SAFETY: the `mem` member of the live union; integer fields.
             let (prot, gpa, len) = unsafe { ((*u).mem.prot, (*u).mem.gpa, (*u).mem.inst_len) };
             // SAFETY: as above; a borrow of a byte array inside `e`.
@@ -181,7 +181,7 @@ pub(crate) fn decode(e: &sys::nvmm_x86_exit) -> Exit<'_> {
                 instruction: bytes.get(..n).unwrap_or_default(),
             })
         }
-        r if r == sys::NVMM_VCPU_EXIT_IO as u64 => {
+        sys::NVMM_VCPU_EXIT_IO => {
             // SAFETY: the `io` member of the live union.
             let io = unsafe { &raw const (*u).io };
             // SAFETY: integer fields of `io`.
@@ -208,7 +208,11 @@ pub(crate) fn decode(e: &sys::nvmm_x86_exit) -> Exit<'_> {
                 .filter(|s| s.index() < 6);
             Exit::Io(IoExit {
                 port,
-                direction: if inb { IoDirection::In } else { IoDirection::Out },
+                direction: if inb {
+                    IoDirection::In
+                } else {
+                    IoDirection::Out
+                },
                 operand_size: osz,
                 address_size: asz,
                 rep,
@@ -217,25 +221,25 @@ pub(crate) fn decode(e: &sys::nvmm_x86_exit) -> Exit<'_> {
                 npc,
             })
         }
-        r if r == sys::NVMM_VCPU_EXIT_RDMSR as u64 => {
+        sys::NVMM_VCPU_EXIT_RDMSR => {
             // SAFETY: the `rdmsr` member; integers.
             let (msr, npc) = unsafe { ((*u).rdmsr.msr, (*u).rdmsr.npc) };
             Exit::Rdmsr(RdmsrExit { msr, npc })
         }
-        r if r == sys::NVMM_VCPU_EXIT_WRMSR as u64 => {
+        sys::NVMM_VCPU_EXIT_WRMSR => {
             // SAFETY: the `wrmsr` member; integers.
             let (msr, value, npc) = unsafe { ((*u).wrmsr.msr, (*u).wrmsr.val, (*u).wrmsr.npc) };
             Exit::Wrmsr(WrmsrExit { msr, value, npc })
         }
-        r if r == sys::NVMM_VCPU_EXIT_CPUID as u64 => Exit::Cpuid { npc: insn_npc(e) },
-        r if r == sys::NVMM_VCPU_EXIT_MONITOR as u64 => Exit::Monitor { npc: insn_npc(e) },
-        r if r == sys::NVMM_VCPU_EXIT_MWAIT as u64 => Exit::Mwait { npc: insn_npc(e) },
-        r if r == sys::NVMM_VCPU_EXIT_HALTED as u64 => Exit::Halted,
-        r if r == sys::NVMM_VCPU_EXIT_SHUTDOWN as u64 => Exit::Shutdown,
-        r if r == sys::NVMM_VCPU_EXIT_INT_READY as u64 => Exit::IntReady,
-        r if r == sys::NVMM_VCPU_EXIT_NMI_READY as u64 => Exit::NmiReady,
-        r if r == sys::NVMM_VCPU_EXIT_TPR_CHANGED as u64 => Exit::TprChanged,
-        r if r == sys::NVMM_VCPU_EXIT_INVALID as u64 => Exit::Invalid {
+        sys::NVMM_VCPU_EXIT_CPUID => Exit::Cpuid { npc: insn_npc(e) },
+        sys::NVMM_VCPU_EXIT_MONITOR => Exit::Monitor { npc: insn_npc(e) },
+        sys::NVMM_VCPU_EXIT_MWAIT => Exit::Mwait { npc: insn_npc(e) },
+        sys::NVMM_VCPU_EXIT_HALTED => Exit::Halted,
+        sys::NVMM_VCPU_EXIT_SHUTDOWN => Exit::Shutdown,
+        sys::NVMM_VCPU_EXIT_INT_READY => Exit::IntReady,
+        sys::NVMM_VCPU_EXIT_NMI_READY => Exit::NmiReady,
+        sys::NVMM_VCPU_EXIT_TPR_CHANGED => Exit::TprChanged,
+        sys::NVMM_VCPU_EXIT_INVALID => Exit::Invalid {
             // SAFETY: the `inv` member; an integer.
             hwcode: unsafe { e.u.inv.hwcode },
         },

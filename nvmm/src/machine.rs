@@ -6,9 +6,9 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use nvmm_sys as sys;
 
+use crate::device::{Capability, NvmmInner, ioc};
 use crate::error::{Error, Op, Rejection, Result, report_teardown};
 use crate::memory::{Areas, GpaArea, HostArea, HostMapping, Prot};
-use crate::nvmm::{Capability, NvmmInner, ioc};
 use crate::vcpu::Vcpu;
 
 /// Machine configuration operations (`NVMM_IOC_MACHINE_CONFIGURE`).
@@ -266,10 +266,11 @@ impl Machine {
         let idx = areas
             .host_index(&mapping)
             .ok_or(Error::rejected(Op::HvaUnmap, Rejection::NoSuchMapping))?;
-        let host = areas.hosts.get(idx).copied().ok_or(Error::rejected(
-            Op::HvaUnmap,
-            Rejection::NoSuchMapping,
-        ))?;
+        let host = areas
+            .hosts
+            .get(idx)
+            .copied()
+            .ok_or(Error::rejected(Op::HvaUnmap, Rejection::NoSuchMapping))?;
         if areas.host_in_use(&host) {
             return Err(Error::rejected(Op::HvaUnmap, Rejection::HostMappingInUse));
         }
@@ -347,8 +348,8 @@ impl Machine {
             .iter()
             .position(|a| a.gpa == gpa && a.size == size)
             .ok_or(Error::rejected(Op::GpaUnmap, Rejection::NoSuchMapping))?;
-        let size_arg =
-            usize::try_from(size).map_err(|_| Error::rejected(Op::GpaUnmap, Rejection::Overflow))?;
+        let size_arg = usize::try_from(size)
+            .map_err(|_| Error::rejected(Op::GpaUnmap, Rejection::Overflow))?;
         let mut args = sys::nvmm_ioc_gpa_unmap {
             machid: self.inner.id,
             gpa,

@@ -90,7 +90,7 @@ pub(crate) struct Areas {
 }
 
 pub(crate) fn page_aligned(v: u64) -> bool {
-    v % PAGE_SIZE as u64 == 0
+    v.is_multiple_of(PAGE_SIZE as u64)
 }
 
 fn ranges_overlap(a: u64, alen: u64, b: u64, blen: u64) -> bool {
@@ -136,16 +136,16 @@ impl Areas {
         if area.size == 0 {
             return rej(Rejection::ZeroSize);
         }
-        if !page_aligned(area.gpa) || !page_aligned(area.size) || !page_aligned(area.hva as u64)
-        {
+        if !page_aligned(area.gpa) || !page_aligned(area.size) || !page_aligned(area.hva as u64) {
             return rej(Rejection::NotPageAligned);
         }
         if area.gpa.checked_add(area.size).is_none() {
             return rej(Rejection::Overflow);
         }
-        let inside = self.hosts.iter().any(|h| {
-            area.hva >= h.hva && (area.hva - h.hva) as u64 + area.size <= h.size as u64
-        });
+        let inside = self
+            .hosts
+            .iter()
+            .any(|h| area.hva >= h.hva && (area.hva - h.hva) as u64 + area.size <= h.size as u64);
         if !inside {
             return rej(Rejection::NotInHostMapping);
         }

@@ -21,21 +21,21 @@ bitflags::bitflags! {
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
     pub struct StateClasses: u64 {
         /// Segment registers, GDTR, IDTR, LDTR, TR.
-        const SEGS = sys::NVMM_X64_STATE_SEGS as u64;
+        const SEGS = sys::NVMM_X64_STATE_SEGS;
         /// General-purpose registers, RIP, RFLAGS.
-        const GPRS = sys::NVMM_X64_STATE_GPRS as u64;
+        const GPRS = sys::NVMM_X64_STATE_GPRS;
         /// CR0, CR2, CR3, CR4, CR8, XCR0.
-        const CRS = sys::NVMM_X64_STATE_CRS as u64;
+        const CRS = sys::NVMM_X64_STATE_CRS;
         /// DR0-DR3, DR6, DR7.
-        const DRS = sys::NVMM_X64_STATE_DRS as u64;
+        const DRS = sys::NVMM_X64_STATE_DRS;
         /// The MSR slots.
-        const MSRS = sys::NVMM_X64_STATE_MSRS as u64;
+        const MSRS = sys::NVMM_X64_STATE_MSRS;
         /// Interrupt state (shadow, window exiting, pending event).
-        const INTR = sys::NVMM_X64_STATE_INTR as u64;
+        const INTR = sys::NVMM_X64_STATE_INTR;
         /// The x87/SSE area (FXSAVE layout).
-        const FPU = sys::NVMM_X64_STATE_FPU as u64;
+        const FPU = sys::NVMM_X64_STATE_FPU;
         /// Every class.
-        const ALL = sys::NVMM_X64_STATE_ALL as u64;
+        const ALL = sys::NVMM_X64_STATE_ALL;
     }
 }
 
@@ -148,7 +148,16 @@ pub struct SegAttrib(pub u16);
 impl SegAttrib {
     /// Builds attributes from their fields (each masked to its width).
     #[allow(clippy::too_many_arguments)]
-    pub const fn new(typ: u8, s: bool, dpl: u8, p: bool, avl: bool, l: bool, def: bool, g: bool) -> Self {
+    pub const fn new(
+        typ: u8,
+        s: bool,
+        dpl: u8,
+        p: bool,
+        avl: bool,
+        l: bool,
+        def: bool,
+        g: bool,
+    ) -> Self {
         SegAttrib(
             (typ as u16 & 0xF)
                 | (s as u16) << 4

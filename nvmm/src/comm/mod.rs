@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use nvmm_sys as sys;
 
+use crate::device::NvmmInner;
 use crate::error::{Error, Op, report_teardown};
-use crate::nvmm::NvmmInner;
 use crate::state::StateClasses;
 use crate::sys::PAGE_SIZE;
 
@@ -87,27 +87,14 @@ macro_rules! field {
         let p = $ptr;
         // SAFETY: `p` points to a live comm page (see `CommPage`); the
         // projection stays inside it and creates no reference.
-        unsafe { &raw mut (*p).$($path)+ }
+        #[allow(unused_unsafe)]
+        let field = unsafe { &raw mut (*p).$($path)+ };
+        field
     }};
 }
 pub(crate) use field;
 
 impl CommPage {
-    /// Test-only constructor over any suitably aligned memory.
-    ///
-    /// # Safety
-    ///
-    /// `page` points to a live, writable `nvmm_comm_page`.
-    #[cfg(test)]
-    pub(crate) unsafe fn from_raw(page: NonNull<sys::nvmm_comm_page>) -> Self {
-        CommPage { page }
-    }
-
-    #[inline]
-    pub(crate) fn as_ptr(self) -> *mut sys::nvmm_comm_page {
-        self.page.as_ptr()
-    }
-
     #[inline]
     pub(crate) fn state_ptr(self) -> *mut sys::nvmm_x64_state {
         field!(self.page.as_ptr(), state)
@@ -116,13 +103,17 @@ impl CommPage {
     #[inline]
     pub(crate) fn cached(self) -> StateClasses {
         // SAFETY: an aligned u64 inside the live page.
-        StateClasses::from_bits_retain(unsafe { field!(self.page.as_ptr(), state_cached).read_volatile() })
+        StateClasses::from_bits_retain(unsafe {
+            field!(self.page.as_ptr(), state_cached).read_volatile()
+        })
     }
 
     #[inline]
     pub(crate) fn commit(self) -> StateClasses {
         // SAFETY: an aligned u64 inside the live page.
-        StateClasses::from_bits_retain(unsafe { field!(self.page.as_ptr(), state_commit).read_volatile() })
+        StateClasses::from_bits_retain(unsafe {
+            field!(self.page.as_ptr(), state_commit).read_volatile()
+        })
     }
 
     #[inline]
@@ -179,20 +170,14 @@ impl CommPage {
         unsafe { AtomicI32::from_ptr(p) }.store(value, Ordering::SeqCst);
     }
 
-    /// Loads `stop` atomically.
-    #[inline]
-    pub(crate) fn load_stop(self) -> i32 {
-        let p = field!(self.page.as_ptr(), stop).cast::<i32>();
-        // SAFETY: as in `store_stop`.
-        unsafe { AtomicI32::from_ptr(p) }.load(Ordering::SeqCst)
-    }
-
     /// Writes a pending event and sets `event_commit` (libnvmm's
     /// `nvmm_vcpu_inject`).
     pub(crate) fn write_event(self, kind: u32, vector: u8, error: u64) {
         // SAFETY: fields of the live page, written with their own types.
         unsafe {
-            field!(self.page.as_ptr(), event.type_).cast::<u32>().write_volatile(kind);
+            field!(self.page.as_ptr(), event.type_)
+                .cast::<u32>()
+                .write_volatile(kind);
             field!(self.page.as_ptr(), event.vector).write_volatile(vector);
             field!(self.page.as_ptr(), event.u.excp.error).write_volatile(error);
             field!(self.page.as_ptr(), event_commit).write_volatile(true);
@@ -202,9 +187,13 @@ impl CommPage {
     /// Whether an event is waiting for the next run.
     pub(crate) fn event_pending(self) -> bool {
         // SAFETY: a bool of the live page; the kernel stores only 0 or 1.
-        unsafe { field!(self.page.as_ptr(), event_commit).cast::<u8>().read_volatile() != 0 }
+        unsafe {
+            field!(self.page.as_ptr(), event_commit)
+                .cast::<u8>()
+                .read_volatile()
+                != 0
+        }
     }
-
 }
 
 #[cfg(test)]

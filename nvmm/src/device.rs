@@ -244,7 +244,10 @@ impl Nvmm {
         };
         // SAFETY: the argument of NVMM_IOC_CTL; `data` points to a live
         // nvmm_ctl_mach_info of `size` bytes that the kernel fills.
-        unsafe { self.inner.ioctl(Op::Ctl, ioc(sys::NVMM_IOC_CTL), &raw mut args) }?;
+        unsafe {
+            self.inner
+                .ioctl(Op::Ctl, ioc(sys::NVMM_IOC_CTL), &raw mut args)
+        }?;
         Ok(MachineInfo {
             machid: info.machid,
             nvcpus: info.nvcpus,
