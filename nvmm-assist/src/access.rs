@@ -2,9 +2,6 @@
 //! two guest-physical fragments (one per page), then perform each fragment
 //! on RAM or, where the GPA is not RAM, on the MMIO bus.
 
-// Until the I/O and memory assists call every helper here.
-#![allow(dead_code)]
-
 use crate::bus::{CompareWrite, GuestRam, MmioBus, RamStatus};
 use crate::error::Error;
 use crate::mode::CpuMode;
@@ -130,6 +127,8 @@ pub(crate) fn write_phys<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
 /// `true`. A range split over two pages is written non-atomically: a
 /// mismatch on the second part after the first was written returns `false`
 /// too, and the caller's retry rewrites both parts from a fresh read.
+// Used by the memory assist's locked read-modify-write instructions.
+#[allow(dead_code)]
 pub(crate) fn compare_and_write_phys<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     ram: &mut R,
     mmio: &mut M,

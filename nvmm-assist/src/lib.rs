@@ -26,6 +26,10 @@ pub mod access;
 pub mod bus;
 pub mod decode;
 pub mod error;
+mod exec;
+pub mod flags;
+pub mod io;
+mod mem;
 pub mod mode;
 pub mod segment;
 pub mod state;
@@ -38,6 +42,8 @@ pub use access::AccessType;
 pub use bus::{BusError, CompareWrite, GuestRam, MmioBus, PortIo, RamStatus};
 pub use decode::{DecodeError, Instruction, decode};
 pub use error::{Error, Exception};
+pub use io::{IoExit, assist_io};
+pub use mem::{MemExit, assist_mem};
 pub use mode::CpuMode;
 pub use segment::linear_address;
 pub use state::{CpuState, Gpr, Registers, Segment, SegmentAttributes, SegmentRegister};
@@ -51,5 +57,9 @@ pub enum Outcome {
     /// A bounded batch of a REP instruction was performed: RCX, RSI and RDI
     /// reflect the completed iterations and RIP is unchanged, so the guest
     /// re-executes the instruction (and exits again) for the rest.
+    ///
+    /// [`assist_mem`] also returns it, with nothing changed, when a locked
+    /// read-modify-write on RAM kept losing the race against another writer
+    /// (a bounded number of retries): re-executing the instruction retries.
     Resume,
 }

@@ -100,7 +100,7 @@ pub fn linear_address<S: CpuState + ?Sized>(
 
     // Outside 64-bit mode the offset is at most 32 bits wide.
     let offset = offset & 0xFFFF_FFFF;
-    let last = offset + (size - 1);
+    let last = offset.saturating_add(size - 1);
     let limit = u64::from(reg.limit);
 
     if mode.is_real_or_v86() {

@@ -11,8 +11,8 @@
 use std::vec::Vec;
 
 use nvmm_assist::{
-    BusError, CompareWrite, GuestRam, MmioBus, PortIo, RamStatus, Registers, Segment,
-    SegmentAttributes, SegmentRegister,
+    BusError, CompareWrite, CpuState, Gpr, GuestRam, MmioBus, PortIo, RamStatus, Registers,
+    Segment, SegmentAttributes, SegmentRegister,
 };
 
 /// Guest RAM: `mem.len()` bytes from GPA 0; GPAs at or beyond the end, or in
@@ -28,6 +28,9 @@ pub struct TestRam {
     /// How many upcoming compare_and_write calls report a mismatch (and, to
     /// make the mismatch real, the test may have changed memory itself).
     pub cas_mismatches: usize,
+    /// Writes another vCPU makes just before the next compare_and_write
+    /// calls, one per call, in order: (gpa, bytes).
+    pub cas_interference: Vec<(u64, Vec<u8>)>,
     /// Every compare_and_write call: (gpa, len, result).
     pub cas_log: Vec<(u64, usize, CompareWrite)>,
     /// Number of read calls.
@@ -46,6 +49,7 @@ impl TestRam {
             holes: Vec::new(),
             read_only: Vec::new(),
             cas_mismatches: 0,
+            cas_interference: Vec::new(),
             cas_log: Vec::new(),
             reads: 0,
             writes: 0,
@@ -165,6 +169,10 @@ impl GuestRam for TestRam {
         Self::check_page(gpa, new.len());
         assert_eq!(expected.len(), new.len());
         assert!(new.len() <= 16);
+        if !self.cas_interference.is_empty() {
+            let (at, bytes) = self.cas_interference.remove(0);
+            self.put(at, &bytes);
+        }
         let result = match self.range(gpa, new.len()) {
             None => CompareWrite::NotRam,
             Some(_) if self.cas_mismatches > 0 => {
@@ -473,6 +481,12 @@ impl PageTables {
         }
     }
 
+    /// Sets the bits `set` and clears the bits `clear` of the entry at `at`.
+    pub fn modify(&self, ram: &mut TestRam, at: u64, set: u64, clear: u64) {
+        let v = (self.get(ram, at) | set) & !clear;
+        self.set(ram, at, v);
+    }
+
     /// Reads an entry of the layout's size.
     pub fn get(&self, ram: &TestRam, at: u64) -> u64 {
         if self.layout == Layout::Bits32 {
@@ -603,4 +617,62 @@ pub fn real_mode() -> Registers {
         };
     }
     r
+}
+
+/// A [`CpuState`] that reports `max_phys` as MAXPHYADDR and delegates the
+/// rest to `state`.
+#[derive(Debug, Clone)]
+pub struct WithMaxPhys<S> {
+    /// The wrapped state.
+    pub state: S,
+    /// The MAXPHYADDR to report.
+    pub max_phys: u8,
+}
+
+impl<S: CpuState> CpuState for WithMaxPhys<S> {
+    fn gpr(&self, reg: Gpr) -> u64 {
+        self.state.gpr(reg)
+    }
+    fn set_gpr(&mut self, reg: Gpr, value: u64) {
+        self.state.set_gpr(reg, value)
+    }
+    fn rip(&self) -> u64 {
+        self.state.rip()
+    }
+    fn set_rip(&mut self, value: u64) {
+        self.state.set_rip(value)
+    }
+    fn rflags(&self) -> u64 {
+        self.state.rflags()
+    }
+    fn set_rflags(&mut self, value: u64) {
+        self.state.set_rflags(value)
+    }
+    fn segment(&self, seg: Segment) -> SegmentRegister {
+        self.state.segment(seg)
+    }
+    fn cr0(&self) -> u64 {
+        self.state.cr0()
+    }
+    fn cr3(&self) -> u64 {
+        self.state.cr3()
+    }
+    fn cr4(&self) -> u64 {
+        self.state.cr4()
+    }
+    fn efer(&self) -> u64 {
+        self.state.efer()
+    }
+    fn xmm(&self, index: u8) -> Option<u128> {
+        self.state.xmm(index)
+    }
+    fn set_xmm(&mut self, index: u8, value: u128) {
+        self.state.set_xmm(index, value)
+    }
+    fn cpl(&self) -> u8 {
+        self.state.cpl()
+    }
+    fn max_phys_addr(&self) -> u8 {
+        self.max_phys
+    }
 }

@@ -12,12 +12,13 @@
 //!   2 MiB and 1 GiB pages.
 //!
 //! Choices:
-//! - **MAXPHYADDR** is taken as 52, the architectural maximum: physical
-//!   address bits 51:M are never reported as reserved, because the
-//!   [`CpuState`] trait does not carry CPUID. A guest that sets such bits
-//!   gets them used as address bits (most likely landing outside RAM, on the
-//!   MMIO bus for the final access, or as [`Error::PageTableNotRam`] for a
-//!   table), where the CPU would raise a `#PF` with RSVD.
+//! - **MAXPHYADDR** (M) comes from [`CpuState::max_phys_addr`], whose
+//!   default is 52, the architectural maximum: then physical-address bits
+//!   51:M are never reported as reserved. A VMM that knows the guest's
+//!   CPUID should return its value, so that entries with bits at or above M
+//!   get the `#PF` with RSVD the CPU raises; with the default, such bits are
+//!   used as address bits (most likely landing outside RAM: on the MMIO bus
+//!   for the final access, or [`Error::PageTableNotRam`] for a table).
 //! - **PAE PDPTEs** are read from CR3 on every walk. The CPU loads them into
 //!   internal registers when CR3 (or CR0/CR4 paging bits) is written and does
 //!   not re-read memory, so a guest that edits its PDPT without reloading
@@ -71,19 +72,40 @@ pub mod pf {
     pub const ID: u32 = 1 << 4;
 }
 
-/// The architectural maximum physical-address width, used as MAXPHYADDR.
+/// The architectural maximum physical-address width, the default
+/// MAXPHYADDR.
 pub const MAXPHYADDR: u32 = 52;
 
 /// How many times a walk restarts when an entry changes under the
 /// accessed/dirty update before [`Error::PageTableBusy`] is returned.
 pub const MAX_WALK_ATTEMPTS: usize = 8;
 
-/// Bits `M-1:12` of a 64-bit entry: the frame address.
-const ADDR_MASK_64: u64 = ((1u64 << MAXPHYADDR) - 1) & !0xFFF;
-/// Bits `62:M` of a 64-bit entry, reserved under PAE paging (SDM tables
-/// 4-8 to 4-11); under 4/5-level paging only bits `51:M` are reserved and
-/// 62:52 are ignored (or protection keys), which with M = 52 is none.
-const PAE_HIGH_RSVD: u64 = !((1u64 << MAXPHYADDR) - 1) & !PTE_XD;
+/// The physical-address layout for a MAXPHYADDR.
+#[derive(Debug, Clone, Copy)]
+struct PhysBits {
+    /// M, clamped to 32..=52.
+    m: u32,
+    /// Bits `M-1:12`: the frame address of a 64-bit entry.
+    addr: u64,
+    /// Bits `51:M`, reserved in 4/5-level entries (62:52 are ignored there,
+    /// or protection keys).
+    rsvd_long: u64,
+    /// Bits `62:M`, reserved in PAE entries (SDM tables 4-8 to 4-11).
+    rsvd_pae: u64,
+}
+
+impl PhysBits {
+    fn new(max_phys_addr: u8) -> PhysBits {
+        let m = u32::from(max_phys_addr).clamp(32, MAXPHYADDR);
+        let below_m = (1u64 << m) - 1;
+        PhysBits {
+            m,
+            addr: below_m & !0xFFF,
+            rsvd_long: ((1u64 << 52) - 1) & !below_m,
+            rsvd_pae: !below_m & !PTE_XD,
+        }
+    }
+}
 
 /// One paging-structure entry used by a walk: where it is and what it held.
 #[derive(Debug, Clone, Copy, Default)]
@@ -221,6 +243,7 @@ fn walk<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     access: AccessType,
 ) -> Result<Walk, Error> {
     let nxe = state.efer() & EFER_NXE != 0;
+    let phys = PhysBits::new(state.max_phys_addr());
     let rsvd = |extra: u32| page_fault(state, mode, linear, access, pf::P | pf::RSVD | extra);
     let not_present = || page_fault(state, mode, linear, access, 0);
 
@@ -251,8 +274,11 @@ fn walk<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
         w.writable &= pde & PTE_RW != 0;
         if pde & PTE_PS != 0 && state.cr4() & CR4_PSE != 0 {
             // 4 MiB page. Bit 21 is reserved; bits 20:13 are physical address
-            // bits 39:32 (PSE-36 with min(MAXPHYADDR, 40) = 40 bits).
-            if pde & (1 << 21) != 0 {
+            // bits 39:32 (PSE-36), of which those at or above
+            // min(MAXPHYADDR, 40) are reserved (SDM table 4-4).
+            let high_bits = phys.m.min(40) - 32;
+            let reserved = (1u64 << 21) | (0xFF << 13) & !(((1u64 << high_bits) - 1) << 13);
+            if pde & reserved != 0 {
                 return Err(rsvd(0));
             }
             let high = ((pde >> 13) & 0xFF) << 32;
@@ -287,13 +313,13 @@ fn walk<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
             if !is_canonical(linear, 57) {
                 return Err(Error::Exception(Exception::GeneralProtection(0)));
             }
-            (state.cr3() & ADDR_MASK_64, 5)
+            (state.cr3() & phys.addr, 5)
         }
         PagingMode::Level4 => {
             if !is_canonical(linear, 48) {
                 return Err(Error::Exception(Exception::GeneralProtection(0)));
             }
-            (state.cr3() & ADDR_MASK_64, 4)
+            (state.cr3() & phys.addr, 4)
         }
         _ => {
             // PAE: the PDPTE comes from the 32-byte aligned PDPT at CR3.
@@ -305,7 +331,7 @@ fn walk<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
             }
             // PAE PDPTE: bits 2:1, 8:5 and 63:M are reserved (bit 63 is not
             // XD here, whatever EFER.NXE says).
-            let reserved = 0x6 | 0x1E0 | PTE_XD | PAE_HIGH_RSVD;
+            let reserved = 0x6 | 0x1E0 | PTE_XD | phys.rsvd_pae;
             if pdpte & reserved != 0 {
                 return Err(rsvd(0));
             }
@@ -316,13 +342,13 @@ fn walk<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
                 has_accessed: false,
             };
             w.count = 1;
-            (pdpte & ADDR_MASK_64, 2)
+            (pdpte & phys.addr, 2)
         }
     };
     let high_rsvd = if mode == PagingMode::Pae {
-        PAE_HIGH_RSVD
+        phys.rsvd_pae
     } else {
-        0
+        phys.rsvd_long
     };
     let linear_bits = if mode == PagingMode::Pae {
         linear & 0xFFFF_FFFF
@@ -368,10 +394,10 @@ fn walk<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
         if level == 1 || large {
             // Level 1: bit 7 is PAT, not PS.
             let page_mask = (1u64 << shift) - 1;
-            w.gpa = (entry & ADDR_MASK_64 & !page_mask) | (linear_bits & page_mask);
+            w.gpa = (entry & phys.addr & !page_mask) | (linear_bits & page_mask);
             return Ok(w);
         }
-        table = entry & ADDR_MASK_64;
+        table = entry & phys.addr;
         level -= 1;
     }
 }

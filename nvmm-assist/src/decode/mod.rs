@@ -4,9 +4,32 @@
 //! The decoder rejects what the CPU rejects ([`DecodeError::Invalid`], `#UD`;
 //! [`DecodeError::TooLong`], `#GP(0)`) and never guesses. A valid
 //! instruction outside the emulated set is [`DecodeError::Unsupported`].
+//!
+//! Decoding is table-driven: one table entry per opcode of the one-byte map
+//! and of the 0F map (module `table`) gives the shape of the rest (ModRM, operand
+//! width, immediate); prefixes, ModRM/SIB and the checks common to every form
+//! (LOCK, the 15-byte limit) are shared. Nothing allocates and no input can
+//! panic.
+//!
+//! Intentional differences from a CPU, all on the side of refusing:
+//! - [`DecodeError::Unsupported`] is returned for every opcode outside the
+//!   emulated set without working out whether the CPU would accept it (so an
+//!   undefined opcode there, or a LOCK on it, is `Unsupported`, not
+//!   `Invalid`); the decoder does not compute the length of such opcodes.
+//! - VEX (C4/C5), EVEX (62) and XOP (8F) encodings are `Unsupported`, or
+//!   `Invalid` where any encoding would be `#UD` (a 66/F2/F3/F0/REX prefix
+//!   in front, real and virtual-8086 mode).
 
 use crate::mode::CpuMode;
 use crate::state::{Gpr, Segment};
+
+mod cursor;
+mod decoder;
+mod modrm;
+mod prefix;
+mod table;
+#[cfg(test)]
+mod tests;
 
 /// Why bytes did not decode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +167,11 @@ pub enum Operand {
     Xmm(u8),
     /// A memory operand.
     Mem(MemoryOperand),
-    /// An immediate, already extended to the operand size as the CPU does.
+    /// An immediate, already extended to the operand size as the CPU does
+    /// (83 imm8, REX.W 81/C7/F7 imm32 sign-extended) and zero above it:
+    /// `cmp word [m], -1` gives `0xFFFF`, `mov qword [m], -1` gives
+    /// `u64::MAX`. The imm8 of BT/BTS/BTR/BTC (0F BA) and the port of IN/OUT
+    /// are the raw unsigned byte.
     Imm(u64),
 }
 
@@ -177,7 +204,9 @@ pub struct Instruction {
     pub operand_size: u8,
     /// The address size in bytes (2, 4 or 8).
     pub address_size: u8,
-    /// The segment override prefix, if any (the last one wins).
+    /// The segment override prefix, if any (the last one wins). In 64-bit
+    /// mode the CPU ignores ES/CS/SS/DS overrides, so they are not reported
+    /// there (and do not cancel an earlier FS/GS).
     pub segment_override: Option<Segment>,
     /// A repeat prefix, only on instructions where it has a meaning
     /// (string instructions); elsewhere F2/F3 are ignored or select another
@@ -188,7 +217,8 @@ pub struct Instruction {
     pub lock: bool,
     /// The condition of SETcc/CMOVcc.
     pub condition: Option<Condition>,
-    /// What happens to memory.
+    /// What happens to memory. MOVS reads its source and writes its
+    /// destination and reports [`AccessClass::ReadWrite`]; CMPS reads both.
     pub access: AccessClass,
 }
 
@@ -205,6 +235,5 @@ impl Instruction {
 /// Decodes one instruction from `bytes` (at most the first 15 are used) as
 /// the CPU would in `mode`.
 pub fn decode(bytes: &[u8], mode: CpuMode) -> Result<Instruction, DecodeError> {
-    let _ = (bytes, mode);
-    Err(DecodeError::Unsupported)
+    decoder::decode(bytes, mode)
 }

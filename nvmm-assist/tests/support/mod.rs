@@ -7,3 +7,5 @@
 mod testutil;
 
 pub use testutil::*;
+
+pub mod memdev;

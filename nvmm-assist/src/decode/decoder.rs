@@ -1,0 +1,747 @@
+//! The decoding pass: prefixes, opcode, then the operands the opcode's table
+//! entry calls for.
+
+use super::cursor::{Cursor, sign_extend, truncate};
+use super::modrm::{self, Address, ModRm, Rm};
+use super::prefix::{Mandatory, Prefixes};
+use super::table::{Imm, Kind, PRIMARY, SECONDARY, Width, alu};
+use super::{
+    AccessClass, Condition, DecodeError, Instruction, MemoryOperand, Mnemonic, Operand, Register,
+};
+use crate::mode::CpuMode;
+use crate::state::{Gpr, Segment};
+
+/// Decodes one instruction (see [`super::decode`]).
+pub(super) fn decode(bytes: &[u8], mode: CpuMode) -> Result<Instruction, DecodeError> {
+    let mut cur = Cursor::new(bytes);
+    let (pfx, opcode) = Prefixes::parse(&mut cur, mode)?;
+    let mut d = Decoder::new(cur, pfx, mode);
+    let kind = match opcode {
+        0x0F => {
+            let op2 = d.cur.byte()?;
+            return d.secondary(op2);
+        }
+        _ => PRIMARY.get(usize::from(opcode)).copied(),
+    };
+    d.primary(kind.unwrap_or(Kind::Unsupported))
+}
+
+/// The operands and properties of an instruction being built.
+struct Built {
+    mnemonic: Mnemonic,
+    operands: [Operand; 3],
+    operand_size: u8,
+    condition: Option<Condition>,
+    /// Set for the forms whose access class does not follow from the
+    /// mnemonic and operand positions (string instructions).
+    access: Option<AccessClass>,
+}
+
+impl Built {
+    fn new(mnemonic: Mnemonic, operand_size: u8, operands: [Operand; 3]) -> Self {
+        Built {
+            mnemonic,
+            operands,
+            operand_size,
+            condition: None,
+            access: None,
+        }
+    }
+}
+
+struct Decoder<'a> {
+    cur: Cursor<'a>,
+    pfx: Prefixes,
+    mode: CpuMode,
+    long: bool,
+    address_size: u8,
+}
+
+impl<'a> Decoder<'a> {
+    fn new(cur: Cursor<'a>, pfx: Prefixes, mode: CpuMode) -> Self {
+        let default = mode.default_address_size();
+        let address_size = match (default, pfx.addrsize) {
+            (8, true) => 4,
+            (4, true) => 2,
+            (2, true) => 4,
+            (d, false) => d,
+            _ => default,
+        };
+        Decoder {
+            cur,
+            pfx,
+            mode,
+            long: mode.is_64bit(),
+            address_size,
+        }
+    }
+
+    /// The operand size of a `v` form: REX.W, else 66 toggles the default.
+    fn v_size(&self) -> u8 {
+        if self.pfx.rex_w() {
+            8
+        } else {
+            match (self.mode.default_size(), self.pfx.opsize) {
+                (2, false) | (4, true) => 2,
+                _ => 4,
+            }
+        }
+    }
+
+    /// The operand size of PUSH/POP r/m: 64 bits by default in 64-bit mode
+    /// (66 gives 16; there is no 32-bit form there).
+    fn stack_size(&self) -> u8 {
+        if self.long && !self.pfx.opsize {
+            8
+        } else {
+            self.v_size()
+        }
+    }
+
+    fn size_of(&self, width: Width) -> u8 {
+        match width {
+            Width::Byte => 1,
+            Width::V => self.v_size(),
+        }
+    }
+
+    /// The size of I/O operands: 1, 2 or 4 (REX.W does not widen them).
+    fn io_size(&self, width: Width) -> u8 {
+        match width {
+            Width::Byte => 1,
+            Width::V if self.v_size() == 2 => 2,
+            Width::V => 4,
+        }
+    }
+
+    fn gpr(&self, num: u8, size: u8) -> Operand {
+        let num = num & 15;
+        if size == 1 && !self.pfx.rex_present() && (4..8).contains(&num) {
+            Operand::Reg(Register {
+                gpr: Gpr::from_index(num - 4),
+                size,
+                high_byte: true,
+            })
+        } else {
+            Operand::Reg(Register {
+                gpr: Gpr::from_index(num),
+                size,
+                high_byte: false,
+            })
+        }
+    }
+
+    fn acc(&self, size: u8) -> Operand {
+        self.gpr(0, size)
+    }
+
+    fn dx(&self) -> Operand {
+        Operand::Reg(Register {
+            gpr: Gpr::Rdx,
+            size: 2,
+            high_byte: false,
+        })
+    }
+
+    fn mem(&self, a: Address, size: u8) -> Operand {
+        let default = if a.stack { Segment::Ss } else { Segment::Ds };
+        Operand::Mem(MemoryOperand {
+            segment: self.pfx.segment.unwrap_or(default),
+            base: a.base,
+            index: a.index,
+            scale: a.scale,
+            disp: a.disp,
+            rip_relative: a.rip_relative,
+            size,
+        })
+    }
+
+    /// The implicit string operand: DS:rSI (override allowed) for the
+    /// source, ES:rDI (no override) for the destination.
+    fn string_mem(&self, source: bool, size: u8) -> Operand {
+        let (segment, base) = if source {
+            (self.pfx.segment.unwrap_or(Segment::Ds), Gpr::Rsi)
+        } else {
+            (Segment::Es, Gpr::Rdi)
+        };
+        Operand::Mem(MemoryOperand {
+            segment,
+            base: Some(base),
+            index: None,
+            scale: 1,
+            disp: 0,
+            rip_relative: false,
+            size,
+        })
+    }
+
+    fn rm(&self, m: &ModRm, size: u8) -> Operand {
+        match m.rm {
+            Rm::Reg(n) => self.gpr(n, size),
+            Rm::Mem(a) => self.mem(a, size),
+        }
+    }
+
+    fn xmm_rm(&self, m: &ModRm, size: u8) -> Operand {
+        match m.rm {
+            Rm::Reg(n) => Operand::Xmm(n & 15),
+            Rm::Mem(a) => self.mem(a, size),
+        }
+    }
+
+    fn modrm(&mut self) -> Result<ModRm, DecodeError> {
+        modrm::read(&mut self.cur, &self.pfx, self.address_size, self.long)
+    }
+
+    /// Reads an immediate of `bytes` bytes, sign-extended (or not) and
+    /// truncated to `size` bytes.
+    fn imm(&mut self, bytes: u8, size: u8, signed: bool) -> Result<Operand, DecodeError> {
+        let raw = self.cur.le(bytes)?;
+        let value = if signed {
+            sign_extend(raw, bytes) as u64
+        } else {
+            raw
+        };
+        Ok(Operand::Imm(truncate(value, size)))
+    }
+
+    /// An immediate of the operand size: imm8/16/32, imm32 sign-extended
+    /// for 64-bit operands.
+    fn imm_z(&mut self, size: u8) -> Result<Operand, DecodeError> {
+        self.imm(size.min(4), size, true)
+    }
+
+    /// The next byte's ModRM.mod is 11 (for the VEX/EVEX versus LES/LDS/
+    /// BOUND distinction outside 64-bit mode).
+    fn next_is_reg_form(&self) -> Result<bool, DecodeError> {
+        Ok(self.cur.peek()? >> 6 == 3)
+    }
+
+    fn primary(mut self, kind: Kind) -> Result<Instruction, DecodeError> {
+        use Kind as K;
+        let built = match kind {
+            K::EG(mn, w) => {
+                let size = self.size_of(w);
+                let m = self.modrm()?;
+                Built::new(
+                    mn,
+                    size,
+                    [self.rm(&m, size), self.gpr(m.reg, size), Operand::None],
+                )
+            }
+            K::GE(mn, w) => {
+                let size = self.size_of(w);
+                let m = self.modrm()?;
+                Built::new(
+                    mn,
+                    size,
+                    [self.gpr(m.reg, size), self.rm(&m, size), Operand::None],
+                )
+            }
+            K::AccImm(mn, w) => {
+                let size = self.size_of(w);
+                let imm = self.imm_z(size)?;
+                Built::new(mn, size, [self.acc(size), imm, Operand::None])
+            }
+            K::Group1NotIn64 if self.long => return Err(DecodeError::Invalid),
+            K::Group1NotIn64 => self.group1(Width::Byte, Imm::B)?,
+            K::Group1(w, imm) => self.group1(w, imm)?,
+            K::Group3(w) => {
+                let size = self.size_of(w);
+                let m = self.modrm()?;
+                match m.ext() {
+                    0 | 1 => {
+                        let imm = self.imm_z(size)?;
+                        Built::new(
+                            Mnemonic::Test,
+                            size,
+                            [self.rm(&m, size), imm, Operand::None],
+                        )
+                    }
+                    2 => Built::new(
+                        Mnemonic::Not,
+                        size,
+                        [self.rm(&m, size), Operand::None, Operand::None],
+                    ),
+                    3 => Built::new(
+                        Mnemonic::Neg,
+                        size,
+                        [self.rm(&m, size), Operand::None, Operand::None],
+                    ),
+                    _ => return Err(DecodeError::Unsupported),
+                }
+            }
+            K::Group4 => {
+                let m = self.modrm()?;
+                let mn = match m.ext() {
+                    0 => Mnemonic::Inc,
+                    1 => Mnemonic::Dec,
+                    _ => return Err(DecodeError::Invalid),
+                };
+                Built::new(mn, 1, [self.rm(&m, 1), Operand::None, Operand::None])
+            }
+            K::Group5 => {
+                let m = self.modrm()?;
+                let is_reg = matches!(m.rm, Rm::Reg(_));
+                match m.ext() {
+                    0 | 1 => {
+                        let size = self.v_size();
+                        let mn = if m.ext() == 0 {
+                            Mnemonic::Inc
+                        } else {
+                            Mnemonic::Dec
+                        };
+                        Built::new(mn, size, [self.rm(&m, size), Operand::None, Operand::None])
+                    }
+                    // Far CALL/JMP take a memory pointer only.
+                    3 | 5 if is_reg => return Err(DecodeError::Invalid),
+                    6 => {
+                        let size = self.stack_size();
+                        Built::new(
+                            Mnemonic::Push,
+                            size,
+                            [self.rm(&m, size), Operand::None, Operand::None],
+                        )
+                    }
+                    7 => return Err(DecodeError::Invalid),
+                    _ => return Err(DecodeError::Unsupported),
+                }
+            }
+            K::Group11(w) => {
+                let size = self.size_of(w);
+                let m = self.modrm()?;
+                match m.ext() {
+                    0 => {
+                        let imm = self.imm_z(size)?;
+                        Built::new(Mnemonic::Mov, size, [self.rm(&m, size), imm, Operand::None])
+                    }
+                    // C6 F8 XABORT, C7 F8 XBEGIN.
+                    7 if m.byte == 0xF8 => return Err(DecodeError::Unsupported),
+                    _ => return Err(DecodeError::Invalid),
+                }
+            }
+            K::Group1A => {
+                // 8F with ModRM.reg != 0 is the XOP escape on AMD when its
+                // map field is 8 or more, `#UD` otherwise.
+                let next = self.cur.peek()?;
+                if (next >> 3) & 7 != 0 {
+                    return Err(if next & 0x1F >= 8 {
+                        DecodeError::Unsupported
+                    } else {
+                        DecodeError::Invalid
+                    });
+                }
+                let m = self.modrm()?;
+                let size = self.stack_size();
+                Built::new(
+                    Mnemonic::Pop,
+                    size,
+                    [self.rm(&m, size), Operand::None, Operand::None],
+                )
+            }
+            K::Movsxd => {
+                if !self.long {
+                    // ARPL.
+                    return Err(DecodeError::Unsupported);
+                }
+                let size = self.v_size();
+                let src = if size == 2 { 2 } else { 4 };
+                let m = self.modrm()?;
+                Built::new(
+                    Mnemonic::Movsxd,
+                    size,
+                    [self.gpr(m.reg, size), self.rm(&m, src), Operand::None],
+                )
+            }
+            K::Moffs { store, width } => {
+                let size = self.size_of(width);
+                let offset = self.cur.le(self.address_size)?;
+                let a = Address {
+                    base: None,
+                    index: None,
+                    scale: 1,
+                    disp: offset as i64,
+                    rip_relative: false,
+                    stack: false,
+                };
+                let mem = self.mem(a, size);
+                let ops = if store {
+                    [mem, self.acc(size), Operand::None]
+                } else {
+                    [self.acc(size), mem, Operand::None]
+                };
+                Built::new(Mnemonic::Mov, size, ops)
+            }
+            K::Str(mn, w) => self.string(mn, w),
+            K::InImm(w) => {
+                let size = self.io_size(w);
+                let port = self.imm(1, 1, false)?;
+                Built::new(Mnemonic::In, size, [self.acc(size), port, Operand::None])
+            }
+            K::OutImm(w) => {
+                let size = self.io_size(w);
+                let port = self.imm(1, 1, false)?;
+                Built::new(Mnemonic::Out, size, [port, self.acc(size), Operand::None])
+            }
+            K::InDx(w) => {
+                let size = self.io_size(w);
+                Built::new(
+                    Mnemonic::In,
+                    size,
+                    [self.acc(size), self.dx(), Operand::None],
+                )
+            }
+            K::OutDx(w) => {
+                let size = self.io_size(w);
+                Built::new(
+                    Mnemonic::Out,
+                    size,
+                    [self.dx(), self.acc(size), Operand::None],
+                )
+            }
+            K::Vex | K::Evex => return Err(self.vex_like()?),
+            K::NotIn64 if self.long => return Err(DecodeError::Invalid),
+            K::NotIn64 | K::Unsupported => return Err(DecodeError::Unsupported),
+            // 0F-map kinds; the one-byte table holds none of them.
+            _ => return Err(DecodeError::Unsupported),
+        };
+        self.finish(built)
+    }
+
+    /// C4/C5/62: VEX/EVEX (never emulated) or LES/LDS/BOUND.
+    fn vex_like(&self) -> Result<DecodeError, DecodeError> {
+        let is_vex = self.long || self.next_is_reg_form()?;
+        if !is_vex {
+            // LES/LDS/BOUND with a memory operand.
+            return Ok(DecodeError::Unsupported);
+        }
+        if self.mode.is_real_or_v86() {
+            // VEX/EVEX are #UD in real and virtual-8086 mode, and so are the
+            // register forms of LES/LDS/BOUND.
+            return Ok(DecodeError::Invalid);
+        }
+        // A 66, F2, F3, LOCK or REX prefix before VEX/EVEX is #UD.
+        if self.pfx.opsize || self.pfx.rep.is_some() || self.pfx.lock || self.pfx.rex_present() {
+            return Ok(DecodeError::Invalid);
+        }
+        Ok(DecodeError::Unsupported)
+    }
+
+    fn group1(&mut self, w: Width, imm: Imm) -> Result<Built, DecodeError> {
+        let size = self.size_of(w);
+        let m = self.modrm()?;
+        let imm = match imm {
+            Imm::B => self.imm(1, 1, false)?,
+            Imm::SB => self.imm(1, size, true)?,
+            Imm::Z => self.imm_z(size)?,
+        };
+        Ok(Built::new(
+            alu(m.ext()),
+            size,
+            [self.rm(&m, size), imm, Operand::None],
+        ))
+    }
+
+    fn string(&self, mn: Mnemonic, w: Width) -> Built {
+        let (size, ops, access) = match mn {
+            Mnemonic::Ins | Mnemonic::Outs => {
+                let size = self.io_size(w);
+                if mn == Mnemonic::Ins {
+                    let ops = [self.string_mem(false, size), self.dx(), Operand::None];
+                    (size, ops, AccessClass::Write)
+                } else {
+                    let ops = [self.dx(), self.string_mem(true, size), Operand::None];
+                    (size, ops, AccessClass::Read)
+                }
+            }
+            _ => {
+                let size = self.size_of(w);
+                let src = self.string_mem(true, size);
+                let dst = self.string_mem(false, size);
+                let acc = self.acc(size);
+                match mn {
+                    Mnemonic::Movs => (size, [dst, src, Operand::None], AccessClass::ReadWrite),
+                    Mnemonic::Cmps => (size, [src, dst, Operand::None], AccessClass::Read),
+                    Mnemonic::Stos => (size, [dst, acc, Operand::None], AccessClass::Write),
+                    Mnemonic::Lods => (size, [acc, src, Operand::None], AccessClass::Read),
+                    _ => (size, [acc, dst, Operand::None], AccessClass::Read),
+                }
+            }
+        };
+        let mut b = Built::new(mn, size, ops);
+        b.access = Some(access);
+        b
+    }
+
+    fn secondary(mut self, opcode: u8) -> Result<Instruction, DecodeError> {
+        use Kind as K;
+        let kind = SECONDARY
+            .get(usize::from(opcode))
+            .copied()
+            .unwrap_or(K::Unsupported);
+        let built = match kind {
+            K::Cmov => {
+                let size = self.v_size();
+                let m = self.modrm()?;
+                let mut b = Built::new(
+                    Mnemonic::Cmovcc,
+                    size,
+                    [self.gpr(m.reg, size), self.rm(&m, size), Operand::None],
+                );
+                b.condition = Some(Condition(opcode & 15));
+                b
+            }
+            K::Setcc => {
+                let m = self.modrm()?;
+                let mut b = Built::new(
+                    Mnemonic::Setcc,
+                    1,
+                    [self.rm(&m, 1), Operand::None, Operand::None],
+                );
+                b.condition = Some(Condition(opcode & 15));
+                b
+            }
+            K::BtReg(mn) => {
+                let size = self.v_size();
+                let m = self.modrm()?;
+                Built::new(
+                    mn,
+                    size,
+                    [self.rm(&m, size), self.gpr(m.reg, size), Operand::None],
+                )
+            }
+            K::Group8 => {
+                let size = self.v_size();
+                let m = self.modrm()?;
+                let mn = match m.ext() {
+                    4 => Mnemonic::Bt,
+                    5 => Mnemonic::Bts,
+                    6 => Mnemonic::Btr,
+                    7 => Mnemonic::Btc,
+                    _ => return Err(DecodeError::Invalid),
+                };
+                // The bit offset is an unsigned imm8 (taken modulo the
+                // operand width by the CPU).
+                let imm = self.imm(1, 1, false)?;
+                Built::new(mn, size, [self.rm(&m, size), imm, Operand::None])
+            }
+            K::Cmpxchg(w) => {
+                let size = self.size_of(w);
+                let m = self.modrm()?;
+                Built::new(
+                    Mnemonic::Cmpxchg,
+                    size,
+                    [self.rm(&m, size), self.gpr(m.reg, size), self.acc(size)],
+                )
+            }
+            K::Xadd(w) => {
+                let size = self.size_of(w);
+                let m = self.modrm()?;
+                Built::new(
+                    Mnemonic::Xadd,
+                    size,
+                    [self.rm(&m, size), self.gpr(m.reg, size), Operand::None],
+                )
+            }
+            K::MovExt(mn, src) => {
+                let size = self.v_size();
+                let m = self.modrm()?;
+                Built::new(
+                    mn,
+                    size,
+                    [self.gpr(m.reg, size), self.rm(&m, src), Operand::None],
+                )
+            }
+            K::Movnti => {
+                if self.pfx.opsize || self.pfx.rep.is_some() {
+                    return Err(DecodeError::Invalid);
+                }
+                let size = if self.pfx.rex_w() { 8 } else { 4 };
+                let m = self.modrm()?;
+                if matches!(m.rm, Rm::Reg(_)) {
+                    return Err(DecodeError::Invalid);
+                }
+                Built::new(
+                    Mnemonic::Movnti,
+                    size,
+                    [self.rm(&m, size), self.gpr(m.reg, size), Operand::None],
+                )
+            }
+            K::Group9 => {
+                let m = self.modrm()?;
+                if m.ext() != 1 {
+                    return Err(DecodeError::Unsupported);
+                }
+                if matches!(m.rm, Rm::Reg(_)) {
+                    return Err(DecodeError::Invalid);
+                }
+                let (mn, size) = if self.pfx.rex_w() {
+                    (Mnemonic::Cmpxchg16b, 16)
+                } else {
+                    (Mnemonic::Cmpxchg8b, 8)
+                };
+                Built::new(mn, size, [self.rm(&m, size), Operand::None, Operand::None])
+            }
+            K::Sse => self.sse(opcode)?,
+            _ => return Err(DecodeError::Unsupported),
+        };
+        self.finish(built)
+    }
+
+    /// The SSE moves, selected by opcode and mandatory prefix.
+    fn sse(&mut self, opcode: u8) -> Result<Built, DecodeError> {
+        use Mandatory as P;
+        use Mnemonic as M;
+        /// How the operands are laid out.
+        enum Shape {
+            /// xmm, xmm/m (load).
+            Load,
+            /// xmm/m, xmm (store).
+            Store,
+            /// m, xmm: memory only.
+            StoreMemOnly,
+            /// xmm, r/m32/64 (MOVD/MOVQ load from a GPR or memory).
+            FromGpr,
+            /// r/m32/64, xmm.
+            ToGpr,
+        }
+        let mp = self.pfx.mandatory();
+        let (mn, size, shape) = match (opcode, mp) {
+            (0x10, P::None) => (M::Movups, 16, Shape::Load),
+            (0x10, P::P66) => (M::Movupd, 16, Shape::Load),
+            (0x11, P::None) => (M::Movups, 16, Shape::Store),
+            (0x11, P::P66) => (M::Movupd, 16, Shape::Store),
+            (0x28, P::None) => (M::Movaps, 16, Shape::Load),
+            (0x28, P::P66) => (M::Movapd, 16, Shape::Load),
+            (0x29, P::None) => (M::Movaps, 16, Shape::Store),
+            (0x29, P::P66) => (M::Movapd, 16, Shape::Store),
+            (0x2B, P::None) => (M::Movntps, 16, Shape::StoreMemOnly),
+            (0x2B, P::P66) => (M::Movntpd, 16, Shape::StoreMemOnly),
+            (0x6E, P::P66) if self.pfx.rex_w() => (M::Movq, 8, Shape::FromGpr),
+            (0x6E, P::P66) => (M::Movd, 4, Shape::FromGpr),
+            (0x6F, P::P66) => (M::Movdqa, 16, Shape::Load),
+            (0x6F, P::F3) => (M::Movdqu, 16, Shape::Load),
+            (0x7E, P::P66) if self.pfx.rex_w() => (M::Movq, 8, Shape::ToGpr),
+            (0x7E, P::P66) => (M::Movd, 4, Shape::ToGpr),
+            (0x7E, P::F3) => (M::Movq, 8, Shape::Load),
+            (0x7F, P::P66) => (M::Movdqa, 16, Shape::Store),
+            (0x7F, P::F3) => (M::Movdqu, 16, Shape::Store),
+            (0xD6, P::P66) => (M::Movq, 8, Shape::Store),
+            (0xE7, P::P66) => (M::Movntdq, 16, Shape::StoreMemOnly),
+            // MOVSS/MOVSD (F3/F2 0F 10/11), MOVNTSS/MOVNTSD (F3/F2 0F 2B,
+            // AMD), the MMX forms (no prefix 0F 6E/6F/7E/7F/E7) and
+            // MOVQ2DQ/MOVDQ2Q (F3/F2 0F D6) exist but are not emulated.
+            (0x10 | 0x11 | 0x2B, P::F3 | P::F2)
+            | (0x6E | 0x6F | 0x7E | 0x7F | 0xE7, P::None)
+            | (0xD6, P::F3 | P::F2) => return Err(DecodeError::Unsupported),
+            _ => return Err(DecodeError::Invalid),
+        };
+        let m = self.modrm()?;
+        let xmm = Operand::Xmm(m.reg & 15);
+        let ops = match shape {
+            Shape::Load => [xmm, self.xmm_rm(&m, size), Operand::None],
+            Shape::Store => [self.xmm_rm(&m, size), xmm, Operand::None],
+            Shape::StoreMemOnly => {
+                if matches!(m.rm, Rm::Reg(_)) {
+                    return Err(DecodeError::Invalid);
+                }
+                [self.xmm_rm(&m, size), xmm, Operand::None]
+            }
+            Shape::FromGpr => [xmm, self.rm(&m, size), Operand::None],
+            Shape::ToGpr => [self.rm(&m, size), xmm, Operand::None],
+        };
+        Ok(Built::new(mn, size, ops))
+    }
+
+    /// Applies the checks common to every form and assembles the result.
+    fn finish(self, b: Built) -> Result<Instruction, DecodeError> {
+        let mem_dest = matches!(b.operands[0], Operand::Mem(_));
+        let has_mem = b.operands.iter().any(|o| matches!(o, Operand::Mem(_)));
+        if self.pfx.lock && !(mem_dest && lockable(b.mnemonic)) {
+            return Err(DecodeError::Invalid);
+        }
+        let access = match b.access {
+            Some(a) => a,
+            None if !has_mem => AccessClass::None,
+            None if mem_dest => dest_access(b.mnemonic),
+            None => AccessClass::Read,
+        };
+        let rep = if is_string(b.mnemonic) {
+            self.pfx.rep
+        } else {
+            None
+        };
+        let len = u8::try_from(self.cur.pos()).map_err(|_| DecodeError::TooLong)?;
+        Ok(Instruction {
+            len,
+            mnemonic: b.mnemonic,
+            operands: b.operands,
+            operand_size: b.operand_size,
+            address_size: self.address_size,
+            segment_override: self.pfx.segment,
+            rep,
+            lock: self.pfx.lock,
+            condition: b.condition,
+            access,
+        })
+    }
+}
+
+/// Instructions that accept LOCK (with a memory destination).
+fn lockable(mn: Mnemonic) -> bool {
+    use Mnemonic as M;
+    matches!(
+        mn,
+        M::Add
+            | M::Adc
+            | M::Sub
+            | M::Sbb
+            | M::And
+            | M::Or
+            | M::Xor
+            | M::Inc
+            | M::Dec
+            | M::Neg
+            | M::Not
+            | M::Xchg
+            | M::Xadd
+            | M::Cmpxchg
+            | M::Cmpxchg8b
+            | M::Cmpxchg16b
+            | M::Bts
+            | M::Btr
+            | M::Btc
+    )
+}
+
+/// What an instruction does to a memory destination.
+fn dest_access(mn: Mnemonic) -> AccessClass {
+    use Mnemonic as M;
+    match mn {
+        M::Cmp | M::Test | M::Bt | M::Push => AccessClass::Read,
+        M::Mov
+        | M::Setcc
+        | M::Pop
+        | M::Movnti
+        | M::Movd
+        | M::Movq
+        | M::Movdqa
+        | M::Movdqu
+        | M::Movaps
+        | M::Movups
+        | M::Movapd
+        | M::Movupd
+        | M::Movntdq
+        | M::Movntps
+        | M::Movntpd => AccessClass::Write,
+        _ => AccessClass::ReadWrite,
+    }
+}
+
+fn is_string(mn: Mnemonic) -> bool {
+    use Mnemonic as M;
+    matches!(
+        mn,
+        M::Movs | M::Cmps | M::Stos | M::Lods | M::Scas | M::Ins | M::Outs
+    )
+}

@@ -1,0 +1,493 @@
+//! Instruction semantics: one module per instruction family, on top of a
+//! shared execution context ([`Exec`]) that reads guest registers, stages
+//! register writes until the instruction has succeeded, locates memory
+//! operands and performs their accesses.
+//!
+//! Staging: nothing is written to the [`CpuState`] while an instruction
+//! runs. [`Pending`] collects the new register values; `mem.rs` applies them
+//! only when the family function returned `Ok`, so an error leaves the guest
+//! registers untouched.
+
+mod alu;
+mod bits;
+mod mov;
+mod sse;
+mod stack;
+mod string;
+mod xchg;
+
+use crate::Outcome;
+use crate::access::{self, AccessType, PhysRange};
+use crate::bus::{GuestRam, MmioBus};
+use crate::decode::{Instruction, MemoryOperand, Mnemonic, Operand, Register};
+use crate::error::{Error, Exception};
+use crate::flags;
+use crate::mode::CpuMode;
+use crate::segment;
+use crate::state::{CpuState, Gpr, Segment};
+
+/// Size of a guest page: accesses and REP batches are split at multiples.
+pub(crate) const PAGE_SIZE: u64 = 4096;
+const PAGE_MASK: u64 = PAGE_SIZE - 1;
+
+/// How many times a locked read-modify-write to RAM is retried when memory
+/// changes between the read and the compare-and-write. After that the
+/// assist returns [`Outcome::Resume`] with nothing changed: the guest
+/// re-executes the instruction (and exits again), which bounds the work per
+/// call while another vCPU keeps the cache line busy.
+pub(crate) const LOCK_RETRIES: u32 = 16;
+
+const CR0_AM: u64 = 1 << 18;
+
+/// Register values staged by an instruction, applied only on success.
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    gprs: [u64; 16],
+    loaded: u16,
+    dirty: u16,
+    rflags: u64,
+    rflags_in: u64,
+    next_rip: u64,
+    xmm: Option<(u8, u128)>,
+}
+
+impl Pending {
+    /// Stages XMM register `index` (at most one per instruction).
+    pub(crate) fn set_xmm(&mut self, index: u8, value: u128) {
+        self.xmm = Some((index, value));
+    }
+
+    /// Writes the staged registers into `state`; RIP advances past the
+    /// instruction only for [`Outcome::Done`].
+    pub(crate) fn apply<S: CpuState + ?Sized>(&self, state: &mut S, outcome: Outcome) {
+        let mut dirty = self.dirty;
+        while dirty != 0 {
+            let i = dirty.trailing_zeros() as u8;
+            dirty &= dirty - 1;
+            let reg = Gpr::from_index(i);
+            if let Some(v) = self.gprs.get(usize::from(i)) {
+                state.set_gpr(reg, *v);
+            }
+        }
+        if self.rflags != self.rflags_in {
+            state.set_rflags(self.rflags);
+        }
+        if let Some((i, v)) = self.xmm {
+            state.set_xmm(i, v);
+        }
+        if outcome == Outcome::Done {
+            state.set_rip(self.next_rip);
+        }
+    }
+}
+
+/// The execution context of one instruction.
+pub(crate) struct Exec<'a, S: ?Sized, R: ?Sized, M: ?Sized> {
+    pub state: &'a S,
+    pub ram: &'a mut R,
+    pub mmio: &'a mut M,
+    pub mode: CpuMode,
+    pub insn: &'a Instruction,
+    /// The instruction bytes (the first `insn.len` are meaningful), for
+    /// [`Error::Unsupported`].
+    pub bytes: &'a [u8; 15],
+    /// The guest-physical address of the memory exit.
+    pub exit_gpa: u64,
+    pub regs: Pending,
+}
+
+impl<'a, S, R, M> Exec<'a, S, R, M>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    pub(crate) fn new(
+        state: &'a S,
+        ram: &'a mut R,
+        mmio: &'a mut M,
+        mode: CpuMode,
+        insn: &'a Instruction,
+        bytes: &'a [u8; 15],
+        exit_gpa: u64,
+    ) -> Self {
+        let rflags = state.rflags();
+        let rip = state.rip();
+        let len = u64::from(insn.len);
+        let next_rip = match mode.default_size() {
+            _ if mode.is_64bit() => rip.wrapping_add(len),
+            // Outside 64-bit mode the instruction pointer wraps at the
+            // code segment's size.
+            4 => rip.wrapping_add(len) & 0xFFFF_FFFF,
+            _ => rip.wrapping_add(len) & 0xFFFF,
+        };
+        Exec {
+            state,
+            ram,
+            mmio,
+            mode,
+            insn,
+            bytes,
+            exit_gpa,
+            regs: Pending {
+                gprs: [0; 16],
+                loaded: 0,
+                dirty: 0,
+                rflags,
+                rflags_in: rflags,
+                next_rip,
+                xmm: None,
+            },
+        }
+    }
+
+    /// Runs the instruction.
+    pub(crate) fn run(&mut self) -> Result<Outcome, Error> {
+        match self.insn.mnemonic {
+            Mnemonic::Mov
+            | Mnemonic::Movzx
+            | Mnemonic::Movsx
+            | Mnemonic::Movsxd
+            | Mnemonic::Movnti
+            | Mnemonic::Setcc
+            | Mnemonic::Cmovcc => mov::exec(self),
+            Mnemonic::Add
+            | Mnemonic::Adc
+            | Mnemonic::Sub
+            | Mnemonic::Sbb
+            | Mnemonic::And
+            | Mnemonic::Or
+            | Mnemonic::Xor
+            | Mnemonic::Cmp
+            | Mnemonic::Test
+            | Mnemonic::Inc
+            | Mnemonic::Dec
+            | Mnemonic::Neg
+            | Mnemonic::Not => alu::exec(self),
+            Mnemonic::Xchg
+            | Mnemonic::Xadd
+            | Mnemonic::Cmpxchg
+            | Mnemonic::Cmpxchg8b
+            | Mnemonic::Cmpxchg16b => xchg::exec(self),
+            Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc => bits::exec(self),
+            Mnemonic::Push | Mnemonic::Pop => stack::exec(self),
+            Mnemonic::Movs | Mnemonic::Stos | Mnemonic::Lods | Mnemonic::Cmps | Mnemonic::Scas => {
+                string::exec(self)
+            }
+            Mnemonic::Movd
+            | Mnemonic::Movq
+            | Mnemonic::Movdqa
+            | Mnemonic::Movdqu
+            | Mnemonic::Movaps
+            | Mnemonic::Movups
+            | Mnemonic::Movapd
+            | Mnemonic::Movupd
+            | Mnemonic::Movntdq
+            | Mnemonic::Movntps
+            | Mnemonic::Movntpd => sse::exec(self),
+            // Port I/O exits before its memory operand is touched, so a
+            // memory exit never needs them; the I/O assist handles them.
+            _ => Err(self.unsupported()),
+        }
+    }
+
+    /// The error for a valid instruction this assist does not emulate.
+    pub(crate) fn unsupported(&self) -> Error {
+        Error::Unsupported {
+            bytes: *self.bytes,
+            len: self.insn.len.min(15),
+        }
+    }
+
+    // ---- registers -------------------------------------------------------
+
+    /// A full 64-bit GPR, with the staged value if the instruction wrote it.
+    pub(crate) fn gpr(&mut self, reg: Gpr) -> u64 {
+        let i = reg.index();
+        let bit = 1u16 << i;
+        if self.regs.loaded & bit == 0 {
+            let v = self.state.gpr(reg);
+            if let Some(slot) = self.regs.gprs.get_mut(i) {
+                *slot = v;
+            }
+            self.regs.loaded |= bit;
+        }
+        self.regs.gprs.get(i).copied().unwrap_or(0)
+    }
+
+    /// Stages a full 64-bit GPR value.
+    pub(crate) fn set_gpr(&mut self, reg: Gpr, value: u64) {
+        let i = reg.index();
+        if let Some(slot) = self.regs.gprs.get_mut(i) {
+            *slot = value;
+        }
+        self.regs.loaded |= 1 << i;
+        self.regs.dirty |= 1 << i;
+    }
+
+    /// Reads a register operand (zero-extended to 64 bits).
+    pub(crate) fn read_reg(&mut self, r: Register) -> u64 {
+        let v = self.gpr(r.gpr);
+        if r.size == 1 && r.high_byte {
+            (v >> 8) & 0xFF
+        } else {
+            v & flags::size_mask(r.size)
+        }
+    }
+
+    /// Writes a register operand with the CPU's partial-register rules:
+    /// 8- and 16-bit writes keep the other bits, 32-bit writes zero-extend
+    /// to 64 bits (the CPU does so in every mode; outside 64-bit mode the
+    /// upper half is not visible to the guest anyway), 64-bit writes replace.
+    pub(crate) fn write_reg(&mut self, r: Register, value: u64) {
+        let old = self.gpr(r.gpr);
+        let new = match r.size {
+            1 if r.high_byte => (old & !0xFF00) | ((value & 0xFF) << 8),
+            1 => (old & !0xFF) | (value & 0xFF),
+            2 => (old & !0xFFFF) | (value & 0xFFFF),
+            4 => value & 0xFFFF_FFFF,
+            _ => value,
+        };
+        self.set_gpr(r.gpr, new);
+    }
+
+    /// Writes `value` into the low `size` bytes of `gpr` (never a high-byte
+    /// register), with the partial-register rules of [`Exec::write_reg`].
+    pub(crate) fn write_gpr_sized(&mut self, gpr: Gpr, size: u8, value: u64) {
+        self.write_reg(
+            Register {
+                gpr,
+                size,
+                high_byte: false,
+            },
+            value,
+        );
+    }
+
+    /// Writes the low `size` bytes (2, 4 or 8) of an address register (RSI,
+    /// RDI, RCX of string instructions, RSP): 16-bit keeps the upper bits,
+    /// 32-bit zero-extends, as a register write of that size does.
+    pub(crate) fn write_addr_reg(&mut self, gpr: Gpr, size: u8, value: u64) {
+        self.write_gpr_sized(gpr, size, value);
+    }
+
+    pub(crate) fn rflags(&self) -> u64 {
+        self.regs.rflags
+    }
+
+    pub(crate) fn set_rflags(&mut self, value: u64) {
+        self.regs.rflags = value;
+    }
+
+    /// The value of a register or immediate source operand.
+    pub(crate) fn read_value_operand(&mut self, op: &Operand) -> Result<u64, Error> {
+        match op {
+            Operand::Reg(r) => Ok(self.read_reg(*r)),
+            Operand::Imm(v) => Ok(*v),
+            _ => Err(self.unsupported()),
+        }
+    }
+
+    // ---- memory operands ------------------------------------------------
+
+    /// The address-size mask (2, 4 or 8 bytes).
+    pub(crate) fn address_mask(&self) -> u64 {
+        flags::size_mask(self.insn.address_size)
+    }
+
+    /// The effective address (offset within the segment) of `m`, masked to
+    /// the address size. RIP-relative operands are relative to the next
+    /// instruction.
+    pub(crate) fn effective_offset(&mut self, m: &MemoryOperand) -> u64 {
+        let mut ea = if m.rip_relative {
+            self.state.rip().wrapping_add(u64::from(self.insn.len))
+        } else {
+            0
+        };
+        if let Some(b) = m.base {
+            ea = ea.wrapping_add(self.gpr(b));
+        }
+        if let Some(i) = m.index {
+            let scale = u64::from(m.scale.max(1));
+            ea = ea.wrapping_add(self.gpr(i).wrapping_mul(scale));
+        }
+        ea.wrapping_add(m.disp as u64) & self.address_mask()
+    }
+
+    /// The linear address of `seg:offset` for `size` bytes, with the
+    /// segmentation checks.
+    pub(crate) fn linear(
+        &self,
+        seg: Segment,
+        offset: u64,
+        size: u64,
+        access: AccessType,
+    ) -> Result<u64, Error> {
+        segment::linear_address(self.state, self.mode, seg, offset, size, access)
+    }
+
+    /// `#AC(0)` when alignment checking is on (CR0.AM, RFLAGS.AC, CPL 3) and
+    /// `linear` is not a multiple of `align`.
+    pub(crate) fn check_alignment(&self, linear: u64, align: u64) -> Result<(), Error> {
+        if align > 1
+            && linear & (align - 1) != 0
+            && self.state.cr0() & CR0_AM != 0
+            && self.regs.rflags & flags::AC != 0
+            && self.state.cpl() == 3
+        {
+            return Err(Exception::AlignmentCheck.into());
+        }
+        Ok(())
+    }
+
+    /// The guest-physical fragments of `linear..linear + size`.
+    ///
+    /// With `trusted`, an access within one page uses the memory exit's GPA
+    /// without a page walk, as libnvmm does: the exit was caused by this
+    /// access, so the page offsets must agree (else
+    /// [`Error::InconsistentExit`]). Page-crossing accesses, and operands
+    /// that are not the one that caused the exit, go through the walker.
+    pub(crate) fn physical(
+        &mut self,
+        linear: u64,
+        size: u64,
+        access: AccessType,
+        trusted: bool,
+    ) -> Result<PhysRange, Error> {
+        let crosses = (linear & PAGE_MASK) + size > PAGE_SIZE;
+        if trusted && !crosses {
+            if self.exit_gpa & PAGE_MASK != linear & PAGE_MASK {
+                return Err(Error::InconsistentExit);
+            }
+            let len = usize::try_from(size).map_err(|_| Error::InconsistentExit)?;
+            return Ok(PhysRange {
+                parts: [(self.exit_gpa, len), (0, 0)],
+                count: 1,
+            });
+        }
+        let len = usize::try_from(size).map_err(|_| Error::InconsistentExit)?;
+        access::resolve(self.state, self.ram, linear, len, access)
+    }
+
+    /// Locates a memory operand: effective address (plus `displacement`
+    /// bytes, for the BT family's register bit offsets), segmentation,
+    /// translation, alignment check. Returns the linear address and the
+    /// physical fragments.
+    pub(crate) fn locate(
+        &mut self,
+        m: &MemoryOperand,
+        displacement: i64,
+        size: u8,
+        access: AccessType,
+        trusted: bool,
+    ) -> Result<(u64, PhysRange), Error> {
+        let offset =
+            self.effective_offset(m).wrapping_add(displacement as u64) & self.address_mask();
+        self.locate_offset(m.segment, offset, size, access, trusted)
+    }
+
+    /// [`Exec::locate`] for an offset already computed.
+    pub(crate) fn locate_offset(
+        &mut self,
+        seg: Segment,
+        offset: u64,
+        size: u8,
+        access: AccessType,
+        trusted: bool,
+    ) -> Result<(u64, PhysRange), Error> {
+        let size64 = u64::from(size);
+        let linear = self.linear(seg, offset, size64, access)?;
+        let range = self.physical(linear, size64, access, trusted)?;
+        self.check_alignment(linear, size64.min(8))?;
+        Ok((linear, range))
+    }
+
+    // ---- memory accesses ------------------------------------------------
+
+    /// Reads `size` (at most 16) bytes, little-endian.
+    pub(crate) fn read_mem(&mut self, range: &PhysRange, size: u8) -> Result<u128, Error> {
+        let mut buf = [0u8; 16];
+        let n = usize::from(size).min(16);
+        let dst = buf.get_mut(..n).ok_or(Error::InconsistentExit)?;
+        access::read_phys(self.ram, self.mmio, range, dst)?;
+        Ok(u128::from_le_bytes(buf))
+    }
+
+    /// Writes the low `size` (at most 16) bytes of `value`, little-endian.
+    pub(crate) fn write_mem(
+        &mut self,
+        range: &PhysRange,
+        size: u8,
+        value: u128,
+    ) -> Result<(), Error> {
+        let buf = value.to_le_bytes();
+        let n = usize::from(size).min(16);
+        let src = buf.get(..n).ok_or(Error::InconsistentExit)?;
+        access::write_phys(self.ram, self.mmio, range, src)
+    }
+
+    /// A read-modify-write of `size` bytes. `op` maps the old value to the
+    /// new one (always written, as the CPU writes even an unchanged value)
+    /// plus a result for the caller. Locked: the write is a compare-and-write
+    /// on RAM, retried from the read when memory changed in between
+    /// ([`LOCK_RETRIES`] times, then `Ok(None)`: the caller returns
+    /// [`Outcome::Resume`] with nothing changed); on MMIO it is a read then a
+    /// write. Unlocked: a read then a write.
+    pub(crate) fn rmw<T>(
+        &mut self,
+        range: &PhysRange,
+        size: u8,
+        locked: bool,
+        mut op: impl FnMut(u128) -> (u128, T),
+    ) -> Result<Option<T>, Error> {
+        let n = usize::from(size).min(16);
+        for _ in 0..LOCK_RETRIES {
+            let old = self.read_mem(range, size)?;
+            let (new, out) = op(old);
+            if !locked {
+                self.write_mem(range, size, new)?;
+                return Ok(Some(out));
+            }
+            let old_bytes = old.to_le_bytes();
+            let new_bytes = new.to_le_bytes();
+            let (Some(expected), Some(new_slice)) = (old_bytes.get(..n), new_bytes.get(..n)) else {
+                return Err(Error::InconsistentExit);
+            };
+            if access::compare_and_write_phys(self.ram, self.mmio, range, expected, new_slice)? {
+                return Ok(Some(out));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads a memory or register operand of `size` bytes (the memory
+    /// operand, if any, is the one that caused the exit).
+    pub(crate) fn read_operand(&mut self, op: &Operand, size: u8) -> Result<u64, Error> {
+        match op {
+            Operand::Mem(m) => {
+                let (_, range) = self.locate(m, 0, size, AccessType::Read, true)?;
+                Ok(self.read_mem(&range, size)? as u64)
+            }
+            other => self.read_value_operand(other),
+        }
+    }
+
+    /// The segment's own address size for the stack: 8 in 64-bit mode, else
+    /// 4 with SS.B, else 2.
+    pub(crate) fn stack_address_size(&self) -> u8 {
+        if self.mode.is_64bit() {
+            8
+        } else if self.state.segment(Segment::Ss).attributes.db() {
+            4
+        } else {
+            2
+        }
+    }
+}
+
+/// The staged registers, after `run` succeeded.
+impl<S: ?Sized, R: ?Sized, M: ?Sized> Exec<'_, S, R, M> {
+    pub(crate) fn into_pending(self) -> Pending {
+        self.regs
+    }
+}

@@ -1,0 +1,75 @@
+//! MOV (all forms), MOVZX, MOVSX, MOVSXD, MOVNTI, SETcc and CMOVcc.
+
+use super::Exec;
+use crate::Outcome;
+use crate::access::AccessType;
+use crate::bus::{GuestRam, MmioBus};
+use crate::decode::{Mnemonic, Operand};
+use crate::error::Error;
+use crate::flags;
+use crate::state::CpuState;
+
+pub(super) fn exec<S, R, M>(x: &mut Exec<'_, S, R, M>) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let insn = x.insn;
+    let op = insn.mnemonic;
+    let size = insn.operand_size;
+    match (insn.operands[0], insn.operands[1]) {
+        // Stores: MOV/MOVNTI from a register or immediate, SETcc.
+        (Operand::Mem(m), src) => {
+            let value = match op {
+                Mnemonic::Mov | Mnemonic::Movnti => x.read_value_operand(&src)?,
+                Mnemonic::Setcc => {
+                    let cc = insn.condition.ok_or_else(|| x.unsupported())?;
+                    u64::from(flags::condition(cc.0, x.rflags()))
+                }
+                _ => return Err(x.unsupported()),
+            };
+            let width = if op == Mnemonic::Setcc { 1 } else { m.size };
+            let (_, range) = x.locate(&m, 0, width, AccessType::Write, true)?;
+            x.write_mem(&range, width, u128::from(value))?;
+        }
+        // Loads into a register.
+        (Operand::Reg(d), Operand::Mem(m)) => {
+            let (_, range) = x.locate(&m, 0, m.size, AccessType::Read, true)?;
+            let raw = x.read_mem(&range, m.size)? as u64;
+            let value = match op {
+                Mnemonic::Mov | Mnemonic::Movzx => raw,
+                Mnemonic::Movsx | Mnemonic::Movsxd => flags::sign_extend(raw, m.size),
+                Mnemonic::Cmovcc => {
+                    let cc = insn.condition.ok_or_else(|| x.unsupported())?;
+                    if flags::condition(cc.0, x.rflags()) {
+                        raw
+                    } else {
+                        // The memory is read even when the condition is
+                        // false, and a 32-bit destination is still written
+                        // (zero-extended) in 64-bit mode.
+                        x.read_reg(d)
+                    }
+                }
+                _ => return Err(x.unsupported()),
+            };
+            x.write_reg(d, value);
+        }
+        // Register-only forms never cause a memory exit, but are cheap to
+        // get right: SETcc r8, MOV r, imm / r, r.
+        (Operand::Reg(d), src) => {
+            let value = match op {
+                Mnemonic::Setcc => {
+                    let cc = insn.condition.ok_or_else(|| x.unsupported())?;
+                    u64::from(flags::condition(cc.0, x.rflags()))
+                }
+                Mnemonic::Mov => x.read_value_operand(&src)?,
+                _ => return Err(x.unsupported()),
+            };
+            let _ = size;
+            x.write_reg(d, value);
+        }
+        _ => return Err(x.unsupported()),
+    }
+    Ok(Outcome::Done)
+}

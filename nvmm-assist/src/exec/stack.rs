@@ -1,0 +1,60 @@
+//! PUSH m and POP m.
+//!
+//! Two memory operands: the explicit one and the stack slot at SS:rSP. The
+//! exit does not say which of them is MMIO, so both are translated through
+//! the page walker. The stack address size is 8 in 64-bit mode, else 4 with
+//! SS.B, else 2; rSP is updated within that size (a 16-bit stack keeps
+//! RSP[63:16]). POP computes an rSP-based destination address after the
+//! increment, as the CPU does.
+
+use super::Exec;
+use crate::Outcome;
+use crate::access::AccessType;
+use crate::bus::{GuestRam, MmioBus};
+use crate::decode::{Mnemonic, Operand};
+use crate::error::Error;
+use crate::flags;
+use crate::state::{CpuState, Gpr, Segment};
+
+pub(super) fn exec<S, R, M>(x: &mut Exec<'_, S, R, M>) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let insn = x.insn;
+    let size = insn.operand_size;
+    if !matches!(size, 2 | 4 | 8) {
+        return Err(x.unsupported());
+    }
+    let Operand::Mem(m) = insn.operands[0] else {
+        return Err(x.unsupported());
+    };
+    let sas = x.stack_address_size();
+    let smask = flags::size_mask(sas);
+    let sp = x.gpr(Gpr::Rsp) & smask;
+    let step = u64::from(size);
+    match insn.mnemonic {
+        Mnemonic::Push => {
+            // The source address uses rSP before the decrement.
+            let (_, src) = x.locate(&m, 0, size, AccessType::Read, false)?;
+            let new_sp = sp.wrapping_sub(step) & smask;
+            let (_, dst) = x.locate_offset(Segment::Ss, new_sp, size, AccessType::Write, false)?;
+            let value = x.read_mem(&src, size)?;
+            x.write_mem(&dst, size, value)?;
+            x.write_addr_reg(Gpr::Rsp, sas, new_sp);
+        }
+        Mnemonic::Pop => {
+            let (_, src) = x.locate_offset(Segment::Ss, sp, size, AccessType::Read, false)?;
+            let new_sp = sp.wrapping_add(step) & smask;
+            // Stage the incremented rSP first: an rSP-based destination
+            // address is computed from it.
+            x.write_addr_reg(Gpr::Rsp, sas, new_sp);
+            let (_, dst) = x.locate(&m, 0, size, AccessType::Write, false)?;
+            let value = x.read_mem(&src, size)?;
+            x.write_mem(&dst, size, value)?;
+        }
+        _ => return Err(x.unsupported()),
+    }
+    Ok(Outcome::Done)
+}

@@ -1,0 +1,292 @@
+//! MOVS, STOS, LODS, CMPS and SCAS, with REP, REPE and REPNE.
+//!
+//! - rSI, rDI and rCX are used and updated at the address size (a 16-bit
+//!   update keeps the upper bits, a 32-bit one zero-extends).
+//! - The source segment is DS or the override; the destination is always
+//!   ES:rDI, whatever the prefixes.
+//! - RFLAGS.DF selects the direction.
+//! - REP with rCX = 0 does nothing but advance RIP. REPE/REPNE stop CMPS and
+//!   SCAS on ZF; on MOVS, STOS and LODS both prefixes mean REP.
+//! - A REP instruction runs in batches: as many iterations as stay within
+//!   the current page of each operand (and of the segment's address space),
+//!   at most [`MAX_BATCH`]. Each batch is translated once. When iterations
+//!   remain, the result is [`Outcome::Resume`]: RIP unchanged, rCX/rSI/rDI
+//!   updated, and the guest re-executes the instruction.
+//! - A bus error after some iterations of a batch commits those iterations
+//!   and returns `Resume`; the next call then fails at once with nothing
+//!   changed. A bus error on the first iteration is returned as the error.
+//! - STOS, LODS and SCAS have one memory operand, the one that caused the
+//!   exit: its page comes from the exit GPA. MOVS and CMPS translate both
+//!   operands through the page walker (either may be the MMIO one).
+
+use super::{Exec, PAGE_SIZE};
+use crate::Outcome;
+use crate::access::{self, AccessType, PhysRange};
+use crate::bus::{GuestRam, MmioBus};
+use crate::decode::{Mnemonic, RepPrefix};
+use crate::error::Error;
+use crate::flags::{self, DF, ZF};
+use crate::state::{CpuState, Gpr, Segment};
+
+/// The largest number of iterations one assist call performs.
+pub(crate) const MAX_BATCH: u64 = 2048;
+
+const PAGE_MASK: u64 = PAGE_SIZE - 1;
+
+/// One memory operand of a string instruction, planned for a batch.
+#[derive(Clone, Copy)]
+struct Side {
+    seg: Segment,
+    offset: u64,
+    linear: u64,
+    access: AccessType,
+}
+
+/// The guest-physical location of each element of a batch.
+#[derive(Clone, Copy)]
+enum Elements {
+    /// One element, possibly split over two pages.
+    One(PhysRange),
+    /// Elements within one page: element `i` is at `gpa0 +/- i * size`.
+    Page { gpa0: u64 },
+}
+
+impl Elements {
+    fn get(&self, i: u64, size: u64, backwards: bool) -> PhysRange {
+        match *self {
+            Elements::One(r) => r,
+            Elements::Page { gpa0 } => {
+                let delta = i.wrapping_mul(size);
+                let gpa = if backwards {
+                    gpa0.wrapping_sub(delta)
+                } else {
+                    gpa0.wrapping_add(delta)
+                };
+                PhysRange {
+                    parts: [(gpa, size as usize), (0, 0)],
+                    count: 1,
+                }
+            }
+        }
+    }
+}
+
+/// How many elements of `size` bytes, starting at element 0 of `side`,
+/// stay within its page and within the address space of `amask`.
+fn room(side: &Side, size: u64, amask: u64, backwards: bool) -> u64 {
+    let in_page = side.linear & PAGE_MASK;
+    if in_page + size > PAGE_SIZE || side.offset > amask - (size - 1) {
+        // Element 0 itself crosses a page or wraps the offset: alone.
+        return 1;
+    }
+    let (page_room, offset_room) = if backwards {
+        (in_page / size + 1, side.offset / size + 1)
+    } else {
+        (
+            (PAGE_SIZE - in_page) / size,
+            (amask - side.offset - (size - 1)) / size + 1,
+        )
+    };
+    page_room.min(offset_room).max(1)
+}
+
+pub(super) fn exec<S, R, M>(x: &mut Exec<'_, S, R, M>) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let insn = x.insn;
+    let op = insn.mnemonic;
+    let size = insn.operand_size;
+    if !matches!(size, 1 | 2 | 4 | 8) {
+        return Err(x.unsupported());
+    }
+    let s = u64::from(size);
+    let asz = insn.address_size;
+    let amask = flags::size_mask(asz);
+    let rflags = x.rflags();
+    let backwards = rflags & DF != 0;
+
+    let count = match insn.rep {
+        Some(_) => {
+            let c = x.gpr(Gpr::Rcx) & amask;
+            if c == 0 {
+                return Ok(Outcome::Done);
+            }
+            c
+        }
+        None => 1,
+    };
+
+    let (has_src, has_dst) = match op {
+        Mnemonic::Movs | Mnemonic::Cmps => (true, true),
+        Mnemonic::Lods => (true, false),
+        Mnemonic::Stos | Mnemonic::Scas => (false, true),
+        _ => return Err(x.unsupported()),
+    };
+    let dst_access = if op == Mnemonic::Movs || op == Mnemonic::Stos {
+        AccessType::Write
+    } else {
+        AccessType::Read
+    };
+    let trusted = !(has_src && has_dst);
+
+    // Element 0 of each operand: segmentation checks, then the batch size.
+    let mut n = count.min(MAX_BATCH);
+    let mut sides: [Option<Side>; 2] = [None, None];
+    if has_src {
+        let seg = insn.segment_override.unwrap_or(Segment::Ds);
+        let offset = x.gpr(Gpr::Rsi) & amask;
+        let linear = x.linear(seg, offset, s, AccessType::Read)?;
+        let side = Side {
+            seg,
+            offset,
+            linear,
+            access: AccessType::Read,
+        };
+        n = n.min(room(&side, s, amask, backwards));
+        sides[0] = Some(side);
+    }
+    if has_dst {
+        let offset = x.gpr(Gpr::Rdi) & amask;
+        let linear = x.linear(Segment::Es, offset, s, dst_access)?;
+        let side = Side {
+            seg: Segment::Es,
+            offset,
+            linear,
+            access: dst_access,
+        };
+        n = n.min(room(&side, s, amask, backwards));
+        sides[1] = Some(side);
+    }
+    // The whole batch must pass the segment checks; if it does not, do
+    // one iteration (the CPU faults at the first element that fails, and
+    // the following calls get there one element at a time).
+    if n > 1 {
+        for side in sides.iter().flatten() {
+            let lowest = if backwards {
+                side.offset - (n - 1) * s
+            } else {
+                side.offset
+            };
+            if x.linear(side.seg, lowest, n * s, side.access).is_err() {
+                n = 1;
+            }
+        }
+    }
+
+    // Translate each operand once for the batch.
+    let mut elements: [Option<Elements>; 2] = [None, None];
+    for (slot, side) in elements.iter_mut().zip(sides.iter()) {
+        let Some(side) = side else { continue };
+        let located = if n == 1 {
+            Elements::One(x.physical(side.linear, s, side.access, trusted)?)
+        } else if trusted {
+            let r = x.physical(side.linear, s, side.access, true)?;
+            Elements::Page { gpa0: r.parts[0].0 }
+        } else {
+            let span = (n - 1) * s;
+            let lowest = if backwards {
+                side.linear.wrapping_sub(span)
+            } else {
+                side.linear
+            };
+            let len = usize::try_from(span + s).map_err(|_| Error::InconsistentExit)?;
+            let r = access::resolve(x.state, x.ram, lowest, len, side.access)?;
+            Elements::Page {
+                gpa0: r.parts[0].0.wrapping_add(side.linear.wrapping_sub(lowest)),
+            }
+        };
+        x.check_alignment(side.linear, s)?;
+        *slot = Some(located);
+    }
+
+    let rax = x.gpr(Gpr::Rax) & flags::size_mask(size);
+    let mut done = 0u64;
+    let mut last_flags = rflags;
+    let mut loaded = None;
+    let mut stopped = false;
+    let mut failure = None;
+    for i in 0..n {
+        let src = elements[0].map(|e| e.get(i, s, backwards));
+        let dst = elements[1].map(|e| e.get(i, s, backwards));
+        let step: Result<(), Error> = (|| {
+            match (op, src, dst) {
+                (Mnemonic::Movs, Some(src), Some(dst)) => {
+                    let v = x.read_mem(&src, size)?;
+                    x.write_mem(&dst, size, v)?;
+                }
+                (Mnemonic::Stos, _, Some(dst)) => x.write_mem(&dst, size, u128::from(rax))?,
+                (Mnemonic::Lods, Some(src), _) => loaded = Some(x.read_mem(&src, size)? as u64),
+                (Mnemonic::Cmps, Some(src), Some(dst)) => {
+                    let a = x.read_mem(&src, size)? as u64;
+                    let b = x.read_mem(&dst, size)? as u64;
+                    last_flags = flags::sub(a, b, false, size, rflags).1;
+                }
+                (Mnemonic::Scas, _, Some(dst)) => {
+                    let b = x.read_mem(&dst, size)? as u64;
+                    last_flags = flags::sub(rax, b, false, size, rflags).1;
+                }
+                _ => return Err(Error::InconsistentExit),
+            }
+            Ok(())
+        })();
+        if let Err(e) = step {
+            failure = Some(e);
+            break;
+        }
+        done += 1;
+        if matches!(op, Mnemonic::Cmps | Mnemonic::Scas) {
+            let zf = last_flags & ZF != 0;
+            stopped = match insn.rep {
+                Some(RepPrefix::Rep) => !zf,
+                Some(RepPrefix::Repne) => zf,
+                None => false,
+            };
+            if stopped {
+                break;
+            }
+        }
+    }
+    if let Some(e) = failure
+        && done == 0
+    {
+        return Err(e);
+    }
+
+    // Commit the completed iterations.
+    let moved = done * s;
+    if has_src {
+        let v = x.gpr(Gpr::Rsi);
+        let new = if backwards {
+            v.wrapping_sub(moved)
+        } else {
+            v.wrapping_add(moved)
+        };
+        x.write_addr_reg(Gpr::Rsi, asz, new);
+    }
+    if has_dst {
+        let v = x.gpr(Gpr::Rdi);
+        let new = if backwards {
+            v.wrapping_sub(moved)
+        } else {
+            v.wrapping_add(moved)
+        };
+        x.write_addr_reg(Gpr::Rdi, asz, new);
+    }
+    if let Some(v) = loaded {
+        x.write_gpr_sized(Gpr::Rax, size, v);
+    }
+    x.set_rflags(last_flags);
+    if insn.rep.is_none() {
+        return Ok(Outcome::Done);
+    }
+    let left = count - done;
+    x.write_addr_reg(Gpr::Rcx, asz, left);
+    if left == 0 || stopped {
+        Ok(Outcome::Done)
+    } else {
+        Ok(Outcome::Resume)
+    }
+}

@@ -1,0 +1,131 @@
+//! XCHG, XADD, CMPXCHG, CMPXCHG8B and CMPXCHG16B: the read-modify-write
+//! instructions that return the old memory value to a register.
+//!
+//! XCHG with memory is locked whether or not it has a LOCK prefix; the
+//! others are locked with the prefix. Locked forms to RAM use the
+//! compare-and-write callback and retry; to MMIO they are a read then a
+//! write (a device cannot be locked). CMPXCHG* always write memory, the old
+//! value when the comparison fails, as the CPU does.
+
+use super::Exec;
+use crate::Outcome;
+use crate::access::AccessType;
+use crate::bus::{GuestRam, MmioBus};
+use crate::decode::{Mnemonic, Operand};
+use crate::error::{Error, Exception};
+use crate::flags::{self, ZF};
+use crate::state::{CpuState, Gpr};
+
+pub(super) fn exec<S, R, M>(x: &mut Exec<'_, S, R, M>) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let insn = x.insn;
+    let size = insn.operand_size;
+    match insn.mnemonic {
+        Mnemonic::Xchg => {
+            let (m, r) = match (insn.operands[0], insn.operands[1]) {
+                (Operand::Mem(m), Operand::Reg(r)) | (Operand::Reg(r), Operand::Mem(m)) => (m, r),
+                _ => return Err(x.unsupported()),
+            };
+            let value = x.read_reg(r);
+            let (_, range) = x.locate(&m, 0, size, AccessType::Write, true)?;
+            match x.rmw(&range, size, true, |old| (u128::from(value), old as u64))? {
+                Some(old) => x.write_reg(r, old),
+                None => return Ok(Outcome::Resume),
+            }
+        }
+        Mnemonic::Xadd => {
+            let (Operand::Mem(m), Operand::Reg(r)) = (insn.operands[0], insn.operands[1]) else {
+                return Err(x.unsupported());
+            };
+            let src = x.read_reg(r);
+            let rflags = x.rflags();
+            let (_, range) = x.locate(&m, 0, size, AccessType::Write, true)?;
+            let res = x.rmw(&range, size, insn.lock, |old| {
+                let (sum, f) = flags::add(old as u64, src, false, size, rflags);
+                (u128::from(sum), (old as u64, f))
+            })?;
+            match res {
+                Some((old, f)) => {
+                    x.write_reg(r, old);
+                    x.set_rflags(f);
+                }
+                None => return Ok(Outcome::Resume),
+            }
+        }
+        Mnemonic::Cmpxchg => {
+            let (Operand::Mem(m), Operand::Reg(r)) = (insn.operands[0], insn.operands[1]) else {
+                return Err(x.unsupported());
+            };
+            let src = x.read_reg(r);
+            let acc = x.gpr(Gpr::Rax) & flags::size_mask(size);
+            let rflags = x.rflags();
+            let (_, range) = x.locate(&m, 0, size, AccessType::Write, true)?;
+            let res = x.rmw(&range, size, insn.lock, |old| {
+                let old = old as u64;
+                // Flags as CMP accumulator, destination.
+                let (_, f) = flags::sub(acc, old, false, size, rflags);
+                if acc == old {
+                    (u128::from(src), (f, None))
+                } else {
+                    (u128::from(old), (f, Some(old)))
+                }
+            })?;
+            match res {
+                Some((f, loaded)) => {
+                    x.set_rflags(f);
+                    if let Some(old) = loaded {
+                        x.write_gpr_sized(Gpr::Rax, size, old);
+                    }
+                }
+                None => return Ok(Outcome::Resume),
+            }
+        }
+        Mnemonic::Cmpxchg8b | Mnemonic::Cmpxchg16b => {
+            let Operand::Mem(m) = insn.operands[0] else {
+                return Err(x.unsupported());
+            };
+            let wide = insn.mnemonic == Mnemonic::Cmpxchg16b;
+            let (half, width): (u8, u8) = if wide { (8, 16) } else { (4, 8) };
+            let hmask = flags::size_mask(half);
+            let shift = u32::from(half) * 8;
+            let expected = u128::from(x.gpr(Gpr::Rax) & hmask)
+                | (u128::from(x.gpr(Gpr::Rdx) & hmask) << shift);
+            let replacement = u128::from(x.gpr(Gpr::Rbx) & hmask)
+                | (u128::from(x.gpr(Gpr::Rcx) & hmask) << shift);
+            let offset = x.effective_offset(&m);
+            let linear = x.linear(m.segment, offset, u64::from(width), AccessType::Write)?;
+            if wide && linear & 15 != 0 {
+                return Err(Exception::GeneralProtection(0).into());
+            }
+            let range = x.physical(linear, u64::from(width), AccessType::Write, true)?;
+            x.check_alignment(linear, 8)?;
+            let res = x.rmw(&range, width, insn.lock, |old| {
+                if old == expected {
+                    (replacement, None)
+                } else {
+                    (old, Some(old))
+                }
+            })?;
+            match res {
+                Some(loaded) => {
+                    let rflags = x.rflags() & !ZF;
+                    match loaded {
+                        None => x.set_rflags(rflags | ZF),
+                        Some(old) => {
+                            x.set_rflags(rflags);
+                            x.write_gpr_sized(Gpr::Rax, half, (old as u64) & hmask);
+                            x.write_gpr_sized(Gpr::Rdx, half, ((old >> shift) as u64) & hmask);
+                        }
+                    }
+                }
+                None => return Ok(Outcome::Resume),
+            }
+        }
+        _ => return Err(x.unsupported()),
+    }
+    Ok(Outcome::Done)
+}

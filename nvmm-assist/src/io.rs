@@ -1,0 +1,361 @@
+//! The port-I/O assist: IN, OUT, INS and OUTS (with REP) after an I/O exit.
+//!
+//! Semantics (Intel SDM vol. 2 "IN", "INS", "OUT", "OUTS", "REP"; vol. 1
+//! ch. 19; AMD APM vol. 3):
+//! - `IN`/`OUT` move 1, 2 or 4 bytes between the port and AL/AX/EAX. An
+//!   `IN` of 4 bytes is a 32-bit register write, which zero-extends into RAX
+//!   in 64-bit mode; 1- and 2-byte `IN`s keep the rest of RAX. Outside
+//!   64-bit mode the upper half of RAX is kept (it is not visible there).
+//! - `INS` writes to ES:rDI (ES cannot be overridden, whatever the exit
+//!   says); `OUTS` reads from seg:rSI where seg is the exit's segment, or,
+//!   when the exit has none (SVM without DecodeAssists), the last segment
+//!   override prefix of the instruction at CS:RIP, default DS.
+//! - rSI/rDI/rCX are used and updated at the exit's address size: 16-bit
+//!   updates keep bits 63:16, 32-bit updates keep bits 63:32 outside 64-bit
+//!   mode and clear them in 64-bit mode (a 32-bit register write). Offsets
+//!   wrap at the address size.
+//! - With REP and rCX = 0 nothing is accessed and RIP moves to `npc`.
+//! - Batches: one call performs at most [`IO_BATCH_BYTES`] bytes and never
+//!   crosses a page boundary (an element that straddles one is a batch of
+//!   its own), a segment limit, or an address-size wrap; in both DF
+//!   directions. A 4 KiB `rep outsb`/`rep insb` thus takes 1 call when the
+//!   buffer is page-aligned and 2 otherwise (libnvmm: 128). While rCX stays
+//!   non-zero the result is [`Outcome::Resume`] with RIP unchanged.
+//! - All segment, paging and memory checks of a batch are done before the
+//!   first port access, as the CPU checks the memory operand of an
+//!   iteration before its port access. When the batch's range fails the
+//!   segment check part-way, the batch is cut before the failing element
+//!   (which then faults on the next call, with the earlier iterations
+//!   committed, as on the CPU).
+//! - A port error after some iterations of a batch commits those
+//!   iterations (memory written for `INS`, registers updated) and returns
+//!   [`Outcome::Resume`]: the guest re-executes and the next call reports
+//!   the error with no iteration done. Any error with no iteration done
+//!   leaves every register unchanged.
+
+use crate::Outcome;
+use crate::access::{AccessType, PAGE_SIZE, PhysRange, fetch, read_phys, resolve, write_phys};
+use crate::bus::{GuestRam, MmioBus, PortIo};
+use crate::error::Error;
+use crate::mode::CpuMode;
+use crate::segment::linear_address;
+use crate::state::{CpuState, Gpr, Segment};
+
+/// The most bytes one `assist_io` call moves for a string instruction.
+pub const IO_BATCH_BYTES: usize = 4096;
+
+const RFLAGS_DF: u64 = 1 << 10;
+
+/// The information of an I/O exit, as NVMM (and VMX/SVM) report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoExit {
+    /// The port.
+    pub port: u16,
+    /// `true` for IN/INS, `false` for OUT/OUTS.
+    pub input: bool,
+    /// The access size in bytes: 1, 2 or 4.
+    pub operand_size: u8,
+    /// The address size in bytes for INS/OUTS: 2, 4 or 8.
+    pub address_size: u8,
+    /// A REP prefix is present (only meaningful for INS/OUTS).
+    pub rep: bool,
+    /// INS/OUTS rather than IN/OUT.
+    pub string: bool,
+    /// The segment of the OUTS source as the exit reports it, or `None`
+    /// when the hardware does not say (the assist then reads the prefixes).
+    pub segment: Option<Segment>,
+    /// The RIP of the next instruction.
+    pub npc: u64,
+}
+
+/// Performs the port I/O of `exit` and updates the guest registers.
+///
+/// Returns [`Outcome::Done`] (RIP = `exit.npc`) or, for a REP string
+/// instruction with iterations left, [`Outcome::Resume`]. Errors: an
+/// exception to inject (`#GP`, `#SS`, `#PF` from the memory operand or from
+/// fetching the prefixes), a bus error from a callback, or
+/// [`Error::InconsistentExit`] when the exit data is impossible (sizes, or
+/// an OUTS exit whose instruction is not OUTS).
+pub fn assist_io<
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+    P: PortIo + ?Sized,
+>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    ports: &mut P,
+    exit: &IoExit,
+) -> Result<Outcome, Error> {
+    let size = usize::from(exit.operand_size);
+    if !matches!(size, 1 | 2 | 4) {
+        return Err(Error::InconsistentExit);
+    }
+    let mode = CpuMode::of(&*state);
+    if exit.string {
+        string_io(state, mode, ram, mmio, ports, exit, size)
+    } else {
+        plain_io(state, mode, ports, exit, size)
+    }
+}
+
+/// IN and OUT.
+fn plain_io<S: CpuState + ?Sized, P: PortIo + ?Sized>(
+    state: &mut S,
+    mode: CpuMode,
+    ports: &mut P,
+    exit: &IoExit,
+    size: usize,
+) -> Result<Outcome, Error> {
+    let rax = state.gpr(Gpr::Rax);
+    let mut data = rax.to_le_bytes();
+    let part = data.get_mut(..size).ok_or(Error::InconsistentExit)?;
+    if exit.input {
+        ports.read(exit.port, part)?;
+        let value = u64::from_le_bytes(data);
+        let new = match size {
+            1 => (rax & !0xFF) | (value & 0xFF),
+            2 => (rax & !0xFFFF) | (value & 0xFFFF),
+            _ if mode.is_64bit() => value & 0xFFFF_FFFF,
+            _ => (rax & !0xFFFF_FFFF) | (value & 0xFFFF_FFFF),
+        };
+        state.set_gpr(Gpr::Rax, new);
+    } else {
+        ports.write(exit.port, part)?;
+    }
+    state.set_rip(exit.npc);
+    Ok(Outcome::Done)
+}
+
+/// The mask of an address size in bytes.
+fn address_mask(address_size: u8) -> Option<u64> {
+    match address_size {
+        2 => Some(0xFFFF),
+        4 => Some(0xFFFF_FFFF),
+        8 => Some(u64::MAX),
+        _ => None,
+    }
+}
+
+/// `old` with its low `address_size` bytes replaced by `new`, as a register
+/// write of that size does (a 32-bit write zero-extends in 64-bit mode).
+pub(crate) fn write_sized(old: u64, new: u64, address_size: u8, mode64: bool) -> u64 {
+    match address_size {
+        2 => (old & !0xFFFF) | (new & 0xFFFF),
+        4 if mode64 => new & 0xFFFF_FFFF,
+        4 => (old & !0xFFFF_FFFF) | (new & 0xFFFF_FFFF),
+        _ => new,
+    }
+}
+
+/// The segment of an OUTS without exit segment information: the last
+/// segment override prefix of the instruction at CS:RIP, default DS. Reads
+/// one byte at a time so that it never touches a byte past the opcode.
+fn outs_segment<S: CpuState + ?Sized, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    state: &S,
+    mode: CpuMode,
+    ram: &mut R,
+    mmio: &mut M,
+) -> Result<Segment, Error> {
+    let mut bytes = [0u8; 15];
+    let mut segment = Segment::Ds;
+    for i in 0..bytes.len() {
+        fetch(state, mode, ram, mmio, &mut bytes, i, i + 1)?;
+        let b = bytes.get(i).copied().ok_or(Error::InconsistentExit)?;
+        match b {
+            0x26 => segment = Segment::Es,
+            0x2E => segment = Segment::Cs,
+            0x36 => segment = Segment::Ss,
+            0x3E => segment = Segment::Ds,
+            0x64 => segment = Segment::Fs,
+            0x65 => segment = Segment::Gs,
+            0x66 | 0x67 | 0xF0 | 0xF2 | 0xF3 => {}
+            0x40..=0x4F if mode.is_64bit() => {}
+            0x6E | 0x6F => return Ok(segment),
+            _ => return Err(Error::InconsistentExit),
+        }
+    }
+    // Fifteen prefixes and no opcode: the CPU raises #GP(0) for an
+    // instruction longer than 15 bytes; it cannot have exited on OUTS.
+    Err(Error::InconsistentExit)
+}
+
+/// INS and OUTS, one bounded batch.
+fn string_io<
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+    P: PortIo + ?Sized,
+>(
+    state: &mut S,
+    mode: CpuMode,
+    ram: &mut R,
+    mmio: &mut M,
+    ports: &mut P,
+    exit: &IoExit,
+    size: usize,
+) -> Result<Outcome, Error> {
+    let amask = address_mask(exit.address_size).ok_or(Error::InconsistentExit)?;
+    if exit.address_size == 8 && !mode.is_64bit() || exit.address_size == 2 && mode.is_64bit() {
+        return Err(Error::InconsistentExit);
+    }
+    let rcx = state.gpr(Gpr::Rcx);
+    let count = if exit.rep { rcx & amask } else { 1 };
+    if count == 0 {
+        state.set_rip(exit.npc);
+        return Ok(Outcome::Done);
+    }
+
+    let (reg, seg, access) = if exit.input {
+        (Gpr::Rdi, Segment::Es, AccessType::Write)
+    } else {
+        let seg = match exit.segment {
+            Some(s) => s,
+            None => outs_segment(&*state, mode, ram, mmio)?,
+        };
+        (Gpr::Rsi, seg, AccessType::Read)
+    };
+    let backwards = state.rflags() & RFLAGS_DF != 0;
+    let reg_value = state.gpr(reg);
+    let offset = reg_value & amask;
+    let size64 = size as u64;
+
+    // The first element decides the page the batch stays in.
+    let first_linear = linear_address(&*state, mode, seg, offset, size64, access)?;
+    let in_page = first_linear & (PAGE_SIZE - 1);
+    let mut n: u64 = if in_page + size64 > PAGE_SIZE {
+        1
+    } else if backwards {
+        in_page / size64 + 1
+    } else {
+        (PAGE_SIZE - in_page) / size64
+    };
+    n = n.min(count).min((IO_BATCH_BYTES / size) as u64);
+    // No wrap of the offset at the address size within a batch.
+    let no_wrap = if backwards {
+        (offset / size64).saturating_add(1)
+    } else {
+        // Elements wholly below the wrap; 0 when the first one straddles it
+        // (it is then a batch of its own).
+        ((u128::from(amask - offset) + 1) / u128::from(size64)) as u64
+    };
+    n = n.min(no_wrap).max(1);
+
+    // Segment check of the whole batch; on failure keep the leading
+    // elements that pass (the first one does).
+    let low_offset = |n: u64| {
+        if backwards {
+            offset - (n - 1) * size64
+        } else {
+            offset
+        }
+    };
+    if linear_address(&*state, mode, seg, low_offset(n), n * size64, access).is_err() {
+        let mut ok = 1;
+        while ok < n {
+            let elem = if backwards {
+                offset - ok * size64
+            } else {
+                offset + ok * size64
+            };
+            if linear_address(&*state, mode, seg, elem, size64, access).is_err() {
+                break;
+            }
+            ok += 1;
+        }
+        n = ok;
+    }
+    let low_linear = linear_address(&*state, mode, seg, low_offset(n), n * size64, access)?;
+    // n * size <= IO_BATCH_BYTES.
+    let total = (n * size64) as usize;
+    let range = resolve(&*state, ram, low_linear, total, access)?;
+
+    let mut buf = [0u8; IO_BATCH_BYTES];
+    let data = buf.get_mut(..total).ok_or(Error::InconsistentExit)?;
+    // Buffer slot of iteration i: ascending for DF=0, descending for DF=1.
+    let slot = |i: u64| -> core::ops::Range<usize> {
+        let k = if backwards { n - 1 - i } else { i };
+        let start = (k * size64) as usize;
+        start..start + size
+    };
+
+    let mut done: u64 = 0;
+    let mut port_error = None;
+    if exit.input {
+        while done < n {
+            let part = data.get_mut(slot(done)).ok_or(Error::InconsistentExit)?;
+            if let Err(e) = ports.read(exit.port, part) {
+                port_error = Some(e);
+                break;
+            }
+            done += 1;
+        }
+        if done == 0
+            && let Some(e) = port_error
+        {
+            return Err(e.into());
+        }
+        // Write what the completed iterations read: all of the batch, or
+        // (on a port error, n > 1 so within one page) the slots of the
+        // first `done` iterations.
+        if done == n {
+            write_phys(ram, mmio, &range, data)?;
+        } else {
+            let (lo, hi) = if backwards {
+                ((n - done) * size64, n * size64)
+            } else {
+                (0, done * size64)
+            };
+            let (lo, hi) = (lo as usize, hi as usize);
+            let (gpa, _) = range.parts[0];
+            let sub = PhysRange {
+                parts: [(gpa + lo as u64, hi - lo), (0, 0)],
+                count: 1,
+            };
+            let part = data.get(lo..hi).ok_or(Error::InconsistentExit)?;
+            write_phys(ram, mmio, &sub, part)?;
+        }
+    } else {
+        read_phys(ram, mmio, &range, data)?;
+        while done < n {
+            let part = data.get(slot(done)).ok_or(Error::InconsistentExit)?;
+            if let Err(e) = ports.write(exit.port, part) {
+                port_error = Some(e);
+                break;
+            }
+            done += 1;
+        }
+        if done == 0
+            && let Some(e) = port_error
+        {
+            return Err(e.into());
+        }
+    }
+
+    // Commit the completed iterations.
+    let moved = done * size64;
+    let new_offset = if backwards {
+        offset.wrapping_sub(moved)
+    } else {
+        offset.wrapping_add(moved)
+    };
+    let mode64 = mode.is_64bit();
+    state.set_gpr(
+        reg,
+        write_sized(reg_value, new_offset, exit.address_size, mode64),
+    );
+    if exit.rep {
+        let left = count - done;
+        state.set_gpr(Gpr::Rcx, write_sized(rcx, left, exit.address_size, mode64));
+        if left != 0 {
+            return Ok(Outcome::Resume);
+        }
+    }
+    if port_error.is_some() {
+        // A non-REP string I/O has n = 1, so done == 0 returned above.
+        return Ok(Outcome::Resume);
+    }
+    state.set_rip(exit.npc);
+    Ok(Outcome::Done)
+}

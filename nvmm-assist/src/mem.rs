@@ -1,0 +1,134 @@
+//! The memory assist: emulate the instruction behind a memory (MMIO) exit.
+
+use crate::Outcome;
+use crate::access::{self, AccessType};
+use crate::bus::{GuestRam, MmioBus};
+use crate::decode::{DecodeError, Instruction, decode};
+use crate::error::{Error, Exception};
+use crate::exec::{Exec, PAGE_SIZE};
+use crate::mode::CpuMode;
+use crate::state::{CpuState, Segment};
+
+/// What a memory exit reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemExit<'a> {
+    /// The guest-physical address the access faulted on.
+    pub gpa: u64,
+    /// The kind of access that faulted. An instruction fetch from non-RAM
+    /// cannot be assisted ([`Error::InconsistentExit`]).
+    pub access: AccessType,
+    /// The instruction bytes the exit carries (SVM with DecodeAssists gives
+    /// up to 15), or empty: the assist then fetches them at CS:RIP through
+    /// the page walker, only as many as the instruction needs.
+    pub instruction: &'a [u8],
+}
+
+/// Emulates the instruction that caused the memory exit `exit`: decodes it,
+/// performs its accesses on `ram` and `mmio`, and updates `state` as the CPU
+/// would have.
+///
+/// - [`Outcome::Done`]: the instruction completed and RIP points past it.
+/// - [`Outcome::Resume`]: a bounded batch of a REP string instruction was
+///   done (rCX, rSI, rDI updated, RIP unchanged), or a locked
+///   read-modify-write on RAM lost the race against another writer too many
+///   times in a row (nothing changed). Either way, run the vCPU again: it
+///   re-executes the instruction.
+/// - `Err`: no guest register has changed. [`Error::Exception`] is a fault
+///   to inject (an undecodable instruction is `#UD`, one over 15 bytes
+///   `#GP(0)`).
+///
+/// For an operand that does not cross a page, the exit's GPA is used as is
+/// (no page walk, as libnvmm does): its page offset must equal that of the
+/// decoded linear address, else [`Error::InconsistentExit`]. Page-crossing
+/// accesses, PUSH/POP and MOVS/CMPS translate through the page walker.
+pub fn assist_mem<S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit: &MemExit<'_>,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    if exit.access == AccessType::Execute {
+        return Err(Error::InconsistentExit);
+    }
+    let mode = CpuMode::of(state);
+    let mut bytes = [0u8; 15];
+    let given = exit.instruction.len().min(15);
+    if let (Some(dst), Some(src)) = (bytes.get_mut(..given), exit.instruction.get(..given)) {
+        dst.copy_from_slice(src);
+    }
+    let insn = fetch_and_decode(state, mode, ram, mmio, &mut bytes, given)?;
+    let mut exec = Exec::new(state, ram, mmio, mode, &insn, &bytes, exit.gpa);
+    let outcome = exec.run()?;
+    let pending = exec.into_pending();
+    pending.apply(state, outcome);
+    Ok(outcome)
+}
+
+/// Maps a decode failure of complete bytes to what the CPU would do.
+fn decode_error(e: DecodeError, bytes: &[u8; 15], len: usize) -> Error {
+    match e {
+        DecodeError::Invalid => Exception::InvalidOpcode.into(),
+        DecodeError::TooLong => Exception::GeneralProtection(0).into(),
+        DecodeError::Unsupported => Error::Unsupported {
+            bytes: *bytes,
+            len: len.min(15) as u8,
+        },
+        DecodeError::Truncated => Exception::GeneralProtection(0).into(),
+    }
+}
+
+/// Decodes the bytes the exit gave; while the decoder needs more, fetches
+/// up to the next page end, CS limit or the 15-byte maximum, whichever
+/// comes first, so that an edge the instruction does not cross never
+/// faults.
+fn fetch_and_decode<S, R, M>(
+    state: &S,
+    mode: CpuMode,
+    ram: &mut R,
+    mmio: &mut M,
+    bytes: &mut [u8; 15],
+    given: usize,
+) -> Result<Instruction, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let mut have = given;
+    if have > 0 {
+        match decode(bytes.get(..have).unwrap_or(&[]), mode) {
+            Ok(i) => return Ok(i),
+            Err(DecodeError::Truncated) if have < 15 => {}
+            Err(e) => return Err(decode_error(e, bytes, have)),
+        }
+    }
+    let rip = state.rip();
+    let (linear_rip, limit_room) = if mode.is_64bit() {
+        (rip, u64::MAX)
+    } else {
+        let cs = state.segment(Segment::Cs);
+        let room = (u64::from(cs.limit) + 1).saturating_sub(rip);
+        (cs.base.wrapping_add(rip), room)
+    };
+    let page_room = PAGE_SIZE - (linear_rip & (PAGE_SIZE - 1));
+    loop {
+        let want = [page_room, limit_room, 15]
+            .into_iter()
+            .filter(|&b| b > have as u64)
+            .min()
+            .unwrap_or(15)
+            .min(15) as usize;
+        access::fetch(state, mode, ram, mmio, bytes, have, want)?;
+        have = want;
+        match decode(bytes.get(..have).unwrap_or(&[]), mode) {
+            Ok(i) => return Ok(i),
+            Err(DecodeError::Truncated) if have < 15 => {}
+            Err(e) => return Err(decode_error(e, bytes, have)),
+        }
+    }
+}
