@@ -214,3 +214,127 @@ impl Vcpu {
         })
     }
 }
+
+/// How an assist ended when it succeeded (nvmm-assist's `Outcome`).
+pub use nvmm_assist::Outcome;
+
+fn assist_segment(s: Seg) -> Option<nvmm_assist::Segment> {
+    u8::try_from(s.index())
+        .ok()
+        .and_then(nvmm_assist::Segment::from_index)
+}
+
+impl Vcpu {
+    /// Completes the last [`crate::Exit::Io`] exit (libnvmm's
+    /// `nvmm_assist_io`): performs the port access on `ports` (and, for
+    /// INS/OUTS, the memory side on guest RAM through the area list, or on
+    /// `mmio` where the GPA is not RAM) and updates the registers in place
+    /// in the comm page. The kernel provides every class the assist needs
+    /// with the exit, so this makes no syscall; the changes are committed
+    /// by the next run.
+    ///
+    /// [`Outcome::Resume`]: a bounded batch of a REP INS/OUTS was done; run
+    /// again and the guest re-executes the rest. On error no register has
+    /// changed (an [`Error::Assist`] holding a fault to inject, a bus
+    /// error, ...).
+    ///
+    /// ```no_run
+    /// use nvmm::nvmm_assist::{BusError, MmioBus, PortIo};
+    /// struct Serial;
+    /// impl PortIo for Serial {
+    ///     fn read(&mut self, _port: u16, buf: &mut [u8]) -> Result<(), BusError> {
+    ///         buf.fill(0xff);
+    ///         Ok(())
+    ///     }
+    ///     fn write(&mut self, _port: u16, data: &[u8]) -> Result<(), BusError> {
+    ///         print!("{}", String::from_utf8_lossy(data));
+    ///         Ok(())
+    ///     }
+    /// }
+    /// struct NoMmio;
+    /// impl MmioBus for NoMmio {
+    ///     fn read(&mut self, _gpa: u64, _buf: &mut [u8]) -> Result<(), BusError> {
+    ///         Err(BusError(libc::EFAULT))
+    ///     }
+    ///     fn write(&mut self, _gpa: u64, _data: &[u8]) -> Result<(), BusError> {
+    ///         Err(BusError(libc::EFAULT))
+    ///     }
+    /// }
+    /// # let nvmm = nvmm::Nvmm::open()?;
+    /// # let machine = nvmm.create_machine()?;
+    /// # let mut vcpu = machine.create_vcpu(0)?;
+    /// if let nvmm::Exit::Io(_) = vcpu.run()? {
+    ///     vcpu.assist_io(&mut NoMmio, &mut Serial)?;
+    /// }
+    /// # Ok::<(), nvmm::Error>(())
+    /// ```
+    pub fn assist_io<M, P>(&mut self, mmio: &mut M, ports: &mut P) -> Result<Outcome>
+    where
+        M: nvmm_assist::MmioBus + ?Sized,
+        P: nvmm_assist::PortIo + ?Sized,
+    {
+        self.fetch(PROVIDED_ON_IO_AND_MEMORY)?;
+        let crate::Exit::Io(io) = self.last_exit() else {
+            return Err(Error::rejected(
+                Op::AssistIo,
+                crate::error::Rejection::WrongExit,
+            ));
+        };
+        let exit = nvmm_assist::IoExit {
+            port: io.port,
+            input: io.direction == crate::IoDirection::In,
+            operand_size: io.operand_size,
+            address_size: io.address_size,
+            rep: io.rep,
+            string: io.string,
+            segment: io.segment.and_then(assist_segment),
+            npc: io.npc,
+        };
+        let areas = self.machine().areas();
+        let mut state = CommState::new(self.page());
+        let mut ram = AreaRam { areas: &areas };
+        nvmm_assist::assist_io(&mut state, &mut ram, mmio, ports, &exit).map_err(|source| {
+            Error::Assist {
+                op: Op::AssistIo,
+                source,
+            }
+        })
+    }
+
+    /// Completes the last [`crate::Exit::Memory`] exit (libnvmm's
+    /// `nvmm_assist_mem`): decodes the instruction (from the exit's bytes,
+    /// or fetched at CS:RIP), performs its accesses on `mmio` (and on guest
+    /// RAM for the other operand of MOVS/CMPS and the like), and updates
+    /// the registers in place. No syscall after a memory exit. SSE moves
+    /// to MMIO need the FPU class: call [`Vcpu::fetch`] with
+    /// [`StateClasses::FPU`] first (one GETSTATE), otherwise they are
+    /// reported unsupported.
+    pub fn assist_mem<M>(&mut self, mmio: &mut M) -> Result<Outcome>
+    where
+        M: nvmm_assist::MmioBus + ?Sized,
+    {
+        self.fetch(PROVIDED_ON_IO_AND_MEMORY)?;
+        let crate::Exit::Memory(m) = self.last_exit() else {
+            return Err(Error::rejected(
+                Op::AssistMem,
+                crate::error::Rejection::WrongExit,
+            ));
+        };
+        let exit = nvmm_assist::MemExit {
+            gpa: m.gpa,
+            access: match m.access {
+                crate::MemAccess::Read => AccessType::Read,
+                crate::MemAccess::Write => AccessType::Write,
+                crate::MemAccess::Exec => AccessType::Execute,
+            },
+            instruction: m.instruction,
+        };
+        let areas = self.machine().areas();
+        let mut state = CommState::new(self.page());
+        let mut ram = AreaRam { areas: &areas };
+        nvmm_assist::assist_mem(&mut state, &mut ram, mmio, &exit).map_err(|source| Error::Assist {
+            op: Op::AssistMem,
+            source,
+        })
+    }
+}

@@ -145,8 +145,6 @@ pub enum Rejection {
     /// The signal has no handler installed, so it would not interrupt the
     /// run but kill or be ignored by the process.
     SignalNotHandled(i32),
-    /// Page walking is not available in this build.
-    TranslationUnavailable,
 }
 
 impl Rejection {
@@ -168,7 +166,7 @@ impl Rejection {
             Rejection::NoSuchMapping | Rejection::NotMapped(_) => libc::ENOENT,
             Rejection::AccessDenied(_) => libc::EFAULT,
             Rejection::TooManyCpuidLeaves => libc::ENOBUFS,
-            Rejection::NotSupported(_) | Rejection::TranslationUnavailable => libc::ENOTSUP,
+            Rejection::NotSupported(_) => libc::ENOTSUP,
         }
     }
 }
@@ -201,9 +199,6 @@ impl fmt::Display for Rejection {
             Rejection::WrongExit => f.write_str("the last exit is not of this kind"),
             Rejection::InvalidVcpuId(id) => write!(f, "VCPU id {id} out of range"),
             Rejection::SignalNotHandled(s) => write!(f, "signal {s} has no handler installed"),
-            Rejection::TranslationUnavailable => {
-                f.write_str("guest page walking is not available (feature `assist` off)")
-            }
         }
     }
 }

@@ -9,8 +9,6 @@
 //!   do not overlap each other;
 //! - a host mapping is never released while a guest area uses it.
 
-use std::ptr::NonNull;
-
 use crate::error::{Error, Op, Rejection, Result};
 use crate::sys::PAGE_SIZE;
 
@@ -172,12 +170,18 @@ impl Areas {
 
     /// The host address of `gpa..gpa+len` if one area holds all of it and
     /// allows `need`.
-    pub(crate) fn host_range(&self, gpa: u64, len: usize, need: Prot) -> Option<NonNull<u8>> {
+    #[cfg(feature = "assist")]
+    pub(crate) fn host_range(
+        &self,
+        gpa: u64,
+        len: usize,
+        need: Prot,
+    ) -> Option<std::ptr::NonNull<u8>> {
         let a = self.find(gpa)?;
         let off = gpa - a.gpa;
         if off.checked_add(len as u64)? > a.size || !a.prot.contains(need) {
             return None;
         }
-        NonNull::new((a.hva as u64).checked_add(off)? as usize as *mut u8)
+        std::ptr::NonNull::new((a.hva as u64).checked_add(off)? as usize as *mut u8)
     }
 }

@@ -518,11 +518,13 @@ impl Fpu<'_> {
 }
 
 /// Reads XMM(`i & 15`) straight from the page (used by the assist adapter).
+#[cfg(feature = "assist")]
 pub(crate) fn xmm_of(page: CommPage, i: u8) -> u128 {
     Fpu::new(page).xmm(i)
 }
 
 /// Writes XMM(`i & 15`) and marks FPU (used by the assist adapter).
+#[cfg(feature = "assist")]
 pub(crate) fn set_xmm_of(page: CommPage, i: u8, v: u128) {
     Fpu::new(page).set_xmm(i, v);
 }

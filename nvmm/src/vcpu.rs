@@ -504,6 +504,7 @@ impl Vcpu {
         self.comm.as_ptr()
     }
 
+    #[cfg(feature = "assist")]
     pub(crate) fn machine(&self) -> &MachineInner {
         &self.machine
     }
