@@ -127,8 +127,6 @@ pub(crate) fn write_phys<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
 /// `true`. A range split over two pages is written non-atomically: a
 /// mismatch on the second part after the first was written returns `false`
 /// too, and the caller's retry rewrites both parts from a fresh read.
-// Used by the memory assist's locked read-modify-write instructions.
-#[allow(dead_code)]
 pub(crate) fn compare_and_write_phys<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     ram: &mut R,
     mmio: &mut M,

@@ -1,5 +1,9 @@
 //! nvmm-rs project automation: `cargo xtask <command>`.
 
+mod bench;
+mod ci;
+mod elf;
+mod netbsd;
 mod regen;
 mod util;
 mod zig;
@@ -35,11 +39,44 @@ fn dispatch(args: &[String]) -> Result<()> {
     };
     match command.as_str() {
         "regen" => regen::run(&parse_regen(rest)?),
+        "ci" => no_args("ci", rest).and_then(|()| ci::run()),
+        "bench" => no_args("bench", rest).and_then(|()| bench::run_all()),
+        "vmtest" => no_args("vmtest", rest).and_then(|()| vmtest()),
+        "netbsd" => no_args("netbsd", rest).and_then(|()| netbsd::run()),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
         }
         other => Err(fail!("unknown command `{other}`\n{USAGE}")),
+    }
+}
+
+/// Runs the workspace tests against the real kernel. Only a NetBSD/amd64
+/// host with the nvmm module loaded has one.
+fn vmtest() -> Result<()> {
+    let on_netbsd_amd64 = cfg!(all(target_os = "netbsd", target_arch = "x86_64"));
+    let has_nvmm = std::path::Path::new("/dev/nvmm").exists();
+    if !on_netbsd_amd64 || !has_nvmm {
+        return Err(fail!(
+            "vmtest needs a NetBSD/x86_64 host with the nvmm module loaded (/dev/nvmm; `modload nvmm`); \
+             this host is {}/{}{}",
+            std::env::consts::OS,
+            std::env::consts::ARCH,
+            if has_nvmm { "" } else { " without /dev/nvmm" }
+        ));
+    }
+    util::run(
+        util::cargo()
+            .args(["test", "--workspace"])
+            .env("NVMM_VMTEST", "1"),
+        "cargo test --workspace (NVMM_VMTEST=1)",
+    )
+}
+
+fn no_args(command: &str, args: &[String]) -> Result<()> {
+    match args.first() {
+        Some(arg) => Err(fail!("{command}: unexpected argument `{arg}`")),
+        None => Ok(()),
     }
 }
 

@@ -389,7 +389,13 @@ fn generate(source: &HeaderSource, headers: &[Header]) -> Result<String> {
     }
     let bindings = builder
         .generate()
-        .map_err(|err| fail!("bindgen failed on the NVMM headers: {err}"))?
+        .map_err(|err| {
+            let err = err.to_string();
+            fail!(
+                "bindgen failed on the NVMM headers: {}",
+                err.lines().next().unwrap_or("").trim()
+            )
+        })?
         .to_string();
 
     let untyped = untyped.borrow();

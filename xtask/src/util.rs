@@ -47,6 +47,15 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
+/// The `cargo` that runs this xtask (so toolchain overrides carry over), in
+/// the workspace root.
+pub fn cargo() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.current_dir(workspace_root());
+    command
+}
+
 /// Whether `program` can be started at all (it exists on `PATH`).
 pub fn program_exists(program: &str) -> bool {
     Command::new(program)

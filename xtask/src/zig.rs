@@ -14,6 +14,8 @@ pub const ZIGLANG_VERSION: &str = "0.17.1";
 
 /// An installed `ziglang` package.
 pub struct Ziglang {
+    /// The virtualenv's Python interpreter (runs `python -m ziglang cc`).
+    pub python: PathBuf,
     /// The package directory (`site-packages/ziglang`).
     pub package_dir: PathBuf,
 }
@@ -53,7 +55,10 @@ fn find_installed(venv: &Path) -> Option<Ziglang> {
     for entry in lib.flatten() {
         let package_dir = entry.path().join("site-packages/ziglang");
         if package_dir.join("lib/libc/include").is_dir() && python.exists() {
-            return Some(Ziglang { package_dir });
+            return Some(Ziglang {
+                python,
+                package_dir,
+            });
         }
     }
     None
@@ -65,7 +70,9 @@ fn install(venv: &Path) -> Result<()> {
     let parent = venv.parent().unwrap_or(venv);
     std::fs::create_dir_all(parent)
         .map_err(|err| fail!("cannot create {}: {err}", parent.display()))?;
-    let staging = venv.with_extension(format!("tmp{}", std::process::id()));
+    let mut staging_name = venv.file_name().unwrap_or_default().to_os_string();
+    staging_name.push(format!(".tmp{}", std::process::id()));
+    let staging = venv.with_file_name(staging_name);
     let _ = std::fs::remove_dir_all(&staging);
     eprintln!(
         "xtask: installing ziglang=={ZIGLANG_VERSION} (NetBSD headers and zig cc) into {}",
@@ -100,9 +107,15 @@ fn create_venv(dir: &Path) -> Result<()> {
     };
     let needs = "python3 with the venv module is needed to fetch the ziglang package: \
                  install python3 and python3-venv (Debian/Ubuntu) or python3 (other systems)";
+    // Debian's python3 lacks ensurepip unless python3-venv is installed.
+    let lacks_venv =
+        |stderr: &str| stderr.contains("ensurepip") || stderr.contains("No module named venv");
     let mut out = attempt();
-    let ok = matches!(&out, Ok(o) if o.status.success());
-    if !ok {
+    let retry = match &out {
+        Ok(o) => !o.status.success() && lacks_venv(&String::from_utf8_lossy(&o.stderr)),
+        Err(_) => true,
+    };
+    if retry {
         let _ = std::fs::remove_dir_all(dir);
         if apt_install(&["python3", "python3-venv"])? {
             out = attempt();
@@ -116,8 +129,13 @@ fn create_venv(dir: &Path) -> Result<()> {
                 .lines()
                 .rev()
                 .find(|l| !l.trim().is_empty())
-                .unwrap_or("");
-            Err(fail!("{needs} (python3 -m venv said: {})", last.trim()))
+                .unwrap_or("")
+                .trim();
+            if lacks_venv(&stderr) {
+                Err(fail!("{needs} (python3 -m venv said: {last})"))
+            } else {
+                Err(fail!("python3 -m venv {} failed: {last}", dir.display()))
+            }
         }
         Err(_) if !program_exists("python3") => Err(fail!("python3 not found; {needs}")),
         Err(err) => Err(fail!("cannot run python3: {err}; {needs}")),

@@ -16,14 +16,26 @@ pub(super) fn decode(bytes: &[u8], mode: CpuMode) -> Result<Instruction, DecodeE
     let mut cur = Cursor::new(bytes);
     let (pfx, opcode) = Prefixes::parse(&mut cur, mode)?;
     let mut d = Decoder::new(cur, pfx, mode);
-    let kind = match opcode {
+    let result = match opcode {
         0x0F => {
             let op2 = d.cur.byte()?;
-            return d.secondary(op2);
+            // LOCK MOV CR0 is AMD's alternative encoding of MOV CR8.
+            if matches!(op2, 0x20 | 0x22) {
+                return Err(DecodeError::Unsupported);
+            }
+            d.secondary(op2)
         }
-        _ => PRIMARY.get(usize::from(opcode)).copied(),
+        _ => {
+            let kind = PRIMARY.get(usize::from(opcode)).copied();
+            d.primary(kind.unwrap_or(Kind::Unsupported))
+        }
     };
-    d.primary(kind.unwrap_or(Kind::Unsupported))
+    match result {
+        // Every lockable instruction is emulated, so LOCK in front of any
+        // other opcode is #UD whatever that opcode is.
+        Err(DecodeError::Unsupported) if pfx.lock => Err(DecodeError::Invalid),
+        other => other,
+    }
 }
 
 /// The operands and properties of an instruction being built.

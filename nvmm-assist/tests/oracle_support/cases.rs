@@ -162,7 +162,16 @@ pub fn modrm_case(rng: &mut Rng, form: &Form, l: &Layout) -> Option<Case> {
         };
         adjust = off.div_euclid(bits) * size as i64;
     }
-    let access = mmio_target(rng, l, mem_size, form.align.max(1), 64);
+    // Locked accesses (LOCK prefix, XCHG) that cross a cache line are split
+    // locks: Linux's split-lock detection then traps and throttles the
+    // process (or kills it with SIGBUS in fatal mode). Keep them within a
+    // line; the page-split path is covered by the unlocked forms.
+    let is_locked = locked || form.group == "xchg";
+    let mut access = mmio_target(rng, l, mem_size, form.align.max(1), 64);
+    if is_locked && (access & 63) + mem_size > 64 {
+        access = (access & !63) + 64 - mem_size.next_power_of_two().min(64);
+        access &= !(form.align.max(1) - 1);
+    }
     let ea = access.wrapping_sub(adjust as u64);
     let mut mem = None;
     for _ in 0..20 {

@@ -698,6 +698,26 @@ pub fn mem_operand(
     fixed: &[(u8, u64)],
     avoid: &[u8],
 ) -> Option<MemEnc> {
+    mem_operand_in(rng, target, seg_base, addr32, true, fixed, avoid)
+}
+
+/// [`mem_operand`] for 32/64-bit addressing in any mode: outside 64-bit
+/// mode (`mode64` false) only registers 0-7 are used, upper register halves
+/// stay zero and ModRM 00/101 is an absolute disp32.
+pub fn mem_operand_in(
+    rng: &mut Rng,
+    target: u64,
+    seg_base: u64,
+    addr32: bool,
+    mode64: bool,
+    fixed: &[(u8, u64)],
+    avoid: &[u8],
+) -> Option<MemEnc> {
+    let mut avoid = avoid.to_vec();
+    if !mode64 {
+        avoid.extend(8..16u8);
+    }
+    let avoid = &avoid[..];
     let amask = if addr32 { 0xffff_ffffu64 } else { u64::MAX };
     let off = target.wrapping_sub(seg_base);
     if addr32 && off > 0xffff_ffff {
@@ -712,9 +732,13 @@ pub fn mem_operand(
             }
         }
     };
+    // Outside 64-bit mode the upper register halves stay zero (the CPU
+    // ignores them there, and what it leaves in them is undefined).
     let hi = |rng: &mut Rng, low: u64| -> u64 {
-        if addr32 {
+        if addr32 && mode64 {
             (rng.next() & !0xffff_ffff) | (low & 0xffff_ffff)
+        } else if addr32 {
+            low & 0xffff_ffff
         } else {
             low
         }
@@ -729,6 +753,12 @@ pub fn mem_operand(
     let mut m = MemEnc::default();
     match rng.below(9) {
         // [rip + disp32]
+        0 if !mode64 => {
+            m.shape = "d32";
+            m.modrm_mod = 0;
+            m.rm = 5;
+            m.disp = (off as u32).to_le_bytes().to_vec();
+        }
         0 => {
             if seg_base != 0 {
                 return None;
@@ -907,4 +937,59 @@ pub fn assemble(
         b[disp_at..disp_at + 4].copy_from_slice(&(d as i32).to_le_bytes());
     }
     b
+}
+
+/// A 16-bit ModRM memory operand (BX, BP, SI, DI) whose offset is `off`.
+/// Returns the encoding and whether its default segment is SS.
+pub fn mem_operand16(rng: &mut Rng, off: u16) -> (MemEnc, bool) {
+    let mut m = MemEnc::default();
+    let rm = rng.below(8) as u8;
+    let md = if rm == 6 && rng.chance(30) {
+        0
+    } else {
+        rng.below(3) as u8
+    };
+    m.modrm_mod = md;
+    m.rm = rm;
+    let disp: u16 = match md {
+        0 => 0,
+        1 => (rng.below(256) as i8) as i16 as u16,
+        _ => rng.next() as u16,
+    };
+    let (a, b): (Option<u8>, Option<u8>) = match rm {
+        0 => (Some(3), Some(6)),
+        1 => (Some(3), Some(7)),
+        2 => (Some(5), Some(6)),
+        3 => (Some(5), Some(7)),
+        4 => (Some(6), None),
+        5 => (Some(7), None),
+        6 if md == 0 => (None, None),
+        6 => (Some(5), None),
+        _ => (Some(3), None),
+    };
+    let mut rest = off.wrapping_sub(disp);
+    if let Some(bv) = b {
+        let v = rng.next() as u16;
+        m.regs.push((bv, v as u64));
+        rest = rest.wrapping_sub(v);
+    }
+    match a {
+        Some(av) => m.regs.push((av, rest as u64)),
+        None => {
+            // [disp16]
+            m.disp = off.to_le_bytes().to_vec();
+        }
+    }
+    if a.is_some() {
+        m.disp = match md {
+            0 => vec![],
+            1 => vec![disp as u8],
+            _ => disp.to_le_bytes().to_vec(),
+        };
+    }
+    m.shape = [
+        "bx+si", "bx+di", "bp+si", "bp+di", "si", "di", "bp/d16", "bx",
+    ][rm as usize];
+    let ss = matches!(rm, 2 | 3) || (rm == 6 && md != 0);
+    (m, ss)
 }

@@ -57,20 +57,26 @@ impl SparseRam {
     }
     /// Copies `data` into RAM at `gpa` (pages must exist).
     pub fn load(&mut self, gpa: u64, data: &[u8]) {
-        for (i, b) in data.iter().enumerate() {
-            let a = gpa + i as u64;
-            self.pages.get_mut(&(a & !(PAGE - 1))).expect("RAM page")[(a & (PAGE - 1)) as usize] =
-                *b;
+        let mut done = 0;
+        while done < data.len() {
+            let a = gpa + done as u64;
+            let off = (a & (PAGE - 1)) as usize;
+            let n = (PAGE as usize - off).min(data.len() - done);
+            let p = self.pages.get_mut(&(a & !(PAGE - 1))).expect("RAM page");
+            p[off..off + n].copy_from_slice(&data[done..done + n]);
+            done += n;
         }
     }
     /// Reads RAM bytes at `gpa` (pages must exist).
     pub fn dump(&self, gpa: u64, len: usize) -> Vec<u8> {
-        (0..len as u64)
-            .map(|i| {
-                let a = gpa + i;
-                self.pages[&(a & !(PAGE - 1))][(a & (PAGE - 1)) as usize]
-            })
-            .collect()
+        let mut v = Vec::with_capacity(len);
+        while v.len() < len {
+            let a = gpa + v.len() as u64;
+            let off = (a & (PAGE - 1)) as usize;
+            let n = (PAGE as usize - off).min(len - v.len());
+            v.extend_from_slice(&self.pages[&(a & !(PAGE - 1))][off..off + n]);
+        }
+        v
     }
     fn page(&mut self, gpa: u64, len: usize) -> Option<(&mut [u8; 4096], usize)> {
         let off = (gpa & (PAGE - 1)) as usize;

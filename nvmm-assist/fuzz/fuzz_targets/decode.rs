@@ -1,0 +1,60 @@
+//! Fuzzes `nvmm_assist::decode`: the first input byte picks the CPU mode,
+//! the rest are the instruction bytes.
+//!
+//! Properties, beyond "never panics" (overflow checks are on in fuzz builds):
+//! - an accepted instruction is 1-15 bytes long and no longer than the input;
+//! - decoding exactly its own bytes gives the same instruction (the decoder
+//!   reads nothing past the length it reports);
+//! - `Truncated` only when the input is shorter than 15 bytes, and then no
+//!   prefix of the input decodes either;
+//! - a memory operand's access size is 1, 2, 4, 8 or 16 and its scale 1, 2,
+//!   4 or 8; operand and address sizes are in range.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use nvmm_assist::decode::{DecodeError, Operand};
+use nvmm_assist::{CpuMode, decode};
+
+const MODES: [CpuMode; 7] = [
+    CpuMode::Real,
+    CpuMode::Virtual8086,
+    CpuMode::Protected16,
+    CpuMode::Protected32,
+    CpuMode::Compat16,
+    CpuMode::Compat32,
+    CpuMode::Long64,
+];
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, bytes)) = data.split_first() else {
+        return;
+    };
+    let mode = MODES[usize::from(selector) % MODES.len()];
+    match decode(bytes, mode) {
+        Ok(insn) => {
+            let len = usize::from(insn.len);
+            assert!((1..=15).contains(&len), "length {len}");
+            assert!(len <= bytes.len(), "length {len} past the input");
+            assert_eq!(decode(&bytes[..len], mode), Ok(insn), "not prefix-closed");
+            assert!(matches!(insn.operand_size, 1 | 2 | 4 | 8 | 16));
+            assert!(matches!(insn.address_size, 2 | 4 | 8));
+            if mode != CpuMode::Long64 {
+                assert_ne!(insn.address_size, 8);
+            }
+            for op in insn.operands {
+                if let Operand::Mem(m) = op {
+                    assert!(matches!(m.size, 1 | 2 | 4 | 8 | 16));
+                    assert!(matches!(m.scale, 1 | 2 | 4 | 8));
+                    assert!(!m.rip_relative || mode == CpuMode::Long64);
+                }
+            }
+        }
+        Err(DecodeError::Truncated) => {
+            assert!(bytes.len() < 15, "Truncated with 15 bytes available");
+            for n in 0..bytes.len() {
+                assert!(decode(&bytes[..n], mode).is_err(), "a prefix decodes");
+            }
+        }
+        Err(_) => {}
+    }
+});

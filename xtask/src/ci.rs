@@ -1,0 +1,498 @@
+//! `cargo xtask ci`: the full test suite, one step after another. Every step
+//! runs even when an earlier one failed, so one run shows every problem; each
+//! prints one line with its time, and a summary closes the run. Its very last
+//! line is a cargo-test-style summary over every test the run executed.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::fail;
+use crate::util::{Result, cargo, program_exists, workspace_root};
+use crate::{netbsd, regen};
+
+/// The total fuzzing time, shared among the fuzz targets.
+const FUZZ_BUDGET: Duration = Duration::from_secs(60);
+/// Test-name filters for miri: the nvmm library's comm-page and stopper tests
+/// (the only code with `unsafe` pointer work; everything else would need a
+/// real /dev/nvmm).
+const MIRI_FILTERS: [&str; 2] = ["comm", "stop"];
+
+/// How a step ended.
+enum Outcome {
+    Passed(Option<String>),
+    Failed(String),
+    Skipped(String),
+}
+
+struct StepResult {
+    name: &'static str,
+    outcome: Outcome,
+    time: Duration,
+}
+
+/// Test counts from libtest's `test result:` lines.
+#[derive(Default, Clone, Copy)]
+struct TestCounts {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    measured: u64,
+    filtered_out: u64,
+}
+
+impl TestCounts {
+    fn add(&mut self, other: Self) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.ignored += other.ignored;
+        self.measured += other.measured;
+        self.filtered_out += other.filtered_out;
+    }
+
+    /// Parses "test result: ok. 4 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; ...".
+    fn parse(line: &str) -> Option<Self> {
+        let rest = line.trim().strip_prefix("test result: ")?;
+        let mut counts = Self::default();
+        for part in rest.split(['.', ';']) {
+            let mut words = part.split_whitespace();
+            let (Some(number), Some(what)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(number) = number.parse::<u64>() else {
+                continue;
+            };
+            match what {
+                "passed" => counts.passed = number,
+                "failed" => counts.failed = number,
+                "ignored" => counts.ignored = number,
+                "measured" => counts.measured = number,
+                "filtered" => counts.filtered_out = number,
+                _ => {}
+            }
+        }
+        Some(counts)
+    }
+}
+
+struct Ci {
+    results: Vec<StepResult>,
+    tests: TestCounts,
+    test_time: Duration,
+}
+
+pub fn run() -> Result<()> {
+    let started = Instant::now();
+    let mut ci = Ci {
+        results: Vec::new(),
+        tests: TestCounts::default(),
+        test_time: Duration::ZERO,
+    };
+
+    ci.step("fmt", || {
+        run_plain(cargo().args(["fmt", "--all", "--check"]))
+    });
+    ci.step("clippy (host, all targets)", || {
+        run_plain(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    });
+    ci.step("clippy (x86_64-unknown-netbsd)", || {
+        netbsd::ensure_target()?;
+        run_plain(
+            cargo()
+                .args([
+                    "clippy",
+                    "--workspace",
+                    "--exclude",
+                    "xtask",
+                    "--lib",
+                    "--bins",
+                    "--tests",
+                    "--examples",
+                ])
+                .args(["--target", netbsd::TARGET, "--", "-D", "warnings"]),
+        )
+    });
+    ci.test_step("test (debug)", cargo().args(["test", "--workspace"]));
+    ci.test_step(
+        "test (release)",
+        cargo().args(["test", "--workspace", "--release"]),
+    );
+    ci.step("doc", || {
+        run_plain(
+            cargo()
+                .args(["doc", "--workspace", "--exclude", "xtask", "--no-deps"])
+                .env("RUSTDOCFLAGS", "-D warnings"),
+        )
+    });
+    ci.step("regen --check", || {
+        regen::run(&regen::Options {
+            sysroot: None,
+            check: true,
+        })
+        .map(|()| None)
+    });
+    ci.step("netbsd", || netbsd::run().map(|()| None));
+    ci.miri();
+    ci.fuzz();
+
+    ci.summary(started.elapsed())
+}
+
+impl Ci {
+    /// Runs one step; `Ok(Some(note))` adds a note to its line.
+    fn step(&mut self, name: &'static str, body: impl FnOnce() -> Result<Option<String>>) {
+        println!("\n==> ci: {name}");
+        let start = Instant::now();
+        let outcome = match body() {
+            Ok(note) => Outcome::Passed(note),
+            Err(err) => Outcome::Failed(err.to_string()),
+        };
+        self.finish(name, outcome, start.elapsed());
+    }
+
+    fn finish(&mut self, name: &'static str, outcome: Outcome, time: Duration) {
+        println!("{}", step_line(name, &outcome, time));
+        self.results.push(StepResult {
+            name,
+            outcome,
+            time,
+        });
+    }
+
+    /// A step that runs libtest binaries: their `test result:` lines are counted.
+    fn test_step(&mut self, name: &'static str, command: &mut Command) {
+        println!("\n==> ci: {name}");
+        let start = Instant::now();
+        let outcome = match run_counting_tests(command) {
+            Ok(counts) => {
+                self.tests.add(counts);
+                Outcome::Passed(Some(format!(
+                    "{} passed, {} ignored",
+                    counts.passed, counts.ignored
+                )))
+            }
+            Err((err, counts)) => {
+                self.tests.add(counts);
+                Outcome::Failed(err.to_string())
+            }
+        };
+        let time = start.elapsed();
+        self.test_time += time;
+        self.finish(name, outcome, time);
+    }
+
+    fn miri(&mut self) {
+        let name = "miri (nvmm comm page and stopper)";
+        println!("\n==> ci: {name}");
+        let start = Instant::now();
+        if let Err(reason) = ensure_nightly(&["miri", "--version"], &["miri", "rust-src"]) {
+            self.finish(name, Outcome::Skipped(reason), start.elapsed());
+            return;
+        }
+        let mut command = nightly_cargo();
+        command
+            .args(["miri", "test", "-p", "nvmm", "--lib", "--"])
+            .args(MIRI_FILTERS);
+        let outcome = match run_counting_tests(&mut command) {
+            Ok(counts) => {
+                self.tests.add(counts);
+                Outcome::Passed(Some(format!(
+                    "{} tests matching {} ran under miri",
+                    counts.passed,
+                    MIRI_FILTERS.join("/")
+                )))
+            }
+            Err((err, counts)) => {
+                self.tests.add(counts);
+                Outcome::Failed(err.to_string())
+            }
+        };
+        let time = start.elapsed();
+        self.test_time += time;
+        self.finish(name, outcome, time);
+    }
+
+    fn fuzz(&mut self) {
+        let name = "fuzz (nvmm-assist)";
+        println!("\n==> ci: {name}");
+        let start = Instant::now();
+        let outcome = match fuzz() {
+            Ok(Ok(note)) => Outcome::Passed(Some(note)),
+            Ok(Err(skip)) => Outcome::Skipped(skip),
+            Err(err) => Outcome::Failed(err.to_string()),
+        };
+        self.finish(name, outcome, start.elapsed());
+    }
+
+    fn summary(&self, total: Duration) -> Result<()> {
+        println!("\n==> ci: summary");
+        for result in &self.results {
+            println!("{}", step_line(result.name, &result.outcome, result.time));
+        }
+        let failed: Vec<&str> = self
+            .results
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Failed(_)))
+            .map(|r| r.name)
+            .collect();
+        let skipped = self
+            .results
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Skipped(_)))
+            .count();
+        println!(
+            "ci: {} of {} steps passed, {} skipped, {} failed; total {} (budget: 30 min on 2 cores)",
+            self.results.len() - failed.len() - skipped,
+            self.results.len(),
+            skipped,
+            failed.len(),
+            minutes(total)
+        );
+        if !failed.is_empty() {
+            println!("ci: FAILED steps: {}", failed.join(", "));
+        }
+        let t = self.tests;
+        println!(
+            "test result: {}. {} passed; {} failed; {} ignored; {} measured; {} filtered out; finished in {:.2}s",
+            if failed.is_empty() { "ok" } else { "FAILED" },
+            t.passed,
+            t.failed,
+            t.ignored,
+            t.measured,
+            t.filtered_out,
+            self.test_time.as_secs_f64()
+        );
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(fail!("ci failed: {}", failed.join(", ")))
+        }
+    }
+}
+
+fn step_line(name: &str, outcome: &Outcome, time: Duration) -> String {
+    let (status, note) = match outcome {
+        Outcome::Passed(note) => ("ok", note.clone().unwrap_or_default()),
+        Outcome::Failed(err) => ("FAILED", err.clone()),
+        Outcome::Skipped(reason) => ("skipped", reason.clone()),
+    };
+    format!("ci: {status:<8} {name:<36} {:>9}  {note}", seconds(time))
+}
+
+fn seconds(time: Duration) -> String {
+    format!("{:.1}s", time.as_secs_f64())
+}
+
+fn minutes(time: Duration) -> String {
+    let secs = time.as_secs();
+    format!("{}m{:02}s", secs / 60, secs % 60)
+}
+
+fn run_plain(command: &mut Command) -> Result<Option<String>> {
+    crate::util::run(command, &describe(command)).map(|()| None)
+}
+
+fn describe(command: &Command) -> String {
+    let mut text = Path::new(command.get_program()).file_name().map_or_else(
+        || "cargo".to_owned(),
+        |name| name.to_string_lossy().into_owned(),
+    );
+    for arg in command.get_args().take_while(|arg| *arg != "--") {
+        text.push(' ');
+        text.push_str(&arg.to_string_lossy());
+    }
+    text
+}
+
+/// Runs a test command, passing its stdout through and adding up the
+/// `test result:` lines. On failure the counts so far come with the error.
+fn run_counting_tests(
+    command: &mut Command,
+) -> std::result::Result<TestCounts, (crate::util::Error, TestCounts)> {
+    let what = describe(command);
+    let mut counts = TestCounts::default();
+    let mut child = match command.stdout(Stdio::piped()).spawn() {
+        Ok(child) => child,
+        Err(err) => return Err((fail!("{what}: cannot start: {err}"), counts)),
+    };
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout)
+            .lines()
+            .map_while(std::result::Result::ok)
+        {
+            println!("{line}");
+            if let Some(found) = TestCounts::parse(&line) {
+                counts.add(found);
+            }
+        }
+    }
+    match child.wait() {
+        Ok(status) if status.success() => Ok(counts),
+        Ok(status) => Err((
+            fail!("{what} failed ({status}); {} tests failed", counts.failed),
+            counts,
+        )),
+        Err(err) => Err((fail!("{what}: {err}"), counts)),
+    }
+}
+
+/// `cargo +nightly`, through the rustup proxy on PATH (the `cargo` running
+/// this xtask may be a toolchain's own binary, which has no `+toolchain`).
+fn nightly_cargo() -> Command {
+    let mut command = Command::new("cargo");
+    command.arg("+nightly").current_dir(workspace_root());
+    command
+}
+
+/// Makes `cargo +nightly <probe>` work, installing the nightly toolchain
+/// and `components` when missing. `Err` is the reason to skip.
+fn ensure_nightly(probe: &[&str], components: &[&str]) -> std::result::Result<(), String> {
+    let what = if components.is_empty() {
+        "toolchain".to_owned()
+    } else {
+        components.join(" + ")
+    };
+    let works = || {
+        nightly_cargo()
+            .args(probe)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if works() {
+        return Ok(());
+    }
+    if !program_exists("rustup") {
+        return Err(format!("rustup not found, so no nightly {what}"));
+    }
+    let has_nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let mut install = Command::new("rustup");
+    if has_nightly {
+        install
+            .args(["component", "add", "--toolchain", "nightly"])
+            .args(components);
+    } else {
+        install.args(["toolchain", "install", "nightly", "--profile", "minimal"]);
+        if !components.is_empty() {
+            install.arg("--component").arg(components.join(","));
+        }
+    }
+    let installed = install.status().is_ok_and(|s| s.success());
+    if installed && works() {
+        Ok(())
+    } else {
+        Err(format!("could not install nightly {what} with rustup"))
+    }
+}
+
+/// Runs every fuzz target of nvmm-assist for a share of [`FUZZ_BUDGET`].
+/// `Ok(Err(reason))` means skipped.
+fn fuzz() -> Result<std::result::Result<String, String>> {
+    let crate_dir = workspace_root().join("nvmm-assist");
+    if !crate_dir.join("fuzz/Cargo.toml").is_file() {
+        return Ok(Err("nvmm-assist/fuzz does not exist".to_owned()));
+    }
+    if !program_exists("c++") && !program_exists("clang++") && !program_exists("g++") {
+        return Ok(Err(
+            "no C++ compiler (libFuzzer needs one: install g++ or clang)".to_owned(),
+        ));
+    }
+    if let Err(reason) = ensure_nightly(&["--version"], &[]) {
+        return Ok(Err(reason));
+    }
+    if !cargo_fuzz_installed() {
+        eprintln!("xtask: installing cargo-fuzz (cargo install cargo-fuzz --locked)");
+        let installed = cargo()
+            .args(["install", "cargo-fuzz", "--locked"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed || !cargo_fuzz_installed() {
+            return Ok(Err("cargo-fuzz could not be installed".to_owned()));
+        }
+    }
+    let listed = nightly_cargo()
+        .current_dir(&crate_dir)
+        .args(["fuzz", "list"])
+        .output()
+        .map_err(|err| fail!("cargo fuzz list: {err}"))?;
+    if !listed.status.success() {
+        return Err(fail!("cargo fuzz list failed ({})", listed.status));
+    }
+    let targets: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if targets.is_empty() {
+        return Ok(Err("nvmm-assist/fuzz declares no fuzz targets".to_owned()));
+    }
+    crate::util::run(
+        nightly_cargo()
+            .current_dir(&crate_dir)
+            .args(["fuzz", "build"]),
+        "cargo fuzz build",
+    )?;
+    let per_target = (FUZZ_BUDGET.as_secs() / targets.len() as u64).max(5);
+    for target in &targets {
+        println!("ci: fuzzing {target} for {per_target}s");
+        crate::util::run(
+            nightly_cargo()
+                .current_dir(&crate_dir)
+                .args(["fuzz", "run", target, "--"])
+                .arg(format!("-max_total_time={per_target}")),
+            &format!("fuzz target {target} (a crash input is under nvmm-assist/fuzz/artifacts)"),
+        )?;
+    }
+    Ok(Ok(format!(
+        "{} targets, {per_target}s each, no crash",
+        targets.len()
+    )))
+}
+
+fn cargo_fuzz_installed() -> bool {
+    nightly_cargo()
+        .args(["fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_libtest_summaries() {
+        let counts = TestCounts::parse(
+            "test result: ok. 12 passed; 1 failed; 3 ignored; 0 measured; 7 filtered out; finished in 0.01s",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                counts.passed,
+                counts.failed,
+                counts.ignored,
+                counts.measured,
+                counts.filtered_out
+            ),
+            (12, 1, 3, 0, 7)
+        );
+        assert!(TestCounts::parse("running 3 tests").is_none());
+    }
+}
