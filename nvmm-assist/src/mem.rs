@@ -5,7 +5,7 @@ use crate::access::{self, AccessType};
 use crate::bus::{GuestRam, MmioBus};
 use crate::decode::{DecodeError, Instruction, decode};
 use crate::error::{Error, Exception};
-use crate::exec::{Exec, PAGE_SIZE};
+use crate::exec::{Exec, PAGE_SIZE, fast};
 use crate::mode::CpuMode;
 use crate::state::{CpuState, Segment};
 
@@ -52,10 +52,34 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
+    assist_mem_with(state, ram, mmio, exit, true)
+}
+
+/// [`assist_mem`], with the fast path for common 64-bit forms enabled or
+/// not (the tests compare both).
+pub(crate) fn assist_mem_with<S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit: &MemExit<'_>,
+    fast_path: bool,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
     if exit.access == AccessType::Execute {
         return Err(Error::InconsistentExit);
     }
     let mode = CpuMode::of(state);
+    if fast_path
+        && mode == CpuMode::Long64
+        && !exit.instruction.is_empty()
+        && let Some(result) = fast::try_exec(state, ram, mmio, exit.gpa, exit.instruction)
+    {
+        return result;
+    }
     let mut bytes = [0u8; 15];
     let given = exit.instruction.len().min(15);
     if let (Some(dst), Some(src)) = (bytes.get_mut(..given), exit.instruction.get(..given)) {

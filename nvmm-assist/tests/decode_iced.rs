@@ -1,7 +1,10 @@
 //! Decoder differential: `nvmm_assist::decode` against iced-x86 in 16-, 32-
 //! and 64-bit code.
 //!
-//! Cases: every one-byte and 0F opcode x every ModRM byte x random prefix
+//! Cases: every emulated opcode form x 32 fixed prefix sets (66, 67, F0,
+//! F2, F3, each segment override, REX.W/R/X/B and combinations, a REX that a
+//! later 66 cancels) x every ModRM shape (mod 0-3 x rm 0-7, and every reg
+//! for group opcodes); every one-byte and 0F opcode x every ModRM byte x random prefix
 //! sets (66, 67, F2, F3, F0, segment overrides, REX, in any order, sometimes
 //! repeated, sometimes a REX that a later prefix cancels) with random SIB,
 //! displacement and immediate bytes; every SIB byte under mod 0/1/2 for the
@@ -721,6 +724,33 @@ impl Oracle {
         out.extend_from_slice(&p);
     }
 
+    /// Every emulated opcode x a fixed list of prefix sets x every ModRM
+    /// shape (mod 0-3 x rm 0-7; every ModRM.reg as well for group opcodes),
+    /// with random SIB, displacement and immediate bytes.
+    fn systematic(&mut self, rng: &mut Rng) {
+        let mut bytes = Vec::with_capacity(32);
+        for (n, opcode) in EMULATED.iter().enumerate() {
+            let group = GROUPS.contains(opcode);
+            for (p, pfx) in PREFIX_SETS.iter().enumerate() {
+                if !self.long() && pfx.iter().any(|&b| b & 0xF0 == 0x40) {
+                    continue;
+                }
+                for modrm in 0..=255u8 {
+                    let reg = (modrm >> 3) & 7;
+                    if !group && usize::from(reg) != (usize::from(modrm & 0xC7) + n + p) % 8 {
+                        continue;
+                    }
+                    bytes.clear();
+                    bytes.extend_from_slice(pfx);
+                    bytes.extend_from_slice(opcode);
+                    bytes.push(modrm);
+                    Self::tail(rng, &mut bytes);
+                    self.case(&bytes);
+                }
+            }
+        }
+    }
+
     fn tail(rng: &mut Rng, out: &mut Vec<u8>) {
         while out.len() < 15 {
             out.push(rng.byte());
@@ -729,6 +759,7 @@ impl Oracle {
 
     fn run(&mut self, seed: u64, per_form: u32, random: u32) {
         let mut rng = Rng(seed);
+        self.systematic(&mut rng);
         let mut bytes = Vec::with_capacity(32);
         // Every opcode x every ModRM x random prefixes and tails.
         for map in [None, Some(0x0Fu8)] {
@@ -807,6 +838,58 @@ impl Oracle {
         assert!(t.accepted_equal > t.compared / 20, "too few accepted cases");
     }
 }
+
+/// The opcodes of the emulated forms (issue 4's list), written out here
+/// independently of the decoder's tables.
+#[rustfmt::skip]
+const EMULATED: &[&[u8]] = &[
+    // ADD OR ADC SBB AND SUB XOR CMP: r/m,r; r,r/m; AL/rAX,imm.
+    &[0x00], &[0x01], &[0x02], &[0x03], &[0x04], &[0x05],
+    &[0x08], &[0x09], &[0x0A], &[0x0B], &[0x0C], &[0x0D],
+    &[0x10], &[0x11], &[0x12], &[0x13], &[0x14], &[0x15],
+    &[0x18], &[0x19], &[0x1A], &[0x1B], &[0x1C], &[0x1D],
+    &[0x20], &[0x21], &[0x22], &[0x23], &[0x24], &[0x25],
+    &[0x28], &[0x29], &[0x2A], &[0x2B], &[0x2C], &[0x2D],
+    &[0x30], &[0x31], &[0x32], &[0x33], &[0x34], &[0x35],
+    &[0x38], &[0x39], &[0x3A], &[0x3B], &[0x3C], &[0x3D],
+    // MOVSXD; INS/OUTS; group 1; TEST; XCHG; MOV; POP r/m.
+    &[0x63], &[0x6C], &[0x6D], &[0x6E], &[0x6F],
+    &[0x80], &[0x81], &[0x82], &[0x83], &[0x84], &[0x85], &[0x86], &[0x87],
+    &[0x88], &[0x89], &[0x8A], &[0x8B], &[0x8F],
+    // MOV moffs; MOVS CMPS TEST STOS LODS SCAS; MOV imm.
+    &[0xA0], &[0xA1], &[0xA2], &[0xA3], &[0xA4], &[0xA5], &[0xA6], &[0xA7],
+    &[0xA8], &[0xA9], &[0xAA], &[0xAB], &[0xAC], &[0xAD], &[0xAE], &[0xAF],
+    &[0xC6], &[0xC7],
+    // IN/OUT; group 3, 4, 5.
+    &[0xE4], &[0xE5], &[0xE6], &[0xE7], &[0xEC], &[0xED], &[0xEE], &[0xEF],
+    &[0xF6], &[0xF7], &[0xFE], &[0xFF],
+    // SSE moves.
+    &[0x0F, 0x10], &[0x0F, 0x11], &[0x0F, 0x28], &[0x0F, 0x29], &[0x0F, 0x2B],
+    &[0x0F, 0x6E], &[0x0F, 0x6F], &[0x0F, 0x7E], &[0x0F, 0x7F], &[0x0F, 0xD6], &[0x0F, 0xE7],
+    // CMOVcc (two conditions), SETcc (two conditions).
+    &[0x0F, 0x40], &[0x0F, 0x4F], &[0x0F, 0x94], &[0x0F, 0x9C],
+    // BT BTS BTR BTC, group 8, CMPXCHG, MOVZX, MOVSX, XADD, MOVNTI, group 9.
+    &[0x0F, 0xA3], &[0x0F, 0xAB], &[0x0F, 0xB3], &[0x0F, 0xBB], &[0x0F, 0xBA],
+    &[0x0F, 0xB0], &[0x0F, 0xB1], &[0x0F, 0xB6], &[0x0F, 0xB7], &[0x0F, 0xBE], &[0x0F, 0xBF],
+    &[0x0F, 0xC0], &[0x0F, 0xC1], &[0x0F, 0xC3], &[0x0F, 0xC7],
+];
+
+/// Opcodes whose ModRM.reg selects the instruction.
+#[rustfmt::skip]
+const GROUPS: &[&[u8]] = &[
+    &[0x80], &[0x81], &[0x82], &[0x83], &[0x8F], &[0xC6], &[0xC7], &[0xF6], &[0xF7], &[0xFE],
+    &[0xFF], &[0x0F, 0xBA], &[0x0F, 0xC7],
+];
+
+/// Prefix sets of the systematic sweep (REX sets only in 64-bit mode).
+#[rustfmt::skip]
+const PREFIX_SETS: &[&[u8]] = &[
+    &[], &[0x66], &[0x67], &[0x66, 0x67], &[0xF0], &[0xF2], &[0xF3], &[0xF0, 0x66],
+    &[0xF3, 0x66], &[0x66, 0xF2], &[0xF2, 0xF3], &[0x26], &[0x2E], &[0x36], &[0x3E], &[0x64],
+    &[0x65], &[0x64, 0x3E], &[0x3E, 0x64, 0x67],
+    &[0x40], &[0x48], &[0x44], &[0x42], &[0x41], &[0x4F], &[0x66, 0x48], &[0x48, 0x66],
+    &[0xF0, 0x48], &[0x67, 0x41], &[0x65, 0x67, 0x4C], &[0x41, 0x48], &[0xF3, 0x48],
+];
 
 const PER_FORM: u32 = 2;
 const RANDOM: u32 = 200_000;

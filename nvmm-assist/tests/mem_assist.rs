@@ -918,3 +918,76 @@ fn an_undefined_opcode_is_ud_and_changes_nothing() {
     );
     assert_eq!(g.regs, before);
 }
+
+#[test]
+fn instructions_without_flag_results_leave_rflags_alone() {
+    // (bytes, exit GPA): MOV, MOVZX, XCHG, SETcc, CMOVcc, STOS, LODS, MOVS,
+    // PUSH, POP, NOT touch no flag at all.
+    let cases: &[(&[u8], u64)] = &[
+        (&[0x89, 0x08], MMIO),             // mov [rax],ecx
+        (&[0x8B, 0x08], MMIO),             // mov ecx,[rax]
+        (&[0x48, 0x0F, 0xB7, 0x08], MMIO), // movzx rcx,word [rax]
+        (&[0x87, 0x08], MMIO),             // xchg [rax],ecx
+        (&[0x0F, 0x9F, 0x00], MMIO),       // setg byte [rax]
+        (&[0x0F, 0x4C, 0x08], MMIO),       // cmovl ecx,[rax]
+        (&[0xAB], MMIO),                   // stosd (rdi = MMIO)
+        (&[0xAD], MMIO),                   // lodsd (rsi = MMIO)
+        (&[0xA5], MMIO),                   // movsd
+        (&[0xFF, 0x30], MMIO),             // push qword [rax]
+        (&[0x8F, 0x00], MMIO),             // pop qword [rax]
+        (&[0xF7, 0x10], MMIO),             // not dword [rax]
+    ];
+    for &(bytes, gpa) in cases {
+        meta_flags(
+            || {
+                let mut g = mmio_guest(0x1234);
+                set(&mut g, Gpr::Rsi, MMIO);
+                set(&mut g, Gpr::Rdi, MMIO);
+                set(&mut g, Gpr::Rsp, 0x6000);
+                g
+            },
+            bytes,
+            gpa,
+            0,
+            0,
+        );
+    }
+}
+
+#[test]
+fn sixteen_bit_rep_wraps_di_within_the_segment() {
+    let mut g = Guest::real();
+    set(&mut g, Gpr::Rdi, 0x7700_0000_0000_FFFE);
+    set(&mut g, Gpr::Rcx, 4);
+    set(&mut g, Gpr::Rax, 0xEE);
+    // ES base 0: elements at 0xFFFE, 0xFFFF, then DI wraps to 0, 1.
+    let calls = g.run_rep(&[0xF3, 0xAA], |r| r.gprs[7] & 0xFFFF, 10);
+    assert!(calls >= 2, "the wrap ends a batch");
+    assert_eq!(g.ram.get(0xFFFE, 2), &[0xEE, 0xEE]);
+    assert_eq!(g.ram.get(0, 2), &[0xEE, 0xEE]);
+    assert_eq!(get(&g, Gpr::Rdi), 0x7700_0000_0000_0002);
+    assert_eq!(get(&g, Gpr::Rcx), 0);
+}
+
+#[test]
+fn movs_elements_that_cross_from_ram_into_mmio() {
+    // movsd with the source straddling RAM (0x7FFE) and MMIO (0x8000), and
+    // the destination straddling MMIO (0x1FFE) and RAM (0x2000).
+    let mut g = Guest::long64();
+    g.ram.put(0x7FFE, &[0x11, 0x22]);
+    g.mmio.high.put(0x8000, &[0x33, 0x44]);
+    set(&mut g, Gpr::Rsi, 0x7FFE);
+    set(&mut g, Gpr::Rdi, 0x1FFE);
+    g.step(&[0xA5], 0x8000);
+    assert_eq!(&g.mmio.low.mem[0xFFE..], &[0x11, 0x22]);
+    assert_eq!(g.ram.get(0x2000, 2), &[0x33, 0x44]);
+    assert_eq!(get(&g, Gpr::Rsi), 0x8002);
+    assert_eq!(get(&g, Gpr::Rdi), 0x2002);
+    // And MMIO (low) to MMIO (high), the other way than above.
+    g.mmio.low.put(0x1500, b"ab");
+    set(&mut g, Gpr::Rsi, 0x1500);
+    set(&mut g, Gpr::Rdi, 0x9000);
+    set(&mut g, Gpr::Rcx, 2);
+    g.step(&[0xF3, 0xA4], 0x1500);
+    assert_eq!(&g.mmio.high.mem[0x1000..0x1002], b"ab");
+}

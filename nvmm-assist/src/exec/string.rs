@@ -80,11 +80,11 @@ fn room(side: &Side, size: u64, amask: u64, backwards: bool) -> u64 {
         return 1;
     }
     let (page_room, offset_room) = if backwards {
-        (in_page / size + 1, side.offset / size + 1)
+        (in_page / size + 1, (side.offset / size).saturating_add(1))
     } else {
         (
             (PAGE_SIZE - in_page) / size,
-            (amask - side.offset - (size - 1)) / size + 1,
+            ((amask - side.offset - (size - 1)) / size).saturating_add(1),
         )
     };
     page_room.min(offset_room).max(1)
