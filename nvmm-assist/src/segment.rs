@@ -20,9 +20,15 @@
 //!   only from code segments), else `#GP(0)`. The limit check is expand-up
 //!   (`offset..=offset+size-1` within `0..=limit`) or expand-down (within
 //!   `limit+1..=upper`, where `upper` is 0xFFFFFFFF with D/B=1 and 0xFFFF
-//!   with D/B=0), else `#SS(0)` for SS and `#GP(0)` otherwise. An access
-//!   whose last byte lies beyond 0xFFFFFFFF (offset+size wrap) fails the
-//!   limit check rather than wrapping.
+//!   with D/B=0), else `#SS(0)` for SS and `#GP(0)` otherwise.
+//! - **Wrap at 4 GiB**: when the segment's upper bound is 0xFFFFFFFF (an
+//!   expand-up limit of 0xFFFFFFFF, or expand-down with D/B=1), only the
+//!   first byte is checked and an access running past offset 0xFFFFFFFF
+//!   wraps to offset 0 (the linear range wraps with it). The SDM (vol. 3A
+//!   §5.3) leaves this case implementation-specific; this is what KVM on
+//!   this project's CI machine does (tests/oracle_kvm_segment.rs) and what
+//!   flat 32-bit guests expect. With any other bound the last byte must be
+//!   within it.
 //!
 //! Outside 64-bit mode linear addresses are 32 bits wide: `base + offset`
 //! wraps at 4 GiB.
@@ -103,8 +109,17 @@ pub fn linear_address<S: CpuState + ?Sized>(
     let last = offset.saturating_add(size - 1);
     let limit = u64::from(reg.limit);
 
+    // See the module documentation: a 4 GiB bound checks the first byte only.
+    let within = |upper: u64| {
+        if upper == 0xFFFF_FFFF {
+            offset <= upper
+        } else {
+            last <= upper
+        }
+    };
+
     if mode.is_real_or_v86() {
-        if last > limit {
+        if !within(limit) {
             return Err(limit_fault(seg));
         }
         return Ok(reg.base.wrapping_add(offset) & 0xFFFF_FFFF);
@@ -135,9 +150,9 @@ pub fn linear_address<S: CpuState + ?Sized>(
     let expand_down = !is_code && typ & TYPE_EXPAND_DOWN != 0;
     let in_limit = if expand_down {
         let upper: u64 = if attr.db() { 0xFFFF_FFFF } else { 0xFFFF };
-        offset > limit && last <= upper
+        offset > limit && within(upper)
     } else {
-        last <= limit
+        within(limit)
     };
     if !in_limit {
         return Err(limit_fault(seg));

@@ -212,7 +212,7 @@ pub trait CpuState {
         }
     }
     /// The guest's physical-address width (MAXPHYADDR, CPUID
-    /// 0x80000008:EAX[7:0]), which decides the reserved bits of page-table
+    /// 0x80000008:EAX bits 7:0), which decides the reserved bits of page-table
     /// entries. The default is 52, the architectural maximum: then no
     /// address bit is reserved. Values are clamped to 32..=52.
     fn max_phys_addr(&self) -> u8 {

@@ -23,6 +23,9 @@
 //!   internal registers when CR3 (or CR0/CR4 paging bits) is written and does
 //!   not re-read memory, so a guest that edits its PDPT without reloading
 //!   CR3 sees a difference; the assist cannot know the cached copies.
+//! - Checked against the CPU for 4-level paging with 4 KiB/2 MiB pages at
+//!   CPL 0/3 with WP, NXE, SMEP, SMAP and AC (tests/oracle_kvm_paging.rs);
+//!   the other modes against the SDM (tests/translate.rs).
 //! - 1 GiB pages and PSE-36 are taken as supported.
 //! - Protection keys (CR4.PKE/PKS) are not evaluated.
 //!

@@ -869,3 +869,35 @@ impl StoreAfter for Registers {
         ram.put(at, &v[..size]);
     }
 }
+
+#[test]
+fn ins_always_writes_through_es() {
+    // ES cannot be overridden for INS, whatever segment the exit reports.
+    let mut regs = flat32(0);
+    regs.segments[Segment::Es as usize].base = 0x4000;
+    regs.segments[Segment::Fs as usize].base = 0x8000;
+    let mut ram = TestRam::new(0x10000);
+    let mut ports = RecordingPorts::with_input(b"Z");
+    let mut mmio = RecordingMmio::default();
+    regs.gprs[Gpr::Rdi as usize] = 0x10;
+    regs.rip = RIP;
+    let e = IoExit {
+        address_size: 4,
+        segment: Some(Segment::Fs),
+        ..exit(true, 1, true, false)
+    };
+    assert_eq!(
+        assist_io(&mut regs, &mut ram, &mut mmio, &mut ports, &e),
+        Ok(Outcome::Done)
+    );
+    assert_eq!(ram.get(0x4010, 1), b"Z");
+    assert_eq!(ram.get(0x8010, 1), b"\0");
+    // A read-only ES faults before the port is read.
+    regs.segments[Segment::Es as usize].attributes =
+        nvmm_assist::SegmentAttributes::new(1, true, 0, true, false, false, true, true);
+    assert_eq!(
+        assist_io(&mut regs, &mut ram, &mut mmio, &mut ports, &e),
+        Err(Error::Exception(Exception::GeneralProtection(0)))
+    );
+    assert_eq!(ports.log.len(), 1);
+}

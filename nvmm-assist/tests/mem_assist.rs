@@ -14,6 +14,7 @@ const ZF: u64 = 1 << 6;
 const SF: u64 = 1 << 7;
 const DF: u64 = 1 << 10;
 const OF: u64 = 1 << 11;
+const RF: u64 = 1 << 16;
 const AC: u64 = 1 << 18;
 const STATUS: u64 = CF | PF | AF | ZF | SF | OF;
 /// Every RFLAGS bit a guest can set in 64-bit mode (VM excluded: it is
@@ -30,8 +31,10 @@ fn get(g: &Guest, r: Gpr) -> u64 {
 
 /// Runs `bytes` with initial RFLAGS 0x2 and ALL_VALID, on fresh guests made
 /// by `setup`, and checks that bits outside `touched` are unchanged and
-/// that the touched bits come out as `want` in both runs.
+/// that the touched bits come out as `want` in both runs. RF is always
+/// touched: a completed instruction clears it.
 fn meta_flags(setup: impl Fn() -> Guest, bytes: &[u8], gpa: u64, touched: u64, want: u64) {
+    let touched = touched | RF;
     for initial in [0x2, ALL_VALID] {
         let mut g = setup();
         g.regs.rflags = initial;
@@ -267,12 +270,45 @@ fn setcc_writes_a_byte_and_cmovcc_always_reads() {
 #[test]
 fn rep_with_rcx_zero_accesses_nothing_and_advances_rip() {
     let mut g = Guest::long64();
-    set(&mut g, Gpr::Rcx, 0xFFFF_FFFF_0000_0000); // ECX = 0 with 67
-    set(&mut g, Gpr::Rdi, MMIO);
-    g.step(&[0x67, 0xF3, 0xAA], MMIO); // rep stosb (addr32)
+    set(&mut g, Gpr::Rcx, 0);
+    set(&mut g, Gpr::Rdi, 0xBEEF_0000_0000_1000);
+    g.step(&[0xF3, 0xAA], MMIO); // rep stosb
     assert_eq!(g.mmio.total_accesses(), 0);
-    assert_eq!(get(&g, Gpr::Rcx), 0xFFFF_FFFF_0000_0000, "untouched");
-    assert_eq!(get(&g, Gpr::Rdi), MMIO);
+    assert_eq!(get(&g, Gpr::Rdi), 0xBEEF_0000_0000_1000, "untouched");
+    // 16-bit address size (real mode): CX = 0, nothing written.
+    let mut g = Guest::real();
+    set(&mut g, Gpr::Rcx, 0x1234_0000);
+    set(&mut g, Gpr::Rsi, 0x1234_5678_0000_1000);
+    g.step(&[0xF3, 0xA4], 0x1000); // rep movsb
+    assert_eq!(get(&g, Gpr::Rcx), 0x1234_0000);
+    assert_eq!(get(&g, Gpr::Rsi), 0x1234_5678_0000_1000);
+    assert_eq!(g.mmio.total_accesses(), 0);
+}
+
+#[test]
+fn rep_with_ecx_zero_and_a32_writes_the_32_bit_registers() {
+    // What the host CPU does (oracle BUG-1): 67 REP with ECX = 0 clears
+    // RCX[63:32]; MOVS also RSI/RDI[63:32], STOS RDI[63:32]; LODS, CMPS
+    // and SCAS keep RSI/RDI.
+    let hi = 0x55EF_B08E_0000_0000u64;
+    for (bytes, rsi_cleared, rdi_cleared) in [
+        (&[0x67, 0xF2, 0x48, 0xAB][..], false, true), // repne stosq, a32
+        (&[0xF2, 0x66, 0x67, 0xA5], true, true),      // repne movsw, a32
+        (&[0x67, 0xF3, 0xAD], false, false),          // rep lodsd, a32
+        (&[0x67, 0xF3, 0xA6], false, false),          // repe cmpsb, a32
+        (&[0x67, 0xF2, 0xAE], false, false),          // repne scasb, a32
+    ] {
+        let mut g = Guest::long64();
+        set(&mut g, Gpr::Rcx, hi);
+        set(&mut g, Gpr::Rsi, hi | 0x1000);
+        set(&mut g, Gpr::Rdi, hi | 0x1000);
+        g.step(bytes, MMIO);
+        assert_eq!(g.mmio.total_accesses(), 0, "{bytes:02x?}");
+        assert_eq!(get(&g, Gpr::Rcx), 0, "{bytes:02x?}");
+        let want = |cleared: bool| if cleared { 0x1000 } else { hi | 0x1000 };
+        assert_eq!(get(&g, Gpr::Rsi), want(rsi_cleared), "{bytes:02x?} rsi");
+        assert_eq!(get(&g, Gpr::Rdi), want(rdi_cleared), "{bytes:02x?} rdi");
+    }
 }
 
 #[test]
@@ -917,4 +953,92 @@ fn an_undefined_opcode_is_ud_and_changes_nothing() {
         Err(Error::Exception(Exception::InvalidOpcode))
     );
     assert_eq!(g.regs, before);
+}
+
+#[test]
+fn instructions_without_flag_results_leave_rflags_alone() {
+    // (bytes, exit GPA): MOV, MOVZX, XCHG, SETcc, CMOVcc, STOS, LODS, MOVS,
+    // PUSH, POP, NOT touch no flag at all.
+    let cases: &[(&[u8], u64)] = &[
+        (&[0x89, 0x08], MMIO),             // mov [rax],ecx
+        (&[0x8B, 0x08], MMIO),             // mov ecx,[rax]
+        (&[0x48, 0x0F, 0xB7, 0x08], MMIO), // movzx rcx,word [rax]
+        (&[0x87, 0x08], MMIO),             // xchg [rax],ecx
+        (&[0x0F, 0x9F, 0x00], MMIO),       // setg byte [rax]
+        (&[0x0F, 0x4C, 0x08], MMIO),       // cmovl ecx,[rax]
+        (&[0xAB], MMIO),                   // stosd (rdi = MMIO)
+        (&[0xAD], MMIO),                   // lodsd (rsi = MMIO)
+        (&[0xA5], MMIO),                   // movsd
+        (&[0xFF, 0x30], MMIO),             // push qword [rax]
+        (&[0x8F, 0x00], MMIO),             // pop qword [rax]
+        (&[0xF7, 0x10], MMIO),             // not dword [rax]
+    ];
+    for &(bytes, gpa) in cases {
+        meta_flags(
+            || {
+                let mut g = mmio_guest(0x1234);
+                set(&mut g, Gpr::Rsi, MMIO);
+                set(&mut g, Gpr::Rdi, MMIO);
+                set(&mut g, Gpr::Rsp, 0x6000);
+                g
+            },
+            bytes,
+            gpa,
+            0,
+            0,
+        );
+    }
+}
+
+#[test]
+fn sixteen_bit_rep_wraps_di_within_the_segment() {
+    let mut g = Guest::real();
+    set(&mut g, Gpr::Rdi, 0x7700_0000_0000_FFFE);
+    set(&mut g, Gpr::Rcx, 4);
+    set(&mut g, Gpr::Rax, 0xEE);
+    // ES base 0: elements at 0xFFFE, 0xFFFF, then DI wraps to 0, 1.
+    let calls = g.run_rep(&[0xF3, 0xAA], |r| r.gprs[7] & 0xFFFF, 10);
+    assert!(calls >= 2, "the wrap ends a batch");
+    assert_eq!(g.ram.get(0xFFFE, 2), &[0xEE, 0xEE]);
+    assert_eq!(g.ram.get(0, 2), &[0xEE, 0xEE]);
+    assert_eq!(get(&g, Gpr::Rdi), 0x7700_0000_0000_0002);
+    assert_eq!(get(&g, Gpr::Rcx), 0);
+}
+
+#[test]
+fn movs_elements_that_cross_from_ram_into_mmio() {
+    // movsd with the source straddling RAM (0x7FFE) and MMIO (0x8000), and
+    // the destination straddling MMIO (0x1FFE) and RAM (0x2000).
+    let mut g = Guest::long64();
+    g.ram.put(0x7FFE, &[0x11, 0x22]);
+    g.mmio.high.put(0x8000, &[0x33, 0x44]);
+    set(&mut g, Gpr::Rsi, 0x7FFE);
+    set(&mut g, Gpr::Rdi, 0x1FFE);
+    g.step(&[0xA5], 0x8000);
+    assert_eq!(&g.mmio.low.mem[0xFFE..], &[0x11, 0x22]);
+    assert_eq!(g.ram.get(0x2000, 2), &[0x33, 0x44]);
+    assert_eq!(get(&g, Gpr::Rsi), 0x8002);
+    assert_eq!(get(&g, Gpr::Rdi), 0x2002);
+    // And MMIO (low) to MMIO (high), the other way than above.
+    g.mmio.low.put(0x1500, b"ab");
+    set(&mut g, Gpr::Rsi, 0x1500);
+    set(&mut g, Gpr::Rdi, 0x9000);
+    set(&mut g, Gpr::Rcx, 2);
+    g.step(&[0xF3, 0xA4], 0x1500);
+    assert_eq!(&g.mmio.high.mem[0x1000..0x1002], b"ab");
+}
+
+#[test]
+fn rf_is_cleared_on_completion_and_set_when_a_rep_resumes() {
+    let mut g = mmio_guest(0);
+    g.regs.rflags = 2 | RF;
+    g.step(&[0x89, 0x08], MMIO); // fast path
+    assert_eq!(g.regs.rflags, 2);
+    g.regs.rflags = 2 | RF;
+    g.step(&[0x0F, 0xAB, 0x08], MMIO); // bts [rax],ecx: general path
+    assert_eq!(g.regs.rflags & RF, 0);
+    set(&mut g, Gpr::Rdi, MMIO2);
+    set(&mut g, Gpr::Rcx, 5000);
+    assert_eq!(g.exec(&[0xF3, 0xAA], MMIO2), Ok(Outcome::Resume));
+    assert_eq!(g.regs.rflags & RF, RF);
 }

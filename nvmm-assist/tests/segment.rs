@@ -209,11 +209,24 @@ fn expand_up_limit_edges() {
 }
 
 #[test]
-fn offset_plus_size_past_4g_faults() {
-    let r = flat32(0);
+fn offset_plus_size_past_4g_wraps_with_a_4g_bound() {
+    // SDM vol. 3A §5.3: implementation-specific with a 4 GiB limit; KVM
+    // (tests/oracle_kvm_segment.rs) wraps, and so do we.
+    let mut r = flat32(0);
     assert_eq!(lin(&r, Segment::Ds, 0xFFFF_FFFF, 1, Read), Ok(0xFFFF_FFFF));
-    assert_eq!(lin(&r, Segment::Ds, 0xFFFF_FFFF, 2, Read), GP);
+    assert_eq!(lin(&r, Segment::Ds, 0xFFFF_FFFF, 2, Read), Ok(0xFFFF_FFFF));
     assert_eq!(lin(&r, Segment::Ds, 0xFFFF_FFFC, 4, Read), Ok(0xFFFF_FFFC));
+    // Expand-down with B=1 has the same 4 GiB upper bound.
+    r.segments[Segment::Ss as usize] = data_seg(7, 0, 0xFFF, true);
+    assert_eq!(lin(&r, Segment::Ss, 0xFFFF_FFFE, 4, Write), Ok(0xFFFF_FFFE));
+    // Any smaller bound checks the last byte.
+    r.segments[Segment::Ds as usize] = data_seg(3, 0, 0xFFFF_FFFE, true);
+    assert_eq!(lin(&r, Segment::Ds, 0xFFFF_FFFE, 1, Read), Ok(0xFFFF_FFFE));
+    assert_eq!(lin(&r, Segment::Ds, 0xFFFF_FFFE, 2, Read), GP);
+    // Unreal mode with a 4 GiB cached limit too.
+    let mut u = real_mode();
+    u.segments[Segment::Ds as usize].limit = 0xFFFF_FFFF;
+    assert_eq!(lin(&u, Segment::Ds, 0xFFFF_FFFF, 4, Read), Ok(0xFFFF_FFFF));
 }
 
 #[test]
@@ -252,7 +265,8 @@ fn expand_down_with_b_set() {
     assert_eq!(lin(&r, Segment::Ss, 0xFFFF, 1, Write), SS);
     assert_eq!(lin(&r, Segment::Ss, 0x1_0000, 4, Write), Ok(0x1_0000));
     assert_eq!(lin(&r, Segment::Ss, 0xFFFF_FFFC, 4, Write), Ok(0xFFFF_FFFC));
-    assert_eq!(lin(&r, Segment::Ss, 0xFFFF_FFFD, 4, Write), SS);
+    // Past 0xFFFFFFFF: wraps (4 GiB upper bound, see above).
+    assert_eq!(lin(&r, Segment::Ss, 0xFFFF_FFFD, 4, Write), Ok(0xFFFF_FFFD));
     // Limit 0xFFFFFFFF expand-down: no valid offset at all.
     r.segments[Segment::Ss as usize] = data_seg(7, 0, 0xFFFF_FFFF, true);
     assert_eq!(lin(&r, Segment::Ss, 0xFFFF_FFFF, 1, Write), SS);

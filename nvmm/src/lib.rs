@@ -1,1 +1,86 @@
-//! Safe interface to NetBSD's NVMM (filled by its own issue).
+//! Safe, zero-copy Rust interface to NetBSD's NVMM hypervisor, replacing
+//! libnvmm: it talks to `/dev/nvmm` by ioctl and reads and writes each
+//! VCPU's state in place in its comm page.
+//!
+//! - [`Nvmm`]: the open device and its [`Capability`];
+//! - [`Machine`]: a virtual machine, its guest memory ([`Machine::hva_map`],
+//!   [`Machine::gpa_map`]) and the GPA→HVA area list;
+//! - [`Vcpu`]: a virtual CPU: state by class ([`Vcpu::gprs`], ...), events
+//!   ([`Vcpu::inject`]), [`Vcpu::run`] returning a typed [`Exit`], the
+//!   assists ([`Vcpu::assist_io`], [`Vcpu::assist_mem`]);
+//! - [`VcpuStopper`]: stops a run from another thread or a signal handler.
+//!
+//! Costs, as in libnvmm: reading a cached class and every write are free
+//! (no syscall); a run invalidates the state except what the kernel
+//! provides with the exit (GPRS|SEGS|CRS|MSRS on I/O and memory exits), so
+//! handling an I/O or memory exit costs exactly one syscall, the next run.
+//!
+//! ```no_run
+//! use nvmm::{Exit, Gpr, Nvmm, Prot, Seg};
+//!
+//! let nvmm = Nvmm::open()?;
+//! let machine = nvmm.create_machine()?;
+//! let ram = machine.hva_map(1 << 20)?;
+//! machine.gpa_map(&ram, 0, 0, 1 << 20, Prot::ALL)?;
+//! machine.write_guest(0x1000, &[0xB0, 0x2A, 0xE6, 0x80, 0xF4])?; // mov al, 42; out 0x80, al; hlt
+//! let mut vcpu = machine.create_vcpu(0)?;
+//! let mut cs = vcpu.segs()?.get(Seg::Cs);
+//! (cs.selector, cs.base) = (0, 0);
+//! vcpu.segs()?.set(Seg::Cs, cs); // real mode, CS:IP = 0:0x1000
+//! vcpu.gprs()?.set_rip(0x1000);
+//! loop {
+//!     match vcpu.run()? {
+//!         Exit::Io(io) => {
+//!             println!("port {:#x} <- {:#x}", io.port, vcpu.gprs()?.get(Gpr::Rax) & 0xFF);
+//!             vcpu.skip_instruction()?;
+//!         }
+//!         Exit::Halted => break,
+//!         other => println!("exit {other:?}"),
+//!     }
+//! }
+//! # Ok::<(), nvmm::Error>(())
+//! ```
+//!
+//! The crate compiles on any Unix so that its tests run against an
+//! in-process model of the kernel (see `tests/model`); on a host without
+//! NVMM, [`Nvmm::open`] returns [`Error::NotAvailable`].
+
+#[cfg(test)]
+extern crate self as nvmm;
+
+#[cfg(feature = "assist")]
+mod assist;
+mod comm;
+mod device;
+mod dump;
+mod error;
+mod exit;
+mod machine;
+mod memory;
+mod state;
+pub mod sys;
+mod vcpu;
+
+#[cfg(test)]
+#[path = "../tests/model/mod.rs"]
+pub(crate) mod model;
+
+#[cfg(feature = "assist")]
+pub use assist::{GvaAccess, Outcome};
+pub use comm::stop::VcpuStopper;
+pub use device::{Capability, MachineInfo, Nvmm, SUPPORTED_VERSION};
+pub use dump::StateDump;
+pub use error::{Error, Op, Rejection, Result, TeardownHook, set_teardown_error_hook};
+pub use exit::{Exit, ExitState, IoDirection, IoExit, MemAccess, MemoryExit, RdmsrExit, WrmsrExit};
+pub use machine::{Machine, MachineConf};
+pub use memory::{GpaArea, HostMapping, Prot};
+pub use state::{
+    Cr, Crs, Dr, Drs, Fpu, Gpr, Gprs, Intr, IntrState, Msr, Msrs, Seg, SegAttrib, Segment, Segs,
+    StateClasses,
+};
+pub use vcpu::{CpuidConf, CpuidRegs, Event, PROVIDED_ON_IO_AND_MEMORY, Vcpu};
+
+#[cfg(feature = "assist")]
+pub use nvmm_assist;
+/// The raw bindings this crate is built on.
+pub use nvmm_sys;

@@ -8,8 +8,15 @@
 //! - `Truncated` only when the input is shorter than 15 bytes, and then no
 //!   prefix of the input decodes either;
 //! - a memory operand's access size is 1, 2, 4, 8 or 16 and its scale 1, 2,
-//!   4 or 8; operand and address sizes are in range.
+//!   4 or 8; operand and address sizes are in range;
+//! - differential: iced-x86 agrees on accept/reject, length, operands,
+//!   sizes, segment and access class (the comparison of
+//!   tests/decode_iced.rs, with its documented intentional differences).
 #![no_main]
+
+#[path = "../../tests/decode_oracle/mod.rs"]
+#[allow(dead_code)]
+mod decode_oracle;
 
 use libfuzzer_sys::fuzz_target;
 use nvmm_assist::decode::{DecodeError, Operand};
@@ -30,6 +37,19 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mode = MODES[usize::from(selector) % MODES.len()];
+    let bitness = match mode.default_address_size() {
+        2 => 16,
+        4 => 32,
+        _ => 64,
+    };
+    let mut oracle = decode_oracle::Oracle::new(bitness, mode);
+    oracle.case(bytes);
+    if oracle.tally.mismatches != 0 {
+        panic!(
+            "differs from iced-x86 in {mode:?}: {:?}",
+            oracle.tally.examples
+        );
+    }
     match decode(bytes, mode) {
         Ok(insn) => {
             let len = usize::from(insn.len);

@@ -828,3 +828,71 @@ fn every_mode_every_short_input_is_safe() {
         }
     }
 }
+
+/// The 64-bit instructions of NetBSD's h_mem_assist guests (tests 1-17, as
+/// GNU as encodes their AT&T source), plus the DragonFly additions:
+/// (bytes, mnemonic, operand size, length, access).
+#[test]
+fn netbsd_h_mem_assist_64bit_encodings() {
+    use AccessClass::{Read as R, ReadWrite as RW, Write as W};
+    use Mnemonic as M;
+    #[rustfmt::skip]
+    let cases: &[(&[u8], Mnemonic, u8, u8, AccessClass)] = &[
+        (&[0x48, 0xC7, 0x00, 0x00, 0x10, 0x00, 0x00], M::Mov, 8, 7, W), // movq $0x1000,(%rax)
+        (&[0x4A, 0xC7, 0x04, 0xD8, 0x00, 0x20, 0x00, 0x00], M::Mov, 8, 8, W), // movq $0x2000,(%rax,%r11,8)
+        (&[0x4C, 0x8B, 0x45, 0x00], M::Mov, 8, 4, R), // movq (%rbp),%r8
+        (&[0x48, 0x8B, 0x5D, 0x08], M::Mov, 8, 4, R), // movq 8(%rbp),%rbx
+        (&[0x4C, 0x89, 0x45, 0x00], M::Mov, 8, 4, W), // movq %r8,(%rbp)
+        (&[0xC6, 0x45, 0x00, 0x04], M::Mov, 1, 4, W), // movb $4,(%rbp)
+        (&[0x08, 0x18], M::Or, 1, 2, RW),              // orb %bl,(%rax)
+        (&[0x66, 0x09, 0x08], M::Or, 2, 3, RW),        // orw %cx,(%rax)
+        (&[0x48, 0x0B, 0x08], M::Or, 8, 3, R),         // orq (%rax),%rcx
+        (&[0x48, 0x21, 0x18], M::And, 8, 3, RW),       // andq %rbx,(%rax)
+        (&[0x20, 0x08], M::And, 1, 2, RW),             // andb %cl,(%rax)
+        (&[0x48, 0x31, 0x18], M::Xor, 8, 3, RW),       // xorq %rbx,(%rax)
+        (&[0x66, 0x31, 0x08], M::Xor, 2, 3, RW),       // xorw %cx,(%rax)
+        (&[0x67, 0x48, 0xC7, 0x00, 0xFF, 0x1F, 0x00, 0x00], M::Mov, 8, 8, W), // movq $0x1fff,(%eax)
+        (&[0x67, 0xC6, 0x04, 0x18, 0x00], M::Mov, 1, 5, W), // movb $0,(%eax,%ebx,1)
+        (&[0x48, 0xA3, 0x00, 0x10, 0, 0, 0, 0, 0, 0], M::Mov, 8, 10, W), // movabs %rax,0x1000
+        (&[0xA0, 0x00, 0x10, 0, 0, 0, 0, 0, 0], M::Mov, 1, 9, R), // movabs 0x1000,%al
+        (&[0xA2, 0x00, 0x10, 0, 0, 0, 0, 0, 0], M::Mov, 1, 9, W), // movabs %al,0x1000
+        (&[0xF3, 0xAA], M::Stos, 1, 2, W),             // rep stosb
+        (&[0x66, 0xAB], M::Stos, 2, 2, W),             // stosw
+        (&[0x66, 0xAD], M::Lods, 2, 2, R),             // lodsw
+        (&[0xAC], M::Lods, 1, 1, R),                   // lodsb
+        (&[0xF3, 0xA4], M::Movs, 1, 2, RW),            // rep movsb
+        (&[0xF3, 0x66, 0xA5], M::Movs, 2, 3, RW),      // rep movsw
+        (&[0x0F, 0xB6, 0x18], M::Movzx, 4, 3, R),      // movzbl (%rax),%ebx
+        (&[0x48, 0x0F, 0xB7, 0x18], M::Movzx, 8, 4, R), // movzwq (%rax),%rbx
+        (&[0x80, 0x38, 0x78], M::Cmp, 1, 3, R),        // cmpb $0x78,(%rax)
+        (&[0x66, 0x81, 0x38, 0x78, 0x56], M::Cmp, 2, 5, R), // cmpw $0x5678,(%rax)
+        (&[0x81, 0x38, 0x78, 0x56, 0x34, 0xF2], M::Cmp, 4, 6, R), // cmpl $0xf2345678,(%rax)
+        (&[0x48, 0x81, 0x38, 0x78, 0x56, 0x34, 0xF2], M::Cmp, 8, 7, R), // cmpq $-0xdcba988,(%rax)
+        (&[0x28, 0x08], M::Sub, 1, 2, RW),             // subb %cl,(%rax)
+        (&[0x66, 0x29, 0x08], M::Sub, 2, 3, RW),       // subw %cx,(%rax)
+        (&[0x48, 0x2B, 0x08], M::Sub, 8, 3, R),        // subq (%rax),%rcx
+        (&[0xF6, 0x00, 0x0F], M::Test, 1, 3, R),       // testb $0x0f,(%rax)
+        (&[0x66, 0xF7, 0x00, 0x00, 0x0F], M::Test, 2, 5, R), // testw $0x0f00,(%rax)
+        (&[0xF7, 0x00, 0x00, 0xA0, 0x00, 0x00], M::Test, 4, 6, R), // testl $0xa000,(%rax)
+        (&[0x48, 0x87, 0x18], M::Xchg, 8, 3, RW),      // xchgq %rbx,(%rax)
+        (&[0x66, 0x87, 0x08], M::Xchg, 2, 3, RW),      // xchgw (%rax),%cx
+        (&[0x86, 0x10], M::Xchg, 1, 2, RW),            // xchgb %dl,(%rax)
+        (&[0x67, 0x48, 0x87, 0x18], M::Xchg, 8, 4, RW), // xchgq %rbx,(%eax)
+        (&[0xF3, 0x48, 0xA7], M::Cmps, 8, 3, R),       // repe cmpsq
+        (&[0x8B, 0x05, 0x00, 0x10, 0x00, 0x00], M::Mov, 4, 6, R), // mov 0x1000(%rip),%eax
+        (&[0x83, 0x0D, 0x00, 0x10, 0x00, 0x00, 0x01], M::Or, 4, 7, RW), // orl $1,0x1000(%rip)
+        // DragonFly additions: REP on MOV, the sign-extended imm8, BT.
+        (&[0xF3, 0x48, 0x89, 0x08], M::Mov, 8, 4, W),  // rep movq %rcx,(%rax)
+        (&[0x66, 0x83, 0x38, 0xFF], M::Cmp, 2, 4, R),  // cmpw $-1,(%rax)
+        (&[0x66, 0x0F, 0xBA, 0x60, 0x08, 0x00], M::Bt, 2, 6, R), // btw $0,8(%rax)
+        (&[0x48, 0x0F, 0xBA, 0x60, 0x18, 0xFF], M::Bt, 8, 6, R), // btq $255,24(%rax)
+    ];
+    for &(bytes, mn, size, len, access) in cases {
+        let i = ok(bytes, L64);
+        assert_eq!(
+            (i.mnemonic, i.operand_size, i.len, i.access),
+            (mn, size, len, access),
+            "{bytes:02x?}"
+        );
+    }
+}

@@ -10,6 +10,7 @@
 
 mod alu;
 mod bits;
+pub(crate) mod fast;
 mod mov;
 mod sse;
 mod stack;

@@ -732,9 +732,13 @@ pub fn mem_operand_in(
             }
         }
     };
+    // Outside 64-bit mode the upper register halves stay zero (the CPU
+    // ignores them there, and what it leaves in them is undefined).
     let hi = |rng: &mut Rng, low: u64| -> u64 {
-        if addr32 {
+        if addr32 && mode64 {
             (rng.next() & !0xffff_ffff) | (low & 0xffff_ffff)
+        } else if addr32 {
+            low & 0xffff_ffff
         } else {
             low
         }

@@ -2,19 +2,24 @@
 //! with a hole at 0xA0000-0xBFFFF and an unbacked 2 MiB range at
 //! 0xE000_0000 (both MMIO), guest state given as `nvmm_assist::Registers`.
 //!
-//! Each case runs ONE instruction with single-stepping on: the MMIO/IO
-//! exits on the way are completed from the test's devices and recorded,
-//! and the case ends at the debug exit after the instruction (for a REP
-//! string instruction, at the first debug exit whose RIP has moved on,
-//! since single-step traps after every iteration).
+//! Each case runs ONE instruction followed by a marker, `out 0xF1, al`
+//! ([`MARKER`]): the MMIO/IO exits on the way are completed from the
+//! test's devices and recorded, and the case ends at the marker's exit,
+//! where KVM reports the state after the instruction with RIP at the
+//! marker. (Single-stepping was tried first: under this host's KVM the
+//! debug exit after a PIO exit came one instruction late.)
 #![allow(dead_code)]
 
 use kvm_bindings::{
-    KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_MAX_CPUID_ENTRIES, kvm_guest_debug,
-    kvm_regs, kvm_segment, kvm_sregs, kvm_userspace_memory_region,
+    KVM_MAX_CPUID_ENTRIES, kvm_regs, kvm_segment, kvm_sregs, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use nvmm_assist::{Registers, SegmentAttributes, SegmentRegister};
+
+/// The port of the end-of-instruction marker `out 0xF1, al`.
+pub const MARKER_PORT: u16 = 0xF1;
+/// Its bytes.
+pub const MARKER: [u8; 2] = [0xE6, 0xF1];
 
 /// Guest RAM size.
 pub const RAM_LEN: usize = 2 << 20;
@@ -74,7 +79,12 @@ impl Devices {
         for (i, b) in buf.iter_mut().enumerate() {
             *b = self.cell(gpa + i as u64).map_or(0xff, |c| *c);
         }
-        self.log.push(Dev { port: false, addr: gpa, write: false, data: buf.to_vec() });
+        self.log.push(Dev {
+            port: false,
+            addr: gpa,
+            write: false,
+            data: buf.to_vec(),
+        });
     }
     pub fn mmio_write(&mut self, gpa: u64, data: &[u8]) {
         for (i, b) in data.iter().enumerate() {
@@ -82,7 +92,12 @@ impl Devices {
                 *c = *b;
             }
         }
-        self.log.push(Dev { port: false, addr: gpa, write: true, data: data.to_vec() });
+        self.log.push(Dev {
+            port: false,
+            addr: gpa,
+            write: true,
+            data: data.to_vec(),
+        });
     }
     pub fn port_read(&mut self, port: u16, buf: &mut [u8]) {
         let pos = self.port_pos.entry(port).or_insert(0);
@@ -90,10 +105,20 @@ impl Devices {
             *b = (port as u64 * 31 + *pos * 7 + 3) as u8;
             *pos += 1;
         }
-        self.log.push(Dev { port: true, addr: port as u64, write: false, data: buf.to_vec() });
+        self.log.push(Dev {
+            port: true,
+            addr: port as u64,
+            write: false,
+            data: buf.to_vec(),
+        });
     }
     pub fn port_write(&mut self, port: u16, data: &[u8]) {
-        self.log.push(Dev { port: true, addr: port as u64, write: true, data: data.to_vec() });
+        self.log.push(Dev {
+            port: true,
+            addr: port as u64,
+            write: true,
+            data: data.to_vec(),
+        });
     }
 }
 
@@ -186,7 +211,10 @@ impl Guest {
             return Err("mmap guest RAM failed".into());
         }
         let mem = GuestMem(mem.cast::<u8>());
-        let slots = [(0u64, HOLE.0), (HOLE.0 + HOLE.1, RAM_LEN as u64 - HOLE.0 - HOLE.1)];
+        let slots = [
+            (0u64, HOLE.0),
+            (HOLE.0 + HOLE.1, RAM_LEN as u64 - HOLE.0 - HOLE.1),
+        ];
         for (i, (gpa, len)) in slots.into_iter().enumerate() {
             let region = kvm_userspace_memory_region {
                 slot: i as u32,
@@ -200,17 +228,20 @@ impl Guest {
             unsafe { vm.set_user_memory_region(region) }
                 .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION: {e}"))?;
         }
-        let vcpu = vm.create_vcpu(0).map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?;
+        let vcpu = vm
+            .create_vcpu(0)
+            .map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?;
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| format!("KVM_GET_SUPPORTED_CPUID: {e}"))?;
-        vcpu.set_cpuid2(&cpuid).map_err(|e| format!("KVM_SET_CPUID2: {e}"))?;
-        let dbg = kvm_guest_debug {
-            control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP,
-            ..Default::default()
-        };
-        vcpu.set_guest_debug(&dbg).map_err(|e| format!("KVM_SET_GUEST_DEBUG: {e}"))?;
-        Ok(Guest { vcpu, _vm: vm, _kvm: kvm, mem })
+        vcpu.set_cpuid2(&cpuid)
+            .map_err(|e| format!("KVM_SET_CPUID2: {e}"))?;
+        Ok(Guest {
+            vcpu,
+            _vm: vm,
+            _kvm: kvm,
+            mem,
+        })
     }
 
     /// Guest RAM (the hole's bytes exist but are not guest-visible).
@@ -221,7 +252,10 @@ impl Guest {
 
     /// Loads `st` into the vCPU and reads it back.
     pub fn set_state(&mut self, st: &Registers) -> Result<Registers, String> {
-        let mut s: kvm_sregs = self.vcpu.get_sregs().map_err(|e| format!("get_sregs: {e}"))?;
+        let mut s: kvm_sregs = self
+            .vcpu
+            .get_sregs()
+            .map_err(|e| format!("get_sregs: {e}"))?;
         let seg = |i: usize| seg_to_kvm(&st.segments[i]);
         s.es = seg(0);
         s.cs = seg(1);
@@ -238,25 +272,40 @@ impl Guest {
             s: 0,
             ..Default::default()
         };
-        s.ldt = kvm_segment { selector: 0, type_: 2, present: 1, limit: 0xffff, ..Default::default() };
+        s.ldt = kvm_segment {
+            selector: 0,
+            type_: 2,
+            present: 1,
+            limit: 0xffff,
+            ..Default::default()
+        };
         s.cr0 = st.cr0;
         s.cr3 = st.cr3;
         s.cr4 = st.cr4;
         s.efer = st.efer;
-        self.vcpu.set_sregs(&s).map_err(|e| format!("set_sregs: {e}"))?;
+        self.vcpu
+            .set_sregs(&s)
+            .map_err(|e| format!("set_sregs: {e}"))?;
         let mut r = kvm_regs::default();
         let g = &st.gprs;
-        (r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi) = (g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]);
-        (r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15) = (g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]);
+        (r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi) =
+            (g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]);
+        (r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15) =
+            (g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]);
         r.rip = st.rip;
         r.rflags = st.rflags | 2;
-        self.vcpu.set_regs(&r).map_err(|e| format!("set_regs: {e}"))?;
+        self.vcpu
+            .set_regs(&r)
+            .map_err(|e| format!("set_regs: {e}"))?;
         self.state()
     }
 
     /// The vCPU state as `Registers` (no XMM).
     pub fn state(&self) -> Result<Registers, String> {
-        let s = self.vcpu.get_sregs().map_err(|e| format!("get_sregs: {e}"))?;
+        let s = self
+            .vcpu
+            .get_sregs()
+            .map_err(|e| format!("get_sregs: {e}"))?;
         let r = self.vcpu.get_regs().map_err(|e| format!("get_regs: {e}"))?;
         Ok(Registers {
             gprs: [
@@ -277,21 +326,22 @@ impl Guest {
     /// Runs the instruction at `st.rip` to completion (see the module doc).
     pub fn run_one(&mut self, st: &Registers, dev: &mut Devices) -> Result<KvmRun, String> {
         let before = self.set_state(st)?;
-        let start_rip = before.rip;
         let start_log = dev.log.len();
         for _ in 0..200_000 {
             match self.vcpu.run().map_err(|e| format!("KVM_RUN: {e}"))? {
                 VcpuExit::MmioRead(a, d) => dev.mmio_read(a, d),
                 VcpuExit::MmioWrite(a, d) => dev.mmio_write(a, d),
                 VcpuExit::IoIn(p, d) => dev.port_read(p, d),
-                VcpuExit::IoOut(p, d) => dev.port_write(p, d),
-                VcpuExit::Debug(_) => {
-                    let now = self.state()?;
-                    if now.rip != start_rip {
-                        return Ok(KvmRun { before, after: now, log: dev.log[start_log..].to_vec() });
-                    }
+                VcpuExit::IoOut(MARKER_PORT, _) => {
+                    let after = self.state()?;
+                    return Ok(KvmRun {
+                        before,
+                        after,
+                        log: dev.log[start_log..].to_vec(),
+                    });
                 }
-                VcpuExit::Hlt => return Err("HLT before the instruction completed".into()),
+                VcpuExit::IoOut(p, d) => dev.port_write(p, d),
+                VcpuExit::Hlt => return Err("HLT before the marker".into()),
                 VcpuExit::Shutdown => return Err("SHUTDOWN (triple fault)".into()),
                 VcpuExit::FailEntry(r, _) => return Err(format!("FAIL_ENTRY reason {r:#x}")),
                 VcpuExit::InternalError => return Err("KVM internal error".into()),
@@ -301,4 +351,3 @@ impl Guest {
         Err("instruction did not complete in 200000 exits".into())
     }
 }
-

@@ -39,7 +39,15 @@ pub struct ModeDef {
     pub windows: Vec<Window>,
 }
 
-fn seg(selector: u16, base: u64, limit: u32, typ: u8, db: bool, l: bool, g: bool) -> SegmentRegister {
+fn seg(
+    selector: u16,
+    base: u64,
+    limit: u32,
+    typ: u8,
+    db: bool,
+    l: bool,
+    g: bool,
+) -> SegmentRegister {
     SegmentRegister {
         selector,
         base,
@@ -92,7 +100,11 @@ fn four_level(ram: &mut [u8]) -> u64 {
     let i4 = (LIN_HIGH >> 39) & 511;
     w64(ram, pml4 + 8 * i4, 0x106000 | f);
     w64(ram, 0x106000 + 8 * ((LIN_HIGH >> 30) & 511), 0x107000 | f);
-    w64(ram, 0x107000 + 8 * ((LIN_HIGH >> 21) & 511), HIGH.0 | PS | f);
+    w64(
+        ram,
+        0x107000 + 8 * ((LIN_HIGH >> 21) & 511),
+        HIGH.0 | PS | f,
+    );
     pml4
 }
 
@@ -106,7 +118,11 @@ fn two_level(ram: &mut [u8]) -> u64 {
     for i in 0..(HOLE.1 / 4096) {
         w32(ram, 0x181000 + 4 * i, (HOLE.0 + i * 4096) as u32 | f);
     }
-    w32(ram, pd + 4 * (LIN_2M >> 22), HIGH.0 as u32 | PS as u32 | PATL as u32 | f);
+    w32(
+        ram,
+        pd + 4 * (LIN_2M >> 22),
+        HIGH.0 as u32 | PS as u32 | PATL as u32 | f,
+    );
     pd
 }
 
@@ -121,7 +137,11 @@ fn pae(ram: &mut [u8]) -> u64 {
     w64(ram, pdpt + 8, 0x1A2000 | P);
     w64(ram, 0x1A2000, 0x1A3000 | f);
     for i in 0..(HOLE.1 / 4096) {
-        w64(ram, 0x1A3000 + 8 * i, (HOLE.0 + i * 4096) | f | if i % 2 == 1 { PAT4K } else { 0 });
+        w64(
+            ram,
+            0x1A3000 + 8 * i,
+            (HOLE.0 + i * 4096) | f | if i % 2 == 1 { PAT4K } else { 0 },
+        );
     }
     w64(ram, pdpt + 16, 0x1A4000 | P);
     w64(ram, 0x1A4000, HIGH.0 | PS | PATL | f);
@@ -129,7 +149,10 @@ fn pae(ram: &mut [u8]) -> u64 {
 }
 
 fn base_state() -> Registers {
-    Registers { rflags: 2, ..Default::default() }
+    Registers {
+        rflags: 2,
+        ..Default::default()
+    }
 }
 
 /// Every mode, with its tables written into `ram`.
@@ -143,17 +166,48 @@ pub fn modes(ram: &mut [u8]) -> Vec<ModeDef> {
     // ES = 0x1000 (RAM window), SS = CS = 0.
     let mut st = base_state();
     let rs = |sel: u16, typ: u8| seg(sel, (sel as u64) << 4, 0xffff, typ, false, false, false);
-    st.segments = [rs(0x1000, 3), rs(0, 0xb), rs(0, 3), rs(0xA000, 3), rs(0xB000, 3), rs(0xA800, 3)];
+    st.segments = [
+        rs(0x1000, 3),
+        rs(0, 0xb),
+        rs(0, 3),
+        rs(0xA000, 3),
+        rs(0xB000, 3),
+        rs(0xA800, 3),
+    ];
     st.cr0 = 0x10;
     v.push(ModeDef {
         name: "real",
         state: st,
         bits: 2,
         windows: vec![
-            Window { seg: 3, off: 0, len: 0x10000, gpa: 0xA0000, mmio: true },
-            Window { seg: 4, off: 0, len: 0x10000, gpa: 0xB0000, mmio: true },
-            Window { seg: 5, off: 0x100, len: 0x7000, gpa: 0xA8100, mmio: true },
-            Window { seg: 0, off: 0, len: 0x10000, gpa: 0x10000, mmio: false },
+            Window {
+                seg: 3,
+                off: 0,
+                len: 0x10000,
+                gpa: 0xA0000,
+                mmio: true,
+            },
+            Window {
+                seg: 4,
+                off: 0,
+                len: 0x10000,
+                gpa: 0xB0000,
+                mmio: true,
+            },
+            Window {
+                seg: 5,
+                off: 0x100,
+                len: 0x7000,
+                gpa: 0xA8100,
+                mmio: true,
+            },
+            Window {
+                seg: 0,
+                off: 0,
+                len: 0x10000,
+                gpa: 0x10000,
+                mmio: false,
+            },
         ],
     });
 
@@ -177,10 +231,34 @@ pub fn modes(ram: &mut [u8]) -> Vec<ModeDef> {
         state: st,
         bits: 2,
         windows: vec![
-            Window { seg: 3, off: 0x100, len: 0xff00, gpa: 0xA0000, mmio: true },
-            Window { seg: 4, off: 0, len: 0x8000, gpa: 0xB0000, mmio: true },
-            Window { seg: 5, off: 0x8000, len: 0x8000, gpa: 0xA8000, mmio: true },
-            Window { seg: 0, off: 0x1000, len: 0xf000, gpa: 0x11000, mmio: false },
+            Window {
+                seg: 3,
+                off: 0x100,
+                len: 0xff00,
+                gpa: 0xA0000,
+                mmio: true,
+            },
+            Window {
+                seg: 4,
+                off: 0,
+                len: 0x8000,
+                gpa: 0xB0000,
+                mmio: true,
+            },
+            Window {
+                seg: 5,
+                off: 0x8000,
+                len: 0x8000,
+                gpa: 0xA8000,
+                mmio: true,
+            },
+            Window {
+                seg: 0,
+                off: 0x1000,
+                len: 0xf000,
+                gpa: 0x11000,
+                mmio: false,
+            },
         ],
     });
 
@@ -193,24 +271,83 @@ pub fn modes(ram: &mut [u8]) -> Vec<ModeDef> {
         flat(0x10, 3),
         flat(0x10, 3),
         seg(0x28, 0xA0000, 0x1ffff, 3, true, false, false),
-        seg(0x30, HIGH.0 - 0x1000, 0x20_0fff, 3, true, false, false),
+        seg(0x30, HIGH.0 - 0x1000, 0xf_ffff, 3, true, false, false),
     ];
     st.cr0 = 0x11;
     let p32_windows = vec![
-        Window { seg: 3, off: HOLE.0, len: HOLE.1, gpa: HOLE.0, mmio: true },
-        Window { seg: 3, off: HIGH.0, len: HIGH.1, gpa: HIGH.0, mmio: true },
-        Window { seg: 4, off: 0, len: HOLE.1, gpa: HOLE.0, mmio: true },
-        Window { seg: 5, off: 0x1000, len: 0x10000, gpa: HIGH.0, mmio: true },
-        Window { seg: 0, off: RAMWIN.0, len: RAMWIN.1, gpa: RAMWIN.0, mmio: false },
+        Window {
+            seg: 3,
+            off: HOLE.0,
+            len: HOLE.1,
+            gpa: HOLE.0,
+            mmio: true,
+        },
+        Window {
+            seg: 3,
+            off: HIGH.0,
+            len: HIGH.1,
+            gpa: HIGH.0,
+            mmio: true,
+        },
+        Window {
+            seg: 4,
+            off: 0,
+            len: HOLE.1,
+            gpa: HOLE.0,
+            mmio: true,
+        },
+        Window {
+            seg: 5,
+            off: 0x1000,
+            len: 0x10000,
+            gpa: HIGH.0,
+            mmio: true,
+        },
+        Window {
+            seg: 0,
+            off: RAMWIN.0,
+            len: RAMWIN.1,
+            gpa: RAMWIN.0,
+            mmio: false,
+        },
     ];
-    v.push(ModeDef { name: "prot32-flat", state: st.clone(), bits: 4, windows: p32_windows });
+    v.push(ModeDef {
+        name: "prot32-flat",
+        state: st.clone(),
+        bits: 4,
+        windows: p32_windows,
+    });
 
     let paged_windows = |lin2m_len: u64| {
         vec![
-            Window { seg: 3, off: LIN_4K, len: HOLE.1, gpa: HOLE.0, mmio: true },
-            Window { seg: 3, off: LIN_2M, len: lin2m_len, gpa: HIGH.0, mmio: true },
-            Window { seg: 3, off: HOLE.0, len: HOLE.1, gpa: HOLE.0, mmio: true },
-            Window { seg: 0, off: RAMWIN.0, len: RAMWIN.1, gpa: RAMWIN.0, mmio: false },
+            Window {
+                seg: 3,
+                off: LIN_4K,
+                len: HOLE.1,
+                gpa: HOLE.0,
+                mmio: true,
+            },
+            Window {
+                seg: 3,
+                off: LIN_2M,
+                len: lin2m_len,
+                gpa: HIGH.0,
+                mmio: true,
+            },
+            Window {
+                seg: 3,
+                off: HOLE.0,
+                len: HOLE.1,
+                gpa: HOLE.0,
+                mmio: true,
+            },
+            Window {
+                seg: 0,
+                off: RAMWIN.0,
+                len: RAMWIN.1,
+                gpa: RAMWIN.0,
+                mmio: false,
+            },
         ]
     };
     let mut st2 = st.clone();
@@ -219,11 +356,21 @@ pub fn modes(ram: &mut [u8]) -> Vec<ModeDef> {
     st2.cr0 = 0x8000_0011;
     st2.cr3 = cr3_2;
     st2.cr4 = 0x10;
-    v.push(ModeDef { name: "prot32-paging32", state: st2.clone(), bits: 4, windows: paged_windows(HIGH.1) });
+    v.push(ModeDef {
+        name: "prot32-paging32",
+        state: st2.clone(),
+        bits: 4,
+        windows: paged_windows(HIGH.1),
+    });
     let mut st3 = st2.clone();
     st3.cr3 = cr3_pae;
     st3.cr4 = 0x20;
-    v.push(ModeDef { name: "prot32-pae", state: st3, bits: 4, windows: paged_windows(HIGH.1) });
+    v.push(ModeDef {
+        name: "prot32-pae",
+        state: st3,
+        bits: 4,
+        windows: paged_windows(HIGH.1),
+    });
 
     // Long mode: compatibility (32- and 16-bit code) and 64-bit.
     let mut lm = st2.clone();
@@ -238,7 +385,13 @@ pub fn modes(ram: &mut [u8]) -> Vec<ModeDef> {
         bits: 4,
         windows: {
             let mut w = paged_windows(HIGH.1);
-            w.push(Window { seg: 4, off: 0, len: HOLE.1, gpa: HOLE.0, mmio: true });
+            w.push(Window {
+                seg: 4,
+                off: 0,
+                len: HOLE.1,
+                gpa: HOLE.0,
+                mmio: true,
+            });
             w
         },
     });
@@ -249,8 +402,20 @@ pub fn modes(ram: &mut [u8]) -> Vec<ModeDef> {
         state: c16,
         bits: 2,
         windows: vec![
-            Window { seg: 4, off: 0, len: 0x10000, gpa: HOLE.0, mmio: true },
-            Window { seg: 0, off: 0xC000, len: 0x4000, gpa: 0xC000, mmio: false },
+            Window {
+                seg: 4,
+                off: 0,
+                len: 0x10000,
+                gpa: HOLE.0,
+                mmio: true,
+            },
+            Window {
+                seg: 0,
+                off: 0xC000,
+                len: 0x4000,
+                gpa: 0xC000,
+                mmio: false,
+            },
         ],
     });
     let mut l64 = lm.clone();
@@ -262,11 +427,41 @@ pub fn modes(ram: &mut [u8]) -> Vec<ModeDef> {
         state: l64,
         bits: 8,
         windows: vec![
-            Window { seg: 3, off: LIN_4K, len: HOLE.1, gpa: HOLE.0, mmio: true },
-            Window { seg: 3, off: LIN_2M, len: HIGH.1, gpa: HIGH.0, mmio: true },
-            Window { seg: 3, off: LIN_HIGH, len: HIGH.1, gpa: HIGH.0, mmio: true },
-            Window { seg: 4, off: 0x1000, len: 0x10000, gpa: HIGH.0 + 0x1000, mmio: true },
-            Window { seg: 0, off: RAMWIN.0, len: RAMWIN.1, gpa: RAMWIN.0, mmio: false },
+            Window {
+                seg: 3,
+                off: LIN_4K,
+                len: HOLE.1,
+                gpa: HOLE.0,
+                mmio: true,
+            },
+            Window {
+                seg: 3,
+                off: LIN_2M,
+                len: HIGH.1,
+                gpa: HIGH.0,
+                mmio: true,
+            },
+            Window {
+                seg: 3,
+                off: LIN_HIGH,
+                len: HIGH.1,
+                gpa: HIGH.0,
+                mmio: true,
+            },
+            Window {
+                seg: 4,
+                off: 0x1000,
+                len: 0x10000,
+                gpa: HIGH.0 + 0x1000,
+                mmio: true,
+            },
+            Window {
+                seg: 0,
+                off: RAMWIN.0,
+                len: RAMWIN.1,
+                gpa: RAMWIN.0,
+                mmio: false,
+            },
         ],
     });
     v

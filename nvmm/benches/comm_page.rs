@@ -1,0 +1,211 @@
+//! Comm-page costs, measured against the kernel model (no NVMM needed):
+//! syscalls per handled I/O and memory exit, nanoseconds of cached state
+//! access, and the bytes of VCPU state the crate copies per access.
+//!
+//! The model stands in for the kernel, so the syscall counts are exact but
+//! the nanoseconds exclude any real kernel entry: they measure this crate's
+//! share of the work. Run with `cargo bench -p nvmm --bench comm_page`.
+
+#[path = "../tests/model/mod.rs"]
+mod model;
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use model::{KernelModel, ScriptedExit};
+use nvmm::nvmm_assist::{BusError, MmioBus, PortIo};
+use nvmm::sys::OpenMode;
+use nvmm::{Gpr, Nvmm, Prot, Seg, StateClasses};
+
+/// Devices that accept everything.
+struct Sink;
+impl PortIo for Sink {
+    fn read(&mut self, _: u16, buf: &mut [u8]) -> Result<(), BusError> {
+        buf.fill(0);
+        Ok(())
+    }
+    fn write(&mut self, _: u16, data: &[u8]) -> Result<(), BusError> {
+        black_box(data);
+        Ok(())
+    }
+}
+impl MmioBus for Sink {
+    fn read(&mut self, _: u64, buf: &mut [u8]) -> Result<(), BusError> {
+        buf.fill(0);
+        Ok(())
+    }
+    fn write(&mut self, _: u64, data: &[u8]) -> Result<(), BusError> {
+        black_box(data);
+        Ok(())
+    }
+}
+
+const EXITS: u64 = 10_000;
+const ITERS: u64 = 20_000_000;
+
+/// Guest RAM with nothing in it (the bench's accesses are all MMIO).
+struct NoRam;
+impl nvmm::nvmm_assist::GuestRam for NoRam {
+    fn read(&mut self, _: u64, _: &mut [u8]) -> Result<nvmm::nvmm_assist::RamStatus, BusError> {
+        Ok(nvmm::nvmm_assist::RamStatus::NotRam)
+    }
+    fn write(&mut self, _: u64, _: &[u8]) -> Result<nvmm::nvmm_assist::RamStatus, BusError> {
+        Ok(nvmm::nvmm_assist::RamStatus::NotRam)
+    }
+    fn compare_and_write(
+        &mut self,
+        _: u64,
+        _: &[u8],
+        _: &[u8],
+    ) -> Result<nvmm::nvmm_assist::CompareWrite, BusError> {
+        Ok(nvmm::nvmm_assist::CompareWrite::NotRam)
+    }
+}
+
+/// The VCPU's registers copied into a plain struct.
+fn plain_registers(vcpu: &mut nvmm::Vcpu) -> Result<nvmm::nvmm_assist::Registers, nvmm::Error> {
+    use nvmm::nvmm_assist::{Registers, SegmentAttributes, SegmentRegister};
+    let mut r = Registers::default();
+    let g = vcpu.gprs()?;
+    for (i, reg) in Gpr::ALL.iter().take(16).enumerate() {
+        r.gprs[i] = g.get(*reg);
+    }
+    r.rip = g.rip();
+    r.rflags = g.rflags();
+    let segs = vcpu.segs()?;
+    for (i, seg) in Seg::ALL.iter().take(6).enumerate() {
+        let s = segs.get(*seg);
+        r.segments[i] = SegmentRegister {
+            selector: s.selector,
+            base: s.base,
+            limit: s.limit,
+            attributes: SegmentAttributes(s.attrib.0),
+        };
+    }
+    let crs = vcpu.crs()?;
+    r.cr0 = crs.get(nvmm::Cr::Cr0);
+    r.cr3 = crs.get(nvmm::Cr::Cr3);
+    r.cr4 = crs.get(nvmm::Cr::Cr4);
+    r.efer = vcpu.msrs()?.get(nvmm::Msr::Efer);
+    Ok(r)
+}
+
+fn ns_per(iters: u64, f: impl FnMut(u64)) -> f64 {
+    let mut f = f;
+    let t = Instant::now();
+    for i in 0..iters {
+        f(i);
+    }
+    t.elapsed().as_nanos() as f64 / iters as f64
+}
+
+fn main() -> Result<(), nvmm::Error> {
+    let model = KernelModel::new();
+    let nvmm = Nvmm::open_with(model.clone(), OpenMode::User)?;
+    let machine = nvmm.create_machine()?;
+    let mut vcpu = machine.create_vcpu(0)?;
+    let id = machine.id();
+
+    let ram = machine.hva_map(0x10000)?;
+    machine.gpa_map(&ram, 0, 0, 0x10000, Prot::ALL)?;
+    let mut cs = vcpu.segs()?.get(Seg::Cs);
+    (cs.selector, cs.base) = (0, 0);
+    vcpu.segs()?.set(Seg::Cs, cs);
+
+    // I/O exits (`out 0x80, al`), each handled by the I/O assist: getstate
+    // of the provided classes, emulate, setstate, run.
+    for _ in 0..=EXITS {
+        model.push_exit(
+            id,
+            0,
+            ScriptedExit::io(0x80, false, 1, 0x1002).with_guest(|hw| {
+                hw.gprs[nvmm::nvmm_sys::NVMM_X64_GPR_RIP] = 0x1000;
+            }),
+        );
+    }
+    vcpu.run()?;
+    let start = model.syscalls();
+    let t = Instant::now();
+    for _ in 0..EXITS {
+        vcpu.assist_io(&mut Sink, &mut Sink)?;
+        vcpu.run()?;
+    }
+    let io_ns = t.elapsed().as_nanos() as f64 / EXITS as f64;
+    let io_syscalls = (model.syscalls() - start) as f64 / EXITS as f64;
+
+    // Memory exits (`mov [0x300], al` to MMIO), handled by the memory assist.
+    for _ in 0..=EXITS {
+        model.push_exit(
+            id,
+            0,
+            ScriptedExit::memory(0xfee0_0300, true, &[0xA2, 0x00, 0x03]).with_guest(|hw| {
+                hw.gprs[nvmm::nvmm_sys::NVMM_X64_GPR_RIP] = 0x1000;
+            }),
+        );
+    }
+    vcpu.run()?;
+    let start = model.syscalls();
+    let t = Instant::now();
+    for _ in 0..EXITS {
+        vcpu.assist_mem(&mut Sink)?;
+        vcpu.run()?;
+    }
+    let mem_ns = t.elapsed().as_nanos() as f64 / EXITS as f64;
+    let mem_syscalls = (model.syscalls() - start) as f64 / EXITS as f64;
+
+    // The memory assist alone, on the comm page (registers in place) and on
+    // a plain struct (nvmm_assist::Registers), same instruction and state:
+    // the difference is what working in place costs or saves.
+    let iters = 200_000;
+    let before = model.syscalls();
+    let on_page = ns_per(iters, |_| {
+        vcpu.gprs().expect("cached").set_rip(0x1000);
+        vcpu.assist_mem(&mut Sink).expect("assist");
+    });
+    assert_eq!(model.syscalls(), before, "the assist made a syscall");
+    let mut regs = plain_registers(&mut vcpu)?;
+    let exit = nvmm::nvmm_assist::MemExit {
+        gpa: 0xfee0_0300,
+        access: nvmm::nvmm_assist::AccessType::Write,
+        instruction: &[0xA2, 0x00, 0x03],
+    };
+    let on_struct = ns_per(iters, |_| {
+        regs.rip = 0x1000;
+        nvmm::nvmm_assist::assist_mem(&mut regs, &mut NoRam, &mut Sink, &exit).expect("assist");
+    });
+
+    // Cached state access: no syscall at all (checked below).
+    vcpu.fetch(StateClasses::ALL)?;
+    let before = model.syscalls();
+    let read_ns = ns_per(ITERS, |_| {
+        let g = vcpu.gprs().expect("cached");
+        black_box(g.get(black_box(Gpr::Rbx)));
+    });
+    let set_ns = ns_per(ITERS, |i| {
+        vcpu.gprs().expect("cached").set(black_box(Gpr::Rbx), i);
+    });
+    let rmw_ns = ns_per(ITERS, |_| {
+        vcpu.fetch(StateClasses::GPRS).expect("cached");
+        let mut g = vcpu.gprs().expect("cached");
+        let v = g.get(Gpr::Rcx);
+        g.set(Gpr::Rcx, black_box(v).wrapping_add(1));
+    });
+    assert_eq!(model.syscalls(), before, "cached access made a syscall");
+
+    println!("nvmm comm page (against the kernel model; ns exclude kernel entry)");
+    println!("  syscalls per handled I/O exit      {io_syscalls:.3}");
+    println!("  syscalls per handled memory exit   {mem_syscalls:.3}");
+    println!("  ns per I/O exit, assist + model run {io_ns:.1}");
+    println!("  ns per mem exit, assist + model run {mem_ns:.1}");
+    println!("  ns assist_mem on the comm page      {on_page:.1}");
+    println!("  ns assist_mem on a plain struct     {on_struct:.1}");
+    println!("  ns cached GPRS read                {read_ns:.2}");
+    println!("  ns setstate (one GPR write)        {set_ns:.2}");
+    println!("  ns getstate->modify->setstate GPRS {rmw_ns:.2}");
+    println!(
+        "  state bytes copied per access      0 (registers are read and written in place \
+         in the comm page; a whole-state copy would be {} bytes)",
+        size_of::<nvmm::nvmm_sys::nvmm_x64_state>()
+    );
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! The VCPU comm page: a page shared with the kernel (and, for `stop`,
+//! with other threads) that holds the VCPU state, its cache flags, the
+//! pending event and the stop flag.
+//!
+//! Soundness rules kept here and only here:
+//! - no `&` or `&mut` to the page, to the state, or to `stop` is ever
+//!   created; every field is reached by raw-pointer projection;
+//! - the flag words (`state_wanted/cached/commit`) and every state field
+//!   are read and written with volatile accesses, because the kernel writes
+//!   them during ioctls;
+//! - `stop` is only ever accessed atomically (it is written by other
+//!   threads and by signal handlers while `run` is in progress).
+
+pub mod stop;
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use nvmm_sys as sys;
+
+use crate::device::NvmmInner;
+use crate::error::{Error, Op, report_teardown};
+use crate::state::StateClasses;
+use crate::sys::PAGE_SIZE;
+
+/// The mapping of one comm page. It is shared (through `Arc`) by its
+/// [`crate::Vcpu`] and every [`stop::VcpuStopper`], and unmapped when the
+/// last of them is dropped, so a stopper can never write to an unmapped
+/// page. The VCPU itself is destroyed by the `Vcpu`'s Drop, before this.
+pub(crate) struct CommMapping {
+    page: NonNull<sys::nvmm_comm_page>,
+    nvmm: Arc<NvmmInner>,
+}
+
+// SAFETY: the mapping is process-wide memory. Through a shared
+// `CommMapping` other threads only perform the atomic store to `stop`;
+// every other access goes through the owning `Vcpu`, which is `!Sync` and
+// needs `&mut` for anything the kernel may change.
+unsafe impl Send for CommMapping {}
+// SAFETY: see `Send`.
+unsafe impl Sync for CommMapping {}
+
+impl CommMapping {
+    /// Takes ownership of a mapped comm page.
+    ///
+    /// # Safety
+    ///
+    /// `page` is a live, page-sized, read/write mapping returned by
+    /// `nvmm.kernel.map_comm_page`, owned by nobody else.
+    pub(crate) unsafe fn new(page: NonNull<u8>, nvmm: Arc<NvmmInner>) -> Self {
+        CommMapping {
+            page: page.cast(),
+            nvmm,
+        }
+    }
+
+    pub(crate) fn page(&self) -> CommPage {
+        CommPage { page: self.page }
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut sys::nvmm_comm_page {
+        self.page.as_ptr()
+    }
+}
+
+impl Drop for CommMapping {
+    fn drop(&mut self) {
+        // SAFETY: the page was mapped by the same kernel layer; this is the
+        // last reference, so nothing reads or writes it after this.
+        if let Err(errno) = unsafe { self.nvmm.kernel.munmap(self.page.cast(), PAGE_SIZE) } {
+            report_teardown(&Error::os(Op::Munmap, errno));
+        }
+    }
+}
+
+/// A copyable raw view of a comm page with the field accessors. It is
+/// valid while the [`CommMapping`] it came from is alive; its users (the
+/// `Vcpu` and the state views) hold that mapping.
+#[derive(Clone, Copy)]
+pub(crate) struct CommPage {
+    page: NonNull<sys::nvmm_comm_page>,
+}
+
+macro_rules! field {
+    ($ptr:expr, $($path:tt)+) => {{
+        let p = $ptr;
+        // SAFETY: `p` points to a live comm page (see `CommPage`); the
+        // projection stays inside it and creates no reference.
+        #[allow(unused_unsafe)]
+        let field = unsafe { &raw mut (*p).$($path)+ };
+        field
+    }};
+}
+pub(crate) use field;
+
+impl CommPage {
+    #[inline]
+    pub(crate) fn state_ptr(self) -> *mut sys::nvmm_x64_state {
+        field!(self.page.as_ptr(), state)
+    }
+
+    #[inline]
+    pub(crate) fn cached(self) -> StateClasses {
+        // SAFETY: an aligned u64 inside the live page.
+        StateClasses::from_bits_retain(unsafe {
+            field!(self.page.as_ptr(), state_cached).read_volatile()
+        })
+    }
+
+    #[inline]
+    pub(crate) fn commit(self) -> StateClasses {
+        // SAFETY: an aligned u64 inside the live page.
+        StateClasses::from_bits_retain(unsafe {
+            field!(self.page.as_ptr(), state_commit).read_volatile()
+        })
+    }
+
+    #[inline]
+    pub(crate) fn set_wanted(self, classes: StateClasses) {
+        // SAFETY: an aligned u64 inside the live page.
+        unsafe { field!(self.page.as_ptr(), state_wanted).write_volatile(classes.bits()) }
+    }
+
+    /// libnvmm's `nvmm_vcpu_setstate`: `commit |= classes; cached |= classes`.
+    #[inline]
+    pub(crate) fn mark_dirty(self, classes: StateClasses) {
+        let commit = field!(self.page.as_ptr(), state_commit);
+        let cached = field!(self.page.as_ptr(), state_cached);
+        // SAFETY: aligned u64s inside the live page; the kernel changes them
+        // only during ioctls of this VCPU, which need the `&mut Vcpu` our
+        // caller holds.
+        unsafe {
+            commit.write_volatile(commit.read_volatile() | classes.bits());
+            cached.write_volatile(cached.read_volatile() | classes.bits());
+        }
+    }
+
+    /// Reads a `T` at `p` (a field inside this page).
+    ///
+    /// # Safety
+    ///
+    /// `p` was obtained by projecting from this page's pointer and `T` is
+    /// the field's type (or a plain integer of the same size and alignment).
+    #[inline]
+    pub(crate) unsafe fn read<T: Copy>(self, p: *const T) -> T {
+        // SAFETY: forwarded from the caller.
+        unsafe { p.read_volatile() }
+    }
+
+    /// Writes a `T` at `p` (a field inside this page).
+    ///
+    /// # Safety
+    ///
+    /// As for [`CommPage::read`].
+    #[inline]
+    pub(crate) unsafe fn write<T: Copy>(self, p: *mut T, v: T) {
+        // SAFETY: forwarded from the caller.
+        unsafe { p.write_volatile(v) }
+    }
+
+    /// Stores `value` into `stop` atomically (async-signal-safe).
+    #[inline]
+    pub(crate) fn store_stop(self, value: i32) {
+        let p = field!(self.page.as_ptr(), stop).cast::<i32>();
+        // SAFETY: `stop` is an aligned C int inside the live page; every
+        // access to it in this process is atomic (this and `load_stop` are
+        // its only accessors), and the kernel clears it only inside
+        // VCPU_RUN. The reference does not outlive this call.
+        unsafe { AtomicI32::from_ptr(p) }.store(value, Ordering::SeqCst);
+    }
+
+    /// Writes a pending event and sets `event_commit` (libnvmm's
+    /// `nvmm_vcpu_inject`).
+    pub(crate) fn write_event(self, kind: u32, vector: u8, error: u64) {
+        // SAFETY: fields of the live page, written with their own types.
+        unsafe {
+            field!(self.page.as_ptr(), event.type_)
+                .cast::<u32>()
+                .write_volatile(kind);
+            field!(self.page.as_ptr(), event.vector).write_volatile(vector);
+            field!(self.page.as_ptr(), event.u.excp.error).write_volatile(error);
+            field!(self.page.as_ptr(), event_commit).write_volatile(true);
+        }
+    }
+
+    /// Whether an event is waiting for the next run.
+    pub(crate) fn event_pending(self) -> bool {
+        // SAFETY: a bool of the live page; the kernel stores only 0 or 1.
+        unsafe {
+            field!(self.page.as_ptr(), event_commit)
+                .cast::<u8>()
+                .read_volatile()
+                != 0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

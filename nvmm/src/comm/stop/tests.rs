@@ -1,0 +1,112 @@
+//! Stopper tests (their path contains `comm`, so the miri filter runs them).
+
+use std::sync::Arc;
+use std::thread;
+
+use crate::model::{KernelModel, ScriptedExit};
+use crate::sys::OpenMode;
+use crate::{Exit, Nvmm};
+use nvmm_sys as sys;
+
+fn assert_send_sync_clone<T: Send + Sync + Clone>() {}
+
+#[test]
+fn stopper_is_send_sync_clone() {
+    assert_send_sync_clone::<crate::VcpuStopper>();
+}
+
+#[test]
+fn stop_before_run_returns_stopped_and_is_cleared() {
+    let model = KernelModel::new();
+    let nvmm = Nvmm::open_with(model.clone(), OpenMode::User).unwrap();
+    let machine = nvmm.create_machine().unwrap();
+    let mut vcpu = machine.create_vcpu(0).unwrap();
+    model.push_exit(
+        machine.id(),
+        0,
+        ScriptedExit::reason(sys::NVMM_VCPU_EXIT_HALTED),
+    );
+    let stopper = vcpu.stopper();
+    stopper.stop();
+    assert_eq!(model.comm_stop(machine.id(), 0), 1);
+    assert_eq!(vcpu.run().unwrap(), Exit::Stopped);
+    assert_eq!(model.comm_stop(machine.id(), 0), 0, "kernel clears stop");
+    // The scripted exit was not consumed by the stopped run.
+    assert_eq!(vcpu.run().unwrap(), Exit::Halted);
+}
+
+#[test]
+fn stop_from_another_thread() {
+    let model = KernelModel::new();
+    let nvmm = Nvmm::open_with(model.clone(), OpenMode::User).unwrap();
+    let machine = nvmm.create_machine().unwrap();
+    let mut vcpu = machine.create_vcpu(0).unwrap();
+    let stopper = vcpu.stopper();
+    let clones: Vec<_> = (0..3).map(|_| stopper.clone()).collect();
+    let handles: Vec<_> = clones
+        .into_iter()
+        .map(|s| thread::spawn(move || s.stop()))
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(vcpu.run().unwrap(), Exit::Stopped);
+}
+
+#[test]
+fn stopper_outlives_vcpu_without_touching_unmapped_memory() {
+    let model = KernelModel::new();
+    let nvmm = Nvmm::open_with(model.clone(), OpenMode::User).unwrap();
+    let machine = nvmm.create_machine().unwrap();
+    let vcpu = machine.create_vcpu(0).unwrap();
+    let stopper = vcpu.stopper();
+    let mappings = model.live_mappings();
+    drop(vcpu);
+    assert!(!model.vcpu_exists(machine.id(), 0), "destroyed at drop");
+    assert_eq!(model.live_mappings(), mappings, "page kept for the stopper");
+    let t = {
+        let s = stopper.clone();
+        thread::spawn(move || s.stop())
+    };
+    t.join().unwrap();
+    stopper.stop();
+    drop(stopper);
+    assert_eq!(
+        model.live_mappings(),
+        mappings - 1,
+        "unmapped with the last handle"
+    );
+    let _ = Arc::strong_count(&model);
+}
+
+#[test]
+fn stop_during_a_run_that_exits_otherwise_is_cleared_by_the_kernel() {
+    let model = KernelModel::new();
+    let nvmm = Nvmm::open_with(model.clone(), OpenMode::User).unwrap();
+    let machine = nvmm.create_machine().unwrap();
+    let mut vcpu = machine.create_vcpu(0).unwrap();
+    let stopper = vcpu.stopper();
+    // The "guest" runs while another thread requests the stop; the run
+    // still ends with the I/O exit it was making.
+    model.push_exit(
+        machine.id(),
+        0,
+        ScriptedExit::io(0x80, false, 1, 0x10).with_guest(move |_| stopper.stop()),
+    );
+    model.push_exit(
+        machine.id(),
+        0,
+        ScriptedExit::reason(sys::NVMM_VCPU_EXIT_HALTED),
+    );
+    assert!(matches!(vcpu.run().unwrap(), Exit::Io(_)));
+    assert_eq!(
+        model.comm_stop(machine.id(), 0),
+        0,
+        "cleared at the end of the run"
+    );
+    assert_eq!(
+        vcpu.run().unwrap(),
+        Exit::Halted,
+        "the request did not survive"
+    );
+}

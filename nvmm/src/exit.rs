@@ -1,0 +1,328 @@
+//! [`Exit`]: why `Vcpu::run` returned, decoded from `struct nvmm_x86_exit`.
+
+use nvmm_sys as sys;
+
+use crate::state::Seg;
+
+/// The kind of guest access behind a memory exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MemAccess {
+    /// A data read.
+    Read,
+    /// A data write.
+    Write,
+    /// An instruction fetch.
+    Exec,
+}
+
+/// An access to guest-physical memory that is not mapped (MMIO) or not
+/// allowed (`NVMM_VCPU_EXIT_MEMORY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryExit<'a> {
+    /// The guest-physical address.
+    pub gpa: u64,
+    /// Read, write or fetch.
+    pub access: MemAccess,
+    /// The instruction bytes the hardware provided (SVM decode assists; may
+    /// be empty, in which case the assist fetches them).
+    pub instruction: &'a [u8],
+}
+
+/// The direction of a port access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IoDirection {
+    /// `IN`/`INS`: the guest reads the port.
+    In,
+    /// `OUT`/`OUTS`: the guest writes the port.
+    Out,
+}
+
+/// A port I/O instruction (`NVMM_VCPU_EXIT_IO`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoExit {
+    /// The port.
+    pub port: u16,
+    /// In or out.
+    pub direction: IoDirection,
+    /// Operand size in bytes (1, 2 or 4).
+    pub operand_size: u8,
+    /// Address size in bytes (2, 4 or 8), for string forms.
+    pub address_size: u8,
+    /// REP prefix.
+    pub rep: bool,
+    /// String form (INS/OUTS).
+    pub string: bool,
+    /// The segment override of OUTS, if the hardware reported one.
+    pub segment: Option<Seg>,
+    /// The RIP of the next instruction.
+    pub npc: u64,
+}
+
+/// A RDMSR the kernel does not handle (`NVMM_VCPU_EXIT_RDMSR`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RdmsrExit {
+    /// ECX: the MSR number.
+    pub msr: u32,
+    /// The RIP of the next instruction.
+    pub npc: u64,
+}
+
+/// A WRMSR the kernel does not handle (`NVMM_VCPU_EXIT_WRMSR`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrmsrExit {
+    /// ECX: the MSR number.
+    pub msr: u32,
+    /// EDX:EAX: the value.
+    pub value: u64,
+    /// The RIP of the next instruction.
+    pub npc: u64,
+}
+
+/// Why [`crate::Vcpu::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Exit<'a> {
+    /// Nothing for userland to do (host interrupt, preemption, a signal);
+    /// just run again.
+    None,
+    /// A [`crate::VcpuStopper`] asked for it.
+    Stopped,
+    /// MMIO: complete it with [`crate::Vcpu::assist_mem`] or by hand.
+    Memory(MemoryExit<'a>),
+    /// Port I/O: complete it with [`crate::Vcpu::assist_io`] or by hand.
+    Io(IoExit),
+    /// RDMSR: complete it with [`crate::Vcpu::complete_rdmsr`].
+    Rdmsr(RdmsrExit),
+    /// WRMSR: complete it with [`crate::Vcpu::complete_wrmsr`].
+    Wrmsr(WrmsrExit),
+    /// CPUID on a leaf configured to exit: complete it with
+    /// [`crate::Vcpu::complete_cpuid`].
+    Cpuid {
+        /// The RIP of the next instruction.
+        npc: u64,
+    },
+    /// MONITOR (QEMU injects `#UD`).
+    Monitor {
+        /// The RIP of the next instruction.
+        npc: u64,
+    },
+    /// MWAIT (QEMU injects `#UD`).
+    Mwait {
+        /// The RIP of the next instruction.
+        npc: u64,
+    },
+    /// HLT; RIP already points past it.
+    Halted,
+    /// Triple fault.
+    Shutdown,
+    /// The guest can take an interrupt (after `int_window_exiting`).
+    IntReady,
+    /// The guest can take an NMI (after `nmi_window_exiting`).
+    NmiReady,
+    /// The guest changed CR8 (TPR exits configured).
+    TprChanged,
+    /// The hardware exit could not be handled; `hwcode` is the VMX/SVM code.
+    Invalid {
+        /// The hardware exit code.
+        hwcode: u64,
+    },
+    /// A reason this crate does not know (a newer kernel).
+    Unknown(u64),
+}
+
+/// The VCPU state the kernel reports with every exit, without a getstate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExitState {
+    /// RFLAGS at exit.
+    pub rflags: u64,
+    /// CR8 (TPR) at exit.
+    pub cr8: u64,
+    /// Interrupts blocked by STI or MOV SS.
+    pub int_shadow: bool,
+    /// Interrupt-window exiting is on.
+    pub int_window_exiting: bool,
+    /// NMI-window exiting is on.
+    pub nmi_window_exiting: bool,
+    /// An event is being delivered.
+    pub evt_pending: bool,
+}
+
+/// Reads a `bool` the kernel wrote as one byte, without assuming 0 or 1.
+fn flag(p: *const bool) -> bool {
+    // SAFETY: callers pass a pointer to a bool field of a live exit
+    // structure; reading it as a byte is valid for any bit pattern.
+    unsafe { p.cast::<u8>().read() != 0 }
+}
+
+pub(crate) fn decode(e: &sys::nvmm_x86_exit) -> Exit<'_> {
+    let u = &raw const e.u;
+    // Every union member is plain integers (bools read as bytes), so each
+    // read below is defined whatever the kernel wrote; the reason selects
+    // which one is meaningful.
+    match e.reason {
+        sys::NVMM_VCPU_EXIT_NONE => Exit::None,
+        sys::NVMM_VCPU_EXIT_STOPPED => Exit::Stopped,
+        sys::NVMM_VCPU_EXIT_MEMORY => {
+            // SAFETY: the `mem` member of the live union; integer fields.
+            let (prot, gpa, len) = unsafe { ((*u).mem.prot, (*u).mem.gpa, (*u).mem.inst_len) };
+            // SAFETY: as above; a borrow of a byte array inside `e`.
+            let bytes = unsafe { &(*u).mem.inst_bytes };
+            let access = if prot & 0x2 != 0 {
+                MemAccess::Write
+            } else if prot & 0x4 != 0 {
+                MemAccess::Exec
+            } else {
+                MemAccess::Read
+            };
+            let n = usize::from(len).min(bytes.len());
+            Exit::Memory(MemoryExit {
+                gpa,
+                access,
+                instruction: bytes.get(..n).unwrap_or_default(),
+            })
+        }
+        sys::NVMM_VCPU_EXIT_IO => {
+            // SAFETY: the `io` member of the live union.
+            let io = unsafe { &raw const (*u).io };
+            // SAFETY: integer fields of `io`.
+            let (port, seg, asz, osz, npc) = unsafe {
+                (
+                    (*io).port,
+                    (*io).seg,
+                    (*io).address_size,
+                    (*io).operand_size,
+                    (*io).npc,
+                )
+            };
+            // SAFETY: bool fields of `io`, read as bytes by `flag`.
+            let (inb, rep, string) = unsafe {
+                (
+                    flag(&raw const (*io).in_),
+                    flag(&raw const (*io).rep),
+                    flag(&raw const (*io).str_),
+                )
+            };
+            let segment = u8::try_from(seg)
+                .ok()
+                .and_then(|s| Seg::ALL.get(usize::from(s)).copied())
+                .filter(|s| s.index() < 6);
+            Exit::Io(IoExit {
+                port,
+                direction: if inb {
+                    IoDirection::In
+                } else {
+                    IoDirection::Out
+                },
+                operand_size: osz,
+                address_size: asz,
+                rep,
+                string,
+                segment,
+                npc,
+            })
+        }
+        sys::NVMM_VCPU_EXIT_RDMSR => {
+            // SAFETY: the `rdmsr` member; integers.
+            let (msr, npc) = unsafe { ((*u).rdmsr.msr, (*u).rdmsr.npc) };
+            Exit::Rdmsr(RdmsrExit { msr, npc })
+        }
+        sys::NVMM_VCPU_EXIT_WRMSR => {
+            // SAFETY: the `wrmsr` member; integers.
+            let (msr, value, npc) = unsafe { ((*u).wrmsr.msr, (*u).wrmsr.val, (*u).wrmsr.npc) };
+            Exit::Wrmsr(WrmsrExit { msr, value, npc })
+        }
+        sys::NVMM_VCPU_EXIT_CPUID => Exit::Cpuid { npc: insn_npc(e) },
+        sys::NVMM_VCPU_EXIT_MONITOR => Exit::Monitor { npc: insn_npc(e) },
+        sys::NVMM_VCPU_EXIT_MWAIT => Exit::Mwait { npc: insn_npc(e) },
+        sys::NVMM_VCPU_EXIT_HALTED => Exit::Halted,
+        sys::NVMM_VCPU_EXIT_SHUTDOWN => Exit::Shutdown,
+        sys::NVMM_VCPU_EXIT_INT_READY => Exit::IntReady,
+        sys::NVMM_VCPU_EXIT_NMI_READY => Exit::NmiReady,
+        sys::NVMM_VCPU_EXIT_TPR_CHANGED => Exit::TprChanged,
+        sys::NVMM_VCPU_EXIT_INVALID => Exit::Invalid {
+            // SAFETY: the `inv` member; an integer.
+            hwcode: unsafe { e.u.inv.hwcode },
+        },
+        r => Exit::Unknown(r),
+    }
+}
+
+fn insn_npc(e: &sys::nvmm_x86_exit) -> u64 {
+    // SAFETY: the `insn` member of the union; an integer.
+    unsafe { e.u.insn.npc }
+}
+
+pub(crate) fn exit_state(e: &sys::nvmm_x86_exit) -> ExitState {
+    let es = &raw const e.exitstate;
+    // SAFETY: `exitstate` is { u64 rflags; u64 cr8; u64 bitfield }: three
+    // aligned u64s inside `e`.
+    let (rflags, cr8, bits) = unsafe {
+        let w = es.cast::<u64>();
+        (w.read(), w.add(1).read(), w.add(2).read())
+    };
+    ExitState {
+        rflags,
+        cr8,
+        int_shadow: bits & 1 != 0,
+        int_window_exiting: bits & 2 != 0,
+        nmi_window_exiting: bits & 4 != 0,
+        evt_pending: bits & 8 != 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small xorshift generator: deterministic, no dependency.
+    fn next(s: &mut u64) -> u64 {
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        *s
+    }
+
+    #[test]
+    fn hostile_exit_structures_decode_without_panic() {
+        const REASONS: [u64; 17] = [
+            sys::NVMM_VCPU_EXIT_NONE,
+            sys::NVMM_VCPU_EXIT_STOPPED,
+            sys::NVMM_VCPU_EXIT_INVALID,
+            sys::NVMM_VCPU_EXIT_MEMORY,
+            sys::NVMM_VCPU_EXIT_IO,
+            sys::NVMM_VCPU_EXIT_SHUTDOWN,
+            sys::NVMM_VCPU_EXIT_INT_READY,
+            sys::NVMM_VCPU_EXIT_NMI_READY,
+            sys::NVMM_VCPU_EXIT_HALTED,
+            sys::NVMM_VCPU_EXIT_TPR_CHANGED,
+            sys::NVMM_VCPU_EXIT_RDMSR,
+            sys::NVMM_VCPU_EXIT_WRMSR,
+            sys::NVMM_VCPU_EXIT_MONITOR,
+            sys::NVMM_VCPU_EXIT_MWAIT,
+            sys::NVMM_VCPU_EXIT_CPUID,
+            3,
+            0x2005,
+        ];
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for i in 0..20_000 {
+            let mut raw = [0u8; size_of::<sys::nvmm_x86_exit>()];
+            for chunk in raw.chunks_mut(8) {
+                let r = next(&mut seed).to_le_bytes();
+                chunk.copy_from_slice(&r[..chunk.len()]);
+            }
+            // SAFETY: nvmm_x86_exit is plain integers and unions of them,
+            // except the bools of the io member, which `decode` reads as
+            // bytes; every bit pattern of the rest is valid.
+            let mut e: sys::nvmm_x86_exit = unsafe { std::mem::transmute(raw) };
+            e.reason = REASONS[i % REASONS.len()];
+            let exit = decode(&e);
+            if let Exit::Memory(m) = exit {
+                assert!(m.instruction.len() <= 15);
+            }
+            if let Exit::Io(io) = exit {
+                assert!(io.segment.is_none_or(|s| s.index() < 6));
+            }
+            let _ = exit_state(&e);
+        }
+    }
+}

@@ -1,0 +1,541 @@
+//! [`Vcpu`]: one virtual CPU, its comm page, its state, events and runs.
+
+use std::cell::Cell;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use nvmm_sys as sys;
+
+use crate::comm::stop::VcpuStopper;
+use crate::comm::{CommMapping, CommPage};
+use crate::device::ioc;
+use crate::error::{Error, Op, Rejection, Result, report_teardown};
+use crate::exit::{self, Exit, ExitState};
+use crate::machine::MachineInner;
+use crate::state::{Crs, Drs, Fpu, Gpr, Gprs, Intr, Msrs, Segs, StateClasses};
+
+/// An event to inject at the next run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// An exception with its error code (used by the kernel for vectors 8,
+    /// 10-14, 17 and 30, ignored for the others). The kernel refuses
+    /// vectors 0, 2, 3 and >= 32; so does [`Vcpu::inject`], up front.
+    Exception {
+        /// The vector.
+        vector: u8,
+        /// The error code.
+        error_code: u64,
+    },
+    /// An external interrupt (vector 2 is delivered as an NMI).
+    Interrupt {
+        /// The vector.
+        vector: u8,
+    },
+    /// A non-maskable interrupt (an interrupt event with vector 2).
+    Nmi,
+}
+
+/// Values for the four registers a CPUID leaf returns, or masks of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CpuidRegs {
+    /// EAX.
+    pub eax: u32,
+    /// EBX.
+    pub ebx: u32,
+    /// ECX.
+    pub ecx: u32,
+    /// EDX.
+    pub edx: u32,
+}
+
+impl CpuidRegs {
+    fn overlaps(&self, o: &CpuidRegs) -> bool {
+        self.eax & o.eax != 0
+            || self.ebx & o.ebx != 0
+            || self.ecx & o.ecx != 0
+            || self.edx & o.edx != 0
+    }
+}
+
+/// A CPUID configuration of one leaf (`NVMM_VCPU_CONF_CPUID`). The kernel's
+/// "mask and exit both set" error cannot be expressed with this type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuidConf {
+    /// The kernel answers the leaf itself, forcing the `set` bits to 1 and
+    /// the `del` bits to 0 (they must not overlap).
+    Mask {
+        /// The leaf (EAX).
+        leaf: u32,
+        /// Bits forced on.
+        set: CpuidRegs,
+        /// Bits forced off.
+        del: CpuidRegs,
+    },
+    /// CPUID of this leaf exits to userland ([`Exit::Cpuid`]).
+    Exit {
+        /// The leaf (EAX).
+        leaf: u32,
+    },
+    /// Removes the configuration of this leaf.
+    Remove {
+        /// The leaf (EAX).
+        leaf: u32,
+    },
+}
+
+/// The state classes the kernel provides on I/O and memory exits.
+pub const PROVIDED_ON_IO_AND_MEMORY: StateClasses = StateClasses::GPRS
+    .union(StateClasses::SEGS)
+    .union(StateClasses::CRS)
+    .union(StateClasses::MSRS);
+
+/// One VCPU (`NVMM_IOC_VCPU_CREATE` + its comm page); dropping it does
+/// `NVMM_IOC_VCPU_DESTROY`, and the comm page is unmapped after that, when
+/// the last [`VcpuStopper`] is gone too.
+///
+/// `Vcpu` is `Send` (drive it from any one thread) but not `Sync`: the
+/// kernel requires one thread per VCPU; other threads use a
+/// [`VcpuStopper`]. Everything that may make a syscall, or whose data a
+/// run would change, takes `&mut self`.
+///
+/// A failed destroy in `Drop` is passed to the hook of
+/// [`crate::set_teardown_error_hook`].
+pub struct Vcpu {
+    machine: Arc<MachineInner>,
+    id: u32,
+    comm: Arc<CommMapping>,
+    run_args: sys::nvmm_ioc_vcpu_run,
+    cpuid_leaves: Vec<u32>,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+impl fmt::Debug for Vcpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let page = self.comm.page();
+        f.debug_struct("Vcpu")
+            .field("machine", &self.machine.id)
+            .field("id", &self.id)
+            .field("state_cached", &page.cached())
+            .field("state_commit", &page.commit())
+            .field("last_exit", &self.last_exit())
+            .finish()
+    }
+}
+
+impl Vcpu {
+    pub(crate) fn create(machine: Arc<MachineInner>, id: u32) -> Result<Vcpu> {
+        let nvmm = machine.nvmm.clone();
+        let mut args = sys::nvmm_ioc_vcpu_create {
+            machid: machine.id,
+            cpuid: id,
+        };
+        // SAFETY: the argument of NVMM_IOC_VCPU_CREATE; no pointers.
+        unsafe {
+            nvmm.ioctl(
+                Op::VcpuCreate,
+                ioc(sys::NVMM_IOC_VCPU_CREATE),
+                &raw mut args,
+            )
+        }?;
+        // mmap only after create: the kernel initialises the page there.
+        let page = match nvmm
+            .kernel
+            .map_comm_page(nvmm.fd, sys::nvmm_comm_off(machine.id, id))
+        {
+            Ok(p) => p,
+            Err(errno) => {
+                destroy(&machine, id);
+                return Err(Error::os(Op::CommPageMap, errno));
+            }
+        };
+        // SAFETY: a fresh comm-page mapping from the kernel layer.
+        let comm = Arc::new(unsafe { CommMapping::new(page, nvmm) });
+        // SAFETY: all-zero is a valid value of this plain C structure
+        // (integers, bools, unions of integers).
+        let mut run_args: sys::nvmm_ioc_vcpu_run = unsafe { std::mem::zeroed() };
+        run_args.machid = machine.id;
+        run_args.cpuid = id;
+        Ok(Vcpu {
+            machine,
+            id,
+            comm,
+            run_args,
+            cpuid_leaves: Vec::new(),
+            _not_sync: PhantomData,
+        })
+    }
+
+    /// The VCPU id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The id of the machine this VCPU belongs to.
+    pub fn machine_id(&self) -> u32 {
+        self.machine.id
+    }
+
+    #[inline]
+    pub(crate) fn page(&self) -> CommPage {
+        self.comm.page()
+    }
+
+    /// The classes currently valid in the comm page (`state_cached`).
+    pub fn cached(&self) -> StateClasses {
+        self.page().cached()
+    }
+
+    /// The classes written since the last run, which the next run applies
+    /// (`state_commit`).
+    pub fn pending_commit(&self) -> StateClasses {
+        self.page().commit()
+    }
+
+    /// Makes `classes` valid in the comm page (libnvmm's
+    /// `nvmm_vcpu_getstate`): no syscall if all are cached, otherwise one
+    /// `NVMM_IOC_VCPU_GETSTATE` for the missing ones. Classes with pending
+    /// writes are cached, so they are never overwritten.
+    ///
+    /// ```no_run
+    /// # let nvmm = nvmm::Nvmm::open()?;
+    /// # let machine = nvmm.create_machine()?;
+    /// # let mut vcpu = machine.create_vcpu(0)?;
+    /// use nvmm::StateClasses;
+    /// vcpu.fetch(StateClasses::GPRS | StateClasses::SEGS)?; // one syscall at most
+    /// let rip = vcpu.gprs()?.rip(); // none
+    /// # Ok::<(), nvmm::Error>(())
+    /// ```
+    pub fn fetch(&mut self, classes: StateClasses) -> Result<()> {
+        let page = self.page();
+        let missing = classes.difference(page.cached()) & StateClasses::ALL;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        page.set_wanted(missing);
+        let mut args = sys::nvmm_ioc_vcpu_getstate {
+            machid: self.machine.id,
+            cpuid: self.id,
+        };
+        // SAFETY: the argument of NVMM_IOC_VCPU_GETSTATE; the kernel writes
+        // the comm page, which we only access through raw pointers.
+        unsafe {
+            self.machine.nvmm.ioctl(
+                Op::VcpuGetState,
+                ioc(sys::NVMM_IOC_VCPU_GETSTATE),
+                &raw mut args,
+            )
+        }
+    }
+
+    /// GPRs, RIP and RFLAGS ([`Vcpu::fetch`] of GPRS, then a view).
+    pub fn gprs(&mut self) -> Result<Gprs<'_>> {
+        self.fetch(StateClasses::GPRS)?;
+        Ok(Gprs::new(self.page()))
+    }
+    /// Segment registers ([`Vcpu::fetch`] of SEGS, then a view).
+    pub fn segs(&mut self) -> Result<Segs<'_>> {
+        self.fetch(StateClasses::SEGS)?;
+        Ok(Segs::new(self.page()))
+    }
+    /// Control registers ([`Vcpu::fetch`] of CRS, then a view).
+    pub fn crs(&mut self) -> Result<Crs<'_>> {
+        self.fetch(StateClasses::CRS)?;
+        Ok(Crs::new(self.page()))
+    }
+    /// Debug registers ([`Vcpu::fetch`] of DRS, then a view).
+    pub fn drs(&mut self) -> Result<Drs<'_>> {
+        self.fetch(StateClasses::DRS)?;
+        Ok(Drs::new(self.page()))
+    }
+    /// MSR slots ([`Vcpu::fetch`] of MSRS, then a view).
+    pub fn msrs(&mut self) -> Result<Msrs<'_>> {
+        self.fetch(StateClasses::MSRS)?;
+        Ok(Msrs::new(self.page()))
+    }
+    /// Interrupt state ([`Vcpu::fetch`] of INTR, then a view).
+    pub fn intr(&mut self) -> Result<Intr<'_>> {
+        self.fetch(StateClasses::INTR)?;
+        Ok(Intr::new(self.page()))
+    }
+    /// The x87/SSE area ([`Vcpu::fetch`] of FPU, then a view).
+    pub fn fpu(&mut self) -> Result<Fpu<'_>> {
+        self.fetch(StateClasses::FPU)?;
+        Ok(Fpu::new(self.page()))
+    }
+
+    /// Queues `event` for the next run (libnvmm's `nvmm_vcpu_inject`: the
+    /// event is written into the comm page, no syscall). The kernel's rules
+    /// are checked here: exception vectors 0, 2, 3 and >= 32 are refused.
+    ///
+    /// ```no_run
+    /// # let nvmm = nvmm::Nvmm::open()?;
+    /// # let machine = nvmm.create_machine()?;
+    /// # let mut vcpu = machine.create_vcpu(0)?;
+    /// vcpu.inject(nvmm::Event::Exception { vector: 13, error_code: 0 })?; // #GP(0)
+    /// # Ok::<(), nvmm::Error>(())
+    /// ```
+    pub fn inject(&mut self, event: Event) -> Result<()> {
+        let (kind, vector, error) = match event {
+            Event::Exception { vector, error_code } => {
+                if matches!(vector, 0 | 2 | 3) || vector >= 32 {
+                    return Err(Error::rejected(
+                        Op::VcpuInject,
+                        Rejection::InvalidExceptionVector(vector),
+                    ));
+                }
+                (sys::NVMM_VCPU_EVENT_EXCP, vector, error_code)
+            }
+            Event::Interrupt { vector } => (sys::NVMM_VCPU_EVENT_INTR, vector, 0),
+            Event::Nmi => (sys::NVMM_VCPU_EVENT_INTR, 2, 0),
+        };
+        self.page().write_event(kind, vector, error);
+        Ok(())
+    }
+
+    /// Whether an injected event waits for the next run.
+    pub fn event_pending(&self) -> bool {
+        self.page().event_pending()
+    }
+
+    /// Runs the guest until the next exit (`NVMM_IOC_VCPU_RUN`). Pending
+    /// state writes and the pending event are applied first; afterwards no
+    /// class is cached except what the kernel provides with the exit
+    /// (GPRS|SEGS|CRS|MSRS on I/O and memory exits, GPRS on MSR exits).
+    ///
+    /// ```no_run
+    /// # let nvmm = nvmm::Nvmm::open()?;
+    /// # let machine = nvmm.create_machine()?;
+    /// # let mut vcpu = machine.create_vcpu(0)?;
+    /// loop {
+    ///     match vcpu.run()? {
+    ///         nvmm::Exit::Halted | nvmm::Exit::Shutdown => break,
+    ///         other => println!("{other:?}"),
+    ///     }
+    /// }
+    /// # Ok::<(), nvmm::Error>(())
+    /// ```
+    pub fn run(&mut self) -> Result<Exit<'_>> {
+        // SAFETY: the argument of NVMM_IOC_VCPU_RUN, passed as *mut: the
+        // kernel writes the exit into it.
+        unsafe {
+            self.machine.nvmm.ioctl(
+                Op::VcpuRun,
+                ioc(sys::NVMM_IOC_VCPU_RUN),
+                &raw mut self.run_args,
+            )
+        }?;
+        Ok(exit::decode(&self.run_args.exit))
+    }
+
+    /// The exit of the last run (no syscall).
+    pub fn last_exit(&self) -> Exit<'_> {
+        exit::decode(&self.run_args.exit)
+    }
+
+    /// RFLAGS, CR8 and the interrupt-shadow/window state at the last exit
+    /// (no syscall, no getstate).
+    pub fn exit_state(&self) -> ExitState {
+        exit::exit_state(&self.run_args.exit)
+    }
+
+    /// Completes an [`Exit::Rdmsr`]: EDX:EAX = `value` (upper halves of RAX
+    /// and RDX cleared), RIP = next instruction. GPRS is provided with MSR
+    /// exits, so this makes no syscall.
+    pub fn complete_rdmsr(&mut self, value: u64) -> Result<()> {
+        let Exit::Rdmsr(r) = self.last_exit() else {
+            return Err(Error::rejected(Op::CompleteExit, Rejection::WrongExit));
+        };
+        let mut g = self.gprs()?;
+        g.set(Gpr::Rax, value & 0xFFFF_FFFF);
+        g.set(Gpr::Rdx, value >> 32);
+        g.set_rip(r.npc);
+        Ok(())
+    }
+
+    /// Completes an [`Exit::Wrmsr`] (after the VMM applied the value):
+    /// RIP = next instruction. No syscall.
+    pub fn complete_wrmsr(&mut self) -> Result<()> {
+        let Exit::Wrmsr(w) = self.last_exit() else {
+            return Err(Error::rejected(Op::CompleteExit, Rejection::WrongExit));
+        };
+        self.gprs()?.set_rip(w.npc);
+        Ok(())
+    }
+
+    /// Completes an [`Exit::Cpuid`]: EAX/EBX/ECX/EDX = `regs` (zero-extended),
+    /// RIP = next instruction. The kernel provides no state with CPUID
+    /// exits, so this costs one GETSTATE of GPRS.
+    pub fn complete_cpuid(&mut self, regs: CpuidRegs) -> Result<()> {
+        let Exit::Cpuid { npc } = self.last_exit() else {
+            return Err(Error::rejected(Op::CompleteExit, Rejection::WrongExit));
+        };
+        let mut g = self.gprs()?;
+        g.set(Gpr::Rax, u64::from(regs.eax));
+        g.set(Gpr::Rbx, u64::from(regs.ebx));
+        g.set(Gpr::Rcx, u64::from(regs.ecx));
+        g.set(Gpr::Rdx, u64::from(regs.edx));
+        g.set_rip(npc);
+        Ok(())
+    }
+
+    /// Skips the instruction of the last RDMSR, WRMSR, CPUID, MONITOR, MWAIT
+    /// or port I/O exit (RIP = its `npc`).
+    pub fn skip_instruction(&mut self) -> Result<()> {
+        let npc = match self.last_exit() {
+            Exit::Rdmsr(r) => r.npc,
+            Exit::Wrmsr(w) => w.npc,
+            Exit::Cpuid { npc } | Exit::Monitor { npc } | Exit::Mwait { npc } => npc,
+            Exit::Io(io) => io.npc,
+            _ => return Err(Error::rejected(Op::CompleteExit, Rejection::WrongExit)),
+        };
+        self.gprs()?.set_rip(npc);
+        Ok(())
+    }
+
+    /// Configures CPUID handling of one leaf (`NVMM_IOC_VCPU_CONFIGURE`,
+    /// `NVMM_VCPU_CONF_CPUID`). Checked first: the capability bit, set/del
+    /// overlap, and the `conf_cpuid_maxops` limit on configured leaves.
+    pub fn configure_cpuid(&mut self, conf: CpuidConf) -> Result<()> {
+        let rej = |r| Err(Error::rejected(Op::VcpuConfigure, r));
+        if !self.machine.cap().supports_cpuid_conf() {
+            return rej(Rejection::NotSupported("CPUID configuration"));
+        }
+        // SAFETY: all-zero is a valid nvmm_vcpu_conf_cpuid (integers).
+        let mut c: sys::nvmm_vcpu_conf_cpuid = unsafe { std::mem::zeroed() };
+        let leaf = match conf {
+            CpuidConf::Mask { leaf, set, del } => {
+                if set.overlaps(&del) {
+                    return rej(Rejection::CpuidSetDelOverlap);
+                }
+                c.set_mask(1);
+                // Writing a union member of plain integers is safe.
+                c.u.mask.set.eax = set.eax;
+                c.u.mask.set.ebx = set.ebx;
+                c.u.mask.set.ecx = set.ecx;
+                c.u.mask.set.edx = set.edx;
+                c.u.mask.del.eax = del.eax;
+                c.u.mask.del.ebx = del.ebx;
+                c.u.mask.del.ecx = del.ecx;
+                c.u.mask.del.edx = del.edx;
+                leaf
+            }
+            CpuidConf::Exit { leaf } => {
+                c.set_exit(1);
+                leaf
+            }
+            CpuidConf::Remove { leaf } => leaf,
+        };
+        c.leaf = leaf;
+        let adding = !matches!(conf, CpuidConf::Remove { .. });
+        let known = self.cpuid_leaves.contains(&leaf);
+        if adding
+            && !known
+            && self.cpuid_leaves.len() >= self.machine.cap().conf_cpuid_maxops as usize
+        {
+            return rej(Rejection::TooManyCpuidLeaves);
+        }
+        self.configure_raw(sys::NVMM_VCPU_CONF_CPUID, (&raw mut c).cast())?;
+        if adding && !known {
+            self.cpuid_leaves.push(leaf);
+        } else if !adding {
+            self.cpuid_leaves.retain(|l| *l != leaf);
+        }
+        Ok(())
+    }
+
+    /// Configures TPR handling (`NVMM_VCPU_CONF_TPR`): with `exit_changed`,
+    /// guest CR8 writes exit with [`Exit::TprChanged`]. Refused up front
+    /// when the kernel lacks the capability (SVM).
+    pub fn configure_tpr(&mut self, exit_changed: bool) -> Result<()> {
+        if !self.machine.cap().supports_tpr_conf() {
+            return Err(Error::rejected(
+                Op::VcpuConfigure,
+                Rejection::NotSupported("TPR configuration"),
+            ));
+        }
+        let mut c = sys::nvmm_vcpu_conf_tpr::default();
+        c.set_exit_changed(u32::from(exit_changed));
+        self.configure_raw(sys::NVMM_VCPU_CONF_TPR, (&raw mut c).cast())
+    }
+
+    fn configure_raw(&mut self, op: u64, conf: *mut std::ffi::c_void) -> Result<()> {
+        let mut args = sys::nvmm_ioc_vcpu_configure {
+            machid: self.machine.id,
+            cpuid: self.id,
+            op,
+            conf,
+        };
+        // SAFETY: the argument of NVMM_IOC_VCPU_CONFIGURE; `conf` points to
+        // the live structure of `op` (built by the callers above).
+        unsafe {
+            self.machine.nvmm.ioctl(
+                Op::VcpuConfigure,
+                ioc(sys::NVMM_IOC_VCPU_CONFIGURE),
+                &raw mut args,
+            )
+        }
+    }
+
+    /// A handle other threads and signal handlers use to stop this VCPU's
+    /// run (see [`VcpuStopper`]).
+    pub fn stopper(&self) -> VcpuStopper {
+        VcpuStopper {
+            comm: self.comm.clone(),
+        }
+    }
+
+    /// The whole state, fetched (one GETSTATE at most) for printing like
+    /// libnvmm's `nvmm_vcpu_dump`: `println!("{:?}", vcpu.dump()?)`.
+    pub fn dump(&mut self) -> Result<crate::dump::StateDump<'_>> {
+        self.fetch(StateClasses::ALL)?;
+        Ok(crate::dump::StateDump::new(self.page(), self.id))
+    }
+
+    /// The raw comm page, for what the safe API lacks.
+    ///
+    /// # Safety
+    ///
+    /// The page is shared with the kernel and with [`VcpuStopper`]s: never
+    /// create a reference to the whole page or to `stop`; write state only
+    /// for classes that are cached and then add them to `state_commit` and
+    /// `state_cached`; the pointer is valid while this `Vcpu` lives.
+    pub unsafe fn comm_page(&mut self) -> *mut sys::nvmm_comm_page {
+        self.comm.as_ptr()
+    }
+
+    #[cfg(feature = "assist")]
+    pub(crate) fn machine(&self) -> &MachineInner {
+        &self.machine
+    }
+}
+
+fn destroy(machine: &MachineInner, id: u32) -> Option<Error> {
+    let mut args = sys::nvmm_ioc_vcpu_destroy {
+        machid: machine.id,
+        cpuid: id,
+    };
+    // SAFETY: the argument of NVMM_IOC_VCPU_DESTROY; no pointers.
+    let r = unsafe {
+        machine.nvmm.ioctl(
+            Op::VcpuDestroy,
+            ioc(sys::NVMM_IOC_VCPU_DESTROY),
+            &raw mut args,
+        )
+    };
+    match r {
+        Ok(()) => None,
+        Err(e) => {
+            report_teardown(&e);
+            Some(e)
+        }
+    }
+}
+
+impl Drop for Vcpu {
+    fn drop(&mut self) {
+        // VCPU_DESTROY first; the comm page is unmapped when `self.comm`
+        // (and every stopper's clone of it) is dropped, after this.
+        let _ = destroy(&self.machine, self.id);
+    }
+}

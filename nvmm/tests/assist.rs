@@ -1,0 +1,298 @@
+//! The assists wired over the comm page and the area list, against the
+//! kernel model: results, zero extra syscalls, errors change nothing.
+#![cfg(feature = "assist")]
+
+mod model;
+
+use std::sync::Arc;
+
+use model::{KernelModel, ScriptedExit};
+use nvmm::nvmm_assist::{BusError, MmioBus, PortIo};
+use nvmm::nvmm_sys as sys;
+use nvmm::sys::OpenMode;
+use nvmm::{Error, Gpr, Machine, Nvmm, Op, Outcome, Prot, Seg, StateClasses, Vcpu};
+
+#[derive(Default)]
+struct Ports {
+    log: Vec<(u16, Vec<u8>)>,
+    input: u8,
+    fail: bool,
+}
+impl PortIo for Ports {
+    fn read(&mut self, port: u16, buf: &mut [u8]) -> Result<(), BusError> {
+        if self.fail {
+            return Err(BusError(libc::EIO));
+        }
+        buf.fill(self.input);
+        self.log.push((port, buf.to_vec()));
+        Ok(())
+    }
+    fn write(&mut self, port: u16, data: &[u8]) -> Result<(), BusError> {
+        if self.fail {
+            return Err(BusError(libc::EIO));
+        }
+        self.log.push((port, data.to_vec()));
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Mmio {
+    writes: Vec<(u64, Vec<u8>)>,
+    reads: Vec<(u64, usize)>,
+    value: u8,
+}
+impl MmioBus for Mmio {
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BusError> {
+        buf.fill(self.value);
+        self.reads.push((gpa, buf.len()));
+        Ok(())
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), BusError> {
+        self.writes.push((gpa, data.to_vec()));
+        Ok(())
+    }
+}
+
+/// A machine with 64 KiB of RAM at 0 and a real-mode VCPU at CS:IP 0:0x1000.
+fn setup() -> (Arc<KernelModel>, Machine, Vcpu) {
+    let model = KernelModel::new();
+    let nvmm = Nvmm::open_with(model.clone(), OpenMode::User).unwrap();
+    let m = nvmm.create_machine().unwrap();
+    let ram = m.hva_map(0x10000).unwrap();
+    m.gpa_map(&ram, 0, 0, 0x10000, Prot::ALL).unwrap();
+    let mut v = m.create_vcpu(0).unwrap();
+    let mut cs = v.segs().unwrap().get(Seg::Cs);
+    (cs.selector, cs.base) = (0, 0);
+    v.segs().unwrap().set(Seg::Cs, cs);
+    v.gprs().unwrap().set_rip(0x1000);
+    (model, m, v)
+}
+
+fn io_exit(
+    model: &KernelModel,
+    m: &Machine,
+    port: u16,
+    is_in: bool,
+    f: impl FnOnce(&mut sys::nvmm_x86_exit_io),
+) {
+    let mut e = ScriptedExit::io(port, is_in, 1, 0x1001);
+    e.exit.u.io.address_size = 2;
+    // SAFETY: the io member is the one the constructor wrote.
+    f(unsafe { &mut e.exit.u.io });
+    model.push_exit(m.id(), 0, e);
+}
+
+#[test]
+fn out_and_in_through_the_port_bus_without_syscalls() {
+    let (model, m, mut v) = setup();
+    v.gprs().unwrap().set(Gpr::Rax, 0x1122_3344_5566_7788);
+    io_exit(&model, &m, 0x3f8, false, |_| {});
+    v.run().unwrap();
+    let mut ports = Ports {
+        input: 0xab,
+        ..Default::default()
+    };
+    let s = model.syscalls();
+    assert_eq!(
+        v.assist_io(&mut Mmio::default(), &mut ports).unwrap(),
+        Outcome::Done
+    );
+    assert_eq!(model.syscalls(), s, "no syscall in the assist");
+    assert_eq!(ports.log, vec![(0x3f8, vec![0x88])]);
+    assert_eq!(v.gprs().unwrap().rip(), 0x1001);
+    assert_eq!(v.pending_commit(), StateClasses::GPRS, "only GPRS marked");
+
+    io_exit(&model, &m, 0x60, true, |_| {});
+    v.run().unwrap();
+    v.assist_io(&mut Mmio::default(), &mut ports).unwrap();
+    assert_eq!(v.gprs().unwrap().get(Gpr::Rax), 0x1122_3344_5566_77ab);
+    v.run().unwrap();
+    let hw = model.hw_state(m.id(), 0);
+    assert_eq!(hw.gprs[sys::NVMM_X64_GPR_RAX], 0x1122_3344_5566_77ab);
+    assert_eq!(hw.gprs[sys::NVMM_X64_GPR_RIP], 0x1001);
+}
+
+#[test]
+fn rep_outsb_reads_guest_ram_through_the_area_list() {
+    let (model, m, mut v) = setup();
+    m.write_guest(0x2000, b"hello").unwrap();
+    {
+        let mut g = v.gprs().unwrap();
+        g.set(Gpr::Rsi, 0x2000);
+        g.set(Gpr::Rcx, 5);
+    }
+    io_exit(&model, &m, 0xe9, false, |io| {
+        io.rep = true;
+        io.str_ = true;
+        io.seg = sys::NVMM_X64_SEG_DS as i8;
+    });
+    v.run().unwrap();
+    let mut ports = Ports::default();
+    assert_eq!(
+        v.assist_io(&mut Mmio::default(), &mut ports).unwrap(),
+        Outcome::Done
+    );
+    let bytes: Vec<u8> = ports.log.iter().flat_map(|(_, d)| d.clone()).collect();
+    assert_eq!(bytes, b"hello");
+    let g = v.gprs().unwrap();
+    assert_eq!(
+        (g.get(Gpr::Rcx), g.get(Gpr::Rsi), g.rip()),
+        (0, 0x2005, 0x1001)
+    );
+}
+
+#[test]
+fn rep_insb_writes_guest_ram() {
+    let (model, m, mut v) = setup();
+    {
+        let mut g = v.gprs().unwrap();
+        g.set(Gpr::Rdi, 0x3000);
+        g.set(Gpr::Rcx, 3);
+    }
+    io_exit(&model, &m, 0x1f0, true, |io| {
+        io.rep = true;
+        io.str_ = true;
+    });
+    v.run().unwrap();
+    let mut ports = Ports {
+        input: 0x5a,
+        ..Default::default()
+    };
+    v.assist_io(&mut Mmio::default(), &mut ports).unwrap();
+    let mut buf = [0u8; 4];
+    m.read_guest(0x3000, &mut buf).unwrap();
+    assert_eq!(buf, [0x5a, 0x5a, 0x5a, 0]);
+}
+
+#[test]
+fn a_failing_port_changes_no_register() {
+    let (model, m, mut v) = setup();
+    v.gprs().unwrap().set(Gpr::Rax, 7);
+    io_exit(&model, &m, 0x60, true, |_| {});
+    v.run().unwrap();
+    let mut ports = Ports {
+        fail: true,
+        ..Default::default()
+    };
+    let e = v.assist_io(&mut Mmio::default(), &mut ports).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Assist {
+                op: Op::AssistIo,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(e.errno(), libc::EIO);
+    assert_eq!(v.pending_commit(), StateClasses::empty());
+    let g = v.gprs().unwrap();
+    assert_eq!((g.get(Gpr::Rax), g.rip()), (7, 0x1000));
+}
+
+#[test]
+fn mmio_write_and_read_with_exit_bytes() {
+    let (model, m, mut v) = setup();
+    v.gprs().unwrap().set(Gpr::Rax, 0x5a);
+    // mov [0x0300], al
+    model.push_exit(
+        m.id(),
+        0,
+        ScriptedExit::memory(0xfee0_0300, true, &[0xA2, 0x00, 0x03]),
+    );
+    v.run().unwrap();
+    let mut mmio = Mmio::default();
+    let s = model.syscalls();
+    assert_eq!(v.assist_mem(&mut mmio).unwrap(), Outcome::Done);
+    assert_eq!(model.syscalls(), s);
+    assert_eq!(mmio.writes, vec![(0xfee0_0300, vec![0x5a])]);
+    assert_eq!(v.gprs().unwrap().rip(), 0x1003);
+    v.run().unwrap();
+    assert_eq!(
+        model.hw_state(m.id(), 0).gprs[sys::NVMM_X64_GPR_RIP],
+        0x1003
+    );
+
+    // mov al, [0x0300], with the bytes fetched from guest RAM at CS:IP.
+    m.write_guest(0x1003, &[0xA0, 0x00, 0x03]).unwrap();
+    model.push_exit(m.id(), 0, ScriptedExit::memory(0xfee0_0300, false, &[]));
+    v.run().unwrap();
+    mmio.value = 0xc3;
+    v.assist_mem(&mut mmio).unwrap();
+    let g = v.gprs().unwrap();
+    assert_eq!((g.get(Gpr::Rax) & 0xff, g.rip()), (0xc3, 0x1006));
+}
+
+#[test]
+fn assist_after_the_wrong_exit_is_refused() {
+    let (model, m, mut v) = setup();
+    model.push_exit(m.id(), 0, ScriptedExit::reason(sys::NVMM_VCPU_EXIT_HALTED));
+    v.run().unwrap();
+    assert!(matches!(
+        v.assist_mem(&mut Mmio::default()).unwrap_err(),
+        Error::Rejected {
+            op: Op::AssistMem,
+            ..
+        }
+    ));
+    assert!(matches!(
+        v.assist_io(&mut Mmio::default(), &mut Ports::default())
+            .unwrap_err(),
+        Error::Rejected {
+            op: Op::AssistIo,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn undecodable_bytes_are_an_error_with_no_change() {
+    let (model, m, mut v) = setup();
+    model.push_exit(
+        m.id(),
+        0,
+        ScriptedExit::memory(0xfee0_0000, true, &[0x0f, 0x0b]),
+    );
+    v.run().unwrap();
+    let e = v.assist_mem(&mut Mmio::default()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Assist {
+                op: Op::AssistMem,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(v.pending_commit(), StateClasses::empty());
+}
+
+#[test]
+fn steady_state_with_assists_is_one_syscall_per_exit() {
+    let (model, m, mut v) = setup();
+    for _ in 0..20 {
+        io_exit(&model, &m, 0x80, false, |_| {});
+        model.push_exit(
+            m.id(),
+            0,
+            ScriptedExit::memory(0xfee0_0300, true, &[0xA2, 0x00, 0x03]),
+        );
+    }
+    v.run().unwrap();
+    let start = model.syscalls();
+    let (mut ports, mut mmio) = (Ports::default(), Mmio::default());
+    for i in 1..40u64 {
+        match v.last_exit() {
+            nvmm::Exit::Io(_) => v.assist_io(&mut mmio, &mut ports).unwrap(),
+            nvmm::Exit::Memory(_) => v.assist_mem(&mut mmio).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        v.run().unwrap();
+        assert_eq!(model.syscalls() - start, i);
+    }
+    assert_eq!(ports.log.len(), 20);
+    assert_eq!(mmio.writes.len(), 19);
+}
