@@ -31,6 +31,8 @@ pub const TF: u64 = 1 << 8;
 pub const DF: u64 = 1 << 10;
 /// Overflow flag.
 pub const OF: u64 = 1 << 11;
+/// Resume flag: suppresses instruction breakpoints for one instruction.
+pub const RF: u64 = 1 << 16;
 /// Alignment-check flag.
 pub const AC: u64 = 1 << 18;
 /// The six status flags arithmetic instructions define.

@@ -14,6 +14,7 @@ const ZF: u64 = 1 << 6;
 const SF: u64 = 1 << 7;
 const DF: u64 = 1 << 10;
 const OF: u64 = 1 << 11;
+const RF: u64 = 1 << 16;
 const AC: u64 = 1 << 18;
 const STATUS: u64 = CF | PF | AF | ZF | SF | OF;
 /// Every RFLAGS bit a guest can set in 64-bit mode (VM excluded: it is
@@ -30,8 +31,10 @@ fn get(g: &Guest, r: Gpr) -> u64 {
 
 /// Runs `bytes` with initial RFLAGS 0x2 and ALL_VALID, on fresh guests made
 /// by `setup`, and checks that bits outside `touched` are unchanged and
-/// that the touched bits come out as `want` in both runs.
+/// that the touched bits come out as `want` in both runs. RF is always
+/// touched: a completed instruction clears it.
 fn meta_flags(setup: impl Fn() -> Guest, bytes: &[u8], gpa: u64, touched: u64, want: u64) {
+    let touched = touched | RF;
     for initial in [0x2, ALL_VALID] {
         let mut g = setup();
         g.regs.rflags = initial;
@@ -990,4 +993,19 @@ fn movs_elements_that_cross_from_ram_into_mmio() {
     set(&mut g, Gpr::Rcx, 2);
     g.step(&[0xF3, 0xA4], 0x1500);
     assert_eq!(&g.mmio.high.mem[0x1000..0x1002], b"ab");
+}
+
+#[test]
+fn rf_is_cleared_on_completion_and_set_when_a_rep_resumes() {
+    let mut g = mmio_guest(0);
+    g.regs.rflags = 2 | RF;
+    g.step(&[0x89, 0x08], MMIO); // fast path
+    assert_eq!(g.regs.rflags, 2);
+    g.regs.rflags = 2 | RF;
+    g.step(&[0x0F, 0xAB, 0x08], MMIO); // bts [rax],ecx: general path
+    assert_eq!(g.regs.rflags & RF, 0);
+    set(&mut g, Gpr::Rdi, MMIO2);
+    set(&mut g, Gpr::Rcx, 5000);
+    assert_eq!(g.exec(&[0xF3, 0xAA], MMIO2), Ok(Outcome::Resume));
+    assert_eq!(g.regs.rflags & RF, RF);
 }

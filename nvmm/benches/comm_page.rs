@@ -43,6 +43,53 @@ impl MmioBus for Sink {
 const EXITS: u64 = 10_000;
 const ITERS: u64 = 20_000_000;
 
+/// Guest RAM with nothing in it (the bench's accesses are all MMIO).
+struct NoRam;
+impl nvmm::nvmm_assist::GuestRam for NoRam {
+    fn read(&mut self, _: u64, _: &mut [u8]) -> Result<nvmm::nvmm_assist::RamStatus, BusError> {
+        Ok(nvmm::nvmm_assist::RamStatus::NotRam)
+    }
+    fn write(&mut self, _: u64, _: &[u8]) -> Result<nvmm::nvmm_assist::RamStatus, BusError> {
+        Ok(nvmm::nvmm_assist::RamStatus::NotRam)
+    }
+    fn compare_and_write(
+        &mut self,
+        _: u64,
+        _: &[u8],
+        _: &[u8],
+    ) -> Result<nvmm::nvmm_assist::CompareWrite, BusError> {
+        Ok(nvmm::nvmm_assist::CompareWrite::NotRam)
+    }
+}
+
+/// The VCPU's registers copied into a plain struct.
+fn plain_registers(vcpu: &mut nvmm::Vcpu) -> Result<nvmm::nvmm_assist::Registers, nvmm::Error> {
+    use nvmm::nvmm_assist::{Registers, SegmentAttributes, SegmentRegister};
+    let mut r = Registers::default();
+    let g = vcpu.gprs()?;
+    for (i, reg) in Gpr::ALL.iter().take(16).enumerate() {
+        r.gprs[i] = g.get(*reg);
+    }
+    r.rip = g.rip();
+    r.rflags = g.rflags();
+    let segs = vcpu.segs()?;
+    for (i, seg) in Seg::ALL.iter().take(6).enumerate() {
+        let s = segs.get(*seg);
+        r.segments[i] = SegmentRegister {
+            selector: s.selector,
+            base: s.base,
+            limit: s.limit,
+            attributes: SegmentAttributes(s.attrib.0),
+        };
+    }
+    let crs = vcpu.crs()?;
+    r.cr0 = crs.get(nvmm::Cr::Cr0);
+    r.cr3 = crs.get(nvmm::Cr::Cr3);
+    r.cr4 = crs.get(nvmm::Cr::Cr4);
+    r.efer = vcpu.msrs()?.get(nvmm::Msr::Efer);
+    Ok(r)
+}
+
 fn ns_per(iters: u64, f: impl FnMut(u64)) -> f64 {
     let mut f = f;
     let t = Instant::now();
@@ -106,6 +153,27 @@ fn main() -> Result<(), nvmm::Error> {
     let mem_ns = t.elapsed().as_nanos() as f64 / EXITS as f64;
     let mem_syscalls = (model.syscalls() - start) as f64 / EXITS as f64;
 
+    // The memory assist alone, on the comm page (registers in place) and on
+    // a plain struct (nvmm_assist::Registers), same instruction and state:
+    // the difference is what working in place costs or saves.
+    let iters = 200_000;
+    let before = model.syscalls();
+    let on_page = ns_per(iters, |_| {
+        vcpu.gprs().expect("cached").set_rip(0x1000);
+        vcpu.assist_mem(&mut Sink).expect("assist");
+    });
+    assert_eq!(model.syscalls(), before, "the assist made a syscall");
+    let mut regs = plain_registers(&mut vcpu)?;
+    let exit = nvmm::nvmm_assist::MemExit {
+        gpa: 0xfee0_0300,
+        access: nvmm::nvmm_assist::AccessType::Write,
+        instruction: &[0xA2, 0x00, 0x03],
+    };
+    let on_struct = ns_per(iters, |_| {
+        regs.rip = 0x1000;
+        nvmm::nvmm_assist::assist_mem(&mut regs, &mut NoRam, &mut Sink, &exit).expect("assist");
+    });
+
     // Cached state access: no syscall at all (checked below).
     vcpu.fetch(StateClasses::ALL)?;
     let before = model.syscalls();
@@ -129,6 +197,8 @@ fn main() -> Result<(), nvmm::Error> {
     println!("  syscalls per handled memory exit   {mem_syscalls:.3}");
     println!("  ns per I/O exit, assist + model run {io_ns:.1}");
     println!("  ns per mem exit, assist + model run {mem_ns:.1}");
+    println!("  ns assist_mem on the comm page      {on_page:.1}");
+    println!("  ns assist_mem on a plain struct     {on_struct:.1}");
     println!("  ns cached GPRS read                {read_ns:.2}");
     println!("  ns setstate (one GPR write)        {set_ns:.2}");
     println!("  ns getstate->modify->setstate GPRS {rmw_ns:.2}");

@@ -269,3 +269,60 @@ pub(crate) fn exit_state(e: &sys::nvmm_x86_exit) -> ExitState {
         evt_pending: bits & 8 != 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small xorshift generator: deterministic, no dependency.
+    fn next(s: &mut u64) -> u64 {
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        *s
+    }
+
+    #[test]
+    fn hostile_exit_structures_decode_without_panic() {
+        const REASONS: [u64; 17] = [
+            sys::NVMM_VCPU_EXIT_NONE,
+            sys::NVMM_VCPU_EXIT_STOPPED,
+            sys::NVMM_VCPU_EXIT_INVALID,
+            sys::NVMM_VCPU_EXIT_MEMORY,
+            sys::NVMM_VCPU_EXIT_IO,
+            sys::NVMM_VCPU_EXIT_SHUTDOWN,
+            sys::NVMM_VCPU_EXIT_INT_READY,
+            sys::NVMM_VCPU_EXIT_NMI_READY,
+            sys::NVMM_VCPU_EXIT_HALTED,
+            sys::NVMM_VCPU_EXIT_TPR_CHANGED,
+            sys::NVMM_VCPU_EXIT_RDMSR,
+            sys::NVMM_VCPU_EXIT_WRMSR,
+            sys::NVMM_VCPU_EXIT_MONITOR,
+            sys::NVMM_VCPU_EXIT_MWAIT,
+            sys::NVMM_VCPU_EXIT_CPUID,
+            3,
+            0x2005,
+        ];
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for i in 0..20_000 {
+            let mut raw = [0u8; size_of::<sys::nvmm_x86_exit>()];
+            for chunk in raw.chunks_mut(8) {
+                let r = next(&mut seed).to_le_bytes();
+                chunk.copy_from_slice(&r[..chunk.len()]);
+            }
+            // SAFETY: nvmm_x86_exit is plain integers and unions of them,
+            // except the bools of the io member, which `decode` reads as
+            // bytes; every bit pattern of the rest is valid.
+            let mut e: sys::nvmm_x86_exit = unsafe { std::mem::transmute(raw) };
+            e.reason = REASONS[i % REASONS.len()];
+            let exit = decode(&e);
+            if let Exit::Memory(m) = exit {
+                assert!(m.instruction.len() <= 15);
+            }
+            if let Exit::Io(io) = exit {
+                assert!(io.segment.is_none_or(|s| s.index() < 6));
+            }
+            let _ = exit_state(&e);
+        }
+    }
+}

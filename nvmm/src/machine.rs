@@ -385,6 +385,12 @@ impl Machine {
 
     /// Copies guest-physical memory at `gpa` into `buf` (host side: no
     /// protection check; the range may span adjacent areas).
+    ///
+    /// Guest memory is shared with running VCPUs: bytes a guest writes at
+    /// the same time may be read half-updated, as on hardware. The copy is
+    /// a plain memory copy, so two host threads writing the same guest bytes
+    /// at once (for example `write_guest` and an assist) must be ordered by
+    /// the VMM, like any device model accessing shared RAM.
     pub fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> Result<()> {
         let areas = self.inner.areas();
         let mut done = 0usize;

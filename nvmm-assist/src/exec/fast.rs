@@ -16,7 +16,7 @@ use crate::Outcome;
 use crate::bus::{GuestRam, MmioBus, RamStatus};
 use crate::decode::Mnemonic;
 use crate::error::Error;
-use crate::flags::{self, AC};
+use crate::flags::{self, AC, RF};
 use crate::state::{CpuState, Gpr};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -294,6 +294,9 @@ where
 {
     let n = usize::from(f.access_size.min(8));
     let mut buf = [0u8; 8];
+    let rflags = state.rflags();
+    // RF is cleared when an instruction completes.
+    let mut new_flags = rflags & !RF;
     match f.kind {
         Kind::Store | Kind::StoreImm => {
             let v = if f.kind == Kind::Store {
@@ -322,16 +325,17 @@ where
             };
             read(ram, mmio, gpa, buf.get_mut(..n).unwrap_or(&mut []))?;
             let old = u64::from_le_bytes(buf);
-            let rflags = state.rflags();
-            let (r, fl) = alu::compute(op, old, f.imm, f.size, rflags).unwrap_or((old, rflags));
+            let (r, fl) =
+                alu::compute(op, old, f.imm, f.size, new_flags).unwrap_or((old, new_flags));
             if op != Mnemonic::Cmp {
                 let data = r.to_le_bytes();
                 write(ram, mmio, gpa, data.get(..n).unwrap_or(&[]))?;
             }
-            if fl != rflags {
-                state.set_rflags(fl);
-            }
+            new_flags = fl;
         }
+    }
+    if new_flags != rflags {
+        state.set_rflags(new_flags);
     }
     state.set_rip(f.next_rip);
     Ok(Outcome::Done)

@@ -287,6 +287,10 @@ where
     if left == 0 || stopped {
         Ok(Outcome::Done)
     } else {
+        // As when an interrupt arrives between iterations: RF is set so
+        // that re-executing the instruction does not trigger its
+        // instruction breakpoint again.
+        x.set_rflags(x.rflags() | flags::RF);
         Ok(Outcome::Resume)
     }
 }

@@ -17,6 +17,13 @@ use crate::error::{Error, Op, Rejection, Result};
 /// VCPU is not running makes the next run return at once, so no request is
 /// lost.
 ///
+/// A stop requested *while* a run is in progress is different: if the run
+/// ends with another exit (say an I/O exit that was already under way),
+/// the kernel still clears `stop` at the end of that run, and the request
+/// is gone. A VMM that must not lose a stop keeps its own "stop requested"
+/// flag (set before calling [`VcpuStopper::stop`]) and checks it after
+/// every run, as QEMU does with `exit_request`.
+///
 /// A VCPU executing guest code that causes no exit only notices the flag at
 /// the next exit; to bound that delay, also send the VCPU's thread a signal
 /// that has a handler ([`VcpuStopper::stop_and_signal`]): the signal forces

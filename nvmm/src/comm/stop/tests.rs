@@ -78,3 +78,35 @@ fn stopper_outlives_vcpu_without_touching_unmapped_memory() {
     );
     let _ = Arc::strong_count(&model);
 }
+
+#[test]
+fn stop_during_a_run_that_exits_otherwise_is_cleared_by_the_kernel() {
+    let model = KernelModel::new();
+    let nvmm = Nvmm::open_with(model.clone(), OpenMode::User).unwrap();
+    let machine = nvmm.create_machine().unwrap();
+    let mut vcpu = machine.create_vcpu(0).unwrap();
+    let stopper = vcpu.stopper();
+    // The "guest" runs while another thread requests the stop; the run
+    // still ends with the I/O exit it was making.
+    model.push_exit(
+        machine.id(),
+        0,
+        ScriptedExit::io(0x80, false, 1, 0x10).with_guest(move |_| stopper.stop()),
+    );
+    model.push_exit(
+        machine.id(),
+        0,
+        ScriptedExit::reason(sys::NVMM_VCPU_EXIT_HALTED),
+    );
+    assert!(matches!(vcpu.run().unwrap(), Exit::Io(_)));
+    assert_eq!(
+        model.comm_stop(machine.id(), 0),
+        0,
+        "cleared at the end of the run"
+    );
+    assert_eq!(
+        vcpu.run().unwrap(),
+        Exit::Halted,
+        "the request did not survive"
+    );
+}
