@@ -270,12 +270,45 @@ fn setcc_writes_a_byte_and_cmovcc_always_reads() {
 #[test]
 fn rep_with_rcx_zero_accesses_nothing_and_advances_rip() {
     let mut g = Guest::long64();
-    set(&mut g, Gpr::Rcx, 0xFFFF_FFFF_0000_0000); // ECX = 0 with 67
-    set(&mut g, Gpr::Rdi, MMIO);
-    g.step(&[0x67, 0xF3, 0xAA], MMIO); // rep stosb (addr32)
+    set(&mut g, Gpr::Rcx, 0);
+    set(&mut g, Gpr::Rdi, 0xBEEF_0000_0000_1000);
+    g.step(&[0xF3, 0xAA], MMIO); // rep stosb
     assert_eq!(g.mmio.total_accesses(), 0);
-    assert_eq!(get(&g, Gpr::Rcx), 0xFFFF_FFFF_0000_0000, "untouched");
-    assert_eq!(get(&g, Gpr::Rdi), MMIO);
+    assert_eq!(get(&g, Gpr::Rdi), 0xBEEF_0000_0000_1000, "untouched");
+    // 16-bit address size (real mode): CX = 0, nothing written.
+    let mut g = Guest::real();
+    set(&mut g, Gpr::Rcx, 0x1234_0000);
+    set(&mut g, Gpr::Rsi, 0x1234_5678_0000_1000);
+    g.step(&[0xF3, 0xA4], 0x1000); // rep movsb
+    assert_eq!(get(&g, Gpr::Rcx), 0x1234_0000);
+    assert_eq!(get(&g, Gpr::Rsi), 0x1234_5678_0000_1000);
+    assert_eq!(g.mmio.total_accesses(), 0);
+}
+
+#[test]
+fn rep_with_ecx_zero_and_a32_writes_the_32_bit_registers() {
+    // What the host CPU does (oracle BUG-1): 67 REP with ECX = 0 clears
+    // RCX[63:32]; MOVS also RSI/RDI[63:32], STOS RDI[63:32]; LODS, CMPS
+    // and SCAS keep RSI/RDI.
+    let hi = 0x55EF_B08E_0000_0000u64;
+    for (bytes, rsi_cleared, rdi_cleared) in [
+        (&[0x67, 0xF2, 0x48, 0xAB][..], false, true), // repne stosq, a32
+        (&[0xF2, 0x66, 0x67, 0xA5], true, true),      // repne movsw, a32
+        (&[0x67, 0xF3, 0xAD], false, false),          // rep lodsd, a32
+        (&[0x67, 0xF3, 0xA6], false, false),          // repe cmpsb, a32
+        (&[0x67, 0xF2, 0xAE], false, false),          // repne scasb, a32
+    ] {
+        let mut g = Guest::long64();
+        set(&mut g, Gpr::Rcx, hi);
+        set(&mut g, Gpr::Rsi, hi | 0x1000);
+        set(&mut g, Gpr::Rdi, hi | 0x1000);
+        g.step(bytes, MMIO);
+        assert_eq!(g.mmio.total_accesses(), 0, "{bytes:02x?}");
+        assert_eq!(get(&g, Gpr::Rcx), 0, "{bytes:02x?}");
+        let want = |cleared: bool| if cleared { 0x1000 } else { hi | 0x1000 };
+        assert_eq!(get(&g, Gpr::Rsi), want(rsi_cleared), "{bytes:02x?} rsi");
+        assert_eq!(get(&g, Gpr::Rdi), want(rdi_cleared), "{bytes:02x?} rdi");
+    }
 }
 
 #[test]

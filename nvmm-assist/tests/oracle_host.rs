@@ -10,6 +10,16 @@
 //!   compared.
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
+/// Prints a figure line past libtest's output capture (straight to the
+/// process's stdout), so that `cargo test` and `cargo xtask ci` show the
+/// oracle's case counts without `--nocapture`.
+macro_rules! figure {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 #[path = "oracle_support/cases.rs"]
 mod cases;
 #[path = "oracle_support/encode.rs"]
@@ -212,20 +222,20 @@ fn host_cpu_oracle() {
     }
     let total: u64 = per_group.values().map(|v| v.0).sum();
     let mism: u64 = per_group.values().map(|v| v.1).sum();
-    println!(
-        "host-cpu oracle: {total} cases compared, {mism} mismatches ({known_open} known-open, listed in BUGS.md), seed {seed:#x}"
+    figure!(
+        "host-cpu oracle: {total} cases compared, {mism} mismatches ({known_open} of them known-open, listed in BUGS.md), seed {seed:#x}"
     );
     for (g, (n, m, u, t)) in &per_group {
-        println!(
+        figure!(
             "  {g:<8} {n:>6} cases, {m} mismatches, {u} with masked undefined-flag differences ({:.0} us/case)",
             t.as_secs_f64() * 1e6 / (*n).max(1) as f64
         );
     }
     for (t, n) in &known_titles {
-        println!("  known-open (BUGS.md): {n} cases: {t}");
+        figure!("  known-open (BUGS.md): {n} cases: {t}");
     }
     for (g, f) in &undefined_seen {
-        println!("  masked undefined flags where the assist differs from this CPU: {g}: {f:#x}");
+        figure!("  masked undefined flags where the assist differs from this CPU: {g}: {f:#x}");
     }
     assert_eq!(
         unknown, 0,

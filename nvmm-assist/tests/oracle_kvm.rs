@@ -17,6 +17,16 @@
 //! state; the host-CPU oracle covers them).
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
+/// Prints a figure line past libtest's output capture (straight to the
+/// process's stdout), so that `cargo test` and `cargo xtask ci` show the
+/// oracle's case counts without `--nocapture`.
+macro_rules! figure {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 #[path = "oracle_support/encode.rs"]
 mod encode;
 #[path = "oracle_support/kvm.rs"]
@@ -451,7 +461,7 @@ fn kvm_oracle() {
     let mut g = match Guest::new() {
         Ok(g) => g,
         Err(e) => {
-            println!("kvm oracle: skipped: {e}");
+            figure!("kvm oracle: skipped: {e}");
             return;
         }
     };
@@ -572,12 +582,12 @@ fn kvm_oracle() {
             break;
         }
     }
-    println!("kvm oracle: {total} cases compared, {mismatches} mismatches, seed {seed:#x}");
+    figure!("kvm oracle: {total} cases compared, {mismatches} mismatches, seed {seed:#x}");
     for l in &lines {
-        println!("{l}");
+        figure!("{l}");
     }
     for s in &skipped {
-        println!("  skipped mode {s}");
+        figure!("  skipped mode {s}");
     }
     if let Some(r) = first_failure {
         panic!("kvm oracle mismatch (reproduce with ORACLE_SEED={seed:x}):\n{r}");
