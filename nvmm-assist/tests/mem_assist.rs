@@ -1042,3 +1042,86 @@ fn rf_is_cleared_on_completion_and_set_when_a_rep_resumes() {
     assert_eq!(g.exec(&[0xF3, 0xAA], MMIO2), Ok(Outcome::Resume));
     assert_eq!(g.regs.rflags & RF, RF);
 }
+
+// ---- segmentation through assist_mem ---------------------------------------
+
+#[test]
+fn segment_limits_and_types_fault_with_the_right_exception() {
+    // Real mode: BP-based operands use SS (#SS beyond its limit), others DS
+    // (#GP). Nothing is accessed, nothing changes.
+    let mut g = Guest::real();
+    g.regs.segments[2].limit = 0x0FFF; // SS
+    g.regs.segments[3].limit = 0x0FFF; // DS
+    set(&mut g, Gpr::Rbp, 0x1000);
+    set(&mut g, Gpr::Rbx, 0x1000);
+    let before = g.regs.clone();
+    assert_eq!(
+        g.exec(&[0x88, 0x46, 0x00], 0x1000), // mov [bp+0],al
+        Err(Error::Exception(Exception::StackSegment(0)))
+    );
+    assert_eq!(
+        g.exec(&[0x88, 0x07], 0x1000), // mov [bx],al
+        Err(Error::Exception(Exception::GeneralProtection(0)))
+    );
+    // A ds: override on a BP-based operand uses DS.
+    assert_eq!(
+        g.exec(&[0x3E, 0x88, 0x46, 0x00], 0x1000), // mov ds:[bp+0],al
+        Err(Error::Exception(Exception::GeneralProtection(0)))
+    );
+    assert_eq!(g.regs, before);
+    // The last byte of a word beyond the limit faults too.
+    set(&mut g, Gpr::Rbx, 0x0FFF);
+    let before = g.regs.clone();
+    assert_eq!(
+        g.exec(&[0x89, 0x07], 0x0FFF), // mov [bx],ax
+        Err(Error::Exception(Exception::GeneralProtection(0)))
+    );
+    assert_eq!(g.regs, before);
+    assert_eq!(g.mmio.total_accesses(), 0);
+
+    // 32-bit protected mode: a write through a read-only data segment is
+    // #GP(0); a read through it works.
+    let mut g = Guest::long64();
+    g.regs = support::flat32(0);
+    g.regs.rip = 0x2000;
+    g.regs.segments[3].attributes =
+        nvmm_assist::SegmentAttributes::new(0x1, true, 0, true, false, false, true, true);
+    set(&mut g, Gpr::Rbx, MMIO);
+    assert_eq!(
+        g.exec(&[0x89, 0x03], MMIO), // mov [ebx],eax
+        Err(Error::Exception(Exception::GeneralProtection(0)))
+    );
+    g.step(&[0x8B, 0x03], MMIO); // mov eax,[ebx]
+}
+
+#[test]
+fn instructions_outside_the_emulated_set_are_unsupported_with_their_bytes() {
+    let mut g = mmio_guest(0);
+    let before = g.regs.clone();
+    // movss xmm0,[rax]: valid, not emulated.
+    match g.exec(&[0xF3, 0x0F, 0x10, 0x00], MMIO) {
+        Err(Error::Unsupported { bytes, len }) => {
+            assert_eq!(
+                &bytes[..usize::from(len)],
+                &[0xF3, 0x0F, 0x10, 0x00][..usize::from(len)]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(g.regs, before);
+    assert_eq!(g.mmio.total_accesses(), 0);
+}
+
+#[test]
+fn an_instruction_fetch_exit_is_refused() {
+    let mut g = mmio_guest(0);
+    let exit = MemExit {
+        gpa: MMIO,
+        access: AccessType::Execute,
+        instruction: &[0x89, 0x08],
+    };
+    assert_eq!(
+        assist_mem(&mut g.regs, &mut g.ram, &mut g.mmio, &exit),
+        Err(Error::InconsistentExit)
+    );
+}
