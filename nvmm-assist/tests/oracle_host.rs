@@ -245,3 +245,89 @@ fn host_cpu_oracle() {
         panic!("host-cpu oracle mismatch (reproduce with ORACLE_SEED={seed:x}):\n{r}");
     }
 }
+
+/// The oracle can fail: an assist that is wrong in one flag, or that
+/// writes one byte wrong, is caught (and an undefined flag is only
+/// counted).
+#[test]
+fn oracle_detects_a_broken_assist() {
+    let mut o = host::HostOracle::new();
+    let forms = encode::forms();
+    let mut rng = Rng(0xbad5eed);
+    // AF inverted after every instruction.
+    let mut af_broken = |st: &mut nvmm_assist::Registers,
+                         ram: &mut mock::SparseRam,
+                         mmio: &mut mock::RecordingMmio,
+                         gpa: u64,
+                         write: bool,
+                         bytes: &[u8]| {
+        let r = assist(st, ram, mmio, gpa, write, bytes);
+        st.rflags ^= encode::AF;
+        r
+    };
+    let (mut add_caught, mut add_total, mut xor_masked) = (0, 0, 0);
+    for f in forms.iter().filter(|f| f.name == "add" || f.name == "xor") {
+        for _ in 0..20 {
+            let Some(c) = cases::modrm_case(&mut rng, f, &o.layout) else {
+                continue;
+            };
+            match o.check(&c, &mut af_broken).expect("harness") {
+                host::Verdict::Mismatch(_) if f.name == "add" => add_caught += 1,
+                host::Verdict::Match { undefined } if f.name == "xor" && undefined != 0 => {
+                    xor_masked += 1
+                }
+                _ => {}
+            }
+            add_total += (f.name == "add") as u32;
+        }
+    }
+    assert_eq!(
+        add_caught, add_total,
+        "every ADD with a wrong AF is a mismatch"
+    );
+    assert!(xor_masked > 0, "XOR's undefined AF is masked and counted");
+    // The last byte of every MMIO write corrupted.
+    struct Corrupt<'a>(&'a mut mock::RecordingMmio);
+    impl nvmm_assist::MmioBus for Corrupt<'_> {
+        fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), nvmm_assist::BusError> {
+            self.0.read(gpa, buf)
+        }
+        fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), nvmm_assist::BusError> {
+            let mut d = data.to_vec();
+            if let Some(b) = d.last_mut() {
+                *b ^= 0x40;
+            }
+            self.0.write(gpa, &d)
+        }
+    }
+    let mut byte_broken = |st: &mut nvmm_assist::Registers,
+                           ram: &mut mock::SparseRam,
+                           mmio: &mut mock::RecordingMmio,
+                           gpa: u64,
+                           write: bool,
+                           bytes: &[u8]| {
+        let exit = nvmm_assist::MemExit {
+            gpa,
+            access: if write {
+                nvmm_assist::AccessType::Write
+            } else {
+                nvmm_assist::AccessType::Read
+            },
+            instruction: bytes,
+        };
+        nvmm_assist::assist_mem(st, ram, &mut Corrupt(mmio), &exit)
+    };
+    let mov = forms
+        .iter()
+        .find(|f| f.name == "mov m,r")
+        .expect("mov form");
+    for _ in 0..20 {
+        let Some(c) = cases::modrm_case(&mut rng, mov, &o.layout) else {
+            continue;
+        };
+        assert!(matches!(
+            o.check(&c, &mut byte_broken).expect("harness"),
+            host::Verdict::Mismatch(_)
+        ));
+    }
+}

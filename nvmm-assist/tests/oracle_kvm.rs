@@ -332,7 +332,15 @@ fn run_case(g: &mut Guest, devs: &mut Devices, mode: &ModeDef, c: &KCase) -> Ver
             Err(e) => break Err(format!("assist error: {e}")),
         }
     };
-    let adev = adev.into_inner();
+    let mut adev = adev.into_inner();
+    if BREAK_ASSIST.load(std::sync::atomic::Ordering::Relaxed) {
+        // The self-check of `kvm_oracle`: a wrong flag and a wrong device
+        // byte must both be reported.
+        st.rflags ^= encode::CF;
+        if let Some(d) = adev.log.iter_mut().find(|d| d.write) {
+            d.data[0] ^= 1;
+        }
+    }
     let mut diffs = vec![];
     match result {
         Err(e) => diffs.push(e),
@@ -444,6 +452,10 @@ fn next_element_gpa(st: &Registers, ram: &mut CopyRam, c: &KCase) -> Option<(u64
     }
     None
 }
+
+/// Set by the self-check at the end of `kvm_oracle` to corrupt the assist's
+/// results.
+static BREAK_ASSIST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Cases per mode and kind; fewer in debug builds.
 fn per_mode() -> usize {
@@ -589,6 +601,29 @@ fn kvm_oracle() {
     for s in &skipped {
         figure!("  skipped mode {s}");
     }
+    // Self-check: with the assist's CF and first written device byte
+    // corrupted, every case that runs must be a mismatch.
+    BREAK_ASSIST.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut caught = (0, 0);
+    if let Some(mode) = modes
+        .iter()
+        .find(|m| m.name == "long64" && !skipped.iter().any(|s| s.starts_with("long64")))
+    {
+        for f in forms.iter().filter(|f| f.group == "alu").take(8) {
+            if let Some(c) = kvm_cases::mem_case(&mut rng, f, mode) {
+                match run_case(&mut g, &mut devs, mode, &c) {
+                    Verdict::Mismatch(_) => caught = (caught.0 + 1, caught.1 + 1),
+                    Verdict::Match => caught.1 += 1,
+                    Verdict::NotRun(_) => {}
+                }
+            }
+        }
+    }
+    BREAK_ASSIST.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        caught.0, caught.1,
+        "a corrupted assist result went unnoticed"
+    );
     if let Some(r) = first_failure {
         panic!("kvm oracle mismatch (reproduce with ORACLE_SEED={seed:x}):\n{r}");
     }
