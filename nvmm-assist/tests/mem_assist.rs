@@ -1125,3 +1125,48 @@ fn an_instruction_fetch_exit_is_refused() {
         Err(Error::InconsistentExit)
     );
 }
+
+#[test]
+fn movnti_and_movq_forms() {
+    let mut g = mmio_guest(0);
+    g.regs.xmm = Some([0; 16]);
+    set(&mut g, Gpr::Rcx, 0x1122_3344_5566_7788);
+    g.step(&[0x48, 0x0F, 0xC3, 0x08], MMIO); // movnti [rax],rcx
+    assert_eq!(g.mmio.low.u64_at(MMIO), 0x1122_3344_5566_7788);
+    g.step(&[0x0F, 0xC3, 0x08], MMIO); // movnti [rax],ecx: 4 bytes
+    assert_eq!(g.mmio.low.u64_at(MMIO), 0x1122_3344_5566_7788);
+    assert_eq!(g.mmio.low.log.last().unwrap().data.len(), 4);
+    // movq xmm3,[rax] (F3 0F 7E) zero-extends; movq [rax+8],xmm3 (66 0F D6).
+    g.regs.xmm.as_mut().unwrap()[3] = u128::MAX;
+    g.step(&[0xF3, 0x0F, 0x7E, 0x18], MMIO);
+    assert_eq!(g.regs.xmm.unwrap()[3], 0x1122_3344_5566_7788);
+    g.step(&[0x66, 0x0F, 0xD6, 0x58, 0x08], MMIO + 8);
+    assert_eq!(g.mmio.low.u64_at(MMIO + 8), 0x1122_3344_5566_7788);
+    // movq rcx,xmm... to memory: 66 REX.W 0F 7E /r with a memory operand.
+    g.mmio.low.set_u64(MMIO + 16, 0);
+    g.step(&[0x66, 0x48, 0x0F, 0x7E, 0x58, 0x10], MMIO + 16);
+    assert_eq!(g.mmio.low.u64_at(MMIO + 16), 0x1122_3344_5566_7788);
+    // movntdq to a misaligned address: #GP(0).
+    set(&mut g, Gpr::Rax, MMIO + 8);
+    assert_eq!(
+        g.exec(&[0x66, 0x0F, 0xE7, 0x18], MMIO + 8),
+        Err(Error::Exception(Exception::GeneralProtection(0)))
+    );
+}
+
+#[test]
+fn byte_cmpxchg_and_xadd_use_al_and_byte_registers() {
+    let mut g = mmio_guest(0x40);
+    set(&mut g, Gpr::Rbx, MMIO);
+    set(&mut g, Gpr::Rax, 0xFFFF_FF40); // AL = 0x40 equals memory
+    set(&mut g, Gpr::Rcx, 0x7F00); // CH = 0x7F
+    g.step(&[0x0F, 0xB0, 0x2B], MMIO); // cmpxchg [rbx],ch
+    assert_eq!(g.mmio.low.mem[0], 0x7F);
+    assert_eq!(g.regs.rflags & ZF, ZF);
+    // xadd [rbx],cl: 0x7F + 0x01 = 0x80 (OF SF AF), CL gets 0x7F.
+    set(&mut g, Gpr::Rcx, 0x01);
+    g.step(&[0x0F, 0xC0, 0x0B], MMIO);
+    assert_eq!(g.mmio.low.mem[0], 0x80);
+    assert_eq!(get(&g, Gpr::Rcx), 0x7F);
+    assert_eq!(g.regs.rflags & STATUS, OF | SF | AF);
+}
