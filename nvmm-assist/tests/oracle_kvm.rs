@@ -13,8 +13,8 @@
 //! MMIO as the set of (byte address, direction, value) accesses, port I/O
 //! as each port's byte stream per direction, in order.
 //!
-//! Not covered here: SSE forms (the KVM state is read without the FPU
-//! state; the host-CPU oracle covers them).
+//! XMM registers go in and out through KVM_SET_FPU/KVM_GET_FPU (XMM0-7
+//! compared outside 64-bit mode, where 8-15 do not exist).
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
 /// Prints a figure line past libtest's output capture (straight to the
@@ -361,6 +361,16 @@ fn run_case(g: &mut Guest, devs: &mut Devices, mode: &ModeDef, c: &KCase) -> Ver
             let kvm_rip = k.after.rip.wrapping_sub(kvm::MARKER.len() as u64);
             if st.rip != kvm_rip {
                 diffs.push(format!("rip: kvm {kvm_rip:#x} assist {:#x}", st.rip));
+            }
+            let regs = if mode.bits == 8 { 16 } else { 8 };
+            let (ax, kx) = (st.xmm.unwrap_or_default(), k.after.xmm.unwrap_or_default());
+            for i in 0..regs {
+                if ax[i] != kx[i] {
+                    diffs.push(format!(
+                        "xmm{i}: kvm {:#034x} assist {:#034x}",
+                        kx[i], ax[i]
+                    ));
+                }
             }
             let mask = (STATUS | DF) & !c.undefined;
             if (st.rflags ^ k.after.rflags) & mask != 0 {
