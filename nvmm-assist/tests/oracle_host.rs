@@ -116,10 +116,10 @@ type KnownOpen = (&'static str, fn(&cases::Case) -> bool);
 /// reproducer and an owner). Matching cases are compared and counted as
 /// known-open mismatches in the printed figures, not asserted; a matching
 /// case that now passes is counted as a pass. Remove an entry once fixed.
-const KNOWN_OPEN: &[KnownOpen] = &[(
-    "BUG-1 (emulator): REP string with 0x67 and ECX=0 keeps RCX[63:32] (CPU clears it, and RSI/RDI[63:32] for MOVS/STOS)",
-    |c| c.string.is_some_and(|s| s.rep && s.addr32) && c.ctx.gprs[1] & 0xffff_ffff == 0,
-)];
+const KNOWN_OPEN: &[KnownOpen] = &[
+    // BUG-1 (a32 REP with ECX=0 kept RCX[63:32]) was here; fixed on main by
+    // emulator and now asserted like every other case.
+];
 
 fn assist(
     st: &mut nvmm_assist::Registers,

@@ -214,6 +214,11 @@ impl Ci {
             .args(["miri", "test", "-p", "nvmm", "--lib", "--"])
             .args(MIRI_FILTERS);
         let outcome = match run_counting_tests(&mut command) {
+            // A filter that matches nothing would make this step pass vacuously.
+            Ok(counts) if counts.passed == 0 => Outcome::Failed(format!(
+                "no nvmm library test matched the miri filters {}",
+                MIRI_FILTERS.join("/")
+            )),
             Ok(counts) => {
                 self.tests.add(counts);
                 Outcome::Passed(Some(format!(

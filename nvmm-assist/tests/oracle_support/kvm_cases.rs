@@ -50,6 +50,11 @@ fn random_state(rng: &mut Rng, mode: &ModeDef) -> Registers {
     }
     st.gprs[4] = STACK;
     st.rip = CODE;
+    let mut x = [0u128; 16];
+    for v in x.iter_mut() {
+        *v = u128::from(rng.next()) << 64 | u128::from(rng.next());
+    }
+    st.xmm = Some(x);
     st.rflags = 2 | (rng.next() & STATUS) | if rng.chance(30) { DF } else { 0 };
     st
 }
@@ -117,7 +122,7 @@ fn dst_window<'a>(
 /// A ModRM memory form in `mode`, or `None` if the form does not exist
 /// there (64-bit only forms, SSE: the KVM state here has no XMM).
 pub fn mem_case(rng: &mut Rng, form: &Form, mode: &ModeDef) -> Option<KCase> {
-    if form.reg == RegField::Xmm || (form.rex_w == Some(true) && mode.bits != 8) {
+    if form.rex_w == Some(true) && mode.bits != 8 {
         return None;
     }
     let sizes: Vec<u8> = form

@@ -464,5 +464,8 @@ pub fn modes(ram: &mut [u8]) -> Vec<ModeDef> {
             },
         ],
     });
+    for m in v.iter_mut() {
+        m.state.cr4 |= 0x600;
+    }
     v
 }
