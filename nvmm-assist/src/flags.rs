@@ -313,7 +313,7 @@ mod tests {
     #[test]
     fn parity_of_every_byte() {
         for v in 0u64..=0x1FF {
-            let even = (v as u8).count_ones() % 2 == 0;
+            let even = (v as u8).count_ones().is_multiple_of(2);
             assert_eq!(logic(v, 1, 0) & PF != 0, even, "{v:#x}");
         }
     }
