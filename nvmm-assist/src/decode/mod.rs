@@ -248,6 +248,11 @@ impl Instruction {
 
 /// Decodes one instruction from `bytes` (at most the first 15 are used) as
 /// the CPU would in `mode`.
+///
+/// Bytes after the instruction are ignored, and every strict prefix of an
+/// accepted instruction's bytes gives [`DecodeError::Truncated`], so a
+/// caller may fetch the bytes piecewise (up to a page edge, then the rest)
+/// and retry while it gets `Truncated`.
 pub fn decode(bytes: &[u8], mode: CpuMode) -> Result<Instruction, DecodeError> {
     decoder::decode(bytes, mode)
 }
