@@ -240,16 +240,20 @@ fn linear(st: &Registers, seg: Segment, off: u64, asz: u8) -> u64 {
 
 fn run_case(g: &mut Guest, devs: &mut Devices, mode: &ModeDef, c: &KCase) -> Verdict {
     // Prepare memory and devices.
-    for (a, b) in &c.dev_patch {
-        let (base, v) = if *a >= HIGH.0 {
-            (HIGH.0, &mut devs.high)
-        } else {
-            (HOLE.0, &mut devs.hole)
-        };
-        let o = (*a - base) as usize;
-        v[o..o + b.len()].copy_from_slice(b);
-    }
     let ram = g.ram();
+    // Device patches may spill into RAM (accesses straddling the hole).
+    for (a, b) in &c.dev_patch {
+        for (i, byte) in b.iter().enumerate() {
+            let gpa = a + i as u64;
+            if (HOLE.0..HOLE.0 + HOLE.1).contains(&gpa) {
+                devs.hole[(gpa - HOLE.0) as usize] = *byte;
+            } else if (HIGH.0..HIGH.0 + HIGH.1).contains(&gpa) {
+                devs.high[(gpa - HIGH.0) as usize] = *byte;
+            } else if gpa < RAM_LEN as u64 {
+                ram[gpa as usize] = *byte;
+            }
+        }
+    }
     for (a, b) in &c.ram_patch {
         ram[*a as usize..*a as usize + b.len()].copy_from_slice(b);
     }
