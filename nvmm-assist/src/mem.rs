@@ -6,6 +6,7 @@ use crate::bus::{GuestRam, MmioBus};
 use crate::decode::{DecodeError, Instruction, decode};
 use crate::error::{Error, Exception};
 use crate::exec::{Exec, PAGE_SIZE, fast};
+use crate::flags;
 use crate::mode::CpuMode;
 use crate::state::{CpuState, Segment};
 
@@ -81,13 +82,36 @@ where
         return result;
     }
     let mut bytes = [0u8; 15];
-    let given = exit.instruction.len().min(15);
+    let mut given = exit.instruction.len().min(15);
     if let (Some(dst), Some(src)) = (bytes.get_mut(..given), exit.instruction.get(..given)) {
         dst.copy_from_slice(src);
+    }
+    if given == 0 {
+        // No bytes in the exit (VMX): fetch what lies before the first
+        // page or CS-limit edge, which is all of it for most instructions.
+        let want = next_fetch(state, mode, 0);
+        access::fetch(state, mode, ram, mmio, &mut bytes, 0, want)?;
+        given = want;
+        if fast_path
+            && mode == CpuMode::Long64
+            && let Some(result) = fast::try_exec(
+                state,
+                ram,
+                mmio,
+                exit.gpa,
+                bytes.get(..given).unwrap_or(&[]),
+            )
+        {
+            return result;
+        }
     }
     let insn = fetch_and_decode(state, mode, ram, mmio, &mut bytes, given)?;
     let mut exec = Exec::new(state, ram, mmio, mode, &insn, &bytes, exit.gpa);
     let outcome = exec.run()?;
+    if outcome == Outcome::Done {
+        // RF is cleared when an instruction completes.
+        exec.set_rflags(exec.rflags() & !flags::RF);
+    }
     let pending = exec.into_pending();
     pending.apply(state, outcome);
     Ok(outcome)
@@ -131,22 +155,8 @@ where
             Err(e) => return Err(decode_error(e, bytes, have)),
         }
     }
-    let rip = state.rip();
-    let (linear_rip, limit_room) = if mode.is_64bit() {
-        (rip, u64::MAX)
-    } else {
-        let cs = state.segment(Segment::Cs);
-        let room = (u64::from(cs.limit) + 1).saturating_sub(rip);
-        (cs.base.wrapping_add(rip), room)
-    };
-    let page_room = PAGE_SIZE - (linear_rip & (PAGE_SIZE - 1));
     loop {
-        let want = [page_room, limit_room, 15]
-            .into_iter()
-            .filter(|&b| b > have as u64)
-            .min()
-            .unwrap_or(15)
-            .min(15) as usize;
+        let want = next_fetch(state, mode, have);
         access::fetch(state, mode, ram, mmio, bytes, have, want)?;
         have = want;
         match decode(bytes.get(..have).unwrap_or(&[]), mode) {
@@ -155,4 +165,24 @@ where
             Err(e) => return Err(decode_error(e, bytes, have)),
         }
     }
+}
+
+/// How many instruction bytes to have after the next fetch, given `have`:
+/// up to the first page end, CS-limit end or 15-byte mark beyond `have`.
+fn next_fetch<S: CpuState + ?Sized>(state: &S, mode: CpuMode, have: usize) -> usize {
+    let rip = state.rip();
+    let (linear_rip, limit_room) = if mode.is_64bit() {
+        (rip, u64::MAX)
+    } else {
+        let cs = state.segment(Segment::Cs);
+        let room = (u64::from(cs.limit) + 1).saturating_sub(rip & 0xFFFF_FFFF);
+        (cs.base.wrapping_add(rip & 0xFFFF_FFFF), room)
+    };
+    let page_room = PAGE_SIZE - (linear_rip & (PAGE_SIZE - 1));
+    [page_room, limit_room, 15]
+        .into_iter()
+        .filter(|&b| b > have as u64)
+        .min()
+        .unwrap_or(15)
+        .min(15) as usize
 }

@@ -14,6 +14,7 @@ const ZF: u64 = 1 << 6;
 const SF: u64 = 1 << 7;
 const DF: u64 = 1 << 10;
 const OF: u64 = 1 << 11;
+const RF: u64 = 1 << 16;
 const AC: u64 = 1 << 18;
 const STATUS: u64 = CF | PF | AF | ZF | SF | OF;
 /// Every RFLAGS bit a guest can set in 64-bit mode (VM excluded: it is
@@ -30,8 +31,10 @@ fn get(g: &Guest, r: Gpr) -> u64 {
 
 /// Runs `bytes` with initial RFLAGS 0x2 and ALL_VALID, on fresh guests made
 /// by `setup`, and checks that bits outside `touched` are unchanged and
-/// that the touched bits come out as `want` in both runs.
+/// that the touched bits come out as `want` in both runs. RF is always
+/// touched: a completed instruction clears it.
 fn meta_flags(setup: impl Fn() -> Guest, bytes: &[u8], gpa: u64, touched: u64, want: u64) {
+    let touched = touched | RF;
     for initial in [0x2, ALL_VALID] {
         let mut g = setup();
         g.regs.rflags = initial;
@@ -267,12 +270,45 @@ fn setcc_writes_a_byte_and_cmovcc_always_reads() {
 #[test]
 fn rep_with_rcx_zero_accesses_nothing_and_advances_rip() {
     let mut g = Guest::long64();
-    set(&mut g, Gpr::Rcx, 0xFFFF_FFFF_0000_0000); // ECX = 0 with 67
-    set(&mut g, Gpr::Rdi, MMIO);
-    g.step(&[0x67, 0xF3, 0xAA], MMIO); // rep stosb (addr32)
+    set(&mut g, Gpr::Rcx, 0);
+    set(&mut g, Gpr::Rdi, 0xBEEF_0000_0000_1000);
+    g.step(&[0xF3, 0xAA], MMIO); // rep stosb
     assert_eq!(g.mmio.total_accesses(), 0);
-    assert_eq!(get(&g, Gpr::Rcx), 0xFFFF_FFFF_0000_0000, "untouched");
-    assert_eq!(get(&g, Gpr::Rdi), MMIO);
+    assert_eq!(get(&g, Gpr::Rdi), 0xBEEF_0000_0000_1000, "untouched");
+    // 16-bit address size (real mode): CX = 0, nothing written.
+    let mut g = Guest::real();
+    set(&mut g, Gpr::Rcx, 0x1234_0000);
+    set(&mut g, Gpr::Rsi, 0x1234_5678_0000_1000);
+    g.step(&[0xF3, 0xA4], 0x1000); // rep movsb
+    assert_eq!(get(&g, Gpr::Rcx), 0x1234_0000);
+    assert_eq!(get(&g, Gpr::Rsi), 0x1234_5678_0000_1000);
+    assert_eq!(g.mmio.total_accesses(), 0);
+}
+
+#[test]
+fn rep_with_ecx_zero_and_a32_writes_the_32_bit_registers() {
+    // What the host CPU does (oracle BUG-1): 67 REP with ECX = 0 clears
+    // RCX[63:32]; MOVS also RSI/RDI[63:32], STOS RDI[63:32]; LODS, CMPS
+    // and SCAS keep RSI/RDI.
+    let hi = 0x55EF_B08E_0000_0000u64;
+    for (bytes, rsi_cleared, rdi_cleared) in [
+        (&[0x67, 0xF2, 0x48, 0xAB][..], false, true), // repne stosq, a32
+        (&[0xF2, 0x66, 0x67, 0xA5], true, true),      // repne movsw, a32
+        (&[0x67, 0xF3, 0xAD], false, false),          // rep lodsd, a32
+        (&[0x67, 0xF3, 0xA6], false, false),          // repe cmpsb, a32
+        (&[0x67, 0xF2, 0xAE], false, false),          // repne scasb, a32
+    ] {
+        let mut g = Guest::long64();
+        set(&mut g, Gpr::Rcx, hi);
+        set(&mut g, Gpr::Rsi, hi | 0x1000);
+        set(&mut g, Gpr::Rdi, hi | 0x1000);
+        g.step(bytes, MMIO);
+        assert_eq!(g.mmio.total_accesses(), 0, "{bytes:02x?}");
+        assert_eq!(get(&g, Gpr::Rcx), 0, "{bytes:02x?}");
+        let want = |cleared: bool| if cleared { 0x1000 } else { hi | 0x1000 };
+        assert_eq!(get(&g, Gpr::Rsi), want(rsi_cleared), "{bytes:02x?} rsi");
+        assert_eq!(get(&g, Gpr::Rdi), want(rdi_cleared), "{bytes:02x?} rdi");
+    }
 }
 
 #[test]
@@ -990,4 +1026,147 @@ fn movs_elements_that_cross_from_ram_into_mmio() {
     set(&mut g, Gpr::Rcx, 2);
     g.step(&[0xF3, 0xA4], 0x1500);
     assert_eq!(&g.mmio.high.mem[0x1000..0x1002], b"ab");
+}
+
+#[test]
+fn rf_is_cleared_on_completion_and_set_when_a_rep_resumes() {
+    let mut g = mmio_guest(0);
+    g.regs.rflags = 2 | RF;
+    g.step(&[0x89, 0x08], MMIO); // fast path
+    assert_eq!(g.regs.rflags, 2);
+    g.regs.rflags = 2 | RF;
+    g.step(&[0x0F, 0xAB, 0x08], MMIO); // bts [rax],ecx: general path
+    assert_eq!(g.regs.rflags & RF, 0);
+    set(&mut g, Gpr::Rdi, MMIO2);
+    set(&mut g, Gpr::Rcx, 5000);
+    assert_eq!(g.exec(&[0xF3, 0xAA], MMIO2), Ok(Outcome::Resume));
+    assert_eq!(g.regs.rflags & RF, RF);
+}
+
+// ---- segmentation through assist_mem ---------------------------------------
+
+#[test]
+fn segment_limits_and_types_fault_with_the_right_exception() {
+    // Real mode: BP-based operands use SS (#SS beyond its limit), others DS
+    // (#GP). Nothing is accessed, nothing changes.
+    let mut g = Guest::real();
+    g.regs.segments[2].limit = 0x0FFF; // SS
+    g.regs.segments[3].limit = 0x0FFF; // DS
+    set(&mut g, Gpr::Rbp, 0x1000);
+    set(&mut g, Gpr::Rbx, 0x1000);
+    let before = g.regs.clone();
+    assert_eq!(
+        g.exec(&[0x88, 0x46, 0x00], 0x1000), // mov [bp+0],al
+        Err(Error::Exception(Exception::StackSegment(0)))
+    );
+    assert_eq!(
+        g.exec(&[0x88, 0x07], 0x1000), // mov [bx],al
+        Err(Error::Exception(Exception::GeneralProtection(0)))
+    );
+    // A ds: override on a BP-based operand uses DS.
+    assert_eq!(
+        g.exec(&[0x3E, 0x88, 0x46, 0x00], 0x1000), // mov ds:[bp+0],al
+        Err(Error::Exception(Exception::GeneralProtection(0)))
+    );
+    assert_eq!(g.regs, before);
+    // The last byte of a word beyond the limit faults too.
+    set(&mut g, Gpr::Rbx, 0x0FFF);
+    let before = g.regs.clone();
+    assert_eq!(
+        g.exec(&[0x89, 0x07], 0x0FFF), // mov [bx],ax
+        Err(Error::Exception(Exception::GeneralProtection(0)))
+    );
+    assert_eq!(g.regs, before);
+    assert_eq!(g.mmio.total_accesses(), 0);
+
+    // 32-bit protected mode: a write through a read-only data segment is
+    // #GP(0); a read through it works.
+    let mut g = Guest::long64();
+    g.regs = support::flat32(0);
+    g.regs.rip = 0x2000;
+    g.regs.segments[3].attributes =
+        nvmm_assist::SegmentAttributes::new(0x1, true, 0, true, false, false, true, true);
+    set(&mut g, Gpr::Rbx, MMIO);
+    assert_eq!(
+        g.exec(&[0x89, 0x03], MMIO), // mov [ebx],eax
+        Err(Error::Exception(Exception::GeneralProtection(0)))
+    );
+    g.step(&[0x8B, 0x03], MMIO); // mov eax,[ebx]
+}
+
+#[test]
+fn instructions_outside_the_emulated_set_are_unsupported_with_their_bytes() {
+    let mut g = mmio_guest(0);
+    let before = g.regs.clone();
+    // movss xmm0,[rax]: valid, not emulated.
+    match g.exec(&[0xF3, 0x0F, 0x10, 0x00], MMIO) {
+        Err(Error::Unsupported { bytes, len }) => {
+            assert_eq!(
+                &bytes[..usize::from(len)],
+                &[0xF3, 0x0F, 0x10, 0x00][..usize::from(len)]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(g.regs, before);
+    assert_eq!(g.mmio.total_accesses(), 0);
+}
+
+#[test]
+fn an_instruction_fetch_exit_is_refused() {
+    let mut g = mmio_guest(0);
+    let exit = MemExit {
+        gpa: MMIO,
+        access: AccessType::Execute,
+        instruction: &[0x89, 0x08],
+    };
+    assert_eq!(
+        assist_mem(&mut g.regs, &mut g.ram, &mut g.mmio, &exit),
+        Err(Error::InconsistentExit)
+    );
+}
+
+#[test]
+fn movnti_and_movq_forms() {
+    let mut g = mmio_guest(0);
+    g.regs.xmm = Some([0; 16]);
+    set(&mut g, Gpr::Rcx, 0x1122_3344_5566_7788);
+    g.step(&[0x48, 0x0F, 0xC3, 0x08], MMIO); // movnti [rax],rcx
+    assert_eq!(g.mmio.low.u64_at(MMIO), 0x1122_3344_5566_7788);
+    g.step(&[0x0F, 0xC3, 0x08], MMIO); // movnti [rax],ecx: 4 bytes
+    assert_eq!(g.mmio.low.u64_at(MMIO), 0x1122_3344_5566_7788);
+    assert_eq!(g.mmio.low.log.last().unwrap().data.len(), 4);
+    // movq xmm3,[rax] (F3 0F 7E) zero-extends; movq [rax+8],xmm3 (66 0F D6).
+    g.regs.xmm.as_mut().unwrap()[3] = u128::MAX;
+    g.step(&[0xF3, 0x0F, 0x7E, 0x18], MMIO);
+    assert_eq!(g.regs.xmm.unwrap()[3], 0x1122_3344_5566_7788);
+    g.step(&[0x66, 0x0F, 0xD6, 0x58, 0x08], MMIO + 8);
+    assert_eq!(g.mmio.low.u64_at(MMIO + 8), 0x1122_3344_5566_7788);
+    // movq rcx,xmm... to memory: 66 REX.W 0F 7E /r with a memory operand.
+    g.mmio.low.set_u64(MMIO + 16, 0);
+    g.step(&[0x66, 0x48, 0x0F, 0x7E, 0x58, 0x10], MMIO + 16);
+    assert_eq!(g.mmio.low.u64_at(MMIO + 16), 0x1122_3344_5566_7788);
+    // movntdq to a misaligned address: #GP(0).
+    set(&mut g, Gpr::Rax, MMIO + 8);
+    assert_eq!(
+        g.exec(&[0x66, 0x0F, 0xE7, 0x18], MMIO + 8),
+        Err(Error::Exception(Exception::GeneralProtection(0)))
+    );
+}
+
+#[test]
+fn byte_cmpxchg_and_xadd_use_al_and_byte_registers() {
+    let mut g = mmio_guest(0x40);
+    set(&mut g, Gpr::Rbx, MMIO);
+    set(&mut g, Gpr::Rax, 0xFFFF_FF40); // AL = 0x40 equals memory
+    set(&mut g, Gpr::Rcx, 0x7F00); // CH = 0x7F
+    g.step(&[0x0F, 0xB0, 0x2B], MMIO); // cmpxchg [rbx],ch
+    assert_eq!(g.mmio.low.mem[0], 0x7F);
+    assert_eq!(g.regs.rflags & ZF, ZF);
+    // xadd [rbx],cl: 0x7F + 0x01 = 0x80 (OF SF AF), CL gets 0x7F.
+    set(&mut g, Gpr::Rcx, 0x01);
+    g.step(&[0x0F, 0xC0, 0x0B], MMIO);
+    assert_eq!(g.mmio.low.mem[0], 0x80);
+    assert_eq!(get(&g, Gpr::Rcx), 0x7F);
+    assert_eq!(g.regs.rflags & STATUS, OF | SF | AF);
 }

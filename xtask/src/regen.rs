@@ -499,3 +499,111 @@ fn diff_summary(committed: &str, generated: &str) -> String {
         new.get(first).copied().unwrap_or("<end of file>")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(text: &str) -> Header {
+        Header {
+            name: "dev/nvmm/test.h",
+            text: text.to_owned(),
+        }
+    }
+
+    #[test]
+    fn constants_skip_kernel_only_and_function_like_macros() {
+        let text = "\
+/*\t$NetBSD: test.h,v 1.2 2021/03/26 15:59:53 someone Exp $\t*/
+#define NVMM_A\t\t0x10ULL
+#define NVMM_B\t\t(NVMM_A + 1)
+#define NVMM_IOC_X\t_IOW('N', 1, struct x)
+#define NVMM_F(op)\t(op - 1)
+#define NVMM_MULTI\t\\
+\t(NVMM_A | NVMM_B)
+#ifdef _KERNEL
+#define NVMM_KERNEL_ONLY\t2
+#else
+#define NVMM_USER_ONLY\t3
+#endif
+#ifndef _KERNEL
+#define NVMM_ALSO_USER\t4
+#endif
+#define OTHER\t5
+";
+        let found: Vec<(String, bool)> = constants(&[header(text)])
+            .into_iter()
+            .map(|c| (c.name, c.literal))
+            .collect();
+        let expected = [
+            ("NVMM_A", true),
+            ("NVMM_B", false),
+            ("NVMM_IOC_X", false),
+            ("NVMM_MULTI", false),
+            ("NVMM_USER_ONLY", true),
+            ("NVMM_ALSO_USER", true),
+        ];
+        assert_eq!(found, expected.map(|(n, l)| (n.to_owned(), l)));
+        assert_eq!(
+            netbsd_id(&header(text)).unwrap(),
+            "$NetBSD: test.h,v 1.2 2021/03/26 15:59:53 someone Exp $"
+        );
+    }
+
+    #[test]
+    fn integer_literals() {
+        for yes in ["0", "42", "0x1F", "0xFFFFFFFFFFFFFFFEULL", " 7U "] {
+            assert!(is_integer_literal(yes), "{yes}");
+        }
+        for no in ["", "0x", "(1)", "NVMM_A", "__BIT(0)", "1 + 2", "0xZZ"] {
+            assert!(!is_integer_literal(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn every_header_constant_family_has_a_type() {
+        for name in [
+            "NVMM_IOC_VCPU_RUN",
+            "NVMM_VCPU_EXIT_IO",
+            "NVMM_X64_GPR_RIP",
+            "NVMM_X64_NSEG",
+            "NVMM_KERN_VERSION",
+        ] {
+            assert!(constant_type(name).is_some(), "{name}");
+        }
+        assert!(constant_type("NVMM_SOMETHING_NEW").is_none());
+        assert_eq!(
+            constant_type("NVMM_IOC_CTL").map(|(c, _)| c),
+            Some("unsigned long")
+        );
+    }
+
+    #[test]
+    fn diff_summary_names_the_first_difference() {
+        let summary = diff_summary("a\nb\nc\n", "a\nB\nc\nd\n");
+        assert!(
+            summary.starts_with("2 of 4 lines differ, first at line 2"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains(r#"committed "b", generated "B""#),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn a_sysroot_without_nvmm_headers_is_refused() {
+        let dir = std::env::temp_dir().join(format!("xtask-empty-sysroot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let err = header_source(Some(&dir)).err().unwrap();
+        assert!(err.0.contains("no NVMM headers"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            header_source(Some(&dir))
+                .err()
+                .unwrap()
+                .0
+                .contains("no such directory")
+        );
+    }
+}
