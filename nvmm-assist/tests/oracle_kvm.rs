@@ -13,6 +13,22 @@
 //! MMIO as the set of (byte address, direction, value) accesses, port I/O
 //! as each port's byte stream per direction, in order.
 //!
+//! What KVM does on this kind of host (nested, kvm_pvm), found while
+//! building this and accounted for above:
+//! - at a port-I/O exit, KVM reports RIP already past the OUT/IN, so the
+//!   end-of-instruction marker's RIP is compared minus its length; a
+//!   single-step debug exit after a PIO exit came one instruction late, so
+//!   cases end at a marker (`out 0xF1, al`) instead of single-stepping;
+//! - `rep ins` into MMIO: KVM reads the whole count from the port at once,
+//!   writes one element and drops the rest, so INS cases write to RAM only;
+//! - KVM's emulator completed `66 0F C3` (MOVNTI with a 66 prefix, #UD on
+//!   the CPU: SIGILL natively) on MMIO in 16-bit mode; the generator no
+//!   longer emits it (the assist answers #UD, like the CPU);
+//! - CMPXCHG16B, MOVD/MOVQ and MOVDQU on MMIO end in KVM_EXIT_INTERNAL_ERROR
+//!   (emulation failure): counted as "not run", covered by the host oracle;
+//! - 32-bit paging and PAE guests triple-fault at once: those modes are
+//!   reported skipped.
+//!
 //! XMM registers go in and out through KVM_SET_FPU/KVM_GET_FPU (XMM0-7
 //! compared outside 64-bit mode, where 8-15 do not exist).
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]

@@ -157,8 +157,9 @@ impl Machine {
     }
 
     /// Creates VCPU `cpuid` (`NVMM_IOC_VCPU_CREATE`) and maps its comm page
-    /// (`mmap` at `NVMM_COMM_OFF(machid, cpuid)`). The kernel refuses an
-    /// existing cpuid with `EBUSY`. If the mapping fails the VCPU is
+    /// (`mmap` at `NVMM_COMM_OFF(machid, cpuid)`). A cpuid outside
+    /// `0..max_vcpus` is refused up front; the kernel refuses an existing
+    /// cpuid with `EBUSY`. If the mapping fails the VCPU is
     /// destroyed again before the error is returned.
     ///
     /// ```no_run

@@ -125,6 +125,14 @@ impl fmt::Debug for Vcpu {
 
 impl Vcpu {
     pub(crate) fn create(machine: Arc<MachineInner>, id: u32) -> Result<Vcpu> {
+        // The kernel refuses these too; checking first also guarantees that
+        // NVMM_COMM_OFF (which keeps 8 bits of the id) names this VCPU's page.
+        if id >= machine.cap().max_vcpus.min(256) {
+            return Err(Error::rejected(
+                Op::VcpuCreate,
+                Rejection::InvalidVcpuId(id),
+            ));
+        }
         let nvmm = machine.nvmm.clone();
         let mut args = sys::nvmm_ioc_vcpu_create {
             machid: machine.id,
