@@ -132,12 +132,12 @@ fn iterations() -> u32 {
     std::env::var("ASSIST_BENCH_ITERATIONS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(500_000)
+        .unwrap_or(200_000)
 }
 const MMIO: u64 = 0x1000;
 
 /// Timed runs per figure; the best is kept (the machine may be shared).
-const RUNS: usize = 9;
+const RUNS: usize = 15;
 
 /// A timed loop: runs the operation `n` times and returns the time taken.
 type Runner = Box<dyn FnMut(u32) -> Duration>;
@@ -300,14 +300,18 @@ fn main() {
         "{:<26} {:>12} {:>14} {:>12} {:>12} {:>8}",
         "instruction", "assist_mem", "assist+fetch", "our decode", "iced decode", "ratio"
     );
+    // All cases' runners in one interleaved measurement, so that a noisy
+    // period on a shared machine hurts every figure alike.
+    let mut runners: Vec<Runner> = Vec::new();
+    for &(_, bytes) in &cases {
+        runners.push(ours(bytes));
+        runners.push(ours_fetched(bytes));
+        runners.push(our_decode(bytes));
+        runners.push(iced(bytes));
+    }
+    let t = measure(&mut runners);
     let mut worst_ratio = f64::INFINITY;
-    for (name, bytes) in cases {
-        let t = measure(&mut [
-            ours(bytes),
-            ours_fetched(bytes),
-            our_decode(bytes),
-            iced(bytes),
-        ]);
+    for ((name, _), t) in cases.iter().zip(t.chunks(4)) {
         let (a, f, d, i) = (t[0], t[1], t[2], t[3]);
         let ratio = i / a;
         worst_ratio = worst_ratio.min(ratio);

@@ -15,6 +15,8 @@
 //!   mode and clear them in 64-bit mode (a 32-bit register write). Offsets
 //!   wrap at the address size.
 //! - With REP and rCX = 0 nothing is accessed and RIP moves to `npc`.
+//! - RFLAGS.RF is cleared on [`Outcome::Done`] and set on [`Outcome::Resume`],
+//!   as the memory assist does.
 //! - Batches: one call performs at most [`IO_BATCH_BYTES`] bytes and never
 //!   crosses a page boundary (an element that straddles one is a batch of
 //!   its own), a segment limit, or an address-size wrap; in both DF
@@ -45,6 +47,7 @@ use crate::state::{CpuState, Gpr, Segment};
 pub const IO_BATCH_BYTES: usize = 4096;
 
 const RFLAGS_DF: u64 = 1 << 10;
+const RFLAGS_RF: u64 = 1 << 16;
 
 /// The information of an I/O exit, as NVMM (and VMX/SVM) report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,11 +96,21 @@ pub fn assist_io<
         return Err(Error::InconsistentExit);
     }
     let mode = CpuMode::of(&*state);
-    if exit.string {
+    let outcome = if exit.string {
         string_io(state, mode, ram, mmio, ports, exit, size)
     } else {
         plain_io(state, mode, ports, exit, size)
+    }?;
+    // The same RF rule as the memory assist: a completed instruction clears
+    // RFLAGS.RF; a REP batch that leaves iterations sets it, as when an
+    // interrupt arrives between iterations, so an instruction breakpoint at
+    // this RIP does not fire again when the guest re-executes it.
+    let rflags = state.rflags();
+    match outcome {
+        Outcome::Done => state.set_rflags(rflags & !RFLAGS_RF),
+        Outcome::Resume => state.set_rflags(rflags | RFLAGS_RF),
     }
+    Ok(outcome)
 }
 
 /// IN and OUT.

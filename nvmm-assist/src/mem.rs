@@ -1,4 +1,33 @@
 //! The memory assist: emulate the instruction behind a memory (MMIO) exit.
+//!
+//! Flow of [`assist_mem`]:
+//! 1. The instruction bytes come from the exit, or are fetched at CS:RIP
+//!    up to the first page end or CS-limit end (more only if the decoder
+//!    needs more), through segmentation and the page walker.
+//! 2. In 64-bit mode the most frequent MMIO forms (MOV, MOVZX, the ALU
+//!    and TEST forms with a 66/REX prefix at most) take a fast path
+//!    (`exec/fast.rs`) that decodes and executes them directly; everything
+//!    else, and every case that needs more than a plain access, goes to the
+//!    general decoder and the per-family executors in `exec/`.
+//! 3. Registers are staged and committed only when the instruction (or a
+//!    REP batch) has succeeded: an error changes no register.
+//!
+//! Policies:
+//! - The exit GPA is trusted for an instruction's single memory operand
+//!   when the access stays within one page (libnvmm's behaviour): its page
+//!   offset must match the decoded linear address
+//!   ([`Error::InconsistentExit`] otherwise). Page-crossing accesses, and
+//!   instructions with two memory operands (MOVS, CMPS, PUSH m, POP m),
+//!   translate through the page walker.
+//! - REP string instructions run in batches bounded by the operands' pages
+//!   and 2048 iterations; [`Outcome::Resume`] lets the guest re-execute the
+//!   rest (RF set, as after an interrupted REP).
+//! - Locked read-modify-writes on RAM use compare-and-write and retry up to
+//!   16 times, then return [`Outcome::Resume`] with nothing changed; on MMIO
+//!   they are a read followed by a write.
+//! - A completed instruction clears RFLAGS.RF. Single-step traps (RFLAGS.TF)
+//!   are not raised: the [`Error`]/[`Outcome`] contract has no way to report
+//!   a trap after completion.
 
 use crate::Outcome;
 use crate::access::{self, AccessType};

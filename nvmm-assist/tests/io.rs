@@ -901,3 +901,48 @@ fn ins_always_writes_through_es() {
     );
     assert_eq!(ports.log.len(), 1);
 }
+
+// ---- RFLAGS.RF: cleared on completion, set while a REP batch resumes ----
+
+const RF: u64 = 1 << 16;
+
+#[test]
+fn plain_in_clears_rf() {
+    let (mut regs, mut ram) = env64();
+    regs.rflags = 0x2 | RF;
+    let mut ports = RecordingPorts::with_input(b"x");
+    let mut mmio = RecordingMmio::default();
+    let out = assist_io(
+        &mut regs,
+        &mut ram,
+        &mut mmio,
+        &mut ports,
+        &exit(true, 1, false, false),
+    );
+    assert_eq!(out, Ok(Outcome::Done));
+    assert_eq!(regs.rflags, 0x2, "RF cleared, nothing else touched");
+}
+
+#[test]
+fn rep_outs_sets_rf_on_resume_and_clears_it_on_done() {
+    let (mut regs, mut ram) = env64();
+    regs.rflags = 0x2;
+    // Start 16 bytes before a page end: the first batch stops at the page.
+    regs.gprs[Gpr::Rsi as usize] = 0x1FF0;
+    regs.gprs[Gpr::Rcx as usize] = 32;
+    let mut ports = RecordingPorts::default();
+    let mut mmio = RecordingMmio::default();
+    let e = exit(false, 1, true, true);
+    assert_eq!(
+        assist_io(&mut regs, &mut ram, &mut mmio, &mut ports, &e),
+        Ok(Outcome::Resume)
+    );
+    assert_eq!(regs.rflags, 0x2 | RF, "a resumed batch sets RF");
+    assert_eq!(regs.gprs[Gpr::Rcx as usize], 16);
+    assert_eq!(
+        assist_io(&mut regs, &mut ram, &mut mmio, &mut ports, &e),
+        Ok(Outcome::Done)
+    );
+    assert_eq!(regs.rflags, 0x2, "completion clears RF");
+    assert_eq!(regs.rip, NPC);
+}

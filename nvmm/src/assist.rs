@@ -202,6 +202,17 @@ impl Vcpu {
     /// bits set). Fetches GPRS|SEGS|CRS|MSRS first (no syscall after an I/O
     /// or memory exit). A fault comes back as [`Error::Assist`] holding the
     /// `#PF` to inject.
+    ///
+    /// ```no_run
+    /// # let nvmm = nvmm::Nvmm::open()?;
+    /// # let machine = nvmm.create_machine()?;
+    /// # let mut vcpu = machine.create_vcpu(0)?;
+    /// let rip = vcpu.gprs()?.rip();
+    /// let cs_base = vcpu.segs()?.get(nvmm::Seg::Cs).base;
+    /// let gpa = vcpu.gva_to_gpa(cs_base + rip, nvmm::GvaAccess::Execute)?;
+    /// println!("the guest executes at guest-physical {gpa:#x}");
+    /// # Ok::<(), nvmm::Error>(())
+    /// ```
     pub fn gva_to_gpa(&mut self, gva: u64, access: AccessType) -> Result<u64> {
         self.fetch(PROVIDED_ON_IO_AND_MEMORY)?;
         let page = self.page();
@@ -309,6 +320,35 @@ impl Vcpu {
     /// to MMIO need the FPU class: call [`Vcpu::fetch`] with
     /// [`StateClasses::FPU`] first (one GETSTATE), otherwise they are
     /// reported unsupported.
+    ///
+    /// ```no_run
+    /// use nvmm::nvmm_assist::{BusError, MmioBus};
+    /// /// A device with one 32-bit register at 0xfed00000.
+    /// struct Timer(u32);
+    /// impl MmioBus for Timer {
+    ///     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BusError> {
+    ///         let off = (gpa & 3) as usize;
+    ///         for (i, b) in buf.iter_mut().enumerate() {
+    ///             *b = self.0.to_le_bytes().get(off + i).copied().unwrap_or(0);
+    ///         }
+    ///         Ok(())
+    ///     }
+    ///     fn write(&mut self, _gpa: u64, data: &[u8]) -> Result<(), BusError> {
+    ///         let mut v = [0u8; 4];
+    ///         v[..data.len().min(4)].copy_from_slice(&data[..data.len().min(4)]);
+    ///         self.0 = u32::from_le_bytes(v);
+    ///         Ok(())
+    ///     }
+    /// }
+    /// # let nvmm = nvmm::Nvmm::open()?;
+    /// # let machine = nvmm.create_machine()?;
+    /// # let mut vcpu = machine.create_vcpu(0)?;
+    /// let mut timer = Timer(0);
+    /// if let nvmm::Exit::Memory(_) = vcpu.run()? {
+    ///     vcpu.assist_mem(&mut timer)?;
+    /// }
+    /// # Ok::<(), nvmm::Error>(())
+    /// ```
     pub fn assist_mem<M>(&mut self, mmio: &mut M) -> Result<Outcome>
     where
         M: nvmm_assist::MmioBus + ?Sized,

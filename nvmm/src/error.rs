@@ -127,8 +127,6 @@ pub enum Rejection {
     NoSuchMapping,
     /// No guest mapping covers this guest-physical address.
     NotMapped(u64),
-    /// The access is outside the area or not allowed by its protection.
-    AccessDenied(u64),
     /// This exception vector cannot be injected (0, 2, 3 and >= 32 are
     /// refused by the kernel; use [`crate::Event::Nmi`] for an NMI).
     InvalidExceptionVector(u8),
@@ -164,7 +162,6 @@ impl Rejection {
             Rejection::HvaOverlap => libc::EEXIST,
             Rejection::HostMappingInUse => libc::EBUSY,
             Rejection::NoSuchMapping | Rejection::NotMapped(_) => libc::ENOENT,
-            Rejection::AccessDenied(_) => libc::EFAULT,
             Rejection::TooManyCpuidLeaves => libc::ENOBUFS,
             Rejection::NotSupported(_) => libc::ENOTSUP,
         }
@@ -187,9 +184,6 @@ impl fmt::Display for Rejection {
             }
             Rejection::NoSuchMapping => f.write_str("no mapping matches"),
             Rejection::NotMapped(gpa) => write!(f, "guest-physical address {gpa:#x} not mapped"),
-            Rejection::AccessDenied(gpa) => {
-                write!(f, "access at guest-physical address {gpa:#x} not allowed")
-            }
             Rejection::InvalidExceptionVector(v) => {
                 write!(f, "exception vector {v} cannot be injected")
             }
@@ -274,8 +268,8 @@ impl Error {
         Error::Rejected { op, reason }
     }
 
-    /// The operation that failed (`None` for the version checks of
-    /// [`crate::Nvmm::open`], which are [`Op::Capability`] by nature).
+    /// The operation that failed ([`Op::Open`] for a missing device,
+    /// [`Op::Capability`] for the version and state-size checks).
     pub fn op(&self) -> Op {
         match self {
             Error::Os { op, .. } | Error::Rejected { op, .. } => *op,

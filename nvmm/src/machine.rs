@@ -157,8 +157,9 @@ impl Machine {
     }
 
     /// Creates VCPU `cpuid` (`NVMM_IOC_VCPU_CREATE`) and maps its comm page
-    /// (`mmap` at `NVMM_COMM_OFF(machid, cpuid)`). The kernel refuses an
-    /// existing cpuid with `EBUSY`. If the mapping fails the VCPU is
+    /// (`mmap` at `NVMM_COMM_OFF(machid, cpuid)`). A cpuid outside
+    /// `0..max_vcpus` is refused up front; the kernel refuses an existing
+    /// cpuid with `EBUSY`. If the mapping fails the VCPU is
     /// destroyed again before the error is returned.
     ///
     /// ```no_run
@@ -230,6 +231,23 @@ impl Machine {
     ///   (until [`Machine::hva_unmap`] returns `Ok`, which makes the kernel
     ///   unmap it from the process, or until the machine and all its VCPUs
     ///   are dropped, after which the range is the caller's again).
+    ///
+    /// ```no_run
+    /// # let nvmm = nvmm::Nvmm::open()?;
+    /// # let machine = nvmm.create_machine()?;
+    /// let len = 1 << 20;
+    /// // SAFETY: a fresh anonymous mapping that nothing else uses.
+    /// let p = unsafe {
+    ///     libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE,
+    ///                libc::MAP_ANON | libc::MAP_PRIVATE, -1, 0)
+    /// };
+    /// assert_ne!(p, libc::MAP_FAILED);
+    /// // SAFETY: page-aligned, ours, only accessed through raw pointers and
+    /// // never unmapped while registered.
+    /// let host = unsafe { machine.hva_map_raw(p.cast(), len) }?;
+    /// machine.gpa_map(&host, 0, 0x10_0000, len as u64, nvmm::Prot::ALL)?;
+    /// # Ok::<(), nvmm::Error>(())
+    /// ```
     pub unsafe fn hva_map_raw(&self, hva: *mut u8, size: usize) -> Result<HostMapping> {
         let mut areas = self.inner.areas_mut();
         let hva = hva as usize;
@@ -261,6 +279,17 @@ impl Machine {
 
     /// Unregisters a host mapping (`NVMM_IOC_HVA_UNMAP`); the kernel unmaps
     /// the range from the process. Refused while a guest mapping uses it.
+    ///
+    /// ```no_run
+    /// # let nvmm = nvmm::Nvmm::open()?;
+    /// # let machine = nvmm.create_machine()?;
+    /// let vram = machine.hva_map(0x10000)?;
+    /// machine.gpa_map(&vram, 0, 0xA0000, 0x10000, nvmm::Prot::READ | nvmm::Prot::WRITE)?;
+    /// // Later: remove the guest range first, then release the memory.
+    /// machine.gpa_unmap(0xA0000, 0x10000)?;
+    /// machine.hva_unmap(vram)?;
+    /// # Ok::<(), nvmm::Error>(())
+    /// ```
     pub fn hva_unmap(&self, mapping: HostMapping) -> Result<()> {
         let mut areas = self.inner.areas_mut();
         let idx = areas

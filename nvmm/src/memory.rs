@@ -140,10 +140,12 @@ impl Areas {
         if area.gpa.checked_add(area.size).is_none() {
             return rej(Rejection::Overflow);
         }
-        let inside = self
-            .hosts
-            .iter()
-            .any(|h| area.hva >= h.hva && (area.hva - h.hva) as u64 + area.size <= h.size as u64);
+        let inside = self.hosts.iter().any(|h| {
+            area.hva >= h.hva
+                && ((area.hva - h.hva) as u64)
+                    .checked_add(area.size)
+                    .is_some_and(|end| end <= h.size as u64)
+        });
         if !inside {
             return rej(Rejection::NotInHostMapping);
         }

@@ -125,6 +125,14 @@ impl fmt::Debug for Vcpu {
 
 impl Vcpu {
     pub(crate) fn create(machine: Arc<MachineInner>, id: u32) -> Result<Vcpu> {
+        // The kernel refuses these too; checking first also guarantees that
+        // NVMM_COMM_OFF (which keeps 8 bits of the id) names this VCPU's page.
+        if id >= machine.cap().max_vcpus.min(256) {
+            return Err(Error::rejected(
+                Op::VcpuCreate,
+                Rejection::InvalidVcpuId(id),
+            ));
+        }
         let nvmm = machine.nvmm.clone();
         let mut args = sys::nvmm_ioc_vcpu_create {
             machid: machine.id,
@@ -342,6 +350,17 @@ impl Vcpu {
     /// Completes an [`Exit::Rdmsr`]: EDX:EAX = `value` (upper halves of RAX
     /// and RDX cleared), RIP = next instruction. GPRS is provided with MSR
     /// exits, so this makes no syscall.
+    ///
+    /// ```no_run
+    /// # let nvmm = nvmm::Nvmm::open()?;
+    /// # let machine = nvmm.create_machine()?;
+    /// # let mut vcpu = machine.create_vcpu(0)?;
+    /// if let nvmm::Exit::Rdmsr(r) = vcpu.run()? {
+    ///     let value = if r.msr == 0x1b { 0xfee0_0900 } else { 0 }; // APIC base
+    ///     vcpu.complete_rdmsr(value)?;
+    /// }
+    /// # Ok::<(), nvmm::Error>(())
+    /// ```
     pub fn complete_rdmsr(&mut self, value: u64) -> Result<()> {
         let Exit::Rdmsr(r) = self.last_exit() else {
             return Err(Error::rejected(Op::CompleteExit, Rejection::WrongExit));
@@ -396,6 +415,19 @@ impl Vcpu {
     /// Configures CPUID handling of one leaf (`NVMM_IOC_VCPU_CONFIGURE`,
     /// `NVMM_VCPU_CONF_CPUID`). Checked first: the capability bit, set/del
     /// overlap, and the `conf_cpuid_maxops` limit on configured leaves.
+    ///
+    /// ```no_run
+    /// # let nvmm = nvmm::Nvmm::open()?;
+    /// # let machine = nvmm.create_machine()?;
+    /// # let mut vcpu = machine.create_vcpu(0)?;
+    /// use nvmm::{CpuidConf, CpuidRegs};
+    /// // Leaf 1: report MCE, MCA and MTRR (EDX bits 7, 14, 12), as QEMU does.
+    /// let edx = (1 << 7) | (1 << 14) | (1 << 12);
+    /// let set = CpuidRegs { edx, ..Default::default() };
+    /// vcpu.configure_cpuid(CpuidConf::Mask { leaf: 1, set, del: CpuidRegs::default() })?;
+    /// vcpu.configure_cpuid(CpuidConf::Exit { leaf: 0x4000_0000 })?; // hypervisor leaf to userland
+    /// # Ok::<(), nvmm::Error>(())
+    /// ```
     pub fn configure_cpuid(&mut self, conf: CpuidConf) -> Result<()> {
         let rej = |r| Err(Error::rejected(Op::VcpuConfigure, r));
         if !self.machine.cap().supports_cpuid_conf() {
@@ -447,6 +479,16 @@ impl Vcpu {
     /// Configures TPR handling (`NVMM_VCPU_CONF_TPR`): with `exit_changed`,
     /// guest CR8 writes exit with [`Exit::TprChanged`]. Refused up front
     /// when the kernel lacks the capability (SVM).
+    ///
+    /// ```no_run
+    /// # let nvmm = nvmm::Nvmm::open()?;
+    /// # let machine = nvmm.create_machine()?;
+    /// # let mut vcpu = machine.create_vcpu(0)?;
+    /// if machine.capability().supports_tpr_conf() {
+    ///     vcpu.configure_tpr(true)?;
+    /// }
+    /// # Ok::<(), nvmm::Error>(())
+    /// ```
     pub fn configure_tpr(&mut self, exit_changed: bool) -> Result<()> {
         if !self.machine.cap().supports_tpr_conf() {
             return Err(Error::rejected(
@@ -486,7 +528,15 @@ impl Vcpu {
     }
 
     /// The whole state, fetched (one GETSTATE at most) for printing like
-    /// libnvmm's `nvmm_vcpu_dump`: `println!("{:?}", vcpu.dump()?)`.
+    /// libnvmm's `nvmm_vcpu_dump`.
+    ///
+    /// ```no_run
+    /// # let nvmm = nvmm::Nvmm::open()?;
+    /// # let machine = nvmm.create_machine()?;
+    /// # let mut vcpu = machine.create_vcpu(0)?;
+    /// eprintln!("{:?}", vcpu.dump()?);
+    /// # Ok::<(), nvmm::Error>(())
+    /// ```
     pub fn dump(&mut self) -> Result<crate::dump::StateDump<'_>> {
         self.fetch(StateClasses::ALL)?;
         Ok(crate::dump::StateDump::new(self.page(), self.id))

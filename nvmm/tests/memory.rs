@@ -98,6 +98,12 @@ fn rules_are_checked_before_the_kernel_sees_them() {
         (0, 0x20000, 0, Rejection::ZeroSize),
         (0, u64::MAX - 0xfff, 0x2000, Rejection::Overflow),
         (0x3000, 0x20000, 0x2000, Rejection::NotInHostMapping),
+        (
+            0x3000,
+            0,
+            0xFFFF_FFFF_FFFF_E000,
+            Rejection::NotInHostMapping,
+        ),
         (0x2000, 0x11000, 0x1000, Rejection::GpaOverlap),
         (0x2000, 0xf000, 0x2000, Rejection::GpaOverlap),
         (0, 0xf000, 0x4000, Rejection::GpaOverlap),

@@ -67,9 +67,40 @@ fn duplicate_vcpu_is_ebusy_and_out_of_range_is_einval() {
     let _v = m.create_vcpu(0).unwrap();
     let e = m.create_vcpu(0).unwrap_err();
     assert!(matches!(e, Error::Os { op: Op::VcpuCreate, errno } if errno == libc::EBUSY));
+    let s = model.syscalls();
     let e = m.create_vcpu(256).unwrap_err();
-    assert!(matches!(e, Error::Os { op: Op::VcpuCreate, errno } if errno == libc::EINVAL));
+    assert_eq!(
+        rejected(&e),
+        Some((Op::VcpuCreate, Rejection::InvalidVcpuId(256)))
+    );
+    assert_eq!(e.errno(), libc::EINVAL);
+    assert_eq!(model.syscalls(), s, "refused before the kernel");
     assert_eq!(model.live_mappings(), 1);
+}
+
+#[test]
+fn a_smaller_vcpu_limit_is_honoured_and_the_kernel_checks_too() {
+    let (model, m) = setup_with(ModelConfig {
+        max_vcpus: 4,
+        ..Default::default()
+    });
+    m.create_vcpu(3).unwrap();
+    let e = m.create_vcpu(4).unwrap_err();
+    assert_eq!(
+        rejected(&e),
+        Some((Op::VcpuCreate, Rejection::InvalidVcpuId(4)))
+    );
+    // The model itself applies the kernel's rule (EINVAL), for the record.
+    use nvmm::sys::Kernel;
+    let fd = model.open(c"/dev/nvmm", OpenMode::Root).unwrap();
+    let mut args = sys::nvmm_ioc_vcpu_create {
+        machid: m.id(),
+        cpuid: 300,
+    };
+    // SAFETY: the argument structure of the request.
+    let r = unsafe { model.ioctl(fd, sys::NVMM_IOC_VCPU_CREATE, (&raw mut args).cast()) };
+    assert_eq!(r, Err(libc::EINVAL));
+    model.close(fd);
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! Properties, beyond "never panics" (overflow checks are on in fuzz builds):
 //! - an accepted instruction is 1-15 bytes long and no longer than the input;
 //! - decoding exactly its own bytes gives the same instruction (the decoder
-//!   reads nothing past the length it reports);
+//!   reads nothing past the length it reports), and every shorter prefix of
+//!   them is `Truncated` (so an incremental fetch never fails early);
 //! - `Truncated` only when the input is shorter than 15 bytes, and then no
 //!   prefix of the input decodes either;
 //! - a memory operand's access size is 1, 2, 4, 8 or 16 and its scale 1, 2,
@@ -56,6 +57,15 @@ fuzz_target!(|data: &[u8]| {
             assert!((1..=15).contains(&len), "length {len}");
             assert!(len <= bytes.len(), "length {len} past the input");
             assert_eq!(decode(&bytes[..len], mode), Ok(insn), "not prefix-closed");
+            // Fetching byte by byte (as the assist does at a page edge) must
+            // see Truncated until the whole instruction is there.
+            for n in 0..len {
+                assert_eq!(
+                    decode(&bytes[..n], mode),
+                    Err(DecodeError::Truncated),
+                    "prefix {n}"
+                );
+            }
             assert!(matches!(insn.operand_size, 1 | 2 | 4 | 8 | 16));
             assert!(matches!(insn.address_size, 2 | 4 | 8));
             if mode != CpuMode::Long64 {

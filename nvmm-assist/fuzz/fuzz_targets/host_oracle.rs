@@ -131,10 +131,6 @@ fuzz_target!(|data: &[u8]| {
             }
             let df = case.ctx.rflags & DF != 0;
             let count = if insn.rep.is_some() { rng.below(40) } else { 1 };
-            // Known-open BUG-1 (/work/wt/BUGS.md): a32 REP with ECX=0.
-            if insn.rep.is_some() && insn.address_size == 4 && count == 0 {
-                return;
-            }
             let span = count.max(1) * size;
             let half = native::MMIO_LEN as u64 / 2;
             let pos = |rng: &mut Rng, base: u64| {

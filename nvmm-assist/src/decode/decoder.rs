@@ -16,7 +16,7 @@ pub(super) fn decode(bytes: &[u8], mode: CpuMode) -> Result<Instruction, DecodeE
     let mut cur = Cursor::new(bytes);
     let (pfx, opcode) = Prefixes::parse(&mut cur, mode)?;
     let mut d = Decoder::new(cur, pfx, mode);
-    let result = match opcode {
+    match opcode {
         0x0F => {
             let op2 = d.cur.byte()?;
             // LOCK MOV CR0 is AMD's alternative encoding of MOV CR8.
@@ -29,12 +29,6 @@ pub(super) fn decode(bytes: &[u8], mode: CpuMode) -> Result<Instruction, DecodeE
             let kind = PRIMARY.get(usize::from(opcode)).copied();
             d.primary(kind.unwrap_or(Kind::Unsupported))
         }
-    };
-    match result {
-        // Every lockable instruction is emulated, so LOCK in front of any
-        // other opcode is #UD whatever that opcode is.
-        Err(DecodeError::Unsupported) if pfx.lock => Err(DecodeError::Invalid),
-        other => other,
     }
 }
 
@@ -85,6 +79,17 @@ impl<'a> Decoder<'a> {
             mode,
             long: mode.is_64bit(),
             address_size,
+        }
+    }
+
+    /// The error for a valid opcode outside the emulated set. Every
+    /// lockable instruction is emulated, so with LOCK in front it is `#UD`
+    /// whatever the opcode is.
+    fn unsupported(&self) -> DecodeError {
+        if self.pfx.lock {
+            DecodeError::Invalid
+        } else {
+            DecodeError::Unsupported
         }
     }
 
@@ -280,7 +285,7 @@ impl<'a> Decoder<'a> {
                         size,
                         [self.rm(&m, size), Operand::None, Operand::None],
                     ),
-                    _ => return Err(DecodeError::Unsupported),
+                    _ => return Err(self.unsupported()),
                 }
             }
             K::Group4 => {
@@ -316,7 +321,7 @@ impl<'a> Decoder<'a> {
                         )
                     }
                     7 => return Err(DecodeError::Invalid),
-                    _ => return Err(DecodeError::Unsupported),
+                    _ => return Err(self.unsupported()),
                 }
             }
             K::Group11(w) => {
@@ -328,7 +333,7 @@ impl<'a> Decoder<'a> {
                         Built::new(Mnemonic::Mov, size, [self.rm(&m, size), imm, Operand::None])
                     }
                     // C6 F8 XABORT, C7 F8 XBEGIN.
-                    7 if m.byte == 0xF8 => return Err(DecodeError::Unsupported),
+                    7 if m.byte == 0xF8 => return Err(self.unsupported()),
                     _ => return Err(DecodeError::Invalid),
                 }
             }
@@ -338,7 +343,7 @@ impl<'a> Decoder<'a> {
                 let next = self.cur.peek()?;
                 if (next >> 3) & 7 != 0 {
                     return Err(if next & 0x1F >= 8 {
-                        DecodeError::Unsupported
+                        self.unsupported()
                     } else {
                         DecodeError::Invalid
                     });
@@ -354,7 +359,7 @@ impl<'a> Decoder<'a> {
             K::Movsxd => {
                 if !self.long {
                     // ARPL.
-                    return Err(DecodeError::Unsupported);
+                    return Err(self.unsupported());
                 }
                 let size = self.v_size();
                 let src = if size == 2 { 2 } else { 4 };
@@ -413,9 +418,9 @@ impl<'a> Decoder<'a> {
             }
             K::Vex | K::Evex => return Err(self.vex_like()?),
             K::NotIn64 if self.long => return Err(DecodeError::Invalid),
-            K::NotIn64 | K::Unsupported => return Err(DecodeError::Unsupported),
+            K::NotIn64 | K::Unsupported => return Err(self.unsupported()),
             // 0F-map kinds; the one-byte table holds none of them.
-            _ => return Err(DecodeError::Unsupported),
+            _ => return Err(self.unsupported()),
         };
         self.finish(built)
     }
@@ -425,7 +430,7 @@ impl<'a> Decoder<'a> {
         let is_vex = self.long || self.next_is_reg_form()?;
         if !is_vex {
             // LES/LDS/BOUND with a memory operand.
-            return Ok(DecodeError::Unsupported);
+            return Ok(self.unsupported());
         }
         if self.mode.is_real_or_v86() {
             // VEX/EVEX are #UD in real and virtual-8086 mode, and so are the
@@ -582,7 +587,7 @@ impl<'a> Decoder<'a> {
             K::Group9 => {
                 let m = self.modrm()?;
                 if m.ext() != 1 {
-                    return Err(DecodeError::Unsupported);
+                    return Err(self.unsupported());
                 }
                 if matches!(m.rm, Rm::Reg(_)) {
                     return Err(DecodeError::Invalid);
@@ -595,7 +600,7 @@ impl<'a> Decoder<'a> {
                 Built::new(mn, size, [self.rm(&m, size), Operand::None, Operand::None])
             }
             K::Sse => self.sse(opcode)?,
-            _ => return Err(DecodeError::Unsupported),
+            _ => return Err(self.unsupported()),
         };
         self.finish(built)
     }
@@ -645,7 +650,7 @@ impl<'a> Decoder<'a> {
             // MOVQ2DQ/MOVDQ2Q (F3/F2 0F D6) exist but are not emulated.
             (0x10 | 0x11 | 0x2B, P::F3 | P::F2)
             | (0x6E | 0x6F | 0x7E | 0x7F | 0xE7, P::None)
-            | (0xD6, P::F3 | P::F2) => return Err(DecodeError::Unsupported),
+            | (0xD6, P::F3 | P::F2) => return Err(self.unsupported()),
             _ => return Err(DecodeError::Invalid),
         };
         let m = self.modrm()?;

@@ -11,14 +11,28 @@
 //! (LOCK, the 15-byte limit) are shared. Nothing allocates and no input can
 //! panic.
 //!
+//! Where the CPU's own rules are subtle, the decoder follows them:
+//! a REX prefix counts only directly before the opcode (a legacy prefix
+//! after it cancels it) and only in 64-bit mode; the last segment override
+//! wins, except that 64-bit mode ignores ES/CS/SS/DS overrides; the last of
+//! F2/F3, else 66, is the mandatory prefix of SSE opcodes; LOCK is `#UD`
+//! except on the lockable instructions with a memory destination (all of
+//! which are emulated, so LOCK in front of any other opcode is `Invalid`).
+//!
 //! Intentional differences from a CPU, all on the side of refusing:
 //! - [`DecodeError::Unsupported`] is returned for every opcode outside the
-//!   emulated set without working out whether the CPU would accept it (so an
-//!   undefined opcode there, or a LOCK on it, is `Unsupported`, not
-//!   `Invalid`); the decoder does not compute the length of such opcodes.
+//!   emulated set without working out whether the CPU would accept it (so
+//!   an undefined opcode there is `Unsupported`, not `Invalid`, unless a
+//!   LOCK makes it `#UD` anyway); the decoder does not compute the length
+//!   of such opcodes. LOCK MOV CR0 (AMD's MOV CR8) stays `Unsupported`.
 //! - VEX (C4/C5), EVEX (62) and XOP (8F) encodings are `Unsupported`, or
 //!   `Invalid` where any encoding would be `#UD` (a 66/F2/F3/F0/REX prefix
-//!   in front, real and virtual-8086 mode).
+//!   in front, real and virtual-8086 mode); C4/C5/62 with ModRM.mod != 11
+//!   outside 64-bit mode are LES/LDS/BOUND, `Unsupported`.
+//! - XABORT/XBEGIN (C6 F8 / C7 F8) are `Unsupported`.
+//!
+//! tests/decode_iced.rs compares the decoder with iced-x86 over millions
+//! of generated and random encodings in every mode.
 
 use crate::mode::CpuMode;
 use crate::state::{Gpr, Segment};
@@ -234,6 +248,11 @@ impl Instruction {
 
 /// Decodes one instruction from `bytes` (at most the first 15 are used) as
 /// the CPU would in `mode`.
+///
+/// Bytes after the instruction are ignored, and every strict prefix of an
+/// accepted instruction's bytes gives [`DecodeError::Truncated`], so a
+/// caller may fetch the bytes piecewise (up to a page edge, then the rest)
+/// and retry while it gets `Truncated`.
 pub fn decode(bytes: &[u8], mode: CpuMode) -> Result<Instruction, DecodeError> {
     decoder::decode(bytes, mode)
 }

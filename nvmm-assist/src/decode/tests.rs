@@ -821,7 +821,14 @@ fn every_mode_every_short_input_is_safe() {
                 let bytes = [a, b, 0x24, 0x80, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77];
                 for n in 0..=bytes.len() {
                     if let Ok(i) = decode(&bytes[..n], mode) {
-                        assert!(usize::from(i.len) <= n && i.len <= 15 && i.len >= 1);
+                        let len = usize::from(i.len);
+                        assert!(len <= n && (1..=15).contains(&len));
+                        // Every shorter prefix asks for more bytes.
+                        if n == len {
+                            for k in 0..len {
+                                assert_eq!(decode(&bytes[..k], mode), Err(DecodeError::Truncated));
+                            }
+                        }
                     }
                 }
             }

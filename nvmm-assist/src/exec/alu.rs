@@ -13,7 +13,7 @@ use crate::flags::{self, CF};
 use crate::state::CpuState;
 
 /// The result and new RFLAGS of `op` on `a` (destination) and `b` (source).
-#[inline]
+#[inline(always)]
 pub(crate) fn compute(op: Mnemonic, a: u64, b: u64, size: u8, rflags: u64) -> Option<(u64, u64)> {
     let carry = rflags & CF != 0;
     let m = flags::size_mask(size);

@@ -29,8 +29,28 @@ enum Kind {
     StoreImm,
     /// MOVZX reg, r/m8/16.
     Movzx,
-    /// Group 1: ALU r/m, imm.
+    /// Group 1: ALU r/m, imm; group 3 /0,/1: TEST r/m, imm.
     Alu,
+    /// ALU r/m, reg (00-39 even forms ending in 0/1, TEST 84/85): the
+    /// operation is in `op`.
+    AluToMem,
+    /// ALU reg, r/m (00-3B forms ending in 2/3).
+    AluToReg,
+}
+
+/// The operation of an ALU opcode 00-3F (bits 5:3).
+#[inline(always)]
+fn alu_op(index: u8) -> Mnemonic {
+    match index & 7 {
+        0 => Mnemonic::Add,
+        1 => Mnemonic::Or,
+        2 => Mnemonic::Adc,
+        3 => Mnemonic::Sbb,
+        4 => Mnemonic::And,
+        5 => Mnemonic::Sub,
+        6 => Mnemonic::Xor,
+        _ => Mnemonic::Cmp,
+    }
 }
 
 /// A GPR read with the operand-size rules: `size` 1 without REX picks
@@ -84,8 +104,8 @@ struct Fast {
     access_size: u8,
     /// The register operand's encoding (0-15).
     reg: u8,
-    /// The ModRM reg field (the group-1 operation).
-    reg_field: u8,
+    /// The ALU operation (Alu, AluToMem, AluToReg).
+    op: Mnemonic,
     /// A REX prefix is present (SPL..DIL instead of AH..BH).
     rex: bool,
     /// The immediate, sign-extended to 64 bits (16-bit ones zero-extended;
@@ -145,7 +165,18 @@ fn decode_form<S: CpuState + ?Sized>(state: &S, bytes: &[u8]) -> Option<Fast> {
         4
     };
     // (kind, operand size, immediate size, bytes accessed)
+    let mut op = Mnemonic::Mov;
     let (kind, size, imm_size, access_size) = match b {
+        0x84 => {
+            op = Mnemonic::Test;
+            (Kind::AluToMem, 1, 0, 1)
+        }
+        0x85 => {
+            op = Mnemonic::Test;
+            (Kind::AluToMem, vsize, 0, vsize)
+        }
+        0xF6 => (Kind::Alu, 1, 1, 1),
+        0xF7 => (Kind::Alu, vsize, if vsize == 2 { 2 } else { 4 }, vsize),
         0x88 => (Kind::Store, 1, 0, 1),
         0x89 => (Kind::Store, vsize, 0, vsize),
         0x8A => (Kind::Load, 1, 0, 1),
@@ -164,6 +195,17 @@ fn decode_form<S: CpuState + ?Sized>(state: &S, bytes: &[u8]) -> Option<Fast> {
                 _ => return None,
             }
         }
+        // ALU r/m,reg and reg,r/m: 00-03, 08-0B, ..., 38-3B.
+        0x00..=0x3B if b & 7 < 4 => {
+            op = alu_op(b >> 3);
+            let size = if b & 1 == 0 { 1 } else { vsize };
+            let kind = if b & 2 == 0 {
+                Kind::AluToMem
+            } else {
+                Kind::AluToReg
+            };
+            (kind, size, 0, size)
+        }
         _ => return None,
     };
     let modrm = byte(bytes, i)?;
@@ -173,6 +215,14 @@ fn decode_form<S: CpuState + ?Sized>(state: &S, bytes: &[u8]) -> Option<Fast> {
     let rm = modrm & 7;
     if md == 3 || (kind == Kind::StoreImm && reg_field != 0) {
         return None;
+    }
+    if kind == Kind::Alu {
+        op = match b {
+            // Group 3: only TEST (/0 and its alias /1) here.
+            0xF6 | 0xF7 if reg_field < 2 => Mnemonic::Test,
+            0xF6 | 0xF7 => return None,
+            _ => alu_op(reg_field),
+        };
     }
     let rex_b = (rex & 1) << 3;
     let mut rip_relative = false;
@@ -242,7 +292,7 @@ fn decode_form<S: CpuState + ?Sized>(state: &S, bytes: &[u8]) -> Option<Fast> {
         size,
         access_size,
         reg: reg_field | ((rex & 4) << 1),
-        reg_field,
+        op,
         rex: rex != 0,
         imm,
         linear,
@@ -312,24 +362,23 @@ where
             let (g, v) = merged(state, f.reg, f.size, f.rex, u64::from_le_bytes(buf));
             state.set_gpr(g, v);
         }
-        Kind::Alu => {
-            let op = match f.reg_field {
-                0 => Mnemonic::Add,
-                1 => Mnemonic::Or,
-                2 => Mnemonic::Adc,
-                3 => Mnemonic::Sbb,
-                4 => Mnemonic::And,
-                5 => Mnemonic::Sub,
-                6 => Mnemonic::Xor,
-                _ => Mnemonic::Cmp,
-            };
+        Kind::Alu | Kind::AluToMem | Kind::AluToReg => {
             read(ram, mmio, gpa, buf.get_mut(..n).unwrap_or(&mut []))?;
-            let old = u64::from_le_bytes(buf);
-            let (r, fl) =
-                alu::compute(op, old, f.imm, f.size, new_flags).unwrap_or((old, new_flags));
-            if op != Mnemonic::Cmp {
-                let data = r.to_le_bytes();
-                write(ram, mmio, gpa, data.get(..n).unwrap_or(&[]))?;
+            let mem = u64::from_le_bytes(buf);
+            let (a, b) = match f.kind {
+                Kind::Alu => (mem, f.imm),
+                Kind::AluToMem => (mem, read_reg(state, f.reg, f.size, f.rex)),
+                _ => (read_reg(state, f.reg, f.size, f.rex), mem),
+            };
+            let (r, fl) = alu::compute(f.op, a, b, f.size, new_flags).unwrap_or((a, new_flags));
+            if !matches!(f.op, Mnemonic::Cmp | Mnemonic::Test) {
+                if f.kind == Kind::AluToReg {
+                    let (g, v) = merged(state, f.reg, f.size, f.rex, r);
+                    state.set_gpr(g, v);
+                } else {
+                    let data = r.to_le_bytes();
+                    write(ram, mmio, gpa, data.get(..n).unwrap_or(&[]))?;
+                }
             }
             new_flags = fl;
         }
@@ -401,10 +450,34 @@ mod tests {
         &[0x83],
         &[0x0F, 0xB6],
         &[0x0F, 0xB7],
+        &[0x00],
+        &[0x01],
+        &[0x02],
+        &[0x03],
+        &[0x09],
+        &[0x0A],
+        &[0x11],
+        &[0x13],
+        &[0x18],
+        &[0x21],
+        &[0x22],
+        &[0x29],
+        &[0x2B],
+        &[0x30],
+        &[0x33],
+        &[0x38],
+        &[0x39],
+        &[0x3A],
+        &[0x3B],
+        &[0x84],
+        &[0x85],
+        &[0xF6],
+        &[0xF7],
         // Near misses the fast path must leave alone.
         &[0x0F, 0xBE],
-        &[0x85],
-        &[0x01],
+        &[0x04],
+        &[0x3D],
+        &[0x86],
     ];
 
     fn random_instruction(rng: &mut Rng) -> Vec<u8> {

@@ -17,7 +17,6 @@ where
 {
     let insn = x.insn;
     let op = insn.mnemonic;
-    let size = insn.operand_size;
     match (insn.operands[0], insn.operands[1]) {
         // Stores: MOV/MOVNTI from a register or immediate, SETcc.
         (Operand::Mem(m), src) => {
@@ -66,7 +65,6 @@ where
                 Mnemonic::Mov => x.read_value_operand(&src)?,
                 _ => return Err(x.unsupported()),
             };
-            let _ = size;
             x.write_reg(d, value);
         }
         _ => return Err(x.unsupported()),

@@ -778,7 +778,9 @@ impl Oracle {
 
     pub fn report(&self, name: &str) {
         let t = &self.tally;
-        println!(
+        // Written to stdout directly, past libtest's capture, so that the
+        // figures appear in `cargo test` and `cargo xtask ci` output.
+        let line = format!(
             "decoder differential ({name}): {} cases compared against iced-x86, {} mismatches \
              (both accept, equal: {}; both reject: {}; valid but not emulated: {}; \
              not emulated, validity not judged: {}; agreeing only through a documented \
@@ -791,6 +793,10 @@ impl Oracle {
             t.not_classified,
             t.intentional
         );
+        {
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout().lock(), "{line}");
+        }
         for e in &t.examples {
             println!("  mismatch {e}");
         }

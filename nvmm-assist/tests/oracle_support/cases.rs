@@ -177,6 +177,13 @@ pub fn modrm_case(rng: &mut Rng, form: &Form, l: &Layout) -> Option<Case> {
         access = (access & !63) + 64 - mem_size.next_power_of_two().min(64);
         access &= !(form.align.max(1) - 1);
     }
+    // Some unlocked, unaligned operands start in the RAM window and end in
+    // the MMIO buffer right after it: split between RAM and MMIO.
+    let mut split = false;
+    if !is_locked && form.align <= 1 && mem_size > 1 && rng.chance(6) {
+        access = l.mmio - 1 - rng.below(mem_size - 1);
+        split = true;
+    }
     let ea = access.wrapping_sub(adjust as u64);
     let mut mem = None;
     for _ in 0..20 {
@@ -245,12 +252,13 @@ pub fn modrm_case(rng: &mut Rng, form: &Form, l: &Layout) -> Option<Case> {
     Some(Case {
         group: form.group,
         name: format!(
-            "{} size {} {}{}{}",
+            "{} size {} {}{}{}{}",
             form.name,
             size,
             mem.shape,
             if addr32 { " a32" } else { "" },
-            if locked { " lock" } else { "" }
+            if locked { " lock" } else { "" },
+            if split { " ram|mmio" } else { "" }
         ),
         bytes,
         ctx,

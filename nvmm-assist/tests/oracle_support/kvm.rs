@@ -300,12 +300,13 @@ impl Guest {
         self.state()
     }
 
-    /// The vCPU state as `Registers` (no XMM).
+    /// The vCPU state as `Registers`, XMM0-15 included.
     pub fn state(&self) -> Result<Registers, String> {
         let s = self
             .vcpu
             .get_sregs()
             .map_err(|e| format!("get_sregs: {e}"))?;
+        let f = self.vcpu.get_fpu().map_err(|e| format!("get_fpu: {e}"))?;
         let r = self.vcpu.get_regs().map_err(|e| format!("get_regs: {e}"))?;
         Ok(Registers {
             gprs: [
@@ -319,7 +320,7 @@ impl Guest {
             cr3: s.cr3,
             cr4: s.cr4,
             efer: s.efer,
-            xmm: None,
+            xmm: Some(f.xmm.map(u128::from_le_bytes)),
         })
     }
 

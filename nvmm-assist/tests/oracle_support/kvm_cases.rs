@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use super::encode::{self, DF, Form, Imm, Kind, RegField, Rng, STATUS};
+use super::kvm::HOLE;
 use super::kvm_modes::{CODE, ModeDef, STACK, Window};
 use nvmm_assist::{Registers, Segment};
 
@@ -50,6 +51,11 @@ fn random_state(rng: &mut Rng, mode: &ModeDef) -> Registers {
     }
     st.gprs[4] = STACK;
     st.rip = CODE;
+    let mut x = [0u128; 16];
+    for v in x.iter_mut() {
+        *v = u128::from(rng.next()) << 64 | u128::from(rng.next());
+    }
+    st.xmm = Some(x);
     st.rflags = 2 | (rng.next() & STATUS) | if rng.chance(30) { DF } else { 0 };
     st
 }
@@ -117,7 +123,7 @@ fn dst_window<'a>(
 /// A ModRM memory form in `mode`, or `None` if the form does not exist
 /// there (64-bit only forms, SSE: the KVM state here has no XMM).
 pub fn mem_case(rng: &mut Rng, form: &Form, mode: &ModeDef) -> Option<KCase> {
-    if form.reg == RegField::Xmm || (form.rex_w == Some(true) && mode.bits != 8) {
+    if form.rex_w == Some(true) && mode.bits != 8 {
         return None;
     }
     let sizes: Vec<u8> = form
@@ -186,7 +192,29 @@ pub fn mem_case(rng: &mut Rng, form: &Form, mode: &ModeDef) -> Option<KCase> {
         reg
     };
     let access_off = w.off + 1024 + rng.below(w.len - mem_size - 2048);
-    let access_off = access_off & !(form.align.max(1) - 1);
+    let mut access_off = access_off & !(form.align.max(1) - 1);
+    // Some accesses (40% of those in the flat hole windows) straddle the edge between RAM and the hole
+    // (0x9ffff|0xa0000 or 0xbffff|0xc0000), where the window maps the hole
+    // linearly: part RAM, part MMIO, split by page. Locked and aligned
+    // forms stay whole.
+    let mut straddle = false;
+    if w.gpa == HOLE.0
+        && w.off == HOLE.0
+        && w.len == HOLE.1
+        && mem_size > 1
+        && form.align <= 1
+        && !form.lockable
+        && form.group != "xchg"
+        && rng.chance(40)
+    {
+        let k = 1 + rng.below(mem_size - 1);
+        access_off = if rng.chance(50) {
+            w.off - k
+        } else {
+            w.off + w.len - k
+        };
+        straddle = true;
+    }
     let ea = access_off.wrapping_sub(adjust as u64);
     let fixed: Vec<(u8, u64)> = match form.kind {
         Kind::Push => vec![(4, STACK)],
@@ -253,7 +281,7 @@ pub fn mem_case(rng: &mut Rng, form: &Form, mode: &ModeDef) -> Option<KCase> {
     if bytes.len() > 15 {
         return None;
     }
-    let gpa = w.gpa + (access_off - w.off);
+    let gpa = w.gpa.wrapping_add(access_off.wrapping_sub(w.off));
     let mut val: Vec<u8> = (0..mem_size).map(|_| rng.next() as u8).collect();
     if matches!(form.kind, Kind::CmpXchg) && rng.chance(50) {
         let mut cmp = st.gprs[0].to_le_bytes()[..(mem_size as usize).min(8)].to_vec();
@@ -269,13 +297,18 @@ pub fn mem_case(rng: &mut Rng, form: &Form, mode: &ModeDef) -> Option<KCase> {
         ram_patch.push((STACK, (0..size).map(|_| rng.next() as u8).collect()));
     }
     Some(KCase {
-        group: form.group,
+        // Accesses split between RAM and MMIO get a group of their own.
+        group: if straddle {
+            "ram|mmio split"
+        } else {
+            form.group
+        },
         name: format!("{} size {size} a{} {}", form.name, asz * 8, mem.shape),
         bytes,
         state: st,
         dev_patch: vec![(gpa, val)],
         ram_patch,
-        first_gpa: Some(gpa),
+        first_gpa: if straddle { None } else { Some(gpa) },
         io: None,
         undefined: form.undefined,
     })

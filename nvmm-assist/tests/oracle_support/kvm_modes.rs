@@ -271,7 +271,17 @@ pub fn modes(ram: &mut [u8]) -> Vec<ModeDef> {
         flat(0x10, 3),
         flat(0x10, 3),
         seg(0x28, 0xA0000, 0x1ffff, 3, true, false, false),
-        seg(0x30, HIGH.0 - 0x1000, 0xf_ffff, 3, true, false, false),
+        // GS: 32-bit expand-down (B=1): offsets 0x8000_0000..=0xffff_ffff
+        // are valid; base + 0x8000_0000 is the high MMIO range.
+        seg(
+            0x30,
+            HIGH.0 - 0x8000_0000,
+            0x7fff_ffff,
+            7,
+            true,
+            false,
+            true,
+        ),
     ];
     st.cr0 = 0x11;
     let p32_windows = vec![
@@ -298,7 +308,7 @@ pub fn modes(ram: &mut [u8]) -> Vec<ModeDef> {
         },
         Window {
             seg: 5,
-            off: 0x1000,
+            off: 0x8000_0000,
             len: 0x10000,
             gpa: HIGH.0,
             mmio: true,
@@ -464,5 +474,8 @@ pub fn modes(ram: &mut [u8]) -> Vec<ModeDef> {
             },
         ],
     });
+    for m in v.iter_mut() {
+        m.state.cr4 |= 0x600;
+    }
     v
 }

@@ -131,8 +131,14 @@ impl CommPage {
         // only during ioctls of this VCPU, which need the `&mut Vcpu` our
         // caller holds.
         unsafe {
-            commit.write_volatile(commit.read_volatile() | classes.bits());
-            cached.write_volatile(cached.read_volatile() | classes.bits());
+            let c = commit.read_volatile();
+            if c & classes.bits() != classes.bits() {
+                commit.write_volatile(c | classes.bits());
+            }
+            let k = cached.read_volatile();
+            if k & classes.bits() != classes.bits() {
+                cached.write_volatile(k | classes.bits());
+            }
         }
     }
 
