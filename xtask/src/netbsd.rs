@@ -36,7 +36,7 @@ pub fn ensure_target() -> Result<()> {
     if !crate::util::program_exists("rustup") {
         return Err(fail!(
             "rustup not found: the {TARGET} standard library comes from `rustup target add {TARGET}`; \
-             install Rust with rustup (https://rustup.rs)"
+             install Rust with rustup"
         ));
     }
     eprintln!("xtask: installing the {TARGET} standard library (rustup target add {TARGET})");
@@ -49,7 +49,7 @@ pub fn ensure_target() -> Result<()> {
         Ok(status) => Err(fail!("rustup target add {TARGET} failed ({status})")),
         Err(_) => Err(fail!(
             "rustup not found: the {TARGET} standard library comes from `rustup target add {TARGET}`; \
-             install Rust with rustup (https://rustup.rs)"
+             install Rust with rustup"
         )),
     }
 }
