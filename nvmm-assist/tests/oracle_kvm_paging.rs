@@ -13,9 +13,10 @@
 
 mod support;
 
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_segment, kvm_userspace_memory_region};
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_segment};
 use kvm_ioctls::{Kvm, VcpuExit};
 use nvmm_assist::{AccessType, Error, Exception, translate};
+use support::kvm_flat::FlatVm;
 use support::*;
 
 const MEM: usize = 0x40_0000;
@@ -180,114 +181,79 @@ fn linear(case: &Case) -> u64 {
 
 /// Runs the case on KVM: the outcome and the guest memory afterwards.
 fn run_kvm(kvm: &Kvm, case: &Case, image: &Image) -> Result<(Result2, Vec<u8>), String> {
-    let vm = kvm.create_vm().map_err(|e| format!("create_vm: {e}"))?;
-    // SAFETY: an anonymous private mapping of MEM bytes, unmapped below
-    // after the VM (which references it) has been dropped.
-    let host = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            MEM,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
+    let mut guest = FlatVm::new(kvm, &image.ram.mem)?;
+    let vcpu = &mut guest.vcpu;
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| format!("cpuid: {e}"))?;
+    vcpu.set_cpuid2(&cpuid)
+        .map_err(|e| format!("set_cpuid2: {e}"))?;
+    let (cr0, cr4, efer, rflags) = control(case);
+    let mut sregs = vcpu.get_sregs().map_err(|e| format!("get_sregs: {e}"))?;
+    let user = case.cpl == 3;
+    sregs.cs = if user {
+        seg(0x23, true, 3)
+    } else {
+        seg(0x08, true, 0)
     };
-    if host == libc::MAP_FAILED {
-        return Err("mmap failed".into());
-    }
-    let result = (|| {
-        // SAFETY: `host` is a live mapping of MEM bytes, and the image has
-        // exactly MEM bytes.
-        let mem = unsafe { std::slice::from_raw_parts_mut(host.cast::<u8>(), MEM) };
-        mem.copy_from_slice(&image.ram.mem);
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: MEM as u64,
-            userspace_addr: host as u64,
-        };
-        // SAFETY: the region is valid for the VM's lifetime (unmapped only
-        // after `vm` is dropped at the end of this closure).
-        unsafe { vm.set_user_memory_region(region) }.map_err(|e| format!("memory region: {e}"))?;
-        let mut vcpu = vm.create_vcpu(0).map_err(|e| format!("create_vcpu: {e}"))?;
-        let cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|e| format!("cpuid: {e}"))?;
-        vcpu.set_cpuid2(&cpuid)
-            .map_err(|e| format!("set_cpuid2: {e}"))?;
-        let (cr0, cr4, efer, rflags) = control(case);
-        let mut sregs = vcpu.get_sregs().map_err(|e| format!("get_sregs: {e}"))?;
-        let user = case.cpl == 3;
-        sregs.cs = if user {
-            seg(0x23, true, 3)
-        } else {
-            seg(0x08, true, 0)
-        };
-        let data = if user {
-            seg(0x1B, false, 3)
-        } else {
-            seg(0x10, false, 0)
-        };
-        sregs.ds = data;
-        sregs.es = data;
-        sregs.fs = data;
-        sregs.gs = data;
-        sregs.ss = data;
-        sregs.tr = kvm_segment {
-            base: TSS,
-            limit: 0x67,
-            selector: 0x28,
-            type_: 11,
-            present: 1,
-            s: 0,
-            ..seg(0, false, 0)
-        };
-        sregs.tr.db = 0;
-        sregs.tr.g = 0;
-        sregs.gdt.base = GDT;
-        sregs.gdt.limit = 7 * 8 - 1;
-        sregs.idt.base = IDT;
-        sregs.idt.limit = 32 * 16 - 1;
-        sregs.cr0 = cr0;
-        sregs.cr3 = ROOT;
-        sregs.cr4 = cr4;
-        sregs.efer = efer;
-        vcpu.set_sregs(&sregs)
-            .map_err(|e| format!("set_sregs: {e}"))?;
-        let mut regs = vcpu.get_regs().map_err(|e| format!("get_regs: {e}"))?;
-        regs.rip = if user { USER_CODE } else { KERNEL_CODE };
-        regs.rsp = if user {
-            USER_STACK_PAGE + 0x1000
-        } else {
-            KERNEL_STACK_PAGE + 0x1000
-        };
-        regs.rflags = rflags;
-        regs.rbx = linear(case);
-        regs.r15 = 0;
-        vcpu.set_regs(&regs).map_err(|e| format!("set_regs: {e}"))?;
-        let outcome = match vcpu.run().map_err(|e| format!("run: {e}"))? {
-            VcpuExit::IoOut(DONE_PORT, _) => Result2::Ok,
-            VcpuExit::Hlt => {
-                let r = vcpu.get_regs().map_err(|e| format!("get_regs: {e}"))?;
-                if r.r15 == 14 {
-                    Result2::PageFault {
-                        address: r.rcx,
-                        code: r.rdx as u32,
-                    }
-                } else {
-                    Result2::Other(format!("exception vector {} at rip {:#x}", r.r15, r.rip))
+    let data = if user {
+        seg(0x1B, false, 3)
+    } else {
+        seg(0x10, false, 0)
+    };
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = kvm_segment {
+        base: TSS,
+        limit: 0x67,
+        selector: 0x28,
+        type_: 11,
+        present: 1,
+        s: 0,
+        ..seg(0, false, 0)
+    };
+    sregs.tr.db = 0;
+    sregs.tr.g = 0;
+    sregs.gdt.base = GDT;
+    sregs.gdt.limit = 7 * 8 - 1;
+    sregs.idt.base = IDT;
+    sregs.idt.limit = 32 * 16 - 1;
+    sregs.cr0 = cr0;
+    sregs.cr3 = ROOT;
+    sregs.cr4 = cr4;
+    sregs.efer = efer;
+    vcpu.set_sregs(&sregs)
+        .map_err(|e| format!("set_sregs: {e}"))?;
+    let mut regs = vcpu.get_regs().map_err(|e| format!("get_regs: {e}"))?;
+    regs.rip = if user { USER_CODE } else { KERNEL_CODE };
+    regs.rsp = if user {
+        USER_STACK_PAGE + 0x1000
+    } else {
+        KERNEL_STACK_PAGE + 0x1000
+    };
+    regs.rflags = rflags;
+    regs.rbx = linear(case);
+    regs.r15 = 0;
+    vcpu.set_regs(&regs).map_err(|e| format!("set_regs: {e}"))?;
+    let outcome = match vcpu.run().map_err(|e| format!("run: {e}"))? {
+        VcpuExit::IoOut(DONE_PORT, _) => Result2::Ok,
+        VcpuExit::Hlt => {
+            let r = vcpu.get_regs().map_err(|e| format!("get_regs: {e}"))?;
+            if r.r15 == 14 {
+                Result2::PageFault {
+                    address: r.rcx,
+                    code: r.rdx as u32,
                 }
+            } else {
+                Result2::Other(format!("exception vector {} at rip {:#x}", r.r15, r.rip))
             }
-            other => Result2::Other(format!("exit {other:?}")),
-        };
-        Ok((outcome, mem.to_vec()))
-    })();
-    drop(vm);
-    // SAFETY: the mapping made above; the VM that used it is gone.
-    unsafe { libc::munmap(host, MEM) };
-    result
+        }
+        other => Result2::Other(format!("exit {other:?}")),
+    };
+    Ok((outcome, guest.ram()))
 }
 
 fn run_model(case: &Case, image: &mut Image) -> Result2 {

@@ -10,12 +10,13 @@
 
 mod support;
 
-use kvm_bindings::{kvm_segment, kvm_userspace_memory_region};
+use kvm_bindings::kvm_segment;
 use kvm_ioctls::{Kvm, VcpuExit};
 use nvmm_assist::{
     AccessType, CpuMode, Error, Exception, Segment, SegmentAttributes, SegmentRegister,
     linear_address,
 };
+use support::kvm_flat::FlatVm;
 use support::*;
 
 const MEM: usize = 0x10_0000;
@@ -109,85 +110,52 @@ fn image(case: &Case) -> Vec<u8> {
 }
 
 fn run_kvm(kvm: &Kvm, case: &Case) -> Result<Outcome, String> {
-    let vm = kvm.create_vm().map_err(|e| format!("create_vm: {e}"))?;
-    // SAFETY: an anonymous private mapping of MEM bytes, unmapped below
-    // after the VM that references it is dropped.
-    let host = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            MEM,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if host == libc::MAP_FAILED {
-        return Err("mmap failed".into());
+    let mut guest = FlatVm::new(kvm, &image(case))?;
+    let vcpu = &mut guest.vcpu;
+    let mut sregs = vcpu.get_sregs().map_err(|e| format!("get_sregs: {e}"))?;
+    sregs.cs = kvm_seg(&flat(0x08, 0xB), false);
+    let data = kvm_seg(&flat(0x10, 0x3), false);
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ds = data;
+    sregs.ss = data;
+    let test = kvm_seg(&case.seg, case.unusable);
+    if case.ss {
+        sregs.ss = test;
+    } else {
+        sregs.ds = test;
     }
-    let result = (|| {
-        // SAFETY: `host` is a live mapping of MEM bytes.
-        let mem = unsafe { std::slice::from_raw_parts_mut(host.cast::<u8>(), MEM) };
-        mem.copy_from_slice(&image(case));
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: MEM as u64,
-            userspace_addr: host as u64,
-        };
-        // SAFETY: the mapping outlives the VM (unmapped after `vm` drops).
-        unsafe { vm.set_user_memory_region(region) }.map_err(|e| format!("region: {e}"))?;
-        let mut vcpu = vm.create_vcpu(0).map_err(|e| format!("create_vcpu: {e}"))?;
-        let mut sregs = vcpu.get_sregs().map_err(|e| format!("get_sregs: {e}"))?;
-        sregs.cs = kvm_seg(&flat(0x08, 0xB), false);
-        let data = kvm_seg(&flat(0x10, 0x3), false);
-        sregs.es = data;
-        sregs.fs = data;
-        sregs.gs = data;
-        sregs.ds = data;
-        sregs.ss = data;
-        let test = kvm_seg(&case.seg, case.unusable);
-        if case.ss {
-            sregs.ss = test;
-        } else {
-            sregs.ds = test;
-        }
-        sregs.gdt.base = GDT;
-        sregs.gdt.limit = 23;
-        sregs.idt.base = IDT;
-        sregs.idt.limit = 32 * 8 - 1;
-        sregs.cr0 = 0x11; // PE | ET
-        sregs.cr4 = 0;
-        sregs.efer = 0;
-        vcpu.set_sregs(&sregs)
-            .map_err(|e| format!("set_sregs: {e}"))?;
-        let mut regs = vcpu.get_regs().map_err(|e| format!("get_regs: {e}"))?;
-        regs.rip = CODE;
-        regs.rsp = if case.ss { u64::from(case.esp) } else { STACK };
-        regs.rflags = 2;
-        regs.rbx = u64::from(case.offset);
-        regs.rdi = 0xFF;
-        vcpu.set_regs(&regs).map_err(|e| format!("set_regs: {e}"))?;
-        let outcome = match vcpu.run().map_err(|e| format!("run: {e}"))? {
-            VcpuExit::IoOut(DONE_PORT, _) => Outcome::Ok(None),
-            VcpuExit::MmioRead(addr, _) | VcpuExit::MmioWrite(addr, _) => Outcome::Ok(Some(addr)),
-            VcpuExit::Hlt => {
-                let r = vcpu.get_regs().map_err(|e| format!("get_regs: {e}"))?;
-                match (r.rdi, r.rsi) {
-                    (13, 0) => Outcome::Gp0,
-                    (12, 0) => Outcome::Ss0,
-                    (v, c) => Outcome::Other(format!("vector {v} code {c:#x}")),
-                }
+    sregs.gdt.base = GDT;
+    sregs.gdt.limit = 23;
+    sregs.idt.base = IDT;
+    sregs.idt.limit = 32 * 8 - 1;
+    sregs.cr0 = 0x11; // PE | ET
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+    vcpu.set_sregs(&sregs)
+        .map_err(|e| format!("set_sregs: {e}"))?;
+    let mut regs = vcpu.get_regs().map_err(|e| format!("get_regs: {e}"))?;
+    regs.rip = CODE;
+    regs.rsp = if case.ss { u64::from(case.esp) } else { STACK };
+    regs.rflags = 2;
+    regs.rbx = u64::from(case.offset);
+    regs.rdi = 0xFF;
+    vcpu.set_regs(&regs).map_err(|e| format!("set_regs: {e}"))?;
+    let outcome = match vcpu.run().map_err(|e| format!("run: {e}"))? {
+        VcpuExit::IoOut(DONE_PORT, _) => Outcome::Ok(None),
+        VcpuExit::MmioRead(addr, _) | VcpuExit::MmioWrite(addr, _) => Outcome::Ok(Some(addr)),
+        VcpuExit::Hlt => {
+            let r = vcpu.get_regs().map_err(|e| format!("get_regs: {e}"))?;
+            match (r.rdi, r.rsi) {
+                (13, 0) => Outcome::Gp0,
+                (12, 0) => Outcome::Ss0,
+                (v, c) => Outcome::Other(format!("vector {v} code {c:#x}")),
             }
-            other => Outcome::Other(format!("exit {other:?}")),
-        };
-        Ok(outcome)
-    })();
-    drop(vm);
-    // SAFETY: the mapping made above; the VM that used it is gone.
-    unsafe { libc::munmap(host, MEM) };
-    result
+        }
+        other => Outcome::Other(format!("exit {other:?}")),
+    };
+    Ok(outcome)
 }
 
 fn run_model(case: &Case) -> Result<u64, Error> {

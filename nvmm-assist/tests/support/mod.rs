@@ -9,3 +9,6 @@ mod testutil;
 pub use testutil::*;
 
 pub mod memdev;
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub mod kvm_flat;
