@@ -31,6 +31,8 @@ mod mock;
 #[path = "oracle_support/native.rs"]
 mod native;
 
+use mock::assist;
+
 use encode::Rng;
 use native::{Context, Native};
 
@@ -109,37 +111,17 @@ fn generator_targets_the_operand() {
     assert!(n > 2000);
 }
 
-/// A known-open mismatch: its BUGS.md title and which cases it covers.
+/// A known-open mismatch: the title of its issue and which cases it covers.
 type KnownOpen = (&'static str, fn(&cases::Case) -> bool);
 
-/// Known-open emulator bugs (each recorded in /work/wt/BUGS.md with a
-/// reproducer and an owner). Matching cases are compared and counted as
+/// Known-open emulator bugs (each filed as a project issue with a
+/// reproducer). Matching cases are compared and counted as
 /// known-open mismatches in the printed figures, not asserted; a matching
 /// case that now passes is counted as a pass. Remove an entry once fixed.
 const KNOWN_OPEN: &[KnownOpen] = &[
-    // BUG-1 (a32 REP with ECX=0 kept RCX[63:32]) was here; fixed on main by
-    // emulator and now asserted like every other case.
+    // Empty: the one bug this suite found (a32 REP with ECX=0 kept
+    // RCX[63:32]) is fixed and its cases are asserted like every other.
 ];
-
-fn assist(
-    st: &mut nvmm_assist::Registers,
-    ram: &mut mock::SparseRam,
-    mmio: &mut mock::RecordingMmio,
-    gpa: u64,
-    write: bool,
-    bytes: &[u8],
-) -> Result<nvmm_assist::Outcome, nvmm_assist::Error> {
-    let exit = nvmm_assist::MemExit {
-        gpa,
-        access: if write {
-            nvmm_assist::AccessType::Write
-        } else {
-            nvmm_assist::AccessType::Read
-        },
-        instruction: bytes,
-    };
-    nvmm_assist::assist_mem(st, ram, mmio, &exit)
-}
 
 /// Cases per form (and per moffs/string round); fewer in debug builds.
 fn rounds() -> usize {
@@ -227,7 +209,7 @@ fn host_cpu_oracle() {
     let total: u64 = per_group.values().map(|v| v.0).sum();
     let mism: u64 = per_group.values().map(|v| v.1).sum();
     figure!(
-        "host-cpu oracle: {total} cases compared, {mism} mismatches ({known_open} of them known-open, listed in BUGS.md), seed {seed:#x}"
+        "host-cpu oracle: {total} cases compared, {mism} mismatches ({known_open} of them known-open, each a filed issue), seed {seed:#x}"
     );
     for (g, (n, m, u, t)) in &per_group {
         figure!(
@@ -240,7 +222,7 @@ fn host_cpu_oracle() {
         split_cases.get()
     );
     for (t, n) in &known_titles {
-        figure!("  known-open (BUGS.md): {n} cases: {t}");
+        figure!("  known-open (filed issue): {n} cases: {t}");
     }
     for (g, f) in &undefined_seen {
         figure!("  masked undefined flags where the assist differs from this CPU: {g}: {f:#x}");

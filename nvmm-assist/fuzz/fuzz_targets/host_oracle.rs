@@ -26,6 +26,8 @@ mod mock;
 #[path = "../../tests/oracle_support/native.rs"]
 mod native;
 
+use mock::assist;
+
 use cases::{Case, StringInfo};
 use encode::{AF, DF, Expect, OF, PF, Rng, SF, STATUS};
 use libfuzzer_sys::fuzz_target;
@@ -38,26 +40,6 @@ static COMPARED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::ne
 
 thread_local! {
     static ORACLE: RefCell<host::HostOracle> = RefCell::new(host::HostOracle::new());
-}
-
-fn assist(
-    st: &mut nvmm_assist::Registers,
-    ram: &mut mock::SparseRam,
-    mmio: &mut mock::RecordingMmio,
-    gpa: u64,
-    write: bool,
-    bytes: &[u8],
-) -> Result<nvmm_assist::Outcome, nvmm_assist::Error> {
-    let exit = nvmm_assist::MemExit {
-        gpa,
-        access: if write {
-            nvmm_assist::AccessType::Write
-        } else {
-            nvmm_assist::AccessType::Read
-        },
-        instruction: bytes,
-    };
-    nvmm_assist::assist_mem(st, ram, mmio, &exit)
 }
 
 fn undefined_flags(m: Mnemonic) -> u64 {

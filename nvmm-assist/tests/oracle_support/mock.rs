@@ -253,3 +253,25 @@ pub fn long_mode_user(cr3: u64, fs_base: u64, gs_base: u64) -> Registers {
         xmm: Some([0; 16]),
     }
 }
+
+/// One `assist_mem` call for a memory exit at `gpa` (a read or a write
+/// access, as the exit reports), with the instruction bytes in the exit.
+pub fn assist(
+    st: &mut Registers,
+    ram: &mut SparseRam,
+    mmio: &mut RecordingMmio,
+    gpa: u64,
+    write: bool,
+    bytes: &[u8],
+) -> Result<nvmm_assist::Outcome, nvmm_assist::Error> {
+    let exit = nvmm_assist::MemExit {
+        gpa,
+        access: if write {
+            nvmm_assist::AccessType::Write
+        } else {
+            nvmm_assist::AccessType::Read
+        },
+        instruction: bytes,
+    };
+    nvmm_assist::assist_mem(st, ram, mmio, &exit)
+}
