@@ -58,6 +58,7 @@ mod exit;
 mod machine;
 mod memory;
 mod state;
+mod stop_request;
 pub mod sys;
 mod vcpu;
 
@@ -78,6 +79,7 @@ pub use state::{
     Cr, Crs, Dr, Drs, Fpu, Gpr, Gprs, Intr, IntrState, Msr, Msrs, Seg, SegAttrib, Segment, Segs,
     StateClasses,
 };
+pub use stop_request::StopRequest;
 pub use vcpu::{CpuidConf, CpuidRegs, Event, PROVIDED_ON_IO_AND_MEMORY, Vcpu};
 
 #[cfg(feature = "assist")]
