@@ -76,8 +76,8 @@ pub use exit::{Exit, ExitState, IoDirection, IoExit, MemAccess, MemoryExit, Rdms
 pub use machine::{Machine, MachineConf};
 pub use memory::{GpaArea, HostMapping, Prot};
 pub use state::{
-    Cr, Crs, Dr, Drs, Fpu, Gpr, Gprs, Intr, IntrState, Msr, Msrs, Seg, SegAttrib, Segment, Segs,
-    StateClasses,
+    Cr, Crs, DEFAULT_MXCSR_MASK, Dr, Drs, Fpu, Gpr, Gprs, Intr, IntrState, Msr, Msrs, Seg,
+    SegAttrib, Segment, Segs, StateClasses,
 };
 pub use stop_request::StopRequest;
 pub use vcpu::{CpuidConf, CpuidRegs, Event, PROVIDED_ON_IO_AND_MEMORY, Vcpu};
