@@ -67,7 +67,7 @@ mod vcpu;
 pub(crate) mod model;
 
 #[cfg(feature = "assist")]
-pub use assist::{GvaAccess, Outcome};
+pub use assist::{GvaAccess, GvaTranslation, Outcome};
 pub use comm::stop::VcpuStopper;
 pub use device::{Capability, MachineInfo, Nvmm, SUPPORTED_VERSION};
 pub use dump::StateDump;
