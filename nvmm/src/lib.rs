@@ -41,6 +41,10 @@
 //! # Ok::<(), nvmm::Error>(())
 //! ```
 //!
+//! Coming from libnvmm: see [`migration`] for every libnvmm function's
+//! counterpart, the semantic differences, and where this crate is stricter
+//! than the kernel.
+//!
 //! The crate compiles on any Unix so that its tests run against an
 //! in-process model of the kernel (see `tests/model`); on a host without
 //! NVMM, [`Nvmm::open`] returns [`Error::NotAvailable`].
@@ -57,6 +61,7 @@ mod error;
 mod exit;
 mod machine;
 mod memory;
+pub mod migration;
 mod state;
 mod stop_request;
 pub mod sys;
