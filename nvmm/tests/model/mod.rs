@@ -32,6 +32,7 @@
 
 mod memory;
 pub mod sanitize;
+mod script;
 mod vcpu;
 
 use std::alloc::Layout;
@@ -48,6 +49,9 @@ use nvmm::sys::{Kernel, OpenMode, PAGE_SIZE};
 
 #[allow(unused_imports)]
 pub use sanitize::reset_state;
+use script::zeroed_exit;
+#[allow(unused_imports)]
+pub use script::{GuestFn, ScriptedExit};
 use vcpu::{RunEnd, VcpuModel};
 
 const MAX_VCPUS: u32 = 256;
@@ -117,96 +121,6 @@ pub enum FailPoint {
     Ioctl(u64),
     MapCommPage,
     MapAnonymous,
-}
-
-/// A guest effect: edits the model's "hardware" state during a run.
-pub type GuestFn = Box<dyn FnMut(&mut sys::nvmm_x64_state) + Send>;
-
-/// One scripted VCPU exit.
-pub struct ScriptedExit {
-    pub exit: sys::nvmm_x86_exit,
-    pub guest: Option<GuestFn>,
-    /// A signal arrives for the VCPU thread while the guest runs.
-    pub signal: bool,
-}
-
-fn zeroed_exit() -> sys::nvmm_x86_exit {
-    // SAFETY: plain C data; all-zero is valid.
-    unsafe { std::mem::zeroed() }
-}
-
-impl ScriptedExit {
-    pub fn reason(reason: u64) -> Self {
-        let mut exit = zeroed_exit();
-        exit.reason = reason;
-        ScriptedExit {
-            exit,
-            guest: None,
-            signal: false,
-        }
-    }
-    pub fn io(port: u16, is_in: bool, size: u8, npc: u64) -> Self {
-        let mut s = Self::reason(sys::NVMM_VCPU_EXIT_IO);
-        s.exit.u.io = sys::nvmm_x86_exit_io {
-            in_: is_in,
-            port,
-            seg: -1,
-            address_size: 8,
-            operand_size: size,
-            rep: false,
-            str_: false,
-            npc,
-        };
-        s
-    }
-    pub fn memory(gpa: u64, write: bool, bytes: &[u8]) -> Self {
-        let mut s = Self::reason(sys::NVMM_VCPU_EXIT_MEMORY);
-        let mut inst = [0u8; 15];
-        let n = bytes.len().min(15);
-        inst[..n].copy_from_slice(&bytes[..n]);
-        s.exit.u.mem = sys::nvmm_x86_exit_memory {
-            prot: if write { 2 } else { 1 },
-            gpa,
-            inst_len: n as u8,
-            inst_bytes: inst,
-        };
-        s
-    }
-    pub fn rdmsr(msr: u32, npc: u64) -> Self {
-        let mut s = Self::reason(sys::NVMM_VCPU_EXIT_RDMSR);
-        s.exit.u.rdmsr = sys::nvmm_x86_exit_rdmsr { msr, npc };
-        s
-    }
-    pub fn wrmsr(msr: u32, val: u64, npc: u64) -> Self {
-        let mut s = Self::reason(sys::NVMM_VCPU_EXIT_WRMSR);
-        s.exit.u.wrmsr = sys::nvmm_x86_exit_wrmsr { msr, val, npc };
-        s
-    }
-    pub fn insn(reason: u64, npc: u64) -> Self {
-        let mut s = Self::reason(reason);
-        s.exit.u.insn = sys::nvmm_x86_exit_insn { npc };
-        s
-    }
-    /// A CPUID exit; the model's kernel replaces RAX-RDX with its own
-    /// answer for the leaf in RAX before returning it.
-    pub fn cpuid(npc: u64) -> Self {
-        Self::insn(sys::NVMM_VCPU_EXIT_CPUID, npc)
-    }
-    pub fn invalid(hwcode: u64) -> Self {
-        let mut s = Self::reason(sys::NVMM_VCPU_EXIT_INVALID);
-        s.exit.u.inv = sys::nvmm_x86_exit_invalid { hwcode };
-        s
-    }
-    /// Runs `f` on the hardware state when this exit is taken (the guest).
-    pub fn with_guest(mut self, f: impl FnMut(&mut sys::nvmm_x64_state) + Send + 'static) -> Self {
-        self.guest = Some(Box::new(f));
-        self
-    }
-    /// A signal for the VCPU thread arrives while the guest runs.
-    pub fn with_signal(mut self) -> Self {
-        self.signal = true;
-        self
-    }
 }
 
 /// A page of shared memory (a comm page).
@@ -629,42 +543,7 @@ unsafe impl Kernel for KernelModel {
                 let tpr_ok = self.config.vcpu_conf_support & sys::NVMM_CAP_ARCH_VCPU_CONF_TPR != 0;
                 let m = self.lookup(&mut st, fd, a.machid)?;
                 let v = m.vcpus.get_mut(&a.cpuid).ok_or(libc::ENOENT)?;
-                match a.op {
-                    op if op == sys::NVMM_VCPU_CONF_CPUID => {
-                        let c = unsafe { *a.conf.cast::<sys::nvmm_vcpu_conf_cpuid>() };
-                        if c.mask() != 0 && c.exit() != 0 {
-                            return Err(libc::EINVAL);
-                        }
-                        if c.mask() != 0 {
-                            let (s, d) = unsafe { (c.u.mask.set, c.u.mask.del) };
-                            if s.eax & d.eax != 0
-                                || s.ebx & d.ebx != 0
-                                || s.ecx & d.ecx != 0
-                                || s.edx & d.edx != 0
-                            {
-                                return Err(libc::EINVAL);
-                            }
-                        }
-                        if c.mask() == 0 && c.exit() == 0 {
-                            v.cpuid.remove(&c.leaf);
-                            return Ok(());
-                        }
-                        if !v.cpuid.contains_key(&c.leaf) && v.cpuid.len() >= maxops {
-                            return Err(libc::ENOBUFS);
-                        }
-                        v.cpuid.insert(c.leaf, c);
-                        Ok(())
-                    }
-                    op if op == sys::NVMM_VCPU_CONF_TPR => {
-                        if !tpr_ok {
-                            return Err(libc::EINVAL);
-                        }
-                        let c = unsafe { *a.conf.cast::<sys::nvmm_vcpu_conf_tpr>() };
-                        v.tpr_exit = c.exit_changed() != 0;
-                        Ok(())
-                    }
-                    _ => Err(libc::EINVAL),
-                }
+                unsafe { vcpu::configure(v, &a, maxops, tpr_ok) }
             }
             sys::NVMM_IOC_VCPU_GETSTATE => {
                 expect(size_of::<sys::nvmm_ioc_vcpu_getstate>())?;

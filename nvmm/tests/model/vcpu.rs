@@ -213,3 +213,55 @@ fn fill_exitstate(backend: Backend, e: &mut sys::nvmm_x86_exit, v: &VcpuModel) {
         (&raw mut e.exitstate).cast::<u64>().add(2).write(bits);
     }
 }
+
+/// VCPU_CONFIGURE (svm_vcpu_configure / vmx_vcpu_configure): CPUID mask
+/// and exit (EINVAL for both, or for set/del overlap; neither bit deletes
+/// the leaf; ENOBUFS past `maxops` leaves) and TPR (EINVAL without the
+/// capability, as on SVM).
+///
+/// # Safety
+///
+/// `a.conf` points to the structure of `a.op`.
+pub unsafe fn configure(
+    v: &mut VcpuModel,
+    a: &sys::nvmm_ioc_vcpu_configure,
+    maxops: usize,
+    tpr_ok: bool,
+) -> Result<(), i32> {
+    match a.op {
+        op if op == sys::NVMM_VCPU_CONF_CPUID => {
+            let c = unsafe { *a.conf.cast::<sys::nvmm_vcpu_conf_cpuid>() };
+            if c.mask() != 0 && c.exit() != 0 {
+                return Err(libc::EINVAL);
+            }
+            if c.mask() != 0 {
+                let (s, d) = unsafe { (c.u.mask.set, c.u.mask.del) };
+                if s.eax & d.eax != 0
+                    || s.ebx & d.ebx != 0
+                    || s.ecx & d.ecx != 0
+                    || s.edx & d.edx != 0
+                {
+                    return Err(libc::EINVAL);
+                }
+            }
+            if c.mask() == 0 && c.exit() == 0 {
+                v.cpuid.remove(&c.leaf);
+                return Ok(());
+            }
+            if !v.cpuid.contains_key(&c.leaf) && v.cpuid.len() >= maxops {
+                return Err(libc::ENOBUFS);
+            }
+            v.cpuid.insert(c.leaf, c);
+            Ok(())
+        }
+        op if op == sys::NVMM_VCPU_CONF_TPR => {
+            if !tpr_ok {
+                return Err(libc::EINVAL);
+            }
+            let c = unsafe { *a.conf.cast::<sys::nvmm_vcpu_conf_tpr>() };
+            v.tpr_exit = c.exit_changed() != 0;
+            Ok(())
+        }
+        _ => Err(libc::EINVAL),
+    }
+}
