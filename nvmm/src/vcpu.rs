@@ -341,6 +341,15 @@ impl Vcpu {
     /// a stop that loses to a signal is gone: keep a VMM-side flag
     /// ([`crate::StopRequest`]) and check it after every run.
     ///
+    /// Kernel versions differ in the check before the guest runs: the
+    /// NetBSD source this crate follows (`nvmm.c` 1.50) passes the VCPU to
+    /// `nvmm_return_needed` there, so a stop is seen before any commit;
+    /// older `nvmm.c` revisions and DragonFly's copy check only signals and
+    /// rescheduling there, so a stop set before the run is seen at the
+    /// guest's first exit, after the state and event were committed. Code
+    /// that checks a [`crate::StopRequest`] after every run is correct with
+    /// both.
+    ///
     /// ```no_run
     /// # let nvmm = nvmm::Nvmm::open()?;
     /// # let machine = nvmm.create_machine()?;

@@ -565,8 +565,11 @@ unsafe impl Kernel for KernelModel {
                 let v = m.vcpus.get_mut(&cpuid).ok_or(libc::ENOENT)?;
                 let comm = page.comm();
                 let end = unsafe { vcpu::run(backend, v, comm) };
-                // nvmm.c nvmm_vcpu_run: `stop` is cleared once the run is
-                // over, whatever its outcome.
+                // `stop` is cleared once the run is over, whatever its
+                // outcome: the project's reference places this in nvmm.c
+                // 1.50 `nvmm_vcpu_run`; QEMU's nvmm_vcpu_loop relies on
+                // "The kernel cleared the immediate exit flag". (Not found
+                // in the older nvmm.c copies that could be searched.)
                 stop_word(comm).store(0, Ordering::SeqCst);
                 match end? {
                     // Only the reason is written; the rest of the exit is

@@ -111,8 +111,10 @@ pub unsafe fn run(
     v: &mut VcpuModel,
     comm: *mut sys::nvmm_comm_page,
 ) -> Result<RunEnd, i32> {
-    // nvmm_do_vcpu_run: "Got a signal? Or pending resched? Leave." (with
-    // the VCPU, so a requested stop too) before the backend runs.
+    // nvmm_do_vcpu_run: "Got a signal? Or pending resched? Leave." before
+    // the backend runs. The model follows nvmm.c 1.50 (per the project's
+    // reference), which passes the VCPU, so a requested stop is seen here
+    // too; older nvmm.c revisions and DragonFly check only signals here.
     if let Some(reason) = return_needed(v, comm) {
         return Ok(RunEnd::Early(reason));
     }
