@@ -431,6 +431,21 @@ impl Vcpu {
     /// exits, so this costs one GETSTATE of GPRS. The guest's leaf is not
     /// available here (RAX-RDX hold the kernel's answer, see
     /// [`Exit::Cpuid`]); the VMM knows it from the one leaf it configured.
+    ///
+    /// ```no_run
+    /// use nvmm::{CpuidConf, CpuidRegs, Exit};
+    /// # let nvmm = nvmm::Nvmm::open()?;
+    /// # let machine = nvmm.create_machine()?;
+    /// # let mut vcpu = machine.create_vcpu(0)?;
+    /// // Only the hypervisor leaf exits, so an Exit::Cpuid is always that leaf.
+    /// vcpu.configure_cpuid(CpuidConf::Exit { leaf: 0x4000_0000 })?;
+    /// if let Exit::Cpuid { .. } = vcpu.run()? {
+    ///     // "NVMMRS" signature; RAX-RDX held the kernel's answer, not the leaf.
+    ///     let sig = CpuidRegs { eax: 0x4000_0000, ebx: 0x4d4d_564e, ecx: 0x5352, edx: 0 };
+    ///     vcpu.complete_cpuid(sig)?;
+    /// }
+    /// # Ok::<(), nvmm::Error>(())
+    /// ```
     pub fn complete_cpuid(&mut self, regs: CpuidRegs) -> Result<()> {
         let Exit::Cpuid { npc } = self.last_exit() else {
             return Err(Error::rejected(Op::CompleteExit, Rejection::WrongExit));
