@@ -47,7 +47,7 @@ pub use mem::{MemExit, assist_mem};
 pub use mode::CpuMode;
 pub use segment::linear_address;
 pub use state::{CpuState, Gpr, Registers, Segment, SegmentAttributes, SegmentRegister};
-pub use translate::translate;
+pub use translate::{PageTranslation, translate, translate_query};
 
 /// How an assist call ended when it succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

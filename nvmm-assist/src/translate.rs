@@ -195,6 +195,53 @@ pub fn translate<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     }
 }
 
+/// What the paging structures say about one linear address: its
+/// guest-physical address and the rights they grant to the page (the AND
+/// of R/W and U/S over the walked entries, and XD where EFER.NXE makes it
+/// meaningful).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageTranslation {
+    /// The guest-physical address of `linear`.
+    pub gpa: u64,
+    /// Every entry has R/W set.
+    pub writable: bool,
+    /// Every entry has U/S set (user-mode accessible).
+    pub user: bool,
+    /// No entry has XD set with EFER.NXE on.
+    pub executable: bool,
+}
+
+/// A read-only translation query: walks the guest page tables for `linear`
+/// like [`translate`] but checks no access rights and **writes nothing**
+/// (no accessed or dirty bit), and returns the page's rights instead. With
+/// paging off the address is returned unchanged (all 64 bits) with every
+/// right. Errors are those of the walk: a not-present or reserved-bit
+/// entry gives a `#PF` (its error code describes a read at the state's
+/// CPL; no access is being made), a non-canonical address under 4/5-level paging
+/// `#GP(0)`, a table outside RAM [`Error::PageTableNotRam`].
+pub fn translate_query<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
+    state: &S,
+    ram: &mut R,
+    linear: u64,
+) -> Result<PageTranslation, Error> {
+    let mode = paging_mode(state)?;
+    if mode == PagingMode::None {
+        return Ok(PageTranslation {
+            gpa: linear,
+            writable: true,
+            user: true,
+            executable: true,
+        });
+    }
+    let w = walk(state, ram, mode, linear, AccessType::Read)?;
+    Ok(PageTranslation {
+        gpa: w.gpa,
+        writable: w.writable,
+        user: w.user,
+        executable: !w.no_exec,
+    })
+}
+
 /// The error-code bits that describe the access itself.
 fn access_code<S: CpuState + ?Sized>(state: &S, mode: PagingMode, access: AccessType) -> u32 {
     let mut code = 0;

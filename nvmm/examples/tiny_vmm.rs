@@ -6,7 +6,7 @@
 use std::io::Write;
 
 use nvmm::nvmm_assist::{BusError, MmioBus, PortIo};
-use nvmm::{Exit, Nvmm, Prot, Seg, SegAttrib, Segment};
+use nvmm::{Exit, Nvmm, Prot, Seg, SegAttrib, Segment, StopRequest};
 
 /// `mov dx, 0x3f8; mov si, msg; lodsb; test al, al; jz done; out dx, al;
 /// jmp loop; done: hlt; msg: "Hello\n\0"`, assembled for 16-bit mode at
@@ -95,12 +95,31 @@ fn run() -> Result<(), nvmm::Error> {
     );
     vcpu.gprs()?.set_rip(0x1000);
 
+    // A watchdog: a guest that never halts is stopped after 5 seconds. A
+    // StopRequest keeps the request in a flag of ours as well, because the
+    // kernel clears the comm page's stop flag at the end of every run and
+    // reports it only as the reason of the run that saw it.
+    let stop = StopRequest::new(vcpu.stopper());
+    let watchdog = stop.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        watchdog.request();
+    });
+
     let mut serial = Serial {
         out: std::io::stdout(),
     };
     let mut mmio = NoDevices;
     loop {
-        match vcpu.run()? {
+        let exit = vcpu.run()?;
+        // Checked after every run, whatever it returned: a stop can arrive
+        // as Exit::Stopped, as Exit::None (a signal won), or replace an
+        // exit the guest was making.
+        if stop.take() {
+            eprintln!("tiny_vmm: stopped by the watchdog");
+            break;
+        }
+        match exit {
             // The assists read and write the registers in place in the comm
             // page; with the classes the kernel provides on these exits,
             // handling one costs no syscall beyond the next run.

@@ -192,16 +192,79 @@ impl GuestRam for AreaRam<'_> {
     }
 }
 
-/// The guest access whose translation [`Vcpu::gva_to_gpa`] performs.
+/// The guest access whose translation [`Vcpu::gva_to_gpa_checked`]
+/// performs.
 pub use nvmm_assist::AccessType as GvaAccess;
 
+/// The result of [`Vcpu::gva_to_gpa`]: libnvmm's `*gpa` and `*prot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GvaTranslation {
+    /// The guest-physical address.
+    pub gpa: u64,
+    /// What the guest page tables allow on the page: [`Prot::READ`]
+    /// always, [`Prot::WRITE`] when every entry has R/W, [`Prot::EXEC`]
+    /// unless an entry has XD (with EFER.NXE). With paging off,
+    /// [`Prot::ALL`]. (libnvmm's `NVMM_PROT_READ/WRITE/EXEC`.)
+    pub prot: Prot,
+    /// Whether every entry has U/S, i.e. user mode may access the page
+    /// (libnvmm's `NVMM_PROT_USER`). True with paging off.
+    pub user: bool,
+}
+
 impl Vcpu {
-    /// Translates guest-virtual `gva` to guest-physical for an access of
-    /// kind `access`, walking the guest page tables as the CPU would
-    /// (nvmm-assist's walker: every paging mode, permission checks, A/D
-    /// bits set). Fetches GPRS|SEGS|CRS|MSRS first (no syscall after an I/O
-    /// or memory exit). A fault comes back as [`Error::Assist`] holding the
-    /// `#PF` to inject.
+    /// Translates guest-virtual `gva` as libnvmm's `nvmm_gva_to_gpa` does:
+    /// fetches CRS|MSRS (no syscall when cached), then walks the guest page
+    /// tables **read-only** — no access check, no accessed/dirty bit
+    /// written, guest memory untouched — and returns the guest-physical
+    /// address with the page's rights. With paging off (CR0.PG = 0) the
+    /// address comes back unchanged, all 64 bits, with every right.
+    ///
+    /// Fails (libnvmm: `EFAULT`) with [`Error::Assist`] when the address is
+    /// not mapped: the `#PF` it holds has an error code for a read at the
+    /// CPL in the comm page (SEGS is not fetched), so do not inject it
+    /// as is; use [`Vcpu::gva_to_gpa_checked`] for a fault to inject.
+    ///
+    /// ```no_run
+    /// # let nvmm = nvmm::Nvmm::open()?;
+    /// # let machine = nvmm.create_machine()?;
+    /// # let mut vcpu = machine.create_vcpu(0)?;
+    /// let t = vcpu.gva_to_gpa(0xffff_8000_0010_0000)?;
+    /// println!("{:#x} -> {:#x} {:?} user={}", 0xffff_8000_0010_0000u64, t.gpa, t.prot, t.user);
+    /// # Ok::<(), nvmm::Error>(())
+    /// ```
+    pub fn gva_to_gpa(&mut self, gva: u64) -> Result<GvaTranslation> {
+        // libnvmm_x86.c nvmm_gva_to_gpa: getstate(CRS | MSRS), then
+        // x86_gva_to_gpa (read-only walk; paging off: *gpa = gva).
+        self.fetch(StateClasses::CRS | StateClasses::MSRS)?;
+        let page = self.page();
+        let areas = self.machine().areas();
+        let state = CommState::new(page);
+        let mut ram = AreaRam { areas: &areas };
+        let t = nvmm_assist::translate_query(&state, &mut ram, gva).map_err(|source| {
+            Error::Assist {
+                op: Op::GvaToGpa,
+                source,
+            }
+        })?;
+        let mut prot = Prot::READ;
+        prot.set(Prot::WRITE, t.writable);
+        prot.set(Prot::EXEC, t.executable);
+        Ok(GvaTranslation {
+            gpa: t.gpa,
+            prot,
+            user: t.user,
+        })
+    }
+
+    /// Translates `gva` for an access of kind `access` as the CPU would
+    /// (nvmm-assist's walker, the one the assists use): every paging mode,
+    /// the permission checks at the current CPL (SMEP, SMAP, WP, NX), and
+    /// **it sets the accessed bits, and the dirty bit for a write, in the
+    /// guest's page tables**, as the CPU would for the access. Fetches
+    /// GPRS|SEGS|CRS|MSRS first (no syscall after an I/O or memory exit).
+    /// With paging off the address is truncated to 32 bits, as a linear
+    /// address outside long mode is. A fault comes back as
+    /// [`Error::Assist`] holding the `#PF` (or `#GP`) to inject.
     ///
     /// ```no_run
     /// # let nvmm = nvmm::Nvmm::open()?;
@@ -209,11 +272,11 @@ impl Vcpu {
     /// # let mut vcpu = machine.create_vcpu(0)?;
     /// let rip = vcpu.gprs()?.rip();
     /// let cs_base = vcpu.segs()?.get(nvmm::Seg::Cs).base;
-    /// let gpa = vcpu.gva_to_gpa(cs_base + rip, nvmm::GvaAccess::Execute)?;
+    /// let gpa = vcpu.gva_to_gpa_checked(cs_base + rip, nvmm::GvaAccess::Execute)?;
     /// println!("the guest executes at guest-physical {gpa:#x}");
     /// # Ok::<(), nvmm::Error>(())
     /// ```
-    pub fn gva_to_gpa(&mut self, gva: u64, access: AccessType) -> Result<u64> {
+    pub fn gva_to_gpa_checked(&mut self, gva: u64, access: AccessType) -> Result<u64> {
         self.fetch(PROVIDED_ON_IO_AND_MEMORY)?;
         let page = self.page();
         let areas = self.machine().areas();

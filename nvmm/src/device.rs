@@ -78,9 +78,14 @@ pub struct MachineInfo {
     pub machid: u32,
     /// How many VCPUs it has.
     pub nvcpus: u32,
-    /// Bytes of guest RAM mapped.
+    /// The sum of the sizes of the host mappings registered to the
+    /// machine (`NVMM_IOC_HVA_MAP`), whether or not they are mapped into
+    /// guest-physical space (NetBSD nvmm.c `nvmm_ctl_mach_info` adds up
+    /// `mach->hmap[i].size`); not the guest-mapped bytes.
     pub nram: u64,
-    /// The pid of its owner.
+    /// The pid of the process whose descriptor owns the machine; 0 for
+    /// machines created through a root (`O_WRONLY`, [`Nvmm::open_root`])
+    /// descriptor, which all belong to the kernel's one root owner.
     pub pid: i32,
     /// Creation time, seconds since the Unix epoch.
     pub time: i64,

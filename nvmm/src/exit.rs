@@ -82,10 +82,15 @@ pub struct WrmsrExit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Exit<'a> {
-    /// Nothing for userland to do (host interrupt, preemption, a signal);
-    /// just run again.
+    /// Nothing for userland to do: a host interrupt, a reschedule, or a
+    /// signal pending for the VCPU thread (which wins over a requested
+    /// stop, and the kernel then clears the stop flag; see
+    /// [`crate::StopRequest`]). Check the VMM's own flags, then run again.
     None,
-    /// A [`crate::VcpuStopper`] asked for it.
+    /// A [`crate::VcpuStopper`] asked for it. The kernel reports it in
+    /// place of whatever exit the guest was making (an I/O or memory access
+    /// is re-executed by the next run; a HLT is lost, RIP is past it); see
+    /// [`crate::Vcpu::run`].
     Stopped,
     /// MMIO: complete it with [`crate::Vcpu::assist_mem`] or by hand.
     Memory(MemoryExit<'a>),
@@ -97,6 +102,16 @@ pub enum Exit<'a> {
     Wrmsr(WrmsrExit),
     /// CPUID on a leaf configured to exit: complete it with
     /// [`crate::Vcpu::complete_cpuid`].
+    ///
+    /// Before this exit reaches userland the kernel has already executed
+    /// its own CPUID emulation and written the answer into RAX-RDX
+    /// (NetBSD `nvmm_x86_svm.c` `svm_exit_cpuid` / `nvmm_x86_vmx.c`
+    /// `vmx_exit_cpuid` run `*_inkernel_exec_cpuid` and
+    /// `*_inkernel_handle_cpuid` before testing the leaf's `exit` flag), so
+    /// the guest's leaf and subleaf are **no longer in the state**. A VMM
+    /// copes by configuring exits for one leaf only (then the leaf is
+    /// known), by reading the kernel's answer from RAX-RDX and adjusting it,
+    /// or by using [`crate::CpuidConf::Mask`], which needs no exit at all.
     Cpuid {
         /// The RIP of the next instruction.
         npc: u64,

@@ -41,6 +41,10 @@
 //! # Ok::<(), nvmm::Error>(())
 //! ```
 //!
+//! Coming from libnvmm: see [`migration`] for every libnvmm function's
+//! counterpart, the semantic differences, and where this crate is stricter
+//! than the kernel.
+//!
 //! The crate compiles on any Unix so that its tests run against an
 //! in-process model of the kernel (see `tests/model`); on a host without
 //! NVMM, [`Nvmm::open`] returns [`Error::NotAvailable`].
@@ -57,7 +61,9 @@ mod error;
 mod exit;
 mod machine;
 mod memory;
+pub mod migration;
 mod state;
+mod stop_request;
 pub mod sys;
 mod vcpu;
 
@@ -66,7 +72,7 @@ mod vcpu;
 pub(crate) mod model;
 
 #[cfg(feature = "assist")]
-pub use assist::{GvaAccess, Outcome};
+pub use assist::{GvaAccess, GvaTranslation, Outcome};
 pub use comm::stop::VcpuStopper;
 pub use device::{Capability, MachineInfo, Nvmm, SUPPORTED_VERSION};
 pub use dump::StateDump;
@@ -75,9 +81,10 @@ pub use exit::{Exit, ExitState, IoDirection, IoExit, MemAccess, MemoryExit, Rdms
 pub use machine::{Machine, MachineConf};
 pub use memory::{GpaArea, HostMapping, Prot};
 pub use state::{
-    Cr, Crs, Dr, Drs, Fpu, Gpr, Gprs, Intr, IntrState, Msr, Msrs, Seg, SegAttrib, Segment, Segs,
-    StateClasses,
+    Cr, Crs, DEFAULT_MXCSR_MASK, Dr, Drs, Fpu, Gpr, Gprs, Intr, IntrState, Msr, Msrs, Seg,
+    SegAttrib, Segment, Segs, StateClasses,
 };
+pub use stop_request::StopRequest;
 pub use vcpu::{CpuidConf, CpuidRegs, Event, PROVIDED_ON_IO_AND_MEMORY, Vcpu};
 
 #[cfg(feature = "assist")]

@@ -162,6 +162,13 @@ impl Machine {
     /// cpuid with `EBUSY`. If the mapping fails the VCPU is
     /// destroyed again before the error is returned.
     ///
+    /// The VCPU starts in the kernel's reset state, every class cached.
+    /// One quirk of that state (NetBSD `nvmm_x86.c`
+    /// `nvmm_x86_reset_state`, committed by `svm_vcpu_init` /
+    /// `vmx_vcpu_init`): its `fx_mxcsr_mask` is 0, so the guest's real
+    /// MXCSR is 0 while the comm page shows 0x1F80, until an FPU write
+    /// ([`crate::Fpu::set_mxcsr`]) is committed by a run.
+    ///
     /// ```no_run
     /// let nvmm = nvmm::Nvmm::open()?;
     /// let machine = nvmm.create_machine()?;

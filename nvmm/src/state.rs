@@ -425,6 +425,11 @@ impl Intr<'_> {
     }
 }
 
+/// The `fx_mxcsr_mask` the crate writes when the comm page has 0 there
+/// (every MXCSR bit but DAZ; QEMU's NVMM accelerator uses the same value).
+/// The kernel ANDs it with the host's mask on commit.
+pub const DEFAULT_MXCSR_MASK: u32 = 0xFFBF;
+
 /// Byte offsets inside the 512-byte FXSAVE area (Intel SDM table 10-2).
 mod fx {
     pub const FCW: usize = 0;
@@ -452,6 +457,18 @@ impl Fpu<'_> {
         out
     }
     fn write_at(&mut self, off: usize, bytes: &[u8]) {
+        // The kernel commits MXCSR as `fx_mxcsr & (fx_mxcsr_mask & host
+        // mask)` (NetBSD nvmm_x86_svm.c svm_vcpu_setstate, nvmm_x86_vmx.c
+        // vmx_vcpu_setstate), and its reset state has a zero mask
+        // (nvmm_x86.c nvmm_x86_reset_state): any FPU commit with mask 0
+        // would silently set MXCSR to 0. Give it a valid mask first, as
+        // QEMU does.
+        if self.mxcsr_mask() == 0 {
+            for (i, b) in DEFAULT_MXCSR_MASK.to_le_bytes().iter().enumerate() {
+                // SAFETY: as in `read_at` (offset 28..32).
+                unsafe { self.base().add(fx::MXCSR_MASK + i).write_volatile(*b) };
+            }
+        }
         for (i, b) in bytes.iter().enumerate() {
             // SAFETY: as in `read_at`.
             unsafe { self.base().add(off + i).write_volatile(*b) };
@@ -486,17 +503,33 @@ impl Fpu<'_> {
     pub fn fop(&self) -> u16 {
         u16::from_le_bytes(self.read_at(fx::FOP))
     }
-    /// MXCSR.
+    /// MXCSR as the comm page holds it.
+    ///
+    /// On a fresh VCPU this reads 0x1F80, but the kernel committed its
+    /// reset state with `fx_mxcsr_mask = 0`, so the guest's real MXCSR is 0
+    /// (every SSE exception unmasked) until the FPU class is committed
+    /// again: write any FPU register (e.g. `set_mxcsr(0x1F80)`) before the
+    /// first run if the guest may use SSE before setting MXCSR itself.
     pub fn mxcsr(&self) -> u32 {
         u32::from_le_bytes(self.read_at(fx::MXCSR))
     }
-    /// Sets MXCSR (the kernel masks it with `Capability::mxcsr_mask`).
+    /// Sets MXCSR. The kernel commits `value & fx_mxcsr_mask & host mask`
+    /// ([`crate::Capability::mxcsr_mask`]); every FPU write of this view
+    /// first replaces a zero `fx_mxcsr_mask` with [`DEFAULT_MXCSR_MASK`],
+    /// so the value set here is what the guest gets, except bits the host
+    /// does not support (DAZ, bit 6, on old CPUs), which the kernel drops.
     pub fn set_mxcsr(&mut self, v: u32) {
         self.write_at(fx::MXCSR, &v.to_le_bytes());
     }
-    /// MXCSR_MASK.
+    /// `fx_mxcsr_mask`: the MXCSR bits the committed FPU state may hold
+    /// (ANDed with the host's mask by the kernel on commit).
     pub fn mxcsr_mask(&self) -> u32 {
         u32::from_le_bytes(self.read_at(fx::MXCSR_MASK))
+    }
+    /// Sets `fx_mxcsr_mask`. A mask of 0 makes the kernel commit MXCSR as
+    /// 0 (the next FPU write of this view restores [`DEFAULT_MXCSR_MASK`]).
+    pub fn set_mxcsr_mask(&mut self, v: u32) {
+        self.write_at(fx::MXCSR_MASK, &v.to_le_bytes());
     }
     /// x87 register ST(`i & 7`) as 10 bytes (64-bit mantissa, then sign and
     /// exponent), little-endian.

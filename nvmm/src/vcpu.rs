@@ -72,7 +72,11 @@ pub enum CpuidConf {
         /// Bits forced off.
         del: CpuidRegs,
     },
-    /// CPUID of this leaf exits to userland ([`Exit::Cpuid`]).
+    /// CPUID of this leaf exits to userland ([`Exit::Cpuid`]). The exit
+    /// arrives with RAX-RDX already overwritten by the kernel's own answer,
+    /// so the leaf is no longer in RAX: configure one exit leaf per known
+    /// purpose (e.g. the hypervisor leaf `0x4000_0000`), or prefer
+    /// [`CpuidConf::Mask`].
     Exit {
         /// The leaf (EAX).
         leaf: u32,
@@ -306,10 +310,45 @@ impl Vcpu {
         self.page().event_pending()
     }
 
-    /// Runs the guest until the next exit (`NVMM_IOC_VCPU_RUN`). Pending
-    /// state writes and the pending event are applied first; afterwards no
-    /// class is cached except what the kernel provides with the exit
-    /// (GPRS|SEGS|CRS|MSRS on I/O and memory exits, GPRS on MSR exits).
+    /// Runs the guest until the next exit (`NVMM_IOC_VCPU_RUN`), as
+    /// libnvmm's `nvmm_vcpu_run`: the exit structure is zeroed first, so
+    /// [`Vcpu::exit_state`] never shows a previous exit's RFLAGS, CR8 or
+    /// interrupt bits.
+    ///
+    /// When the guest runs, the pending state writes and the pending event
+    /// are applied first; afterwards no class is cached except what the
+    /// kernel provides with the exit (GPRS|SEGS|CRS|MSRS on I/O and memory
+    /// exits, GPRS on MSR exits).
+    ///
+    /// # Early returns
+    ///
+    /// The kernel checks, before entering the guest and after every guest
+    /// exit (NetBSD `nvmm_internal.h` `nvmm_return_needed`, called from
+    /// `nvmm.c` `nvmm_do_vcpu_run` and `svm_vcpu_run`/`vmx_vcpu_run`):
+    /// - a signal pending for this thread (or a reschedule, or a host
+    ///   suspend): the run returns [`Exit::None`];
+    /// - otherwise a requested stop ([`VcpuStopper::stop`]): the run
+    ///   returns [`Exit::Stopped`].
+    ///
+    /// Checked *before* the guest runs, either one returns at once and
+    /// nothing happens: no state is committed (`pending_commit()` keeps its
+    /// classes), `cached()` is unchanged, the injected event stays pending
+    /// ([`Vcpu::event_pending`] is still true), and only the exit reason is
+    /// written. Checked *after* an exit, either one replaces that exit's
+    /// reason: an I/O or memory access is then re-executed by the next run
+    /// (RIP was not advanced), but a HLT is lost (RIP is already past it).
+    /// In every case the kernel clears the stop flag when the run ends, so
+    /// a stop that loses to a signal is gone: keep a VMM-side flag
+    /// ([`crate::StopRequest`]) and check it after every run.
+    ///
+    /// Kernel versions differ in the check before the guest runs: the
+    /// NetBSD source this crate follows (`nvmm.c` 1.50) passes the VCPU to
+    /// `nvmm_return_needed` there, so a stop is seen before any commit;
+    /// older `nvmm.c` revisions and DragonFly's copy check only signals and
+    /// rescheduling there, so a stop set before the run is seen at the
+    /// guest's first exit, after the state and event were committed. Code
+    /// that checks a [`crate::StopRequest`] after every run is correct with
+    /// both.
     ///
     /// ```no_run
     /// # let nvmm = nvmm::Nvmm::open()?;
@@ -324,6 +363,11 @@ impl Vcpu {
     /// # Ok::<(), nvmm::Error>(())
     /// ```
     pub fn run(&mut self) -> Result<Exit<'_>> {
+        // libnvmm nvmm_vcpu_run: memset(&args.exit, 0, ...). The kernel's
+        // early returns write only `exit->reason` (nvmm.c
+        // nvmm_do_vcpu_run), so the rest would otherwise be stale.
+        // SAFETY: all-zero is a valid value of this plain C structure.
+        self.run_args.exit = unsafe { std::mem::zeroed() };
         // SAFETY: the argument of NVMM_IOC_VCPU_RUN, passed as *mut: the
         // kernel writes the exit into it.
         unsafe {
@@ -384,7 +428,24 @@ impl Vcpu {
 
     /// Completes an [`Exit::Cpuid`]: EAX/EBX/ECX/EDX = `regs` (zero-extended),
     /// RIP = next instruction. The kernel provides no state with CPUID
-    /// exits, so this costs one GETSTATE of GPRS.
+    /// exits, so this costs one GETSTATE of GPRS. The guest's leaf is not
+    /// available here (RAX-RDX hold the kernel's answer, see
+    /// [`Exit::Cpuid`]); the VMM knows it from the one leaf it configured.
+    ///
+    /// ```no_run
+    /// use nvmm::{CpuidConf, CpuidRegs, Exit};
+    /// # let nvmm = nvmm::Nvmm::open()?;
+    /// # let machine = nvmm.create_machine()?;
+    /// # let mut vcpu = machine.create_vcpu(0)?;
+    /// // Only the hypervisor leaf exits, so an Exit::Cpuid is always that leaf.
+    /// vcpu.configure_cpuid(CpuidConf::Exit { leaf: 0x4000_0000 })?;
+    /// if let Exit::Cpuid { .. } = vcpu.run()? {
+    ///     // "NVMMRS" signature; RAX-RDX held the kernel's answer, not the leaf.
+    ///     let sig = CpuidRegs { eax: 0x4000_0000, ebx: 0x4d4d_564e, ecx: 0x5352, edx: 0 };
+    ///     vcpu.complete_cpuid(sig)?;
+    /// }
+    /// # Ok::<(), nvmm::Error>(())
+    /// ```
     pub fn complete_cpuid(&mut self, regs: CpuidRegs) -> Result<()> {
         let Exit::Cpuid { npc } = self.last_exit() else {
             return Err(Error::rejected(Op::CompleteExit, Rejection::WrongExit));

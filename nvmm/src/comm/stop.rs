@@ -11,28 +11,31 @@ use crate::error::{Error, Op, Rejection, Result};
 ///
 /// [`VcpuStopper::stop`] is one atomic store of 1 to the comm page's `stop`
 /// word: async-signal-safe, callable from any thread while the VCPU's
-/// thread is inside `run`. The kernel checks the word before every guest
-/// entry and after every exit, returns [`crate::Exit::Stopped`] when it is
-/// set, and clears it at the end of every run; a stop requested while the
-/// VCPU is not running makes the next run return at once, so no request is
-/// lost.
+/// thread is inside `run`. What the kernel does with it (NetBSD
+/// `nvmm_internal.h` `nvmm_return_needed`, `nvmm.c` `nvmm_do_vcpu_run` and
+/// `nvmm_vcpu_run`, the backends' `*_vcpu_run`):
+/// - set before a run: the run returns [`crate::Exit::Stopped`] at once,
+///   committing no state and consuming no event;
+/// - set during a run: the run returns [`crate::Exit::Stopped`] at the
+///   guest's next exit **in place of that exit** (an I/O instruction is
+///   re-executed by the next run; a HLT is lost, since RIP is past it);
+/// - a signal pending for the VCPU thread wins: the run returns
+///   [`crate::Exit::None`];
+/// - in every case the kernel clears `stop` when the run ends.
 ///
-/// A stop requested *while* a run is in progress is different: if the run
-/// ends with another exit (say an I/O exit that was already under way),
-/// the kernel still clears `stop` at the end of that run, and the request
-/// is gone. A VMM that must not lose a stop keeps its own "stop requested"
-/// flag (set before calling [`VcpuStopper::stop`]) and checks it after
-/// every run, as QEMU does with `exit_request`.
+/// So a request can be consumed by a run that reports something else (a
+/// signal's [`crate::Exit::None`]). A VMM that must not lose a stop uses
+/// [`crate::StopRequest`] (its own flag, set before `stop`, checked after
+/// every run), as QEMU does with `exit_request`.
 ///
 /// A VCPU executing guest code that causes no exit only notices the flag at
 /// the next exit; to bound that delay, also send the VCPU's thread a signal
 /// that has a handler ([`VcpuStopper::stop_and_signal`]): the signal forces
-/// an exit, the kernel sees `stop`, and the run returns.
+/// an exit and the run returns ([`crate::Exit::None`], the signal winning).
 ///
 /// The handle keeps the comm-page mapping alive (an `Arc` it shares with
 /// the `Vcpu`), so a stop can never write to an unmapped page, even after
-/// the `Vcpu` is dropped (the write then lands in a page no one reads; the
-/// page is unmapped when the last handle goes).
+/// the `Vcpu` is dropped.
 #[derive(Clone)]
 pub struct VcpuStopper {
     pub(crate) comm: Arc<CommMapping>,

@@ -1,19 +1,23 @@
-//! `KernelModel`: an in-process **model** of the NetBSD NVMM kernel's
-//! documented semantics, for tests and benchmarks on hosts without NVMM.
+//! `KernelModel`: an in-process **model** of the NetBSD NVMM kernel, for
+//! tests and benchmarks on hosts without NVMM.
 //!
-//! It is not NetBSD and proves nothing about the real kernel; it encodes
-//! what the reference (`shared/reference/libnvmm.md` §1, §5) says the kernel
-//! does, so that the crate's use of the protocol can be checked and its
-//! syscalls counted:
-//! - ownership by descriptor (EPERM for another owner, the `O_WRONLY`
-//!   opener is root; closing a descriptor destroys its machines);
+//! It is not NetBSD and proves nothing about the real kernel. It follows
+//! the kernel's source as read for this project (`sys/dev/nvmm/nvmm.c`,
+//! `nvmm_internal.h`, `x86/nvmm_x86.c`, `x86/nvmm_x86_svm.c`,
+//! `x86/nvmm_x86_vmx.c`; see `shared/reference/nvmm-kernel.md`), each rule
+//! citing the function it comes from, so that the crate's use of the
+//! protocol can be checked and its syscalls counted:
+//! - ownership by descriptor (EPERM for another owner); every `O_WRONLY`
+//!   descriptor is the one shared root owner (nvmm.c `nvmm_root_owner`);
+//!   closing a descriptor destroys its owner's machines;
 //! - the comm page: reset state after VCPU_CREATE with every class cached;
-//!   GETSTATE fills `state_wanted` and caches it; RUN applies
-//!   `state_commit`, makes everything stale, validates and consumes the
-//!   event, provides GPRS|SEGS|CRS|MSRS on I/O and memory exits and GPRS on
-//!   MSR exits, honours and then clears `stop`;
-//! - the errno of each documented failure (EBUSY duplicate VCPU, ENOBUFS,
-//!   EINVAL, ENOENT, EEXIST, EPERM, ...);
+//!   GETSTATE fills `state_wanted` and caches it; RUN leaves early on a
+//!   pending signal or stop, else commits `state_commit` (sanitised as the
+//!   backend does), makes everything stale, validates and consumes the
+//!   event, provides GPRS|SEGS|CRS|MSRS on I/O and memory exits and GPRS
+//!   on MSR exits, checks for a signal or stop again, and clears `stop`;
+//! - SVM and VMX differences ([`Backend`]);
+//! - the errno of each failure the kernel reports;
 //! - guest execution is scripted: each RUN pops one [`ScriptedExit`],
 //!   whose optional closure plays the guest (edits the "hardware" state);
 //! - a counter of every system call.
@@ -26,9 +30,14 @@
 #![allow(missing_docs, clippy::undocumented_unsafe_blocks)]
 #![allow(dead_code)]
 
+mod memory;
+pub mod sanitize;
+mod script;
+mod vcpu;
+
 use std::alloc::Layout;
 use std::cell::UnsafeCell;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CStr, c_void};
 use std::os::fd::RawFd;
 use std::ptr::NonNull;
@@ -38,9 +47,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use nvmm::nvmm_sys as sys;
 use nvmm::sys::{Kernel, OpenMode, PAGE_SIZE};
 
+#[allow(unused_imports)]
+pub use sanitize::reset_state;
+use script::zeroed_exit;
+#[allow(unused_imports)]
+pub use script::{GuestFn, ScriptedExit};
+use vcpu::{RunEnd, VcpuModel};
+
 const MAX_VCPUS: u32 = 256;
+/// nvmm.h NVMM_MAX_HMAPPINGS.
 const MAX_HMAPPINGS: usize = 32;
-const GPA_END: u64 = 128 << 30;
+/// The machine's `gpa_end` (nvmm.c `nvmm_machine_create`: NVMM_MAX_RAM).
+pub const GPA_END: u64 = 128 << 30;
 
 const SEGS: u64 = sys::NVMM_X64_STATE_SEGS;
 const GPRS: u64 = sys::NVMM_X64_STATE_GPRS;
@@ -50,6 +68,19 @@ const MSRS: u64 = sys::NVMM_X64_STATE_MSRS;
 const INTR: u64 = sys::NVMM_X64_STATE_INTR;
 const FPU: u64 = sys::NVMM_X64_STATE_FPU;
 const ALL: u64 = sys::NVMM_X64_STATE_ALL;
+
+/// Which backend the model imitates where SVM and VMX differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// nvmm_x86_svm.c (AMD).
+    Svm,
+    /// nvmm_x86_vmx.c (Intel).
+    Vmx,
+}
+
+impl Backend {
+    pub const BOTH: [Backend; 2] = [Backend::Svm, Backend::Vmx];
+}
 
 /// What the model's capability reports and how it behaves.
 #[derive(Debug, Clone)]
@@ -62,7 +93,9 @@ pub struct ModelConfig {
     pub max_vcpus: u32,
     pub vcpu_conf_support: u64,
     pub conf_cpuid_maxops: u32,
+    /// The pid of the (non-root) owner.
     pub pid: i32,
+    pub backend: Backend,
 }
 
 impl Default for ModelConfig {
@@ -77,6 +110,7 @@ impl Default for ModelConfig {
                 | sys::NVMM_CAP_ARCH_VCPU_CONF_TPR,
             conf_cpuid_maxops: 32,
             pid: 4242,
+            backend: Backend::Svm,
         }
     }
 }
@@ -89,83 +123,9 @@ pub enum FailPoint {
     MapAnonymous,
 }
 
-/// A guest effect: edits the model's "hardware" state during a run.
-pub type GuestFn = Box<dyn FnMut(&mut sys::nvmm_x64_state) + Send>;
-
-/// One scripted VCPU exit.
-pub struct ScriptedExit {
-    pub exit: sys::nvmm_x86_exit,
-    pub guest: Option<GuestFn>,
-}
-
-fn zeroed_exit() -> sys::nvmm_x86_exit {
-    // SAFETY: plain C data; all-zero is valid.
-    unsafe { std::mem::zeroed() }
-}
-
-impl ScriptedExit {
-    pub fn reason(reason: u64) -> Self {
-        let mut exit = zeroed_exit();
-        exit.reason = reason;
-        ScriptedExit { exit, guest: None }
-    }
-    pub fn io(port: u16, is_in: bool, size: u8, npc: u64) -> Self {
-        let mut s = Self::reason(sys::NVMM_VCPU_EXIT_IO);
-        s.exit.u.io = sys::nvmm_x86_exit_io {
-            in_: is_in,
-            port,
-            seg: -1,
-            address_size: 8,
-            operand_size: size,
-            rep: false,
-            str_: false,
-            npc,
-        };
-        s
-    }
-    pub fn memory(gpa: u64, write: bool, bytes: &[u8]) -> Self {
-        let mut s = Self::reason(sys::NVMM_VCPU_EXIT_MEMORY);
-        let mut inst = [0u8; 15];
-        let n = bytes.len().min(15);
-        inst[..n].copy_from_slice(&bytes[..n]);
-        s.exit.u.mem = sys::nvmm_x86_exit_memory {
-            prot: if write { 2 } else { 1 },
-            gpa,
-            inst_len: n as u8,
-            inst_bytes: inst,
-        };
-        s
-    }
-    pub fn rdmsr(msr: u32, npc: u64) -> Self {
-        let mut s = Self::reason(sys::NVMM_VCPU_EXIT_RDMSR);
-        s.exit.u.rdmsr = sys::nvmm_x86_exit_rdmsr { msr, npc };
-        s
-    }
-    pub fn wrmsr(msr: u32, val: u64, npc: u64) -> Self {
-        let mut s = Self::reason(sys::NVMM_VCPU_EXIT_WRMSR);
-        s.exit.u.wrmsr = sys::nvmm_x86_exit_wrmsr { msr, val, npc };
-        s
-    }
-    pub fn insn(reason: u64, npc: u64) -> Self {
-        let mut s = Self::reason(reason);
-        s.exit.u.insn = sys::nvmm_x86_exit_insn { npc };
-        s
-    }
-    pub fn invalid(hwcode: u64) -> Self {
-        let mut s = Self::reason(sys::NVMM_VCPU_EXIT_INVALID);
-        s.exit.u.inv = sys::nvmm_x86_exit_invalid { hwcode };
-        s
-    }
-    /// Runs `f` on the hardware state when this exit is taken (the guest).
-    pub fn with_guest(mut self, f: impl FnMut(&mut sys::nvmm_x64_state) + Send + 'static) -> Self {
-        self.guest = Some(Box::new(f));
-        self
-    }
-}
-
 /// A page of shared memory (a comm page).
 #[repr(C, align(4096))]
-struct PageBox(UnsafeCell<[u8; PAGE_SIZE]>);
+pub struct PageBox(UnsafeCell<[u8; PAGE_SIZE]>);
 // SAFETY: accessed through raw pointers only; concurrent accesses are the
 // atomic `stop` word (the same discipline as the real shared page).
 unsafe impl Sync for PageBox {}
@@ -181,16 +141,17 @@ impl PageBox {
     }
 }
 
-struct VcpuModel {
-    hw: Box<sys::nvmm_x64_state>,
-    script: VecDeque<ScriptedExit>,
-    cpuid: BTreeMap<u32, sys::nvmm_vcpu_conf_cpuid>,
-    tpr_exit: bool,
-    injected: Vec<(u32, u8, u64)>,
+/// Who owns a machine (nvmm.c `struct nvmm_owner`): one owner per
+/// descriptor, except that every `O_WRONLY` descriptor is the single
+/// `nvmm_root_owner`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    Fd(RawFd),
+    Root,
 }
 
-struct MachineModel {
-    owner: RawFd,
+pub struct MachineModel {
+    owner: Owner,
     vcpus: BTreeMap<u32, VcpuModel>,
     pages: HashMap<u32, Arc<PageBox>>,
     hmaps: Vec<(usize, usize)>,
@@ -199,8 +160,9 @@ struct MachineModel {
 }
 
 #[derive(Default)]
-struct ModelState {
+pub struct ModelState {
     next_fd: RawFd,
+    /// Open descriptors: whether each is a root (`O_WRONLY`) descriptor.
     fds: HashMap<RawFd, bool>,
     machines: Vec<Option<MachineModel>>,
     anon: HashMap<usize, usize>,
@@ -232,6 +194,14 @@ impl KernelModel {
         Self::with_config(ModelConfig::default())
     }
 
+    /// The default model imitating `backend`.
+    pub fn with_backend(backend: Backend) -> Arc<Self> {
+        Self::with_config(ModelConfig {
+            backend,
+            ..ModelConfig::default()
+        })
+    }
+
     pub fn with_config(config: ModelConfig) -> Arc<Self> {
         let machines = (0..config.max_machines).map(|_| None).collect();
         Arc::new(KernelModel {
@@ -243,6 +213,10 @@ impl KernelModel {
             }),
             counters: Counters::default(),
         })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.config.backend
     }
 
     fn st(&self) -> MutexGuard<'_, ModelState> {
@@ -305,15 +279,25 @@ impl KernelModel {
         f(v)
     }
 
-    /// A copy of the "hardware" state (what the kernel would load into the
-    /// VMCB/VMCS).
+    /// A copy of the "hardware" state (what the kernel loaded into the
+    /// VMCB/VMCS, in committed form).
     pub fn hw_state(&self, machid: u32, cpuid: u32) -> sys::nvmm_x64_state {
         self.with_vcpu(machid, cpuid, |v| *v.hw)
+    }
+
+    /// The VMCB's CPL field (SVM).
+    pub fn hw_cpl(&self, machid: u32, cpuid: u32) -> u8 {
+        self.with_vcpu(machid, cpuid, |v| v.cpl)
     }
 
     /// Edits the hardware state (a guest running between exits).
     pub fn edit_hw(&self, machid: u32, cpuid: u32, f: impl FnOnce(&mut sys::nvmm_x64_state)) {
         self.with_vcpu(machid, cpuid, |v| f(&mut v.hw))
+    }
+
+    /// Makes a signal pending for the VCPU's thread (seen by its next run).
+    pub fn pend_signal(&self, machid: u32, cpuid: u32) {
+        self.with_vcpu(machid, cpuid, |v| v.signal_pending = true)
     }
 
     /// Events the VCPU received: (type, vector, error).
@@ -395,6 +379,8 @@ impl KernelModel {
         stop_word(page.comm()).load(Ordering::SeqCst)
     }
 
+    /// nvmm.c `nvmm_machine_get`: EINVAL past the table, ENOENT when
+    /// absent, EPERM unless the caller owns it or is the root owner.
     fn lookup<'a>(
         &self,
         st: &'a mut ModelState,
@@ -408,7 +394,7 @@ impl KernelModel {
             .ok_or(libc::EINVAL)?
             .as_mut()
             .ok_or(libc::ENOENT)?;
-        if !root && m.owner != fd {
+        if !root && m.owner != Owner::Fd(fd) {
             return Err(libc::EPERM);
         }
         Ok(m)
@@ -419,71 +405,6 @@ fn stop_word<'a>(comm: *mut sys::nvmm_comm_page) -> &'a AtomicI32 {
     // SAFETY: `stop` is an aligned int of a live page, only ever accessed
     // atomically (by the crate and by the model).
     unsafe { AtomicI32::from_ptr((&raw mut (*comm).stop).cast()) }
-}
-
-/// The kernel's reset state (reference §5.7).
-pub fn reset_state() -> sys::nvmm_x64_state {
-    // SAFETY: plain C data; all-zero is valid.
-    let mut s: sys::nvmm_x64_state = unsafe { std::mem::zeroed() };
-    let data_attr: u16 = 0x3 | (1 << 4) | (1 << 7);
-    for (i, seg) in s.segs.iter_mut().enumerate() {
-        seg.selector = 0;
-        seg.base = 0;
-        seg.limit = 0xFFFF;
-        let a = if i < 6 {
-            data_attr
-        } else if i >= 8 {
-            0x2 | (1 << 7)
-        } else {
-            0
-        };
-        // SAFETY: the attribute bitfield is one u16.
-        unsafe { (&raw mut seg.attrib).cast::<u16>().write(a) };
-    }
-    s.segs[sys::NVMM_X64_SEG_CS].selector = 0xF000;
-    s.segs[sys::NVMM_X64_SEG_CS].base = 0xFFFF_0000;
-    s.gprs[sys::NVMM_X64_GPR_RIP] = 0xFFF0;
-    s.gprs[sys::NVMM_X64_GPR_RFLAGS] = 0x2;
-    s.crs[sys::NVMM_X64_CR_CR0] = 0x6000_0010;
-    s.crs[sys::NVMM_X64_CR_XCR0] = 1;
-    s.drs[sys::NVMM_X64_DR_DR6] = 0xFFFF_0FF0;
-    s.drs[sys::NVMM_X64_DR_DR7] = 0x400;
-    s.msrs[sys::NVMM_X64_MSR_PAT] = 0x0007_0406_0007_0406;
-    s.fpu.fx_cw = 0x40;
-    s.fpu.fx_tw = 0x55;
-    s.fpu.fx_mxcsr = 0x1F80;
-    s
-}
-
-/// Copies the classes `flags` from `src` to `dst`.
-///
-/// # Safety
-///
-/// Both point to live state structures (one may be in a comm page).
-unsafe fn copy_classes(dst: *mut sys::nvmm_x64_state, src: *const sys::nvmm_x64_state, flags: u64) {
-    unsafe {
-        if flags & SEGS != 0 {
-            (&raw mut (*dst).segs).write((&raw const (*src).segs).read());
-        }
-        if flags & GPRS != 0 {
-            (&raw mut (*dst).gprs).write((&raw const (*src).gprs).read());
-        }
-        if flags & CRS != 0 {
-            (&raw mut (*dst).crs).write((&raw const (*src).crs).read());
-        }
-        if flags & DRS != 0 {
-            (&raw mut (*dst).drs).write((&raw const (*src).drs).read());
-        }
-        if flags & MSRS != 0 {
-            (&raw mut (*dst).msrs).write((&raw const (*src).msrs).read());
-        }
-        if flags & INTR != 0 {
-            (&raw mut (*dst).intr).write((&raw const (*src).intr).read());
-        }
-        if flags & FPU != 0 {
-            (&raw mut (*dst).fpu).write((&raw const (*src).fpu).read());
-        }
-    }
 }
 
 fn owned_cstr(p: &CStr) -> String {
@@ -512,10 +433,12 @@ unsafe impl Kernel for KernelModel {
     fn close(&self, fd: RawFd) {
         self.counters.total.fetch_add(1, Ordering::Relaxed);
         let mut st = self.st();
-        if st.fds.remove(&fd).is_some() {
-            // The kernel destroys every machine of this owner.
+        if let Some(root) = st.fds.remove(&fd) {
+            // nvmm_close → nvmm_kill_machines(owner): every machine of this
+            // owner; for any root descriptor that is the shared root owner.
+            let owner = if root { Owner::Root } else { Owner::Fd(fd) };
             for slot in st.machines.iter_mut() {
-                if slot.as_ref().is_some_and(|m| m.owner == fd) {
+                if slot.as_ref().is_some_and(|m| m.owner == owner) {
                     *slot = None;
                 }
             }
@@ -526,6 +449,7 @@ unsafe impl Kernel for KernelModel {
         self.count(&self.counters.ioctl);
         let mut st = self.st();
         self.take_fail(&mut st, FailPoint::Ioctl(request))?;
+        let backend = self.config.backend;
         // SAFETY (all casts below): the crate passes the argument structure
         // the request encodes; the size in the request is checked first.
         let size = sys::ioctl::iocparm_len(request as _);
@@ -542,8 +466,8 @@ unsafe impl Kernel for KernelModel {
                     max_ram: GPA_END,
                     arch: sys::nvmm_cap_md {
                         vcpu_conf_support: self.config.vcpu_conf_support,
-                        xcr0_mask: 0x3,
-                        mxcsr_mask: 0xFFBF,
+                        xcr0_mask: sanitize::XCR0_MASK,
+                        mxcsr_mask: sanitize::HOST_MXCSR_MASK,
                         conf_cpuid_maxops: self.config.conf_cpuid_maxops,
                         ..Default::default()
                     },
@@ -553,14 +477,14 @@ unsafe impl Kernel for KernelModel {
             }
             sys::NVMM_IOC_MACHINE_CREATE => {
                 expect(size_of::<sys::nvmm_ioc_machine_create>())?;
-                st.fds.get(&fd).ok_or(libc::EBADF)?;
+                let root = *st.fds.get(&fd).ok_or(libc::EBADF)?;
                 let slot = st
                     .machines
                     .iter()
                     .position(|m| m.is_none())
                     .ok_or(libc::ENOBUFS)?;
                 st.machines[slot] = Some(MachineModel {
-                    owner: fd,
+                    owner: if root { Owner::Root } else { Owner::Fd(fd) },
                     vcpus: BTreeMap::new(),
                     pages: HashMap::new(),
                     hmaps: Vec::new(),
@@ -589,6 +513,8 @@ unsafe impl Kernel for KernelModel {
                 let a = unsafe { *arg.cast::<sys::nvmm_ioc_vcpu_create>() };
                 let max = self.config.max_vcpus.min(MAX_VCPUS);
                 let m = self.lookup(&mut st, fd, a.machid)?;
+                // nvmm.c nvmm_vcpu_alloc: EINVAL past the table, EBUSY when
+                // present.
                 if a.cpuid >= max {
                     return Err(libc::EINVAL);
                 }
@@ -596,26 +522,8 @@ unsafe impl Kernel for KernelModel {
                     return Err(libc::EBUSY);
                 }
                 let page = m.pages.entry(a.cpuid).or_insert_with(PageBox::new).clone();
-                let comm = page.comm();
-                let reset = reset_state();
-                // The kernel zeroes the page and loads the reset state, which
-                // is then cached.
-                unsafe {
-                    comm.cast::<u8>()
-                        .write_bytes(0, size_of::<sys::nvmm_comm_page>());
-                    (&raw mut (*comm).state).write(reset);
-                    (&raw mut (*comm).state_cached).write_volatile(ALL);
-                }
-                m.vcpus.insert(
-                    a.cpuid,
-                    VcpuModel {
-                        hw: Box::new(reset),
-                        script: VecDeque::new(),
-                        cpuid: BTreeMap::new(),
-                        tpr_exit: false,
-                        injected: Vec::new(),
-                    },
-                );
+                let v = unsafe { vcpu::create(backend, &page) };
+                m.vcpus.insert(a.cpuid, v);
                 Ok(())
             }
             sys::NVMM_IOC_VCPU_DESTROY => {
@@ -635,42 +543,7 @@ unsafe impl Kernel for KernelModel {
                 let tpr_ok = self.config.vcpu_conf_support & sys::NVMM_CAP_ARCH_VCPU_CONF_TPR != 0;
                 let m = self.lookup(&mut st, fd, a.machid)?;
                 let v = m.vcpus.get_mut(&a.cpuid).ok_or(libc::ENOENT)?;
-                match a.op {
-                    op if op == sys::NVMM_VCPU_CONF_CPUID => {
-                        let c = unsafe { *a.conf.cast::<sys::nvmm_vcpu_conf_cpuid>() };
-                        if c.mask() != 0 && c.exit() != 0 {
-                            return Err(libc::EINVAL);
-                        }
-                        if c.mask() != 0 {
-                            let (s, d) = unsafe { (c.u.mask.set, c.u.mask.del) };
-                            if s.eax & d.eax != 0
-                                || s.ebx & d.ebx != 0
-                                || s.ecx & d.ecx != 0
-                                || s.edx & d.edx != 0
-                            {
-                                return Err(libc::EINVAL);
-                            }
-                        }
-                        if c.mask() == 0 && c.exit() == 0 {
-                            v.cpuid.remove(&c.leaf);
-                            return Ok(());
-                        }
-                        if !v.cpuid.contains_key(&c.leaf) && v.cpuid.len() >= maxops {
-                            return Err(libc::ENOBUFS);
-                        }
-                        v.cpuid.insert(c.leaf, c);
-                        Ok(())
-                    }
-                    op if op == sys::NVMM_VCPU_CONF_TPR => {
-                        if !tpr_ok {
-                            return Err(libc::EINVAL);
-                        }
-                        let c = unsafe { *a.conf.cast::<sys::nvmm_vcpu_conf_tpr>() };
-                        v.tpr_exit = c.exit_changed() != 0;
-                        Ok(())
-                    }
-                    _ => Err(libc::EINVAL),
-                }
+                unsafe { vcpu::configure(v, &a, maxops, tpr_ok) }
             }
             sys::NVMM_IOC_VCPU_GETSTATE => {
                 expect(size_of::<sys::nvmm_ioc_vcpu_getstate>())?;
@@ -679,14 +552,7 @@ unsafe impl Kernel for KernelModel {
                 let m = self.lookup(&mut st, fd, a.machid)?;
                 let page = m.pages.get(&a.cpuid).ok_or(libc::ENOENT)?.clone();
                 let v = m.vcpus.get_mut(&a.cpuid).ok_or(libc::ENOENT)?;
-                let comm = page.comm();
-                unsafe {
-                    let wanted = (&raw const (*comm).state_wanted).read_volatile() & ALL;
-                    copy_classes(&raw mut (*comm).state, &raw const *v.hw, wanted);
-                    let cached = (&raw const (*comm).state_cached).read_volatile();
-                    (&raw mut (*comm).state_cached).write_volatile(cached | wanted);
-                    (&raw mut (*comm).state_wanted).write_volatile(0);
-                }
+                unsafe { vcpu::getstate(backend, v, page.comm()) };
                 Ok(())
             }
             sys::NVMM_IOC_VCPU_RUN => {
@@ -698,99 +564,44 @@ unsafe impl Kernel for KernelModel {
                 let page = m.pages.get(&cpuid).ok_or(libc::ENOENT)?.clone();
                 let v = m.vcpus.get_mut(&cpuid).ok_or(libc::ENOENT)?;
                 let comm = page.comm();
-                let exit = unsafe { run_vcpu(v, comm) };
-                // The kernel clears `stop` at the end of every run.
+                let end = unsafe { vcpu::run(backend, v, comm) };
+                // `stop` is cleared once the run is over, whatever its
+                // outcome: the project's reference places this in nvmm.c
+                // 1.50 `nvmm_vcpu_run`; QEMU's nvmm_vcpu_loop relies on
+                // "The kernel cleared the immediate exit flag". (Not found
+                // in the older nvmm.c copies that could be searched.)
                 stop_word(comm).store(0, Ordering::SeqCst);
-                let exit = exit?;
-                unsafe { (&raw mut (*args).exit).write(exit) };
+                match end? {
+                    // Only the reason is written; the rest of the exit is
+                    // copied back as userland passed it.
+                    RunEnd::Early(reason) => unsafe { (*args).exit.reason = reason },
+                    RunEnd::Full(exit) => unsafe { (&raw mut (*args).exit).write(exit) },
+                }
                 Ok(())
             }
             sys::NVMM_IOC_HVA_MAP => {
                 expect(size_of::<sys::nvmm_ioc_hva_map>())?;
                 let a = unsafe { *arg.cast::<sys::nvmm_ioc_hva_map>() };
                 let m = self.lookup(&mut st, fd, a.machid)?;
-                if a.hva == 0 || a.hva % PAGE_SIZE != 0 || a.size % PAGE_SIZE != 0 || a.size == 0 {
-                    return Err(libc::EINVAL);
-                }
-                let end = a.hva.checked_add(a.size).ok_or(libc::EINVAL)?;
-                for &(h, s) in &m.hmaps {
-                    let inside = a.hva >= h && end <= h + s;
-                    let overlap = a.hva < h + s && h < end;
-                    if overlap && !inside {
-                        return Err(libc::EEXIST);
-                    }
-                }
-                if m.hmaps.len() >= MAX_HMAPPINGS {
-                    return Err(libc::ENOBUFS);
-                }
-                m.hmaps.push((a.hva, a.size));
-                Ok(())
+                memory::hva_map(m, &a)
             }
             sys::NVMM_IOC_HVA_UNMAP => {
                 expect(size_of::<sys::nvmm_ioc_hva_unmap>())?;
                 let a = unsafe { *arg.cast::<sys::nvmm_ioc_hva_unmap>() };
-                let m = self.lookup(&mut st, fd, a.machid)?;
-                let i = m
-                    .hmaps
-                    .iter()
-                    .position(|&(h, s)| h == a.hva && s == a.size)
-                    .ok_or(libc::ENOENT)?;
-                m.hmaps.remove(i);
-                // The kernel unmaps the range from the process.
-                if st.anon.get(&a.hva) == Some(&a.size) {
-                    st.anon.remove(&a.hva);
-                    unsafe {
-                        std::alloc::dealloc(
-                            a.hva as *mut u8,
-                            Layout::from_size_align_unchecked(a.size, PAGE_SIZE),
-                        )
-                    };
-                }
-                Ok(())
+                self.lookup(&mut st, fd, a.machid)?;
+                memory::hva_unmap(&mut st, a.machid, &a)
             }
             sys::NVMM_IOC_GPA_MAP => {
                 expect(size_of::<sys::nvmm_ioc_gpa_map>())?;
                 let a = unsafe { *arg.cast::<sys::nvmm_ioc_gpa_map>() };
                 let m = self.lookup(&mut st, fd, a.machid)?;
-                if a.prot & !0x7 != 0 {
-                    return Err(libc::EINVAL);
-                }
-                if a.gpa % PAGE_SIZE as u64 != 0
-                    || a.size % PAGE_SIZE != 0
-                    || a.hva % PAGE_SIZE != 0
-                    || a.hva == 0
-                    || a.size == 0
-                {
-                    return Err(libc::EINVAL);
-                }
-                let end = a.gpa.checked_add(a.size as u64).ok_or(libc::EINVAL)?;
-                if a.gpa >= GPA_END || end > GPA_END {
-                    return Err(libc::EINVAL);
-                }
-                let inside = m
-                    .hmaps
-                    .iter()
-                    .any(|&(h, s)| a.hva >= h && a.hva + a.size <= h + s);
-                if !inside {
-                    return Err(libc::EINVAL);
-                }
-                m.gmaps.push((a.gpa, a.size as u64, a.hva, a.prot));
-                Ok(())
+                memory::gpa_map(m, &a)
             }
             sys::NVMM_IOC_GPA_UNMAP => {
                 expect(size_of::<sys::nvmm_ioc_gpa_unmap>())?;
                 let a = unsafe { *arg.cast::<sys::nvmm_ioc_gpa_unmap>() };
                 let m = self.lookup(&mut st, fd, a.machid)?;
-                if a.gpa % PAGE_SIZE as u64 != 0 || a.size % PAGE_SIZE != 0 {
-                    return Err(libc::EINVAL);
-                }
-                let end = a.gpa.checked_add(a.size as u64).ok_or(libc::EINVAL)?;
-                // The kernel's off-by-one: a range ending at the top fails.
-                if a.gpa >= GPA_END || end >= GPA_END {
-                    return Err(libc::EINVAL);
-                }
-                m.gmaps.retain(|&(g, s, _, _)| !(g < end && a.gpa < g + s));
-                Ok(())
+                memory::gpa_unmap(m, &a)
             }
             sys::NVMM_IOC_CTL => {
                 expect(size_of::<sys::nvmm_ioc_ctl>())?;
@@ -805,7 +616,10 @@ unsafe impl Kernel for KernelModel {
                 let machid = unsafe { (*info).machid };
                 let pid = self.config.pid;
                 let m = self.lookup(&mut st, fd, machid)?;
-                let nram: u64 = m.gmaps.iter().map(|g| g.1).sum();
+                // nvmm.c nvmm_ctl_mach_info: nram sums the host mappings;
+                // pid is the owner's, and the root owner's pid is 0.
+                let nram: u64 = m.hmaps.iter().map(|h| h.1 as u64).sum();
+                let pid = if m.owner == Owner::Root { 0 } else { pid };
                 unsafe {
                     (*info).nvcpus = m.vcpus.len() as u32;
                     (*info).nram = nram;
@@ -878,85 +692,5 @@ unsafe impl Kernel for KernelModel {
             }
             None => Err(libc::EINVAL),
         }
-    }
-}
-
-/// VCPU_RUN on the model (reference §5.3 step 4, §5.5, §5.6).
-///
-/// # Safety
-///
-/// `comm` is the VCPU's live comm page.
-unsafe fn run_vcpu(
-    v: &mut VcpuModel,
-    comm: *mut sys::nvmm_comm_page,
-) -> Result<sys::nvmm_x86_exit, i32> {
-    unsafe {
-        // Apply the committed classes, then everything is stale.
-        let commit = (&raw const (*comm).state_commit).read_volatile() & ALL;
-        copy_classes(&raw mut *v.hw, &raw const (*comm).state, commit);
-        (&raw mut (*comm).state_commit).write_volatile(0);
-        (&raw mut (*comm).state_cached).write_volatile(0);
-
-        // The event: consumed, validated; an invalid one fails the run.
-        if (&raw const (*comm).event_commit)
-            .cast::<u8>()
-            .read_volatile()
-            != 0
-        {
-            (&raw mut (*comm).event_commit).write_volatile(false);
-            let kind = (&raw const (*comm).event.type_).read_volatile();
-            let vector = (&raw const (*comm).event.vector).read_volatile();
-            let error = (&raw const (*comm).event.u.excp.error).read_volatile();
-            let ok = match kind {
-                k if k == sys::NVMM_VCPU_EVENT_EXCP => {
-                    !(vector == 0 || vector == 2 || vector == 3 || vector >= 32)
-                }
-                k if k == sys::NVMM_VCPU_EVENT_INTR => true,
-                _ => false,
-            };
-            if !ok {
-                return Err(libc::EINVAL);
-            }
-            v.injected.push((kind, vector, error));
-        }
-
-        if stop_word(comm).load(Ordering::SeqCst) != 0 {
-            let mut e = zeroed_exit();
-            e.reason = sys::NVMM_VCPU_EXIT_STOPPED;
-            fill_exitstate(&mut e, &v.hw);
-            return Ok(e);
-        }
-
-        let mut e = match v.script.pop_front() {
-            Some(mut s) => {
-                if let Some(g) = s.guest.as_mut() {
-                    g(&mut v.hw);
-                }
-                s.exit
-            }
-            None => zeroed_exit(),
-        };
-        let provide = match e.reason {
-            r if r == sys::NVMM_VCPU_EXIT_IO || r == sys::NVMM_VCPU_EXIT_MEMORY => {
-                GPRS | SEGS | CRS | MSRS
-            }
-            r if r == sys::NVMM_VCPU_EXIT_RDMSR || r == sys::NVMM_VCPU_EXIT_WRMSR => GPRS,
-            _ => 0,
-        };
-        copy_classes(&raw mut (*comm).state, &raw const *v.hw, provide);
-        (&raw mut (*comm).state_cached).write_volatile(provide);
-        fill_exitstate(&mut e, &v.hw);
-        Ok(e)
-    }
-}
-
-fn fill_exitstate(e: &mut sys::nvmm_x86_exit, hw: &sys::nvmm_x64_state) {
-    e.exitstate.rflags = hw.gprs[sys::NVMM_X64_GPR_RFLAGS];
-    e.exitstate.cr8 = hw.crs[sys::NVMM_X64_CR_CR8];
-    // SAFETY: both bitfield structs are one u64 (intr) / the third u64 of
-    // exitstate.
-    unsafe {
-        let bits = (&raw const hw.intr).cast::<u64>().read() & 0xF;
-        (&raw mut e.exitstate).cast::<u64>().add(2).write(bits);
     }
 }

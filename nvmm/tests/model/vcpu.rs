@@ -1,0 +1,269 @@
+//! The model's VCPUs: creation with the reset state, configuration,
+//! GETSTATE and RUN, following nvmm.c (`nvmm_vcpu_create`,
+//! `nvmm_do_vcpu_run`, `nvmm_vcpu_run`), nvmm_internal.h
+//! (`nvmm_return_needed`) and the backends' `*_vcpu_run`. **Model, not
+//! NetBSD.**
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
+
+use nvmm::nvmm_sys as sys;
+
+use super::sanitize::{self, commit, readback};
+use super::{ALL, Backend, CRS, GPRS, MSRS, PageBox, SEGS, ScriptedExit, stop_word, zeroed_exit};
+
+pub struct VcpuModel {
+    /// The committed ("VMCB/VMCS") state.
+    pub hw: Box<sys::nvmm_x64_state>,
+    /// SVM's VMCB CPL field (taken from SS.DPL on commit).
+    pub cpl: u8,
+    pub script: VecDeque<ScriptedExit>,
+    pub cpuid: BTreeMap<u32, sys::nvmm_vcpu_conf_cpuid>,
+    pub tpr_exit: bool,
+    pub injected: Vec<(u32, u8, u64)>,
+    /// A signal is pending for the VCPU's thread (`LW_USERRET`).
+    pub signal_pending: bool,
+}
+
+/// Creates the VCPU model and initialises its comm page as
+/// `nvmm_vcpu_create` + `svm_vcpu_init`/`vmx_vcpu_init` do: the page is
+/// zeroed, the reset state is written to it and committed through the
+/// backend's setstate (so the hardware gets the *sanitised* reset state:
+/// with `fx_mxcsr_mask = 0` its MXCSR is 0), and every class is cached.
+///
+/// # Safety
+///
+/// `page` is the VCPU's live comm page.
+pub unsafe fn create(backend: Backend, page: &PageBox) -> VcpuModel {
+    let comm = page.comm();
+    let reset = sanitize::reset_state();
+    let mut hw = Box::new(reset);
+    let mut cpl = 0;
+    commit(backend, &mut hw, &mut cpl, &reset, ALL);
+    // SAFETY: the caller's contract; plain stores into the page.
+    unsafe {
+        comm.cast::<u8>()
+            .write_bytes(0, size_of::<sys::nvmm_comm_page>());
+        (&raw mut (*comm).state).write(reset);
+        (&raw mut (*comm).state_cached).write_volatile(ALL);
+    }
+    VcpuModel {
+        hw,
+        cpl,
+        script: VecDeque::new(),
+        cpuid: BTreeMap::new(),
+        tpr_exit: false,
+        injected: Vec::new(),
+        signal_pending: false,
+    }
+}
+
+/// GETSTATE (svm_vcpu_getstate): the `state_wanted` classes are read back
+/// from the hardware into the page and cached.
+///
+/// # Safety
+///
+/// `comm` is the VCPU's live comm page.
+pub unsafe fn getstate(backend: Backend, v: &VcpuModel, comm: *mut sys::nvmm_comm_page) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let wanted = (&raw const (*comm).state_wanted).read_volatile() & ALL;
+        let mut st = (&raw const (*comm).state).read();
+        readback(backend, &v.hw, v.cpl, &mut st, wanted);
+        (&raw mut (*comm).state).write(st);
+        let cached = (&raw const (*comm).state_cached).read_volatile();
+        (&raw mut (*comm).state_cached).write_volatile(cached | wanted);
+        (&raw mut (*comm).state_wanted).write_volatile(0);
+    }
+}
+
+/// nvmm_internal.h `nvmm_return_needed`: a pending signal (`LW_USERRET`)
+/// gives NONE, then a requested stop gives STOPPED. (Preemption and
+/// suspension, which also give NONE, are not modelled.)
+fn return_needed(v: &mut VcpuModel, comm: *mut sys::nvmm_comm_page) -> Option<u64> {
+    if v.signal_pending {
+        // The signal is delivered on the way back to userland.
+        v.signal_pending = false;
+        return Some(sys::NVMM_VCPU_EXIT_NONE);
+    }
+    if stop_word(comm).load(Ordering::SeqCst) != 0 {
+        return Some(sys::NVMM_VCPU_EXIT_STOPPED);
+    }
+    None
+}
+
+/// How a RUN ended.
+pub enum RunEnd {
+    /// `nvmm_do_vcpu_run` left before the backend ran: only
+    /// `exit->reason` is written, nothing is committed.
+    Early(u64),
+    /// The backend ran and filled the whole exit.
+    Full(sys::nvmm_x86_exit),
+}
+
+/// RUN: `nvmm_do_vcpu_run` then the backend's `*_vcpu_run`.
+///
+/// # Safety
+///
+/// `comm` is the VCPU's live comm page.
+pub unsafe fn run(
+    backend: Backend,
+    v: &mut VcpuModel,
+    comm: *mut sys::nvmm_comm_page,
+) -> Result<RunEnd, i32> {
+    // nvmm_do_vcpu_run: "Got a signal? Or pending resched? Leave." before
+    // the backend runs. The model follows nvmm.c 1.50 (per the project's
+    // reference), which passes the VCPU, so a requested stop is seen here
+    // too; older nvmm.c revisions and DragonFly check only signals here.
+    if let Some(reason) = return_needed(v, comm) {
+        return Ok(RunEnd::Early(reason));
+    }
+    // SAFETY: the caller's contract.
+    unsafe {
+        // svm_vcpu_run: svm_vcpu_state_commit (state_wanted = state_commit;
+        // state_commit = 0; setstate), then state_cached = 0.
+        let flags = (&raw const (*comm).state_commit).read_volatile() & ALL;
+        let st = (&raw const (*comm).state).read();
+        commit(backend, &mut v.hw, &mut v.cpl, &st, flags);
+        (&raw mut (*comm).state_commit).write_volatile(0);
+        (&raw mut (*comm).state_cached).write_volatile(0);
+
+        // svm_vcpu_event_commit: event_commit cleared first, then the
+        // event validated; a bad one fails the run with EINVAL.
+        if (&raw const (*comm).event_commit)
+            .cast::<u8>()
+            .read_volatile()
+            != 0
+        {
+            (&raw mut (*comm).event_commit).write_volatile(false);
+            let kind = (&raw const (*comm).event.type_).read_volatile();
+            let vector = (&raw const (*comm).event.vector).read_volatile();
+            let error = (&raw const (*comm).event.u.excp.error).read_volatile();
+            let ok = match kind {
+                k if k == sys::NVMM_VCPU_EVENT_EXCP => {
+                    !(vector == 0 || vector == 2 || vector == 3 || vector >= 32)
+                }
+                k if k == sys::NVMM_VCPU_EVENT_INTR => true,
+                _ => false,
+            };
+            if !ok {
+                return Err(libc::EINVAL);
+            }
+            v.injected.push((kind, vector, error));
+        }
+
+        // The guest runs until its next exit (scripted).
+        let mut e = match v.script.pop_front() {
+            Some(mut s) => {
+                if let Some(g) = s.guest.as_mut() {
+                    g(&mut v.hw);
+                }
+                if s.signal {
+                    v.signal_pending = true;
+                }
+                s.exit
+            }
+            None => zeroed_exit(),
+        };
+
+        // svm_exit_cpuid / vmx_exit_cpuid: the in-kernel CPUID runs first
+        // and overwrites RAX-RDX, then `cpuid->exit` sends it to userland.
+        if e.reason == sys::NVMM_VCPU_EXIT_CPUID {
+            let leaf = v.hw.gprs[sys::NVMM_X64_GPR_RAX] as u32;
+            let [a, b, c, d] = sanitize::kernel_cpuid_answer(leaf);
+            v.hw.gprs[sys::NVMM_X64_GPR_RAX] = u64::from(a);
+            v.hw.gprs[sys::NVMM_X64_GPR_RBX] = u64::from(b);
+            v.hw.gprs[sys::NVMM_X64_GPR_RCX] = u64::from(c);
+            v.hw.gprs[sys::NVMM_X64_GPR_RDX] = u64::from(d);
+        }
+
+        // The exit handlers provide state (svm_vcpu_state_provide) before
+        // nvmm_return_needed looks at the exit.
+        let provide = match e.reason {
+            r if r == sys::NVMM_VCPU_EXIT_IO || r == sys::NVMM_VCPU_EXIT_MEMORY => {
+                GPRS | SEGS | CRS | MSRS
+            }
+            r if r == sys::NVMM_VCPU_EXIT_RDMSR || r == sys::NVMM_VCPU_EXIT_WRMSR => GPRS,
+            _ => 0,
+        };
+        let mut st = (&raw const (*comm).state).read();
+        readback(backend, &v.hw, v.cpl, &mut st, provide);
+        (&raw mut (*comm).state).write(st);
+        (&raw mut (*comm).state_cached).write_volatile(provide);
+
+        // "If no reason to return to userland, keep rolling": a signal or
+        // a stop that came during the run overrides the exit reason.
+        if let Some(reason) = return_needed(v, comm) {
+            e.reason = reason;
+        }
+        fill_exitstate(backend, &mut e, v);
+        Ok(RunEnd::Full(e))
+    }
+}
+
+/// The end of `*_vcpu_run`: RFLAGS, CR8 and the interrupt state.
+fn fill_exitstate(backend: Backend, e: &mut sys::nvmm_x86_exit, v: &VcpuModel) {
+    e.exitstate.rflags = v.hw.gprs[sys::NVMM_X64_GPR_RFLAGS];
+    e.exitstate.cr8 = match backend {
+        Backend::Svm => v.hw.crs[sys::NVMM_X64_CR_CR8] & 0xF,
+        Backend::Vmx => v.hw.crs[sys::NVMM_X64_CR_CR8],
+    };
+    // SAFETY: both bitfield structs are one u64 (intr) / the third u64 of
+    // exitstate.
+    unsafe {
+        let bits = (&raw const v.hw.intr).cast::<u64>().read() & 0xF;
+        (&raw mut e.exitstate).cast::<u64>().add(2).write(bits);
+    }
+}
+
+/// VCPU_CONFIGURE (svm_vcpu_configure / vmx_vcpu_configure): CPUID mask
+/// and exit (EINVAL for both, or for set/del overlap; neither bit deletes
+/// the leaf; ENOBUFS past `maxops` leaves) and TPR (EINVAL without the
+/// capability, as on SVM).
+///
+/// # Safety
+///
+/// `a.conf` points to the structure of `a.op`.
+pub unsafe fn configure(
+    v: &mut VcpuModel,
+    a: &sys::nvmm_ioc_vcpu_configure,
+    maxops: usize,
+    tpr_ok: bool,
+) -> Result<(), i32> {
+    match a.op {
+        op if op == sys::NVMM_VCPU_CONF_CPUID => {
+            let c = unsafe { *a.conf.cast::<sys::nvmm_vcpu_conf_cpuid>() };
+            if c.mask() != 0 && c.exit() != 0 {
+                return Err(libc::EINVAL);
+            }
+            if c.mask() != 0 {
+                let (s, d) = unsafe { (c.u.mask.set, c.u.mask.del) };
+                if s.eax & d.eax != 0
+                    || s.ebx & d.ebx != 0
+                    || s.ecx & d.ecx != 0
+                    || s.edx & d.edx != 0
+                {
+                    return Err(libc::EINVAL);
+                }
+            }
+            if c.mask() == 0 && c.exit() == 0 {
+                v.cpuid.remove(&c.leaf);
+                return Ok(());
+            }
+            if !v.cpuid.contains_key(&c.leaf) && v.cpuid.len() >= maxops {
+                return Err(libc::ENOBUFS);
+            }
+            v.cpuid.insert(c.leaf, c);
+            Ok(())
+        }
+        op if op == sys::NVMM_VCPU_CONF_TPR => {
+            if !tpr_ok {
+                return Err(libc::EINVAL);
+            }
+            let c = unsafe { *a.conf.cast::<sys::nvmm_vcpu_conf_tpr>() };
+            v.tpr_exit = c.exit_changed() != 0;
+            Ok(())
+        }
+        _ => Err(libc::EINVAL),
+    }
+}
