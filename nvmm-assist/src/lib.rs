@@ -34,6 +34,7 @@ pub mod mode;
 pub mod segment;
 pub mod state;
 pub mod translate;
+pub mod vendor;
 
 #[cfg(test)]
 pub(crate) mod testutil;
@@ -48,6 +49,7 @@ pub use mode::CpuMode;
 pub use segment::linear_address;
 pub use state::{CpuState, Gpr, Registers, Segment, SegmentAttributes, SegmentRegister};
 pub use translate::translate;
+pub use vendor::Vendor;
 
 /// How an assist call ended when it succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

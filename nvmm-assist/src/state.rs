@@ -2,6 +2,8 @@
 //! implements (zero-copy over a hypervisor's shared page), plus [`Registers`],
 //! a plain implementation for tests and for VMMs that keep state in a struct.
 
+use crate::vendor::Vendor;
+
 /// A general-purpose register, numbered as the x86 encoding (and NVMM's
 /// `NVMM_X64_GPR_*` indices) number them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -200,6 +202,11 @@ pub trait CpuState {
     /// Sets XMM register `index` (0-15). Only called when [`CpuState::xmm`]
     /// returned `Some` for it.
     fn set_xmm(&mut self, index: u8, value: u128);
+    /// The vendor of the guest's CPU: the assist does what that vendor's
+    /// CPUs do where Intel and AMD differ (the rules are listed in
+    /// [`crate::vendor`]). A hypervisor passes the host's vendor (CPUID
+    /// leaf 0) unless it presents another vendor to the guest.
+    fn vendor(&self) -> Vendor;
     /// The current privilege level. The default is SS.DPL in protected mode
     /// (as VMX and SVM keep it), 0 in real mode and 3 in virtual-8086 mode.
     fn cpl(&self) -> u8 {
@@ -222,7 +229,9 @@ pub trait CpuState {
 
 /// A plain-struct [`CpuState`], for tests and for VMMs whose vCPU state is
 /// not in a shared page.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+///
+/// There is no `Default`: the [`vendor`](Registers::vendor) must be chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registers {
     /// RAX..R15 in encoding order.
     pub gprs: [u64; 16],
@@ -240,8 +249,37 @@ pub struct Registers {
     pub cr4: u64,
     /// IA32_EFER.
     pub efer: u64,
-    /// XMM0-15, or `None` when the state has no SSE registers.
+    /// XMM0-15, or `None` when the state has no SSE registers. Each value
+    /// is the register's little-endian memory image (see [`CpuState::xmm`]).
     pub xmm: Option<[u128; 16]>,
+    /// The guest CPU's vendor ([`CpuState::vendor`]).
+    pub vendor: Vendor,
+}
+
+impl Registers {
+    /// Every register zero (segments unusable, no SSE registers), for a
+    /// guest CPU of `vendor`: the starting point for a state built field by
+    /// field.
+    pub const fn zeroed(vendor: Vendor) -> Registers {
+        const NULL: SegmentRegister = SegmentRegister {
+            selector: 0,
+            base: 0,
+            limit: 0,
+            attributes: SegmentAttributes(0),
+        };
+        Registers {
+            gprs: [0; 16],
+            rip: 0,
+            rflags: 0,
+            segments: [NULL; 6],
+            cr0: 0,
+            cr3: 0,
+            cr4: 0,
+            efer: 0,
+            xmm: None,
+            vendor,
+        }
+    }
 }
 
 impl CpuState for Registers {
@@ -285,5 +323,8 @@ impl CpuState for Registers {
         if let Some(x) = self.xmm.as_mut() {
             x[usize::from(index & 15)] = value;
         }
+    }
+    fn vendor(&self) -> Vendor {
+        self.vendor
     }
 }

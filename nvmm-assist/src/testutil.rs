@@ -12,7 +12,7 @@ use std::vec::Vec;
 
 use nvmm_assist::{
     BusError, CompareWrite, CpuState, Gpr, GuestRam, MmioBus, PortIo, RamStatus, Registers,
-    Segment, SegmentAttributes, SegmentRegister,
+    Segment, SegmentAttributes, SegmentRegister, Vendor,
 };
 
 /// Guest RAM: `mem.len()` bytes from GPA 0; GPAs at or beyond the end, or in
@@ -529,6 +529,11 @@ pub mod bits {
     pub const RFLAGS_VM: u64 = 1 << 17;
 }
 
+/// The vendor of the states built here. The fixed cases of this crate's
+/// tests were written on (and measured against) an Intel CPU; a case whose
+/// result depends on the vendor sets [`Registers::vendor`] itself.
+pub const TEST_VENDOR: Vendor = Vendor::Intel;
+
 /// A flat code (`code`=true, type 0xB) or data (type 3) segment with
 /// `dpl`, D/B and L as given, base 0, limit 4 GiB.
 pub fn flat_segment(code: bool, dpl: u8, db: bool, l: bool) -> SegmentRegister {
@@ -558,7 +563,7 @@ pub fn long64(cr3: u64, cpl: u8) -> Registers {
         cr4: bits::CR4_PAE,
         efer: bits::EFER_LME | bits::EFER_LMA | bits::EFER_NXE,
         rflags: 2,
-        ..Default::default()
+        ..Registers::zeroed(TEST_VENDOR)
     };
     for s in [
         Segment::Es,
@@ -578,7 +583,7 @@ pub fn flat32(cpl: u8) -> Registers {
     let mut r = Registers {
         cr0: bits::CR0_PE,
         rflags: 2,
-        ..Default::default()
+        ..Registers::zeroed(TEST_VENDOR)
     };
     for s in [
         Segment::Es,
@@ -597,7 +602,7 @@ pub fn flat32(cpl: u8) -> Registers {
 pub fn real_mode() -> Registers {
     let mut r = Registers {
         rflags: 2,
-        ..Default::default()
+        ..Registers::zeroed(TEST_VENDOR)
     };
     for s in 0..6u8 {
         r.segments[usize::from(s)] = SegmentRegister {
@@ -674,5 +679,8 @@ impl<S: CpuState> CpuState for WithMaxPhys<S> {
     }
     fn max_phys_addr(&self) -> u8 {
         self.max_phys
+    }
+    fn vendor(&self) -> Vendor {
+        self.state.vendor()
     }
 }

@@ -26,6 +26,8 @@ mod cases;
 mod encode;
 #[path = "oracle_support/host.rs"]
 mod host;
+#[path = "oracle_support/host_vendor.rs"]
+mod host_vendor;
 #[path = "oracle_support/mock.rs"]
 mod mock;
 #[path = "oracle_support/native.rs"]

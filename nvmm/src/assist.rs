@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use nvmm_assist::{
     AccessType, BusError, CompareWrite, CpuState, GuestRam, RamStatus, SegmentAttributes,
-    SegmentRegister,
+    SegmentRegister, Vendor,
 };
 
 use crate::comm::CommPage;
@@ -24,12 +24,42 @@ use crate::vcpu::{PROVIDED_ON_IO_AND_MEMORY, Vcpu};
 /// works; otherwise the assist reports it unsupported).
 pub(crate) struct CommState {
     page: CommPage,
+    vendor: Vendor,
 }
 
 impl CommState {
-    pub(crate) fn new(page: CommPage) -> Self {
-        CommState { page }
+    pub(crate) fn new(page: CommPage, vendor: Vendor) -> Self {
+        CommState { page, vendor }
     }
+}
+
+/// The host CPU's vendor, from CPUID leaf 0, read once per process: the
+/// vendor a VCPU presents to its guest unless [`Vcpu::set_guest_vendor`]
+/// overrides it (NVMM passes the host's vendor string through to the guest,
+/// `x86/nvmm_x86_{svm,vmx}.c`, `*_inkernel_handle_cpuid`, leaf 0 untouched).
+///
+/// A vendor string [`Vendor::from_cpuid_leaf0`] does not know (a CPU of
+/// neither lineage) and targets other than x86_64 (where NVMM does not
+/// exist; only in-process tests run there) give [`Vendor::Intel`]; a VMM on
+/// such a host states the vendor with [`Vcpu::set_guest_vendor`].
+pub fn host_vendor() -> Vendor {
+    static VENDOR: std::sync::OnceLock<Vendor> = std::sync::OnceLock::new();
+    *VENDOR.get_or_init(read_host_vendor)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn read_host_vendor() -> Vendor {
+    // `__cpuid` is a safe function from Rust 1.89 on; the block keeps the
+    // crate building with its minimum supported Rust (1.88).
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID exists on every x86_64 CPU; leaf 0 only reads.
+    let r = unsafe { core::arch::x86_64::__cpuid(0) };
+    Vendor::from_cpuid_leaf0(r.ebx, r.ecx, r.edx).unwrap_or(Vendor::Intel)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn read_host_vendor() -> Vendor {
+    Vendor::Intel
 }
 
 fn seg_of(s: nvmm_assist::Segment) -> Seg {
@@ -98,6 +128,9 @@ impl CpuState for CommState {
         if self.page.cached().contains(StateClasses::FPU) && index < 16 {
             set_xmm_of(self.page, index, value);
         }
+    }
+    fn vendor(&self) -> Vendor {
+        self.vendor
     }
 }
 
@@ -217,7 +250,7 @@ impl Vcpu {
         self.fetch(PROVIDED_ON_IO_AND_MEMORY)?;
         let page = self.page();
         let areas = self.machine().areas();
-        let state = CommState::new(page);
+        let state = CommState::new(page, self.guest_vendor());
         let mut ram = AreaRam { areas: &areas };
         nvmm_assist::translate(&state, &mut ram, gva, access).map_err(|source| Error::Assist {
             op: Op::GvaToGpa,
@@ -228,6 +261,36 @@ impl Vcpu {
 
 /// How an assist ended when it succeeded (nvmm-assist's `Outcome`).
 pub use nvmm_assist::Outcome;
+
+impl Vcpu {
+    /// The CPU vendor whose behaviour [`Vcpu::assist_mem`] and
+    /// [`Vcpu::assist_io`] emulate for this VCPU (where Intel and AMD CPUs
+    /// differ, see `nvmm_assist::vendor`): the host's vendor
+    /// ([`host_vendor`]) unless [`Vcpu::set_guest_vendor`] changed it.
+    /// No ioctl: a setting of this library.
+    pub fn guest_vendor(&self) -> Vendor {
+        self.guest_vendor
+    }
+
+    /// Makes the assists emulate `vendor`'s CPUs for this VCPU, for a VMM
+    /// that presents another vendor to its guest (through
+    /// [`Vcpu::configure_cpuid`]). The guest's instructions still run on the
+    /// host CPU; only what the assists emulate follows this setting. No
+    /// ioctl: a setting of this library.
+    ///
+    /// ```no_run
+    /// use nvmm::Vendor;
+    /// # let nvmm = nvmm::Nvmm::open()?;
+    /// # let machine = nvmm.create_machine()?;
+    /// let mut vcpu = machine.create_vcpu(0)?;
+    /// vcpu.set_guest_vendor(Vendor::Amd);
+    /// assert_eq!(vcpu.guest_vendor(), Vendor::Amd);
+    /// # Ok::<(), nvmm::Error>(())
+    /// ```
+    pub fn set_guest_vendor(&mut self, vendor: Vendor) {
+        self.guest_vendor = vendor;
+    }
+}
 
 fn assist_segment(s: Seg) -> Option<nvmm_assist::Segment> {
     u8::try_from(s.index())
@@ -302,7 +365,7 @@ impl Vcpu {
             npc: io.npc,
         };
         let areas = self.machine().areas();
-        let mut state = CommState::new(self.page());
+        let mut state = CommState::new(self.page(), self.guest_vendor());
         let mut ram = AreaRam { areas: &areas };
         nvmm_assist::assist_io(&mut state, &mut ram, mmio, ports, &exit).map_err(|source| {
             Error::Assist {
@@ -370,7 +433,7 @@ impl Vcpu {
             instruction: m.instruction,
         };
         let areas = self.machine().areas();
-        let mut state = CommState::new(self.page());
+        let mut state = CommState::new(self.page(), self.guest_vendor());
         let mut ram = AreaRam { areas: &areas };
         nvmm_assist::assist_mem(&mut state, &mut ram, mmio, &exit).map_err(|source| Error::Assist {
             op: Op::AssistMem,
