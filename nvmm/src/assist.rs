@@ -307,6 +307,9 @@ impl Vcpu {
     /// with the exit, so this makes no syscall; the changes are committed
     /// by the next run.
     ///
+    /// Where Intel and AMD CPUs differ, the assist emulates the CPU of
+    /// [`Vcpu::guest_vendor`].
+    ///
     /// [`Outcome::Resume`]: a bounded batch of a REP INS/OUTS was done; run
     /// again and the guest re-executes the rest. On error no register has
     /// changed (an [`Error::Assist`] holding a fault to inject, a bus
@@ -382,7 +385,8 @@ impl Vcpu {
     /// the registers in place. No syscall after a memory exit. SSE moves
     /// to MMIO need the FPU class: call [`Vcpu::fetch`] with
     /// [`StateClasses::FPU`] first (one GETSTATE), otherwise they are
-    /// reported unsupported.
+    /// reported unsupported. Where Intel and AMD CPUs differ, the assist
+    /// emulates the CPU of [`Vcpu::guest_vendor`].
     ///
     /// ```no_run
     /// use nvmm::nvmm_assist::{BusError, MmioBus};
