@@ -35,8 +35,10 @@ impl CommState {
 
 /// The host CPU's vendor, from CPUID leaf 0, read once per process: the
 /// vendor a VCPU presents to its guest unless [`Vcpu::set_guest_vendor`]
-/// overrides it (NVMM passes the host's vendor string through to the guest,
-/// `x86/nvmm_x86_{svm,vmx}.c`, `*_inkernel_handle_cpuid`, leaf 0 untouched).
+/// overrides it. NVMM shows the guest the host's vendor string: the kernel
+/// runs CPUID on the host and, for leaf 0, replaces only EAX
+/// (`sys/dev/nvmm/x86/nvmm_x86_svm.c`, `svm_inkernel_handle_cpuid`, and its
+/// VMX twin in `nvmm_x86_vmx.c`).
 ///
 /// A vendor string [`Vendor::from_cpuid_leaf0`] does not know (a CPU of
 /// neither lineage) and targets other than x86_64 (where NVMM does not
