@@ -45,7 +45,7 @@ pub use decode::{DecodeError, Instruction, decode};
 pub use error::{Error, Exception};
 pub use io::{IoExit, assist_io};
 pub use mem::{MemExit, assist_mem};
-pub use mode::CpuMode;
+pub use mode::{CpuMode, InconsistentState};
 pub use segment::linear_address;
 pub use state::{CpuState, Gpr, Registers, Segment, SegmentAttributes, SegmentRegister};
 pub use translate::translate;

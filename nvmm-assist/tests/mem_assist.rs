@@ -4,7 +4,8 @@
 
 mod support;
 
-use nvmm_assist::{AccessType, Error, Exception, Gpr, MemExit, Outcome, assist_mem};
+use nvmm_assist::{AccessType, Error, Exception, Gpr, MemExit, Outcome, Registers, assist_mem};
+use support::TEST_VENDOR;
 use support::memdev::{Guest, MMIO, MMIO2, RacingRam};
 
 const CF: u64 = 1;
@@ -403,7 +404,7 @@ fn destination_segment_is_es_whatever_the_override() {
     let mut g = Guest::long64();
     // Leave 64-bit mode for a 32-bit protected-mode guest with segment
     // bases (no paging).
-    g.regs = support::flat32(0);
+    g.regs = Registers::flat_protected32(TEST_VENDOR);
     g.regs.rip = 0x2000;
     g.regs.segments[0].base = 0x1000; // ES
     g.regs.segments[4].base = 0x8000; // FS
@@ -433,7 +434,7 @@ fn rip_wraps_at_the_code_segment_size() {
     assert_eq!(g.mmio.low.mem[0], 0x12);
     // 32-bit code: EIP wraps at 4 GiB.
     let mut g = Guest::long64();
-    g.regs = support::flat32(0);
+    g.regs = Registers::flat_protected32(TEST_VENDOR);
     g.regs.rip = 0xFFFF_FFFF;
     set(&mut g, Gpr::Rbx, 0x1000);
     assert_eq!(g.exec(&[0x88, 0x07], 0x1000), Ok(Outcome::Done));
@@ -845,7 +846,7 @@ fn sse_moves() {
 #[test]
 fn alignment_check_at_cpl3() {
     let mut g = Guest::long64();
-    g.regs = support::long64(support::memdev::PT_ROOT, 3);
+    g.regs = Registers::long_mode(TEST_VENDOR, support::memdev::PT_ROOT, 0, 0).at_cpl(3);
     g.regs.rip = 0x2000;
     g.regs.cr0 |= 1 << 18; // AM
     g.regs.rflags = 2 | AC;
@@ -1058,7 +1059,7 @@ fn segment_limits_and_types_fault_with_the_right_exception() {
     // 32-bit protected mode: a write through a read-only data segment is
     // #GP(0); a read through it works.
     let mut g = Guest::long64();
-    g.regs = support::flat32(0);
+    g.regs = Registers::flat_protected32(TEST_VENDOR);
     g.regs.rip = 0x2000;
     g.regs.segments[3].attributes =
         nvmm_assist::SegmentAttributes::new(0x1, true, 0, true, false, false, true, true);

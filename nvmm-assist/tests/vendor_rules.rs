@@ -179,7 +179,7 @@ fn rep_ins_outs_zero_count_a32_writes_nothing_but_rip() {
     for vendor in VENDORS {
         for input in [true, false] {
             let mut ram = TestRam::new(0x1_0000);
-            let mut regs = support::long64(PT_ROOT_UNUSED, 0);
+            let mut regs = Registers::long_mode(TEST_VENDOR, PT_ROOT_UNUSED, 0, 0);
             regs.vendor = vendor;
             regs.gprs[Gpr::Rcx as usize] = 0x9D38_C997_0000_0000;
             regs.gprs[Gpr::Rsi as usize] = 0x0102_0304_0000_2000;
@@ -326,7 +326,7 @@ fn failing_cmpxchg_writes_the_old_value_back_on_both() {
 #[test]
 fn no_segment_limit_in_64_bit_mode_on_both() {
     for vendor in VENDORS {
-        let mut regs = support::long64(PT_ROOT_UNUSED, 0);
+        let mut regs = Registers::long_mode(TEST_VENDOR, PT_ROOT_UNUSED, 0, 0);
         regs.vendor = vendor;
         for s in [Segment::Ds, Segment::Es, Segment::Ss] {
             regs.segments[s as usize].limit = 0;
@@ -341,6 +341,27 @@ fn no_segment_limit_in_64_bit_mode_on_both() {
     }
 }
 
+/// EFER bit 13 (AMD's LMSLE, reserved on Intel) is refused under either
+/// vendor: the assist does not emulate long-mode segment limits.
+#[test]
+fn efer_lmsle_is_refused_on_both() {
+    for vendor in VENDORS {
+        let mut g = long64(vendor);
+        g.regs.efer |= 1 << 13;
+        g.regs.gprs[Gpr::Rdi as usize] = MMIO;
+        let before = g.regs.clone();
+        assert_eq!(
+            g.exec(&[0x8B, 0x07], MMIO),
+            Err(Error::InconsistentState(
+                nvmm_assist::InconsistentState::LongModeSegmentLimits
+            )),
+            "{vendor}"
+        );
+        assert_eq!(g.regs, before, "{vendor}");
+        assert_eq!(g.mmio.total_accesses(), 0, "{vendor}");
+    }
+}
+
 /// Not used for a walk: `linear_address` does not translate.
 const PT_ROOT_UNUSED: u64 = 0x1000;
 
@@ -351,7 +372,7 @@ const PT_ROOT_UNUSED: u64 = 0x1000;
 #[test]
 fn four_gib_wrap_is_the_same_on_both() {
     for vendor in VENDORS {
-        let mut regs: Registers = flat32(0);
+        let mut regs: Registers = Registers::flat_protected32(TEST_VENDOR);
         regs.vendor = vendor;
         let mode = CpuMode::of(&regs);
         assert_eq!(

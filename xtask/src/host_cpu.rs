@@ -2,7 +2,7 @@
 //! assist's results depend on the CPU vendor (nvmm_assist::vendor), so a
 //! green run says which vendor it covered.
 
-/// "<vendor id> <model name>", e.g. "AuthenticAMD AMD EPYC", from
+/// The vendor id and model name, e.g. "AuthenticAMD AMD EPYC", from
 /// /proc/cpuinfo where there is one, else from CPUID; "unknown CPU" if
 /// neither answers.
 pub fn describe() -> String {
