@@ -8,6 +8,10 @@
 //! - OF, SF, AF, PF after BT/BTS/BTR/BTC (SDM: "The OF, SF, AF, and PF flags
 //!   are undefined"); ZF is defined as unchanged on current CPUs and is
 //!   compared.
+//!
+//! The assist runs as this CPU's vendor (CPUID leaf 0), so the comparison
+//! holds on Intel and AMD hosts alike; the vendor-dependent rules, and what
+//! was measured where, are listed in `nvmm_assist::vendor`.
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
 /// Prints a figure line past libtest's output capture (straight to the
