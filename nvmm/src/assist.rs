@@ -43,13 +43,14 @@ impl CommState {
 /// A vendor string [`Vendor::from_cpuid_leaf0`] does not know (a CPU of
 /// neither lineage) and targets other than x86_64 (where NVMM does not
 /// exist; only in-process tests run there) give [`Vendor::Intel`]; a VMM on
-/// such a host states the vendor with [`Vcpu::set_guest_vendor`].
+/// such a host states the vendor with [`Vcpu::set_guest_vendor`]. Under
+/// miri, which cannot execute CPUID, it is [`Vendor::Intel`] as well.
 pub fn host_vendor() -> Vendor {
     static VENDOR: std::sync::OnceLock<Vendor> = std::sync::OnceLock::new();
     *VENDOR.get_or_init(read_host_vendor)
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 fn read_host_vendor() -> Vendor {
     // `__cpuid` is a safe function from Rust 1.89 on; the block keeps the
     // crate building with its minimum supported Rust (1.88).
@@ -59,7 +60,7 @@ fn read_host_vendor() -> Vendor {
     Vendor::from_cpuid_leaf0(r.ebx, r.ecx, r.edx).unwrap_or(Vendor::Intel)
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(any(not(target_arch = "x86_64"), miri))]
 fn read_host_vendor() -> Vendor {
     Vendor::Intel
 }
