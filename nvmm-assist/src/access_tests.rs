@@ -9,7 +9,7 @@ use crate::translate::pf;
 fn paged64() -> (TestRam, PageTables, Registers) {
     let ram = TestRam::new(0x40_0000).hole(0x30_0000, 0x31_0000);
     let pt = PageTables::new(Layout::Level4, 0x10_0000);
-    let regs = long64(pt.cr3(), 0);
+    let regs = Registers::long_mode(TEST_VENDOR, pt.cr3(), 0, 0);
     (ram, pt, regs)
 }
 
@@ -63,7 +63,7 @@ fn every_page_is_translated_before_any_access() {
 #[test]
 fn non_paged_flat_access() {
     let mut ram = TestRam::new(0x10000).hole(0x8000, 0x9000);
-    let regs = flat32(0);
+    let regs = Registers::flat_protected32(TEST_VENDOR);
     let mut mmio = RecordingMmio::default();
     let range = resolve(&regs, &mut ram, 0x7FFE, 4, AccessType::Write).unwrap();
     assert_eq!(range.count, 2);
@@ -77,7 +77,7 @@ fn non_paged_flat_access() {
 #[test]
 fn linear_wraps_at_4gib_outside_long_mode() {
     let mut ram = TestRam::new(0x10000);
-    let regs = flat32(0);
+    let regs = Registers::flat_protected32(TEST_VENDOR);
     let range = resolve(&regs, &mut ram, 0xFFFF_FFFE, 4, AccessType::Read).unwrap();
     assert_eq!(range.parts, [(0xFFFF_FFFE, 2), (0, 2)]);
 }
@@ -85,7 +85,7 @@ fn linear_wraps_at_4gib_outside_long_mode() {
 #[test]
 fn compare_and_write_reports_mismatch_and_goes_to_mmio() {
     let mut ram = TestRam::new(0x10000).hole(0x8000, 0x9000);
-    let regs = flat32(0);
+    let regs = Registers::flat_protected32(TEST_VENDOR);
     let mut mmio = RecordingMmio::default();
     ram.put(0x100, &[1, 2]);
     let r = resolve(&regs, &mut ram, 0x100, 2, AccessType::Write).unwrap();
@@ -124,7 +124,7 @@ fn fetch_stops_before_an_unmapped_page_it_does_not_need() {
 #[test]
 fn fetch_stops_at_the_cs_limit_it_does_not_cross() {
     let mut ram = TestRam::new(0x20000);
-    let mut regs = real_mode();
+    let mut regs = Registers::real_mode(TEST_VENDOR);
     regs.segments[1].base = 0x1000;
     regs.segments[1].selector = 0x100;
     regs.rip = 0xFFFE;
@@ -141,7 +141,7 @@ fn fetch_stops_at_the_cs_limit_it_does_not_cross() {
 #[test]
 fn fetch_rejects_bad_ranges() {
     let mut ram = TestRam::new(0x1000);
-    let regs = flat32(0);
+    let regs = Registers::flat_protected32(TEST_VENDOR);
     let mut mmio = RecordingMmio::default();
     let mut buf = [0u8; 15];
     let mode = CpuMode::of(&regs);

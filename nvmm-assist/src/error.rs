@@ -73,6 +73,10 @@ pub enum Error {
     /// guest state (for example, a memory exit whose GPA the instruction's
     /// operand cannot reach). The kernel or the guest state is inconsistent.
     InconsistentExit,
+    /// The guest's control registers (CR0, CR4, EFER, RFLAGS.VM) are in a
+    /// combination no CPU can be in, e.g. EFER.LMA = 1 with paging off. The
+    /// guest state (as the VMM or kernel holds it) is wrong.
+    InconsistentState(crate::mode::InconsistentState),
     /// A guest paging-structure entry at this guest-physical address is not
     /// in RAM (the guest put a page table in MMIO or unmapped space). The
     /// CPU's behaviour there is undefined, so the assist refuses.
@@ -121,6 +125,7 @@ impl core::fmt::Display for Error {
             }
             Error::Bus(e) => write!(f, "bus callback failed with code {}", e.0),
             Error::InconsistentExit => write!(f, "exit information contradicts the instruction"),
+            Error::InconsistentState(s) => write!(f, "impossible guest control state: {s}"),
             Error::PageTableNotRam { gpa } => {
                 write!(f, "guest page-table entry at GPA {gpa:#x} is not in RAM")
             }

@@ -95,7 +95,7 @@ pub fn assist_io<
     if !matches!(size, 1 | 2 | 4) {
         return Err(Error::InconsistentExit);
     }
-    let mode = CpuMode::of(&*state);
+    let mode = CpuMode::try_of(&*state)?;
     let outcome = if exit.string {
         string_io(state, mode, ram, mmio, ports, exit, size)
     } else {

@@ -34,6 +34,7 @@ pub mod mode;
 pub mod segment;
 pub mod state;
 pub mod translate;
+pub mod vendor;
 
 #[cfg(test)]
 pub(crate) mod testutil;
@@ -44,10 +45,11 @@ pub use decode::{DecodeError, Instruction, decode};
 pub use error::{Error, Exception};
 pub use io::{IoExit, assist_io};
 pub use mem::{MemExit, assist_mem};
-pub use mode::CpuMode;
+pub use mode::{CpuMode, InconsistentState};
 pub use segment::linear_address;
 pub use state::{CpuState, Gpr, Registers, Segment, SegmentAttributes, SegmentRegister};
 pub use translate::{PageTranslation, translate, translate_query};
+pub use vendor::Vendor;
 
 /// How an assist call ended when it succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

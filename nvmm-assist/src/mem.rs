@@ -102,7 +102,7 @@ where
     if exit.access == AccessType::Execute {
         return Err(Error::InconsistentExit);
     }
-    let mode = CpuMode::of(state);
+    let mode = CpuMode::try_of(state)?;
     if fast_path
         && mode == CpuMode::Long64
         && !exit.instruction.is_empty()

@@ -1,8 +1,8 @@
 //! Test support shared by the unit tests (`crate::testutil`) and the
 //! integration tests (`tests/support/mod.rs` includes this file): guest RAM
 //! over a `Vec` with MMIO holes and compare-and-write fault injection, a
-//! page-table builder for every paging mode, recording MMIO and port buses,
-//! and CPU states for the usual modes.
+//! page-table builder for every paging mode, recording MMIO and port buses.
+//! CPU states come from the public `Registers` constructors.
 //!
 //! Written against the public API only (`nvmm_assist::...`), so the same
 //! file compiles inside and outside the crate.
@@ -11,8 +11,8 @@
 use std::vec::Vec;
 
 use nvmm_assist::{
-    BusError, CompareWrite, CpuState, Gpr, GuestRam, MmioBus, PortIo, RamStatus, Registers,
-    Segment, SegmentAttributes, SegmentRegister,
+    BusError, CompareWrite, CpuState, Gpr, GuestRam, MmioBus, PortIo, RamStatus, Segment,
+    SegmentRegister, Vendor,
 };
 
 /// Guest RAM: `mem.len()` bytes from GPA 0; GPAs at or beyond the end, or in
@@ -529,95 +529,12 @@ pub mod bits {
     pub const RFLAGS_VM: u64 = 1 << 17;
 }
 
-/// A flat code (`code`=true, type 0xB) or data (type 3) segment with
-/// `dpl`, D/B and L as given, base 0, limit 4 GiB.
-pub fn flat_segment(code: bool, dpl: u8, db: bool, l: bool) -> SegmentRegister {
-    SegmentRegister {
-        selector: if code { 0x8 } else { 0x10 } | u16::from(dpl),
-        base: 0,
-        limit: 0xFFFF_FFFF,
-        attributes: SegmentAttributes::new(
-            if code { 0xB } else { 0x3 },
-            true,
-            dpl,
-            true,
-            false,
-            l,
-            db,
-            true,
-        ),
-    }
-}
-
-/// 64-bit mode at CPL `cpl` with 4-level paging rooted at `cr3`
-/// (CR0.PE|PG|WP, CR4.PAE, EFER.LME|LMA|NXE).
-pub fn long64(cr3: u64, cpl: u8) -> Registers {
-    let mut r = Registers {
-        cr0: bits::CR0_PE | bits::CR0_PG | bits::CR0_WP,
-        cr3,
-        cr4: bits::CR4_PAE,
-        efer: bits::EFER_LME | bits::EFER_LMA | bits::EFER_NXE,
-        rflags: 2,
-        ..Default::default()
-    };
-    for s in [
-        Segment::Es,
-        Segment::Ss,
-        Segment::Ds,
-        Segment::Fs,
-        Segment::Gs,
-    ] {
-        r.segments[s as usize] = flat_segment(false, cpl, true, false);
-    }
-    r.segments[Segment::Cs as usize] = flat_segment(true, cpl, false, true);
-    r
-}
-
-/// 32-bit protected mode, flat segments, no paging, CPL `cpl`.
-pub fn flat32(cpl: u8) -> Registers {
-    let mut r = Registers {
-        cr0: bits::CR0_PE,
-        rflags: 2,
-        ..Default::default()
-    };
-    for s in [
-        Segment::Es,
-        Segment::Ss,
-        Segment::Ds,
-        Segment::Fs,
-        Segment::Gs,
-    ] {
-        r.segments[s as usize] = flat_segment(false, cpl, true, false);
-    }
-    r.segments[Segment::Cs as usize] = flat_segment(true, cpl, true, false);
-    r
-}
-
-/// Real mode with every segment at selector 0 (base 0, limit 0xFFFF).
-pub fn real_mode() -> Registers {
-    let mut r = Registers {
-        rflags: 2,
-        ..Default::default()
-    };
-    for s in 0..6u8 {
-        r.segments[usize::from(s)] = SegmentRegister {
-            selector: 0,
-            base: 0,
-            limit: 0xFFFF,
-            attributes: SegmentAttributes::new(
-                if s == 1 { 0xB } else { 0x3 },
-                true,
-                0,
-                true,
-                false,
-                false,
-                false,
-                false,
-            ),
-        };
-    }
-    r
-}
+/// The vendor of the tests' CPU states (built with the public constructors,
+/// `Registers::long_mode(TEST_VENDOR, ..)` and the like). The fixed cases
+/// of this crate's tests were written on (and measured against) an Intel
+/// CPU; a case whose result depends on the vendor sets
+/// `Registers::vendor` itself (tests/vendor_rules.rs).
+pub const TEST_VENDOR: Vendor = Vendor::Intel;
 
 /// A [`CpuState`] that reports `max_phys` as MAXPHYADDR and delegates the
 /// rest to `state`.
@@ -674,5 +591,8 @@ impl<S: CpuState> CpuState for WithMaxPhys<S> {
     }
     fn max_phys_addr(&self) -> u8 {
         self.max_phys
+    }
+    fn vendor(&self) -> Vendor {
+        self.state.vendor()
     }
 }

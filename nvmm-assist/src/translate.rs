@@ -142,15 +142,13 @@ enum PagingMode {
 }
 
 fn paging_mode<S: CpuState + ?Sized>(state: &S) -> Result<PagingMode, Error> {
+    // EFER.LMA without paging would otherwise truncate addresses to 32 bits.
+    crate::mode::check_control_state(state)?;
     if state.cr0() & CR0_PG == 0 {
         return Ok(PagingMode::None);
     }
     let cr4 = state.cr4();
     if state.efer() & EFER_LMA != 0 {
-        if cr4 & CR4_PAE == 0 {
-            // Long mode cannot be active without PAE; the state is bogus.
-            return Err(Error::InconsistentExit);
-        }
         Ok(if cr4 & CR4_LA57 != 0 {
             PagingMode::Level5
         } else {
@@ -167,6 +165,8 @@ fn paging_mode<S: CpuState + ?Sized>(state: &S) -> Result<PagingMode, Error> {
 /// access of type `access` at the state's CPL, setting accessed/dirty bits.
 /// On failure: `Error::Exception(Exception::PageFault { .. })` with the exact
 /// error code, `#GP(0)` for a non-canonical address under 4/5-level paging,
+/// [`Error::InconsistentState`] for an impossible control state (such as
+/// EFER.LMA with paging off, see [`crate::mode::check_control_state`]),
 /// [`Error::PageTableNotRam`] when a paging structure is not in RAM,
 /// [`Error::PageTableBusy`] when the entries keep changing under the
 /// accessed/dirty update, or a bus error from reading an entry.

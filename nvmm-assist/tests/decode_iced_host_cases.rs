@@ -15,6 +15,8 @@ mod cases;
 mod decode_oracle;
 #[path = "oracle_support/encode.rs"]
 mod encode;
+#[path = "oracle_support/host_vendor.rs"]
+mod host_vendor;
 #[path = "oracle_support/kvm.rs"]
 mod kvm;
 #[path = "oracle_support/kvm_cases.rs"]

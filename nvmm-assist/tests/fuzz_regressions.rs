@@ -1,5 +1,9 @@
 //! Inputs the fuzz targets (nvmm-assist/fuzz) found to break the assist,
 //! kept as regression tests.
+//!
+//! The `host_oracle` target's AMD finding (`repne cmpsb` with 32-bit
+//! addressing and ECX = 0 keeps RCX on AMD) depends on the vendor: it is
+//! pinned for both vendors in tests/vendor_rules.rs.
 
 mod support;
 

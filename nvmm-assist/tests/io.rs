@@ -19,7 +19,7 @@ fn env64() -> (Registers, TestRam) {
     let mut pt = PageTables::new(Layout::Level4, 0x30_0000);
     pt.map(&mut ram, 0, 0, 2, pte::PWU);
     pt.map(&mut ram, RIP, RIP, 2, pte::PWU);
-    let mut regs = long64(pt.cr3(), 0);
+    let mut regs = Registers::long_mode(TEST_VENDOR, pt.cr3(), 0, 0);
     regs.rip = RIP;
     (regs, ram)
 }
@@ -122,7 +122,7 @@ fn test3_inl_zero_extends_in_64_bit_mode() {
 
 #[test]
 fn inl_keeps_upper_rax_outside_64_bit_mode() {
-    let mut regs = flat32(0);
+    let mut regs = Registers::flat_protected32(TEST_VENDOR);
     let mut ram = TestRam::new(0x10000);
     let mut ports = RecordingPorts::with_input(b"ABCD");
     let mut mmio = RecordingMmio::default();
@@ -417,7 +417,7 @@ fn rep_count_above_the_batch() {
 
 #[test]
 fn address_size_16_wraps_offsets_and_keeps_upper_bits() {
-    let mut regs = real_mode();
+    let mut regs = Registers::real_mode(TEST_VENDOR);
     let mut ram = TestRam::new(0x40000);
     let mut ports = RecordingPorts::default();
     let mut mmio = RecordingMmio::default();
@@ -449,7 +449,7 @@ fn address_size_16_wraps_offsets_and_keeps_upper_bits() {
 
 #[test]
 fn address_size_16_count_uses_cx_only() {
-    let mut regs = real_mode();
+    let mut regs = Registers::real_mode(TEST_VENDOR);
     let mut ram = TestRam::new(0x40000);
     let mut ports = RecordingPorts::default();
     let mut mmio = RecordingMmio::default();
@@ -488,7 +488,7 @@ fn address_size_32_in_64_bit_mode_zero_extends() {
 fn address_size_32_wraps_in_protected_mode() {
     // ES base 0x10000, EDI = 0xFFFFFFFF, rep insb of 2 with a 4 GiB limit:
     // the second byte goes to ES:0, i.e. linear 0x10000.
-    let mut regs = flat32(0);
+    let mut regs = Registers::flat_protected32(TEST_VENDOR);
     regs.segments[Segment::Es as usize].base = 0x10000;
     let mut ram = TestRam::new(0x20000);
     let mut ports = RecordingPorts::with_input(b"PQ");
@@ -577,7 +577,7 @@ fn outs_segment_from_the_prefixes() {
 
 #[test]
 fn outs_prefix_scan_in_protected_mode_uses_the_segment_base() {
-    let mut regs = flat32(0);
+    let mut regs = Registers::flat_protected32(TEST_VENDOR);
     regs.segments[Segment::Es as usize].base = 0x4000;
     regs.segments[Segment::Cs as usize].base = 0x8000;
     let mut ram = TestRam::new(0x10000);
@@ -788,7 +788,7 @@ fn string_io_between_ram_and_mmio_pages() {
 
 #[test]
 fn segment_limit_cuts_the_batch_then_faults() {
-    let mut regs = flat32(0);
+    let mut regs = Registers::flat_protected32(TEST_VENDOR);
     regs.segments[Segment::Ds as usize].limit = 0x1003;
     let mut ram = TestRam::new(0x10000);
     ram.put(0x1000, b"abcdefgh");
@@ -873,7 +873,7 @@ impl StoreAfter for Registers {
 #[test]
 fn ins_always_writes_through_es() {
     // ES cannot be overridden for INS, whatever segment the exit reports.
-    let mut regs = flat32(0);
+    let mut regs = Registers::flat_protected32(TEST_VENDOR);
     regs.segments[Segment::Es as usize].base = 0x4000;
     regs.segments[Segment::Fs as usize].base = 0x8000;
     let mut ram = TestRam::new(0x10000);

@@ -4,7 +4,8 @@
 
 mod support;
 
-use nvmm_assist::{AccessType, Error, Exception, Gpr, MemExit, Outcome, assist_mem};
+use nvmm_assist::{AccessType, Error, Exception, Gpr, MemExit, Outcome, Registers, assist_mem};
+use support::TEST_VENDOR;
 use support::memdev::{Guest, MMIO, MMIO2, RacingRam};
 
 const CF: u64 = 1;
@@ -285,31 +286,7 @@ fn rep_with_rcx_zero_accesses_nothing_and_advances_rip() {
     assert_eq!(g.mmio.total_accesses(), 0);
 }
 
-#[test]
-fn rep_with_ecx_zero_and_a32_writes_the_32_bit_registers() {
-    // What the host CPU does (oracle BUG-1): 67 REP with ECX = 0 clears
-    // RCX[63:32]; MOVS also RSI/RDI[63:32], STOS RDI[63:32]; LODS, CMPS
-    // and SCAS keep RSI/RDI.
-    let hi = 0x55EF_B08E_0000_0000u64;
-    for (bytes, rsi_cleared, rdi_cleared) in [
-        (&[0x67, 0xF2, 0x48, 0xAB][..], false, true), // repne stosq, a32
-        (&[0xF2, 0x66, 0x67, 0xA5], true, true),      // repne movsw, a32
-        (&[0x67, 0xF3, 0xAD], false, false),          // rep lodsd, a32
-        (&[0x67, 0xF3, 0xA6], false, false),          // repe cmpsb, a32
-        (&[0x67, 0xF2, 0xAE], false, false),          // repne scasb, a32
-    ] {
-        let mut g = Guest::long64();
-        set(&mut g, Gpr::Rcx, hi);
-        set(&mut g, Gpr::Rsi, hi | 0x1000);
-        set(&mut g, Gpr::Rdi, hi | 0x1000);
-        g.step(bytes, MMIO);
-        assert_eq!(g.mmio.total_accesses(), 0, "{bytes:02x?}");
-        assert_eq!(get(&g, Gpr::Rcx), 0, "{bytes:02x?}");
-        let want = |cleared: bool| if cleared { 0x1000 } else { hi | 0x1000 };
-        assert_eq!(get(&g, Gpr::Rsi), want(rsi_cleared), "{bytes:02x?} rsi");
-        assert_eq!(get(&g, Gpr::Rdi), want(rdi_cleared), "{bytes:02x?} rdi");
-    }
-}
+// The zero-count a32 case depends on the vendor: tests/vendor_rules.rs.
 
 #[test]
 fn string_registers_are_masked_to_the_address_size() {
@@ -427,7 +404,7 @@ fn destination_segment_is_es_whatever_the_override() {
     let mut g = Guest::long64();
     // Leave 64-bit mode for a 32-bit protected-mode guest with segment
     // bases (no paging).
-    g.regs = support::flat32(0);
+    g.regs = Registers::flat_protected32(TEST_VENDOR);
     g.regs.rip = 0x2000;
     g.regs.segments[0].base = 0x1000; // ES
     g.regs.segments[4].base = 0x8000; // FS
@@ -457,7 +434,7 @@ fn rip_wraps_at_the_code_segment_size() {
     assert_eq!(g.mmio.low.mem[0], 0x12);
     // 32-bit code: EIP wraps at 4 GiB.
     let mut g = Guest::long64();
-    g.regs = support::flat32(0);
+    g.regs = Registers::flat_protected32(TEST_VENDOR);
     g.regs.rip = 0xFFFF_FFFF;
     set(&mut g, Gpr::Rbx, 0x1000);
     assert_eq!(g.exec(&[0x88, 0x07], 0x1000), Ok(Outcome::Done));
@@ -869,7 +846,7 @@ fn sse_moves() {
 #[test]
 fn alignment_check_at_cpl3() {
     let mut g = Guest::long64();
-    g.regs = support::long64(support::memdev::PT_ROOT, 3);
+    g.regs = Registers::long_mode(TEST_VENDOR, support::memdev::PT_ROOT, 0, 0).at_cpl(3);
     g.regs.rip = 0x2000;
     g.regs.cr0 |= 1 << 18; // AM
     g.regs.rflags = 2 | AC;
@@ -1082,7 +1059,7 @@ fn segment_limits_and_types_fault_with_the_right_exception() {
     // 32-bit protected mode: a write through a read-only data segment is
     // #GP(0); a read through it works.
     let mut g = Guest::long64();
-    g.regs = support::flat32(0);
+    g.regs = Registers::flat_protected32(TEST_VENDOR);
     g.regs.rip = 0x2000;
     g.regs.segments[3].attributes =
         nvmm_assist::SegmentAttributes::new(0x1, true, 0, true, false, false, true, true);

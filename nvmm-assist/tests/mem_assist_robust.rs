@@ -8,7 +8,7 @@
 mod support;
 
 use nvmm_assist::{
-    AccessType, MemExit, Outcome, Registers, SegmentAttributes, SegmentRegister, assist_mem,
+    AccessType, MemExit, Outcome, Registers, SegmentAttributes, SegmentRegister, Vendor, assist_mem,
 };
 use support::RecordingMmio;
 use support::TestRam;
@@ -161,7 +161,12 @@ fn segment(rng: &mut Rng) -> SegmentRegister {
 }
 
 fn state(rng: &mut Rng) -> Registers {
-    let mut r = Registers::default();
+    let vendor = if rng.chance(2) {
+        Vendor::Intel
+    } else {
+        Vendor::Amd
+    };
+    let mut r = Registers::zeroed(vendor);
     for g in r.gprs.iter_mut() {
         *g = match rng.below(5) {
             0 => rng.below(0x100),

@@ -45,6 +45,8 @@ macro_rules! figure {
 
 #[path = "oracle_support/encode.rs"]
 mod encode;
+#[path = "oracle_support/host_vendor.rs"]
+mod host_vendor;
 #[path = "oracle_support/kvm.rs"]
 mod kvm;
 #[path = "oracle_support/kvm_cases.rs"]
@@ -670,4 +672,91 @@ fn kvm_oracle() {
     }
     assert_eq!(mismatches, 0);
     assert!(total > 0, "no mode ran");
+}
+
+/// Row 3 of the vendor table (`nvmm_assist::vendor`): REP INS/OUTS with
+/// ECX = 0, a 32-bit address size and the upper halves of RCX, RSI and RDI
+/// set, run in a 64-bit KVM guest on this CPU. There is no device access;
+/// the registers after must be what `assist_io` (as this CPU's vendor)
+/// gives for the same instruction.
+#[test]
+fn zero_count_rep_ins_outs_a32_match_this_cpu() {
+    let mut g = match Guest::new() {
+        Ok(g) => g,
+        Err(e) => {
+            figure!("kvm zero-count INS/OUTS: skipped: {e}");
+            return;
+        }
+    };
+    let modes = kvm_modes::modes(g.ram());
+    let Some(mode) = modes.iter().find(|m| m.name == "long64") else {
+        panic!("no long64 mode");
+    };
+    let vendor = host_vendor::host_vendor();
+    let mut devs = Devices::new(0x1234);
+    let mut measured = 0;
+    // (bytes, input, operand size)
+    for (bytes, input, size) in [
+        (&[0x67u8, 0xF3, 0x6C][..], true, 1u8), // rep insb
+        (&[0x67, 0xF3, 0x6D], true, 4),         // rep insd
+        (&[0x67, 0xF3, 0x6E], false, 1),        // rep outsb
+        (&[0x66, 0x67, 0xF3, 0x6F], false, 2),  // rep outsw
+    ] {
+        for df in [0, DF] {
+            let mut st = mode.state.clone();
+            st.rip = CODE;
+            st.gprs[4] = kvm_modes::STACK;
+            st.gprs[1] = 0x9D38_C997_0000_0000;
+            st.gprs[2] = 0x3F8;
+            st.gprs[6] = 0x0102_0304_0000_2000;
+            st.gprs[7] = 0x0506_0708_0000_3000;
+            st.rflags = 2 | df;
+            let ram = g.ram();
+            let code = CODE as usize;
+            ram[code..code + 20].fill(0xF4);
+            ram[code..code + bytes.len()].copy_from_slice(bytes);
+            ram[code + bytes.len()..code + bytes.len() + 2].copy_from_slice(&kvm::MARKER);
+            devs.log.clear();
+            let k = match g.run_one(&st, &mut devs) {
+                Ok(k) => k,
+                Err(e) => {
+                    figure!("kvm zero-count INS/OUTS: not run: {e}");
+                    return;
+                }
+            };
+            assert!(k.log.is_empty(), "{bytes:02x?}: no device access");
+            let mut a = k.before.clone();
+            let exit = IoExit {
+                port: 0x3F8,
+                input,
+                operand_size: size,
+                address_size: 4,
+                rep: true,
+                string: true,
+                segment: None,
+                npc: k.before.rip + bytes.len() as u64,
+            };
+            let adev = RefCell::new(Devices::new(0x1234));
+            let r = nvmm_assist::assist_io(
+                &mut a,
+                &mut CopyRam(vec![0; 0x1000]),
+                &mut Bus(&adev),
+                &mut Bus(&adev),
+                &exit,
+            );
+            assert_eq!(r, Ok(Outcome::Done), "{bytes:02x?}");
+            assert!(adev.borrow().log.is_empty(), "{bytes:02x?}: assist access");
+            for (i, name) in [(1, "rcx"), (6, "rsi"), (7, "rdi")] {
+                assert_eq!(
+                    a.gprs[i], k.after.gprs[i],
+                    "{vendor} CPU, {bytes:02x?}, DF {df:#x}: {name}: cpu {:#x} assist {:#x}",
+                    k.after.gprs[i], a.gprs[i]
+                );
+            }
+            measured += 1;
+        }
+    }
+    figure!(
+        "kvm zero-count INS/OUTS a32: {measured} cases, this {vendor} CPU agrees with the assist"
+    );
 }

@@ -258,7 +258,10 @@ fn run_kvm(kvm: &Kvm, case: &Case, image: &Image) -> Result<(Result2, Vec<u8>), 
 
 fn run_model(case: &Case, image: &mut Image) -> Result2 {
     let (cr0, cr4, efer, rflags) = control(case);
-    let mut regs = long64(ROOT, case.cpl);
+    // KVM runs the guest on this CPU: the assist runs as its vendor.
+    let mut regs =
+        nvmm_assist::Registers::long_mode(support::host_vendor::host_vendor(), ROOT, 0, 0)
+            .at_cpl(case.cpl);
     regs.cr0 = cr0;
     regs.cr4 = cr4;
     regs.efer = efer;

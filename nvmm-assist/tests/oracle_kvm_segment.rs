@@ -159,7 +159,8 @@ fn run_kvm(kvm: &Kvm, case: &Case) -> Result<Outcome, String> {
 }
 
 fn run_model(case: &Case) -> Result<u64, Error> {
-    let mut regs = flat32(0);
+    // KVM runs the guest on this CPU: the assist runs as its vendor.
+    let mut regs = nvmm_assist::Registers::flat_protected32(support::host_vendor::host_vendor());
     let mut seg = case.seg;
     if case.unusable {
         seg.attributes = SegmentAttributes(seg.attributes.0 & !(1 << 7));

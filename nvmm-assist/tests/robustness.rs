@@ -6,8 +6,8 @@
 mod support;
 
 use nvmm_assist::{
-    AccessType, CpuMode, Error, IoExit, Outcome, Registers, Segment, SegmentAttributes, assist_io,
-    linear_address, translate,
+    AccessType, CpuMode, Error, IoExit, Outcome, Registers, Segment, SegmentAttributes, Vendor,
+    assist_io, linear_address, translate,
 };
 use support::*;
 
@@ -71,7 +71,8 @@ fn hostile_regs(rng: &Rng) -> Registers {
             rng.next(),
             rng.next() & 0xFFFF,
         ]),
-        ..Default::default()
+        // Both vendors' rules get hostile input.
+        ..Registers::zeroed(rng.pick(&[Vendor::Intel, Vendor::Amd]))
     };
     for g in r.gprs.iter_mut() {
         *g = rng.pick(&[

@@ -39,7 +39,7 @@ fn data_seg(typ: u8, base: u64, limit: u32, db: bool) -> SegmentRegister {
 
 #[test]
 fn long64_only_fs_gs_bases_apply() {
-    let mut r = long64(0, 0);
+    let mut r = Registers::long_mode(TEST_VENDOR, 0, 0, 0);
     for (i, s) in [
         Segment::Es,
         Segment::Cs,
@@ -69,7 +69,7 @@ fn long64_only_fs_gs_bases_apply() {
 
 #[test]
 fn long64_canonical_48() {
-    let r = long64(0, 0);
+    let r = Registers::long_mode(TEST_VENDOR, 0, 0, 0);
     assert_eq!(
         lin(&r, Segment::Ds, 0x7FFF_FFFF_FFF8, 8, Read),
         Ok(0x7FFF_FFFF_FFF8)
@@ -93,7 +93,7 @@ fn long64_canonical_48() {
 
 #[test]
 fn long64_canonical_57_with_la57() {
-    let mut r = long64(0, 0);
+    let mut r = Registers::long_mode(TEST_VENDOR, 0, 0, 0);
     r.cr4 |= bits::CR4_LA57;
     assert_eq!(
         lin(&r, Segment::Ds, 0x8000_0000_0000, 1, Read),
@@ -116,7 +116,7 @@ fn long64_canonical_57_with_la57() {
 
 #[test]
 fn real_mode_base_and_64k_limit() {
-    let mut r = real_mode();
+    let mut r = Registers::real_mode(TEST_VENDOR);
     r.segments[Segment::Ds as usize].base = 0xF_FFF0;
     r.segments[Segment::Ds as usize].selector = 0xFFFF;
     // Past 1 MiB (A20 enabled): linear 0x10FFEF.
@@ -131,14 +131,14 @@ fn real_mode_base_and_64k_limit() {
 
 #[test]
 fn unreal_mode_uses_the_cached_limit() {
-    let mut r = real_mode();
+    let mut r = Registers::real_mode(TEST_VENDOR);
     r.segments[Segment::Ds as usize].limit = 0xFFFF_FFFF;
     assert_eq!(lin(&r, Segment::Ds, 0x12_3456, 4, Read), Ok(0x12_3456));
 }
 
 #[test]
 fn v86_mode() {
-    let mut r = real_mode();
+    let mut r = Registers::real_mode(TEST_VENDOR);
     r.cr0 = bits::CR0_PE;
     r.rflags |= bits::RFLAGS_VM;
     r.segments[Segment::Es as usize].base = 0x2_0000;
@@ -152,7 +152,7 @@ fn v86_mode() {
 
 #[test]
 fn unusable_segment_faults() {
-    let mut r = flat32(0);
+    let mut r = Registers::flat_protected32(TEST_VENDOR);
     r.segments[Segment::Fs as usize] = SegmentRegister::default(); // null: P = 0
     assert_eq!(lin(&r, Segment::Fs, 0, 1, Read), GP);
     assert_eq!(lin(&r, Segment::Fs, 0, 1, Write), GP);
@@ -164,7 +164,7 @@ fn unusable_segment_faults() {
 
 #[test]
 fn data_segment_types() {
-    let mut r = flat32(0);
+    let mut r = Registers::flat_protected32(TEST_VENDOR);
     // Type 1: read-only data (accessed).
     r.segments[Segment::Ds as usize] = data_seg(1, 0x1000, 0xFFFF, true);
     assert_eq!(lin(&r, Segment::Ds, 0x10, 4, Read), Ok(0x1010));
@@ -177,7 +177,7 @@ fn data_segment_types() {
 
 #[test]
 fn code_segment_types() {
-    let mut r = flat32(0);
+    let mut r = Registers::flat_protected32(TEST_VENDOR);
     // Type 8: execute-only: no reads, no writes.
     r.segments[Segment::Es as usize] = data_seg(8, 0, 0xFFFF, true);
     assert_eq!(lin(&r, Segment::Es, 0x10, 1, Read), GP);
@@ -197,7 +197,7 @@ fn code_segment_types() {
 
 #[test]
 fn expand_up_limit_edges() {
-    let mut r = flat32(0);
+    let mut r = Registers::flat_protected32(TEST_VENDOR);
     r.segments[Segment::Ds as usize] = data_seg(3, 0x10_0000, 0xFFF, true);
     r.segments[Segment::Ss as usize] = data_seg(3, 0x10_0000, 0xFFF, true);
     assert_eq!(lin(&r, Segment::Ds, 0xFFF, 1, Read), Ok(0x10_0FFF));
@@ -212,7 +212,7 @@ fn expand_up_limit_edges() {
 fn offset_plus_size_past_4g_wraps_with_a_4g_bound() {
     // SDM vol. 3A §5.3: implementation-specific with a 4 GiB limit; KVM
     // (tests/oracle_kvm_segment.rs) wraps, and so do we.
-    let mut r = flat32(0);
+    let mut r = Registers::flat_protected32(TEST_VENDOR);
     assert_eq!(lin(&r, Segment::Ds, 0xFFFF_FFFF, 1, Read), Ok(0xFFFF_FFFF));
     assert_eq!(lin(&r, Segment::Ds, 0xFFFF_FFFF, 2, Read), Ok(0xFFFF_FFFF));
     assert_eq!(lin(&r, Segment::Ds, 0xFFFF_FFFC, 4, Read), Ok(0xFFFF_FFFC));
@@ -224,14 +224,14 @@ fn offset_plus_size_past_4g_wraps_with_a_4g_bound() {
     assert_eq!(lin(&r, Segment::Ds, 0xFFFF_FFFE, 1, Read), Ok(0xFFFF_FFFE));
     assert_eq!(lin(&r, Segment::Ds, 0xFFFF_FFFE, 2, Read), GP);
     // Unreal mode with a 4 GiB cached limit too.
-    let mut u = real_mode();
+    let mut u = Registers::real_mode(TEST_VENDOR);
     u.segments[Segment::Ds as usize].limit = 0xFFFF_FFFF;
     assert_eq!(lin(&u, Segment::Ds, 0xFFFF_FFFF, 4, Read), Ok(0xFFFF_FFFF));
 }
 
 #[test]
 fn base_plus_offset_wraps_at_4g() {
-    let mut r = flat32(0);
+    let mut r = Registers::flat_protected32(TEST_VENDOR);
     r.segments[Segment::Ds as usize].base = 0xFFFF_F000;
     assert_eq!(lin(&r, Segment::Ds, 0x2000, 4, Read), Ok(0x1000));
 }
@@ -239,7 +239,7 @@ fn base_plus_offset_wraps_at_4g() {
 #[test]
 fn expand_down_with_b_clear() {
     // Type 7: expand-down read/write; valid offsets limit+1 ..= 0xFFFF.
-    let mut r = flat32(0);
+    let mut r = Registers::flat_protected32(TEST_VENDOR);
     r.segments[Segment::Ds as usize] = data_seg(7, 0x2_0000, 0x0FFF, false);
     r.segments[Segment::Ss as usize] = data_seg(7, 0x2_0000, 0x0FFF, false);
     assert_eq!(lin(&r, Segment::Ds, 0x0FFF, 1, Read), GP);
@@ -260,7 +260,7 @@ fn expand_down_with_b_clear() {
 #[test]
 fn expand_down_with_b_set() {
     // Valid offsets limit+1 ..= 0xFFFFFFFF.
-    let mut r = flat32(0);
+    let mut r = Registers::flat_protected32(TEST_VENDOR);
     r.segments[Segment::Ss as usize] = data_seg(7, 0, 0xFFFF, true);
     assert_eq!(lin(&r, Segment::Ss, 0xFFFF, 1, Write), SS);
     assert_eq!(lin(&r, Segment::Ss, 0x1_0000, 4, Write), Ok(0x1_0000));
@@ -278,8 +278,8 @@ fn expand_down_with_b_set() {
 
 #[test]
 fn compatibility_mode_applies_32_bit_rules() {
-    let mut r = long64(0, 0);
-    r.segments[Segment::Cs as usize] = flat_segment(true, 0, true, false);
+    let mut r = Registers::long_mode(TEST_VENDOR, 0, 0, 0);
+    r.segments[Segment::Cs as usize] = SegmentRegister::flat(0x08, SegmentAttributes::code32());
     assert_eq!(CpuMode::of(&r), CpuMode::Compat32);
     r.segments[Segment::Ds as usize] = data_seg(3, 0x4000, 0xFFF, true);
     assert_eq!(lin(&r, Segment::Ds, 0x10, 4, Read), Ok(0x4010));
@@ -293,7 +293,7 @@ fn compatibility_mode_applies_32_bit_rules() {
 
 #[test]
 fn protected16_code_fetch_at_the_cs_limit() {
-    let mut r = flat32(0);
+    let mut r = Registers::flat_protected32(TEST_VENDOR);
     r.segments[Segment::Cs as usize] = SegmentRegister {
         selector: 8,
         base: 0x1_0000,
@@ -307,6 +307,6 @@ fn protected16_code_fetch_at_the_cs_limit() {
 
 #[test]
 fn size_zero_is_checked_as_one_byte() {
-    let r = flat32(0);
+    let r = Registers::flat_protected32(TEST_VENDOR);
     assert_eq!(lin(&r, Segment::Ds, 0x10, 0, Read), Ok(0x10));
 }

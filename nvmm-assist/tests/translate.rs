@@ -28,21 +28,21 @@ fn setup(layout: Layout, cpl: u8) -> (Registers, TestRam, PageTables) {
     let pt = PageTables::new(layout, ROOT);
     let regs = match layout {
         Layout::Bits32 => {
-            let mut r = flat32(cpl);
+            let mut r = Registers::flat_protected32(TEST_VENDOR).at_cpl(cpl);
             r.cr0 |= bits::CR0_PG | bits::CR0_WP;
             r.cr4 = bits::CR4_PSE;
             r
         }
         Layout::Pae => {
-            let mut r = flat32(cpl);
+            let mut r = Registers::flat_protected32(TEST_VENDOR).at_cpl(cpl);
             r.cr0 |= bits::CR0_PG | bits::CR0_WP;
             r.cr4 = bits::CR4_PAE;
             r.efer = bits::EFER_NXE;
             r
         }
-        Layout::Level4 => long64(ROOT, cpl),
+        Layout::Level4 => Registers::long_mode(TEST_VENDOR, ROOT, 0, 0).at_cpl(cpl),
         Layout::Level5 => {
-            let mut r = long64(ROOT, cpl);
+            let mut r = Registers::long_mode(TEST_VENDOR, ROOT, 0, 0).at_cpl(cpl);
             r.cr4 |= bits::CR4_LA57;
             r
         }
@@ -59,13 +59,13 @@ const ALL: [Layout; 4] = [Layout::Bits32, Layout::Pae, Layout::Level4, Layout::L
 #[test]
 fn non_paged_is_identity_32_bit() {
     let mut ram = TestRam::new(0x1000);
-    let regs = flat32(0);
+    let regs = Registers::flat_protected32(TEST_VENDOR);
     assert_eq!(
         translate(&regs, &mut ram, 0x1234_5678, Write),
         Ok(0x1234_5678)
     );
     assert_eq!(ram.reads + ram.writes, 0);
-    let mut real = real_mode();
+    let mut real = Registers::real_mode(TEST_VENDOR);
     real.cr4 = bits::CR4_PAE; // ignored without CR0.PG
     assert_eq!(translate(&real, &mut ram, 0x10_FFEF, Read), Ok(0x10_FFEF));
 }
@@ -288,7 +288,9 @@ fn long_mode_without_pae_is_inconsistent() {
     regs.cr4 &= !bits::CR4_PAE;
     assert_eq!(
         translate(&regs, &mut ram, 0x1000, Read),
-        Err(Error::InconsistentExit)
+        Err(Error::InconsistentState(
+            nvmm_assist::InconsistentState::LongModeWithoutPae
+        ))
     );
 }
 

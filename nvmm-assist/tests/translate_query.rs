@@ -5,17 +5,17 @@
 
 mod support;
 
-use nvmm_assist::{Error, Exception, PageTranslation, translate_query};
+use nvmm_assist::{Error, Exception, PageTranslation, Registers, translate_query};
 use support::*;
 
 const ROOT: u64 = 0x10_0000;
 
-fn setup(layout: Layout) -> (nvmm_assist::Registers, TestRam, PageTables) {
+fn setup(layout: Layout) -> (Registers, TestRam, PageTables) {
     let ram = TestRam::new(0x100_0000);
     let pt = PageTables::new(layout, ROOT);
     let mut regs = match layout {
         Layout::Bits32 | Layout::Pae => {
-            let mut r = flat32(3);
+            let mut r = Registers::flat_protected32(TEST_VENDOR).at_cpl(3);
             r.cr0 |= bits::CR0_PG | bits::CR0_WP;
             r.cr4 = if layout == Layout::Pae {
                 bits::CR4_PAE
@@ -29,9 +29,9 @@ fn setup(layout: Layout) -> (nvmm_assist::Registers, TestRam, PageTables) {
             };
             r
         }
-        Layout::Level4 => long64(ROOT, 3),
+        Layout::Level4 => Registers::long_mode(TEST_VENDOR, ROOT, 0, 0).at_cpl(3),
         Layout::Level5 => {
-            let mut r = long64(ROOT, 3);
+            let mut r = Registers::long_mode(TEST_VENDOR, ROOT, 0, 0).at_cpl(3);
             r.cr4 |= bits::CR4_LA57;
             r
         }
@@ -43,7 +43,7 @@ fn setup(layout: Layout) -> (nvmm_assist::Registers, TestRam, PageTables) {
 #[test]
 fn paging_off_returns_the_address_unchanged() {
     let mut ram = TestRam::new(0x1000);
-    let regs = flat32(0);
+    let regs = Registers::flat_protected32(TEST_VENDOR);
     let t = translate_query(&regs, &mut ram, 0xFFFF_0001_2345_6789).unwrap();
     assert_eq!(t.gpa, 0xFFFF_0001_2345_6789);
     assert!(t.writable && t.user && t.executable);

@@ -65,7 +65,7 @@ impl nvmm::nvmm_assist::GuestRam for NoRam {
 /// The VCPU's registers copied into a plain struct.
 fn plain_registers(vcpu: &mut nvmm::Vcpu) -> Result<nvmm::nvmm_assist::Registers, nvmm::Error> {
     use nvmm::nvmm_assist::{Registers, SegmentAttributes, SegmentRegister};
-    let mut r = Registers::default();
+    let mut r = Registers::zeroed(vcpu.guest_vendor());
     let g = vcpu.gprs()?;
     for (i, reg) in Gpr::ALL.iter().take(16).enumerate() {
         r.gprs[i] = g.get(*reg);

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use nvmm_assist::{
     AccessType, BusError, CompareWrite, CpuState, GuestRam, RamStatus, SegmentAttributes,
-    SegmentRegister,
+    SegmentRegister, Vendor,
 };
 
 use crate::comm::CommPage;
@@ -24,12 +24,45 @@ use crate::vcpu::{PROVIDED_ON_IO_AND_MEMORY, Vcpu};
 /// works; otherwise the assist reports it unsupported).
 pub(crate) struct CommState {
     page: CommPage,
+    vendor: Vendor,
 }
 
 impl CommState {
-    pub(crate) fn new(page: CommPage) -> Self {
-        CommState { page }
+    pub(crate) fn new(page: CommPage, vendor: Vendor) -> Self {
+        CommState { page, vendor }
     }
+}
+
+/// The host CPU's vendor, from CPUID leaf 0, read once per process: the
+/// vendor a VCPU presents to its guest unless [`Vcpu::set_guest_vendor`]
+/// overrides it. NVMM shows the guest the host's vendor string: the kernel
+/// runs CPUID on the host and, for leaf 0, replaces only EAX
+/// (`sys/dev/nvmm/x86/nvmm_x86_svm.c`, `svm_inkernel_handle_cpuid`, and its
+/// VMX twin in `nvmm_x86_vmx.c`).
+///
+/// A vendor string [`Vendor::from_cpuid_leaf0`] does not know (a CPU of
+/// neither lineage) and targets other than x86_64 (where NVMM does not
+/// exist; only in-process tests run there) give [`Vendor::Intel`]; a VMM on
+/// such a host states the vendor with [`Vcpu::set_guest_vendor`]. Under
+/// miri, which cannot execute CPUID, it is [`Vendor::Intel`] as well.
+pub fn host_vendor() -> Vendor {
+    static VENDOR: std::sync::OnceLock<Vendor> = std::sync::OnceLock::new();
+    *VENDOR.get_or_init(read_host_vendor)
+}
+
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+fn read_host_vendor() -> Vendor {
+    // `__cpuid` is a safe function from Rust 1.89 on; the block keeps the
+    // crate building with its minimum supported Rust (1.88).
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID exists on every x86_64 CPU; leaf 0 only reads.
+    let r = unsafe { core::arch::x86_64::__cpuid(0) };
+    Vendor::from_cpuid_leaf0(r.ebx, r.ecx, r.edx).unwrap_or(Vendor::Intel)
+}
+
+#[cfg(any(not(target_arch = "x86_64"), miri))]
+fn read_host_vendor() -> Vendor {
+    Vendor::Intel
 }
 
 fn seg_of(s: nvmm_assist::Segment) -> Seg {
@@ -98,6 +131,9 @@ impl CpuState for CommState {
         if self.page.cached().contains(StateClasses::FPU) && index < 16 {
             set_xmm_of(self.page, index, value);
         }
+    }
+    fn vendor(&self) -> Vendor {
+        self.vendor
     }
 }
 
@@ -238,7 +274,7 @@ impl Vcpu {
         self.fetch(StateClasses::CRS | StateClasses::MSRS)?;
         let page = self.page();
         let areas = self.machine().areas();
-        let state = CommState::new(page);
+        let state = CommState::new(page, self.guest_vendor());
         let mut ram = AreaRam { areas: &areas };
         let t = nvmm_assist::translate_query(&state, &mut ram, gva).map_err(|source| {
             Error::Assist {
@@ -280,7 +316,7 @@ impl Vcpu {
         self.fetch(PROVIDED_ON_IO_AND_MEMORY)?;
         let page = self.page();
         let areas = self.machine().areas();
-        let state = CommState::new(page);
+        let state = CommState::new(page, self.guest_vendor());
         let mut ram = AreaRam { areas: &areas };
         nvmm_assist::translate(&state, &mut ram, gva, access).map_err(|source| Error::Assist {
             op: Op::GvaToGpa,
@@ -291,6 +327,36 @@ impl Vcpu {
 
 /// How an assist ended when it succeeded (nvmm-assist's `Outcome`).
 pub use nvmm_assist::Outcome;
+
+impl Vcpu {
+    /// The CPU vendor whose behaviour [`Vcpu::assist_mem`] and
+    /// [`Vcpu::assist_io`] emulate for this VCPU (where Intel and AMD CPUs
+    /// differ, see `nvmm_assist::vendor`): the host's vendor
+    /// ([`host_vendor`]) unless [`Vcpu::set_guest_vendor`] changed it.
+    /// No ioctl: a setting of this library.
+    pub fn guest_vendor(&self) -> Vendor {
+        self.guest_vendor
+    }
+
+    /// Makes the assists emulate `vendor`'s CPUs for this VCPU, for a VMM
+    /// that presents another vendor to its guest (through
+    /// [`Vcpu::configure_cpuid`]). The guest's instructions still run on the
+    /// host CPU; only what the assists emulate follows this setting. No
+    /// ioctl: a setting of this library.
+    ///
+    /// ```no_run
+    /// use nvmm::Vendor;
+    /// # let nvmm = nvmm::Nvmm::open()?;
+    /// # let machine = nvmm.create_machine()?;
+    /// let mut vcpu = machine.create_vcpu(0)?;
+    /// vcpu.set_guest_vendor(Vendor::Amd);
+    /// assert_eq!(vcpu.guest_vendor(), Vendor::Amd);
+    /// # Ok::<(), nvmm::Error>(())
+    /// ```
+    pub fn set_guest_vendor(&mut self, vendor: Vendor) {
+        self.guest_vendor = vendor;
+    }
+}
 
 fn assist_segment(s: Seg) -> Option<nvmm_assist::Segment> {
     u8::try_from(s.index())
@@ -306,6 +372,9 @@ impl Vcpu {
     /// in the comm page. The kernel provides every class the assist needs
     /// with the exit, so this makes no syscall; the changes are committed
     /// by the next run.
+    ///
+    /// Where Intel and AMD CPUs differ, the assist emulates the CPU of
+    /// [`Vcpu::guest_vendor`].
     ///
     /// [`Outcome::Resume`]: a bounded batch of a REP INS/OUTS was done; run
     /// again and the guest re-executes the rest. On error no register has
@@ -365,7 +434,7 @@ impl Vcpu {
             npc: io.npc,
         };
         let areas = self.machine().areas();
-        let mut state = CommState::new(self.page());
+        let mut state = CommState::new(self.page(), self.guest_vendor());
         let mut ram = AreaRam { areas: &areas };
         nvmm_assist::assist_io(&mut state, &mut ram, mmio, ports, &exit).map_err(|source| {
             Error::Assist {
@@ -382,7 +451,8 @@ impl Vcpu {
     /// the registers in place. No syscall after a memory exit. SSE moves
     /// to MMIO need the FPU class: call [`Vcpu::fetch`] with
     /// [`StateClasses::FPU`] first (one GETSTATE), otherwise they are
-    /// reported unsupported.
+    /// reported unsupported. Where Intel and AMD CPUs differ, the assist
+    /// emulates the CPU of [`Vcpu::guest_vendor`].
     ///
     /// ```no_run
     /// use nvmm::nvmm_assist::{BusError, MmioBus};
@@ -433,7 +503,7 @@ impl Vcpu {
             instruction: m.instruction,
         };
         let areas = self.machine().areas();
-        let mut state = CommState::new(self.page());
+        let mut state = CommState::new(self.page(), self.guest_vendor());
         let mut ram = AreaRam { areas: &areas };
         nvmm_assist::assist_mem(&mut state, &mut ram, mmio, &exit).map_err(|source| Error::Assist {
             op: Op::AssistMem,

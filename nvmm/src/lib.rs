@@ -72,7 +72,7 @@ mod vcpu;
 pub(crate) mod model;
 
 #[cfg(feature = "assist")]
-pub use assist::{GvaAccess, GvaTranslation, Outcome};
+pub use assist::{GvaAccess, GvaTranslation, Outcome, host_vendor};
 pub use comm::stop::VcpuStopper;
 pub use device::{Capability, MachineInfo, Nvmm, SUPPORTED_VERSION};
 pub use dump::StateDump;
@@ -80,6 +80,10 @@ pub use error::{Error, Op, Rejection, Result, TeardownHook, set_teardown_error_h
 pub use exit::{Exit, ExitState, IoDirection, IoExit, MemAccess, MemoryExit, RdmsrExit, WrmsrExit};
 pub use machine::{Machine, MachineConf};
 pub use memory::{GpaArea, HostMapping, Prot};
+/// The CPU vendor whose behaviour the assists emulate
+/// ([`Vcpu::guest_vendor`]).
+#[cfg(feature = "assist")]
+pub use nvmm_assist::Vendor;
 pub use state::{
     Cr, Crs, DEFAULT_MXCSR_MASK, Dr, Drs, Fpu, Gpr, Gprs, Intr, IntrState, Msr, Msrs, Seg,
     SegAttrib, Segment, Segs, StateClasses,

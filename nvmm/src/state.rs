@@ -540,11 +540,13 @@ impl Fpu<'_> {
     pub fn set_st(&mut self, i: u8, v: [u8; 10]) {
         self.write_at(fx::ST0 + usize::from(i & 7) * 16, &v);
     }
-    /// XMM(`i & 15`).
+    /// XMM(`i & 15`), as the little-endian image of its 16 bytes in the
+    /// FXSAVE area (bits 63:0 are the low quadword), the same convention as
+    /// `nvmm_assist::CpuState::xmm`.
     pub fn xmm(&self, i: u8) -> u128 {
         u128::from_le_bytes(self.read_at(fx::XMM0 + usize::from(i & 15) * 16))
     }
-    /// Sets XMM(`i & 15`).
+    /// Sets XMM(`i & 15`) from its little-endian image (see [`Fpu::xmm`]).
     pub fn set_xmm(&mut self, i: u8, v: u128) {
         self.write_at(fx::XMM0 + usize::from(i & 15) * 16, &v.to_le_bytes());
     }

@@ -111,6 +111,9 @@ pub struct Vcpu {
     comm: Arc<CommMapping>,
     run_args: sys::nvmm_ioc_vcpu_run,
     cpuid_leaves: Vec<u32>,
+    /// The vendor the assists emulate (`Vcpu::guest_vendor`).
+    #[cfg(feature = "assist")]
+    pub(crate) guest_vendor: nvmm_assist::Vendor,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -174,6 +177,8 @@ impl Vcpu {
             comm,
             run_args,
             cpuid_leaves: Vec::new(),
+            #[cfg(feature = "assist")]
+            guest_vendor: crate::assist::host_vendor(),
             _not_sync: PhantomData,
         })
     }

@@ -296,3 +296,77 @@ fn steady_state_with_assists_is_one_syscall_per_exit() {
     assert_eq!(ports.log.len(), 20);
     assert_eq!(mmio.writes.len(), 19);
 }
+
+/// The vendor CPUID leaf 0 names, as Linux reports it (`vendor_id` in
+/// /proc/cpuinfo), read independently of the library's CPUID path.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn cpuinfo_vendor() -> Option<nvmm::Vendor> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("vendor_id"))?;
+    line.split(':').nth(1)?.trim().parse().ok()
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn a_new_vcpu_emulates_the_host_vendor() {
+    let (_model, _m, v) = setup();
+    let host = cpuinfo_vendor().expect("vendor_id in /proc/cpuinfo");
+    assert_eq!(nvmm::host_vendor(), host);
+    assert_eq!(v.guest_vendor(), host);
+}
+
+/// Runs `67 f3 aa` (`rep stosb` with 32-bit addressing) through
+/// `assist_mem` on a 64-bit-mode VCPU emulating `vendor`, with ECX = 0 and
+/// the upper halves of RCX and RDI set; returns RCX, RDI and RIP after.
+fn zero_count_a32_stosb(vendor: nvmm::Vendor) -> (u64, u64, u64) {
+    use nvmm::{Cr, Msr, SegAttrib};
+    let (model, m, mut v) = setup();
+    v.set_guest_vendor(vendor);
+    assert_eq!(v.guest_vendor(), vendor);
+    // Long mode: CR0.PE|PG, CR4.PAE, EFER.LME|LMA, CS.L = 1. CR3 points at
+    // zeroed RAM: the assist reads no page table for this instruction.
+    {
+        let mut c = v.crs().unwrap();
+        c.set(Cr::Cr3, 0x8000);
+        c.set(Cr::Cr4, 1 << 5);
+        c.set(Cr::Cr0, (1 << 31) | 1);
+    }
+    v.msrs().unwrap().set(Msr::Efer, (1 << 8) | (1 << 10));
+    {
+        let mut s = v.segs().unwrap();
+        let mut cs = s.get(Seg::Cs);
+        cs.attrib = SegAttrib::new(0xb, true, 0, true, false, true, false, true);
+        s.set(Seg::Cs, cs);
+    }
+    {
+        let mut g = v.gprs().unwrap();
+        g.set(Gpr::Rcx, 0xABCD_0000_0000_0000);
+        g.set(Gpr::Rdi, 0x1234_5678_0000_2000);
+    }
+    model.push_exit(
+        m.id(),
+        0,
+        ScriptedExit::memory(0xfee0_0000, true, &[0x67, 0xf3, 0xaa]),
+    );
+    v.run().unwrap();
+    let mut mmio = Mmio::default();
+    assert_eq!(v.assist_mem(&mut mmio).unwrap(), Outcome::Done);
+    assert!(mmio.reads.is_empty() && mmio.writes.is_empty());
+    let g = v.gprs().unwrap();
+    (g.get(Gpr::Rcx), g.get(Gpr::Rdi), g.rip())
+}
+
+/// `Vcpu::set_guest_vendor` reaches the assist: a zero-count a32 REP
+/// STOSB clears RCX[63:32] and RDI[63:32] as an Intel CPU does, and keeps
+/// them as an AMD CPU does (see nvmm_assist::vendor).
+#[test]
+fn the_guest_vendor_override_reaches_assist_mem() {
+    assert_eq!(
+        zero_count_a32_stosb(nvmm::Vendor::Intel),
+        (0, 0x2000, 0x1003)
+    );
+    assert_eq!(
+        zero_count_a32_stosb(nvmm::Vendor::Amd),
+        (0xABCD_0000_0000_0000, 0x1234_5678_0000_2000, 0x1003)
+    );
+}

@@ -266,12 +266,13 @@ impl Ci {
             .filter(|r| matches!(r.outcome, Outcome::Skipped(_)))
             .count();
         println!(
-            "ci: {} of {} steps passed, {} skipped, {} failed; total {} (budget: 30 min on 2 cores)",
+            "ci: {} of {} steps passed, {} skipped, {} failed; total {} (budget: 30 min on 2 cores); CPU: {}",
             self.results.len() - failed.len() - skipped,
             self.results.len(),
             skipped,
             failed.len(),
-            minutes(total)
+            minutes(total),
+            crate::host_cpu::describe()
         );
         if !failed.is_empty() {
             println!("ci: FAILED steps: {}", failed.join(", "));

@@ -3,6 +3,7 @@
 mod bench;
 mod ci;
 mod elf;
+mod host_cpu;
 mod netbsd;
 mod regen;
 mod util;

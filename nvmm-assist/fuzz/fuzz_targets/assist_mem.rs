@@ -12,7 +12,7 @@
 use libfuzzer_sys::fuzz_target;
 use nvmm_assist::{
     AccessType, BusError, CompareWrite, GuestRam, MemExit, MmioBus, Outcome, RamStatus, Registers,
-    SegmentAttributes, SegmentRegister, assist_mem,
+    SegmentAttributes, SegmentRegister, Vendor, assist_mem,
 };
 
 /// Guest RAM: GPA 0..RAM_SIZE except the MMIO page at MMIO_HOLE.
@@ -215,7 +215,12 @@ fuzz_target!(|data: &[u8]| {
         cr4: input.u64() & ((1 << 4) | (1 << 5) | (1 << 20) | (1 << 21)), // PSE PAE SMEP SMAP
         efer: input.u64() & (1 << 11),                                    // NXE
         xmm: Some([0x0123_4567_89AB_CDEF_FEDC_BA98_7654_3210; 16]),
-        ..Default::default()
+        // Both vendors' rules are fuzzed (flags bit 5 picks one).
+        ..Registers::zeroed(if flags & 32 == 0 {
+            Vendor::Intel
+        } else {
+            Vendor::Amd
+        })
     };
     for g in regs.gprs.iter_mut() {
         *g = input.value();

@@ -21,6 +21,8 @@ mod cases;
 mod encode;
 #[path = "../../tests/oracle_support/host.rs"]
 mod host;
+#[path = "../../tests/oracle_support/host_vendor.rs"]
+mod host_vendor;
 #[path = "../../tests/oracle_support/mock.rs"]
 mod mock;
 #[path = "../../tests/oracle_support/native.rs"]

@@ -418,10 +418,11 @@ mod tests {
 
     use std::vec::Vec;
 
+    use crate::Registers;
     use crate::decode::{Operand, decode};
     use crate::mem::assist_mem_with;
     use crate::mode::CpuMode;
-    use crate::testutil::{Layout, PageTables, RecordingMmio, TestRam, long64, pte};
+    use crate::testutil::{Layout, PageTables, RecordingMmio, TEST_VENDOR, TestRam, pte};
     use crate::{AccessType, MemExit};
 
     struct Rng(u64);
@@ -552,7 +553,7 @@ mod tests {
         let mut handled = 0;
         for _ in 0..40_000 {
             let bytes = random_instruction(&mut rng);
-            let mut regs = long64(pt.cr3(), 0);
+            let mut regs = Registers::long_mode(TEST_VENDOR, pt.cr3(), 0, 0);
             regs.rip = 0x10000 + rng.below(0x100);
             for g in regs.gprs.iter_mut() {
                 *g = match rng.below(4) {

@@ -90,18 +90,18 @@ fn room(side: &Side, size: u64, amask: u64, backwards: bool) -> u64 {
     page_room.min(offset_room).max(1)
 }
 
-/// REP with a zero count accesses nothing, but with a 32-bit address size
-/// in 64-bit mode the CPU still writes ECX, and for MOVS ESI and EDI, for
-/// STOS EDI, as 32-bit registers: their upper halves are cleared. (Measured
-/// on an Intel CPU by the host oracle, BUG-1 in the oracle's list; LODS,
-/// CMPS and SCAS keep RSI/RDI.) Elsewhere nothing is written.
+/// REP with a zero count accesses nothing. With a 32-bit address size in
+/// 64-bit mode an Intel CPU still writes ECX, and for MOVS ESI and EDI, for
+/// STOS EDI, as 32-bit registers (their upper halves are cleared; LODS,
+/// CMPS and SCAS keep RSI/RDI); an AMD CPU writes nothing. Elsewhere
+/// nothing is written. The rule and its sources are in [`crate::vendor`].
 fn zero_count_writes<S, R, M>(x: &mut Exec<'_, S, R, M>, op: Mnemonic, asz: u8)
 where
     S: CpuState + ?Sized,
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    if asz != 4 || !x.mode.is_64bit() {
+    if asz != 4 || !x.mode.is_64bit() || !x.state.vendor().zero_count_writes() {
         return;
     }
     let mut regs = [Some(Gpr::Rcx), None, None];

@@ -262,7 +262,13 @@ impl HostOracle {
             bytes: before[mmio_off..].to_vec(),
             ..Default::default()
         };
-        let mut st = mock::long_mode_user(self.cr3, self.fs_base, self.gs_base);
+        // The native CPU is the oracle: the assist runs as its vendor.
+        let mut st = mock::long_mode_user(
+            crate::host_vendor::host_vendor(),
+            self.cr3,
+            self.fs_base,
+            self.gs_base,
+        );
         st.gprs = case.ctx.gprs;
         st.rip = self.layout.insn;
         let rflags_in = (case.ctx.rflags & (STATUS | DF)) | 0x202;

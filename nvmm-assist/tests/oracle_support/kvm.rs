@@ -321,6 +321,8 @@ impl Guest {
             cr4: s.cr4,
             efer: s.efer,
             xmm: Some(f.xmm.map(u128::from_le_bytes)),
+            // A KVM guest runs on the host CPU and behaves as its vendor.
+            vendor: crate::host_vendor::host_vendor(),
         })
     }
 

@@ -149,9 +149,11 @@ fn pae(ram: &mut [u8]) -> u64 {
 }
 
 fn base_state() -> Registers {
+    // KVM runs the guest on the host CPU: the assist compared with it runs
+    // as the host's vendor.
     Registers {
         rflags: 2,
-        ..Default::default()
+        ..Registers::zeroed(crate::host_vendor::host_vendor())
     }
 }
 

@@ -5,7 +5,7 @@
 
 use nvmm_assist::{
     BusError, CompareWrite, GuestRam, MmioBus, RamStatus, Registers, SegmentAttributes,
-    SegmentRegister,
+    SegmentRegister, Vendor,
 };
 use std::collections::BTreeMap;
 
@@ -223,7 +223,7 @@ pub fn identity_tables(ram: &mut SparseRam, ranges: &[(u64, u64)]) -> u64 {
 }
 
 /// The register state of a 64-bit Linux user thread (CPL 3, flat, paging).
-pub fn long_mode_user(cr3: u64, fs_base: u64, gs_base: u64) -> Registers {
+pub fn long_mode_user(vendor: Vendor, cr3: u64, fs_base: u64, gs_base: u64) -> Registers {
     let data = SegmentRegister {
         selector: 0x2b,
         base: 0,
@@ -251,6 +251,7 @@ pub fn long_mode_user(cr3: u64, fs_base: u64, gs_base: u64) -> Registers {
         cr4: 0x0000_06a0 | 0x20,
         efer: 0xd01,
         xmm: Some([0; 16]),
+        vendor,
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::vec::Vec;
 
-use super::testutil::{BusAccess, Layout, PageTables, TestRam, long64, pte, real_mode};
+use super::testutil::{BusAccess, Layout, PageTables, TEST_VENDOR, TestRam, pte};
 use nvmm_assist::{
     AccessType, BusError, CompareWrite, Error, GuestRam, MemExit, MmioBus, Outcome, RamStatus,
     Registers, assist_mem,
@@ -224,7 +224,7 @@ impl Guest {
     /// 64-bit mode at CPL 0, the first 512 KiB identity-mapped with 4 KiB
     /// pages (P|RW|US), RIP = 0x2000, RFLAGS = 0x2 (as NetBSD's tests).
     pub fn long64() -> Guest {
-        let mut g = Guest::with_regs(long64(PT_ROOT, 0));
+        let mut g = Guest::with_regs(Registers::long_mode(TEST_VENDOR, PT_ROOT, 0, 0));
         let mut pt = PageTables::new(Layout::Level4, PT_ROOT);
         for page in 0..128u64 {
             pt.map(&mut g.ram, page * 4096, page * 4096, 1, pte::PWU);
@@ -236,7 +236,7 @@ impl Guest {
     /// Real mode, no paging (GPA = linear), RIP = 0x2000 (NetBSD's 16-bit
     /// tests: CS base 0, limit 0x2FFF... here 0xFFFF).
     pub fn real() -> Guest {
-        let mut g = Guest::with_regs(real_mode());
+        let mut g = Guest::with_regs(Registers::real_mode(TEST_VENDOR));
         g.regs.rip = CODE;
         g
     }

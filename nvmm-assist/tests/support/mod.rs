@@ -12,3 +12,7 @@ pub mod memdev;
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub mod kvm_flat;
+
+#[cfg(target_arch = "x86_64")]
+#[path = "../oracle_support/host_vendor.rs"]
+pub mod host_vendor;
