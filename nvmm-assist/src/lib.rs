@@ -13,6 +13,17 @@
 //! - on an error no guest register has changed and no further device access
 //!   happens after the failing one;
 //! - a REP instruction is done in bounded batches ([`Outcome::Resume`]).
+//!
+//! To see what the assist does with the bytes a VMM logged from a failing
+//! exit, run the `explain` example (no hypervisor needed): it prints the
+//! decoded instruction, its operands and addresses, every RAM, MMIO and port
+//! access, and the register and flag changes, or the exact refusal:
+//!
+//! ```text
+//! $ cargo run -p nvmm-assist --example explain -- --mode prot32 8b 00 rax=0x1000 ds.limit=0xfff
+//! ...
+//! result: refused: #GP(0x0) (general protection): the VMM injects it
+//! ```
 #![no_std]
 #![forbid(unsafe_code)]
 
