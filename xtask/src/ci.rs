@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::fail;
 use crate::util::{Result, cargo, program_exists, workspace_root};
-use crate::{netbsd, regen};
+use crate::{netbsd, publish, regen};
 
 /// The total fuzzing time, shared among the fuzz targets.
 const FUZZ_BUDGET: Duration = Duration::from_secs(60);
@@ -144,6 +144,9 @@ pub fn run() -> Result<()> {
                 .env("RUSTDOCFLAGS", "-D warnings"),
         )
     });
+    ci.step("package (nvmm-sys, nvmm-assist, nvmm)", publish::package);
+    ci.optional_step("msrv (libraries)", publish::msrv);
+    ci.optional_step("cargo-deny", publish::deny);
     ci.step("regen --check", || {
         regen::run(&regen::Options {
             sysroot: None,
@@ -165,6 +168,22 @@ impl Ci {
         let start = Instant::now();
         let outcome = match body() {
             Ok(note) => Outcome::Passed(note),
+            Err(err) => Outcome::Failed(err.to_string()),
+        };
+        self.finish(name, outcome, start.elapsed());
+    }
+
+    /// A step that may be skipped: `Ok(Err(reason))` skips it.
+    fn optional_step(
+        &mut self,
+        name: &'static str,
+        body: impl FnOnce() -> Result<std::result::Result<String, String>>,
+    ) {
+        println!("\n==> ci: {name}");
+        let start = Instant::now();
+        let outcome = match body() {
+            Ok(Ok(note)) => Outcome::Passed(Some(note)),
+            Ok(Err(reason)) => Outcome::Skipped(reason),
             Err(err) => Outcome::Failed(err.to_string()),
         };
         self.finish(name, outcome, start.elapsed());
