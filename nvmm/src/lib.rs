@@ -8,7 +8,9 @@
 //! - [`Vcpu`]: a virtual CPU: state by class ([`Vcpu::gprs`], ...), events
 //!   ([`Vcpu::inject`]), [`Vcpu::run`] returning a typed [`Exit`], the
 //!   assists ([`Vcpu::assist_io`], [`Vcpu::assist_mem`]);
-//! - [`VcpuStopper`]: stops a run from another thread or a signal handler.
+//! - [`VcpuStopper`]: stops a run from another thread or a signal handler;
+//! - [`VcpuState`]: a snapshot of every state class, from [`Vcpu::save`]
+//!   and applied by [`Vcpu::restore`] (feature `serde`: serializable).
 //!
 //! Costs, as in libnvmm: reading a cached class and every write are free
 //! (no syscall); a run invalidates the state except what the kernel
@@ -57,6 +59,7 @@ mod error;
 mod exit;
 mod machine;
 mod memory;
+mod snapshot;
 mod state;
 pub mod sys;
 mod vcpu;
@@ -74,6 +77,7 @@ pub use error::{Error, Op, Rejection, Result, TeardownHook, set_teardown_error_h
 pub use exit::{Exit, ExitState, IoDirection, IoExit, MemAccess, MemoryExit, RdmsrExit, WrmsrExit};
 pub use machine::{Machine, MachineConf};
 pub use memory::{GpaArea, HostMapping, Prot};
+pub use snapshot::{FXSAVE_SIZE, FxsaveArea, VcpuState};
 pub use state::{
     Cr, Crs, Dr, Drs, Fpu, Gpr, Gprs, Intr, IntrState, Msr, Msrs, Seg, SegAttrib, Segment, Segs,
     StateClasses,

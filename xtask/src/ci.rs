@@ -97,6 +97,7 @@ pub fn run() -> Result<()> {
         run_plain(cargo().args([
             "clippy",
             "--workspace",
+            "--all-features",
             "--all-targets",
             "--",
             "-D",
@@ -110,6 +111,7 @@ pub fn run() -> Result<()> {
                 .args([
                     "clippy",
                     "--workspace",
+                    "--all-features",
                     "--exclude",
                     "xtask",
                     "--lib",
@@ -122,7 +124,7 @@ pub fn run() -> Result<()> {
     });
     ci.test_step(
         "test (debug)",
-        cargo().args(["test", "--workspace", "--no-fail-fast"]),
+        cargo().args(["test", "--workspace", "--all-features", "--no-fail-fast"]),
     );
     // xtask's own tests ran in debug; building bindgen and regex optimised
     // would only cost minutes.
@@ -131,6 +133,7 @@ pub fn run() -> Result<()> {
         cargo().args([
             "test",
             "--workspace",
+            "--all-features",
             "--exclude",
             "xtask",
             "--release",
@@ -140,7 +143,14 @@ pub fn run() -> Result<()> {
     ci.step("doc", || {
         run_plain(
             cargo()
-                .args(["doc", "--workspace", "--exclude", "xtask", "--no-deps"])
+                .args([
+                    "doc",
+                    "--workspace",
+                    "--all-features",
+                    "--exclude",
+                    "xtask",
+                    "--no-deps",
+                ])
                 .env("RUSTDOCFLAGS", "-D warnings"),
         )
     });
