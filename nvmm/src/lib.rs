@@ -12,6 +12,13 @@
 //! - [`VcpuState`]: a snapshot of every state class, from [`Vcpu::save`]
 //!   and applied by [`Vcpu::restore`] (feature `serde`: serializable).
 //!
+//! Features: `assist` (default) adds the assists and re-exports
+//! `nvmm_assist`; `serde` makes [`VcpuState`] serializable.
+//!
+//! NVMM has no dirty-page tracking, no in-kernel interrupt controller or
+//! timers, and gives the guest the host's TSC rate: [`limitations`] says
+//! how a VMM copes.
+//!
 //! Costs, as in libnvmm: reading a cached class and every write are free
 //! (no syscall); a run invalidates the state except what the kernel
 //! provides with the exit (GPRS|SEGS|CRS|MSRS on I/O and memory exits), so
@@ -57,6 +64,7 @@ mod device;
 mod dump;
 mod error;
 mod exit;
+pub mod limitations;
 mod machine;
 mod memory;
 mod snapshot;
