@@ -210,3 +210,23 @@ fn bad_arguments_are_refused() {
     let request = explain::parse_args(&["90", "ds.limit=0x100000000"]).unwrap();
     assert!(explain::explain(&request).unwrap_err().contains("too wide"));
 }
+
+#[test]
+fn long_rep_batches_are_shortened() {
+    let out = run("f3 48 a5 rcx=0xffffffffffffffff rsi=0x1000 rdi=0x3000");
+    // One batch: 512 qwords up to the page end, each a read and a write,
+    // after four page-table reads.
+    assert_lines(
+        &out,
+        &[
+            "access: mmio read 8 bytes at GPA 0x1000: 00 00 00 00 00 00 00 00",
+            "access: ... 1008 more ...",
+            "access: mmio write 8 bytes at GPA 0x3ff8: 00 00 00 00 00 00 00 00",
+            "result: resume (a bounded batch; the guest re-executes the rest)",
+            "change: rcx: 0xffffffffffffffff -> 0xfffffffffffffdff",
+            "change: rsi: 0x1000 -> 0x2000",
+            "change: rflags: 0x2 -> 0x10002 (RF 0->1)",
+        ],
+    );
+    assert_eq!(out.iter().filter(|l| l.starts_with("access:")).count(), 21);
+}

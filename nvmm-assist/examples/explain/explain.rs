@@ -167,6 +167,12 @@ const PTE_A: u64 = 1 << 5;
 const PTE_D: u64 = 1 << 6;
 const PTE_PS: u64 = 1 << 7;
 
+/// More accesses than this are shortened to the first [`HEAD_LINES`] and
+/// the last [`TAIL_LINES`].
+const MAX_ACCESS_LINES: usize = 24;
+const HEAD_LINES: usize = 16;
+const TAIL_LINES: usize = 4;
+
 /// The synthesised page-table entry at `gpa` (8-byte aligned), if `gpa` is
 /// in the tables.
 fn table_entry(gpa: u64) -> Option<u64> {
@@ -782,7 +788,18 @@ pub fn explain(request: &Request) -> Result<Vec<String>, String> {
             assist_mem(&mut regs, &mut buses, &mut mmio, &exit)
         }
     };
-    for access in log.borrow().iter() {
+    let log = log.borrow();
+    for (i, access) in log.iter().enumerate() {
+        // A REP batch makes thousands: keep the first and the last ones.
+        if log.len() > MAX_ACCESS_LINES && i >= HEAD_LINES && i < log.len() - TAIL_LINES {
+            if i == HEAD_LINES {
+                out.push(format!(
+                    "access: ... {} more ...",
+                    log.len() - HEAD_LINES - TAIL_LINES
+                ));
+            }
+            continue;
+        }
         out.push(match access {
             Access::Ram { gpa, data } => format!(
                 "access: ram read {} at GPA {gpa:#x} (page table): {}",
