@@ -776,13 +776,18 @@ pub fn explain(request: &Request) -> Result<Vec<String>, String> {
                 instruction: &request.bytes,
             };
             out.push(format!(
-                "exit: memory {}, GPA {:#x}",
+                "exit: memory {}, GPA {:#x}{}",
                 if access == AccessType::Write {
                     "write"
                 } else {
                     "read"
                 },
-                exit.gpa
+                exit.gpa,
+                if exit_gpa.is_none() {
+                    " (no operand address to take it from; set it with gpa=)"
+                } else {
+                    ""
+                }
             ));
             let mut mmio = Buses { log: &log, data };
             assist_mem(&mut regs, &mut buses, &mut mmio, &exit)
