@@ -13,10 +13,27 @@
 //! - on an error no guest register has changed and no further device access
 //!   happens after the failing one;
 //! - a REP instruction is done in bounded batches ([`Outcome::Resume`]).
+//!
+//! Feature `vm-memory`: [`GuestRam`] for any rust-vmm
+//! `vm_memory::GuestMemory` (module `rust_vmm`), so that a VMM built on the
+//! rust-vmm crates, on NVMM or any other hypervisor, passes its guest memory
+//! as is; locked instructions and page-table accessed/dirty updates use
+//! atomic compare-exchanges on it where the size and alignment allow.
+//!
+//! To see what the assist does with the bytes a VMM logged from a failing
+//! exit, run the `explain` example (no hypervisor needed): it prints the
+//! decoded instruction, its operands and addresses, every RAM, MMIO and port
+//! access, and the register and flag changes, or the exact refusal:
+//!
+//! ```text
+//! $ cargo run -p nvmm-assist --example explain -- --mode prot32 8b 00 rax=0x1000 ds.limit=0xfff
+//! ...
+//! result: refused: #GP(0x0) (general protection): the VMM injects it
+//! ```
 #![no_std]
 #![forbid(unsafe_code)]
 
-#[cfg(test)]
+#[cfg(any(test, feature = "vm-memory"))]
 extern crate std;
 // Lets the shared test support name the crate as the integration tests do.
 #[cfg(test)]
@@ -31,6 +48,8 @@ pub mod flags;
 pub mod io;
 mod mem;
 pub mod mode;
+#[cfg(feature = "vm-memory")]
+pub mod rust_vmm;
 pub mod segment;
 pub mod state;
 pub mod translate;

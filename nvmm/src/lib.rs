@@ -8,7 +8,16 @@
 //! - [`Vcpu`]: a virtual CPU: state by class ([`Vcpu::gprs`], ...), events
 //!   ([`Vcpu::inject`]), [`Vcpu::run`] returning a typed [`Exit`], the
 //!   assists ([`Vcpu::assist_io`], [`Vcpu::assist_mem`]);
-//! - [`VcpuStopper`]: stops a run from another thread or a signal handler.
+//! - [`VcpuStopper`]: stops a run from another thread or a signal handler;
+//! - [`VcpuState`]: a snapshot of every state class, from [`Vcpu::save`]
+//!   and applied by [`Vcpu::restore`] (feature `serde`: serializable).
+//!
+//! Features: `assist` (default) adds the assists and re-exports
+//! `nvmm_assist`; `serde` makes [`VcpuState`] serializable.
+//!
+//! NVMM has no dirty-page tracking, no in-kernel interrupt controller or
+//! timers, and gives the guest the host's TSC rate: [`limitations`] says
+//! how a VMM copes.
 //!
 //! Costs, as in libnvmm: reading a cached class and every write are free
 //! (no syscall); a run invalidates the state except what the kernel
@@ -59,9 +68,11 @@ mod device;
 mod dump;
 mod error;
 mod exit;
+pub mod limitations;
 mod machine;
 mod memory;
 pub mod migration;
+mod snapshot;
 mod state;
 mod stop_request;
 pub mod sys;
@@ -84,6 +95,7 @@ pub use memory::{GpaArea, HostMapping, Prot};
 /// ([`Vcpu::guest_vendor`]).
 #[cfg(feature = "assist")]
 pub use nvmm_assist::Vendor;
+pub use snapshot::{FXSAVE_SIZE, FxsaveArea, VcpuState};
 pub use state::{
     Cr, Crs, DEFAULT_MXCSR_MASK, Dr, Drs, Fpu, Gpr, Gprs, Intr, IntrState, Msr, Msrs, Seg,
     SegAttrib, Segment, Segs, StateClasses,

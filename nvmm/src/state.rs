@@ -143,6 +143,7 @@ index_enum!(
 /// Segment attributes as NVMM packs them, LSB first:
 /// `type:4, s:1, dpl:2, p:1, avl:1, l:1, def:1, g:1, rsvd:4`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SegAttrib(pub u16);
 
 impl SegAttrib {
@@ -223,6 +224,7 @@ impl std::fmt::Debug for SegAttrib {
 
 /// One segment register with its hidden part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Segment {
     /// Selector.
     pub selector: u16,
@@ -236,6 +238,7 @@ pub struct Segment {
 
 /// The interrupt state class (`struct nvmm_x64_state_intr`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct IntrState {
     /// Interrupts blocked by STI or MOV SS.
     pub int_shadow: bool,
@@ -549,6 +552,14 @@ impl Fpu<'_> {
     /// Sets XMM(`i & 15`) from its little-endian image (see [`Fpu::xmm`]).
     pub fn set_xmm(&mut self, i: u8, v: u128) {
         self.write_at(fx::XMM0 + usize::from(i & 15) * 16, &v.to_le_bytes());
+    }
+    /// The whole 512-byte FXSAVE area.
+    pub fn area(&self) -> [u8; 512] {
+        self.read_at(0)
+    }
+    /// Sets the whole 512-byte FXSAVE area.
+    pub fn set_area(&mut self, area: &[u8; 512]) {
+        self.write_at(0, area);
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::fail;
 use crate::util::{Result, cargo, program_exists, workspace_root};
-use crate::{netbsd, regen};
+use crate::{netbsd, publish, regen};
 
 /// The total fuzzing time, shared among the fuzz targets.
 const FUZZ_BUDGET: Duration = Duration::from_secs(60);
@@ -97,6 +97,7 @@ pub fn run() -> Result<()> {
         run_plain(cargo().args([
             "clippy",
             "--workspace",
+            "--all-features",
             "--all-targets",
             "--",
             "-D",
@@ -110,6 +111,7 @@ pub fn run() -> Result<()> {
                 .args([
                     "clippy",
                     "--workspace",
+                    "--all-features",
                     "--exclude",
                     "xtask",
                     "--lib",
@@ -122,7 +124,7 @@ pub fn run() -> Result<()> {
     });
     ci.test_step(
         "test (debug)",
-        cargo().args(["test", "--workspace", "--no-fail-fast"]),
+        cargo().args(["test", "--workspace", "--all-features", "--no-fail-fast"]),
     );
     // xtask's own tests ran in debug; building bindgen and regex optimised
     // would only cost minutes.
@@ -131,6 +133,7 @@ pub fn run() -> Result<()> {
         cargo().args([
             "test",
             "--workspace",
+            "--all-features",
             "--exclude",
             "xtask",
             "--release",
@@ -140,10 +143,20 @@ pub fn run() -> Result<()> {
     ci.step("doc", || {
         run_plain(
             cargo()
-                .args(["doc", "--workspace", "--exclude", "xtask", "--no-deps"])
+                .args([
+                    "doc",
+                    "--workspace",
+                    "--all-features",
+                    "--exclude",
+                    "xtask",
+                    "--no-deps",
+                ])
                 .env("RUSTDOCFLAGS", "-D warnings"),
         )
     });
+    ci.step("package (nvmm-sys, nvmm-assist, nvmm)", publish::package);
+    ci.optional_step("msrv (libraries)", publish::msrv);
+    ci.optional_step("cargo-deny", publish::deny);
     ci.step("regen --check", || {
         regen::run(&regen::Options {
             sysroot: None,
@@ -165,6 +178,22 @@ impl Ci {
         let start = Instant::now();
         let outcome = match body() {
             Ok(note) => Outcome::Passed(note),
+            Err(err) => Outcome::Failed(err.to_string()),
+        };
+        self.finish(name, outcome, start.elapsed());
+    }
+
+    /// A step that may be skipped: `Ok(Err(reason))` skips it.
+    fn optional_step(
+        &mut self,
+        name: &'static str,
+        body: impl FnOnce() -> Result<std::result::Result<String, String>>,
+    ) {
+        println!("\n==> ci: {name}");
+        let start = Instant::now();
+        let outcome = match body() {
+            Ok(Ok(note)) => Outcome::Passed(Some(note)),
+            Ok(Err(reason)) => Outcome::Skipped(reason),
             Err(err) => Outcome::Failed(err.to_string()),
         };
         self.finish(name, outcome, start.elapsed());

@@ -5,6 +5,7 @@ mod ci;
 mod elf;
 mod host_cpu;
 mod netbsd;
+mod publish;
 mod regen;
 mod util;
 mod zig;
@@ -20,6 +21,7 @@ commands:
   regen [--sysroot DIR] [--check]  regenerate nvmm-sys's bindings (or check them)
   netbsd                           build libraries, tests and examples for x86_64-unknown-netbsd
   ci                               the full test suite
+  publish-check                    cargo package, MSRV build and cargo-deny (CI steps 7-9)
   bench                            run every benchmark of nvmm and nvmm-assist
   vmtest                           run the tests on a NetBSD host with /dev/nvmm";
 
@@ -41,6 +43,7 @@ fn dispatch(args: &[String]) -> Result<()> {
     match command.as_str() {
         "regen" => regen::run(&parse_regen(rest)?),
         "ci" => no_args("ci", rest).and_then(|()| ci::run()),
+        "publish-check" => no_args("publish-check", rest).and_then(|()| publish::check()),
         "bench" => no_args("bench", rest).and_then(|()| bench::run_all()),
         "vmtest" => no_args("vmtest", rest).and_then(|()| vmtest()),
         "netbsd" => no_args("netbsd", rest).and_then(|()| netbsd::run()),
