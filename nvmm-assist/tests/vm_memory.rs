@@ -5,7 +5,7 @@
 use nvmm_assist::rust_vmm::VM_MEMORY_FAULT;
 use nvmm_assist::{
     AccessType, CompareWrite, CpuState, Gpr, GuestRam, MemExit, MmioBus, Outcome, RamStatus,
-    Registers, SegmentAttributes, SegmentRegister, assist_mem, translate,
+    Registers, Vendor, assist_mem, translate,
 };
 use vm_memory::bitmap::{AtomicBitmap, Bitmap};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MmapRegion};
@@ -162,29 +162,10 @@ impl MmioBus for NoMmio {
     }
 }
 
-/// 64-bit mode, flat segments, 4-level paging with CR3 = `cr3`.
+/// 64-bit mode, flat segments, 4-level paging with CR3 = `cr3` (no
+/// vendor-dependent instruction is used here).
 fn long_mode(cr3: u64) -> Registers {
-    let code = SegmentRegister {
-        selector: 8,
-        base: 0,
-        limit: 0xFFFF_FFFF,
-        attributes: SegmentAttributes::new(0xB, true, 0, true, false, true, false, true),
-    };
-    let data = SegmentRegister {
-        selector: 16,
-        base: 0,
-        limit: 0xFFFF_FFFF,
-        attributes: SegmentAttributes::new(0x3, true, 0, true, false, false, true, true),
-    };
-    Registers {
-        rflags: 0x2,
-        segments: [data, code, data, data, data, data],
-        cr0: 0x8000_0011,
-        cr3,
-        cr4: 0x20,
-        efer: 0x500,
-        ..Registers::default()
-    }
+    Registers::long_mode(Vendor::Intel, cr3, 0, 0)
 }
 
 #[test]
