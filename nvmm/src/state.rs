@@ -557,9 +557,17 @@ impl Fpu<'_> {
     pub fn area(&self) -> [u8; 512] {
         self.read_at(0)
     }
-    /// Sets the whole 512-byte FXSAVE area.
+    /// Sets the whole 512-byte FXSAVE area. An area whose `fx_mxcsr_mask`
+    /// (bytes 28..32) is 0, as the kernel's reset state has it, is written
+    /// with [`DEFAULT_MXCSR_MASK`] there instead, for the reason given at
+    /// [`Fpu::set_mxcsr`]: otherwise the kernel would commit MXCSR as 0.
     pub fn set_area(&mut self, area: &[u8; 512]) {
-        self.write_at(0, area);
+        let mut area = *area;
+        let mask = fx::MXCSR_MASK..fx::MXCSR_MASK + 4;
+        if area[mask.clone()] == [0; 4] {
+            area[mask].copy_from_slice(&DEFAULT_MXCSR_MASK.to_le_bytes());
+        }
+        self.write_at(0, &area);
     }
 }
 

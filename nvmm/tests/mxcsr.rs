@@ -52,3 +52,26 @@ fn any_fpu_write_fixes_the_mask_and_an_explicit_mask_is_honoured() {
     v.run().unwrap();
     assert_eq!(model.hw_state(m.id(), 0).fpu.fx_mxcsr, 0x1F80);
 }
+
+/// A snapshot of a VCPU that never ran carries the reset state's zero
+/// `fx_mxcsr_mask`; restoring it must still commit the snapshot's MXCSR
+/// (`Fpu::set_area` gives the area a valid mask), not 0.
+#[test]
+fn restoring_a_snapshot_with_a_zero_mask_commits_its_mxcsr() {
+    for b in Backend::BOTH {
+        let model = KernelModel::with_backend(b);
+        let nvmm = Nvmm::open_with(model.clone(), OpenMode::User).unwrap();
+        let m = nvmm.create_machine().unwrap();
+        let mut fresh = m.create_vcpu(0).unwrap();
+        let state = fresh.save().unwrap();
+        assert_eq!(state.fpu.0[28..32], [0; 4], "the reset state's mask");
+
+        let mut target = m.create_vcpu(1).unwrap();
+        target.restore(&state);
+        assert_eq!(target.fpu().unwrap().mxcsr_mask(), DEFAULT_MXCSR_MASK);
+        model.push_exit(m.id(), 1, ScriptedExit::reason(sys::NVMM_VCPU_EXIT_HALTED));
+        target.run().unwrap();
+        let hw = model.hw_state(m.id(), 1);
+        assert_eq!(hw.fpu.fx_mxcsr, 0x1F80, "{b:?}");
+    }
+}

@@ -165,6 +165,11 @@ pub unsafe fn run(
             }
             None => zeroed_exit(),
         };
+        // svm_vcpu_guest_fpu_leave / vmx_vcpu_guest_fpu_leave: after the
+        // guest ran, fpu_area_save (FXSAVE or XSAVE) stores the CPU's
+        // MXCSR_MASK in the guest FPU area, so a later GETSTATE of FPU
+        // returns the host's mask, not the reset state's 0.
+        v.hw.fpu.fx_mxcsr_mask = sanitize::HOST_MXCSR_MASK;
 
         // svm_exit_cpuid / vmx_exit_cpuid: the in-kernel CPUID runs first
         // and overwrites RAX-RDX, then `cpuid->exit` sends it to userland.
