@@ -96,7 +96,13 @@ pub enum Exit<'a> {
     /// WRMSR: complete it with [`crate::Vcpu::complete_wrmsr`].
     Wrmsr(WrmsrExit),
     /// CPUID on a leaf configured to exit: complete it with
-    /// [`crate::Vcpu::complete_cpuid`].
+    /// [`crate::Vcpu::complete_cpuid`]. The exit carries no leaf, and the
+    /// guest's EAX/ECX are gone by then: the kernel runs its own CPUID
+    /// emulation before it checks the exit configuration
+    /// (`svm_exit_cpuid`/`vmx_exit_cpuid` in NetBSD's `nvmm_x86_*.c`), so
+    /// RAX-RDX already hold the kernel's answer. A VMM that needs the leaf
+    /// configures one leaf per exit purpose or reads the instruction's
+    /// context from its own guest protocol.
     Cpuid {
         /// The RIP of the next instruction.
         npc: u64,

@@ -55,11 +55,17 @@ mod device;
 mod dump;
 mod error;
 mod exit;
+mod interrupt;
+mod kick;
 mod machine;
 mod memory;
+#[cfg(feature = "assist")]
+mod port_io;
+mod setup;
 mod state;
 pub mod sys;
 mod vcpu;
+pub mod x86;
 
 #[cfg(test)]
 #[path = "../tests/model/mod.rs"]
@@ -72,8 +78,10 @@ pub use device::{Capability, MachineInfo, Nvmm, SUPPORTED_VERSION};
 pub use dump::StateDump;
 pub use error::{Error, Op, Rejection, Result, TeardownHook, set_teardown_error_hook};
 pub use exit::{Exit, ExitState, IoDirection, IoExit, MemAccess, MemoryExit, RdmsrExit, WrmsrExit};
+pub use kick::install_kick_handler;
 pub use machine::{Machine, MachineConf};
 pub use memory::{GpaArea, HostMapping, Prot};
+pub use setup::{SegFields, selectors};
 pub use state::{
     Cr, Crs, Dr, Drs, Fpu, Gpr, Gprs, Intr, IntrState, Msr, Msrs, Seg, SegAttrib, Segment, Segs,
     StateClasses,
