@@ -92,6 +92,15 @@ pub fn run() -> Result<()> {
     ensure_target()?;
     let ziglang = zig::ensure()?;
     let linker = write_linker(&ziglang)?;
+    // Users cross-build their own crates with the same linker.
+    println!(
+        "linker: {} (zig cc, ziglang {}, -target {ZIG_TARGET})\n\
+         to cross-build another crate: CARGO_TARGET_X86_64_UNKNOWN_NETBSD_LINKER={} \
+         cargo build --target {TARGET}",
+        linker.display(),
+        zig::ZIGLANG_VERSION,
+        linker.display()
+    );
     let executables = build(&linker)?;
     if executables.is_empty() {
         return Err(fail!("the NetBSD build produced no executables"));
