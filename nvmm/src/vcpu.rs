@@ -550,7 +550,11 @@ impl Vcpu {
     /// ```
     pub fn dump(&mut self) -> Result<crate::dump::StateDump<'_>> {
         self.fetch(StateClasses::ALL)?;
-        Ok(crate::dump::StateDump::new(self.page(), self.id))
+        #[cfg(feature = "assist")]
+        let code = crate::dump::code_at_rip(self);
+        #[cfg(not(feature = "assist"))]
+        let code = None;
+        Ok(crate::dump::StateDump::new(self.page(), self.id, code))
     }
 
     /// The raw comm page, for what the safe API lacks.

@@ -261,3 +261,51 @@ fn port_io_without_an_mmio_bus() {
     assert_eq!(ports.0, vec![(0x3F8, vec![b'A'])]);
     assert_eq!(v.gprs().unwrap().rip(), 0x1001);
 }
+
+#[test]
+fn dump_shows_every_class_once_and_the_code_at_rip() {
+    let (_model, m) = setup();
+    let ram = m.hva_map(0x10000).unwrap();
+    m.gpa_map(&ram, 0, 0, 0x10000, Prot::ALL).unwrap();
+    m.write_guest(0x1000, &[0xB0, 0x2A, 0xE6, 0x80, 0xF4])
+        .unwrap();
+    let mut v = m.create_vcpu(0).unwrap();
+    v.setup_real_mode(0, 0x1000).unwrap();
+    v.crs().unwrap().set(nvmm::Cr::Cr2, 0xdead_b000);
+    v.drs().unwrap().set(nvmm::Dr::Dr1, 0x4242);
+    v.inject(nvmm::Event::Interrupt { vector: 0x20 }).unwrap();
+    let text = format!("{:?}", v.dump().unwrap());
+    for want in [
+        "RIP=0x1000",
+        "CR2=0xdead_b000".replace('_', "").as_str(),
+        "XCR0=",
+        "DR1=0x4242",
+        "MSR Efer=0x0",
+        "MSR Lstar=",
+        "interrupt shadow=0",
+        "injected event pending=1",
+        "FPU: FCW=",
+        "| Gdt: base=",
+        "code at RIP: b0 2a e6 80 f4",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from\n{text}");
+    }
+    assert_eq!(text.matches("RAX=").count(), 1, "each GPR once:\n{text}");
+    assert!(!text.contains("Gdt: sel"), "no GDTR selector:\n{text}");
+}
+
+#[test]
+fn assist_errors_print_addresses_in_hex() {
+    let pf = Error::Assist {
+        op: Op::AssistMem,
+        source: nvmm_assist::Error::Exception(Exception::PageFault {
+            address: 0xdead_b000,
+            code: 0x6,
+        }),
+    };
+    let text = pf.to_string();
+    assert!(
+        text.contains("#PF at 0xdeadb000 (error code 0x6)"),
+        "{text}"
+    );
+}
