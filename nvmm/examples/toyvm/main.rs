@@ -18,8 +18,8 @@
 //! Run it on NetBSD with the nvmm module loaded (as a user who can open
 //! `/dev/nvmm`): `cargo run --example toyvm`.
 
-mod devices;
-mod guest;
+pub(crate) mod devices;
+pub(crate) mod guest;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,15 +58,15 @@ fn main() -> ExitCode {
 
 /// What the VMM itself saw, beyond the device log.
 #[derive(Default)]
-struct Seen {
-    exits: u32,
-    io: u32,
-    memory: u32,
+pub(crate) struct Seen {
+    pub(crate) exits: u32,
+    pub(crate) io: u32,
+    pub(crate) memory: u32,
     /// `Exit::IntReady` came with the guest able to take the interrupt.
-    window_open_at_int_ready: Option<bool>,
-    halted: bool,
+    pub(crate) window_open_at_int_ready: Option<bool>,
+    pub(crate) halted: bool,
     /// The first thing that went wrong, if anything did.
-    failure: Option<String>,
+    pub(crate) failure: Option<String>,
 }
 
 impl Seen {
@@ -75,7 +75,8 @@ impl Seen {
     }
 }
 
-fn run(nvmm: &Nvmm) -> Result<bool, Box<dyn std::error::Error>> {
+/// Runs the guest and checks every step; `Ok(true)` if all checked out.
+pub(crate) fn run(nvmm: &Nvmm) -> Result<bool, Box<dyn std::error::Error>> {
     let cap = nvmm.capability();
     println!(
         "toyvm: NVMM version {}, up to {} VCPUs, CPUID conf: {}",
@@ -193,7 +194,7 @@ fn run(nvmm: &Nvmm) -> Result<bool, Box<dyn std::error::Error>> {
 }
 
 /// Runs the guest to its HLT (or a failure), completing every exit.
-fn run_loop(
+pub(crate) fn run_loop(
     vcpu: &mut Vcpu,
     dev: &mut Devices,
     seen: &mut Seen,
