@@ -625,3 +625,33 @@ fn machine_info_as_root() {
     assert_eq!(info.nram, kernel_support::RAM as u64);
     drop(vm);
 }
+
+#[test]
+fn mapping_errors_and_a_gpa_remap() {
+    let Some(nvmm) = kernel_support::open("mapping_errors") else {
+        return;
+    };
+    let machine = nvmm.create_machine().unwrap();
+    let ram = machine.hva_map(0x2000).unwrap();
+    assert!(
+        machine
+            .gpa_map(&ram, 0x1000, 0, 0x2000, nvmm::Prot::ALL)
+            .is_err(),
+        "a GPA range larger than what is left of the host mapping"
+    );
+    assert!(
+        machine
+            .gpa_map(&ram, 0, 0x123, 0x1000, nvmm::Prot::ALL)
+            .is_err(),
+        "an unaligned GPA"
+    );
+    machine
+        .gpa_map(&ram, 0, 0x10_0000, 0x2000, nvmm::Prot::ALL)
+        .unwrap();
+    machine.write_guest(0x10_0000, b"nvmm").unwrap();
+    let mut back = [0u8; 4];
+    machine.read_guest(0x10_0000, &mut back).unwrap();
+    assert_eq!(&back, b"nvmm");
+    // A GPA no mapping covers is not guest memory on the host side either.
+    assert!(machine.read_guest(0x20_0000, &mut back).is_err());
+}
