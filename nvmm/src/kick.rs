@@ -57,10 +57,11 @@ mod tests {
         assert_eq!(rc, 0);
         // SAFETY: sigaction succeeded and filled `old`.
         let old = unsafe { old.assume_init() };
-        assert_eq!(
-            old.sa_sigaction,
-            kick as extern "C" fn(libc::c_int) as libc::sighandler_t
-        );
+        // Function addresses do not compare reliably (they differed in a
+        // release build): check that a handler with SA_RESTART is there,
+        // then that the signal no longer kills the process.
+        assert!(old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN);
+        assert_ne!(old.sa_flags & libc::SA_RESTART, 0);
         // The signal is harmless now: raising it does not kill the test.
         // SAFETY: raising a signal that has a do-nothing handler.
         assert_eq!(unsafe { libc::raise(libc::SIGUSR2) }, 0);

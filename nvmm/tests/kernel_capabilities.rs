@@ -8,12 +8,15 @@
 //! here; guest-physical 0x10000-0x1FFFF is not RAM (MMIO).
 #![cfg(feature = "assist")]
 
+#[path = "guests/long.rs"]
+mod guests;
 mod kernel_support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
+use guests::*;
 use kernel_support::{Vm, say};
 use nvmm::nvmm_assist::{BusError, MmioBus, PortIo};
 use nvmm::x86::{cr4, rflags};
@@ -22,81 +25,21 @@ use nvmm::{
     VcpuStopper,
 };
 
-const DATA: u64 = 0x1000;
-const CODE: u64 = 0x2000;
-const HANDLERS: u64 = 0x2800;
-const PML4: u64 = 0x3000;
-const IDT: u64 = 0x6000;
-const GDT: u64 = 0x7000;
-const STACK: u64 = 0x9000;
-const MMIO: u64 = 0x10000;
-
-/// `mov byte [abs32], imm8` = C6 /0, ModRM 04, SIB 25
-fn mov_byte_abs(addr: u32, v: u8) -> Vec<u8> {
-    let mut b = vec![0xC6, 0x04, 0x25];
-    b.extend_from_slice(&addr.to_le_bytes());
-    b.push(v);
-    b
-}
-
-/// `mov [abs32], r32` = 89 /r, ModRM 04|reg<<3, SIB 25
-fn store32(reg: u8, addr: u32) -> Vec<u8> {
-    let mut b = vec![0x89, 0x04 | (reg << 3), 0x25];
-    b.extend_from_slice(&addr.to_le_bytes());
-    b
-}
-
-/// `mov r32, imm32` = B8+r id
-fn mov32(reg: u8, v: u32) -> Vec<u8> {
-    let mut b = vec![0xB8 + reg];
-    b.extend_from_slice(&v.to_le_bytes());
-    b
-}
-
-const EAX: u8 = 0;
-const ECX: u8 = 1;
-const EDX: u8 = 2;
-const EBX: u8 = 3;
-const HLT: u8 = 0xF4;
-
-/// The machine: page tables, GDT (0x08 code64, 0x10 data), IDT gates for
-/// `gates` `(vector, handler)`, `code` at [`CODE`], `handlers` at
-/// [`HANDLERS`]; the VCPU in long mode at `CODE`.
-fn long_vm(nvmm: &Nvmm, code: &[u8], handlers: &[u8], gates: &[(u8, u64)]) -> Vm {
-    let mut idt = vec![0u8; 256 * 16];
-    for &(vector, handler) in gates {
-        let low =
-            (handler & 0xFFFF) | (0x08 << 16) | (0x8E << 40) | ((handler >> 16) & 0xFFFF) << 48;
-        let at = usize::from(vector) * 16;
-        idt[at..at + 8].copy_from_slice(&low.to_le_bytes());
-        idt[at + 8..at + 16].copy_from_slice(&(handler >> 32).to_le_bytes());
-    }
-    let gdt: Vec<u8> = [0u64, 0x00AF_9B00_0000_FFFF, 0x00CF_9300_0000_FFFF]
-        .iter()
-        .flat_map(|q| q.to_le_bytes())
-        .collect();
-    let pml4 = (0x4000u64 | 3).to_le_bytes();
-    let pdpt = (0x5000u64 | 3).to_le_bytes();
-    let pd = 0x83u64.to_le_bytes(); // 2 MiB page at 0, present, writable
-    let pieces: Vec<(u64, &[u8])> = vec![
-        (PML4, &pml4),
-        (0x4000, &pdpt),
-        (0x5000, &pd),
-        (IDT, &idt),
-        (GDT, &gdt),
-        (CODE, code),
-        (HANDLERS, handlers),
-    ];
+/// The machine of `program` (`tests/guests/long.rs`), its VCPU in long
+/// mode at `CODE` with the GDT and IDT loaded.
+fn long_vm(nvmm: &Nvmm, program: &Program) -> Vm {
+    let image = program.image();
+    let pieces: Vec<(u64, &[u8])> = image.iter().map(|(g, b)| (*g, &b[..])).collect();
     let mut vm = Vm::new(nvmm, &[], &pieces).expect("machine");
     vm.vcpu
         .setup_long_mode(PML4, CODE, STACK)
         .expect("long mode");
     let mut s = vm.vcpu.segs().expect("segs");
     let mut gdtr = s.get(Seg::Gdt);
-    (gdtr.base, gdtr.limit) = (GDT, 0x17);
+    (gdtr.base, gdtr.limit) = (GDT, GDT_LIMIT);
     s.set(Seg::Gdt, gdtr);
     let mut idtr = s.get(Seg::Idt);
-    (idtr.base, idtr.limit) = (IDT, 256 * 16 - 1);
+    (idtr.base, idtr.limit) = (IDT, IDT_LIMIT);
     s.set(Seg::Idt, idtr);
     vm
 }
@@ -169,7 +112,7 @@ fn every_state_class_round_trips_through_a_run_and_is_sanitised() {
     let Some(nvmm) = kernel_support::open("state_round_trip") else {
         return;
     };
-    let mut vm = long_vm(&nvmm, &[HLT], &[], &[]);
+    let mut vm = long_vm(&nvmm, &Program::plain(vec![HLT]));
     let v = &mut vm.vcpu;
     let mut g = v.gprs().unwrap();
     for (i, r) in [
@@ -229,21 +172,7 @@ fn cpuid_mask_and_exit_leaves() {
     let Some(nvmm) = kernel_support::open("cpuid_mask_and_exit_leaves") else {
         return;
     };
-    const EXIT_LEAF: u32 = 0x4000_0010;
-    let code = [
-        mov32(EAX, 1),
-        vec![0x31, 0xC9], // xor ecx, ecx
-        vec![0x0F, 0xA2], // cpuid
-        store32(ECX, DATA as u32),
-        store32(EDX, DATA as u32 + 4),
-        mov32(EAX, EXIT_LEAF),
-        vec![0x0F, 0xA2], // cpuid (exits)
-        store32(EAX, DATA as u32 + 8),
-        store32(EBX, DATA as u32 + 12),
-        vec![HLT],
-    ]
-    .concat();
-    let mut vm = long_vm(&nvmm, &code, &[], &[]);
+    let mut vm = long_vm(&nvmm, &cpuid());
     let set_ecx = 1 << 31;
     let del_edx = 1 << 23;
     vm.vcpu
@@ -260,7 +189,9 @@ fn cpuid_mask_and_exit_leaves() {
         })
         .unwrap();
     vm.vcpu
-        .configure_cpuid(CpuidConf::Exit { leaf: EXIT_LEAF })
+        .configure_cpuid(CpuidConf::Exit {
+            leaf: CPUID_EXIT_LEAF,
+        })
         .unwrap();
     let mut cpuid_exits = 0;
     loop {
@@ -293,19 +224,7 @@ fn msr_exits_are_completed_by_the_vmm() {
     let Some(nvmm) = kernel_support::open("msr_exits") else {
         return;
     };
-    const MSR: u32 = 0x4000_1234; // no kernel handles it
-    let code = [
-        mov32(ECX, MSR),
-        mov32(EAX, 0x5566_7788),
-        mov32(EDX, 0x1122_3344),
-        vec![0x0F, 0x30], // wrmsr
-        vec![0x0F, 0x32], // rdmsr
-        store32(EAX, DATA as u32),
-        store32(EDX, DATA as u32 + 4),
-        vec![HLT],
-    ]
-    .concat();
-    let mut vm = long_vm(&nvmm, &code, &[], &[]);
+    let mut vm = long_vm(&nvmm, &msr());
     let mut written = None;
     loop {
         match vm.vcpu.run().unwrap() {
@@ -314,7 +233,7 @@ fn msr_exits_are_completed_by_the_vmm() {
                 vm.vcpu.complete_wrmsr().unwrap();
             }
             Exit::Rdmsr(r) => {
-                assert_eq!(r.msr, MSR);
+                assert_eq!(r.msr, UNHANDLED_MSR);
                 vm.vcpu.complete_rdmsr(0xAABB_CCDD_EEFF_0011).unwrap();
             }
             Exit::Halted => break,
@@ -322,7 +241,7 @@ fn msr_exits_are_completed_by_the_vmm() {
             other => panic!("unexpected exit {other:?}"),
         }
     }
-    assert_eq!(written, Some((MSR, 0x1122_3344_5566_7788)));
+    assert_eq!(written, Some((UNHANDLED_MSR, MSR_WRITTEN)));
     assert_eq!(u32_at(&vm, DATA), 0xEEFF_0011);
     assert_eq!(u32_at(&vm, DATA + 4), 0xAABB_CCDD);
 }
@@ -332,16 +251,7 @@ fn exception_and_interrupt_injection_with_the_window_exit() {
     let Some(nvmm) = kernel_support::open("injection") else {
         return;
     };
-    // Code: sti; nop; jmp $. #UD handler: mark, iretq. IRQ handler: mark, hlt.
-    let code = [0xFB, 0x90, 0xEB, 0xFE];
-    let ud = HANDLERS;
-    let irq = HANDLERS + 0x40;
-    let mut handlers = vec![0u8; 0x80];
-    let h_ud = [mov_byte_abs(DATA as u32, 6), vec![0x48, 0xCF]].concat();
-    let h_irq = [mov_byte_abs(DATA as u32 + 1, 0x30), vec![HLT]].concat();
-    handlers[..h_ud.len()].copy_from_slice(&h_ud);
-    handlers[0x40..0x40 + h_irq.len()].copy_from_slice(&h_irq);
-    let mut vm = long_vm(&nvmm, &code, &handlers, &[(6, ud), (0x30, irq)]);
+    let mut vm = long_vm(&nvmm, &injection());
     let (done, fired) = watchdog(vm.vcpu.stopper(), Duration::from_secs(10));
     // An exception is injected whatever the interrupt state.
     vm.vcpu
@@ -357,7 +267,7 @@ fn exception_and_interrupt_injection_with_the_window_exit() {
         match exit {
             Exit::IntReady => {
                 window = Some(vm.vcpu.exit_state());
-                vm.vcpu.inject(Event::Interrupt { vector: 0x30 }).unwrap();
+                vm.vcpu.inject(Event::Interrupt { vector: IRQ }).unwrap();
             }
             Exit::Halted => break,
             Exit::None | Exit::Stopped => {}
@@ -372,7 +282,7 @@ fn exception_and_interrupt_injection_with_the_window_exit() {
     let w = window.expect("an IntReady exit");
     assert!(w.can_take_interrupt(), "IntReady with {w:?}");
     assert_eq!(byte_at(&vm, DATA), 6, "#UD handler ran");
-    assert_eq!(byte_at(&vm, DATA + 1), 0x30, "interrupt handler ran");
+    assert_eq!(byte_at(&vm, DATA + 1), IRQ, "interrupt handler ran");
 }
 
 #[test]
@@ -380,7 +290,7 @@ fn stop_from_another_thread_ends_a_run_that_makes_no_exit() {
     let Some(nvmm) = kernel_support::open("stop_from_thread") else {
         return;
     };
-    let mut vm = long_vm(&nvmm, &[0xEB, 0xFE], &[], &[]); // jmp $
+    let mut vm = long_vm(&nvmm, &Program::plain(vec![0xEB, 0xFE])); // jmp $
     let (_keep, fired) = watchdog(vm.vcpu.stopper(), Duration::from_millis(200));
     // The VMM-side flag (`fired`) is what the loop trusts: a pending
     // signal ends the run with Exit::None and the kernel then clears
@@ -417,7 +327,7 @@ fn stop_from_a_signal_handler() {
     let Some(nvmm) = kernel_support::open("stop_from_signal") else {
         return;
     };
-    let mut vm = long_vm(&nvmm, &[0xEB, 0xFE], &[], &[]);
+    let mut vm = long_vm(&nvmm, &Program::plain(vec![0xEB, 0xFE]));
     let _ = SIGNAL_STOPPER.set(vm.vcpu.stopper());
     // SAFETY: installs a handler that only does an atomic store.
     unsafe {
@@ -450,7 +360,7 @@ fn several_vcpus_on_several_threads() {
         machine,
         vcpu: first,
         ram: _ram,
-    } = long_vm(&nvmm, &[0xE6, 0x80, HLT], &[], &[]);
+    } = long_vm(&nvmm, &report_al());
     let n = nvmm.capability().max_vcpus.clamp(1, 4);
     let mut vcpus = vec![first];
     for id in 1..n {
@@ -524,19 +434,7 @@ fn memory_exits_and_rep_batches_across_real_re_exits() {
     let Some(nvmm) = kernel_support::open("memory_exits") else {
         return;
     };
-    const LEN: u32 = 5000; // more than one MMIO page: several batches
-    let code = [
-        mov32(EAX, 0x1234_5678),
-        store32(EAX, MMIO as u32),          // mov [MMIO], eax
-        vec![0xBE, 0x00, 0x00, 0x00, 0x00], // mov esi, 0 (RAM)
-        vec![0xBF],                         // mov edi, MMIO + 8
-        (MMIO as u32 + 8).to_le_bytes().to_vec(),
-        mov32(ECX, LEN),
-        vec![0xFC, 0xF3, 0xA4], // cld; rep movsb
-        vec![HLT],
-    ]
-    .concat();
-    let mut vm = long_vm(&nvmm, &code, &[], &[]);
+    let mut vm = long_vm(&nvmm, &memory());
     let mut mmio = Mmio {
         bytes: vec![0; 0x10000],
         writes: 0,
@@ -571,10 +469,10 @@ fn memory_exits_and_rep_batches_across_real_re_exits() {
             "none, fetched by the assist"
         }
     ));
-    assert_eq!(&mmio.bytes[..4], &0x1234_5678u32.to_le_bytes());
-    let mut ram = vec![0u8; LEN as usize];
+    assert_eq!(&mmio.bytes[..4], &MMIO_STORED.to_le_bytes());
+    let mut ram = vec![0u8; MOVSB_LEN as usize];
     vm.machine.read_guest(0, &mut ram).unwrap();
-    assert_eq!(&mmio.bytes[8..8 + LEN as usize], &ram[..]);
+    assert_eq!(&mmio.bytes[8..8 + MOVSB_LEN as usize], &ram[..]);
     assert!(resumes >= 2, "{resumes} resumes: the REP crossed pages");
     assert_eq!(vm.vcpu.gprs().unwrap().get(Gpr::Rcx), 0);
 }
@@ -590,7 +488,7 @@ fn tpr_changes_exit_where_the_kernel_offers_it() {
     }
     // mov eax, 5; mov cr8, rax; hlt
     let code = [mov32(EAX, 5), vec![0x44, 0x0F, 0x22, 0xC0], vec![HLT]].concat();
-    let mut vm = long_vm(&nvmm, &code, &[], &[]);
+    let mut vm = long_vm(&nvmm, &Program::plain(code));
     vm.vcpu.configure_tpr(true).unwrap();
     let mut changed = false;
     loop {
@@ -618,7 +516,7 @@ fn machine_info_as_root() {
         }
         Err(e) => panic!("open_root: {e}"),
     };
-    let vm = long_vm(&nvmm, &[HLT], &[], &[]);
+    let vm = long_vm(&nvmm, &Program::plain(vec![HLT]));
     let info = root.machine_info(vm.machine.id()).unwrap();
     // NVMM_CTL_MACH_INFO (nvmm.c): nram sums the machine's HVA mappings.
     assert_eq!(info.nvcpus, 1);
