@@ -4,9 +4,10 @@
 //! then exercises every device the VMM offers:
 //!
 //! 1. real mode: `out` of `R` to the serial port, `lgdt`, CR0.PE, far jump;
-//! 2. 32-bit protected mode: flat segments, `out` of `P`, CR4.PAE, CR3,
-//!    EFER.LME (`rdmsr`/`wrmsr`), CR0.PG, far jump to a 64-bit segment;
-//! 3. long mode: `out` of `L` and a newline, `ltr` of a 64-bit TSS, `lidt`;
+//! 2. 32-bit protected mode: flat segments, `out` of `P`, `ltr` of the
+//!    TSS, CR4.PAE, CR3, EFER.LME (`rdmsr`/`wrmsr`), CR0.PG, far jump to a
+//!    64-bit segment;
+//! 3. long mode: `out` of `L` and a newline, `lidt`;
 //!    the MMIO register bank with `mov`, `or`, `movzx`, `rep movsb` and
 //!    `lock xadd`; `cpuid` of [`CPUID_LEAF`], its ECX and EDX written to
 //!    the bank; `sti` and a spin until the handler of [`IRQ_VECTOR`] (which
@@ -501,6 +502,12 @@ pub fn build() -> Result<Image, String> {
     a.mov_esp(STACK_TOP as u32);
     a.mov_al(b'P');
     a.out_dx_al();
+    // TR before long mode: VM entry (VMX) requires a busy TSS in TR as
+    // soon as the guest is in IA-32e mode, and `ltr` of the TSS descriptor
+    // here (its low 8 bytes, type 9) leaves TR type 11, which is the busy
+    // 64-bit TSS once long mode is active.
+    a.mov_ax32(sel::TSS);
+    a.ltr_ax();
     a.mov_eax_cr4();
     a.or_eax(1 << 5); // CR4.PAE
     a.mov_cr4_eax();
@@ -522,8 +529,6 @@ pub fn build() -> Result<Image, String> {
     a.out_dx_al();
     a.mov_al(b'\n');
     a.out_dx_al();
-    a.mov_ax32(sel::TSS); // same encoding in 64-bit code
-    a.ltr_ax();
     a.lidt_abs(IDTR as u32);
     // The MMIO register bank.
     a.mov_ebx(MMIO_BASE as u32);
