@@ -6,7 +6,7 @@
 use std::io::Write;
 
 use nvmm::nvmm_assist::{BusError, MmioBus, PortIo};
-use nvmm::{Exit, Nvmm, Prot, Seg, SegAttrib, Segment};
+use nvmm::{Exit, Nvmm, Prot};
 
 /// `mov dx, 0x3f8; mov si, msg; lodsb; test al, al; jz done; out dx, al;
 /// jmp loop; done: hlt; msg: "Hello\n\0"`, assembled for 16-bit mode at
@@ -82,18 +82,9 @@ fn run() -> Result<(), nvmm::Error> {
     machine.write_guest(0x1000, GUEST)?;
 
     let mut vcpu = machine.create_vcpu(0)?;
-    // Real mode, CS = 0, IP = 0x1000 (no syscall: state writes are
-    // committed by the first run).
-    vcpu.segs()?.set(
-        Seg::Cs,
-        Segment {
-            selector: 0,
-            attrib: SegAttrib::new(0xB, true, 0, true, false, false, false, false),
-            limit: 0xFFFF,
-            base: 0,
-        },
-    );
-    vcpu.gprs()?.set_rip(0x1000);
+    // Real mode, CS = 0, IP = 0x1000 (one GETSTATE at most; the writes
+    // are committed by the first run).
+    vcpu.setup_real_mode(0, 0x1000)?;
 
     let mut serial = Serial {
         out: std::io::stdout(),
