@@ -62,7 +62,9 @@ impl MmioBus for NoDevices {
 
 fn main() {
     if let Err(e) = run() {
-        eprintln!("tiny_vmm: {e}");
+        // The assists' errors keep their cause in `source()`.
+        let cause = std::error::Error::source(&e).map(|c| format!(": {c}"));
+        eprintln!("tiny_vmm: {e}{}", cause.unwrap_or_default());
         std::process::exit(1);
     }
 }

@@ -50,10 +50,22 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("toyvm: {e}");
+            eprintln!("toyvm: {}", chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its sources, `a: b: c`.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
 }
 
 /// What the VMM itself saw, beyond the device log.
@@ -127,7 +139,7 @@ pub(crate) fn run(nvmm: &Nvmm) -> Result<bool, Box<dyn std::error::Error>> {
             if let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(TIMEOUT) {
                 timed_out.store(true, Ordering::SeqCst);
                 if let Err(e) = stopper.stop_and_signal(me, KICK) {
-                    eprintln!("toyvm: watchdog: {e}");
+                    eprintln!("toyvm: watchdog: {}", chain(&e));
                 }
             }
         })
@@ -272,7 +284,7 @@ pub(crate) fn run_loop(
 /// step: this guest makes none); anything else ends the run.
 fn fault_or_fail(vcpu: &mut Vcpu, e: nvmm::Error, seen: &mut Seen) -> Result<(), nvmm::Error> {
     if vcpu.inject_assist_fault(&e)? {
-        seen.fail(format!("the guest faulted in an assist: {e}"));
+        seen.fail(format!("the guest faulted in an assist: {}", chain(&e)));
         Ok(())
     } else {
         Err(e)

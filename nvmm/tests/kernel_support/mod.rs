@@ -95,10 +95,10 @@ pub fn run_to_end(
         let exit = vcpu.run().map_err(|e| e.to_string())?;
         match exit {
             Exit::Io(_) => {
-                vcpu.assist_io(mmio, ports).map_err(|e| e.to_string())?;
+                vcpu.assist_io(mmio, ports).map_err(|e| chain(&e))?;
             }
             Exit::Memory(_) => {
-                vcpu.assist_mem(mmio).map_err(|e| e.to_string())?;
+                vcpu.assist_mem(mmio).map_err(|e| chain(&e))?;
             }
             Exit::Rdmsr(r) => return Ok(End::Rdmsr(r.msr)),
             Exit::Halted => return Ok(End::Halted),
@@ -114,4 +114,16 @@ pub fn run_to_end(
         }
     }
     Err("no end after 100000 exits".into())
+}
+
+/// An error and its sources, `a: b`.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
 }
