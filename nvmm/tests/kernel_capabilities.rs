@@ -130,6 +130,13 @@ fn every_state_class_round_trips_through_a_run_and_is_sanitised() {
     {
         g.set(r, 0x1111_0000_0000 + i as u64);
     }
+    let mut sg = v.segs().unwrap();
+    let mut fs = sg.get(Seg::Fs);
+    fs.base = 0x1234_5000;
+    sg.set(Seg::Fs, fs);
+    let mut gs = sg.get(Seg::Gs);
+    gs.base = 0xFFFF_8000_0000_0000;
+    sg.set(Seg::Gs, gs);
     let mut c = v.crs().unwrap();
     c.set(Cr::Cr2, 0xdead_0000);
     // Sanitising on commit (nvmm_x86.c/svm/vmx setstate): CR4 is masked
@@ -154,6 +161,9 @@ fn every_state_class_round_trips_through_a_run_and_is_sanitised() {
     v.fetch(StateClasses::ALL).unwrap();
     let g = v.gprs().unwrap();
     assert_eq!(g.get(Gpr::R15), 0x1111_0000_0007);
+    let sg = v.segs().unwrap();
+    assert_eq!(sg.get(Seg::Fs).base, 0x1234_5000);
+    assert_eq!(sg.get(Seg::Gs).base, 0xFFFF_8000_0000_0000);
     let c = v.crs().unwrap();
     assert_eq!(c.get(Cr::Cr2), 0xdead_0000);
     assert_eq!(c.get(Cr::Cr4) & (1 << 31), 0, "reserved CR4 bit masked");
