@@ -201,24 +201,40 @@ fn build(target: &Target) -> Result<Vec<Job>> {
     Ok(jobs_of(executables))
 }
 
-/// `cargo test --no-run` and the examples, for this host.
+/// The test executables (`cargo test --no-run`) and the examples
+/// (`cargo build --examples`: built by `cargo test` they would be test
+/// harnesses), for this host.
 fn build_local() -> Result<Vec<Executable>> {
+    let mut executables = cargo_executables(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "xtask",
+        "--lib",
+        "--bins",
+        "--tests",
+        "--no-run",
+    ])?;
+    executables.extend(cargo_executables(&[
+        "build",
+        "--workspace",
+        "--exclude",
+        "xtask",
+        "--examples",
+    ])?);
+    executables.sort_by(|a, b| (&a.kind, &a.name).cmp(&(&b.kind, &b.name)));
+    Ok(executables)
+}
+
+/// Runs cargo with `args` and JSON messages; the executables it built.
+fn cargo_executables(args: &[&str]) -> Result<Vec<Executable>> {
+    let what = format!("cargo {}", args.join(" "));
     let mut child = cargo()
-        .args([
-            "test",
-            "--workspace",
-            "--exclude",
-            "xtask",
-            "--lib",
-            "--bins",
-            "--tests",
-            "--examples",
-            "--no-run",
-            "--message-format=json-render-diagnostics",
-        ])
+        .args(args)
+        .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped())
         .spawn()
-        .map_err(|err| fail!("cannot run cargo test --no-run: {err}"))?;
+        .map_err(|err| fail!("cannot run {what}: {err}"))?;
     let mut executables = Vec::new();
     if let Some(stdout) = child.stdout.take() {
         use std::io::BufRead;
@@ -231,11 +247,10 @@ fn build_local() -> Result<Vec<Executable>> {
     }
     let status = child
         .wait()
-        .map_err(|err| fail!("waiting for cargo: {err}"))?;
+        .map_err(|err| fail!("waiting for {what}: {err}"))?;
     if !status.success() {
-        return Err(fail!("cargo test --no-run failed ({status})"));
+        return Err(fail!("{what} failed ({status})"));
     }
-    executables.sort_by(|a, b| (&a.kind, &a.name).cmp(&(&b.kind, &b.name)));
     Ok(executables)
 }
 
@@ -311,7 +326,8 @@ pub fn run(options: &Options) -> Result<()> {
         let jobs = dry_run_jobs()?;
         match &options.target {
             Target::Local => println!(
-                "would build: cargo test --workspace --exclude xtask --lib --bins --tests --examples --no-run"
+                "would build: cargo test --workspace --exclude xtask --lib --bins --tests --no-run; \
+                 cargo build --workspace --exclude xtask --examples"
             ),
             Target::Ssh { .. } => println!(
                 "would build: cargo build --workspace --exclude xtask --lib --bins --tests --examples --target {} (as cargo xtask netbsd)",
