@@ -44,23 +44,50 @@ fn long_vm(nvmm: &Nvmm, program: &Program) -> Vm {
     vm
 }
 
-/// Stops `stopper`'s VCPU (stop + SIGUSR1) if the returned sender is not
-/// dropped within `after`; the flag says whether it fired.
-fn watchdog(stopper: VcpuStopper, after: Duration) -> (mpsc::Sender<()>, Arc<AtomicBool>) {
-    nvmm::install_kick_handler(libc::SIGUSR1).expect("kick handler");
-    let (tx, rx) = mpsc::channel::<()>();
-    let fired = Arc::new(AtomicBool::new(false));
-    let f = fired.clone();
-    // SAFETY: the calling thread's id; callers keep the thread alive
-    // until they drop the sender (tests run each on their own thread).
-    let me = unsafe { libc::pthread_self() };
-    std::thread::spawn(move || {
-        if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(after) {
-            f.store(true, Ordering::SeqCst);
-            let _ = stopper.stop_and_signal(me, libc::SIGUSR1);
+/// Stops a VCPU (stop + SIGUSR1 to the thread that made the watchdog)
+/// unless dropped within the time given; dropping it also joins its thread,
+/// so the signal never targets a thread that has exited.
+struct Watchdog {
+    done: Option<mpsc::Sender<()>>,
+    fired: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn new(stopper: VcpuStopper, after: Duration) -> Watchdog {
+        nvmm::install_kick_handler(libc::SIGUSR1).expect("kick handler");
+        let (tx, rx) = mpsc::channel::<()>();
+        let fired = Arc::new(AtomicBool::new(false));
+        let f = fired.clone();
+        // SAFETY: the calling thread's id; it joins the watchdog's thread
+        // (Drop) before it can exit.
+        let me = unsafe { libc::pthread_self() };
+        let thread = std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(after) {
+                // The VMM-side flag first: the kernel may drop the stop.
+                f.store(true, Ordering::SeqCst);
+                let _ = stopper.stop_and_signal(me, libc::SIGUSR1);
+            }
+        });
+        Watchdog {
+            done: Some(tx),
+            fired,
+            thread: Some(thread),
         }
-    });
-    (tx, fired)
+    }
+
+    fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.done.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn byte_at(vm: &Vm, gpa: u64) -> u8 {
@@ -262,7 +289,7 @@ fn exception_and_interrupt_injection_with_the_window_exit() {
         return;
     };
     let mut vm = long_vm(&nvmm, &injection());
-    let (done, fired) = watchdog(vm.vcpu.stopper(), Duration::from_secs(10));
+    let watchdog = Watchdog::new(vm.vcpu.stopper(), Duration::from_secs(10));
     // An exception is injected whatever the interrupt state.
     vm.vcpu
         .inject(Event::Exception {
@@ -283,12 +310,9 @@ fn exception_and_interrupt_injection_with_the_window_exit() {
             Exit::None | Exit::Stopped => {}
             other => panic!("unexpected exit {other:?}"),
         }
-        assert!(
-            !fired.load(Ordering::SeqCst),
-            "watchdog fired: no window exit"
-        );
+        assert!(!watchdog.fired(), "watchdog fired: no window exit");
     }
-    drop(done);
+    drop(watchdog);
     let w = window.expect("an IntReady exit");
     assert!(w.can_take_interrupt(), "IntReady with {w:?}");
     assert_eq!(byte_at(&vm, DATA), 6, "#UD handler ran");
@@ -301,8 +325,8 @@ fn stop_from_another_thread_ends_a_run_that_makes_no_exit() {
         return;
     };
     let mut vm = long_vm(&nvmm, &Program::plain(vec![0xEB, 0xFE])); // jmp $
-    let (_keep, fired) = watchdog(vm.vcpu.stopper(), Duration::from_millis(200));
-    // The VMM-side flag (`fired`) is what the loop trusts: a pending
+    let watchdog = Watchdog::new(vm.vcpu.stopper(), Duration::from_millis(200));
+    // The VMM-side flag (`watchdog.fired()`) is what the loop trusts: a pending
     // signal ends the run with Exit::None and the kernel then clears
     // `stop` (nvmm_return_needed(), nvmm_vcpu_run()).
     let mut exits = 0;
@@ -313,7 +337,7 @@ fn stop_from_another_thread_ends_a_run_that_makes_no_exit() {
             matches!(exit, Exit::None | Exit::Stopped),
             "unexpected exit {exit:?}"
         );
-        if fired.load(Ordering::SeqCst) {
+        if watchdog.fired() {
             break;
         }
         assert!(exits < 1_000_000, "the stop never came");
