@@ -52,6 +52,23 @@ impl Exception {
     }
 }
 
+/// `#PF at 0xdead0000 (error code 0x6)`, `#GP(0x18)`: addresses and
+/// codes in hex, as the SDM writes them.
+impl core::fmt::Display for Exception {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Exception::InvalidOpcode => write!(f, "#UD"),
+            Exception::GeneralProtection(c) => write!(f, "#GP({c:#x})"),
+            Exception::StackSegment(c) => write!(f, "#SS({c:#x})"),
+            Exception::SegmentNotPresent(c) => write!(f, "#NP({c:#x})"),
+            Exception::PageFault { address, code } => {
+                write!(f, "#PF at {address:#x} (error code {code:#x})")
+            }
+            Exception::AlignmentCheck => write!(f, "#AC(0)"),
+        }
+    }
+}
+
 /// Why an assist call failed. In every case no guest register has changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -114,7 +131,7 @@ impl From<DecodeError> for Error {
 impl core::fmt::Display for Error {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Error::Exception(e) => write!(f, "guest exception {e:?}"),
+            Error::Exception(e) => write!(f, "guest exception {e}"),
             Error::Decode(e) => write!(f, "instruction decode failed: {e:?}"),
             Error::Unsupported { bytes, len } => {
                 write!(f, "unsupported instruction:")?;

@@ -6,7 +6,7 @@
 use std::io::Write;
 
 use nvmm::nvmm_assist::{BusError, MmioBus, PortIo};
-use nvmm::{Exit, Nvmm, Prot, Seg, SegAttrib, Segment, StopRequest};
+use nvmm::{Exit, Nvmm, Prot, StopRequest};
 
 /// `mov dx, 0x3f8; mov si, msg; lodsb; test al, al; jz done; out dx, al;
 /// jmp loop; done: hlt; msg: "Hello\n\0"`, assembled for 16-bit mode at
@@ -62,7 +62,9 @@ impl MmioBus for NoDevices {
 
 fn main() {
     if let Err(e) = run() {
-        eprintln!("tiny_vmm: {e}");
+        // The assists' errors keep their cause in `source()`.
+        let cause = std::error::Error::source(&e).map(|c| format!(": {c}"));
+        eprintln!("tiny_vmm: {e}{}", cause.unwrap_or_default());
         std::process::exit(1);
     }
 }
@@ -82,18 +84,9 @@ fn run() -> Result<(), nvmm::Error> {
     machine.write_guest(0x1000, GUEST)?;
 
     let mut vcpu = machine.create_vcpu(0)?;
-    // Real mode, CS = 0, IP = 0x1000 (no syscall: state writes are
-    // committed by the first run).
-    vcpu.segs()?.set(
-        Seg::Cs,
-        Segment {
-            selector: 0,
-            attrib: SegAttrib::new(0xB, true, 0, true, false, false, false, false),
-            limit: 0xFFFF,
-            base: 0,
-        },
-    );
-    vcpu.gprs()?.set_rip(0x1000);
+    // Real mode, CS = 0, IP = 0x1000 (one GETSTATE at most; the writes
+    // are committed by the first run).
+    vcpu.setup_real_mode(0, 0x1000)?;
 
     // A watchdog: a guest that never halts is stopped after 5 seconds. A
     // StopRequest keeps the request in a flag of ours as well, because the

@@ -247,9 +247,12 @@ pub enum Error {
         expected: u32,
     },
     /// An assist could not complete the instruction; no guest register was
-    /// changed.
+    /// changed. The message names the operation; the cause (the fault
+    /// with its address in hex, the unsupported bytes, ...) is
+    /// [`std::error::Error::source`], so that a printed chain
+    /// (`op failed: cause`) says it once.
     #[cfg(feature = "assist")]
-    #[error("{op} failed: {source}")]
+    #[error("{op} failed")]
     Assist {
         /// [`Op::AssistIo`] or [`Op::AssistMem`].
         op: Op,

@@ -68,15 +68,21 @@ mod device;
 mod dump;
 mod error;
 mod exit;
+mod interrupt;
+mod kick;
 pub mod limitations;
 mod machine;
 mod memory;
 pub mod migration;
+#[cfg(feature = "assist")]
+mod port_io;
+mod setup;
 mod snapshot;
 mod state;
 mod stop_request;
 pub mod sys;
 mod vcpu;
+pub mod x86;
 
 #[cfg(test)]
 #[path = "../tests/model/mod.rs"]
@@ -89,12 +95,14 @@ pub use device::{Capability, MachineInfo, Nvmm, SUPPORTED_VERSION};
 pub use dump::StateDump;
 pub use error::{Error, Op, Rejection, Result, TeardownHook, set_teardown_error_hook};
 pub use exit::{Exit, ExitState, IoDirection, IoExit, MemAccess, MemoryExit, RdmsrExit, WrmsrExit};
+pub use kick::install_kick_handler;
 pub use machine::{Machine, MachineConf};
 pub use memory::{GpaArea, HostMapping, Prot};
 /// The CPU vendor whose behaviour the assists emulate
 /// ([`Vcpu::guest_vendor`]).
 #[cfg(feature = "assist")]
 pub use nvmm_assist::Vendor;
+pub use setup::{SegFields, selectors};
 pub use snapshot::{FXSAVE_SIZE, FxsaveArea, VcpuState};
 pub use state::{
     Cr, Crs, DEFAULT_MXCSR_MASK, Dr, Drs, Fpu, Gpr, Gprs, Intr, IntrState, Msr, Msrs, Seg,

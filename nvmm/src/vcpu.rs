@@ -16,6 +16,15 @@ use crate::machine::MachineInner;
 use crate::state::{Crs, Drs, Fpu, Gpr, Gprs, Intr, Msrs, Segs, StateClasses};
 
 /// An event to inject at the next run.
+///
+/// The kernel does not check whether the guest can take an external
+/// interrupt (`svm_vcpu_inject`/`vmx_vcpu_inject` in NetBSD's
+/// `nvmm_x86_svm.c`/`nvmm_x86_vmx.c` only validate the vector): inject an
+/// [`Event::Interrupt`] when [`crate::ExitState::can_take_interrupt`]
+/// holds, else call [`Vcpu::request_interrupt_window`] and inject at
+/// [`crate::Exit::IntReady`] (the kernel clears the window request when it
+/// reports that exit). An assist fault converts with `Event::from` or,
+/// with CR2 for `#PF`, [`Vcpu::inject_assist_fault`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     /// An exception with its error code (used by the kernel for vectors 8,
@@ -284,6 +293,8 @@ impl Vcpu {
     /// Queues `event` for the next run (libnvmm's `nvmm_vcpu_inject`: the
     /// event is written into the comm page, no syscall). The kernel's rules
     /// are checked here: exception vectors 0, 2, 3 and >= 32 are refused.
+    /// Whether the guest can take an interrupt is NOT checked, here or by
+    /// the kernel: see [`Event`] for the interrupt-window rules.
     ///
     /// ```no_run
     /// # let nvmm = nvmm::Nvmm::open()?;
@@ -605,7 +616,11 @@ impl Vcpu {
     /// ```
     pub fn dump(&mut self) -> Result<crate::dump::StateDump<'_>> {
         self.fetch(StateClasses::ALL)?;
-        Ok(crate::dump::StateDump::new(self.page(), self.id))
+        #[cfg(feature = "assist")]
+        let code = crate::dump::code_at_rip(self);
+        #[cfg(not(feature = "assist"))]
+        let code = None;
+        Ok(crate::dump::StateDump::new(self.page(), self.id, code))
     }
 
     /// The raw comm page, for what the safe API lacks.

@@ -416,7 +416,7 @@ fn dump_prints_like_libnvmm() {
     let text = format!("{:?}", v.dump().unwrap());
     assert!(text.contains("RIP=0xfff0"), "{text}");
     assert!(
-        text.contains("Cs: sel=0xf000, base=0xffff0000, limit=0xffff"),
+        text.contains("Cs: sel=0xf000 base=0xffff0000 limit=0xffff"),
         "{text}"
     );
     assert!(text.contains("CR0=0x60000010"), "{text}");

@@ -8,6 +8,7 @@ mod netbsd;
 mod publish;
 mod regen;
 mod util;
+mod vmtest;
 mod zig;
 
 use std::path::PathBuf;
@@ -23,7 +24,9 @@ commands:
   ci                               the full test suite
   publish-check                    cargo package, MSRV build and cargo-deny (CI steps 7-9)
   bench                            run every benchmark of nvmm and nvmm-assist
-  vmtest                           run the tests on a NetBSD host with /dev/nvmm";
+  vmtest [--local | --ssh USER@HOST] [--dry-run]
+                                   run the test executables and toyvm with NVMM_VMTEST=1
+                                   on a NetBSD host with /dev/nvmm (this one, or over ssh)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -45,7 +48,7 @@ fn dispatch(args: &[String]) -> Result<()> {
         "ci" => no_args("ci", rest).and_then(|()| ci::run()),
         "publish-check" => no_args("publish-check", rest).and_then(|()| publish::check()),
         "bench" => no_args("bench", rest).and_then(|()| bench::run_all()),
-        "vmtest" => no_args("vmtest", rest).and_then(|()| vmtest()),
+        "vmtest" => vmtest::parse(rest).and_then(|o| vmtest::run(&o)),
         "netbsd" => no_args("netbsd", rest).and_then(|()| netbsd::run()),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
@@ -53,28 +56,6 @@ fn dispatch(args: &[String]) -> Result<()> {
         }
         other => Err(fail!("unknown command `{other}`\n{USAGE}")),
     }
-}
-
-/// Runs the workspace tests against the real kernel. Only a NetBSD/amd64
-/// host with the nvmm module loaded has one.
-fn vmtest() -> Result<()> {
-    let on_netbsd_amd64 = cfg!(all(target_os = "netbsd", target_arch = "x86_64"));
-    let has_nvmm = std::path::Path::new("/dev/nvmm").exists();
-    if !on_netbsd_amd64 || !has_nvmm {
-        return Err(fail!(
-            "vmtest needs a NetBSD/x86_64 host with the nvmm module loaded (/dev/nvmm; `modload nvmm`); \
-             this host is {}/{}{}",
-            std::env::consts::OS,
-            std::env::consts::ARCH,
-            if has_nvmm { "" } else { " without /dev/nvmm" }
-        ));
-    }
-    util::run(
-        util::cargo()
-            .args(["test", "--workspace"])
-            .env("NVMM_VMTEST", "1"),
-        "cargo test --workspace (NVMM_VMTEST=1)",
-    )
 }
 
 fn no_args(command: &str, args: &[String]) -> Result<()> {

@@ -82,16 +82,30 @@ fn set_executable(path: &Path) -> Result<()> {
 }
 
 /// One executable cargo produced.
-struct Executable {
-    kind: String,
-    name: String,
-    path: PathBuf,
+pub(crate) struct Executable {
+    pub(crate) kind: String,
+    pub(crate) name: String,
+    pub(crate) path: PathBuf,
+}
+
+/// Installs what the cross build needs and writes the linker script.
+pub(crate) fn prepare_linker() -> Result<PathBuf> {
+    ensure_target()?;
+    let ziglang = zig::ensure()?;
+    write_linker(&ziglang)
 }
 
 pub fn run() -> Result<()> {
-    ensure_target()?;
-    let ziglang = zig::ensure()?;
-    let linker = write_linker(&ziglang)?;
+    let linker = prepare_linker()?;
+    // Users cross-build their own crates with the same linker.
+    println!(
+        "linker: {} (zig cc, ziglang {}, -target {ZIG_TARGET})\n\
+         to cross-build another crate: CARGO_TARGET_X86_64_UNKNOWN_NETBSD_LINKER={} \
+         cargo build --target {TARGET}",
+        linker.display(),
+        zig::ZIGLANG_VERSION,
+        linker.display()
+    );
     let executables = build(&linker)?;
     if executables.is_empty() {
         return Err(fail!("the NetBSD build produced no executables"));
@@ -134,7 +148,7 @@ pub fn run() -> Result<()> {
 
 /// Builds libraries, binaries, test binaries and examples, returning the
 /// executables cargo reports.
-fn build(linker: &Path) -> Result<Vec<Executable>> {
+pub(crate) fn build(linker: &Path) -> Result<Vec<Executable>> {
     let mut command = cargo();
     command
         .args([
@@ -178,7 +192,7 @@ fn build(linker: &Path) -> Result<Vec<Executable>> {
 }
 
 /// The executable of a `compiler-artifact` message, if it has one.
-fn executable_of(line: &str) -> Option<Executable> {
+pub(crate) fn executable_of(line: &str) -> Option<Executable> {
     let message: serde_json::Value = serde_json::from_str(line).ok()?;
     if message.get("reason")?.as_str()? != "compiler-artifact" {
         return None;
