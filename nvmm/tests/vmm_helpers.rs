@@ -27,6 +27,9 @@ fn attrib(s: &sys::nvmm_x64_state_seg) -> SegAttrib {
     SegAttrib(unsafe { (&raw const s.attrib).cast::<u16>().read() })
 }
 
+/// EFER.SVME, which the model's SVM backend forces on commit.
+const EFER_SVME: u64 = 1 << 12;
+
 fn halt_after_run(model: &KernelModel, m: &Machine) {
     model.push_exit(m.id(), 0, ScriptedExit::reason(sys::NVMM_VCPU_EXIT_HALTED));
 }
@@ -54,7 +57,12 @@ fn long_mode_setup_commits_what_nvmm_needs_with_one_getstate() {
     );
     assert_eq!(hw.crs[sys::NVMM_X64_CR_CR3], 0x2000);
     assert_eq!(hw.crs[sys::NVMM_X64_CR_CR4], cr4::PAE);
-    assert_eq!(hw.msrs[sys::NVMM_X64_MSR_EFER], efer::LME | efer::LMA);
+    // The model's default backend is SVM, which adds EFER.SVME on commit
+    // (nvmm_x86_svm.c svm_vcpu_setstate) and hides it on read.
+    assert_eq!(
+        hw.msrs[sys::NVMM_X64_MSR_EFER] & !EFER_SVME,
+        efer::LME | efer::LMA
+    );
     assert_eq!(hw.gprs[sys::NVMM_X64_GPR_RIP], 0x40_0000);
     assert_eq!(hw.gprs[sys::NVMM_X64_GPR_RSP], 0x9_0000);
     assert_eq!(hw.gprs[sys::NVMM_X64_GPR_RFLAGS], rflags::FIXED);
@@ -86,7 +94,7 @@ fn protected_and_real_mode_setups() {
     let hw = model.hw_state(m.id(), 0);
     assert_eq!(hw.crs[sys::NVMM_X64_CR_CR0], cr0::PE | cr0::ET | cr0::NE);
     assert_eq!(hw.crs[sys::NVMM_X64_CR_CR4], 0);
-    assert_eq!(hw.msrs[sys::NVMM_X64_MSR_EFER], 0);
+    assert_eq!(hw.msrs[sys::NVMM_X64_MSR_EFER] & !EFER_SVME, 0);
     assert_eq!(attrib(&hw.segs[sys::NVMM_X64_SEG_CS]), SegAttrib::CODE32);
     assert_eq!(hw.gprs[sys::NVMM_X64_GPR_RIP], 0x10_0000);
 
