@@ -140,6 +140,12 @@ pub enum Rejection {
     WrongExit,
     /// A VCPU number outside `0..max_vcpus`.
     InvalidVcpuId(u32),
+    /// The kernel returned a machine id of 256 or more, which
+    /// `NVMM_COMM_OFF` cannot encode (the machine was destroyed again).
+    InvalidMachineId(u32),
+    /// The host mapping is in use by an assist or translation in progress
+    /// (e.g. `hva_unmap` called from an `MmioBus` callback); retry after it.
+    HostMappingBusy,
     /// The signal has no handler installed, so it would not interrupt the
     /// run but kill or be ignored by the process.
     SignalNotHandled(i32),
@@ -157,10 +163,11 @@ impl Rejection {
             | Rejection::InvalidExceptionVector(_)
             | Rejection::CpuidSetDelOverlap
             | Rejection::InvalidVcpuId(_)
+            | Rejection::InvalidMachineId(_)
             | Rejection::SignalNotHandled(_)
             | Rejection::WrongExit => libc::EINVAL,
             Rejection::HvaOverlap => libc::EEXIST,
-            Rejection::HostMappingInUse => libc::EBUSY,
+            Rejection::HostMappingInUse | Rejection::HostMappingBusy => libc::EBUSY,
             Rejection::NoSuchMapping | Rejection::NotMapped(_) => libc::ENOENT,
             Rejection::TooManyCpuidLeaves => libc::ENOBUFS,
             Rejection::NotSupported(_) => libc::ENOTSUP,
@@ -192,6 +199,12 @@ impl fmt::Display for Rejection {
             Rejection::NotSupported(what) => write!(f, "not supported by this kernel: {what}"),
             Rejection::WrongExit => f.write_str("the last exit is not of this kind"),
             Rejection::InvalidVcpuId(id) => write!(f, "VCPU id {id} out of range"),
+            Rejection::InvalidMachineId(id) => {
+                write!(f, "machine id {id} cannot be encoded in a comm-page offset")
+            }
+            Rejection::HostMappingBusy => {
+                f.write_str("host mapping in use by an assist or translation in progress")
+            }
             Rejection::SignalNotHandled(s) => write!(f, "signal {s} has no handler installed"),
         }
     }

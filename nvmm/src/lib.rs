@@ -55,6 +55,7 @@ mod device;
 mod dump;
 mod error;
 mod exit;
+mod guest_ram;
 mod machine;
 mod memory;
 mod state;
