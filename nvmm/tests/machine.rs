@@ -95,12 +95,17 @@ fn closing_the_descriptor_destroys_its_machines_in_the_model() {
     // is gone with the fd, so the crate never closes the fd first.
     let model = KernelModel::new();
     use nvmm::sys::Kernel;
+    use std::os::fd::AsFd;
     let fd = model.open(c"/dev/nvmm", OpenMode::User).unwrap();
     let mut args = sys::nvmm_ioc_machine_create { machid: 0 };
     // SAFETY: the right argument structure for the request.
     unsafe {
         model
-            .ioctl(fd, sys::NVMM_IOC_MACHINE_CREATE, (&raw mut args).cast())
+            .ioctl(
+                fd.as_fd(),
+                sys::NVMM_IOC_MACHINE_CREATE,
+                (&raw mut args).cast(),
+            )
             .unwrap()
     };
     assert!(model.machine_exists(args.machid));

@@ -31,8 +31,16 @@ use crate::error::{Error, Op, Rejection, Result};
 ///
 /// The handle keeps the comm-page mapping alive (an `Arc` it shares with
 /// the `Vcpu`), so a stop can never write to an unmapped page, even after
-/// the `Vcpu` is dropped (the write then lands in a page no one reads; the
-/// page is unmapped when the last handle goes).
+/// the `Vcpu` is dropped. The kernel reuses a comm page for the next VCPU
+/// created with the same id, so dropping the `Vcpu` first replaces its
+/// mapping by private memory: a stop from a handle that outlived its VCPU
+/// lands there and never stops a later VCPU with the same id. The mapping
+/// is unmapped when the last handle goes.
+///
+/// Dropping the last handle unmaps the page and frees memory, which is not
+/// async-signal-safe: a signal handler may call [`VcpuStopper::stop`] but
+/// must not drop the last handle (keep one outside the handler, e.g. in a
+/// `static` `OnceLock` or leaked `Box`).
 #[derive(Clone)]
 pub struct VcpuStopper {
     pub(crate) comm: Arc<CommMapping>,
@@ -60,7 +68,9 @@ impl VcpuStopper {
     /// ```
     #[inline]
     pub fn stop(&self) {
-        self.comm.page().store_stop(1);
+        if self.comm.stores_are_safe() {
+            self.comm.page().store_stop(1);
+        }
     }
 
     /// Requests the stop, then sends `signal` to `thread` (the VCPU's
