@@ -2,7 +2,9 @@
 //! [`crate::Exit::Stopped`], from any thread or from a signal handler.
 
 use std::fmt;
+use std::os::unix::thread::JoinHandleExt;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use crate::comm::CommMapping;
 use crate::error::{Error, Op, Rejection, Result};
@@ -73,13 +75,54 @@ impl VcpuStopper {
         }
     }
 
-    /// Requests the stop, then sends `signal` to `thread` (the VCPU's
-    /// thread, e.g. from `JoinHandleExt::as_pthread_t`) so that a guest
-    /// that makes no exit leaves the kernel now. The signal must have a
-    /// handler installed (an empty one is enough; `SA_RESTART` is fine);
-    /// with its default action or ignored it would kill the process or do
-    /// nothing, so that is refused.
-    pub fn stop_and_signal(&self, thread: libc::pthread_t, signal: i32) -> Result<()> {
+    /// Requests the stop, then sends `signal` to the VCPU's thread so that
+    /// a guest that makes no exit leaves the kernel now. The signal must
+    /// have a handler installed (an empty one is enough; `SA_RESTART` is
+    /// fine); with its default action or ignored it would kill the process
+    /// or do nothing, so that is refused.
+    ///
+    /// The thread is named by its `JoinHandle`: while the handle exists the
+    /// thread is not joined nor detached, so its id is valid even if the
+    /// thread has finished (`pthread_kill` on a stale or made-up id is
+    /// undefined behaviour). For a thread without a `JoinHandle` (the main
+    /// thread, a scoped or foreign thread) use
+    /// [`VcpuStopper::stop_and_signal_raw`].
+    ///
+    /// A raw thread id is not accepted:
+    ///
+    /// ```compile_fail,E0308
+    /// # fn f(stopper: nvmm::VcpuStopper) {
+    /// // SAFETY: pthread_self is always valid.
+    /// let me = unsafe { libc::pthread_self() };
+    /// stopper.stop_and_signal(me, libc::SIGUSR1);
+    /// # }
+    /// ```
+    ///
+    /// ```no_run
+    /// # let nvmm = nvmm::Nvmm::open()?;
+    /// # let machine = nvmm.create_machine()?;
+    /// let mut vcpu = machine.create_vcpu(0)?;
+    /// let stopper = vcpu.stopper();
+    /// let thread = std::thread::spawn(move || vcpu.run().map(|e| format!("{e:?}")));
+    /// // A handler for SIGUSR1 is installed (e.g. with sigaction).
+    /// stopper.stop_and_signal(&thread, libc::SIGUSR1)?;
+    /// # Ok::<(), nvmm::Error>(())
+    /// ```
+    pub fn stop_and_signal<T>(&self, thread: &JoinHandle<T>, signal: i32) -> Result<()> {
+        // SAFETY: the JoinHandle keeps the thread joinable, so its id is
+        // valid for pthread_kill (ESRCH at worst once it has finished).
+        unsafe { self.stop_and_signal_raw(thread.as_pthread_t() as libc::pthread_t, signal) }
+    }
+
+    /// [`VcpuStopper::stop_and_signal`] with a raw thread id.
+    ///
+    /// # Safety
+    ///
+    /// `thread` is the id of a thread of this process that is alive, or has
+    /// finished but is neither joined nor detached, for the whole call (for
+    /// instance `pthread_self()`, or the VCPU thread while it is known not
+    /// to have been joined).
+    pub unsafe fn stop_and_signal_raw(&self, thread: libc::pthread_t, signal: i32) -> Result<()> {
         let mut old = std::mem::MaybeUninit::<libc::sigaction>::uninit();
         // SAFETY: querying (not changing) the disposition; `old` is written
         // by the call.
@@ -99,9 +142,8 @@ impl VcpuStopper {
             ));
         }
         self.stop();
-        // SAFETY: pthread_kill with a thread id from the caller; an id of a
-        // thread that has exited yields ESRCH, not undefined behaviour, for
-        // joinable threads whose handle is still held.
+        // SAFETY: the caller guarantees `thread` names a joinable (or
+        // current) thread of this process.
         let rc = unsafe { libc::pthread_kill(thread, signal) };
         if rc != 0 {
             return Err(Error::os(Op::Signal, rc));
