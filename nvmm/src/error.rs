@@ -331,19 +331,30 @@ pub type TeardownHook = fn(&Error);
 
 static TEARDOWN_HOOK: RwLock<Option<TeardownHook>> = RwLock::new(None);
 
-/// Installs a function called when a `Drop` (VCPU destroy, comm-page unmap,
-/// machine destroy, memory unmap) fails. Drops never panic; without a hook
-/// such failures are ignored. The hook runs on the dropping thread.
+/// Installs a function called when a `Drop` (VCPU destroy, comm-page
+/// unmap or retire, machine destroy, memory unmap) fails. Drops never
+/// panic; without a hook such failures are ignored. The hook runs on the
+/// dropping thread, with no lock of this crate held: it may drop other
+/// NVMM objects and may call `set_teardown_error_hook` itself. A hook that
+/// panics is caught (the panic is reported by the panic hook as usual and
+/// the drop goes on); with `panic = "abort"` it aborts the process, as any
+/// panic does. Drops reached from a signal handler (the last
+/// [`crate::VcpuStopper`]) are not async-signal-safe anyway; see there.
 pub fn set_teardown_error_hook(hook: Option<TeardownHook>) {
-    if let Ok(mut slot) = TEARDOWN_HOOK.write() {
-        *slot = hook;
-    }
+    let mut slot = TEARDOWN_HOOK
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *slot = hook;
 }
 
 pub(crate) fn report_teardown(e: &Error) {
-    if let Ok(slot) = TEARDOWN_HOOK.read()
-        && let Some(hook) = *slot
-    {
-        hook(e);
+    // Copy the function out: the lock is not held while it runs.
+    let hook = *TEARDOWN_HOOK
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(hook) = hook {
+        // A panic must not escape a Drop (it would abort when the drop
+        // runs during unwinding, and leave the teardown half done).
+        let _ = std::panic::catch_unwind(|| hook(e));
     }
 }

@@ -148,9 +148,13 @@ pub struct ExitState {
 }
 
 /// Reads a `bool` the kernel wrote as one byte, without assuming 0 or 1.
-fn flag(p: *const bool) -> bool {
-    // SAFETY: callers pass a pointer to a bool field of a live exit
-    // structure; reading it as a byte is valid for any bit pattern.
+///
+/// # Safety
+///
+/// `p` points to a `bool` field of a live exit structure (valid for a
+/// one-byte read, whatever the byte holds).
+unsafe fn flag(p: *const bool) -> bool {
+    // SAFETY: forwarded from the caller; any bit pattern is a valid u8.
     unsafe { p.cast::<u8>().read() != 0 }
 }
 

@@ -442,16 +442,29 @@ impl Fpu<'_> {
         let st = self.page.state_ptr();
         field!(st, fpu).cast::<u8>()
     }
+    /// Whether `off..off+len` lies inside the FXSAVE area. Every caller
+    /// passes a constant offset or a masked index, so this always holds;
+    /// it is checked anyway so that no future caller can reach past it.
+    fn in_area(off: usize, len: usize) -> bool {
+        off.checked_add(len)
+            .is_some_and(|end| end <= size_of::<sys::fxsave>())
+    }
     fn read_at<const N: usize>(&self, off: usize) -> [u8; N] {
         let mut out = [0u8; N];
+        if !Self::in_area(off, N) {
+            return out;
+        }
         for (i, b) in out.iter_mut().enumerate() {
-            // SAFETY: `off + i < 512` for every caller (constant offsets or
-            // indices masked below), inside the FXSAVE area of the page.
+            // SAFETY: `off + i < off + N <= 512` (checked above): inside
+            // the FXSAVE area of the live page.
             *b = unsafe { self.base().add(off + i).read_volatile() };
         }
         out
     }
     fn write_at(&mut self, off: usize, bytes: &[u8]) {
+        if !Self::in_area(off, bytes.len()) {
+            return;
+        }
         for (i, b) in bytes.iter().enumerate() {
             // SAFETY: as in `read_at`.
             unsafe { self.base().add(off + i).write_volatile(*b) };

@@ -23,7 +23,10 @@ use model::{KernelModel, ScriptedExit};
 use nvmm::nvmm_assist::{BusError, MmioBus, PortIo};
 use nvmm::nvmm_sys as sys;
 use nvmm::sys::OpenMode;
-use nvmm::{Cr, Exit, Gpr, GvaAccess, Machine, Msr, Nvmm, Prot, Seg, Vcpu};
+use nvmm::{
+    Cr, Error, Exit, Gpr, GvaAccess, HostMapping, Machine, Msr, Nvmm, Outcome, Prot, Rejection,
+    Seg, Vcpu,
+};
 
 /// Iterations of each racing loop: enough for many interleavings, few
 /// enough for miri.
@@ -261,4 +264,100 @@ fn stress_two_vcpus_a_device_and_stoppers() {
         });
     });
     assert_eq!(finished.load(Ordering::SeqCst), 2);
+}
+
+/// A device that moves a RAM window (think of a PCI BAR) when the guest
+/// writes its MMIO register, from inside the assist's callback.
+struct Remapper<'a> {
+    machine: &'a Machine,
+    window: HostMapping,
+    unmap_refused: Option<Error>,
+}
+impl MmioBus for Remapper<'_> {
+    fn read(&mut self, _gpa: u64, buf: &mut [u8]) -> Result<(), BusError> {
+        buf.fill(0);
+        Ok(())
+    }
+    fn write(&mut self, _gpa: u64, data: &[u8]) -> Result<(), BusError> {
+        let to = 0x20000 + u64::from(data[0]) * 0x1000;
+        let m = self.machine;
+        let from = m
+            .gpa_areas()
+            .iter()
+            .find(|a| a.hva == self.window.as_ptr().addr())
+            .map(|a| a.gpa);
+        if let Some(from) = from {
+            m.gpa_unmap(from, 0x1000).map_err(|e| BusError(e.errno()))?;
+        }
+        m.gpa_map(&self.window, 0, to, 0x1000, Prot::READ | Prot::WRITE)
+            .map_err(|e| BusError(e.errno()))?;
+        // Unmapping the host memory itself must wait until the assist is
+        // done with its view of the areas: refused, not a deadlock.
+        m.gpa_unmap(to, 0x1000).map_err(|e| BusError(e.errno()))?;
+        self.unmap_refused = m.hva_unmap(self.window).err();
+        m.gpa_map(&self.window, 0, to, 0x1000, Prot::READ | Prot::WRITE)
+            .map_err(|e| BusError(e.errno()))?;
+        Ok(())
+    }
+}
+
+/// Before the assists worked on a snapshot of the area list, they held its
+/// read lock across the device callbacks, and this callback's `gpa_unmap`
+/// (a write lock on the same thread) deadlocked: the assist thread never
+/// answered and the test failed at the timeout.
+#[test]
+fn a_device_callback_may_remap_guest_memory() {
+    let model = KernelModel::new();
+    let m = Arc::new(machine(&model));
+    let window = m.hva_map(0x1000).unwrap();
+    m.gpa_map(&window, 0, 0x20000, 0x1000, Prot::READ | Prot::WRITE)
+        .unwrap();
+    let mut v = real_mode_vcpu(&m, 0);
+    v.gprs().unwrap().set(Gpr::Rax, 2);
+    v.gprs().unwrap().set_rip(0x1000);
+    // mov [0x0300], al, to an MMIO register.
+    model.push_exit(
+        m.id(),
+        0,
+        ScriptedExit::memory(0xfee0_0300, true, &[0xA2, 0x00, 0x03]),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = {
+        let m = m.clone();
+        thread::spawn(move || {
+            v.run().unwrap();
+            let mut dev = Remapper {
+                machine: &m,
+                window,
+                unmap_refused: None,
+            };
+            let outcome = v.assist_mem(&mut dev);
+            tx.send((outcome.map_err(|e| e.to_string()), dev.unmap_refused))
+                .unwrap();
+        })
+    };
+    let (outcome, refused) = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the assist deadlocked in the device callback");
+    worker.join().unwrap();
+    assert_eq!(outcome, Ok(Outcome::Done));
+    assert!(
+        matches!(
+            refused,
+            Some(Error::Rejected {
+                reason: Rejection::HostMappingBusy,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let areas = m.gpa_areas();
+    assert!(
+        areas
+            .iter()
+            .any(|a| a.gpa == 0x22000 && a.hva == window.as_ptr().addr())
+    );
+    // Once the assist is over, the memory can go.
+    m.gpa_unmap(0x22000, 0x1000).unwrap();
+    m.hva_unmap(window).unwrap();
 }
