@@ -23,12 +23,12 @@ use crate::vcpu::{PROVIDED_ON_IO_AND_MEMORY, Vcpu};
 /// Built only after GPRS|SEGS|CRS|MSRS are cached; XMM registers are
 /// offered only when FPU is cached too (an SSE move through MMIO then
 /// works; otherwise the assist reports it unsupported).
-pub(crate) struct CommState {
-    page: CommPage,
+pub(crate) struct CommState<'a> {
+    page: CommPage<'a>,
 }
 
-impl CommState {
-    pub(crate) fn new(page: CommPage) -> Self {
+impl<'a> CommState<'a> {
+    pub(crate) fn new(page: CommPage<'a>) -> Self {
         CommState { page }
     }
 }
@@ -48,7 +48,7 @@ fn gpr_of(r: nvmm_assist::Gpr) -> Gpr {
     Gpr::ALL.get(r.index()).copied().unwrap_or(Gpr::Rax)
 }
 
-impl CpuState for CommState {
+impl CpuState for CommState<'_> {
     fn gpr(&self, reg: nvmm_assist::Gpr) -> u64 {
         Gprs::new(self.page).get(gpr_of(reg))
     }

@@ -10,13 +10,13 @@ use crate::state::{Cr, Crs, Gpr, Gprs, Msr, Msrs, Seg, Segs};
 /// The state of a VCPU, read from the comm page when printed. Obtained
 /// from [`crate::Vcpu::dump`], which fetched every class first.
 pub struct StateDump<'a> {
-    page: CommPage,
+    page: CommPage<'a>,
     id: u32,
     _vcpu: PhantomData<&'a mut crate::Vcpu>,
 }
 
-impl StateDump<'_> {
-    pub(crate) fn new(page: CommPage, id: u32) -> Self {
+impl<'a> StateDump<'a> {
+    pub(crate) fn new(page: CommPage<'a>, id: u32) -> Self {
         StateDump {
             page,
             id,

@@ -268,13 +268,13 @@ macro_rules! view {
     ($(#[$m:meta])* $name:ident, $class:ident) => {
         $(#[$m])*
         pub struct $name<'a> {
-            pub(crate) page: CommPage,
+            pub(crate) page: CommPage<'a>,
             pub(crate) _vcpu: PhantomData<&'a mut crate::Vcpu>,
         }
-        impl $name<'_> {
+        impl<'a> $name<'a> {
             /// The class this view reads and writes.
             pub const CLASS: StateClasses = StateClasses::$class;
-            pub(crate) fn new(page: CommPage) -> Self {
+            pub(crate) fn new(page: CommPage<'a>) -> Self {
                 $name { page, _vcpu: PhantomData }
             }
             #[inline]
@@ -532,12 +532,12 @@ impl Fpu<'_> {
 
 /// Reads XMM(`i & 15`) straight from the page (used by the assist adapter).
 #[cfg(feature = "assist")]
-pub(crate) fn xmm_of(page: CommPage, i: u8) -> u128 {
+pub(crate) fn xmm_of(page: CommPage<'_>, i: u8) -> u128 {
     Fpu::new(page).xmm(i)
 }
 
 /// Writes XMM(`i & 15`) and marks FPU (used by the assist adapter).
 #[cfg(feature = "assist")]
-pub(crate) fn set_xmm_of(page: CommPage, i: u8, v: u128) {
+pub(crate) fn set_xmm_of(page: CommPage<'_>, i: u8, v: u128) {
     Fpu::new(page).set_xmm(i, v);
 }

@@ -185,7 +185,7 @@ impl Vcpu {
     }
 
     #[inline]
-    pub(crate) fn page(&self) -> CommPage {
+    pub(crate) fn page(&self) -> CommPage<'_> {
         self.comm.page()
     }
 

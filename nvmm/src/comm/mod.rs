@@ -13,6 +13,7 @@
 
 pub mod stop;
 
+use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -86,8 +87,11 @@ impl CommMapping {
         self.connected.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn page(&self) -> CommPage {
-        CommPage { page: self.page }
+    pub(crate) fn page(&self) -> CommPage<'_> {
+        CommPage {
+            page: self.page,
+            _mapping: PhantomData,
+        }
     }
 
     pub(crate) fn as_ptr(&self) -> *mut sys::nvmm_comm_page {
@@ -105,12 +109,12 @@ impl Drop for CommMapping {
     }
 }
 
-/// A copyable raw view of a comm page with the field accessors. It is
-/// valid while the [`CommMapping`] it came from is alive; its users (the
-/// `Vcpu` and the state views) hold that mapping.
+/// A copyable raw view of a comm page with the field accessors, borrowed
+/// from the [`CommMapping`] it came from (so it cannot outlive it).
 #[derive(Clone, Copy)]
-pub(crate) struct CommPage {
+pub(crate) struct CommPage<'a> {
     page: NonNull<sys::nvmm_comm_page>,
+    _mapping: PhantomData<&'a CommMapping>,
 }
 
 macro_rules! field {
@@ -125,7 +129,7 @@ macro_rules! field {
 }
 pub(crate) use field;
 
-impl CommPage {
+impl CommPage<'_> {
     #[inline]
     pub(crate) fn state_ptr(self) -> *mut sys::nvmm_x64_state {
         field!(self.page.as_ptr(), state)

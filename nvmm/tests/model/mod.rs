@@ -436,6 +436,24 @@ impl KernelModel {
     }
 }
 
+/// The end of the "process": what the crate deliberately leaked (memory a
+/// kernel that failed MACHINE_DESTROY might still map into a guest) is
+/// unmapped by the OS at exit; the model frees it here so that miri's leak
+/// check sees only real leaks.
+impl Drop for KernelModel {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (_, (p, len)) in st.anon.drain() {
+            unsafe {
+                std::alloc::dealloc(
+                    p.0.as_ptr(),
+                    Layout::from_size_align_unchecked(len, PAGE_SIZE),
+                )
+            };
+        }
+    }
+}
+
 fn stop_word<'a>(comm: *mut sys::nvmm_comm_page) -> &'a AtomicI32 {
     // SAFETY: `stop` is an aligned int of a live page, only ever accessed
     // atomically (by the crate and by the model).
