@@ -218,4 +218,49 @@ mod tests {
             assert_eq!(out, [1, 2, 3, 4]);
         }
     }
+
+    /// A 4-byte counter incremented by two threads with read +
+    /// compare_and_write retries (a `lock add` as the assist runs it).
+    /// Every increment changes all four bytes, so the several-bytes path
+    /// must be atomic against itself: no increment is lost.
+    #[test]
+    fn multi_byte_changes_are_atomic_among_themselves() {
+        struct Shared(NonNull<u8>);
+        // SAFETY: the pointer is only used through this module's atomics.
+        unsafe impl Sync for Shared {}
+        impl Shared {
+            fn ptr(&self) -> NonNull<u8> {
+                self.0
+            }
+        }
+        let rounds: u32 = if cfg!(miri) { 40 } else { 20_000 };
+        let lock = Mutex::new(());
+        let mut mem = [0u8; 4];
+        let shared = Shared(cell(&mut mem));
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for _ in 0..rounds {
+                        loop {
+                            let mut old = [0u8; 4];
+                            // SAFETY: `mem` outlives the scope; atomics only.
+                            unsafe { read(shared.ptr(), &mut old) };
+                            // Every byte changes: the several-bytes path.
+                            let new = u32::from_le_bytes(old)
+                                .wrapping_add(0x0101_0101)
+                                .to_le_bytes();
+                            // SAFETY: as above.
+                            if unsafe { compare_and_write(shared.ptr(), &old, &new, &lock) } {
+                                break;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(
+            u32::from_le_bytes(mem),
+            (2 * rounds).wrapping_mul(0x0101_0101)
+        );
+    }
 }
