@@ -250,7 +250,9 @@ impl Machine {
     ///   caller owns; the kernel **replaces** its pages with fresh zeroed
     ///   memory shared with the guest, so nothing may hold Rust references
     ///   into it, now or while it is registered (the guest writes it at any
-    ///   time: access it only through raw pointers or
+    ///   time, and this crate's threads access it with one-byte atomics:
+    ///   access it only with one-byte atomic operations, such as
+    ///   `AtomicU8::from_ptr`, or through
     ///   [`Machine::read_guest`]/[`Machine::write_guest`]);
     /// - the caller must not unmap or remap the range while it is registered
     ///   (until [`Machine::hva_unmap`] returns `Ok`, which makes the kernel
