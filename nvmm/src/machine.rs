@@ -433,7 +433,9 @@ impl Machine {
     }
 
     /// The host address and rights of guest-physical `gpa` (no syscall;
-    /// libnvmm's `nvmm_gpa_to_hva`). Any `gpa` inside an area works.
+    /// libnvmm's `nvmm_gpa_to_hva`). Any `gpa` inside an area works. The
+    /// memory is shared with the guest and other threads: access it only
+    /// with one-byte atomic operations (as `read_guest`/`write_guest` do).
     pub fn gpa_to_hva(&self, gpa: u64) -> Result<(*mut u8, Prot)> {
         let areas = self.inner.snapshot();
         let a = areas
