@@ -38,9 +38,18 @@ pub trait GuestRam {
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<RamStatus, BusError>;
     /// Writes `data` to RAM at `gpa`, or says it is not writable RAM.
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<RamStatus, BusError>;
-    /// Atomically replaces `expected` with `new` at `gpa` (same length, at
-    /// most 16 bytes). Used for locked read-modify-write instructions and for
-    /// the accessed/dirty bits of guest page-table entries.
+    /// Replaces `expected` with `new` at `gpa` if memory holds `expected`
+    /// (same length, at most 16 bytes). Used for locked read-modify-write
+    /// instructions and for the accessed/dirty bits of guest page-table
+    /// entries (whose update changes only the entry's low byte).
+    ///
+    /// Atomicity is the implementation's to state: it must be atomic
+    /// against its own other `compare_and_write` calls, and should be as
+    /// atomic as it can against everything else (guest code on other VCPUs,
+    /// device threads). A change of one byte can always be made atomic
+    /// (a one-byte compare-and-swap); implementations document what the
+    /// guest can observe for wider changes (the `nvmm` crate's: its
+    /// `guest_ram` module).
     fn compare_and_write(
         &mut self,
         gpa: u64,

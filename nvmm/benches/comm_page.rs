@@ -99,6 +99,13 @@ fn ns_per(iters: u64, f: impl FnMut(u64)) -> f64 {
     t.elapsed().as_nanos() as f64 / iters as f64
 }
 
+/// Throughput of `f`, which moves `bytes` bytes, in MB/s.
+fn mb_per_s(bytes: u64, f: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    f();
+    bytes as f64 / t.elapsed().as_secs_f64() / 1e6
+}
+
 fn main() -> Result<(), nvmm::Error> {
     let model = KernelModel::new();
     let nvmm = Nvmm::open_with(model.clone(), OpenMode::User)?;
@@ -192,6 +199,20 @@ fn main() -> Result<(), nvmm::Error> {
     });
     assert_eq!(model.syscalls(), before, "cached access made a syscall");
 
+    // Guest RAM copies (one-byte atomic accesses, see the guest_ram module).
+    let copy_rounds = 2_000u64;
+    let mut buf = vec![0u8; 0x10000];
+    let read_mbs = mb_per_s(copy_rounds * buf.len() as u64, || {
+        for _ in 0..copy_rounds {
+            machine.read_guest(0, black_box(&mut buf)).expect("mapped");
+        }
+    });
+    let write_mbs = mb_per_s(copy_rounds * buf.len() as u64, || {
+        for _ in 0..copy_rounds {
+            machine.write_guest(0, black_box(&buf)).expect("mapped");
+        }
+    });
+
     println!("nvmm comm page (against the kernel model; ns exclude kernel entry)");
     println!("  syscalls per handled I/O exit      {io_syscalls:.3}");
     println!("  syscalls per handled memory exit   {mem_syscalls:.3}");
@@ -202,6 +223,8 @@ fn main() -> Result<(), nvmm::Error> {
     println!("  ns cached GPRS read                {read_ns:.2}");
     println!("  ns setstate (one GPR write)        {set_ns:.2}");
     println!("  ns getstate->modify->setstate GPRS {rmw_ns:.2}");
+    println!("  MB/s read_guest (64 KiB copies)    {read_mbs:.0}");
+    println!("  MB/s write_guest (64 KiB copies)   {write_mbs:.0}");
     println!(
         "  state bytes copied per access      0 (registers are read and written in place \
          in the comm page; a whole-state copy would be {} bytes)",

@@ -2,7 +2,7 @@
 //! over the comm page (zero copy) and [`nvmm_assist::GuestRam`] over the
 //! machine's GPA→HVA area list.
 
-use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use nvmm_assist::{
     AccessType, BusError, CompareWrite, CpuState, GuestRam, RamStatus, SegmentAttributes,
@@ -11,6 +11,7 @@ use nvmm_assist::{
 
 use crate::comm::CommPage;
 use crate::error::{Error, Op, Result};
+use crate::guest_ram;
 use crate::memory::{Areas, Prot};
 use crate::state::{Cr, Crs, Gpr, Gprs, Msr, Msrs, Seg, Segs, StateClasses, set_xmm_of, xmm_of};
 use crate::vcpu::{PROVIDED_ON_IO_AND_MEMORY, Vcpu};
@@ -22,13 +23,13 @@ use crate::vcpu::{PROVIDED_ON_IO_AND_MEMORY, Vcpu};
 /// Built only after GPRS|SEGS|CRS|MSRS are cached; XMM registers are
 /// offered only when FPU is cached too (an SSE move through MMIO then
 /// works; otherwise the assist reports it unsupported).
-pub(crate) struct CommState {
-    page: CommPage,
+pub(crate) struct CommState<'a> {
+    page: CommPage<'a>,
     vendor: Vendor,
 }
 
-impl CommState {
-    pub(crate) fn new(page: CommPage, vendor: Vendor) -> Self {
+impl<'a> CommState<'a> {
+    pub(crate) fn new(page: CommPage<'a>, vendor: Vendor) -> Self {
         CommState { page, vendor }
     }
 }
@@ -80,7 +81,7 @@ fn gpr_of(r: nvmm_assist::Gpr) -> Gpr {
     Gpr::ALL.get(r.index()).copied().unwrap_or(Gpr::Rax)
 }
 
-impl CpuState for CommState {
+impl CpuState for CommState<'_> {
     fn gpr(&self, reg: nvmm_assist::Gpr) -> u64 {
         Gprs::new(self.page).get(gpr_of(reg))
     }
@@ -137,11 +138,17 @@ impl CpuState for CommState {
     }
 }
 
-/// Guest RAM as the assist sees it: the machine's areas, read and written
-/// through their host mappings. A GPA outside every area, or not allowed by
+/// Guest RAM as the assist sees it: a snapshot of the machine's areas,
+/// read and written through their host mappings with the one-byte atomic
+/// accesses of [`guest_ram`]. A GPA outside every area, or not allowed by
 /// the area's protection, is "not RAM" and goes to the caller's MMIO bus.
+///
+/// No lock is held while the assist runs: the caller's `MmioBus` and
+/// `PortIo` callbacks may map and unmap guest memory (the snapshot keeps
+/// the host mappings it names from being unmapped until it is dropped).
 pub(crate) struct AreaRam<'a> {
     pub(crate) areas: &'a Areas,
+    pub(crate) cas_lock: &'a Mutex<()>,
 }
 
 impl GuestRam for AreaRam<'_> {
@@ -150,9 +157,9 @@ impl GuestRam for AreaRam<'_> {
             return Ok(RamStatus::NotRam);
         };
         // SAFETY: `src..src+len` lies in a registered host mapping that the
-        // area lock (held by our creator) keeps mapped; guest memory is never
-        // referenced by Rust references.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), buf.as_mut_ptr(), buf.len()) };
+        // snapshot (held by our creator) keeps mapped; guest RAM is only
+        // accessed through `guest_ram` in this process.
+        unsafe { guest_ram::read(src, buf) };
         Ok(RamStatus::Done)
     }
 
@@ -161,10 +168,11 @@ impl GuestRam for AreaRam<'_> {
             return Ok(RamStatus::NotRam);
         };
         // SAFETY: as in `read`.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst.as_ptr(), data.len()) };
+        unsafe { guest_ram::write(dst, data) };
         Ok(RamStatus::Done)
     }
 
+    /// See [`guest_ram::compare_and_write`] for what other CPUs observe.
     fn compare_and_write(
         &mut self,
         gpa: u64,
@@ -180,50 +188,12 @@ impl GuestRam for AreaRam<'_> {
         else {
             return Ok(CompareWrite::NotRam);
         };
-        let p = p.as_ptr();
-        let len = new.len();
-        let aligned = (p as usize).is_multiple_of(len.max(1));
-        macro_rules! cas {
-            ($atomic:ty, $int:ty, $n:literal) => {{
-                let mut e = [0u8; $n];
-                e.copy_from_slice(expected);
-                let mut n = [0u8; $n];
-                n.copy_from_slice(new);
-                // SAFETY: `p` is aligned for the atomic (checked) and lies in
-                // a live host mapping; guest memory is only ever accessed
-                // through raw pointers in this process.
-                let a = unsafe { <$atomic>::from_ptr(p.cast::<$int>()) };
-                match a.compare_exchange(
-                    <$int>::from_ne_bytes(e),
-                    <$int>::from_ne_bytes(n),
-                    Ordering::SeqCst,
-                    Ordering::SeqCst,
-                ) {
-                    Ok(_) => CompareWrite::Written,
-                    Err(_) => CompareWrite::Mismatch,
-                }
-            }};
-        }
-        Ok(match (len, aligned) {
-            (1, _) => cas!(AtomicU8, u8, 1),
-            (2, true) => cas!(AtomicU16, u16, 2),
-            (4, true) => cas!(AtomicU32, u32, 4),
-            (8, true) => cas!(AtomicU64, u64, 8),
-            _ => {
-                // Misaligned or 16-byte: compare then write, not atomic with
-                // respect to other VCPUs (documented limitation).
-                let mut cur = [0u8; 16];
-                let cur = cur.get_mut(..len).unwrap_or_default();
-                // SAFETY: as in `read`.
-                unsafe { std::ptr::copy_nonoverlapping(p, cur.as_mut_ptr(), len) };
-                if cur != expected {
-                    CompareWrite::Mismatch
-                } else {
-                    // SAFETY: as in `write`.
-                    unsafe { std::ptr::copy_nonoverlapping(new.as_ptr(), p, len) };
-                    CompareWrite::Written
-                }
-            }
+        // SAFETY: as in `read`.
+        let written = unsafe { guest_ram::compare_and_write(p, expected, new, self.cas_lock) };
+        Ok(if written {
+            CompareWrite::Written
+        } else {
+            CompareWrite::Mismatch
         })
     }
 }
@@ -273,9 +243,13 @@ impl Vcpu {
         // x86_gva_to_gpa (read-only walk; paging off: *gpa = gva).
         self.fetch(StateClasses::CRS | StateClasses::MSRS)?;
         let page = self.page();
-        let areas = self.machine().areas();
+        let machine = self.machine();
+        let areas = machine.snapshot();
         let state = CommState::new(page, self.guest_vendor());
-        let mut ram = AreaRam { areas: &areas };
+        let mut ram = AreaRam {
+            areas: &areas,
+            cas_lock: &machine.cas_lock,
+        };
         let t = nvmm_assist::translate_query(&state, &mut ram, gva).map_err(|source| {
             Error::Assist {
                 op: Op::GvaToGpa,
@@ -315,9 +289,13 @@ impl Vcpu {
     pub fn gva_to_gpa_checked(&mut self, gva: u64, access: AccessType) -> Result<u64> {
         self.fetch(PROVIDED_ON_IO_AND_MEMORY)?;
         let page = self.page();
-        let areas = self.machine().areas();
+        let machine = self.machine();
+        let areas = machine.snapshot();
         let state = CommState::new(page, self.guest_vendor());
-        let mut ram = AreaRam { areas: &areas };
+        let mut ram = AreaRam {
+            areas: &areas,
+            cas_lock: &machine.cas_lock,
+        };
         nvmm_assist::translate(&state, &mut ram, gva, access).map_err(|source| Error::Assist {
             op: Op::GvaToGpa,
             source,
@@ -433,9 +411,13 @@ impl Vcpu {
             segment: io.segment.and_then(assist_segment),
             npc: io.npc,
         };
-        let areas = self.machine().areas();
+        let machine = self.machine();
+        let areas = machine.snapshot();
         let mut state = CommState::new(self.page(), self.guest_vendor());
-        let mut ram = AreaRam { areas: &areas };
+        let mut ram = AreaRam {
+            areas: &areas,
+            cas_lock: &machine.cas_lock,
+        };
         nvmm_assist::assist_io(&mut state, &mut ram, mmio, ports, &exit).map_err(|source| {
             Error::Assist {
                 op: Op::AssistIo,
@@ -502,9 +484,13 @@ impl Vcpu {
             },
             instruction: m.instruction,
         };
-        let areas = self.machine().areas();
+        let machine = self.machine();
+        let areas = machine.snapshot();
         let mut state = CommState::new(self.page(), self.guest_vendor());
-        let mut ram = AreaRam { areas: &areas };
+        let mut ram = AreaRam {
+            areas: &areas,
+            cas_lock: &machine.cas_lock,
+        };
         nvmm_assist::assist_mem(&mut state, &mut ram, mmio, &exit).map_err(|source| Error::Assist {
             op: Op::AssistMem,
             source,

@@ -3,7 +3,8 @@
 
 use std::ffi::c_void;
 use std::fmt;
-use std::os::fd::RawFd;
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 
 use nvmm_sys as sys;
@@ -11,6 +12,13 @@ use nvmm_sys as sys;
 use crate::error::{Error, Op, Result};
 use crate::machine::Machine;
 use crate::sys::{Host, Kernel, OpenMode};
+
+impl AsFd for Nvmm {
+    /// The `/dev/nvmm` descriptor, borrowed (it stays owned by this value).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inner.fd()
+    }
+}
 
 /// The NVMM kernel version this crate speaks (`NVMM_KERN_VERSION`).
 pub const SUPPORTED_VERSION: u32 = 2;
@@ -94,7 +102,8 @@ pub struct MachineInfo {
 /// The open descriptor and what the kernel said about itself.
 pub(crate) struct NvmmInner {
     pub(crate) kernel: Arc<dyn Kernel>,
-    pub(crate) fd: RawFd,
+    /// Given back to `kernel.close` in Drop.
+    fd: ManuallyDrop<std::os::fd::OwnedFd>,
     pub(crate) cap: Capability,
 }
 
@@ -107,8 +116,12 @@ impl NvmmInner {
     /// `*arg` is valid for what the kernel does with it.
     pub(crate) unsafe fn ioctl<T>(&self, op: Op, request: u64, arg: *mut T) -> Result<()> {
         // SAFETY: forwarded from the caller.
-        unsafe { self.kernel.ioctl(self.fd, request, arg.cast::<c_void>()) }
+        unsafe { self.kernel.ioctl(self.fd(), request, arg.cast::<c_void>()) }
             .map_err(|errno| Error::os(op, errno))
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 
@@ -116,7 +129,9 @@ impl Drop for NvmmInner {
     fn drop(&mut self) {
         // Closing the descriptor makes the kernel destroy every machine this
         // owner still has; by construction none of ours is alive here.
-        self.kernel.close(self.fd);
+        // SAFETY: `fd` is not used again: this is the end of `self`.
+        let fd = unsafe { ManuallyDrop::take(&mut self.fd) };
+        self.kernel.close(fd);
     }
 }
 
@@ -134,7 +149,7 @@ pub struct Nvmm {
 impl fmt::Debug for Nvmm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Nvmm")
-            .field("fd", &self.inner.fd)
+            .field("fd", &self.inner.fd.as_raw_fd())
             .field("capability", &self.inner.cap)
             .finish()
     }
@@ -182,7 +197,7 @@ impl Nvmm {
         })?;
         let mut inner = NvmmInner {
             kernel,
-            fd,
+            fd: ManuallyDrop::new(fd),
             cap: Capability::from_raw(&sys::nvmm_capability::default()),
         };
         let mut args = sys::nvmm_ioc_capability::default();
@@ -217,7 +232,7 @@ impl Nvmm {
     /// The raw descriptor, for what the safe API lacks. It stays owned by
     /// this value; do not close it.
     pub fn as_raw_fd(&self) -> RawFd {
-        self.inner.fd
+        self.inner.fd.as_raw_fd()
     }
 
     /// Creates a machine (`NVMM_IOC_MACHINE_CREATE`). The kernel refuses

@@ -17,14 +17,14 @@ use crate::state::{Cr, Crs, Dr, Drs, Fpu, Gpr, Gprs, Intr, Msr, Msrs, Seg, Segs}
 /// interrupt state and whether an injected event is pending, an FPU
 /// summary (FCW, FSW, FTW, MXCSR), and the code bytes at RIP.
 pub struct StateDump<'a> {
-    page: CommPage,
+    page: CommPage<'a>,
     id: u32,
     code: Option<Vec<u8>>,
     _vcpu: PhantomData<&'a mut crate::Vcpu>,
 }
 
-impl StateDump<'_> {
-    pub(crate) fn new(page: CommPage, id: u32, code: Option<Vec<u8>>) -> Self {
+impl<'a> StateDump<'a> {
+    pub(crate) fn new(page: CommPage<'a>, id: u32, code: Option<Vec<u8>>) -> Self {
         StateDump {
             page,
             id,
@@ -163,8 +163,12 @@ pub(crate) fn code_at_rip(vcpu: &mut crate::Vcpu) -> Option<Vec<u8>> {
             break;
         };
         let gpa = translation.gpa;
-        let areas = vcpu.machine().areas();
-        let mut ram = crate::assist::AreaRam { areas: &areas };
+        let machine = vcpu.machine();
+        let areas = machine.snapshot();
+        let mut ram = crate::assist::AreaRam {
+            areas: &areas,
+            cas_lock: &machine.cas_lock,
+        };
         let mut chunk = vec![0u8; n];
         match ram.read(gpa, &mut chunk) {
             Ok(RamStatus::Done) => bytes.extend_from_slice(&chunk),

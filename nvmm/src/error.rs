@@ -140,6 +140,12 @@ pub enum Rejection {
     WrongExit,
     /// A VCPU number outside `0..max_vcpus`.
     InvalidVcpuId(u32),
+    /// The kernel returned a machine id of 256 or more, which
+    /// `NVMM_COMM_OFF` cannot encode (the machine was destroyed again).
+    InvalidMachineId(u32),
+    /// The host mapping is in use by an assist or translation in progress
+    /// (e.g. `hva_unmap` called from an `MmioBus` callback); retry after it.
+    HostMappingBusy,
     /// The signal has no handler installed, so it would not interrupt the
     /// run but kill or be ignored by the process.
     SignalNotHandled(i32),
@@ -157,10 +163,11 @@ impl Rejection {
             | Rejection::InvalidExceptionVector(_)
             | Rejection::CpuidSetDelOverlap
             | Rejection::InvalidVcpuId(_)
+            | Rejection::InvalidMachineId(_)
             | Rejection::SignalNotHandled(_)
             | Rejection::WrongExit => libc::EINVAL,
             Rejection::HvaOverlap => libc::EEXIST,
-            Rejection::HostMappingInUse => libc::EBUSY,
+            Rejection::HostMappingInUse | Rejection::HostMappingBusy => libc::EBUSY,
             Rejection::NoSuchMapping | Rejection::NotMapped(_) => libc::ENOENT,
             Rejection::TooManyCpuidLeaves => libc::ENOBUFS,
             Rejection::NotSupported(_) => libc::ENOTSUP,
@@ -192,6 +199,12 @@ impl fmt::Display for Rejection {
             Rejection::NotSupported(what) => write!(f, "not supported by this kernel: {what}"),
             Rejection::WrongExit => f.write_str("the last exit is not of this kind"),
             Rejection::InvalidVcpuId(id) => write!(f, "VCPU id {id} out of range"),
+            Rejection::InvalidMachineId(id) => {
+                write!(f, "machine id {id} cannot be encoded in a comm-page offset")
+            }
+            Rejection::HostMappingBusy => {
+                f.write_str("host mapping in use by an assist or translation in progress")
+            }
             Rejection::SignalNotHandled(s) => write!(f, "signal {s} has no handler installed"),
         }
     }
@@ -321,19 +334,30 @@ pub type TeardownHook = fn(&Error);
 
 static TEARDOWN_HOOK: RwLock<Option<TeardownHook>> = RwLock::new(None);
 
-/// Installs a function called when a `Drop` (VCPU destroy, comm-page unmap,
-/// machine destroy, memory unmap) fails. Drops never panic; without a hook
-/// such failures are ignored. The hook runs on the dropping thread.
+/// Installs a function called when a `Drop` (VCPU destroy, comm-page
+/// unmap or retire, machine destroy, memory unmap) fails. Drops never
+/// panic; without a hook such failures are ignored. The hook runs on the
+/// dropping thread, with no lock of this crate held: it may drop other
+/// NVMM objects and may call `set_teardown_error_hook` itself. A hook that
+/// panics is caught (the panic is reported by the panic hook as usual and
+/// the drop goes on); with `panic = "abort"` it aborts the process, as any
+/// panic does. Drops reached from a signal handler (the last
+/// [`crate::VcpuStopper`]) are not async-signal-safe anyway; see there.
 pub fn set_teardown_error_hook(hook: Option<TeardownHook>) {
-    if let Ok(mut slot) = TEARDOWN_HOOK.write() {
-        *slot = hook;
-    }
+    let mut slot = TEARDOWN_HOOK
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *slot = hook;
 }
 
 pub(crate) fn report_teardown(e: &Error) {
-    if let Ok(slot) = TEARDOWN_HOOK.read()
-        && let Some(hook) = *slot
-    {
-        hook(e);
+    // Copy the function out: the lock is not held while it runs.
+    let hook = *TEARDOWN_HOOK
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(hook) = hook {
+        // A panic must not escape a Drop (it would abort when the drop
+        // runs during unwinding, and leave the teardown half done).
+        let _ = std::panic::catch_unwind(|| hook(e));
     }
 }

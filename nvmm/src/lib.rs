@@ -68,6 +68,7 @@ mod device;
 mod dump;
 mod error;
 mod exit;
+mod guest_ram;
 mod interrupt;
 mod kick;
 pub mod limitations;

@@ -2,13 +2,14 @@
 
 use std::fmt;
 use std::ptr::NonNull;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard};
 
 use nvmm_sys as sys;
 
 use crate::device::{Capability, NvmmInner, ioc};
 use crate::error::{Error, Op, Rejection, Result, report_teardown};
-use crate::memory::{Areas, GpaArea, HostArea, HostMapping, Prot};
+use crate::guest_ram;
+use crate::memory::{Areas, GpaArea, GuestArea, HostArea, HostMapping, Prot};
 use crate::vcpu::Vcpu;
 
 /// Machine configuration operations (`NVMM_IOC_MACHINE_CONFIGURE`).
@@ -24,14 +25,27 @@ pub enum MachineConf {}
 pub(crate) struct MachineInner {
     pub(crate) nvmm: Arc<NvmmInner>,
     pub(crate) id: u32,
-    areas: RwLock<Areas>,
+    /// The current area list. Readers take a snapshot (an `Arc` clone) and
+    /// release the lock at once, so no lock is held while user callbacks
+    /// (`MmioBus`, `PortIo`) run; writers copy the list if a snapshot
+    /// still shares it.
+    areas: RwLock<Arc<Areas>>,
+    /// Serialises multi-byte `compare_and_write`s on guest RAM (see
+    /// [`guest_ram::compare_and_write`]).
+    pub(crate) cas_lock: Mutex<()>,
 }
 
 impl MachineInner {
-    pub(crate) fn areas(&self) -> RwLockReadGuard<'_, Areas> {
-        self.areas.read().unwrap_or_else(PoisonError::into_inner)
+    /// The area list as it is now. The host mappings it names stay mapped
+    /// while the snapshot lives: `hva_unmap` refuses to unmap a host
+    /// mapping a snapshot still holds.
+    pub(crate) fn snapshot(&self) -> Arc<Areas> {
+        self.areas
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
-    fn areas_mut(&self) -> RwLockWriteGuard<'_, Areas> {
+    fn areas_mut(&self) -> RwLockWriteGuard<'_, Arc<Areas>> {
         self.areas.write().unwrap_or_else(PoisonError::into_inner)
     }
     pub(crate) fn cap(&self) -> &Capability {
@@ -57,19 +71,22 @@ impl Drop for MachineInner {
             return;
         }
         let areas = self.areas.get_mut().unwrap_or_else(PoisonError::into_inner);
-        for h in areas.hosts.drain(..).filter(|h| h.owned) {
-            let Some(p) = NonNull::new(h.hva as *mut u8) else {
-                continue;
-            };
+        let hosts = std::mem::take(&mut Arc::make_mut(areas).hosts);
+        for h in hosts.into_iter().filter(|h| h.owned) {
             // SAFETY: the crate allocated this range in `hva_map`; the
             // machine is destroyed so no guest can reach it, and no Vcpu
-            // (assist) is alive because each holds this MachineInner.
-            if let Err(errno) = unsafe { self.nvmm.kernel.munmap(p, h.size) } {
+            // (assist, snapshot) is alive because each holds this
+            // MachineInner.
+            if let Err(errno) = unsafe { self.nvmm.kernel.munmap(h.ptr, h.size) } {
                 report_teardown(&Error::os(Op::Munmap, errno));
             }
         }
     }
 }
+
+/// Machine ids must stay below this so that `NVMM_COMM_OFF` (8 bits of the
+/// machine id) names this machine's comm pages and no other's.
+const MAX_MACHINE_ID: u32 = 256;
 
 /// One NVMM machine (`NVMM_IOC_MACHINE_CREATE`); dropping it destroys it
 /// (`NVMM_IOC_MACHINE_DESTROY`).
@@ -108,13 +125,24 @@ impl Machine {
                 &raw mut args,
             )
         }?;
-        Ok(Machine {
-            inner: Arc::new(MachineInner {
-                nvmm,
-                id: args.machid,
-                areas: RwLock::new(Areas::default()),
-            }),
-        })
+        let inner = Arc::new(MachineInner {
+            nvmm,
+            id: args.machid,
+            areas: RwLock::new(Arc::new(Areas::default())),
+            cas_lock: Mutex::new(()),
+        });
+        // NVMM_COMM_OFF keeps 8 bits of the machine id: a larger id would
+        // name another machine's comm pages. NetBSD's kernel caps machines
+        // at NVMM_MAX_MACHINES = 128 (sys/dev/nvmm/nvmm.c,
+        // nvmm_machine_alloc); another `Kernel` may not, so check here.
+        // Dropping `inner` destroys the machine again.
+        if inner.id >= MAX_MACHINE_ID {
+            return Err(Error::rejected(
+                Op::MachineCreate,
+                Rejection::InvalidMachineId(inner.id),
+            ));
+        }
+        Ok(Machine { inner })
     }
 
     /// The kernel's machine id.
@@ -205,10 +233,9 @@ impl Machine {
         let mem = kernel
             .map_anonymous(size)
             .map_err(|e| Error::os(Op::HvaMap, e))?;
-        let hva = mem.as_ptr() as usize;
         let registered = areas
-            .check_host(hva, size)
-            .and_then(|()| self.hva_map_ioctl(hva, size));
+            .check_host(mem, size)
+            .and_then(|()| self.hva_map_ioctl(mem, size));
         if let Err(e) = registered {
             // SAFETY: allocated just above, never registered nor shared.
             if let Err(errno) = unsafe { kernel.munmap(mem, size) } {
@@ -216,12 +243,10 @@ impl Machine {
             }
             return Err(e);
         }
-        areas.hosts.push(HostArea {
-            hva,
-            size,
-            owned: true,
-        });
-        Ok(HostMapping { hva, size })
+        Arc::make_mut(&mut areas)
+            .hosts
+            .push(HostArea::new(mem, size, true));
+        Ok(HostMapping { ptr: mem, size })
     }
 
     /// Registers caller-owned memory with the kernel (`NVMM_IOC_HVA_MAP`).
@@ -232,7 +257,9 @@ impl Machine {
     ///   caller owns; the kernel **replaces** its pages with fresh zeroed
     ///   memory shared with the guest, so nothing may hold Rust references
     ///   into it, now or while it is registered (the guest writes it at any
-    ///   time: access it only through raw pointers or
+    ///   time, and this crate's threads access it with one-byte atomics:
+    ///   access it only with one-byte atomic operations, such as
+    ///   `AtomicU8::from_ptr`, or through
     ///   [`Machine::read_guest`]/[`Machine::write_guest`]);
     /// - the caller must not unmap or remap the range while it is registered
     ///   (until [`Machine::hva_unmap`] returns `Ok`, which makes the kernel
@@ -257,21 +284,20 @@ impl Machine {
     /// ```
     pub unsafe fn hva_map_raw(&self, hva: *mut u8, size: usize) -> Result<HostMapping> {
         let mut areas = self.inner.areas_mut();
-        let hva = hva as usize;
-        areas.check_host(hva, size)?;
-        self.hva_map_ioctl(hva, size)?;
-        areas.hosts.push(HostArea {
-            hva,
-            size,
-            owned: false,
-        });
-        Ok(HostMapping { hva, size })
+        let ptr =
+            NonNull::new(hva).ok_or(Error::rejected(Op::HvaMap, Rejection::NotPageAligned))?;
+        areas.check_host(ptr, size)?;
+        self.hva_map_ioctl(ptr, size)?;
+        Arc::make_mut(&mut areas)
+            .hosts
+            .push(HostArea::new(ptr, size, false));
+        Ok(HostMapping { ptr, size })
     }
 
-    fn hva_map_ioctl(&self, hva: usize, size: usize) -> Result<()> {
+    fn hva_map_ioctl(&self, ptr: NonNull<u8>, size: usize) -> Result<()> {
         let mut args = sys::nvmm_ioc_hva_map {
             machid: self.inner.id,
-            hva: hva as _,
+            hva: ptr.as_ptr().addr() as _,
             size,
             flags: 0,
         };
@@ -285,7 +311,10 @@ impl Machine {
     }
 
     /// Unregisters a host mapping (`NVMM_IOC_HVA_UNMAP`); the kernel unmaps
-    /// the range from the process. Refused while a guest mapping uses it.
+    /// the range from the process. Refused ([`Rejection::HostMappingInUse`])
+    /// while a guest mapping uses it, and ([`Rejection::HostMappingBusy`])
+    /// while an assist or `gva_to_gpa` of a VCPU is working on it (for
+    /// example when called from an `MmioBus` callback).
     ///
     /// ```no_run
     /// # let nvmm = nvmm::Nvmm::open()?;
@@ -305,25 +334,30 @@ impl Machine {
         let host = areas
             .hosts
             .get(idx)
-            .copied()
             .ok_or(Error::rejected(Op::HvaUnmap, Rejection::NoSuchMapping))?;
-        if areas.host_in_use(&host) {
+        if areas.host_in_use(host) {
             return Err(Error::rejected(Op::HvaUnmap, Rejection::HostMappingInUse));
+        }
+        // Another count is a snapshot of an assist in progress that may
+        // still access this memory: the kernel must not unmap it yet.
+        if Arc::strong_count(&host.pin) > 1 {
+            return Err(Error::rejected(Op::HvaUnmap, Rejection::HostMappingBusy));
         }
         let mut args = sys::nvmm_ioc_hva_unmap {
             machid: self.inner.id,
-            hva: host.hva as _,
+            hva: host.ptr.as_ptr().addr() as _,
             size: host.size,
             flags: 0,
         };
-        // SAFETY: the argument of NVMM_IOC_HVA_UNMAP; no guest area uses the
-        // range and the lock keeps assists from reading it.
+        // SAFETY: the argument of NVMM_IOC_HVA_UNMAP; no guest area and no
+        // snapshot uses the range, and the write lock keeps new snapshots
+        // from taking it.
         unsafe {
             self.inner
                 .nvmm
                 .ioctl(Op::HvaUnmap, ioc(sys::NVMM_IOC_HVA_UNMAP), &raw mut args)
         }?;
-        areas.hosts.remove(idx);
+        Arc::make_mut(&mut areas).hosts.remove(idx);
         Ok(())
     }
 
@@ -341,17 +375,21 @@ impl Machine {
         prot: Prot,
     ) -> Result<()> {
         let mut areas = self.inner.areas_mut();
-        if areas.host_index(host).is_none() {
+        let base = areas
+            .host_index(host)
+            .and_then(|i| areas.hosts.get(i))
+            .ok_or(Error::rejected(Op::GpaMap, Rejection::NotInHostMapping))?
+            .ptr;
+        if offset > host.size {
             return Err(Error::rejected(Op::GpaMap, Rejection::NotInHostMapping));
         }
-        let hva = host
-            .hva
-            .checked_add(offset)
-            .ok_or(Error::rejected(Op::GpaMap, Rejection::Overflow))?;
-        let area = GpaArea {
+        // SAFETY: `offset <= size` of the host mapping `base` starts (one
+        // past the end at most, which `check_gpa` then refuses).
+        let host_ptr = unsafe { base.add(offset) };
+        let area = GuestArea {
             gpa,
             size,
-            hva,
+            host: host_ptr,
             prot,
         };
         areas.check_gpa(&area)?;
@@ -359,7 +397,7 @@ impl Machine {
             usize::try_from(size).map_err(|_| Error::rejected(Op::GpaMap, Rejection::Overflow))?;
         let mut args = sys::nvmm_ioc_gpa_map {
             machid: self.inner.id,
-            hva: hva as _,
+            hva: host_ptr.as_ptr().addr() as _,
             gpa,
             size: size_arg,
             prot: prot.bits() as _,
@@ -371,7 +409,7 @@ impl Machine {
                 .nvmm
                 .ioctl(Op::GpaMap, ioc(sys::NVMM_IOC_GPA_MAP), &raw mut args)
         }?;
-        areas.gpas.push(area);
+        Arc::make_mut(&mut areas).gpas.push(area);
         Ok(())
     }
 
@@ -397,62 +435,69 @@ impl Machine {
                 .nvmm
                 .ioctl(Op::GpaUnmap, ioc(sys::NVMM_IOC_GPA_UNMAP), &raw mut args)
         }?;
-        areas.gpas.remove(idx);
+        Arc::make_mut(&mut areas).gpas.remove(idx);
         Ok(())
     }
 
     /// The host address and rights of guest-physical `gpa` (no syscall;
-    /// libnvmm's `nvmm_gpa_to_hva`). Any `gpa` inside an area works.
+    /// libnvmm's `nvmm_gpa_to_hva`). Any `gpa` inside an area works. The
+    /// memory is shared with the guest and other threads: access it only
+    /// with one-byte atomic operations (as `read_guest`/`write_guest` do).
     pub fn gpa_to_hva(&self, gpa: u64) -> Result<(*mut u8, Prot)> {
-        let areas = self.inner.areas();
+        let areas = self.inner.snapshot();
         let a = areas
             .find(gpa)
             .ok_or(Error::rejected(Op::GpaToHva, Rejection::NotMapped(gpa)))?;
-        let hva = (a.hva as u64)
-            .checked_add(gpa - a.gpa)
+        let hva = a
+            .host_of(gpa)
             .ok_or(Error::rejected(Op::GpaToHva, Rejection::Overflow))?;
-        Ok((hva as usize as *mut u8, a.prot))
+        Ok((hva.as_ptr(), a.prot))
     }
 
     /// A copy of the guest areas, in mapping order.
     pub fn gpa_areas(&self) -> Vec<GpaArea> {
-        self.inner.areas().gpas.clone()
+        self.inner
+            .snapshot()
+            .gpas
+            .iter()
+            .map(GuestArea::public)
+            .collect()
     }
 
     /// Copies guest-physical memory at `gpa` into `buf` (host side: no
     /// protection check; the range may span adjacent areas).
     ///
-    /// Guest memory is shared with running VCPUs: bytes a guest writes at
-    /// the same time may be read half-updated, as on hardware. The copy is
-    /// a plain memory copy, so two host threads writing the same guest bytes
-    /// at once (for example `write_guest` and an assist) must be ordered by
-    /// the VMM, like any device model accessing shared RAM.
+    /// Guest memory is shared with running VCPUs and other threads: the
+    /// copy is made of one-byte atomic accesses (see the `guest_ram`
+    /// module), so it never races in the Rust sense, but bytes written at
+    /// the same time by the guest or another thread may be seen half
+    /// updated, as a device doing DMA would see them on hardware.
     pub fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> Result<()> {
-        let areas = self.inner.areas();
+        let areas = self.inner.snapshot();
         let mut done = 0usize;
         while done < buf.len() {
             let (src, n) = chunk(&areas, gpa, done, buf.len())?;
             let dst = buf.get_mut(done..done + n).unwrap_or_default();
             // SAFETY: `src..src+n` lies inside a registered host mapping,
-            // held alive by the read lock; the guest may write it meanwhile
-            // (racy bytes, as on real hardware), never freed under us.
-            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr(), dst.len()) };
+            // kept mapped by the snapshot; guest RAM is only accessed
+            // through `guest_ram` in this process.
+            unsafe { guest_ram::read(src, dst) };
             done += n;
         }
         Ok(())
     }
 
     /// Copies `data` into guest-physical memory at `gpa` (host side: no
-    /// protection check; the range may span adjacent areas).
+    /// protection check; the range may span adjacent areas). One-byte
+    /// atomic stores, as for [`Machine::read_guest`].
     pub fn write_guest(&self, gpa: u64, data: &[u8]) -> Result<()> {
-        let areas = self.inner.areas();
+        let areas = self.inner.snapshot();
         let mut done = 0usize;
         while done < data.len() {
             let (dst, n) = chunk(&areas, gpa, done, data.len())?;
             let src = data.get(done..done + n).unwrap_or_default();
-            // SAFETY: as in read_guest; the destination is guest memory, not
-            // referenced by any Rust reference.
-            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_ptr(), src.len()) };
+            // SAFETY: as in read_guest.
+            unsafe { guest_ram::write(dst, src) };
             done += n;
         }
         Ok(())
@@ -469,10 +514,11 @@ fn chunk(areas: &Areas, gpa: u64, done: usize, total: usize) -> Result<(NonNull<
         .find(at)
         .ok_or(Error::rejected(Op::GuestMemory, Rejection::NotMapped(at)))?;
     let off = at - a.gpa;
-    let n = ((a.size - off) as usize).min(total - done);
-    let p = (a.hva as u64)
-        .checked_add(off)
-        .and_then(|p| NonNull::new(p as usize as *mut u8))
+    let n = usize::try_from(a.size - off)
+        .unwrap_or(usize::MAX)
+        .min(total - done);
+    let p = a
+        .host_of(at)
         .ok_or(Error::rejected(Op::GuestMemory, Rejection::Overflow))?;
     Ok((p, n))
 }

@@ -9,6 +9,9 @@
 //!   do not overlap each other;
 //! - a host mapping is never released while a guest area uses it.
 
+use std::ptr::NonNull;
+use std::sync::Arc;
+
 use crate::error::{Error, Op, Rejection, Result};
 use crate::sys::PAGE_SIZE;
 
@@ -35,14 +38,23 @@ bitflags::bitflags! {
 /// mapping uses it) or until the machine is destroyed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct HostMapping {
-    pub(crate) hva: usize,
+    pub(crate) ptr: NonNull<u8>,
     pub(crate) size: usize,
 }
 
+// SAFETY: the token grants no access by itself: reaching the memory through
+// `as_ptr` is the caller's `unsafe`, and the machine checks the token
+// against its own list before using it.
+unsafe impl Send for HostMapping {}
+// SAFETY: see `Send`.
+unsafe impl Sync for HostMapping {}
+
 impl HostMapping {
-    /// The start of the range in this process.
+    /// The start of the range in this process. Guest memory is shared with
+    /// the guest and with other threads: access it only atomically (or use
+    /// [`crate::Machine::read_guest`]/[`crate::Machine::write_guest`]).
     pub fn as_ptr(&self) -> *mut u8 {
-        self.hva as *mut u8
+        self.ptr.as_ptr()
     }
     /// The length in bytes.
     pub fn len(&self) -> usize {
@@ -54,15 +66,71 @@ impl HostMapping {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct HostArea {
-    pub(crate) hva: usize,
+    pub(crate) ptr: NonNull<u8>,
     pub(crate) size: usize,
     /// Allocated by this crate (unmapped by it after the machine is gone).
     pub(crate) owned: bool,
+    /// One count per area list holding this mapping: the machine's current
+    /// list and every snapshot an assist is working on. `hva_unmap` needs
+    /// it to be the only one.
+    pub(crate) pin: Arc<()>,
 }
 
-/// One guest-physical area: `gpa..gpa+size` is `hva..hva+size`.
+impl HostArea {
+    pub(crate) fn new(ptr: NonNull<u8>, size: usize, owned: bool) -> Self {
+        HostArea {
+            ptr,
+            size,
+            owned,
+            pin: Arc::new(()),
+        }
+    }
+    fn addr(&self) -> usize {
+        self.ptr.as_ptr().addr()
+    }
+}
+
+/// A guest area as the crate keeps it: the host side as a pointer (with
+/// its provenance), not as an address.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GuestArea {
+    pub(crate) gpa: u64,
+    pub(crate) size: u64,
+    pub(crate) host: NonNull<u8>,
+    pub(crate) prot: Prot,
+}
+
+impl GuestArea {
+    fn contains(&self, gpa: u64) -> bool {
+        gpa >= self.gpa && gpa - self.gpa < self.size
+    }
+    fn hva(&self) -> usize {
+        self.host.as_ptr().addr()
+    }
+    pub(crate) fn public(&self) -> GpaArea {
+        GpaArea {
+            gpa: self.gpa,
+            size: self.size,
+            hva: self.hva(),
+            prot: self.prot,
+        }
+    }
+    /// The host pointer of `gpa`, which lies in this area.
+    pub(crate) fn host_of(&self, gpa: u64) -> Option<NonNull<u8>> {
+        let off = usize::try_from(gpa.checked_sub(self.gpa)?).ok()?;
+        if off as u64 >= self.size {
+            return None;
+        }
+        // SAFETY: `off < size`, and the area lies inside one host mapping
+        // (an invariant of `Areas`), so the result stays in that allocation.
+        Some(unsafe { self.host.add(off) })
+    }
+}
+
+/// One guest-physical area: `gpa..gpa+size` is `hva..hva+size` (a copy
+/// for inspection; `hva` is the address only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GpaArea {
     /// Guest-physical start.
@@ -75,17 +143,20 @@ pub struct GpaArea {
     pub prot: Prot,
 }
 
-impl GpaArea {
-    fn contains(&self, gpa: u64) -> bool {
-        gpa >= self.gpa && gpa - self.gpa < self.size
-    }
-}
-
-#[derive(Debug, Default)]
+/// The area list. Cloned (copy-on-write) when an assist holds a snapshot
+/// while the list changes, so callbacks run without any lock held.
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Areas {
     pub(crate) hosts: Vec<HostArea>,
-    pub(crate) gpas: Vec<GpaArea>,
+    pub(crate) gpas: Vec<GuestArea>,
 }
+
+// SAFETY: the pointers denote process-wide mappings; the list only hands
+// them to `guest_ram`, whose accesses are atomic, so sharing the list
+// between threads shares no unsynchronised data.
+unsafe impl Send for Areas {}
+// SAFETY: see `Send`.
+unsafe impl Sync for Areas {}
 
 pub(crate) fn page_aligned(v: u64) -> bool {
     v.is_multiple_of(PAGE_SIZE as u64)
@@ -98,12 +169,13 @@ fn ranges_overlap(a: u64, alen: u64, b: u64, blen: u64) -> bool {
 
 impl Areas {
     /// Checks a new host range against the rules of `NVMM_IOC_HVA_MAP`.
-    pub(crate) fn check_host(&self, hva: usize, size: usize) -> Result<()> {
+    pub(crate) fn check_host(&self, ptr: NonNull<u8>, size: usize) -> Result<()> {
+        let hva = ptr.as_ptr().addr();
         let rej = |r| Err(Error::rejected(Op::HvaMap, r));
         if size == 0 {
             return rej(Rejection::ZeroSize);
         }
-        if hva == 0 || !page_aligned(hva as u64) || !page_aligned(size as u64) {
+        if !page_aligned(hva as u64) || !page_aligned(size as u64) {
             return rej(Rejection::NotPageAligned);
         }
         if hva.checked_add(size).is_none() {
@@ -114,7 +186,7 @@ impl Areas {
         if self
             .hosts
             .iter()
-            .any(|h| ranges_overlap(h.hva as u64, h.size as u64, hva as u64, size as u64))
+            .any(|h| ranges_overlap(h.addr() as u64, h.size as u64, hva as u64, size as u64))
         {
             return rej(Rejection::HvaOverlap);
         }
@@ -124,25 +196,25 @@ impl Areas {
     pub(crate) fn host_index(&self, m: &HostMapping) -> Option<usize> {
         self.hosts
             .iter()
-            .position(|h| h.hva == m.hva && h.size == m.size)
+            .position(|h| h.ptr == m.ptr && h.size == m.size)
     }
 
     /// Checks a new guest area against the rules of `NVMM_IOC_GPA_MAP` and
     /// the list (libnvmm's overlap check).
-    pub(crate) fn check_gpa(&self, area: &GpaArea) -> Result<()> {
+    pub(crate) fn check_gpa(&self, area: &GuestArea) -> Result<()> {
         let rej = |r| Err(Error::rejected(Op::GpaMap, r));
         if area.size == 0 {
             return rej(Rejection::ZeroSize);
         }
-        if !page_aligned(area.gpa) || !page_aligned(area.size) || !page_aligned(area.hva as u64) {
+        if !page_aligned(area.gpa) || !page_aligned(area.size) || !page_aligned(area.hva() as u64) {
             return rej(Rejection::NotPageAligned);
         }
         if area.gpa.checked_add(area.size).is_none() {
             return rej(Rejection::Overflow);
         }
         let inside = self.hosts.iter().any(|h| {
-            area.hva >= h.hva
-                && ((area.hva - h.hva) as u64)
+            area.hva() >= h.addr()
+                && ((area.hva() - h.addr()) as u64)
                     .checked_add(area.size)
                     .is_some_and(|end| end <= h.size as u64)
         });
@@ -162,28 +234,23 @@ impl Areas {
     pub(crate) fn host_in_use(&self, h: &HostArea) -> bool {
         self.gpas
             .iter()
-            .any(|g| g.hva >= h.hva && g.hva - h.hva < h.size)
+            .any(|g| g.hva() >= h.addr() && g.hva() - h.addr() < h.size)
     }
 
     /// The area holding `gpa`.
-    pub(crate) fn find(&self, gpa: u64) -> Option<&GpaArea> {
+    pub(crate) fn find(&self, gpa: u64) -> Option<&GuestArea> {
         self.gpas.iter().find(|a| a.contains(gpa))
     }
 
     /// The host address of `gpa..gpa+len` if one area holds all of it and
     /// allows `need`.
     #[cfg(feature = "assist")]
-    pub(crate) fn host_range(
-        &self,
-        gpa: u64,
-        len: usize,
-        need: Prot,
-    ) -> Option<std::ptr::NonNull<u8>> {
+    pub(crate) fn host_range(&self, gpa: u64, len: usize, need: Prot) -> Option<NonNull<u8>> {
         let a = self.find(gpa)?;
         let off = gpa - a.gpa;
         if off.checked_add(len as u64)? > a.size || !a.prot.contains(need) {
             return None;
         }
-        std::ptr::NonNull::new((a.hva as u64).checked_add(off)? as usize as *mut u8)
+        a.host_of(gpa)
     }
 }

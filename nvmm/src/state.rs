@@ -271,13 +271,13 @@ macro_rules! view {
     ($(#[$m:meta])* $name:ident, $class:ident) => {
         $(#[$m])*
         pub struct $name<'a> {
-            pub(crate) page: CommPage,
+            pub(crate) page: CommPage<'a>,
             pub(crate) _vcpu: PhantomData<&'a mut crate::Vcpu>,
         }
-        impl $name<'_> {
+        impl<'a> $name<'a> {
             /// The class this view reads and writes.
             pub const CLASS: StateClasses = StateClasses::$class;
-            pub(crate) fn new(page: CommPage) -> Self {
+            pub(crate) fn new(page: CommPage<'a>) -> Self {
                 $name { page, _vcpu: PhantomData }
             }
             #[inline]
@@ -450,16 +450,29 @@ impl Fpu<'_> {
         let st = self.page.state_ptr();
         field!(st, fpu).cast::<u8>()
     }
+    /// Whether `off..off+len` lies inside the FXSAVE area. Every caller
+    /// passes a constant offset or a masked index, so this always holds;
+    /// it is checked anyway so that no future caller can reach past it.
+    fn in_area(off: usize, len: usize) -> bool {
+        off.checked_add(len)
+            .is_some_and(|end| end <= size_of::<sys::fxsave>())
+    }
     fn read_at<const N: usize>(&self, off: usize) -> [u8; N] {
         let mut out = [0u8; N];
+        if !Self::in_area(off, N) {
+            return out;
+        }
         for (i, b) in out.iter_mut().enumerate() {
-            // SAFETY: `off + i < 512` for every caller (constant offsets or
-            // indices masked below), inside the FXSAVE area of the page.
+            // SAFETY: `off + i < off + N <= 512` (checked above): inside
+            // the FXSAVE area of the live page.
             *b = unsafe { self.base().add(off + i).read_volatile() };
         }
         out
     }
     fn write_at(&mut self, off: usize, bytes: &[u8]) {
+        if !Self::in_area(off, bytes.len()) {
+            return;
+        }
         // The kernel commits MXCSR as `fx_mxcsr & (fx_mxcsr_mask & host
         // mask)` (NetBSD nvmm_x86_svm.c svm_vcpu_setstate, nvmm_x86_vmx.c
         // vmx_vcpu_setstate), and its reset state has a zero mask
@@ -573,12 +586,12 @@ impl Fpu<'_> {
 
 /// Reads XMM(`i & 15`) straight from the page (used by the assist adapter).
 #[cfg(feature = "assist")]
-pub(crate) fn xmm_of(page: CommPage, i: u8) -> u128 {
+pub(crate) fn xmm_of(page: CommPage<'_>, i: u8) -> u128 {
     Fpu::new(page).xmm(i)
 }
 
 /// Writes XMM(`i & 15`) and marks FPU (used by the assist adapter).
 #[cfg(feature = "assist")]
-pub(crate) fn set_xmm_of(page: CommPage, i: u8, v: u128) {
+pub(crate) fn set_xmm_of(page: CommPage<'_>, i: u8, v: u128) {
     Fpu::new(page).set_xmm(i, v);
 }

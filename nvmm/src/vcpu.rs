@@ -165,7 +165,7 @@ impl Vcpu {
         // mmap only after create: the kernel initialises the page there.
         let page = match nvmm
             .kernel
-            .map_comm_page(nvmm.fd, sys::nvmm_comm_off(machine.id, id))
+            .map_comm_page(nvmm.fd(), sys::nvmm_comm_off(machine.id, id))
         {
             Ok(p) => p,
             Err(errno) => {
@@ -203,7 +203,7 @@ impl Vcpu {
     }
 
     #[inline]
-    pub(crate) fn page(&self) -> CommPage {
+    pub(crate) fn page(&self) -> CommPage<'_> {
         self.comm.page()
     }
 
@@ -665,8 +665,11 @@ fn destroy(machine: &MachineInner, id: u32) -> Option<Error> {
 
 impl Drop for Vcpu {
     fn drop(&mut self) {
-        // VCPU_DESTROY first; the comm page is unmapped when `self.comm`
-        // (and every stopper's clone of it) is dropped, after this.
+        // Retire the comm-page mapping before VCPU_DESTROY, so that no
+        // stopper store reaches the page once the id can be reused; the
+        // mapping is unmapped when `self.comm` (and every stopper's clone
+        // of it) is dropped, after this.
+        self.comm.retire();
         let _ = destroy(&self.machine, self.id);
     }
 }

@@ -66,7 +66,9 @@ impl Watchdog {
             if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(after) {
                 // The VMM-side flag first: the kernel may drop the stop.
                 f.store(true, Ordering::SeqCst);
-                let _ = stopper.stop_and_signal(me, libc::SIGUSR1);
+                // SAFETY: `me` joins this thread (Watchdog::drop) before it
+                // can exit, so it is alive for the call.
+                let _ = unsafe { stopper.stop_and_signal_raw(me, libc::SIGUSR1) };
             }
         });
         Watchdog {

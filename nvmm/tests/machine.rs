@@ -5,7 +5,7 @@ mod model;
 use model::{FailPoint, KernelModel, ModelConfig};
 use nvmm::nvmm_sys as sys;
 use nvmm::sys::OpenMode;
-use nvmm::{Error, Nvmm, Op, Prot};
+use nvmm::{Error, Nvmm, Op, Prot, Rejection};
 
 #[test]
 fn create_and_drop_destroy_the_machine() {
@@ -97,12 +97,17 @@ fn closing_the_descriptor_destroys_its_machines_in_the_model() {
     // is gone with the fd, so the crate never closes the fd first.
     let model = KernelModel::new();
     use nvmm::sys::Kernel;
+    use std::os::fd::AsFd;
     let fd = model.open(c"/dev/nvmm", OpenMode::User).unwrap();
     let mut args = sys::nvmm_ioc_machine_create { machid: 0 };
     // SAFETY: the right argument structure for the request.
     unsafe {
         model
-            .ioctl(fd, sys::NVMM_IOC_MACHINE_CREATE, (&raw mut args).cast())
+            .ioctl(
+                fd.as_fd(),
+                sys::NVMM_IOC_MACHINE_CREATE,
+                (&raw mut args).cast(),
+            )
             .unwrap()
     };
     assert!(model.machine_exists(args.machid));
@@ -122,4 +127,30 @@ fn failed_destroy_in_drop_does_not_panic() {
     // Memory the kernel may still map into the guest is leaked, not freed.
     assert_eq!(model.live_mappings(), before);
     let _ = ram;
+}
+
+#[test]
+fn a_machine_id_of_256_or_more_is_refused_and_destroyed() {
+    // NVMM_COMM_OFF keeps 8 bits of the machine id: machine 256 would map
+    // machine 0's comm pages. The real kernel never hands out such an id
+    // (128 machines at most); this model is configured to.
+    let model = KernelModel::with_config(ModelConfig {
+        max_machines: 258,
+        ..Default::default()
+    });
+    let nvmm = Nvmm::open_with(model.clone(), OpenMode::User).unwrap();
+    let kept: Vec<_> = (0..256).map(|_| nvmm.create_machine().unwrap()).collect();
+    assert_eq!(kept.last().unwrap().id(), 255);
+    let e = nvmm.create_machine().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Rejected {
+                op: Op::MachineCreate,
+                reason: Rejection::InvalidMachineId(256)
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(!model.machine_exists(256), "destroyed again");
 }

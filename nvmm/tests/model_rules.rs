@@ -7,6 +7,7 @@
 mod model;
 
 use std::ffi::c_void;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use model::{Backend, GPA_END, KernelModel, ScriptedExit};
@@ -14,12 +15,12 @@ use nvmm::nvmm_sys as sys;
 use nvmm::sys::{Kernel, OpenMode};
 use nvmm::{Cr, Exit, Gpr, Msr, Nvmm, Prot, Seg, SegAttrib};
 
-fn ioctl<T>(model: &KernelModel, fd: i32, request: u64, arg: &mut T) -> Result<(), i32> {
+fn ioctl<T>(model: &KernelModel, fd: &OwnedFd, request: u64, arg: &mut T) -> Result<(), i32> {
     // SAFETY: each caller passes the argument structure of `request`.
-    unsafe { model.ioctl(fd, request, (arg as *mut T).cast::<c_void>()) }
+    unsafe { model.ioctl(fd.as_fd(), request, (arg as *mut T).cast::<c_void>()) }
 }
 
-fn raw_machine(model: &KernelModel, fd: i32) -> u32 {
+fn raw_machine(model: &KernelModel, fd: &OwnedFd) -> u32 {
     let mut a = sys::nvmm_ioc_machine_create { machid: 0 };
     ioctl(model, fd, sys::NVMM_IOC_MACHINE_CREATE, &mut a).unwrap();
     a.machid
@@ -52,9 +53,9 @@ fn closing_any_root_descriptor_destroys_every_root_machine() {
     let a = model.open(c"/dev/nvmm", OpenMode::Root).unwrap();
     let b = model.open(c"/dev/nvmm", OpenMode::Root).unwrap();
     let u = model.open(c"/dev/nvmm", OpenMode::User).unwrap();
-    let ma = raw_machine(&model, a);
-    let mb = raw_machine(&model, b);
-    let mu = raw_machine(&model, u);
+    let ma = raw_machine(&model, &a);
+    let mb = raw_machine(&model, &b);
+    let mu = raw_machine(&model, &u);
     model.close(b);
     assert!(
         !model.machine_exists(ma),
@@ -95,7 +96,7 @@ fn gpa_map_replaces_overlapping_guest_mappings() {
     // (The crate refuses overlaps itself; this drives the model directly.)
     let model = KernelModel::new();
     let fd = model.open(c"/dev/nvmm", OpenMode::User).unwrap();
-    let machid = raw_machine(&model, fd);
+    let machid = raw_machine(&model, &fd);
     let hva = model.map_anonymous(0x10000).unwrap().as_ptr() as usize;
     let mut h = sys::nvmm_ioc_hva_map {
         machid,
@@ -103,7 +104,7 @@ fn gpa_map_replaces_overlapping_guest_mappings() {
         size: 0x10000,
         flags: 0,
     };
-    ioctl(&model, fd, sys::NVMM_IOC_HVA_MAP, &mut h).unwrap();
+    ioctl(&model, &fd, sys::NVMM_IOC_HVA_MAP, &mut h).unwrap();
     let mut g = sys::nvmm_ioc_gpa_map {
         machid,
         hva: hva as _,
@@ -111,12 +112,12 @@ fn gpa_map_replaces_overlapping_guest_mappings() {
         size: 0x4000,
         prot: 7,
     };
-    ioctl(&model, fd, sys::NVMM_IOC_GPA_MAP, &mut g).unwrap();
+    ioctl(&model, &fd, sys::NVMM_IOC_GPA_MAP, &mut g).unwrap();
     g.hva = (hva + 0x8000) as _;
     g.gpa = 0x1000;
     g.size = 0x1000;
     g.prot = 1;
-    ioctl(&model, fd, sys::NVMM_IOC_GPA_MAP, &mut g).unwrap();
+    ioctl(&model, &fd, sys::NVMM_IOC_GPA_MAP, &mut g).unwrap();
     let mut maps = model.gpa_maps(machid);
     maps.sort();
     assert_eq!(
@@ -136,14 +137,14 @@ fn gpa_unmap_refuses_size_0_and_ranges_ending_at_the_limit() {
     // limit` are EINVAL, while nvmm_gpa_map only refuses `> limit`.
     let model = KernelModel::new();
     let fd = model.open(c"/dev/nvmm", OpenMode::User).unwrap();
-    let machid = raw_machine(&model, fd);
+    let machid = raw_machine(&model, &fd);
     let mut u = sys::nvmm_ioc_gpa_unmap {
         machid,
         gpa: 0x1000,
         size: 0,
     };
     assert_eq!(
-        ioctl(&model, fd, sys::NVMM_IOC_GPA_UNMAP, &mut u),
+        ioctl(&model, &fd, sys::NVMM_IOC_GPA_UNMAP, &mut u),
         Err(libc::EINVAL)
     );
     let hva = model.map_anonymous(0x1000).unwrap().as_ptr() as usize;
@@ -153,7 +154,7 @@ fn gpa_unmap_refuses_size_0_and_ranges_ending_at_the_limit() {
         size: 0x1000,
         flags: 0,
     };
-    ioctl(&model, fd, sys::NVMM_IOC_HVA_MAP, &mut h).unwrap();
+    ioctl(&model, &fd, sys::NVMM_IOC_HVA_MAP, &mut h).unwrap();
     let mut g = sys::nvmm_ioc_gpa_map {
         machid,
         hva: hva as _,
@@ -161,11 +162,11 @@ fn gpa_unmap_refuses_size_0_and_ranges_ending_at_the_limit() {
         size: 0x1000,
         prot: 7,
     };
-    ioctl(&model, fd, sys::NVMM_IOC_GPA_MAP, &mut g).unwrap();
+    ioctl(&model, &fd, sys::NVMM_IOC_GPA_MAP, &mut g).unwrap();
     u.gpa = GPA_END - 0x1000;
     u.size = 0x1000;
     assert_eq!(
-        ioctl(&model, fd, sys::NVMM_IOC_GPA_UNMAP, &mut u),
+        ioctl(&model, &fd, sys::NVMM_IOC_GPA_UNMAP, &mut u),
         Err(libc::EINVAL),
         "mapped, but never unmappable"
     );

@@ -92,13 +92,20 @@ fn a_smaller_vcpu_limit_is_honoured_and_the_kernel_checks_too() {
     );
     // The model itself applies the kernel's rule (EINVAL), for the record.
     use nvmm::sys::Kernel;
+    use std::os::fd::AsFd;
     let fd = model.open(c"/dev/nvmm", OpenMode::Root).unwrap();
     let mut args = sys::nvmm_ioc_vcpu_create {
         machid: m.id(),
         cpuid: 300,
     };
     // SAFETY: the argument structure of the request.
-    let r = unsafe { model.ioctl(fd, sys::NVMM_IOC_VCPU_CREATE, (&raw mut args).cast()) };
+    let r = unsafe {
+        model.ioctl(
+            fd.as_fd(),
+            sys::NVMM_IOC_VCPU_CREATE,
+            (&raw mut args).cast(),
+        )
+    };
     assert_eq!(r, Err(libc::EINVAL));
     model.close(fd);
 }

@@ -14,10 +14,18 @@ use crate::{netbsd, publish, regen};
 
 /// The total fuzzing time, shared among the fuzz targets.
 const FUZZ_BUDGET: Duration = Duration::from_secs(60);
-/// Test-name filters for miri: the nvmm library's comm-page and stopper tests
-/// (the only code with `unsafe` pointer work; everything else would need a
-/// real /dev/nvmm).
-const MIRI_FILTERS: [&str; 2] = ["comm", "stop"];
+/// miri flags for the whole `nvmm` suite (every test that makes no real
+/// syscall: all of them run over the in-process kernel model; the two that
+/// need the OS, real signals and a real `open`, are `cfg(not(miri))`).
+const MIRI_FLAGS: &str = "-Zmiri-strict-provenance";
+/// The concurrency tests (`nvmm/tests/concurrency.rs`: threads racing on
+/// guest RAM, page tables and stop flags) again, under more thread
+/// schedules. Four seeds: each reruns the binary (about 10 s of miri on a
+/// shared 2-core machine); the whole suite above already ran one.
+const MIRI_SEEDS: &str = "-Zmiri-many-seeds=0..4";
+/// ThreadSanitizer's own target directory, so that its instrumented std
+/// and crates never replace the ordinary build's.
+const TSAN_TARGET_DIR: &str = "target/tsan";
 
 /// How a step ended.
 enum Outcome {
@@ -166,6 +174,7 @@ pub fn run() -> Result<()> {
     });
     ci.step("netbsd", || netbsd::run().map(|()| None));
     ci.miri();
+    ci.tsan();
     ci.fuzz();
 
     ci.summary(started.elapsed())
@@ -231,30 +240,89 @@ impl Ci {
     }
 
     fn miri(&mut self) {
-        let name = "miri (nvmm comm page and stopper)";
+        let name = "miri (nvmm suite)";
         println!("\n==> ci: {name}");
         let start = Instant::now();
         if let Err(reason) = ensure_nightly(&["miri", "--version"], &["miri", "rust-src"]) {
             self.finish(name, Outcome::Skipped(reason), start.elapsed());
             return;
         }
-        let mut command = nightly_cargo();
-        command
-            .args(["miri", "test", "-p", "nvmm", "--lib", "--"])
-            .args(MIRI_FILTERS);
-        let outcome = match run_counting_tests(&mut command) {
-            // A filter that matches nothing would make this step pass vacuously.
-            Ok(counts) if counts.passed == 0 => Outcome::Failed(format!(
-                "no nvmm library test matched the miri filters {}",
-                MIRI_FILTERS.join("/")
-            )),
+        let mut whole = nightly_cargo();
+        whole
+            .args(["miri", "test", "-p", "nvmm", "--tests"])
+            .env("MIRIFLAGS", MIRI_FLAGS);
+        let outcome = match run_counting_tests(&mut whole) {
+            // Nothing run would make this step pass vacuously.
+            Ok(counts) if counts.passed == 0 => {
+                Outcome::Failed("no nvmm test ran under miri".to_owned())
+            }
             Ok(counts) => {
                 self.tests.add(counts);
-                Outcome::Passed(Some(format!(
-                    "{} tests matching {} ran under miri",
-                    counts.passed,
-                    MIRI_FILTERS.join("/")
-                )))
+                let whole_time = start.elapsed();
+                // Each seed reruns the binaries; their results are not
+                // counted again.
+                let seeds = Instant::now();
+                let flags = format!("{MIRI_FLAGS} {MIRI_SEEDS}");
+                let concurrency = run_plain(
+                    nightly_cargo()
+                        .args(["miri", "test", "-p", "nvmm", "--test", "concurrency"])
+                        .env("MIRIFLAGS", &flags),
+                );
+                match concurrency {
+                    Ok(_) => Outcome::Passed(Some(format!(
+                        "{} tests ({MIRI_FLAGS}) in {}; concurrency tests with {MIRI_SEEDS} in {}",
+                        counts.passed,
+                        seconds(whole_time),
+                        seconds(seeds.elapsed())
+                    ))),
+                    Err(err) => Outcome::Failed(err.to_string()),
+                }
+            }
+            Err((err, counts)) => {
+                self.tests.add(counts);
+                Outcome::Failed(err.to_string())
+            }
+        };
+        let time = start.elapsed();
+        self.test_time += time;
+        self.finish(name, outcome, time);
+    }
+
+    /// The `nvmm` tests (library and integration tests, the concurrency
+    /// stress test among them) under ThreadSanitizer, with std rebuilt
+    /// instrumented (`-Zbuild-std`) in a target directory of its own.
+    fn tsan(&mut self) {
+        let name = "thread sanitizer (nvmm)";
+        println!("\n==> ci: {name}");
+        let start = Instant::now();
+        if let Err(reason) = ensure_nightly(&["--version"], &[]).and_then(|()| ensure_rust_src()) {
+            self.finish(name, Outcome::Skipped(reason), start.elapsed());
+            return;
+        }
+        let host = "x86_64-unknown-linux-gnu";
+        if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
+            self.finish(
+                name,
+                Outcome::Skipped(format!("ThreadSanitizer is run on {host} hosts only")),
+                start.elapsed(),
+            );
+            return;
+        }
+        let mut command = nightly_cargo();
+        command
+            .args(["test", "-Zbuild-std", "--target", host, "-p", "nvmm"])
+            .args(["--lib", "--tests"])
+            .env("RUSTFLAGS", "-Zsanitizer=thread")
+            .env("CARGO_TARGET_DIR", workspace_root().join(TSAN_TARGET_DIR))
+            // A report fails the test binary, not only prints.
+            .env("TSAN_OPTIONS", "halt_on_error=1 abort_on_error=1");
+        let outcome = match run_counting_tests(&mut command) {
+            Ok(counts) if counts.passed == 0 => {
+                Outcome::Failed("no nvmm test ran under ThreadSanitizer".to_owned())
+            }
+            Ok(counts) => {
+                self.tests.add(counts);
+                Outcome::Passed(Some(format!("{} tests, no report", counts.passed)))
             }
             Err((err, counts)) => {
                 self.tests.add(counts);
@@ -443,6 +511,35 @@ fn ensure_nightly(probe: &[&str], components: &[&str]) -> std::result::Result<()
         Ok(())
     } else {
         Err(format!("could not install nightly {what} with rustup"))
+    }
+}
+
+/// Makes sure the nightly toolchain has `rust-src` (what `-Zbuild-std`
+/// builds), installing it with rustup when missing. `Err` is the reason to
+/// skip.
+fn ensure_rust_src() -> std::result::Result<(), String> {
+    let installed = || {
+        Command::new("rustup")
+            .args(["component", "list", "--toolchain", "nightly", "--installed"])
+            .output()
+            .is_ok_and(|out| {
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .any(|l| l.trim() == "rust-src")
+            })
+    };
+    if installed() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing rust-src for nightly (rustup component add)");
+    let added = Command::new("rustup")
+        .args(["component", "add", "--toolchain", "nightly", "rust-src"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if added && installed() {
+        Ok(())
+    } else {
+        Err("could not install the nightly rust-src component with rustup".to_owned())
     }
 }
 

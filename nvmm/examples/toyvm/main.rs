@@ -138,7 +138,9 @@ pub(crate) fn run(nvmm: &Nvmm) -> Result<bool, Box<dyn std::error::Error>> {
         std::thread::spawn(move || {
             if let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(TIMEOUT) {
                 timed_out.store(true, Ordering::SeqCst);
-                if let Err(e) = stopper.stop_and_signal(me, KICK) {
+                // SAFETY: `me` is the VCPU (main) thread, which joins this
+                // watchdog before it returns, so it is alive for the call.
+                if let Err(e) = unsafe { stopper.stop_and_signal_raw(me, KICK) } {
                     eprintln!("toyvm: watchdog: {}", chain(&e));
                 }
             }

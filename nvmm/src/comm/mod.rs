@@ -13,9 +13,10 @@
 
 pub mod stop;
 
+use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use nvmm_sys as sys;
 
@@ -27,10 +28,14 @@ use crate::sys::PAGE_SIZE;
 /// The mapping of one comm page. It is shared (through `Arc`) by its
 /// [`crate::Vcpu`] and every [`stop::VcpuStopper`], and unmapped when the
 /// last of them is dropped, so a stopper can never write to an unmapped
-/// page. The VCPU itself is destroyed by the `Vcpu`'s Drop, before this.
+/// page. The VCPU itself is destroyed by the `Vcpu`'s Drop, before this,
+/// and the mapping is retired first (see [`CommMapping::retire`]).
 pub(crate) struct CommMapping {
     page: NonNull<sys::nvmm_comm_page>,
     nvmm: Arc<NvmmInner>,
+    /// False only when retiring the mapping failed: stoppers then skip
+    /// their store (see [`CommMapping::retire`]).
+    connected: AtomicBool,
 }
 
 // SAFETY: the mapping is process-wide memory. Through a shared
@@ -52,11 +57,41 @@ impl CommMapping {
         CommMapping {
             page: page.cast(),
             nvmm,
+            connected: AtomicBool::new(true),
         }
     }
 
-    pub(crate) fn page(&self) -> CommPage {
-        CommPage { page: self.page }
+    /// Disconnects the mapping from the VCPU, before `NVMM_IOC_VCPU_DESTROY`:
+    /// the kernel reuses the page for the next VCPU created with this id
+    /// (`sys/dev/nvmm/nvmm.c`, `nvmm_vcpu_create` clears page `cpuid` of
+    /// the machine's comm object), so a [`stop::VcpuStopper`] that outlives
+    /// this VCPU must not reach it. The page is replaced in place by
+    /// private memory (`Kernel::retire_comm_page`, `mmap(MAP_FIXED|MAP_ANON)`):
+    /// late stores land there, harmlessly. Should that fail, stoppers stop
+    /// storing (a flag they check first); a store already past that check
+    /// could then still reach a VCPU created again with the same id at
+    /// once, so the failure goes to the teardown hook.
+    pub(crate) fn retire(&self) {
+        // SAFETY: `page` is our live comm-page mapping (unmapped only in
+        // Drop); the owning Vcpu is being dropped, so from now on only the
+        // stoppers' atomic stores to `stop` may reach it.
+        if let Err(errno) = unsafe { self.nvmm.kernel.retire_comm_page(self.page.cast()) } {
+            self.connected.store(false, Ordering::SeqCst);
+            report_teardown(&Error::os(Op::CommPageMap, errno));
+        }
+    }
+
+    /// Whether stores to `stop` still reach this VCPU's page or harmless
+    /// private memory (see [`CommMapping::retire`]).
+    pub(crate) fn stores_are_safe(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn page(&self) -> CommPage<'_> {
+        CommPage {
+            page: self.page,
+            _mapping: PhantomData,
+        }
     }
 
     pub(crate) fn as_ptr(&self) -> *mut sys::nvmm_comm_page {
@@ -74,12 +109,12 @@ impl Drop for CommMapping {
     }
 }
 
-/// A copyable raw view of a comm page with the field accessors. It is
-/// valid while the [`CommMapping`] it came from is alive; its users (the
-/// `Vcpu` and the state views) hold that mapping.
+/// A copyable raw view of a comm page with the field accessors, borrowed
+/// from the [`CommMapping`] it came from (so it cannot outlive it).
 #[derive(Clone, Copy)]
-pub(crate) struct CommPage {
+pub(crate) struct CommPage<'a> {
     page: NonNull<sys::nvmm_comm_page>,
+    _mapping: PhantomData<&'a CommMapping>,
 }
 
 macro_rules! field {
@@ -94,7 +129,7 @@ macro_rules! field {
 }
 pub(crate) use field;
 
-impl CommPage {
+impl CommPage<'_> {
     #[inline]
     pub(crate) fn state_ptr(self) -> *mut sys::nvmm_x64_state {
         field!(self.page.as_ptr(), state)

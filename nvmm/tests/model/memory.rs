@@ -71,14 +71,16 @@ pub fn hva_unmap(st: &mut ModelState, machid: u32, a: &sys::nvmm_ioc_hva_unmap) 
         .position(|&(h, s)| h == a.hva && s == a.size)
         .ok_or(libc::ENOENT)?;
     m.hmaps.remove(i);
-    if st.anon.get(&a.hva) == Some(&a.size) {
-        st.anon.remove(&a.hva);
+    if st.anon.get(&a.hva).is_some_and(|e| e.1 == a.size)
+        && let Some((p, size)) = st.anon.remove(&a.hva)
+    {
         // SAFETY: a block the model allocated in map_anonymous with this
-        // size; the "process" loses it here as with the kernel's unmap.
+        // size (freed through its own pointer, keeping its provenance); the
+        // "process" loses it here as with the kernel's unmap.
         unsafe {
             std::alloc::dealloc(
-                a.hva as *mut u8,
-                Layout::from_size_align_unchecked(a.size, PAGE_SIZE),
+                p.0.as_ptr(),
+                Layout::from_size_align_unchecked(size, PAGE_SIZE),
             )
         };
     }

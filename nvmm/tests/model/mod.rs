@@ -26,6 +26,18 @@
 //! owns; `munmap`, `NVMM_IOC_HVA_UNMAP` (which unmaps from the process, as
 //! the kernel does) and machine teardown free them, so leaks and
 //! use-after-unmap show up in tests (and under miri).
+//!
+//! Comm pages: as in the kernel, the page of VCPU `n` belongs to the
+//! machine, not to the VCPU (`sys/dev/nvmm/nvmm.c`: one per-machine UAO,
+//! page `n` cleared by `nvmm_vcpu_create`, mapped by `nvmm_mmap`), so a
+//! VCPU created again with the same id gets the same page, and every
+//! mapping of it is the same memory. The model hands out one address per
+//! page (the crate maps each page once); `retire_comm_page` stands for
+//! `mmap(MAP_FIXED|MAP_ANON)` over a mapping by detaching the page from
+//! the machine: the retired address stays valid memory that no VCPU uses.
+//!
+//! Descriptors are real ones (one end of a socket pair), so that they are
+//! unique and I/O-safe, and their numbers name the owner as in the kernel.
 
 #![allow(missing_docs, clippy::undocumented_unsafe_blocks)]
 #![allow(dead_code)]
@@ -39,7 +51,7 @@ use std::alloc::Layout;
 use std::cell::UnsafeCell;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CStr, c_void};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -150,6 +162,12 @@ pub enum Owner {
     Root,
 }
 
+/// The pointer of an anonymous mapping the model allocated.
+pub struct AnonPtr(pub NonNull<u8>);
+// SAFETY: only the model's bookkeeping, under its mutex; the memory itself
+// is accessed by the crate.
+unsafe impl Send for AnonPtr {}
+
 pub struct MachineModel {
     owner: Owner,
     vcpus: BTreeMap<u32, VcpuModel>,
@@ -165,8 +183,13 @@ pub struct ModelState {
     /// Open descriptors: whether each is a root (`O_WRONLY`) descriptor.
     fds: HashMap<RawFd, bool>,
     machines: Vec<Option<MachineModel>>,
-    anon: HashMap<usize, usize>,
+    /// Anonymous mappings by address: the allocation's pointer (with its
+    /// provenance, to free it) and length.
+    anon: HashMap<usize, (AnonPtr, usize)>,
     mapped: HashMap<usize, (Arc<PageBox>, usize)>,
+    /// Pages detached from their machine by `retire_comm_page` (still
+    /// mapped at their address until munmap).
+    retired: Vec<Arc<PageBox>>,
     fail: Option<(FailPoint, i32)>,
 }
 
@@ -207,7 +230,6 @@ impl KernelModel {
         Arc::new(KernelModel {
             config,
             state: Mutex::new(ModelState {
-                next_fd: 3,
                 machines,
                 ..Default::default()
             }),
@@ -401,6 +423,24 @@ impl KernelModel {
     }
 }
 
+/// The end of the "process": what the crate deliberately leaked (memory a
+/// kernel that failed MACHINE_DESTROY might still map into a guest) is
+/// unmapped by the OS at exit; the model frees it here so that miri's leak
+/// check sees only real leaks.
+impl Drop for KernelModel {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (_, (p, len)) in st.anon.drain() {
+            unsafe {
+                std::alloc::dealloc(
+                    p.0.as_ptr(),
+                    Layout::from_size_align_unchecked(len, PAGE_SIZE),
+                )
+            };
+        }
+    }
+}
+
 fn stop_word<'a>(comm: *mut sys::nvmm_comm_page) -> &'a AtomicI32 {
     // SAFETY: `stop` is an aligned int of a live page, only ever accessed
     // atomically (by the crate and by the model).
@@ -415,7 +455,7 @@ fn owned_cstr(p: &CStr) -> String {
 // their argument structure (and `conf`/`data` as NVMM defines), mappings are
 // page-aligned heap blocks kept alive until unmapped.
 unsafe impl Kernel for KernelModel {
-    fn open(&self, path: &CStr, mode: OpenMode) -> Result<RawFd, i32> {
+    fn open(&self, path: &CStr, mode: OpenMode) -> Result<OwnedFd, i32> {
         self.counters.total.fetch_add(1, Ordering::Relaxed);
         if let Some(e) = self.config.absent {
             return Err(e);
@@ -423,15 +463,16 @@ unsafe impl Kernel for KernelModel {
         if owned_cstr(path) != "/dev/nvmm" {
             return Err(libc::ENOENT);
         }
-        let mut st = self.st();
-        let fd = st.next_fd;
-        st.next_fd += 1;
-        st.fds.insert(fd, mode == OpenMode::Root);
+        let (ours, _peer) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+        let fd = OwnedFd::from(ours);
+        self.st().fds.insert(fd.as_raw_fd(), mode == OpenMode::Root);
         Ok(fd)
     }
 
-    fn close(&self, fd: RawFd) {
+    fn close(&self, owned: OwnedFd) {
         self.counters.total.fetch_add(1, Ordering::Relaxed);
+        let fd = owned.as_raw_fd();
         let mut st = self.st();
         if let Some(root) = st.fds.remove(&fd) {
             // nvmm_close → nvmm_kill_machines(owner): every machine of this
@@ -445,7 +486,8 @@ unsafe impl Kernel for KernelModel {
         }
     }
 
-    unsafe fn ioctl(&self, fd: RawFd, request: u64, arg: *mut c_void) -> Result<(), i32> {
+    unsafe fn ioctl(&self, fd: BorrowedFd<'_>, request: u64, arg: *mut c_void) -> Result<(), i32> {
+        let fd = fd.as_raw_fd();
         self.count(&self.counters.ioctl);
         let mut st = self.st();
         self.take_fail(&mut st, FailPoint::Ioctl(request))?;
@@ -632,7 +674,8 @@ unsafe impl Kernel for KernelModel {
         }
     }
 
-    fn map_comm_page(&self, fd: RawFd, offset: u64) -> Result<NonNull<u8>, i32> {
+    fn map_comm_page(&self, fd: BorrowedFd<'_>, offset: u64) -> Result<NonNull<u8>, i32> {
+        let fd = fd.as_raw_fd();
         self.count(&self.counters.mmap);
         let mut st = self.st();
         self.take_fail(&mut st, FailPoint::MapCommPage)?;
@@ -641,10 +684,28 @@ unsafe impl Kernel for KernelModel {
         let m = self.lookup(&mut st, fd, machid)?;
         // As the kernel, mmap does not check that the VCPU exists.
         let page = m.pages.entry(cpuid).or_insert_with(PageBox::new).clone();
-        let addr = page.comm() as usize;
-        let e = st.mapped.entry(addr).or_insert((page, 0));
+        let ptr = NonNull::new(page.comm().cast::<u8>()).ok_or(libc::ENOMEM)?;
+        let e = st.mapped.entry(ptr.as_ptr().addr()).or_insert((page, 0));
         e.1 += 1;
-        NonNull::new(addr as *mut u8).ok_or(libc::ENOMEM)
+        Ok(ptr)
+    }
+
+    unsafe fn retire_comm_page(&self, addr: NonNull<u8>) -> Result<(), i32> {
+        self.count(&self.counters.mmap);
+        let mut st = self.st();
+        let page = st
+            .mapped
+            .get(&addr.as_ptr().addr())
+            .ok_or(libc::EINVAL)?
+            .0
+            .clone();
+        // The memory at `addr` is no longer the machine's page: the next
+        // VCPU_CREATE/mmap of that id gets a fresh one.
+        for m in st.machines.iter_mut().flatten() {
+            m.pages.retain(|_, p| !Arc::ptr_eq(p, &page));
+        }
+        st.retired.push(page);
+        Ok(())
     }
 
     fn map_anonymous(&self, len: usize) -> Result<NonNull<u8>, i32> {
@@ -658,15 +719,15 @@ unsafe impl Kernel for KernelModel {
         // SAFETY: non-zero size.
         let p = unsafe { std::alloc::alloc_zeroed(layout) };
         let p = NonNull::new(p).ok_or(libc::ENOMEM)?;
-        st.anon.insert(p.as_ptr() as usize, len);
+        st.anon.insert(p.as_ptr().addr(), (AnonPtr(p), len));
         Ok(p)
     }
 
     unsafe fn munmap(&self, addr: NonNull<u8>, len: usize) -> Result<(), i32> {
         self.count(&self.counters.munmap);
         let mut st = self.st();
-        let a = addr.as_ptr() as usize;
-        if let Some(&l) = st.anon.get(&a) {
+        let a = addr.as_ptr().addr();
+        if let Some(&(_, l)) = st.anon.get(&a) {
             if l != len {
                 return Err(libc::EINVAL);
             }
@@ -687,6 +748,7 @@ unsafe impl Kernel for KernelModel {
                 e.1 -= 1;
                 if e.1 == 0 {
                     st.mapped.remove(&a);
+                    st.retired.retain(|p| p.comm().addr() != a);
                 }
                 Ok(())
             }

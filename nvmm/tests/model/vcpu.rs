@@ -40,10 +40,19 @@ pub unsafe fn create(backend: Backend, page: &PageBox) -> VcpuModel {
     let mut hw = Box::new(reset);
     let mut cpl = 0;
     commit(backend, &mut hw, &mut cpl, &reset, ALL);
-    // SAFETY: the caller's contract; plain stores into the page.
+    // SAFETY: the caller's contract. nvmm_vcpu_create zeroes the page, but
+    // a stopper of a destroyed VCPU that still maps it may store to `stop`
+    // at any time: the model clears `stop` atomically and the rest around
+    // it with plain stores (no other thread touches those bytes).
     unsafe {
-        comm.cast::<u8>()
-            .write_bytes(0, size_of::<sys::nvmm_comm_page>());
+        let stop_at = std::mem::offset_of!(sys::nvmm_comm_page, stop);
+        let stop_end = stop_at + size_of::<i32>();
+        let bytes = comm.cast::<u8>();
+        bytes.write_bytes(0, stop_at);
+        bytes
+            .add(stop_end)
+            .write_bytes(0, size_of::<sys::nvmm_comm_page>() - stop_end);
+        stop_word(comm).store(0, Ordering::SeqCst);
         (&raw mut (*comm).state).write(reset);
         (&raw mut (*comm).state_cached).write_volatile(ALL);
     }

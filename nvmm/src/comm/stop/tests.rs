@@ -107,3 +107,62 @@ fn stop_during_a_run_replaces_the_exit_and_is_cleared() {
     );
     assert_eq!(vcpu.run().unwrap(), Exit::Halted, "the next run goes on");
 }
+
+/// Before VCPUs retired their comm-page mapping when dropped, the stale
+/// stopper's store reached the page the kernel (and the model, which
+/// aliases the page of a machine+cpuid as the kernel does) gives to the
+/// next VCPU with the same id: `comm_stop` read 1 and the run returned
+/// `Exit::Stopped`.
+#[test]
+fn a_stale_stopper_never_stops_a_vcpu_created_again_with_the_same_id() {
+    let model = KernelModel::new();
+    let nvmm = Nvmm::open_with(model.clone(), OpenMode::User).unwrap();
+    let machine = nvmm.create_machine().unwrap();
+    let old = machine.create_vcpu(0).unwrap();
+    let stale = old.stopper();
+    drop(old);
+    let mut new = machine.create_vcpu(0).unwrap();
+    let from_another_thread = stale.clone();
+    thread::spawn(move || from_another_thread.stop())
+        .join()
+        .unwrap();
+    stale.stop();
+    assert_eq!(
+        model.comm_stop(machine.id(), 0),
+        0,
+        "the new VCPU's stop word"
+    );
+    model.push_exit(
+        machine.id(),
+        0,
+        ScriptedExit::reason(sys::NVMM_VCPU_EXIT_HALTED),
+    );
+    assert_eq!(new.run().unwrap(), Exit::Halted);
+    // The new VCPU's own stopper still works.
+    new.stopper().stop();
+    assert_eq!(new.run().unwrap(), Exit::Stopped);
+    drop(stale);
+}
+
+/// A stopper racing with the re-creation of its VCPU's id (the model
+/// clears the page atomically around `stop`, as the kernel's `stop` must
+/// only be accessed atomically): run under miri, no data race.
+#[test]
+fn a_stale_stopper_racing_with_vcpu_creation() {
+    let model = KernelModel::new();
+    let nvmm = Nvmm::open_with(model.clone(), OpenMode::User).unwrap();
+    let machine = nvmm.create_machine().unwrap();
+    let stale = machine.create_vcpu(0).unwrap().stopper();
+    let t = thread::spawn(move || {
+        for _ in 0..4 {
+            stale.stop();
+            thread::yield_now();
+        }
+    });
+    for _ in 0..4 {
+        let v = machine.create_vcpu(0).unwrap();
+        assert_eq!(model.comm_stop(machine.id(), 0), 0);
+        drop(v);
+    }
+    t.join().unwrap();
+}
