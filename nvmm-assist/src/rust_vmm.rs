@@ -5,9 +5,18 @@
 //! [`vm_memory::GuestMemoryBackend`], e.g. `GuestMemoryMmap`), so a VMM
 //! built on rust-vmm crates hands its guest memory to the assist as is:
 //!
-//! ```ignore
-//! let mut ram = &guest_memory; // any vm_memory::GuestMemory
-//! nvmm_assist::assist_mem(&mut registers, &mut ram, &mut mmio, &exit)?;
+//! ```no_run
+//! use nvmm_assist::{CpuState, Error, MemExit, MmioBus, Outcome};
+//!
+//! fn on_memory_exit<G: vm_memory::GuestMemory>(
+//!     guest_memory: &G,
+//!     registers: &mut impl CpuState,
+//!     mmio: &mut impl MmioBus,
+//!     exit: &MemExit<'_>,
+//! ) -> Result<Outcome, Error> {
+//!     let mut ram = guest_memory; // `&G` is the assist's guest RAM
+//!     nvmm_assist::assist_mem(registers, &mut ram, mmio, exit)
+//! }
 //! ```
 //!
 //! (`&M` rather than `M` itself: a blanket implementation for every `M`

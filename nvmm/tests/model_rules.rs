@@ -67,6 +67,10 @@ fn closing_any_root_descriptor_destroys_every_root_machine() {
     model.close(u);
 }
 
+// Caller-owned memory reaches the model only as the ioctl's integer
+// address, which miri's strict provenance cannot turn back into a pointer:
+// checked natively only (model-allocated memory is zeroed under miri too).
+#[cfg(not(miri))]
 #[test]
 fn hva_map_replaces_the_range_with_zeroed_memory() {
     // nvmm.c nvmm_hva_map: a fresh object mapped UVM_FLAG_FIXED|UVM_FLAG_UNMAP.

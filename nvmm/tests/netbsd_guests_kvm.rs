@@ -11,6 +11,8 @@
 //! unhandled MSR does on NVMM). Skips, saying why, without /dev/kvm or
 //! without that capability.
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
+// KVM ioctls are foreign calls miri cannot run.
+#![cfg(not(miri))]
 
 #[path = "guests/netbsd.rs"]
 mod guests;

@@ -21,6 +21,8 @@
 //!
 //! Skips with a message where `/dev/kvm` cannot be opened.
 #![cfg(all(feature = "assist", target_arch = "x86_64", target_os = "linux"))]
+// KVM ioctls are foreign calls miri cannot run.
+#![cfg(not(miri))]
 
 #[path = "../examples/toyvm/devices.rs"]
 mod devices;

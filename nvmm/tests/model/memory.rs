@@ -3,6 +3,7 @@
 //! **Model, not NetBSD.**
 
 use std::alloc::Layout;
+use std::ptr::NonNull;
 
 use nvmm::nvmm_sys as sys;
 use nvmm::sys::PAGE_SIZE;
@@ -43,7 +44,17 @@ fn hmapping_validate(m: &MachineModel, hva: usize, size: usize) -> Result<(), i3
 /// NVMM_MAX_HMAPPINGS), then map a fresh zeroed object over the user range
 /// (`UVM_FLAG_FIXED|UVM_FLAG_UNMAP`): whatever the process had there is
 /// replaced by zeroes.
-pub fn hva_map(m: &mut MachineModel, a: &sys::nvmm_ioc_hva_map) -> Result<(), i32> {
+///
+/// `model_owned` is the range through a pointer of the model's own
+/// allocation, when the model allocated it (`map_anonymous`). Other memory
+/// (the crate's `hva_map_raw`) is reached from the integer address; under
+/// miri, which runs with strict provenance, that is not possible and the
+/// range is left as it is (`model_rules.rs` checks the zeroing natively).
+pub fn hva_map(
+    m: &mut MachineModel,
+    a: &sys::nvmm_ioc_hva_map,
+    model_owned: Option<NonNull<u8>>,
+) -> Result<(), i32> {
     hmapping_validate(m, a.hva, a.size)?;
     if m.hmaps.len() >= MAX_HMAPPINGS {
         return Err(libc::ENOBUFS);
@@ -52,7 +63,17 @@ pub fn hva_map(m: &mut MachineModel, a: &sys::nvmm_ioc_hva_map) -> Result<(), i3
     // SAFETY: the crate's contract for HVA_MAP is that the range is a
     // mapping of this process that nothing references (the kernel replaces
     // it); the model stands for the replacement by zeroing it.
-    unsafe { (a.hva as *mut u8).write_bytes(0, a.size) };
+    match model_owned {
+        // SAFETY: as above; the pointer covers `a.size` bytes.
+        Some(p) => unsafe { p.as_ptr().write_bytes(0, a.size) },
+        #[cfg(not(miri))]
+        // SAFETY: as above.
+        None => unsafe {
+            std::ptr::with_exposed_provenance_mut::<u8>(a.hva).write_bytes(0, a.size)
+        },
+        #[cfg(miri)]
+        None => {}
+    }
     Ok(())
 }
 

@@ -441,6 +441,19 @@ impl Drop for KernelModel {
     }
 }
 
+impl ModelState {
+    /// A pointer (with provenance) to `hva..hva + size` when that range lies
+    /// inside one anonymous mapping the model allocated.
+    fn anon_range(&self, hva: usize, size: usize) -> Option<NonNull<u8>> {
+        self.anon.iter().find_map(|(&base, (p, len))| {
+            let offset = hva.checked_sub(base)?;
+            (offset.checked_add(size)? <= *len)
+                // SAFETY: `offset < len`, inside the allocation.
+                .then(|| unsafe { p.0.add(offset) })
+        })
+    }
+}
+
 fn stop_word<'a>(comm: *mut sys::nvmm_comm_page) -> &'a AtomicI32 {
     // SAFETY: `stop` is an aligned int of a live page, only ever accessed
     // atomically (by the crate and by the model).
@@ -624,8 +637,13 @@ unsafe impl Kernel for KernelModel {
             sys::NVMM_IOC_HVA_MAP => {
                 expect(size_of::<sys::nvmm_ioc_hva_map>())?;
                 let a = unsafe { *arg.cast::<sys::nvmm_ioc_hva_map>() };
+                // The ioctl carries the address as an integer; the model
+                // zeroes the range through the pointer of its own
+                // allocation when it made it (keeping provenance, as
+                // -Zmiri-strict-provenance requires).
+                let range = st.anon_range(a.hva, a.size);
                 let m = self.lookup(&mut st, fd, a.machid)?;
-                memory::hva_map(m, &a)
+                memory::hva_map(m, &a, range)
             }
             sys::NVMM_IOC_HVA_UNMAP => {
                 expect(size_of::<sys::nvmm_ioc_hva_unmap>())?;

@@ -53,7 +53,7 @@ pub unsafe fn create(backend: Backend, page: &PageBox) -> VcpuModel {
             .add(stop_end)
             .write_bytes(0, size_of::<sys::nvmm_comm_page>() - stop_end);
         stop_word(comm).store(0, Ordering::SeqCst);
-        (&raw mut (*comm).state).write(reset);
+        store_state(comm, &reset);
         (&raw mut (*comm).state_cached).write_volatile(ALL);
     }
     VcpuModel {
@@ -64,6 +64,29 @@ pub unsafe fn create(backend: Backend, page: &PageBox) -> VcpuModel {
         tpr_exit: false,
         injected: Vec::new(),
         signal_pending: false,
+    }
+}
+
+/// Writes `st` as the page's state. The kernel's page is plain memory
+/// (zeroed at VCPU_CREATE, then filled by `memcpy`), so every byte of it is
+/// defined and userland may read the FXSAVE area byte by byte. A typed
+/// copy of `nvmm_x64_state` leaves the padding of each `fpaccfx` (the six
+/// bytes after each 10-byte x87 register) undefined in Rust's (and miri's)
+/// model: they are zeroed after the copy.
+///
+/// # Safety
+///
+/// `comm` is a live comm page.
+unsafe fn store_state(comm: *mut sys::nvmm_comm_page, st: &sys::nvmm_x64_state) {
+    // SAFETY: the caller's contract; the offsets stay inside `fx_87_ac`.
+    unsafe {
+        (&raw mut (*comm).state).write(*st);
+        let regs = (&raw mut (*comm).state.fpu.fx_87_ac).cast::<u8>();
+        let stride = size_of::<sys::fpaccfx>();
+        let data = std::mem::offset_of!(sys::fpacc87, f87_exp_sign) + size_of::<u16>();
+        for i in 0..8 {
+            regs.add(i * stride + data).write_bytes(0, stride - data);
+        }
     }
 }
 
@@ -79,7 +102,7 @@ pub unsafe fn getstate(backend: Backend, v: &VcpuModel, comm: *mut sys::nvmm_com
         let wanted = (&raw const (*comm).state_wanted).read_volatile() & ALL;
         let mut st = (&raw const (*comm).state).read();
         readback(backend, &v.hw, v.cpl, &mut st, wanted);
-        (&raw mut (*comm).state).write(st);
+        store_state(comm, &st);
         let cached = (&raw const (*comm).state_cached).read_volatile();
         (&raw mut (*comm).state_cached).write_volatile(cached | wanted);
         (&raw mut (*comm).state_wanted).write_volatile(0);
@@ -202,7 +225,7 @@ pub unsafe fn run(
         };
         let mut st = (&raw const (*comm).state).read();
         readback(backend, &v.hw, v.cpl, &mut st, provide);
-        (&raw mut (*comm).state).write(st);
+        store_state(comm, &st);
         (&raw mut (*comm).state_cached).write_volatile(provide);
 
         // "If no reason to return to userland, keep rolling": a signal or
