@@ -2,11 +2,9 @@
 //! kernel model: results, zero extra syscalls, errors change nothing.
 #![cfg(feature = "assist")]
 
-mod model;
-
 use std::sync::Arc;
 
-use model::{KernelModel, ScriptedExit};
+use nvmm::model::{KernelModel, ScriptedExit};
 use nvmm::nvmm_assist::{BusError, MmioBus, PortIo};
 use nvmm::nvmm_sys as sys;
 use nvmm::sys::OpenMode;

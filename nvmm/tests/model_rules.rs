@@ -1,16 +1,14 @@
-//! The kernel rules the **model** (`tests/model`) follows, each tested on
+//! The kernel rules the **model** (`nvmm::model`) follows, each tested on
 //! its own: CTL, the root owner, host and guest mappings, the reset state,
 //! commit sanitising (SVM and VMX), the CPUID exit. These check the model
 //! against what NetBSD's source says (the function is named in each test);
 //! they are not results from a NetBSD kernel.
 
-mod model;
-
 use std::ffi::c_void;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-use model::{Backend, GPA_END, KernelModel, ScriptedExit};
+use nvmm::model::{Backend, GPA_END, KernelModel, ScriptedExit};
 use nvmm::nvmm_sys as sys;
 use nvmm::sys::{Kernel, OpenMode};
 use nvmm::{Cr, Exit, Gpr, Msr, Nvmm, Prot, Seg, SegAttrib};
@@ -251,7 +249,7 @@ fn committing_sanitises_as_each_backend_does() {
                 // real CR0 with ET|NE set and NW|CD clear, CR8 kept whole;
                 // vmx_vcpu_getstate_seg: GDTR/IDTR read back without
                 // selector or attributes.
-                assert_eq!(cr4, model::sanitize::VMX_CR4_VALID);
+                assert_eq!(cr4, nvmm::model::sanitize::VMX_CR4_VALID);
                 assert_eq!(hw.crs[sys::NVMM_X64_CR_CR4] & (1 << 13), 1 << 13);
                 assert_eq!(cr0, 0x31);
                 assert_eq!((cr8_read, cr8), (0x1F, 0x1F));
@@ -277,7 +275,7 @@ fn a_cpuid_exit_carries_the_kernels_answer_not_the_leaf() {
                 .with_guest(|hw| hw.gprs[sys::NVMM_X64_GPR_RAX] = 0x4000_0000),
         );
         assert!(matches!(v.run().unwrap(), Exit::Cpuid { npc: 0xFFF2 }));
-        let want = model::sanitize::kernel_cpuid_answer(0x4000_0000);
+        let want = nvmm::model::sanitize::kernel_cpuid_answer(0x4000_0000);
         let g = v.gprs().unwrap();
         assert_ne!(g.get(Gpr::Rax), 0x4000_0000, "{b:?}");
         assert_eq!(g.get(Gpr::Rax), u64::from(want[0]));

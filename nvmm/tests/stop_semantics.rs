@@ -4,9 +4,7 @@
 //! (`nvmm.c`). These are model results, not NetBSD results; each test runs
 //! against the SVM and the VMX flavour of the model.
 
-mod model;
-
-use model::{Backend, KernelModel, ScriptedExit};
+use nvmm::model::{Backend, KernelModel, ScriptedExit};
 use nvmm::nvmm_sys as sys;
 use nvmm::sys::OpenMode;
 use nvmm::{Event, Exit, Gpr, Nvmm, StateClasses, StopRequest};

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
 
-use nvmm::nvmm_sys as sys;
+use crate::nvmm_sys as sys;
 
 use super::sanitize::{self, commit, readback};
 use super::{ALL, Backend, CRS, GPRS, MSRS, PageBox, SEGS, ScriptedExit, stop_word, zeroed_exit};
@@ -246,11 +246,15 @@ pub unsafe fn configure(
 ) -> Result<(), i32> {
     match a.op {
         op if op == sys::NVMM_VCPU_CONF_CPUID => {
+            // SAFETY: the caller's contract: `conf` points to the
+            // structure of NVMM_VCPU_CONF_CPUID.
             let c = unsafe { *a.conf.cast::<sys::nvmm_vcpu_conf_cpuid>() };
             if c.mask() != 0 && c.exit() != 0 {
                 return Err(libc::EINVAL);
             }
             if c.mask() != 0 {
+                // SAFETY: the `mask` member is the one in use when the
+                // mask bit is set; both members are plain integers.
                 let (s, d) = unsafe { (c.u.mask.set, c.u.mask.del) };
                 if s.eax & d.eax != 0
                     || s.ebx & d.ebx != 0
@@ -274,6 +278,8 @@ pub unsafe fn configure(
             if !tpr_ok {
                 return Err(libc::EINVAL);
             }
+            // SAFETY: the caller's contract: `conf` points to the
+            // structure of NVMM_VCPU_CONF_TPR.
             let c = unsafe { *a.conf.cast::<sys::nvmm_vcpu_conf_tpr>() };
             v.tpr_exit = c.exit_changed() != 0;
             Ok(())

@@ -4,8 +4,8 @@
 
 use std::alloc::Layout;
 
-use nvmm::nvmm_sys as sys;
-use nvmm::sys::PAGE_SIZE;
+use crate::nvmm_sys as sys;
+use crate::sys::PAGE_SIZE;
 
 use super::{GPA_END, MAX_HMAPPINGS, MachineModel, ModelState};
 
