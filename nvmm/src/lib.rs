@@ -14,8 +14,11 @@
 //!
 //! Features: `assist` (default) adds the assists and re-exports
 //! `nvmm_assist`; `serde` makes [`VcpuState`] serializable; `model` adds
-//! [`model`], an in-process **model** of the NVMM kernel (not NetBSD) for
-//! testing a VMM's run loop with scripted exits on any Unix.
+//! `nvmm::model`, an in-process **model** of the NVMM kernel (not NetBSD),
+//! for testing a VMM's run loop with scripted exits on any Unix;
+//! `vm-memory` adds `Machine::guest_memory` (module `rust_vmm`): the guest
+//! RAM as a rust-vmm `vm_memory::GuestMemory`, for linux-loader,
+//! virtio-queue and other rust-vmm crates.
 //!
 //! NVMM has no dirty-page tracking, no in-kernel interrupt controller or
 //! timers, and gives the guest the host's TSC rate: [`limitations`] says
@@ -81,6 +84,8 @@ pub mod migration;
 pub mod model;
 #[cfg(feature = "assist")]
 mod port_io;
+#[cfg(feature = "vm-memory")]
+pub mod rust_vmm;
 mod setup;
 mod snapshot;
 mod state;
