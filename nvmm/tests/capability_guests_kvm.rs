@@ -8,6 +8,9 @@
 //! on hardware virtualization; the CPUID program is not run here (KVM on
 //! this project's host does not apply `KVM_SET_CPUID2`, see
 //! `toyvm_kvm.rs`). Skips without /dev/kvm or the MSR capability.
+
+// Real /dev/kvm ioctls, which miri cannot run.
+#![cfg(not(miri))]
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
 #[path = "guests/long.rs"]

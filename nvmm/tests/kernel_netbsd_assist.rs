@@ -5,6 +5,9 @@
 //!
 //! Needs `/dev/nvmm`: skips elsewhere (fails under `NVMM_VMTEST=1`). The
 //! same programs run on KVM in `netbsd_guests_kvm.rs`.
+
+// A real open of /dev/nvmm (then its ioctls), which miri cannot run.
+#![cfg(not(miri))]
 #![cfg(feature = "assist")]
 
 #[path = "guests/netbsd.rs"]

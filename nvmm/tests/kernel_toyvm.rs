@@ -2,6 +2,9 @@
 //! the NVMM loop), which must check out every step. Skips without
 //! `/dev/nvmm`; fails under `NVMM_VMTEST=1`. (`cargo xtask vmtest` also
 //! runs the toyvm executable itself.)
+
+// A real open of /dev/nvmm (then its ioctls), which miri cannot run.
+#![cfg(not(miri))]
 #![cfg(feature = "assist")]
 
 mod kernel_support;

@@ -10,6 +10,9 @@
 //! `KVM_CAP_X86_USER_SPACE_MSR` (unknown MSRs exit to userland, as every
 //! unhandled MSR does on NVMM). Skips, saying why, without /dev/kvm or
 //! without that capability.
+
+// Real /dev/kvm ioctls, which miri cannot run.
+#![cfg(not(miri))]
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
 #[path = "guests/netbsd.rs"]

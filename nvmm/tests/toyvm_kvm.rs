@@ -20,6 +20,9 @@
 //! stage in its mode through the VCPU's registers and says so.
 //!
 //! Skips with a message where `/dev/kvm` cannot be opened.
+
+// Real /dev/kvm ioctls, which miri cannot run.
+#![cfg(not(miri))]
 #![cfg(all(feature = "assist", target_arch = "x86_64", target_os = "linux"))]
 
 #[path = "../examples/toyvm/devices.rs"]

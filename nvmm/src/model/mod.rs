@@ -737,8 +737,8 @@ unsafe impl Kernel for KernelModel {
                 // SAFETY: the caller passes the argument structure of `request`, whose size was
                 // checked above (`Kernel::ioctl` contract).
                 let a = unsafe { *arg.cast::<sys::nvmm_ioc_hva_map>() };
-                let m = self.lookup(&mut st, fd, a.machid)?;
-                memory::hva_map(m, &a)
+                self.lookup(&mut st, fd, a.machid)?;
+                memory::hva_map(&mut st, a.machid, &a)
             }
             sys::NVMM_IOC_HVA_UNMAP => {
                 expect(size_of::<sys::nvmm_ioc_hva_unmap>())?;

@@ -53,7 +53,7 @@ pub unsafe fn create(backend: Backend, page: &PageBox) -> VcpuModel {
             .add(stop_end)
             .write_bytes(0, size_of::<sys::nvmm_comm_page>() - stop_end);
         stop_word(comm).store(0, Ordering::SeqCst);
-        (&raw mut (*comm).state).write(reset);
+        put_state(comm, &reset);
         (&raw mut (*comm).state_cached).write_volatile(ALL);
     }
     VcpuModel {
@@ -64,6 +64,30 @@ pub unsafe fn create(backend: Backend, page: &PageBox) -> VcpuModel {
         tpr_exit: false,
         injected: Vec::new(),
         signal_pending: false,
+    }
+}
+
+/// Stores `st` into the comm page's `state` as the kernel's copy does,
+/// leaving every byte of the page initialised. A typed store leaves the
+/// padding of the value undefined, and the bindings' FXSAVE area has
+/// padding: the 6 reserved bytes after each x87 register (`fpaccfx` is a
+/// 10-byte `fpacc87` aligned to 16). The crate reads the FXSAVE area as
+/// bytes (`Fpu::area`, `Vcpu::save`), so they are stored as zero here.
+///
+/// # Safety
+///
+/// `comm` is the VCPU's live comm page.
+unsafe fn put_state(comm: *mut sys::nvmm_comm_page, st: &sys::nvmm_x64_state) {
+    let reserved = size_of::<sys::fpaccfx>() - size_of::<sys::fpacc87>();
+    // SAFETY: the caller's contract; each register slot is 16 bytes of
+    // the page's FXSAVE area, its last `reserved` bytes padding.
+    unsafe {
+        (&raw mut (*comm).state).write(*st);
+        let regs = (&raw mut (*comm).state.fpu.fx_87_ac).cast::<sys::fpaccfx>();
+        for i in 0..8 {
+            let slot = regs.add(i).cast::<u8>();
+            slot.add(size_of::<sys::fpacc87>()).write_bytes(0, reserved);
+        }
     }
 }
 
@@ -79,7 +103,7 @@ pub unsafe fn getstate(backend: Backend, v: &VcpuModel, comm: *mut sys::nvmm_com
         let wanted = (&raw const (*comm).state_wanted).read_volatile() & ALL;
         let mut st = (&raw const (*comm).state).read();
         readback(backend, &v.hw, v.cpl, &mut st, wanted);
-        (&raw mut (*comm).state).write(st);
+        put_state(comm, &st);
         let cached = (&raw const (*comm).state_cached).read_volatile();
         (&raw mut (*comm).state_cached).write_volatile(cached | wanted);
         (&raw mut (*comm).state_wanted).write_volatile(0);
@@ -202,7 +226,7 @@ pub unsafe fn run(
         };
         let mut st = (&raw const (*comm).state).read();
         readback(backend, &v.hw, v.cpl, &mut st, provide);
-        (&raw mut (*comm).state).write(st);
+        put_state(comm, &st);
         (&raw mut (*comm).state_cached).write_volatile(provide);
 
         // "If no reason to return to userland, keep rolling": a signal or
