@@ -261,3 +261,21 @@ fn the_view_keeps_the_machine_and_its_memory_alive() {
     assert!(!model.machine_exists(id));
     assert_eq!(model.live_mappings(), 0);
 }
+
+#[test]
+fn the_view_can_be_shared_with_device_threads() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    let (_model, m) = setup();
+    let ram = m.hva_map(0x1000).unwrap();
+    m.gpa_map(&ram, 0, 0, 0x1000, Prot::ALL).unwrap();
+    // SAFETY: one thread at a time accesses guest RAM below.
+    let mem = Arc::new(unsafe { m.guest_memory() });
+    send_sync(&mem);
+    let device = Arc::clone(&mem);
+    std::thread::spawn(move || device.write_obj(0x5Au8, GuestAddress(0x20)).unwrap())
+        .join()
+        .unwrap();
+    let mut got = [0u8];
+    m.read_guest(0x20, &mut got).unwrap();
+    assert_eq!(got, [0x5A]);
+}
