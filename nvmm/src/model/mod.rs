@@ -21,7 +21,9 @@
 //!   pending signal or stop, else commits `state_commit` (sanitised as the
 //!   backend does), makes everything stale, validates and consumes the
 //!   event, provides GPRS|SEGS|CRS|MSRS on I/O and memory exits and GPRS
-//!   on MSR exits, checks for a signal or stop again, and clears `stop`;
+//!   on MSR exits, checks for a signal or stop again (which replaces the
+//!   exit; the guest re-executes an instruction userland was to complete,
+//!   so that exit comes again), and clears `stop`;
 //! - SVM and VMX differences ([`Backend`]);
 //! - the errno of each failure the kernel reports;
 //! - guest execution is scripted: each RUN pops one [`ScriptedExit`],

@@ -15,7 +15,10 @@ pub type GuestFn = Box<dyn FnMut(&mut sys::nvmm_x64_state) + Send>;
 /// the kernel provides with that exit reason, answers CPUID exits with its
 /// own leaf values first, and replaces the reason by NONE or STOPPED when
 /// a signal or a stop request is pending at the end of the run
-/// (nvmm_internal.h `nvmm_return_needed`). A run with an empty script
+/// (nvmm_internal.h `nvmm_return_needed`); an exit that userland completes
+/// (I/O, memory, MSR, CPUID, MONITOR, MWAIT: the kernel leaves RIP on the
+/// instruction) is then taken again by the next run, without its guest
+/// closure, while a HLT is lost. A run with an empty script
 /// returns an all-zero exit (reason `NVMM_VCPU_EXIT_NONE`).
 pub struct ScriptedExit {
     /// The exit as the kernel fills `nvmm_ioc_vcpu_run::exit` (its

@@ -198,6 +198,7 @@ pub unsafe fn run(
             }
             None => zeroed_exit(),
         };
+        let scripted = e;
         // svm_vcpu_guest_fpu_leave / vmx_vcpu_guest_fpu_leave: after the
         // guest ran, fpu_area_save (FXSAVE or XSAVE) stores the CPU's
         // MXCSR_MASK in the guest FPU area, so a later GETSTATE of FPU
@@ -233,10 +234,41 @@ pub unsafe fn run(
         // a stop that came during the run overrides the exit reason.
         if let Some(reason) = return_needed(v, comm) {
             e.reason = reason;
+            // The exit is lost, but not the guest's instruction: the
+            // kernel returns to userland without advancing RIP for exits
+            // that userland completes, so the guest executes the
+            // instruction again and takes the same exit on the next run.
+            // (A HLT, which the kernel completes, is lost; see the
+            // project's reference on nvmm_return_needed.)
+            if takes_exit_again(scripted.reason) {
+                v.script.push_front(ScriptedExit {
+                    exit: scripted,
+                    guest: None,
+                    signal: false,
+                });
+            }
         }
         fill_exitstate(backend, &mut e, v);
         Ok(RunEnd::Full(e))
     }
+}
+
+/// Exits that userland completes (it emulates the instruction and moves
+/// RIP to `npc`): the backends' exit handlers (`svm_exit_io`,
+/// `svm_exit_npf`, `svm_exit_msr`, `svm_exit_cpuid` with a CPUID exit
+/// configured, `svm_exit_insn`, and their VMX twins) leave RIP on the
+/// instruction, so one whose exit a stop or signal replaced runs again.
+fn takes_exit_again(reason: u64) -> bool {
+    matches!(
+        reason,
+        sys::NVMM_VCPU_EXIT_IO
+            | sys::NVMM_VCPU_EXIT_MEMORY
+            | sys::NVMM_VCPU_EXIT_RDMSR
+            | sys::NVMM_VCPU_EXIT_WRMSR
+            | sys::NVMM_VCPU_EXIT_CPUID
+            | sys::NVMM_VCPU_EXIT_MONITOR
+            | sys::NVMM_VCPU_EXIT_MWAIT
+    )
 }
 
 /// The end of `*_vcpu_run`: RFLAGS, CR8 and the interrupt state.
