@@ -6,13 +6,10 @@
 //! the nanoseconds exclude any real kernel entry: they measure this crate's
 //! share of the work. Run with `cargo bench -p nvmm --bench comm_page`.
 
-#[path = "../tests/model/mod.rs"]
-mod model;
-
 use std::hint::black_box;
 use std::time::Instant;
 
-use model::{KernelModel, ScriptedExit};
+use nvmm::model::{KernelModel, ScriptedExit};
 use nvmm::nvmm_assist::{BusError, MmioBus, PortIo};
 use nvmm::sys::OpenMode;
 use nvmm::{Gpr, Nvmm, Prot, Seg, StateClasses};

@@ -40,8 +40,11 @@
 //! would still be undefined behaviour, which is what this module exists to
 //! rule out. Its atomics are also of the integer's size, so byte copies
 //! and a word-sized compare-and-swap would be mixed-size atomics on the
-//! same bytes. This crate therefore keeps its own small module; an adapter
-//! to `vm-memory`'s traits can sit on top of it (an ecosystem feature).
+//! same bytes. This crate therefore keeps its own small module. For
+//! rust-vmm code (linux-loader, virtio-queue), `Machine::guest_memory`
+//! (feature `vm-memory`) gives a `vm-memory` view of guest RAM whose
+//! `unsafe` contract is exactly this: no other host access to the same
+//! bytes while one through the view is in progress.
 
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU8, Ordering};

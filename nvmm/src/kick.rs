@@ -44,7 +44,8 @@ pub fn install_kick_handler(signal: i32) -> Result<()> {
     Ok(())
 }
 
-// sigaction and raise are foreign calls miri cannot run.
+// Real sigaction calls, which miri cannot run (as the other tests that
+// need the OS, they are left out of the miri run).
 #[cfg(all(test, not(miri)))]
 mod tests {
     use super::*;

@@ -13,7 +13,12 @@
 //!   and applied by [`Vcpu::restore`] (feature `serde`: serializable).
 //!
 //! Features: `assist` (default) adds the assists and re-exports
-//! `nvmm_assist`; `serde` makes [`VcpuState`] serializable.
+//! `nvmm_assist`; `serde` makes [`VcpuState`] serializable; `model` adds
+//! `nvmm::model`, an in-process **model** of the NVMM kernel (not NetBSD),
+//! for testing a VMM's run loop with scripted exits on any Unix;
+//! `vm-memory` adds `Machine::guest_memory` (module `rust_vmm`): the guest
+//! RAM as a rust-vmm `vm_memory::GuestMemory`, for linux-loader,
+//! virtio-queue and other rust-vmm crates.
 //!
 //! NVMM has no dirty-page tracking, no in-kernel interrupt controller or
 //! timers, and gives the guest the host's TSC rate: [`limitations`] says
@@ -55,8 +60,8 @@
 //! than the kernel.
 //!
 //! The crate compiles on any Unix so that its tests run against an
-//! in-process model of the kernel (see `tests/model`); on a host without
-//! NVMM, [`Nvmm::open`] returns [`Error::NotAvailable`].
+//! in-process model of the kernel (`model`, feature `model`); on a host
+//! without NVMM, [`Nvmm::open`] returns [`Error::NotAvailable`].
 
 #[cfg(test)]
 extern crate self as nvmm;
@@ -75,8 +80,12 @@ pub mod limitations;
 mod machine;
 mod memory;
 pub mod migration;
+#[cfg(any(test, feature = "model"))]
+pub mod model;
 #[cfg(feature = "assist")]
 mod port_io;
+#[cfg(feature = "vm-memory")]
+pub mod rust_vmm;
 mod setup;
 mod snapshot;
 mod state;
@@ -84,10 +93,6 @@ mod stop_request;
 pub mod sys;
 mod vcpu;
 pub mod x86;
-
-#[cfg(test)]
-#[path = "../tests/model/mod.rs"]
-pub(crate) mod model;
 
 #[cfg(feature = "assist")]
 pub use assist::{GvaAccess, GvaTranslation, Outcome, host_vendor};

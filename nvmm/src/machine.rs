@@ -92,8 +92,9 @@ const MAX_MACHINE_ID: u32 = 256;
 /// (`NVMM_IOC_MACHINE_DESTROY`).
 ///
 /// Lifetimes: the machine holds the `/dev/nvmm` descriptor alive, and each
-/// [`Vcpu`] holds the machine alive, so the kernel machine is destroyed only
-/// when the `Machine` and all its VCPUs are gone. Guest memory allocated by
+/// [`Vcpu`] (and each `guest_memory` view, feature `vm-memory`) holds the
+/// machine alive, so the kernel machine is destroyed only when the
+/// `Machine` and all of them are gone. Guest memory allocated by
 /// [`Machine::hva_map`] is released after the machine is destroyed.
 /// A failed destroy in `Drop` is passed to the hook of
 /// [`crate::set_teardown_error_hook`] and the memory is leaked.
@@ -263,8 +264,9 @@ impl Machine {
     ///   [`Machine::read_guest`]/[`Machine::write_guest`]);
     /// - the caller must not unmap or remap the range while it is registered
     ///   (until [`Machine::hva_unmap`] returns `Ok`, which makes the kernel
-    ///   unmap it from the process, or until the machine and all its VCPUs
-    ///   are dropped, after which the range is the caller's again).
+    ///   unmap it from the process, or until the machine, all its VCPUs
+    ///   and every `guest_memory` view of it (feature `vm-memory`) are
+    ///   dropped, after which the range is the caller's again).
     ///
     /// ```no_run
     /// # let nvmm = nvmm::Nvmm::open()?;

@@ -2,11 +2,9 @@
 //! kernel model: results, zero extra syscalls, errors change nothing.
 #![cfg(feature = "assist")]
 
-mod model;
-
 use std::sync::Arc;
 
-use model::{KernelModel, ScriptedExit};
+use nvmm::model::{KernelModel, ScriptedExit};
 use nvmm::nvmm_assist::{BusError, MmioBus, PortIo};
 use nvmm::nvmm_sys as sys;
 use nvmm::sys::OpenMode;
@@ -298,7 +296,8 @@ fn steady_state_with_assists_is_one_syscall_per_exit() {
 }
 
 /// The vendor CPUID leaf 0 names, as Linux reports it (`vendor_id` in
-/// /proc/cpuinfo), read independently of the library's CPUID path.
+/// /proc/cpuinfo), read independently of the library's CPUID path (a
+/// real file, which miri's isolation refuses).
 #[cfg(all(target_os = "linux", target_arch = "x86_64", not(miri)))]
 fn cpuinfo_vendor() -> Option<nvmm::Vendor> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
@@ -306,8 +305,6 @@ fn cpuinfo_vendor() -> Option<nvmm::Vendor> {
     line.split(':').nth(1)?.trim().parse().ok()
 }
 
-// Not under miri: it runs no CPUID (host_vendor falls back to Intel there)
-// and cannot open /proc with isolation on.
 #[cfg(all(target_os = "linux", target_arch = "x86_64", not(miri)))]
 #[test]
 fn a_new_vcpu_emulates_the_host_vendor() {

@@ -8,9 +8,10 @@
 //! on hardware virtualization; the CPUID program is not run here (KVM on
 //! this project's host does not apply `KVM_SET_CPUID2`, see
 //! `toyvm_kvm.rs`). Skips without /dev/kvm or the MSR capability.
-#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
-// KVM ioctls are foreign calls miri cannot run.
+
+// Real /dev/kvm ioctls, which miri cannot run.
 #![cfg(not(miri))]
+#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
 #[path = "guests/long.rs"]
 mod guests;

@@ -13,13 +13,11 @@
 //! VCPU's walker was copying, the second test).
 #![cfg(feature = "assist")]
 
-mod model;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
-use model::{KernelModel, ScriptedExit};
+use nvmm::model::{KernelModel, ScriptedExit};
 use nvmm::nvmm_assist::{BusError, MmioBus, PortIo};
 use nvmm::nvmm_sys as sys;
 use nvmm::sys::OpenMode;

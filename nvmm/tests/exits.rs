@@ -1,8 +1,6 @@
 //! Every exit reason decoded into its typed payload, and the exit state.
 
-mod model;
-
-use model::{KernelModel, ScriptedExit};
+use nvmm::model::{KernelModel, ScriptedExit};
 use nvmm::nvmm_sys as sys;
 use nvmm::sys::OpenMode;
 use nvmm::{Exit, ExitState, IoDirection, IoExit, MemAccess, Nvmm, Seg};

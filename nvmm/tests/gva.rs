@@ -3,9 +3,7 @@
 //! comm-page state and the area list.
 #![cfg(feature = "assist")]
 
-mod model;
-
-use model::{KernelModel, ScriptedExit};
+use nvmm::model::{KernelModel, ScriptedExit};
 use nvmm::nvmm_sys as sys;
 use nvmm::sys::OpenMode;
 use nvmm::{Cr, Error, GvaAccess, Msr, Nvmm, Prot};

@@ -6,9 +6,10 @@
 //! The guests run in long mode (`Vcpu::setup_long_mode`) over 64 KiB of
 //! RAM identity-mapped by one 2 MiB page, with a GDT and an IDT built
 //! here; guest-physical 0x10000-0x1FFFF is not RAM (MMIO).
-#![cfg(feature = "assist")]
-// Opening the real /dev/nvmm is a foreign call miri cannot run.
+
+// A real open of /dev/nvmm (then its ioctls), which miri cannot run.
 #![cfg(not(miri))]
+#![cfg(feature = "assist")]
 
 #[path = "guests/long.rs"]
 mod guests;

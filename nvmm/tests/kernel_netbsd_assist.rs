@@ -5,9 +5,10 @@
 //!
 //! Needs `/dev/nvmm`: skips elsewhere (fails under `NVMM_VMTEST=1`). The
 //! same programs run on KVM in `netbsd_guests_kvm.rs`.
-#![cfg(feature = "assist")]
-// Opening the real /dev/nvmm is a foreign call miri cannot run.
+
+// A real open of /dev/nvmm (then its ioctls), which miri cannot run.
 #![cfg(not(miri))]
+#![cfg(feature = "assist")]
 
 #[path = "guests/netbsd.rs"]
 mod guests;

@@ -2,9 +2,10 @@
 //! the NVMM loop), which must check out every step. Skips without
 //! `/dev/nvmm`; fails under `NVMM_VMTEST=1`. (`cargo xtask vmtest` also
 //! runs the toyvm executable itself.)
-#![cfg(feature = "assist")]
-// Opening the real /dev/nvmm is a foreign call miri cannot run.
+
+// A real open of /dev/nvmm (then its ioctls), which miri cannot run.
 #![cfg(not(miri))]
+#![cfg(feature = "assist")]
 
 mod kernel_support;
 

@@ -1,8 +1,6 @@
 //! Machines: RAII, configure, control, ownership by descriptor.
 
-mod model;
-
-use model::{FailPoint, KernelModel, ModelConfig};
+use nvmm::model::{FailPoint, KernelModel, ModelConfig};
 use nvmm::nvmm_sys as sys;
 use nvmm::sys::OpenMode;
 use nvmm::{Error, Nvmm, Op, Prot, Rejection};

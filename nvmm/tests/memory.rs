@@ -1,11 +1,9 @@
 //! Guest memory: host and guest mappings, the area list, its consistency
 //! with the kernel on every failure.
 
-mod model;
-
 use std::sync::Arc;
 
-use model::{FailPoint, KernelModel};
+use nvmm::model::{FailPoint, KernelModel};
 use nvmm::nvmm_sys as sys;
 use nvmm::sys::{Kernel, OpenMode};
 use nvmm::{Error, Machine, Nvmm, Op, Prot, Rejection};

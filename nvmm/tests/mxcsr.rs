@@ -4,9 +4,7 @@
 //! `svm_vcpu_setstate`/`vmx_vcpu_setstate` (mask with the host's mask, then
 //! MXCSR with the mask).
 
-mod model;
-
-use model::{Backend, KernelModel, ScriptedExit};
+use nvmm::model::{Backend, KernelModel, ScriptedExit};
 use nvmm::nvmm_sys as sys;
 use nvmm::sys::OpenMode;
 use nvmm::{DEFAULT_MXCSR_MASK, Exit, Nvmm};

@@ -10,9 +10,10 @@
 //! `KVM_CAP_X86_USER_SPACE_MSR` (unknown MSRs exit to userland, as every
 //! unhandled MSR does on NVMM). Skips, saying why, without /dev/kvm or
 //! without that capability.
-#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
-// KVM ioctls are foreign calls miri cannot run.
+
+// Real /dev/kvm ioctls, which miri cannot run.
 #![cfg(not(miri))]
+#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
 #[path = "guests/netbsd.rs"]
 mod guests;

@@ -1,10 +1,8 @@
 //! Opening NVMM: capability, version checks, a host without NVMM.
 
-mod model;
-
 use std::sync::Arc;
 
-use model::{KernelModel, ModelConfig};
+use nvmm::model::{KernelModel, ModelConfig};
 use nvmm::sys::OpenMode;
 use nvmm::{Error, Nvmm, Op};
 
@@ -104,7 +102,7 @@ fn other_state_size_is_refused_naming_both() {
 fn capability_ioctl_failure_names_the_ioctl() {
     let model = KernelModel::new();
     model.fail_next(
-        model::FailPoint::Ioctl(nvmm::nvmm_sys::NVMM_IOC_CAPABILITY),
+        nvmm::model::FailPoint::Ioctl(nvmm::nvmm_sys::NVMM_IOC_CAPABILITY),
         libc::EIO,
     );
     let e = Nvmm::open_with(model.clone(), OpenMode::User).unwrap_err();

@@ -2,11 +2,9 @@
 //! model of NVMM's documented semantics, not NetBSD), and the serde round
 //! trip of `VcpuState`.
 
-mod model;
-
 use std::sync::Arc;
 
-use model::{KernelModel, ScriptedExit};
+use nvmm::model::{KernelModel, ScriptedExit};
 use nvmm::nvmm_sys as sys;
 use nvmm::{Cr, Dr, Gpr, IntrState, Machine, Msr, Nvmm, Seg, StateClasses, Vcpu};
 
@@ -105,7 +103,7 @@ fn save_is_one_getstate_of_every_class() {
     assert_eq!(vcpu.cached(), StateClasses::ALL);
 
     // Every class holds what the guest left in the "hardware".
-    let mut expected = model::reset_state();
+    let mut expected = nvmm::model::reset_state();
     long_mode_guest(&mut expected);
     assert_eq!(state.gprs, expected.gprs);
     assert_eq!(state.crs, expected.crs);

@@ -4,9 +4,7 @@
 //! (`nvmm.c`). These are model results, not NetBSD results; each test runs
 //! against the SVM and the VMX flavour of the model.
 
-mod model;
-
-use model::{Backend, KernelModel, ScriptedExit};
+use nvmm::model::{Backend, KernelModel, ScriptedExit};
 use nvmm::nvmm_sys as sys;
 use nvmm::sys::OpenMode;
 use nvmm::{Event, Exit, Gpr, Nvmm, StateClasses, StopRequest};
@@ -77,6 +75,10 @@ fn a_stop_during_an_io_exit_reexecutes_it_and_during_a_hlt_loses_it() {
         );
         assert_eq!(v.run().unwrap(), Exit::Stopped, "{b:?}");
         assert_eq!(v.gprs().unwrap().rip(), 0xFFF0, "the OUT runs again");
+        assert!(
+            matches!(v.run().unwrap(), Exit::Io(io) if io.port == 0x80),
+            "{b:?}: and exits again"
+        );
         // HLT: the guest is already past the instruction.
         let s = v.stopper();
         model.push_exit(
@@ -114,6 +116,11 @@ fn a_pending_signal_wins_over_the_stop_which_is_then_cleared() {
         );
         assert_eq!(v.run().unwrap(), Exit::None, "{b:?}");
         assert_eq!(model.comm_stop(m.id(), 0), 0);
+        // The OUT was not completed: it exits again, and not as stopped.
+        assert!(
+            matches!(v.run().unwrap(), Exit::Io(io) if io.port == 0x80),
+            "{b:?}: the OUT exits again"
+        );
         model.push_exit(m.id(), 0, ScriptedExit::reason(sys::NVMM_VCPU_EXIT_HALTED));
         assert_eq!(v.run().unwrap(), Exit::Halted, "the stop did not survive");
     }

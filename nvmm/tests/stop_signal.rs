@@ -4,12 +4,10 @@
 //! file is empty under miri; ThreadSanitizer runs it.
 #![cfg(not(miri))]
 
-mod model;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
-use model::KernelModel;
+use nvmm::model::KernelModel;
 use nvmm::sys::OpenMode;
 use nvmm::{Error, Exit, Nvmm, Op, Rejection};
 

@@ -1,8 +1,6 @@
 //! Syscall counts of the steady state, checked against the model.
 
-mod model;
-
-use model::{KernelModel, ScriptedExit};
+use nvmm::model::{KernelModel, ScriptedExit};
 use nvmm::nvmm_sys as sys;
 use nvmm::sys::OpenMode;
 use nvmm::{Cr, Exit, Gpr, Msr, Nvmm, Seg, StateClasses};

@@ -1,10 +1,8 @@
 //! Failures inside Drop go to the teardown hook and never panic.
 
-mod model;
-
 use std::sync::Mutex;
 
-use model::{FailPoint, KernelModel};
+use nvmm::model::{FailPoint, KernelModel};
 use nvmm::nvmm_sys as sys;
 use nvmm::sys::OpenMode;
 use nvmm::{Error, Nvmm, Op};

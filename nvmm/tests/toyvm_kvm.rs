@@ -20,9 +20,10 @@
 //! stage in its mode through the VCPU's registers and says so.
 //!
 //! Skips with a message where `/dev/kvm` cannot be opened.
-#![cfg(all(feature = "assist", target_arch = "x86_64", target_os = "linux"))]
-// KVM ioctls are foreign calls miri cannot run.
+
+// Real /dev/kvm ioctls, which miri cannot run.
 #![cfg(not(miri))]
+#![cfg(all(feature = "assist", target_arch = "x86_64", target_os = "linux"))]
 
 #[path = "../examples/toyvm/devices.rs"]
 mod devices;

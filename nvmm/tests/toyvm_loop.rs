@@ -5,16 +5,14 @@
 //! it with `STOPPED`): the VMM-side flag decides, not the exit reason.
 #![cfg(feature = "assist")]
 
-mod model;
-
 #[path = "../examples/toyvm/main.rs"]
 #[allow(dead_code)]
 mod toyvm;
 
 use std::sync::atomic::AtomicBool;
 
-use model::{KernelModel, ScriptedExit};
 use nvmm::Nvmm;
+use nvmm::model::{KernelModel, ScriptedExit};
 use nvmm::nvmm_sys as sys;
 use nvmm::sys::OpenMode;
 use toyvm::devices::Devices;

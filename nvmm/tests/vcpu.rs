@@ -1,11 +1,9 @@
 //! VCPUs: lifecycle, state classes, events, configuration, completion
 //! helpers, dump.
 
-mod model;
-
 use std::sync::Arc;
 
-use model::{FailPoint, KernelModel, ModelConfig, ScriptedExit};
+use nvmm::model::{FailPoint, KernelModel, ModelConfig, ScriptedExit};
 use nvmm::nvmm_sys as sys;
 use nvmm::sys::OpenMode;
 use nvmm::{

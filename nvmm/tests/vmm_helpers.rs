@@ -4,11 +4,9 @@
 //! (a MODEL of NetBSD's kernel, not NetBSD: these tests check what the
 //! crate writes into the comm page and what a run commits).
 
-mod model;
-
 use std::sync::Arc;
 
-use model::{KernelModel, ScriptedExit};
+use nvmm::model::{KernelModel, ScriptedExit};
 use nvmm::nvmm_assist::{self, BusError, Exception, PortIo};
 use nvmm::nvmm_sys as sys;
 use nvmm::sys::OpenMode;

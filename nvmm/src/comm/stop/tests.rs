@@ -105,6 +105,12 @@ fn stop_during_a_run_replaces_the_exit_and_is_cleared() {
         0,
         "cleared at the end of the run"
     );
+    // The kernel did not complete the OUT (RIP was not advanced): the
+    // guest executes it again and the next run takes the I/O exit.
+    assert!(
+        matches!(vcpu.run().unwrap(), Exit::Io(io) if io.port == 0x80),
+        "the interrupted instruction exits again"
+    );
     assert_eq!(vcpu.run().unwrap(), Exit::Halted, "the next run goes on");
 }
 

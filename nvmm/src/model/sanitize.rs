@@ -6,7 +6,7 @@
 //! (`VcpuModel::hw`) in the committed form, and `readback` turns it into
 //! what the kernel's getstate would write into the comm page.
 
-use nvmm::nvmm_sys as sys;
+use crate::nvmm_sys as sys;
 
 use super::{Backend, CRS, DRS, FPU, MSRS, SEGS};
 
@@ -31,16 +31,16 @@ pub const VMX_CR4_VALID: u64 = 0x0037_0FFF;
 const CR4_VMXE: u64 = 1 << 13;
 
 /// A segment attribute word (type:4 s:1 dpl:2 p:1 avl:1 l:1 def:1 g:1).
-pub fn attrib(typ: u16, s: bool, dpl: u16, p: bool) -> u16 {
+pub(crate) fn attrib(typ: u16, s: bool, dpl: u16, p: bool) -> u16 {
     (typ & 0xF) | (u16::from(s) << 4) | ((dpl & 3) << 5) | (u16::from(p) << 7)
 }
 
-pub fn get_attrib(seg: &sys::nvmm_x64_state_seg) -> u16 {
+pub(crate) fn get_attrib(seg: &sys::nvmm_x64_state_seg) -> u16 {
     // SAFETY: the attribute bitfield is one u16.
     unsafe { (&raw const seg.attrib).cast::<u16>().read() }
 }
 
-pub fn set_attrib(seg: &mut sys::nvmm_x64_state_seg, a: u16) {
+pub(crate) fn set_attrib(seg: &mut sys::nvmm_x64_state_seg, a: u16) {
     // SAFETY: the attribute bitfield is one u16.
     unsafe { (&raw mut seg.attrib).cast::<u16>().write(a) }
 }
@@ -86,7 +86,7 @@ pub fn reset_state() -> sys::nvmm_x64_state {
 /// What the "hardware" holds after the kernel commits the classes `flags`
 /// of `src` (svm_vcpu_setstate / vmx_vcpu_setstate). `cpl` is the SVM
 /// VMCB's CPL field.
-pub fn commit(
+pub(crate) fn commit(
     backend: Backend,
     hw: &mut sys::nvmm_x64_state,
     cpl: &mut u8,
@@ -151,7 +151,7 @@ pub fn commit(
 
 /// What the kernel's getstate writes into the comm page for `flags`
 /// (svm_vcpu_getstate / vmx_vcpu_getstate).
-pub fn readback(
+pub(crate) fn readback(
     backend: Backend,
     hw: &sys::nvmm_x64_state,
     cpl: u8,

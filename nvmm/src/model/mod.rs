@@ -1,12 +1,18 @@
-//! `KernelModel`: an in-process **model** of the NetBSD NVMM kernel, for
-//! tests and benchmarks on hosts without NVMM.
+//! **A MODEL of NetBSD's NVMM kernel, not NetBSD** (feature `model`): an
+//! in-process [`Kernel`] that a [`Nvmm`](crate::Nvmm) opens in place of
+//! `/dev/nvmm`, so that a VMM's run loop can be tested on Linux (or any
+//! Unix) with scripted exits, as this crate's own test suite is.
 //!
-//! It is not NetBSD and proves nothing about the real kernel. It follows
-//! the kernel's source as read for this project (`sys/dev/nvmm/nvmm.c`,
-//! `nvmm_internal.h`, `x86/nvmm_x86.c`, `x86/nvmm_x86_svm.c`,
-//! `x86/nvmm_x86_vmx.c`; see `shared/reference/nvmm-kernel.md`), each rule
-//! citing the function it comes from, so that the crate's use of the
-//! protocol can be checked and its syscalls counted:
+//! What passes against the model proves nothing about the real kernel: a
+//! VMM still has to be run on NetBSD with NVMM. No guest code runs here:
+//! each `NVMM_IOC_VCPU_RUN` returns the next [`ScriptedExit`] queued with
+//! [`KernelModel::push_exit`], whose optional closure plays the guest by
+//! editing the VCPU's "hardware" state. Everything around the exit follows
+//! the kernel's source (NetBSD `sys/dev/nvmm/nvmm.c`, `nvmm_internal.h`,
+//! `x86/nvmm_x86.c`, `x86/nvmm_x86_svm.c`, `x86/nvmm_x86_vmx.c`), each rule
+//! citing the file and function it comes from in the model's source, so a
+//! VMM's use of the protocol (state classes, commits, events, memory
+//! mappings, stops, errnos) is exercised as the kernel would answer it:
 //! - ownership by descriptor (EPERM for another owner); every `O_WRONLY`
 //!   descriptor is the one shared root owner (nvmm.c `nvmm_root_owner`);
 //!   closing a descriptor destroys its owner's machines;
@@ -15,7 +21,9 @@
 //!   pending signal or stop, else commits `state_commit` (sanitised as the
 //!   backend does), makes everything stale, validates and consumes the
 //!   event, provides GPRS|SEGS|CRS|MSRS on I/O and memory exits and GPRS
-//!   on MSR exits, checks for a signal or stop again, and clears `stop`;
+//!   on MSR exits, checks for a signal or stop again (which replaces the
+//!   exit; the guest re-executes an instruction userland was to complete,
+//!   so that exit comes again), and clears `stop`;
 //! - SVM and VMX differences ([`Backend`]);
 //! - the errno of each failure the kernel reports;
 //! - guest execution is scripted: each RUN pops one [`ScriptedExit`],
@@ -38,9 +46,50 @@
 //!
 //! Descriptors are real ones (one end of a socket pair), so that they are
 //! unique and I/O-safe, and their numbers name the owner as in the kernel.
-
-#![allow(missing_docs, clippy::undocumented_unsafe_blocks)]
-#![allow(dead_code)]
+//!
+//! # Example: testing a run loop against scripted exits
+//!
+//! A VMM's loop (here: log port-0x80 bytes until HLT), run against two
+//! scripted exits: an `out 0x80, al` whose guest put 42 in AL, then HLT.
+//!
+//! ```
+//! use nvmm::model::{KernelModel, ScriptedExit};
+//! use nvmm::nvmm_sys as sys;
+//! use nvmm::sys::OpenMode;
+//! use nvmm::{Exit, Gpr, Nvmm, Vcpu};
+//!
+//! /// The VMM code under test.
+//! fn run_until_halt(vcpu: &mut Vcpu) -> nvmm::Result<Vec<u8>> {
+//!     let mut post_codes = Vec::new();
+//!     loop {
+//!         match vcpu.run()? {
+//!             Exit::Io(io) if io.port == 0x80 => {
+//!                 post_codes.push(vcpu.gprs()?.get(Gpr::Rax) as u8);
+//!                 vcpu.skip_instruction()?;
+//!             }
+//!             Exit::Halted => return Ok(post_codes),
+//!             _ => {}
+//!         }
+//!     }
+//! }
+//!
+//! let model = KernelModel::new();
+//! let nvmm = Nvmm::open_with(model.clone(), OpenMode::User)?;
+//! let machine = nvmm.create_machine()?;
+//! let mut vcpu = machine.create_vcpu(0)?;
+//! vcpu.gprs()?.set_rip(0x1000);
+//!
+//! // `out 0x80, al` at 0x1000 (2 bytes: the next instruction is 0x1002).
+//! let out = ScriptedExit::io(0x80, false, 1, 0x1002)
+//!     .with_guest(|hw| hw.gprs[sys::NVMM_X64_GPR_RAX] = 42);
+//! model.push_exit(machine.id(), 0, out);
+//! model.push_exit(machine.id(), 0, ScriptedExit::reason(sys::NVMM_VCPU_EXIT_HALTED));
+//!
+//! assert_eq!(run_until_halt(&mut vcpu)?, [42]);
+//! assert_eq!(vcpu.gprs()?.rip(), 0x1002); // the loop skipped the OUT
+//! assert_eq!(model.runs(), 2);
+//! # Ok::<(), nvmm::Error>(())
+//! ```
 
 mod memory;
 pub mod sanitize;
@@ -56,13 +105,11 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use nvmm::nvmm_sys as sys;
-use nvmm::sys::{Kernel, OpenMode, PAGE_SIZE};
+use crate::nvmm_sys as sys;
+use crate::sys::{Kernel, OpenMode, PAGE_SIZE};
 
-#[allow(unused_imports)]
 pub use sanitize::reset_state;
 use script::zeroed_exit;
-#[allow(unused_imports)]
 pub use script::{GuestFn, ScriptedExit};
 use vcpu::{RunEnd, VcpuModel};
 
@@ -91,6 +138,7 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// Both backends, for tests that must hold on AMD and Intel alike.
     pub const BOTH: [Backend; 2] = [Backend::Svm, Backend::Vmx];
 }
 
@@ -99,14 +147,27 @@ impl Backend {
 pub struct ModelConfig {
     /// `/dev/nvmm` open fails with this errno when set (no NVMM).
     pub absent: Option<i32>,
+    /// The capability's `version` (NetBSD's kernel reports 2, the
+    /// `NVMM_KERN_VERSION` of nvmm.h).
     pub version: u32,
+    /// The capability's `state_size`: `sizeof(struct nvmm_x64_state)`.
     pub state_size: u32,
+    /// The capability's `max_machines` and the size of the machine table
+    /// (nvmm.c `machines[NVMM_MAX_MACHINES]`: 128).
     pub max_machines: u32,
+    /// The capability's `max_vcpus` (NVMM_MAX_VCPUS: 256); VCPU_CREATE
+    /// refuses ids at or above it.
     pub max_vcpus: u32,
+    /// The capability's `arch.vcpu_conf_support`
+    /// (`NVMM_CAP_ARCH_VCPU_CONF_*`); VCPU_CONFIGURE of TPR fails with
+    /// EINVAL without `NVMM_CAP_ARCH_VCPU_CONF_TPR`.
     pub vcpu_conf_support: u64,
+    /// The capability's `arch.conf_cpuid_maxops`: how many CPUID leaves a
+    /// VCPU may configure (ENOBUFS past it; `SVM_NCPUIDS`/`VMX_NCPUIDS`).
     pub conf_cpuid_maxops: u32,
     /// The pid of the (non-root) owner.
     pub pid: i32,
+    /// The backend whose differences the model imitates.
     pub backend: Backend,
 }
 
@@ -130,14 +191,17 @@ impl Default for ModelConfig {
 /// Where the next failure is injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailPoint {
+    /// The next ioctl with this request number.
     Ioctl(u64),
+    /// The next mmap of a comm page.
     MapCommPage,
+    /// The next anonymous mmap (guest memory from `Machine::hva_map`).
     MapAnonymous,
 }
 
 /// A page of shared memory (a comm page).
 #[repr(C, align(4096))]
-pub struct PageBox(UnsafeCell<[u8; PAGE_SIZE]>);
+pub(crate) struct PageBox(UnsafeCell<[u8; PAGE_SIZE]>);
 // SAFETY: accessed through raw pointers only; concurrent accesses are the
 // atomic `stop` word (the same discipline as the real shared page).
 unsafe impl Sync for PageBox {}
@@ -157,18 +221,18 @@ impl PageBox {
 /// descriptor, except that every `O_WRONLY` descriptor is the single
 /// `nvmm_root_owner`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Owner {
+enum Owner {
     Fd(RawFd),
     Root,
 }
 
 /// The pointer of an anonymous mapping the model allocated.
-pub struct AnonPtr(pub NonNull<u8>);
+struct AnonPtr(NonNull<u8>);
 // SAFETY: only the model's bookkeeping, under its mutex; the memory itself
 // is accessed by the crate.
 unsafe impl Send for AnonPtr {}
 
-pub struct MachineModel {
+pub(crate) struct MachineModel {
     owner: Owner,
     vcpus: BTreeMap<u32, VcpuModel>,
     pages: HashMap<u32, Arc<PageBox>>,
@@ -178,8 +242,7 @@ pub struct MachineModel {
 }
 
 #[derive(Default)]
-pub struct ModelState {
-    next_fd: RawFd,
+pub(crate) struct ModelState {
     /// Open descriptors: whether each is a root (`O_WRONLY`) descriptor.
     fds: HashMap<RawFd, bool>,
     machines: Vec<Option<MachineModel>>,
@@ -193,26 +256,39 @@ pub struct ModelState {
     fail: Option<(FailPoint, i32)>,
 }
 
-/// Counters of the system calls the crate made.
+/// Counters of the system calls made to the model, by kind.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Every call (open, close, ioctl, mmap, munmap).
     pub total: AtomicU64,
+    /// Every ioctl.
     pub ioctl: AtomicU64,
+    /// `NVMM_IOC_VCPU_RUN` ioctls.
     pub run: AtomicU64,
+    /// `NVMM_IOC_VCPU_GETSTATE` ioctls.
     pub getstate: AtomicU64,
+    /// Comm-page and anonymous mmaps (and comm-page retirements).
     pub mmap: AtomicU64,
+    /// munmaps.
     pub munmap: AtomicU64,
 }
 
-/// The kernel model. Share it as `Arc<KernelModel>`; pass a clone to
-/// `Nvmm::open_with`.
+/// The kernel model (**a model of NetBSD's NVMM kernel, not NetBSD**; see
+/// the [module docs](self)). Share it as `Arc<KernelModel>` and pass a
+/// clone to [`Nvmm::open_with`](crate::Nvmm::open_with).
+///
+/// The methods that name a VCPU or machine (`push_exit`, `hw_state`, ...)
+/// are test helpers: they panic when it does not exist, which fails the
+/// test that misused them.
 pub struct KernelModel {
     config: ModelConfig,
     state: Mutex<ModelState>,
+    /// The system calls made so far, by kind.
     pub counters: Counters,
 }
 
 impl KernelModel {
+    /// The default model: NVMM version 2, the SVM (AMD) backend.
     pub fn new() -> Arc<Self> {
         Self::with_config(ModelConfig::default())
     }
@@ -225,6 +301,7 @@ impl KernelModel {
         })
     }
 
+    /// A model that reports and behaves as `config` says.
     pub fn with_config(config: ModelConfig) -> Arc<Self> {
         let machines = (0..config.max_machines).map(|_| None).collect();
         Arc::new(KernelModel {
@@ -237,6 +314,7 @@ impl KernelModel {
         })
     }
 
+    /// The backend the model imitates.
     pub fn backend(&self) -> Backend {
         self.config.backend
     }
@@ -337,10 +415,14 @@ impl KernelModel {
         })
     }
 
+    /// Whether the VCPU asked for TPR-change exits (VCPU_CONFIGURE of
+    /// `NVMM_VCPU_CONF_TPR`).
     pub fn tpr_exit(&self, machid: u32, cpuid: u32) -> bool {
         self.with_vcpu(machid, cpuid, |v| v.tpr_exit)
     }
 
+    /// Whether VCPU `cpuid` of machine `machid` exists (created and not
+    /// destroyed).
     pub fn vcpu_exists(&self, machid: u32, cpuid: u32) -> bool {
         let st = self.st();
         st.machines
@@ -349,6 +431,7 @@ impl KernelModel {
             .is_some_and(|m| m.vcpus.contains_key(&cpuid))
     }
 
+    /// Whether machine `machid` exists (created and not destroyed).
     pub fn machine_exists(&self, machid: u32) -> bool {
         self.st()
             .machines
@@ -377,12 +460,13 @@ impl KernelModel {
     }
 
     /// Anonymous mappings plus comm-page mappings still alive in the
-    /// "process", and descriptors still open.
+    /// "process" (0 once every machine is gone: nothing leaked).
     pub fn live_mappings(&self) -> usize {
         let st = self.st();
         st.anon.len() + st.mapped.len()
     }
 
+    /// Descriptors of `/dev/nvmm` still open.
     pub fn open_fds(&self) -> usize {
         self.st().fds.len()
     }
@@ -431,6 +515,8 @@ impl Drop for KernelModel {
     fn drop(&mut self) {
         let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         for (_, (p, len)) in st.anon.drain() {
+            // SAFETY: a block the model allocated in `map_anonymous` with this length and
+            // alignment, forgotten by the bookkeeping here, so freed once.
             unsafe {
                 std::alloc::dealloc(
                     p.0.as_ptr(),
@@ -438,19 +524,6 @@ impl Drop for KernelModel {
                 )
             };
         }
-    }
-}
-
-impl ModelState {
-    /// A pointer (with provenance) to `hva..hva + size` when that range lies
-    /// inside one anonymous mapping the model allocated.
-    fn anon_range(&self, hva: usize, size: usize) -> Option<NonNull<u8>> {
-        self.anon.iter().find_map(|(&base, (p, len))| {
-            let offset = hva.checked_sub(base)?;
-            (offset.checked_add(size)? <= *len)
-                // SAFETY: `offset < len`, inside the allocation.
-                .then(|| unsafe { p.0.add(offset) })
-        })
     }
 }
 
@@ -527,6 +600,8 @@ unsafe impl Kernel for KernelModel {
                         ..Default::default()
                     },
                 };
+                // SAFETY: the caller passes the argument structure of `request`, whose size was
+                // checked above (`Kernel::ioctl` contract).
                 unsafe { (*arg.cast::<sys::nvmm_ioc_capability>()).cap = cap };
                 Ok(())
             }
@@ -546,11 +621,15 @@ unsafe impl Kernel for KernelModel {
                     gmaps: Vec::new(),
                     created: 1_700_000_000 + slot as i64,
                 });
+                // SAFETY: the caller passes the argument structure of `request`, whose size was
+                // checked above (`Kernel::ioctl` contract).
                 unsafe { (*arg.cast::<sys::nvmm_ioc_machine_create>()).machid = slot as u32 };
                 Ok(())
             }
             sys::NVMM_IOC_MACHINE_DESTROY => {
                 expect(size_of::<sys::nvmm_ioc_machine_destroy>())?;
+                // SAFETY: the caller passes the argument structure of `request`, whose size was
+                // checked above (`Kernel::ioctl` contract).
                 let a = unsafe { *arg.cast::<sys::nvmm_ioc_machine_destroy>() };
                 self.lookup(&mut st, fd, a.machid)?;
                 st.machines[a.machid as usize] = None;
@@ -558,6 +637,8 @@ unsafe impl Kernel for KernelModel {
             }
             sys::NVMM_IOC_MACHINE_CONFIGURE => {
                 expect(size_of::<sys::nvmm_ioc_machine_configure>())?;
+                // SAFETY: the caller passes the argument structure of `request`, whose size was
+                // checked above (`Kernel::ioctl` contract).
                 let a = unsafe { *arg.cast::<sys::nvmm_ioc_machine_configure>() };
                 self.lookup(&mut st, fd, a.machid)?;
                 // x86 has no machine configuration operation.
@@ -565,6 +646,8 @@ unsafe impl Kernel for KernelModel {
             }
             sys::NVMM_IOC_VCPU_CREATE => {
                 expect(size_of::<sys::nvmm_ioc_vcpu_create>())?;
+                // SAFETY: the caller passes the argument structure of `request`, whose size was
+                // checked above (`Kernel::ioctl` contract).
                 let a = unsafe { *arg.cast::<sys::nvmm_ioc_vcpu_create>() };
                 let max = self.config.max_vcpus.min(MAX_VCPUS);
                 let m = self.lookup(&mut st, fd, a.machid)?;
@@ -577,12 +660,15 @@ unsafe impl Kernel for KernelModel {
                     return Err(libc::EBUSY);
                 }
                 let page = m.pages.entry(a.cpuid).or_insert_with(PageBox::new).clone();
+                // SAFETY: `page` is this VCPU's comm page, kept alive by the `Arc` held here.
                 let v = unsafe { vcpu::create(backend, &page) };
                 m.vcpus.insert(a.cpuid, v);
                 Ok(())
             }
             sys::NVMM_IOC_VCPU_DESTROY => {
                 expect(size_of::<sys::nvmm_ioc_vcpu_destroy>())?;
+                // SAFETY: the caller passes the argument structure of `request`, whose size was
+                // checked above (`Kernel::ioctl` contract).
                 let a = unsafe { *arg.cast::<sys::nvmm_ioc_vcpu_destroy>() };
                 let m = self.lookup(&mut st, fd, a.machid)?;
                 if a.cpuid >= MAX_VCPUS {
@@ -593,20 +679,27 @@ unsafe impl Kernel for KernelModel {
             }
             sys::NVMM_IOC_VCPU_CONFIGURE => {
                 expect(size_of::<sys::nvmm_ioc_vcpu_configure>())?;
+                // SAFETY: the caller passes the argument structure of `request`, whose size was
+                // checked above (`Kernel::ioctl` contract).
                 let a = unsafe { *arg.cast::<sys::nvmm_ioc_vcpu_configure>() };
                 let maxops = self.config.conf_cpuid_maxops as usize;
                 let tpr_ok = self.config.vcpu_conf_support & sys::NVMM_CAP_ARCH_VCPU_CONF_TPR != 0;
                 let m = self.lookup(&mut st, fd, a.machid)?;
                 let v = m.vcpus.get_mut(&a.cpuid).ok_or(libc::ENOENT)?;
+                // SAFETY: `a` is the VCPU_CONFIGURE argument, whose `conf` points to the structure
+                // of `a.op` (`Kernel::ioctl` contract).
                 unsafe { vcpu::configure(v, &a, maxops, tpr_ok) }
             }
             sys::NVMM_IOC_VCPU_GETSTATE => {
                 expect(size_of::<sys::nvmm_ioc_vcpu_getstate>())?;
                 self.counters.getstate.fetch_add(1, Ordering::Relaxed);
+                // SAFETY: the caller passes the argument structure of `request`, whose size was
+                // checked above (`Kernel::ioctl` contract).
                 let a = unsafe { *arg.cast::<sys::nvmm_ioc_vcpu_getstate>() };
                 let m = self.lookup(&mut st, fd, a.machid)?;
                 let page = m.pages.get(&a.cpuid).ok_or(libc::ENOENT)?.clone();
                 let v = m.vcpus.get_mut(&a.cpuid).ok_or(libc::ENOENT)?;
+                // SAFETY: `page` is this VCPU's comm page, kept alive by the `Arc` held here.
                 unsafe { vcpu::getstate(backend, v, page.comm()) };
                 Ok(())
             }
@@ -614,11 +707,14 @@ unsafe impl Kernel for KernelModel {
                 expect(size_of::<sys::nvmm_ioc_vcpu_run>())?;
                 self.counters.run.fetch_add(1, Ordering::Relaxed);
                 let args = arg.cast::<sys::nvmm_ioc_vcpu_run>();
+                // SAFETY: `args` is the VCPU_RUN argument structure (`Kernel::ioctl` contract, size
+                // checked above).
                 let (machid, cpuid) = unsafe { ((*args).machid, (*args).cpuid) };
                 let m = self.lookup(&mut st, fd, machid)?;
                 let page = m.pages.get(&cpuid).ok_or(libc::ENOENT)?.clone();
                 let v = m.vcpus.get_mut(&cpuid).ok_or(libc::ENOENT)?;
                 let comm = page.comm();
+                // SAFETY: `page` is this VCPU's comm page, kept alive by the `Arc` held here.
                 let end = unsafe { vcpu::run(backend, v, comm) };
                 // `stop` is cleared once the run is over, whatever its
                 // outcome: the project's reference places this in nvmm.c
@@ -629,42 +725,51 @@ unsafe impl Kernel for KernelModel {
                 match end? {
                     // Only the reason is written; the rest of the exit is
                     // copied back as userland passed it.
+                    // SAFETY: `args` is the VCPU_RUN argument structure (`Kernel::ioctl` contract,
+                    // size checked above).
                     RunEnd::Early(reason) => unsafe { (*args).exit.reason = reason },
+                    // SAFETY: `args` is the VCPU_RUN argument structure (`Kernel::ioctl` contract,
+                    // size checked above).
                     RunEnd::Full(exit) => unsafe { (&raw mut (*args).exit).write(exit) },
                 }
                 Ok(())
             }
             sys::NVMM_IOC_HVA_MAP => {
                 expect(size_of::<sys::nvmm_ioc_hva_map>())?;
+                // SAFETY: the caller passes the argument structure of `request`, whose size was
+                // checked above (`Kernel::ioctl` contract).
                 let a = unsafe { *arg.cast::<sys::nvmm_ioc_hva_map>() };
-                // The ioctl carries the address as an integer; the model
-                // zeroes the range through the pointer of its own
-                // allocation when it made it (keeping provenance, as
-                // -Zmiri-strict-provenance requires).
-                let range = st.anon_range(a.hva, a.size);
-                let m = self.lookup(&mut st, fd, a.machid)?;
-                memory::hva_map(m, &a, range)
+                self.lookup(&mut st, fd, a.machid)?;
+                memory::hva_map(&mut st, a.machid, &a)
             }
             sys::NVMM_IOC_HVA_UNMAP => {
                 expect(size_of::<sys::nvmm_ioc_hva_unmap>())?;
+                // SAFETY: the caller passes the argument structure of `request`, whose size was
+                // checked above (`Kernel::ioctl` contract).
                 let a = unsafe { *arg.cast::<sys::nvmm_ioc_hva_unmap>() };
                 self.lookup(&mut st, fd, a.machid)?;
                 memory::hva_unmap(&mut st, a.machid, &a)
             }
             sys::NVMM_IOC_GPA_MAP => {
                 expect(size_of::<sys::nvmm_ioc_gpa_map>())?;
+                // SAFETY: the caller passes the argument structure of `request`, whose size was
+                // checked above (`Kernel::ioctl` contract).
                 let a = unsafe { *arg.cast::<sys::nvmm_ioc_gpa_map>() };
                 let m = self.lookup(&mut st, fd, a.machid)?;
                 memory::gpa_map(m, &a)
             }
             sys::NVMM_IOC_GPA_UNMAP => {
                 expect(size_of::<sys::nvmm_ioc_gpa_unmap>())?;
+                // SAFETY: the caller passes the argument structure of `request`, whose size was
+                // checked above (`Kernel::ioctl` contract).
                 let a = unsafe { *arg.cast::<sys::nvmm_ioc_gpa_unmap>() };
                 let m = self.lookup(&mut st, fd, a.machid)?;
                 memory::gpa_unmap(m, &a)
             }
             sys::NVMM_IOC_CTL => {
                 expect(size_of::<sys::nvmm_ioc_ctl>())?;
+                // SAFETY: the caller passes the argument structure of `request`, whose size was
+                // checked above (`Kernel::ioctl` contract).
                 let a = unsafe { *arg.cast::<sys::nvmm_ioc_ctl>() };
                 if a.op != sys::NVMM_CTL_MACH_INFO {
                     return Err(libc::EINVAL);
@@ -673,6 +778,8 @@ unsafe impl Kernel for KernelModel {
                     return Err(libc::EINVAL);
                 }
                 let info = a.data.cast::<sys::nvmm_ctl_mach_info>();
+                // SAFETY: `data` of NVMM_CTL_MACH_INFO points to an `nvmm_ctl_mach_info` of `size`
+                // bytes (checked above; `Kernel::ioctl` contract).
                 let machid = unsafe { (*info).machid };
                 let pid = self.config.pid;
                 let m = self.lookup(&mut st, fd, machid)?;
@@ -680,6 +787,8 @@ unsafe impl Kernel for KernelModel {
                 // pid is the owner's, and the root owner's pid is 0.
                 let nram: u64 = m.hmaps.iter().map(|h| h.1 as u64).sum();
                 let pid = if m.owner == Owner::Root { 0 } else { pid };
+                // SAFETY: `data` of NVMM_CTL_MACH_INFO points to an `nvmm_ctl_mach_info` of `size`
+                // bytes (checked above; `Kernel::ioctl` contract).
                 unsafe {
                     (*info).nvcpus = m.vcpus.len() as u32;
                     (*info).nram = nram;
@@ -750,6 +859,8 @@ unsafe impl Kernel for KernelModel {
                 return Err(libc::EINVAL);
             }
             st.anon.remove(&a);
+            // SAFETY: a block the model allocated in `map_anonymous` with this length and
+            // alignment, forgotten by the bookkeeping here, so freed once.
             unsafe {
                 std::alloc::dealloc(
                     addr.as_ptr(),

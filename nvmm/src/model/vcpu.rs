@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
 
-use nvmm::nvmm_sys as sys;
+use crate::nvmm_sys as sys;
 
 use super::sanitize::{self, commit, readback};
 use super::{ALL, Backend, CRS, GPRS, MSRS, PageBox, SEGS, ScriptedExit, stop_word, zeroed_exit};
@@ -53,7 +53,7 @@ pub unsafe fn create(backend: Backend, page: &PageBox) -> VcpuModel {
             .add(stop_end)
             .write_bytes(0, size_of::<sys::nvmm_comm_page>() - stop_end);
         stop_word(comm).store(0, Ordering::SeqCst);
-        store_state(comm, &reset);
+        put_state(comm, &reset);
         (&raw mut (*comm).state_cached).write_volatile(ALL);
     }
     VcpuModel {
@@ -67,25 +67,26 @@ pub unsafe fn create(backend: Backend, page: &PageBox) -> VcpuModel {
     }
 }
 
-/// Writes `st` as the page's state. The kernel's page is plain memory
-/// (zeroed at VCPU_CREATE, then filled by `memcpy`), so every byte of it is
-/// defined and userland may read the FXSAVE area byte by byte. A typed
-/// copy of `nvmm_x64_state` leaves the padding of each `fpaccfx` (the six
-/// bytes after each 10-byte x87 register) undefined in Rust's (and miri's)
-/// model: they are zeroed after the copy.
+/// Stores `st` into the comm page's `state` as the kernel's copy does,
+/// leaving every byte of the page initialised. A typed store leaves the
+/// padding of the value undefined, and the bindings' FXSAVE area has
+/// padding: the 6 reserved bytes after each x87 register (`fpaccfx` is a
+/// 10-byte `fpacc87` aligned to 16). The crate reads the FXSAVE area as
+/// bytes (`Fpu::area`, `Vcpu::save`), so they are stored as zero here.
 ///
 /// # Safety
 ///
-/// `comm` is a live comm page.
-unsafe fn store_state(comm: *mut sys::nvmm_comm_page, st: &sys::nvmm_x64_state) {
-    // SAFETY: the caller's contract; the offsets stay inside `fx_87_ac`.
+/// `comm` is the VCPU's live comm page.
+unsafe fn put_state(comm: *mut sys::nvmm_comm_page, st: &sys::nvmm_x64_state) {
+    let reserved = size_of::<sys::fpaccfx>() - size_of::<sys::fpacc87>();
+    // SAFETY: the caller's contract; each register slot is 16 bytes of
+    // the page's FXSAVE area, its last `reserved` bytes padding.
     unsafe {
         (&raw mut (*comm).state).write(*st);
-        let regs = (&raw mut (*comm).state.fpu.fx_87_ac).cast::<u8>();
-        let stride = size_of::<sys::fpaccfx>();
-        let data = std::mem::offset_of!(sys::fpacc87, f87_exp_sign) + size_of::<u16>();
+        let regs = (&raw mut (*comm).state.fpu.fx_87_ac).cast::<sys::fpaccfx>();
         for i in 0..8 {
-            regs.add(i * stride + data).write_bytes(0, stride - data);
+            let slot = regs.add(i).cast::<u8>();
+            slot.add(size_of::<sys::fpacc87>()).write_bytes(0, reserved);
         }
     }
 }
@@ -102,7 +103,7 @@ pub unsafe fn getstate(backend: Backend, v: &VcpuModel, comm: *mut sys::nvmm_com
         let wanted = (&raw const (*comm).state_wanted).read_volatile() & ALL;
         let mut st = (&raw const (*comm).state).read();
         readback(backend, &v.hw, v.cpl, &mut st, wanted);
-        store_state(comm, &st);
+        put_state(comm, &st);
         let cached = (&raw const (*comm).state_cached).read_volatile();
         (&raw mut (*comm).state_cached).write_volatile(cached | wanted);
         (&raw mut (*comm).state_wanted).write_volatile(0);
@@ -197,6 +198,7 @@ pub unsafe fn run(
             }
             None => zeroed_exit(),
         };
+        let scripted = e;
         // svm_vcpu_guest_fpu_leave / vmx_vcpu_guest_fpu_leave: after the
         // guest ran, fpu_area_save (FXSAVE or XSAVE) stores the CPU's
         // MXCSR_MASK in the guest FPU area, so a later GETSTATE of FPU
@@ -225,17 +227,48 @@ pub unsafe fn run(
         };
         let mut st = (&raw const (*comm).state).read();
         readback(backend, &v.hw, v.cpl, &mut st, provide);
-        store_state(comm, &st);
+        put_state(comm, &st);
         (&raw mut (*comm).state_cached).write_volatile(provide);
 
         // "If no reason to return to userland, keep rolling": a signal or
         // a stop that came during the run overrides the exit reason.
         if let Some(reason) = return_needed(v, comm) {
             e.reason = reason;
+            // The exit is lost, but not the guest's instruction: the
+            // kernel returns to userland without advancing RIP for exits
+            // that userland completes, so the guest executes the
+            // instruction again and takes the same exit on the next run.
+            // (A HLT, which the kernel completes, is lost; see the
+            // project's reference on nvmm_return_needed.)
+            if takes_exit_again(scripted.reason) {
+                v.script.push_front(ScriptedExit {
+                    exit: scripted,
+                    guest: None,
+                    signal: false,
+                });
+            }
         }
         fill_exitstate(backend, &mut e, v);
         Ok(RunEnd::Full(e))
     }
+}
+
+/// Exits that userland completes (it emulates the instruction and moves
+/// RIP to `npc`): the backends' exit handlers (`svm_exit_io`,
+/// `svm_exit_npf`, `svm_exit_msr`, `svm_exit_cpuid` with a CPUID exit
+/// configured, `svm_exit_insn`, and their VMX twins) leave RIP on the
+/// instruction, so one whose exit a stop or signal replaced runs again.
+fn takes_exit_again(reason: u64) -> bool {
+    matches!(
+        reason,
+        sys::NVMM_VCPU_EXIT_IO
+            | sys::NVMM_VCPU_EXIT_MEMORY
+            | sys::NVMM_VCPU_EXIT_RDMSR
+            | sys::NVMM_VCPU_EXIT_WRMSR
+            | sys::NVMM_VCPU_EXIT_CPUID
+            | sys::NVMM_VCPU_EXIT_MONITOR
+            | sys::NVMM_VCPU_EXIT_MWAIT
+    )
 }
 
 /// The end of `*_vcpu_run`: RFLAGS, CR8 and the interrupt state.
@@ -269,11 +302,15 @@ pub unsafe fn configure(
 ) -> Result<(), i32> {
     match a.op {
         op if op == sys::NVMM_VCPU_CONF_CPUID => {
+            // SAFETY: the caller's contract: `conf` points to the
+            // structure of NVMM_VCPU_CONF_CPUID.
             let c = unsafe { *a.conf.cast::<sys::nvmm_vcpu_conf_cpuid>() };
             if c.mask() != 0 && c.exit() != 0 {
                 return Err(libc::EINVAL);
             }
             if c.mask() != 0 {
+                // SAFETY: the `mask` member is the one in use when the
+                // mask bit is set; both members are plain integers.
                 let (s, d) = unsafe { (c.u.mask.set, c.u.mask.del) };
                 if s.eax & d.eax != 0
                     || s.ebx & d.ebx != 0
@@ -297,6 +334,8 @@ pub unsafe fn configure(
             if !tpr_ok {
                 return Err(libc::EINVAL);
             }
+            // SAFETY: the caller's contract: `conf` points to the
+            // structure of NVMM_VCPU_CONF_TPR.
             let c = unsafe { *a.conf.cast::<sys::nvmm_vcpu_conf_tpr>() };
             v.tpr_exit = c.exit_changed() != 0;
             Ok(())

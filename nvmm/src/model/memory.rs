@@ -3,10 +3,9 @@
 //! **Model, not NetBSD.**
 
 use std::alloc::Layout;
-use std::ptr::NonNull;
 
-use nvmm::nvmm_sys as sys;
-use nvmm::sys::PAGE_SIZE;
+use crate::nvmm_sys as sys;
+use crate::sys::PAGE_SIZE;
 
 use super::{GPA_END, MAX_HMAPPINGS, MachineModel, ModelState};
 
@@ -45,35 +44,37 @@ fn hmapping_validate(m: &MachineModel, hva: usize, size: usize) -> Result<(), i3
 /// (`UVM_FLAG_FIXED|UVM_FLAG_UNMAP`): whatever the process had there is
 /// replaced by zeroes.
 ///
-/// `model_owned` is the range through a pointer of the model's own
-/// allocation, when the model allocated it (`map_anonymous`). Other memory
-/// (the crate's `hva_map_raw`) is reached from the integer address; under
-/// miri, which runs with strict provenance, that is not possible and the
-/// range is left as it is (`model_rules.rs` checks the zeroing natively).
-pub fn hva_map(
-    m: &mut MachineModel,
-    a: &sys::nvmm_ioc_hva_map,
-    model_owned: Option<NonNull<u8>>,
-) -> Result<(), i32> {
+/// The model stands for the replacement by zeroing the range. It gets an
+/// address only, so it needs a pointer with provenance to write: for
+/// memory it allocated itself (`map_anonymous`, which `Machine::hva_map`
+/// uses) it derives one from that allocation; for caller-owned memory
+/// (`Machine::hva_map_raw` of memory from elsewhere) it takes the exposed
+/// provenance of the address: such callers must expose it
+/// (`ptr.expose_provenance()`), which miri's strict-provenance mode does
+/// not support.
+pub fn hva_map(st: &mut ModelState, machid: u32, a: &sys::nvmm_ioc_hva_map) -> Result<(), i32> {
+    let m = st
+        .machines
+        .get_mut(machid as usize)
+        .and_then(|m| m.as_mut())
+        .ok_or(libc::ENOENT)?;
     hmapping_validate(m, a.hva, a.size)?;
     if m.hmaps.len() >= MAX_HMAPPINGS {
         return Err(libc::ENOBUFS);
     }
     m.hmaps.push((a.hva, a.size));
+    let own = st.anon.values().find(|(p, len)| {
+        let start = p.0.as_ptr().addr();
+        a.hva >= start && a.hva - start <= *len && a.size <= *len - (a.hva - start)
+    });
+    let range = match own {
+        Some((p, _)) => p.0.as_ptr().with_addr(a.hva),
+        None => std::ptr::with_exposed_provenance_mut::<u8>(a.hva),
+    };
     // SAFETY: the crate's contract for HVA_MAP is that the range is a
     // mapping of this process that nothing references (the kernel replaces
-    // it); the model stands for the replacement by zeroing it.
-    match model_owned {
-        // SAFETY: as above; the pointer covers `a.size` bytes.
-        Some(p) => unsafe { p.as_ptr().write_bytes(0, a.size) },
-        #[cfg(not(miri))]
-        // SAFETY: as above.
-        None => unsafe {
-            std::ptr::with_exposed_provenance_mut::<u8>(a.hva).write_bytes(0, a.size)
-        },
-        #[cfg(miri)]
-        None => {}
-    }
+    // it); the pointer has the provenance of the allocation holding it.
+    unsafe { range.write_bytes(0, a.size) };
     Ok(())
 }
 
