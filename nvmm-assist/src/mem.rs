@@ -104,9 +104,8 @@ where
     }
     let mode = CpuMode::try_of(state)?;
     if fast_path
-        && mode == CpuMode::Long64
         && !exit.instruction.is_empty()
-        && let Some(result) = fast::try_exec(state, ram, mmio, exit.gpa, exit.instruction)
+        && let Some(result) = fast::try_exec(state, mode, ram, mmio, exit.gpa, exit.instruction)
     {
         return result;
     }
@@ -122,9 +121,9 @@ where
         access::fetch(state, mode, ram, mmio, &mut bytes, 0, want)?;
         given = want;
         if fast_path
-            && mode == CpuMode::Long64
             && let Some(result) = fast::try_exec(
                 state,
+                mode,
                 ram,
                 mmio,
                 exit.gpa,
