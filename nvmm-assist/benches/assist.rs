@@ -340,7 +340,14 @@ struct SumPort {
 
 impl PortIo for SumPort {
     fn read(&mut self, _port: u16, buf: &mut [u8]) -> Result<(), BusError> {
-        buf.fill(0x5A);
+        // By size, as a device register file answers.
+        let v = (self.sum as u32).to_le_bytes();
+        match buf.len() {
+            1 => buf[0] = v[0],
+            2 => buf.copy_from_slice(&v[..2]),
+            4 => buf.copy_from_slice(&v),
+            _ => return Err(BusError(1)),
+        }
         Ok(())
     }
     fn write(&mut self, _port: u16, data: &[u8]) -> Result<(), BusError> {

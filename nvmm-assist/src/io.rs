@@ -39,7 +39,7 @@ use crate::Outcome;
 use crate::access::{AccessType, PAGE_SIZE, PhysRange, fetch, read_phys, resolve, write_phys};
 use crate::bus::{GuestRam, MmioBus, PortIo};
 use crate::error::Error;
-use crate::mode::CpuMode;
+use crate::mode::{CpuMode, check_control_state};
 use crate::segment::linear_address;
 use crate::state::{CpuState, Gpr, Segment};
 
@@ -48,6 +48,7 @@ pub const IO_BATCH_BYTES: usize = 4096;
 
 const RFLAGS_DF: u64 = 1 << 10;
 const RFLAGS_RF: u64 = 1 << 16;
+const EFER_LMA: u64 = 1 << 10;
 
 /// The information of an I/O exit, as NVMM (and VMX/SVM) report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,12 +96,11 @@ pub fn assist_io<
     if !matches!(size, 1 | 2 | 4) {
         return Err(Error::InconsistentExit);
     }
+    if !exit.string {
+        return plain_io(state, ports, exit);
+    }
     let mode = CpuMode::try_of(&*state)?;
-    let outcome = if exit.string {
-        string_io(state, mode, ram, mmio, ports, exit, size)
-    } else {
-        plain_io(state, mode, ports, exit, size)
-    }?;
+    let outcome = string_io(state, mode, ram, mmio, ports, exit, size)?;
     // The same RF rule as the memory assist: a completed instruction clears
     // RFLAGS.RF; a REP batch that leaves iterations sets it, as when an
     // interrupt arrives between iterations, so an instruction breakpoint at
@@ -113,31 +113,60 @@ pub fn assist_io<
     Ok(outcome)
 }
 
-/// IN and OUT.
+/// IN and OUT: the fast path of the port assist (the most frequent exit of
+/// a guest that drives a UART, PIC, PIT or PCI configuration space). One
+/// port access of a fixed size, no memory operand, no decoding: the mode
+/// matters only for the zero-extension of a 4-byte IN.
 fn plain_io<S: CpuState + ?Sized, P: PortIo + ?Sized>(
     state: &mut S,
-    mode: CpuMode,
     ports: &mut P,
     exit: &IoExit,
-    size: usize,
 ) -> Result<Outcome, Error> {
+    // The same refusal of an impossible control state as every assist.
+    check_control_state(&*state)?;
+    let rflags = state.rflags();
     let rax = state.gpr(Gpr::Rax);
-    let mut data = rax.to_le_bytes();
-    let part = data.get_mut(..size).ok_or(Error::InconsistentExit)?;
+    let port = exit.port;
     if exit.input {
-        ports.read(exit.port, part)?;
-        let value = u64::from_le_bytes(data);
-        let new = match size {
-            1 => (rax & !0xFF) | (value & 0xFF),
-            2 => (rax & !0xFFFF) | (value & 0xFFFF),
-            _ if mode.is_64bit() => value & 0xFFFF_FFFF,
-            _ => (rax & !0xFFFF_FFFF) | (value & 0xFFFF_FFFF),
+        let mut buf = [0u8; 4];
+        let new = match exit.operand_size {
+            1 => {
+                ports.read(port, &mut buf[..1])?;
+                (rax & !0xFF) | u64::from(buf[0])
+            }
+            2 => {
+                ports.read(port, &mut buf[..2])?;
+                (rax & !0xFFFF) | u64::from(u16::from_le_bytes([buf[0], buf[1]]))
+            }
+            _ => {
+                ports.read(port, &mut buf)?;
+                let value = u64::from(u32::from_le_bytes(buf));
+                // A 32-bit register write zero-extends in 64-bit mode
+                // (EFER.LMA and CS.L: the state is consistent, so LMA
+                // implies protected mode); elsewhere bits 63:32 stay.
+                let long64 =
+                    state.efer() & EFER_LMA != 0 && state.segment(Segment::Cs).attributes.l();
+                if long64 {
+                    value
+                } else {
+                    (rax & !0xFFFF_FFFF) | value
+                }
+            }
         };
         state.set_gpr(Gpr::Rax, new);
     } else {
-        ports.write(exit.port, part)?;
+        let data = rax.to_le_bytes();
+        match exit.operand_size {
+            1 => ports.write(port, &data[..1])?,
+            2 => ports.write(port, &data[..2])?,
+            _ => ports.write(port, &data[..4])?,
+        }
     }
     state.set_rip(exit.npc);
+    // RF is cleared when an instruction completes.
+    if rflags & RFLAGS_RF != 0 {
+        state.set_rflags(rflags & !RFLAGS_RF);
+    }
     Ok(Outcome::Done)
 }
 

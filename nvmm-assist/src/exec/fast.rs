@@ -579,11 +579,11 @@ mod tests {
     use std::vec::Vec;
 
     use crate::decode::{Operand, decode};
-    use crate::{Registers, Segment, SegmentAttributes};
     use crate::mem::assist_mem_with;
     use crate::mode::CpuMode;
     use crate::testutil::{Layout, PageTables, RecordingMmio, TEST_VENDOR, TestRam, pte};
     use crate::{AccessType, MemExit};
+    use crate::{Registers, Segment, SegmentAttributes};
 
     struct Rng(u64);
     impl Rng {
@@ -735,7 +735,13 @@ mod tests {
             regs = Registers::flat_protected32(TEST_VENDOR);
             regs.segments[Segment::Cs as usize].attributes = SegmentAttributes::code16();
         }
-        for s in [Segment::Es, Segment::Ss, Segment::Ds, Segment::Fs, Segment::Gs] {
+        for s in [
+            Segment::Es,
+            Segment::Ss,
+            Segment::Ds,
+            Segment::Fs,
+            Segment::Gs,
+        ] {
             let r = &mut regs.segments[s as usize];
             if mode.is_64bit() {
                 if matches!(s, Segment::Fs | Segment::Gs) && rng.below(2) == 0 {
@@ -762,7 +768,11 @@ mod tests {
         regs.rip = 0x10000 + rng.below(0x100);
         if !mode.is_64bit() && rng.below(16) == 0 {
             // Near the wrap of the instruction pointer.
-            regs.rip = if mode.default_size() == 2 { 0xFFF8 } else { 0xFFFF_FFF8 };
+            regs.rip = if mode.default_size() == 2 {
+                0xFFF8
+            } else {
+                0xFFFF_FFF8
+            };
         }
         for g in regs.gprs.iter_mut() {
             *g = match rng.below(4) {
