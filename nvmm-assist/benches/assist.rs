@@ -32,8 +32,9 @@ use std::time::{Duration, Instant};
 
 use iced_x86::{Decoder, DecoderOptions};
 use nvmm_assist::{
-    AccessType, BusError, CompareWrite, GuestRam, IoExit, MemExit, MmioBus, Outcome, PortIo,
-    RamStatus, Registers, Segment, SegmentAttributes, SegmentRegister, assist_io, assist_mem,
+    AccessType, BusError, CompareWrite, GuestRam, IoExit, MemExit, MmioBus, Outcome, PartialBatch,
+    PortIo, RamStatus, Registers, Segment, SegmentAttributes, SegmentRegister, assist_io,
+    assist_mem,
 };
 use support::memdev::Guest;
 use support::{Layout, PageTables, RecordingPorts, TestRam, pte};
@@ -382,6 +383,10 @@ impl PortIo for BulkPort {
         }
         self.fifo.extend_from_slice(data);
         Ok(())
+    }
+    fn write_batch(&mut self, port: u16, _size: usize, data: &[u8]) -> Result<(), PartialBatch> {
+        self.write(port, data)
+            .map_err(|error| PartialBatch { done: 0, error })
     }
 }
 

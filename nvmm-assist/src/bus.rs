@@ -60,12 +60,55 @@ pub trait MmioBus {
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), BusError>;
 }
 
+/// A batch of port accesses ([`PortIo::read_batch`],
+/// [`PortIo::write_batch`]) that failed part-way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartialBatch {
+    /// How many elements were transferred, in order, before the failing one.
+    pub done: usize,
+    /// The failure of element `done`.
+    pub error: BusError,
+}
+
 /// Port I/O.
+///
+/// A `REP INS`/`REP OUTS` batch goes through [`PortIo::read_batch`] /
+/// [`PortIo::write_batch`], whose default implementations make one
+/// [`PortIo::read`] / [`PortIo::write`] per element: a device that can take a
+/// whole batch at once (a FIFO, a disk data port) overrides them.
 pub trait PortIo {
     /// An `IN` of `buf.len()` (1, 2 or 4) bytes from `port`.
     fn read(&mut self, port: u16, buf: &mut [u8]) -> Result<(), BusError>;
     /// An `OUT` of `data` (1, 2 or 4 bytes) to `port`.
     fn write(&mut self, port: u16, data: &[u8]) -> Result<(), BusError>;
+
+    /// `buf.len() / size` consecutive `IN`s of `size` (1, 2 or 4) bytes
+    /// from `port`, element `i` into `buf[i * size..(i + 1) * size]`, in
+    /// the order the CPU performs them (whatever RFLAGS.DF says: the assist
+    /// places the elements in memory).
+    ///
+    /// On a failure, [`PartialBatch::done`] says how many elements were
+    /// read before it: the assist commits exactly those (memory and
+    /// registers), as the CPU would have up to that element.
+    fn read_batch(&mut self, port: u16, size: usize, buf: &mut [u8]) -> Result<(), PartialBatch> {
+        for (done, element) in buf.chunks_exact_mut(size.max(1)).enumerate() {
+            self.read(port, element)
+                .map_err(|error| PartialBatch { done, error })?;
+        }
+        Ok(())
+    }
+
+    /// `data.len() / size` consecutive `OUT`s of `size` (1, 2 or 4) bytes
+    /// to `port`, element `i` being `data[i * size..(i + 1) * size]`, in the
+    /// order the CPU performs them. Failures as for
+    /// [`PortIo::read_batch`].
+    fn write_batch(&mut self, port: u16, size: usize, data: &[u8]) -> Result<(), PartialBatch> {
+        for (done, element) in data.chunks_exact(size.max(1)).enumerate() {
+            self.write(port, element)
+                .map_err(|error| PartialBatch { done, error })?;
+        }
+        Ok(())
+    }
 }
 
 impl<T: GuestRam + ?Sized> GuestRam for &mut T {
@@ -100,5 +143,11 @@ impl<T: PortIo + ?Sized> PortIo for &mut T {
     }
     fn write(&mut self, port: u16, data: &[u8]) -> Result<(), BusError> {
         (**self).write(port, data)
+    }
+    fn read_batch(&mut self, port: u16, size: usize, buf: &mut [u8]) -> Result<(), PartialBatch> {
+        (**self).read_batch(port, size, buf)
+    }
+    fn write_batch(&mut self, port: u16, size: usize, data: &[u8]) -> Result<(), PartialBatch> {
+        (**self).write_batch(port, size, data)
     }
 }

@@ -37,7 +37,7 @@
 
 use crate::Outcome;
 use crate::access::{AccessType, PAGE_SIZE, PhysRange, fetch, read_phys, resolve, write_phys};
-use crate::bus::{GuestRam, MmioBus, PortIo};
+use crate::bus::{BusError, GuestRam, MmioBus, PartialBatch, PortIo};
 use crate::error::Error;
 use crate::mode::{CpuMode, check_control_state};
 use crate::segment::linear_address;
@@ -223,6 +223,26 @@ fn outs_segment<S: CpuState + ?Sized, R: GuestRam + ?Sized, M: MmioBus + ?Sized>
     Err(Error::InconsistentExit)
 }
 
+/// The elements done and the error, if any, of a batch of `n` elements (a
+/// device that claims more than `n` is taken at `n`).
+fn batch_result(r: Result<(), PartialBatch>, n: u64) -> (u64, Option<BusError>) {
+    match r {
+        Ok(()) => (n, None),
+        Err(p) => ((p.done as u64).min(n), Some(p.error)),
+    }
+}
+
+/// Reverses the order of the `size`-byte elements of `data` (each
+/// element's own bytes keep their order).
+fn reverse_elements(data: &mut [u8], size: usize) {
+    data.reverse();
+    if size > 1 {
+        for element in data.chunks_exact_mut(size) {
+            element.reverse();
+        }
+    }
+}
+
 /// INS and OUTS, one bounded batch.
 fn string_io<
     S: CpuState + ?Sized,
@@ -315,65 +335,49 @@ fn string_io<
 
     let mut buf = [0u8; IO_BATCH_BYTES];
     let data = buf.get_mut(..total).ok_or(Error::InconsistentExit)?;
-    // Buffer slot of iteration i: ascending for DF=0, descending for DF=1.
-    let slot = |i: u64| -> core::ops::Range<usize> {
-        let k = if backwards { n - 1 - i } else { i };
-        let start = (k * size64) as usize;
-        start..start + size
-    };
-
-    let mut done: u64 = 0;
-    let mut port_error = None;
-    if exit.input {
-        while done < n {
-            let part = data.get_mut(slot(done)).ok_or(Error::InconsistentExit)?;
-            if let Err(e) = ports.read(exit.port, part) {
-                port_error = Some(e);
-                break;
-            }
-            done += 1;
-        }
+    // The batch goes to the device in iteration order (descending
+    // addresses for DF=1); `data` holds it in memory order.
+    let (done, port_error) = if exit.input {
+        let (done, port_error) = batch_result(ports.read_batch(exit.port, size, data), n);
         if done == 0
             && let Some(e) = port_error
         {
             return Err(e.into());
         }
-        // Write what the completed iterations read: all of the batch, or
-        // (on a port error, n > 1 so within one page) the slots of the
-        // first `done` iterations.
+        // The completed iterations' elements, into memory order: all of the
+        // batch, or (on a port error, n > 1 so within one page) the first
+        // `done` iterations, which lie at the low end for DF=0 and the high
+        // end for DF=1.
+        let bytes = (done * size64) as usize;
+        let part = data.get_mut(..bytes).ok_or(Error::InconsistentExit)?;
+        if backwards {
+            reverse_elements(part, size);
+        }
         if done == n {
-            write_phys(ram, mmio, &range, data)?;
+            write_phys(ram, mmio, &range, part)?;
         } else {
-            let (lo, hi) = if backwards {
-                ((n - done) * size64, n * size64)
-            } else {
-                (0, done * size64)
-            };
-            let (lo, hi) = (lo as usize, hi as usize);
+            let lo = if backwards { (n - done) * size64 } else { 0 };
             let (gpa, _) = range.parts[0];
             let sub = PhysRange {
-                parts: [(gpa + lo as u64, hi - lo), (0, 0)],
+                parts: [(gpa + lo, bytes), (0, 0)],
                 count: 1,
             };
-            let part = data.get(lo..hi).ok_or(Error::InconsistentExit)?;
             write_phys(ram, mmio, &sub, part)?;
         }
+        (done, port_error)
     } else {
         read_phys(ram, mmio, &range, data)?;
-        while done < n {
-            let part = data.get(slot(done)).ok_or(Error::InconsistentExit)?;
-            if let Err(e) = ports.write(exit.port, part) {
-                port_error = Some(e);
-                break;
-            }
-            done += 1;
+        if backwards {
+            reverse_elements(data, size);
         }
+        let (done, port_error) = batch_result(ports.write_batch(exit.port, size, data), n);
         if done == 0
             && let Some(e) = port_error
         {
             return Err(e.into());
         }
-    }
+        (done, port_error)
+    };
 
     // Commit the completed iterations.
     let moved = done * size64;

@@ -59,7 +59,7 @@ pub mod vendor;
 pub(crate) mod testutil;
 
 pub use access::AccessType;
-pub use bus::{BusError, CompareWrite, GuestRam, MmioBus, PortIo, RamStatus};
+pub use bus::{BusError, CompareWrite, GuestRam, MmioBus, PartialBatch, PortIo, RamStatus};
 pub use decode::{DecodeError, Instruction, decode};
 pub use error::{Error, Exception};
 pub use io::{IoExit, assist_io};
