@@ -7,7 +7,8 @@
 //!   `movzx r, byte [m]`): nanoseconds per full assist (decode + emulate +
 //!   device callback + register commit) with the instruction bytes in the
 //!   exit (SVM DecodeAssists), the same with the bytes fetched at CS:RIP
-//!   through segmentation and the page walker (VMX: no bytes in the exit),
+//!   through segmentation and the page walker (VMX: no bytes in the exit;
+//!   with the VCPU's `FetchCache`, re-validated on every use),
 //!   and iced-x86's decode alone of the same bytes (a fresh `Decoder` per
 //!   instruction, as a VMM does per exit);
 //! - non-string `out dx, al` / `in al, dx` against the `mov` store assist;
@@ -32,9 +33,9 @@ use std::time::{Duration, Instant};
 
 use iced_x86::{Decoder, DecoderOptions};
 use nvmm_assist::{
-    AccessType, BusError, CompareWrite, GuestRam, IoExit, MemExit, MmioBus, Outcome, PartialBatch,
-    PortIo, RamStatus, Registers, Segment, SegmentAttributes, SegmentRegister, assist_io,
-    assist_mem,
+    AccessType, BusError, CompareWrite, FetchCache, GuestRam, IoExit, MemExit, MmioBus, Outcome,
+    PartialBatch, PortIo, RamStatus, Registers, Segment, SegmentAttributes, SegmentRegister,
+    assist_io, assist_mem_cached,
 };
 use support::memdev::Guest;
 use support::{Layout, PageTables, RecordingPorts, TestRam, pte};
@@ -317,10 +318,13 @@ fn assist_runner(m: &ModeSetup, bytes: &'static [u8], fetch: bool) -> Runner {
         access: AccessType::Write,
         instruction: if fetch { &[] } else { bytes },
     };
+    // The VCPU's fetch cache, as nvmm keeps one per Vcpu (used only when
+    // the exit has no bytes).
+    let mut cache = FetchCache::new();
     runner(move || {
         regs.rip = CODE;
         regs.gprs[3] = MMIO;
-        let r = assist_mem(&mut regs, &mut ram, &mut dev, black_box(&exit));
+        let r = assist_mem_cached(&mut regs, &mut ram, &mut dev, black_box(&exit), &mut cache);
         assert_eq!(r, Ok(Outcome::Done));
     })
 }

@@ -39,6 +39,7 @@ use crate::Outcome;
 use crate::access::{AccessType, PAGE_SIZE, PhysRange, fetch, read_phys, resolve, write_phys};
 use crate::bus::{BusError, GuestRam, MmioBus, PartialBatch, PortIo};
 use crate::error::Error;
+use crate::fetch_cache::FetchCache;
 use crate::mode::{CpuMode, check_control_state};
 use crate::segment::linear_address;
 use crate::state::{CpuState, Gpr, Segment};
@@ -202,8 +203,9 @@ fn outs_segment<S: CpuState + ?Sized, R: GuestRam + ?Sized, M: MmioBus + ?Sized>
 ) -> Result<Segment, Error> {
     let mut bytes = [0u8; 15];
     let mut segment = Segment::Ds;
+    let mut cache = FetchCache::new();
     for i in 0..bytes.len() {
-        fetch(state, mode, ram, mmio, &mut bytes, i, i + 1)?;
+        fetch(state, mode, ram, mmio, &mut cache, &mut bytes, i, i + 1)?;
         let b = bytes.get(i).copied().ok_or(Error::InconsistentExit)?;
         match b {
             0x26 => segment = Segment::Es,

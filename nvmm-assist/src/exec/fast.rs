@@ -578,6 +578,7 @@ mod tests {
 
     use std::vec::Vec;
 
+    use crate::FetchCache;
     use crate::decode::{Operand, decode};
     use crate::mem::assist_mem_with;
     use crate::mode::CpuMode;
@@ -823,8 +824,22 @@ mod tests {
                     (regs.clone(), ram.clone(), RecordingMmio::default());
                 let (mut r2, mut ram2, mut m2) =
                     (regs.clone(), ram.clone(), RecordingMmio::default());
-                let fast = assist_mem_with(&mut r1, &mut ram1, &mut m1, &exit, true);
-                let general = assist_mem_with(&mut r2, &mut ram2, &mut m2, &exit, false);
+                let fast = assist_mem_with(
+                    &mut r1,
+                    &mut ram1,
+                    &mut m1,
+                    &exit,
+                    true,
+                    &mut FetchCache::new(),
+                );
+                let general = assist_mem_with(
+                    &mut r2,
+                    &mut ram2,
+                    &mut m2,
+                    &exit,
+                    false,
+                    &mut FetchCache::new(),
+                );
                 assert_eq!(fast, general, "{mode:?} {bytes:02x?}");
                 assert_eq!(r1, r2, "{mode:?} {bytes:02x?}");
                 assert_eq!(m1.log, m2.log, "{mode:?} {bytes:02x?}");
