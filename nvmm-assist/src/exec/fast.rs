@@ -1,5 +1,5 @@
 //! The fast path: the instructions that make up nearly every MMIO exit
-//! (MOV 88/89/8A/8B/C6/C7, MOVZX 0F B6/B7, the ALU forms 00-3B, the
+//! (MOV 88/89/8A/8B/C6/C7 and A0-A3 (moffs), MOVZX 0F B6/B7, the ALU forms 00-3B, the
 //! immediate group 80/81/83 and TEST 84/85/F6/F7), in every mode (16-bit
 //! and 32/64-bit ModRM addressing), with a 66 prefix, segment overrides
 //! and (64-bit mode) a REX prefix at most, decoded and executed without
@@ -225,6 +225,9 @@ fn decode_form<S: CpuState + ?Sized>(state: &S, mode: CpuMode, bytes: &[u8]) -> 
     } else {
         4
     };
+    if let 0xA0..=0xA3 = b {
+        return moffs(state, mode, bytes, i, b, vsize, rex, seg_override);
+    }
     // (kind, operand size, immediate size, bytes accessed)
     let mut op = Mnemonic::Mov;
     let (kind, size, imm_size, access_size) = match b {
@@ -358,6 +361,65 @@ fn decode_form<S: CpuState + ?Sized>(state: &S, mode: CpuMode, bytes: &[u8]) -> 
         imm,
         offset: base.wrapping_add(disp) & amask,
         segment: seg_override.unwrap_or(default_seg),
+        next_rip,
+    })
+}
+
+/// MOV AL/rAX to or from `[moffs]` (A0-A3): the offset, of the address
+/// size, follows the opcode at `i`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn moffs<S: CpuState + ?Sized>(
+    state: &S,
+    mode: CpuMode,
+    bytes: &[u8],
+    mut i: usize,
+    opcode: u8,
+    vsize: u8,
+    rex: u8,
+    seg_override: Option<Segment>,
+) -> Option<Fast> {
+    let size = if opcode & 1 == 0 { 1 } else { vsize };
+    let offset = match mode.default_address_size() {
+        2 => {
+            let s = bytes.get(i..i + 2)?;
+            i += 2;
+            u64::from(u16::from_le_bytes([s[0], s[1]]))
+        }
+        4 => {
+            let s = bytes.get(i..i + 4)?;
+            i += 4;
+            u64::from(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        }
+        _ => {
+            let s = bytes.get(i..i + 8)?;
+            i += 8;
+            u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]])
+        }
+    };
+    if i > 15 {
+        return None;
+    }
+    let rip = state.rip().wrapping_add(i as u64);
+    let next_rip = match mode.default_size() {
+        _ if mode.is_64bit() => rip,
+        4 => rip & 0xFFFF_FFFF,
+        _ => rip & 0xFFFF,
+    };
+    Some(Fast {
+        kind: if opcode & 2 == 0 {
+            Kind::Load
+        } else {
+            Kind::Store
+        },
+        size,
+        access_size: size,
+        reg: 0,
+        op: Mnemonic::Mov,
+        rex: rex != 0,
+        imm: 0,
+        offset,
+        segment: seg_override.unwrap_or(Segment::Ds),
         next_rip,
     })
 }
@@ -635,6 +697,10 @@ mod tests {
         &[0x85],
         &[0xF6],
         &[0xF7],
+        &[0xA0],
+        &[0xA1],
+        &[0xA2],
+        &[0xA3],
         // Near misses the fast path must leave alone.
         &[0x0F, 0xBE],
         &[0x04],
