@@ -65,6 +65,7 @@ fn read_host_vendor() -> Vendor {
     Vendor::Intel
 }
 
+#[inline]
 fn seg_of(s: nvmm_assist::Segment) -> Seg {
     match s {
         nvmm_assist::Segment::Es => Seg::Es,
@@ -76,29 +77,37 @@ fn seg_of(s: nvmm_assist::Segment) -> Seg {
     }
 }
 
+#[inline]
 fn gpr_of(r: nvmm_assist::Gpr) -> Gpr {
     Gpr::ALL.get(r.index()).copied().unwrap_or(Gpr::Rax)
 }
 
 impl CpuState for CommState {
+    #[inline]
     fn gpr(&self, reg: nvmm_assist::Gpr) -> u64 {
         Gprs::new(self.page).get(gpr_of(reg))
     }
+    #[inline]
     fn set_gpr(&mut self, reg: nvmm_assist::Gpr, value: u64) {
         Gprs::new(self.page).set(gpr_of(reg), value);
     }
+    #[inline]
     fn rip(&self) -> u64 {
         Gprs::new(self.page).rip()
     }
+    #[inline]
     fn set_rip(&mut self, value: u64) {
         Gprs::new(self.page).set_rip(value);
     }
+    #[inline]
     fn rflags(&self) -> u64 {
         Gprs::new(self.page).rflags()
     }
+    #[inline]
     fn set_rflags(&mut self, value: u64) {
         Gprs::new(self.page).set_rflags(value);
     }
+    #[inline]
     fn segment(&self, seg: nvmm_assist::Segment) -> SegmentRegister {
         let s = Segs::new(self.page).get(seg_of(seg));
         SegmentRegister {
@@ -108,18 +117,23 @@ impl CpuState for CommState {
             attributes: SegmentAttributes(s.attrib.0),
         }
     }
+    #[inline]
     fn cr0(&self) -> u64 {
         Crs::new(self.page).get(Cr::Cr0)
     }
+    #[inline]
     fn cr3(&self) -> u64 {
         Crs::new(self.page).get(Cr::Cr3)
     }
+    #[inline]
     fn cr4(&self) -> u64 {
         Crs::new(self.page).get(Cr::Cr4)
     }
+    #[inline]
     fn efer(&self) -> u64 {
         Msrs::new(self.page).get(Msr::Efer)
     }
+    #[inline]
     fn xmm(&self, index: u8) -> Option<u128> {
         if self.page.cached().contains(StateClasses::FPU) && index < 16 {
             Some(xmm_of(self.page, index))
@@ -127,11 +141,13 @@ impl CpuState for CommState {
             None
         }
     }
+    #[inline]
     fn set_xmm(&mut self, index: u8, value: u128) {
         if self.page.cached().contains(StateClasses::FPU) && index < 16 {
             set_xmm_of(self.page, index, value);
         }
     }
+    #[inline]
     fn vendor(&self) -> Vendor {
         self.vendor
     }
