@@ -503,7 +503,9 @@ impl Vcpu {
         M: nvmm_assist::MmioBus + ?Sized,
     {
         self.fetch(PROVIDED_ON_IO_AND_MEMORY)?;
-        let crate::Exit::Memory(m) = self.last_exit() else {
+        let mut state = CommState::new(self.page(), self.guest_vendor());
+        let (last_exit, machine, cache) = self.exit_machine_cache();
+        let crate::Exit::Memory(m) = last_exit else {
             return Err(Error::rejected(
                 Op::AssistMem,
                 crate::error::Rejection::WrongExit,
@@ -518,10 +520,14 @@ impl Vcpu {
             },
             instruction: m.instruction,
         };
-        let areas = self.machine().areas();
-        let mut state = CommState::new(self.page(), self.guest_vendor());
+        let areas = machine.areas();
         let mut ram = AreaRam { areas: &areas };
-        nvmm_assist::assist_mem(&mut state, &mut ram, mmio, &exit).map_err(|source| Error::Assist {
+        // When the exit has no instruction bytes (VMX), the CS:RIP
+        // translation comes from this VCPU's fetch cache, after the assist
+        // has re-read every entry of the cached walk and compared the
+        // control state (exact: see nvmm_assist::FetchCache).
+        let result = nvmm_assist::assist_mem_cached(&mut state, &mut ram, mmio, &exit, cache);
+        result.map_err(|source| Error::Assist {
             op: Op::AssistMem,
             source,
         })
