@@ -3,12 +3,15 @@
 //! Flow of [`assist_mem`]:
 //! 1. The instruction bytes come from the exit, or are fetched at CS:RIP
 //!    up to the first page end or CS-limit end (more only if the decoder
-//!    needs more), through segmentation and the page walker.
-//! 2. In 64-bit mode the most frequent MMIO forms (MOV, MOVZX, the ALU
-//!    and TEST forms with a 66/REX prefix at most) take a fast path
-//!    (`exec/fast.rs`) that decodes and executes them directly; everything
-//!    else, and every case that needs more than a plain access, goes to the
-//!    general decoder and the per-family executors in `exec/`.
+//!    needs more), through segmentation and the page walker, or the
+//!    caller's [`FetchCache`] ([`assist_mem_cached`]), re-validated first.
+//! 2. In every mode the most frequent MMIO forms (MOV including moffs,
+//!    MOVZX, the ALU and TEST forms, with 66, segment-override and REX
+//!    prefixes at most) take a fast path (`exec/fast.rs`) that decodes and
+//!    executes them directly; everything else, and every case that needs
+//!    more than a plain access (a fault, a page crossing, a mismatching
+//!    exit), goes to the general decoder and the per-family executors in
+//!    `exec/`. A differential test holds the two paths equal.
 //! 3. Registers are staged and committed only when the instruction (or a
 //!    REP batch) has succeeded: an error changes no register.
 //!
