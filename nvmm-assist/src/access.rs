@@ -105,6 +105,14 @@ pub(crate) fn read_phys<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     range: &PhysRange,
     buf: &mut [u8],
 ) -> Result<(), Error> {
+    if range.count == 1 && range.parts[0].1 == buf.len() {
+        // The common case, without the fragment iterator.
+        let gpa = range.parts[0].0;
+        if ram.read(gpa, buf)? == RamStatus::NotRam {
+            mmio.read(gpa, buf)?;
+        }
+        return Ok(());
+    }
     for (start, gpa, len) in fragments(range) {
         let end = start.checked_add(len).ok_or(Error::InconsistentExit)?;
         let part = buf.get_mut(start..end).ok_or(Error::InconsistentExit)?;

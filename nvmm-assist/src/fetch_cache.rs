@@ -34,6 +34,7 @@ use crate::state::{CpuState, Segment, SegmentRegister};
 use crate::translate::{WalkRecord, read_entry, translate_recorded};
 
 const RFLAGS_VM: u64 = 1 << 17;
+const CR0_PG: u64 = 1 << 31;
 
 /// The state a cached translation depends on besides the entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +120,12 @@ impl FetchCache {
         ram: &mut R,
         linear: u64,
     ) -> Result<u64, Error> {
+        if state.cr0() & CR0_PG == 0 {
+            // No paging: nothing to walk, nothing to cache. (The assists
+            // have checked the control state, CpuMode::try_of, before any
+            // fetch.)
+            return Ok(linear & 0xFFFF_FFFF);
+        }
         let key = Key::of(state, linear);
         if let Some(c) = &self.entry
             && c.key == key
