@@ -13,7 +13,8 @@
 //!   instruction, as a VMM does per exit);
 //! - non-string `out dx, al` / `in al, dx` against the `mov` store assist;
 //! - one assist call of a 4 KiB `rep outsb` to a per-element device and to
-//!   a device that takes the batch in one call;
+//!   a device that takes the batch in one call, and the same for a 4 KiB
+//!   `rep stosd` to a framebuffer behind the MMIO bus;
 //! - the number of assist calls (VM exits) a 4 KiB `rep movsb` to MMIO, a
 //!   4 KiB `rep stosd` to MMIO and a 4 KiB `rep outsb` take (libnvmm: 4096,
 //!   1024 and 128).
@@ -448,6 +449,70 @@ fn rep_outsb_runner<P: PortIo + 'static>(mut ports: P) -> Runner {
     })
 }
 
+/// A framebuffer page at [`MMIO`]: plain memory behind the MMIO bus.
+struct Framebuffer {
+    mem: Vec<u8>,
+    /// Whether it takes whole batches (`MmioBus::write_batch`).
+    batches: bool,
+}
+
+impl MmioBus for Framebuffer {
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BusError> {
+        let at = (gpa & 0xFFF) as usize;
+        let src = self.mem.get(at..at + buf.len()).ok_or(BusError(1))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), BusError> {
+        let at = (gpa & 0xFFF) as usize;
+        let dst = self.mem.get_mut(at..at + data.len()).ok_or(BusError(1))?;
+        dst.copy_from_slice(data);
+        Ok(())
+    }
+    fn write_batch(
+        &mut self,
+        gpa: u64,
+        size: usize,
+        descending: bool,
+        data: &[u8],
+    ) -> Option<Result<(), PartialBatch>> {
+        if !self.batches || descending {
+            return None;
+        }
+        let _ = size;
+        Some(
+            self.write(gpa, data)
+                .map_err(|error| PartialBatch { done: 0, error }),
+        )
+    }
+}
+
+/// One assist call of a 4 KiB `rep stosd` (1024 elements) to a framebuffer.
+fn rep_stosd_runner(batches: bool) -> Runner {
+    let mut regs = Registers::long_mode(support::TEST_VENDOR, PT_ROOT, CODE, 0);
+    let mut ram = FlatRam {
+        mem: vec![0; 0x1_0000],
+    };
+    let mut fb = Framebuffer {
+        mem: vec![0; 4096],
+        batches,
+    };
+    let exit = MemExit {
+        gpa: MMIO,
+        access: AccessType::Write,
+        instruction: &[0xF3, 0xAB],
+    };
+    let mut cache = FetchCache::new();
+    runner(move || {
+        regs.rip = CODE;
+        regs.gprs[7] = MMIO; // RDI
+        regs.gprs[1] = 1024; // RCX
+        regs.gprs[0] = 0x00FF_00FF; // EAX
+        let r = assist_mem_cached(&mut regs, &mut ram, &mut fb, black_box(&exit), &mut cache);
+        assert_eq!(r, Ok(Outcome::Done));
+    })
+}
+
 /// Assist calls until a REP memory instruction is done.
 fn rep_calls(
     bytes: &[u8],
@@ -525,6 +590,8 @@ fn main() {
         rep_outsb_runner(BulkPort::default()),
         big,
     );
+    push("rep stosd per-element".into(), rep_stosd_runner(false), big);
+    push("rep stosd batch".into(), rep_stosd_runner(true), big);
     let t = measure(&mut timed);
 
     println!("nvmm-assist, ns per call (median of {ROUNDS} interleaved rounds of {n} calls):");
@@ -606,6 +673,13 @@ fn main() {
         "target: 4 KiB rep outsb to a bulk device <= 2000 ns: {bulk:.0} ns ({})",
         verdict(bulk <= 2000.0)
     );
+
+    println!();
+    let fb_elem = *it.next().unwrap_or(&f64::NAN);
+    let fb_batch = *it.next().unwrap_or(&f64::NAN);
+    println!("4 KiB rep stosd to a framebuffer (MMIO) in one assist call, ns:");
+    println!("{:<26} {fb_elem:>10.0}", "per-element device");
+    println!("{:<26} {fb_batch:>10.0}", "batch device");
 
     println!();
     println!("assist calls (VM exits) for 4 KiB string operations:");

@@ -58,6 +58,31 @@ pub trait MmioBus {
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BusError>;
     /// A device write of `data` at `gpa`.
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), BusError>;
+
+    /// Offers a batch of `REP STOS` / `REP MOVS` element writes to a
+    /// RAM-like region (a framebuffer) in one call: `data.len() / size`
+    /// writes of `size` (1, 2, 4 or 8) bytes, element `i` being
+    /// `data[i * size..(i + 1) * size]` at `gpa + i * size`, or at
+    /// `gpa - i * size` when `descending` (RFLAGS.DF = 1), in that order.
+    /// The batch lies within one 4 KiB page, and the assist offers it only
+    /// after the [`GuestRam`] said the whole range is not RAM.
+    ///
+    /// `None` (the default): not taken; the assist then makes one
+    /// [`MmioBus::write`] per element, exactly as without this method. A
+    /// device that takes the batch (`Some`) declares the whole range its
+    /// own. On a failure, [`PartialBatch::done`] says how many elements
+    /// were written before it: the assist commits exactly those (RCX, RSI,
+    /// RDI), as the CPU would have up to that element.
+    fn write_batch(
+        &mut self,
+        gpa: u64,
+        size: usize,
+        descending: bool,
+        data: &[u8],
+    ) -> Option<Result<(), PartialBatch>> {
+        let _ = (gpa, size, descending, data);
+        None
+    }
 }
 
 /// A batch of port accesses ([`PortIo::read_batch`],
@@ -134,6 +159,15 @@ impl<T: MmioBus + ?Sized> MmioBus for &mut T {
     }
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), BusError> {
         (**self).write(gpa, data)
+    }
+    fn write_batch(
+        &mut self,
+        gpa: u64,
+        size: usize,
+        descending: bool,
+        data: &[u8],
+    ) -> Option<Result<(), PartialBatch>> {
+        (**self).write_batch(gpa, size, descending, data)
     }
 }
 

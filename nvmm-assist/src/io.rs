@@ -236,7 +236,7 @@ fn batch_result(r: Result<(), PartialBatch>, n: u64) -> (u64, Option<BusError>) 
 
 /// Reverses the order of the `size`-byte elements of `data` (each
 /// element's own bytes keep their order).
-fn reverse_elements(data: &mut [u8], size: usize) {
+pub(crate) fn reverse_elements(data: &mut [u8], size: usize) {
     data.reverse();
     if size > 1 {
         for element in data.chunks_exact_mut(size) {
