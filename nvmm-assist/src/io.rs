@@ -40,7 +40,7 @@ use crate::access::{AccessType, PAGE_SIZE, PhysRange, fetch, read_phys, resolve,
 use crate::bus::{BusError, GuestRam, MmioBus, PartialBatch, PortIo};
 use crate::error::Error;
 use crate::fetch_cache::FetchCache;
-use crate::mode::{CpuMode, check_control_state};
+use crate::mode::CpuMode;
 use crate::segment::linear_address;
 use crate::state::{CpuState, Gpr, Segment};
 
@@ -49,7 +49,6 @@ pub const IO_BATCH_BYTES: usize = 4096;
 
 const RFLAGS_DF: u64 = 1 << 10;
 const RFLAGS_RF: u64 = 1 << 16;
-const EFER_LMA: u64 = 1 << 10;
 
 /// The information of an I/O exit, as NVMM (and VMX/SVM) report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +123,7 @@ fn plain_io<S: CpuState + ?Sized, P: PortIo + ?Sized>(
     exit: &IoExit,
 ) -> Result<Outcome, Error> {
     // The same refusal of an impossible control state as every assist.
-    check_control_state(&*state)?;
+    let mode = CpuMode::try_of(&*state)?;
     let rflags = state.rflags();
     let rax = state.gpr(Gpr::Rax);
     let port = exit.port;
@@ -142,12 +141,9 @@ fn plain_io<S: CpuState + ?Sized, P: PortIo + ?Sized>(
             _ => {
                 ports.read(port, &mut buf)?;
                 let value = u64::from(u32::from_le_bytes(buf));
-                // A 32-bit register write zero-extends in 64-bit mode
-                // (EFER.LMA and CS.L: the state is consistent, so LMA
-                // implies protected mode); elsewhere bits 63:32 stay.
-                let long64 =
-                    state.efer() & EFER_LMA != 0 && state.segment(Segment::Cs).attributes.l();
-                if long64 {
+                // A 32-bit register write zero-extends in 64-bit mode;
+                // elsewhere bits 63:32 stay.
+                if mode.is_64bit() {
                     value
                 } else {
                     (rax & !0xFFFF_FFFF) | value
