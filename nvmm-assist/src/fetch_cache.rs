@@ -21,9 +21,11 @@
 //! The walk is a function of exactly these inputs, so when they all match, a
 //! new walk would read the same entries, reach the same page with the same
 //! rights and find every accessed bit already set (it would write nothing):
-//! the cached result is the walk's result. Anything else, including a bus
-//! error while re-reading an entry, falls back to the full walk, which
-//! reports whatever the guest's tables now say. Only execute accesses use
+//! the cached result is the walk's result. A changed entry or state falls
+//! back to the full walk, which reports whatever the guest's tables now
+//! say; an entry that cannot be read again (a bus error, or no longer RAM)
+//! gives the error the walk would give there, since the entries above it
+//! still lead to it. Only execute accesses use
 //! the cache (an execute translation sets no dirty bit and does not depend
 //! on RFLAGS.AC).
 
@@ -129,7 +131,7 @@ impl FetchCache {
         let key = Key::of(state, linear);
         if let Some(c) = &self.entry
             && c.key == key
-            && still_holds(ram, &c.walk)
+            && still_holds(ram, &c.walk)?
         {
             self.hits += 1;
             return Ok((c.gpa_page << 12) | (linear & 0xFFF));
@@ -151,10 +153,18 @@ impl FetchCache {
     }
 }
 
-/// Whether every entry of `walk` still holds its recorded value.
-fn still_holds<R: GuestRam + ?Sized>(ram: &mut R, walk: &WalkRecord) -> bool {
-    walk.entries
-        .iter()
-        .take(walk.count)
-        .all(|&(gpa, value, wide)| read_entry(ram, gpa, wide).is_ok_and(|v| v == value))
+/// Whether every entry of `walk` still holds its recorded value, reading
+/// them top level first as the walk does.
+///
+/// A read that fails is the walk's own result: the entries above it held
+/// their recorded values, so a full walk would take the same path and read
+/// the same entry next. Its error is returned as is (and no callback
+/// follows a failed one).
+fn still_holds<R: GuestRam + ?Sized>(ram: &mut R, walk: &WalkRecord) -> Result<bool, Error> {
+    for &(gpa, value, wide) in walk.entries.iter().take(walk.count) {
+        if read_entry(ram, gpa, wide)? != value {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }

@@ -252,3 +252,85 @@ fn a_cleared_accessed_bit_is_set_again() {
         );
     }
 }
+
+/// RAM that fails reads at one GPA once armed, and counts calls after a
+/// failure.
+struct FailAt {
+    inner: TestRam,
+    gpa: Option<u64>,
+    failed: bool,
+    after: usize,
+}
+
+impl nvmm_assist::GuestRam for FailAt {
+    fn read(
+        &mut self,
+        gpa: u64,
+        buf: &mut [u8],
+    ) -> Result<nvmm_assist::RamStatus, nvmm_assist::BusError> {
+        self.after += usize::from(self.failed);
+        if Some(gpa) == self.gpa {
+            self.failed = true;
+            return Err(nvmm_assist::BusError(4));
+        }
+        self.inner.read(gpa, buf)
+    }
+    fn write(
+        &mut self,
+        gpa: u64,
+        data: &[u8],
+    ) -> Result<nvmm_assist::RamStatus, nvmm_assist::BusError> {
+        self.after += usize::from(self.failed);
+        self.inner.write(gpa, data)
+    }
+    fn compare_and_write(
+        &mut self,
+        gpa: u64,
+        expected: &[u8],
+        new: &[u8],
+    ) -> Result<nvmm_assist::CompareWrite, nvmm_assist::BusError> {
+        self.after += usize::from(self.failed);
+        self.inner.compare_and_write(gpa, expected, new)
+    }
+}
+
+/// An entry that cannot be read again while the cache is validated gives
+/// the walk's error, and no callback follows the failed read.
+#[test]
+fn an_entry_read_error_during_validation_is_the_last_callback() {
+    for layout in LAYOUTS {
+        for level in 1..=levels(layout) {
+            let mut s = setup(layout);
+            let mut cache = s.warm();
+            let at = s.pt.entry_gpa(&mut s.ram, CODE, level);
+            let mut ram = FailAt {
+                inner: s.ram.clone(),
+                gpa: Some(at),
+                failed: false,
+                after: 0,
+            };
+            s.regs.rip = CODE;
+            let before = s.regs.clone();
+            let exit = MemExit {
+                gpa: MMIO,
+                access: AccessType::Write,
+                instruction: &[],
+            };
+            let r = assist_mem_cached(&mut s.regs, &mut ram, &mut s.mmio, &exit, &mut cache);
+            assert_eq!(
+                r,
+                Err(Error::Bus(nvmm_assist::BusError(4))),
+                "{layout:?} level {level}"
+            );
+            assert_eq!(
+                ram.after, 0,
+                "{layout:?} level {level}: a callback after the failure"
+            );
+            assert_eq!(s.regs, before);
+            // A full walk fails the same way.
+            ram.failed = false;
+            let r = assist_mem(&mut s.regs, &mut ram, &mut s.mmio, &exit);
+            assert_eq!(r, Err(Error::Bus(nvmm_assist::BusError(4))));
+        }
+    }
+}

@@ -242,3 +242,69 @@ fn overlapping_rep_movs_in_ram_propagates_like_the_cpu() {
         }
     }
 }
+
+/// RAM that fails every read longer than 8 bytes (the one-piece read of a
+/// MOVS batch, not a page-table entry) and counts calls after a failure.
+struct FailBigReads {
+    inner: support::TestRam,
+    failed: bool,
+    after: usize,
+}
+
+impl nvmm_assist::GuestRam for FailBigReads {
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<nvmm_assist::RamStatus, BusError> {
+        self.after += usize::from(self.failed);
+        if buf.len() > 8 {
+            self.failed = true;
+            return Err(BusError(3));
+        }
+        self.inner.read(gpa, buf)
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<nvmm_assist::RamStatus, BusError> {
+        self.after += usize::from(self.failed);
+        self.inner.write(gpa, data)
+    }
+    fn compare_and_write(
+        &mut self,
+        gpa: u64,
+        expected: &[u8],
+        new: &[u8],
+    ) -> Result<nvmm_assist::CompareWrite, BusError> {
+        self.after += usize::from(self.failed);
+        self.inner.compare_and_write(gpa, expected, new)
+    }
+}
+
+/// A RAM error on the batch's one-piece read is the assist's error: no
+/// callback follows it, no register changes.
+#[test]
+fn a_ram_error_on_a_batch_is_the_last_callback() {
+    let g = Guest::long64();
+    let mut regs = g.regs.clone();
+    regs.gprs[6] = 0x4000; // RSI: RAM
+    regs.gprs[7] = 0x8000; // RDI: MMIO
+    regs.gprs[1] = 64;
+    let before = regs.clone();
+    let mut ram = FailBigReads {
+        inner: g.ram.clone(),
+        failed: false,
+        after: 0,
+    };
+    let mut dev = BatchMmio {
+        inner: g.mmio.clone(),
+        batches: 0,
+        decline_odd: false,
+    };
+    let exit = nvmm_assist::MemExit {
+        gpa: 0x8000,
+        access: nvmm_assist::AccessType::Write,
+        instruction: &[0xF3, 0xA4],
+    };
+    let r = nvmm_assist::assist_mem(&mut regs, &mut ram, &mut dev, &exit);
+    assert_eq!(r, Err(nvmm_assist::Error::Bus(BusError(3))));
+    assert!(ram.failed);
+    assert_eq!(ram.after, 0, "a callback after the failed one");
+    assert_eq!(dev.batches, 0);
+    assert_eq!(dev.inner.total_accesses(), 0);
+    assert_eq!(regs, before);
+}

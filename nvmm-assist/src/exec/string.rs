@@ -18,7 +18,8 @@
 //! - A batch of STOS, or of MOVS from RAM (source and destination not
 //!   overlapping), is written in one piece: to RAM when the destination is
 //!   RAM, else offered to the device whole ([`MmioBus::write_batch`]); a
-//!   device that declines gets one write per element.
+//!   device that declines gets one write per element. A RAM error on such
+//!   a one-piece access fails the batch with nothing committed.
 //! - STOS, LODS and SCAS have one memory operand, the one that caused the
 //!   exit: its page comes from the exit GPA. MOVS and CMPS translate both
 //!   operands through the page walker (either may be the MMIO one).
@@ -126,11 +127,12 @@ where
 
 /// A batch of STOS, or of MOVS from RAM, written in one piece: to RAM if
 /// the destination turns out to be RAM, else offered to the device
-/// ([`MmioBus::write_batch`]). `None`: not done that way, nothing changed
-/// (a RAM read, or a RAM write that was refused, has no effect; a RAM
-/// error falls back too, and the element-by-element path reports it where
-/// it happens); the caller goes element by element. `Some((done, error))`:
-/// `done` elements written, then the device failed with `error`.
+/// ([`MmioBus::write_batch`]). `Ok(None)`: not done that way, nothing
+/// changed (a RAM read, or a RAM write that was refused, has no effect);
+/// the caller goes element by element. `Ok(Some((done, error)))`: `done`
+/// elements written, then the device failed with `error`. A RAM error on
+/// the one-piece access is the batch's error (no callback follows a failed
+/// one): nothing is committed.
 ///
 /// Only for source and destination ranges that do not overlap: an
 /// overlapping MOVS copies element by element, as the CPU does.
@@ -142,17 +144,19 @@ fn write_batch<S, R, M>(
     s: u64,
     backwards: bool,
     rax: u64,
-) -> Option<(u64, Option<BusError>)>
+) -> Result<Option<(u64, Option<BusError>)>, Error>
 where
     S: CpuState + ?Sized,
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
     let Some(Elements::Page { gpa0: dst0 }) = elements[1] else {
-        return None;
+        return Ok(None);
     };
     // Within one page, so at most 4096 bytes.
-    let total = usize::try_from(n.checked_mul(s)?).ok()?;
+    let Some(total) = n.checked_mul(s).and_then(|t| usize::try_from(t).ok()) else {
+        return Ok(None);
+    };
     let span = (n - 1) * s;
     let low = |gpa0: u64| {
         if backwards {
@@ -164,11 +168,14 @@ where
     let size = s as usize;
     let mut buf = [0u8; PAGE_SIZE as usize];
     // In memory order (ascending addresses).
-    let data = buf.get_mut(..total)?;
+    let data = buf.get_mut(..total).ok_or(Error::InconsistentExit)?;
     match op {
         Mnemonic::Stos => {
             let value = rax.to_le_bytes();
-            data.get_mut(..size)?.copy_from_slice(value.get(..size)?);
+            let (Some(first), Some(element)) = (data.get_mut(..size), value.get(..size)) else {
+                return Ok(None);
+            };
+            first.copy_from_slice(element);
             // Doubling copies: log2(n) block copies instead of n.
             let mut filled = size;
             while filled < total {
@@ -179,30 +186,31 @@ where
         }
         Mnemonic::Movs => {
             let Some(Elements::Page { gpa0: src0 }) = elements[0] else {
-                return None;
+                return Ok(None);
             };
             let (src, dst) = (low(src0), low(dst0));
             let len = total as u64;
             if src < dst.wrapping_add(len) && dst < src.wrapping_add(len) {
-                return None;
+                return Ok(None);
             }
-            if x.ram.read(src, data).ok()? != RamStatus::Done {
-                return None;
+            if x.ram.read(src, data)? != RamStatus::Done {
+                return Ok(None);
             }
         }
-        _ => return None,
+        _ => return Ok(None),
     }
-    if x.ram.write(low(dst0), data).ok()? == RamStatus::Done {
-        return Some((n, None));
+    if x.ram.write(low(dst0), data)? == RamStatus::Done {
+        return Ok(Some((n, None)));
     }
     // The device sees the elements in the order the CPU writes them.
     if backwards {
         reverse_elements(data, size);
     }
-    match x.mmio.write_batch(dst0, size, backwards, data)? {
-        Ok(()) => Some((n, None)),
-        Err(p) => Some(((p.done as u64).min(n), Some(p.error))),
-    }
+    Ok(match x.mmio.write_batch(dst0, size, backwards, data) {
+        None => None,
+        Some(Ok(())) => Some((n, None)),
+        Some(Err(p)) => Some(((p.done as u64).min(n), Some(p.error))),
+    })
 }
 
 pub(super) fn exec<S, R, M>(x: &mut Exec<'_, S, R, M>) -> Result<Outcome, Error>
@@ -325,7 +333,7 @@ where
     let mut stopped = false;
     let mut failure = None;
     let batched = if n > 1 && matches!(op, Mnemonic::Movs | Mnemonic::Stos) {
-        write_batch(x, op, &elements, n, s, backwards, rax)
+        write_batch(x, op, &elements, n, s, backwards, rax)?
     } else {
         None
     };
