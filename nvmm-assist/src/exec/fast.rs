@@ -148,15 +148,15 @@ impl Fast {
 
 /// Decodes `bytes` if it is a fast-path form whose access is plain.
 #[inline(always)]
-fn decode<S: CpuState + ?Sized>(
+fn decode<const ADDR: u8, S: CpuState + ?Sized>(
     state: &S,
     mode: CpuMode,
     exit_gpa: u64,
     bytes: &[u8],
 ) -> Option<(Fast, u64)> {
-    let f = decode_form(state, mode, bytes)?;
+    let f = decode_form::<ADDR, S>(state, mode, bytes)?;
     let asz = u64::from(f.access_size);
-    let linear = if mode.is_64bit() && !matches!(f.segment, Segment::Fs | Segment::Gs) {
+    let linear = if ADDR == 8 && !matches!(f.segment, Segment::Fs | Segment::Gs) {
         // 64-bit mode: DS/SS bases are ignored and there is no limit, so
         // the linear address is the effective address. A non-canonical
         // one (#GP/#SS, or valid under LA57) goes to the general path.
@@ -183,8 +183,16 @@ fn decode<S: CpuState + ?Sized>(
 /// Decodes a fast-path form in `mode` and computes its effective address,
 /// with no check of the address.
 #[inline(always)]
-fn decode_form<S: CpuState + ?Sized>(state: &S, mode: CpuMode, bytes: &[u8]) -> Option<Fast> {
-    let long = mode.is_64bit();
+///
+/// `ADDR` is the mode's default address size (2, 4, or 8 for 64-bit mode),
+/// a constant so that each mode class gets its own specialised copy.
+fn decode_form<const ADDR: u8, S: CpuState + ?Sized>(
+    state: &S,
+    mode: CpuMode,
+    bytes: &[u8],
+) -> Option<Fast> {
+    debug_assert_eq!(ADDR, mode.default_address_size());
+    let long = ADDR == 8;
     let mut i = 0;
     let mut b = byte(bytes, 0)?;
     // Legacy prefixes: 66 and segment overrides, in any order (the last
@@ -220,14 +228,11 @@ fn decode_form<S: CpuState + ?Sized>(state: &S, mode: CpuMode, bytes: &[u8]) -> 
     i += 1;
     let vsize = if rex & 8 != 0 {
         8
-    } else if osz16 == (mode.default_size() == 4) {
+    } else if osz16 == (ADDR != 2) {
         2
     } else {
         4
     };
-    if let 0xA0..=0xA3 = b {
-        return moffs(state, mode, bytes, i, b, vsize, rex, seg_override);
-    }
     // (kind, operand size, immediate size, bytes accessed)
     let mut op = Mnemonic::Mov;
     let (kind, size, imm_size, access_size) = match b {
@@ -239,6 +244,7 @@ fn decode_form<S: CpuState + ?Sized>(state: &S, mode: CpuMode, bytes: &[u8]) -> 
             op = Mnemonic::Test;
             (Kind::AluToMem, vsize, 0, vsize)
         }
+        0xA0..=0xA3 => return moffs::<ADDR, S>(state, bytes, i, b, vsize, rex, seg_override),
         0xF6 => (Kind::Alu, 1, 1, 1),
         0xF7 => (Kind::Alu, vsize, if vsize == 2 { 2 } else { 4 }, vsize),
         0x88 => (Kind::Store, 1, 0, 1),
@@ -288,7 +294,7 @@ fn decode_form<S: CpuState + ?Sized>(state: &S, mode: CpuMode, bytes: &[u8]) -> 
             _ => alu_op(reg_field),
         };
     }
-    let ea = if mode.default_address_size() == 2 {
+    let ea = if ADDR == 2 {
         modrm16(state, md, rm)
     } else {
         modrm32(state, bytes, &mut i, md, rm, rex, long)?
@@ -337,20 +343,25 @@ fn decode_form<S: CpuState + ?Sized>(state: &S, mode: CpuMode, bytes: &[u8]) -> 
         return None;
     }
     let rip = state.rip().wrapping_add(i as u64);
-    let next_rip = match mode.default_size() {
-        _ if long => rip,
+    let next_rip = match ADDR {
+        8 => rip,
         // Outside 64-bit mode the instruction pointer wraps at the code
         // segment's size.
         4 => rip & 0xFFFF_FFFF,
         _ => rip & 0xFFFF,
     };
     let base = if ea.rip_relative { next_rip } else { ea.sum };
-    let amask = match mode.default_address_size() {
+    let amask = match ADDR {
         2 => 0xFFFF,
         4 => 0xFFFF_FFFF,
         _ => u64::MAX,
     };
-    let default_seg = if ea.stack { Segment::Ss } else { Segment::Ds };
+    // (64-bit mode: only an FS/GS override matters, and it is kept.)
+    let default_seg = if ea.stack && !long {
+        Segment::Ss
+    } else {
+        Segment::Ds
+    };
     Some(Fast {
         kind,
         size,
@@ -369,9 +380,8 @@ fn decode_form<S: CpuState + ?Sized>(state: &S, mode: CpuMode, bytes: &[u8]) -> 
 /// size, follows the opcode at `i`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn moffs<S: CpuState + ?Sized>(
+fn moffs<const ADDR: u8, S: CpuState + ?Sized>(
     state: &S,
-    mode: CpuMode,
     bytes: &[u8],
     mut i: usize,
     opcode: u8,
@@ -380,7 +390,7 @@ fn moffs<S: CpuState + ?Sized>(
     seg_override: Option<Segment>,
 ) -> Option<Fast> {
     let size = if opcode & 1 == 0 { 1 } else { vsize };
-    let offset = match mode.default_address_size() {
+    let offset = match ADDR {
         2 => {
             let s = bytes.get(i..i + 2)?;
             i += 2;
@@ -401,8 +411,8 @@ fn moffs<S: CpuState + ?Sized>(
         return None;
     }
     let rip = state.rip().wrapping_add(i as u64);
-    let next_rip = match mode.default_size() {
-        _ if mode.is_64bit() => rip,
+    let next_rip = match ADDR {
+        8 => rip,
         4 => rip & 0xFFFF_FFFF,
         _ => rip & 0xFFFF,
     };
@@ -627,7 +637,11 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    let (f, linear) = decode(state, mode, exit_gpa, bytes)?;
+    let (f, linear) = match mode.default_address_size() {
+        8 => decode::<8, S>(state, mode, exit_gpa, bytes)?,
+        4 => decode::<4, S>(state, mode, exit_gpa, bytes)?,
+        _ => decode::<2, S>(state, mode, exit_gpa, bytes)?,
+    };
     debug_assert_eq!(linear & 0xFFF, exit_gpa & 0xFFF);
     Some(exec(state, ram, mmio, exit_gpa, &f))
 }
@@ -910,16 +924,35 @@ mod tests {
                 assert_eq!(r1, r2, "{mode:?} {bytes:02x?}");
                 assert_eq!(m1.log, m2.log, "{mode:?} {bytes:02x?}");
                 assert!(ram1.mem == ram2.mem, "{mode:?} {bytes:02x?}");
-                if super::decode(&regs, mode, gpa, &bytes).is_some() {
+                let decoded = match mode.default_address_size() {
+                    8 => super::decode::<8, _>(&regs, mode, gpa, &bytes).is_some(),
+                    4 => super::decode::<4, _>(&regs, mode, gpa, &bytes).is_some(),
+                    _ => super::decode::<2, _>(&regs, mode, gpa, &bytes).is_some(),
+                };
+                if decoded {
                     handled += 1;
                 }
                 // Whatever the exit says, a form the fast path takes must
                 // have the general decoder's address, segment and length.
-                if let Some(f) = super::decode_form(&regs, mode, &bytes) {
+                let form = match mode.default_address_size() {
+                    8 => super::decode_form::<8, _>(&regs, mode, &bytes),
+                    4 => super::decode_form::<4, _>(&regs, mode, &bytes),
+                    _ => super::decode_form::<2, _>(&regs, mode, &bytes),
+                };
+                if let Some(f) = form {
                     let insn = decode(&bytes, mode).expect("general decode");
                     let m = insn.memory_operand().expect("memory operand");
                     assert_eq!(f.offset, ea, "{mode:?} {bytes:02x?}");
-                    assert_eq!(f.segment, m.segment, "{mode:?} {bytes:02x?}");
+                    // 64-bit mode: only FS/GS have a base, the fast path
+                    // keeps those and calls the rest DS.
+                    let flat = |g: Segment| {
+                        if mode.is_64bit() && !matches!(g, Segment::Fs | Segment::Gs) {
+                            Segment::Ds
+                        } else {
+                            g
+                        }
+                    };
+                    assert_eq!(f.segment, flat(m.segment), "{mode:?} {bytes:02x?}");
                     let wrap = match mode.default_size() {
                         _ if mode.is_64bit() => u64::MAX,
                         4 => 0xFFFF_FFFF,
