@@ -7,6 +7,16 @@
 //! [`CpuState`] (registers, possibly straight over a shared page), [`GuestRam`],
 //! [`MmioBus`] and [`PortIo`], then calls [`assist_mem`] or [`assist_io`].
 //!
+//! The crate keeps no state between calls. Two optional pieces make the
+//! hot paths cheaper without changing any result:
+//! - a [`FetchCache`] per VCPU, passed to [`assist_mem_cached`], saves most
+//!   of the page walk of exits that carry no instruction bytes (VMX); it is
+//!   re-validated against the guest's tables and control state on every use;
+//! - batch methods on the buses ([`PortIo::read_batch`],
+//!   [`PortIo::write_batch`], [`MmioBus::write_batch`]) let a device take a
+//!   whole `REP INS`/`OUTS`/`STOS`/`MOVS` batch in one call; their defaults
+//!   keep one call per element.
+//!
 //! Guarantees, for any input a guest or a kernel can produce:
 //! - the result is [`Outcome::Done`], [`Outcome::Resume`] or an [`Error`]:
 //!   never a panic, an unbounded loop or an out-of-bounds access;
