@@ -4,8 +4,8 @@
 //! round, so a noisy period on a shared machine hurts all figures alike):
 //! - per CPU mode (real, 16- and 32-bit protected, compatibility, 64-bit)
 //!   and per form (`mov [m], r`, `mov r, [m]`, `or [m], imm8`,
-//!   `movzx r, byte [m]`, and two forms of the general path, `movsx r, byte
-//!   [m]` and `xchg [m], r`): nanoseconds per full assist (decode + emulate +
+//!   `movzx r, byte [m]`, `movsx r, byte [m]`, and two forms of the
+//!   general path, `xchg [m], r` and `bt [m], r`): nanoseconds per full assist (decode + emulate +
 //!   device callback + register commit) with the instruction bytes in the
 //!   exit (SVM DecodeAssists), the same with the bytes fetched at CS:RIP
 //!   through segmentation and the page walker (VMX: no bytes in the exit;
@@ -296,13 +296,14 @@ fn mode_setups() -> Vec<ModeSetup> {
 /// bytes with 32/64-bit addressing `[ebx]`/`[rbx]`). The last two take the
 /// general decoder and executors (no fast path).
 #[rustfmt::skip]
-const FORMS: [(&str, &[u8], &[u8]); 6] = [
+const FORMS: [(&str, &[u8], &[u8]); 7] = [
     ("mov [m], r", &[0x89, 0x07], &[0x89, 0x03]),
     ("mov r, [m]", &[0x8B, 0x07], &[0x8B, 0x03]),
     ("or [m], imm8", &[0x83, 0x0F, 0x40], &[0x83, 0x0B, 0x40]),
     ("movzx r, byte [m]", &[0x0F, 0xB6, 0x07], &[0x0F, 0xB6, 0x03]),
     ("movsx r, byte [m]", &[0x0F, 0xBE, 0x07], &[0x0F, 0xBE, 0x03]),
     ("xchg [m], r", &[0x87, 0x0F], &[0x87, 0x0B]),
+    ("bt [m], r", &[0x0F, 0xA3, 0x07], &[0x0F, 0xA3, 0x03]),
 ];
 
 /// The full memory assist of `bytes` at CS:RIP = [`CODE`] in `m`'s mode,

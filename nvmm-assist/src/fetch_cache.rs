@@ -115,7 +115,7 @@ impl FetchCache {
     }
 
     /// Translates `linear` for an instruction fetch, as
-    /// [`translate`](crate::translate) does, using and refreshing the cache.
+    /// [`translate`](fn@crate::translate) does, using and refreshing the cache.
     pub(crate) fn translate_fetch<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
         &mut self,
         state: &S,

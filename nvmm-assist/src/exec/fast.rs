@@ -1,10 +1,11 @@
 //! The fast path: the instructions that make up nearly every MMIO exit
-//! (MOV 88/89/8A/8B/C6/C7 and A0-A3 (moffs), MOVZX 0F B6/B7, the ALU forms 00-3B, the
-//! immediate group 80/81/83 and TEST 84/85/F6/F7), in every mode (16-bit
-//! and 32/64-bit ModRM addressing), with a 66 prefix, segment overrides
-//! and (64-bit mode) a REX prefix at most, decoded and executed without
-//! building an [`Instruction`](crate::Instruction). The arithmetic is the
-//! general path's ([`alu::compute`]); segmentation is
+//! (MOV 88/89/8A/8B/C6/C7 and A0-A3 (moffs), MOVZX 0F B6/B7, MOVSX
+//! 0F BE/BF, the ALU forms 00-3B, the immediate group 80/81/83 and TEST
+//! 84/85/F6/F7), in every mode (16-bit and 32/64-bit ModRM addressing),
+//! with a 66 prefix, segment overrides and (64-bit mode) a REX prefix at
+//! most, decoded and executed without building an
+//! [`Instruction`](crate::Instruction). The arithmetic is the general
+//! path's ([`alu::compute`], [`flags::sign_extend`]); segmentation is
 //! [`linear_address`], the general path's too.
 //!
 //! Anything outside that shape, and any case needing more than the plain
@@ -36,6 +37,8 @@ enum Kind {
     StoreImm,
     /// MOVZX reg, r/m8/16.
     Movzx,
+    /// MOVSX reg, r/m8/16.
+    Movsx,
     /// Group 1: ALU r/m, imm; group 3 /0,/1: TEST r/m, imm.
     Alu,
     /// ALU r/m, reg (00-39 even forms ending in 0/1, TEST 84/85): the
@@ -134,7 +137,7 @@ impl Fast {
     fn access(&self) -> AccessType {
         match self.kind {
             Kind::Store | Kind::StoreImm => AccessType::Write,
-            Kind::Load | Kind::Movzx | Kind::AluToReg => AccessType::Read,
+            Kind::Load | Kind::Movzx | Kind::Movsx | Kind::AluToReg => AccessType::Read,
             Kind::Alu | Kind::AluToMem => {
                 if matches!(self.op, Mnemonic::Cmp | Mnemonic::Test) {
                     AccessType::Read
@@ -262,6 +265,8 @@ fn decode_form<const ADDR: u8, S: CpuState + ?Sized>(
             match op2 {
                 0xB6 => (Kind::Movzx, vsize, 0, 1),
                 0xB7 => (Kind::Movzx, vsize, 0, 2),
+                0xBE => (Kind::Movsx, vsize, 0, 1),
+                0xBF => (Kind::Movsx, vsize, 0, 2),
                 _ => return None,
             }
         }
@@ -588,9 +593,13 @@ where
             let data = v.to_le_bytes();
             write(ram, mmio, gpa, data.get(..n).unwrap_or(&[]))?;
         }
-        Kind::Load | Kind::Movzx => {
+        Kind::Load | Kind::Movzx | Kind::Movsx => {
             read(ram, mmio, gpa, buf.get_mut(..n).unwrap_or(&mut []))?;
-            let (g, v) = merged(state, f.reg, f.size, f.rex, u64::from_le_bytes(buf));
+            let mut v = u64::from_le_bytes(buf);
+            if f.kind == Kind::Movsx {
+                v = flags::sign_extend(v, f.access_size);
+            }
+            let (g, v) = merged(state, f.reg, f.size, f.rex, v);
             state.set_gpr(g, v);
         }
         Kind::Alu | Kind::AluToMem | Kind::AluToReg => {
@@ -715,8 +724,10 @@ mod tests {
         &[0xA1],
         &[0xA2],
         &[0xA3],
-        // Near misses the fast path must leave alone.
         &[0x0F, 0xBE],
+        &[0x0F, 0xBF],
+        // Near misses the fast path must leave alone.
+        &[0x0F, 0xBA],
         &[0x04],
         &[0x3D],
         &[0x86],
