@@ -6,7 +6,7 @@
 //!    needs more), through segmentation and the page walker, or the
 //!    caller's [`FetchCache`] ([`assist_mem_cached`]), re-validated first.
 //! 2. In every mode the most frequent MMIO forms (MOV including moffs,
-//!    MOVZX, the ALU and TEST forms, with 66, segment-override and REX
+//!    MOVZX, MOVSX, the ALU and TEST forms, with 66, segment-override and REX
 //!    prefixes at most) take a fast path (`exec/fast.rs`) that decodes and
 //!    executes them directly; everything else, and every case that needs
 //!    more than a plain access (a fault, a page crossing, a mismatching
