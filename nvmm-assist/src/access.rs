@@ -4,6 +4,7 @@
 
 use crate::bus::{CompareWrite, GuestRam, MmioBus, RamStatus};
 use crate::error::Error;
+use crate::fetch_cache::FetchCache;
 use crate::mode::CpuMode;
 use crate::segment::linear_address;
 use crate::state::{CpuState, Segment};
@@ -45,6 +46,16 @@ pub(crate) fn resolve<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     len: usize,
     access: AccessType,
 ) -> Result<PhysRange, Error> {
+    resolve_by(state, linear, len, |l| translate(state, ram, l, access))
+}
+
+/// [`resolve`] with the translation of each page done by `translate_page`.
+fn resolve_by<S: CpuState + ?Sized>(
+    state: &S,
+    linear: u64,
+    len: usize,
+    mut translate_page: impl FnMut(u64) -> Result<u64, Error>,
+) -> Result<PhysRange, Error> {
     if len == 0 || len > PAGE_SIZE as usize {
         return Err(Error::InconsistentExit);
     }
@@ -53,7 +64,7 @@ pub(crate) fn resolve<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     let in_first = PAGE_SIZE - (linear & (PAGE_SIZE - 1));
     let len64 = len as u64;
     let first_len = len64.min(in_first);
-    let first = translate(state, ram, linear, access)?;
+    let first = translate_page(linear)?;
     if first_len == len64 {
         return Ok(PhysRange {
             parts: [(first, len), (0, 0)],
@@ -64,7 +75,7 @@ pub(crate) fn resolve<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     if !wide {
         next &= 0xFFFF_FFFF;
     }
-    let second = translate(state, ram, next, access)?;
+    let second = translate_page(next)?;
     // first_len < len <= 4096, so both fit in usize.
     let first_len = first_len as usize;
     Ok(PhysRange {
@@ -94,6 +105,14 @@ pub(crate) fn read_phys<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     range: &PhysRange,
     buf: &mut [u8],
 ) -> Result<(), Error> {
+    if range.count == 1 && range.parts[0].1 == buf.len() {
+        // The common case, without the fragment iterator.
+        let gpa = range.parts[0].0;
+        if ram.read(gpa, buf)? == RamStatus::NotRam {
+            mmio.read(gpa, buf)?;
+        }
+        return Ok(());
+    }
     for (start, gpa, len) in fragments(range) {
         let end = start.checked_add(len).ok_or(Error::InconsistentExit)?;
         let part = buf.get_mut(start..end).ok_or(Error::InconsistentExit)?;
@@ -158,11 +177,15 @@ pub(crate) fn compare_and_write_phys<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
 /// Outside 64-bit mode the offset `RIP + have` is taken modulo 2^32 and
 /// checked against the CS limit (so 16-bit code running past 0xFFFF with a
 /// 64 KiB limit gets `#GP(0)`, as on the CPU).
+///
+/// The page translations go through `cache` (see [`FetchCache`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn fetch<S: CpuState + ?Sized, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     state: &S,
     mode: CpuMode,
     ram: &mut R,
     mmio: &mut M,
+    cache: &mut FetchCache,
     buf: &mut [u8; 15],
     have: usize,
     want: usize,
@@ -188,7 +211,9 @@ pub(crate) fn fetch<S: CpuState + ?Sized, R: GuestRam + ?Sized, M: MmioBus + ?Si
         dest.len() as u64,
         AccessType::Execute,
     )?;
-    let range = resolve(state, ram, linear, dest.len(), AccessType::Execute)?;
+    let range = resolve_by(state, linear, dest.len(), |l| {
+        cache.translate_fetch(state, ram, l)
+    })?;
     read_phys(ram, mmio, &range, dest)
 }
 

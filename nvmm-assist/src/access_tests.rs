@@ -108,10 +108,30 @@ fn fetch_stops_before_an_unmapped_page_it_does_not_need() {
     let mut mmio = RecordingMmio::default();
     let mut buf = [0u8; 15];
     let mode = CpuMode::of(&regs);
-    fetch(&regs, mode, &mut ram, &mut mmio, &mut buf, 0, 3).unwrap();
+    fetch(
+        &regs,
+        mode,
+        &mut ram,
+        &mut mmio,
+        &mut FetchCache::new(),
+        &mut buf,
+        0,
+        3,
+    )
+    .unwrap();
     assert_eq!(&buf[..3], &[0x89, 0x07, 0x90]);
     // One more byte crosses into the unmapped page: #PF (fetch, I/D with NXE).
-    let err = fetch(&regs, mode, &mut ram, &mut mmio, &mut buf, 3, 4).unwrap_err();
+    let err = fetch(
+        &regs,
+        mode,
+        &mut ram,
+        &mut mmio,
+        &mut FetchCache::new(),
+        &mut buf,
+        3,
+        4,
+    )
+    .unwrap_err();
     assert_eq!(
         err,
         Error::Exception(Exception::PageFault {
@@ -132,9 +152,29 @@ fn fetch_stops_at_the_cs_limit_it_does_not_cross() {
     let mut mmio = RecordingMmio::default();
     let mut buf = [0u8; 15];
     let mode = CpuMode::of(&regs);
-    fetch(&regs, mode, &mut ram, &mut mmio, &mut buf, 0, 2).unwrap();
+    fetch(
+        &regs,
+        mode,
+        &mut ram,
+        &mut mmio,
+        &mut FetchCache::new(),
+        &mut buf,
+        0,
+        2,
+    )
+    .unwrap();
     assert_eq!(&buf[..2], &[0xA1, 0x34]);
-    let err = fetch(&regs, mode, &mut ram, &mut mmio, &mut buf, 2, 3).unwrap_err();
+    let err = fetch(
+        &regs,
+        mode,
+        &mut ram,
+        &mut mmio,
+        &mut FetchCache::new(),
+        &mut buf,
+        2,
+        3,
+    )
+    .unwrap_err();
     assert_eq!(err, Error::Exception(Exception::GeneralProtection(0)));
 }
 
@@ -145,7 +185,43 @@ fn fetch_rejects_bad_ranges() {
     let mut mmio = RecordingMmio::default();
     let mut buf = [0u8; 15];
     let mode = CpuMode::of(&regs);
-    assert!(fetch(&regs, mode, &mut ram, &mut mmio, &mut buf, 3, 2).is_err());
-    assert!(fetch(&regs, mode, &mut ram, &mut mmio, &mut buf, 0, 16).is_err());
-    assert!(fetch(&regs, mode, &mut ram, &mut mmio, &mut buf, 4, 4).is_ok());
+    assert!(
+        fetch(
+            &regs,
+            mode,
+            &mut ram,
+            &mut mmio,
+            &mut FetchCache::new(),
+            &mut buf,
+            3,
+            2
+        )
+        .is_err()
+    );
+    assert!(
+        fetch(
+            &regs,
+            mode,
+            &mut ram,
+            &mut mmio,
+            &mut FetchCache::new(),
+            &mut buf,
+            0,
+            16
+        )
+        .is_err()
+    );
+    assert!(
+        fetch(
+            &regs,
+            mode,
+            &mut ram,
+            &mut mmio,
+            &mut FetchCache::new(),
+            &mut buf,
+            4,
+            4
+        )
+        .is_ok()
+    );
 }

@@ -67,14 +67,82 @@ pub trait MmioBus {
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BusError>;
     /// A device write of `data` at `gpa`.
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), BusError>;
+
+    /// Offers a batch of `REP STOS` / `REP MOVS` element writes to a
+    /// RAM-like region (a framebuffer) in one call: `data.len() / size`
+    /// writes of `size` (1, 2, 4 or 8) bytes, element `i` being
+    /// `data[i * size..(i + 1) * size]` at `gpa + i * size`, or at
+    /// `gpa - i * size` when `descending` (RFLAGS.DF = 1), in that order.
+    /// The batch lies within one 4 KiB page, and the assist offers it only
+    /// after the [`GuestRam`] said the whole range is not RAM.
+    ///
+    /// `None` (the default): not taken; the assist then makes one
+    /// [`MmioBus::write`] per element, exactly as without this method. A
+    /// device that takes the batch (`Some`) declares the whole range its
+    /// own. On a failure, [`PartialBatch::done`] says how many elements
+    /// were written before it: the assist commits exactly those (RCX, RSI,
+    /// RDI), as the CPU would have up to that element.
+    fn write_batch(
+        &mut self,
+        gpa: u64,
+        size: usize,
+        descending: bool,
+        data: &[u8],
+    ) -> Option<Result<(), PartialBatch>> {
+        let _ = (gpa, size, descending, data);
+        None
+    }
+}
+
+/// A batch of port accesses ([`PortIo::read_batch`],
+/// [`PortIo::write_batch`]) that failed part-way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartialBatch {
+    /// How many elements were transferred, in order, before the failing one.
+    pub done: usize,
+    /// The failure of element `done`.
+    pub error: BusError,
 }
 
 /// Port I/O.
+///
+/// A `REP INS`/`REP OUTS` batch goes through [`PortIo::read_batch`] /
+/// [`PortIo::write_batch`], whose default implementations make one
+/// [`PortIo::read`] / [`PortIo::write`] per element: a device that can take a
+/// whole batch at once (a FIFO, a disk data port) overrides them.
 pub trait PortIo {
     /// An `IN` of `buf.len()` (1, 2 or 4) bytes from `port`.
     fn read(&mut self, port: u16, buf: &mut [u8]) -> Result<(), BusError>;
     /// An `OUT` of `data` (1, 2 or 4 bytes) to `port`.
     fn write(&mut self, port: u16, data: &[u8]) -> Result<(), BusError>;
+
+    /// `buf.len() / size` consecutive `IN`s of `size` (1, 2 or 4) bytes
+    /// from `port`, element `i` into `buf[i * size..(i + 1) * size]`, in
+    /// the order the CPU performs them (whatever RFLAGS.DF says: the assist
+    /// places the elements in memory).
+    ///
+    /// On a failure, [`PartialBatch::done`] says how many elements were
+    /// read before it: the assist commits exactly those (memory and
+    /// registers), as the CPU would have up to that element.
+    fn read_batch(&mut self, port: u16, size: usize, buf: &mut [u8]) -> Result<(), PartialBatch> {
+        for (done, element) in buf.chunks_exact_mut(size.max(1)).enumerate() {
+            self.read(port, element)
+                .map_err(|error| PartialBatch { done, error })?;
+        }
+        Ok(())
+    }
+
+    /// `data.len() / size` consecutive `OUT`s of `size` (1, 2 or 4) bytes
+    /// to `port`, element `i` being `data[i * size..(i + 1) * size]`, in the
+    /// order the CPU performs them. Failures as for
+    /// [`PortIo::read_batch`].
+    fn write_batch(&mut self, port: u16, size: usize, data: &[u8]) -> Result<(), PartialBatch> {
+        for (done, element) in data.chunks_exact(size.max(1)).enumerate() {
+            self.write(port, element)
+                .map_err(|error| PartialBatch { done, error })?;
+        }
+        Ok(())
+    }
 }
 
 impl<T: GuestRam + ?Sized> GuestRam for &mut T {
@@ -101,6 +169,15 @@ impl<T: MmioBus + ?Sized> MmioBus for &mut T {
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), BusError> {
         (**self).write(gpa, data)
     }
+    fn write_batch(
+        &mut self,
+        gpa: u64,
+        size: usize,
+        descending: bool,
+        data: &[u8],
+    ) -> Option<Result<(), PartialBatch>> {
+        (**self).write_batch(gpa, size, descending, data)
+    }
 }
 
 impl<T: PortIo + ?Sized> PortIo for &mut T {
@@ -109,5 +186,11 @@ impl<T: PortIo + ?Sized> PortIo for &mut T {
     }
     fn write(&mut self, port: u16, data: &[u8]) -> Result<(), BusError> {
         (**self).write(port, data)
+    }
+    fn read_batch(&mut self, port: u16, size: usize, buf: &mut [u8]) -> Result<(), PartialBatch> {
+        (**self).read_batch(port, size, buf)
+    }
+    fn write_batch(&mut self, port: u16, size: usize, data: &[u8]) -> Result<(), PartialBatch> {
+        (**self).write_batch(port, size, data)
     }
 }

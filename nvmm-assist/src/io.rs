@@ -37,8 +37,9 @@
 
 use crate::Outcome;
 use crate::access::{AccessType, PAGE_SIZE, PhysRange, fetch, read_phys, resolve, write_phys};
-use crate::bus::{GuestRam, MmioBus, PortIo};
+use crate::bus::{BusError, GuestRam, MmioBus, PartialBatch, PortIo};
 use crate::error::Error;
+use crate::fetch_cache::FetchCache;
 use crate::mode::CpuMode;
 use crate::segment::linear_address;
 use crate::state::{CpuState, Gpr, Segment};
@@ -95,12 +96,11 @@ pub fn assist_io<
     if !matches!(size, 1 | 2 | 4) {
         return Err(Error::InconsistentExit);
     }
+    if !exit.string {
+        return plain_io(state, ports, exit);
+    }
     let mode = CpuMode::try_of(&*state)?;
-    let outcome = if exit.string {
-        string_io(state, mode, ram, mmio, ports, exit, size)
-    } else {
-        plain_io(state, mode, ports, exit, size)
-    }?;
+    let outcome = string_io(state, mode, ram, mmio, ports, exit, size)?;
     // The same RF rule as the memory assist: a completed instruction clears
     // RFLAGS.RF; a REP batch that leaves iterations sets it, as when an
     // interrupt arrives between iterations, so an instruction breakpoint at
@@ -113,31 +113,57 @@ pub fn assist_io<
     Ok(outcome)
 }
 
-/// IN and OUT.
+/// IN and OUT: the fast path of the port assist (the most frequent exit of
+/// a guest that drives a UART, PIC, PIT or PCI configuration space). One
+/// port access of a fixed size, no memory operand, no decoding: the mode
+/// matters only for the zero-extension of a 4-byte IN.
 fn plain_io<S: CpuState + ?Sized, P: PortIo + ?Sized>(
     state: &mut S,
-    mode: CpuMode,
     ports: &mut P,
     exit: &IoExit,
-    size: usize,
 ) -> Result<Outcome, Error> {
+    // The same refusal of an impossible control state as every assist.
+    let mode = CpuMode::try_of(&*state)?;
+    let rflags = state.rflags();
     let rax = state.gpr(Gpr::Rax);
-    let mut data = rax.to_le_bytes();
-    let part = data.get_mut(..size).ok_or(Error::InconsistentExit)?;
+    let port = exit.port;
     if exit.input {
-        ports.read(exit.port, part)?;
-        let value = u64::from_le_bytes(data);
-        let new = match size {
-            1 => (rax & !0xFF) | (value & 0xFF),
-            2 => (rax & !0xFFFF) | (value & 0xFFFF),
-            _ if mode.is_64bit() => value & 0xFFFF_FFFF,
-            _ => (rax & !0xFFFF_FFFF) | (value & 0xFFFF_FFFF),
+        let mut buf = [0u8; 4];
+        let new = match exit.operand_size {
+            1 => {
+                ports.read(port, &mut buf[..1])?;
+                (rax & !0xFF) | u64::from(buf[0])
+            }
+            2 => {
+                ports.read(port, &mut buf[..2])?;
+                (rax & !0xFFFF) | u64::from(u16::from_le_bytes([buf[0], buf[1]]))
+            }
+            _ => {
+                ports.read(port, &mut buf)?;
+                let value = u64::from(u32::from_le_bytes(buf));
+                // A 32-bit register write zero-extends in 64-bit mode;
+                // elsewhere bits 63:32 stay.
+                if mode.is_64bit() {
+                    value
+                } else {
+                    (rax & !0xFFFF_FFFF) | value
+                }
+            }
         };
         state.set_gpr(Gpr::Rax, new);
     } else {
-        ports.write(exit.port, part)?;
+        let data = rax.to_le_bytes();
+        match exit.operand_size {
+            1 => ports.write(port, &data[..1])?,
+            2 => ports.write(port, &data[..2])?,
+            _ => ports.write(port, &data[..4])?,
+        }
     }
     state.set_rip(exit.npc);
+    // RF is cleared when an instruction completes.
+    if rflags & RFLAGS_RF != 0 {
+        state.set_rflags(rflags & !RFLAGS_RF);
+    }
     Ok(Outcome::Done)
 }
 
@@ -173,8 +199,9 @@ fn outs_segment<S: CpuState + ?Sized, R: GuestRam + ?Sized, M: MmioBus + ?Sized>
 ) -> Result<Segment, Error> {
     let mut bytes = [0u8; 15];
     let mut segment = Segment::Ds;
+    let mut cache = FetchCache::new();
     for i in 0..bytes.len() {
-        fetch(state, mode, ram, mmio, &mut bytes, i, i + 1)?;
+        fetch(state, mode, ram, mmio, &mut cache, &mut bytes, i, i + 1)?;
         let b = bytes.get(i).copied().ok_or(Error::InconsistentExit)?;
         match b {
             0x26 => segment = Segment::Es,
@@ -192,6 +219,26 @@ fn outs_segment<S: CpuState + ?Sized, R: GuestRam + ?Sized, M: MmioBus + ?Sized>
     // Fifteen prefixes and no opcode: the CPU raises #GP(0) for an
     // instruction longer than 15 bytes; it cannot have exited on OUTS.
     Err(Error::InconsistentExit)
+}
+
+/// The elements done and the error, if any, of a batch of `n` elements (a
+/// device that claims more than `n` is taken at `n`).
+fn batch_result(r: Result<(), PartialBatch>, n: u64) -> (u64, Option<BusError>) {
+    match r {
+        Ok(()) => (n, None),
+        Err(p) => ((p.done as u64).min(n), Some(p.error)),
+    }
+}
+
+/// Reverses the order of the `size`-byte elements of `data` (each
+/// element's own bytes keep their order).
+pub(crate) fn reverse_elements(data: &mut [u8], size: usize) {
+    data.reverse();
+    if size > 1 {
+        for element in data.chunks_exact_mut(size) {
+            element.reverse();
+        }
+    }
 }
 
 /// INS and OUTS, one bounded batch.
@@ -286,65 +333,49 @@ fn string_io<
 
     let mut buf = [0u8; IO_BATCH_BYTES];
     let data = buf.get_mut(..total).ok_or(Error::InconsistentExit)?;
-    // Buffer slot of iteration i: ascending for DF=0, descending for DF=1.
-    let slot = |i: u64| -> core::ops::Range<usize> {
-        let k = if backwards { n - 1 - i } else { i };
-        let start = (k * size64) as usize;
-        start..start + size
-    };
-
-    let mut done: u64 = 0;
-    let mut port_error = None;
-    if exit.input {
-        while done < n {
-            let part = data.get_mut(slot(done)).ok_or(Error::InconsistentExit)?;
-            if let Err(e) = ports.read(exit.port, part) {
-                port_error = Some(e);
-                break;
-            }
-            done += 1;
-        }
+    // The batch goes to the device in iteration order (descending
+    // addresses for DF=1); `data` holds it in memory order.
+    let (done, port_error) = if exit.input {
+        let (done, port_error) = batch_result(ports.read_batch(exit.port, size, data), n);
         if done == 0
             && let Some(e) = port_error
         {
             return Err(e.into());
         }
-        // Write what the completed iterations read: all of the batch, or
-        // (on a port error, n > 1 so within one page) the slots of the
-        // first `done` iterations.
+        // The completed iterations' elements, into memory order: all of the
+        // batch, or (on a port error, n > 1 so within one page) the first
+        // `done` iterations, which lie at the low end for DF=0 and the high
+        // end for DF=1.
+        let bytes = (done * size64) as usize;
+        let part = data.get_mut(..bytes).ok_or(Error::InconsistentExit)?;
+        if backwards {
+            reverse_elements(part, size);
+        }
         if done == n {
-            write_phys(ram, mmio, &range, data)?;
+            write_phys(ram, mmio, &range, part)?;
         } else {
-            let (lo, hi) = if backwards {
-                ((n - done) * size64, n * size64)
-            } else {
-                (0, done * size64)
-            };
-            let (lo, hi) = (lo as usize, hi as usize);
+            let lo = if backwards { (n - done) * size64 } else { 0 };
             let (gpa, _) = range.parts[0];
             let sub = PhysRange {
-                parts: [(gpa + lo as u64, hi - lo), (0, 0)],
+                parts: [(gpa + lo, bytes), (0, 0)],
                 count: 1,
             };
-            let part = data.get(lo..hi).ok_or(Error::InconsistentExit)?;
             write_phys(ram, mmio, &sub, part)?;
         }
+        (done, port_error)
     } else {
         read_phys(ram, mmio, &range, data)?;
-        while done < n {
-            let part = data.get(slot(done)).ok_or(Error::InconsistentExit)?;
-            if let Err(e) = ports.write(exit.port, part) {
-                port_error = Some(e);
-                break;
-            }
-            done += 1;
+        if backwards {
+            reverse_elements(data, size);
         }
+        let (done, port_error) = batch_result(ports.write_batch(exit.port, size, data), n);
         if done == 0
             && let Some(e) = port_error
         {
             return Err(e.into());
         }
-    }
+        (done, port_error)
+    };
 
     // Commit the completed iterations.
     let moved = done * size64;

@@ -7,6 +7,16 @@
 //! [`CpuState`] (registers, possibly straight over a shared page), [`GuestRam`],
 //! [`MmioBus`] and [`PortIo`], then calls [`assist_mem`] or [`assist_io`].
 //!
+//! The crate keeps no state between calls. Two optional pieces make the
+//! hot paths cheaper without changing any result:
+//! - a [`FetchCache`] per VCPU, passed to [`assist_mem_cached`], saves most
+//!   of the page walk of exits that carry no instruction bytes (VMX); it is
+//!   re-validated against the guest's tables and control state on every use;
+//! - batch methods on the buses ([`PortIo::read_batch`],
+//!   [`PortIo::write_batch`], [`MmioBus::write_batch`]) let a device take a
+//!   whole `REP INS`/`OUTS`/`STOS`/`MOVS` batch in one call; their defaults
+//!   keep one call per element.
+//!
 //! Guarantees, for any input a guest or a kernel can produce:
 //! - the result is [`Outcome::Done`], [`Outcome::Resume`] or an [`Error`]:
 //!   never a panic, an unbounded loop or an out-of-bounds access;
@@ -44,6 +54,7 @@ pub mod bus;
 pub mod decode;
 pub mod error;
 mod exec;
+pub mod fetch_cache;
 pub mod flags;
 pub mod io;
 mod mem;
@@ -59,11 +70,12 @@ pub mod vendor;
 pub(crate) mod testutil;
 
 pub use access::AccessType;
-pub use bus::{BusError, CompareWrite, GuestRam, MmioBus, PortIo, RamStatus};
+pub use bus::{BusError, CompareWrite, GuestRam, MmioBus, PartialBatch, PortIo, RamStatus};
 pub use decode::{DecodeError, Instruction, decode};
 pub use error::{Error, Exception};
+pub use fetch_cache::FetchCache;
 pub use io::{IoExit, assist_io};
-pub use mem::{MemExit, assist_mem};
+pub use mem::{MemExit, assist_mem, assist_mem_cached};
 pub use mode::{CpuMode, InconsistentState};
 pub use segment::linear_address;
 pub use state::{CpuState, Gpr, Registers, Segment, SegmentAttributes, SegmentRegister};

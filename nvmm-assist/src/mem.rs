@@ -3,12 +3,15 @@
 //! Flow of [`assist_mem`]:
 //! 1. The instruction bytes come from the exit, or are fetched at CS:RIP
 //!    up to the first page end or CS-limit end (more only if the decoder
-//!    needs more), through segmentation and the page walker.
-//! 2. In 64-bit mode the most frequent MMIO forms (MOV, MOVZX, the ALU
-//!    and TEST forms with a 66/REX prefix at most) take a fast path
-//!    (`exec/fast.rs`) that decodes and executes them directly; everything
-//!    else, and every case that needs more than a plain access, goes to the
-//!    general decoder and the per-family executors in `exec/`.
+//!    needs more), through segmentation and the page walker, or the
+//!    caller's [`FetchCache`] ([`assist_mem_cached`]), re-validated first.
+//! 2. In every mode the most frequent MMIO forms (MOV including moffs,
+//!    MOVZX, MOVSX, the ALU and TEST forms, with 66, segment-override and REX
+//!    prefixes at most) take a fast path (`exec/fast.rs`) that decodes and
+//!    executes them directly; everything else, and every case that needs
+//!    more than a plain access (a fault, a page crossing, a mismatching
+//!    exit), goes to the general decoder and the per-family executors in
+//!    `exec/`. A differential test holds the two paths equal.
 //! 3. Registers are staged and committed only when the instruction (or a
 //!    REP batch) has succeeded: an error changes no register.
 //!
@@ -35,6 +38,7 @@ use crate::bus::{GuestRam, MmioBus};
 use crate::decode::{DecodeError, Instruction, decode};
 use crate::error::{Error, Exception};
 use crate::exec::{Exec, PAGE_SIZE, fast};
+use crate::fetch_cache::FetchCache;
 use crate::flags;
 use crate::mode::CpuMode;
 use crate::state::{CpuState, Segment};
@@ -82,17 +86,39 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    assist_mem_with(state, ram, mmio, exit, true)
+    assist_mem_with(state, ram, mmio, exit, true, &mut FetchCache::new())
 }
 
-/// [`assist_mem`], with the fast path for common 64-bit forms enabled or
-/// not (the tests compare both).
+/// [`assist_mem`] with the VCPU's [`FetchCache`]: when the exit carries no
+/// instruction bytes, the translation of CS:RIP comes from `cache` after it
+/// has been re-validated against the guest's current page tables and
+/// control state (exact; see [`FetchCache`]), which saves most of the page
+/// walk when the guest exits repeatedly from the same code page. Keep one
+/// cache per VCPU.
+pub fn assist_mem_cached<S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit: &MemExit<'_>,
+    cache: &mut FetchCache,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    assist_mem_with(state, ram, mmio, exit, true, cache)
+}
+
+/// [`assist_mem`], with the fast path enabled or not (the tests compare
+/// both), fetching through `cache`.
 pub(crate) fn assist_mem_with<S, R, M>(
     state: &mut S,
     ram: &mut R,
     mmio: &mut M,
     exit: &MemExit<'_>,
     fast_path: bool,
+    cache: &mut FetchCache,
 ) -> Result<Outcome, Error>
 where
     S: CpuState + ?Sized,
@@ -104,9 +130,8 @@ where
     }
     let mode = CpuMode::try_of(state)?;
     if fast_path
-        && mode == CpuMode::Long64
         && !exit.instruction.is_empty()
-        && let Some(result) = fast::try_exec(state, ram, mmio, exit.gpa, exit.instruction)
+        && let Some(result) = fast::try_exec(state, mode, ram, mmio, exit.gpa, exit.instruction)
     {
         return result;
     }
@@ -119,12 +144,12 @@ where
         // No bytes in the exit (VMX): fetch what lies before the first
         // page or CS-limit edge, which is all of it for most instructions.
         let want = next_fetch(state, mode, 0);
-        access::fetch(state, mode, ram, mmio, &mut bytes, 0, want)?;
+        access::fetch(state, mode, ram, mmio, cache, &mut bytes, 0, want)?;
         given = want;
         if fast_path
-            && mode == CpuMode::Long64
             && let Some(result) = fast::try_exec(
                 state,
+                mode,
                 ram,
                 mmio,
                 exit.gpa,
@@ -134,7 +159,7 @@ where
             return result;
         }
     }
-    let insn = fetch_and_decode(state, mode, ram, mmio, &mut bytes, given)?;
+    let insn = fetch_and_decode(state, mode, ram, mmio, cache, &mut bytes, given)?;
     let mut exec = Exec::new(state, ram, mmio, mode, &insn, &bytes, exit.gpa);
     let outcome = exec.run()?;
     if outcome == Outcome::Done {
@@ -168,6 +193,7 @@ fn fetch_and_decode<S, R, M>(
     mode: CpuMode,
     ram: &mut R,
     mmio: &mut M,
+    cache: &mut FetchCache,
     bytes: &mut [u8; 15],
     given: usize,
 ) -> Result<Instruction, Error>
@@ -186,7 +212,7 @@ where
     }
     loop {
         let want = next_fetch(state, mode, have);
-        access::fetch(state, mode, ram, mmio, bytes, have, want)?;
+        access::fetch(state, mode, ram, mmio, cache, bytes, have, want)?;
         have = want;
         match decode(bytes.get(..have).unwrap_or(&[]), mode) {
             Ok(i) => return Ok(i),

@@ -117,7 +117,40 @@ impl CpuMode {
     /// The mode of `state`, after [`check_control_state`]: an impossible
     /// combination of control registers is an [`Error::InconsistentState`].
     /// The assist's entry points use this.
+    #[inline]
     pub fn try_of<S: CpuState + ?Sized>(state: &S) -> Result<CpuMode, Error> {
+        // The two shapes nearly every state has, decided from one read of
+        // each register: long mode (LME|LMA, PG|PE, PAE, no VM) and legacy
+        // mode (no LME/LMA/LMSLE, no PG without PE). Anything else takes the
+        // full check, which names the problem.
+        let cr0 = state.cr0();
+        let efer = state.efer();
+        let long = EFER_LME | EFER_LMA;
+        match efer & (long | EFER_LMSLE) {
+            e if e == long
+                && cr0 & (CR0_PG | CR0_PE) == CR0_PG | CR0_PE
+                && state.cr4() & CR4_PAE != 0
+                && state.rflags() & RFLAGS_VM == 0 =>
+            {
+                let cs = state.segment(Segment::Cs).attributes;
+                return Ok(match (cs.l(), cs.db()) {
+                    (true, _) => CpuMode::Long64,
+                    (false, true) => CpuMode::Compat32,
+                    (false, false) => CpuMode::Compat16,
+                });
+            }
+            0 if cr0 & CR0_PE != 0 => {
+                return Ok(if state.rflags() & RFLAGS_VM != 0 {
+                    CpuMode::Virtual8086
+                } else if state.segment(Segment::Cs).attributes.db() {
+                    CpuMode::Protected32
+                } else {
+                    CpuMode::Protected16
+                });
+            }
+            0 if cr0 & CR0_PG == 0 => return Ok(CpuMode::Real),
+            _ => {}
+        }
         check_control_state(state)?;
         Ok(CpuMode::of(state))
     }

@@ -50,8 +50,27 @@ impl Gpr {
     ];
 
     /// The register with encoding `n & 15`.
+    #[inline]
     pub const fn from_index(n: u8) -> Gpr {
-        Gpr::ALL[(n & 15) as usize]
+        // A match (not a table lookup): it compiles to `n & 15`.
+        match n & 15 {
+            0 => Gpr::Rax,
+            1 => Gpr::Rcx,
+            2 => Gpr::Rdx,
+            3 => Gpr::Rbx,
+            4 => Gpr::Rsp,
+            5 => Gpr::Rbp,
+            6 => Gpr::Rsi,
+            7 => Gpr::Rdi,
+            8 => Gpr::R8,
+            9 => Gpr::R9,
+            10 => Gpr::R10,
+            11 => Gpr::R11,
+            12 => Gpr::R12,
+            13 => Gpr::R13,
+            14 => Gpr::R14,
+            _ => Gpr::R15,
+        }
     }
 
     /// The encoding (0-15).

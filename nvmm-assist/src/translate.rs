@@ -176,8 +176,31 @@ pub fn translate<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     linear: u64,
     access: AccessType,
 ) -> Result<u64, Error> {
+    translate_recorded(state, ram, linear, access, |_| {})
+}
+
+/// The entries a successful translation read, with the values they hold
+/// after its accessed/dirty update, for [`crate::fetch_cache`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct WalkRecord {
+    /// `(gpa, value, wide)` of each entry, top level first.
+    pub entries: [(u64, u64, bool); 5],
+    /// How many of `entries` are used (0 with paging off).
+    pub count: usize,
+}
+
+/// [`translate`], calling `record` with the walked entries (as they are
+/// after the accessed/dirty update) when the translation succeeds.
+pub(crate) fn translate_recorded<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
+    state: &S,
+    ram: &mut R,
+    linear: u64,
+    access: AccessType,
+    record: impl FnOnce(&WalkRecord),
+) -> Result<u64, Error> {
     let mode = paging_mode(state)?;
     if mode == PagingMode::None {
+        record(&WalkRecord::default());
         return Ok(linear & 0xFFFF_FFFF);
     }
     let mut attempts = 0;
@@ -185,6 +208,22 @@ pub fn translate<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
         let walk = walk(state, ram, mode, linear, access)?;
         check_permissions(state, mode, &walk, linear, access)?;
         if update_accessed_dirty(ram, &walk, access)? {
+            let mut r = WalkRecord {
+                count: walk.count.min(5),
+                ..WalkRecord::default()
+            };
+            let last = r.count.saturating_sub(1);
+            for (i, (slot, e)) in r.entries.iter_mut().zip(walk.entries.iter()).enumerate() {
+                let mut value = e.value;
+                if e.has_accessed {
+                    value |= PTE_A;
+                    if i == last && access == AccessType::Write {
+                        value |= PTE_D;
+                    }
+                }
+                *slot = (e.gpa, value, e.wide);
+            }
+            record(&r);
             return Ok(walk.gpa);
         }
         attempts += 1;
@@ -274,7 +313,11 @@ fn page_fault<S: CpuState + ?Sized>(
 }
 
 /// Reads one entry of `wide` (8) or 4 bytes at `gpa`.
-fn read_entry<R: GuestRam + ?Sized>(ram: &mut R, gpa: u64, wide: bool) -> Result<u64, Error> {
+pub(crate) fn read_entry<R: GuestRam + ?Sized>(
+    ram: &mut R,
+    gpa: u64,
+    wide: bool,
+) -> Result<u64, Error> {
     let mut buf = [0u8; 8];
     let len = if wide { 8 } else { 4 };
     let slice = buf.get_mut(..len).ok_or(Error::InconsistentExit)?;

@@ -40,6 +40,17 @@ impl MmioBus for Sink {
 const EXITS: u64 = 10_000;
 const ITERS: u64 = 20_000_000;
 
+/// `COMM_PAGE_BENCH_SCALE=<n>` divides the iteration counts by `n` (for
+/// profiling under callgrind).
+fn scaled(n: u64) -> u64 {
+    let scale = std::env::var("COMM_PAGE_BENCH_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(1)
+        .max(1);
+    (n / scale).max(1)
+}
+
 /// Guest RAM with nothing in it (the bench's accesses are all MMIO).
 struct NoRam;
 impl nvmm::nvmm_assist::GuestRam for NoRam {
@@ -159,36 +170,50 @@ fn main() -> Result<(), nvmm::Error> {
 
     // The memory assist alone, on the comm page (registers in place) and on
     // a plain struct (nvmm_assist::Registers), same instruction and state:
-    // the difference is what working in place costs or saves.
-    let iters = 200_000;
+    // the difference is what working in place costs or saves. The comm-page
+    // call includes what `Vcpu::assist_mem` does around the assist: the
+    // cached-state check, decoding the exit, and the read lock on the
+    // machine's memory areas (the plain-struct call has no RAM at all).
+    // Interleaved rounds (median of each): a noisy period on a shared
+    // machine hurts both alike.
+    let iters = scaled(20_000);
     let before = model.syscalls();
-    let on_page = ns_per(iters, |_| {
-        vcpu.gprs().expect("cached").set_rip(0x1000);
-        vcpu.assist_mem(&mut Sink).expect("assist");
-    });
-    assert_eq!(model.syscalls(), before, "the assist made a syscall");
     let mut regs = plain_registers(&mut vcpu)?;
     let exit = nvmm::nvmm_assist::MemExit {
         gpa: 0xfee0_0300,
         access: nvmm::nvmm_assist::AccessType::Write,
         instruction: &[0xA2, 0x00, 0x03],
     };
-    let on_struct = ns_per(iters, |_| {
-        regs.rip = 0x1000;
-        nvmm::nvmm_assist::assist_mem(&mut regs, &mut NoRam, &mut Sink, &exit).expect("assist");
-    });
+    let (mut pages, mut structs) = (Vec::new(), Vec::new());
+    for _ in 0..15 {
+        pages.push(ns_per(iters, |_| {
+            vcpu.gprs().expect("cached").set_rip(0x1000);
+            vcpu.assist_mem(&mut Sink).expect("assist");
+        }));
+        structs.push(ns_per(iters, |_| {
+            regs.rip = 0x1000;
+            nvmm::nvmm_assist::assist_mem(&mut regs, &mut NoRam, &mut Sink, &exit).expect("assist");
+        }));
+    }
+    assert_eq!(model.syscalls(), before, "the assist made a syscall");
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let on_page = median(&mut pages);
+    let on_struct = median(&mut structs);
 
     // Cached state access: no syscall at all (checked below).
     vcpu.fetch(StateClasses::ALL)?;
     let before = model.syscalls();
-    let read_ns = ns_per(ITERS, |_| {
+    let read_ns = ns_per(scaled(ITERS), |_| {
         let g = vcpu.gprs().expect("cached");
         black_box(g.get(black_box(Gpr::Rbx)));
     });
-    let set_ns = ns_per(ITERS, |i| {
+    let set_ns = ns_per(scaled(ITERS), |i| {
         vcpu.gprs().expect("cached").set(black_box(Gpr::Rbx), i);
     });
-    let rmw_ns = ns_per(ITERS, |_| {
+    let rmw_ns = ns_per(scaled(ITERS), |_| {
         vcpu.fetch(StateClasses::GPRS).expect("cached");
         let mut g = vcpu.gprs().expect("cached");
         let v = g.get(Gpr::Rcx);
@@ -217,6 +242,11 @@ fn main() -> Result<(), nvmm::Error> {
     println!("  ns per mem exit, assist + model run {mem_ns:.1}");
     println!("  ns assist_mem on the comm page      {on_page:.1}");
     println!("  ns assist_mem on a plain struct     {on_struct:.1}");
+    let ratio = on_page / on_struct;
+    println!(
+        "  target: assist_mem on the comm page <= 1.2x the plain struct: {ratio:.2}x ({})",
+        if ratio <= 1.2 { "met" } else { "NOT met" }
+    );
     println!("  ns cached GPRS read                {read_ns:.2}");
     println!("  ns setstate (one GPR write)        {set_ns:.2}");
     println!("  ns getstate->modify->setstate GPRS {rmw_ns:.2}");

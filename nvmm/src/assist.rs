@@ -66,6 +66,7 @@ fn read_host_vendor() -> Vendor {
     Vendor::Intel
 }
 
+#[inline]
 fn seg_of(s: nvmm_assist::Segment) -> Seg {
     match s {
         nvmm_assist::Segment::Es => Seg::Es,
@@ -77,29 +78,37 @@ fn seg_of(s: nvmm_assist::Segment) -> Seg {
     }
 }
 
+#[inline]
 fn gpr_of(r: nvmm_assist::Gpr) -> Gpr {
     Gpr::ALL.get(r.index()).copied().unwrap_or(Gpr::Rax)
 }
 
 impl CpuState for CommState<'_> {
+    #[inline]
     fn gpr(&self, reg: nvmm_assist::Gpr) -> u64 {
         Gprs::new(self.page).get(gpr_of(reg))
     }
+    #[inline]
     fn set_gpr(&mut self, reg: nvmm_assist::Gpr, value: u64) {
         Gprs::new(self.page).set(gpr_of(reg), value);
     }
+    #[inline]
     fn rip(&self) -> u64 {
         Gprs::new(self.page).rip()
     }
+    #[inline]
     fn set_rip(&mut self, value: u64) {
         Gprs::new(self.page).set_rip(value);
     }
+    #[inline]
     fn rflags(&self) -> u64 {
         Gprs::new(self.page).rflags()
     }
+    #[inline]
     fn set_rflags(&mut self, value: u64) {
         Gprs::new(self.page).set_rflags(value);
     }
+    #[inline]
     fn segment(&self, seg: nvmm_assist::Segment) -> SegmentRegister {
         let s = Segs::new(self.page).get(seg_of(seg));
         SegmentRegister {
@@ -109,18 +118,23 @@ impl CpuState for CommState<'_> {
             attributes: SegmentAttributes(s.attrib.0),
         }
     }
+    #[inline]
     fn cr0(&self) -> u64 {
         Crs::new(self.page).get(Cr::Cr0)
     }
+    #[inline]
     fn cr3(&self) -> u64 {
         Crs::new(self.page).get(Cr::Cr3)
     }
+    #[inline]
     fn cr4(&self) -> u64 {
         Crs::new(self.page).get(Cr::Cr4)
     }
+    #[inline]
     fn efer(&self) -> u64 {
         Msrs::new(self.page).get(Msr::Efer)
     }
+    #[inline]
     fn xmm(&self, index: u8) -> Option<u128> {
         if self.page.cached().contains(StateClasses::FPU) && index < 16 {
             Some(xmm_of(self.page, index))
@@ -128,11 +142,13 @@ impl CpuState for CommState<'_> {
             None
         }
     }
+    #[inline]
     fn set_xmm(&mut self, index: u8, value: u128) {
         if self.page.cached().contains(StateClasses::FPU) && index < 16 {
             set_xmm_of(self.page, index, value);
         }
     }
+    #[inline]
     fn vendor(&self) -> Vendor {
         self.vendor
     }
@@ -469,7 +485,10 @@ impl Vcpu {
         M: nvmm_assist::MmioBus + ?Sized,
     {
         self.fetch(PROVIDED_ON_IO_AND_MEMORY)?;
-        let crate::Exit::Memory(m) = self.last_exit() else {
+        let vendor = self.guest_vendor();
+        let (last_exit, machine, cache, page) = self.exit_machine_cache();
+        let mut state = CommState::new(page, vendor);
+        let crate::Exit::Memory(m) = last_exit else {
             return Err(Error::rejected(
                 Op::AssistMem,
                 crate::error::Rejection::WrongExit,
@@ -484,14 +503,17 @@ impl Vcpu {
             },
             instruction: m.instruction,
         };
-        let machine = self.machine();
         let areas = machine.snapshot();
-        let mut state = CommState::new(self.page(), self.guest_vendor());
         let mut ram = AreaRam {
             areas: &areas,
             cas_lock: &machine.cas_lock,
         };
-        nvmm_assist::assist_mem(&mut state, &mut ram, mmio, &exit).map_err(|source| Error::Assist {
+        // When the exit has no instruction bytes (VMX), the CS:RIP
+        // translation comes from this VCPU's fetch cache, after the assist
+        // has re-read every entry of the cached walk and compared the
+        // control state (exact: see nvmm_assist::FetchCache).
+        let result = nvmm_assist::assist_mem_cached(&mut state, &mut ram, mmio, &exit, cache);
+        result.map_err(|source| Error::Assist {
             op: Op::AssistMem,
             source,
         })

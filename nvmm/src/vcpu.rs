@@ -123,6 +123,10 @@ pub struct Vcpu {
     /// The vendor the assists emulate (`Vcpu::guest_vendor`).
     #[cfg(feature = "assist")]
     pub(crate) guest_vendor: nvmm_assist::Vendor,
+    /// The instruction-fetch translation cache of `Vcpu::assist_mem`
+    /// (re-validated against the guest's tables on every use).
+    #[cfg(feature = "assist")]
+    pub(crate) fetch_cache: nvmm_assist::FetchCache,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -188,8 +192,30 @@ impl Vcpu {
             cpuid_leaves: Vec::new(),
             #[cfg(feature = "assist")]
             guest_vendor: crate::assist::host_vendor(),
+            #[cfg(feature = "assist")]
+            fetch_cache: nvmm_assist::FetchCache::new(),
             _not_sync: PhantomData,
         })
+    }
+
+    /// The last exit, the machine, the fetch cache and the comm page as
+    /// separate borrows,
+    /// for `Vcpu::assist_mem`.
+    #[cfg(feature = "assist")]
+    pub(crate) fn exit_machine_cache(
+        &mut self,
+    ) -> (
+        Exit<'_>,
+        &MachineInner,
+        &mut nvmm_assist::FetchCache,
+        CommPage<'_>,
+    ) {
+        (
+            exit::decode(&self.run_args.exit),
+            &self.machine,
+            &mut self.fetch_cache,
+            self.comm.page(),
+        )
     }
 
     /// The VCPU id.

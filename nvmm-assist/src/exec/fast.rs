@@ -1,23 +1,31 @@
-//! The fast path: the instructions that make up nearly every MMIO exit of a
-//! 64-bit guest (MOV 88/89/8A/8B/C6/C7, MOVZX 0F B6/B7 and the immediate
-//! ALU group 80/81/83), with at most a 66 prefix and a REX prefix, decoded
-//! and executed without building an [`Instruction`](crate::Instruction).
+//! The fast path: the instructions that make up nearly every MMIO exit
+//! (MOV 88/89/8A/8B/C6/C7 and A0-A3 (moffs), MOVZX 0F B6/B7, MOVSX
+//! 0F BE/BF, the ALU forms 00-3B, the immediate group 80/81/83 and TEST
+//! 84/85/F6/F7), in every mode (16-bit and 32/64-bit ModRM addressing),
+//! with a 66 prefix, segment overrides and (64-bit mode) a REX prefix at
+//! most, decoded and executed without building an
+//! [`Instruction`](crate::Instruction). The arithmetic is the general
+//! path's ([`alu::compute`], [`flags::sign_extend`]); segmentation is
+//! [`linear_address`], the general path's too.
 //!
 //! Anything outside that shape, and any case needing more than the plain
-//! path (a page-crossing or misaligned-with-AC access, a non-canonical
-//! address, an exit GPA that does not match, bytes that end early), returns
-//! `None` and goes through the general decoder and executor, which handle
-//! it completely. The fast path never reports an error it did not get from
+//! path (a segment or canonical fault, a page-crossing or
+//! misaligned-with-AC access, an exit GPA that does not match, bytes that
+//! end early, over 15 bytes), returns `None` and goes through the general
+//! decoder and executor, which handle it completely. The fast path never reports an error it did not get from
 //! a bus callback, so it cannot disagree with the general path about a
 //! fault; a differential test compares the two on random inputs.
 
 use super::alu;
 use crate::Outcome;
+use crate::access::AccessType;
 use crate::bus::{GuestRam, MmioBus, RamStatus};
 use crate::decode::Mnemonic;
 use crate::error::Error;
 use crate::flags::{self, AC, RF};
-use crate::state::{CpuState, Gpr};
+use crate::mode::CpuMode;
+use crate::segment::linear_address;
+use crate::state::{CpuState, Gpr, Segment};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -29,6 +37,8 @@ enum Kind {
     StoreImm,
     /// MOVZX reg, r/m8/16.
     Movzx,
+    /// MOVSX reg, r/m8/16.
+    Movsx,
     /// Group 1: ALU r/m, imm; group 3 /0,/1: TEST r/m, imm.
     Alu,
     /// ALU r/m, reg (00-39 even forms ending in 0/1, TEST 84/85): the
@@ -111,44 +121,106 @@ struct Fast {
     /// The immediate, sign-extended to 64 bits (16-bit ones zero-extended;
     /// only the low 16 bits are used then).
     imm: u64,
-    /// The linear (= effective) address.
-    linear: u64,
-    /// The RIP after the instruction.
+    /// The effective address (offset in the segment), masked to the
+    /// address size.
+    offset: u64,
+    /// The segment of the access: the override, else DS, or SS for
+    /// rBP/rSP-based forms.
+    segment: Segment,
+    /// The RIP after the instruction (wrapped at the code size).
     next_rip: u64,
+}
+
+impl Fast {
+    /// The access the segment and page checks see: CMP and TEST only read
+    /// their memory operand, the other ALU forms read and write it.
+    fn access(&self) -> AccessType {
+        match self.kind {
+            Kind::Store | Kind::StoreImm => AccessType::Write,
+            Kind::Load | Kind::Movzx | Kind::Movsx | Kind::AluToReg => AccessType::Read,
+            Kind::Alu | Kind::AluToMem => {
+                if matches!(self.op, Mnemonic::Cmp | Mnemonic::Test) {
+                    AccessType::Read
+                } else {
+                    AccessType::Write
+                }
+            }
+        }
+    }
 }
 
 /// Decodes `bytes` if it is a fast-path form whose access is plain.
 #[inline(always)]
-fn decode<S: CpuState + ?Sized>(state: &S, exit_gpa: u64, bytes: &[u8]) -> Option<Fast> {
-    let f = decode_form(state, bytes)?;
-    let linear = f.linear;
+fn decode<const ADDR: u8, S: CpuState + ?Sized>(
+    state: &S,
+    mode: CpuMode,
+    exit_gpa: u64,
+    bytes: &[u8],
+) -> Option<(Fast, u64)> {
+    let f = decode_form::<ADDR, S>(state, mode, bytes)?;
     let asz = u64::from(f.access_size);
-    // 64-bit mode: DS/SS bases are ignored and there is no limit, so the
-    // linear address is the effective address. Leave the non-canonical
-    // case (#GP/#SS), page-crossing accesses, a mismatching exit GPA and a
-    // possible #AC to the general path.
-    if ((linear as i64) << 16 >> 16) as u64 != linear
-        || (linear & 0xFFF) + asz > 0x1000
+    let linear = if ADDR == 8 && !matches!(f.segment, Segment::Fs | Segment::Gs) {
+        // 64-bit mode: DS/SS bases are ignored and there is no limit, so
+        // the linear address is the effective address. A non-canonical
+        // one (#GP/#SS, or valid under LA57) goes to the general path.
+        if ((f.offset as i64) << 16 >> 16) as u64 != f.offset {
+            return None;
+        }
+        f.offset
+    } else {
+        // Segmentation with every check; a fault goes to the general path,
+        // which reports it.
+        linear_address(state, mode, f.segment, f.offset, asz, f.access()).ok()?
+    };
+    // Leave page-crossing accesses, a mismatching exit GPA and a possible
+    // #AC to the general path.
+    if (linear & 0xFFF) + asz > 0x1000
         || exit_gpa & 0xFFF != linear & 0xFFF
         || (state.rflags() & AC != 0 && linear & (asz - 1) != 0)
     {
         return None;
     }
-    Some(f)
+    Some((f, linear))
 }
 
-/// Decodes a fast-path form and computes its effective address, with no
-/// check of the address.
+/// Decodes a fast-path form in `mode` and computes its effective address,
+/// with no check of the address.
 #[inline(always)]
-fn decode_form<S: CpuState + ?Sized>(state: &S, bytes: &[u8]) -> Option<Fast> {
+///
+/// `ADDR` is the mode's default address size (2, 4, or 8 for 64-bit mode),
+/// a constant so that each mode class gets its own specialised copy.
+fn decode_form<const ADDR: u8, S: CpuState + ?Sized>(
+    state: &S,
+    mode: CpuMode,
+    bytes: &[u8],
+) -> Option<Fast> {
+    debug_assert_eq!(ADDR, mode.default_address_size());
+    let long = ADDR == 8;
     let mut i = 0;
     let mut b = byte(bytes, 0)?;
-    let osz16 = b == 0x66;
-    if osz16 {
+    // Legacy prefixes: 66 and segment overrides, in any order (the last
+    // override wins; 64-bit mode ignores ES/CS/SS/DS overrides). Anything
+    // else (67, F0, F2/F3, more than three prefixes) is the general path's.
+    let mut osz16 = false;
+    let mut seg_override: Option<Segment> = None;
+    for _ in 0..3 {
+        match b {
+            0x66 => osz16 = true,
+            0x26 | 0x2E | 0x36 | 0x3E if long => {}
+            0x26 => seg_override = Some(Segment::Es),
+            0x2E => seg_override = Some(Segment::Cs),
+            0x36 => seg_override = Some(Segment::Ss),
+            0x3E => seg_override = Some(Segment::Ds),
+            0x64 => seg_override = Some(Segment::Fs),
+            0x65 => seg_override = Some(Segment::Gs),
+            _ => break,
+        }
         i += 1;
         b = byte(bytes, i)?;
     }
-    let rex = if b & 0xF0 == 0x40 {
+    // REX (64-bit mode only, directly before the opcode; elsewhere 40-4F
+    // are INC/DEC, which the fast path does not take).
+    let rex = if long && b & 0xF0 == 0x40 {
         i += 1;
         let r = b;
         b = byte(bytes, i)?;
@@ -159,7 +231,7 @@ fn decode_form<S: CpuState + ?Sized>(state: &S, bytes: &[u8]) -> Option<Fast> {
     i += 1;
     let vsize = if rex & 8 != 0 {
         8
-    } else if osz16 {
+    } else if osz16 == (ADDR != 2) {
         2
     } else {
         4
@@ -175,6 +247,7 @@ fn decode_form<S: CpuState + ?Sized>(state: &S, bytes: &[u8]) -> Option<Fast> {
             op = Mnemonic::Test;
             (Kind::AluToMem, vsize, 0, vsize)
         }
+        0xA0..=0xA3 => return moffs::<ADDR, S>(state, bytes, i, b, vsize, rex, seg_override),
         0xF6 => (Kind::Alu, 1, 1, 1),
         0xF7 => (Kind::Alu, vsize, if vsize == 2 { 2 } else { 4 }, vsize),
         0x88 => (Kind::Store, 1, 0, 1),
@@ -192,6 +265,8 @@ fn decode_form<S: CpuState + ?Sized>(state: &S, bytes: &[u8]) -> Option<Fast> {
             match op2 {
                 0xB6 => (Kind::Movzx, vsize, 0, 1),
                 0xB7 => (Kind::Movzx, vsize, 0, 2),
+                0xBE => (Kind::Movsx, vsize, 0, 1),
+                0xBF => (Kind::Movsx, vsize, 0, 2),
                 _ => return None,
             }
         }
@@ -224,45 +299,29 @@ fn decode_form<S: CpuState + ?Sized>(state: &S, bytes: &[u8]) -> Option<Fast> {
             _ => alu_op(reg_field),
         };
     }
-    let rex_b = (rex & 1) << 3;
-    let mut rip_relative = false;
-    let mut ea: u64 = 0;
-    let mut disp_mod0 = false;
-    if rm == 4 {
-        let sib = byte(bytes, i)?;
-        i += 1;
-        let index = ((sib >> 3) & 7) | ((rex & 2) << 2);
-        if index != 4 {
-            ea = state.gpr(Gpr::from_index(index)) << (sib >> 6);
-        }
-        if sib & 7 == 5 && md == 0 {
-            disp_mod0 = true;
-        } else {
-            ea = ea.wrapping_add(state.gpr(Gpr::from_index((sib & 7) | rex_b)));
-        }
-    } else if rm == 5 && md == 0 {
-        rip_relative = true;
-        disp_mod0 = true;
+    let ea = if ADDR == 2 {
+        modrm16(state, md, rm)
     } else {
-        ea = state.gpr(Gpr::from_index(rm | rex_b));
-    }
-    let disp = match md {
+        modrm32(state, bytes, &mut i, md, rm, rex, long)?
+    };
+    let disp_bytes = ea.disp_bytes;
+    let disp = match disp_bytes {
+        0 => 0,
         1 => {
             let d = byte(bytes, i)? as i8 as i64 as u64;
             i += 1;
             d
         }
         2 => {
+            let s = bytes.get(i..i + 2)?;
+            i += 2;
+            u64::from(u16::from_le_bytes([s[0], s[1]]))
+        }
+        _ => {
             let d = disp32(bytes, i)?;
             i += 4;
             d
         }
-        _ if disp_mod0 => {
-            let d = disp32(bytes, i)?;
-            i += 4;
-            d
-        }
-        _ => 0,
     };
     let imm = match imm_size {
         0 => 0,
@@ -282,11 +341,32 @@ fn decode_form<S: CpuState + ?Sized>(state: &S, bytes: &[u8]) -> Option<Fast> {
             v
         }
     };
-    let next_rip = state.rip().wrapping_add(i as u64);
-    if rip_relative {
-        ea = next_rip;
+    // Three prefixes, REX and the longest form stay under 15 bytes only
+    // without SIB + disp32 + imm32 all at once: leave the rest (#GP) to the
+    // general decoder.
+    if i > 15 {
+        return None;
     }
-    let linear = ea.wrapping_add(disp);
+    let rip = state.rip().wrapping_add(i as u64);
+    let next_rip = match ADDR {
+        8 => rip,
+        // Outside 64-bit mode the instruction pointer wraps at the code
+        // segment's size.
+        4 => rip & 0xFFFF_FFFF,
+        _ => rip & 0xFFFF,
+    };
+    let base = if ea.rip_relative { next_rip } else { ea.sum };
+    let amask = match ADDR {
+        2 => 0xFFFF,
+        4 => 0xFFFF_FFFF,
+        _ => u64::MAX,
+    };
+    // (64-bit mode: only an FS/GS override matters, and it is kept.)
+    let default_seg = if ea.stack && !long {
+        Segment::Ss
+    } else {
+        Segment::Ds
+    };
     Some(Fast {
         kind,
         size,
@@ -295,9 +375,165 @@ fn decode_form<S: CpuState + ?Sized>(state: &S, bytes: &[u8]) -> Option<Fast> {
         op,
         rex: rex != 0,
         imm,
-        linear,
+        offset: base.wrapping_add(disp) & amask,
+        segment: seg_override.unwrap_or(default_seg),
         next_rip,
     })
+}
+
+/// MOV AL/rAX to or from `[moffs]` (A0-A3): the offset, of the address
+/// size, follows the opcode at `i`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn moffs<const ADDR: u8, S: CpuState + ?Sized>(
+    state: &S,
+    bytes: &[u8],
+    mut i: usize,
+    opcode: u8,
+    vsize: u8,
+    rex: u8,
+    seg_override: Option<Segment>,
+) -> Option<Fast> {
+    let size = if opcode & 1 == 0 { 1 } else { vsize };
+    let offset = match ADDR {
+        2 => {
+            let s = bytes.get(i..i + 2)?;
+            i += 2;
+            u64::from(u16::from_le_bytes([s[0], s[1]]))
+        }
+        4 => {
+            let s = bytes.get(i..i + 4)?;
+            i += 4;
+            u64::from(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        }
+        _ => {
+            let s = bytes.get(i..i + 8)?;
+            i += 8;
+            u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]])
+        }
+    };
+    if i > 15 {
+        return None;
+    }
+    let rip = state.rip().wrapping_add(i as u64);
+    let next_rip = match ADDR {
+        8 => rip,
+        4 => rip & 0xFFFF_FFFF,
+        _ => rip & 0xFFFF,
+    };
+    Some(Fast {
+        kind: if opcode & 2 == 0 {
+            Kind::Load
+        } else {
+            Kind::Store
+        },
+        size,
+        access_size: size,
+        reg: 0,
+        op: Mnemonic::Mov,
+        rex: rex != 0,
+        imm: 0,
+        offset,
+        segment: seg_override.unwrap_or(Segment::Ds),
+        next_rip,
+    })
+}
+
+/// A ModRM memory operand before its displacement.
+struct EffectiveAddress {
+    /// base + scaled index (unmasked).
+    sum: u64,
+    /// `[rip + disp32]`: the base is the next RIP, known once the length is.
+    rip_relative: bool,
+    /// SS is the default segment (rBP/rSP-based forms).
+    stack: bool,
+    /// Size of the displacement that follows: 0, 1, 2 or 4.
+    disp_bytes: u8,
+}
+
+/// 16-bit ModRM addressing (mod 0-2).
+#[inline(always)]
+fn modrm16<S: CpuState + ?Sized>(state: &S, md: u8, rm: u8) -> EffectiveAddress {
+    let g = |r: Gpr| state.gpr(r);
+    let disp_bytes = match md {
+        0 if rm == 6 => {
+            return EffectiveAddress {
+                sum: 0,
+                rip_relative: false,
+                stack: false,
+                disp_bytes: 2,
+            };
+        }
+        0 => 0,
+        1 => 1,
+        _ => 2,
+    };
+    let (sum, stack) = match rm {
+        0 => (g(Gpr::Rbx).wrapping_add(g(Gpr::Rsi)), false),
+        1 => (g(Gpr::Rbx).wrapping_add(g(Gpr::Rdi)), false),
+        2 => (g(Gpr::Rbp).wrapping_add(g(Gpr::Rsi)), true),
+        3 => (g(Gpr::Rbp).wrapping_add(g(Gpr::Rdi)), true),
+        4 => (g(Gpr::Rsi), false),
+        5 => (g(Gpr::Rdi), false),
+        6 => (g(Gpr::Rbp), true),
+        _ => (g(Gpr::Rbx), false),
+    };
+    EffectiveAddress {
+        sum,
+        rip_relative: false,
+        stack,
+        disp_bytes,
+    }
+}
+
+/// 32/64-bit ModRM addressing (mod 0-2), reading a SIB byte at `*i` if
+/// there is one.
+#[inline(always)]
+fn modrm32<S: CpuState + ?Sized>(
+    state: &S,
+    bytes: &[u8],
+    i: &mut usize,
+    md: u8,
+    rm: u8,
+    rex: u8,
+    long: bool,
+) -> Option<EffectiveAddress> {
+    let ea = |sum, rip_relative, stack, disp_bytes| EffectiveAddress {
+        sum,
+        rip_relative,
+        stack,
+        disp_bytes,
+    };
+    let rex_b = (rex & 1) << 3;
+    let disp_bytes = match md {
+        1 => 1,
+        2 => 4,
+        _ => 0,
+    };
+    if rm == 4 {
+        let sib = byte(bytes, *i)?;
+        *i += 1;
+        let index = ((sib >> 3) & 7) | ((rex & 2) << 2);
+        let mut sum = 0u64;
+        if index != 4 {
+            sum = state.gpr(Gpr::from_index(index)) << (sib >> 6);
+        }
+        let base = sib & 7;
+        if base == 5 && md == 0 {
+            return Some(ea(sum, false, false, 4));
+        }
+        let base = base | rex_b;
+        sum = sum.wrapping_add(state.gpr(Gpr::from_index(base)));
+        // rSP/rBP as the base default to SS (R12/R13 do not).
+        return Some(ea(sum, false, base == 4 || base == 5, disp_bytes));
+    }
+    if rm == 5 && md == 0 {
+        // 64-bit mode: RIP-relative; elsewhere an absolute disp32.
+        return Some(ea(0, long, false, 4));
+    }
+    let base = rm | rex_b;
+    let sum = state.gpr(Gpr::from_index(base));
+    Some(ea(sum, false, base == 5, disp_bytes))
 }
 
 /// One access within a page at `gpa`: RAM if the RAM says so, else MMIO
@@ -357,9 +593,13 @@ where
             let data = v.to_le_bytes();
             write(ram, mmio, gpa, data.get(..n).unwrap_or(&[]))?;
         }
-        Kind::Load | Kind::Movzx => {
+        Kind::Load | Kind::Movzx | Kind::Movsx => {
             read(ram, mmio, gpa, buf.get_mut(..n).unwrap_or(&mut []))?;
-            let (g, v) = merged(state, f.reg, f.size, f.rex, u64::from_le_bytes(buf));
+            let mut v = u64::from_le_bytes(buf);
+            if f.kind == Kind::Movsx {
+                v = flags::sign_extend(v, f.access_size);
+            }
+            let (g, v) = merged(state, f.reg, f.size, f.rex, v);
             state.set_gpr(g, v);
         }
         Kind::Alu | Kind::AluToMem | Kind::AluToReg => {
@@ -390,11 +630,12 @@ where
     Ok(Outcome::Done)
 }
 
-/// Tries the fast path on a 64-bit-mode memory exit whose instruction bytes
+/// Tries the fast path on a memory exit in `mode` whose instruction bytes
 /// are `bytes`. `None`: not handled, nothing done (no access, no change).
 #[inline(always)]
 pub(crate) fn try_exec<S, R, M>(
     state: &mut S,
+    mode: CpuMode,
     ram: &mut R,
     mmio: &mut M,
     exit_gpa: u64,
@@ -405,8 +646,12 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    let f = decode(state, exit_gpa, bytes)?;
-    debug_assert_eq!(f.linear & 0xFFF, exit_gpa & 0xFFF);
+    let (f, linear) = match mode.default_address_size() {
+        8 => decode::<8, S>(state, mode, exit_gpa, bytes)?,
+        4 => decode::<4, S>(state, mode, exit_gpa, bytes)?,
+        _ => decode::<2, S>(state, mode, exit_gpa, bytes)?,
+    };
+    debug_assert_eq!(linear & 0xFFF, exit_gpa & 0xFFF);
     Some(exec(state, ram, mmio, exit_gpa, &f))
 }
 
@@ -418,12 +663,13 @@ mod tests {
 
     use std::vec::Vec;
 
-    use crate::Registers;
+    use crate::FetchCache;
     use crate::decode::{Operand, decode};
     use crate::mem::assist_mem_with;
     use crate::mode::CpuMode;
     use crate::testutil::{Layout, PageTables, RecordingMmio, TEST_VENDOR, TestRam, pte};
     use crate::{AccessType, MemExit};
+    use crate::{Registers, Segment, SegmentAttributes};
 
     struct Rng(u64);
     impl Rng {
@@ -474,8 +720,14 @@ mod tests {
         &[0x85],
         &[0xF6],
         &[0xF7],
-        // Near misses the fast path must leave alone.
+        &[0xA0],
+        &[0xA1],
+        &[0xA2],
+        &[0xA3],
         &[0x0F, 0xBE],
+        &[0x0F, 0xBF],
+        // Near misses the fast path must leave alone.
+        &[0x0F, 0xBA],
         &[0x04],
         &[0x3D],
         &[0x86],
@@ -483,7 +735,7 @@ mod tests {
 
     fn random_instruction(rng: &mut Rng) -> Vec<u8> {
         let mut v = Vec::new();
-        match rng.below(6) {
+        match rng.below(8) {
             0 => v.push(0x66),
             1 => v.push(0x40 | rng.below(16) as u8),
             2 => {
@@ -491,6 +743,12 @@ mod tests {
                 v.push(0x40 | rng.below(16) as u8);
             }
             3 if rng.below(4) == 0 => v.push([0xF0, 0xF3, 0x67, 0x64][rng.below(4) as usize]),
+            4 | 5 => {
+                // Segment overrides and 66 in any order, up to four.
+                for _ in 0..=rng.below(4) {
+                    v.push([0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66][rng.below(7) as usize]);
+                }
+            }
             _ => {}
         }
         v.extend_from_slice(OPCODES[rng.below(OPCODES.len() as u64) as usize]);
@@ -515,11 +773,12 @@ mod tests {
         v
     }
 
-    /// The linear address the general decoder says the instruction
-    /// accesses (64-bit mode: the effective address), computed here from
-    /// the decoded operand independently of both paths.
-    fn linear(bytes: &[u8], regs: &crate::Registers) -> Option<u64> {
-        let insn = decode(bytes, CpuMode::Long64).ok()?;
+    /// The effective address (offset) and linear address the general
+    /// decoder says the instruction accesses, computed here from the
+    /// decoded operand independently of both paths (segment checks left
+    /// out: the linear address is base + offset).
+    fn addresses(bytes: &[u8], regs: &Registers, mode: CpuMode) -> Option<(u64, u64)> {
+        let insn = decode(bytes, mode).ok()?;
         let m = insn.operands.iter().find_map(|o| match o {
             Operand::Mem(m) => Some(*m),
             _ => None,
@@ -536,67 +795,192 @@ mod tests {
             ea = ea.wrapping_add(regs.gprs[i as usize].wrapping_mul(u64::from(m.scale)));
         }
         ea = ea.wrapping_add(m.disp as u64);
-        if insn.address_size == 4 {
-            ea &= 0xFFFF_FFFF;
+        ea &= match insn.address_size {
+            2 => 0xFFFF,
+            4 => 0xFFFF_FFFF,
+            _ => u64::MAX,
+        };
+        let seg = regs.segments[m.segment as usize];
+        let linear = if mode.is_64bit() {
+            if matches!(m.segment, Segment::Fs | Segment::Gs) {
+                seg.base.wrapping_add(ea)
+            } else {
+                ea
+            }
+        } else {
+            seg.base.wrapping_add(ea) & 0xFFFF_FFFF
+        };
+        Some((ea, linear))
+    }
+
+    /// A state of `mode` (paging identity-maps the first 0x20 pages where
+    /// the mode pages), with random segment bases, limits and types on the
+    /// data segments outside 64-bit mode (FS/GS bases in 64-bit mode).
+    fn random_state(rng: &mut Rng, mode: CpuMode, cr3: u64) -> Registers {
+        let mut regs = match mode {
+            CpuMode::Long64 => Registers::long_mode(TEST_VENDOR, cr3, 0, 0),
+            CpuMode::Compat32 => Registers::compat_mode(TEST_VENDOR, cr3, 0, 0),
+            CpuMode::Protected32 => Registers::flat_protected32(TEST_VENDOR),
+            _ => Registers::real_mode(TEST_VENDOR),
+        };
+        if mode == CpuMode::Protected16 {
+            regs = Registers::flat_protected32(TEST_VENDOR);
+            regs.segments[Segment::Cs as usize].attributes = SegmentAttributes::code16();
         }
-        Some(ea)
+        for s in [
+            Segment::Es,
+            Segment::Ss,
+            Segment::Ds,
+            Segment::Fs,
+            Segment::Gs,
+        ] {
+            let r = &mut regs.segments[s as usize];
+            if mode.is_64bit() {
+                if matches!(s, Segment::Fs | Segment::Gs) && rng.below(2) == 0 {
+                    r.base = 0x800 * rng.below(4);
+                }
+                continue;
+            }
+            if rng.below(4) == 0 {
+                r.base = 0x400 * rng.below(8);
+            }
+            if rng.below(4) == 0 {
+                r.limit = [0xFFF, 0x17FF, 0x1FFF, 0xFFFF][rng.below(4) as usize];
+            }
+            if !mode.is_real_or_v86() && rng.below(8) == 0 {
+                r.attributes = r.attributes.with_type(
+                    [
+                        SegmentAttributes::TYPE_DATA_READ_ONLY,
+                        SegmentAttributes::TYPE_DATA_EXPAND_DOWN,
+                        SegmentAttributes::TYPE_CODE_EXECUTE_ONLY,
+                    ][rng.below(3) as usize],
+                );
+            }
+        }
+        regs.rip = 0x10000 + rng.below(0x100);
+        if !mode.is_64bit() && rng.below(16) == 0 {
+            // Near the wrap of the instruction pointer.
+            regs.rip = if mode.default_size() == 2 {
+                0xFFF8
+            } else {
+                0xFFFF_FFF8
+            };
+        }
+        for g in regs.gprs.iter_mut() {
+            *g = match rng.below(4) {
+                0 => rng.below(0x400),
+                1 => 0x1000 + rng.below(0x1000),
+                2 => rng.next(),
+                _ => 0x1800 - rng.below(0x800),
+            };
+        }
+        regs.rflags = 2 | (rng.next() & 0x8D5) | if rng.below(8) == 0 { 1 << 18 } else { 0 };
+        if rng.below(8) == 0 {
+            regs.cr0 |= 1 << 18; // CR0.AM: with AC and CPL 3, #AC
+            regs = regs.at_cpl(3);
+        }
+        regs
     }
 
     #[test]
-    fn fast_path_matches_the_general_path() {
+    fn fast_path_matches_the_general_path_in_every_mode() {
         let mut ram = TestRam::new(0x40000).hole(0x1000, 0x3000);
         let mut pt = PageTables::new(Layout::Level4, 0x20000);
         for page in 0..0x20u64 {
             pt.map(&mut ram, page * 4096, page * 4096, 1, pte::PWU);
         }
         let mut rng = Rng(0x1234_5678_9ABC_DEF1);
-        let mut handled = 0;
-        for _ in 0..40_000 {
-            let bytes = random_instruction(&mut rng);
-            let mut regs = Registers::long_mode(TEST_VENDOR, pt.cr3(), 0, 0);
-            regs.rip = 0x10000 + rng.below(0x100);
-            for g in regs.gprs.iter_mut() {
-                *g = match rng.below(4) {
-                    0 => rng.below(0x400),
-                    1 => 0x1000 + rng.below(0x1000),
-                    2 => rng.next(),
-                    _ => 0x1800 - rng.below(0x800),
+        for mode in [
+            CpuMode::Long64,
+            CpuMode::Compat32,
+            CpuMode::Protected32,
+            CpuMode::Protected16,
+            CpuMode::Real,
+        ] {
+            let mut handled = 0;
+            for _ in 0..30_000 {
+                let bytes = random_instruction(&mut rng);
+                let regs = random_state(&mut rng, mode, pt.cr3());
+                assert_eq!(CpuMode::of(&regs), mode);
+                let Some((ea, lin)) = addresses(&bytes, &regs, mode) else {
+                    continue;
                 };
+                let gpa = if rng.below(32) == 0 { lin ^ 8 } else { lin };
+                let exit = MemExit {
+                    gpa,
+                    access: AccessType::Read,
+                    instruction: &bytes,
+                };
+                let (mut r1, mut ram1, mut m1) =
+                    (regs.clone(), ram.clone(), RecordingMmio::default());
+                let (mut r2, mut ram2, mut m2) =
+                    (regs.clone(), ram.clone(), RecordingMmio::default());
+                let fast = assist_mem_with(
+                    &mut r1,
+                    &mut ram1,
+                    &mut m1,
+                    &exit,
+                    true,
+                    &mut FetchCache::new(),
+                );
+                let general = assist_mem_with(
+                    &mut r2,
+                    &mut ram2,
+                    &mut m2,
+                    &exit,
+                    false,
+                    &mut FetchCache::new(),
+                );
+                assert_eq!(fast, general, "{mode:?} {bytes:02x?}");
+                assert_eq!(r1, r2, "{mode:?} {bytes:02x?}");
+                assert_eq!(m1.log, m2.log, "{mode:?} {bytes:02x?}");
+                assert!(ram1.mem == ram2.mem, "{mode:?} {bytes:02x?}");
+                let decoded = match mode.default_address_size() {
+                    8 => super::decode::<8, _>(&regs, mode, gpa, &bytes).is_some(),
+                    4 => super::decode::<4, _>(&regs, mode, gpa, &bytes).is_some(),
+                    _ => super::decode::<2, _>(&regs, mode, gpa, &bytes).is_some(),
+                };
+                if decoded {
+                    handled += 1;
+                }
+                // Whatever the exit says, a form the fast path takes must
+                // have the general decoder's address, segment and length.
+                let form = match mode.default_address_size() {
+                    8 => super::decode_form::<8, _>(&regs, mode, &bytes),
+                    4 => super::decode_form::<4, _>(&regs, mode, &bytes),
+                    _ => super::decode_form::<2, _>(&regs, mode, &bytes),
+                };
+                if let Some(f) = form {
+                    let insn = decode(&bytes, mode).expect("general decode");
+                    let m = insn.memory_operand().expect("memory operand");
+                    assert_eq!(f.offset, ea, "{mode:?} {bytes:02x?}");
+                    // 64-bit mode: only FS/GS have a base, the fast path
+                    // keeps those and calls the rest DS.
+                    let flat = |g: Segment| {
+                        if mode.is_64bit() && !matches!(g, Segment::Fs | Segment::Gs) {
+                            Segment::Ds
+                        } else {
+                            g
+                        }
+                    };
+                    assert_eq!(f.segment, flat(m.segment), "{mode:?} {bytes:02x?}");
+                    let wrap = match mode.default_size() {
+                        _ if mode.is_64bit() => u64::MAX,
+                        4 => 0xFFFF_FFFF,
+                        _ => 0xFFFF,
+                    };
+                    assert_eq!(
+                        f.next_rip,
+                        regs.rip.wrapping_add(u64::from(insn.len)) & wrap,
+                        "{mode:?} {bytes:02x?}"
+                    );
+                    assert_eq!(f.access_size, m.size, "{mode:?} {bytes:02x?}");
+                }
             }
-            regs.rflags = 2 | (rng.next() & 0x8D5) | if rng.below(8) == 0 { 1 << 18 } else { 0 };
-            let Some(lin) = linear(&bytes, &regs) else {
-                continue;
-            };
-            let gpa = if rng.below(32) == 0 { lin ^ 8 } else { lin };
-            let exit = MemExit {
-                gpa,
-                access: AccessType::Read,
-                instruction: &bytes,
-            };
-            let (mut r1, mut ram1, mut m1) = (regs.clone(), ram.clone(), RecordingMmio::default());
-            let (mut r2, mut ram2, mut m2) = (regs.clone(), ram.clone(), RecordingMmio::default());
-            let fast = assist_mem_with(&mut r1, &mut ram1, &mut m1, &exit, true);
-            let general = assist_mem_with(&mut r2, &mut ram2, &mut m2, &exit, false);
-            assert_eq!(fast, general, "{bytes:02x?}");
-            assert_eq!(r1, r2, "{bytes:02x?}");
-            assert_eq!(m1.log, m2.log, "{bytes:02x?}");
-            assert!(ram1.mem == ram2.mem, "{bytes:02x?}");
-            if super::decode(&regs, gpa, &bytes).is_some() {
-                handled += 1;
-            }
-            // Whatever the exit says, a form the fast path takes must have
-            // the general decoder's address and length.
-            if let Some(f) = super::decode_form(&regs, &bytes) {
-                let insn = decode(&bytes, CpuMode::Long64).expect("general decode");
-                assert_eq!(f.linear, lin, "{bytes:02x?}");
-                assert_eq!(f.next_rip, regs.rip + u64::from(insn.len), "{bytes:02x?}");
-                let m = insn.memory_operand().expect("memory operand");
-                assert_eq!(f.access_size, m.size, "{bytes:02x?}");
-            }
+            assert!(
+                handled > 2_000,
+                "{mode:?}: the fast path handled only {handled} cases"
+            );
         }
-        assert!(
-            handled > 3_000,
-            "the fast path handled only {handled} cases"
-        );
     }
 }

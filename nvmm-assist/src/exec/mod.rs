@@ -203,6 +203,7 @@ where
     // ---- registers -------------------------------------------------------
 
     /// A full 64-bit GPR, with the staged value if the instruction wrote it.
+    #[inline]
     pub(crate) fn gpr(&mut self, reg: Gpr) -> u64 {
         let i = reg.index();
         let bit = 1u16 << i;
@@ -217,6 +218,7 @@ where
     }
 
     /// Stages a full 64-bit GPR value.
+    #[inline]
     pub(crate) fn set_gpr(&mut self, reg: Gpr, value: u64) {
         let i = reg.index();
         if let Some(slot) = self.regs.gprs.get_mut(i) {
@@ -227,6 +229,7 @@ where
     }
 
     /// Reads a register operand (zero-extended to 64 bits).
+    #[inline]
     pub(crate) fn read_reg(&mut self, r: Register) -> u64 {
         let v = self.gpr(r.gpr);
         if r.size == 1 && r.high_byte {
@@ -240,6 +243,7 @@ where
     /// 8- and 16-bit writes keep the other bits, 32-bit writes zero-extend
     /// to 64 bits (the CPU does so in every mode; outside 64-bit mode the
     /// upper half is not visible to the guest anyway), 64-bit writes replace.
+    #[inline]
     pub(crate) fn write_reg(&mut self, r: Register, value: u64) {
         let old = self.gpr(r.gpr);
         let new = match r.size {
@@ -272,15 +276,18 @@ where
         self.write_gpr_sized(gpr, size, value);
     }
 
+    #[inline]
     pub(crate) fn rflags(&self) -> u64 {
         self.regs.rflags
     }
 
+    #[inline]
     pub(crate) fn set_rflags(&mut self, value: u64) {
         self.regs.rflags = value;
     }
 
     /// The value of a register or immediate source operand.
+    #[inline]
     pub(crate) fn read_value_operand(&mut self, op: &Operand) -> Result<u64, Error> {
         match op {
             Operand::Reg(r) => Ok(self.read_reg(*r)),
@@ -292,6 +299,7 @@ where
     // ---- memory operands ------------------------------------------------
 
     /// The address-size mask (2, 4 or 8 bytes).
+    #[inline]
     pub(crate) fn address_mask(&self) -> u64 {
         flags::size_mask(self.insn.address_size)
     }
@@ -299,6 +307,7 @@ where
     /// The effective address (offset within the segment) of `m`, masked to
     /// the address size. RIP-relative operands are relative to the next
     /// instruction.
+    #[inline]
     pub(crate) fn effective_offset(&mut self, m: &MemoryOperand) -> u64 {
         let mut ea = if m.rip_relative {
             self.state.rip().wrapping_add(u64::from(self.insn.len))
@@ -317,6 +326,7 @@ where
 
     /// The linear address of `seg:offset` for `size` bytes, with the
     /// segmentation checks.
+    #[inline]
     pub(crate) fn linear(
         &self,
         seg: Segment,
@@ -329,6 +339,7 @@ where
 
     /// `#AC(0)` when alignment checking is on (CR0.AM, RFLAGS.AC, CPL 3) and
     /// `linear` is not a multiple of `align`.
+    #[inline]
     pub(crate) fn check_alignment(&self, linear: u64, align: u64) -> Result<(), Error> {
         if align > 1
             && linear & (align - 1) != 0
@@ -348,6 +359,7 @@ where
     /// access, so the page offsets must agree (else
     /// [`Error::InconsistentExit`]). Page-crossing accesses, and operands
     /// that are not the one that caused the exit, go through the walker.
+    #[inline]
     pub(crate) fn physical(
         &mut self,
         linear: u64,
@@ -374,6 +386,7 @@ where
     /// bytes, for the BT family's register bit offsets), segmentation,
     /// translation, alignment check. Returns the linear address and the
     /// physical fragments.
+    #[inline]
     pub(crate) fn locate(
         &mut self,
         m: &MemoryOperand,
@@ -388,6 +401,7 @@ where
     }
 
     /// [`Exec::locate`] for an offset already computed.
+    #[inline]
     pub(crate) fn locate_offset(
         &mut self,
         seg: Segment,
@@ -406,6 +420,7 @@ where
     // ---- memory accesses ------------------------------------------------
 
     /// Reads `size` (at most 16) bytes, little-endian.
+    #[inline]
     pub(crate) fn read_mem(&mut self, range: &PhysRange, size: u8) -> Result<u128, Error> {
         let mut buf = [0u8; 16];
         let n = usize::from(size).min(16);
@@ -415,6 +430,7 @@ where
     }
 
     /// Writes the low `size` (at most 16) bytes of `value`, little-endian.
+    #[inline]
     pub(crate) fn write_mem(
         &mut self,
         range: &PhysRange,
@@ -463,6 +479,7 @@ where
 
     /// Reads a memory or register operand of `size` bytes (the memory
     /// operand, if any, is the one that caused the exit).
+    #[inline]
     pub(crate) fn read_operand(&mut self, op: &Operand, size: u8) -> Result<u64, Error> {
         match op {
             Operand::Mem(m) => {

@@ -15,6 +15,11 @@
 //! - A bus error after some iterations of a batch commits those iterations
 //!   and returns `Resume`; the next call then fails at once with nothing
 //!   changed. A bus error on the first iteration is returned as the error.
+//! - A batch of STOS, or of MOVS from RAM (source and destination not
+//!   overlapping), is written in one piece: to RAM when the destination is
+//!   RAM, else offered to the device whole ([`MmioBus::write_batch`]); a
+//!   device that declines gets one write per element. A RAM error on such
+//!   a one-piece access fails the batch with nothing committed.
 //! - STOS, LODS and SCAS have one memory operand, the one that caused the
 //!   exit: its page comes from the exit GPA. MOVS and CMPS translate both
 //!   operands through the page walker (either may be the MMIO one).
@@ -22,10 +27,11 @@
 use super::{Exec, PAGE_SIZE};
 use crate::Outcome;
 use crate::access::{self, AccessType, PhysRange};
-use crate::bus::{GuestRam, MmioBus};
+use crate::bus::{BusError, GuestRam, MmioBus, RamStatus};
 use crate::decode::{Mnemonic, RepPrefix};
 use crate::error::Error;
 use crate::flags::{self, DF, ZF};
+use crate::io::reverse_elements;
 use crate::state::{CpuState, Gpr, Segment};
 
 /// The largest number of iterations one assist call performs.
@@ -117,6 +123,94 @@ where
         let v = x.gpr(reg);
         x.write_addr_reg(reg, 4, v);
     }
+}
+
+/// A batch of STOS, or of MOVS from RAM, written in one piece: to RAM if
+/// the destination turns out to be RAM, else offered to the device
+/// ([`MmioBus::write_batch`]). `Ok(None)`: not done that way, nothing
+/// changed (a RAM read, or a RAM write that was refused, has no effect);
+/// the caller goes element by element. `Ok(Some((done, error)))`: `done`
+/// elements written, then the device failed with `error`. A RAM error on
+/// the one-piece access is the batch's error (no callback follows a failed
+/// one): nothing is committed.
+///
+/// Only for source and destination ranges that do not overlap: an
+/// overlapping MOVS copies element by element, as the CPU does.
+fn write_batch<S, R, M>(
+    x: &mut Exec<'_, S, R, M>,
+    op: Mnemonic,
+    elements: &[Option<Elements>; 2],
+    n: u64,
+    s: u64,
+    backwards: bool,
+    rax: u64,
+) -> Result<Option<(u64, Option<BusError>)>, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let Some(Elements::Page { gpa0: dst0 }) = elements[1] else {
+        return Ok(None);
+    };
+    // Within one page, so at most 4096 bytes.
+    let Some(total) = n.checked_mul(s).and_then(|t| usize::try_from(t).ok()) else {
+        return Ok(None);
+    };
+    let span = (n - 1) * s;
+    let low = |gpa0: u64| {
+        if backwards {
+            gpa0.wrapping_sub(span)
+        } else {
+            gpa0
+        }
+    };
+    let size = s as usize;
+    let mut buf = [0u8; PAGE_SIZE as usize];
+    // In memory order (ascending addresses).
+    let data = buf.get_mut(..total).ok_or(Error::InconsistentExit)?;
+    match op {
+        Mnemonic::Stos => {
+            let value = rax.to_le_bytes();
+            let (Some(first), Some(element)) = (data.get_mut(..size), value.get(..size)) else {
+                return Ok(None);
+            };
+            first.copy_from_slice(element);
+            // Doubling copies: log2(n) block copies instead of n.
+            let mut filled = size;
+            while filled < total {
+                let chunk = filled.min(total - filled);
+                data.copy_within(..chunk, filled);
+                filled += chunk;
+            }
+        }
+        Mnemonic::Movs => {
+            let Some(Elements::Page { gpa0: src0 }) = elements[0] else {
+                return Ok(None);
+            };
+            let (src, dst) = (low(src0), low(dst0));
+            let len = total as u64;
+            if src < dst.wrapping_add(len) && dst < src.wrapping_add(len) {
+                return Ok(None);
+            }
+            if x.ram.read(src, data)? != RamStatus::Done {
+                return Ok(None);
+            }
+        }
+        _ => return Ok(None),
+    }
+    if x.ram.write(low(dst0), data)? == RamStatus::Done {
+        return Ok(Some((n, None)));
+    }
+    // The device sees the elements in the order the CPU writes them.
+    if backwards {
+        reverse_elements(data, size);
+    }
+    Ok(match x.mmio.write_batch(dst0, size, backwards, data) {
+        None => None,
+        Some(Ok(())) => Some((n, None)),
+        Some(Err(p)) => Some(((p.done as u64).min(n), Some(p.error))),
+    })
 }
 
 pub(super) fn exec<S, R, M>(x: &mut Exec<'_, S, R, M>) -> Result<Outcome, Error>
@@ -238,7 +332,17 @@ where
     let mut loaded = None;
     let mut stopped = false;
     let mut failure = None;
-    for i in 0..n {
+    let batched = if n > 1 && matches!(op, Mnemonic::Movs | Mnemonic::Stos) {
+        write_batch(x, op, &elements, n, s, backwards, rax)?
+    } else {
+        None
+    };
+    if let Some((d, error)) = batched {
+        done = d;
+        failure = error.map(Error::from);
+    }
+    let per_element = if batched.is_some() { 0 } else { n };
+    for i in 0..per_element {
         let src = elements[0].map(|e| e.get(i, s, backwards));
         let dst = elements[1].map(|e| e.get(i, s, backwards));
         let step: Result<(), Error> = (|| {

@@ -1,0 +1,336 @@
+//! The per-VCPU fetch cache (`FetchCache`, `assist_mem_cached`) is exact:
+//! the guest rewrites a paging-structure entry (at every level, in every
+//! paging mode), reloads CR3, changes a control bit or its CPL between two
+//! assists, without any exit in between, and the second assist must fetch
+//! what the guest's tables now say, as a full walk does.
+
+mod support;
+
+use nvmm_assist::{
+    AccessType, Error, Exception, FetchCache, MemExit, Outcome, Registers, assist_mem,
+    assist_mem_cached,
+};
+use support::{Layout, PageTables, RecordingMmio, TEST_VENDOR, TestRam, pte};
+
+/// Where the code runs (linear) and the two physical pages it can map to.
+const CODE: u64 = 0x40_0000;
+const PAGE_A: u64 = 0x5000;
+const PAGE_B: u64 = 0x6000;
+const MMIO: u64 = 0x1000;
+/// `mov [ebx], eax` (4-byte store) at A, `mov [ebx], al` (1 byte) at B.
+const AT_A: [u8; 2] = [0x89, 0x03];
+const AT_B: [u8; 2] = [0x88, 0x03];
+
+struct Setup {
+    regs: Registers,
+    ram: TestRam,
+    mmio: RecordingMmio,
+    /// The guest's tables, mapping CODE to A.
+    pt: PageTables,
+    /// A second tree mapping CODE to B.
+    other: PageTables,
+}
+
+fn levels(layout: Layout) -> u32 {
+    match layout {
+        Layout::Bits32 => 2,
+        Layout::Pae => 3,
+        Layout::Level4 => 4,
+        Layout::Level5 => 5,
+    }
+}
+
+fn setup(layout: Layout) -> Setup {
+    // RAM reaches CODE too, for the paging-off case.
+    let mut ram = TestRam::new(0x40_1000).hole(MMIO, MMIO + 0x1000);
+    ram.put(PAGE_A, &AT_A);
+    ram.put(PAGE_B, &AT_B);
+    let mut pt = PageTables::new(layout, 0x10000);
+    pt.map(&mut ram, CODE, PAGE_A, 1, pte::PWU);
+    let mut other = PageTables::new(layout, 0x30000);
+    other.map(&mut ram, CODE, PAGE_B, 1, pte::PWU);
+    let mut regs = match layout {
+        Layout::Bits32 | Layout::Pae => {
+            let mut r = Registers::flat_protected32(TEST_VENDOR);
+            r.cr0 |= 1 << 31;
+            if layout == Layout::Pae {
+                r.cr4 |= 1 << 5;
+            }
+            r
+        }
+        _ => {
+            let mut r = Registers::long_mode(TEST_VENDOR, 0, 0, 0);
+            if layout == Layout::Level5 {
+                r.cr4 |= 1 << 12;
+            }
+            r
+        }
+    };
+    regs.cr3 = pt.cr3();
+    regs.gprs[3] = MMIO;
+    regs.gprs[0] = 0x1122_3344;
+    Setup {
+        regs,
+        ram,
+        mmio: RecordingMmio::default(),
+        pt,
+        other,
+    }
+}
+
+impl Setup {
+    /// One assist at CODE with no instruction bytes in the exit, through
+    /// `cache`: Ok(size of the MMIO store it made) or the error.
+    fn run(&mut self, cache: &mut FetchCache) -> Result<usize, Error> {
+        self.regs.rip = CODE;
+        let exit = MemExit {
+            gpa: MMIO,
+            access: AccessType::Write,
+            instruction: &[],
+        };
+        let before = self.mmio.log.len();
+        let r = assist_mem_cached(&mut self.regs, &mut self.ram, &mut self.mmio, &exit, cache)?;
+        assert_eq!(r, Outcome::Done);
+        assert_eq!(self.mmio.log.len(), before + 1);
+        Ok(self.mmio.log.last().map_or(0, |a| a.data.len()))
+    }
+
+    /// The same assist without a cache (a full walk), on copies.
+    fn run_uncached(&self) -> Result<usize, Error> {
+        let (mut regs, mut ram, mut mmio) =
+            (self.regs.clone(), self.ram.clone(), self.mmio.clone());
+        regs.rip = CODE;
+        let exit = MemExit {
+            gpa: MMIO,
+            access: AccessType::Write,
+            instruction: &[],
+        };
+        assist_mem(&mut regs, &mut ram, &mut mmio, &exit)?;
+        Ok(mmio.log.last().map_or(0, |a| a.data.len()))
+    }
+
+    /// A warm cache: two assists, the second served from the cache.
+    fn warm(&mut self) -> FetchCache {
+        let mut cache = FetchCache::new();
+        assert_eq!(self.run(&mut cache), Ok(4));
+        assert_eq!(self.run(&mut cache), Ok(4));
+        assert_eq!(
+            (cache.misses(), cache.hits()),
+            (1, 1),
+            "the cache is not used"
+        );
+        cache
+    }
+}
+
+const LAYOUTS: [Layout; 4] = [Layout::Bits32, Layout::Pae, Layout::Level4, Layout::Level5];
+
+/// Every level: the entry the walk read is replaced (in place, no exit,
+/// no CR3 reload) by the other tree's entry, which leads to page B.
+#[test]
+fn a_rewritten_entry_at_any_level_is_noticed() {
+    for layout in LAYOUTS {
+        for level in 1..=levels(layout) {
+            let mut s = setup(layout);
+            let mut cache = s.warm();
+            let at = s.pt.entry_gpa(&mut s.ram, CODE, level);
+            let theirs = s.other.entry_gpa(&mut s.ram, CODE, level);
+            let value = s.other.get(&s.ram, theirs);
+            s.pt.set(&mut s.ram, at, value);
+            assert_eq!(
+                s.run(&mut cache),
+                Ok(1),
+                "{layout:?} level {level}: stale fetch"
+            );
+            assert_eq!(s.run_uncached(), Ok(1));
+            // Not present: a #PF, not the last good translation.
+            s.pt.set(&mut s.ram, at, 0);
+            let err = s.run(&mut cache).unwrap_err();
+            assert!(
+                matches!(err, Error::Exception(Exception::PageFault { .. })),
+                "{layout:?} level {level}: {err:?}"
+            );
+            assert_eq!(s.run_uncached(), Err(err));
+        }
+    }
+}
+
+/// Rights: the leaf or a table entry loses U/S (CPL 3), or gains XD.
+#[test]
+fn a_permission_change_is_noticed() {
+    for layout in [Layout::Pae, Layout::Level4] {
+        for level in 1..=levels(layout) {
+            // PAE PDPTEs have no U/S or XD bits.
+            if layout == Layout::Pae && level == 3 {
+                continue;
+            }
+            let mut s = setup(layout);
+            s.regs.efer |= 1 << 11; // NXE
+            let mut cache = s.warm();
+            let at = s.pt.entry_gpa(&mut s.ram, CODE, level);
+            s.pt.modify(&mut s.ram, at, pte::XD, 0);
+            let err = s.run(&mut cache).unwrap_err();
+            assert!(
+                matches!(err, Error::Exception(Exception::PageFault { code, .. }) if code & 0x11 == 0x11),
+                "{layout:?} level {level}: {err:?}"
+            );
+            assert_eq!(s.run_uncached(), Err(err));
+            s.pt.modify(&mut s.ram, at, 0, pte::XD);
+            assert_eq!(s.run(&mut cache), Ok(4));
+            // U/S cleared: ring 3 may not fetch.
+            s.regs = s.regs.clone().at_cpl(3);
+            assert_eq!(s.run(&mut cache), Ok(4));
+            s.pt.modify(&mut s.ram, at, 0, pte::US);
+            let err = s.run(&mut cache).unwrap_err();
+            assert!(
+                matches!(err, Error::Exception(Exception::PageFault { .. })),
+                "{err:?}"
+            );
+            assert_eq!(s.run_uncached(), Err(err));
+        }
+    }
+}
+
+/// A CR3 load, a CPL change and a control-bit change without any entry
+/// change are noticed too.
+#[test]
+fn control_state_changes_are_noticed() {
+    for layout in LAYOUTS {
+        let mut s = setup(layout);
+        let mut cache = s.warm();
+        s.regs.cr3 = s.other.cr3();
+        assert_eq!(s.run(&mut cache), Ok(1), "{layout:?}: CR3 load");
+        s.regs.cr3 = s.pt.cr3();
+        assert_eq!(s.run(&mut cache), Ok(4), "{layout:?}: CR3 back");
+
+        // Supervisor-only leaf, then CPL 3: #PF although the entries did
+        // not change.
+        let leaf = s.pt.entry_gpa(&mut s.ram, CODE, 1);
+        s.pt.modify(&mut s.ram, leaf, 0, pte::US);
+        assert_eq!(s.run(&mut cache), Ok(4));
+        s.regs = s.regs.clone().at_cpl(3);
+        let err = s.run(&mut cache).unwrap_err();
+        assert!(
+            matches!(err, Error::Exception(Exception::PageFault { .. })),
+            "{layout:?}: {err:?}"
+        );
+        s.regs = s.regs.clone().at_cpl(0);
+        assert_eq!(s.run(&mut cache), Ok(4));
+
+        // Paging off (32-bit layouts: protected mode stays valid): the
+        // linear address is the physical one, where page B's form is put.
+        let mut off = s.regs.clone();
+        off.cr0 &= !(1 << 31);
+        off.cr4 &= !((1 << 5) | (1 << 12));
+        off.efer = 0;
+        if layout == Layout::Bits32 || layout == Layout::Pae {
+            std::mem::swap(&mut s.regs, &mut off);
+            s.ram.put(CODE, &AT_B);
+            assert_eq!(s.run(&mut cache), Ok(1), "{layout:?}: paging off");
+            std::mem::swap(&mut s.regs, &mut off);
+            assert_eq!(s.run(&mut cache), Ok(4), "{layout:?}: paging on again");
+        }
+    }
+}
+
+/// The accessed bits the walk sets are part of what the cache records: a
+/// guest that clears an accessed bit gets it set again on the next fetch,
+/// as a full walk would.
+#[test]
+fn a_cleared_accessed_bit_is_set_again() {
+    for layout in LAYOUTS {
+        let mut s = setup(layout);
+        let mut cache = s.warm();
+        let leaf = s.pt.entry_gpa(&mut s.ram, CODE, 1);
+        assert_ne!(s.pt.get(&s.ram, leaf) & pte::A, 0);
+        s.pt.modify(&mut s.ram, leaf, 0, pte::A);
+        assert_eq!(s.run(&mut cache), Ok(4));
+        assert_ne!(
+            s.pt.get(&s.ram, leaf) & pte::A,
+            0,
+            "{layout:?}: accessed bit not set again"
+        );
+    }
+}
+
+/// RAM that fails reads at one GPA once armed, and counts calls after a
+/// failure.
+struct FailAt {
+    inner: TestRam,
+    gpa: Option<u64>,
+    failed: bool,
+    after: usize,
+}
+
+impl nvmm_assist::GuestRam for FailAt {
+    fn read(
+        &mut self,
+        gpa: u64,
+        buf: &mut [u8],
+    ) -> Result<nvmm_assist::RamStatus, nvmm_assist::BusError> {
+        self.after += usize::from(self.failed);
+        if Some(gpa) == self.gpa {
+            self.failed = true;
+            return Err(nvmm_assist::BusError(4));
+        }
+        self.inner.read(gpa, buf)
+    }
+    fn write(
+        &mut self,
+        gpa: u64,
+        data: &[u8],
+    ) -> Result<nvmm_assist::RamStatus, nvmm_assist::BusError> {
+        self.after += usize::from(self.failed);
+        self.inner.write(gpa, data)
+    }
+    fn compare_and_write(
+        &mut self,
+        gpa: u64,
+        expected: &[u8],
+        new: &[u8],
+    ) -> Result<nvmm_assist::CompareWrite, nvmm_assist::BusError> {
+        self.after += usize::from(self.failed);
+        self.inner.compare_and_write(gpa, expected, new)
+    }
+}
+
+/// An entry that cannot be read again while the cache is validated gives
+/// the walk's error, and no callback follows the failed read.
+#[test]
+fn an_entry_read_error_during_validation_is_the_last_callback() {
+    for layout in LAYOUTS {
+        for level in 1..=levels(layout) {
+            let mut s = setup(layout);
+            let mut cache = s.warm();
+            let at = s.pt.entry_gpa(&mut s.ram, CODE, level);
+            let mut ram = FailAt {
+                inner: s.ram.clone(),
+                gpa: Some(at),
+                failed: false,
+                after: 0,
+            };
+            s.regs.rip = CODE;
+            let before = s.regs.clone();
+            let exit = MemExit {
+                gpa: MMIO,
+                access: AccessType::Write,
+                instruction: &[],
+            };
+            let r = assist_mem_cached(&mut s.regs, &mut ram, &mut s.mmio, &exit, &mut cache);
+            assert_eq!(
+                r,
+                Err(Error::Bus(nvmm_assist::BusError(4))),
+                "{layout:?} level {level}"
+            );
+            assert_eq!(
+                ram.after, 0,
+                "{layout:?} level {level}: a callback after the failure"
+            );
+            assert_eq!(s.regs, before);
+            // A full walk fails the same way.
+            ram.failed = false;
+            let r = assist_mem(&mut s.regs, &mut ram, &mut s.mmio, &exit);
+            assert_eq!(r, Err(Error::Bus(nvmm_assist::BusError(4))));
+        }
+    }
+}
