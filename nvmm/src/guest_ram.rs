@@ -116,6 +116,8 @@ pub(crate) unsafe fn write(dst: NonNull<u8>, data: &[u8]) {
 /// # Safety
 ///
 /// As for [`read`], for `p..p+expected.len()`.
+// Only the assists (feature `assist`) compare-and-write guest RAM.
+#[cfg_attr(not(feature = "assist"), allow(dead_code))]
 pub(crate) unsafe fn compare_and_write(
     p: NonNull<u8>,
     expected: &[u8],

@@ -32,6 +32,8 @@ pub(crate) struct MachineInner {
     areas: RwLock<Arc<Areas>>,
     /// Serialises multi-byte `compare_and_write`s on guest RAM (see
     /// [`guest_ram::compare_and_write`]).
+    // Only the assists (feature `assist`) compare-and-write guest RAM.
+    #[cfg_attr(not(feature = "assist"), allow(dead_code))]
     pub(crate) cas_lock: Mutex<()>,
 }
 
