@@ -110,6 +110,10 @@ where
     assist_mem_with(state, ram, mmio, exit, true, cache)
 }
 
+/// The architectural maximum physical-address width (SDM vol. 3A §4.1.4,
+/// APM vol. 2 §5.1).
+const MAX_PHYS_ADDR_BITS: u32 = 52;
+
 /// [`assist_mem`], with the fast path enabled or not (the tests compare
 /// both), fetching through `cache`.
 pub(crate) fn assist_mem_with<S, R, M>(
@@ -126,6 +130,13 @@ where
     M: MmioBus + ?Sized,
 {
     if exit.access == AccessType::Execute {
+        return Err(Error::InconsistentExit);
+    }
+    // A nested-paging exit reports a guest-physical address below the
+    // architectural maximum width (52 bits). One above it comes from a
+    // broken or hostile exit, and ranges computed from it could wrap the
+    // 64-bit address space.
+    if exit.gpa >> MAX_PHYS_ADDR_BITS != 0 {
         return Err(Error::InconsistentExit);
     }
     let mode = CpuMode::try_of(state)?;

@@ -264,3 +264,30 @@ fn random_inputs_never_panic_and_errors_change_nothing() {
     // The generator must reach the emulator, not only the decoder.
     assert!(outcomes[0] > 1_000, "{outcomes:?}");
 }
+
+/// An exit GPA at or above 2^52 (the architectural physical-address limit)
+/// is refused before any access: a `rep stosq` with DF = 1 whose exit
+/// claimed GPA 0xFFFF_FFFF_FFFF_FFF8 once reached the RAM callback with a
+/// range ending past 2^64 (found by `tests/mmio_batch.rs` in a debug
+/// build).
+#[test]
+fn an_exit_gpa_beyond_the_physical_address_width_is_inconsistent() {
+    let mut ram = TestRam::new(0x1_0000);
+    let mut mmio = RecordingMmio::default();
+    for gpa in [1u64 << 52, 0xFFFF_FFFF_FFFF_FFF8] {
+        let mut regs = Registers::real_mode(Vendor::Amd);
+        regs.rflags |= 1 << 10; // DF
+        regs.gprs[1] = 0x28F; // RCX
+        regs.gprs[7] = 0xFFF8; // RDI
+        let before = regs.clone();
+        let exit = MemExit {
+            gpa,
+            access: AccessType::Write,
+            instruction: &[0xF3, 0x66, 0xAB],
+        };
+        let r = assist_mem(&mut regs, &mut ram, &mut mmio, &exit);
+        assert_eq!(r, Err(nvmm_assist::Error::InconsistentExit), "{gpa:#x}");
+        assert_eq!(regs, before);
+    }
+    assert!(mmio.log.is_empty(), "no device access");
+}
