@@ -9,6 +9,7 @@ mod support;
 
 use nvmm_assist::{BusError, IoExit, Outcome, PartialBatch, PortIo, Segment, assist_io};
 use support::memdev::Guest;
+use support::rng::Rng;
 use support::{BusAccess, RecordingPorts};
 
 /// A device that overrides the batch methods: one call per batch, doing
@@ -83,19 +84,6 @@ impl PortIo for BatchPorts {
             }),
             None => Ok(()),
         }
-    }
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 

@@ -10,6 +10,7 @@ mod support;
 
 use nvmm_assist::{BusError, MmioBus, Outcome, PartialBatch};
 use support::memdev::{Guest, MmioPair};
+use support::rng::Rng;
 
 /// The guest's MMIO pair, taking batches in one call (and failing where the
 /// per-element device would, with the elements before it done).
@@ -58,19 +59,6 @@ impl MmioBus for BatchMmio {
             }
         }
         Some(Ok(()))
-    }
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 

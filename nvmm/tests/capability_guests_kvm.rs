@@ -15,6 +15,7 @@
 
 #[path = "guests/long.rs"]
 mod guests;
+mod kvm_support;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -23,11 +24,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use guests::*;
-use kvm_bindings::{
-    KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_UNKNOWN, kvm_enable_cap, kvm_segment,
-    kvm_userspace_memory_region,
-};
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_bindings::{KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_UNKNOWN, kvm_enable_cap};
+use kvm_ioctls::{Kvm, VcpuExit};
+use kvm_support::{KvmVm, set_flat_long_mode};
 
 fn say(line: &str) {
     let _ = writeln!(std::io::stdout().lock(), "{line}");
@@ -36,27 +35,7 @@ fn say(line: &str) {
 /// `KVM_INTERRUPT` (no kvm-ioctls wrapper; valid without an irqchip).
 const KVM_INTERRUPT: libc::c_ulong = 0x4004_AE86;
 
-struct Vm {
-    vcpu: VcpuFd,
-    _vm: VmFd,
-    ram: *mut u8,
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        // SAFETY: the RAM mapping made in `vm`.
-        unsafe { libc::munmap(self.ram.cast(), RAM) };
-    }
-}
-
-impl Vm {
-    fn ram(&self) -> &[u8] {
-        // SAFETY: RAM bytes of the mapping; read while the VCPU is stopped.
-        unsafe { std::slice::from_raw_parts(self.ram, RAM) }
-    }
-}
-
-fn vm(kvm: &Kvm, program: &Program) -> Result<Vm, String> {
+fn vm(kvm: &Kvm, program: &Program) -> Result<KvmVm, String> {
     let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
     let cap = kvm_enable_cap {
         cap: KVM_CAP_X86_USER_SPACE_MSR,
@@ -65,73 +44,24 @@ fn vm(kvm: &Kvm, program: &Program) -> Result<Vm, String> {
     };
     vm.enable_cap(&cap)
         .map_err(|e| format!("KVM_CAP_X86_USER_SPACE_MSR: {e}"))?;
-    // SAFETY: a fresh anonymous mapping.
-    let ram = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            RAM,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if ram == libc::MAP_FAILED {
-        return Err("mmap failed".into());
-    }
-    let ram = ram.cast::<u8>();
-    let region = kvm_userspace_memory_region {
-        slot: 0,
-        flags: 0,
-        guest_phys_addr: 0,
-        memory_size: RAM as u64,
-        userspace_addr: ram as u64,
-    };
-    // SAFETY: the region is the RAM mapping, unmapped only in Drop.
-    unsafe { vm.set_user_memory_region(region) }
-        .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION: {e}"))?;
-    // SAFETY: RAM bytes of the mapping above.
-    let mem = unsafe { std::slice::from_raw_parts_mut(ram, RAM) };
-    for (gpa, bytes) in program.image() {
-        mem[gpa as usize..gpa as usize + bytes.len()].copy_from_slice(&bytes);
-    }
-    let vcpu = vm
-        .create_vcpu(0)
-        .map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?;
-    let mut s = vcpu.get_sregs().map_err(|e| e.to_string())?;
-    let seg = |selector, type_, l, db| kvm_segment {
-        base: 0,
-        limit: 0xFFFF_FFFF,
-        selector,
-        type_,
-        present: 1,
-        dpl: 0,
-        db,
-        s: 1,
-        l,
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    };
-    s.cs = seg(0x08, 0xB, 1, 0);
-    let d = seg(0x10, 0x3, 0, 1);
-    (s.ds, s.es, s.ss, s.fs, s.gs) = (d, d, d, d, d);
+    let v = KvmVm::new(vm, RAM, &[(0, RAM as u64)], |mem| {
+        for (gpa, bytes) in program.image() {
+            mem[gpa as usize..gpa as usize + bytes.len()].copy_from_slice(&bytes);
+        }
+    })?;
+    let mut s = v.vcpu.get_sregs().map_err(|e| e.to_string())?;
+    set_flat_long_mode(&mut s, PML4);
     (s.gdt.base, s.gdt.limit) = (GDT, GDT_LIMIT as u16);
     (s.idt.base, s.idt.limit) = (IDT, IDT_LIMIT as u16);
-    s.cr0 = 0x8000_0031; // PE ET NE PG
-    s.cr3 = PML4;
-    s.cr4 = 1 << 5; // PAE
-    s.efer = (1 << 8) | (1 << 10); // LME LMA
-    vcpu.set_sregs(&s).map_err(|e| e.to_string())?;
-    let mut r = vcpu.get_regs().map_err(|e| e.to_string())?;
+    v.vcpu.set_sregs(&s).map_err(|e| e.to_string())?;
+    let mut r = v.vcpu.get_regs().map_err(|e| e.to_string())?;
     (r.rip, r.rsp, r.rflags) = (CODE, STACK, 2);
-    vcpu.set_regs(&r).map_err(|e| e.to_string())?;
-    Ok(Vm { vcpu, _vm: vm, ram })
+    v.vcpu.set_regs(&r).map_err(|e| e.to_string())?;
+    Ok(v)
 }
 
 /// `Some(vm)`, or `None` after saying why the test is skipped.
-fn vm_or_skip(test: &str, program: &Program) -> Option<Vm> {
+fn vm_or_skip(test: &str, program: &Program) -> Option<KvmVm> {
     let kvm = match Kvm::new() {
         Ok(k) => k,
         Err(e) => {

@@ -17,36 +17,21 @@
 
 #[path = "guests/netbsd.rs"]
 mod guests;
+mod kvm_support;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
 
 use guests::{CODE, DATA, END_MSR, PML4, PORT};
-use kvm_bindings::{
-    KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_UNKNOWN, kvm_enable_cap, kvm_segment,
-    kvm_userspace_memory_region,
-};
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_bindings::{KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_UNKNOWN, kvm_enable_cap};
+use kvm_ioctls::{Kvm, VcpuExit};
+use kvm_support::{KvmVm, set_flat_long_mode};
 
 fn say(line: &str) {
     let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 const RAM: usize = 0x10000;
-
-struct Vm {
-    vcpu: VcpuFd,
-    _vm: VmFd,
-    ram: *mut u8,
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        // SAFETY: the RAM mapping of `new`; the VM is only dropped after
-        // this body, but KVM holds no access to it outside KVM_RUN.
-        unsafe { libc::munmap(self.ram.cast(), RAM) };
-    }
-}
 
 /// A VM with RAM at `[0, RAM)` except the page at `hole` (if any), the
 /// code and page tables loaded, and the VCPU in long or real mode.
@@ -56,7 +41,7 @@ fn vm(
     hole: Option<u64>,
     real_mode: bool,
     data: &[u8],
-) -> Result<Vm, String> {
+) -> Result<KvmVm, String> {
     let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
     let _ = vm.set_tss_address(0xfffb_d000);
     let cap = kvm_enable_cap {
@@ -66,50 +51,19 @@ fn vm(
     };
     vm.enable_cap(&cap)
         .map_err(|e| format!("KVM_CAP_X86_USER_SPACE_MSR: {e}"))?;
-    // SAFETY: a fresh anonymous mapping.
-    let ram = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            RAM,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if ram == libc::MAP_FAILED {
-        return Err("mmap failed".into());
-    }
-    let ram = ram.cast::<u8>();
     let slots: Vec<(u64, u64)> = match hole {
         Some(h) => vec![(0, h), (h + 0x1000, RAM as u64 - h - 0x1000)],
         None => vec![(0, RAM as u64)],
     };
-    for (i, (gpa, len)) in slots.into_iter().enumerate() {
-        let region = kvm_userspace_memory_region {
-            slot: i as u32,
-            flags: 0,
-            guest_phys_addr: gpa,
-            memory_size: len,
-            userspace_addr: ram as u64 + gpa,
-        };
-        // SAFETY: the region lies in the RAM mapping, which outlives the VM
-        // (unmapped in Drop).
-        unsafe { vm.set_user_memory_region(region) }
-            .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION: {e}"))?;
-    }
-    // SAFETY: RAM bytes of the mapping above.
-    let mem = unsafe { std::slice::from_raw_parts_mut(ram, RAM) };
-    for (gpa, entry) in guests::page_tables() {
-        mem[gpa as usize..gpa as usize + 8].copy_from_slice(&entry.to_le_bytes());
-    }
-    mem[CODE as usize..CODE as usize + code.len()].copy_from_slice(code);
-    mem[DATA as usize..DATA as usize + data.len()].copy_from_slice(data);
-    let vcpu = vm
-        .create_vcpu(0)
-        .map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?;
-    let mut s = vcpu.get_sregs().map_err(|e| e.to_string())?;
-    let mut r = vcpu.get_regs().map_err(|e| e.to_string())?;
+    let v = KvmVm::new(vm, RAM, &slots, |mem| {
+        for (gpa, entry) in guests::page_tables() {
+            mem[gpa as usize..gpa as usize + 8].copy_from_slice(&entry.to_le_bytes());
+        }
+        mem[CODE as usize..CODE as usize + code.len()].copy_from_slice(code);
+        mem[DATA as usize..DATA as usize + data.len()].copy_from_slice(data);
+    })?;
+    let mut s = v.vcpu.get_sregs().map_err(|e| e.to_string())?;
+    let mut r = v.vcpu.get_regs().map_err(|e| e.to_string())?;
     r.rflags = 2;
     r.rip = CODE;
     r.rsp = 0x8000;
@@ -117,37 +71,16 @@ fn vm(
         s.cs.selector = 0;
         s.cs.base = 0;
     } else {
-        let seg = |selector, type_, l, db| kvm_segment {
-            base: 0,
-            limit: 0xFFFF_FFFF,
-            selector,
-            type_,
-            present: 1,
-            dpl: 0,
-            db,
-            s: 1,
-            l,
-            g: 1,
-            avl: 0,
-            unusable: 0,
-            padding: 0,
-        };
-        s.cs = seg(0x08, 0xB, 1, 0);
-        let d = seg(0x10, 0x3, 0, 1);
-        (s.ds, s.es, s.ss, s.fs, s.gs) = (d, d, d, d, d);
-        s.cr0 = 0x8000_0031; // PE ET NE PG
-        s.cr3 = PML4;
-        s.cr4 = 1 << 5; // PAE
-        s.efer = (1 << 8) | (1 << 10); // LME LMA
+        set_flat_long_mode(&mut s, PML4);
     }
-    vcpu.set_sregs(&s).map_err(|e| e.to_string())?;
-    vcpu.set_regs(&r).map_err(|e| e.to_string())?;
-    Ok(Vm { vcpu, _vm: vm, ram })
+    v.vcpu.set_sregs(&s).map_err(|e| e.to_string())?;
+    v.vcpu.set_regs(&r).map_err(|e| e.to_string())?;
+    Ok(v)
 }
 
 /// Runs to the end marker, with the port as a byte stream (`input`:
 /// what IN reads) and MMIO on `mmio`; returns what OUT wrote.
-fn run(v: &mut Vm, input: &[u8], mmio: &mut BTreeMap<u64, u8>) -> Result<Vec<u8>, String> {
+fn run(v: &mut KvmVm, input: &[u8], mmio: &mut BTreeMap<u64, u8>) -> Result<Vec<u8>, String> {
     let mut pos = 0;
     let mut out = Vec::new();
     for _ in 0..10_000 {
@@ -206,11 +139,7 @@ fn h_io_assist_programs_on_kvm() {
         };
         let input = if t.input { t.wanted.as_bytes() } else { &[] };
         let got = match run(&mut v, input, &mut BTreeMap::new()) {
-            Ok(_) if t.input => {
-                // SAFETY: RAM bytes of the VM's mapping, the VCPU not running.
-                let mem = unsafe { std::slice::from_raw_parts(v.ram, RAM) };
-                mem[DATA as usize..DATA as usize + t.wanted.len()].to_vec()
-            }
+            Ok(_) if t.input => v.ram()[DATA as usize..DATA as usize + t.wanted.len()].to_vec(),
             Ok(out) => out,
             Err(e) => {
                 failed.push(format!("{}: {e}", t.name));

@@ -29,17 +29,19 @@
 mod devices;
 #[path = "../examples/toyvm/guest.rs"]
 mod guest;
+mod kvm_support;
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_segment, kvm_userspace_memory_region};
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_segment};
+use kvm_ioctls::{Kvm, VcpuExit};
 
 use devices::Devices;
 use guest::{Image, sel};
+use kvm_support::KvmVm;
 
 /// Prints past libtest's capture, so `cargo test` shows how KVM ran it.
 macro_rules! say {
@@ -58,82 +60,28 @@ const KVM_INTERRUPT: libc::c_ulong = 0x4004_AE86;
 /// `KVM_RUN` (it takes well under a second).
 const WATCHDOG: Duration = Duration::from_secs(30);
 
-struct Vm {
-    vcpu: VcpuFd,
-    _vm: VmFd,
-    _kvm: Kvm,
-    ram: Ram,
-}
-
-/// The guest RAM mapping, unmapped after the VM is closed (field order).
-struct Ram(*mut u8);
-
-impl Drop for Ram {
-    fn drop(&mut self) {
-        // SAFETY: the RAM_SIZE mapping made in `Vm::new`, no longer used.
-        unsafe { libc::munmap(self.0.cast(), guest::RAM_SIZE) };
-    }
-}
-
-impl Vm {
-    fn new() -> Result<Vm, String> {
-        let kvm = Kvm::new().map_err(|e| format!("/dev/kvm: {e}"))?;
-        let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
-        // Intel without unrestricted guest needs these for real mode.
-        let _ = vm.set_tss_address(0xfffb_d000);
-        let _ = vm.set_identity_map_address(0xfffb_c000);
-        // SAFETY: a fresh anonymous mapping.
-        let mem = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                guest::RAM_SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if mem == libc::MAP_FAILED {
-            return Err("mmap of guest RAM failed".into());
+/// A VM with toyvm's RAM and CPUID leaf (the image is loaded later).
+fn new_vm() -> Result<KvmVm, String> {
+    let kvm = Kvm::new().map_err(|e| format!("/dev/kvm: {e}"))?;
+    let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
+    // Intel without unrestricted guest needs these for real mode.
+    let _ = vm.set_tss_address(0xfffb_d000);
+    let _ = vm.set_identity_map_address(0xfffb_c000);
+    let vm = KvmVm::new(vm, guest::RAM_SIZE, &[(0, guest::RAM_SIZE as u64)], |_| {})?;
+    // The CPUID leaf as toyvm configures it on NVMM (mask mode).
+    let mut cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| format!("KVM_GET_SUPPORTED_CPUID: {e}"))?;
+    for e in cpuid.as_mut_slice() {
+        if e.function == guest::CPUID_LEAF {
+            e.ecx |= guest::CPUID_SET_ECX;
+            e.edx &= !guest::CPUID_DEL_EDX;
         }
-        let ram = Ram(mem.cast());
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: guest::RAM_SIZE as u64,
-            userspace_addr: ram.0 as u64,
-        };
-        // SAFETY: the region is the RAM mapping above, which outlives the VM.
-        unsafe { vm.set_user_memory_region(region) }
-            .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION: {e}"))?;
-        let vcpu = vm
-            .create_vcpu(0)
-            .map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?;
-        // The CPUID leaf as toyvm configures it on NVMM (mask mode).
-        let mut cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|e| format!("KVM_GET_SUPPORTED_CPUID: {e}"))?;
-        for e in cpuid.as_mut_slice() {
-            if e.function == guest::CPUID_LEAF {
-                e.ecx |= guest::CPUID_SET_ECX;
-                e.edx &= !guest::CPUID_DEL_EDX;
-            }
-        }
-        vcpu.set_cpuid2(&cpuid)
-            .map_err(|e| format!("KVM_SET_CPUID2: {e}"))?;
-        Ok(Vm {
-            vcpu,
-            _vm: vm,
-            _kvm: kvm,
-            ram,
-        })
     }
-
-    fn ram(&mut self) -> &mut [u8] {
-        // SAFETY: the RAM_SIZE mapping owned by self.
-        unsafe { std::slice::from_raw_parts_mut(self.ram.0, guest::RAM_SIZE) }
-    }
+    vm.vcpu
+        .set_cpuid2(&cpuid)
+        .map_err(|e| format!("KVM_SET_CPUID2: {e}"))?;
+    Ok(vm)
 }
 
 /// The guest's stages, in order.
@@ -181,7 +129,7 @@ fn code_seg(selector: u16, db: bool, l: bool) -> kvm_segment {
 }
 
 /// Puts the VCPU at the start of `stage`, in that stage's mode.
-fn enter(vm: &mut Vm, image: &Image, stage: Stage) -> Result<(), String> {
+fn enter(vm: &mut KvmVm, image: &Image, stage: Stage) -> Result<(), String> {
     let mut s = vm
         .vcpu
         .get_sregs()
@@ -241,7 +189,7 @@ enum End {
 extern "C" fn kick(_: libc::c_int) {}
 
 /// Runs until HLT or a failure, feeding every exit to `dev`.
-fn run(vm: &mut Vm, dev: &mut Devices, irq_done: &mut bool) -> Result<End, String> {
+fn run(vm: &mut KvmVm, dev: &mut Devices, irq_done: &mut bool) -> Result<End, String> {
     for _ in 0..100_000 {
         vm.vcpu.get_kvm_run().request_interrupt_window = u8::from(!*irq_done);
         let exit = match vm.vcpu.run() {
@@ -285,7 +233,7 @@ fn run(vm: &mut Vm, dev: &mut Devices, irq_done: &mut bool) -> Result<End, Strin
 
 #[test]
 fn toyvm_guest_and_devices_on_kvm() {
-    let mut vm = match Vm::new() {
+    let mut vm = match new_vm() {
         Ok(vm) => vm,
         Err(e) => {
             say!("toyvm on KVM: skipped: {e}");
@@ -293,7 +241,7 @@ fn toyvm_guest_and_devices_on_kvm() {
         }
     };
     let image = guest::build().unwrap();
-    image.load_into(vm.ram()).unwrap();
+    image.load_into(vm.ram_mut()).unwrap();
 
     // The watchdog: a signal with an empty handler makes KVM_RUN return
     // EINTR if the guest spins without exits.
