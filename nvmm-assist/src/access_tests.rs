@@ -15,6 +15,30 @@ fn paged64() -> (TestRam, PageTables, Registers) {
 
 use crate::state::Registers;
 
+/// `fetch` of instruction bytes `have..want` into `buf`, in the mode of
+/// `regs`, with a fresh cache (these tests are about the edges, not the
+/// cache).
+fn fetch_uncached(
+    regs: &Registers,
+    ram: &mut TestRam,
+    mmio: &mut RecordingMmio,
+    buf: &mut [u8; 15],
+    have: usize,
+    want: usize,
+) -> Result<(), Error> {
+    let mode = CpuMode::of(regs);
+    fetch(
+        regs,
+        mode,
+        ram,
+        mmio,
+        &mut FetchCache::new(),
+        buf,
+        have,
+        want,
+    )
+}
+
 #[test]
 fn page_crossing_read_goes_half_to_ram_half_to_mmio() {
     let (mut ram, mut pt, regs) = paged64();
@@ -107,31 +131,10 @@ fn fetch_stops_before_an_unmapped_page_it_does_not_need() {
     ram.put(0x2FFD, &[0x89, 0x07, 0x90]);
     let mut mmio = RecordingMmio::default();
     let mut buf = [0u8; 15];
-    let mode = CpuMode::of(&regs);
-    fetch(
-        &regs,
-        mode,
-        &mut ram,
-        &mut mmio,
-        &mut FetchCache::new(),
-        &mut buf,
-        0,
-        3,
-    )
-    .unwrap();
+    fetch_uncached(&regs, &mut ram, &mut mmio, &mut buf, 0, 3).unwrap();
     assert_eq!(&buf[..3], &[0x89, 0x07, 0x90]);
     // One more byte crosses into the unmapped page: #PF (fetch, I/D with NXE).
-    let err = fetch(
-        &regs,
-        mode,
-        &mut ram,
-        &mut mmio,
-        &mut FetchCache::new(),
-        &mut buf,
-        3,
-        4,
-    )
-    .unwrap_err();
+    let err = fetch_uncached(&regs, &mut ram, &mut mmio, &mut buf, 3, 4).unwrap_err();
     assert_eq!(
         err,
         Error::Exception(Exception::PageFault {
@@ -151,30 +154,9 @@ fn fetch_stops_at_the_cs_limit_it_does_not_cross() {
     ram.put(0x10FFE, &[0xA1, 0x34]);
     let mut mmio = RecordingMmio::default();
     let mut buf = [0u8; 15];
-    let mode = CpuMode::of(&regs);
-    fetch(
-        &regs,
-        mode,
-        &mut ram,
-        &mut mmio,
-        &mut FetchCache::new(),
-        &mut buf,
-        0,
-        2,
-    )
-    .unwrap();
+    fetch_uncached(&regs, &mut ram, &mut mmio, &mut buf, 0, 2).unwrap();
     assert_eq!(&buf[..2], &[0xA1, 0x34]);
-    let err = fetch(
-        &regs,
-        mode,
-        &mut ram,
-        &mut mmio,
-        &mut FetchCache::new(),
-        &mut buf,
-        2,
-        3,
-    )
-    .unwrap_err();
+    let err = fetch_uncached(&regs, &mut ram, &mut mmio, &mut buf, 2, 3).unwrap_err();
     assert_eq!(err, Error::Exception(Exception::GeneralProtection(0)));
 }
 
@@ -184,44 +166,7 @@ fn fetch_rejects_bad_ranges() {
     let regs = Registers::flat_protected32(TEST_VENDOR);
     let mut mmio = RecordingMmio::default();
     let mut buf = [0u8; 15];
-    let mode = CpuMode::of(&regs);
-    assert!(
-        fetch(
-            &regs,
-            mode,
-            &mut ram,
-            &mut mmio,
-            &mut FetchCache::new(),
-            &mut buf,
-            3,
-            2
-        )
-        .is_err()
-    );
-    assert!(
-        fetch(
-            &regs,
-            mode,
-            &mut ram,
-            &mut mmio,
-            &mut FetchCache::new(),
-            &mut buf,
-            0,
-            16
-        )
-        .is_err()
-    );
-    assert!(
-        fetch(
-            &regs,
-            mode,
-            &mut ram,
-            &mut mmio,
-            &mut FetchCache::new(),
-            &mut buf,
-            4,
-            4
-        )
-        .is_ok()
-    );
+    assert!(fetch_uncached(&regs, &mut ram, &mut mmio, &mut buf, 3, 2).is_err());
+    assert!(fetch_uncached(&regs, &mut ram, &mut mmio, &mut buf, 0, 16).is_err());
+    assert!(fetch_uncached(&regs, &mut ram, &mut mmio, &mut buf, 4, 4).is_ok());
 }
