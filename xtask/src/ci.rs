@@ -221,19 +221,42 @@ impl Ci {
     fn test_step(&mut self, name: &'static str, command: &mut Command) {
         println!("\n==> ci: {name}");
         let start = Instant::now();
-        let outcome = match run_counting_tests(command) {
-            Ok(counts) => {
-                self.tests.add(counts);
-                Outcome::Passed(Some(format!(
-                    "{} passed, {} ignored",
-                    counts.passed, counts.ignored
-                )))
-            }
+        let outcome = self.counted(run_counting_tests(command), None, |counts| {
+            Outcome::Passed(Some(format!(
+                "{} passed, {} ignored",
+                counts.passed, counts.ignored
+            )))
+        });
+        self.finish_test_step(name, outcome, start);
+    }
+
+    /// Adds a test run's counts to the totals and turns it into the step's
+    /// outcome: `passed` describes a successful run; with `empty` set, a
+    /// run that passed no test fails with that message (and adds nothing),
+    /// so such a step never passes vacuously.
+    fn counted(
+        &mut self,
+        run: std::result::Result<TestCounts, (crate::util::Error, TestCounts)>,
+        empty: Option<&str>,
+        passed: impl FnOnce(TestCounts) -> Outcome,
+    ) -> Outcome {
+        match run {
+            Ok(counts) => match empty {
+                Some(message) if counts.passed == 0 => Outcome::Failed(message.to_owned()),
+                _ => {
+                    self.tests.add(counts);
+                    passed(counts)
+                }
+            },
             Err((err, counts)) => {
                 self.tests.add(counts);
                 Outcome::Failed(err.to_string())
             }
-        };
+        }
+    }
+
+    /// Ends a step that ran tests: its time counts as test time.
+    fn finish_test_step(&mut self, name: &'static str, outcome: Outcome, start: Instant) {
         let time = start.elapsed();
         self.test_time += time;
         self.finish(name, outcome, time);
@@ -251,41 +274,29 @@ impl Ci {
         whole
             .args(["miri", "test", "-p", "nvmm", "--tests"])
             .env("MIRIFLAGS", MIRI_FLAGS);
-        let outcome = match run_counting_tests(&mut whole) {
-            // Nothing run would make this step pass vacuously.
-            Ok(counts) if counts.passed == 0 => {
-                Outcome::Failed("no nvmm test ran under miri".to_owned())
+        let run = run_counting_tests(&mut whole);
+        let outcome = self.counted(run, Some("no nvmm test ran under miri"), |counts| {
+            let whole_time = start.elapsed();
+            // Each seed reruns the binaries; their results are not
+            // counted again.
+            let seeds = Instant::now();
+            let flags = format!("{MIRI_FLAGS} {MIRI_SEEDS}");
+            let concurrency = run_plain(
+                nightly_cargo()
+                    .args(["miri", "test", "-p", "nvmm", "--test", "concurrency"])
+                    .env("MIRIFLAGS", &flags),
+            );
+            match concurrency {
+                Ok(_) => Outcome::Passed(Some(format!(
+                    "{} tests ({MIRI_FLAGS}) in {}; concurrency tests with {MIRI_SEEDS} in {}",
+                    counts.passed,
+                    seconds(whole_time),
+                    seconds(seeds.elapsed())
+                ))),
+                Err(err) => Outcome::Failed(err.to_string()),
             }
-            Ok(counts) => {
-                self.tests.add(counts);
-                let whole_time = start.elapsed();
-                // Each seed reruns the binaries; their results are not
-                // counted again.
-                let seeds = Instant::now();
-                let flags = format!("{MIRI_FLAGS} {MIRI_SEEDS}");
-                let concurrency = run_plain(
-                    nightly_cargo()
-                        .args(["miri", "test", "-p", "nvmm", "--test", "concurrency"])
-                        .env("MIRIFLAGS", &flags),
-                );
-                match concurrency {
-                    Ok(_) => Outcome::Passed(Some(format!(
-                        "{} tests ({MIRI_FLAGS}) in {}; concurrency tests with {MIRI_SEEDS} in {}",
-                        counts.passed,
-                        seconds(whole_time),
-                        seconds(seeds.elapsed())
-                    ))),
-                    Err(err) => Outcome::Failed(err.to_string()),
-                }
-            }
-            Err((err, counts)) => {
-                self.tests.add(counts);
-                Outcome::Failed(err.to_string())
-            }
-        };
-        let time = start.elapsed();
-        self.test_time += time;
-        self.finish(name, outcome, time);
+        });
+        self.finish_test_step(name, outcome, start);
     }
 
     /// The `nvmm` tests (library and integration tests, the concurrency
@@ -316,22 +327,12 @@ impl Ci {
             .env("CARGO_TARGET_DIR", workspace_root().join(TSAN_TARGET_DIR))
             // A report fails the test binary, not only prints.
             .env("TSAN_OPTIONS", "halt_on_error=1 abort_on_error=1");
-        let outcome = match run_counting_tests(&mut command) {
-            Ok(counts) if counts.passed == 0 => {
-                Outcome::Failed("no nvmm test ran under ThreadSanitizer".to_owned())
-            }
-            Ok(counts) => {
-                self.tests.add(counts);
-                Outcome::Passed(Some(format!("{} tests, no report", counts.passed)))
-            }
-            Err((err, counts)) => {
-                self.tests.add(counts);
-                Outcome::Failed(err.to_string())
-            }
-        };
-        let time = start.elapsed();
-        self.test_time += time;
-        self.finish(name, outcome, time);
+        let run = run_counting_tests(&mut command);
+        let empty = Some("no nvmm test ran under ThreadSanitizer");
+        let outcome = self.counted(run, empty, |counts| {
+            Outcome::Passed(Some(format!("{} tests, no report", counts.passed)))
+        });
+        self.finish_test_step(name, outcome, start);
     }
 
     fn fuzz(&mut self) {
