@@ -106,8 +106,8 @@ impl Case {
 
 /// Checks, before any timing, that the case runs the intended instruction
 /// to completion: iced-x86 decodes the bytes as exactly one instruction of
-/// the form's mnemonic (with a LOCK prefix where the name says so); the
-/// assist, with the bytes and with them fetched, returns `Done`, advances
+/// the form's mnemonic (with a LOCK prefix where the name says so) with an
+/// operand at [`MMIO`] given the case's registers; the assist, with the bytes and with them fetched, returns `Done`, advances
 /// RIP by the instruction's length and makes exactly the form's device
 /// accesses (the memory operand's size, at [`MMIO`]); and both ways end in
 /// the same registers. Panics with the reason otherwise.
@@ -127,6 +127,24 @@ pub fn check(m: &ModeSetup, form: &Form, case: &Case) {
         form.name.starts_with("lock "),
         "{what}: LOCK prefix"
     );
+    // iced-x86's address of each operand with the case's registers: one
+    // of them must be the device (the assist trusts the exit GPA for a
+    // single operand within a page, so a misplaced operand would still
+    // reach the device and pass the access check below).
+    let regs = &case.regs;
+    let at_device = (0..insn.op_count()).any(|op| {
+        let address = insn.virtual_address(op, 0, |reg, _, _| {
+            if reg.is_segment_register() {
+                regs.segments.get(reg.number()).map(|s| s.base)
+            } else if reg.is_gpr() {
+                regs.gprs.get(reg.full_register().number()).copied()
+            } else {
+                None
+            }
+        });
+        address == Some(MMIO)
+    });
+    assert!(at_device, "{what}: no operand at the device (iced-x86)");
     let size = insn.memory_size().size();
     let read = Access {
         write: false,
