@@ -5,6 +5,7 @@
 
 use iced_x86::Mnemonic;
 use nvmm_assist::Gpr;
+use nvmm_assist::decode::Mnemonic as Emulated;
 
 use crate::modes::Addressing;
 use crate::{MMIO, RAM_OPERAND, STACK};
@@ -189,7 +190,66 @@ pub const FORMS: &[Form] = &[
     form("movdqu xmm, [m]", Mnemonic::Movdqu, all(&[0xF3, 0x0F, 0x6F, 0x07], &[0xF3, 0x0F, 0x6F, 0x03]), Read),
     form("movaps [m], xmm", Mnemonic::Movaps, all(&[0x0F, 0x29, 0x07], &[0x0F, 0x29, 0x03]), Write),
     form("movups xmm, [m]", Mnemonic::Movups, all(&[0x0F, 0x10, 0x07], &[0x0F, 0x10, 0x03]), Read),
+    form("movapd [m], xmm", Mnemonic::Movapd, all(&[0x66, 0x0F, 0x29, 0x07], &[0x66, 0x0F, 0x29, 0x03]), Write),
+    form("movupd xmm, [m]", Mnemonic::Movupd, all(&[0x66, 0x0F, 0x10, 0x07], &[0x66, 0x0F, 0x10, 0x03]), Read),
+    form("movntdq [m], xmm", Mnemonic::Movntdq, all(&[0x66, 0x0F, 0xE7, 0x07], &[0x66, 0x0F, 0xE7, 0x03]), Write),
+    form("movntps [m], xmm", Mnemonic::Movntps, all(&[0x0F, 0x2B, 0x07], &[0x0F, 0x2B, 0x03]), Write),
+    form("movntpd [m], xmm", Mnemonic::Movntpd, all(&[0x66, 0x0F, 0x2B, 0x07], &[0x66, 0x0F, 0x2B, 0x03]), Write),
     // LOCK-prefixed read-modify-writes (a read then a write on a device).
     form("lock or [m], r", Mnemonic::Or, all(&[0xF0, 0x09, 0x07], &[0xF0, 0x09, 0x03]), ReadWrite),
     form("lock xadd [m], r", Mnemonic::Xadd, all(&[0xF0, 0x0F, 0xC1, 0x07], &[0xF0, 0x0F, 0xC1, 0x03]), ReadWrite),
+];
+
+/// Every mnemonic the memory assist emulates (nvmm-assist's
+/// `decode::Mnemonic` without the port I/O ones, which only `assist_io`
+/// handles): the table must have a form of each, as nvmm-assist's decoder
+/// reports them (checked before timing).
+pub const EMULATED: &[Emulated] = &[
+    Emulated::Mov,
+    Emulated::Movzx,
+    Emulated::Movsx,
+    Emulated::Movsxd,
+    Emulated::Add,
+    Emulated::Adc,
+    Emulated::Sub,
+    Emulated::Sbb,
+    Emulated::And,
+    Emulated::Or,
+    Emulated::Xor,
+    Emulated::Cmp,
+    Emulated::Test,
+    Emulated::Inc,
+    Emulated::Dec,
+    Emulated::Neg,
+    Emulated::Not,
+    Emulated::Xchg,
+    Emulated::Xadd,
+    Emulated::Cmpxchg,
+    Emulated::Cmpxchg8b,
+    Emulated::Cmpxchg16b,
+    Emulated::Bt,
+    Emulated::Bts,
+    Emulated::Btr,
+    Emulated::Btc,
+    Emulated::Setcc,
+    Emulated::Cmovcc,
+    Emulated::Push,
+    Emulated::Pop,
+    Emulated::Movs,
+    Emulated::Stos,
+    Emulated::Lods,
+    Emulated::Cmps,
+    Emulated::Scas,
+    Emulated::Movnti,
+    Emulated::Movd,
+    Emulated::Movq,
+    Emulated::Movdqa,
+    Emulated::Movdqu,
+    Emulated::Movaps,
+    Emulated::Movups,
+    Emulated::Movapd,
+    Emulated::Movupd,
+    Emulated::Movntdq,
+    Emulated::Movntps,
+    Emulated::Movntpd,
 ];

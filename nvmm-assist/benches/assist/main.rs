@@ -8,7 +8,8 @@
 //!   moffs and immediates, MOVZX/MOVSX/MOVSXD, the ALU group, TEST,
 //!   INC/DEC/NEG/NOT, XCHG, XADD, CMPXCHG/8B/16B, the BT family, SETcc,
 //!   CMOVcc, PUSH/POP m, single MOVS/STOS/LODS/CMPS/SCAS, MOVNTI, the SSE
-//!   moves, LOCK forms; REX forms in 64-bit mode only): nanoseconds per
+//!   moves incl. the non-temporal stores, LOCK forms; REX forms in 64-bit
+//!   mode only; every mnemonic of the memory assist): nanoseconds per
 //!   full assist (decode + emulate + device callback + register commit)
 //!   with the instruction bytes in the exit (SVM DecodeAssists), iced-x86's
 //!   decode alone of the same bytes (a fresh `Decoder` per instruction, as
@@ -28,7 +29,9 @@
 //! it must decode (iced-x86) as the intended instruction, complete with
 //! `Done`, advance RIP by its length and make exactly the expected device
 //! accesses, with the bytes and fetched; a broken row panics instead of
-//! timing an error path.
+//! timing an error path. The table must also hold a form of every
+//! mnemonic the memory assist emulates (`forms::EMULATED`), as
+//! nvmm-assist's decoder names them.
 //!
 //! Each target line ends in `met` or `NOT met`.
 //!
@@ -48,6 +51,7 @@ mod memory;
 mod modes;
 mod timing;
 
+use std::collections::HashSet;
 use std::time::Instant;
 
 use devices::{BulkPort, SumPort};
@@ -143,12 +147,13 @@ fn main() {
     // Every form in every mode where it exists: checked, then three
     // runners (assist with bytes, assist fetching, iced decode).
     let mut cases = Vec::new();
+    let mut covered = HashSet::new();
     for m in &modes {
         for form in FORMS {
             let Some(case) = Case::new(m, form) else {
                 continue;
             };
-            memory::check(m, form, &case);
+            covered.insert(memory::check(m, form, &case));
             let bytes = case.bytes();
             let label = format!("{} {}", m.name, form.name);
             let first = push(
@@ -169,6 +174,11 @@ fn main() {
             cases.push((m.name, form.name, first));
         }
     }
+    let missing: Vec<_> = forms::EMULATED
+        .iter()
+        .filter(|e| !covered.contains(*e))
+        .collect();
+    assert!(missing.is_empty(), "no form of {missing:?} in the table");
     let out_at = push("out dx, al".into(), io::io_runner(false), n);
     push("in al, dx".into(), io::io_runner(true), n);
     // A 4 KiB batch takes microseconds: fewer calls per round.
@@ -205,7 +215,9 @@ fn main() {
 
     println!(
         "nvmm-assist, ns per call (median of {ROUNDS} interleaved rounds of {n} calls; \
-         {} rows, {runners} runners):",
+         {} forms covering all {} mnemonics of the memory assist, {} rows, {runners} runners):",
+        FORMS.len(),
+        forms::EMULATED.len(),
         rows.len()
     );
     println!(

@@ -5,7 +5,10 @@
 use std::hint::black_box;
 
 use iced_x86::{Decoder, DecoderOptions};
-use nvmm_assist::{AccessType, FetchCache, MemExit, Outcome, Registers, assist_mem_cached};
+use nvmm_assist::decode::Mnemonic;
+use nvmm_assist::{
+    AccessType, CpuMode, FetchCache, MemExit, Outcome, Registers, assist_mem_cached,
+};
 
 use crate::devices::{Access, Device, FlatRam, Recorder};
 use crate::forms::{Form, Touch};
@@ -110,8 +113,9 @@ impl Case {
 /// operand at [`MMIO`] given the case's registers; the assist, with the bytes and with them fetched, returns `Done`, advances
 /// RIP by the instruction's length and makes exactly the form's device
 /// accesses (the memory operand's size, at [`MMIO`]); and both ways end in
-/// the same registers. Panics with the reason otherwise.
-pub fn check(m: &ModeSetup, form: &Form, case: &Case) {
+/// the same registers. Panics with the reason otherwise. Returns
+/// nvmm-assist's own mnemonic of the bytes.
+pub fn check(m: &ModeSetup, form: &Form, case: &Case) -> Mnemonic {
     let what = format!("{} `{}` {:02x?}", m.name, form.name, case.bytes);
     let mut d = Decoder::with_ip(m.bitness, case.bytes, CODE, DecoderOptions::NONE);
     let insn = d.decode();
@@ -173,6 +177,10 @@ pub fn check(m: &ModeSetup, form: &Form, case: &Case) {
         after[0], after[1],
         "{what}: registers with bytes vs fetched"
     );
+    match nvmm_assist::decode(case.bytes, CpuMode::of(&case.regs)) {
+        Ok(i) => i.mnemonic,
+        Err(e) => panic!("{what}: nvmm-assist's decoder: {e:?}"),
+    }
 }
 
 /// The full memory assist of the case, with the bytes in the exit or
