@@ -1,0 +1,236 @@
+//! The buses of the bench: guest RAM as a flat buffer, a register-file MMIO
+//! device (and a recording wrapper that checks what an instruction did to
+//! it), port devices and a framebuffer.
+
+use nvmm_assist::{BusError, CompareWrite, GuestRam, MmioBus, PartialBatch, PortIo, RamStatus};
+
+use crate::MMIO;
+
+/// Guest RAM as a flat buffer from GPA 0, with the page at [`MMIO`] (and
+/// anything beyond the buffer) not RAM: what a VMM's RAM lookup does.
+#[derive(Clone)]
+pub struct FlatRam {
+    pub mem: Vec<u8>,
+}
+
+impl FlatRam {
+    fn range(&self, gpa: u64, len: usize) -> Option<std::ops::Range<usize>> {
+        if gpa >> 12 == MMIO >> 12 {
+            return None;
+        }
+        let start = usize::try_from(gpa).ok()?;
+        let end = start.checked_add(len)?;
+        (end <= self.mem.len()).then_some(start..end)
+    }
+}
+
+impl GuestRam for FlatRam {
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<RamStatus, BusError> {
+        match self.range(gpa, buf.len()) {
+            Some(r) => {
+                buf.copy_from_slice(&self.mem[r]);
+                Ok(RamStatus::Done)
+            }
+            None => Ok(RamStatus::NotRam),
+        }
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<RamStatus, BusError> {
+        match self.range(gpa, data.len()) {
+            Some(r) => {
+                self.mem[r].copy_from_slice(data);
+                Ok(RamStatus::Done)
+            }
+            None => Ok(RamStatus::NotRam),
+        }
+    }
+    fn compare_and_write(
+        &mut self,
+        gpa: u64,
+        expected: &[u8],
+        new: &[u8],
+    ) -> Result<CompareWrite, BusError> {
+        match self.range(gpa, new.len()) {
+            Some(r) if self.mem[r.clone()] == *expected => {
+                self.mem[r].copy_from_slice(new);
+                Ok(CompareWrite::Written)
+            }
+            Some(_) => Ok(CompareWrite::Mismatch),
+            None => Ok(CompareWrite::NotRam),
+        }
+    }
+}
+
+/// A device with one 64-bit register, handling accesses by size as a
+/// typical MMIO register file does; 16-byte accesses (the SSE and
+/// CMPXCHG16B forms) also reach a second, upper register.
+#[derive(Default)]
+pub struct Device {
+    reg: u64,
+    upper: u64,
+}
+
+impl MmioBus for Device {
+    #[inline]
+    fn read(&mut self, _gpa: u64, buf: &mut [u8]) -> Result<(), BusError> {
+        let v = self.reg.to_le_bytes();
+        match buf.len() {
+            1 => buf[0] = v[0],
+            2 => buf.copy_from_slice(&v[..2]),
+            4 => buf.copy_from_slice(&v[..4]),
+            8 => buf.copy_from_slice(&v),
+            16 => {
+                buf[..8].copy_from_slice(&v);
+                buf[8..].copy_from_slice(&self.upper.to_le_bytes());
+            }
+            _ => return Err(BusError(1)),
+        }
+        Ok(())
+    }
+    #[inline]
+    fn write(&mut self, _gpa: u64, data: &[u8]) -> Result<(), BusError> {
+        self.reg = match *data {
+            [a] => u64::from(a),
+            [a, b] => u64::from(u16::from_le_bytes([a, b])),
+            [a, b, c, d] => u64::from(u32::from_le_bytes([a, b, c, d])),
+            [a, b, c, d, e, f, g, h] => u64::from_le_bytes([a, b, c, d, e, f, g, h]),
+            [a, b, c, d, e, f, g, h, ref upper @ ..] if upper.len() == 8 => {
+                let mut hi = [0u8; 8];
+                hi.copy_from_slice(upper);
+                self.upper = u64::from_le_bytes(hi);
+                u64::from_le_bytes([a, b, c, d, e, f, g, h])
+            }
+            _ => return Err(BusError(1)),
+        };
+        Ok(())
+    }
+}
+
+/// One access a [`Recorder`] saw: write or read, GPA, length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    pub write: bool,
+    pub gpa: u64,
+    pub len: usize,
+}
+
+/// A [`Device`] that logs every access, for the check each case passes
+/// before it is timed (the timed loops use the plain device).
+#[derive(Default)]
+pub struct Recorder {
+    pub device: Device,
+    pub log: Vec<Access>,
+}
+
+impl MmioBus for Recorder {
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BusError> {
+        self.log.push(Access {
+            write: false,
+            gpa,
+            len: buf.len(),
+        });
+        self.device.read(gpa, buf)
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), BusError> {
+        self.log.push(Access {
+            write: true,
+            gpa,
+            len: data.len(),
+        });
+        self.device.write(gpa, data)
+    }
+}
+
+/// A port device that takes each element as it comes (a UART data register).
+#[derive(Default)]
+pub struct SumPort {
+    sum: u64,
+}
+
+impl PortIo for SumPort {
+    fn read(&mut self, _port: u16, buf: &mut [u8]) -> Result<(), BusError> {
+        // By size, as a device register file answers.
+        let v = (self.sum as u32).to_le_bytes();
+        match buf.len() {
+            1 => buf[0] = v[0],
+            2 => buf.copy_from_slice(&v[..2]),
+            4 => buf.copy_from_slice(&v),
+            _ => return Err(BusError(1)),
+        }
+        Ok(())
+    }
+    fn write(&mut self, _port: u16, data: &[u8]) -> Result<(), BusError> {
+        for &b in data {
+            self.sum = self.sum.wrapping_add(u64::from(b));
+        }
+        Ok(())
+    }
+}
+
+/// A port device that accepts a whole batch in one call (a FIFO).
+pub struct BulkPort {
+    fifo: Vec<u8>,
+}
+
+impl Default for BulkPort {
+    fn default() -> Self {
+        BulkPort {
+            fifo: Vec::with_capacity(4096),
+        }
+    }
+}
+
+impl PortIo for BulkPort {
+    fn read(&mut self, _port: u16, buf: &mut [u8]) -> Result<(), BusError> {
+        buf.fill(0x5A);
+        Ok(())
+    }
+    fn write(&mut self, _port: u16, data: &[u8]) -> Result<(), BusError> {
+        if self.fifo.len() + data.len() > 4096 {
+            self.fifo.clear();
+        }
+        self.fifo.extend_from_slice(data);
+        Ok(())
+    }
+    fn write_batch(&mut self, port: u16, _size: usize, data: &[u8]) -> Result<(), PartialBatch> {
+        self.write(port, data)
+            .map_err(|error| PartialBatch { done: 0, error })
+    }
+}
+
+/// A framebuffer page at [`MMIO`]: plain memory behind the MMIO bus.
+pub struct Framebuffer {
+    pub mem: Vec<u8>,
+    /// Whether it takes whole batches (`MmioBus::write_batch`).
+    pub batches: bool,
+}
+
+impl MmioBus for Framebuffer {
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BusError> {
+        let at = (gpa & 0xFFF) as usize;
+        let src = self.mem.get(at..at + buf.len()).ok_or(BusError(1))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), BusError> {
+        let at = (gpa & 0xFFF) as usize;
+        let dst = self.mem.get_mut(at..at + data.len()).ok_or(BusError(1))?;
+        dst.copy_from_slice(data);
+        Ok(())
+    }
+    fn write_batch(
+        &mut self,
+        gpa: u64,
+        size: usize,
+        descending: bool,
+        data: &[u8],
+    ) -> Option<Result<(), PartialBatch>> {
+        if !self.batches || descending {
+            return None;
+        }
+        let _ = size;
+        Some(
+            self.write(gpa, data)
+                .map_err(|error| PartialBatch { done: 0, error }),
+        )
+    }
+}
