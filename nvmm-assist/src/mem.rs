@@ -37,9 +37,8 @@ use crate::access::{self, AccessType};
 use crate::bus::{GuestRam, MmioBus};
 use crate::decode::{DecodeError, Instruction, decode};
 use crate::error::{Error, Exception};
-use crate::exec::{Exec, PAGE_SIZE, fast};
+use crate::exec::{Exec, PAGE_SIZE, Pending, fast};
 use crate::fetch_cache::FetchCache;
-use crate::flags;
 use crate::mode::CpuMode;
 use crate::state::{CpuState, Segment};
 
@@ -170,14 +169,19 @@ where
             return result;
         }
     }
-    let insn = fetch_and_decode(state, mode, ram, mmio, cache, &mut bytes, given)?;
-    let mut exec = Exec::new(state, ram, mmio, mode, &insn, &bytes, exit.gpa);
-    let outcome = exec.run()?;
+    let decoded = fetch_and_decode(state, mode, ram, mmio, cache, &mut bytes, given);
+    // By reference: moving the instruction out of the result is a copy of
+    // over a hundred bytes.
+    let insn = match &decoded {
+        Ok(insn) => insn,
+        Err(e) => return Err(*e),
+    };
+    let mut pending = Pending::new(state, mode, insn.len);
+    let outcome = Exec::new(state, ram, mmio, mode, insn, &bytes, exit.gpa, &mut pending).run()?;
     if outcome == Outcome::Done {
         // RF is cleared when an instruction completes.
-        exec.set_rflags(exec.rflags() & !flags::RF);
+        pending.clear_rf();
     }
-    let pending = exec.into_pending();
     pending.apply(state, outcome);
     Ok(outcome)
 }

@@ -59,7 +59,7 @@ where
     let op = insn.mnemonic;
     let size = insn.operand_size;
     let writes = !matches!(op, Mnemonic::Cmp | Mnemonic::Test);
-    match insn.operands[0] {
+    match &insn.operands[0] {
         Operand::Mem(m) => {
             let b = if is_unary(op) {
                 0
@@ -68,7 +68,7 @@ where
             };
             let rflags = x.rflags();
             if !writes {
-                let (_, range) = x.locate(&m, 0, size, AccessType::Read, true)?;
+                let range = x.locate(m, 0, size, AccessType::Read, true)?;
                 let a = x.read_mem(&range, size)? as u64;
                 let (_, f) = compute(op, a, b, size, rflags).ok_or_else(|| x.unsupported())?;
                 x.set_rflags(f);
@@ -76,7 +76,7 @@ where
             }
             // Fail before any access if the operation is not one of ours.
             compute(op, 0, 0, size, rflags).ok_or_else(|| x.unsupported())?;
-            let (_, range) = x.locate(&m, 0, size, AccessType::Write, true)?;
+            let range = x.locate(m, 0, size, AccessType::Write, true)?;
             let result = x.rmw(&range, size, insn.lock, |old| {
                 let (r, f) =
                     compute(op, old as u64, b, size, rflags).unwrap_or((old as u64, rflags));
@@ -88,7 +88,7 @@ where
             }
         }
         Operand::Reg(d) => {
-            let a = x.read_reg(d);
+            let a = x.read_reg(*d);
             let b = if is_unary(op) {
                 0
             } else {
@@ -96,7 +96,7 @@ where
             };
             let (r, f) = compute(op, a, b, size, x.rflags()).ok_or_else(|| x.unsupported())?;
             if writes {
-                x.write_reg(d, r);
+                x.write_reg(*d, r);
             }
             x.set_rflags(f);
         }

@@ -40,11 +40,22 @@ pub(crate) const LOCK_RETRIES: u32 = 16;
 
 const CR0_AM: u64 = 1 << 18;
 
+/// A placeholder range, overwritten before use.
+const ONE_PAGE: PhysRange = PhysRange {
+    parts: [(0, 0), (0, 0)],
+    count: 1,
+};
+
 /// Register values staged by an instruction, applied only on success.
+///
+/// The caller owns it and lends it to the [`Exec`] that runs the
+/// instruction, so that nothing large is moved between the two: after a
+/// successful run it is applied in place.
 #[derive(Debug, Clone)]
 pub(crate) struct Pending {
+    /// The staged value of each GPR whose bit is set in `dirty`; the other
+    /// entries are unused (the guest state holds their value).
     gprs: [u64; 16],
-    loaded: u16,
     dirty: u16,
     rflags: u64,
     rflags_in: u64,
@@ -53,21 +64,50 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
+    /// Nothing staged yet for an instruction of `len` bytes at `state`'s
+    /// RIP in `mode`.
+    #[inline]
+    pub(crate) fn new<S: CpuState + ?Sized>(state: &S, mode: CpuMode, len: u8) -> Self {
+        let rflags = state.rflags();
+        let next = state.rip().wrapping_add(u64::from(len));
+        let next_rip = match mode.default_size() {
+            _ if mode.is_64bit() => next,
+            // Outside 64-bit mode the instruction pointer wraps at the
+            // code segment's size.
+            4 => next & 0xFFFF_FFFF,
+            _ => next & 0xFFFF,
+        };
+        Pending {
+            gprs: [0; 16],
+            dirty: 0,
+            rflags,
+            rflags_in: rflags,
+            next_rip,
+            xmm: None,
+        }
+    }
+
     /// Stages XMM register `index` (at most one per instruction).
     pub(crate) fn set_xmm(&mut self, index: u8, value: u128) {
         self.xmm = Some((index, value));
     }
 
+    /// Clears RFLAGS.RF, as the completion of an instruction does.
+    #[inline]
+    pub(crate) fn clear_rf(&mut self) {
+        self.rflags &= !flags::RF;
+    }
+
     /// Writes the staged registers into `state`; RIP advances past the
     /// instruction only for [`Outcome::Done`].
+    #[inline]
     pub(crate) fn apply<S: CpuState + ?Sized>(&self, state: &mut S, outcome: Outcome) {
         let mut dirty = self.dirty;
         while dirty != 0 {
             let i = dirty.trailing_zeros() as u8;
             dirty &= dirty - 1;
-            let reg = Gpr::from_index(i);
             if let Some(v) = self.gprs.get(usize::from(i)) {
-                state.set_gpr(reg, *v);
+                state.set_gpr(Gpr::from_index(i), *v);
             }
         }
         if self.rflags != self.rflags_in {
@@ -94,7 +134,8 @@ pub(crate) struct Exec<'a, S: ?Sized, R: ?Sized, M: ?Sized> {
     pub bytes: &'a [u8; 15],
     /// The guest-physical address of the memory exit.
     pub exit_gpa: u64,
-    pub regs: Pending,
+    /// Where register writes are staged.
+    pub regs: &'a mut Pending,
 }
 
 impl<'a, S, R, M> Exec<'a, S, R, M>
@@ -103,6 +144,8 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub(crate) fn new(
         state: &'a S,
         ram: &'a mut R,
@@ -111,17 +154,8 @@ where
         insn: &'a Instruction,
         bytes: &'a [u8; 15],
         exit_gpa: u64,
+        regs: &'a mut Pending,
     ) -> Self {
-        let rflags = state.rflags();
-        let rip = state.rip();
-        let len = u64::from(insn.len);
-        let next_rip = match mode.default_size() {
-            _ if mode.is_64bit() => rip.wrapping_add(len),
-            // Outside 64-bit mode the instruction pointer wraps at the
-            // code segment's size.
-            4 => rip.wrapping_add(len) & 0xFFFF_FFFF,
-            _ => rip.wrapping_add(len) & 0xFFFF,
-        };
         Exec {
             state,
             ram,
@@ -130,19 +164,12 @@ where
             insn,
             bytes,
             exit_gpa,
-            regs: Pending {
-                gprs: [0; 16],
-                loaded: 0,
-                dirty: 0,
-                rflags,
-                rflags_in: rflags,
-                next_rip,
-                xmm: None,
-            },
+            regs,
         }
     }
 
     /// Runs the instruction.
+    #[inline(always)]
     pub(crate) fn run(&mut self) -> Result<Outcome, Error> {
         match self.insn.mnemonic {
             Mnemonic::Mov
@@ -193,6 +220,10 @@ where
     }
 
     /// The error for a valid instruction this assist does not emulate.
+    /// Out of line and cold: building it copies the instruction bytes, which
+    /// the paths that succeed never need.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn unsupported(&self) -> Error {
         Error::Unsupported {
             bytes: *self.bytes,
@@ -202,19 +233,17 @@ where
 
     // ---- registers -------------------------------------------------------
 
-    /// A full 64-bit GPR, with the staged value if the instruction wrote it.
+    /// A full 64-bit GPR, with the staged value if the instruction wrote
+    /// it. The guest state does not change while an instruction runs, so
+    /// an unstaged register is read from it each time.
     #[inline]
-    pub(crate) fn gpr(&mut self, reg: Gpr) -> u64 {
+    pub(crate) fn gpr(&self, reg: Gpr) -> u64 {
         let i = reg.index();
-        let bit = 1u16 << i;
-        if self.regs.loaded & bit == 0 {
-            let v = self.state.gpr(reg);
-            if let Some(slot) = self.regs.gprs.get_mut(i) {
-                *slot = v;
-            }
-            self.regs.loaded |= bit;
+        if self.regs.dirty & (1 << i) != 0 {
+            self.regs.gprs.get(i).copied().unwrap_or(0)
+        } else {
+            self.state.gpr(reg)
         }
-        self.regs.gprs.get(i).copied().unwrap_or(0)
     }
 
     /// Stages a full 64-bit GPR value.
@@ -224,13 +253,12 @@ where
         if let Some(slot) = self.regs.gprs.get_mut(i) {
             *slot = value;
         }
-        self.regs.loaded |= 1 << i;
         self.regs.dirty |= 1 << i;
     }
 
     /// Reads a register operand (zero-extended to 64 bits).
     #[inline]
-    pub(crate) fn read_reg(&mut self, r: Register) -> u64 {
+    pub(crate) fn read_reg(&self, r: Register) -> u64 {
         let v = self.gpr(r.gpr);
         if r.size == 1 && r.high_byte {
             (v >> 8) & 0xFF
@@ -288,7 +316,7 @@ where
 
     /// The value of a register or immediate source operand.
     #[inline]
-    pub(crate) fn read_value_operand(&mut self, op: &Operand) -> Result<u64, Error> {
+    pub(crate) fn read_value_operand(&self, op: &Operand) -> Result<u64, Error> {
         match op {
             Operand::Reg(r) => Ok(self.read_reg(*r)),
             Operand::Imm(v) => Ok(*v),
@@ -307,8 +335,8 @@ where
     /// The effective address (offset within the segment) of `m`, masked to
     /// the address size. RIP-relative operands are relative to the next
     /// instruction.
-    #[inline]
-    pub(crate) fn effective_offset(&mut self, m: &MemoryOperand) -> u64 {
+    #[inline(always)]
+    pub(crate) fn effective_offset(&self, m: &MemoryOperand) -> u64 {
         let mut ea = if m.rip_relative {
             self.state.rip().wrapping_add(u64::from(self.insn.len))
         } else {
@@ -326,7 +354,7 @@ where
 
     /// The linear address of `seg:offset` for `size` bytes, with the
     /// segmentation checks.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn linear(
         &self,
         seg: Segment,
@@ -339,7 +367,7 @@ where
 
     /// `#AC(0)` when alignment checking is on (CR0.AM, RFLAGS.AC, CPL 3) and
     /// `linear` is not a multiple of `align`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn check_alignment(&self, linear: u64, align: u64) -> Result<(), Error> {
         if align > 1
             && linear & (align - 1) != 0
@@ -359,7 +387,7 @@ where
     /// access, so the page offsets must agree (else
     /// [`Error::InconsistentExit`]). Page-crossing accesses, and operands
     /// that are not the one that caused the exit, go through the walker.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn physical(
         &mut self,
         linear: u64,
@@ -367,26 +395,56 @@ where
         access: AccessType,
         trusted: bool,
     ) -> Result<PhysRange, Error> {
-        let crosses = (linear & PAGE_MASK) + size > PAGE_SIZE;
-        if trusted && !crosses {
-            if self.exit_gpa & PAGE_MASK != linear & PAGE_MASK {
+        let mut range = ONE_PAGE;
+        self.physical_into(linear, size, access, trusted, &mut range)?;
+        Ok(range)
+    }
+
+    /// [`Exec::physical`] into `range`. The hot helpers pass ranges by
+    /// reference and return `Result<(), Error>`: a `Result<PhysRange, _>`
+    /// re-wrapped at every `?` costs dozens of moves per instruction.
+    #[inline(always)]
+    fn physical_into(
+        &mut self,
+        linear: u64,
+        size: u64,
+        access: AccessType,
+        trusted: bool,
+        range: &mut PhysRange,
+    ) -> Result<(), Error> {
+        let in_page = linear & PAGE_MASK;
+        if trusted && size <= PAGE_SIZE && in_page + size <= PAGE_SIZE {
+            if self.exit_gpa & PAGE_MASK != in_page {
                 return Err(Error::InconsistentExit);
             }
-            let len = usize::try_from(size).map_err(|_| Error::InconsistentExit)?;
-            return Ok(PhysRange {
-                parts: [(self.exit_gpa, len), (0, 0)],
+            // size <= 4096 (checked above).
+            *range = PhysRange {
+                parts: [(self.exit_gpa, size as usize), (0, 0)],
                 count: 1,
-            });
+            };
+            return Ok(());
         }
+        self.walk(linear, size, access, range)
+    }
+
+    /// [`Exec::physical`] through the page walker.
+    #[inline(never)]
+    fn walk(
+        &mut self,
+        linear: u64,
+        size: u64,
+        access: AccessType,
+        range: &mut PhysRange,
+    ) -> Result<(), Error> {
         let len = usize::try_from(size).map_err(|_| Error::InconsistentExit)?;
-        access::resolve(self.state, self.ram, linear, len, access)
+        *range = access::resolve(self.state, self.ram, linear, len, access)?;
+        Ok(())
     }
 
     /// Locates a memory operand: effective address (plus `displacement`
     /// bytes, for the BT family's register bit offsets), segmentation,
-    /// translation, alignment check. Returns the linear address and the
-    /// physical fragments.
-    #[inline]
+    /// translation, alignment check. Returns the physical fragments.
+    #[inline(always)]
     pub(crate) fn locate(
         &mut self,
         m: &MemoryOperand,
@@ -394,14 +452,30 @@ where
         size: u8,
         access: AccessType,
         trusted: bool,
-    ) -> Result<(u64, PhysRange), Error> {
+    ) -> Result<PhysRange, Error> {
+        let mut range = ONE_PAGE;
+        self.locate_into(m, displacement, size, access, trusted, &mut range)?;
+        Ok(range)
+    }
+
+    /// [`Exec::locate`] into `range` (see [`Exec::physical_into`]).
+    #[inline(always)]
+    pub(crate) fn locate_into(
+        &mut self,
+        m: &MemoryOperand,
+        displacement: i64,
+        size: u8,
+        access: AccessType,
+        trusted: bool,
+        range: &mut PhysRange,
+    ) -> Result<(), Error> {
         let offset =
             self.effective_offset(m).wrapping_add(displacement as u64) & self.address_mask();
-        self.locate_offset(m.segment, offset, size, access, trusted)
+        self.locate_offset_into(m.segment, offset, size, access, trusted, range)
     }
 
     /// [`Exec::locate`] for an offset already computed.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn locate_offset(
         &mut self,
         seg: Segment,
@@ -409,18 +483,33 @@ where
         size: u8,
         access: AccessType,
         trusted: bool,
-    ) -> Result<(u64, PhysRange), Error> {
+    ) -> Result<PhysRange, Error> {
+        let mut range = ONE_PAGE;
+        self.locate_offset_into(seg, offset, size, access, trusted, &mut range)?;
+        Ok(range)
+    }
+
+    /// [`Exec::locate_offset`] into `range`.
+    #[inline(always)]
+    fn locate_offset_into(
+        &mut self,
+        seg: Segment,
+        offset: u64,
+        size: u8,
+        access: AccessType,
+        trusted: bool,
+        range: &mut PhysRange,
+    ) -> Result<(), Error> {
         let size64 = u64::from(size);
         let linear = self.linear(seg, offset, size64, access)?;
-        let range = self.physical(linear, size64, access, trusted)?;
-        self.check_alignment(linear, size64.min(8))?;
-        Ok((linear, range))
+        self.physical_into(linear, size64, access, trusted, range)?;
+        self.check_alignment(linear, size64.min(8))
     }
 
     // ---- memory accesses ------------------------------------------------
 
     /// Reads `size` (at most 16) bytes, little-endian.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn read_mem(&mut self, range: &PhysRange, size: u8) -> Result<u128, Error> {
         let mut buf = [0u8; 16];
         let n = usize::from(size).min(16);
@@ -430,7 +519,7 @@ where
     }
 
     /// Writes the low `size` (at most 16) bytes of `value`, little-endian.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn write_mem(
         &mut self,
         range: &PhysRange,
@@ -450,6 +539,7 @@ where
     /// ([`LOCK_RETRIES`] times, then `Ok(None)`: the caller returns
     /// [`Outcome::Resume`] with nothing changed); on MMIO it is a read then a
     /// write. Unlocked: a read then a write.
+    #[inline(always)]
     pub(crate) fn rmw<T>(
         &mut self,
         range: &PhysRange,
@@ -483,7 +573,7 @@ where
     pub(crate) fn read_operand(&mut self, op: &Operand, size: u8) -> Result<u64, Error> {
         match op {
             Operand::Mem(m) => {
-                let (_, range) = self.locate(m, 0, size, AccessType::Read, true)?;
+                let range = self.locate(m, 0, size, AccessType::Read, true)?;
                 Ok(self.read_mem(&range, size)? as u64)
             }
             other => self.read_value_operand(other),
@@ -500,12 +590,5 @@ where
         } else {
             2
         }
-    }
-}
-
-/// The staged registers, after `run` succeeded.
-impl<S: ?Sized, R: ?Sized, M: ?Sized> Exec<'_, S, R, M> {
-    pub(crate) fn into_pending(self) -> Pending {
-        self.regs
     }
 }
