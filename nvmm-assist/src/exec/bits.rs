@@ -10,7 +10,7 @@
 
 use super::Exec;
 use crate::Outcome;
-use crate::access::AccessType;
+use crate::access::{AccessType, PhysRange};
 use crate::bus::{GuestRam, MmioBus};
 use crate::decode::{Mnemonic, Operand};
 use crate::error::Error;
@@ -70,11 +70,13 @@ where
     match &insn.operands[0] {
         Operand::Mem(m) => {
             if op == Mnemonic::Bt {
-                let range = x.locate(m, displacement, size, AccessType::Read, true)?;
+                let mut range = PhysRange::default();
+                x.locate(m, displacement, size, AccessType::Read, true, &mut range)?;
                 let old = x.read_mem(&range, size)? as u64;
                 x.set_rflags(with_cf(old));
             } else {
-                let range = x.locate(m, displacement, size, AccessType::Write, true)?;
+                let mut range = PhysRange::default();
+                x.locate(m, displacement, size, AccessType::Write, true, &mut range)?;
                 let res = x.rmw(&range, size, insn.lock, |old| {
                     let old = old as u64;
                     (u128::from(apply(op, old, bit)), with_cf(old))

@@ -40,12 +40,6 @@ pub(crate) const LOCK_RETRIES: u32 = 16;
 
 const CR0_AM: u64 = 1 << 18;
 
-/// A placeholder range, overwritten before use.
-const ONE_PAGE: PhysRange = PhysRange {
-    parts: [(0, 0), (0, 0)],
-    count: 1,
-};
-
 /// Register values staged by an instruction, applied only on success.
 ///
 /// The caller owns it and lends it to the [`Exec`] that runs the
@@ -395,7 +389,7 @@ where
         access: AccessType,
         trusted: bool,
     ) -> Result<PhysRange, Error> {
-        let mut range = ONE_PAGE;
+        let mut range = PhysRange::default();
         self.physical_into(linear, size, access, trusted, &mut range)?;
         Ok(range)
     }
@@ -441,26 +435,13 @@ where
         Ok(())
     }
 
-    /// Locates a memory operand: effective address (plus `displacement`
-    /// bytes, for the BT family's register bit offsets), segmentation,
-    /// translation, alignment check. Returns the physical fragments.
+    /// Locates a memory operand into `range`: effective address (plus
+    /// `displacement` bytes, for the BT family's register bit offsets),
+    /// segmentation, translation, alignment check.
+    ///
+    /// The range is an out-parameter, as in [`Exec::physical_into`].
     #[inline(always)]
     pub(crate) fn locate(
-        &mut self,
-        m: &MemoryOperand,
-        displacement: i64,
-        size: u8,
-        access: AccessType,
-        trusted: bool,
-    ) -> Result<PhysRange, Error> {
-        let mut range = ONE_PAGE;
-        self.locate_into(m, displacement, size, access, trusted, &mut range)?;
-        Ok(range)
-    }
-
-    /// [`Exec::locate`] into `range` (see [`Exec::physical_into`]).
-    #[inline(always)]
-    pub(crate) fn locate_into(
         &mut self,
         m: &MemoryOperand,
         displacement: i64,
@@ -471,27 +452,12 @@ where
     ) -> Result<(), Error> {
         let offset =
             self.effective_offset(m).wrapping_add(displacement as u64) & self.address_mask();
-        self.locate_offset_into(m.segment, offset, size, access, trusted, range)
+        self.locate_offset(m.segment, offset, size, access, trusted, range)
     }
 
     /// [`Exec::locate`] for an offset already computed.
     #[inline(always)]
     pub(crate) fn locate_offset(
-        &mut self,
-        seg: Segment,
-        offset: u64,
-        size: u8,
-        access: AccessType,
-        trusted: bool,
-    ) -> Result<PhysRange, Error> {
-        let mut range = ONE_PAGE;
-        self.locate_offset_into(seg, offset, size, access, trusted, &mut range)?;
-        Ok(range)
-    }
-
-    /// [`Exec::locate_offset`] into `range`.
-    #[inline(always)]
-    fn locate_offset_into(
         &mut self,
         seg: Segment,
         offset: u64,
@@ -573,7 +539,8 @@ where
     pub(crate) fn read_operand(&mut self, op: &Operand, size: u8) -> Result<u64, Error> {
         match op {
             Operand::Mem(m) => {
-                let range = self.locate(m, 0, size, AccessType::Read, true)?;
+                let mut range = PhysRange::default();
+                self.locate(m, 0, size, AccessType::Read, true, &mut range)?;
                 Ok(self.read_mem(&range, size)? as u64)
             }
             other => self.read_value_operand(other),

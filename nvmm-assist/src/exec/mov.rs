@@ -2,7 +2,7 @@
 
 use super::Exec;
 use crate::Outcome;
-use crate::access::AccessType;
+use crate::access::{AccessType, PhysRange};
 use crate::bus::{GuestRam, MmioBus};
 use crate::decode::{Mnemonic, Operand};
 use crate::error::Error;
@@ -29,12 +29,14 @@ where
                 _ => return Err(x.unsupported()),
             };
             let width = if op == Mnemonic::Setcc { 1 } else { m.size };
-            let range = x.locate(m, 0, width, AccessType::Write, true)?;
+            let mut range = PhysRange::default();
+            x.locate(m, 0, width, AccessType::Write, true, &mut range)?;
             x.write_mem(&range, width, u128::from(value))?;
         }
         // Loads into a register.
         (Operand::Reg(d), Operand::Mem(m)) => {
-            let range = x.locate(m, 0, m.size, AccessType::Read, true)?;
+            let mut range = PhysRange::default();
+            x.locate(m, 0, m.size, AccessType::Read, true, &mut range)?;
             let raw = x.read_mem(&range, m.size)? as u64;
             let value = match op {
                 Mnemonic::Mov | Mnemonic::Movzx => raw,

@@ -32,7 +32,7 @@ where
             };
             let value = x.read_reg(*r);
             let mut range = PhysRange::default();
-            x.locate_into(m, 0, size, AccessType::Write, true, &mut range)?;
+            x.locate(m, 0, size, AccessType::Write, true, &mut range)?;
             match x.rmw(&range, size, true, |old| (u128::from(value), old as u64))? {
                 Some(old) => x.write_reg(*r, old),
                 None => return Ok(Outcome::Resume),
@@ -44,7 +44,8 @@ where
             };
             let src = x.read_reg(*r);
             let rflags = x.rflags();
-            let range = x.locate(m, 0, size, AccessType::Write, true)?;
+            let mut range = PhysRange::default();
+            x.locate(m, 0, size, AccessType::Write, true, &mut range)?;
             let res = x.rmw(&range, size, insn.lock, |old| {
                 let (sum, f) = flags::add(old as u64, src, false, size, rflags);
                 (u128::from(sum), (old as u64, f))
@@ -64,7 +65,8 @@ where
             let src = x.read_reg(*r);
             let acc = x.gpr(Gpr::Rax) & flags::size_mask(size);
             let rflags = x.rflags();
-            let range = x.locate(m, 0, size, AccessType::Write, true)?;
+            let mut range = PhysRange::default();
+            x.locate(m, 0, size, AccessType::Write, true, &mut range)?;
             let res = x.rmw(&range, size, insn.lock, |old| {
                 let old = old as u64;
                 // Flags as CMP accumulator, destination.
