@@ -267,11 +267,11 @@ where
     /// upper half is not visible to the guest anyway), 64-bit writes replace.
     #[inline]
     pub(crate) fn write_reg(&mut self, r: Register, value: u64) {
-        let old = self.gpr(r.gpr);
+        // Only 8- and 16-bit writes need the old value.
         let new = match r.size {
-            1 if r.high_byte => (old & !0xFF00) | ((value & 0xFF) << 8),
-            1 => (old & !0xFF) | (value & 0xFF),
-            2 => (old & !0xFFFF) | (value & 0xFFFF),
+            1 if r.high_byte => (self.gpr(r.gpr) & !0xFF00) | ((value & 0xFF) << 8),
+            1 => (self.gpr(r.gpr) & !0xFF) | (value & 0xFF),
+            2 => (self.gpr(r.gpr) & !0xFFFF) | (value & 0xFFFF),
             4 => value & 0xFFFF_FFFF,
             _ => value,
         };
