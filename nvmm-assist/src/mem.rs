@@ -169,19 +169,23 @@ where
             return result;
         }
     }
-    let decoded = fetch_and_decode(state, mode, ram, mmio, cache, &mut bytes, given);
-    // By reference: moving the instruction out of the result is a copy of
-    // over a hundred bytes.
-    let insn = match &decoded {
+    // The bytes at hand are nearly always the whole instruction: decode
+    // them and use the instruction where `decode` wrote it. Moving a
+    // freshly written `Instruction` into another `Result` is a copy whose
+    // wide loads stall on the decoder's narrow stores. Anything else (more
+    // bytes needed, a decode error) goes through `fetch_and_decode`, which
+    // decodes again, fetches and maps the error.
+    let first = decode(bytes.get(..given).unwrap_or(&[]), mode);
+    let fetched;
+    let insn = match &first {
         Ok(insn) => insn,
-        Err(e) => return Err(*e),
+        Err(_) => {
+            fetched = fetch_and_decode(state, mode, ram, mmio, cache, &mut bytes, given)?;
+            &fetched
+        }
     };
     let mut pending = Pending::new(state, mode, insn.len);
     let outcome = Exec::new(state, ram, mmio, mode, insn, &bytes, exit.gpa, &mut pending).run()?;
-    if outcome == Outcome::Done {
-        // RF is cleared when an instruction completes.
-        pending.clear_rf();
-    }
     pending.apply(state, outcome);
     Ok(outcome)
 }

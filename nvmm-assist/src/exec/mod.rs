@@ -86,16 +86,20 @@ impl Pending {
         self.xmm = Some((index, value));
     }
 
-    /// Clears RFLAGS.RF, as the completion of an instruction does.
-    #[inline]
-    pub(crate) fn clear_rf(&mut self) {
-        self.rflags &= !flags::RF;
-    }
-
     /// Writes the staged registers into `state`; RIP advances past the
-    /// instruction only for [`Outcome::Done`].
+    /// instruction, and RFLAGS.RF is cleared as the completion of an
+    /// instruction does, only for [`Outcome::Done`].
     #[inline]
     pub(crate) fn apply<S: CpuState + ?Sized>(&self, state: &mut S, outcome: Outcome) {
+        let done = outcome == Outcome::Done;
+        // RF is cleared here, in a register: clearing it in `self.rflags`
+        // first compiles to a one-byte store that the 8-byte load below
+        // cannot forward from, a stall of a dozen cycles.
+        let rflags = if done {
+            self.rflags & !flags::RF
+        } else {
+            self.rflags
+        };
         let mut dirty = self.dirty;
         while dirty != 0 {
             let i = dirty.trailing_zeros() as u8;
@@ -104,13 +108,13 @@ impl Pending {
                 state.set_gpr(Gpr::from_index(i), *v);
             }
         }
-        if self.rflags != self.rflags_in {
-            state.set_rflags(self.rflags);
+        if rflags != self.rflags_in {
+            state.set_rflags(rflags);
         }
         if let Some((i, v)) = self.xmm {
             state.set_xmm(i, v);
         }
-        if outcome == Outcome::Done {
+        if done {
             state.set_rip(self.next_rip);
         }
     }
@@ -477,11 +481,32 @@ where
     /// Reads `size` (at most 16) bytes, little-endian.
     #[inline(always)]
     pub(crate) fn read_mem(&mut self, range: &PhysRange, size: u8) -> Result<u128, Error> {
-        let mut buf = [0u8; 16];
-        let n = usize::from(size).min(16);
-        let dst = buf.get_mut(..n).ok_or(Error::InconsistentExit)?;
-        access::read_phys(self.ram, self.mmio, range, dst)?;
-        Ok(u128::from_le_bytes(buf))
+        // One buffer of exactly the access size per size: the callback
+        // stores `size` bytes and the value is loaded from them with one
+        // load of the same width. A wider load (of a 16-byte buffer) cannot
+        // be forwarded from the narrower store and waits for it to retire,
+        // a dozen cycles or more.
+        Ok(match size {
+            1 => u128::from(u8::from_le_bytes(self.read_exact(range)?)),
+            2 => u128::from(u16::from_le_bytes(self.read_exact(range)?)),
+            4 => u128::from(u32::from_le_bytes(self.read_exact(range)?)),
+            8 => u128::from(u64::from_le_bytes(self.read_exact(range)?)),
+            _ => {
+                let mut buf = [0u8; 16];
+                let n = usize::from(size).min(16);
+                let dst = buf.get_mut(..n).ok_or(Error::InconsistentExit)?;
+                access::read_phys(self.ram, self.mmio, range, dst)?;
+                u128::from_le_bytes(buf)
+            }
+        })
+    }
+
+    /// Reads `N` bytes.
+    #[inline(always)]
+    fn read_exact<const N: usize>(&mut self, range: &PhysRange) -> Result<[u8; N], Error> {
+        let mut buf = [0u8; N];
+        access::read_phys(self.ram, self.mmio, range, &mut buf)?;
+        Ok(buf)
     }
 
     /// Writes the low `size` (at most 16) bytes of `value`, little-endian.
