@@ -127,9 +127,9 @@ pub(crate) struct Exec<'a, S: ?Sized, R: ?Sized, M: ?Sized> {
     pub mmio: &'a mut M,
     pub mode: CpuMode,
     pub insn: &'a Instruction,
-    /// The instruction bytes (the first `insn.len` are meaningful), for
-    /// [`Error::Unsupported`].
-    pub bytes: &'a [u8; 15],
+    /// The instruction bytes (the first `insn.len` are meaningful; at most
+    /// 15 are kept), for [`Error::Unsupported`].
+    pub bytes: &'a [u8],
     /// The guest-physical address of the memory exit.
     pub exit_gpa: u64,
     /// Where register writes are staged.
@@ -150,7 +150,7 @@ where
         mmio: &'a mut M,
         mode: CpuMode,
         insn: &'a Instruction,
-        bytes: &'a [u8; 15],
+        bytes: &'a [u8],
         exit_gpa: u64,
         regs: &'a mut Pending,
     ) -> Self {
@@ -223,8 +223,12 @@ where
     #[cold]
     #[inline(never)]
     pub(crate) fn unsupported(&self) -> Error {
+        let mut bytes = [0u8; 15];
+        for (dst, src) in bytes.iter_mut().zip(self.bytes) {
+            *dst = *src;
+        }
         Error::Unsupported {
-            bytes: *self.bytes,
+            bytes,
             len: self.insn.len.min(15),
         }
     }
