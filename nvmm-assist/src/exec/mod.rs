@@ -50,7 +50,10 @@ pub(crate) struct Pending {
     /// The staged value of each GPR whose bit is set in `dirty`; the other
     /// entries are unused (the guest state holds their value).
     gprs: [u64; 16],
-    dirty: u16,
+    /// Bit `i` set: GPR `i` is staged. A full machine word: the flag
+    /// tests load it whole, and a wider load than the narrow store that
+    /// initialised it would stall on store forwarding.
+    dirty: u64,
     rflags: u64,
     rflags_in: u64,
     next_rip: u64,
