@@ -545,24 +545,59 @@ where
         locked: bool,
         mut op: impl FnMut(u128) -> (u128, T),
     ) -> Result<Option<T>, Error> {
-        let n = usize::from(size).min(16);
-        for _ in 0..LOCK_RETRIES {
+        // The first attempt is straight-line code; the retries are out of
+        // line. (With one loop the compiler hoists work for every possible
+        // operation out of it, a few dozen instructions run even when the
+        // first attempt succeeds, as it nearly always does.)
+        let old = self.read_mem(range, size)?;
+        let (new, out) = op(old);
+        if !locked {
+            self.write_mem(range, size, new)?;
+            return Ok(Some(out));
+        }
+        if self.compare_and_write(range, size, old, new)? {
+            return Ok(Some(out));
+        }
+        self.rmw_retry(range, size, &mut op)
+    }
+
+    /// The locked retries of [`Exec::rmw`] after the first attempt lost a
+    /// race: [`LOCK_RETRIES`] attempts in all.
+    #[cold]
+    #[inline(never)]
+    fn rmw_retry<T>(
+        &mut self,
+        range: &PhysRange,
+        size: u8,
+        op: &mut impl FnMut(u128) -> (u128, T),
+    ) -> Result<Option<T>, Error> {
+        for _ in 1..LOCK_RETRIES {
             let old = self.read_mem(range, size)?;
             let (new, out) = op(old);
-            if !locked {
-                self.write_mem(range, size, new)?;
-                return Ok(Some(out));
-            }
-            let old_bytes = old.to_le_bytes();
-            let new_bytes = new.to_le_bytes();
-            let (Some(expected), Some(new_slice)) = (old_bytes.get(..n), new_bytes.get(..n)) else {
-                return Err(Error::InconsistentExit);
-            };
-            if access::compare_and_write_phys(self.ram, self.mmio, range, expected, new_slice)? {
+            if self.compare_and_write(range, size, old, new)? {
                 return Ok(Some(out));
             }
         }
         Ok(None)
+    }
+
+    /// The write half of a locked read-modify-write of `size` bytes: `new`
+    /// replaces `old` unless memory changed since it was read (`false`).
+    #[inline(always)]
+    fn compare_and_write(
+        &mut self,
+        range: &PhysRange,
+        size: u8,
+        old: u128,
+        new: u128,
+    ) -> Result<bool, Error> {
+        let n = usize::from(size).min(16);
+        let old_bytes = old.to_le_bytes();
+        let new_bytes = new.to_le_bytes();
+        let (Some(expected), Some(new_slice)) = (old_bytes.get(..n), new_bytes.get(..n)) else {
+            return Err(Error::InconsistentExit);
+        };
+        access::compare_and_write_phys(self.ram, self.mmio, range, expected, new_slice)
     }
 
     /// Reads a memory or register operand of `size` bytes (the memory
