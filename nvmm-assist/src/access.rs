@@ -26,7 +26,7 @@ pub enum AccessType {
 
 /// A linear range resolved to guest-physical fragments: the range never
 /// spans more than two pages because callers limit it to 4096 bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct PhysRange {
     /// `(gpa, len)` of each fragment, in linear order.
     pub parts: [(u64, usize); 2],
@@ -99,20 +99,33 @@ fn fragments(range: &PhysRange) -> impl Iterator<Item = (usize, u64, usize)> + '
 }
 
 /// Reads a resolved range into `buf` (`buf.len()` equals the range length).
+#[inline(always)]
 pub(crate) fn read_phys<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     ram: &mut R,
     mmio: &mut M,
     range: &PhysRange,
     buf: &mut [u8],
 ) -> Result<(), Error> {
-    if range.count == 1 && range.parts[0].1 == buf.len() {
-        // The common case, without the fragment iterator.
-        let gpa = range.parts[0].0;
+    let (gpa, len) = range.parts[0];
+    if range.count == 1 && len == buf.len() {
+        // The common case (one page), inline and without the fragment
+        // iterator.
         if ram.read(gpa, buf)? == RamStatus::NotRam {
             mmio.read(gpa, buf)?;
         }
         return Ok(());
     }
+    read_fragments(ram, mmio, range, buf)
+}
+
+/// [`read_phys`] fragment by fragment.
+#[inline(never)]
+fn read_fragments<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    range: &PhysRange,
+    buf: &mut [u8],
+) -> Result<(), Error> {
     for (start, gpa, len) in fragments(range) {
         let end = start.checked_add(len).ok_or(Error::InconsistentExit)?;
         let part = buf.get_mut(start..end).ok_or(Error::InconsistentExit)?;
@@ -124,7 +137,26 @@ pub(crate) fn read_phys<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
 }
 
 /// Writes `data` to a resolved range.
+#[inline(always)]
 pub(crate) fn write_phys<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    range: &PhysRange,
+    data: &[u8],
+) -> Result<(), Error> {
+    let (gpa, len) = range.parts[0];
+    if range.count == 1 && len == data.len() {
+        if ram.write(gpa, data)? == RamStatus::NotRam {
+            mmio.write(gpa, data)?;
+        }
+        return Ok(());
+    }
+    write_fragments(ram, mmio, range, data)
+}
+
+/// [`write_phys`] fragment by fragment.
+#[inline(never)]
+fn write_fragments<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     ram: &mut R,
     mmio: &mut M,
     range: &PhysRange,
@@ -146,7 +178,31 @@ pub(crate) fn write_phys<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
 /// `true`. A range split over two pages is written non-atomically: a
 /// mismatch on the second part after the first was written returns `false`
 /// too, and the caller's retry rewrites both parts from a fresh read.
+#[inline(always)]
 pub(crate) fn compare_and_write_phys<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    range: &PhysRange,
+    expected: &[u8],
+    new: &[u8],
+) -> Result<bool, Error> {
+    let (gpa, len) = range.parts[0];
+    if range.count == 1 && len == new.len() && len == expected.len() {
+        return Ok(match ram.compare_and_write(gpa, expected, new)? {
+            CompareWrite::Written => true,
+            CompareWrite::Mismatch => false,
+            CompareWrite::NotRam => {
+                mmio.write(gpa, new)?;
+                true
+            }
+        });
+    }
+    compare_and_write_fragments(ram, mmio, range, expected, new)
+}
+
+/// [`compare_and_write_phys`] fragment by fragment.
+#[inline(never)]
+fn compare_and_write_fragments<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     ram: &mut R,
     mmio: &mut M,
     range: &PhysRange,

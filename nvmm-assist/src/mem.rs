@@ -37,9 +37,8 @@ use crate::access::{self, AccessType};
 use crate::bus::{GuestRam, MmioBus};
 use crate::decode::{DecodeError, Instruction, decode};
 use crate::error::{Error, Exception};
-use crate::exec::{Exec, PAGE_SIZE, fast};
+use crate::exec::{Exec, PAGE_SIZE, Pending, fast};
 use crate::fetch_cache::FetchCache;
-use crate::flags;
 use crate::mode::CpuMode;
 use crate::state::{CpuState, Segment};
 
@@ -146,6 +145,17 @@ where
     {
         return result;
     }
+    // With the bytes in the exit, decode them where they are (no copy) and
+    // execute the instruction where `decode` wrote it: nearly every exit
+    // that carries bytes carries the whole instruction. Otherwise (more
+    // bytes needed, a decode error, no bytes) take the path below, which
+    // decodes again, fetches and maps the error.
+    if !exit.instruction.is_empty() {
+        let given = exit.instruction.get(..15).unwrap_or(exit.instruction);
+        if let Ok(insn) = &decode(given, mode) {
+            return execute(state, ram, mmio, mode, insn, given, exit.gpa);
+        }
+    }
     let mut bytes = [0u8; 15];
     let mut given = exit.instruction.len().min(15);
     if let (Some(dst), Some(src)) = (bytes.get_mut(..given), exit.instruction.get(..given)) {
@@ -170,14 +180,42 @@ where
             return result;
         }
     }
-    let insn = fetch_and_decode(state, mode, ram, mmio, cache, &mut bytes, given)?;
-    let mut exec = Exec::new(state, ram, mmio, mode, &insn, &bytes, exit.gpa);
-    let outcome = exec.run()?;
-    if outcome == Outcome::Done {
-        // RF is cleared when an instruction completes.
-        exec.set_rflags(exec.rflags() & !flags::RF);
-    }
-    let pending = exec.into_pending();
+    // The bytes at hand (fetched ones, on this path) are nearly always the
+    // whole instruction: decode them and use the instruction where
+    // `decode` wrote it. Moving a freshly written `Instruction` into
+    // another `Result` is a copy whose wide loads stall on the decoder's
+    // narrow stores. Anything else goes through `fetch_and_decode`.
+    let first = decode(bytes.get(..given).unwrap_or(&[]), mode);
+    let fetched;
+    let insn = match &first {
+        Ok(insn) => insn,
+        Err(_) => {
+            fetched = fetch_and_decode(state, mode, ram, mmio, cache, &mut bytes, given)?;
+            &fetched
+        }
+    };
+    execute(state, ram, mmio, mode, insn, &bytes, exit.gpa)
+}
+
+/// Runs the decoded `insn` (whose bytes start `bytes`) on the general
+/// executor and commits its registers if it succeeded.
+#[inline(always)]
+fn execute<S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    mode: CpuMode,
+    insn: &Instruction,
+    bytes: &[u8],
+    exit_gpa: u64,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let mut pending = Pending::new(state, mode, insn.len);
+    let outcome = Exec::new(state, ram, mmio, mode, insn, bytes, exit_gpa, &mut pending).run()?;
     pending.apply(state, outcome);
     Ok(outcome)
 }

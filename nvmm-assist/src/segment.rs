@@ -48,6 +48,7 @@ const TYPE_EXPAND_DOWN: u8 = 1 << 2;
 const TYPE_RW: u8 = 1 << 1;
 
 /// The fault for a limit or canonical violation through `seg`.
+#[cold]
 fn limit_fault(seg: Segment) -> Error {
     if seg == Segment::Ss {
         Error::Exception(Exception::StackSegment(0))
@@ -58,6 +59,7 @@ fn limit_fault(seg: Segment) -> Error {
 
 /// Whether `addr` is canonical for a linear-address width of `bits`
 /// (48 or 57): bits 63 down to `bits - 1` all equal.
+#[inline]
 pub(crate) fn is_canonical(addr: u64, bits: u32) -> bool {
     let shift = 64 - bits;
     (((addr << shift) as i64) >> shift) as u64 == addr
@@ -76,6 +78,7 @@ pub(crate) fn linear_width<S: CpuState + ?Sized>(state: &S) -> u32 {
 /// The returned address is the first byte's; outside 64-bit mode it is 32
 /// bits wide (the range may wrap at 4 GiB when the base is not zero, as on
 /// the CPU), in 64-bit mode the range is canonical throughout.
+#[inline]
 pub fn linear_address<S: CpuState + ?Sized>(
     state: &S,
     mode: CpuMode,
@@ -85,25 +88,39 @@ pub fn linear_address<S: CpuState + ?Sized>(
     access: AccessType,
 ) -> Result<u64, Error> {
     let size = size.max(1);
-    let reg = state.segment(seg);
-
     if mode.is_64bit() {
         let base = match seg {
-            Segment::Fs | Segment::Gs => reg.base,
+            Segment::Fs | Segment::Gs => state.segment(seg).base,
             _ => 0,
         };
         let first = base.wrapping_add(offset);
         let last = first.wrapping_add(size - 1);
+        // A range that wraps past 2^64 goes from the top of the address
+        // space to the bottom: its middle is not canonical either way, but
+        // both ends are, so reject it explicitly. Canonical at 48 bits is
+        // canonical at 57 too, so CR4 is read only when that fails.
+        if last >= first && is_canonical(first, 48) && is_canonical(last, 48) {
+            return Ok(first);
+        }
         let bits = linear_width(state);
-        // A range that wraps past 2^64 goes from the top of the address space
-        // to the bottom: its middle is not canonical either way, but both
-        // ends are, so reject it explicitly.
         if !is_canonical(first, bits) || !is_canonical(last, bits) || last < first {
             return Err(limit_fault(seg));
         }
         return Ok(first);
     }
+    legacy_linear_address(state, mode, seg, offset, size, access)
+}
 
+/// [`linear_address`] outside 64-bit mode, for a `size` of at least 1.
+fn legacy_linear_address<S: CpuState + ?Sized>(
+    state: &S,
+    mode: CpuMode,
+    seg: Segment,
+    offset: u64,
+    size: u64,
+    access: AccessType,
+) -> Result<u64, Error> {
+    let reg = state.segment(seg);
     // Outside 64-bit mode the offset is at most 32 bits wide.
     let offset = offset & 0xFFFF_FFFF;
     let last = offset.saturating_add(size - 1);

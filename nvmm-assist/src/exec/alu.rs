@@ -5,7 +5,7 @@
 
 use super::Exec;
 use crate::Outcome;
-use crate::access::AccessType;
+use crate::access::{AccessType, PhysRange};
 use crate::bus::{GuestRam, MmioBus};
 use crate::decode::{Mnemonic, Operand};
 use crate::error::Error;
@@ -42,6 +42,26 @@ pub(crate) fn compute(op: Mnemonic, a: u64, b: u64, size: u8, rflags: u64) -> Op
     })
 }
 
+/// Whether `op` is one [`compute`] handles.
+fn is_alu(op: Mnemonic) -> bool {
+    matches!(
+        op,
+        Mnemonic::Add
+            | Mnemonic::Adc
+            | Mnemonic::Sub
+            | Mnemonic::Sbb
+            | Mnemonic::And
+            | Mnemonic::Or
+            | Mnemonic::Xor
+            | Mnemonic::Cmp
+            | Mnemonic::Test
+            | Mnemonic::Inc
+            | Mnemonic::Dec
+            | Mnemonic::Neg
+            | Mnemonic::Not
+    )
+}
+
 fn is_unary(op: Mnemonic) -> bool {
     matches!(
         op,
@@ -59,7 +79,7 @@ where
     let op = insn.mnemonic;
     let size = insn.operand_size;
     let writes = !matches!(op, Mnemonic::Cmp | Mnemonic::Test);
-    match insn.operands[0] {
+    match &insn.operands[0] {
         Operand::Mem(m) => {
             let b = if is_unary(op) {
                 0
@@ -68,15 +88,19 @@ where
             };
             let rflags = x.rflags();
             if !writes {
-                let (_, range) = x.locate(&m, 0, size, AccessType::Read, true)?;
+                let mut range = PhysRange::default();
+                x.locate(m, 0, size, AccessType::Read, true, &mut range)?;
                 let a = x.read_mem(&range, size)? as u64;
                 let (_, f) = compute(op, a, b, size, rflags).ok_or_else(|| x.unsupported())?;
                 x.set_rflags(f);
                 return Ok(Outcome::Done);
             }
             // Fail before any access if the operation is not one of ours.
-            compute(op, 0, 0, size, rflags).ok_or_else(|| x.unsupported())?;
-            let (_, range) = x.locate(&m, 0, size, AccessType::Write, true)?;
+            if !is_alu(op) {
+                return Err(x.unsupported());
+            }
+            let mut range = PhysRange::default();
+            x.locate(m, 0, size, AccessType::Write, true, &mut range)?;
             let result = x.rmw(&range, size, insn.lock, |old| {
                 let (r, f) =
                     compute(op, old as u64, b, size, rflags).unwrap_or((old as u64, rflags));
@@ -88,7 +112,7 @@ where
             }
         }
         Operand::Reg(d) => {
-            let a = x.read_reg(d);
+            let a = x.read_reg(*d);
             let b = if is_unary(op) {
                 0
             } else {
@@ -96,7 +120,7 @@ where
             };
             let (r, f) = compute(op, a, b, size, x.rflags()).ok_or_else(|| x.unsupported())?;
             if writes {
-                x.write_reg(d, r);
+                x.write_reg(*d, r);
             }
             x.set_rflags(f);
         }

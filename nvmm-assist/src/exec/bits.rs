@@ -10,7 +10,7 @@
 
 use super::Exec;
 use crate::Outcome;
-use crate::access::AccessType;
+use crate::access::{AccessType, PhysRange};
 use crate::bus::{GuestRam, MmioBus};
 use crate::decode::{Mnemonic, Operand};
 use crate::error::Error;
@@ -42,10 +42,10 @@ where
     }
     let bits = u64::from(size) * 8;
     let log2 = bits.trailing_zeros();
-    let (bit, displacement) = match insn.operands[1] {
+    let (bit, displacement) = match &insn.operands[1] {
         Operand::Imm(v) => ((v & (bits - 1)) as u32, 0i64),
         Operand::Reg(r) => {
-            let raw = x.read_reg(r);
+            let raw = x.read_reg(*r);
             if matches!(insn.operands[0], Operand::Mem(_)) {
                 let signed = flags::sign_extend(raw, size) as i64;
                 // |signed >> log2| < 2^60, so the product cannot overflow.
@@ -67,14 +67,16 @@ where
             rflags & !CF
         }
     };
-    match insn.operands[0] {
+    match &insn.operands[0] {
         Operand::Mem(m) => {
             if op == Mnemonic::Bt {
-                let (_, range) = x.locate(&m, displacement, size, AccessType::Read, true)?;
+                let mut range = PhysRange::default();
+                x.locate(m, displacement, size, AccessType::Read, true, &mut range)?;
                 let old = x.read_mem(&range, size)? as u64;
                 x.set_rflags(with_cf(old));
             } else {
-                let (_, range) = x.locate(&m, displacement, size, AccessType::Write, true)?;
+                let mut range = PhysRange::default();
+                x.locate(m, displacement, size, AccessType::Write, true, &mut range)?;
                 let res = x.rmw(&range, size, insn.lock, |old| {
                     let old = old as u64;
                     (u128::from(apply(op, old, bit)), with_cf(old))
@@ -86,9 +88,9 @@ where
             }
         }
         Operand::Reg(d) => {
-            let old = x.read_reg(d);
+            let old = x.read_reg(*d);
             if op != Mnemonic::Bt {
-                x.write_reg(d, apply(op, old, bit));
+                x.write_reg(*d, apply(op, old, bit));
             }
             x.set_rflags(with_cf(old));
         }

@@ -41,11 +41,19 @@ pub(crate) const LOCK_RETRIES: u32 = 16;
 const CR0_AM: u64 = 1 << 18;
 
 /// Register values staged by an instruction, applied only on success.
+///
+/// The caller owns it and lends it to the [`Exec`] that runs the
+/// instruction, so that nothing large is moved between the two: after a
+/// successful run it is applied in place.
 #[derive(Debug, Clone)]
 pub(crate) struct Pending {
+    /// The staged value of each GPR whose bit is set in `dirty`; the other
+    /// entries are unused (the guest state holds their value).
     gprs: [u64; 16],
-    loaded: u16,
-    dirty: u16,
+    /// Bit `i` set: GPR `i` is staged. A full machine word: the flag
+    /// tests load it whole, and a wider load than the narrow store that
+    /// initialised it would stall on store forwarding.
+    dirty: u64,
     rflags: u64,
     rflags_in: u64,
     next_rip: u64,
@@ -53,30 +61,63 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
+    /// Nothing staged yet for an instruction of `len` bytes at `state`'s
+    /// RIP in `mode`.
+    #[inline]
+    pub(crate) fn new<S: CpuState + ?Sized>(state: &S, mode: CpuMode, len: u8) -> Self {
+        let rflags = state.rflags();
+        let next = state.rip().wrapping_add(u64::from(len));
+        let next_rip = match mode.default_size() {
+            _ if mode.is_64bit() => next,
+            // Outside 64-bit mode the instruction pointer wraps at the
+            // code segment's size.
+            4 => next & 0xFFFF_FFFF,
+            _ => next & 0xFFFF,
+        };
+        Pending {
+            gprs: [0; 16],
+            dirty: 0,
+            rflags,
+            rflags_in: rflags,
+            next_rip,
+            xmm: None,
+        }
+    }
+
     /// Stages XMM register `index` (at most one per instruction).
     pub(crate) fn set_xmm(&mut self, index: u8, value: u128) {
         self.xmm = Some((index, value));
     }
 
     /// Writes the staged registers into `state`; RIP advances past the
-    /// instruction only for [`Outcome::Done`].
+    /// instruction, and RFLAGS.RF is cleared as the completion of an
+    /// instruction does, only for [`Outcome::Done`].
+    #[inline]
     pub(crate) fn apply<S: CpuState + ?Sized>(&self, state: &mut S, outcome: Outcome) {
+        let done = outcome == Outcome::Done;
+        // RF is cleared here, in a register: clearing it in `self.rflags`
+        // first compiles to a one-byte store that the 8-byte load below
+        // cannot forward from, a stall of a dozen cycles.
+        let rflags = if done {
+            self.rflags & !flags::RF
+        } else {
+            self.rflags
+        };
         let mut dirty = self.dirty;
         while dirty != 0 {
             let i = dirty.trailing_zeros() as u8;
             dirty &= dirty - 1;
-            let reg = Gpr::from_index(i);
             if let Some(v) = self.gprs.get(usize::from(i)) {
-                state.set_gpr(reg, *v);
+                state.set_gpr(Gpr::from_index(i), *v);
             }
         }
-        if self.rflags != self.rflags_in {
-            state.set_rflags(self.rflags);
+        if rflags != self.rflags_in {
+            state.set_rflags(rflags);
         }
         if let Some((i, v)) = self.xmm {
             state.set_xmm(i, v);
         }
-        if outcome == Outcome::Done {
+        if done {
             state.set_rip(self.next_rip);
         }
     }
@@ -89,12 +130,13 @@ pub(crate) struct Exec<'a, S: ?Sized, R: ?Sized, M: ?Sized> {
     pub mmio: &'a mut M,
     pub mode: CpuMode,
     pub insn: &'a Instruction,
-    /// The instruction bytes (the first `insn.len` are meaningful), for
-    /// [`Error::Unsupported`].
-    pub bytes: &'a [u8; 15],
+    /// The instruction bytes (the first `insn.len` are meaningful; at most
+    /// 15 are kept), for [`Error::Unsupported`].
+    pub bytes: &'a [u8],
     /// The guest-physical address of the memory exit.
     pub exit_gpa: u64,
-    pub regs: Pending,
+    /// Where register writes are staged.
+    pub regs: &'a mut Pending,
 }
 
 impl<'a, S, R, M> Exec<'a, S, R, M>
@@ -103,25 +145,18 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub(crate) fn new(
         state: &'a S,
         ram: &'a mut R,
         mmio: &'a mut M,
         mode: CpuMode,
         insn: &'a Instruction,
-        bytes: &'a [u8; 15],
+        bytes: &'a [u8],
         exit_gpa: u64,
+        regs: &'a mut Pending,
     ) -> Self {
-        let rflags = state.rflags();
-        let rip = state.rip();
-        let len = u64::from(insn.len);
-        let next_rip = match mode.default_size() {
-            _ if mode.is_64bit() => rip.wrapping_add(len),
-            // Outside 64-bit mode the instruction pointer wraps at the
-            // code segment's size.
-            4 => rip.wrapping_add(len) & 0xFFFF_FFFF,
-            _ => rip.wrapping_add(len) & 0xFFFF,
-        };
         Exec {
             state,
             ram,
@@ -130,19 +165,12 @@ where
             insn,
             bytes,
             exit_gpa,
-            regs: Pending {
-                gprs: [0; 16],
-                loaded: 0,
-                dirty: 0,
-                rflags,
-                rflags_in: rflags,
-                next_rip,
-                xmm: None,
-            },
+            regs,
         }
     }
 
     /// Runs the instruction.
+    #[inline(always)]
     pub(crate) fn run(&mut self) -> Result<Outcome, Error> {
         match self.insn.mnemonic {
             Mnemonic::Mov
@@ -193,28 +221,34 @@ where
     }
 
     /// The error for a valid instruction this assist does not emulate.
+    /// Out of line and cold: building it copies the instruction bytes, which
+    /// the paths that succeed never need.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn unsupported(&self) -> Error {
+        let mut bytes = [0u8; 15];
+        for (dst, src) in bytes.iter_mut().zip(self.bytes) {
+            *dst = *src;
+        }
         Error::Unsupported {
-            bytes: *self.bytes,
+            bytes,
             len: self.insn.len.min(15),
         }
     }
 
     // ---- registers -------------------------------------------------------
 
-    /// A full 64-bit GPR, with the staged value if the instruction wrote it.
+    /// A full 64-bit GPR, with the staged value if the instruction wrote
+    /// it. The guest state does not change while an instruction runs, so
+    /// an unstaged register is read from it each time.
     #[inline]
-    pub(crate) fn gpr(&mut self, reg: Gpr) -> u64 {
+    pub(crate) fn gpr(&self, reg: Gpr) -> u64 {
         let i = reg.index();
-        let bit = 1u16 << i;
-        if self.regs.loaded & bit == 0 {
-            let v = self.state.gpr(reg);
-            if let Some(slot) = self.regs.gprs.get_mut(i) {
-                *slot = v;
-            }
-            self.regs.loaded |= bit;
+        if self.regs.dirty & (1 << i) != 0 {
+            self.regs.gprs.get(i).copied().unwrap_or(0)
+        } else {
+            self.state.gpr(reg)
         }
-        self.regs.gprs.get(i).copied().unwrap_or(0)
     }
 
     /// Stages a full 64-bit GPR value.
@@ -224,13 +258,12 @@ where
         if let Some(slot) = self.regs.gprs.get_mut(i) {
             *slot = value;
         }
-        self.regs.loaded |= 1 << i;
         self.regs.dirty |= 1 << i;
     }
 
     /// Reads a register operand (zero-extended to 64 bits).
     #[inline]
-    pub(crate) fn read_reg(&mut self, r: Register) -> u64 {
+    pub(crate) fn read_reg(&self, r: Register) -> u64 {
         let v = self.gpr(r.gpr);
         if r.size == 1 && r.high_byte {
             (v >> 8) & 0xFF
@@ -245,11 +278,11 @@ where
     /// upper half is not visible to the guest anyway), 64-bit writes replace.
     #[inline]
     pub(crate) fn write_reg(&mut self, r: Register, value: u64) {
-        let old = self.gpr(r.gpr);
+        // Only 8- and 16-bit writes need the old value.
         let new = match r.size {
-            1 if r.high_byte => (old & !0xFF00) | ((value & 0xFF) << 8),
-            1 => (old & !0xFF) | (value & 0xFF),
-            2 => (old & !0xFFFF) | (value & 0xFFFF),
+            1 if r.high_byte => (self.gpr(r.gpr) & !0xFF00) | ((value & 0xFF) << 8),
+            1 => (self.gpr(r.gpr) & !0xFF) | (value & 0xFF),
+            2 => (self.gpr(r.gpr) & !0xFFFF) | (value & 0xFFFF),
             4 => value & 0xFFFF_FFFF,
             _ => value,
         };
@@ -288,7 +321,7 @@ where
 
     /// The value of a register or immediate source operand.
     #[inline]
-    pub(crate) fn read_value_operand(&mut self, op: &Operand) -> Result<u64, Error> {
+    pub(crate) fn read_value_operand(&self, op: &Operand) -> Result<u64, Error> {
         match op {
             Operand::Reg(r) => Ok(self.read_reg(*r)),
             Operand::Imm(v) => Ok(*v),
@@ -307,8 +340,8 @@ where
     /// The effective address (offset within the segment) of `m`, masked to
     /// the address size. RIP-relative operands are relative to the next
     /// instruction.
-    #[inline]
-    pub(crate) fn effective_offset(&mut self, m: &MemoryOperand) -> u64 {
+    #[inline(always)]
+    pub(crate) fn effective_offset(&self, m: &MemoryOperand) -> u64 {
         let mut ea = if m.rip_relative {
             self.state.rip().wrapping_add(u64::from(self.insn.len))
         } else {
@@ -326,7 +359,7 @@ where
 
     /// The linear address of `seg:offset` for `size` bytes, with the
     /// segmentation checks.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn linear(
         &self,
         seg: Segment,
@@ -339,7 +372,7 @@ where
 
     /// `#AC(0)` when alignment checking is on (CR0.AM, RFLAGS.AC, CPL 3) and
     /// `linear` is not a multiple of `align`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn check_alignment(&self, linear: u64, align: u64) -> Result<(), Error> {
         if align > 1
             && linear & (align - 1) != 0
@@ -359,7 +392,7 @@ where
     /// access, so the page offsets must agree (else
     /// [`Error::InconsistentExit`]). Page-crossing accesses, and operands
     /// that are not the one that caused the exit, go through the walker.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn physical(
         &mut self,
         linear: u64,
@@ -367,26 +400,58 @@ where
         access: AccessType,
         trusted: bool,
     ) -> Result<PhysRange, Error> {
-        let crosses = (linear & PAGE_MASK) + size > PAGE_SIZE;
-        if trusted && !crosses {
-            if self.exit_gpa & PAGE_MASK != linear & PAGE_MASK {
-                return Err(Error::InconsistentExit);
-            }
-            let len = usize::try_from(size).map_err(|_| Error::InconsistentExit)?;
-            return Ok(PhysRange {
-                parts: [(self.exit_gpa, len), (0, 0)],
-                count: 1,
-            });
-        }
-        let len = usize::try_from(size).map_err(|_| Error::InconsistentExit)?;
-        access::resolve(self.state, self.ram, linear, len, access)
+        let mut range = PhysRange::default();
+        self.physical_into(linear, size, access, trusted, &mut range)?;
+        Ok(range)
     }
 
-    /// Locates a memory operand: effective address (plus `displacement`
-    /// bytes, for the BT family's register bit offsets), segmentation,
-    /// translation, alignment check. Returns the linear address and the
-    /// physical fragments.
-    #[inline]
+    /// [`Exec::physical`] into `range`. The hot helpers pass ranges by
+    /// reference and return `Result<(), Error>`: a `Result<PhysRange, _>`
+    /// re-wrapped at every `?` costs dozens of moves per instruction.
+    #[inline(always)]
+    fn physical_into(
+        &mut self,
+        linear: u64,
+        size: u64,
+        access: AccessType,
+        trusted: bool,
+        range: &mut PhysRange,
+    ) -> Result<(), Error> {
+        let in_page = linear & PAGE_MASK;
+        if trusted && size <= PAGE_SIZE && in_page + size <= PAGE_SIZE {
+            if self.exit_gpa & PAGE_MASK != in_page {
+                return Err(Error::InconsistentExit);
+            }
+            // size <= 4096 (checked above).
+            *range = PhysRange {
+                parts: [(self.exit_gpa, size as usize), (0, 0)],
+                count: 1,
+            };
+            return Ok(());
+        }
+        self.walk(linear, size, access, range)
+    }
+
+    /// [`Exec::physical`] through the page walker.
+    #[inline(never)]
+    fn walk(
+        &mut self,
+        linear: u64,
+        size: u64,
+        access: AccessType,
+        range: &mut PhysRange,
+    ) -> Result<(), Error> {
+        let len = usize::try_from(size).map_err(|_| Error::InconsistentExit)?;
+        *range = access::resolve(self.state, self.ram, linear, len, access)?;
+        Ok(())
+    }
+
+    /// Locates a memory operand into `range`: effective address (plus
+    /// `displacement` bytes, for the BT family's register bit offsets),
+    /// segmentation, translation, alignment check.
+    ///
+    /// The range is an out-parameter, as in [`Exec::physical_into`].
+    #[inline(always)]
     pub(crate) fn locate(
         &mut self,
         m: &MemoryOperand,
@@ -394,14 +459,15 @@ where
         size: u8,
         access: AccessType,
         trusted: bool,
-    ) -> Result<(u64, PhysRange), Error> {
+        range: &mut PhysRange,
+    ) -> Result<(), Error> {
         let offset =
             self.effective_offset(m).wrapping_add(displacement as u64) & self.address_mask();
-        self.locate_offset(m.segment, offset, size, access, trusted)
+        self.locate_offset(m.segment, offset, size, access, trusted, range)
     }
 
     /// [`Exec::locate`] for an offset already computed.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn locate_offset(
         &mut self,
         seg: Segment,
@@ -409,28 +475,49 @@ where
         size: u8,
         access: AccessType,
         trusted: bool,
-    ) -> Result<(u64, PhysRange), Error> {
+        range: &mut PhysRange,
+    ) -> Result<(), Error> {
         let size64 = u64::from(size);
         let linear = self.linear(seg, offset, size64, access)?;
-        let range = self.physical(linear, size64, access, trusted)?;
-        self.check_alignment(linear, size64.min(8))?;
-        Ok((linear, range))
+        self.physical_into(linear, size64, access, trusted, range)?;
+        self.check_alignment(linear, size64.min(8))
     }
 
     // ---- memory accesses ------------------------------------------------
 
     /// Reads `size` (at most 16) bytes, little-endian.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn read_mem(&mut self, range: &PhysRange, size: u8) -> Result<u128, Error> {
-        let mut buf = [0u8; 16];
-        let n = usize::from(size).min(16);
-        let dst = buf.get_mut(..n).ok_or(Error::InconsistentExit)?;
-        access::read_phys(self.ram, self.mmio, range, dst)?;
-        Ok(u128::from_le_bytes(buf))
+        // One buffer of exactly the access size per size: the callback
+        // stores `size` bytes and the value is loaded from them with one
+        // load of the same width. A wider load (of a 16-byte buffer) cannot
+        // be forwarded from the narrower store and waits for it to retire,
+        // a dozen cycles or more.
+        Ok(match size {
+            1 => u128::from(u8::from_le_bytes(self.read_exact(range)?)),
+            2 => u128::from(u16::from_le_bytes(self.read_exact(range)?)),
+            4 => u128::from(u32::from_le_bytes(self.read_exact(range)?)),
+            8 => u128::from(u64::from_le_bytes(self.read_exact(range)?)),
+            _ => {
+                let mut buf = [0u8; 16];
+                let n = usize::from(size).min(16);
+                let dst = buf.get_mut(..n).ok_or(Error::InconsistentExit)?;
+                access::read_phys(self.ram, self.mmio, range, dst)?;
+                u128::from_le_bytes(buf)
+            }
+        })
+    }
+
+    /// Reads `N` bytes.
+    #[inline(always)]
+    fn read_exact<const N: usize>(&mut self, range: &PhysRange) -> Result<[u8; N], Error> {
+        let mut buf = [0u8; N];
+        access::read_phys(self.ram, self.mmio, range, &mut buf)?;
+        Ok(buf)
     }
 
     /// Writes the low `size` (at most 16) bytes of `value`, little-endian.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn write_mem(
         &mut self,
         range: &PhysRange,
@@ -450,6 +537,7 @@ where
     /// ([`LOCK_RETRIES`] times, then `Ok(None)`: the caller returns
     /// [`Outcome::Resume`] with nothing changed); on MMIO it is a read then a
     /// write. Unlocked: a read then a write.
+    #[inline(always)]
     pub(crate) fn rmw<T>(
         &mut self,
         range: &PhysRange,
@@ -457,24 +545,59 @@ where
         locked: bool,
         mut op: impl FnMut(u128) -> (u128, T),
     ) -> Result<Option<T>, Error> {
-        let n = usize::from(size).min(16);
-        for _ in 0..LOCK_RETRIES {
+        // The first attempt is straight-line code; the retries are out of
+        // line. (With one loop the compiler hoists work for every possible
+        // operation out of it, a few dozen instructions run even when the
+        // first attempt succeeds, as it nearly always does.)
+        let old = self.read_mem(range, size)?;
+        let (new, out) = op(old);
+        if !locked {
+            self.write_mem(range, size, new)?;
+            return Ok(Some(out));
+        }
+        if self.compare_and_write(range, size, old, new)? {
+            return Ok(Some(out));
+        }
+        self.rmw_retry(range, size, &mut op)
+    }
+
+    /// The locked retries of [`Exec::rmw`] after the first attempt lost a
+    /// race: [`LOCK_RETRIES`] attempts in all.
+    #[cold]
+    #[inline(never)]
+    fn rmw_retry<T>(
+        &mut self,
+        range: &PhysRange,
+        size: u8,
+        op: &mut impl FnMut(u128) -> (u128, T),
+    ) -> Result<Option<T>, Error> {
+        for _ in 1..LOCK_RETRIES {
             let old = self.read_mem(range, size)?;
             let (new, out) = op(old);
-            if !locked {
-                self.write_mem(range, size, new)?;
-                return Ok(Some(out));
-            }
-            let old_bytes = old.to_le_bytes();
-            let new_bytes = new.to_le_bytes();
-            let (Some(expected), Some(new_slice)) = (old_bytes.get(..n), new_bytes.get(..n)) else {
-                return Err(Error::InconsistentExit);
-            };
-            if access::compare_and_write_phys(self.ram, self.mmio, range, expected, new_slice)? {
+            if self.compare_and_write(range, size, old, new)? {
                 return Ok(Some(out));
             }
         }
         Ok(None)
+    }
+
+    /// The write half of a locked read-modify-write of `size` bytes: `new`
+    /// replaces `old` unless memory changed since it was read (`false`).
+    #[inline(always)]
+    fn compare_and_write(
+        &mut self,
+        range: &PhysRange,
+        size: u8,
+        old: u128,
+        new: u128,
+    ) -> Result<bool, Error> {
+        let n = usize::from(size).min(16);
+        let old_bytes = old.to_le_bytes();
+        let new_bytes = new.to_le_bytes();
+        let (Some(expected), Some(new_slice)) = (old_bytes.get(..n), new_bytes.get(..n)) else {
+            return Err(Error::InconsistentExit);
+        };
+        access::compare_and_write_phys(self.ram, self.mmio, range, expected, new_slice)
     }
 
     /// Reads a memory or register operand of `size` bytes (the memory
@@ -483,7 +606,8 @@ where
     pub(crate) fn read_operand(&mut self, op: &Operand, size: u8) -> Result<u64, Error> {
         match op {
             Operand::Mem(m) => {
-                let (_, range) = self.locate(m, 0, size, AccessType::Read, true)?;
+                let mut range = PhysRange::default();
+                self.locate(m, 0, size, AccessType::Read, true, &mut range)?;
                 Ok(self.read_mem(&range, size)? as u64)
             }
             other => self.read_value_operand(other),
@@ -500,12 +624,5 @@ where
         } else {
             2
         }
-    }
-}
-
-/// The staged registers, after `run` succeeded.
-impl<S: ?Sized, R: ?Sized, M: ?Sized> Exec<'_, S, R, M> {
-    pub(crate) fn into_pending(self) -> Pending {
-        self.regs
     }
 }

@@ -2,7 +2,7 @@
 
 use super::Exec;
 use crate::Outcome;
-use crate::access::AccessType;
+use crate::access::{AccessType, PhysRange};
 use crate::bus::{GuestRam, MmioBus};
 use crate::decode::{Mnemonic, Operand};
 use crate::error::Error;
@@ -17,11 +17,11 @@ where
 {
     let insn = x.insn;
     let op = insn.mnemonic;
-    match (insn.operands[0], insn.operands[1]) {
+    match (&insn.operands[0], &insn.operands[1]) {
         // Stores: MOV/MOVNTI from a register or immediate, SETcc.
         (Operand::Mem(m), src) => {
             let value = match op {
-                Mnemonic::Mov | Mnemonic::Movnti => x.read_value_operand(&src)?,
+                Mnemonic::Mov | Mnemonic::Movnti => x.read_value_operand(src)?,
                 Mnemonic::Setcc => {
                     let cc = insn.condition.ok_or_else(|| x.unsupported())?;
                     u64::from(flags::condition(cc.0, x.rflags()))
@@ -29,12 +29,14 @@ where
                 _ => return Err(x.unsupported()),
             };
             let width = if op == Mnemonic::Setcc { 1 } else { m.size };
-            let (_, range) = x.locate(&m, 0, width, AccessType::Write, true)?;
+            let mut range = PhysRange::default();
+            x.locate(m, 0, width, AccessType::Write, true, &mut range)?;
             x.write_mem(&range, width, u128::from(value))?;
         }
         // Loads into a register.
         (Operand::Reg(d), Operand::Mem(m)) => {
-            let (_, range) = x.locate(&m, 0, m.size, AccessType::Read, true)?;
+            let mut range = PhysRange::default();
+            x.locate(m, 0, m.size, AccessType::Read, true, &mut range)?;
             let raw = x.read_mem(&range, m.size)? as u64;
             let value = match op {
                 Mnemonic::Mov | Mnemonic::Movzx => raw,
@@ -47,12 +49,12 @@ where
                         // The memory is read even when the condition is
                         // false, and a 32-bit destination is still written
                         // (zero-extended) in 64-bit mode.
-                        x.read_reg(d)
+                        x.read_reg(*d)
                     }
                 }
                 _ => return Err(x.unsupported()),
             };
-            x.write_reg(d, value);
+            x.write_reg(*d, value);
         }
         // Register-only forms never cause a memory exit, but are cheap to
         // get right: SETcc r8, MOV r, imm / r, r.
@@ -62,10 +64,10 @@ where
                     let cc = insn.condition.ok_or_else(|| x.unsupported())?;
                     u64::from(flags::condition(cc.0, x.rflags()))
                 }
-                Mnemonic::Mov => x.read_value_operand(&src)?,
+                Mnemonic::Mov => x.read_value_operand(src)?,
                 _ => return Err(x.unsupported()),
             };
-            x.write_reg(d, value);
+            x.write_reg(*d, value);
         }
         _ => return Err(x.unsupported()),
     }

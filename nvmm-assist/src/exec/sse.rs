@@ -75,9 +75,9 @@ where
     } else {
         u128::from(flags::size_mask(size))
     };
-    match (insn.operands[0], insn.operands[1]) {
+    match (&insn.operands[0], &insn.operands[1]) {
         (Operand::Xmm(i), Operand::Mem(m)) => {
-            x.state.xmm(i).ok_or_else(|| x.unsupported())?;
+            x.state.xmm(*i).ok_or_else(|| x.unsupported())?;
             if matches!(
                 op,
                 Mnemonic::Movntdq | Mnemonic::Movntps | Mnemonic::Movntpd
@@ -85,23 +85,23 @@ where
                 // Non-temporal forms are stores only.
                 return Err(x.unsupported());
             }
-            let range = locate(x, &m, size, AccessType::Read)?;
+            let range = locate(x, m, size, AccessType::Read)?;
             let value = x.read_mem(&range, size)? & vmask;
-            x.regs.set_xmm(i, value);
+            x.regs.set_xmm(*i, value);
         }
         (Operand::Mem(m), Operand::Xmm(i)) => {
-            let value = x.state.xmm(i).ok_or_else(|| x.unsupported())? & vmask;
-            let range = locate(x, &m, size, AccessType::Write)?;
+            let value = x.state.xmm(*i).ok_or_else(|| x.unsupported())? & vmask;
+            let range = locate(x, m, size, AccessType::Write)?;
             x.write_mem(&range, size, value)?;
         }
         (Operand::Xmm(i), Operand::Reg(r)) if size <= 8 => {
-            x.state.xmm(i).ok_or_else(|| x.unsupported())?;
-            let value = x.read_reg(r);
-            x.regs.set_xmm(i, u128::from(value) & vmask);
+            x.state.xmm(*i).ok_or_else(|| x.unsupported())?;
+            let value = x.read_reg(*r);
+            x.regs.set_xmm(*i, u128::from(value) & vmask);
         }
         (Operand::Reg(r), Operand::Xmm(i)) if size <= 8 => {
-            let value = x.state.xmm(i).ok_or_else(|| x.unsupported())?;
-            x.write_reg(r, value as u64);
+            let value = x.state.xmm(*i).ok_or_else(|| x.unsupported())?;
+            x.write_reg(*r, value as u64);
         }
         _ => return Err(x.unsupported()),
     }

@@ -9,7 +9,7 @@
 
 use super::Exec;
 use crate::Outcome;
-use crate::access::AccessType;
+use crate::access::{AccessType, PhysRange};
 use crate::bus::{GuestRam, MmioBus};
 use crate::decode::{Mnemonic, Operand};
 use crate::error::Error;
@@ -27,7 +27,7 @@ where
     if !matches!(size, 2 | 4 | 8) {
         return Err(x.unsupported());
     }
-    let Operand::Mem(m) = insn.operands[0] else {
+    let Operand::Mem(m) = &insn.operands[0] else {
         return Err(x.unsupported());
     };
     let sas = x.stack_address_size();
@@ -37,20 +37,31 @@ where
     match insn.mnemonic {
         Mnemonic::Push => {
             // The source address uses rSP before the decrement.
-            let (_, src) = x.locate(&m, 0, size, AccessType::Read, false)?;
+            let mut src = PhysRange::default();
+            x.locate(m, 0, size, AccessType::Read, false, &mut src)?;
             let new_sp = sp.wrapping_sub(step) & smask;
-            let (_, dst) = x.locate_offset(Segment::Ss, new_sp, size, AccessType::Write, false)?;
+            let mut dst = PhysRange::default();
+            x.locate_offset(
+                Segment::Ss,
+                new_sp,
+                size,
+                AccessType::Write,
+                false,
+                &mut dst,
+            )?;
             let value = x.read_mem(&src, size)?;
             x.write_mem(&dst, size, value)?;
             x.write_addr_reg(Gpr::Rsp, sas, new_sp);
         }
         Mnemonic::Pop => {
-            let (_, src) = x.locate_offset(Segment::Ss, sp, size, AccessType::Read, false)?;
+            let mut src = PhysRange::default();
+            x.locate_offset(Segment::Ss, sp, size, AccessType::Read, false, &mut src)?;
             let new_sp = sp.wrapping_add(step) & smask;
             // Stage the incremented rSP first: an rSP-based destination
             // address is computed from it.
             x.write_addr_reg(Gpr::Rsp, sas, new_sp);
-            let (_, dst) = x.locate(&m, 0, size, AccessType::Write, false)?;
+            let mut dst = PhysRange::default();
+            x.locate(m, 0, size, AccessType::Write, false, &mut dst)?;
             let value = x.read_mem(&src, size)?;
             x.write_mem(&dst, size, value)?;
         }

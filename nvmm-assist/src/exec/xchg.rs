@@ -9,7 +9,7 @@
 
 use super::Exec;
 use crate::Outcome;
-use crate::access::AccessType;
+use crate::access::{AccessType, PhysRange};
 use crate::bus::{GuestRam, MmioBus};
 use crate::decode::{Mnemonic, Operand};
 use crate::error::{Error, Exception};
@@ -26,44 +26,47 @@ where
     let size = insn.operand_size;
     match insn.mnemonic {
         Mnemonic::Xchg => {
-            let (m, r) = match (insn.operands[0], insn.operands[1]) {
+            let (m, r) = match (&insn.operands[0], &insn.operands[1]) {
                 (Operand::Mem(m), Operand::Reg(r)) | (Operand::Reg(r), Operand::Mem(m)) => (m, r),
                 _ => return Err(x.unsupported()),
             };
-            let value = x.read_reg(r);
-            let (_, range) = x.locate(&m, 0, size, AccessType::Write, true)?;
+            let value = x.read_reg(*r);
+            let mut range = PhysRange::default();
+            x.locate(m, 0, size, AccessType::Write, true, &mut range)?;
             match x.rmw(&range, size, true, |old| (u128::from(value), old as u64))? {
-                Some(old) => x.write_reg(r, old),
+                Some(old) => x.write_reg(*r, old),
                 None => return Ok(Outcome::Resume),
             }
         }
         Mnemonic::Xadd => {
-            let (Operand::Mem(m), Operand::Reg(r)) = (insn.operands[0], insn.operands[1]) else {
+            let (Operand::Mem(m), Operand::Reg(r)) = (&insn.operands[0], &insn.operands[1]) else {
                 return Err(x.unsupported());
             };
-            let src = x.read_reg(r);
+            let src = x.read_reg(*r);
             let rflags = x.rflags();
-            let (_, range) = x.locate(&m, 0, size, AccessType::Write, true)?;
+            let mut range = PhysRange::default();
+            x.locate(m, 0, size, AccessType::Write, true, &mut range)?;
             let res = x.rmw(&range, size, insn.lock, |old| {
                 let (sum, f) = flags::add(old as u64, src, false, size, rflags);
                 (u128::from(sum), (old as u64, f))
             })?;
             match res {
                 Some((old, f)) => {
-                    x.write_reg(r, old);
+                    x.write_reg(*r, old);
                     x.set_rflags(f);
                 }
                 None => return Ok(Outcome::Resume),
             }
         }
         Mnemonic::Cmpxchg => {
-            let (Operand::Mem(m), Operand::Reg(r)) = (insn.operands[0], insn.operands[1]) else {
+            let (Operand::Mem(m), Operand::Reg(r)) = (&insn.operands[0], &insn.operands[1]) else {
                 return Err(x.unsupported());
             };
-            let src = x.read_reg(r);
+            let src = x.read_reg(*r);
             let acc = x.gpr(Gpr::Rax) & flags::size_mask(size);
             let rflags = x.rflags();
-            let (_, range) = x.locate(&m, 0, size, AccessType::Write, true)?;
+            let mut range = PhysRange::default();
+            x.locate(m, 0, size, AccessType::Write, true, &mut range)?;
             let res = x.rmw(&range, size, insn.lock, |old| {
                 let old = old as u64;
                 // Flags as CMP accumulator, destination.
@@ -85,7 +88,7 @@ where
             }
         }
         Mnemonic::Cmpxchg8b | Mnemonic::Cmpxchg16b => {
-            let Operand::Mem(m) = insn.operands[0] else {
+            let Operand::Mem(m) = &insn.operands[0] else {
                 return Err(x.unsupported());
             };
             let wide = insn.mnemonic == Mnemonic::Cmpxchg16b;
@@ -96,7 +99,7 @@ where
                 | (u128::from(x.gpr(Gpr::Rdx) & hmask) << shift);
             let replacement = u128::from(x.gpr(Gpr::Rbx) & hmask)
                 | (u128::from(x.gpr(Gpr::Rcx) & hmask) << shift);
-            let offset = x.effective_offset(&m);
+            let offset = x.effective_offset(m);
             let linear = x.linear(m.segment, offset, u64::from(width), AccessType::Write)?;
             if wide && linear & 15 != 0 {
                 return Err(Exception::GeneralProtection(0).into());
