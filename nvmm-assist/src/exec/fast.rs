@@ -565,6 +565,41 @@ fn write<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     Ok(())
 }
 
+/// Reads `n` (1, 2, 4 or 8) bytes at `gpa` into a buffer of exactly that
+/// width. A device's narrow store into a wider buffer followed by one wide
+/// load stalls store-to-load forwarding for a dozen cycles or more, which
+/// was about a third of a fast-path load.
+#[inline(always)]
+fn read_sized<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    gpa: u64,
+    n: usize,
+) -> Result<u64, Error> {
+    Ok(match n {
+        1 => {
+            let mut b = [0u8; 1];
+            read(ram, mmio, gpa, &mut b)?;
+            u64::from(b[0])
+        }
+        2 => {
+            let mut b = [0u8; 2];
+            read(ram, mmio, gpa, &mut b)?;
+            u64::from(u16::from_le_bytes(b))
+        }
+        4 => {
+            let mut b = [0u8; 4];
+            read(ram, mmio, gpa, &mut b)?;
+            u64::from(u32::from_le_bytes(b))
+        }
+        _ => {
+            let mut b = [0u8; 8];
+            read(ram, mmio, gpa, &mut b)?;
+            u64::from_le_bytes(b)
+        }
+    })
+}
+
 #[inline(always)]
 fn exec<S, R, M>(
     state: &mut S,
@@ -579,7 +614,6 @@ where
     M: MmioBus + ?Sized,
 {
     let n = usize::from(f.access_size.min(8));
-    let mut buf = [0u8; 8];
     let rflags = state.rflags();
     // RF is cleared when an instruction completes.
     let mut new_flags = rflags & !RF;
@@ -594,8 +628,7 @@ where
             write(ram, mmio, gpa, data.get(..n).unwrap_or(&[]))?;
         }
         Kind::Load | Kind::Movzx | Kind::Movsx => {
-            read(ram, mmio, gpa, buf.get_mut(..n).unwrap_or(&mut []))?;
-            let mut v = u64::from_le_bytes(buf);
+            let mut v = read_sized(ram, mmio, gpa, n)?;
             if f.kind == Kind::Movsx {
                 v = flags::sign_extend(v, f.access_size);
             }
@@ -603,8 +636,7 @@ where
             state.set_gpr(g, v);
         }
         Kind::Alu | Kind::AluToMem | Kind::AluToReg => {
-            read(ram, mmio, gpa, buf.get_mut(..n).unwrap_or(&mut []))?;
-            let mem = u64::from_le_bytes(buf);
+            let mem = read_sized(ram, mmio, gpa, n)?;
             let (a, b) = match f.kind {
                 Kind::Alu => (mem, f.imm),
                 Kind::AluToMem => (mem, read_reg(state, f.reg, f.size, f.rex)),
