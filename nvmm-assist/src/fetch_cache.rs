@@ -1,22 +1,23 @@
-//! A per-VCPU cache of the instruction-fetch translation, for exits that
-//! carry no instruction bytes (VMX; SVM without DecodeAssists), where every
-//! assist fetches at CS:RIP through the page walker.
+//! A per-VCPU cache of the instruction fetch at CS:RIP (its segmentation
+//! check and its translation), for exits that carry no instruction bytes
+//! (VMX; SVM without DecodeAssists), where every assist fetches at CS:RIP
+//! through segmentation and the page walker.
 //!
 //! The assist stays stateless: the cache is a plain value the caller owns,
 //! one per VCPU, and passes to [`assist_mem_cached`](crate::assist_mem_cached)
 //! (the `nvmm` crate keeps one in each `Vcpu`). It can be dropped, cloned or
 //! reset ([`FetchCache::clear`]) at any time; an empty or stale cache only
-//! costs a full walk.
+//! costs a full check and walk.
 //!
 //! **Exactness.** The guest can rewrite its page tables without any exit
 //! (and INVLPG and CR3 loads need not exit either), so a cached translation
 //! is never trusted as is. It is used only after checking that
 //! - CR0, CR3, CR4, EFER, RFLAGS.VM, the CPL, MAXPHYADDR and CS (selector, base, limit,
 //!   attributes) equal what they were when the walk was made, and the linear
-//!   page is the same (segmentation itself is always recomputed), and
+//!   page is the same, and
 //! - every paging-structure entry the walk read still holds the value it
 //!   had after that walk's accessed-bit update (each is read again from
-//!   guest RAM).
+//!   guest RAM, on every use).
 //!
 //! The walk is a function of exactly these inputs, so when they all match, a
 //! new walk would read the same entries, reach the same page with the same
@@ -28,12 +29,23 @@
 //! still lead to it. Only execute accesses use
 //! the cache (an execute translation sets no dirty bit and does not depend
 //! on RFLAGS.AC).
+//!
+//! **Segmentation.** An entry is made only after
+//! [`linear_address`](crate::linear_address) accepted a fetch through CS
+//! in that page. The checks it makes that do not depend on RIP (CS
+//! present, a code segment; the mode) are functions of the key, so a hit
+//! skips them; those that do (the CS limit, the canonical form) are made
+//! again on every hit. With paging off the entry
+//! holds no paging-structure entries and caches the segmentation check
+//! alone. The instruction bytes themselves are read again every time
+//! (self-modifying code), so is every entry.
 
-use crate::access::AccessType;
-use crate::bus::GuestRam;
+use crate::access::{AccessType, PAGE_SIZE};
+use crate::bus::{GuestRam, RamStatus};
 use crate::error::Error;
+use crate::mode::CpuMode;
 use crate::state::{CpuState, Segment, SegmentRegister};
-use crate::translate::{WalkRecord, read_entry, translate_recorded};
+use crate::translate::{WalkRecord, translate_recorded};
 
 const RFLAGS_VM: u64 = 1 << 17;
 const CR0_PG: u64 = 1 << 31;
@@ -55,18 +67,116 @@ struct Key {
 }
 
 impl Key {
+    #[inline(always)]
     fn of<S: CpuState + ?Sized>(state: &S, linear: u64) -> Key {
+        Key::with_cs(state, state.segment(Segment::Cs), linear)
+    }
+
+    /// [`Key::of`] with CS already read.
+    #[inline(always)]
+    fn with_cs<S: CpuState + ?Sized>(state: &S, cs: SegmentRegister, linear: u64) -> Key {
         Key {
             cr0: state.cr0(),
             cr3: state.cr3(),
             cr4: state.cr4(),
             efer: state.efer(),
-            cs: state.segment(Segment::Cs),
+            cs,
             cpl: state.cpl(),
             max_phys_addr: state.max_phys_addr(),
             vm: state.rflags() & RFLAGS_VM != 0,
             page: linear >> 12,
         }
+    }
+
+    /// Whether `self` and `other` are equal, as `==` but without a branch
+    /// per field (every field is compared on a hit anyway).
+    #[inline(always)]
+    fn same_as(&self, other: &Key) -> bool {
+        let wide = (self.cr0 ^ other.cr0)
+            | (self.cr3 ^ other.cr3)
+            | (self.cr4 ^ other.cr4)
+            | (self.efer ^ other.efer)
+            | (self.cs.base ^ other.cs.base)
+            | (self.page ^ other.page);
+        let narrow = u32::from(self.cs.selector ^ other.cs.selector)
+            | (self.cs.limit ^ other.cs.limit)
+            | u32::from(self.cs.attributes.0 ^ other.cs.attributes.0)
+            | u32::from(self.cpl ^ other.cpl)
+            | u32::from(self.max_phys_addr ^ other.max_phys_addr)
+            | u32::from(self.vm ^ other.vm);
+        wide == 0 && narrow == 0
+    }
+}
+
+/// The paging-structure entries a cached walk read, top level first, with
+/// the values they held after its accessed-bit update.
+#[derive(Debug, Clone, Copy)]
+struct Entries {
+    /// `(gpa, value)` of each entry.
+    at: [(u64, u64); 5],
+    /// How many of `at` are used (0 with paging off, else 1 to 5).
+    count: usize,
+    /// Whether the entries are 8 bytes wide (every entry of a walk has the
+    /// same width: 4 bytes under 32-bit paging, 8 otherwise).
+    wide: bool,
+}
+
+impl Entries {
+    /// No entries (paging off).
+    const NONE: Entries = Entries {
+        at: [(0, 0); 5],
+        count: 0,
+        wide: true,
+    };
+
+    /// The entries of `walk`, or `None` if it has none or mixes widths
+    /// (no walk does; such a record is simply not cached).
+    fn of(walk: &WalkRecord) -> Option<Entries> {
+        let count = walk.count.min(walk.entries.len());
+        let used = walk.entries.get(..count)?;
+        let wide = used.first()?.2;
+        if used.iter().any(|e| e.2 != wide) {
+            return None;
+        }
+        let mut at = [(0, 0); 5];
+        for (slot, e) in at.iter_mut().zip(used) {
+            *slot = (e.0, e.1);
+        }
+        Some(Entries { at, count, wide })
+    }
+
+    /// Whether every entry still holds its recorded value, reading them
+    /// top level first as the walk does, each with one fixed-size read.
+    ///
+    /// A read that fails is the walk's own result: the entries above it
+    /// held their recorded values, so a full walk would take the same path
+    /// and read the same entry next. Its error is returned as is (and no
+    /// callback follows a failed one).
+    #[inline(always)]
+    fn still_hold<R: GuestRam + ?Sized>(&self, ram: &mut R) -> Result<bool, Error> {
+        let used = self.at.get(..self.count).unwrap_or(&[]);
+        if self.wide {
+            for &(gpa, value) in used {
+                let mut buf = [0u8; 8];
+                if ram.read(gpa, &mut buf)? != RamStatus::Done {
+                    return Err(Error::PageTableNotRam { gpa });
+                }
+                if u64::from_le_bytes(buf) != value {
+                    return Ok(false);
+                }
+            }
+        } else {
+            for &(gpa, value) in used {
+                let mut buf = [0u8; 4];
+                if ram.read(gpa, &mut buf)? != RamStatus::Done {
+                    return Err(Error::PageTableNotRam { gpa });
+                }
+                if u64::from(u32::from_le_bytes(buf)) != value {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -75,7 +185,7 @@ struct Cached {
     key: Key,
     /// The guest-physical page (address >> 12).
     gpa_page: u64,
-    walk: WalkRecord,
+    entries: Entries,
 }
 
 /// The last instruction-fetch translation of one VCPU, re-validated before
@@ -114,57 +224,117 @@ impl FetchCache {
         self.misses
     }
 
+    /// The guest-physical address and length of the fetch at CS:RIP
+    /// (the bytes before the first page end, CS-limit end or the 15-byte
+    /// mark), when the cache proves its translation current: `Ok(None)`
+    /// when it cannot (the caller then makes the full segmentation check
+    /// and translation).
+    ///
+    /// Segmentation: a cached translation was made after
+    /// [`linear_address`](crate::linear_address) accepted a fetch through
+    /// CS in that page, with the same CS and the same mode-defining state
+    /// (both in the key). Its type and presence checks depend on nothing
+    /// else, so they pass again; what depends on RIP is redone here: outside
+    /// 64-bit mode, RIP within the CS limit (the span stops at the limit);
+    /// in 64-bit mode, RIP in the cached page, which is canonical as a whole
+    /// (the canonical boundaries are page-aligned).
+    #[inline(always)]
+    pub(crate) fn lookup<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
+        &mut self,
+        state: &S,
+        mode: CpuMode,
+        ram: &mut R,
+    ) -> Result<Option<(u64, usize)>, Error> {
+        let Some(c) = &self.entry else {
+            return Ok(None);
+        };
+        let rip = state.rip();
+        let cs = state.segment(Segment::Cs);
+        let (linear, room) = if mode.is_64bit() {
+            (rip, PAGE_SIZE - (rip & (PAGE_SIZE - 1)))
+        } else {
+            let offset = rip & 0xFFFF_FFFF;
+            let limit = u64::from(cs.limit);
+            if offset > limit {
+                // The fetch faults: the full check reports it.
+                return Ok(None);
+            }
+            let linear = cs.base.wrapping_add(offset) & 0xFFFF_FFFF;
+            let page_room = PAGE_SIZE - (linear & (PAGE_SIZE - 1));
+            (linear, page_room.min(limit + 1 - offset))
+        };
+        let key = Key::with_cs(state, cs, linear);
+        if !c.key.same_as(&key) || !c.entries.still_hold(ram)? {
+            return Ok(None);
+        }
+        self.hits += 1;
+        // room >= 1; 15 at most.
+        let want = room.min(15) as usize;
+        Ok(Some((
+            (c.gpa_page << 12) | (linear & (PAGE_SIZE - 1)),
+            want,
+        )))
+    }
+
     /// Translates `linear` for an instruction fetch, as
-    /// [`translate`](fn@crate::translate) does, using and refreshing the cache.
+    /// [`translate`](fn@crate::translate) does, using and refreshing the
+    /// cache. The caller has checked the fetch's segmentation
+    /// ([`linear_address`](crate::linear_address), execute access through
+    /// CS) at `linear`, which [`lookup`](Self::lookup) relies on.
+    #[inline]
     pub(crate) fn translate_fetch<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
         &mut self,
         state: &S,
         ram: &mut R,
         linear: u64,
     ) -> Result<u64, Error> {
-        if state.cr0() & CR0_PG == 0 {
-            // No paging: nothing to walk, nothing to cache. (The assists
-            // have checked the control state, CpuMode::try_of, before any
-            // fetch.)
-            return Ok(linear & 0xFFFF_FFFF);
-        }
         let key = Key::of(state, linear);
+        if state.cr0() & CR0_PG == 0 {
+            // No paging: nothing to walk, but the segmentation check is
+            // worth remembering. (The assists have checked the control
+            // state, CpuMode::try_of, before any fetch.)
+            let gpa = linear & 0xFFFF_FFFF;
+            if !self.entry.as_ref().is_some_and(|c| c.key.same_as(&key)) {
+                self.entry = Some(Cached {
+                    key,
+                    gpa_page: gpa >> 12,
+                    entries: Entries::NONE,
+                });
+            }
+            return Ok(gpa);
+        }
         if let Some(c) = &self.entry
-            && c.key == key
-            && still_holds(ram, &c.walk)?
+            && c.key.same_as(&key)
+            && c.entries.still_hold(ram)?
         {
             self.hits += 1;
             return Ok((c.gpa_page << 12) | (linear & 0xFFF));
         }
+        self.walk(state, ram, linear, key)
+    }
+
+    /// The full walk of a miss, whose record replaces the cached one.
+    #[inline(never)]
+    fn walk<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
+        &mut self,
+        state: &S,
+        ram: &mut R,
+        linear: u64,
+        key: Key,
+    ) -> Result<u64, Error> {
         self.misses += 1;
         self.entry = None;
-        let mut record = None;
+        let mut entries = None;
         let gpa = translate_recorded(state, ram, linear, AccessType::Execute, |w| {
-            record = Some(*w);
+            entries = Entries::of(w);
         })?;
-        if let Some(walk) = record {
+        if let Some(entries) = entries {
             self.entry = Some(Cached {
                 key,
                 gpa_page: gpa >> 12,
-                walk,
+                entries,
             });
         }
         Ok(gpa)
     }
-}
-
-/// Whether every entry of `walk` still holds its recorded value, reading
-/// them top level first as the walk does.
-///
-/// A read that fails is the walk's own result: the entries above it held
-/// their recorded values, so a full walk would take the same path and read
-/// the same entry next. Its error is returned as is (and no callback
-/// follows a failed one).
-fn still_holds<R: GuestRam + ?Sized>(ram: &mut R, walk: &WalkRecord) -> Result<bool, Error> {
-    for &(gpa, value, wide) in walk.entries.iter().take(walk.count) {
-        if read_entry(ram, gpa, wide)? != value {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }

@@ -38,6 +38,7 @@ use crate::bus::{GuestRam, MmioBus};
 use crate::decode::{DecodeError, Instruction, decode};
 use crate::error::{Error, Exception};
 use crate::exec::{Exec, PAGE_SIZE, fast};
+use crate::fetch;
 use crate::fetch_cache::FetchCache;
 use crate::flags;
 use crate::mode::CpuMode;
@@ -148,15 +149,10 @@ where
     }
     let mut bytes = [0u8; 15];
     let mut given = exit.instruction.len().min(15);
-    if let (Some(dst), Some(src)) = (bytes.get_mut(..given), exit.instruction.get(..given)) {
-        dst.copy_from_slice(src);
-    }
     if given == 0 {
         // No bytes in the exit (VMX): fetch what lies before the first
         // page or CS-limit edge, which is all of it for most instructions.
-        let want = next_fetch(state, mode, 0);
-        access::fetch(state, mode, ram, mmio, cache, &mut bytes, 0, want)?;
-        given = want;
+        given = fetch::fetch_first(state, mode, ram, mmio, cache, &mut bytes)?;
         if fast_path
             && let Some(result) = fast::try_exec(
                 state,
@@ -169,6 +165,8 @@ where
         {
             return result;
         }
+    } else if let (Some(dst), Some(src)) = (bytes.get_mut(..given), exit.instruction.get(..given)) {
+        dst.copy_from_slice(src);
     }
     let insn = fetch_and_decode(state, mode, ram, mmio, cache, &mut bytes, given)?;
     let mut exec = Exec::new(state, ram, mmio, mode, &insn, &bytes, exit.gpa);

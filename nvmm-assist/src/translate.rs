@@ -313,16 +313,18 @@ fn page_fault<S: CpuState + ?Sized>(
 }
 
 /// Reads one entry of `wide` (8) or 4 bytes at `gpa`.
-pub(crate) fn read_entry<R: GuestRam + ?Sized>(
-    ram: &mut R,
-    gpa: u64,
-    wide: bool,
-) -> Result<u64, Error> {
-    let mut buf = [0u8; 8];
-    let len = if wide { 8 } else { 4 };
-    let slice = buf.get_mut(..len).ok_or(Error::InconsistentExit)?;
-    match ram.read(gpa, slice)? {
-        RamStatus::Done => Ok(u64::from_le_bytes(buf)),
+fn read_entry<R: GuestRam + ?Sized>(ram: &mut R, gpa: u64, wide: bool) -> Result<u64, Error> {
+    // Fixed-size buffers: a RAM implementation inlined here copies the
+    // entry with one load instead of a variable-length copy.
+    let (status, value) = if wide {
+        let mut buf = [0u8; 8];
+        (ram.read(gpa, &mut buf)?, u64::from_le_bytes(buf))
+    } else {
+        let mut buf = [0u8; 4];
+        (ram.read(gpa, &mut buf)?, u64::from(u32::from_le_bytes(buf)))
+    };
+    match status {
+        RamStatus::Done => Ok(value),
         RamStatus::NotRam => Err(Error::PageTableNotRam { gpa }),
     }
 }
