@@ -21,6 +21,8 @@ use crate::state::{CpuState, Segment};
 /// The longest instruction.
 const MAX_LEN: u64 = 15;
 
+const CR0_PG: u64 = 1 << 31;
+
 /// Fetches the bytes at CS:RIP before the first page end, CS-limit end or
 /// the 15-byte mark into `buf`, and returns how many that is (1 to 15).
 ///
@@ -40,6 +42,12 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
+    if state.cr0() & CR0_PG == 0 {
+        // No paging: the linear address is the physical one, and the
+        // segmentation check is about as cheap as a cache lookup.
+        let (linear, want) = span(state, mode)?;
+        return read_span(ram, mmio, linear & 0xFFFF_FFFF, buf, want);
+    }
     if let Some((gpa, want)) = cache.lookup(state, mode, ram)? {
         return read_span(ram, mmio, gpa, buf, want);
     }
@@ -62,10 +70,19 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
+    let (linear, want) = span(state, mode)?;
+    let gpa = cache.translate_fetch(state, ram, linear)?;
+    read_span(ram, mmio, gpa, buf, want)
+}
+
+/// The linear address of CS:RIP and how many bytes to fetch there: up to
+/// the first page end, CS-limit end or the 15-byte mark, as mem.rs's
+/// `next_fetch` computes it for `have = 0` (a limit already passed, no
+/// room, does not shorten the span: the segmentation check faults
+/// instead), after [`linear_address`] has checked the fetch.
+#[inline(always)]
+fn span<S: CpuState + ?Sized>(state: &S, mode: CpuMode) -> Result<(u64, usize), Error> {
     let rip = state.rip();
-    // The span's end, as mem.rs's next_fetch computes it for `have = 0`:
-    // a limit already passed (no room) does not shorten it, the
-    // segmentation check below faults instead.
     let (offset, want) = if mode.is_64bit() {
         (rip, (PAGE_SIZE - (rip & (PAGE_SIZE - 1))).min(MAX_LEN))
     } else {
@@ -81,9 +98,8 @@ where
         (offset, room.min(MAX_LEN))
     };
     let linear = linear_address(state, mode, Segment::Cs, offset, want, AccessType::Execute)?;
-    let gpa = cache.translate_fetch(state, ram, linear)?;
     // want <= 15.
-    read_span(ram, mmio, gpa, buf, want as usize)
+    Ok((linear, want as usize))
 }
 
 /// Reads `buf[..want]` at `gpa` (within one page) and returns `want`.

@@ -12,9 +12,9 @@
 //! **Exactness.** The guest can rewrite its page tables without any exit
 //! (and INVLPG and CR3 loads need not exit either), so a cached translation
 //! is never trusted as is. It is used only after checking that
-//! - CR0, CR3, CR4, EFER, RFLAGS.VM, the CPL, MAXPHYADDR and CS (selector, base, limit,
-//!   attributes) equal what they were when the walk was made, and the linear
-//!   page is the same, and
+//! - CR0, CR3, CR4, EFER, RFLAGS.VM, the CPL, MAXPHYADDR and CS (base,
+//!   limit, attributes) equal what they were when the walk was made, and
+//!   the linear page is the same, and
 //! - every paging-structure entry the walk read still holds the value it
 //!   had after that walk's accessed-bit update (each is read again from
 //!   guest RAM, on every use).
@@ -35,10 +35,10 @@
 //! in that page. The checks it makes that do not depend on RIP (CS
 //! present, a code segment; the mode) are functions of the key, so a hit
 //! skips them; those that do (the CS limit, the canonical form) are made
-//! again on every hit. With paging off the entry
-//! holds no paging-structure entries and caches the segmentation check
-//! alone. The instruction bytes themselves are read again every time
-//! (self-modifying code), so is every entry.
+//! again on every hit. With paging off nothing is cached (the
+//! segmentation check alone costs about what a lookup would). The
+//! instruction bytes themselves are read again every time (self-modifying
+//! code), so is every entry.
 
 use crate::access::{AccessType, PAGE_SIZE};
 use crate::bus::{GuestRam, RamStatus};
@@ -57,11 +57,12 @@ struct Key {
     cr3: u64,
     cr4: u64,
     efer: u64,
-    cs: SegmentRegister,
-    cpl: u8,
-    max_phys_addr: u8,
-    /// RFLAGS.VM (part of the control-state check of every walk).
-    vm: bool,
+    /// RFLAGS.VM alone (part of the control-state check of every walk).
+    vm: u64,
+    cs_base: u64,
+    /// CS limit (bits 31:0), CS attributes (47:32), the CPL (55:48) and
+    /// MAXPHYADDR (63:56), compared at once.
+    packed: u64,
     /// The linear page (address >> 12).
     page: u64,
 }
@@ -72,7 +73,9 @@ impl Key {
         Key::with_cs(state, state.segment(Segment::Cs), linear)
     }
 
-    /// [`Key::of`] with CS already read.
+    /// [`Key::of`] with CS already read. (The CS selector is not part of
+    /// it: segmentation uses the hidden part only, and the CPL is the
+    /// state's own.)
     #[inline(always)]
     fn with_cs<S: CpuState + ?Sized>(state: &S, cs: SegmentRegister, linear: u64) -> Key {
         Key {
@@ -80,10 +83,12 @@ impl Key {
             cr3: state.cr3(),
             cr4: state.cr4(),
             efer: state.efer(),
-            cs,
-            cpl: state.cpl(),
-            max_phys_addr: state.max_phys_addr(),
-            vm: state.rflags() & RFLAGS_VM != 0,
+            vm: state.rflags() & RFLAGS_VM,
+            cs_base: cs.base,
+            packed: u64::from(cs.limit)
+                | u64::from(cs.attributes.0) << 32
+                | u64::from(state.cpl()) << 48
+                | u64::from(state.max_phys_addr()) << 56,
             page: linear >> 12,
         }
     }
@@ -92,19 +97,15 @@ impl Key {
     /// per field (every field is compared on a hit anyway).
     #[inline(always)]
     fn same_as(&self, other: &Key) -> bool {
-        let wide = (self.cr0 ^ other.cr0)
+        ((self.cr0 ^ other.cr0)
             | (self.cr3 ^ other.cr3)
             | (self.cr4 ^ other.cr4)
             | (self.efer ^ other.efer)
-            | (self.cs.base ^ other.cs.base)
-            | (self.page ^ other.page);
-        let narrow = u32::from(self.cs.selector ^ other.cs.selector)
-            | (self.cs.limit ^ other.cs.limit)
-            | u32::from(self.cs.attributes.0 ^ other.cs.attributes.0)
-            | u32::from(self.cpl ^ other.cpl)
-            | u32::from(self.max_phys_addr ^ other.max_phys_addr)
-            | u32::from(self.vm ^ other.vm);
-        wide == 0 && narrow == 0
+            | (self.vm ^ other.vm)
+            | (self.cs_base ^ other.cs_base)
+            | (self.packed ^ other.packed)
+            | (self.page ^ other.page))
+            == 0
     }
 }
 
@@ -114,7 +115,7 @@ impl Key {
 struct Entries {
     /// `(gpa, value)` of each entry.
     at: [(u64, u64); 5],
-    /// How many of `at` are used (0 with paging off, else 1 to 5).
+    /// How many of `at` are used (1 to 5).
     count: usize,
     /// Whether the entries are 8 bytes wide (every entry of a walk has the
     /// same width: 4 bytes under 32-bit paging, 8 otherwise).
@@ -122,13 +123,6 @@ struct Entries {
 }
 
 impl Entries {
-    /// No entries (paging off).
-    const NONE: Entries = Entries {
-        at: [(0, 0); 5],
-        count: 0,
-        wide: true,
-    };
-
     /// The entries of `walk`, or `None` if it has none or mixes widths
     /// (no walk does; such a record is simply not cached).
     fn of(walk: &WalkRecord) -> Option<Entries> {
@@ -288,21 +282,13 @@ impl FetchCache {
         ram: &mut R,
         linear: u64,
     ) -> Result<u64, Error> {
-        let key = Key::of(state, linear);
         if state.cr0() & CR0_PG == 0 {
-            // No paging: nothing to walk, but the segmentation check is
-            // worth remembering. (The assists have checked the control
-            // state, CpuMode::try_of, before any fetch.)
-            let gpa = linear & 0xFFFF_FFFF;
-            if !self.entry.as_ref().is_some_and(|c| c.key.same_as(&key)) {
-                self.entry = Some(Cached {
-                    key,
-                    gpa_page: gpa >> 12,
-                    entries: Entries::NONE,
-                });
-            }
-            return Ok(gpa);
+            // No paging: nothing to walk, nothing to cache. (The assists
+            // have checked the control state, CpuMode::try_of, before any
+            // fetch.)
+            return Ok(linear & 0xFFFF_FFFF);
         }
+        let key = Key::of(state, linear);
         if let Some(c) = &self.entry
             && c.key.same_as(&key)
             && c.entries.still_hold(ram)?
