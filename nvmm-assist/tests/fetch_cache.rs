@@ -394,7 +394,7 @@ fn cs_linear(r: &Registers) -> u64 {
 }
 
 #[rustfmt::skip]
-const MUTATIONS: [(&str, Mutation); 14] = {
+const MUTATIONS: [(&str, Mutation); 15] = {
     use nvmm_assist::Segment;
     const CS: usize = Segment::Cs as usize;
     [
@@ -412,6 +412,7 @@ const MUTATIONS: [(&str, Mutation); 14] = {
         ("CS.L and CS.D toggled", |r| { r.segments[CS].attributes.0 ^= (1 << 13) | (1 << 14); cs_linear(r) }),
         ("non-canonical RIP", |r| { r.rip |= 0x0000_8000_0000_0000; cs_linear(r) }),
         ("ring 3", |r| { *r = r.clone().at_cpl(3); cs_linear(r) }),
+        ("virtual-8086 mode", |r| { r.rflags |= 1 << 17; cs_linear(r) }),
     ]
 };
 
@@ -436,7 +437,7 @@ fn seg_run(
 
 /// The cache also holds the fetch's segmentation check (see the module
 /// documentation of `fetch_cache`): after any change of RIP, CS (base,
-/// limit, type, presence, L/D), the CPL or the mode, in every mode, paged
+/// limit, type, presence, L/D), the CPL or the mode (RFLAGS.VM), in every mode, paged
 /// or not, a warm cache gives exactly what a cold one does (the same
 /// fault, or the same instruction with the same accesses), and so does
 /// the next assist in the changed state (a hit).
@@ -475,5 +476,78 @@ fn a_warm_cache_agrees_with_a_cold_one_after_any_segment_change() {
                 "{mode}, {what}: back"
             );
         }
+    }
+}
+
+/// A ROM behind the MMIO bus holding the code at `at`, and a device
+/// register file elsewhere that records writes.
+struct RomAndDevice {
+    at: u64,
+    code: Vec<u8>,
+    code_reads: Vec<(u64, usize)>,
+    writes: Vec<(u64, Vec<u8>)>,
+}
+
+impl nvmm_assist::MmioBus for RomAndDevice {
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), nvmm_assist::BusError> {
+        let start = gpa
+            .checked_sub(self.at)
+            .and_then(|o| usize::try_from(o).ok())
+            .ok_or(nvmm_assist::BusError(9))?;
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = self.code.get(start + i).copied().unwrap_or(0x90);
+        }
+        self.code_reads.push((gpa, buf.len()));
+        Ok(())
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), nvmm_assist::BusError> {
+        self.writes.push((gpa, data.to_vec()));
+        Ok(())
+    }
+}
+
+/// Code that is not in RAM (a ROM or flash on the MMIO bus) is fetched
+/// from the bus, paged (through the cache, cold and warm) or not, and the
+/// instruction runs.
+#[test]
+fn code_outside_ram_is_fetched_from_the_mmio_bus() {
+    const ROM: u64 = 0x3000;
+    for (mode, base, ram, addr16) in segmentation_modes() {
+        // The mode's RAM (with its page tables), the code page a hole.
+        let mut ram = ram.hole(ROM, ROM + 0x1000);
+        let insn: Vec<u8> = if addr16 {
+            vec![0x89, 0x07]
+        } else {
+            vec![0x89, 0x03]
+        };
+        let mut bus = RomAndDevice {
+            at: ROM,
+            code: insn,
+            code_reads: Vec::new(),
+            writes: Vec::new(),
+        };
+        let mut cache = FetchCache::new();
+        for round in 0..2 {
+            let mut regs = base.clone();
+            regs.rip = ROM;
+            regs.gprs[3] = MMIO;
+            regs.gprs[0] = 0x1122_3344;
+            let exit = MemExit {
+                gpa: MMIO,
+                access: AccessType::Write,
+                instruction: &[],
+            };
+            let r = assist_mem_cached(&mut regs, &mut ram, &mut bus, &exit, &mut cache);
+            assert_eq!(r, Ok(Outcome::Done), "{mode}, round {round}");
+            assert_eq!(regs.rip, ROM + 2, "{mode}");
+            assert_eq!(bus.code_reads.last(), Some(&(ROM, 15)), "{mode}");
+            let size = if addr16 { 2 } else { 4 };
+            assert_eq!(
+                bus.writes.last(),
+                Some(&(MMIO, 0x1122_3344u32.to_le_bytes()[..size].to_vec())),
+                "{mode}"
+            );
+        }
+        assert_eq!(bus.code_reads.len(), 2, "{mode}");
     }
 }
