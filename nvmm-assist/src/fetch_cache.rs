@@ -109,69 +109,38 @@ impl Key {
     }
 }
 
-/// The paging-structure entries a cached walk read, top level first, with
-/// the values they held after its accessed-bit update.
-#[derive(Debug, Clone, Copy)]
-struct Entries {
-    /// `(gpa, value)` of each entry.
-    at: [(u64, u64); 5],
-    /// How many of `at` are used (1 to 5).
-    count: usize,
-    /// Whether the entries are 8 bytes wide (every entry of a walk has the
-    /// same width: 4 bytes under 32-bit paging, 8 otherwise).
-    wide: bool,
-}
-
-impl Entries {
-    /// The entries of `walk`, or `None` if it has none or mixes widths
-    /// (no walk does; such a record is simply not cached).
-    fn of(walk: &WalkRecord) -> Option<Entries> {
-        let count = walk.count.min(walk.entries.len());
-        let used = walk.entries.get(..count)?;
-        let wide = used.first()?.2;
-        if used.iter().any(|e| e.2 != wide) {
-            return None;
-        }
-        let mut at = [(0, 0); 5];
-        for (slot, e) in at.iter_mut().zip(used) {
-            *slot = (e.0, e.1);
-        }
-        Some(Entries { at, count, wide })
-    }
-
-    /// Whether every entry still holds its recorded value, reading them
-    /// top level first as the walk does, each with one fixed-size read.
-    ///
-    /// A read that fails is the walk's own result: the entries above it
-    /// held their recorded values, so a full walk would take the same path
-    /// and read the same entry next. Its error is returned as is (and no
-    /// callback follows a failed one).
-    #[inline(always)]
-    fn still_hold<R: GuestRam + ?Sized>(&self, ram: &mut R) -> Result<bool, Error> {
-        let used = self.at.get(..self.count).unwrap_or(&[]);
-        if self.wide {
-            for &(gpa, value) in used {
-                let mut buf = [0u8; 8];
-                if ram.read(gpa, &mut buf)? != RamStatus::Done {
-                    return Err(Error::PageTableNotRam { gpa });
-                }
-                if u64::from_le_bytes(buf) != value {
-                    return Ok(false);
-                }
+/// Whether every entry of `walk` still holds its recorded value, reading
+/// them top level first as the walk does, each with one fixed-size read.
+///
+/// A read that fails is the walk's own result: the entries above it held
+/// their recorded values, so a full walk would take the same path and read
+/// the same entry next. Its error is returned as is (and no callback
+/// follows a failed one).
+#[inline(always)]
+fn still_holds<R: GuestRam + ?Sized>(ram: &mut R, walk: &WalkRecord) -> Result<bool, Error> {
+    let used = walk.entries.get(..walk.count).unwrap_or(&[]);
+    if walk.wide {
+        for &(gpa, value) in used {
+            let mut buf = [0u8; 8];
+            if ram.read(gpa, &mut buf)? != RamStatus::Done {
+                return Err(Error::PageTableNotRam { gpa });
             }
-        } else {
-            for &(gpa, value) in used {
-                let mut buf = [0u8; 4];
-                if ram.read(gpa, &mut buf)? != RamStatus::Done {
-                    return Err(Error::PageTableNotRam { gpa });
-                }
-                if u64::from(u32::from_le_bytes(buf)) != value {
-                    return Ok(false);
-                }
+            if u64::from_le_bytes(buf) != value {
+                return Ok(false);
             }
         }
-        Ok(true)
+    } else {
+        for &(gpa, value) in used {
+            let mut buf = [0u8; 4];
+            if ram.read(gpa, &mut buf)? != RamStatus::Done {
+                return Err(Error::PageTableNotRam { gpa });
+            }
+            if u64::from(u32::from_le_bytes(buf)) != value {
+                return Ok(false);
+            }
+        }
     }
+    Ok(true)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -179,7 +148,9 @@ struct Cached {
     key: Key,
     /// The guest-physical page (address >> 12).
     gpa_page: u64,
-    entries: Entries,
+    /// The paging-structure entries the walk read, top level first, with
+    /// the values they held after its accessed-bit update.
+    walk: WalkRecord,
 }
 
 /// The last instruction-fetch translation of one VCPU, re-validated before
@@ -258,7 +229,7 @@ impl FetchCache {
             (linear, page_room.min(limit + 1 - offset))
         };
         let key = Key::with_cs(state, cs, linear);
-        if !c.key.same_as(&key) || !c.entries.still_hold(ram)? {
+        if !c.key.same_as(&key) || !still_holds(ram, &c.walk)? {
             return Ok(None);
         }
         self.hits += 1;
@@ -291,7 +262,7 @@ impl FetchCache {
         let key = Key::of(state, linear);
         if let Some(c) = &self.entry
             && c.key.same_as(&key)
-            && c.entries.still_hold(ram)?
+            && still_holds(ram, &c.walk)?
         {
             self.hits += 1;
             return Ok((c.gpa_page << 12) | (linear & 0xFFF));
@@ -310,15 +281,14 @@ impl FetchCache {
     ) -> Result<u64, Error> {
         self.misses += 1;
         self.entry = None;
-        let mut entries = None;
-        let gpa = translate_recorded(state, ram, linear, AccessType::Execute, |w| {
-            entries = Entries::of(w);
-        })?;
-        if let Some(entries) = entries {
+        let mut walk = WalkRecord::default();
+        let gpa = translate_recorded(state, ram, linear, AccessType::Execute, Some(&mut walk))?;
+        // A walk with paging on reads one entry at least.
+        if walk.count > 0 {
             self.entry = Some(Cached {
                 key,
                 gpa_page: gpa >> 12,
-                entries,
+                walk,
             });
         }
         Ok(gpa)
