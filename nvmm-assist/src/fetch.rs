@@ -55,7 +55,8 @@ where
 }
 
 /// [`fetch_first`] when the cache cannot serve it: the full segmentation
-/// check, then the translation (which refreshes the cache).
+/// check, then the full walk (which refreshes the cache; the lookup has
+/// already found the cached entries unusable).
 #[inline(never)]
 fn fetch_first_uncached<S, R, M>(
     state: &S,
@@ -71,7 +72,7 @@ where
     M: MmioBus + ?Sized,
 {
     let (linear, want) = span(state, mode)?;
-    let gpa = cache.translate_fetch(state, ram, linear)?;
+    let gpa = cache.translate_fetch_miss(state, ram, linear)?;
     read_span(ram, mmio, gpa, buf, want)
 }
 

@@ -270,6 +270,21 @@ impl FetchCache {
         self.walk(state, ram, linear, key)
     }
 
+    /// [`translate_fetch`](Self::translate_fetch) after a failed
+    /// [`lookup`](Self::lookup) of the same fetch: the full walk, without
+    /// validating the cached entries a second time.
+    pub(crate) fn translate_fetch_miss<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
+        &mut self,
+        state: &S,
+        ram: &mut R,
+        linear: u64,
+    ) -> Result<u64, Error> {
+        if state.cr0() & CR0_PG == 0 {
+            return Ok(linear & 0xFFFF_FFFF);
+        }
+        self.walk(state, ram, linear, Key::of(state, linear))
+    }
+
     /// The full walk of a miss, whose record replaces the cached one.
     #[inline(never)]
     fn walk<S: CpuState + ?Sized, R: GuestRam + ?Sized>(

@@ -551,3 +551,26 @@ fn code_outside_ram_is_fetched_from_the_mmio_bus() {
         assert_eq!(bus.code_reads.len(), 2, "{mode}");
     }
 }
+
+/// What the cache costs in RAM reads: a hit reads each cached entry once
+/// and the code once; a miss after a changed leaf reads the entries up to
+/// the changed one, then walks (each entry once more), then the code.
+#[test]
+fn a_hit_and_a_miss_read_each_entry_once_per_pass() {
+    for layout in LAYOUTS {
+        let n = levels(layout) as usize;
+        let mut s = setup(layout);
+        let mut cache = s.warm();
+        let before = s.ram.reads;
+        assert_eq!(s.run(&mut cache), Ok(4));
+        assert_eq!(s.ram.reads - before, n + 1, "{layout:?}: hit");
+        let leaf = s.pt.entry_gpa(&mut s.ram, CODE, 1);
+        let theirs = s.other.entry_gpa(&mut s.ram, CODE, 1);
+        let value = s.other.get(&s.ram, theirs);
+        s.pt.set(&mut s.ram, leaf, value);
+        let before = s.ram.reads;
+        assert_eq!(s.run(&mut cache), Ok(1));
+        assert_eq!(s.ram.reads - before, 2 * n + 1, "{layout:?}: miss");
+        assert_eq!((cache.misses(), cache.hits()), (2, 2), "{layout:?}");
+    }
+}
