@@ -295,17 +295,24 @@ impl FetchCache {
         key: Key,
     ) -> Result<u64, Error> {
         self.misses += 1;
-        self.entry = None;
-        let mut walk = WalkRecord::default();
-        let gpa = translate_recorded(state, ram, linear, AccessType::Execute, Some(&mut walk))?;
-        // A walk with paging on reads one entry at least.
-        if walk.count > 0 {
-            self.entry = Some(Cached {
-                key,
-                gpa_page: gpa >> 12,
-                walk,
-            });
+        // The walk records its entries straight into the cache's slot.
+        let slot = self.entry.insert(Cached {
+            key,
+            gpa_page: 0,
+            walk: WalkRecord::default(),
+        });
+        let result = translate_recorded(
+            state,
+            ram,
+            linear,
+            AccessType::Execute,
+            Some(&mut slot.walk),
+        );
+        match result {
+            // A walk with paging on reads one entry at least.
+            Ok(gpa) if slot.walk.count > 0 => slot.gpa_page = gpa >> 12,
+            _ => self.entry = None,
         }
-        Ok(gpa)
+        result
     }
 }

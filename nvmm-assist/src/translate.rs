@@ -111,10 +111,11 @@ impl PhysBits {
 }
 
 /// A completed walk before the accessed/dirty update.
-struct Walk {
+struct Walk<'r> {
     gpa: u64,
-    /// The entries read, top level first, with the values read.
-    record: WalkRecord,
+    /// The entries read, top level first, with the values read (the
+    /// caller's record, filled in place).
+    record: &'r mut WalkRecord,
     /// Whether the first entry is a PAE PDPTE (which has no accessed bit).
     pdpte: bool,
     /// The AND of the entries that carry U/S, R/W (all but a PAE PDPTE).
@@ -123,7 +124,7 @@ struct Walk {
     any: u64,
 }
 
-impl Walk {
+impl Walk<'_> {
     /// Every entry has U/S set.
     fn user(&self) -> bool {
         self.all & PTE_US != 0
@@ -214,30 +215,33 @@ pub(crate) struct WalkRecord {
 }
 
 /// [`translate`], filling `record` (when given) with the walked entries
-/// as they are after the accessed/dirty update, when the translation
-/// succeeds.
+/// as they are after the accessed/dirty update. Its content is meaningful
+/// only when the translation succeeds.
 pub(crate) fn translate_recorded<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     state: &S,
     ram: &mut R,
     linear: u64,
     access: AccessType,
-    mut record: Option<&mut WalkRecord>,
+    record: Option<&mut WalkRecord>,
 ) -> Result<u64, Error> {
     let mode = paging_mode(state)?;
-    if mode == PagingMode::None {
-        if let Some(r) = record {
-            *r = WalkRecord::default();
+    let mut scratch;
+    let mut record = match record {
+        Some(r) => r,
+        None => {
+            scratch = WalkRecord::default();
+            &mut scratch
         }
+    };
+    if mode == PagingMode::None {
+        *record = WalkRecord::default();
         return Ok(linear & 0xFFFF_FFFF);
     }
     let mut attempts = 0;
     loop {
-        let mut walk = walk(state, ram, mode, linear, access)?;
+        let mut walk = walk(state, ram, mode, linear, access, record)?;
         check_permissions(state, mode, &walk, linear, access)?;
         if update_accessed_dirty(ram, &mut walk, access)? {
-            if let Some(r) = record.as_deref_mut() {
-                *r = walk.record;
-            }
             return Ok(walk.gpa);
         }
         attempts += 1;
@@ -245,6 +249,7 @@ pub(crate) fn translate_recorded<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
             let gpa = walk.record.entries[0].0;
             return Err(Error::PageTableBusy { gpa });
         }
+        record = walk.record;
     }
 }
 
@@ -286,7 +291,8 @@ pub fn translate_query<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
             executable: true,
         });
     }
-    let w = walk(state, ram, mode, linear, AccessType::Read)?;
+    let mut scratch = WalkRecord::default();
+    let w = walk(state, ram, mode, linear, AccessType::Read, &mut scratch)?;
     Ok(PageTranslation {
         gpa: w.gpa,
         writable: w.writable(),
@@ -344,24 +350,24 @@ fn read_entry<R: GuestRam + ?Sized>(ram: &mut R, gpa: u64, wide: bool) -> Result
 }
 
 /// Walks the tables for `linear` without changing anything.
-fn walk<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
+fn walk<'r, S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     state: &S,
     ram: &mut R,
     mode: PagingMode,
     linear: u64,
     access: AccessType,
-) -> Result<Walk, Error> {
+    record: &'r mut WalkRecord,
+) -> Result<Walk<'r>, Error> {
     let nxe = state.efer() & EFER_NXE != 0;
     let phys = PhysBits::new(state.max_phys_addr());
     let rsvd = |extra: u32| page_fault(state, mode, linear, access, pf::P | pf::RSVD | extra);
     let not_present = || page_fault(state, mode, linear, access, 0);
 
+    record.count = 0;
+    record.wide = mode != PagingMode::Bits32;
     let mut w = Walk {
         gpa: 0,
-        record: WalkRecord {
-            wide: mode != PagingMode::Bits32,
-            ..WalkRecord::default()
-        },
+        record,
         pdpte: false,
         all: !0,
         any: 0,
@@ -540,7 +546,7 @@ fn check_permissions<S: CpuState + ?Sized>(
 /// walks again).
 fn update_accessed_dirty<R: GuestRam + ?Sized>(
     ram: &mut R,
-    w: &mut Walk,
+    w: &mut Walk<'_>,
     access: AccessType,
 ) -> Result<bool, Error> {
     let count = w.record.count.min(w.record.entries.len());
