@@ -574,3 +574,55 @@ fn a_hit_and_a_miss_read_each_entry_once_per_pass() {
         assert_eq!((cache.misses(), cache.hits()), (2, 2), "{layout:?}");
     }
 }
+
+/// The cache keeps two code pages: an instruction that straddles a page
+/// edge, and code that exits from two pages in turn, are served from it
+/// after the first walks (and stay exact: a rewritten leaf of either page
+/// is seen).
+#[test]
+fn two_code_pages_are_kept() {
+    for layout in LAYOUTS {
+        let mut s = setup(layout);
+        // A second code page right after CODE, mapped to page C.
+        const PAGE_C: u64 = 0x7000;
+        s.pt.map(&mut s.ram, CODE + 0x1000, PAGE_C, 1, pte::PWU);
+        // `mov [ebx], eax` straddling CODE's end: 0x89 on A, 0x03 on C.
+        s.ram.put(PAGE_A + 0xFFF, &[0x89]);
+        s.ram.put(PAGE_C, &[0x03]);
+        // `mov [ebx], al` at the start of C's second half.
+        s.ram.put(PAGE_C + 0x800, &AT_B);
+        let mut cache = FetchCache::new();
+        let exit = MemExit {
+            gpa: MMIO,
+            access: AccessType::Write,
+            instruction: &[],
+        };
+        let at = |s: &mut Setup, cache: &mut FetchCache, rip: u64| {
+            s.regs.rip = rip;
+            let r = assist_mem_cached(&mut s.regs, &mut s.ram, &mut s.mmio, &exit, cache);
+            assert_eq!(r, Ok(Outcome::Done), "{layout:?} at {rip:#x}");
+            s.mmio.log.last().map_or(0, |a| a.data.len())
+        };
+        // Straddling: two walks the first time, none after.
+        assert_eq!(at(&mut s, &mut cache, CODE + 0xFFF), 4);
+        assert_eq!(cache.misses(), 2, "{layout:?}");
+        for _ in 0..3 {
+            assert_eq!(at(&mut s, &mut cache, CODE + 0xFFF), 4);
+        }
+        assert_eq!(cache.misses(), 2, "{layout:?}: the straddling fetch walks");
+        // Two pages in turn: CODE (A) and CODE + 0x1800 (C).
+        s.ram.put(PAGE_A, &AT_A);
+        for _ in 0..3 {
+            assert_eq!(at(&mut s, &mut cache, CODE), 4);
+            assert_eq!(at(&mut s, &mut cache, CODE + 0x1800), 1);
+        }
+        assert_eq!(cache.misses(), 2, "{layout:?}: alternating pages walk");
+        // Still exact: C's leaf now maps page B (`mov [ebx], al` at 0).
+        let leaf_c = s.pt.entry_gpa(&mut s.ram, CODE + 0x1000, 1);
+        s.pt.set(&mut s.ram, leaf_c, PAGE_B | pte::PWU | pte::A);
+        s.ram.put(PAGE_B + 0x800, &AT_A);
+        assert_eq!(at(&mut s, &mut cache, CODE + 0x1800), 4, "{layout:?}");
+        assert_eq!(at(&mut s, &mut cache, CODE), 4, "{layout:?}");
+        assert_eq!(cache.misses(), 3, "{layout:?}");
+    }
+}
