@@ -167,7 +167,8 @@ const SLOTS: usize = 2;
 #[derive(Debug, Clone, Default)]
 pub struct FetchCache {
     slots: [Option<Cached>; SLOTS],
-    /// The slot a miss fills next: the one not used last.
+    /// The slot a miss fills next: the one not filled last (a hit leaves
+    /// it, which keeps the hit path short).
     victim: usize,
     hits: u64,
     misses: u64,
@@ -268,9 +269,8 @@ impl FetchCache {
         ram: &mut R,
         key: &Key,
     ) -> Result<Option<u64>, Error> {
-        let (i, c) = match &self.slots {
-            [Some(c), _] if c.key.same_as(key) => (0, c),
-            [_, Some(c)] if c.key.same_as(key) => (1, c),
+        let c = match &self.slots {
+            [Some(c), _] | [_, Some(c)] if c.key.same_as(key) => c,
             _ => return Ok(None),
         };
         if !still_holds(ram, &c.walk)? {
@@ -278,7 +278,6 @@ impl FetchCache {
         }
         let gpa_page = c.gpa_page;
         self.hits += 1;
-        self.victim = i ^ 1;
         Ok(Some(gpa_page))
     }
 
