@@ -4,11 +4,11 @@
 //! whichever comes first, in one segmentation check, one translation
 //! (through the VCPU's [`FetchCache`]) and one read.
 //!
-//! This is [`access::fetch`](crate::access) of `0..next_fetch(0)` (what
-//! `mem.rs` did before) without its general machinery: the span never
+//! It fetches what [`access::fetch`](crate::access) of `0..next_fetch(0)`
+//! would, without that function's general machinery: the span never
 //! crosses a page, so there is one fragment, and a full 15-byte span is
 //! read with a fixed-size buffer. Later fetches of a longer instruction
-//! (one that crosses that edge) still go through `access::fetch`.
+//! (one that crosses that edge) go through `access::fetch`.
 
 use crate::access::{AccessType, PAGE_SIZE};
 use crate::bus::{GuestRam, MmioBus, RamStatus};

@@ -97,8 +97,8 @@ impl Key {
         }
     }
 
-    /// Whether `self` and `other` are equal, as `==` but without a branch
-    /// per field (every field is compared on a hit anyway).
+    /// Whether `self` and `other` are equal, as `==`, written as one OR of
+    /// XORs (every field is compared on a hit anyway).
     #[inline(always)]
     fn same_as(&self, other: &Key) -> bool {
         ((self.cr0 ^ other.cr0)
