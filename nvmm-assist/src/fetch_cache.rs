@@ -1,22 +1,27 @@
-//! A per-VCPU cache of the instruction-fetch translation, for exits that
-//! carry no instruction bytes (VMX; SVM without DecodeAssists), where every
-//! assist fetches at CS:RIP through the page walker.
+//! A per-VCPU cache of the instruction fetch at CS:RIP (its segmentation
+//! check and its translation), for exits that carry no instruction bytes
+//! (VMX; SVM without DecodeAssists), where every assist fetches at CS:RIP
+//! through segmentation and the page walker. It keeps the two most
+//! recently used code pages, so that an instruction that straddles a page
+//! edge, or code that exits from two pages in turn, is served too (a
+//! straddling `mov` costs about 1,900 instructions with two slots against
+//! 3,000 with one, which walks both pages on every exit).
 //!
 //! The assist stays stateless: the cache is a plain value the caller owns,
 //! one per VCPU, and passes to [`assist_mem_cached`](crate::assist_mem_cached)
 //! (the `nvmm` crate keeps one in each `Vcpu`). It can be dropped, cloned or
 //! reset ([`FetchCache::clear`]) at any time; an empty or stale cache only
-//! costs a full walk.
+//! costs a full check and walk.
 //!
 //! **Exactness.** The guest can rewrite its page tables without any exit
 //! (and INVLPG and CR3 loads need not exit either), so a cached translation
 //! is never trusted as is. It is used only after checking that
-//! - CR0, CR3, CR4, EFER, RFLAGS.VM, the CPL, MAXPHYADDR and CS (selector, base, limit,
-//!   attributes) equal what they were when the walk was made, and the linear
-//!   page is the same (segmentation itself is always recomputed), and
+//! - CR0, CR3, CR4, EFER, RFLAGS.VM, the CPL, MAXPHYADDR and CS (base,
+//!   limit, attributes) equal what they were when the walk was made, and
+//!   the linear page is the same, and
 //! - every paging-structure entry the walk read still holds the value it
 //!   had after that walk's accessed-bit update (each is read again from
-//!   guest RAM).
+//!   guest RAM, on every use).
 //!
 //! The walk is a function of exactly these inputs, so when they all match, a
 //! new walk would read the same entries, reach the same page with the same
@@ -28,12 +33,23 @@
 //! still lead to it. Only execute accesses use
 //! the cache (an execute translation sets no dirty bit and does not depend
 //! on RFLAGS.AC).
+//!
+//! **Segmentation.** An entry is made only after
+//! [`linear_address`](crate::linear_address) accepted a fetch through CS
+//! in that page. The checks it makes that do not depend on RIP (CS
+//! present, a code segment; the mode) are functions of the key, so a hit
+//! skips them; those that do (the CS limit, the canonical form) are made
+//! again on every hit. With paging off nothing is cached (the
+//! segmentation check alone costs about what a lookup would). The
+//! instruction bytes themselves are read again every time (self-modifying
+//! code), so is every entry.
 
-use crate::access::AccessType;
-use crate::bus::GuestRam;
+use crate::access::{AccessType, PAGE_SIZE};
+use crate::bus::{GuestRam, RamStatus};
 use crate::error::Error;
+use crate::mode::CpuMode;
 use crate::state::{CpuState, Segment, SegmentRegister};
-use crate::translate::{WalkRecord, read_entry, translate_recorded};
+use crate::translate::{WalkRecord, translate_recorded};
 
 const RFLAGS_VM: u64 = 1 << 17;
 const CR0_PG: u64 = 1 << 31;
@@ -45,29 +61,90 @@ struct Key {
     cr3: u64,
     cr4: u64,
     efer: u64,
-    cs: SegmentRegister,
-    cpl: u8,
-    max_phys_addr: u8,
-    /// RFLAGS.VM (part of the control-state check of every walk).
-    vm: bool,
+    /// RFLAGS.VM alone (part of the control-state check of every walk).
+    vm: u64,
+    cs_base: u64,
+    /// CS limit (bits 31:0), CS attributes (47:32), the CPL (55:48) and
+    /// MAXPHYADDR (63:56), compared at once.
+    packed: u64,
     /// The linear page (address >> 12).
     page: u64,
 }
 
 impl Key {
+    #[inline(always)]
     fn of<S: CpuState + ?Sized>(state: &S, linear: u64) -> Key {
+        Key::with_cs(state, state.segment(Segment::Cs), linear)
+    }
+
+    /// [`Key::of`] with CS already read. (The CS selector is not part of
+    /// it: segmentation uses the hidden part only, and the CPL is the
+    /// state's own.)
+    #[inline(always)]
+    fn with_cs<S: CpuState + ?Sized>(state: &S, cs: SegmentRegister, linear: u64) -> Key {
         Key {
             cr0: state.cr0(),
             cr3: state.cr3(),
             cr4: state.cr4(),
             efer: state.efer(),
-            cs: state.segment(Segment::Cs),
-            cpl: state.cpl(),
-            max_phys_addr: state.max_phys_addr(),
-            vm: state.rflags() & RFLAGS_VM != 0,
+            vm: state.rflags() & RFLAGS_VM,
+            cs_base: cs.base,
+            packed: u64::from(cs.limit)
+                | u64::from(cs.attributes.0) << 32
+                | u64::from(state.cpl()) << 48
+                | u64::from(state.max_phys_addr()) << 56,
             page: linear >> 12,
         }
     }
+
+    /// Whether `self` and `other` are equal, as `==`, written as one OR of
+    /// XORs (every field is compared on a hit anyway).
+    #[inline(always)]
+    fn same_as(&self, other: &Key) -> bool {
+        ((self.cr0 ^ other.cr0)
+            | (self.cr3 ^ other.cr3)
+            | (self.cr4 ^ other.cr4)
+            | (self.efer ^ other.efer)
+            | (self.vm ^ other.vm)
+            | (self.cs_base ^ other.cs_base)
+            | (self.packed ^ other.packed)
+            | (self.page ^ other.page))
+            == 0
+    }
+}
+
+/// Whether every entry of `walk` still holds its recorded value, reading
+/// them top level first as the walk does, each with one fixed-size read.
+///
+/// A read that fails is the walk's own result: the entries above it held
+/// their recorded values, so a full walk would take the same path and read
+/// the same entry next. Its error is returned as is (and no callback
+/// follows a failed one).
+#[inline(always)]
+fn still_holds<R: GuestRam + ?Sized>(ram: &mut R, walk: &WalkRecord) -> Result<bool, Error> {
+    let used = walk.entries.get(..walk.count).unwrap_or(&[]);
+    if walk.wide {
+        for &(gpa, value) in used {
+            let mut buf = [0u8; 8];
+            if ram.read(gpa, &mut buf)? != RamStatus::Done {
+                return Err(Error::PageTableNotRam { gpa });
+            }
+            if u64::from_le_bytes(buf) != value {
+                return Ok(false);
+            }
+        }
+    } else {
+        for &(gpa, value) in used {
+            let mut buf = [0u8; 4];
+            if ram.read(gpa, &mut buf)? != RamStatus::Done {
+                return Err(Error::PageTableNotRam { gpa });
+            }
+            if u64::from(u32::from_le_bytes(buf)) != value {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -75,14 +152,24 @@ struct Cached {
     key: Key,
     /// The guest-physical page (address >> 12).
     gpa_page: u64,
+    /// The paging-structure entries the walk read, top level first, with
+    /// the values they held after its accessed-bit update.
     walk: WalkRecord,
 }
 
-/// The last instruction-fetch translation of one VCPU, re-validated before
+/// How many translations a [`FetchCache`] keeps: two, so that an
+/// instruction that straddles a page edge, or code that exits from two
+/// pages in turn, does not walk on every exit.
+const SLOTS: usize = 2;
+
+/// The last instruction-fetch translations of one VCPU, re-validated before
 /// every use (see the [module documentation](self)).
 #[derive(Debug, Clone, Default)]
 pub struct FetchCache {
-    entry: Option<Cached>,
+    slots: [Option<Cached>; SLOTS],
+    /// The slot a miss fills next: the one not filled last (a hit leaves
+    /// it, which keeps the hit path short).
+    victim: usize,
     hits: u64,
     misses: u64,
 }
@@ -91,15 +178,30 @@ impl FetchCache {
     /// An empty cache.
     pub const fn new() -> FetchCache {
         FetchCache {
-            entry: None,
+            slots: [None, None],
+            victim: 0,
             hits: 0,
             misses: 0,
         }
     }
 
-    /// Forgets the cached translation.
+    /// Forgets the cached translations.
     pub fn clear(&mut self) {
-        self.entry = None;
+        self.slots = [None, None];
+        self.victim = 0;
+    }
+
+    /// The slot holding `key`, if any.
+    #[inline(always)]
+    fn find(&self, key: &Key) -> Option<usize> {
+        let [a, b] = &self.slots;
+        if a.as_ref().is_some_and(|c| c.key.same_as(key)) {
+            Some(0)
+        } else if b.as_ref().is_some_and(|c| c.key.same_as(key)) {
+            Some(1)
+        } else {
+            None
+        }
     }
 
     /// How many translations were served from the cache after
@@ -114,8 +216,77 @@ impl FetchCache {
         self.misses
     }
 
+    /// The guest-physical address and length of the fetch at CS:RIP
+    /// (the bytes before the first page end, CS-limit end or the 15-byte
+    /// mark), when the cache proves its translation current: `Ok(None)`
+    /// when it cannot (the caller then makes the full segmentation check
+    /// and translation).
+    ///
+    /// Segmentation: a cached translation was made after
+    /// [`linear_address`](crate::linear_address) accepted a fetch through
+    /// CS in that page, with the same CS and the same mode-defining state
+    /// (both in the key). Its type and presence checks depend on nothing
+    /// else, so they pass again; what depends on RIP is redone here: outside
+    /// 64-bit mode, RIP within the CS limit (the span stops at the limit);
+    /// in 64-bit mode, RIP in the cached page, which is canonical as a whole
+    /// (the canonical boundaries are page-aligned).
+    #[inline(always)]
+    pub(crate) fn lookup<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
+        &mut self,
+        state: &S,
+        mode: CpuMode,
+        ram: &mut R,
+    ) -> Result<Option<(u64, usize)>, Error> {
+        let rip = state.rip();
+        let cs = state.segment(Segment::Cs);
+        let (linear, room) = if mode.is_64bit() {
+            (rip, PAGE_SIZE - (rip & (PAGE_SIZE - 1)))
+        } else {
+            let offset = rip & 0xFFFF_FFFF;
+            let limit = u64::from(cs.limit);
+            if offset > limit {
+                // The fetch faults: the full check reports it.
+                return Ok(None);
+            }
+            let linear = cs.base.wrapping_add(offset) & 0xFFFF_FFFF;
+            let page_room = PAGE_SIZE - (linear & (PAGE_SIZE - 1));
+            (linear, page_room.min(limit + 1 - offset))
+        };
+        let key = Key::with_cs(state, cs, linear);
+        let Some(gpa_page) = self.validated(ram, &key)? else {
+            return Ok(None);
+        };
+        // room >= 1; 15 at most.
+        let want = room.min(15) as usize;
+        Ok(Some(((gpa_page << 12) | (linear & (PAGE_SIZE - 1)), want)))
+    }
+
+    /// The guest-physical page of the slot holding `key`, if its entries
+    /// still hold their values (a hit).
+    #[inline(always)]
+    fn validated<R: GuestRam + ?Sized>(
+        &mut self,
+        ram: &mut R,
+        key: &Key,
+    ) -> Result<Option<u64>, Error> {
+        let c = match &self.slots {
+            [Some(c), _] | [_, Some(c)] if c.key.same_as(key) => c,
+            _ => return Ok(None),
+        };
+        if !still_holds(ram, &c.walk)? {
+            return Ok(None);
+        }
+        let gpa_page = c.gpa_page;
+        self.hits += 1;
+        Ok(Some(gpa_page))
+    }
+
     /// Translates `linear` for an instruction fetch, as
-    /// [`translate`](fn@crate::translate) does, using and refreshing the cache.
+    /// [`translate`](fn@crate::translate) does, using and refreshing the
+    /// cache. The caller has checked the fetch's segmentation
+    /// ([`linear_address`](crate::linear_address), execute access through
+    /// CS) at `linear`, which [`lookup`](Self::lookup) relies on.
+    #[inline]
     pub(crate) fn translate_fetch<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
         &mut self,
         state: &S,
@@ -129,42 +300,61 @@ impl FetchCache {
             return Ok(linear & 0xFFFF_FFFF);
         }
         let key = Key::of(state, linear);
-        if let Some(c) = &self.entry
-            && c.key == key
-            && still_holds(ram, &c.walk)?
-        {
-            self.hits += 1;
-            return Ok((c.gpa_page << 12) | (linear & 0xFFF));
+        if let Some(gpa_page) = self.validated(ram, &key)? {
+            return Ok((gpa_page << 12) | (linear & 0xFFF));
         }
-        self.misses += 1;
-        self.entry = None;
-        let mut record = None;
-        let gpa = translate_recorded(state, ram, linear, AccessType::Execute, |w| {
-            record = Some(*w);
-        })?;
-        if let Some(walk) = record {
-            self.entry = Some(Cached {
-                key,
-                gpa_page: gpa >> 12,
-                walk,
-            });
-        }
-        Ok(gpa)
+        self.walk(state, ram, linear, key)
     }
-}
 
-/// Whether every entry of `walk` still holds its recorded value, reading
-/// them top level first as the walk does.
-///
-/// A read that fails is the walk's own result: the entries above it held
-/// their recorded values, so a full walk would take the same path and read
-/// the same entry next. Its error is returned as is (and no callback
-/// follows a failed one).
-fn still_holds<R: GuestRam + ?Sized>(ram: &mut R, walk: &WalkRecord) -> Result<bool, Error> {
-    for &(gpa, value, wide) in walk.entries.iter().take(walk.count) {
-        if read_entry(ram, gpa, wide)? != value {
-            return Ok(false);
+    /// [`translate_fetch`](Self::translate_fetch) after a failed
+    /// [`lookup`](Self::lookup) of the same fetch: the full walk, without
+    /// validating the cached entries a second time.
+    pub(crate) fn translate_fetch_miss<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
+        &mut self,
+        state: &S,
+        ram: &mut R,
+        linear: u64,
+    ) -> Result<u64, Error> {
+        if state.cr0() & CR0_PG == 0 {
+            return Ok(linear & 0xFFFF_FFFF);
         }
+        self.walk(state, ram, linear, Key::of(state, linear))
     }
-    Ok(true)
+
+    /// The full walk of a miss, whose record replaces the slot with the
+    /// same key (its entries changed) or else the victim.
+    #[inline(never)]
+    fn walk<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
+        &mut self,
+        state: &S,
+        ram: &mut R,
+        linear: u64,
+        key: Key,
+    ) -> Result<u64, Error> {
+        self.misses += 1;
+        let i = self.find(&key).unwrap_or(self.victim) & 1;
+        self.victim = i ^ 1;
+        let Some(entry) = self.slots.get_mut(i) else {
+            return Err(Error::InconsistentExit);
+        };
+        // The walk records its entries straight into the cache's slot.
+        let slot = entry.insert(Cached {
+            key,
+            gpa_page: 0,
+            walk: WalkRecord::default(),
+        });
+        let result = translate_recorded(
+            state,
+            ram,
+            linear,
+            AccessType::Execute,
+            Some(&mut slot.walk),
+        );
+        match result {
+            // A walk with paging on reads one entry at least.
+            Ok(gpa) if slot.walk.count > 0 => slot.gpa_page = gpa >> 12,
+            _ => *entry = None,
+        }
+        result
+    }
 }

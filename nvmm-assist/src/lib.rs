@@ -54,6 +54,7 @@ pub mod bus;
 pub mod decode;
 pub mod error;
 mod exec;
+mod fetch;
 pub mod fetch_cache;
 pub mod flags;
 pub mod io;

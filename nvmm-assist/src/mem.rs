@@ -38,6 +38,7 @@ use crate::bus::{GuestRam, MmioBus};
 use crate::decode::{DecodeError, Instruction, decode};
 use crate::error::{Error, Exception};
 use crate::exec::{Exec, PAGE_SIZE, Pending, fast};
+use crate::fetch;
 use crate::fetch_cache::FetchCache;
 use crate::mode::CpuMode;
 use crate::state::{CpuState, Segment};
@@ -158,15 +159,10 @@ where
     }
     let mut bytes = [0u8; 15];
     let mut given = exit.instruction.len().min(15);
-    if let (Some(dst), Some(src)) = (bytes.get_mut(..given), exit.instruction.get(..given)) {
-        dst.copy_from_slice(src);
-    }
     if given == 0 {
         // No bytes in the exit (VMX): fetch what lies before the first
         // page or CS-limit edge, which is all of it for most instructions.
-        let want = next_fetch(state, mode, 0);
-        access::fetch(state, mode, ram, mmio, cache, &mut bytes, 0, want)?;
-        given = want;
+        given = fetch::fetch_first(state, mode, ram, mmio, cache, &mut bytes)?;
         if fast_path
             && let Some(result) = fast::try_exec(
                 state,
@@ -179,6 +175,8 @@ where
         {
             return result;
         }
+    } else if let (Some(dst), Some(src)) = (bytes.get_mut(..given), exit.instruction.get(..given)) {
+        dst.copy_from_slice(src);
     }
     // The bytes at hand (fetched ones, on this path) are nearly always the
     // whole instruction: decode them and use the instruction where

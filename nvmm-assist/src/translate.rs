@@ -110,25 +110,47 @@ impl PhysBits {
     }
 }
 
-/// One paging-structure entry used by a walk: where it is and what it held.
-#[derive(Debug, Clone, Copy, Default)]
-struct WalkedEntry {
+/// A completed walk before the accessed/dirty update.
+struct Walk<'r> {
     gpa: u64,
-    value: u64,
-    /// Whether the entry is 8 bytes wide (4 for 32-bit paging).
-    wide: bool,
-    /// Whether the CPU sets its accessed bit (not for PAE PDPTEs).
-    has_accessed: bool,
+    /// The entries read, top level first, with the values read (the
+    /// caller's record, filled in place).
+    record: &'r mut WalkRecord,
+    /// Whether the first entry is a PAE PDPTE (which has no accessed bit).
+    pdpte: bool,
+    /// The AND of the entries that carry U/S, R/W (all but a PAE PDPTE).
+    all: u64,
+    /// The OR of the same entries (for XD).
+    any: u64,
 }
 
-/// A completed walk before the accessed/dirty update.
-struct Walk {
-    gpa: u64,
-    entries: [WalkedEntry; 5],
-    count: usize,
-    user: bool,
-    writable: bool,
-    no_exec: bool,
+impl Walk<'_> {
+    /// Every entry has U/S set.
+    fn user(&self) -> bool {
+        self.all & PTE_US != 0
+    }
+
+    /// Every entry has R/W set.
+    fn writable(&self) -> bool {
+        self.all & PTE_RW != 0
+    }
+
+    /// Some entry has XD set, and EFER.NXE makes XD meaningful.
+    fn no_exec(&self, nxe: bool) -> bool {
+        nxe && self.any & PTE_XD != 0
+    }
+
+    /// Appends an entry read at `gpa`.
+    fn push(&mut self, gpa: u64, value: u64) -> Result<(), Error> {
+        let slot = self
+            .record
+            .entries
+            .get_mut(self.record.count)
+            .ok_or(Error::InconsistentExit)?;
+        *slot = (gpa, value);
+        self.record.count += 1;
+        Ok(())
+    }
 }
 
 /// The paging mode in force.
@@ -176,61 +198,58 @@ pub fn translate<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     linear: u64,
     access: AccessType,
 ) -> Result<u64, Error> {
-    translate_recorded(state, ram, linear, access, |_| {})
+    translate_recorded(state, ram, linear, access, None)
 }
 
 /// The entries a successful translation read, with the values they hold
 /// after its accessed/dirty update, for [`crate::fetch_cache`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct WalkRecord {
-    /// `(gpa, value, wide)` of each entry, top level first.
-    pub entries: [(u64, u64, bool); 5],
+    /// `(gpa, value)` of each entry, top level first.
+    pub entries: [(u64, u64); 5],
     /// How many of `entries` are used (0 with paging off).
     pub count: usize,
+    /// Whether the entries are 8 bytes wide (all but 32-bit paging, whose
+    /// entries are 4 bytes).
+    pub wide: bool,
 }
 
-/// [`translate`], calling `record` with the walked entries (as they are
-/// after the accessed/dirty update) when the translation succeeds.
+/// [`translate`], filling `record` (when given) with the walked entries
+/// as they are after the accessed/dirty update. Its content is meaningful
+/// only when the translation succeeds.
 pub(crate) fn translate_recorded<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     state: &S,
     ram: &mut R,
     linear: u64,
     access: AccessType,
-    record: impl FnOnce(&WalkRecord),
+    record: Option<&mut WalkRecord>,
 ) -> Result<u64, Error> {
     let mode = paging_mode(state)?;
+    let mut scratch;
+    let mut record = match record {
+        Some(r) => r,
+        None => {
+            scratch = WalkRecord::default();
+            &mut scratch
+        }
+    };
     if mode == PagingMode::None {
-        record(&WalkRecord::default());
+        *record = WalkRecord::default();
         return Ok(linear & 0xFFFF_FFFF);
     }
     let mut attempts = 0;
     loop {
-        let walk = walk(state, ram, mode, linear, access)?;
+        let mut walk = walk(state, ram, mode, linear, access, record)?;
         check_permissions(state, mode, &walk, linear, access)?;
-        if update_accessed_dirty(ram, &walk, access)? {
-            let mut r = WalkRecord {
-                count: walk.count.min(5),
-                ..WalkRecord::default()
-            };
-            let last = r.count.saturating_sub(1);
-            for (i, (slot, e)) in r.entries.iter_mut().zip(walk.entries.iter()).enumerate() {
-                let mut value = e.value;
-                if e.has_accessed {
-                    value |= PTE_A;
-                    if i == last && access == AccessType::Write {
-                        value |= PTE_D;
-                    }
-                }
-                *slot = (e.gpa, value, e.wide);
-            }
-            record(&r);
+        if update_accessed_dirty(ram, &mut walk, access)? {
             return Ok(walk.gpa);
         }
         attempts += 1;
         if attempts >= MAX_WALK_ATTEMPTS {
-            let gpa = walk.entries.first().map_or(0, |e| e.gpa);
+            let gpa = walk.record.entries[0].0;
             return Err(Error::PageTableBusy { gpa });
         }
+        record = walk.record;
     }
 }
 
@@ -272,12 +291,13 @@ pub fn translate_query<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
             executable: true,
         });
     }
-    let w = walk(state, ram, mode, linear, AccessType::Read)?;
+    let mut scratch = WalkRecord::default();
+    let w = walk(state, ram, mode, linear, AccessType::Read, &mut scratch)?;
     Ok(PageTranslation {
         gpa: w.gpa,
-        writable: w.writable,
-        user: w.user,
-        executable: !w.no_exec,
+        writable: w.writable(),
+        user: w.user(),
+        executable: !w.no_exec(state.efer() & EFER_NXE != 0),
     })
 }
 
@@ -313,40 +333,44 @@ fn page_fault<S: CpuState + ?Sized>(
 }
 
 /// Reads one entry of `wide` (8) or 4 bytes at `gpa`.
-pub(crate) fn read_entry<R: GuestRam + ?Sized>(
-    ram: &mut R,
-    gpa: u64,
-    wide: bool,
-) -> Result<u64, Error> {
-    let mut buf = [0u8; 8];
-    let len = if wide { 8 } else { 4 };
-    let slice = buf.get_mut(..len).ok_or(Error::InconsistentExit)?;
-    match ram.read(gpa, slice)? {
-        RamStatus::Done => Ok(u64::from_le_bytes(buf)),
+fn read_entry<R: GuestRam + ?Sized>(ram: &mut R, gpa: u64, wide: bool) -> Result<u64, Error> {
+    // Fixed-size buffers: a RAM implementation inlined here copies the
+    // entry with one load instead of a variable-length copy.
+    let (status, value) = if wide {
+        let mut buf = [0u8; 8];
+        (ram.read(gpa, &mut buf)?, u64::from_le_bytes(buf))
+    } else {
+        let mut buf = [0u8; 4];
+        (ram.read(gpa, &mut buf)?, u64::from(u32::from_le_bytes(buf)))
+    };
+    match status {
+        RamStatus::Done => Ok(value),
         RamStatus::NotRam => Err(Error::PageTableNotRam { gpa }),
     }
 }
 
 /// Walks the tables for `linear` without changing anything.
-fn walk<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
+fn walk<'r, S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     state: &S,
     ram: &mut R,
     mode: PagingMode,
     linear: u64,
     access: AccessType,
-) -> Result<Walk, Error> {
+    record: &'r mut WalkRecord,
+) -> Result<Walk<'r>, Error> {
     let nxe = state.efer() & EFER_NXE != 0;
     let phys = PhysBits::new(state.max_phys_addr());
     let rsvd = |extra: u32| page_fault(state, mode, linear, access, pf::P | pf::RSVD | extra);
     let not_present = || page_fault(state, mode, linear, access, 0);
 
+    record.count = 0;
+    record.wide = mode != PagingMode::Bits32;
     let mut w = Walk {
         gpa: 0,
-        entries: [WalkedEntry::default(); 5],
-        count: 0,
-        user: true,
-        writable: true,
-        no_exec: false,
+        record,
+        pdpte: false,
+        all: !0,
+        any: 0,
     };
 
     if mode == PagingMode::Bits32 {
@@ -356,15 +380,8 @@ fn walk<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
         if pde & PTE_P == 0 {
             return Err(not_present());
         }
-        w.entries[0] = WalkedEntry {
-            gpa: pde_gpa,
-            value: pde,
-            wide: false,
-            has_accessed: true,
-        };
-        w.count = 1;
-        w.user &= pde & PTE_US != 0;
-        w.writable &= pde & PTE_RW != 0;
+        w.push(pde_gpa, pde)?;
+        w.all &= pde;
         if pde & PTE_PS != 0 && state.cr4() & CR4_PSE != 0 {
             // 4 MiB page. Bit 21 is reserved; bits 20:13 are physical address
             // bits 39:32 (PSE-36), of which those at or above
@@ -383,15 +400,8 @@ fn walk<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
         if pte & PTE_P == 0 {
             return Err(not_present());
         }
-        w.entries[1] = WalkedEntry {
-            gpa: pte_gpa,
-            value: pte,
-            wide: false,
-            has_accessed: true,
-        };
-        w.count = 2;
-        w.user &= pte & PTE_US != 0;
-        w.writable &= pte & PTE_RW != 0;
+        w.push(pte_gpa, pte)?;
+        w.all &= pte;
         // Bit 7 of a 4 KiB PTE is PAT, not PS.
         w.gpa = (pte & 0xFFFF_F000) | (linear & 0xFFF);
         return Ok(w);
@@ -423,18 +433,14 @@ fn walk<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
                 return Err(not_present());
             }
             // PAE PDPTE: bits 2:1, 8:5 and 63:M are reserved (bit 63 is not
-            // XD here, whatever EFER.NXE says).
+            // XD here, whatever EFER.NXE says). It has no U/S, R/W or XD,
+            // so it is left out of `all` and `any`.
             let reserved = 0x6 | 0x1E0 | PTE_XD | phys.rsvd_pae;
             if pdpte & reserved != 0 {
                 return Err(rsvd(0));
             }
-            w.entries[0] = WalkedEntry {
-                gpa,
-                value: pdpte,
-                wide: true,
-                has_accessed: false,
-            };
-            w.count = 1;
+            w.push(gpa, pdpte)?;
+            w.pdpte = true;
             (pdpte & phys.addr, 2)
         }
     };
@@ -472,17 +478,9 @@ fn walk<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
         if entry & reserved != 0 {
             return Err(rsvd(0));
         }
-        let slot = w.entries.get_mut(w.count).ok_or(Error::InconsistentExit)?;
-        *slot = WalkedEntry {
-            gpa,
-            value: entry,
-            wide: true,
-            has_accessed: true,
-        };
-        w.count += 1;
-        w.user &= entry & PTE_US != 0;
-        w.writable &= entry & PTE_RW != 0;
-        w.no_exec |= nxe && entry & PTE_XD != 0;
+        w.push(gpa, entry)?;
+        w.all &= entry;
+        w.any |= entry;
 
         if level == 1 || large {
             // Level 1: bit 7 is PAT, not PS.
@@ -508,30 +506,31 @@ fn check_permissions<S: CpuState + ?Sized>(
     let user_access = state.cpl() == 3;
     let wp = cr0 & CR0_WP != 0;
     let smap_blocks = cr4 & CR4_SMAP != 0 && state.rflags() & RFLAGS_AC == 0;
+    let (user, writable) = (w.user(), w.writable());
     let allowed = match access {
         AccessType::Read => {
             if user_access {
-                w.user
+                user
             } else {
-                !(w.user && smap_blocks)
+                !(user && smap_blocks)
             }
         }
         AccessType::Write => {
             if user_access {
-                w.user && w.writable
-            } else if w.user && smap_blocks {
+                user && writable
+            } else if user && smap_blocks {
                 false
             } else {
-                w.writable || !wp
+                writable || !wp
             }
         }
         AccessType::Execute => {
             let user_ok = if user_access {
-                w.user
+                user
             } else {
-                !(w.user && cr4 & CR4_SMEP != 0)
+                !(user && cr4 & CR4_SMEP != 0)
             };
-            user_ok && !w.no_exec
+            user_ok && !w.no_exec(state.efer() & EFER_NXE != 0)
         }
     };
     if allowed {
@@ -542,35 +541,42 @@ fn check_permissions<S: CpuState + ?Sized>(
 }
 
 /// Sets the accessed bits of every walked entry and the dirty bit of the
-/// final one for a write. Returns `false` when an entry changed since the
-/// walk read it (the caller walks again).
+/// final one for a write, and records the values so set in `w.record`.
+/// Returns `false` when an entry changed since the walk read it (the caller
+/// walks again).
 fn update_accessed_dirty<R: GuestRam + ?Sized>(
     ram: &mut R,
-    w: &Walk,
+    w: &mut Walk<'_>,
     access: AccessType,
 ) -> Result<bool, Error> {
-    let count = w.count.min(w.entries.len());
-    for (i, e) in w.entries.iter().take(count).enumerate() {
-        if !e.has_accessed {
-            continue;
-        }
-        let mut want = e.value | PTE_A;
+    let count = w.record.count.min(w.record.entries.len());
+    let wide = w.record.wide;
+    // A PAE PDPTE has no accessed bit.
+    let first = usize::from(w.pdpte);
+    for i in first..count {
+        let Some(&(gpa, value)) = w.record.entries.get(i) else {
+            return Err(Error::InconsistentExit);
+        };
+        let mut want = value | PTE_A;
         if i + 1 == count && access == AccessType::Write {
             want |= PTE_D;
         }
-        if want == e.value {
+        if want == value {
             continue;
         }
-        let len = if e.wide { 8 } else { 4 };
-        let old = e.value.to_le_bytes();
+        let len = if wide { 8 } else { 4 };
+        let old = value.to_le_bytes();
         let new = want.to_le_bytes();
         let (Some(old), Some(new)) = (old.get(..len), new.get(..len)) else {
             return Err(Error::InconsistentExit);
         };
-        match ram.compare_and_write(e.gpa, old, new)? {
+        match ram.compare_and_write(gpa, old, new)? {
             CompareWrite::Written => {}
             CompareWrite::Mismatch => return Ok(false),
-            CompareWrite::NotRam => return Err(Error::PageTableNotRam { gpa: e.gpa }),
+            CompareWrite::NotRam => return Err(Error::PageTableNotRam { gpa }),
+        }
+        if let Some(e) = w.record.entries.get_mut(i) {
+            e.1 = want;
         }
     }
     Ok(true)

@@ -334,3 +334,295 @@ fn an_entry_read_error_during_validation_is_the_last_callback() {
         }
     }
 }
+
+/// The modes of the segmentation cases: (name, state at RIP = `SEG_CODE`,
+/// whether ModRM addressing is 16-bit). Paged modes identity-map the low
+/// 1 MiB, so the code's physical address is its linear one.
+fn segmentation_modes() -> Vec<(&'static str, Registers, TestRam, bool)> {
+    use nvmm_assist::{Segment, SegmentAttributes, SegmentRegister};
+    let ram = || TestRam::new(0x20_0000).hole(MMIO, MMIO + 0x1000);
+    let paged = |layout: Layout, regs: &mut Registers| {
+        let mut ram = ram();
+        let mut pt = PageTables::new(layout, 0x10_0000);
+        for page in 0..256u64 {
+            pt.map(&mut ram, page * 4096, page * 4096, 1, pte::PWU);
+        }
+        regs.cr3 = pt.cr3();
+        ram
+    };
+    let mut out = Vec::new();
+    let mut real = Registers::real_mode(TEST_VENDOR);
+    real.rip = SEG_CODE;
+    out.push(("real", real, ram(), true));
+    let mut p16 = Registers::flat_protected32(TEST_VENDOR);
+    p16.segments[Segment::Cs as usize] = SegmentRegister {
+        selector: 0x08,
+        base: 0,
+        limit: 0xFFFF,
+        attributes: SegmentAttributes::code16(),
+    };
+    p16.rip = SEG_CODE;
+    out.push(("prot16", p16, ram(), true));
+    let mut p32 = Registers::flat_protected32(TEST_VENDOR);
+    p32.cr0 |= 1 << 31;
+    let r = paged(Layout::Bits32, &mut p32);
+    p32.rip = SEG_CODE;
+    out.push(("prot32 paged", p32, r, false));
+    let mut compat = Registers::compat_mode(TEST_VENDOR, 0, SEG_CODE, 0);
+    let r = paged(Layout::Level4, &mut compat);
+    out.push(("compat", compat, r, false));
+    let mut long = Registers::long_mode(TEST_VENDOR, 0, SEG_CODE, 0);
+    let r = paged(Layout::Level4, &mut long);
+    out.push(("64-bit", long, r, false));
+    out
+}
+
+/// Where the segmentation cases' code starts (linear and physical).
+const SEG_CODE: u64 = 0x3000;
+
+/// A change of CS, RIP or the mode between two assists, and the linear
+/// address the code is then at (where the test puts it).
+type Mutation = fn(&mut Registers) -> u64;
+
+fn cs_linear(r: &Registers) -> u64 {
+    let cs = r.segments[nvmm_assist::Segment::Cs as usize];
+    if r.efer & (1 << 10) != 0 && cs.attributes.l() {
+        r.rip
+    } else {
+        cs.base.wrapping_add(r.rip & 0xFFFF_FFFF) & 0xFFFF_FFFF
+    }
+}
+
+#[rustfmt::skip]
+const MUTATIONS: [(&str, Mutation); 15] = {
+    use nvmm_assist::Segment;
+    const CS: usize = Segment::Cs as usize;
+    [
+        ("nothing", |r| cs_linear(r)),
+        ("next instruction", |r| { r.rip += 2; cs_linear(r) }),
+        ("last byte of the page", |r| { r.rip = SEG_CODE + 0xFFF; cs_linear(r) }),
+        ("last two bytes of the page", |r| { r.rip = SEG_CODE + 0xFFE; cs_linear(r) }),
+        ("limit just after the instruction", |r| { r.segments[CS].limit = (r.rip as u32) + 1; cs_linear(r) }),
+        ("limit inside the instruction", |r| { r.segments[CS].limit = r.rip as u32; cs_linear(r) }),
+        ("RIP past the limit", |r| { r.rip = u64::from(r.segments[CS].limit) + 1; cs_linear(r) }),
+        ("RIP at the limit, span cut to 1 byte", |r| { r.segments[CS].limit = 0x3FFF; r.rip = 0x3FFF; cs_linear(r) }),
+        ("CS base moved", |r| { r.segments[CS].base += 0x1000; cs_linear(r) }),
+        ("CS a data segment", |r| { r.segments[CS].attributes.0 = (r.segments[CS].attributes.0 & !0xF) | 0x3; cs_linear(r) }),
+        ("CS not present", |r| { r.segments[CS].attributes.0 &= !(1 << 7); cs_linear(r) }),
+        ("CS.L and CS.D toggled", |r| { r.segments[CS].attributes.0 ^= (1 << 13) | (1 << 14); cs_linear(r) }),
+        ("non-canonical RIP", |r| { r.rip |= 0x0000_8000_0000_0000; cs_linear(r) }),
+        ("ring 3", |r| { *r = r.clone().at_cpl(3); cs_linear(r) }),
+        ("virtual-8086 mode", |r| { r.rflags |= 1 << 17; cs_linear(r) }),
+    ]
+};
+
+/// One byte-less assist of the store at RIP with `cache`: the result, the
+/// registers after it and the MMIO accesses it made.
+fn seg_run(
+    regs: &Registers,
+    ram: &TestRam,
+    cache: &mut FetchCache,
+) -> (Result<Outcome, Error>, Registers, Vec<support::BusAccess>) {
+    let (mut regs, mut ram, mut mmio) = (regs.clone(), ram.clone(), RecordingMmio::default());
+    regs.gprs[3] = MMIO;
+    regs.gprs[0] = 0x1122_3344;
+    let exit = MemExit {
+        gpa: MMIO,
+        access: AccessType::Write,
+        instruction: &[],
+    };
+    let r = assist_mem_cached(&mut regs, &mut ram, &mut mmio, &exit, cache);
+    (r, regs, mmio.log)
+}
+
+/// The cache also holds the fetch's segmentation check (see the module
+/// documentation of `fetch_cache`): after any change of RIP, CS (base,
+/// limit, type, presence, L/D), the CPL or the mode (RFLAGS.VM), in every mode, paged
+/// or not, a warm cache gives exactly what a cold one does (the same
+/// fault, or the same instruction with the same accesses), and so does
+/// the next assist in the changed state (a hit).
+#[test]
+fn a_warm_cache_agrees_with_a_cold_one_after_any_segment_change() {
+    for (mode, base, ram, addr16) in segmentation_modes() {
+        let insn: [u8; 2] = if addr16 { [0x89, 0x07] } else { [0x89, 0x03] };
+        for (what, mutate) in MUTATIONS {
+            let mut ram = ram.clone();
+            ram.put(SEG_CODE, &insn);
+            let mut cache = FetchCache::new();
+            for _ in 0..2 {
+                let (r, _, log) = seg_run(&base, &ram, &mut cache);
+                assert_eq!(r, Ok(Outcome::Done), "{mode}: warm-up");
+                assert_eq!(log.len(), 1, "{mode}: warm-up");
+            }
+            let mut regs = base.clone();
+            let at = mutate(&mut regs);
+            // The instruction at the new CS:RIP (physical = linear below
+            // 1 MiB; elsewhere the fetch faults either way).
+            if at + 2 <= 0x10_0000 && !(MMIO..MMIO + 0x1000).contains(&at) {
+                ram.put(at, &insn);
+            }
+            let cold = seg_run(&regs, &ram, &mut FetchCache::new());
+            assert_eq!(seg_run(&regs, &ram, &mut cache), cold, "{mode}, {what}");
+            assert_eq!(
+                seg_run(&regs, &ram, &mut cache),
+                cold,
+                "{mode}, {what}: again"
+            );
+            // And back: the original state is served right too.
+            let first = seg_run(&base, &ram, &mut FetchCache::new());
+            assert_eq!(
+                seg_run(&base, &ram, &mut cache),
+                first,
+                "{mode}, {what}: back"
+            );
+        }
+    }
+}
+
+/// A ROM behind the MMIO bus holding the code at `at`, and a device
+/// register file elsewhere that records writes.
+struct RomAndDevice {
+    at: u64,
+    code: Vec<u8>,
+    code_reads: Vec<(u64, usize)>,
+    writes: Vec<(u64, Vec<u8>)>,
+}
+
+impl nvmm_assist::MmioBus for RomAndDevice {
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), nvmm_assist::BusError> {
+        let start = gpa
+            .checked_sub(self.at)
+            .and_then(|o| usize::try_from(o).ok())
+            .ok_or(nvmm_assist::BusError(9))?;
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = self.code.get(start + i).copied().unwrap_or(0x90);
+        }
+        self.code_reads.push((gpa, buf.len()));
+        Ok(())
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), nvmm_assist::BusError> {
+        self.writes.push((gpa, data.to_vec()));
+        Ok(())
+    }
+}
+
+/// Code that is not in RAM (a ROM or flash on the MMIO bus) is fetched
+/// from the bus, paged (through the cache, cold and warm) or not, and the
+/// instruction runs.
+#[test]
+fn code_outside_ram_is_fetched_from_the_mmio_bus() {
+    const ROM: u64 = 0x3000;
+    for (mode, base, ram, addr16) in segmentation_modes() {
+        // The mode's RAM (with its page tables), the code page a hole.
+        let mut ram = ram.hole(ROM, ROM + 0x1000);
+        let insn: Vec<u8> = if addr16 {
+            vec![0x89, 0x07]
+        } else {
+            vec![0x89, 0x03]
+        };
+        let mut bus = RomAndDevice {
+            at: ROM,
+            code: insn,
+            code_reads: Vec::new(),
+            writes: Vec::new(),
+        };
+        let mut cache = FetchCache::new();
+        for round in 0..2 {
+            let mut regs = base.clone();
+            regs.rip = ROM;
+            regs.gprs[3] = MMIO;
+            regs.gprs[0] = 0x1122_3344;
+            let exit = MemExit {
+                gpa: MMIO,
+                access: AccessType::Write,
+                instruction: &[],
+            };
+            let r = assist_mem_cached(&mut regs, &mut ram, &mut bus, &exit, &mut cache);
+            assert_eq!(r, Ok(Outcome::Done), "{mode}, round {round}");
+            assert_eq!(regs.rip, ROM + 2, "{mode}");
+            assert_eq!(bus.code_reads.last(), Some(&(ROM, 15)), "{mode}");
+            let size = if addr16 { 2 } else { 4 };
+            assert_eq!(
+                bus.writes.last(),
+                Some(&(MMIO, 0x1122_3344u32.to_le_bytes()[..size].to_vec())),
+                "{mode}"
+            );
+        }
+        assert_eq!(bus.code_reads.len(), 2, "{mode}");
+    }
+}
+
+/// What the cache costs in RAM reads: a hit reads each cached entry once
+/// and the code once; a miss after a changed leaf reads the entries up to
+/// the changed one, then walks (each entry once more), then the code.
+#[test]
+fn a_hit_and_a_miss_read_each_entry_once_per_pass() {
+    for layout in LAYOUTS {
+        let n = levels(layout) as usize;
+        let mut s = setup(layout);
+        let mut cache = s.warm();
+        let before = s.ram.reads;
+        assert_eq!(s.run(&mut cache), Ok(4));
+        assert_eq!(s.ram.reads - before, n + 1, "{layout:?}: hit");
+        let leaf = s.pt.entry_gpa(&mut s.ram, CODE, 1);
+        let theirs = s.other.entry_gpa(&mut s.ram, CODE, 1);
+        let value = s.other.get(&s.ram, theirs);
+        s.pt.set(&mut s.ram, leaf, value);
+        let before = s.ram.reads;
+        assert_eq!(s.run(&mut cache), Ok(1));
+        assert_eq!(s.ram.reads - before, 2 * n + 1, "{layout:?}: miss");
+        assert_eq!((cache.misses(), cache.hits()), (2, 2), "{layout:?}");
+    }
+}
+
+/// The cache keeps two code pages: an instruction that straddles a page
+/// edge, and code that exits from two pages in turn, are served from it
+/// after the first walks (and stay exact: a rewritten leaf of either page
+/// is seen).
+#[test]
+fn two_code_pages_are_kept() {
+    for layout in LAYOUTS {
+        let mut s = setup(layout);
+        // A second code page right after CODE, mapped to page C.
+        const PAGE_C: u64 = 0x7000;
+        s.pt.map(&mut s.ram, CODE + 0x1000, PAGE_C, 1, pte::PWU);
+        // `mov [ebx], eax` straddling CODE's end: 0x89 on A, 0x03 on C.
+        s.ram.put(PAGE_A + 0xFFF, &[0x89]);
+        s.ram.put(PAGE_C, &[0x03]);
+        // `mov [ebx], al` at the start of C's second half.
+        s.ram.put(PAGE_C + 0x800, &AT_B);
+        let mut cache = FetchCache::new();
+        let exit = MemExit {
+            gpa: MMIO,
+            access: AccessType::Write,
+            instruction: &[],
+        };
+        let at = |s: &mut Setup, cache: &mut FetchCache, rip: u64| {
+            s.regs.rip = rip;
+            let r = assist_mem_cached(&mut s.regs, &mut s.ram, &mut s.mmio, &exit, cache);
+            assert_eq!(r, Ok(Outcome::Done), "{layout:?} at {rip:#x}");
+            s.mmio.log.last().map_or(0, |a| a.data.len())
+        };
+        // Straddling: two walks the first time, none after.
+        assert_eq!(at(&mut s, &mut cache, CODE + 0xFFF), 4);
+        assert_eq!(cache.misses(), 2, "{layout:?}");
+        for _ in 0..3 {
+            assert_eq!(at(&mut s, &mut cache, CODE + 0xFFF), 4);
+        }
+        assert_eq!(cache.misses(), 2, "{layout:?}: the straddling fetch walks");
+        // Two pages in turn: CODE (A) and CODE + 0x1800 (C).
+        s.ram.put(PAGE_A, &AT_A);
+        for _ in 0..3 {
+            assert_eq!(at(&mut s, &mut cache, CODE), 4);
+            assert_eq!(at(&mut s, &mut cache, CODE + 0x1800), 1);
+        }
+        assert_eq!(cache.misses(), 2, "{layout:?}: alternating pages walk");
+        // Still exact: C's leaf now maps page B (`mov [ebx], al` at 0).
+        let leaf_c = s.pt.entry_gpa(&mut s.ram, CODE + 0x1000, 1);
+        s.pt.set(&mut s.ram, leaf_c, PAGE_B | pte::PWU | pte::A);
+        s.ram.put(PAGE_B + 0x800, &AT_A);
+        assert_eq!(at(&mut s, &mut cache, CODE + 0x1800), 4, "{layout:?}");
+        assert_eq!(at(&mut s, &mut cache, CODE), 4, "{layout:?}");
+        assert_eq!(cache.misses(), 3, "{layout:?}");
+    }
+}

@@ -1,0 +1,159 @@
+//! The first instruction fetch of a memory exit that carries no
+//! instruction bytes (VMX; SVM without DecodeAssists): the bytes at CS:RIP
+//! up to the first page end, CS-limit end or the 15-byte maximum,
+//! whichever comes first, in one segmentation check, one translation
+//! (through the VCPU's [`FetchCache`]) and one read.
+//!
+//! It fetches what [`access::fetch`](crate::access) of `0..next_fetch(0)`
+//! would, without that function's general machinery: the span never
+//! crosses a page, so there is one fragment, and a full 15-byte span is
+//! read with a fixed-size buffer. Later fetches of a longer instruction
+//! (one that crosses that edge) go through `access::fetch`.
+
+use crate::access::{AccessType, PAGE_SIZE};
+use crate::bus::{GuestRam, MmioBus, RamStatus};
+use crate::error::Error;
+use crate::fetch_cache::FetchCache;
+use crate::mode::CpuMode;
+use crate::segment::linear_address;
+use crate::state::{CpuState, Segment};
+
+/// The longest instruction.
+const MAX_LEN: u64 = 15;
+
+const CR0_PG: u64 = 1 << 31;
+
+/// Fetches the bytes at CS:RIP before the first page end, CS-limit end or
+/// the 15-byte mark into `buf`, and returns how many that is (1 to 15).
+///
+/// Faults as the CPU does for a fetch of those bytes: `#GP(0)` when RIP is
+/// past the CS limit (or not canonical), the walk's `#PF` for the page.
+#[inline]
+pub(crate) fn fetch_first<S, R, M>(
+    state: &S,
+    mode: CpuMode,
+    ram: &mut R,
+    mmio: &mut M,
+    cache: &mut FetchCache,
+    buf: &mut [u8; 15],
+) -> Result<usize, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    if state.cr0() & CR0_PG == 0 {
+        // No paging: the linear address is the physical one, and the
+        // segmentation check is about as cheap as a cache lookup.
+        let (linear, want) = span(state, mode)?;
+        return read_span(ram, mmio, linear & 0xFFFF_FFFF, buf, want);
+    }
+    if let Some((gpa, want)) = cache.lookup(state, mode, ram)? {
+        return read_span(ram, mmio, gpa, buf, want);
+    }
+    fetch_first_uncached(state, mode, ram, mmio, cache, buf)
+}
+
+/// [`fetch_first`] when the cache cannot serve it: the full segmentation
+/// check, then the full walk (which refreshes the cache; the lookup has
+/// already found the cached entries unusable).
+#[inline(never)]
+fn fetch_first_uncached<S, R, M>(
+    state: &S,
+    mode: CpuMode,
+    ram: &mut R,
+    mmio: &mut M,
+    cache: &mut FetchCache,
+    buf: &mut [u8; 15],
+) -> Result<usize, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let (linear, want) = span(state, mode)?;
+    let gpa = cache.translate_fetch_miss(state, ram, linear)?;
+    read_span(ram, mmio, gpa, buf, want)
+}
+
+/// The linear address of CS:RIP and how many bytes to fetch there: up to
+/// the first page end, CS-limit end or the 15-byte mark, as mem.rs's
+/// `next_fetch` computes it for `have = 0` (a limit already passed, no
+/// room, does not shorten the span: the segmentation check faults
+/// instead), after [`linear_address`] has checked the fetch.
+#[inline(always)]
+fn span<S: CpuState + ?Sized>(state: &S, mode: CpuMode) -> Result<(u64, usize), Error> {
+    let rip = state.rip();
+    let (offset, want) = if mode.is_64bit() {
+        (rip, (PAGE_SIZE - (rip & (PAGE_SIZE - 1))).min(MAX_LEN))
+    } else {
+        let offset = rip & 0xFFFF_FFFF;
+        let cs = state.segment(Segment::Cs);
+        let page_room = PAGE_SIZE - (cs.base.wrapping_add(offset) & (PAGE_SIZE - 1));
+        let limit_room = (u64::from(cs.limit) + 1).saturating_sub(offset);
+        let room = if limit_room == 0 {
+            page_room
+        } else {
+            page_room.min(limit_room)
+        };
+        (offset, room.min(MAX_LEN))
+    };
+    let linear = linear_address(state, mode, Segment::Cs, offset, want, AccessType::Execute)?;
+    // want <= 15.
+    Ok((linear, want as usize))
+}
+
+/// Reads `buf[..want]` at `gpa` (within one page) and returns `want`.
+#[inline(always)]
+fn read_span<R, M>(
+    ram: &mut R,
+    mmio: &mut M,
+    gpa: u64,
+    buf: &mut [u8; 15],
+    want: usize,
+) -> Result<usize, Error>
+where
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    if want == buf.len() {
+        // The usual case, with a fixed-size buffer (a RAM implementation
+        // inlined here copies it without a variable-length copy).
+        read_code(ram, mmio, gpa, buf)?;
+    } else {
+        read_short(ram, mmio, gpa, buf, want)?;
+    }
+    Ok(want)
+}
+
+/// [`read_span`] of fewer than 15 bytes (the span ends at a page or CS
+/// limit), kept apart so that it does not merge with the fixed-size read.
+#[inline(never)]
+fn read_short<R, M>(
+    ram: &mut R,
+    mmio: &mut M,
+    gpa: u64,
+    buf: &mut [u8; 15],
+    want: usize,
+) -> Result<(), Error>
+where
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let part = buf.get_mut(..want).ok_or(Error::InconsistentExit)?;
+    read_code(ram, mmio, gpa, part)
+}
+
+/// Reads instruction bytes at `gpa` from RAM or, where it is not RAM (code
+/// in a ROM or flash device), from the MMIO bus.
+#[inline(always)]
+fn read_code<R, M>(ram: &mut R, mmio: &mut M, gpa: u64, buf: &mut [u8]) -> Result<(), Error>
+where
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    if ram.read(gpa, buf)? == RamStatus::NotRam {
+        mmio.read(gpa, buf)?;
+    }
+    Ok(())
+}
