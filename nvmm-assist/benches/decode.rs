@@ -180,9 +180,15 @@ fn main() {
             }
             // Both decoders must accept the bytes as one whole instruction,
             // or the row would time an error path.
-            let insn = decode(bytes, m.mode)
-                .unwrap_or_else(|e| panic!("{} {}: {e:?}", m.name, form.name));
-            assert_eq!(usize::from(insn.len), bytes.len(), "{} {}", m.name, form.name);
+            let insn =
+                decode(bytes, m.mode).unwrap_or_else(|e| panic!("{} {}: {e:?}", m.name, form.name));
+            assert_eq!(
+                usize::from(insn.len),
+                bytes.len(),
+                "{} {}",
+                m.name,
+                form.name
+            );
             let mut d = Decoder::new(m.bitness, bytes, DecoderOptions::NONE);
             let i = d.decode();
             assert!(!i.is_invalid(), "iced: {} {}", m.name, form.name);

@@ -2,7 +2,7 @@
 //! entry calls for.
 
 use super::cursor::{Cursor, sign_extend, truncate};
-use super::modrm::{self, Address, ModRm, Rm};
+use super::modrm::{self, ModRm, Rm};
 use super::prefix::{Mandatory, Prefixes};
 use super::table::{Imm, Kind, PRIMARY, SECONDARY, Width, alu};
 use super::{
@@ -12,73 +12,82 @@ use crate::mode::CpuMode;
 use crate::state::{Gpr, Segment};
 
 /// Decodes one instruction (see [`super::decode`]).
+///
+/// The instruction is written in place through [`Decoder::out`]: each form
+/// stores its fields once, so no intermediate copy of the operands is
+/// built and merged (which cost more than the decoding itself).
+#[inline]
 pub(super) fn decode(bytes: &[u8], mode: CpuMode) -> Result<Instruction, DecodeError> {
+    let mut insn = Instruction {
+        len: 0,
+        mnemonic: Mnemonic::Mov,
+        operands: [Operand::None; 3],
+        operand_size: 0,
+        address_size: 0,
+        segment_override: None,
+        rep: None,
+        lock: false,
+        condition: None,
+        access: AccessClass::None,
+    };
+    decode_into(&mut insn, bytes, mode)?;
+    Ok(insn)
+}
+
+/// Decodes one instruction into `out`; on error `out` is meaningless.
+#[inline(never)]
+fn decode_into(out: &mut Instruction, bytes: &[u8], mode: CpuMode) -> Result<(), DecodeError> {
     let mut cur = Cursor::new(bytes);
     let (pfx, opcode) = Prefixes::parse(&mut cur, mode)?;
-    let mut d = Decoder::new(cur, pfx, mode);
-    match opcode {
-        0x0F => {
-            let op2 = d.cur.byte()?;
-            // LOCK MOV CR0 is AMD's alternative encoding of MOV CR8.
-            if matches!(op2, 0x20 | 0x22) {
-                return Err(DecodeError::Unsupported);
-            }
-            d.secondary(op2)
+    let mut d = Decoder::new(cur, pfx, mode, out);
+    let access = if opcode == 0x0F {
+        let op2 = d.cur.byte()?;
+        // LOCK MOV CR0 is AMD's alternative encoding of MOV CR8.
+        if matches!(op2, 0x20 | 0x22) {
+            return Err(DecodeError::Unsupported);
         }
-        _ => {
-            let kind = PRIMARY.get(usize::from(opcode)).copied();
-            d.primary(kind.unwrap_or(Kind::Unsupported))
-        }
-    }
+        d.secondary(op2)?
+    } else {
+        d.primary(PRIMARY[usize::from(opcode)])?
+    };
+    d.finish(access)
 }
 
-/// The operands and properties of an instruction being built.
-struct Built {
-    mnemonic: Mnemonic,
-    operands: [Operand; 3],
-    operand_size: u8,
-    condition: Option<Condition>,
-    /// Set for the forms whose access class does not follow from the
-    /// mnemonic and operand positions (string instructions).
-    access: Option<AccessClass>,
-}
-
-impl Built {
-    fn new(mnemonic: Mnemonic, operand_size: u8, operands: [Operand; 3]) -> Self {
-        Built {
-            mnemonic,
-            operands,
-            operand_size,
-            condition: None,
-            access: None,
-        }
-    }
-}
-
-struct Decoder<'a> {
+struct Decoder<'a, 'o> {
     cur: Cursor<'a>,
     pfx: Prefixes,
     mode: CpuMode,
     long: bool,
+    /// The mode's default operand size is 16 bits.
+    default16: bool,
     address_size: u8,
+    /// The instruction being built.
+    out: &'o mut Instruction,
+    /// A LOCK prefix is in front of a form that does not take it (`#UD`,
+    /// reported once the whole instruction is read).
+    lock_invalid: bool,
 }
 
-impl<'a> Decoder<'a> {
-    fn new(cur: Cursor<'a>, pfx: Prefixes, mode: CpuMode) -> Self {
+impl<'a, 'o> Decoder<'a, 'o> {
+    #[inline(always)]
+    fn new(cur: Cursor<'a>, pfx: Prefixes, mode: CpuMode, out: &'o mut Instruction) -> Self {
         let default = mode.default_address_size();
+        // 67 selects 32-bit addressing in 64-bit and 16-bit modes, 16-bit
+        // in 32-bit modes.
         let address_size = match (default, pfx.addrsize) {
-            (8, true) => 4,
             (4, true) => 2,
-            (2, true) => 4,
+            (_, true) => 4,
             (d, false) => d,
-            _ => default,
         };
         Decoder {
             cur,
             pfx,
             mode,
             long: mode.is_64bit(),
+            default16: mode.default_size() == 2,
             address_size,
+            out,
+            lock_invalid: false,
         }
     }
 
@@ -94,19 +103,23 @@ impl<'a> Decoder<'a> {
     }
 
     /// The operand size of a `v` form: REX.W, else 66 toggles the default.
+    #[inline(always)]
     fn v_size(&self) -> u8 {
         if self.pfx.rex_w() {
             8
         } else {
-            match (self.mode.default_size(), self.pfx.opsize) {
-                (2, false) | (4, true) => 2,
-                _ => 4,
+            // 66 toggles between 16 and 32 bits.
+            if self.default16 != self.pfx.opsize {
+                2
+            } else {
+                4
             }
         }
     }
 
     /// The operand size of PUSH/POP r/m: 64 bits by default in 64-bit mode
     /// (66 gives 16; there is no 32-bit form there).
+    #[inline(always)]
     fn stack_size(&self) -> u8 {
         if self.long && !self.pfx.opsize {
             8
@@ -115,6 +128,7 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    #[inline(always)]
     fn size_of(&self, width: Width) -> u8 {
         match width {
             Width::Byte => 1,
@@ -123,6 +137,7 @@ impl<'a> Decoder<'a> {
     }
 
     /// The size of I/O operands: 1, 2 or 4 (REX.W does not widen them).
+    #[inline(always)]
     fn io_size(&self, width: Width) -> u8 {
         match width {
             Width::Byte => 1,
@@ -131,6 +146,7 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    #[inline(always)]
     fn gpr(&self, num: u8, size: u8) -> Operand {
         let num = num & 15;
         if size == 1 && !self.pfx.rex_present() && (4..8).contains(&num) {
@@ -148,10 +164,12 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    #[inline(always)]
     fn acc(&self, size: u8) -> Operand {
         self.gpr(0, size)
     }
 
+    #[inline(always)]
     fn dx(&self) -> Operand {
         Operand::Reg(Register {
             gpr: Gpr::Rdx,
@@ -160,21 +178,14 @@ impl<'a> Decoder<'a> {
         })
     }
 
-    fn mem(&self, a: Address, size: u8) -> Operand {
-        let default = if a.stack { Segment::Ss } else { Segment::Ds };
-        Operand::Mem(MemoryOperand {
-            segment: self.pfx.segment.unwrap_or(default),
-            base: a.base,
-            index: a.index,
-            scale: a.scale,
-            disp: a.disp,
-            rip_relative: a.rip_relative,
-            size,
-        })
+    #[inline(always)]
+    fn mem(&self, m: MemoryOperand, size: u8) -> Operand {
+        Operand::Mem(MemoryOperand { size, ..m })
     }
 
     /// The implicit string operand: DS:rSI (override allowed) for the
     /// source, ES:rDI (no override) for the destination.
+    #[inline(always)]
     fn string_mem(&self, source: bool, size: u8) -> Operand {
         let (segment, base) = if source {
             (self.pfx.segment.unwrap_or(Segment::Ds), Gpr::Rsi)
@@ -192,6 +203,7 @@ impl<'a> Decoder<'a> {
         })
     }
 
+    #[inline(always)]
     fn rm(&self, m: &ModRm, size: u8) -> Operand {
         match m.rm {
             Rm::Reg(n) => self.gpr(n, size),
@@ -199,6 +211,7 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    #[inline(always)]
     fn xmm_rm(&self, m: &ModRm, size: u8) -> Operand {
         match m.rm {
             Rm::Reg(n) => Operand::Xmm(n & 15),
@@ -206,12 +219,14 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    #[inline(always)]
     fn modrm(&mut self) -> Result<ModRm, DecodeError> {
         modrm::read(&mut self.cur, &self.pfx, self.address_size, self.long)
     }
 
     /// Reads an immediate of `bytes` bytes, sign-extended (or not) and
     /// truncated to `size` bytes.
+    #[inline(always)]
     fn imm(&mut self, bytes: u8, size: u8, signed: bool) -> Result<Operand, DecodeError> {
         let raw = self.cur.le(bytes)?;
         let value = if signed {
@@ -224,6 +239,7 @@ impl<'a> Decoder<'a> {
 
     /// An immediate of the operand size: imm8/16/32, imm32 sign-extended
     /// for 64-bit operands.
+    #[inline(always)]
     fn imm_z(&mut self, size: u8) -> Result<Operand, DecodeError> {
         self.imm(size.min(4), size, true)
     }
@@ -234,13 +250,13 @@ impl<'a> Decoder<'a> {
         Ok(self.cur.peek()? >> 6 == 3)
     }
 
-    fn primary(mut self, kind: Kind) -> Result<Instruction, DecodeError> {
+    fn primary(&mut self, kind: Kind) -> Result<Option<AccessClass>, DecodeError> {
         use Kind as K;
-        let built = match kind {
+        let access = match kind {
             K::EG(mn, w) => {
                 let size = self.size_of(w);
                 let m = self.modrm()?;
-                Built::new(
+                self.set(
                     mn,
                     size,
                     [self.rm(&m, size), self.gpr(m.reg, size), Operand::None],
@@ -249,7 +265,7 @@ impl<'a> Decoder<'a> {
             K::GE(mn, w) => {
                 let size = self.size_of(w);
                 let m = self.modrm()?;
-                Built::new(
+                self.set(
                     mn,
                     size,
                     [self.gpr(m.reg, size), self.rm(&m, size), Operand::None],
@@ -258,7 +274,7 @@ impl<'a> Decoder<'a> {
             K::AccImm(mn, w) => {
                 let size = self.size_of(w);
                 let imm = self.imm_z(size)?;
-                Built::new(mn, size, [self.acc(size), imm, Operand::None])
+                self.set(mn, size, [self.acc(size), imm, Operand::None])
             }
             K::Group1NotIn64 if self.long => return Err(DecodeError::Invalid),
             K::Group1NotIn64 => self.group1(Width::Byte, Imm::B)?,
@@ -269,18 +285,18 @@ impl<'a> Decoder<'a> {
                 match m.ext() {
                     0 | 1 => {
                         let imm = self.imm_z(size)?;
-                        Built::new(
+                        self.set(
                             Mnemonic::Test,
                             size,
                             [self.rm(&m, size), imm, Operand::None],
                         )
                     }
-                    2 => Built::new(
+                    2 => self.set(
                         Mnemonic::Not,
                         size,
                         [self.rm(&m, size), Operand::None, Operand::None],
                     ),
-                    3 => Built::new(
+                    3 => self.set(
                         Mnemonic::Neg,
                         size,
                         [self.rm(&m, size), Operand::None, Operand::None],
@@ -295,7 +311,7 @@ impl<'a> Decoder<'a> {
                     1 => Mnemonic::Dec,
                     _ => return Err(DecodeError::Invalid),
                 };
-                Built::new(mn, 1, [self.rm(&m, 1), Operand::None, Operand::None])
+                self.set(mn, 1, [self.rm(&m, 1), Operand::None, Operand::None])
             }
             K::Group5 => {
                 let m = self.modrm()?;
@@ -308,13 +324,13 @@ impl<'a> Decoder<'a> {
                         } else {
                             Mnemonic::Dec
                         };
-                        Built::new(mn, size, [self.rm(&m, size), Operand::None, Operand::None])
+                        self.set(mn, size, [self.rm(&m, size), Operand::None, Operand::None])
                     }
                     // Far CALL/JMP take a memory pointer only.
                     3 | 5 if is_reg => return Err(DecodeError::Invalid),
                     6 => {
                         let size = self.stack_size();
-                        Built::new(
+                        self.set(
                             Mnemonic::Push,
                             size,
                             [self.rm(&m, size), Operand::None, Operand::None],
@@ -330,7 +346,7 @@ impl<'a> Decoder<'a> {
                 match m.ext() {
                     0 => {
                         let imm = self.imm_z(size)?;
-                        Built::new(Mnemonic::Mov, size, [self.rm(&m, size), imm, Operand::None])
+                        self.set(Mnemonic::Mov, size, [self.rm(&m, size), imm, Operand::None])
                     }
                     // C6 F8 XABORT, C7 F8 XBEGIN.
                     7 if m.byte == 0xF8 => return Err(self.unsupported()),
@@ -350,7 +366,7 @@ impl<'a> Decoder<'a> {
                 }
                 let m = self.modrm()?;
                 let size = self.stack_size();
-                Built::new(
+                self.set(
                     Mnemonic::Pop,
                     size,
                     [self.rm(&m, size), Operand::None, Operand::None],
@@ -364,7 +380,7 @@ impl<'a> Decoder<'a> {
                 let size = self.v_size();
                 let src = if size == 2 { 2 } else { 4 };
                 let m = self.modrm()?;
-                Built::new(
+                self.set(
                     Mnemonic::Movsxd,
                     size,
                     [self.gpr(m.reg, size), self.rm(&m, src), Operand::None],
@@ -373,36 +389,36 @@ impl<'a> Decoder<'a> {
             K::Moffs { store, width } => {
                 let size = self.size_of(width);
                 let offset = self.cur.le(self.address_size)?;
-                let a = Address {
+                let mem = Operand::Mem(MemoryOperand {
+                    segment: modrm::segment(&self.pfx, false),
                     base: None,
                     index: None,
                     scale: 1,
                     disp: offset as i64,
                     rip_relative: false,
-                    stack: false,
-                };
-                let mem = self.mem(a, size);
+                    size,
+                });
                 let ops = if store {
                     [mem, self.acc(size), Operand::None]
                 } else {
                     [self.acc(size), mem, Operand::None]
                 };
-                Built::new(Mnemonic::Mov, size, ops)
+                self.set(Mnemonic::Mov, size, ops)
             }
             K::Str(mn, w) => self.string(mn, w),
             K::InImm(w) => {
                 let size = self.io_size(w);
                 let port = self.imm(1, 1, false)?;
-                Built::new(Mnemonic::In, size, [self.acc(size), port, Operand::None])
+                self.set(Mnemonic::In, size, [self.acc(size), port, Operand::None])
             }
             K::OutImm(w) => {
                 let size = self.io_size(w);
                 let port = self.imm(1, 1, false)?;
-                Built::new(Mnemonic::Out, size, [port, self.acc(size), Operand::None])
+                self.set(Mnemonic::Out, size, [port, self.acc(size), Operand::None])
             }
             K::InDx(w) => {
                 let size = self.io_size(w);
-                Built::new(
+                self.set(
                     Mnemonic::In,
                     size,
                     [self.acc(size), self.dx(), Operand::None],
@@ -410,7 +426,7 @@ impl<'a> Decoder<'a> {
             }
             K::OutDx(w) => {
                 let size = self.io_size(w);
-                Built::new(
+                self.set(
                     Mnemonic::Out,
                     size,
                     [self.dx(), self.acc(size), Operand::None],
@@ -422,7 +438,7 @@ impl<'a> Decoder<'a> {
             // 0F-map kinds; the one-byte table holds none of them.
             _ => return Err(self.unsupported()),
         };
-        self.finish(built)
+        Ok(access)
     }
 
     /// C4/C5/62: VEX/EVEX (never emulated) or LES/LDS/BOUND.
@@ -444,7 +460,7 @@ impl<'a> Decoder<'a> {
         Ok(DecodeError::Unsupported)
     }
 
-    fn group1(&mut self, w: Width, imm: Imm) -> Result<Built, DecodeError> {
+    fn group1(&mut self, w: Width, imm: Imm) -> Result<Option<AccessClass>, DecodeError> {
         let size = self.size_of(w);
         let m = self.modrm()?;
         let imm = match imm {
@@ -452,14 +468,10 @@ impl<'a> Decoder<'a> {
             Imm::SB => self.imm(1, size, true)?,
             Imm::Z => self.imm_z(size)?,
         };
-        Ok(Built::new(
-            alu(m.ext()),
-            size,
-            [self.rm(&m, size), imm, Operand::None],
-        ))
+        Ok(self.set(alu(m.ext()), size, [self.rm(&m, size), imm, Operand::None]))
     }
 
-    fn string(&self, mn: Mnemonic, w: Width) -> Built {
+    fn string(&mut self, mn: Mnemonic, w: Width) -> Option<AccessClass> {
         let (size, ops, access) = match mn {
             Mnemonic::Ins | Mnemonic::Outs => {
                 let size = self.io_size(w);
@@ -485,43 +497,37 @@ impl<'a> Decoder<'a> {
                 }
             }
         };
-        let mut b = Built::new(mn, size, ops);
-        b.access = Some(access);
-        b
+        self.set(mn, size, ops);
+        Some(access)
     }
 
-    fn secondary(mut self, opcode: u8) -> Result<Instruction, DecodeError> {
+    fn secondary(&mut self, opcode: u8) -> Result<Option<AccessClass>, DecodeError> {
         use Kind as K;
-        let kind = SECONDARY
-            .get(usize::from(opcode))
-            .copied()
-            .unwrap_or(K::Unsupported);
-        let built = match kind {
+        let kind = SECONDARY[usize::from(opcode)];
+        let access = match kind {
             K::Cmov => {
                 let size = self.v_size();
                 let m = self.modrm()?;
-                let mut b = Built::new(
+                self.out.condition = Some(Condition(opcode & 15));
+                self.set(
                     Mnemonic::Cmovcc,
                     size,
                     [self.gpr(m.reg, size), self.rm(&m, size), Operand::None],
-                );
-                b.condition = Some(Condition(opcode & 15));
-                b
+                )
             }
             K::Setcc => {
                 let m = self.modrm()?;
-                let mut b = Built::new(
+                self.out.condition = Some(Condition(opcode & 15));
+                self.set(
                     Mnemonic::Setcc,
                     1,
                     [self.rm(&m, 1), Operand::None, Operand::None],
-                );
-                b.condition = Some(Condition(opcode & 15));
-                b
+                )
             }
             K::BtReg(mn) => {
                 let size = self.v_size();
                 let m = self.modrm()?;
-                Built::new(
+                self.set(
                     mn,
                     size,
                     [self.rm(&m, size), self.gpr(m.reg, size), Operand::None],
@@ -540,12 +546,12 @@ impl<'a> Decoder<'a> {
                 // The bit offset is an unsigned imm8 (taken modulo the
                 // operand width by the CPU).
                 let imm = self.imm(1, 1, false)?;
-                Built::new(mn, size, [self.rm(&m, size), imm, Operand::None])
+                self.set(mn, size, [self.rm(&m, size), imm, Operand::None])
             }
             K::Cmpxchg(w) => {
                 let size = self.size_of(w);
                 let m = self.modrm()?;
-                Built::new(
+                self.set(
                     Mnemonic::Cmpxchg,
                     size,
                     [self.rm(&m, size), self.gpr(m.reg, size), self.acc(size)],
@@ -554,7 +560,7 @@ impl<'a> Decoder<'a> {
             K::Xadd(w) => {
                 let size = self.size_of(w);
                 let m = self.modrm()?;
-                Built::new(
+                self.set(
                     Mnemonic::Xadd,
                     size,
                     [self.rm(&m, size), self.gpr(m.reg, size), Operand::None],
@@ -563,7 +569,7 @@ impl<'a> Decoder<'a> {
             K::MovExt(mn, src) => {
                 let size = self.v_size();
                 let m = self.modrm()?;
-                Built::new(
+                self.set(
                     mn,
                     size,
                     [self.gpr(m.reg, size), self.rm(&m, src), Operand::None],
@@ -578,7 +584,7 @@ impl<'a> Decoder<'a> {
                 if matches!(m.rm, Rm::Reg(_)) {
                     return Err(DecodeError::Invalid);
                 }
-                Built::new(
+                self.set(
                     Mnemonic::Movnti,
                     size,
                     [self.rm(&m, size), self.gpr(m.reg, size), Operand::None],
@@ -597,16 +603,16 @@ impl<'a> Decoder<'a> {
                 } else {
                     (Mnemonic::Cmpxchg8b, 8)
                 };
-                Built::new(mn, size, [self.rm(&m, size), Operand::None, Operand::None])
+                self.set(mn, size, [self.rm(&m, size), Operand::None, Operand::None])
             }
             K::Sse => self.sse(opcode)?,
             _ => return Err(self.unsupported()),
         };
-        self.finish(built)
+        Ok(access)
     }
 
     /// The SSE moves, selected by opcode and mandatory prefix.
-    fn sse(&mut self, opcode: u8) -> Result<Built, DecodeError> {
+    fn sse(&mut self, opcode: u8) -> Result<Option<AccessClass>, DecodeError> {
         use Mandatory as P;
         use Mnemonic as M;
         /// How the operands are laid out.
@@ -667,40 +673,50 @@ impl<'a> Decoder<'a> {
             Shape::FromGpr => [xmm, self.rm(&m, size), Operand::None],
             Shape::ToGpr => [self.rm(&m, size), xmm, Operand::None],
         };
-        Ok(Built::new(mn, size, ops))
+        Ok(self.set(mn, size, ops))
     }
 
-    /// Applies the checks common to every form and assembles the result.
-    fn finish(self, b: Built) -> Result<Instruction, DecodeError> {
-        let mem_dest = matches!(b.operands[0], Operand::Mem(_));
-        let has_mem = b.operands.iter().any(|o| matches!(o, Operand::Mem(_)));
-        if self.pfx.lock && !(mem_dest && lockable(b.mnemonic)) {
+    /// Stores the operation, its size and its operands, with what follows
+    /// from them: the access class, whether a LOCK prefix is allowed, the
+    /// repeat prefix. Inlined in each form, where the mnemonic is mostly a
+    /// constant, so most of these rules fold away.
+    #[inline(always)]
+    fn set(&mut self, mnemonic: Mnemonic, size: u8, operands: [Operand; 3]) -> Option<AccessClass> {
+        let mem_dest = matches!(operands[0], Operand::Mem(_));
+        self.lock_invalid = self.pfx.lock && !(mem_dest && lockable(mnemonic));
+        self.out.access = if mem_dest {
+            dest_access(mnemonic)
+        } else if matches!(operands[1], Operand::Mem(_)) || matches!(operands[2], Operand::Mem(_)) {
+            AccessClass::Read
+        } else {
+            AccessClass::None
+        };
+        if is_string(mnemonic) {
+            self.out.rep = self.pfx.rep;
+        }
+        self.out.mnemonic = mnemonic;
+        self.out.operand_size = size;
+        self.out.operands = operands;
+        None
+    }
+
+    /// Applies the checks common to every form and fills in the rest.
+    /// `access` is set for the forms whose access class does not follow
+    /// from the mnemonic and operand positions (string instructions).
+    #[inline(always)]
+    fn finish(self, access: Option<AccessClass>) -> Result<(), DecodeError> {
+        if self.lock_invalid {
             return Err(DecodeError::Invalid);
         }
-        let access = match b.access {
-            Some(a) => a,
-            None if !has_mem => AccessClass::None,
-            None if mem_dest => dest_access(b.mnemonic),
-            None => AccessClass::Read,
-        };
-        let rep = if is_string(b.mnemonic) {
-            self.pfx.rep
-        } else {
-            None
-        };
-        let len = u8::try_from(self.cur.pos()).map_err(|_| DecodeError::TooLong)?;
-        Ok(Instruction {
-            len,
-            mnemonic: b.mnemonic,
-            operands: b.operands,
-            operand_size: b.operand_size,
-            address_size: self.address_size,
-            segment_override: self.pfx.segment,
-            rep,
-            lock: self.pfx.lock,
-            condition: b.condition,
-            access,
-        })
+        let out = self.out;
+        if let Some(a) = access {
+            out.access = a;
+        }
+        out.len = u8::try_from(self.cur.pos()).map_err(|_| DecodeError::TooLong)?;
+        out.address_size = self.address_size;
+        out.segment_override = self.pfx.segment;
+        out.lock = self.pfx.lock;
+        Ok(())
     }
 }
 
