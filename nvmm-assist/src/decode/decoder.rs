@@ -35,7 +35,7 @@ pub(super) fn decode(bytes: &[u8], mode: CpuMode) -> Result<Instruction, DecodeE
 }
 
 /// Decodes one instruction into `out`; on error `out` is meaningless.
-#[inline(never)]
+#[inline(always)]
 fn decode_into(out: &mut Instruction, bytes: &[u8], mode: CpuMode) -> Result<(), DecodeError> {
     let mut cur = Cursor::new(bytes);
     let (pfx, opcode) = Prefixes::parse(&mut cur, mode)?;
@@ -52,6 +52,54 @@ fn decode_into(out: &mut Instruction, bytes: &[u8], mode: CpuMode) -> Result<(),
     };
     d.finish(access)
 }
+
+/// What the decoder needs of a [`CpuMode`], looked up once per
+/// instruction rather than worked out from the mode at each use.
+#[derive(Clone, Copy)]
+struct ModeInfo {
+    long: bool,
+    default16: bool,
+    address_size: u8,
+    /// The address size with a 67 prefix: 32-bit addressing in 64-bit and
+    /// 16-bit modes, 16-bit in 32-bit modes.
+    address_size_67: u8,
+}
+
+impl ModeInfo {
+    const fn of(mode: CpuMode) -> Self {
+        let address_size = mode.default_address_size();
+        ModeInfo {
+            long: mode.is_64bit(),
+            default16: mode.default_size() == 2,
+            address_size,
+            address_size_67: if address_size == 4 { 2 } else { 4 },
+        }
+    }
+}
+
+/// [`ModeInfo`] by `CpuMode as usize` (seven modes; the eighth entry only
+/// pads the table to a power of two, and the assertion below keeps the
+/// order of the entries that of the enum).
+static MODE_INFO: [ModeInfo; 8] = [
+    ModeInfo::of(CpuMode::Real),
+    ModeInfo::of(CpuMode::Virtual8086),
+    ModeInfo::of(CpuMode::Protected16),
+    ModeInfo::of(CpuMode::Protected32),
+    ModeInfo::of(CpuMode::Compat16),
+    ModeInfo::of(CpuMode::Compat32),
+    ModeInfo::of(CpuMode::Long64),
+    ModeInfo::of(CpuMode::Long64),
+];
+
+const _: () = assert!(
+    CpuMode::Real as usize == 0
+        && CpuMode::Virtual8086 as usize == 1
+        && CpuMode::Protected16 as usize == 2
+        && CpuMode::Protected32 as usize == 3
+        && CpuMode::Compat16 as usize == 4
+        && CpuMode::Compat32 as usize == 5
+        && CpuMode::Long64 as usize == 6
+);
 
 struct Decoder<'a, 'o> {
     cur: Cursor<'a>,
@@ -71,21 +119,18 @@ struct Decoder<'a, 'o> {
 impl<'a, 'o> Decoder<'a, 'o> {
     #[inline(always)]
     fn new(cur: Cursor<'a>, pfx: Prefixes, mode: CpuMode, out: &'o mut Instruction) -> Self {
-        let default = mode.default_address_size();
-        // 67 selects 32-bit addressing in 64-bit and 16-bit modes, 16-bit
-        // in 32-bit modes.
-        let address_size = match (default, pfx.addrsize) {
-            (4, true) => 2,
-            (_, true) => 4,
-            (d, false) => d,
-        };
+        let info = MODE_INFO[mode as usize & 7];
         Decoder {
             cur,
             pfx,
             mode,
-            long: mode.is_64bit(),
-            default16: mode.default_size() == 2,
-            address_size,
+            long: info.long,
+            default16: info.default16,
+            address_size: if pfx.addrsize {
+                info.address_size_67
+            } else {
+                info.address_size
+            },
             out,
             lock_invalid: false,
         }
@@ -250,6 +295,7 @@ impl<'a, 'o> Decoder<'a, 'o> {
         Ok(self.cur.peek()? >> 6 == 3)
     }
 
+    #[inline(always)]
     fn primary(&mut self, kind: Kind) -> Result<Option<AccessClass>, DecodeError> {
         use Kind as K;
         let access = match kind {
@@ -501,6 +547,7 @@ impl<'a, 'o> Decoder<'a, 'o> {
         Some(access)
     }
 
+    #[inline(always)]
     fn secondary(&mut self, opcode: u8) -> Result<Option<AccessClass>, DecodeError> {
         use Kind as K;
         let kind = SECONDARY[usize::from(opcode)];
