@@ -13,6 +13,7 @@ pub(super) const MAX_LEN: usize = 15;
 /// The input is cut to [`MAX_LEN`] bytes up front, so every read is one
 /// bounds check against the cut slice; only a failed read works out which
 /// of the two errors applies.
+#[derive(Clone, Copy)]
 pub(super) struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,

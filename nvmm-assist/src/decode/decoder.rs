@@ -13,44 +13,25 @@ use crate::state::{Gpr, Segment};
 
 /// Decodes one instruction (see [`super::decode`]).
 ///
-/// The instruction is written in place through [`Decoder::out`]: each form
-/// stores its fields once, so no intermediate copy of the operands is
-/// built and merged (which cost more than the decoding itself).
+/// Everything is inlined into this one function, the decoder state stays
+/// in registers, and each form builds its [`Instruction`] once, in the
+/// return slot: no intermediate operand list is built and merged across
+/// forms (which cost more than the decoding itself).
 #[inline]
 pub(super) fn decode(bytes: &[u8], mode: CpuMode) -> Result<Instruction, DecodeError> {
-    let mut insn = Instruction {
-        len: 0,
-        mnemonic: Mnemonic::Mov,
-        operands: [Operand::None; 3],
-        operand_size: 0,
-        address_size: 0,
-        segment_override: None,
-        rep: None,
-        lock: false,
-        condition: None,
-        access: AccessClass::None,
-    };
-    decode_into(&mut insn, bytes, mode)?;
-    Ok(insn)
-}
-
-/// Decodes one instruction into `out`; on error `out` is meaningless.
-#[inline(always)]
-fn decode_into(out: &mut Instruction, bytes: &[u8], mode: CpuMode) -> Result<(), DecodeError> {
     let mut cur = Cursor::new(bytes);
     let (pfx, opcode) = Prefixes::parse(&mut cur, mode)?;
-    let mut d = Decoder::new(cur, pfx, mode, out);
-    let access = if opcode == 0x0F {
+    let mut d = Decoder::new(cur, pfx, mode);
+    if opcode == 0x0F {
         let op2 = d.cur.byte()?;
         // LOCK MOV CR0 is AMD's alternative encoding of MOV CR8.
         if matches!(op2, 0x20 | 0x22) {
             return Err(DecodeError::Unsupported);
         }
-        d.secondary(op2)?
+        d.secondary(op2)
     } else {
-        d.primary(PRIMARY[usize::from(opcode)])?
-    };
-    d.finish(access)
+        d.primary(PRIMARY[usize::from(opcode)])
+    }
 }
 
 /// What the decoder needs of a [`CpuMode`], looked up once per
@@ -101,7 +82,8 @@ const _: () = assert!(
         && CpuMode::Long64 as usize == 6
 );
 
-struct Decoder<'a, 'o> {
+#[derive(Clone, Copy)]
+struct Decoder<'a> {
     cur: Cursor<'a>,
     pfx: Prefixes,
     mode: CpuMode,
@@ -109,16 +91,11 @@ struct Decoder<'a, 'o> {
     /// The mode's default operand size is 16 bits.
     default16: bool,
     address_size: u8,
-    /// The instruction being built.
-    out: &'o mut Instruction,
-    /// A LOCK prefix is in front of a form that does not take it (`#UD`,
-    /// reported once the whole instruction is read).
-    lock_invalid: bool,
 }
 
-impl<'a, 'o> Decoder<'a, 'o> {
+impl<'a> Decoder<'a> {
     #[inline(always)]
-    fn new(cur: Cursor<'a>, pfx: Prefixes, mode: CpuMode, out: &'o mut Instruction) -> Self {
+    fn new(cur: Cursor<'a>, pfx: Prefixes, mode: CpuMode) -> Self {
         let info = MODE_INFO[mode as usize & 7];
         Decoder {
             cur,
@@ -131,8 +108,6 @@ impl<'a, 'o> Decoder<'a, 'o> {
             } else {
                 info.address_size
             },
-            out,
-            lock_invalid: false,
         }
     }
 
@@ -296,13 +271,13 @@ impl<'a, 'o> Decoder<'a, 'o> {
     }
 
     #[inline(always)]
-    fn primary(&mut self, kind: Kind) -> Result<Option<AccessClass>, DecodeError> {
+    fn primary(&mut self, kind: Kind) -> Result<Instruction, DecodeError> {
         use Kind as K;
-        let access = match kind {
+        match kind {
             K::EG(mn, w) => {
                 let size = self.size_of(w);
                 let m = self.modrm()?;
-                self.set(
+                self.emit(
                     mn,
                     size,
                     [self.rm(&m, size), self.gpr(m.reg, size), Operand::None],
@@ -311,7 +286,7 @@ impl<'a, 'o> Decoder<'a, 'o> {
             K::GE(mn, w) => {
                 let size = self.size_of(w);
                 let m = self.modrm()?;
-                self.set(
+                self.emit(
                     mn,
                     size,
                     [self.gpr(m.reg, size), self.rm(&m, size), Operand::None],
@@ -320,29 +295,29 @@ impl<'a, 'o> Decoder<'a, 'o> {
             K::AccImm(mn, w) => {
                 let size = self.size_of(w);
                 let imm = self.imm_z(size)?;
-                self.set(mn, size, [self.acc(size), imm, Operand::None])
+                self.emit(mn, size, [self.acc(size), imm, Operand::None])
             }
             K::Group1NotIn64 if self.long => return Err(DecodeError::Invalid),
-            K::Group1NotIn64 => self.group1(Width::Byte, Imm::B)?,
-            K::Group1(w, imm) => self.group1(w, imm)?,
+            K::Group1NotIn64 => self.group1(Width::Byte, Imm::B),
+            K::Group1(w, imm) => self.group1(w, imm),
             K::Group3(w) => {
                 let size = self.size_of(w);
                 let m = self.modrm()?;
                 match m.ext() {
                     0 | 1 => {
                         let imm = self.imm_z(size)?;
-                        self.set(
+                        self.emit(
                             Mnemonic::Test,
                             size,
                             [self.rm(&m, size), imm, Operand::None],
                         )
                     }
-                    2 => self.set(
+                    2 => self.emit(
                         Mnemonic::Not,
                         size,
                         [self.rm(&m, size), Operand::None, Operand::None],
                     ),
-                    3 => self.set(
+                    3 => self.emit(
                         Mnemonic::Neg,
                         size,
                         [self.rm(&m, size), Operand::None, Operand::None],
@@ -357,7 +332,7 @@ impl<'a, 'o> Decoder<'a, 'o> {
                     1 => Mnemonic::Dec,
                     _ => return Err(DecodeError::Invalid),
                 };
-                self.set(mn, 1, [self.rm(&m, 1), Operand::None, Operand::None])
+                self.emit(mn, 1, [self.rm(&m, 1), Operand::None, Operand::None])
             }
             K::Group5 => {
                 let m = self.modrm()?;
@@ -370,13 +345,13 @@ impl<'a, 'o> Decoder<'a, 'o> {
                         } else {
                             Mnemonic::Dec
                         };
-                        self.set(mn, size, [self.rm(&m, size), Operand::None, Operand::None])
+                        self.emit(mn, size, [self.rm(&m, size), Operand::None, Operand::None])
                     }
                     // Far CALL/JMP take a memory pointer only.
                     3 | 5 if is_reg => return Err(DecodeError::Invalid),
                     6 => {
                         let size = self.stack_size();
-                        self.set(
+                        self.emit(
                             Mnemonic::Push,
                             size,
                             [self.rm(&m, size), Operand::None, Operand::None],
@@ -392,7 +367,7 @@ impl<'a, 'o> Decoder<'a, 'o> {
                 match m.ext() {
                     0 => {
                         let imm = self.imm_z(size)?;
-                        self.set(Mnemonic::Mov, size, [self.rm(&m, size), imm, Operand::None])
+                        self.emit(Mnemonic::Mov, size, [self.rm(&m, size), imm, Operand::None])
                     }
                     // C6 F8 XABORT, C7 F8 XBEGIN.
                     7 if m.byte == 0xF8 => return Err(self.unsupported()),
@@ -412,7 +387,7 @@ impl<'a, 'o> Decoder<'a, 'o> {
                 }
                 let m = self.modrm()?;
                 let size = self.stack_size();
-                self.set(
+                self.emit(
                     Mnemonic::Pop,
                     size,
                     [self.rm(&m, size), Operand::None, Operand::None],
@@ -426,7 +401,7 @@ impl<'a, 'o> Decoder<'a, 'o> {
                 let size = self.v_size();
                 let src = if size == 2 { 2 } else { 4 };
                 let m = self.modrm()?;
-                self.set(
+                self.emit(
                     Mnemonic::Movsxd,
                     size,
                     [self.gpr(m.reg, size), self.rm(&m, src), Operand::None],
@@ -449,22 +424,22 @@ impl<'a, 'o> Decoder<'a, 'o> {
                 } else {
                     [self.acc(size), mem, Operand::None]
                 };
-                self.set(Mnemonic::Mov, size, ops)
+                self.emit(Mnemonic::Mov, size, ops)
             }
             K::Str(mn, w) => self.string(mn, w),
             K::InImm(w) => {
                 let size = self.io_size(w);
                 let port = self.imm(1, 1, false)?;
-                self.set(Mnemonic::In, size, [self.acc(size), port, Operand::None])
+                self.emit(Mnemonic::In, size, [self.acc(size), port, Operand::None])
             }
             K::OutImm(w) => {
                 let size = self.io_size(w);
                 let port = self.imm(1, 1, false)?;
-                self.set(Mnemonic::Out, size, [port, self.acc(size), Operand::None])
+                self.emit(Mnemonic::Out, size, [port, self.acc(size), Operand::None])
             }
             K::InDx(w) => {
                 let size = self.io_size(w);
-                self.set(
+                self.emit(
                     Mnemonic::In,
                     size,
                     [self.acc(size), self.dx(), Operand::None],
@@ -472,7 +447,7 @@ impl<'a, 'o> Decoder<'a, 'o> {
             }
             K::OutDx(w) => {
                 let size = self.io_size(w);
-                self.set(
+                self.emit(
                     Mnemonic::Out,
                     size,
                     [self.dx(), self.acc(size), Operand::None],
@@ -482,13 +457,12 @@ impl<'a, 'o> Decoder<'a, 'o> {
             K::NotIn64 if self.long => return Err(DecodeError::Invalid),
             K::NotIn64 | K::Unsupported => return Err(self.unsupported()),
             // 0F-map kinds; the one-byte table holds none of them.
-            _ => return Err(self.unsupported()),
-        };
-        Ok(access)
+            _ => Err(self.unsupported()),
+        }
     }
 
     /// C4/C5/62: VEX/EVEX (never emulated) or LES/LDS/BOUND.
-    fn vex_like(&self) -> Result<DecodeError, DecodeError> {
+    fn vex_like(self) -> Result<DecodeError, DecodeError> {
         let is_vex = self.long || self.next_is_reg_form()?;
         if !is_vex {
             // LES/LDS/BOUND with a memory operand.
@@ -506,7 +480,7 @@ impl<'a, 'o> Decoder<'a, 'o> {
         Ok(DecodeError::Unsupported)
     }
 
-    fn group1(&mut self, w: Width, imm: Imm) -> Result<Option<AccessClass>, DecodeError> {
+    fn group1(mut self, w: Width, imm: Imm) -> Result<Instruction, DecodeError> {
         let size = self.size_of(w);
         let m = self.modrm()?;
         let imm = match imm {
@@ -514,10 +488,10 @@ impl<'a, 'o> Decoder<'a, 'o> {
             Imm::SB => self.imm(1, size, true)?,
             Imm::Z => self.imm_z(size)?,
         };
-        Ok(self.set(alu(m.ext()), size, [self.rm(&m, size), imm, Operand::None]))
+        self.emit(alu(m.ext()), size, [self.rm(&m, size), imm, Operand::None])
     }
 
-    fn string(&mut self, mn: Mnemonic, w: Width) -> Option<AccessClass> {
+    fn string(self, mn: Mnemonic, w: Width) -> Result<Instruction, DecodeError> {
         let (size, ops, access) = match mn {
             Mnemonic::Ins | Mnemonic::Outs => {
                 let size = self.io_size(w);
@@ -543,20 +517,19 @@ impl<'a, 'o> Decoder<'a, 'o> {
                 }
             }
         };
-        self.set(mn, size, ops);
-        Some(access)
+        self.finish(mn, size, ops, None, Some(access))
     }
 
     #[inline(always)]
-    fn secondary(&mut self, opcode: u8) -> Result<Option<AccessClass>, DecodeError> {
+    fn secondary(&mut self, opcode: u8) -> Result<Instruction, DecodeError> {
         use Kind as K;
         let kind = SECONDARY[usize::from(opcode)];
-        let access = match kind {
+        match kind {
             K::Cmov => {
                 let size = self.v_size();
                 let m = self.modrm()?;
-                self.out.condition = Some(Condition(opcode & 15));
-                self.set(
+                self.emit_cond(
+                    Condition(opcode & 15),
                     Mnemonic::Cmovcc,
                     size,
                     [self.gpr(m.reg, size), self.rm(&m, size), Operand::None],
@@ -564,8 +537,8 @@ impl<'a, 'o> Decoder<'a, 'o> {
             }
             K::Setcc => {
                 let m = self.modrm()?;
-                self.out.condition = Some(Condition(opcode & 15));
-                self.set(
+                self.emit_cond(
+                    Condition(opcode & 15),
                     Mnemonic::Setcc,
                     1,
                     [self.rm(&m, 1), Operand::None, Operand::None],
@@ -574,7 +547,7 @@ impl<'a, 'o> Decoder<'a, 'o> {
             K::BtReg(mn) => {
                 let size = self.v_size();
                 let m = self.modrm()?;
-                self.set(
+                self.emit(
                     mn,
                     size,
                     [self.rm(&m, size), self.gpr(m.reg, size), Operand::None],
@@ -593,12 +566,12 @@ impl<'a, 'o> Decoder<'a, 'o> {
                 // The bit offset is an unsigned imm8 (taken modulo the
                 // operand width by the CPU).
                 let imm = self.imm(1, 1, false)?;
-                self.set(mn, size, [self.rm(&m, size), imm, Operand::None])
+                self.emit(mn, size, [self.rm(&m, size), imm, Operand::None])
             }
             K::Cmpxchg(w) => {
                 let size = self.size_of(w);
                 let m = self.modrm()?;
-                self.set(
+                self.emit(
                     Mnemonic::Cmpxchg,
                     size,
                     [self.rm(&m, size), self.gpr(m.reg, size), self.acc(size)],
@@ -607,7 +580,7 @@ impl<'a, 'o> Decoder<'a, 'o> {
             K::Xadd(w) => {
                 let size = self.size_of(w);
                 let m = self.modrm()?;
-                self.set(
+                self.emit(
                     Mnemonic::Xadd,
                     size,
                     [self.rm(&m, size), self.gpr(m.reg, size), Operand::None],
@@ -616,7 +589,7 @@ impl<'a, 'o> Decoder<'a, 'o> {
             K::MovExt(mn, src) => {
                 let size = self.v_size();
                 let m = self.modrm()?;
-                self.set(
+                self.emit(
                     mn,
                     size,
                     [self.gpr(m.reg, size), self.rm(&m, src), Operand::None],
@@ -631,7 +604,7 @@ impl<'a, 'o> Decoder<'a, 'o> {
                 if matches!(m.rm, Rm::Reg(_)) {
                     return Err(DecodeError::Invalid);
                 }
-                self.set(
+                self.emit(
                     Mnemonic::Movnti,
                     size,
                     [self.rm(&m, size), self.gpr(m.reg, size), Operand::None],
@@ -650,16 +623,15 @@ impl<'a, 'o> Decoder<'a, 'o> {
                 } else {
                     (Mnemonic::Cmpxchg8b, 8)
                 };
-                self.set(mn, size, [self.rm(&m, size), Operand::None, Operand::None])
+                self.emit(mn, size, [self.rm(&m, size), Operand::None, Operand::None])
             }
-            K::Sse => self.sse(opcode)?,
-            _ => return Err(self.unsupported()),
-        };
-        Ok(access)
+            K::Sse => self.sse(opcode),
+            _ => Err(self.unsupported()),
+        }
     }
 
     /// The SSE moves, selected by opcode and mandatory prefix.
-    fn sse(&mut self, opcode: u8) -> Result<Option<AccessClass>, DecodeError> {
+    fn sse(mut self, opcode: u8) -> Result<Instruction, DecodeError> {
         use Mandatory as P;
         use Mnemonic as M;
         /// How the operands are laid out.
@@ -720,50 +692,79 @@ impl<'a, 'o> Decoder<'a, 'o> {
             Shape::FromGpr => [xmm, self.rm(&m, size), Operand::None],
             Shape::ToGpr => [self.rm(&m, size), xmm, Operand::None],
         };
-        Ok(self.set(mn, size, ops))
+        self.emit(mn, size, ops)
     }
 
-    /// Stores the operation, its size and its operands, with what follows
-    /// from them: the access class, whether a LOCK prefix is allowed, the
-    /// repeat prefix. Inlined in each form, where the mnemonic is mostly a
-    /// constant, so most of these rules fold away.
+    /// The instruction of a form without a condition whose access class
+    /// follows from its mnemonic and operand positions.
     #[inline(always)]
-    fn set(&mut self, mnemonic: Mnemonic, size: u8, operands: [Operand; 3]) -> Option<AccessClass> {
-        let mem_dest = matches!(operands[0], Operand::Mem(_));
-        self.lock_invalid = self.pfx.lock && !(mem_dest && lockable(mnemonic));
-        self.out.access = if mem_dest {
-            dest_access(mnemonic)
-        } else if matches!(operands[1], Operand::Mem(_)) || matches!(operands[2], Operand::Mem(_)) {
-            AccessClass::Read
-        } else {
-            AccessClass::None
-        };
-        if is_string(mnemonic) {
-            self.out.rep = self.pfx.rep;
-        }
-        self.out.mnemonic = mnemonic;
-        self.out.operand_size = size;
-        self.out.operands = operands;
-        None
+    fn emit(
+        &self,
+        mnemonic: Mnemonic,
+        size: u8,
+        operands: [Operand; 3],
+    ) -> Result<Instruction, DecodeError> {
+        self.finish(mnemonic, size, operands, None, None)
     }
 
-    /// Applies the checks common to every form and fills in the rest.
+    /// The instruction of SETcc/CMOVcc.
+    #[inline(always)]
+    fn emit_cond(
+        &self,
+        condition: Condition,
+        mnemonic: Mnemonic,
+        size: u8,
+        operands: [Operand; 3],
+    ) -> Result<Instruction, DecodeError> {
+        self.finish(mnemonic, size, operands, Some(condition), None)
+    }
+
+    /// Applies the checks common to every form and assembles the result.
     /// `access` is set for the forms whose access class does not follow
     /// from the mnemonic and operand positions (string instructions).
+    /// Inlined in each form, where the mnemonic is mostly a constant, so
+    /// most of these rules fold away.
     #[inline(always)]
-    fn finish(self, access: Option<AccessClass>) -> Result<(), DecodeError> {
-        if self.lock_invalid {
+    fn finish(
+        &self,
+        mnemonic: Mnemonic,
+        operand_size: u8,
+        operands: [Operand; 3],
+        condition: Option<Condition>,
+        access: Option<AccessClass>,
+    ) -> Result<Instruction, DecodeError> {
+        let mem_dest = matches!(operands[0], Operand::Mem(_));
+        if self.pfx.lock && !(mem_dest && lockable(mnemonic)) {
             return Err(DecodeError::Invalid);
         }
-        let out = self.out;
-        if let Some(a) = access {
-            out.access = a;
-        }
-        out.len = u8::try_from(self.cur.pos()).map_err(|_| DecodeError::TooLong)?;
-        out.address_size = self.address_size;
-        out.segment_override = self.pfx.segment;
-        out.lock = self.pfx.lock;
-        Ok(())
+        let access = match access {
+            Some(a) => a,
+            None if mem_dest => dest_access(mnemonic),
+            None if matches!(operands[1], Operand::Mem(_))
+                || matches!(operands[2], Operand::Mem(_)) =>
+            {
+                AccessClass::Read
+            }
+            None => AccessClass::None,
+        };
+        let rep = if is_string(mnemonic) {
+            self.pfx.rep
+        } else {
+            None
+        };
+        let len = u8::try_from(self.cur.pos()).map_err(|_| DecodeError::TooLong)?;
+        Ok(Instruction {
+            len,
+            mnemonic,
+            operands,
+            operand_size,
+            address_size: self.address_size,
+            segment_override: self.pfx.segment,
+            rep,
+            lock: self.pfx.lock,
+            condition,
+            access,
+        })
     }
 }
 
