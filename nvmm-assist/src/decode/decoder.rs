@@ -30,7 +30,7 @@ pub(super) fn decode(bytes: &[u8], mode: CpuMode) -> Result<Instruction, DecodeE
         }
         d.secondary(op2)
     } else {
-        d.primary(PRIMARY[usize::from(opcode)])
+        d.primary(PRIMARY[usize::from(opcode)].0)
     }
 }
 
@@ -88,9 +88,9 @@ struct Decoder<'a> {
     pfx: Prefixes,
     mode: CpuMode,
     long: bool,
-    /// The mode's default operand size is 16 bits.
-    default16: bool,
     address_size: u8,
+    /// The operand size of `v` forms: REX.W, else 66 toggles the default.
+    v_size: u8,
 }
 
 impl<'a> Decoder<'a> {
@@ -102,11 +102,18 @@ impl<'a> Decoder<'a> {
             pfx,
             mode,
             long: info.long,
-            default16: info.default16,
-            address_size: if pfx.addrsize {
+            address_size: if pfx.addrsize() {
                 info.address_size_67
             } else {
                 info.address_size
+            },
+            v_size: if pfx.rex_w() {
+                8
+            } else if info.default16 != pfx.opsize() {
+                // 66 toggles between 16 and 32 bits.
+                2
+            } else {
+                4
             },
         }
     }
@@ -115,7 +122,7 @@ impl<'a> Decoder<'a> {
     /// lockable instruction is emulated, so with LOCK in front it is `#UD`
     /// whatever the opcode is.
     fn unsupported(&self) -> DecodeError {
-        if self.pfx.lock {
+        if self.pfx.lock() {
             DecodeError::Invalid
         } else {
             DecodeError::Unsupported
@@ -125,23 +132,14 @@ impl<'a> Decoder<'a> {
     /// The operand size of a `v` form: REX.W, else 66 toggles the default.
     #[inline(always)]
     fn v_size(&self) -> u8 {
-        if self.pfx.rex_w() {
-            8
-        } else {
-            // 66 toggles between 16 and 32 bits.
-            if self.default16 != self.pfx.opsize {
-                2
-            } else {
-                4
-            }
-        }
+        self.v_size
     }
 
     /// The operand size of PUSH/POP r/m: 64 bits by default in 64-bit mode
     /// (66 gives 16; there is no 32-bit form there).
     #[inline(always)]
     fn stack_size(&self) -> u8 {
-        if self.long && !self.pfx.opsize {
+        if self.long && !self.pfx.opsize() {
             8
         } else {
             self.v_size()
@@ -208,7 +206,7 @@ impl<'a> Decoder<'a> {
     #[inline(always)]
     fn string_mem(&self, source: bool, size: u8) -> Operand {
         let (segment, base) = if source {
-            (self.pfx.segment.unwrap_or(Segment::Ds), Gpr::Rsi)
+            (self.pfx.segment().unwrap_or(Segment::Ds), Gpr::Rsi)
         } else {
             (Segment::Es, Gpr::Rdi)
         };
@@ -474,7 +472,11 @@ impl<'a> Decoder<'a> {
             return Ok(DecodeError::Invalid);
         }
         // A 66, F2, F3, LOCK or REX prefix before VEX/EVEX is #UD.
-        if self.pfx.opsize || self.pfx.rep.is_some() || self.pfx.lock || self.pfx.rex_present() {
+        if self.pfx.opsize()
+            || self.pfx.rep().is_some()
+            || self.pfx.lock()
+            || self.pfx.rex_present()
+        {
             return Ok(DecodeError::Invalid);
         }
         Ok(DecodeError::Unsupported)
@@ -523,7 +525,7 @@ impl<'a> Decoder<'a> {
     #[inline(always)]
     fn secondary(&mut self, opcode: u8) -> Result<Instruction, DecodeError> {
         use Kind as K;
-        let kind = SECONDARY[usize::from(opcode)];
+        let kind = SECONDARY[usize::from(opcode)].0;
         match kind {
             K::Cmov => {
                 let size = self.v_size();
@@ -596,7 +598,7 @@ impl<'a> Decoder<'a> {
                 )
             }
             K::Movnti => {
-                if self.pfx.opsize || self.pfx.rep.is_some() {
+                if self.pfx.opsize() || self.pfx.rep().is_some() {
                     return Err(DecodeError::Invalid);
                 }
                 let size = if self.pfx.rex_w() { 8 } else { 4 };
@@ -734,7 +736,7 @@ impl<'a> Decoder<'a> {
         access: Option<AccessClass>,
     ) -> Result<Instruction, DecodeError> {
         let mem_dest = matches!(operands[0], Operand::Mem(_));
-        if self.pfx.lock && !(mem_dest && lockable(mnemonic)) {
+        if self.pfx.lock() && !(mem_dest && lockable(mnemonic)) {
             return Err(DecodeError::Invalid);
         }
         let access = match access {
@@ -748,7 +750,7 @@ impl<'a> Decoder<'a> {
             None => AccessClass::None,
         };
         let rep = if is_string(mnemonic) {
-            self.pfx.rep
+            self.pfx.rep()
         } else {
             None
         };
@@ -759,9 +761,9 @@ impl<'a> Decoder<'a> {
             operands,
             operand_size,
             address_size: self.address_size,
-            segment_override: self.pfx.segment,
+            segment_override: self.pfx.segment(),
             rep,
-            lock: self.pfx.lock,
+            lock: self.pfx.lock(),
             condition,
             access,
         })

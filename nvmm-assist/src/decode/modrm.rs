@@ -38,7 +38,7 @@ pub(super) enum Rm {
 /// for rBP/rSP-based forms (`stack`), else DS.
 #[inline(always)]
 pub(super) fn segment(pfx: &Prefixes, stack: bool) -> Segment {
-    match pfx.segment {
+    match pfx.segment() {
         Some(s) => s,
         None if stack => Segment::Ss,
         None => Segment::Ds,

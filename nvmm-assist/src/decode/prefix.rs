@@ -5,53 +5,87 @@ use super::{DecodeError, RepPrefix};
 use crate::mode::CpuMode;
 use crate::state::Segment;
 
-/// The prefixes in front of an opcode, as the CPU sees them.
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct Prefixes {
-    /// 0x66 seen.
-    pub opsize: bool,
-    /// 0x67 seen.
-    pub addrsize: bool,
-    /// 0xF0 seen.
-    pub lock: bool,
-    /// The last of F2/F3, if any (the repeat prefix of string instructions
-    /// and the mandatory prefix of SSE opcodes).
-    pub rep: Option<RepPrefix>,
-    /// The segment override in effect: the last one, except that in 64-bit
-    /// mode ES/CS/SS/DS overrides are ignored (they neither select a segment
-    /// nor cancel an earlier FS/GS).
-    pub segment: Option<Segment>,
-    /// The REX byte (0x40-0x4F) directly before the opcode, or 0. A REX
-    /// followed by any other prefix is ignored, as the CPU ignores it.
-    pub rex: u8,
-}
+/// The prefixes in front of an opcode, as the CPU sees them, packed in one
+/// word (bits: 0 = 66, 1 = 67, 2 = F0, 3-4 = the last of F3 (1) / F2 (2),
+/// 8-15 = the REX byte, 16-18 = the segment override + 1), so that the
+/// decoder keeps them in one register and tests them with one instruction.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Prefixes(u32);
+
+const OPSIZE_BIT: u32 = 1;
+const ADDRSIZE_BIT: u32 = 1 << 1;
+const LOCK_BIT: u32 = 1 << 2;
+const REP_SHIFT: u32 = 3;
+const REP_MASK: u32 = 3 << REP_SHIFT;
+const REX_SHIFT: u32 = 8;
+const REX_MASK: u32 = 0xFF << REX_SHIFT;
+const SEG_SHIFT: u32 = 16;
+const SEG_MASK: u32 = 7 << SEG_SHIFT;
 
 impl Prefixes {
+    /// No prefix.
+    pub(super) const NONE: Prefixes = Prefixes(0);
+
+    /// 0x66 seen.
+    pub(super) fn opsize(&self) -> bool {
+        self.0 & OPSIZE_BIT != 0
+    }
+    /// 0x67 seen.
+    pub(super) fn addrsize(&self) -> bool {
+        self.0 & ADDRSIZE_BIT != 0
+    }
+    /// 0xF0 seen.
+    pub(super) fn lock(&self) -> bool {
+        self.0 & LOCK_BIT != 0
+    }
+    /// The last of F2/F3, if any (the repeat prefix of string instructions
+    /// and the mandatory prefix of SSE opcodes).
+    pub(super) fn rep(&self) -> Option<RepPrefix> {
+        match (self.0 & REP_MASK) >> REP_SHIFT {
+            0 => None,
+            1 => Some(RepPrefix::Rep),
+            _ => Some(RepPrefix::Repne),
+        }
+    }
+    /// The segment override in effect: the last one, except that in 64-bit
+    /// mode ES/CS/SS/DS overrides are ignored (they neither select a
+    /// segment nor cancel an earlier FS/GS).
+    pub(super) fn segment(&self) -> Option<Segment> {
+        match (self.0 & SEG_MASK) >> SEG_SHIFT {
+            0 => None,
+            n => Segment::from_index(n as u8 - 1),
+        }
+    }
+    /// The REX byte (0x40-0x4F) directly before the opcode, or 0. A REX
+    /// followed by any other prefix is ignored, as the CPU ignores it.
+    fn rex(&self) -> u8 {
+        ((self.0 & REX_MASK) >> REX_SHIFT) as u8
+    }
     pub(super) fn rex_present(&self) -> bool {
-        self.rex != 0
+        self.0 & REX_MASK != 0
     }
     pub(super) fn rex_w(&self) -> bool {
-        self.rex & 8 != 0
+        self.rex() & 8 != 0
     }
     /// REX.R as the value to OR into ModRM.reg.
     pub(super) fn rex_r(&self) -> u8 {
-        (self.rex & 4) << 1
+        (self.rex() & 4) << 1
     }
     /// REX.X as the value to OR into SIB.index.
     pub(super) fn rex_x(&self) -> u8 {
-        (self.rex & 2) << 2
+        (self.rex() & 2) << 2
     }
     /// REX.B as the value to OR into ModRM.rm / SIB.base.
     pub(super) fn rex_b(&self) -> u8 {
-        (self.rex & 1) << 3
+        (self.rex() & 1) << 3
     }
 
     /// The SSE mandatory prefix: the last F2/F3 if any, else 66, else none.
     pub(super) fn mandatory(&self) -> Mandatory {
-        match self.rep {
+        match self.rep() {
             Some(RepPrefix::Rep) => Mandatory::F3,
             Some(RepPrefix::Repne) => Mandatory::F2,
-            None if self.opsize => Mandatory::P66,
+            None if self.opsize() => Mandatory::P66,
             None => Mandatory::None,
         }
     }
@@ -69,7 +103,7 @@ impl Prefixes {
         let b = cur.byte()?;
         let class = CLASS[usize::from(b)];
         if class == NONE || (class == REX && !mode.is_64bit()) {
-            return Ok((Prefixes::default(), b));
+            return Ok((Prefixes::NONE, b));
         }
         Self::parse_from(cur, mode.is_64bit(), b)
     }
@@ -81,38 +115,39 @@ impl Prefixes {
         long: bool,
         first: u8,
     ) -> Result<(Prefixes, u8), DecodeError> {
-        let mut p = Prefixes::default();
+        let mut p = 0u32;
         let mut b = first;
         loop {
             let class = CLASS[usize::from(b)];
             if class == NONE {
-                return Ok((p, b));
+                return Ok((Prefixes(p), b));
             }
             if class == REX {
                 if !long {
                     // INC/DEC r32 outside 64-bit mode.
-                    return Ok((p, b));
+                    return Ok((Prefixes(p), b));
                 }
-                p.rex = b;
+                p = (p & !REX_MASK) | (u32::from(b) << REX_SHIFT);
             } else {
-                p.rex = 0;
-                match class {
-                    OPSIZE => p.opsize = true,
-                    ADDRSIZE => p.addrsize = true,
-                    LOCK => p.lock = true,
-                    REPNE => p.rep = Some(RepPrefix::Repne),
-                    REP => p.rep = Some(RepPrefix::Rep),
+                p &= !REX_MASK;
+                let seg = |p: u32, s: Segment| (p & !SEG_MASK) | ((s as u32 + 1) << SEG_SHIFT);
+                p = match class {
+                    OPSIZE => p | OPSIZE_BIT,
+                    ADDRSIZE => p | ADDRSIZE_BIT,
+                    LOCK => p | LOCK_BIT,
+                    REPNE => (p & !REP_MASK) | (2 << REP_SHIFT),
+                    REP => (p & !REP_MASK) | (1 << REP_SHIFT),
                     // FS, GS: always in effect.
-                    SEG_FS => p.segment = Some(Segment::Fs),
-                    SEG_GS => p.segment = Some(Segment::Gs),
+                    SEG_FS => seg(p, Segment::Fs),
+                    SEG_GS => seg(p, Segment::Gs),
                     // ES, CS, SS, DS: ignored in 64-bit mode (they neither
                     // select a segment nor cancel an earlier FS/GS).
-                    _ if long => {}
-                    SEG_ES => p.segment = Some(Segment::Es),
-                    SEG_CS => p.segment = Some(Segment::Cs),
-                    SEG_SS => p.segment = Some(Segment::Ss),
-                    _ => p.segment = Some(Segment::Ds),
-                }
+                    _ if long => p,
+                    SEG_ES => seg(p, Segment::Es),
+                    SEG_CS => seg(p, Segment::Cs),
+                    SEG_SS => seg(p, Segment::Ss),
+                    _ => seg(p, Segment::Ds),
+                };
             }
             b = cur.byte()?;
         }
