@@ -23,9 +23,6 @@ const SEG_SHIFT: u32 = 16;
 const SEG_MASK: u32 = 7 << SEG_SHIFT;
 
 impl Prefixes {
-    /// No prefix.
-    pub(super) const NONE: Prefixes = Prefixes(0);
-
     /// 0x66 seen.
     pub(super) fn opsize(&self) -> bool {
         self.0 & OPSIZE_BIT != 0
@@ -92,107 +89,91 @@ impl Prefixes {
 
     /// Consumes prefixes and returns them with the opcode byte that follows.
     ///
-    /// One table lookup per byte; an instruction without prefixes (the
-    /// common case) costs one load and one test, and the prefix loop is
-    /// out of line.
+    /// One table lookup per byte gives what the byte does to the prefix
+    /// word (which bits it keeps, which it sets) or that it is the opcode:
+    /// no branch per prefix kind, and an instruction without prefixes (the
+    /// common case) costs one load and one test.
     #[inline(always)]
     pub(super) fn parse(
         cur: &mut Cursor<'_>,
         mode: CpuMode,
     ) -> Result<(Prefixes, u8), DecodeError> {
-        let b = cur.byte()?;
-        let class = CLASS[usize::from(b)];
-        if class == NONE || (class == REX && !mode.is_64bit()) {
-            return Ok((Prefixes::NONE, b));
-        }
-        Self::parse_from(cur, mode.is_64bit(), b)
-    }
-
-    /// The prefix loop from the first prefix byte `first` on.
-    #[inline(never)]
-    fn parse_from(
-        cur: &mut Cursor<'_>,
-        long: bool,
-        first: u8,
-    ) -> Result<(Prefixes, u8), DecodeError> {
+        let effects = &EFFECT[usize::from(mode.is_64bit())];
         let mut p = 0u32;
-        let mut b = first;
         loop {
-            let class = CLASS[usize::from(b)];
-            if class == NONE {
+            let b = cur.byte()?;
+            let e = effects[usize::from(b)];
+            if e == NOT_A_PREFIX {
                 return Ok((Prefixes(p), b));
             }
-            if class == REX {
-                if !long {
-                    // INC/DEC r32 outside 64-bit mode.
-                    return Ok((Prefixes(p), b));
-                }
-                p = (p & !REX_MASK) | (u32::from(b) << REX_SHIFT);
-            } else {
-                p &= !REX_MASK;
-                let seg = |p: u32, s: Segment| (p & !SEG_MASK) | ((s as u32 + 1) << SEG_SHIFT);
-                p = match class {
-                    OPSIZE => p | OPSIZE_BIT,
-                    ADDRSIZE => p | ADDRSIZE_BIT,
-                    LOCK => p | LOCK_BIT,
-                    REPNE => (p & !REP_MASK) | (2 << REP_SHIFT),
-                    REP => (p & !REP_MASK) | (1 << REP_SHIFT),
-                    // FS, GS: always in effect.
-                    SEG_FS => seg(p, Segment::Fs),
-                    SEG_GS => seg(p, Segment::Gs),
-                    // ES, CS, SS, DS: ignored in 64-bit mode (they neither
-                    // select a segment nor cancel an earlier FS/GS).
-                    _ if long => p,
-                    SEG_ES => seg(p, Segment::Es),
-                    SEG_CS => seg(p, Segment::Cs),
-                    SEG_SS => seg(p, Segment::Ss),
-                    _ => seg(p, Segment::Ds),
-                };
-            }
-            b = cur.byte()?;
+            p = (p & (e >> 32) as u32) | (e as u32 & !(REX_BYTE as u32)) | rex_bits(e, b);
         }
     }
 }
 
-// Prefix classes of [`CLASS`].
-const NONE: u8 = 0;
-const OPSIZE: u8 = 1;
-const ADDRSIZE: u8 = 2;
-const LOCK: u8 = 3;
-const REPNE: u8 = 4;
-const REP: u8 = 5;
-const SEG_ES: u8 = 6;
-const SEG_CS: u8 = 7;
-const SEG_SS: u8 = 8;
-const SEG_DS: u8 = 9;
-const SEG_FS: u8 = 10;
-const SEG_GS: u8 = 11;
-/// 0x40-0x4F: REX in 64-bit mode, INC/DEC elsewhere.
-const REX: u8 = 12;
+/// The effect of a byte that is not a prefix (the opcode).
+const NOT_A_PREFIX: u64 = 0;
+/// Marks the effect of a REX byte: the byte itself goes into the REX field.
+const REX_BYTE: u64 = 1 << 31;
 
-const fn build_class() -> [u8; 256] {
-    let mut t = [NONE; 256];
-    t[0x66] = OPSIZE;
-    t[0x67] = ADDRSIZE;
-    t[0xF0] = LOCK;
-    t[0xF2] = REPNE;
-    t[0xF3] = REP;
-    t[0x26] = SEG_ES;
-    t[0x2E] = SEG_CS;
-    t[0x36] = SEG_SS;
-    t[0x3E] = SEG_DS;
-    t[0x64] = SEG_FS;
-    t[0x65] = SEG_GS;
-    let mut b = 0x40;
-    while b < 0x50 {
-        t[b] = REX;
-        b += 1;
+/// The REX field of a REX byte `b` whose effect is `e`, else 0.
+#[inline(always)]
+fn rex_bits(e: u64, b: u8) -> u32 {
+    if e & REX_BYTE != 0 {
+        u32::from(b) << REX_SHIFT
+    } else {
+        0
+    }
+}
+
+/// An effect: the bits of the prefix word kept (high half) and set (low
+/// half). Every prefix but REX clears the REX field: a REX counts only
+/// directly before the opcode.
+const fn effect(keep: u32, set: u32) -> u64 {
+    ((keep as u64) << 32) | set as u64
+}
+
+const fn segment_effect(s: Segment) -> u64 {
+    effect(!(REX_MASK | SEG_MASK), (s as u32 + 1) << SEG_SHIFT)
+}
+
+/// Prefix effects by byte, outside (0) and in (1) 64-bit mode.
+const fn build_effects(long: bool) -> [u64; 256] {
+    let mut t = [NOT_A_PREFIX; 256];
+    t[0x66] = effect(!REX_MASK, OPSIZE_BIT);
+    t[0x67] = effect(!REX_MASK, ADDRSIZE_BIT);
+    t[0xF0] = effect(!REX_MASK, LOCK_BIT);
+    t[0xF2] = effect(!(REX_MASK | REP_MASK), 2 << REP_SHIFT);
+    t[0xF3] = effect(!(REX_MASK | REP_MASK), 1 << REP_SHIFT);
+    // FS, GS: always in effect.
+    t[0x64] = segment_effect(Segment::Fs);
+    t[0x65] = segment_effect(Segment::Gs);
+    if long {
+        // ES, CS, SS, DS: ignored in 64-bit mode (they neither select a
+        // segment nor cancel an earlier FS/GS), but they do end a REX.
+        let ignored = effect(!REX_MASK, 0);
+        t[0x26] = ignored;
+        t[0x2E] = ignored;
+        t[0x36] = ignored;
+        t[0x3E] = ignored;
+        // REX replaces any earlier REX; outside 64-bit mode 40-4F are
+        // INC/DEC r32, opcodes.
+        let mut b = 0x40;
+        while b < 0x50 {
+            t[b] = effect(!REX_MASK, 0) | REX_BYTE;
+            b += 1;
+        }
+    } else {
+        t[0x26] = segment_effect(Segment::Es);
+        t[0x2E] = segment_effect(Segment::Cs);
+        t[0x36] = segment_effect(Segment::Ss);
+        t[0x3E] = segment_effect(Segment::Ds);
     }
     t
 }
 
-/// The prefix class of every byte.
-static CLASS: [u8; 256] = build_class();
+/// What each byte does to the prefix word, outside and in 64-bit mode.
+static EFFECT: [[u64; 256]; 2] = [build_effects(false), build_effects(true)];
 
 /// The mandatory prefix that selects among SSE opcodes sharing a byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
