@@ -34,42 +34,61 @@ pub(super) fn decode(bytes: &[u8], mode: CpuMode) -> Result<Instruction, DecodeE
     }
 }
 
-/// What the decoder needs of a [`CpuMode`], looked up once per
-/// instruction rather than worked out from the mode at each use.
+/// What the decoder needs of a [`CpuMode`] and its 66/67 prefixes, looked
+/// up once per instruction rather than worked out at each use.
 #[derive(Clone, Copy)]
-struct ModeInfo {
+#[repr(align(4))]
+struct Sizes {
     long: bool,
-    default16: bool,
-    address_size: u8,
-    /// The address size with a 67 prefix: 32-bit addressing in 64-bit and
+    /// The operand size of `v` forms without REX.W: 66 toggles between
+    /// 16 and 32 bits.
+    v_size: u8,
+    /// The address size: 67 selects 32-bit addressing in 64-bit and
     /// 16-bit modes, 16-bit in 32-bit modes.
-    address_size_67: u8,
+    address_size: u8,
 }
 
-impl ModeInfo {
-    const fn of(mode: CpuMode) -> Self {
-        let address_size = mode.default_address_size();
-        ModeInfo {
+impl Sizes {
+    const fn of(mode: CpuMode, opsize: bool, addrsize: bool) -> Self {
+        let default_address = mode.default_address_size();
+        Sizes {
             long: mode.is_64bit(),
-            default16: mode.default_size() == 2,
-            address_size,
-            address_size_67: if address_size == 4 { 2 } else { 4 },
+            v_size: if (mode.default_size() == 2) != opsize {
+                2
+            } else {
+                4
+            },
+            address_size: match (addrsize, default_address) {
+                (false, a) => a,
+                (true, 4) => 2,
+                (true, _) => 4,
+            },
         }
+    }
+
+    /// The four entries of `mode`, by [`Prefixes::size_bits`].
+    const fn of_mode(mode: CpuMode) -> [Sizes; 4] {
+        [
+            Sizes::of(mode, false, false),
+            Sizes::of(mode, true, false),
+            Sizes::of(mode, false, true),
+            Sizes::of(mode, true, true),
+        ]
     }
 }
 
-/// [`ModeInfo`] by `CpuMode as usize` (seven modes; the eighth entry only
+/// [`Sizes`] by `CpuMode as usize` (seven modes; the eighth entry only
 /// pads the table to a power of two, and the assertion below keeps the
-/// order of the entries that of the enum).
-static MODE_INFO: [ModeInfo; 8] = [
-    ModeInfo::of(CpuMode::Real),
-    ModeInfo::of(CpuMode::Virtual8086),
-    ModeInfo::of(CpuMode::Protected16),
-    ModeInfo::of(CpuMode::Protected32),
-    ModeInfo::of(CpuMode::Compat16),
-    ModeInfo::of(CpuMode::Compat32),
-    ModeInfo::of(CpuMode::Long64),
-    ModeInfo::of(CpuMode::Long64),
+/// order of the entries that of the enum) and [`Prefixes::size_bits`].
+static SIZES: [[Sizes; 4]; 8] = [
+    Sizes::of_mode(CpuMode::Real),
+    Sizes::of_mode(CpuMode::Virtual8086),
+    Sizes::of_mode(CpuMode::Protected16),
+    Sizes::of_mode(CpuMode::Protected32),
+    Sizes::of_mode(CpuMode::Compat16),
+    Sizes::of_mode(CpuMode::Compat32),
+    Sizes::of_mode(CpuMode::Long64),
+    Sizes::of_mode(CpuMode::Long64),
 ];
 
 const _: () = assert!(
@@ -96,25 +115,14 @@ struct Decoder<'a> {
 impl<'a> Decoder<'a> {
     #[inline(always)]
     fn new(cur: Cursor<'a>, pfx: Prefixes, mode: CpuMode) -> Self {
-        let info = MODE_INFO[mode as usize & 7];
+        let sizes = SIZES[mode as usize & 7][pfx.size_bits()];
         Decoder {
             cur,
             pfx,
             mode,
-            long: info.long,
-            address_size: if pfx.addrsize() {
-                info.address_size_67
-            } else {
-                info.address_size
-            },
-            v_size: if pfx.rex_w() {
-                8
-            } else if info.default16 != pfx.opsize() {
-                // 66 toggles between 16 and 32 bits.
-                2
-            } else {
-                4
-            },
+            long: sizes.long,
+            address_size: sizes.address_size,
+            v_size: if pfx.rex_w() { 8 } else { sizes.v_size },
         }
     }
 

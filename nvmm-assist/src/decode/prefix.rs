@@ -6,9 +6,12 @@ use crate::mode::CpuMode;
 use crate::state::Segment;
 
 /// The prefixes in front of an opcode, as the CPU sees them, packed in one
-/// word (bits: 0 = 66, 1 = 67, 2 = F0, 3-4 = the last of F3 (1) / F2 (2),
-/// 8-15 = the REX byte, 16-18 = the segment override + 1), so that the
-/// decoder keeps them in one register and tests them with one instruction.
+/// word (bits: 0 = 66, 1 = 67, 2 = F0, 3-4 = the last of F3/F2, 8-15 = the
+/// REX byte, 16-18 = the segment override), so that the decoder keeps them
+/// in one register and tests them with one instruction. The F3/F2 and
+/// segment fields hold the encoding of `Option<RepPrefix>` (2 bits) and
+/// `Option<Segment>` (3 bits) XOR that of `None`, so that 0 is none and
+/// reading a field back is an XOR.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Prefixes(u32);
 
@@ -21,15 +24,23 @@ const REX_SHIFT: u32 = 8;
 const REX_MASK: u32 = 0xFF << REX_SHIFT;
 const SEG_SHIFT: u32 = 16;
 const SEG_MASK: u32 = 7 << SEG_SHIFT;
+/// The field values of no F3/F2 and no segment override (see [`Prefixes`]).
+const REP_NONE: u32 = 2;
+const SEG_NONE: u32 = 6;
+
+/// The field value of a repeat prefix.
+const fn rep_field(r: RepPrefix) -> u32 {
+    (r as u32 ^ REP_NONE) << REP_SHIFT
+}
 
 impl Prefixes {
     /// 0x66 seen.
     pub(super) fn opsize(&self) -> bool {
         self.0 & OPSIZE_BIT != 0
     }
-    /// 0x67 seen.
-    pub(super) fn addrsize(&self) -> bool {
-        self.0 & ADDRSIZE_BIT != 0
+    /// 66 and 67 as an index 0-3 (bit 0: 66, bit 1: 67).
+    pub(super) fn size_bits(&self) -> usize {
+        (self.0 & (OPSIZE_BIT | ADDRSIZE_BIT)) as usize
     }
     /// 0xF0 seen.
     pub(super) fn lock(&self) -> bool {
@@ -38,20 +49,17 @@ impl Prefixes {
     /// The last of F2/F3, if any (the repeat prefix of string instructions
     /// and the mandatory prefix of SSE opcodes).
     pub(super) fn rep(&self) -> Option<RepPrefix> {
-        match (self.0 & REP_MASK) >> REP_SHIFT {
-            0 => None,
-            1 => Some(RepPrefix::Rep),
-            _ => Some(RepPrefix::Repne),
+        match ((self.0 & REP_MASK) >> REP_SHIFT) ^ REP_NONE {
+            0 => Some(RepPrefix::Rep),
+            1 => Some(RepPrefix::Repne),
+            _ => None,
         }
     }
     /// The segment override in effect: the last one, except that in 64-bit
     /// mode ES/CS/SS/DS overrides are ignored (they neither select a
     /// segment nor cancel an earlier FS/GS).
     pub(super) fn segment(&self) -> Option<Segment> {
-        match (self.0 & SEG_MASK) >> SEG_SHIFT {
-            0 => None,
-            n => Segment::from_index(n as u8 - 1),
-        }
+        Segment::from_index((((self.0 & SEG_MASK) >> SEG_SHIFT) ^ SEG_NONE) as u8)
     }
     /// The REX byte (0x40-0x4F) directly before the opcode, or 0. A REX
     /// followed by any other prefix is ignored, as the CPU ignores it.
@@ -134,7 +142,7 @@ const fn effect(keep: u32, set: u32) -> u64 {
 }
 
 const fn segment_effect(s: Segment) -> u64 {
-    effect(!(REX_MASK | SEG_MASK), (s as u32 + 1) << SEG_SHIFT)
+    effect(!(REX_MASK | SEG_MASK), (s as u32 ^ SEG_NONE) << SEG_SHIFT)
 }
 
 /// Prefix effects by byte, outside (0) and in (1) 64-bit mode.
@@ -143,8 +151,8 @@ const fn build_effects(long: bool) -> [u64; 256] {
     t[0x66] = effect(!REX_MASK, OPSIZE_BIT);
     t[0x67] = effect(!REX_MASK, ADDRSIZE_BIT);
     t[0xF0] = effect(!REX_MASK, LOCK_BIT);
-    t[0xF2] = effect(!(REX_MASK | REP_MASK), 2 << REP_SHIFT);
-    t[0xF3] = effect(!(REX_MASK | REP_MASK), 1 << REP_SHIFT);
+    t[0xF2] = effect(!(REX_MASK | REP_MASK), rep_field(RepPrefix::Repne));
+    t[0xF3] = effect(!(REX_MASK | REP_MASK), rep_field(RepPrefix::Rep));
     // FS, GS: always in effect.
     t[0x64] = segment_effect(Segment::Fs);
     t[0x65] = segment_effect(Segment::Gs);
