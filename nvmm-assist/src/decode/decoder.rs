@@ -101,6 +101,26 @@ const _: () = assert!(
         && CpuMode::Long64 as usize == 6
 );
 
+/// `emit_rm!(self, m, size, |rm| body)`: `body` with `rm` the r/m operand
+/// of ModRM `m` at `size`, written out once for a memory and once for a
+/// register r/m, so that each builds its operands straight into the result
+/// instead of merging two operand shapes first (which costs more than
+/// either).
+macro_rules! emit_rm {
+    ($self:ident, $m:ident, $size:expr, |$rm:ident| $body:expr) => {
+        match $m.rm {
+            Rm::Mem(a) => {
+                let $rm = $self.mem(a, $size);
+                $body
+            }
+            Rm::Reg(n) => {
+                let $rm = $self.gpr(n, $size);
+                $body
+            }
+        }
+    };
+}
+
 #[derive(Clone, Copy)]
 struct Decoder<'a> {
     cur: Cursor<'a>,
@@ -283,20 +303,16 @@ impl<'a> Decoder<'a> {
             K::EG(mn, w) => {
                 let size = self.size_of(w);
                 let m = self.modrm()?;
-                self.emit(
-                    mn,
-                    size,
-                    [self.rm(&m, size), self.gpr(m.reg, size), Operand::None],
-                )
+                emit_rm!(self, m, size, |rm| {
+                    self.emit(mn, size, [rm, self.gpr(m.reg, size), Operand::None])
+                })
             }
             K::GE(mn, w) => {
                 let size = self.size_of(w);
                 let m = self.modrm()?;
-                self.emit(
-                    mn,
-                    size,
-                    [self.gpr(m.reg, size), self.rm(&m, size), Operand::None],
-                )
+                emit_rm!(self, m, size, |rm| {
+                    self.emit(mn, size, [self.gpr(m.reg, size), rm, Operand::None])
+                })
             }
             K::AccImm(mn, w) => {
                 let size = self.size_of(w);
@@ -312,22 +328,16 @@ impl<'a> Decoder<'a> {
                 match m.ext() {
                     0 | 1 => {
                         let imm = self.imm_z(size)?;
-                        self.emit(
-                            Mnemonic::Test,
-                            size,
-                            [self.rm(&m, size), imm, Operand::None],
-                        )
+                        emit_rm!(self, m, size, |rm| {
+                            self.emit(Mnemonic::Test, size, [rm, imm, Operand::None])
+                        })
                     }
-                    2 => self.emit(
-                        Mnemonic::Not,
-                        size,
-                        [self.rm(&m, size), Operand::None, Operand::None],
-                    ),
-                    3 => self.emit(
-                        Mnemonic::Neg,
-                        size,
-                        [self.rm(&m, size), Operand::None, Operand::None],
-                    ),
+                    2 => emit_rm!(self, m, size, |rm| {
+                        self.emit(Mnemonic::Not, size, [rm, Operand::None, Operand::None])
+                    }),
+                    3 => emit_rm!(self, m, size, |rm| {
+                        self.emit(Mnemonic::Neg, size, [rm, Operand::None, Operand::None])
+                    }),
                     _ => return Err(self.unsupported()),
                 }
             }
@@ -338,7 +348,9 @@ impl<'a> Decoder<'a> {
                     1 => Mnemonic::Dec,
                     _ => return Err(DecodeError::Invalid),
                 };
-                self.emit(mn, 1, [self.rm(&m, 1), Operand::None, Operand::None])
+                emit_rm!(self, m, 1, |rm| {
+                    self.emit(mn, 1, [rm, Operand::None, Operand::None])
+                })
             }
             K::Group5 => {
                 let m = self.modrm()?;
@@ -351,17 +363,17 @@ impl<'a> Decoder<'a> {
                         } else {
                             Mnemonic::Dec
                         };
-                        self.emit(mn, size, [self.rm(&m, size), Operand::None, Operand::None])
+                        emit_rm!(self, m, size, |rm| {
+                            self.emit(mn, size, [rm, Operand::None, Operand::None])
+                        })
                     }
                     // Far CALL/JMP take a memory pointer only.
                     3 | 5 if is_reg => return Err(DecodeError::Invalid),
                     6 => {
                         let size = self.stack_size();
-                        self.emit(
-                            Mnemonic::Push,
-                            size,
-                            [self.rm(&m, size), Operand::None, Operand::None],
-                        )
+                        emit_rm!(self, m, size, |rm| {
+                            self.emit(Mnemonic::Push, size, [rm, Operand::None, Operand::None])
+                        })
                     }
                     7 => return Err(DecodeError::Invalid),
                     _ => return Err(self.unsupported()),
@@ -373,7 +385,9 @@ impl<'a> Decoder<'a> {
                 match m.ext() {
                     0 => {
                         let imm = self.imm_z(size)?;
-                        self.emit(Mnemonic::Mov, size, [self.rm(&m, size), imm, Operand::None])
+                        emit_rm!(self, m, size, |rm| {
+                            self.emit(Mnemonic::Mov, size, [rm, imm, Operand::None])
+                        })
                     }
                     // C6 F8 XABORT, C7 F8 XBEGIN.
                     7 if m.byte == 0xF8 => return Err(self.unsupported()),
@@ -393,11 +407,9 @@ impl<'a> Decoder<'a> {
                 }
                 let m = self.modrm()?;
                 let size = self.stack_size();
-                self.emit(
-                    Mnemonic::Pop,
-                    size,
-                    [self.rm(&m, size), Operand::None, Operand::None],
-                )
+                emit_rm!(self, m, size, |rm| {
+                    self.emit(Mnemonic::Pop, size, [rm, Operand::None, Operand::None])
+                })
             }
             K::Movsxd => {
                 if !self.long {
@@ -407,11 +419,13 @@ impl<'a> Decoder<'a> {
                 let size = self.v_size();
                 let src = if size == 2 { 2 } else { 4 };
                 let m = self.modrm()?;
-                self.emit(
-                    Mnemonic::Movsxd,
-                    size,
-                    [self.gpr(m.reg, size), self.rm(&m, src), Operand::None],
-                )
+                emit_rm!(self, m, src, |rm| {
+                    self.emit(
+                        Mnemonic::Movsxd,
+                        size,
+                        [self.gpr(m.reg, size), rm, Operand::None],
+                    )
+                })
             }
             K::Moffs { store, width } => {
                 let size = self.size_of(width);
@@ -498,7 +512,9 @@ impl<'a> Decoder<'a> {
             Imm::SB => self.imm(1, size, true)?,
             Imm::Z => self.imm_z(size)?,
         };
-        self.emit(alu(m.ext()), size, [self.rm(&m, size), imm, Operand::None])
+        emit_rm!(self, m, size, |rm| {
+            self.emit(alu(m.ext()), size, [rm, imm, Operand::None])
+        })
     }
 
     fn string(self, mn: Mnemonic, w: Width) -> Result<Instruction, DecodeError> {
@@ -557,11 +573,9 @@ impl<'a> Decoder<'a> {
             K::BtReg(mn) => {
                 let size = self.v_size();
                 let m = self.modrm()?;
-                self.emit(
-                    mn,
-                    size,
-                    [self.rm(&m, size), self.gpr(m.reg, size), Operand::None],
-                )
+                emit_rm!(self, m, size, |rm| {
+                    self.emit(mn, size, [rm, self.gpr(m.reg, size), Operand::None])
+                })
             }
             K::Group8 => {
                 let size = self.v_size();
@@ -576,34 +590,40 @@ impl<'a> Decoder<'a> {
                 // The bit offset is an unsigned imm8 (taken modulo the
                 // operand width by the CPU).
                 let imm = self.imm(1, 1, false)?;
-                self.emit(mn, size, [self.rm(&m, size), imm, Operand::None])
+                emit_rm!(self, m, size, |rm| self.emit(
+                    mn,
+                    size,
+                    [rm, imm, Operand::None]
+                ))
             }
             K::Cmpxchg(w) => {
                 let size = self.size_of(w);
                 let m = self.modrm()?;
-                self.emit(
-                    Mnemonic::Cmpxchg,
-                    size,
-                    [self.rm(&m, size), self.gpr(m.reg, size), self.acc(size)],
-                )
+                emit_rm!(self, m, size, |rm| {
+                    self.emit(
+                        Mnemonic::Cmpxchg,
+                        size,
+                        [rm, self.gpr(m.reg, size), self.acc(size)],
+                    )
+                })
             }
             K::Xadd(w) => {
                 let size = self.size_of(w);
                 let m = self.modrm()?;
-                self.emit(
-                    Mnemonic::Xadd,
-                    size,
-                    [self.rm(&m, size), self.gpr(m.reg, size), Operand::None],
-                )
+                emit_rm!(self, m, size, |rm| {
+                    self.emit(
+                        Mnemonic::Xadd,
+                        size,
+                        [rm, self.gpr(m.reg, size), Operand::None],
+                    )
+                })
             }
             K::MovExt(mn, src) => {
                 let size = self.v_size();
                 let m = self.modrm()?;
-                self.emit(
-                    mn,
-                    size,
-                    [self.gpr(m.reg, size), self.rm(&m, src), Operand::None],
-                )
+                emit_rm!(self, m, src, |rm| {
+                    self.emit(mn, size, [self.gpr(m.reg, size), rm, Operand::None])
+                })
             }
             K::Movnti => {
                 if self.pfx.opsize() || self.pfx.rep().is_some() {
@@ -614,11 +634,13 @@ impl<'a> Decoder<'a> {
                 if matches!(m.rm, Rm::Reg(_)) {
                     return Err(DecodeError::Invalid);
                 }
-                self.emit(
-                    Mnemonic::Movnti,
-                    size,
-                    [self.rm(&m, size), self.gpr(m.reg, size), Operand::None],
-                )
+                emit_rm!(self, m, size, |rm| {
+                    self.emit(
+                        Mnemonic::Movnti,
+                        size,
+                        [rm, self.gpr(m.reg, size), Operand::None],
+                    )
+                })
             }
             K::Group9 => {
                 let m = self.modrm()?;
@@ -633,7 +655,9 @@ impl<'a> Decoder<'a> {
                 } else {
                     (Mnemonic::Cmpxchg8b, 8)
                 };
-                self.emit(mn, size, [self.rm(&m, size), Operand::None, Operand::None])
+                emit_rm!(self, m, size, |rm| {
+                    self.emit(mn, size, [rm, Operand::None, Operand::None])
+                })
             }
             K::Sse => self.sse(opcode),
             _ => Err(self.unsupported()),
