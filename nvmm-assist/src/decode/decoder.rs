@@ -258,14 +258,6 @@ impl<'a> Decoder<'a> {
     }
 
     #[inline(always)]
-    fn xmm_rm(&self, m: &ModRm, size: u8) -> Operand {
-        match m.rm {
-            Rm::Reg(n) => Operand::Xmm(n & 15),
-            Rm::Mem(a) => self.mem(a, size),
-        }
-    }
-
-    #[inline(always)]
     fn modrm(&mut self) -> Result<ModRm, DecodeError> {
         modrm::read(&mut self.cur, &self.pfx, self.address_size, self.long)
     }
@@ -504,6 +496,7 @@ impl<'a> Decoder<'a> {
         Ok(DecodeError::Unsupported)
     }
 
+    #[inline(always)]
     fn group1(mut self, w: Width, imm: Imm) -> Result<Instruction, DecodeError> {
         let size = self.size_of(w);
         let m = self.modrm()?;
@@ -518,32 +511,58 @@ impl<'a> Decoder<'a> {
     }
 
     fn string(self, mn: Mnemonic, w: Width) -> Result<Instruction, DecodeError> {
-        let (size, ops, access) = match mn {
-            Mnemonic::Ins | Mnemonic::Outs => {
+        use AccessClass as A;
+        use Mnemonic as M;
+        let none = Operand::None;
+        // Each form builds only its own operands, with its mnemonic a
+        // constant.
+        match mn {
+            M::Ins => {
                 let size = self.io_size(w);
-                if mn == Mnemonic::Ins {
-                    let ops = [self.string_mem(false, size), self.dx(), Operand::None];
-                    (size, ops, AccessClass::Write)
-                } else {
-                    let ops = [self.dx(), self.string_mem(true, size), Operand::None];
-                    (size, ops, AccessClass::Read)
-                }
+                let ops = [self.string_mem(false, size), self.dx(), none];
+                self.finish(M::Ins, size, ops, None, Some(A::Write))
             }
-            _ => {
+            M::Outs => {
+                let size = self.io_size(w);
+                let ops = [self.dx(), self.string_mem(true, size), none];
+                self.finish(M::Outs, size, ops, None, Some(A::Read))
+            }
+            M::Movs => {
                 let size = self.size_of(w);
-                let src = self.string_mem(true, size);
-                let dst = self.string_mem(false, size);
-                let acc = self.acc(size);
-                match mn {
-                    Mnemonic::Movs => (size, [dst, src, Operand::None], AccessClass::ReadWrite),
-                    Mnemonic::Cmps => (size, [src, dst, Operand::None], AccessClass::Read),
-                    Mnemonic::Stos => (size, [dst, acc, Operand::None], AccessClass::Write),
-                    Mnemonic::Lods => (size, [acc, src, Operand::None], AccessClass::Read),
-                    _ => (size, [acc, dst, Operand::None], AccessClass::Read),
-                }
+                let ops = [
+                    self.string_mem(false, size),
+                    self.string_mem(true, size),
+                    none,
+                ];
+                self.finish(M::Movs, size, ops, None, Some(A::ReadWrite))
             }
-        };
-        self.finish(mn, size, ops, None, Some(access))
+            M::Cmps => {
+                let size = self.size_of(w);
+                let ops = [
+                    self.string_mem(true, size),
+                    self.string_mem(false, size),
+                    none,
+                ];
+                self.finish(M::Cmps, size, ops, None, Some(A::Read))
+            }
+            M::Stos => {
+                let size = self.size_of(w);
+                let ops = [self.string_mem(false, size), self.acc(size), none];
+                self.finish(M::Stos, size, ops, None, Some(A::Write))
+            }
+            M::Lods => {
+                let size = self.size_of(w);
+                let ops = [self.acc(size), self.string_mem(true, size), none];
+                self.finish(M::Lods, size, ops, None, Some(A::Read))
+            }
+            M::Scas => {
+                let size = self.size_of(w);
+                let ops = [self.acc(size), self.string_mem(false, size), none];
+                self.finish(M::Scas, size, ops, None, Some(A::Read))
+            }
+            // The table gives `Kind::Str` only to the seven above.
+            _ => Err(self.unsupported()),
+        }
     }
 
     #[inline(always)]
@@ -714,19 +733,26 @@ impl<'a> Decoder<'a> {
         };
         let m = self.modrm()?;
         let xmm = Operand::Xmm(m.reg & 15);
-        let ops = match shape {
-            Shape::Load => [xmm, self.xmm_rm(&m, size), Operand::None],
-            Shape::Store => [self.xmm_rm(&m, size), xmm, Operand::None],
-            Shape::StoreMemOnly => {
-                if matches!(m.rm, Rm::Reg(_)) {
-                    return Err(DecodeError::Invalid);
-                }
-                [self.xmm_rm(&m, size), xmm, Operand::None]
+        // The memory and register r/m forms apart, as in `emit_rm!`.
+        let rm = match m.rm {
+            Rm::Mem(a) => {
+                let rm = self.mem(a, size);
+                return match shape {
+                    Shape::Load | Shape::FromGpr => self.emit(mn, size, [xmm, rm, Operand::None]),
+                    Shape::Store | Shape::StoreMemOnly | Shape::ToGpr => {
+                        self.emit(mn, size, [rm, xmm, Operand::None])
+                    }
+                };
             }
-            Shape::FromGpr => [xmm, self.rm(&m, size), Operand::None],
-            Shape::ToGpr => [self.rm(&m, size), xmm, Operand::None],
+            Rm::Reg(n) => n,
         };
-        self.emit(mn, size, ops)
+        match shape {
+            Shape::Load => self.emit(mn, size, [xmm, Operand::Xmm(rm & 15), Operand::None]),
+            Shape::Store => self.emit(mn, size, [Operand::Xmm(rm & 15), xmm, Operand::None]),
+            Shape::StoreMemOnly => Err(DecodeError::Invalid),
+            Shape::FromGpr => self.emit(mn, size, [xmm, self.gpr(rm, size), Operand::None]),
+            Shape::ToGpr => self.emit(mn, size, [self.gpr(rm, size), xmm, Operand::None]),
+        }
     }
 
     /// The instruction of a form without a condition whose access class
