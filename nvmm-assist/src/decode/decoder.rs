@@ -17,7 +17,7 @@ use crate::state::{Gpr, Segment};
 /// in registers, and each form builds its [`Instruction`] once, in the
 /// return slot: no intermediate operand list is built and merged across
 /// forms (which cost more than the decoding itself).
-#[inline]
+#[inline(never)]
 pub(super) fn decode(bytes: &[u8], mode: CpuMode) -> Result<Instruction, DecodeError> {
     let mut cur = Cursor::new(bytes);
     let (pfx, opcode) = Prefixes::parse(&mut cur, mode)?;

@@ -253,6 +253,7 @@ impl Instruction {
 /// accepted instruction's bytes gives [`DecodeError::Truncated`], so a
 /// caller may fetch the bytes piecewise (up to a page edge, then the rest)
 /// and retry while it gets `Truncated`.
+#[inline]
 pub fn decode(bytes: &[u8], mode: CpuMode) -> Result<Instruction, DecodeError> {
     decoder::decode(bytes, mode)
 }
