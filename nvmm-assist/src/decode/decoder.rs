@@ -684,6 +684,7 @@ impl<'a> Decoder<'a> {
     }
 
     /// The SSE moves, selected by opcode and mandatory prefix.
+    #[inline(always)]
     fn sse(mut self, opcode: u8) -> Result<Instruction, DecodeError> {
         use Mandatory as P;
         use Mnemonic as M;
