@@ -311,7 +311,7 @@ impl<'a> Decoder<'a> {
                 let imm = self.imm_z(size)?;
                 self.emit(mn, size, [self.acc(size), imm, Operand::None])
             }
-            K::Group1NotIn64 if self.long => return Err(DecodeError::Invalid),
+            K::Group1NotIn64 if self.long => Err(DecodeError::Invalid),
             K::Group1NotIn64 => self.group1(Width::Byte, Imm::B),
             K::Group1(w, imm) => self.group1(w, imm),
             K::Group3(w) => {
@@ -330,7 +330,7 @@ impl<'a> Decoder<'a> {
                     3 => emit_rm!(self, m, size, |rm| {
                         self.emit(Mnemonic::Neg, size, [rm, Operand::None, Operand::None])
                     }),
-                    _ => return Err(self.unsupported()),
+                    _ => Err(self.unsupported()),
                 }
             }
             K::Group4 => {
@@ -360,15 +360,15 @@ impl<'a> Decoder<'a> {
                         })
                     }
                     // Far CALL/JMP take a memory pointer only.
-                    3 | 5 if is_reg => return Err(DecodeError::Invalid),
+                    3 | 5 if is_reg => Err(DecodeError::Invalid),
                     6 => {
                         let size = self.stack_size();
                         emit_rm!(self, m, size, |rm| {
                             self.emit(Mnemonic::Push, size, [rm, Operand::None, Operand::None])
                         })
                     }
-                    7 => return Err(DecodeError::Invalid),
-                    _ => return Err(self.unsupported()),
+                    7 => Err(DecodeError::Invalid),
+                    _ => Err(self.unsupported()),
                 }
             }
             K::Group11(w) => {
@@ -382,8 +382,8 @@ impl<'a> Decoder<'a> {
                         })
                     }
                     // C6 F8 XABORT, C7 F8 XBEGIN.
-                    7 if m.byte == 0xF8 => return Err(self.unsupported()),
-                    _ => return Err(DecodeError::Invalid),
+                    7 if m.byte == 0xF8 => Err(self.unsupported()),
+                    _ => Err(DecodeError::Invalid),
                 }
             }
             K::Group1A => {
@@ -465,9 +465,9 @@ impl<'a> Decoder<'a> {
                     [self.dx(), self.acc(size), Operand::None],
                 )
             }
-            K::Vex | K::Evex => return Err(self.vex_like()?),
-            K::NotIn64 if self.long => return Err(DecodeError::Invalid),
-            K::NotIn64 | K::Unsupported => return Err(self.unsupported()),
+            K::Vex | K::Evex => Err(self.vex_like()?),
+            K::NotIn64 if self.long => Err(DecodeError::Invalid),
+            K::NotIn64 | K::Unsupported => Err(self.unsupported()),
             // 0F-map kinds; the one-byte table holds none of them.
             _ => Err(self.unsupported()),
         }
