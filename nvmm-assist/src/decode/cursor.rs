@@ -26,10 +26,13 @@ impl<'a> Cursor<'a> {
         Cursor { bytes, pos: 0 }
     }
 
-    /// Bytes consumed so far (never more than [`MAX_LEN`]).
+    /// Bytes consumed so far: the length of the instruction once it is
+    /// read. Never more than [`MAX_LEN`] = 15, since the input is cut to 15
+    /// bytes, so the mask changes nothing (it only makes the narrowing
+    /// visibly lossless).
     #[inline(always)]
-    pub(super) fn pos(&self) -> usize {
-        self.pos
+    pub(super) fn len(&self) -> u8 {
+        (self.pos & 0xF) as u8
     }
 
     /// The error of a read that would end at byte `end`: past the 15-byte

@@ -813,7 +813,7 @@ impl<'a> Decoder<'a> {
         } else {
             None
         };
-        let len = u8::try_from(self.cur.pos()).map_err(|_| DecodeError::TooLong)?;
+        let len = self.cur.len();
         Ok(Instruction {
             len,
             mnemonic,
