@@ -2,7 +2,7 @@
 //! entry calls for.
 
 use super::cursor::{Cursor, sign_extend, truncate};
-use super::modrm::{self, Address, ModRm, Rm};
+use super::modrm::{self, ModRm, Rm};
 use super::prefix::{Mandatory, Prefixes};
 use super::table::{Imm, Kind, PRIMARY, SECONDARY, Width, alu};
 use super::{
@@ -12,73 +12,137 @@ use crate::mode::CpuMode;
 use crate::state::{Gpr, Segment};
 
 /// Decodes one instruction (see [`super::decode`]).
+///
+/// Everything is inlined into this one function, the decoder state stays
+/// in registers, and each form builds its [`Instruction`] once, in the
+/// return slot: no intermediate operand list is built and merged across
+/// forms (which cost more than the decoding itself).
+#[inline(never)]
 pub(super) fn decode(bytes: &[u8], mode: CpuMode) -> Result<Instruction, DecodeError> {
     let mut cur = Cursor::new(bytes);
     let (pfx, opcode) = Prefixes::parse(&mut cur, mode)?;
     let mut d = Decoder::new(cur, pfx, mode);
-    match opcode {
-        0x0F => {
-            let op2 = d.cur.byte()?;
-            // LOCK MOV CR0 is AMD's alternative encoding of MOV CR8.
-            if matches!(op2, 0x20 | 0x22) {
-                return Err(DecodeError::Unsupported);
+    if opcode == 0x0F {
+        let op2 = d.cur.byte()?;
+        // LOCK MOV CR0 is AMD's alternative encoding of MOV CR8.
+        if matches!(op2, 0x20 | 0x22) {
+            return Err(DecodeError::Unsupported);
+        }
+        d.secondary(op2)
+    } else {
+        d.primary(PRIMARY[usize::from(opcode)].0)
+    }
+}
+
+/// What the decoder needs of a [`CpuMode`] and its 66/67 prefixes, looked
+/// up once per instruction rather than worked out at each use.
+#[derive(Clone, Copy)]
+#[repr(align(4))]
+struct Sizes {
+    long: bool,
+    /// The operand size of `v` forms without REX.W: 66 toggles between
+    /// 16 and 32 bits.
+    v_size: u8,
+    /// The address size: 67 selects 32-bit addressing in 64-bit and
+    /// 16-bit modes, 16-bit in 32-bit modes.
+    address_size: u8,
+}
+
+impl Sizes {
+    const fn of(mode: CpuMode, opsize: bool, addrsize: bool) -> Self {
+        let default_address = mode.default_address_size();
+        Sizes {
+            long: mode.is_64bit(),
+            v_size: if (mode.default_size() == 2) != opsize {
+                2
+            } else {
+                4
+            },
+            address_size: match (addrsize, default_address) {
+                (false, a) => a,
+                (true, 4) => 2,
+                (true, _) => 4,
+            },
+        }
+    }
+
+    /// The four entries of `mode`, by [`Prefixes::size_bits`].
+    const fn of_mode(mode: CpuMode) -> [Sizes; 4] {
+        [
+            Sizes::of(mode, false, false),
+            Sizes::of(mode, true, false),
+            Sizes::of(mode, false, true),
+            Sizes::of(mode, true, true),
+        ]
+    }
+}
+
+/// [`Sizes`] by `CpuMode as usize` (seven modes; the eighth entry only
+/// pads the table to a power of two, and the assertion below keeps the
+/// order of the entries that of the enum) and [`Prefixes::size_bits`].
+static SIZES: [[Sizes; 4]; 8] = [
+    Sizes::of_mode(CpuMode::Real),
+    Sizes::of_mode(CpuMode::Virtual8086),
+    Sizes::of_mode(CpuMode::Protected16),
+    Sizes::of_mode(CpuMode::Protected32),
+    Sizes::of_mode(CpuMode::Compat16),
+    Sizes::of_mode(CpuMode::Compat32),
+    Sizes::of_mode(CpuMode::Long64),
+    Sizes::of_mode(CpuMode::Long64),
+];
+
+const _: () = assert!(
+    CpuMode::Real as usize == 0
+        && CpuMode::Virtual8086 as usize == 1
+        && CpuMode::Protected16 as usize == 2
+        && CpuMode::Protected32 as usize == 3
+        && CpuMode::Compat16 as usize == 4
+        && CpuMode::Compat32 as usize == 5
+        && CpuMode::Long64 as usize == 6
+);
+
+/// `emit_rm!(self, m, size, |rm| body)`: `body` with `rm` the r/m operand
+/// of ModRM `m` at `size`, written out once for a memory and once for a
+/// register r/m, so that each builds its operands straight into the result
+/// instead of merging two operand shapes first (which costs more than
+/// either).
+macro_rules! emit_rm {
+    ($self:ident, $m:ident, $size:expr, |$rm:ident| $body:expr) => {
+        match $m.rm {
+            Rm::Mem(a) => {
+                let $rm = $self.mem(a, $size);
+                $body
             }
-            d.secondary(op2)
+            Rm::Reg(n) => {
+                let $rm = $self.gpr(n, $size);
+                $body
+            }
         }
-        _ => {
-            let kind = PRIMARY.get(usize::from(opcode)).copied();
-            d.primary(kind.unwrap_or(Kind::Unsupported))
-        }
-    }
+    };
 }
 
-/// The operands and properties of an instruction being built.
-struct Built {
-    mnemonic: Mnemonic,
-    operands: [Operand; 3],
-    operand_size: u8,
-    condition: Option<Condition>,
-    /// Set for the forms whose access class does not follow from the
-    /// mnemonic and operand positions (string instructions).
-    access: Option<AccessClass>,
-}
-
-impl Built {
-    fn new(mnemonic: Mnemonic, operand_size: u8, operands: [Operand; 3]) -> Self {
-        Built {
-            mnemonic,
-            operands,
-            operand_size,
-            condition: None,
-            access: None,
-        }
-    }
-}
-
+#[derive(Clone, Copy)]
 struct Decoder<'a> {
     cur: Cursor<'a>,
     pfx: Prefixes,
     mode: CpuMode,
     long: bool,
     address_size: u8,
+    /// The operand size of `v` forms: REX.W, else 66 toggles the default.
+    v_size: u8,
 }
 
 impl<'a> Decoder<'a> {
+    #[inline(always)]
     fn new(cur: Cursor<'a>, pfx: Prefixes, mode: CpuMode) -> Self {
-        let default = mode.default_address_size();
-        let address_size = match (default, pfx.addrsize) {
-            (8, true) => 4,
-            (4, true) => 2,
-            (2, true) => 4,
-            (d, false) => d,
-            _ => default,
-        };
+        let sizes = SIZES[mode as usize & 7][pfx.size_bits()];
         Decoder {
             cur,
             pfx,
             mode,
-            long: mode.is_64bit(),
-            address_size,
+            long: sizes.long,
+            address_size: sizes.address_size,
+            v_size: if pfx.rex_w() { 8 } else { sizes.v_size },
         }
     }
 
@@ -86,7 +150,7 @@ impl<'a> Decoder<'a> {
     /// lockable instruction is emulated, so with LOCK in front it is `#UD`
     /// whatever the opcode is.
     fn unsupported(&self) -> DecodeError {
-        if self.pfx.lock {
+        if self.pfx.lock() {
             DecodeError::Invalid
         } else {
             DecodeError::Unsupported
@@ -94,27 +158,23 @@ impl<'a> Decoder<'a> {
     }
 
     /// The operand size of a `v` form: REX.W, else 66 toggles the default.
+    #[inline(always)]
     fn v_size(&self) -> u8 {
-        if self.pfx.rex_w() {
-            8
-        } else {
-            match (self.mode.default_size(), self.pfx.opsize) {
-                (2, false) | (4, true) => 2,
-                _ => 4,
-            }
-        }
+        self.v_size
     }
 
     /// The operand size of PUSH/POP r/m: 64 bits by default in 64-bit mode
     /// (66 gives 16; there is no 32-bit form there).
+    #[inline(always)]
     fn stack_size(&self) -> u8 {
-        if self.long && !self.pfx.opsize {
+        if self.long && !self.pfx.opsize() {
             8
         } else {
             self.v_size()
         }
     }
 
+    #[inline(always)]
     fn size_of(&self, width: Width) -> u8 {
         match width {
             Width::Byte => 1,
@@ -123,6 +183,7 @@ impl<'a> Decoder<'a> {
     }
 
     /// The size of I/O operands: 1, 2 or 4 (REX.W does not widen them).
+    #[inline(always)]
     fn io_size(&self, width: Width) -> u8 {
         match width {
             Width::Byte => 1,
@@ -131,6 +192,7 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    #[inline(always)]
     fn gpr(&self, num: u8, size: u8) -> Operand {
         let num = num & 15;
         if size == 1 && !self.pfx.rex_present() && (4..8).contains(&num) {
@@ -148,10 +210,12 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    #[inline(always)]
     fn acc(&self, size: u8) -> Operand {
         self.gpr(0, size)
     }
 
+    #[inline(always)]
     fn dx(&self) -> Operand {
         Operand::Reg(Register {
             gpr: Gpr::Rdx,
@@ -160,24 +224,17 @@ impl<'a> Decoder<'a> {
         })
     }
 
-    fn mem(&self, a: Address, size: u8) -> Operand {
-        let default = if a.stack { Segment::Ss } else { Segment::Ds };
-        Operand::Mem(MemoryOperand {
-            segment: self.pfx.segment.unwrap_or(default),
-            base: a.base,
-            index: a.index,
-            scale: a.scale,
-            disp: a.disp,
-            rip_relative: a.rip_relative,
-            size,
-        })
+    #[inline(always)]
+    fn mem(&self, m: MemoryOperand, size: u8) -> Operand {
+        Operand::Mem(MemoryOperand { size, ..m })
     }
 
     /// The implicit string operand: DS:rSI (override allowed) for the
     /// source, ES:rDI (no override) for the destination.
+    #[inline(always)]
     fn string_mem(&self, source: bool, size: u8) -> Operand {
         let (segment, base) = if source {
-            (self.pfx.segment.unwrap_or(Segment::Ds), Gpr::Rsi)
+            (self.pfx.segment().unwrap_or(Segment::Ds), Gpr::Rsi)
         } else {
             (Segment::Es, Gpr::Rdi)
         };
@@ -192,6 +249,7 @@ impl<'a> Decoder<'a> {
         })
     }
 
+    #[inline(always)]
     fn rm(&self, m: &ModRm, size: u8) -> Operand {
         match m.rm {
             Rm::Reg(n) => self.gpr(n, size),
@@ -199,19 +257,14 @@ impl<'a> Decoder<'a> {
         }
     }
 
-    fn xmm_rm(&self, m: &ModRm, size: u8) -> Operand {
-        match m.rm {
-            Rm::Reg(n) => Operand::Xmm(n & 15),
-            Rm::Mem(a) => self.mem(a, size),
-        }
-    }
-
+    #[inline(always)]
     fn modrm(&mut self) -> Result<ModRm, DecodeError> {
         modrm::read(&mut self.cur, &self.pfx, self.address_size, self.long)
     }
 
     /// Reads an immediate of `bytes` bytes, sign-extended (or not) and
     /// truncated to `size` bytes.
+    #[inline(always)]
     fn imm(&mut self, bytes: u8, size: u8, signed: bool) -> Result<Operand, DecodeError> {
         let raw = self.cur.le(bytes)?;
         let value = if signed {
@@ -224,6 +277,7 @@ impl<'a> Decoder<'a> {
 
     /// An immediate of the operand size: imm8/16/32, imm32 sign-extended
     /// for 64-bit operands.
+    #[inline(always)]
     fn imm_z(&mut self, size: u8) -> Result<Operand, DecodeError> {
         self.imm(size.min(4), size, true)
     }
@@ -234,58 +288,49 @@ impl<'a> Decoder<'a> {
         Ok(self.cur.peek()? >> 6 == 3)
     }
 
-    fn primary(mut self, kind: Kind) -> Result<Instruction, DecodeError> {
+    #[inline(always)]
+    fn primary(&mut self, kind: Kind) -> Result<Instruction, DecodeError> {
         use Kind as K;
-        let built = match kind {
+        match kind {
             K::EG(mn, w) => {
                 let size = self.size_of(w);
                 let m = self.modrm()?;
-                Built::new(
-                    mn,
-                    size,
-                    [self.rm(&m, size), self.gpr(m.reg, size), Operand::None],
-                )
+                emit_rm!(self, m, size, |rm| {
+                    self.emit(mn, size, [rm, self.gpr(m.reg, size), Operand::None])
+                })
             }
             K::GE(mn, w) => {
                 let size = self.size_of(w);
                 let m = self.modrm()?;
-                Built::new(
-                    mn,
-                    size,
-                    [self.gpr(m.reg, size), self.rm(&m, size), Operand::None],
-                )
+                emit_rm!(self, m, size, |rm| {
+                    self.emit(mn, size, [self.gpr(m.reg, size), rm, Operand::None])
+                })
             }
             K::AccImm(mn, w) => {
                 let size = self.size_of(w);
                 let imm = self.imm_z(size)?;
-                Built::new(mn, size, [self.acc(size), imm, Operand::None])
+                self.emit(mn, size, [self.acc(size), imm, Operand::None])
             }
-            K::Group1NotIn64 if self.long => return Err(DecodeError::Invalid),
-            K::Group1NotIn64 => self.group1(Width::Byte, Imm::B)?,
-            K::Group1(w, imm) => self.group1(w, imm)?,
+            K::Group1NotIn64 if self.long => Err(DecodeError::Invalid),
+            K::Group1NotIn64 => self.group1(Width::Byte, Imm::B),
+            K::Group1(w, imm) => self.group1(w, imm),
             K::Group3(w) => {
                 let size = self.size_of(w);
                 let m = self.modrm()?;
                 match m.ext() {
                     0 | 1 => {
                         let imm = self.imm_z(size)?;
-                        Built::new(
-                            Mnemonic::Test,
-                            size,
-                            [self.rm(&m, size), imm, Operand::None],
-                        )
+                        emit_rm!(self, m, size, |rm| {
+                            self.emit(Mnemonic::Test, size, [rm, imm, Operand::None])
+                        })
                     }
-                    2 => Built::new(
-                        Mnemonic::Not,
-                        size,
-                        [self.rm(&m, size), Operand::None, Operand::None],
-                    ),
-                    3 => Built::new(
-                        Mnemonic::Neg,
-                        size,
-                        [self.rm(&m, size), Operand::None, Operand::None],
-                    ),
-                    _ => return Err(self.unsupported()),
+                    2 => emit_rm!(self, m, size, |rm| {
+                        self.emit(Mnemonic::Not, size, [rm, Operand::None, Operand::None])
+                    }),
+                    3 => emit_rm!(self, m, size, |rm| {
+                        self.emit(Mnemonic::Neg, size, [rm, Operand::None, Operand::None])
+                    }),
+                    _ => Err(self.unsupported()),
                 }
             }
             K::Group4 => {
@@ -295,7 +340,9 @@ impl<'a> Decoder<'a> {
                     1 => Mnemonic::Dec,
                     _ => return Err(DecodeError::Invalid),
                 };
-                Built::new(mn, 1, [self.rm(&m, 1), Operand::None, Operand::None])
+                emit_rm!(self, m, 1, |rm| {
+                    self.emit(mn, 1, [rm, Operand::None, Operand::None])
+                })
             }
             K::Group5 => {
                 let m = self.modrm()?;
@@ -308,20 +355,20 @@ impl<'a> Decoder<'a> {
                         } else {
                             Mnemonic::Dec
                         };
-                        Built::new(mn, size, [self.rm(&m, size), Operand::None, Operand::None])
+                        emit_rm!(self, m, size, |rm| {
+                            self.emit(mn, size, [rm, Operand::None, Operand::None])
+                        })
                     }
                     // Far CALL/JMP take a memory pointer only.
-                    3 | 5 if is_reg => return Err(DecodeError::Invalid),
+                    3 | 5 if is_reg => Err(DecodeError::Invalid),
                     6 => {
                         let size = self.stack_size();
-                        Built::new(
-                            Mnemonic::Push,
-                            size,
-                            [self.rm(&m, size), Operand::None, Operand::None],
-                        )
+                        emit_rm!(self, m, size, |rm| {
+                            self.emit(Mnemonic::Push, size, [rm, Operand::None, Operand::None])
+                        })
                     }
-                    7 => return Err(DecodeError::Invalid),
-                    _ => return Err(self.unsupported()),
+                    7 => Err(DecodeError::Invalid),
+                    _ => Err(self.unsupported()),
                 }
             }
             K::Group11(w) => {
@@ -330,11 +377,13 @@ impl<'a> Decoder<'a> {
                 match m.ext() {
                     0 => {
                         let imm = self.imm_z(size)?;
-                        Built::new(Mnemonic::Mov, size, [self.rm(&m, size), imm, Operand::None])
+                        emit_rm!(self, m, size, |rm| {
+                            self.emit(Mnemonic::Mov, size, [rm, imm, Operand::None])
+                        })
                     }
                     // C6 F8 XABORT, C7 F8 XBEGIN.
-                    7 if m.byte == 0xF8 => return Err(self.unsupported()),
-                    _ => return Err(DecodeError::Invalid),
+                    7 if m.byte == 0xF8 => Err(self.unsupported()),
+                    _ => Err(DecodeError::Invalid),
                 }
             }
             K::Group1A => {
@@ -350,11 +399,9 @@ impl<'a> Decoder<'a> {
                 }
                 let m = self.modrm()?;
                 let size = self.stack_size();
-                Built::new(
-                    Mnemonic::Pop,
-                    size,
-                    [self.rm(&m, size), Operand::None, Operand::None],
-                )
+                emit_rm!(self, m, size, |rm| {
+                    self.emit(Mnemonic::Pop, size, [rm, Operand::None, Operand::None])
+                })
             }
             K::Movsxd => {
                 if !self.long {
@@ -364,45 +411,47 @@ impl<'a> Decoder<'a> {
                 let size = self.v_size();
                 let src = if size == 2 { 2 } else { 4 };
                 let m = self.modrm()?;
-                Built::new(
-                    Mnemonic::Movsxd,
-                    size,
-                    [self.gpr(m.reg, size), self.rm(&m, src), Operand::None],
-                )
+                emit_rm!(self, m, src, |rm| {
+                    self.emit(
+                        Mnemonic::Movsxd,
+                        size,
+                        [self.gpr(m.reg, size), rm, Operand::None],
+                    )
+                })
             }
             K::Moffs { store, width } => {
                 let size = self.size_of(width);
                 let offset = self.cur.le(self.address_size)?;
-                let a = Address {
+                let mem = Operand::Mem(MemoryOperand {
+                    segment: modrm::segment(&self.pfx, false),
                     base: None,
                     index: None,
                     scale: 1,
                     disp: offset as i64,
                     rip_relative: false,
-                    stack: false,
-                };
-                let mem = self.mem(a, size);
+                    size,
+                });
                 let ops = if store {
                     [mem, self.acc(size), Operand::None]
                 } else {
                     [self.acc(size), mem, Operand::None]
                 };
-                Built::new(Mnemonic::Mov, size, ops)
+                self.emit(Mnemonic::Mov, size, ops)
             }
             K::Str(mn, w) => self.string(mn, w),
             K::InImm(w) => {
                 let size = self.io_size(w);
                 let port = self.imm(1, 1, false)?;
-                Built::new(Mnemonic::In, size, [self.acc(size), port, Operand::None])
+                self.emit(Mnemonic::In, size, [self.acc(size), port, Operand::None])
             }
             K::OutImm(w) => {
                 let size = self.io_size(w);
                 let port = self.imm(1, 1, false)?;
-                Built::new(Mnemonic::Out, size, [port, self.acc(size), Operand::None])
+                self.emit(Mnemonic::Out, size, [port, self.acc(size), Operand::None])
             }
             K::InDx(w) => {
                 let size = self.io_size(w);
-                Built::new(
+                self.emit(
                     Mnemonic::In,
                     size,
                     [self.acc(size), self.dx(), Operand::None],
@@ -410,23 +459,22 @@ impl<'a> Decoder<'a> {
             }
             K::OutDx(w) => {
                 let size = self.io_size(w);
-                Built::new(
+                self.emit(
                     Mnemonic::Out,
                     size,
                     [self.dx(), self.acc(size), Operand::None],
                 )
             }
-            K::Vex | K::Evex => return Err(self.vex_like()?),
-            K::NotIn64 if self.long => return Err(DecodeError::Invalid),
-            K::NotIn64 | K::Unsupported => return Err(self.unsupported()),
+            K::Vex | K::Evex => Err(self.vex_like()?),
+            K::NotIn64 if self.long => Err(DecodeError::Invalid),
+            K::NotIn64 | K::Unsupported => Err(self.unsupported()),
             // 0F-map kinds; the one-byte table holds none of them.
-            _ => return Err(self.unsupported()),
-        };
-        self.finish(built)
+            _ => Err(self.unsupported()),
+        }
     }
 
     /// C4/C5/62: VEX/EVEX (never emulated) or LES/LDS/BOUND.
-    fn vex_like(&self) -> Result<DecodeError, DecodeError> {
+    fn vex_like(self) -> Result<DecodeError, DecodeError> {
         let is_vex = self.long || self.next_is_reg_form()?;
         if !is_vex {
             // LES/LDS/BOUND with a memory operand.
@@ -438,13 +486,18 @@ impl<'a> Decoder<'a> {
             return Ok(DecodeError::Invalid);
         }
         // A 66, F2, F3, LOCK or REX prefix before VEX/EVEX is #UD.
-        if self.pfx.opsize || self.pfx.rep.is_some() || self.pfx.lock || self.pfx.rex_present() {
+        if self.pfx.opsize()
+            || self.pfx.rep().is_some()
+            || self.pfx.lock()
+            || self.pfx.rex_present()
+        {
             return Ok(DecodeError::Invalid);
         }
         Ok(DecodeError::Unsupported)
     }
 
-    fn group1(&mut self, w: Width, imm: Imm) -> Result<Built, DecodeError> {
+    #[inline(always)]
+    fn group1(mut self, w: Width, imm: Imm) -> Result<Instruction, DecodeError> {
         let size = self.size_of(w);
         let m = self.modrm()?;
         let imm = match imm {
@@ -452,80 +505,96 @@ impl<'a> Decoder<'a> {
             Imm::SB => self.imm(1, size, true)?,
             Imm::Z => self.imm_z(size)?,
         };
-        Ok(Built::new(
-            alu(m.ext()),
-            size,
-            [self.rm(&m, size), imm, Operand::None],
-        ))
+        emit_rm!(self, m, size, |rm| {
+            self.emit(alu(m.ext()), size, [rm, imm, Operand::None])
+        })
     }
 
-    fn string(&self, mn: Mnemonic, w: Width) -> Built {
-        let (size, ops, access) = match mn {
-            Mnemonic::Ins | Mnemonic::Outs => {
+    fn string(self, mn: Mnemonic, w: Width) -> Result<Instruction, DecodeError> {
+        use AccessClass as A;
+        use Mnemonic as M;
+        let none = Operand::None;
+        // Each form builds only its own operands, with its mnemonic a
+        // constant.
+        match mn {
+            M::Ins => {
                 let size = self.io_size(w);
-                if mn == Mnemonic::Ins {
-                    let ops = [self.string_mem(false, size), self.dx(), Operand::None];
-                    (size, ops, AccessClass::Write)
-                } else {
-                    let ops = [self.dx(), self.string_mem(true, size), Operand::None];
-                    (size, ops, AccessClass::Read)
-                }
+                let ops = [self.string_mem(false, size), self.dx(), none];
+                self.finish(M::Ins, size, ops, None, Some(A::Write))
             }
-            _ => {
+            M::Outs => {
+                let size = self.io_size(w);
+                let ops = [self.dx(), self.string_mem(true, size), none];
+                self.finish(M::Outs, size, ops, None, Some(A::Read))
+            }
+            M::Movs => {
                 let size = self.size_of(w);
-                let src = self.string_mem(true, size);
-                let dst = self.string_mem(false, size);
-                let acc = self.acc(size);
-                match mn {
-                    Mnemonic::Movs => (size, [dst, src, Operand::None], AccessClass::ReadWrite),
-                    Mnemonic::Cmps => (size, [src, dst, Operand::None], AccessClass::Read),
-                    Mnemonic::Stos => (size, [dst, acc, Operand::None], AccessClass::Write),
-                    Mnemonic::Lods => (size, [acc, src, Operand::None], AccessClass::Read),
-                    _ => (size, [acc, dst, Operand::None], AccessClass::Read),
-                }
+                let ops = [
+                    self.string_mem(false, size),
+                    self.string_mem(true, size),
+                    none,
+                ];
+                self.finish(M::Movs, size, ops, None, Some(A::ReadWrite))
             }
-        };
-        let mut b = Built::new(mn, size, ops);
-        b.access = Some(access);
-        b
+            M::Cmps => {
+                let size = self.size_of(w);
+                let ops = [
+                    self.string_mem(true, size),
+                    self.string_mem(false, size),
+                    none,
+                ];
+                self.finish(M::Cmps, size, ops, None, Some(A::Read))
+            }
+            M::Stos => {
+                let size = self.size_of(w);
+                let ops = [self.string_mem(false, size), self.acc(size), none];
+                self.finish(M::Stos, size, ops, None, Some(A::Write))
+            }
+            M::Lods => {
+                let size = self.size_of(w);
+                let ops = [self.acc(size), self.string_mem(true, size), none];
+                self.finish(M::Lods, size, ops, None, Some(A::Read))
+            }
+            M::Scas => {
+                let size = self.size_of(w);
+                let ops = [self.acc(size), self.string_mem(false, size), none];
+                self.finish(M::Scas, size, ops, None, Some(A::Read))
+            }
+            // The table gives `Kind::Str` only to the seven above.
+            _ => Err(self.unsupported()),
+        }
     }
 
-    fn secondary(mut self, opcode: u8) -> Result<Instruction, DecodeError> {
+    #[inline(always)]
+    fn secondary(&mut self, opcode: u8) -> Result<Instruction, DecodeError> {
         use Kind as K;
-        let kind = SECONDARY
-            .get(usize::from(opcode))
-            .copied()
-            .unwrap_or(K::Unsupported);
-        let built = match kind {
+        let kind = SECONDARY[usize::from(opcode)].0;
+        match kind {
             K::Cmov => {
                 let size = self.v_size();
                 let m = self.modrm()?;
-                let mut b = Built::new(
+                self.emit_cond(
+                    Condition(opcode & 15),
                     Mnemonic::Cmovcc,
                     size,
                     [self.gpr(m.reg, size), self.rm(&m, size), Operand::None],
-                );
-                b.condition = Some(Condition(opcode & 15));
-                b
+                )
             }
             K::Setcc => {
                 let m = self.modrm()?;
-                let mut b = Built::new(
+                self.emit_cond(
+                    Condition(opcode & 15),
                     Mnemonic::Setcc,
                     1,
                     [self.rm(&m, 1), Operand::None, Operand::None],
-                );
-                b.condition = Some(Condition(opcode & 15));
-                b
+                )
             }
             K::BtReg(mn) => {
                 let size = self.v_size();
                 let m = self.modrm()?;
-                Built::new(
-                    mn,
-                    size,
-                    [self.rm(&m, size), self.gpr(m.reg, size), Operand::None],
-                )
+                emit_rm!(self, m, size, |rm| {
+                    self.emit(mn, size, [rm, self.gpr(m.reg, size), Operand::None])
+                })
             }
             K::Group8 => {
                 let size = self.v_size();
@@ -540,37 +609,43 @@ impl<'a> Decoder<'a> {
                 // The bit offset is an unsigned imm8 (taken modulo the
                 // operand width by the CPU).
                 let imm = self.imm(1, 1, false)?;
-                Built::new(mn, size, [self.rm(&m, size), imm, Operand::None])
+                emit_rm!(self, m, size, |rm| self.emit(
+                    mn,
+                    size,
+                    [rm, imm, Operand::None]
+                ))
             }
             K::Cmpxchg(w) => {
                 let size = self.size_of(w);
                 let m = self.modrm()?;
-                Built::new(
-                    Mnemonic::Cmpxchg,
-                    size,
-                    [self.rm(&m, size), self.gpr(m.reg, size), self.acc(size)],
-                )
+                emit_rm!(self, m, size, |rm| {
+                    self.emit(
+                        Mnemonic::Cmpxchg,
+                        size,
+                        [rm, self.gpr(m.reg, size), self.acc(size)],
+                    )
+                })
             }
             K::Xadd(w) => {
                 let size = self.size_of(w);
                 let m = self.modrm()?;
-                Built::new(
-                    Mnemonic::Xadd,
-                    size,
-                    [self.rm(&m, size), self.gpr(m.reg, size), Operand::None],
-                )
+                emit_rm!(self, m, size, |rm| {
+                    self.emit(
+                        Mnemonic::Xadd,
+                        size,
+                        [rm, self.gpr(m.reg, size), Operand::None],
+                    )
+                })
             }
             K::MovExt(mn, src) => {
                 let size = self.v_size();
                 let m = self.modrm()?;
-                Built::new(
-                    mn,
-                    size,
-                    [self.gpr(m.reg, size), self.rm(&m, src), Operand::None],
-                )
+                emit_rm!(self, m, src, |rm| {
+                    self.emit(mn, size, [self.gpr(m.reg, size), rm, Operand::None])
+                })
             }
             K::Movnti => {
-                if self.pfx.opsize || self.pfx.rep.is_some() {
+                if self.pfx.opsize() || self.pfx.rep().is_some() {
                     return Err(DecodeError::Invalid);
                 }
                 let size = if self.pfx.rex_w() { 8 } else { 4 };
@@ -578,11 +653,13 @@ impl<'a> Decoder<'a> {
                 if matches!(m.rm, Rm::Reg(_)) {
                     return Err(DecodeError::Invalid);
                 }
-                Built::new(
-                    Mnemonic::Movnti,
-                    size,
-                    [self.rm(&m, size), self.gpr(m.reg, size), Operand::None],
-                )
+                emit_rm!(self, m, size, |rm| {
+                    self.emit(
+                        Mnemonic::Movnti,
+                        size,
+                        [rm, self.gpr(m.reg, size), Operand::None],
+                    )
+                })
             }
             K::Group9 => {
                 let m = self.modrm()?;
@@ -597,16 +674,18 @@ impl<'a> Decoder<'a> {
                 } else {
                     (Mnemonic::Cmpxchg8b, 8)
                 };
-                Built::new(mn, size, [self.rm(&m, size), Operand::None, Operand::None])
+                emit_rm!(self, m, size, |rm| {
+                    self.emit(mn, size, [rm, Operand::None, Operand::None])
+                })
             }
-            K::Sse => self.sse(opcode)?,
-            _ => return Err(self.unsupported()),
-        };
-        self.finish(built)
+            K::Sse => self.sse(opcode),
+            _ => Err(self.unsupported()),
+        }
     }
 
     /// The SSE moves, selected by opcode and mandatory prefix.
-    fn sse(&mut self, opcode: u8) -> Result<Built, DecodeError> {
+    #[inline(always)]
+    fn sse(mut self, opcode: u8) -> Result<Instruction, DecodeError> {
         use Mandatory as P;
         use Mnemonic as M;
         /// How the operands are laid out.
@@ -655,50 +734,96 @@ impl<'a> Decoder<'a> {
         };
         let m = self.modrm()?;
         let xmm = Operand::Xmm(m.reg & 15);
-        let ops = match shape {
-            Shape::Load => [xmm, self.xmm_rm(&m, size), Operand::None],
-            Shape::Store => [self.xmm_rm(&m, size), xmm, Operand::None],
-            Shape::StoreMemOnly => {
-                if matches!(m.rm, Rm::Reg(_)) {
-                    return Err(DecodeError::Invalid);
-                }
-                [self.xmm_rm(&m, size), xmm, Operand::None]
+        // The memory and register r/m forms apart, as in `emit_rm!`.
+        let rm = match m.rm {
+            Rm::Mem(a) => {
+                let rm = self.mem(a, size);
+                return match shape {
+                    Shape::Load | Shape::FromGpr => self.emit(mn, size, [xmm, rm, Operand::None]),
+                    Shape::Store | Shape::StoreMemOnly | Shape::ToGpr => {
+                        self.emit(mn, size, [rm, xmm, Operand::None])
+                    }
+                };
             }
-            Shape::FromGpr => [xmm, self.rm(&m, size), Operand::None],
-            Shape::ToGpr => [self.rm(&m, size), xmm, Operand::None],
+            Rm::Reg(n) => n,
         };
-        Ok(Built::new(mn, size, ops))
+        match shape {
+            Shape::Load => self.emit(mn, size, [xmm, Operand::Xmm(rm & 15), Operand::None]),
+            Shape::Store => self.emit(mn, size, [Operand::Xmm(rm & 15), xmm, Operand::None]),
+            Shape::StoreMemOnly => Err(DecodeError::Invalid),
+            Shape::FromGpr => self.emit(mn, size, [xmm, self.gpr(rm, size), Operand::None]),
+            Shape::ToGpr => self.emit(mn, size, [self.gpr(rm, size), xmm, Operand::None]),
+        }
+    }
+
+    /// The instruction of a form without a condition whose access class
+    /// follows from its mnemonic and operand positions.
+    #[inline(always)]
+    fn emit(
+        &self,
+        mnemonic: Mnemonic,
+        size: u8,
+        operands: [Operand; 3],
+    ) -> Result<Instruction, DecodeError> {
+        self.finish(mnemonic, size, operands, None, None)
+    }
+
+    /// The instruction of SETcc/CMOVcc.
+    #[inline(always)]
+    fn emit_cond(
+        &self,
+        condition: Condition,
+        mnemonic: Mnemonic,
+        size: u8,
+        operands: [Operand; 3],
+    ) -> Result<Instruction, DecodeError> {
+        self.finish(mnemonic, size, operands, Some(condition), None)
     }
 
     /// Applies the checks common to every form and assembles the result.
-    fn finish(self, b: Built) -> Result<Instruction, DecodeError> {
-        let mem_dest = matches!(b.operands[0], Operand::Mem(_));
-        let has_mem = b.operands.iter().any(|o| matches!(o, Operand::Mem(_)));
-        if self.pfx.lock && !(mem_dest && lockable(b.mnemonic)) {
+    /// `access` is set for the forms whose access class does not follow
+    /// from the mnemonic and operand positions (string instructions).
+    /// Inlined in each form, where the mnemonic is mostly a constant, so
+    /// most of these rules fold away.
+    #[inline(always)]
+    fn finish(
+        &self,
+        mnemonic: Mnemonic,
+        operand_size: u8,
+        operands: [Operand; 3],
+        condition: Option<Condition>,
+        access: Option<AccessClass>,
+    ) -> Result<Instruction, DecodeError> {
+        let mem_dest = matches!(operands[0], Operand::Mem(_));
+        if self.pfx.lock() && !(mem_dest && lockable(mnemonic)) {
             return Err(DecodeError::Invalid);
         }
-        let access = match b.access {
+        let access = match access {
             Some(a) => a,
-            None if !has_mem => AccessClass::None,
-            None if mem_dest => dest_access(b.mnemonic),
-            None => AccessClass::Read,
+            None if mem_dest => dest_access(mnemonic),
+            None if matches!(operands[1], Operand::Mem(_))
+                || matches!(operands[2], Operand::Mem(_)) =>
+            {
+                AccessClass::Read
+            }
+            None => AccessClass::None,
         };
-        let rep = if is_string(b.mnemonic) {
-            self.pfx.rep
+        let rep = if is_string(mnemonic) {
+            self.pfx.rep()
         } else {
             None
         };
-        let len = u8::try_from(self.cur.pos()).map_err(|_| DecodeError::TooLong)?;
+        let len = self.cur.len();
         Ok(Instruction {
             len,
-            mnemonic: b.mnemonic,
-            operands: b.operands,
-            operand_size: b.operand_size,
+            mnemonic,
+            operands,
+            operand_size,
             address_size: self.address_size,
-            segment_override: self.pfx.segment,
+            segment_override: self.pfx.segment(),
             rep,
-            lock: self.pfx.lock,
-            condition: b.condition,
+            lock: self.pfx.lock(),
+            condition,
             access,
         })
     }

@@ -11,6 +11,15 @@
 //! (LOCK, the 15-byte limit) are shared. Nothing allocates and no input can
 //! panic.
 //!
+//! The decoder is on the path of every memory assist, so it is built for
+//! speed as much as for exactness: one table lookup per prefix byte (an
+//! instruction without prefixes costs one load and a test), one for the
+//! opcode, the operand and address sizes from one table by mode and 66/67,
+//! and every form inlined into one function that keeps its state in
+//! registers and writes its [`Instruction`] once, separately for a memory
+//! and a register r/m. `benches/decode.rs` times it against iced-x86's
+//! decode of the same bytes in every addressing mode.
+//!
 //! Where the CPU's own rules are subtle, the decoder follows them:
 //! a REX prefix counts only directly before the opcode (a legacy prefix
 //! after it cancels it) and only in 64-bit mode; the last segment override
@@ -253,6 +262,7 @@ impl Instruction {
 /// accepted instruction's bytes gives [`DecodeError::Truncated`], so a
 /// caller may fetch the bytes piecewise (up to a page edge, then the rest)
 /// and retry while it gets `Truncated`.
+#[inline]
 pub fn decode(bytes: &[u8], mode: CpuMode) -> Result<Instruction, DecodeError> {
     decoder::decode(bytes, mode)
 }

@@ -237,7 +237,23 @@ const fn build_0f() -> [Kind; 256] {
     t
 }
 
+/// A table entry: a [`Kind`] (three bytes) aligned to four, so that the
+/// decoder fetches it with one load.
+#[derive(Clone, Copy)]
+#[repr(align(4))]
+pub(super) struct Entry(pub Kind);
+
+const fn aligned(t: [Kind; 256]) -> [Entry; 256] {
+    let mut out = [Entry(Kind::Unsupported); 256];
+    let mut i = 0;
+    while i < 256 {
+        out[i] = Entry(t[i]);
+        i += 1;
+    }
+    out
+}
+
 /// The one-byte opcode map.
-pub(super) static PRIMARY: [Kind; 256] = build_primary();
+pub(super) static PRIMARY: [Entry; 256] = aligned(build_primary());
 /// The two-byte (0F xx) opcode map.
-pub(super) static SECONDARY: [Kind; 256] = build_0f();
+pub(super) static SECONDARY: [Entry; 256] = aligned(build_0f());
