@@ -2,23 +2,28 @@
 //! over the comm page (zero copy) and [`nvmm_assist::GuestRam`] over the
 //! machine's GPA→HVA area list.
 
-use std::sync::Mutex;
+use std::ptr::NonNull;
+use std::sync::Arc;
 
 use nvmm_assist::{
     AccessType, BusError, CompareWrite, CpuState, GuestRam, RamStatus, SegmentAttributes,
     SegmentRegister, Vendor,
 };
 
-use crate::comm::CommPage;
+use crate::comm::{CommPage, field};
 use crate::error::{Error, Op, Result};
 use crate::guest_ram;
-use crate::memory::{Areas, Prot};
-use crate::state::{Cr, Crs, Gpr, Gprs, Msr, Msrs, Seg, Segs, StateClasses, set_xmm_of, xmm_of};
+use crate::machine::MachineInner;
+use crate::memory::{Areas, GuestRanges, Prot};
+use crate::state::{Cr, Crs, Gpr, Msr, Msrs, Seg, Segs, StateClasses, set_xmm_of, xmm_of};
 use crate::vcpu::{PROVIDED_ON_IO_AND_MEMORY, Vcpu};
 
 /// The assist's view of the VCPU registers: reads and writes go to the comm
-/// page in place; a setter marks only its own class (GPRS for GPRs, RIP and
-/// RFLAGS; FPU for XMM) in `state_commit`/`state_cached`.
+/// page in place. A setter marks only its own class (GPRS for GPRs, RIP and
+/// RFLAGS; FPU for XMM) in `state_commit`/`state_cached`: GPRS once, when
+/// the view is dropped (at the end of the assist, or on unwinding), rather
+/// than at every register write. Nothing can observe the page in between:
+/// the view borrows the VCPU exclusively.
 ///
 /// Built only after GPRS|SEGS|CRS|MSRS are cached; XMM registers are
 /// offered only when FPU is cached too (an SSE move through MMIO then
@@ -26,11 +31,50 @@ use crate::vcpu::{PROVIDED_ON_IO_AND_MEMORY, Vcpu};
 pub(crate) struct CommState<'a> {
     page: CommPage<'a>,
     vendor: Vendor,
+    /// GPRS once a GPR, RIP or RFLAGS was written.
+    gprs_written: bool,
 }
 
 impl<'a> CommState<'a> {
+    #[inline]
     pub(crate) fn new(page: CommPage<'a>, vendor: Vendor) -> Self {
-        CommState { page, vendor }
+        CommState {
+            page,
+            vendor,
+            gprs_written: false,
+        }
+    }
+
+    #[inline]
+    fn state(&self) -> *mut nvmm_sys::nvmm_x64_state {
+        self.page.state_ptr()
+    }
+
+    /// Reads element `i` of the GPR array (RAX..R15, RIP, RFLAGS).
+    #[inline]
+    fn gpr_at(&self, i: Gpr) -> u64 {
+        let st = self.state();
+        // SAFETY: an element of `gprs` in the live page (`Gpr` indexes
+        // are in bounds), read under the page's rules (see `comm`).
+        unsafe { self.page.read(field!(st, gprs[i.index()])) }
+    }
+
+    /// Writes element `i` of the GPR array; GPRS is marked on drop.
+    #[inline]
+    fn set_gpr_at(&mut self, i: Gpr, value: u64) {
+        let st = self.state();
+        // SAFETY: as in `gpr_at`.
+        unsafe { self.page.write(field!(st, gprs[i.index()]), value) };
+        self.gprs_written = true;
+    }
+}
+
+impl Drop for CommState<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if self.gprs_written {
+            self.page.mark_dirty(StateClasses::GPRS);
+        }
     }
 }
 
@@ -86,27 +130,27 @@ fn gpr_of(r: nvmm_assist::Gpr) -> Gpr {
 impl CpuState for CommState<'_> {
     #[inline]
     fn gpr(&self, reg: nvmm_assist::Gpr) -> u64 {
-        Gprs::new(self.page).get(gpr_of(reg))
+        self.gpr_at(gpr_of(reg))
     }
     #[inline]
     fn set_gpr(&mut self, reg: nvmm_assist::Gpr, value: u64) {
-        Gprs::new(self.page).set(gpr_of(reg), value);
+        self.set_gpr_at(gpr_of(reg), value);
     }
     #[inline]
     fn rip(&self) -> u64 {
-        Gprs::new(self.page).rip()
+        self.gpr_at(Gpr::Rip)
     }
     #[inline]
     fn set_rip(&mut self, value: u64) {
-        Gprs::new(self.page).set_rip(value);
+        self.set_gpr_at(Gpr::Rip, value);
     }
     #[inline]
     fn rflags(&self) -> u64 {
-        Gprs::new(self.page).rflags()
+        self.gpr_at(Gpr::Rflags)
     }
     #[inline]
     fn set_rflags(&mut self, value: u64) {
-        Gprs::new(self.page).set_rflags(value);
+        self.set_gpr_at(Gpr::Rflags, value);
     }
     #[inline]
     fn segment(&self, seg: nvmm_assist::Segment) -> SegmentRegister {
@@ -154,33 +198,105 @@ impl CpuState for CommState<'_> {
     }
 }
 
-/// Guest RAM as the assist sees it: a snapshot of the machine's areas,
-/// read and written through their host mappings with the one-byte atomic
-/// accesses of [`guest_ram`]. A GPA outside every area, or not allowed by
-/// the area's protection, is "not RAM" and goes to the caller's MMIO bus.
+/// Guest RAM as the assist sees it: the machine's areas, read and written
+/// through their host mappings with the one-byte atomic accesses of
+/// [`guest_ram`]. A GPA outside every area, or not allowed by the area's
+/// protection, is "not RAM" and goes to the caller's MMIO bus.
 ///
 /// No lock is held while the assist runs: the caller's `MmioBus` and
-/// `PortIo` callbacks may map and unmap guest memory (the snapshot keeps
-/// the host mappings it names from being unmapped until it is dropped).
+/// `PortIo` callbacks may map and unmap guest memory. Host memory is only
+/// ever reached through a snapshot of the area list, which keeps the host
+/// mappings it names from being unmapped until it is dropped, at the end
+/// of the assist (`hva_unmap` refuses them meanwhile).
+///
+/// The snapshot is taken lazily, at the first lookup that needs it: while
+/// the VCPU's copy of the guest ranges ([`GuestRanges`]) is of the current
+/// list (one atomic load of the machine's generation, at every lookup), a
+/// lookup that the copy answers "not RAM" (an MMIO access) needs no
+/// snapshot, because it uses no host pointer. The answer is the one a
+/// snapshot taken at that load would give. The first lookup that hits RAM,
+/// or finds the list changed, takes the snapshot (and refreshes the copy);
+/// every later lookup of the assist uses that snapshot, so from the first
+/// RAM access on, the assist sees one consistent list, as before.
 pub(crate) struct AreaRam<'a> {
-    pub(crate) areas: &'a Areas,
-    pub(crate) cas_lock: &'a Mutex<()>,
+    machine: &'a MachineInner,
+    /// The VCPU's copy, or `None` to take the snapshot at the first lookup.
+    copy: Option<&'a mut GuestRanges>,
+    snapshot: Option<Arc<Areas>>,
+}
+
+impl<'a> AreaRam<'a> {
+    /// Guest RAM of `machine`, with `copy` answering MMIO lookups until a
+    /// snapshot is needed.
+    #[inline]
+    pub(crate) fn new(machine: &'a MachineInner, copy: &'a mut GuestRanges) -> Self {
+        AreaRam {
+            machine,
+            copy: Some(copy),
+            snapshot: None,
+        }
+    }
+
+    /// Guest RAM of `machine` without a VCPU's copy: every lookup uses a
+    /// snapshot, taken at the first.
+    pub(crate) fn without_copy(machine: &'a MachineInner) -> Self {
+        AreaRam {
+            machine,
+            copy: None,
+            snapshot: None,
+        }
+    }
+
+    /// Whether a snapshot has been taken (tests).
+    #[cfg(test)]
+    pub(crate) fn has_snapshot(&self) -> bool {
+        self.snapshot.is_some()
+    }
+
+    /// The host pointer of `gpa..gpa+len` if it is RAM allowing `need`.
+    #[inline(always)]
+    fn host_range(&mut self, gpa: u64, len: usize, need: Prot) -> Option<NonNull<u8>> {
+        match (&self.snapshot, self.copy.as_deref()) {
+            (Some(snapshot), _) => snapshot.host_range(gpa, len, need),
+            (None, Some(copy))
+                if copy.is_of(self.machine.generation()) && !copy.holds(gpa, len, need) =>
+            {
+                None
+            }
+            (None, _) => self.snapshot_host_range(gpa, len, need),
+        }
+    }
+
+    /// [`AreaRam::host_range`] when a snapshot is needed: takes it (and
+    /// brings the VCPU's copy up to date) for the rest of the assist.
+    #[cold]
+    #[inline(never)]
+    fn snapshot_host_range(&mut self, gpa: u64, len: usize, need: Prot) -> Option<NonNull<u8>> {
+        let snapshot = self.machine.snapshot();
+        if let Some(copy) = self.copy.as_deref_mut() {
+            copy.refresh(&snapshot);
+        }
+        self.snapshot.insert(snapshot).host_range(gpa, len, need)
+    }
 }
 
 impl GuestRam for AreaRam<'_> {
+    // Always inlined: the call would cost as much as the MMIO-case body.
+    #[inline(always)]
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> std::result::Result<RamStatus, BusError> {
-        let Some(src) = self.areas.host_range(gpa, buf.len(), Prot::READ) else {
+        let Some(src) = self.host_range(gpa, buf.len(), Prot::READ) else {
             return Ok(RamStatus::NotRam);
         };
-        // SAFETY: `src..src+len` lies in a registered host mapping that the
-        // snapshot (held by our creator) keeps mapped; guest RAM is only
-        // accessed through `guest_ram` in this process.
+        // SAFETY: `src..src+len` lies in a registered host mapping that
+        // `self.snapshot` (which `host_range` used) keeps mapped; guest RAM
+        // is only accessed through `guest_ram` in this process.
         unsafe { guest_ram::read(src, buf) };
         Ok(RamStatus::Done)
     }
 
+    #[inline(always)]
     fn write(&mut self, gpa: u64, data: &[u8]) -> std::result::Result<RamStatus, BusError> {
-        let Some(dst) = self.areas.host_range(gpa, data.len(), Prot::WRITE) else {
+        let Some(dst) = self.host_range(gpa, data.len(), Prot::WRITE) else {
             return Ok(RamStatus::NotRam);
         };
         // SAFETY: as in `read`.
@@ -198,14 +314,12 @@ impl GuestRam for AreaRam<'_> {
         if expected.len() != new.len() || expected.len() > 16 {
             return Err(BusError(libc::EINVAL));
         }
-        let Some(p) = self
-            .areas
-            .host_range(gpa, new.len(), Prot::READ | Prot::WRITE)
-        else {
+        let Some(p) = self.host_range(gpa, new.len(), Prot::READ | Prot::WRITE) else {
             return Ok(CompareWrite::NotRam);
         };
         // SAFETY: as in `read`.
-        let written = unsafe { guest_ram::compare_and_write(p, expected, new, self.cas_lock) };
+        let written =
+            unsafe { guest_ram::compare_and_write(p, expected, new, &self.machine.cas_lock) };
         Ok(if written {
             CompareWrite::Written
         } else {
@@ -258,14 +372,9 @@ impl Vcpu {
         // libnvmm_x86.c nvmm_gva_to_gpa: getstate(CRS | MSRS), then
         // x86_gva_to_gpa (read-only walk; paging off: *gpa = gva).
         self.fetch(StateClasses::CRS | StateClasses::MSRS)?;
-        let page = self.page();
-        let machine = self.machine();
-        let areas = machine.snapshot();
-        let state = CommState::new(page, self.guest_vendor());
-        let mut ram = AreaRam {
-            areas: &areas,
-            cas_lock: &machine.cas_lock,
-        };
+        let parts = self.assist_parts();
+        let state = CommState::new(parts.page, parts.vendor);
+        let mut ram = AreaRam::new(parts.machine, parts.guest_ranges);
         let t = nvmm_assist::translate_query(&state, &mut ram, gva).map_err(|source| {
             Error::Assist {
                 op: Op::GvaToGpa,
@@ -304,14 +413,9 @@ impl Vcpu {
     /// ```
     pub fn gva_to_gpa_checked(&mut self, gva: u64, access: AccessType) -> Result<u64> {
         self.fetch(PROVIDED_ON_IO_AND_MEMORY)?;
-        let page = self.page();
-        let machine = self.machine();
-        let areas = machine.snapshot();
-        let state = CommState::new(page, self.guest_vendor());
-        let mut ram = AreaRam {
-            areas: &areas,
-            cas_lock: &machine.cas_lock,
-        };
+        let parts = self.assist_parts();
+        let state = CommState::new(parts.page, parts.vendor);
+        let mut ram = AreaRam::new(parts.machine, parts.guest_ranges);
         nvmm_assist::translate(&state, &mut ram, gva, access).map_err(|source| Error::Assist {
             op: Op::GvaToGpa,
             source,
@@ -427,19 +531,11 @@ impl Vcpu {
             segment: io.segment.and_then(assist_segment),
             npc: io.npc,
         };
-        let machine = self.machine();
-        let areas = machine.snapshot();
-        let mut state = CommState::new(self.page(), self.guest_vendor());
-        let mut ram = AreaRam {
-            areas: &areas,
-            cas_lock: &machine.cas_lock,
-        };
-        nvmm_assist::assist_io(&mut state, &mut ram, mmio, ports, &exit).map_err(|source| {
-            Error::Assist {
-                op: Op::AssistIo,
-                source,
-            }
-        })
+        let parts = self.assist_parts();
+        let mut state = CommState::new(parts.page, parts.vendor);
+        let mut ram = AreaRam::new(parts.machine, parts.guest_ranges);
+        nvmm_assist::assist_io(&mut state, &mut ram, mmio, ports, &exit)
+            .map_err(|source| assist_error(Op::AssistIo, source))
     }
 
     /// Completes the last [`crate::Exit::Memory`] exit (libnvmm's
@@ -485,10 +581,8 @@ impl Vcpu {
         M: nvmm_assist::MmioBus + ?Sized,
     {
         self.fetch(PROVIDED_ON_IO_AND_MEMORY)?;
-        let vendor = self.guest_vendor();
-        let (last_exit, machine, cache, page) = self.exit_machine_cache();
-        let mut state = CommState::new(page, vendor);
-        let crate::Exit::Memory(m) = last_exit else {
+        let parts = self.assist_parts();
+        let Some(m) = crate::exit::memory(parts.exit) else {
             return Err(Error::rejected(
                 Op::AssistMem,
                 crate::error::Rejection::WrongExit,
@@ -503,19 +597,21 @@ impl Vcpu {
             },
             instruction: m.instruction,
         };
-        let areas = machine.snapshot();
-        let mut ram = AreaRam {
-            areas: &areas,
-            cas_lock: &machine.cas_lock,
-        };
+        let mut state = CommState::new(parts.page, parts.vendor);
+        let mut ram = AreaRam::new(parts.machine, parts.guest_ranges);
         // When the exit has no instruction bytes (VMX), the CS:RIP
         // translation comes from this VCPU's fetch cache, after the assist
         // has re-read every entry of the cached walk and compared the
         // control state (exact: see nvmm_assist::FetchCache).
-        let result = nvmm_assist::assist_mem_cached(&mut state, &mut ram, mmio, &exit, cache);
-        result.map_err(|source| Error::Assist {
-            op: Op::AssistMem,
-            source,
-        })
+        nvmm_assist::assist_mem_cached(&mut state, &mut ram, mmio, &exit, parts.fetch_cache)
+            .map_err(|source| assist_error(Op::AssistMem, source))
     }
+}
+
+/// An assist's failure as this crate's error (kept out of line: the
+/// success path should not carry the conversion).
+#[cold]
+#[inline(never)]
+fn assist_error(op: Op, source: nvmm_assist::Error) -> Error {
+    Error::Assist { op, source }
 }

@@ -181,25 +181,7 @@ pub(crate) fn decode(e: &sys::nvmm_x86_exit) -> Exit<'_> {
     match e.reason {
         sys::NVMM_VCPU_EXIT_NONE => Exit::None,
         sys::NVMM_VCPU_EXIT_STOPPED => Exit::Stopped,
-        sys::NVMM_VCPU_EXIT_MEMORY => {
-            // SAFETY: the `mem` member of the live union; integer fields.
-            let (prot, gpa, len) = unsafe { ((*u).mem.prot, (*u).mem.gpa, (*u).mem.inst_len) };
-            // SAFETY: as above; a borrow of a byte array inside `e`.
-            let bytes = unsafe { &(*u).mem.inst_bytes };
-            let access = if prot & 0x2 != 0 {
-                MemAccess::Write
-            } else if prot & 0x4 != 0 {
-                MemAccess::Exec
-            } else {
-                MemAccess::Read
-            };
-            let n = usize::from(len).min(bytes.len());
-            Exit::Memory(MemoryExit {
-                gpa,
-                access,
-                instruction: bytes.get(..n).unwrap_or_default(),
-            })
-        }
+        sys::NVMM_VCPU_EXIT_MEMORY => Exit::Memory(memory_of(e)),
         sys::NVMM_VCPU_EXIT_IO => {
             // SAFETY: the `io` member of the live union.
             let io = unsafe { &raw const (*u).io };
@@ -263,6 +245,38 @@ pub(crate) fn decode(e: &sys::nvmm_x86_exit) -> Exit<'_> {
             hwcode: unsafe { e.u.inv.hwcode },
         },
         r => Exit::Unknown(r),
+    }
+}
+
+/// The memory exit `e` holds, if it is one: [`decode`] for the memory
+/// assist, which wants nothing else.
+#[cfg(feature = "assist")]
+#[inline]
+pub(crate) fn memory(e: &sys::nvmm_x86_exit) -> Option<MemoryExit<'_>> {
+    (e.reason == sys::NVMM_VCPU_EXIT_MEMORY).then(|| memory_of(e))
+}
+
+/// The `mem` member of `e`, whatever the reason says.
+#[inline]
+fn memory_of(e: &sys::nvmm_x86_exit) -> MemoryExit<'_> {
+    let u = &raw const e.u;
+    // SAFETY: the `mem` member of the live union; integer fields, defined
+    // whatever the kernel wrote.
+    let (prot, gpa, len) = unsafe { ((*u).mem.prot, (*u).mem.gpa, (*u).mem.inst_len) };
+    // SAFETY: as above; a borrow of a byte array inside `e`.
+    let bytes = unsafe { &(*u).mem.inst_bytes };
+    let access = if prot & 0x2 != 0 {
+        MemAccess::Write
+    } else if prot & 0x4 != 0 {
+        MemAccess::Exec
+    } else {
+        MemAccess::Read
+    };
+    let n = usize::from(len).min(bytes.len());
+    MemoryExit {
+        gpa,
+        access,
+        instruction: bytes.get(..n).unwrap_or_default(),
     }
 }
 

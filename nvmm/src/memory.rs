@@ -149,6 +149,10 @@ pub struct GpaArea {
 pub(crate) struct Areas {
     pub(crate) hosts: Vec<HostArea>,
     pub(crate) gpas: Vec<GuestArea>,
+    /// Changes with every change of `gpas` (see
+    /// `MachineInner::guest_areas_changed`): the list a [`GuestRanges`]
+    /// copy was taken from.
+    pub(crate) generation: u64,
 }
 
 // SAFETY: the pointers denote process-wide mappings; the list only hands
@@ -247,10 +251,77 @@ impl Areas {
     #[cfg(feature = "assist")]
     pub(crate) fn host_range(&self, gpa: u64, len: usize, need: Prot) -> Option<NonNull<u8>> {
         let a = self.find(gpa)?;
-        let off = gpa - a.gpa;
-        if off.checked_add(len as u64)? > a.size || !a.prot.contains(need) {
+        if !holds(a.gpa, a.size, a.prot, gpa, len, need) {
             return None;
         }
         a.host_of(gpa)
+    }
+}
+
+/// Whether the area `area_gpa..area_gpa+area_size` with rights `prot`
+/// holds all of `gpa..gpa+len` (`gpa` is known to lie in it) and allows
+/// `need`: the one rule of [`Areas::host_range`] and [`GuestRanges::holds`].
+#[cfg(feature = "assist")]
+#[inline]
+fn holds(area_gpa: u64, area_size: u64, prot: Prot, gpa: u64, len: usize, need: Prot) -> bool {
+    (gpa - area_gpa)
+        .checked_add(len as u64)
+        .is_some_and(|end| end <= area_size)
+        && prot.contains(need)
+}
+
+/// A VCPU's copy of the guest side of the area list (GPA ranges and
+/// rights, no host pointers), tagged with the generation of the list it
+/// was copied from.
+///
+/// It lets an assist decide that an address is *not* RAM (an MMIO access,
+/// the common case) without the list's lock or a snapshot: when the
+/// machine's generation still equals the copy's, the copy gives the answer
+/// the current list would give. Anything else (the address is RAM, or the
+/// list changed) takes a real snapshot, and only a snapshot's host pointers
+/// are ever used: the copy holds no pointer, so it keeps nothing mapped and
+/// can never be used to reach memory.
+#[cfg(feature = "assist")]
+#[derive(Debug)]
+pub(crate) struct GuestRanges {
+    /// The generation of the copied list; `u64::MAX` before the first copy.
+    generation: u64,
+    ranges: Vec<(u64, u64, Prot)>,
+}
+
+#[cfg(feature = "assist")]
+impl GuestRanges {
+    pub(crate) const fn new() -> Self {
+        GuestRanges {
+            generation: u64::MAX,
+            ranges: Vec::new(),
+        }
+    }
+
+    /// Whether this is a copy of the list of generation `generation`.
+    #[inline]
+    pub(crate) fn is_of(&self, generation: u64) -> bool {
+        self.generation == generation
+    }
+
+    /// Whether the copied list has `gpa..gpa+len` in RAM allowing `need`
+    /// (exactly when [`Areas::host_range`] on that list gives a pointer).
+    #[inline]
+    pub(crate) fn holds(&self, gpa: u64, len: usize, need: Prot) -> bool {
+        self.ranges
+            .iter()
+            .find(|&&(start, size, _)| gpa >= start && gpa - start < size)
+            .is_some_and(|&(start, size, prot)| holds(start, size, prot, gpa, len, need))
+    }
+
+    /// Copies `areas` unless this already is a copy of its generation
+    /// (no allocation once the vector is large enough).
+    pub(crate) fn refresh(&mut self, areas: &Areas) {
+        if self.generation != areas.generation {
+            self.ranges.clear();
+            self.ranges
+                .extend(areas.gpas.iter().map(|a| (a.gpa, a.size, a.prot)));
+            self.generation = areas.generation;
+        }
     }
 }
