@@ -576,6 +576,9 @@ impl Vcpu {
     /// }
     /// # Ok::<(), nvmm::Error>(())
     /// ```
+    // Inlined into the VMM's exit loop: the call and the copy of its
+    // result cost as much as the rest of this wrapper.
+    #[inline(always)]
     pub fn assist_mem<M>(&mut self, mmio: &mut M) -> Result<Outcome>
     where
         M: nvmm_assist::MmioBus + ?Sized,
@@ -614,4 +617,68 @@ impl Vcpu {
 #[inline(never)]
 fn assist_error(op: Op, source: nvmm_assist::Error) -> Error {
     Error::Assist { op, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Nvmm;
+    use crate::model::KernelModel;
+    use crate::sys::OpenMode;
+
+    /// The snapshot is taken only when a lookup needs it: never for an
+    /// MMIO address while the VCPU's copy is current, at once when the
+    /// address is RAM or the list changed; once taken, it serves the rest
+    /// of the assist, whatever happens to the list meanwhile.
+    #[test]
+    fn the_snapshot_is_taken_only_when_a_lookup_needs_it() {
+        let model = KernelModel::new();
+        let nvmm = Nvmm::open_with(model, OpenMode::User).unwrap();
+        let machine = nvmm.create_machine().unwrap();
+        let ram = machine.hva_map(0x2000).unwrap();
+        machine.gpa_map(&ram, 0, 0, 0x1000, Prot::ALL).unwrap();
+        machine.write_guest(0x10, &[0x5a]).unwrap();
+        let mut vcpu = machine.create_vcpu(0).unwrap();
+        let mut byte = [0u8; 1];
+
+        // A fresh VCPU's copy is of no list yet: the first lookup, even
+        // of MMIO, takes the snapshot and brings the copy up to date.
+        let parts = vcpu.assist_parts();
+        let mut area_ram = AreaRam::new(parts.machine, parts.guest_ranges);
+        assert_eq!(area_ram.read(0xfee0_0000, &mut byte), Ok(RamStatus::NotRam));
+        assert!(area_ram.has_snapshot());
+        drop(area_ram);
+
+        // Current copy: MMIO needs no snapshot, even across lookups.
+        let parts = vcpu.assist_parts();
+        let mut area_ram = AreaRam::new(parts.machine, parts.guest_ranges);
+        assert_eq!(area_ram.write(0xfee0_0000, &[1]), Ok(RamStatus::NotRam));
+        assert_eq!(area_ram.read(0x1000, &mut byte), Ok(RamStatus::NotRam));
+        assert!(!area_ram.has_snapshot());
+        // RAM does.
+        assert_eq!(area_ram.read(0x10, &mut byte), Ok(RamStatus::Done));
+        assert_eq!(byte, [0x5a]);
+        assert!(area_ram.has_snapshot());
+        // From then on the snapshot answers: a page mapped now is not
+        // seen by this assist, and the mapping it uses stays pinned.
+        machine
+            .gpa_map(&ram, 0x1000, 0x1000, 0x1000, Prot::ALL)
+            .unwrap();
+        assert_eq!(area_ram.read(0x1000, &mut byte), Ok(RamStatus::NotRam));
+        machine.gpa_unmap(0x1000, 0x1000).unwrap();
+        machine.gpa_unmap(0, 0x1000).unwrap();
+        assert!(machine.hva_unmap(ram).is_err());
+        assert_eq!(area_ram.read(0x10, &mut byte), Ok(RamStatus::Done));
+        drop(area_ram);
+
+        // The list changed since the copy was made: the next lookup, of
+        // MMIO or not, takes a snapshot of the new list.
+        let parts = vcpu.assist_parts();
+        let mut area_ram = AreaRam::new(parts.machine, parts.guest_ranges);
+        assert_eq!(area_ram.read(0x10, &mut byte), Ok(RamStatus::NotRam));
+        assert!(area_ram.has_snapshot());
+        drop(area_ram);
+        // Nothing holds the host mapping any more.
+        machine.hva_unmap(ram).unwrap();
+    }
 }

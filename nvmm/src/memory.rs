@@ -325,3 +325,78 @@ impl GuestRanges {
         }
     }
 }
+
+#[cfg(all(test, feature = "assist"))]
+mod tests {
+    use super::*;
+
+    /// A small xorshift generator: deterministic, no dependency.
+    fn next(s: &mut u64) -> u64 {
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        *s
+    }
+
+    /// The copy answers every lookup as the list it was taken from does
+    /// (the "not RAM" answers the assists take from it without a snapshot
+    /// are the list's own), and `refresh` follows the generation only.
+    #[test]
+    fn guest_ranges_answer_as_the_list_does() {
+        const PAGES: u64 = 16;
+        let mut backing = vec![0u8; (PAGES * 0x1000) as usize];
+        let host = NonNull::from(backing.as_mut_slice()).cast::<u8>();
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut copy = GuestRanges::new();
+        let rounds = if cfg!(miri) { 20 } else { 500 };
+        for generation in 0..rounds {
+            // Up to four disjoint areas of 1-3 pages in a 64-page space,
+            // each backed by pages of `backing` (host offsets may repeat:
+            // only the lookup is under test).
+            let mut areas = Areas {
+                generation,
+                ..Areas::default()
+            };
+            for _ in 0..next(&mut seed) % 5 {
+                let gpa = (next(&mut seed) % 64) * 0x1000;
+                let size = (1 + next(&mut seed) % 3) * 0x1000;
+                if areas
+                    .gpas
+                    .iter()
+                    .any(|g| ranges_overlap(g.gpa, g.size, gpa, size))
+                {
+                    continue;
+                }
+                let off = (next(&mut seed) % (PAGES - 3)) as usize * 0x1000;
+                areas.gpas.push(GuestArea {
+                    gpa,
+                    size,
+                    // SAFETY: `off + size <= PAGES * 0x1000`: inside `backing`.
+                    host: unsafe { host.add(off) },
+                    prot: Prot::from_bits_truncate(next(&mut seed) as u32),
+                });
+            }
+            assert!(!copy.is_of(generation));
+            copy.refresh(&areas);
+            assert!(copy.is_of(generation));
+            for _ in 0..64 {
+                let gpa = next(&mut seed) % (68 * 0x1000);
+                let len = [1usize, 2, 4, 8, 16][(next(&mut seed) % 5) as usize];
+                let need = [Prot::READ, Prot::WRITE, Prot::READ | Prot::WRITE]
+                    [(next(&mut seed) % 3) as usize];
+                assert_eq!(
+                    copy.holds(gpa, len, need),
+                    areas.host_range(gpa, len, need).is_some(),
+                    "{gpa:#x}+{len} {need:?} in {:?}",
+                    copy.ranges
+                );
+            }
+            // Same generation, other content: not copied again (the
+            // machine gives every change a new generation).
+            let before = copy.ranges.clone();
+            areas.gpas.clear();
+            copy.refresh(&areas);
+            assert_eq!(copy.ranges, before);
+        }
+    }
+}
