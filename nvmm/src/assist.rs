@@ -220,29 +220,19 @@ impl CpuState for CommState<'_> {
 /// RAM access on, the assist sees one consistent list, as before.
 pub(crate) struct AreaRam<'a> {
     machine: &'a MachineInner,
-    /// The VCPU's copy, or `None` to take the snapshot at the first lookup.
-    copy: Option<&'a mut GuestRanges>,
+    /// The VCPU's copy of the guest ranges.
+    copy: &'a mut GuestRanges,
     snapshot: Option<Arc<Areas>>,
 }
 
 impl<'a> AreaRam<'a> {
-    /// Guest RAM of `machine`, with `copy` answering MMIO lookups until a
-    /// snapshot is needed.
+    /// Guest RAM of `machine`, with the VCPU's `copy` answering MMIO
+    /// lookups until a snapshot is needed.
     #[inline]
     pub(crate) fn new(machine: &'a MachineInner, copy: &'a mut GuestRanges) -> Self {
         AreaRam {
             machine,
-            copy: Some(copy),
-            snapshot: None,
-        }
-    }
-
-    /// Guest RAM of `machine` without a VCPU's copy: every lookup uses a
-    /// snapshot, taken at the first.
-    pub(crate) fn without_copy(machine: &'a MachineInner) -> Self {
-        AreaRam {
-            machine,
-            copy: None,
+            copy,
             snapshot: None,
         }
     }
@@ -256,14 +246,14 @@ impl<'a> AreaRam<'a> {
     /// The host pointer of `gpa..gpa+len` if it is RAM allowing `need`.
     #[inline(always)]
     fn host_range(&mut self, gpa: u64, len: usize, need: Prot) -> Option<NonNull<u8>> {
-        match (&self.snapshot, self.copy.as_deref()) {
-            (Some(snapshot), _) => snapshot.host_range(gpa, len, need),
-            (None, Some(copy))
-                if copy.is_of(self.machine.generation()) && !copy.holds(gpa, len, need) =>
+        match &self.snapshot {
+            Some(snapshot) => snapshot.host_range(gpa, len, need),
+            None if self.copy.is_of(self.machine.generation())
+                && !self.copy.holds(gpa, len, need) =>
             {
                 None
             }
-            (None, _) => self.snapshot_host_range(gpa, len, need),
+            None => self.snapshot_host_range(gpa, len, need),
         }
     }
 
@@ -273,9 +263,7 @@ impl<'a> AreaRam<'a> {
     #[inline(never)]
     fn snapshot_host_range(&mut self, gpa: u64, len: usize, need: Prot) -> Option<NonNull<u8>> {
         let snapshot = self.machine.snapshot();
-        if let Some(copy) = self.copy.as_deref_mut() {
-            copy.refresh(&snapshot);
-        }
+        self.copy.refresh(&snapshot);
         self.snapshot.insert(snapshot).host_range(gpa, len, need)
     }
 }

@@ -343,8 +343,11 @@ impl Machine {
     /// Unregisters a host mapping (`NVMM_IOC_HVA_UNMAP`); the kernel unmaps
     /// the range from the process. Refused ([`Rejection::HostMappingInUse`])
     /// while a guest mapping uses it, and ([`Rejection::HostMappingBusy`])
-    /// while an assist or `gva_to_gpa` of a VCPU is working on it (for
-    /// example when called from an `MmioBus` callback).
+    /// while an assist or `gva_to_gpa` of a VCPU that has looked up guest
+    /// RAM is still working (for example when called from an `MmioBus`
+    /// callback after the instruction read RAM). An assist that has only
+    /// touched MMIO so far holds nothing: it looks the list up again at its
+    /// next access.
     ///
     /// ```no_run
     /// # let nvmm = nvmm::Nvmm::open()?;

@@ -680,11 +680,6 @@ impl Vcpu {
     pub unsafe fn comm_page(&mut self) -> *mut sys::nvmm_comm_page {
         self.comm.as_ptr()
     }
-
-    #[cfg(feature = "assist")]
-    pub(crate) fn machine(&self) -> &MachineInner {
-        &self.machine
-    }
 }
 
 fn destroy(machine: &MachineInner, id: u32) -> Option<Error> {
