@@ -19,11 +19,13 @@ use crate::state::{Cr, Crs, Gpr, Msr, Msrs, Seg, Segs, StateClasses, set_xmm_of,
 use crate::vcpu::{PROVIDED_ON_IO_AND_MEMORY, Vcpu};
 
 /// The assist's view of the VCPU registers: reads and writes go to the comm
-/// page in place. A setter marks only its own class (GPRS for GPRs, RIP and
-/// RFLAGS; FPU for XMM) in `state_commit`/`state_cached`: GPRS once, when
-/// the view is dropped (at the end of the assist, or on unwinding), rather
-/// than at every register write. Nothing can observe the page in between:
-/// the view borrows the VCPU exclusively.
+/// page in place. Writing GPRs, RIP or RFLAGS does not mark GPRS in
+/// `state_commit`/`state_cached`: the caller does that once, after an assist
+/// that succeeded ([`CommState::mark_gprs`]); a failed assist has changed no
+/// register (nvmm-assist's contract: registers are written only when the
+/// instruction, or a REP batch, is complete). Nothing can observe the page
+/// in between: the view borrows the VCPU exclusively. XMM writes mark FPU
+/// at once.
 ///
 /// Built only after GPRS|SEGS|CRS|MSRS are cached; XMM registers are
 /// offered only when FPU is cached too (an SSE move through MMIO then
@@ -31,50 +33,40 @@ use crate::vcpu::{PROVIDED_ON_IO_AND_MEMORY, Vcpu};
 pub(crate) struct CommState<'a> {
     page: CommPage<'a>,
     vendor: Vendor,
-    /// GPRS once a GPR, RIP or RFLAGS was written.
-    gprs_written: bool,
 }
 
 impl<'a> CommState<'a> {
     #[inline]
     pub(crate) fn new(page: CommPage<'a>, vendor: Vendor) -> Self {
-        CommState {
-            page,
-            vendor,
-            gprs_written: false,
-        }
+        CommState { page, vendor }
     }
 
+    /// Marks GPRS for commit (libnvmm's `nvmm_vcpu_setstate(GPRS)`), after
+    /// an assist that succeeded and so may have written GPRs, RIP or
+    /// RFLAGS. (An assist that succeeded without changing a register, such
+    /// as a locked operation that gave up, makes the kernel load the same
+    /// values again.)
     #[inline]
-    fn state(&self) -> *mut nvmm_sys::nvmm_x64_state {
-        self.page.state_ptr()
+    fn mark_gprs(self) {
+        self.page.mark_dirty(StateClasses::GPRS);
     }
 
     /// Reads element `i` of the GPR array (RAX..R15, RIP, RFLAGS).
     #[inline]
     fn gpr_at(&self, i: Gpr) -> u64 {
-        let st = self.state();
+        let st = self.page.state_ptr();
         // SAFETY: an element of `gprs` in the live page (`Gpr` indexes
         // are in bounds), read under the page's rules (see `comm`).
         unsafe { self.page.read(field!(st, gprs[i.index()])) }
     }
 
-    /// Writes element `i` of the GPR array; GPRS is marked on drop.
+    /// Writes element `i` of the GPR array (GPRS is marked by the caller,
+    /// see [`CommState::mark_gprs`]).
     #[inline]
     fn set_gpr_at(&mut self, i: Gpr, value: u64) {
-        let st = self.state();
+        let st = self.page.state_ptr();
         // SAFETY: as in `gpr_at`.
         unsafe { self.page.write(field!(st, gprs[i.index()]), value) };
-        self.gprs_written = true;
-    }
-}
-
-impl Drop for CommState<'_> {
-    #[inline]
-    fn drop(&mut self) {
-        if self.gprs_written {
-            self.page.mark_dirty(StateClasses::GPRS);
-        }
     }
 }
 
@@ -522,8 +514,14 @@ impl Vcpu {
         let parts = self.assist_parts();
         let mut state = CommState::new(parts.page, parts.vendor);
         let mut ram = AreaRam::new(parts.machine, parts.guest_ranges);
-        nvmm_assist::assist_io(&mut state, &mut ram, mmio, ports, &exit)
-            .map_err(|source| assist_error(Op::AssistIo, source))
+        let result = nvmm_assist::assist_io(&mut state, &mut ram, mmio, ports, &exit);
+        match result {
+            Ok(outcome) => {
+                state.mark_gprs();
+                Ok(outcome)
+            }
+            Err(source) => Err(assist_error(Op::AssistIo, source)),
+        }
     }
 
     /// Completes the last [`crate::Exit::Memory`] exit (libnvmm's
@@ -594,8 +592,15 @@ impl Vcpu {
         // translation comes from this VCPU's fetch cache, after the assist
         // has re-read every entry of the cached walk and compared the
         // control state (exact: see nvmm_assist::FetchCache).
-        nvmm_assist::assist_mem_cached(&mut state, &mut ram, mmio, &exit, parts.fetch_cache)
-            .map_err(|source| assist_error(Op::AssistMem, source))
+        let result =
+            nvmm_assist::assist_mem_cached(&mut state, &mut ram, mmio, &exit, parts.fetch_cache);
+        match result {
+            Ok(outcome) => {
+                state.mark_gprs();
+                Ok(outcome)
+            }
+            Err(source) => Err(assist_error(Op::AssistMem, source)),
+        }
     }
 }
 
