@@ -5,6 +5,16 @@
 //! The model stands in for the kernel, so the syscall counts are exact but
 //! the nanoseconds exclude any real kernel entry: they measure this crate's
 //! share of the work. Run with `cargo bench -p nvmm --bench comm_page`.
+//!
+//! The two `assist_mem` rows run the same memory assist, with the same
+//! state, exit, device and guest RAM, once through `Vcpu::assist_mem` on
+//! the comm page and once straight through `nvmm_assist` on a plain
+//! `Registers` struct; their difference is what the comm page and this
+//! crate's wrapper cost (see the comments in `main`). For instruction
+//! counts, run one row under callgrind:
+//! `COMM_PAGE_BENCH_ONLY=assist-page COMM_PAGE_BENCH_SCALE=20 valgrind
+//! --tool=callgrind <bench binary> --bench`, and again with
+//! `COMM_PAGE_BENCH_ONLY=none` for the fixed set-up cost to subtract.
 
 use std::hint::black_box;
 use std::time::Instant;

@@ -489,13 +489,16 @@ impl Vcpu {
     /// }
     /// # Ok::<(), nvmm::Error>(())
     /// ```
+    // Inlined into the VMM's exit loop, as `assist_mem`.
+    #[inline(always)]
     pub fn assist_io<M, P>(&mut self, mmio: &mut M, ports: &mut P) -> Result<Outcome>
     where
         M: nvmm_assist::MmioBus + ?Sized,
         P: nvmm_assist::PortIo + ?Sized,
     {
         self.fetch(PROVIDED_ON_IO_AND_MEMORY)?;
-        let crate::Exit::Io(io) = self.last_exit() else {
+        let parts = self.assist_parts();
+        let Some(io) = crate::exit::io(parts.exit) else {
             return Err(Error::rejected(
                 Op::AssistIo,
                 crate::error::Rejection::WrongExit,
@@ -511,7 +514,6 @@ impl Vcpu {
             segment: io.segment.and_then(assist_segment),
             npc: io.npc,
         };
-        let parts = self.assist_parts();
         let mut state = CommState::new(parts.page, parts.vendor);
         let mut ram = AreaRam::new(parts.machine, parts.guest_ranges);
         let result = nvmm_assist::assist_io(&mut state, &mut ram, mmio, ports, &exit);
