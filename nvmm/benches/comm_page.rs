@@ -156,8 +156,8 @@ fn mb_per_s(bytes: u64, f: impl FnOnce()) -> f64 {
 }
 
 /// `COMM_PAGE_BENCH_ONLY=<text>` runs only the sections whose name contains
-/// `<text>`: `exits`, `assist-page`, `assist-struct` (both with `assist`),
-/// `state`, `ram`. For callgrind: run one assist row alone and divide the
+/// `<text>`: `exits`, `assist-page`, `assist-struct`, `assist-lastexit`
+/// (all three with `assist`), `state`, `ram`. For callgrind: run one assist row alone and divide the
 /// instruction count by the iterations it prints.
 fn enabled(section: &str) -> bool {
     std::env::var("COMM_PAGE_BENCH_ONLY").map_or(true, |only| section.contains(&only))
@@ -232,7 +232,7 @@ fn main() -> Result<(), nvmm::Error> {
         println!("  ns per mem exit, assist + model run {mem_ns:.1}");
     }
 
-    if enabled("assist-page") || enabled("assist-struct") {
+    if enabled("assist-page") || enabled("assist-struct") || enabled("assist-lastexit") {
         // The memory assist alone, on the comm page and on a plain struct,
         // like with like. Both rows:
         // - emulate the same exit: real-mode `mov [0x300], al` (bytes in
@@ -275,7 +275,7 @@ fn main() -> Result<(), nvmm::Error> {
             access: nvmm::nvmm_assist::AccessType::Write,
             instruction: &[0xA2, 0x00, 0x03],
         };
-        let (mut pages, mut structs) = (Vec::new(), Vec::new());
+        let (mut pages, mut structs, mut decoded) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..15 {
             if enabled("assist-page") {
                 vcpu.gprs()?.set_rip(0x1000);
@@ -298,6 +298,35 @@ fn main() -> Result<(), nvmm::Error> {
                 }));
                 assert_eq!(regs.rip, 0x1000 + 3 * iters);
             }
+            if enabled("assist-lastexit") {
+                // For reference: the plain struct with the exit read from
+                // the VCPU's last exit, as a VMM keeping its registers in a
+                // struct also has to (the target is against the row above).
+                regs.rip = 0x1000;
+                decoded.push(ns_per(iters, |_| {
+                    let nvmm::Exit::Memory(m) = vcpu.last_exit() else {
+                        unreachable!("a memory exit is pending");
+                    };
+                    let exit = nvmm::nvmm_assist::MemExit {
+                        gpa: m.gpa,
+                        access: match m.access {
+                            nvmm::MemAccess::Read => nvmm::nvmm_assist::AccessType::Read,
+                            nvmm::MemAccess::Write => nvmm::nvmm_assist::AccessType::Write,
+                            nvmm::MemAccess::Exec => nvmm::nvmm_assist::AccessType::Execute,
+                        },
+                        instruction: m.instruction,
+                    };
+                    nvmm::nvmm_assist::assist_mem_cached(
+                        &mut regs,
+                        &mut plain_ram,
+                        &mut Sink,
+                        &exit,
+                        &mut plain_cache,
+                    )
+                    .expect("assist");
+                }));
+                assert_eq!(regs.rip, 0x1000 + 3 * iters);
+            }
         }
         assert_eq!(model.syscalls(), before, "the assist made a syscall");
         println!("  assist_mem calls per row            {}", 15 * iters);
@@ -308,6 +337,10 @@ fn main() -> Result<(), nvmm::Error> {
         if !structs.is_empty() {
             let on_struct = median(&mut structs);
             println!("  ns assist_mem on a plain struct     {on_struct:.1}");
+        }
+        if !decoded.is_empty() {
+            let on_struct = median(&mut decoded);
+            println!("  ns ... plain struct, exit from last_exit {on_struct:.1}");
         }
         if !pages.is_empty() && !structs.is_empty() {
             let (on_page, on_struct) = (median(&mut pages), median(&mut structs));

@@ -169,9 +169,18 @@ impl CommPage<'_> {
         // SAFETY: aligned u64s inside the live page; the kernel changes them
         // only during ioctls of this VCPU, which need the `&mut Vcpu` our
         // caller holds.
+        // Stored only when a bit is missing: after the first of a run's
+        // assists the words already hold it, and a store the next read of
+        // the word must wait for is avoided.
         unsafe {
-            commit.write(commit.read() | classes.bits());
-            cached.write(cached.read() | classes.bits());
+            let c = commit.read();
+            if c & classes.bits() != classes.bits() {
+                commit.write(c | classes.bits());
+            }
+            let k = cached.read();
+            if k & classes.bits() != classes.bits() {
+                cached.write(k | classes.bits());
+            }
         }
     }
 
