@@ -251,8 +251,9 @@ pub(crate) fn io(e: &sys::nvmm_x86_exit) -> Option<IoExit> {
 /// The `io` member of `e`, whatever the reason says.
 #[inline]
 fn io_of(e: &sys::nvmm_x86_exit) -> IoExit {
-    // A raw projection to the `io` member of the live union.
-    let io = &raw const e.u.io;
+    let u = &raw const e.u;
+    // SAFETY: a raw projection to the `io` member of the live union.
+    let io = unsafe { &raw const (*u).io };
     // SAFETY: integer fields of `io`, defined whatever the kernel wrote.
     let (port, seg, asz, osz, npc) = unsafe {
         (
