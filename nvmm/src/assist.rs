@@ -2,23 +2,30 @@
 //! over the comm page (zero copy) and [`nvmm_assist::GuestRam`] over the
 //! machine's GPA→HVA area list.
 
-use std::sync::Mutex;
+use std::ptr::NonNull;
+use std::sync::Arc;
 
 use nvmm_assist::{
     AccessType, BusError, CompareWrite, CpuState, GuestRam, RamStatus, SegmentAttributes,
     SegmentRegister, Vendor,
 };
 
-use crate::comm::CommPage;
+use crate::comm::{CommPage, field};
 use crate::error::{Error, Op, Result};
 use crate::guest_ram;
-use crate::memory::{Areas, Prot};
-use crate::state::{Cr, Crs, Gpr, Gprs, Msr, Msrs, Seg, Segs, StateClasses, set_xmm_of, xmm_of};
+use crate::machine::MachineInner;
+use crate::memory::{Areas, GuestRanges, Prot};
+use crate::state::{Cr, Crs, Gpr, Msr, Msrs, Seg, Segs, StateClasses, set_xmm_of, xmm_of};
 use crate::vcpu::{PROVIDED_ON_IO_AND_MEMORY, Vcpu};
 
 /// The assist's view of the VCPU registers: reads and writes go to the comm
-/// page in place; a setter marks only its own class (GPRS for GPRs, RIP and
-/// RFLAGS; FPU for XMM) in `state_commit`/`state_cached`.
+/// page in place. Writing GPRs, RIP or RFLAGS does not mark GPRS in
+/// `state_commit`/`state_cached`: the caller does that once, after an assist
+/// that succeeded ([`CommState::mark_gprs`]); a failed assist has changed no
+/// register (nvmm-assist's contract: registers are written only when the
+/// instruction, or a REP batch, is complete). Nothing can observe the page
+/// in between: the view borrows the VCPU exclusively. XMM writes mark FPU
+/// at once.
 ///
 /// Built only after GPRS|SEGS|CRS|MSRS are cached; XMM registers are
 /// offered only when FPU is cached too (an SSE move through MMIO then
@@ -29,8 +36,37 @@ pub(crate) struct CommState<'a> {
 }
 
 impl<'a> CommState<'a> {
+    #[inline]
     pub(crate) fn new(page: CommPage<'a>, vendor: Vendor) -> Self {
         CommState { page, vendor }
+    }
+
+    /// Marks GPRS for commit (libnvmm's `nvmm_vcpu_setstate(GPRS)`), after
+    /// an assist that succeeded and so may have written GPRs, RIP or
+    /// RFLAGS. (An assist that succeeded without changing a register, such
+    /// as a locked operation that gave up, makes the kernel load the same
+    /// values again.)
+    #[inline]
+    fn mark_gprs(self) {
+        self.page.mark_dirty(StateClasses::GPRS);
+    }
+
+    /// Reads element `i` of the GPR array (RAX..R15, RIP, RFLAGS).
+    #[inline]
+    fn gpr_at(&self, i: Gpr) -> u64 {
+        let st = self.page.state_ptr();
+        // SAFETY: an element of `gprs` in the live page (`Gpr` indexes
+        // are in bounds), read under the page's rules (see `comm`).
+        unsafe { self.page.read(field!(st, gprs[i.index()])) }
+    }
+
+    /// Writes element `i` of the GPR array (GPRS is marked by the caller,
+    /// see [`CommState::mark_gprs`]).
+    #[inline]
+    fn set_gpr_at(&mut self, i: Gpr, value: u64) {
+        let st = self.page.state_ptr();
+        // SAFETY: as in `gpr_at`.
+        unsafe { self.page.write(field!(st, gprs[i.index()]), value) };
     }
 }
 
@@ -86,27 +122,27 @@ fn gpr_of(r: nvmm_assist::Gpr) -> Gpr {
 impl CpuState for CommState<'_> {
     #[inline]
     fn gpr(&self, reg: nvmm_assist::Gpr) -> u64 {
-        Gprs::new(self.page).get(gpr_of(reg))
+        self.gpr_at(gpr_of(reg))
     }
     #[inline]
     fn set_gpr(&mut self, reg: nvmm_assist::Gpr, value: u64) {
-        Gprs::new(self.page).set(gpr_of(reg), value);
+        self.set_gpr_at(gpr_of(reg), value);
     }
     #[inline]
     fn rip(&self) -> u64 {
-        Gprs::new(self.page).rip()
+        self.gpr_at(Gpr::Rip)
     }
     #[inline]
     fn set_rip(&mut self, value: u64) {
-        Gprs::new(self.page).set_rip(value);
+        self.set_gpr_at(Gpr::Rip, value);
     }
     #[inline]
     fn rflags(&self) -> u64 {
-        Gprs::new(self.page).rflags()
+        self.gpr_at(Gpr::Rflags)
     }
     #[inline]
     fn set_rflags(&mut self, value: u64) {
-        Gprs::new(self.page).set_rflags(value);
+        self.set_gpr_at(Gpr::Rflags, value);
     }
     #[inline]
     fn segment(&self, seg: nvmm_assist::Segment) -> SegmentRegister {
@@ -154,33 +190,93 @@ impl CpuState for CommState<'_> {
     }
 }
 
-/// Guest RAM as the assist sees it: a snapshot of the machine's areas,
-/// read and written through their host mappings with the one-byte atomic
-/// accesses of [`guest_ram`]. A GPA outside every area, or not allowed by
-/// the area's protection, is "not RAM" and goes to the caller's MMIO bus.
+/// Guest RAM as the assist sees it: the machine's areas, read and written
+/// through their host mappings with the one-byte atomic accesses of
+/// [`guest_ram`]. A GPA outside every area, or not allowed by the area's
+/// protection, is "not RAM" and goes to the caller's MMIO bus.
 ///
 /// No lock is held while the assist runs: the caller's `MmioBus` and
-/// `PortIo` callbacks may map and unmap guest memory (the snapshot keeps
-/// the host mappings it names from being unmapped until it is dropped).
+/// `PortIo` callbacks may map and unmap guest memory. Host memory is only
+/// ever reached through a snapshot of the area list, which keeps the host
+/// mappings it names from being unmapped until it is dropped, at the end
+/// of the assist (`hva_unmap` refuses them meanwhile).
+///
+/// The snapshot is taken lazily, at the first lookup that needs it: while
+/// the VCPU's copy of the guest ranges ([`GuestRanges`]) is of the current
+/// list (one atomic load of the machine's generation, at every lookup), a
+/// lookup that the copy answers "not RAM" (an MMIO access) needs no
+/// snapshot, because it uses no host pointer. The answer is the one a
+/// snapshot taken at that load would give. The first lookup that hits RAM,
+/// or finds the list changed, takes the snapshot (and refreshes the copy);
+/// every later lookup of the assist uses that snapshot, so from the first
+/// RAM access on, the assist sees one consistent list, as before.
 pub(crate) struct AreaRam<'a> {
-    pub(crate) areas: &'a Areas,
-    pub(crate) cas_lock: &'a Mutex<()>,
+    machine: &'a MachineInner,
+    /// The VCPU's copy of the guest ranges.
+    copy: &'a mut GuestRanges,
+    snapshot: Option<Arc<Areas>>,
+}
+
+impl<'a> AreaRam<'a> {
+    /// Guest RAM of `machine`, with the VCPU's `copy` answering MMIO
+    /// lookups until a snapshot is needed.
+    #[inline]
+    pub(crate) fn new(machine: &'a MachineInner, copy: &'a mut GuestRanges) -> Self {
+        AreaRam {
+            machine,
+            copy,
+            snapshot: None,
+        }
+    }
+
+    /// Whether a snapshot has been taken (tests).
+    #[cfg(test)]
+    pub(crate) fn has_snapshot(&self) -> bool {
+        self.snapshot.is_some()
+    }
+
+    /// The host pointer of `gpa..gpa+len` if it is RAM allowing `need`.
+    #[inline(always)]
+    fn host_range(&mut self, gpa: u64, len: usize, need: Prot) -> Option<NonNull<u8>> {
+        match &self.snapshot {
+            Some(snapshot) => snapshot.host_range(gpa, len, need),
+            None if self.copy.is_of(self.machine.generation())
+                && !self.copy.holds(gpa, len, need) =>
+            {
+                None
+            }
+            None => self.snapshot_host_range(gpa, len, need),
+        }
+    }
+
+    /// [`AreaRam::host_range`] when a snapshot is needed: takes it (and
+    /// brings the VCPU's copy up to date) for the rest of the assist.
+    #[cold]
+    #[inline(never)]
+    fn snapshot_host_range(&mut self, gpa: u64, len: usize, need: Prot) -> Option<NonNull<u8>> {
+        let snapshot = self.machine.snapshot();
+        self.copy.refresh(&snapshot);
+        self.snapshot.insert(snapshot).host_range(gpa, len, need)
+    }
 }
 
 impl GuestRam for AreaRam<'_> {
+    // Always inlined: the call would cost as much as the MMIO-case body.
+    #[inline(always)]
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> std::result::Result<RamStatus, BusError> {
-        let Some(src) = self.areas.host_range(gpa, buf.len(), Prot::READ) else {
+        let Some(src) = self.host_range(gpa, buf.len(), Prot::READ) else {
             return Ok(RamStatus::NotRam);
         };
-        // SAFETY: `src..src+len` lies in a registered host mapping that the
-        // snapshot (held by our creator) keeps mapped; guest RAM is only
-        // accessed through `guest_ram` in this process.
+        // SAFETY: `src..src+len` lies in a registered host mapping that
+        // `self.snapshot` (which `host_range` used) keeps mapped; guest RAM
+        // is only accessed through `guest_ram` in this process.
         unsafe { guest_ram::read(src, buf) };
         Ok(RamStatus::Done)
     }
 
+    #[inline(always)]
     fn write(&mut self, gpa: u64, data: &[u8]) -> std::result::Result<RamStatus, BusError> {
-        let Some(dst) = self.areas.host_range(gpa, data.len(), Prot::WRITE) else {
+        let Some(dst) = self.host_range(gpa, data.len(), Prot::WRITE) else {
             return Ok(RamStatus::NotRam);
         };
         // SAFETY: as in `read`.
@@ -198,14 +294,12 @@ impl GuestRam for AreaRam<'_> {
         if expected.len() != new.len() || expected.len() > 16 {
             return Err(BusError(libc::EINVAL));
         }
-        let Some(p) = self
-            .areas
-            .host_range(gpa, new.len(), Prot::READ | Prot::WRITE)
-        else {
+        let Some(p) = self.host_range(gpa, new.len(), Prot::READ | Prot::WRITE) else {
             return Ok(CompareWrite::NotRam);
         };
         // SAFETY: as in `read`.
-        let written = unsafe { guest_ram::compare_and_write(p, expected, new, self.cas_lock) };
+        let written =
+            unsafe { guest_ram::compare_and_write(p, expected, new, &self.machine.cas_lock) };
         Ok(if written {
             CompareWrite::Written
         } else {
@@ -258,14 +352,9 @@ impl Vcpu {
         // libnvmm_x86.c nvmm_gva_to_gpa: getstate(CRS | MSRS), then
         // x86_gva_to_gpa (read-only walk; paging off: *gpa = gva).
         self.fetch(StateClasses::CRS | StateClasses::MSRS)?;
-        let page = self.page();
-        let machine = self.machine();
-        let areas = machine.snapshot();
-        let state = CommState::new(page, self.guest_vendor());
-        let mut ram = AreaRam {
-            areas: &areas,
-            cas_lock: &machine.cas_lock,
-        };
+        let parts = self.assist_parts();
+        let state = CommState::new(parts.page, parts.vendor);
+        let mut ram = AreaRam::new(parts.machine, parts.guest_ranges);
         let t = nvmm_assist::translate_query(&state, &mut ram, gva).map_err(|source| {
             Error::Assist {
                 op: Op::GvaToGpa,
@@ -304,14 +393,9 @@ impl Vcpu {
     /// ```
     pub fn gva_to_gpa_checked(&mut self, gva: u64, access: AccessType) -> Result<u64> {
         self.fetch(PROVIDED_ON_IO_AND_MEMORY)?;
-        let page = self.page();
-        let machine = self.machine();
-        let areas = machine.snapshot();
-        let state = CommState::new(page, self.guest_vendor());
-        let mut ram = AreaRam {
-            areas: &areas,
-            cas_lock: &machine.cas_lock,
-        };
+        let parts = self.assist_parts();
+        let state = CommState::new(parts.page, parts.vendor);
+        let mut ram = AreaRam::new(parts.machine, parts.guest_ranges);
         nvmm_assist::translate(&state, &mut ram, gva, access).map_err(|source| Error::Assist {
             op: Op::GvaToGpa,
             source,
@@ -405,13 +489,16 @@ impl Vcpu {
     /// }
     /// # Ok::<(), nvmm::Error>(())
     /// ```
+    // Inlined into the VMM's exit loop, as `assist_mem`.
+    #[inline(always)]
     pub fn assist_io<M, P>(&mut self, mmio: &mut M, ports: &mut P) -> Result<Outcome>
     where
         M: nvmm_assist::MmioBus + ?Sized,
         P: nvmm_assist::PortIo + ?Sized,
     {
         self.fetch(PROVIDED_ON_IO_AND_MEMORY)?;
-        let crate::Exit::Io(io) = self.last_exit() else {
+        let parts = self.assist_parts();
+        let Some(io) = crate::exit::io(parts.exit) else {
             return Err(Error::rejected(
                 Op::AssistIo,
                 crate::error::Rejection::WrongExit,
@@ -427,19 +514,16 @@ impl Vcpu {
             segment: io.segment.and_then(assist_segment),
             npc: io.npc,
         };
-        let machine = self.machine();
-        let areas = machine.snapshot();
-        let mut state = CommState::new(self.page(), self.guest_vendor());
-        let mut ram = AreaRam {
-            areas: &areas,
-            cas_lock: &machine.cas_lock,
-        };
-        nvmm_assist::assist_io(&mut state, &mut ram, mmio, ports, &exit).map_err(|source| {
-            Error::Assist {
-                op: Op::AssistIo,
-                source,
+        let mut state = CommState::new(parts.page, parts.vendor);
+        let mut ram = AreaRam::new(parts.machine, parts.guest_ranges);
+        let result = nvmm_assist::assist_io(&mut state, &mut ram, mmio, ports, &exit);
+        match result {
+            Ok(outcome) => {
+                state.mark_gprs();
+                Ok(outcome)
             }
-        })
+            Err(source) => Err(assist_error(Op::AssistIo, source)),
+        }
     }
 
     /// Completes the last [`crate::Exit::Memory`] exit (libnvmm's
@@ -480,15 +564,16 @@ impl Vcpu {
     /// }
     /// # Ok::<(), nvmm::Error>(())
     /// ```
+    // Inlined into the VMM's exit loop: the call and the copy of its
+    // result cost as much as the rest of this wrapper.
+    #[inline(always)]
     pub fn assist_mem<M>(&mut self, mmio: &mut M) -> Result<Outcome>
     where
         M: nvmm_assist::MmioBus + ?Sized,
     {
         self.fetch(PROVIDED_ON_IO_AND_MEMORY)?;
-        let vendor = self.guest_vendor();
-        let (last_exit, machine, cache, page) = self.exit_machine_cache();
-        let mut state = CommState::new(page, vendor);
-        let crate::Exit::Memory(m) = last_exit else {
+        let parts = self.assist_parts();
+        let Some(m) = crate::exit::memory(parts.exit) else {
             return Err(Error::rejected(
                 Op::AssistMem,
                 crate::error::Rejection::WrongExit,
@@ -503,19 +588,92 @@ impl Vcpu {
             },
             instruction: m.instruction,
         };
-        let areas = machine.snapshot();
-        let mut ram = AreaRam {
-            areas: &areas,
-            cas_lock: &machine.cas_lock,
-        };
+        let mut state = CommState::new(parts.page, parts.vendor);
+        let mut ram = AreaRam::new(parts.machine, parts.guest_ranges);
         // When the exit has no instruction bytes (VMX), the CS:RIP
         // translation comes from this VCPU's fetch cache, after the assist
         // has re-read every entry of the cached walk and compared the
         // control state (exact: see nvmm_assist::FetchCache).
-        let result = nvmm_assist::assist_mem_cached(&mut state, &mut ram, mmio, &exit, cache);
-        result.map_err(|source| Error::Assist {
-            op: Op::AssistMem,
-            source,
-        })
+        let result =
+            nvmm_assist::assist_mem_cached(&mut state, &mut ram, mmio, &exit, parts.fetch_cache);
+        match result {
+            Ok(outcome) => {
+                state.mark_gprs();
+                Ok(outcome)
+            }
+            Err(source) => Err(assist_error(Op::AssistMem, source)),
+        }
+    }
+}
+
+/// An assist's failure as this crate's error (kept out of line: the
+/// success path should not carry the conversion).
+#[cold]
+#[inline(never)]
+fn assist_error(op: Op, source: nvmm_assist::Error) -> Error {
+    Error::Assist { op, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Nvmm;
+    use crate::model::KernelModel;
+    use crate::sys::OpenMode;
+
+    /// The snapshot is taken only when a lookup needs it: never for an
+    /// MMIO address while the VCPU's copy is current, at once when the
+    /// address is RAM or the list changed; once taken, it serves the rest
+    /// of the assist, whatever happens to the list meanwhile.
+    #[test]
+    fn the_snapshot_is_taken_only_when_a_lookup_needs_it() {
+        let model = KernelModel::new();
+        let nvmm = Nvmm::open_with(model, OpenMode::User).unwrap();
+        let machine = nvmm.create_machine().unwrap();
+        let ram = machine.hva_map(0x2000).unwrap();
+        machine.gpa_map(&ram, 0, 0, 0x1000, Prot::ALL).unwrap();
+        machine.write_guest(0x10, &[0x5a]).unwrap();
+        let mut vcpu = machine.create_vcpu(0).unwrap();
+        let mut byte = [0u8; 1];
+
+        // A fresh VCPU's copy is of no list yet: the first lookup, even
+        // of MMIO, takes the snapshot and brings the copy up to date.
+        let parts = vcpu.assist_parts();
+        let mut area_ram = AreaRam::new(parts.machine, parts.guest_ranges);
+        assert_eq!(area_ram.read(0xfee0_0000, &mut byte), Ok(RamStatus::NotRam));
+        assert!(area_ram.has_snapshot());
+        drop(area_ram);
+
+        // Current copy: MMIO needs no snapshot, even across lookups.
+        let parts = vcpu.assist_parts();
+        let mut area_ram = AreaRam::new(parts.machine, parts.guest_ranges);
+        assert_eq!(area_ram.write(0xfee0_0000, &[1]), Ok(RamStatus::NotRam));
+        assert_eq!(area_ram.read(0x1000, &mut byte), Ok(RamStatus::NotRam));
+        assert!(!area_ram.has_snapshot());
+        // RAM does.
+        assert_eq!(area_ram.read(0x10, &mut byte), Ok(RamStatus::Done));
+        assert_eq!(byte, [0x5a]);
+        assert!(area_ram.has_snapshot());
+        // From then on the snapshot answers: a page mapped now is not
+        // seen by this assist, and the mapping it uses stays pinned.
+        machine
+            .gpa_map(&ram, 0x1000, 0x1000, 0x1000, Prot::ALL)
+            .unwrap();
+        assert_eq!(area_ram.read(0x1000, &mut byte), Ok(RamStatus::NotRam));
+        machine.gpa_unmap(0x1000, 0x1000).unwrap();
+        machine.gpa_unmap(0, 0x1000).unwrap();
+        assert!(machine.hva_unmap(ram).is_err());
+        assert_eq!(area_ram.read(0x10, &mut byte), Ok(RamStatus::Done));
+        drop(area_ram);
+
+        // The list changed since the copy was made: the next lookup, of
+        // MMIO or not, takes a snapshot of the new list.
+        let parts = vcpu.assist_parts();
+        let mut area_ram = AreaRam::new(parts.machine, parts.guest_ranges);
+        assert_eq!(area_ram.read(0x10, &mut byte), Ok(RamStatus::NotRam));
+        assert!(area_ram.has_snapshot());
+        drop(area_ram);
+        // Nothing holds the host mapping any more.
+        machine.hva_unmap(ram).unwrap();
     }
 }

@@ -163,12 +163,8 @@ pub(crate) fn code_at_rip(vcpu: &mut crate::Vcpu) -> Option<Vec<u8>> {
             break;
         };
         let gpa = translation.gpa;
-        let machine = vcpu.machine();
-        let areas = machine.snapshot();
-        let mut ram = crate::assist::AreaRam {
-            areas: &areas,
-            cas_lock: &machine.cas_lock,
-        };
+        let parts = vcpu.assist_parts();
+        let mut ram = crate::assist::AreaRam::new(parts.machine, parts.guest_ranges);
         let mut chunk = vec![0u8; n];
         match ram.read(gpa, &mut chunk) {
             Ok(RamStatus::Done) => bytes.extend_from_slice(&chunk),

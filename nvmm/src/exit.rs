@@ -181,65 +181,8 @@ pub(crate) fn decode(e: &sys::nvmm_x86_exit) -> Exit<'_> {
     match e.reason {
         sys::NVMM_VCPU_EXIT_NONE => Exit::None,
         sys::NVMM_VCPU_EXIT_STOPPED => Exit::Stopped,
-        sys::NVMM_VCPU_EXIT_MEMORY => {
-            // SAFETY: the `mem` member of the live union; integer fields.
-            let (prot, gpa, len) = unsafe { ((*u).mem.prot, (*u).mem.gpa, (*u).mem.inst_len) };
-            // SAFETY: as above; a borrow of a byte array inside `e`.
-            let bytes = unsafe { &(*u).mem.inst_bytes };
-            let access = if prot & 0x2 != 0 {
-                MemAccess::Write
-            } else if prot & 0x4 != 0 {
-                MemAccess::Exec
-            } else {
-                MemAccess::Read
-            };
-            let n = usize::from(len).min(bytes.len());
-            Exit::Memory(MemoryExit {
-                gpa,
-                access,
-                instruction: bytes.get(..n).unwrap_or_default(),
-            })
-        }
-        sys::NVMM_VCPU_EXIT_IO => {
-            // SAFETY: the `io` member of the live union.
-            let io = unsafe { &raw const (*u).io };
-            // SAFETY: integer fields of `io`.
-            let (port, seg, asz, osz, npc) = unsafe {
-                (
-                    (*io).port,
-                    (*io).seg,
-                    (*io).address_size,
-                    (*io).operand_size,
-                    (*io).npc,
-                )
-            };
-            // SAFETY: bool fields of `io`, read as bytes by `flag`.
-            let (inb, rep, string) = unsafe {
-                (
-                    flag(&raw const (*io).in_),
-                    flag(&raw const (*io).rep),
-                    flag(&raw const (*io).str_),
-                )
-            };
-            let segment = u8::try_from(seg)
-                .ok()
-                .and_then(|s| Seg::ALL.get(usize::from(s)).copied())
-                .filter(|s| s.index() < 6);
-            Exit::Io(IoExit {
-                port,
-                direction: if inb {
-                    IoDirection::In
-                } else {
-                    IoDirection::Out
-                },
-                operand_size: osz,
-                address_size: asz,
-                rep,
-                string,
-                segment,
-                npc,
-            })
-        }
+        sys::NVMM_VCPU_EXIT_MEMORY => Exit::Memory(memory_of(e)),
+        sys::NVMM_VCPU_EXIT_IO => Exit::Io(io_of(e)),
         sys::NVMM_VCPU_EXIT_RDMSR => {
             // SAFETY: the `rdmsr` member; integers.
             let (msr, npc) = unsafe { ((*u).rdmsr.msr, (*u).rdmsr.npc) };
@@ -263,6 +206,89 @@ pub(crate) fn decode(e: &sys::nvmm_x86_exit) -> Exit<'_> {
             hwcode: unsafe { e.u.inv.hwcode },
         },
         r => Exit::Unknown(r),
+    }
+}
+
+/// The memory exit `e` holds, if it is one: [`decode`] for the memory
+/// assist, which wants nothing else.
+#[cfg(feature = "assist")]
+#[inline]
+pub(crate) fn memory(e: &sys::nvmm_x86_exit) -> Option<MemoryExit<'_>> {
+    (e.reason == sys::NVMM_VCPU_EXIT_MEMORY).then(|| memory_of(e))
+}
+
+/// The `mem` member of `e`, whatever the reason says.
+#[inline]
+fn memory_of(e: &sys::nvmm_x86_exit) -> MemoryExit<'_> {
+    let u = &raw const e.u;
+    // SAFETY: the `mem` member of the live union; integer fields, defined
+    // whatever the kernel wrote.
+    let (prot, gpa, len) = unsafe { ((*u).mem.prot, (*u).mem.gpa, (*u).mem.inst_len) };
+    // SAFETY: as above; a borrow of a byte array inside `e`.
+    let bytes = unsafe { &(*u).mem.inst_bytes };
+    let access = if prot & 0x2 != 0 {
+        MemAccess::Write
+    } else if prot & 0x4 != 0 {
+        MemAccess::Exec
+    } else {
+        MemAccess::Read
+    };
+    let n = usize::from(len).min(bytes.len());
+    MemoryExit {
+        gpa,
+        access,
+        instruction: bytes.get(..n).unwrap_or_default(),
+    }
+}
+
+/// The I/O exit `e` holds, if it is one: [`decode`] for the I/O assist.
+#[cfg(feature = "assist")]
+#[inline]
+pub(crate) fn io(e: &sys::nvmm_x86_exit) -> Option<IoExit> {
+    (e.reason == sys::NVMM_VCPU_EXIT_IO).then(|| io_of(e))
+}
+
+/// The `io` member of `e`, whatever the reason says.
+#[inline]
+fn io_of(e: &sys::nvmm_x86_exit) -> IoExit {
+    let u = &raw const e.u;
+    // SAFETY: a raw projection to the `io` member of the live union.
+    let io = unsafe { &raw const (*u).io };
+    // SAFETY: integer fields of `io`, defined whatever the kernel wrote.
+    let (port, seg, asz, osz, npc) = unsafe {
+        (
+            (*io).port,
+            (*io).seg,
+            (*io).address_size,
+            (*io).operand_size,
+            (*io).npc,
+        )
+    };
+    // SAFETY: bool fields of `io`, read as bytes by `flag`.
+    let (inb, rep, string) = unsafe {
+        (
+            flag(&raw const (*io).in_),
+            flag(&raw const (*io).rep),
+            flag(&raw const (*io).str_),
+        )
+    };
+    let segment = u8::try_from(seg)
+        .ok()
+        .and_then(|s| Seg::ALL.get(usize::from(s)).copied())
+        .filter(|s| s.index() < 6);
+    IoExit {
+        port,
+        direction: if inb {
+            IoDirection::In
+        } else {
+            IoDirection::Out
+        },
+        operand_size: osz,
+        address_size: asz,
+        rep,
+        string,
+        segment,
+        npc,
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard};
 
 use nvmm_sys as sys;
@@ -30,6 +31,11 @@ pub(crate) struct MachineInner {
     /// (`MmioBus`, `PortIo`) run; writers copy the list if a snapshot
     /// still shares it.
     areas: RwLock<Arc<Areas>>,
+    /// The generation of the current list's guest areas
+    /// (`Areas::generation`), readable without the lock: an assist checks
+    /// its VCPU's copy of the guest ranges against it with one load.
+    #[cfg_attr(not(feature = "assist"), allow(dead_code))]
+    generation: AtomicU64,
     /// Serialises multi-byte `compare_and_write`s on guest RAM (see
     /// [`guest_ram::compare_and_write`]).
     // Only the assists (feature `assist`) compare-and-write guest RAM.
@@ -49,6 +55,25 @@ impl MachineInner {
     }
     fn areas_mut(&self) -> RwLockWriteGuard<'_, Arc<Areas>> {
         self.areas.write().unwrap_or_else(PoisonError::into_inner)
+    }
+    /// The current generation of the guest areas. Acquire pairs with the
+    /// release in `guest_areas_changed`, though nothing is read through
+    /// it: a copy is only trusted when the numbers are equal, and any
+    /// change is read back under the lock.
+    #[cfg(feature = "assist")]
+    #[inline]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+    /// The guest areas of `areas` (the list behind the write lock) for a
+    /// change: gives the list a new generation and publishes it, so that
+    /// every VCPU's copy of the guest ranges ([`crate::memory::GuestRanges`])
+    /// is out of date from now on.
+    fn guest_areas_changed<'l>(&self, areas: &'l mut Arc<Areas>) -> &'l mut Vec<GuestArea> {
+        let list = Arc::make_mut(areas);
+        list.generation = list.generation.wrapping_add(1);
+        self.generation.store(list.generation, Ordering::Release);
+        &mut list.gpas
     }
     pub(crate) fn cap(&self) -> &Capability {
         &self.nvmm.cap
@@ -132,6 +157,7 @@ impl Machine {
             nvmm,
             id: args.machid,
             areas: RwLock::new(Arc::new(Areas::default())),
+            generation: AtomicU64::new(0),
             cas_lock: Mutex::new(()),
         });
         // NVMM_COMM_OFF keeps 8 bits of the machine id: a larger id would
@@ -317,8 +343,11 @@ impl Machine {
     /// Unregisters a host mapping (`NVMM_IOC_HVA_UNMAP`); the kernel unmaps
     /// the range from the process. Refused ([`Rejection::HostMappingInUse`])
     /// while a guest mapping uses it, and ([`Rejection::HostMappingBusy`])
-    /// while an assist or `gva_to_gpa` of a VCPU is working on it (for
-    /// example when called from an `MmioBus` callback).
+    /// while an assist or `gva_to_gpa` of a VCPU that has looked up guest
+    /// RAM is still working (for example when called from an `MmioBus`
+    /// callback after the instruction read RAM). An assist that has only
+    /// touched MMIO so far holds nothing: it looks the list up again at its
+    /// next access.
     ///
     /// ```no_run
     /// # let nvmm = nvmm::Nvmm::open()?;
@@ -413,7 +442,7 @@ impl Machine {
                 .nvmm
                 .ioctl(Op::GpaMap, ioc(sys::NVMM_IOC_GPA_MAP), &raw mut args)
         }?;
-        Arc::make_mut(&mut areas).gpas.push(area);
+        self.inner.guest_areas_changed(&mut areas).push(area);
         Ok(())
     }
 
@@ -439,7 +468,7 @@ impl Machine {
                 .nvmm
                 .ioctl(Op::GpaUnmap, ioc(sys::NVMM_IOC_GPA_UNMAP), &raw mut args)
         }?;
-        Arc::make_mut(&mut areas).gpas.remove(idx);
+        self.inner.guest_areas_changed(&mut areas).remove(idx);
         Ok(())
     }
 

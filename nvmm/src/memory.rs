@@ -149,6 +149,10 @@ pub struct GpaArea {
 pub(crate) struct Areas {
     pub(crate) hosts: Vec<HostArea>,
     pub(crate) gpas: Vec<GuestArea>,
+    /// Changes with every change of `gpas` (see
+    /// `MachineInner::guest_areas_changed`): the list a [`GuestRanges`]
+    /// copy was taken from.
+    pub(crate) generation: u64,
 }
 
 // SAFETY: the pointers denote process-wide mappings; the list only hands
@@ -247,10 +251,152 @@ impl Areas {
     #[cfg(feature = "assist")]
     pub(crate) fn host_range(&self, gpa: u64, len: usize, need: Prot) -> Option<NonNull<u8>> {
         let a = self.find(gpa)?;
-        let off = gpa - a.gpa;
-        if off.checked_add(len as u64)? > a.size || !a.prot.contains(need) {
+        if !holds(a.gpa, a.size, a.prot, gpa, len, need) {
             return None;
         }
         a.host_of(gpa)
+    }
+}
+
+/// Whether the area `area_gpa..area_gpa+area_size` with rights `prot`
+/// holds all of `gpa..gpa+len` (`gpa` is known to lie in it) and allows
+/// `need`: the one rule of [`Areas::host_range`] and [`GuestRanges::holds`].
+#[cfg(feature = "assist")]
+#[inline]
+fn holds(area_gpa: u64, area_size: u64, prot: Prot, gpa: u64, len: usize, need: Prot) -> bool {
+    (gpa - area_gpa)
+        .checked_add(len as u64)
+        .is_some_and(|end| end <= area_size)
+        && prot.contains(need)
+}
+
+/// A VCPU's copy of the guest side of the area list (GPA ranges and
+/// rights, no host pointers), tagged with the generation of the list it
+/// was copied from.
+///
+/// It lets an assist decide that an address is *not* RAM (an MMIO access,
+/// the common case) without the list's lock or a snapshot: when the
+/// machine's generation still equals the copy's, the copy gives the answer
+/// the current list would give. Anything else (the address is RAM, or the
+/// list changed) takes a real snapshot, and only a snapshot's host pointers
+/// are ever used: the copy holds no pointer, so it keeps nothing mapped and
+/// can never be used to reach memory.
+#[cfg(feature = "assist")]
+#[derive(Debug)]
+pub(crate) struct GuestRanges {
+    /// The generation of the copied list; `u64::MAX` before the first copy.
+    generation: u64,
+    ranges: Vec<(u64, u64, Prot)>,
+}
+
+#[cfg(feature = "assist")]
+impl GuestRanges {
+    pub(crate) const fn new() -> Self {
+        GuestRanges {
+            generation: u64::MAX,
+            ranges: Vec::new(),
+        }
+    }
+
+    /// Whether this is a copy of the list of generation `generation`.
+    #[inline]
+    pub(crate) fn is_of(&self, generation: u64) -> bool {
+        self.generation == generation
+    }
+
+    /// Whether the copied list has `gpa..gpa+len` in RAM allowing `need`
+    /// (exactly when [`Areas::host_range`] on that list gives a pointer).
+    #[inline]
+    pub(crate) fn holds(&self, gpa: u64, len: usize, need: Prot) -> bool {
+        self.ranges
+            .iter()
+            .find(|&&(start, size, _)| gpa >= start && gpa - start < size)
+            .is_some_and(|&(start, size, prot)| holds(start, size, prot, gpa, len, need))
+    }
+
+    /// Copies `areas` unless this already is a copy of its generation
+    /// (no allocation once the vector is large enough).
+    pub(crate) fn refresh(&mut self, areas: &Areas) {
+        if self.generation != areas.generation {
+            self.ranges.clear();
+            self.ranges
+                .extend(areas.gpas.iter().map(|a| (a.gpa, a.size, a.prot)));
+            self.generation = areas.generation;
+        }
+    }
+}
+
+#[cfg(all(test, feature = "assist"))]
+mod tests {
+    use super::*;
+
+    /// A small xorshift generator: deterministic, no dependency.
+    fn next(s: &mut u64) -> u64 {
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        *s
+    }
+
+    /// The copy answers every lookup as the list it was taken from does
+    /// (the "not RAM" answers the assists take from it without a snapshot
+    /// are the list's own), and `refresh` follows the generation only.
+    #[test]
+    fn guest_ranges_answer_as_the_list_does() {
+        const PAGES: u64 = 16;
+        let mut backing = vec![0u8; (PAGES * 0x1000) as usize];
+        let host = NonNull::from(backing.as_mut_slice()).cast::<u8>();
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut copy = GuestRanges::new();
+        let rounds = if cfg!(miri) { 20 } else { 500 };
+        for generation in 0..rounds {
+            // Up to four disjoint areas of 1-3 pages in a 64-page space,
+            // each backed by pages of `backing` (host offsets may repeat:
+            // only the lookup is under test).
+            let mut areas = Areas {
+                generation,
+                ..Areas::default()
+            };
+            for _ in 0..next(&mut seed) % 5 {
+                let gpa = (next(&mut seed) % 64) * 0x1000;
+                let size = (1 + next(&mut seed) % 3) * 0x1000;
+                if areas
+                    .gpas
+                    .iter()
+                    .any(|g| ranges_overlap(g.gpa, g.size, gpa, size))
+                {
+                    continue;
+                }
+                let off = (next(&mut seed) % (PAGES - 3)) as usize * 0x1000;
+                areas.gpas.push(GuestArea {
+                    gpa,
+                    size,
+                    // SAFETY: `off + size <= PAGES * 0x1000`: inside `backing`.
+                    host: unsafe { host.add(off) },
+                    prot: Prot::from_bits_truncate(next(&mut seed) as u32),
+                });
+            }
+            assert!(!copy.is_of(generation));
+            copy.refresh(&areas);
+            assert!(copy.is_of(generation));
+            for _ in 0..64 {
+                let gpa = next(&mut seed) % (68 * 0x1000);
+                let len = [1usize, 2, 4, 8, 16][(next(&mut seed) % 5) as usize];
+                let need = [Prot::READ, Prot::WRITE, Prot::READ | Prot::WRITE]
+                    [(next(&mut seed) % 3) as usize];
+                assert_eq!(
+                    copy.holds(gpa, len, need),
+                    areas.host_range(gpa, len, need).is_some(),
+                    "{gpa:#x}+{len} {need:?} in {:?}",
+                    copy.ranges
+                );
+            }
+            // Same generation, other content: not copied again (the
+            // machine gives every change a new generation).
+            let before = copy.ranges.clone();
+            areas.gpas.clear();
+            copy.refresh(&areas);
+            assert_eq!(copy.ranges, before);
+        }
     }
 }

@@ -357,6 +357,7 @@ impl Gprs<'_> {
 
 impl Segs<'_> {
     /// Reads a segment register.
+    #[inline]
     pub fn get(&self, s: Seg) -> Segment {
         let st = self.page.state_ptr();
         let i = s.index();
@@ -465,7 +466,7 @@ impl Fpu<'_> {
         for (i, b) in out.iter_mut().enumerate() {
             // SAFETY: `off + i < off + N <= 512` (checked above): inside
             // the FXSAVE area of the live page.
-            *b = unsafe { self.base().add(off + i).read_volatile() };
+            *b = unsafe { self.base().add(off + i).read() };
         }
         out
     }
@@ -482,12 +483,12 @@ impl Fpu<'_> {
         if self.mxcsr_mask() == 0 {
             for (i, b) in DEFAULT_MXCSR_MASK.to_le_bytes().iter().enumerate() {
                 // SAFETY: as in `read_at` (offset 28..32).
-                unsafe { self.base().add(fx::MXCSR_MASK + i).write_volatile(*b) };
+                unsafe { self.base().add(fx::MXCSR_MASK + i).write(*b) };
             }
         }
         for (i, b) in bytes.iter().enumerate() {
             // SAFETY: as in `read_at`.
-            unsafe { self.base().add(off + i).write_volatile(*b) };
+            unsafe { self.base().add(off + i).write(*b) };
         }
         self.dirty();
     }

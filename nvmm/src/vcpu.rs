@@ -97,6 +97,18 @@ pub enum CpuidConf {
     },
 }
 
+/// What an assist works with ([`Vcpu::assist_parts`]).
+#[cfg(feature = "assist")]
+pub(crate) struct AssistParts<'a> {
+    pub(crate) page: CommPage<'a>,
+    /// The last exit, as the kernel wrote it.
+    pub(crate) exit: &'a sys::nvmm_x86_exit,
+    pub(crate) machine: &'a MachineInner,
+    pub(crate) guest_ranges: &'a mut crate::memory::GuestRanges,
+    pub(crate) fetch_cache: &'a mut nvmm_assist::FetchCache,
+    pub(crate) vendor: nvmm_assist::Vendor,
+}
+
 /// The state classes the kernel provides on I/O and memory exits.
 pub const PROVIDED_ON_IO_AND_MEMORY: StateClasses = StateClasses::GPRS
     .union(StateClasses::SEGS)
@@ -127,6 +139,11 @@ pub struct Vcpu {
     /// (re-validated against the guest's tables on every use).
     #[cfg(feature = "assist")]
     pub(crate) fetch_cache: nvmm_assist::FetchCache,
+    /// The assists' copy of the machine's guest ranges, which answers
+    /// "not RAM" without a snapshot while it is current (see
+    /// [`crate::memory::GuestRanges`]).
+    #[cfg(feature = "assist")]
+    pub(crate) guest_ranges: crate::memory::GuestRanges,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -194,28 +211,24 @@ impl Vcpu {
             guest_vendor: crate::assist::host_vendor(),
             #[cfg(feature = "assist")]
             fetch_cache: nvmm_assist::FetchCache::new(),
+            #[cfg(feature = "assist")]
+            guest_ranges: crate::memory::GuestRanges::new(),
             _not_sync: PhantomData,
         })
     }
 
-    /// The last exit, the machine, the fetch cache and the comm page as
-    /// separate borrows,
-    /// for `Vcpu::assist_mem`.
+    /// What an assist works with, as separate borrows.
     #[cfg(feature = "assist")]
-    pub(crate) fn exit_machine_cache(
-        &mut self,
-    ) -> (
-        Exit<'_>,
-        &MachineInner,
-        &mut nvmm_assist::FetchCache,
-        CommPage<'_>,
-    ) {
-        (
-            exit::decode(&self.run_args.exit),
-            &self.machine,
-            &mut self.fetch_cache,
-            self.comm.page(),
-        )
+    #[inline]
+    pub(crate) fn assist_parts(&mut self) -> AssistParts<'_> {
+        AssistParts {
+            page: self.comm.page(),
+            exit: &self.run_args.exit,
+            machine: &self.machine,
+            guest_ranges: &mut self.guest_ranges,
+            fetch_cache: &mut self.fetch_cache,
+            vendor: self.guest_vendor,
+        }
     }
 
     /// The VCPU id.
@@ -258,13 +271,20 @@ impl Vcpu {
     /// let rip = vcpu.gprs()?.rip(); // none
     /// # Ok::<(), nvmm::Error>(())
     /// ```
+    #[inline]
     pub fn fetch(&mut self, classes: StateClasses) -> Result<()> {
-        let page = self.page();
-        let missing = classes.difference(page.cached()) & StateClasses::ALL;
+        let missing = classes.difference(self.page().cached()) & StateClasses::ALL;
         if missing.is_empty() {
             return Ok(());
         }
-        page.set_wanted(missing);
+        self.getstate(missing)
+    }
+
+    /// `NVMM_IOC_VCPU_GETSTATE` of `missing` (the slow part of
+    /// [`Vcpu::fetch`]).
+    #[cold]
+    fn getstate(&mut self, missing: StateClasses) -> Result<()> {
+        self.page().set_wanted(missing);
         let mut args = sys::nvmm_ioc_vcpu_getstate {
             machid: self.machine.id,
             cpuid: self.id,
@@ -659,11 +679,6 @@ impl Vcpu {
     /// `state_cached`; the pointer is valid while this `Vcpu` lives.
     pub unsafe fn comm_page(&mut self) -> *mut sys::nvmm_comm_page {
         self.comm.as_ptr()
-    }
-
-    #[cfg(feature = "assist")]
-    pub(crate) fn machine(&self) -> &MachineInner {
-        &self.machine
     }
 }
 

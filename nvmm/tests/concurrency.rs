@@ -315,6 +315,11 @@ fn a_device_callback_may_remap_guest_memory() {
     let window = m.hva_map(0x1000).unwrap();
     m.gpa_map(&window, 0, 0x20000, 0x1000, Prot::READ | Prot::WRITE)
         .unwrap();
+    // This is the VCPU's first assist, so it takes a snapshot of the area
+    // list at its first lookup even for this MMIO-only `mov` (its copy of
+    // the guest ranges is of no list yet): the callback's `hva_unmap` is
+    // refused. See `an_mmio_only_assist_pins_no_host_memory` for later
+    // assists.
     let mut v = real_mode_vcpu(&m, 0);
     v.gprs().unwrap().set(Gpr::Rax, 2);
     v.gprs().unwrap().set_rip(0x1000);
@@ -363,4 +368,246 @@ fn a_device_callback_may_remap_guest_memory() {
     // Once the assist is over, the memory can go.
     m.gpa_unmap(0x22000, 0x1000).unwrap();
     m.hva_unmap(window).unwrap();
+}
+
+/// A device whose register write unmaps a RAM window, host memory too,
+/// from inside the assist's callback, and keeps how that went.
+struct Unmapper<'a> {
+    machine: &'a Machine,
+    window: HostMapping,
+    window_gpa: u64,
+    written: Vec<u8>,
+    hva_unmap: Option<Result<(), Error>>,
+}
+impl MmioBus for Unmapper<'_> {
+    fn read(&mut self, _gpa: u64, buf: &mut [u8]) -> Result<(), BusError> {
+        buf.fill(0xee);
+        Ok(())
+    }
+    fn write(&mut self, _gpa: u64, data: &[u8]) -> Result<(), BusError> {
+        self.written.extend_from_slice(data);
+        self.machine
+            .gpa_unmap(self.window_gpa, 0x1000)
+            .map_err(|e| BusError(e.errno()))?;
+        self.hva_unmap = Some(self.machine.hva_unmap(self.window));
+        Ok(())
+    }
+}
+
+/// MMIO that reads 0xee and records writes.
+#[derive(Default)]
+struct Recorder(Vec<u8>);
+impl MmioBus for Recorder {
+    fn read(&mut self, _gpa: u64, buf: &mut [u8]) -> Result<(), BusError> {
+        buf.fill(0xee);
+        Ok(())
+    }
+    fn write(&mut self, _gpa: u64, data: &[u8]) -> Result<(), BusError> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+}
+
+/// A real-mode VCPU with DS based at `ds_base` and ES at `es_base`
+/// (selector = base / 16).
+fn movs_vcpu(m: &Machine, ds_base: u64, es_base: u64) -> Vcpu {
+    let mut v = real_mode_vcpu(m, 0);
+    for (seg, base) in [(Seg::Ds, ds_base), (Seg::Es, es_base)] {
+        let mut s = v.segs().unwrap().get(seg);
+        (s.selector, s.base) = ((base >> 4) as u16, base);
+        v.segs().unwrap().set(seg, s);
+    }
+    v
+}
+
+/// Queues a memory exit at `gpa` with the instruction `bytes` at IP 0x1000
+/// (SI = DI = 0) and runs to it.
+fn exit_on(model: &KernelModel, m: &Machine, v: &mut Vcpu, gpa: u64, write: bool, bytes: &[u8]) {
+    {
+        let mut g = v.gprs().unwrap();
+        g.set(Gpr::Rsi, 0);
+        g.set(Gpr::Rdi, 0);
+        g.set_rip(0x1000);
+    }
+    model.push_exit(m.id(), v.id(), ScriptedExit::memory(gpa, write, bytes));
+    assert!(matches!(v.run().unwrap(), Exit::Memory(_)));
+}
+
+/// `mov [0x300], al` writing MMIO at 0xfee00300.
+const MOV_TO_MMIO: [u8; 3] = [0xA2, 0x00, 0x03];
+/// `movsb`: DS:SI to ES:DI.
+const MOVSB: [u8; 1] = [0xA4];
+
+/// Runs one MMIO-only assist, after which the VCPU's copy of the guest
+/// ranges is current (a VCPU's first assist always takes a snapshot), so
+/// that a snapshot in the assist under test is that assist's own doing.
+fn warm(model: &KernelModel, m: &Machine, v: &mut Vcpu) {
+    exit_on(model, m, v, 0xfee0_0300, true, &MOV_TO_MMIO);
+    assert_eq!(
+        v.assist_mem(&mut Recorder::default()).unwrap(),
+        Outcome::Done
+    );
+}
+
+/// The assists take their snapshot of the area list lazily: an assist that
+/// only touches MMIO holds none, so a device callback may unmap guest RAM,
+/// host memory included, while it runs (with the earlier snapshot taken
+/// up front, that `hva_unmap` was refused as busy).
+#[test]
+fn an_mmio_only_assist_pins_no_host_memory() {
+    let model = KernelModel::new();
+    let m = machine(&model);
+    let window = m.hva_map(0x1000).unwrap();
+    m.gpa_map(&window, 0, 0x20000, 0x1000, Prot::READ | Prot::WRITE)
+        .unwrap();
+    let mut v = real_mode_vcpu(&m, 0);
+    v.gprs().unwrap().set(Gpr::Rax, 0x42);
+    warm(&model, &m, &mut v);
+    exit_on(&model, &m, &mut v, 0xfee0_0300, true, &MOV_TO_MMIO);
+    let mut dev = Unmapper {
+        machine: &m,
+        window,
+        window_gpa: 0x20000,
+        written: Vec::new(),
+        hva_unmap: None,
+    };
+    assert_eq!(v.assist_mem(&mut dev).unwrap(), Outcome::Done);
+    assert_eq!(dev.written, [0x42]);
+    assert!(matches!(dev.hva_unmap, Some(Ok(()))), "{:?}", dev.hva_unmap);
+    assert!(m.gpa_areas().iter().all(|a| a.gpa != 0x20000));
+}
+
+/// An assist that reads guest RAM before a device callback holds its
+/// snapshot through the callback: the callback can remove the guest
+/// mapping but not free the host memory the assist may still use, and can
+/// once the assist is over.
+#[test]
+fn a_ram_access_keeps_host_memory_mapped_through_later_callbacks() {
+    let model = KernelModel::new();
+    let m = machine(&model);
+    let window = m.hva_map(0x1000).unwrap();
+    m.gpa_map(&window, 0, 0x20000, 0x1000, Prot::READ | Prot::WRITE)
+        .unwrap();
+    m.write_guest(0x20000, &[0x5a]).unwrap();
+    // movsb from the window (RAM, DS = 0x2000) to MMIO at 0x30000 (ES).
+    let mut v = movs_vcpu(&m, 0x20000, 0x30000);
+    warm(&model, &m, &mut v);
+    exit_on(&model, &m, &mut v, 0x30000, true, &MOVSB);
+    let mut dev = Unmapper {
+        machine: &m,
+        window,
+        window_gpa: 0x20000,
+        written: Vec::new(),
+        hva_unmap: None,
+    };
+    assert_eq!(v.assist_mem(&mut dev).unwrap(), Outcome::Done);
+    assert_eq!(dev.written, [0x5a]);
+    assert!(
+        matches!(
+            dev.hva_unmap,
+            Some(Err(Error::Rejected {
+                reason: Rejection::HostMappingBusy,
+                ..
+            }))
+        ),
+        "{:?}",
+        dev.hva_unmap
+    );
+    m.hva_unmap(window).unwrap();
+}
+
+/// Until an assist needs a snapshot, each lookup sees the area list as it
+/// is then: RAM that a device callback maps during the assist is RAM for
+/// the instruction's next access (the VCPU's copy of the guest ranges is
+/// out of date, so the lookup takes a snapshot of the new list).
+#[test]
+fn ram_mapped_by_a_callback_is_ram_for_the_next_access() {
+    struct MapOnRead<'a> {
+        machine: &'a Machine,
+        window: HostMapping,
+        writes: usize,
+    }
+    impl MmioBus for MapOnRead<'_> {
+        fn read(&mut self, _gpa: u64, buf: &mut [u8]) -> Result<(), BusError> {
+            self.machine
+                .gpa_map(&self.window, 0, 0x40000, 0x1000, Prot::READ | Prot::WRITE)
+                .map_err(|e| BusError(e.errno()))?;
+            buf.fill(0x77);
+            Ok(())
+        }
+        fn write(&mut self, _gpa: u64, _data: &[u8]) -> Result<(), BusError> {
+            self.writes += 1;
+            Ok(())
+        }
+    }
+    let model = KernelModel::new();
+    let m = machine(&model);
+    let window = m.hva_map(0x1000).unwrap();
+    // movsb from MMIO at 0x30000 (DS) to 0x40000 (ES), unmapped until the
+    // device's read maps the window there.
+    let mut v = movs_vcpu(&m, 0x30000, 0x40000);
+    warm(&model, &m, &mut v);
+    exit_on(&model, &m, &mut v, 0x30000, false, &MOVSB);
+    let mut dev = MapOnRead {
+        machine: &m,
+        window,
+        writes: 0,
+    };
+    assert_eq!(v.assist_mem(&mut dev).unwrap(), Outcome::Done);
+    assert_eq!(dev.writes, 0, "the store went to MMIO, not to the new RAM");
+    let mut byte = [0u8];
+    m.read_guest(0x40000, &mut byte).unwrap();
+    assert_eq!(byte, [0x77]);
+}
+
+/// A device thread keeps unmapping and remapping a RAM window, freeing the
+/// host memory whenever `hva_unmap` allows it (the model frees it then, so
+/// a use after that is a use after free: miri reports it), while the VCPU
+/// thread runs `movsb` from the window to MMIO. Each assist reads the
+/// window's byte, a fresh window's zero, or MMIO (when the window is not
+/// mapped at that moment), and never freed memory.
+#[test]
+fn host_memory_is_never_freed_under_a_running_assist() {
+    let model = KernelModel::new();
+    let m = machine(&model);
+    let first = m.hva_map(0x1000).unwrap();
+    m.gpa_map(&first, 0, 0x20000, 0x1000, Prot::READ | Prot::WRITE)
+        .unwrap();
+    m.write_guest(0x20000, &[0x5a]).unwrap();
+    let mut v = movs_vcpu(&m, 0x20000, 0x30000);
+    let last = thread::scope(|s| {
+        let device = s.spawn(|| {
+            let mut window = first;
+            for _ in 0..ROUNDS {
+                m.gpa_unmap(0x20000, 0x1000).unwrap();
+                match m.hva_unmap(window) {
+                    Ok(()) => window = m.hva_map(0x1000).unwrap(),
+                    Err(Error::Rejected {
+                        reason: Rejection::HostMappingBusy,
+                        ..
+                    }) => {}
+                    Err(e) => panic!("{e}"),
+                }
+                m.gpa_map(&window, 0, 0x20000, 0x1000, Prot::READ | Prot::WRITE)
+                    .unwrap();
+                m.write_guest(0x20000, &[0x5a]).unwrap();
+            }
+            window
+        });
+        let mut dev = Recorder::default();
+        for _ in 0..ROUNDS {
+            exit_on(&model, &m, &mut v, 0x30000, true, &MOVSB);
+            assert_eq!(v.assist_mem(&mut dev).unwrap(), Outcome::Done);
+        }
+        assert_eq!(dev.0.len() as u64, ROUNDS);
+        assert!(
+            dev.0.iter().all(|b| [0x5a, 0, 0xee].contains(b)),
+            "{:?}",
+            dev.0
+        );
+        device.join().unwrap()
+    });
+    // No snapshot outlived its assist: the last window can go.
+    m.gpa_unmap(0x20000, 0x1000).unwrap();
+    m.hva_unmap(last).unwrap();
 }

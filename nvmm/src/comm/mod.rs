@@ -5,9 +5,17 @@
 //! Soundness rules kept here and only here:
 //! - no `&` or `&mut` to the page, to the state, or to `stop` is ever
 //!   created; every field is reached by raw-pointer projection;
-//! - the flag words (`state_wanted/cached/commit`) and every state field
-//!   are read and written with volatile accesses, because the kernel writes
-//!   them during ioctls;
+//! - the flag words (`state_wanted/cached/commit`), the event and every
+//!   state field are read and written with plain (non-volatile,
+//!   non-atomic) raw-pointer accesses. The kernel writes them only inside
+//!   the ioctls of this VCPU (GETSTATE, RUN; NetBSD `nvmm.c`
+//!   `nvmm_vcpu_getstate`/`nvmm_vcpu_run` and the backends' `*_vcpu_run`
+//!   hold the VCPU for the call), and every path to such an ioctl, like
+//!   every path to these fields, needs the `&mut Vcpu` that owns the page:
+//!   no access of ours overlaps one of the kernel's. An ioctl is an opaque
+//!   call that may write any memory the process mapped, so nothing read
+//!   before it is reused after it; no volatile access is needed for that,
+//!   and plain ones let the compiler merge the assist's repeated reads;
 //! - `stop` is only ever accessed atomically (it is written by other
 //!   threads and by signal handlers while `run` is in progress).
 
@@ -138,23 +146,19 @@ impl CommPage<'_> {
     #[inline]
     pub(crate) fn cached(self) -> StateClasses {
         // SAFETY: an aligned u64 inside the live page.
-        StateClasses::from_bits_retain(unsafe {
-            field!(self.page.as_ptr(), state_cached).read_volatile()
-        })
+        StateClasses::from_bits_retain(unsafe { field!(self.page.as_ptr(), state_cached).read() })
     }
 
     #[inline]
     pub(crate) fn commit(self) -> StateClasses {
         // SAFETY: an aligned u64 inside the live page.
-        StateClasses::from_bits_retain(unsafe {
-            field!(self.page.as_ptr(), state_commit).read_volatile()
-        })
+        StateClasses::from_bits_retain(unsafe { field!(self.page.as_ptr(), state_commit).read() })
     }
 
     #[inline]
     pub(crate) fn set_wanted(self, classes: StateClasses) {
         // SAFETY: an aligned u64 inside the live page.
-        unsafe { field!(self.page.as_ptr(), state_wanted).write_volatile(classes.bits()) }
+        unsafe { field!(self.page.as_ptr(), state_wanted).write(classes.bits()) }
     }
 
     /// libnvmm's `nvmm_vcpu_setstate`: `commit |= classes; cached |= classes`.
@@ -165,14 +169,17 @@ impl CommPage<'_> {
         // SAFETY: aligned u64s inside the live page; the kernel changes them
         // only during ioctls of this VCPU, which need the `&mut Vcpu` our
         // caller holds.
+        // Stored only when a bit is missing: after the first of a run's
+        // assists the words already hold it, and a store the next read of
+        // the word must wait for is avoided.
         unsafe {
-            let c = commit.read_volatile();
+            let c = commit.read();
             if c & classes.bits() != classes.bits() {
-                commit.write_volatile(c | classes.bits());
+                commit.write(c | classes.bits());
             }
-            let k = cached.read_volatile();
+            let k = cached.read();
             if k & classes.bits() != classes.bits() {
-                cached.write_volatile(k | classes.bits());
+                cached.write(k | classes.bits());
             }
         }
     }
@@ -185,8 +192,9 @@ impl CommPage<'_> {
     /// the field's type (or a plain integer of the same size and alignment).
     #[inline]
     pub(crate) unsafe fn read<T: Copy>(self, p: *const T) -> T {
-        // SAFETY: forwarded from the caller.
-        unsafe { p.read_volatile() }
+        // SAFETY: forwarded from the caller; see the module's rules for why
+        // a plain read is enough.
+        unsafe { p.read() }
     }
 
     /// Writes a `T` at `p` (a field inside this page).
@@ -196,8 +204,9 @@ impl CommPage<'_> {
     /// As for [`CommPage::read`].
     #[inline]
     pub(crate) unsafe fn write<T: Copy>(self, p: *mut T, v: T) {
-        // SAFETY: forwarded from the caller.
-        unsafe { p.write_volatile(v) }
+        // SAFETY: forwarded from the caller; see the module's rules for why
+        // a plain write is enough.
+        unsafe { p.write(v) }
     }
 
     /// Stores `value` into `stop` atomically (async-signal-safe).
@@ -218,22 +227,17 @@ impl CommPage<'_> {
         unsafe {
             field!(self.page.as_ptr(), event.type_)
                 .cast::<u32>()
-                .write_volatile(kind);
-            field!(self.page.as_ptr(), event.vector).write_volatile(vector);
-            field!(self.page.as_ptr(), event.u.excp.error).write_volatile(error);
-            field!(self.page.as_ptr(), event_commit).write_volatile(true);
+                .write(kind);
+            field!(self.page.as_ptr(), event.vector).write(vector);
+            field!(self.page.as_ptr(), event.u.excp.error).write(error);
+            field!(self.page.as_ptr(), event_commit).write(true);
         }
     }
 
     /// Whether an event is waiting for the next run.
     pub(crate) fn event_pending(self) -> bool {
         // SAFETY: a bool of the live page; the kernel stores only 0 or 1.
-        unsafe {
-            field!(self.page.as_ptr(), event_commit)
-                .cast::<u8>()
-                .read_volatile()
-                != 0
-        }
+        unsafe { field!(self.page.as_ptr(), event_commit).cast::<u8>().read() != 0 }
     }
 }
 
