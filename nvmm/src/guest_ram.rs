@@ -8,7 +8,7 @@
 //! are atomic, and atomic accesses of different sizes to the same bytes
 //! may not race either. So every access this crate makes to guest RAM is
 //! an [`AtomicU8`] operation, one byte at a time, with relaxed ordering:
-//! - copies ([`read`], [`write`]) are per-byte relaxed loads and stores;
+//! - copies ([`read()`], [`write()`]) are per-byte relaxed loads and stores;
 //! - [`compare_and_write`] changes each byte with a one-byte operation.
 //!   The accessed and dirty bits of a page-table entry (bits 5 and 6) are
 //!   both in its low byte, so the page walker's update is one byte-sized

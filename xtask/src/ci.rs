@@ -148,19 +148,27 @@ pub fn run() -> Result<()> {
             "--no-fail-fast",
         ]),
     );
-    ci.step("doc", || {
-        run_plain(
-            cargo()
-                .args([
-                    "doc",
-                    "--workspace",
-                    "--all-features",
-                    "--exclude",
-                    "xtask",
-                    "--no-deps",
-                ])
-                .env("RUSTDOCFLAGS", "-D warnings"),
-        )
+    ci.step("doc (public, then private items)", || {
+        let doc = |private: bool| {
+            let mut command = cargo();
+            command.args([
+                "doc",
+                "--workspace",
+                "--all-features",
+                "--exclude",
+                "xtask",
+                "--no-deps",
+            ]);
+            // The private pass keeps the internal module docs' links
+            // (executors, walker, comm page) from rotting unnoticed.
+            if private {
+                command.arg("--document-private-items");
+            }
+            command.env("RUSTDOCFLAGS", "-D warnings");
+            command
+        };
+        run_plain(&mut doc(false))?;
+        run_plain(&mut doc(true))
     });
     ci.step("package (nvmm-sys, nvmm-assist, nvmm)", publish::package);
     ci.optional_step("msrv (libraries)", publish::msrv);
