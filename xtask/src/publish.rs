@@ -2,6 +2,7 @@
 //! declared minimum Rust version, and the dependency policy (cargo-deny).
 
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,7 @@ const ADVISORY_HOST: &str = "github.com:443";
 /// published, not the workspace paths. `--allow-dirty`: this checks what is
 /// packaged, not whether the working tree is committed.
 pub fn package() -> Result<Option<String>> {
+    forget_stale_extractions()?;
     let mut command = cargo();
     command.args(["package", "--allow-dirty"]);
     for library in LIBRARIES {
@@ -37,6 +39,54 @@ pub fn package() -> Result<Option<String>> {
         "{} packaged and verified (built from the .crate sources)",
         LIBRARIES.join(", ")
     )))
+}
+
+/// Removes cargo's earlier extractions of our own crates from temporary
+/// local registries. Cargo unpacks each packaged crate into
+/// `$CARGO_HOME/registry/src/-<hash of the registry path>/<crate>-<version>`
+/// and reuses that directory on a later run from the same checkout path,
+/// even though the `.crate` behind it changed: the verification build of
+/// `nvmm` then compiled against an old `nvmm-assist` and failed. Local
+/// registries are the source directories whose name starts with `-`
+/// (crates.io's is `index.crates.io-<hash>`); only our crates are removed.
+fn forget_stale_extractions() -> Result<()> {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")));
+    let Some(cargo_home) = cargo_home else {
+        return Ok(());
+    };
+    let Ok(registries) = std::fs::read_dir(cargo_home.join("registry").join("src")) else {
+        return Ok(());
+    };
+    for registry in registries.flatten() {
+        if !registry.file_name().to_string_lossy().starts_with('-') {
+            continue;
+        }
+        for library in LIBRARIES {
+            let stale = registry
+                .path()
+                .join(format!("{library}-{}", workspace_version()?));
+            if stale.is_dir() {
+                std::fs::remove_dir_all(&stale)
+                    .map_err(|err| fail!("cannot remove {}: {err}", stale.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The libraries' version (the workspace's `version`).
+fn workspace_version() -> Result<String> {
+    let path = workspace_root().join("Cargo.toml");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|err| fail!("cannot read {}: {err}", path.display()))?;
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("version"))
+        .filter_map(|rest| rest.trim().strip_prefix('='))
+        .map(|value| value.trim().trim_matches('"').to_owned())
+        .next()
+        .ok_or_else(|| fail!("no version in {}", path.display()))
 }
 
 /// The workspace's `rust-version`.
