@@ -49,7 +49,28 @@ pub fn package() -> Result<Option<String>> {
 /// `nvmm` then compiled against an old `nvmm-assist` and failed. Local
 /// registries are the source directories whose name starts with `-`
 /// (crates.io's is `index.crates.io-<hash>`); only our crates are removed.
+/// For the same reason (cargo takes a registry crate of a given version to
+/// be immutable) a verification build in this target directory would reuse
+/// an old build of them: their build fingerprints go too, so the
+/// verification rebuilds them.
 fn forget_stale_extractions() -> Result<()> {
+    let fingerprints = target_dir().join("debug").join(".fingerprint");
+    if let Ok(entries) = std::fs::read_dir(&fingerprints) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = LIBRARIES.iter().any(|library| {
+                name.strip_prefix(library)
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|hash| {
+                        hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit())
+                    })
+            });
+            if ours {
+                std::fs::remove_dir_all(entry.path())
+                    .map_err(|err| fail!("cannot remove {}: {err}", entry.path().display()))?;
+            }
+        }
+    }
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(std::path::PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")));
