@@ -98,13 +98,11 @@ struct Cached {
     walk: WalkRecord,
 }
 
-impl Cached {
-    /// Whether a walk made for `self.access` proves `access` allowed with
-    /// nothing to write.
-    #[inline(always)]
-    fn serves(&self, access: AccessType) -> bool {
-        self.access == access || (access == AccessType::Read && self.access == AccessType::Write)
-    }
+/// Whether a successful walk made for `made` proves `access` allowed with
+/// nothing to write: the same access, or a read after a write.
+#[inline(always)]
+fn covers(made: AccessType, access: AccessType) -> bool {
+    made == access || (access == AccessType::Read && made == AccessType::Write)
 }
 
 /// The data translations of one VCPU.
@@ -152,7 +150,7 @@ impl DataSlots {
             .slots
             .iter()
             .flatten()
-            .find(|c| c.key.same_as(&key) && c.serves(access));
+            .find(|c| c.key.same_as(&key) && covers(c.access, access));
         if let Some(c) = found
             && still_holds(ram, &c.walk)?
         {
@@ -164,8 +162,9 @@ impl DataSlots {
     }
 
     /// The full walk of a miss. Its record replaces a slot of the same
-    /// page and state (whose entries changed, or which was made for a
-    /// weaker access), else the victim.
+    /// page and state that it serves too (whose entries changed, or which
+    /// was made for a read when this is a write), else fills an empty
+    /// slot, else the victim.
     #[inline(never)]
     fn walk<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
         &mut self,
@@ -176,11 +175,13 @@ impl DataSlots {
         key: Key,
     ) -> Result<u64, Error> {
         self.misses += 1;
-        let same = self
-            .slots
-            .iter()
-            .position(|c| c.as_ref().is_some_and(|c| c.key.same_as(&key)));
-        let i = match same {
+        let same = self.slots.iter().position(|c| {
+            c.as_ref()
+                .is_some_and(|c| c.key.same_as(&key) && covers(access, c.access))
+        });
+        // Then an empty slot (a failed walk leaves its slot empty), then
+        // round robin.
+        let i = match same.or_else(|| self.slots.iter().position(Option::is_none)) {
             Some(i) => i,
             None => {
                 let v = self.victim % DATA_SLOTS;
