@@ -46,8 +46,8 @@
 //! say; an entry that cannot be read again (a bus error, or no longer RAM)
 //! gives the error the walk would give there, since the entries above it
 //! still lead to it. Only execute accesses use
-//! the cache (an execute translation sets no dirty bit and does not depend
-//! on RFLAGS.AC).
+//! the fetch slots (an execute translation sets no dirty bit and does not
+//! depend on RFLAGS.AC); data accesses have their own slots (below).
 //!
 //! **Segmentation.** An entry is made only after
 //! [`linear_address`](crate::linear_address) accepted a fetch through CS
