@@ -52,6 +52,8 @@ enum Insn {
     Movsb,
     /// `cmpsb`: reads the RAM source and the device.
     Cmpsb,
+    /// `rep movsb` of 16 bytes: one batch, the source translated once.
+    RepMovsb,
 }
 
 const ALL: [Insn; 4] = [Insn::Push, Insn::Pop, Insn::Movsb, Insn::Cmpsb];
@@ -63,13 +65,14 @@ impl Insn {
             Insn::Pop => &[0x8F, 0x03],
             Insn::Movsb => &[0xA4],
             Insn::Cmpsb => &[0xA6],
+            Insn::RepMovsb => &[0xF3, 0xA4],
         }
     }
 
     fn access(self) -> AccessType {
         match self {
             Insn::Push | Insn::Cmpsb => AccessType::Read,
-            Insn::Pop | Insn::Movsb => AccessType::Write,
+            Insn::Pop | Insn::Movsb | Insn::RepMovsb => AccessType::Write,
         }
     }
 }
@@ -82,6 +85,8 @@ struct Setup {
     mmio: RecordingMmio,
     pt: PageTables,
     other: PageTables,
+    /// RSP before each instruction.
+    sp: u64,
 }
 
 fn levels(layout: Layout) -> u32 {
@@ -107,6 +112,8 @@ fn setup(layout: Layout) -> Setup {
         t.map(&mut ram, MMIO_LIN, MMIO, 1, pte::PWU);
         t.map(&mut ram, STACK, stack, 1, pte::PWU);
         t.map(&mut ram, SRC, src, 1, pte::PWU);
+        // The page below the stack, for page-crossing pushes and pops.
+        t.map(&mut ram, STACK - 0x1000, src + 0x2000, 1, pte::PWU);
     }
     // Distinct contents, so that a wrong page shows in the results.
     for (page, seed) in [
@@ -143,6 +150,7 @@ fn setup(layout: Layout) -> Setup {
         mmio: RecordingMmio::default(),
         pt,
         other,
+        sp: STACK + SP_OFF,
     }
 }
 
@@ -152,7 +160,8 @@ impl Setup {
     /// Puts the instruction's registers at their start values.
     fn prepare(&mut self, insn: Insn) {
         self.regs.rip = CODE;
-        self.regs.gprs[RSP] = STACK + SP_OFF;
+        self.regs.gprs[RSP] = self.sp;
+        self.regs.gprs[1] = 16; // RCX, for REP
         self.regs.gprs[RBX] = MMIO_LIN + DEV_OFF;
         self.regs.gprs[RSI] = SRC + SI_OFF;
         self.regs.gprs[RDI] = MMIO_LIN + DEV_OFF;
@@ -490,5 +499,54 @@ fn translate_data_matches_translate() {
             cache.data_hits(),
             cache.data_misses()
         );
+    }
+}
+
+/// Page-crossing stack accesses (each page through the cache) and a REP
+/// batch (its source range translated once through the cache): a
+/// rewritten leaf of either stack page, or of the source, is noticed.
+#[test]
+fn page_crossing_and_rep_operands_are_exact() {
+    for layout in LAYOUTS {
+        // PUSH crosses below STACK from STACK + 2, POP from STACK - 2.
+        for sp in [STACK + 2, STACK - 2] {
+            for (linear, insns) in [
+                (STACK, [Insn::Push, Insn::Pop]),
+                (STACK - 0x1000, [Insn::Push, Insn::Pop]),
+                (SRC, [Insn::RepMovsb, Insn::Movsb]),
+            ] {
+                let mut s = setup(layout);
+                s.sp = sp;
+                let mut cache = FetchCache::new();
+                for _ in 0..2 {
+                    for insn in insns {
+                        let r = s.step(&mut cache, insn, false, "warming").0;
+                        assert!(r.is_ok(), "{layout:?} {insn:?}: {r:?}");
+                    }
+                }
+                let hits = cache.data_hits();
+                for insn in insns {
+                    let _ = s.step(&mut cache, insn, false, "warm");
+                }
+                assert!(cache.data_hits() > hits, "{layout:?}: cache unused");
+                let leaf = s.entry(linear, 1);
+                let theirs = s.other.entry_gpa(&mut s.ram, linear, 1);
+                let value = s.other.get(&s.ram, theirs);
+                s.pt.set(&mut s.ram, leaf, value);
+                for insn in insns {
+                    let r = s.step(&mut cache, insn, false, "leaf rewritten").0;
+                    assert!(r.is_ok(), "{layout:?} {insn:?}: {r:?}");
+                }
+                s.pt.modify(&mut s.ram, leaf, 0, pte::P);
+                // The instruction whose operand is on that page.
+                let crossing = match (linear, sp) {
+                    (SRC, _) => Insn::RepMovsb,
+                    (_, sp) if sp == STACK + 2 => Insn::Push,
+                    _ => Insn::Pop,
+                };
+                let r = s.step(&mut cache, crossing, false, "leaf not present").0;
+                assert!(is_page_fault(&r), "{layout:?} {sp:#x} {linear:#x}: {r:?}");
+            }
+        }
     }
 }
