@@ -13,7 +13,7 @@
 mod support;
 
 use nvmm_assist::{
-    AccessType, Error, Exception, FetchCache, MemExit, Outcome, Registers, assist_mem,
+    AccessType, CpuState, Error, Exception, FetchCache, MemExit, Outcome, Registers, assist_mem,
     assist_mem_cached, translate,
 };
 use support::{Layout, PageTables, RecordingMmio, TEST_VENDOR, TestRam, bits, pte};
@@ -548,5 +548,77 @@ fn page_crossing_and_rep_operands_are_exact() {
                 assert!(is_page_fault(&r), "{layout:?} {sp:#x} {linear:#x}: {r:?}");
             }
         }
+    }
+}
+
+/// Random changes between assists, against a cold assist after each: a
+/// bit of a walked entry (P, R/W, U/S, A, D, PS, XD, an address bit),
+/// CR0.WP, CR4.SMAP, EFER.NXE, RFLAGS.AC, the CPL or CR3, followed by a
+/// random instruction, with or without bytes. Faults and errors must
+/// agree too.
+#[test]
+fn random_changes_between_assists_agree_with_a_cold_walk() {
+    let mut rng = support::rng::Rng(0x0DA7_A7B1_5EED);
+    for layout in LAYOUTS {
+        let mut s = setup(layout);
+        let mut cache = s.warm();
+        let insns = [
+            Insn::Push,
+            Insn::Pop,
+            Insn::Movsb,
+            Insn::Cmpsb,
+            Insn::RepMovsb,
+        ];
+        // The entries, located before any change (a flipped address bit
+        // would lead the test's own table walker astray).
+        let mut entries = Vec::new();
+        for linear in [STACK, SRC, MMIO_LIN, STACK - 0x1000] {
+            for level in 1..=levels(layout) {
+                entries.push(s.entry(linear, level));
+            }
+        }
+        let mut done = 0;
+        for step in 0..600 {
+            match rng.below(4) {
+                0 | 1 => {
+                    let at = entries[rng.below(entries.len() as u64) as usize];
+                    let mut choices =
+                        vec![pte::P, pte::RW, pte::US, pte::A, pte::D, pte::PS, 1 << 13];
+                    if layout != Layout::Bits32 {
+                        choices.push(pte::XD);
+                    }
+                    let bit = choices[rng.below(choices.len() as u64) as usize];
+                    let v = s.pt.get(&s.ram, at);
+                    s.pt.set(&mut s.ram, at, v ^ bit);
+                }
+                2 => match rng.below(6) {
+                    0 => s.regs.cr0 ^= bits::CR0_WP,
+                    1 => s.regs.cr4 ^= bits::CR4_SMAP,
+                    2 => s.regs.efer ^= bits::EFER_NXE,
+                    3 => s.regs.rflags ^= bits::RFLAGS_AC,
+                    4 => {
+                        let cpl = if s.regs.cpl() == 0 { 3 } else { 0 };
+                        s.regs = s.regs.clone().at_cpl(cpl);
+                    }
+                    _ => {
+                        s.regs.cr3 = if s.regs.cr3 == s.pt.cr3() {
+                            s.other.cr3()
+                        } else {
+                            s.pt.cr3()
+                        };
+                    }
+                },
+                _ => {}
+            }
+            let insn = insns[rng.below(insns.len() as u64) as usize];
+            let fetch = rng.below(2) == 0;
+            let r = s
+                .step(&mut cache, insn, fetch, &format!("random step {step}"))
+                .0;
+            done += usize::from(r.is_ok());
+        }
+        // Not only faults: the walks mostly succeed.
+        assert!(done > 100, "{layout:?}: {done} succeeded");
+        assert!(cache.data_hits() > 100, "{layout:?}: {}", cache.data_hits());
     }
 }
