@@ -49,6 +49,21 @@ pub(crate) fn resolve<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     resolve_by(state, linear, len, |l| translate(state, ram, l, access))
 }
 
+/// [`resolve`] with each page translated through `cache`
+/// ([`FetchCache::translate_data`], exact).
+pub(crate) fn resolve_cached<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
+    state: &S,
+    ram: &mut R,
+    cache: &mut FetchCache,
+    linear: u64,
+    len: usize,
+    access: AccessType,
+) -> Result<PhysRange, Error> {
+    resolve_by(state, linear, len, |l| {
+        cache.translate_data(state, ram, l, access)
+    })
+}
+
 /// [`resolve`] with the translation of each page done by `translate_page`.
 fn resolve_by<S: CpuState + ?Sized>(
     state: &S,

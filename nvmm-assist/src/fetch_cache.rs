@@ -7,6 +7,21 @@
 //! straddling `mov` costs about 1,900 instructions with two slots against
 //! 3,000 with one, which walks both pages on every exit).
 //!
+//! **Data translations.** It also keeps the last four data translations
+//! (the stack slot of PUSH m / POP m, the RAM side of MOVS and CMPS, an
+//! operand that crosses a page: every operand the assist translates
+//! rather than taking the exit's GPA), used by the memory assist and
+//! available to callers as [`FetchCache::translate_data`]. They are
+//! re-validated the same way (every entry the walk read, then CR0, CR3,
+//! CR4, EFER, RFLAGS.VM, RFLAGS.AC, the CPL, MAXPHYADDR and the linear
+//! page, which are all the inputs of the walk and of its permission
+//! checks). Besides, a cached data translation serves only an access it
+//! proves allowed with nothing to write: one of the same type, or a read
+//! after a write (the write's walk passed stricter checks and set every
+//! accessed bit). A write after a read-only translation walks, which
+//! checks R/W and sets the dirty bit, as does a write whose cached walk
+//! found D clear (its entries would then differ: the walk sets D).
+//!
 //! The assist stays stateless: the cache is a plain value the caller owns,
 //! one per VCPU, and passes to [`assist_mem_cached`](crate::assist_mem_cached)
 //! (the `nvmm` crate keeps one in each `Vcpu`). It can be dropped, cloned or
@@ -31,8 +46,8 @@
 //! say; an entry that cannot be read again (a bus error, or no longer RAM)
 //! gives the error the walk would give there, since the entries above it
 //! still lead to it. Only execute accesses use
-//! the cache (an execute translation sets no dirty bit and does not depend
-//! on RFLAGS.AC).
+//! the fetch slots (an execute translation sets no dirty bit and does not
+//! depend on RFLAGS.AC); data accesses have their own slots (below).
 //!
 //! **Segmentation.** An entry is made only after
 //! [`linear_address`](crate::linear_address) accepted a fetch through CS
@@ -46,6 +61,7 @@
 
 use crate::access::{AccessType, PAGE_SIZE};
 use crate::bus::{GuestRam, RamStatus};
+use crate::data_cache::DataSlots;
 use crate::error::Error;
 use crate::mode::CpuMode;
 use crate::state::{CpuState, Segment, SegmentRegister};
@@ -121,7 +137,10 @@ impl Key {
 /// the same entry next. Its error is returned as is (and no callback
 /// follows a failed one).
 #[inline(always)]
-fn still_holds<R: GuestRam + ?Sized>(ram: &mut R, walk: &WalkRecord) -> Result<bool, Error> {
+pub(crate) fn still_holds<R: GuestRam + ?Sized>(
+    ram: &mut R,
+    walk: &WalkRecord,
+) -> Result<bool, Error> {
     let used = walk.entries.get(..walk.count).unwrap_or(&[]);
     if walk.wide {
         for &(gpa, value) in used {
@@ -162,11 +181,13 @@ struct Cached {
 /// pages in turn, does not walk on every exit.
 const SLOTS: usize = 2;
 
-/// The last instruction-fetch translations of one VCPU, re-validated before
-/// every use (see the [module documentation](self)).
+/// The last instruction-fetch and data translations of one VCPU,
+/// re-validated before every use (see the [module documentation](self)).
 #[derive(Debug, Clone, Default)]
 pub struct FetchCache {
     slots: [Option<Cached>; SLOTS],
+    /// The data translations.
+    data: DataSlots,
     /// The slot a miss fills next: the one not filled last (a hit leaves
     /// it, which keeps the hit path short).
     victim: usize,
@@ -179,6 +200,7 @@ impl FetchCache {
     pub const fn new() -> FetchCache {
         FetchCache {
             slots: [None, None],
+            data: DataSlots::new(),
             victim: 0,
             hits: 0,
             misses: 0,
@@ -189,6 +211,7 @@ impl FetchCache {
     pub fn clear(&mut self) {
         self.slots = [None, None];
         self.victim = 0;
+        self.data.clear();
     }
 
     /// The slot holding `key`, if any.
@@ -204,16 +227,52 @@ impl FetchCache {
         }
     }
 
-    /// How many translations were served from the cache after
-    /// re-validation.
+    /// How many instruction-fetch translations were served from the cache
+    /// after re-validation.
     pub fn hits(&self) -> u64 {
         self.hits
     }
 
-    /// How many translations needed a full walk (empty cache, another page
-    /// or state, or an entry that changed).
+    /// How many instruction-fetch translations needed a full walk (empty
+    /// cache, another page or state, or an entry that changed).
     pub fn misses(&self) -> u64 {
         self.misses
+    }
+
+    /// How many data translations were served from the cache after
+    /// re-validation.
+    pub fn data_hits(&self) -> u64 {
+        self.data.hits
+    }
+
+    /// How many data translations needed a full walk (with paging on).
+    pub fn data_misses(&self) -> u64 {
+        self.data.misses
+    }
+
+    /// Translates `linear` for a data access (`Read` or `Write`; an
+    /// `Execute` translation is cached apart from the fetch slots) of the
+    /// current state, exactly as [`translate`](fn@crate::translate) does:
+    /// the same guest-physical address, the same fault or error, the same
+    /// accessed/dirty updates. A cached translation of the page is used
+    /// after re-validating it (every entry its walk read still holds its
+    /// value, the control state, CPL, RFLAGS.AC and MAXPHYADDR match, and
+    /// it was made for this access or, serving a read, for a write; see
+    /// the [module documentation](self)); otherwise the page is walked and the walk
+    /// cached. With paging off this is [`translate`](fn@crate::translate).
+    ///
+    /// The caller has made the access's segmentation check (the linear
+    /// address is what it translates). For an access that crosses a page,
+    /// translate each page.
+    #[inline]
+    pub fn translate_data<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
+        &mut self,
+        state: &S,
+        ram: &mut R,
+        linear: u64,
+        access: AccessType,
+    ) -> Result<u64, Error> {
+        self.data.translate(state, ram, linear, access)
     }
 
     /// The guest-physical address and length of the fetch at CS:RIP

@@ -10,8 +10,10 @@
 //! The crate keeps no state between calls. Two optional pieces make the
 //! hot paths cheaper without changing any result:
 //! - a [`FetchCache`] per VCPU, passed to [`assist_mem_cached`], saves most
-//!   of the page walk of exits that carry no instruction bytes (VMX); it is
-//!   re-validated against the guest's tables and control state on every use;
+//!   of the page walk of exits that carry no instruction bytes (VMX), and
+//!   of the operands the assist translates itself (the stack of PUSH/POP m,
+//!   the RAM side of MOVS/CMPS); it is re-validated against the guest's
+//!   tables and control state on every use;
 //! - batch methods on the buses ([`PortIo::read_batch`],
 //!   [`PortIo::write_batch`], [`MmioBus::write_batch`]) let a device take a
 //!   whole `REP INS`/`OUTS`/`STOS`/`MOVS` batch in one call; their defaults
@@ -51,6 +53,7 @@ extern crate self as nvmm_assist;
 
 pub mod access;
 pub mod bus;
+mod data_cache;
 pub mod decode;
 pub mod error;
 mod exec;

@@ -93,7 +93,10 @@ where
 /// instruction bytes, the translation of CS:RIP comes from `cache` after it
 /// has been re-validated against the guest's current page tables and
 /// control state (exact; see [`FetchCache`]), which saves most of the page
-/// walk when the guest exits repeatedly from the same code page. Keep one
+/// walk when the guest exits repeatedly from the same code page. The
+/// operands the assist translates itself (the stack of PUSH/POP m, the RAM
+/// side of MOVS/CMPS, a page-crossing operand) go through its data
+/// translations the same way, with or without bytes in the exit. Keep one
 /// cache per VCPU.
 pub fn assist_mem_cached<S, R, M>(
     state: &mut S,
@@ -154,7 +157,7 @@ where
     if !exit.instruction.is_empty() {
         let given = exit.instruction.get(..15).unwrap_or(exit.instruction);
         if let Ok(insn) = &decode(given, mode) {
-            return execute(state, ram, mmio, mode, insn, given, exit.gpa);
+            return execute(state, ram, mmio, cache, mode, insn, given, exit.gpa);
         }
     }
     let mut bytes = [0u8; 15];
@@ -192,16 +195,18 @@ where
             &fetched
         }
     };
-    execute(state, ram, mmio, mode, insn, &bytes, exit.gpa)
+    execute(state, ram, mmio, cache, mode, insn, &bytes, exit.gpa)
 }
 
 /// Runs the decoded `insn` (whose bytes start `bytes`) on the general
 /// executor and commits its registers if it succeeded.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn execute<S, R, M>(
     state: &mut S,
     ram: &mut R,
     mmio: &mut M,
+    cache: &mut FetchCache,
     mode: CpuMode,
     insn: &Instruction,
     bytes: &[u8],
@@ -213,7 +218,18 @@ where
     M: MmioBus + ?Sized,
 {
     let mut pending = Pending::new(state, mode, insn.len);
-    let outcome = Exec::new(state, ram, mmio, mode, insn, bytes, exit_gpa, &mut pending).run()?;
+    let outcome = Exec::new(
+        state,
+        ram,
+        mmio,
+        mode,
+        insn,
+        bytes,
+        exit_gpa,
+        &mut pending,
+        cache,
+    )
+    .run()?;
     pending.apply(state, outcome);
     Ok(outcome)
 }

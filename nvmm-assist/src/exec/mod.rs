@@ -22,6 +22,7 @@ use crate::access::{self, AccessType, PhysRange};
 use crate::bus::{GuestRam, MmioBus};
 use crate::decode::{Instruction, MemoryOperand, Mnemonic, Operand, Register};
 use crate::error::{Error, Exception};
+use crate::fetch_cache::FetchCache;
 use crate::flags;
 use crate::mode::CpuMode;
 use crate::segment;
@@ -137,6 +138,9 @@ pub(crate) struct Exec<'a, S: ?Sized, R: ?Sized, M: ?Sized> {
     pub exit_gpa: u64,
     /// Where register writes are staged.
     pub regs: &'a mut Pending,
+    /// The VCPU's translation cache, for the operands translated through
+    /// the page walker.
+    pub cache: &'a mut FetchCache,
 }
 
 impl<'a, S, R, M> Exec<'a, S, R, M>
@@ -156,6 +160,7 @@ where
         bytes: &'a [u8],
         exit_gpa: u64,
         regs: &'a mut Pending,
+        cache: &'a mut FetchCache,
     ) -> Self {
         Exec {
             state,
@@ -166,6 +171,7 @@ where
             bytes,
             exit_gpa,
             regs,
+            cache,
         }
     }
 
@@ -442,8 +448,22 @@ where
         range: &mut PhysRange,
     ) -> Result<(), Error> {
         let len = usize::try_from(size).map_err(|_| Error::InconsistentExit)?;
-        *range = access::resolve(self.state, self.ram, linear, len, access)?;
+        *range = self.resolve(linear, len, access)?;
         Ok(())
+    }
+
+    /// The guest-physical fragments of `linear..linear + len` (at most
+    /// 4096 bytes) through the page walker, each page's translation taken
+    /// from the VCPU's cache when it proves current (exact: see
+    /// [`FetchCache::translate_data`]).
+    #[inline]
+    pub(crate) fn resolve(
+        &mut self,
+        linear: u64,
+        len: usize,
+        access: AccessType,
+    ) -> Result<PhysRange, Error> {
+        access::resolve_cached(self.state, self.ram, self.cache, linear, len, access)
     }
 
     /// Locates a memory operand into `range`: effective address (plus

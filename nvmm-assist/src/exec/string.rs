@@ -26,7 +26,7 @@
 
 use super::{Exec, PAGE_SIZE};
 use crate::Outcome;
-use crate::access::{self, AccessType, PhysRange};
+use crate::access::{AccessType, PhysRange};
 use crate::bus::{BusError, GuestRam, MmioBus, RamStatus};
 use crate::decode::{Mnemonic, RepPrefix};
 use crate::error::Error;
@@ -317,7 +317,7 @@ where
                 side.linear
             };
             let len = usize::try_from(span + s).map_err(|_| Error::InconsistentExit)?;
-            let r = access::resolve(x.state, x.ram, lowest, len, side.access)?;
+            let r = x.resolve(lowest, len, side.access)?;
             Elements::Page {
                 gpa0: r.parts[0].0.wrapping_add(side.linear.wrapping_sub(lowest)),
             }
