@@ -1,20 +1,33 @@
-//! The fast path: the instructions that make up nearly every MMIO exit
-//! (MOV 88/89/8A/8B/C6/C7 and A0-A3 (moffs), MOVZX 0F B6/B7, MOVSX
-//! 0F BE/BF, the ALU forms 00-3B, the immediate group 80/81/83 and TEST
-//! 84/85/F6/F7), in every mode (16-bit and 32/64-bit ModRM addressing),
-//! with a 66 prefix, segment overrides and (64-bit mode) a REX prefix at
-//! most, decoded and executed without building an
-//! [`Instruction`](crate::Instruction). The arithmetic is the general
-//! path's ([`alu::compute`], [`flags::sign_extend`]); segmentation is
+//! The fast path: the instructions that make up nearly every MMIO exit,
+//! decoded and executed without building an
+//! [`Instruction`](crate::Instruction), in every mode (16-bit and 32/64-bit
+//! ModRM addressing), with 66, LOCK (on the lockable forms), segment
+//! overrides and (64-bit mode) a REX prefix at most:
+//! - MOV 88/89/8A/8B/C6/C7 and A0-A3 (moffs), MOVZX 0F B6/B7, MOVSX
+//!   0F BE/BF, the ALU forms 00-3B, the immediate group 80/81/83 and TEST
+//!   84/85/F6/F7 (this file);
+//! - in [`int`]: INC/DEC (FE/FF /0 /1), NOT/NEG (F6/F7 /2 /3), XCHG (86/87),
+//!   XADD, CMPXCHG, CMPXCHG8B/16B, BT/BTS/BTR/BTC with a register or imm8
+//!   bit offset, SETcc, CMOVcc, MOVSXD (64-bit mode), MOVNTI, and every
+//!   LOCK-prefixed read-modify-write (the ALU ones included).
+//!
+//! The semantics are the general path's own functions ([`alu::compute`],
+//! [`flags::sign_extend`], the compute functions of `exec/bits.rs`,
+//! `exec/xchg.rs` and `exec/mov.rs`), read-modify-writes go through the
+//! general path's `rmw` (compare-and-write with bounded retries on RAM when
+//! locked, a read then a write on MMIO), and segmentation is
 //! [`linear_address`], the general path's too.
 //!
 //! Anything outside that shape, and any case needing more than the plain
 //! path (a segment or canonical fault, a page-crossing or
-//! misaligned-with-AC access, an exit GPA that does not match, bytes that
-//! end early, over 15 bytes), returns `None` and goes through the general
-//! decoder and executor, which handle it completely. The fast path never reports an error it did not get from
-//! a bus callback, so it cannot disagree with the general path about a
-//! fault; a differential test compares the two on random inputs.
+//! misaligned-with-AC access, a misaligned CMPXCHG16B, an exit GPA that does
+//! not match (for BT* with a register offset: the displaced address), bytes
+//! that end early, over 15 bytes, LOCK on a form that does not take it),
+//! returns `None` and goes through the general decoder and executor, which
+//! handle it completely. The fast path never reports an error it did not get
+//! from a bus callback, so it cannot disagree with the general path about a
+//! fault; a differential test compares the two on random inputs
+//! (`FAST_DIFF_ITERATIONS` sets its iterations per mode).
 
 mod int;
 
@@ -1093,7 +1106,7 @@ mod tests {
                 let bytes = random_instruction(&mut rng);
                 let mut regs = random_state(&mut rng, mode, pt.cr3());
                 assert_eq!(CpuMode::of(&regs), mode);
-                let Some((ea, lin)) = addresses(&bytes, &regs, mode) else {
+                let Some((_, lin)) = addresses(&bytes, &regs, mode) else {
                     continue;
                 };
                 if rng.below(3) == 0 {
