@@ -342,3 +342,23 @@ where
     state.set_rip(f.next_rip);
     Ok(Outcome::Done)
 }
+
+/// [`exec`], not inlined: for the MOV/ALU executor's `Kind::Int` arm, which
+/// the integer forms do not take (they run from `try_exec_int`), so that
+/// the hot executor stays small.
+#[inline(never)]
+pub(super) fn exec_out_of_line<S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    gpa: u64,
+    f: &Fast,
+    form: Form,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    exec(state, ram, mmio, gpa, f, form)
+}

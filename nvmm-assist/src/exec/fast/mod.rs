@@ -177,17 +177,21 @@ impl Fast {
 
 /// Decodes `bytes` if it is a fast-path form whose access is plain.
 #[inline(always)]
-fn decode<const ADDR: u8, S: CpuState + ?Sized>(
+fn decode<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
     state: &S,
     mode: CpuMode,
     exit_gpa: u64,
     bytes: &[u8],
 ) -> Option<(Fast, u64)> {
-    let f = decode_form::<ADDR, S>(state, mode, bytes)?;
+    let f = decode_form::<ADDR, INT, S>(state, mode, bytes)?;
     let asz = u64::from(f.access_size);
     // A BT* register bit offset moves the access (the address-size wrap
     // applies to the sum).
-    let offset = f.offset.wrapping_add(int::displacement(state, &f) as u64) & address_mask(ADDR);
+    let offset = if INT {
+        f.offset.wrapping_add(int::displacement(state, &f) as u64) & address_mask(ADDR)
+    } else {
+        f.offset
+    };
     let linear = if ADDR == 8 && !matches!(f.segment, Segment::Fs | Segment::Gs) {
         // 64-bit mode: DS/SS bases are ignored and there is no limit, so
         // the linear address is the effective address. A non-canonical
@@ -206,7 +210,7 @@ fn decode<const ADDR: u8, S: CpuState + ?Sized>(
     if (linear & 0xFFF) + asz > 0x1000
         || exit_gpa & 0xFFF != linear & 0xFFF
         || (state.rflags() & AC != 0 && linear & (asz - 1) != 0)
-        || (asz == 16 && linear & 15 != 0)
+        || (INT && asz == 16 && linear & 15 != 0)
     {
         return None;
     }
@@ -219,7 +223,7 @@ fn decode<const ADDR: u8, S: CpuState + ?Sized>(
 ///
 /// `ADDR` is the mode's default address size (2, 4, or 8 for 64-bit mode),
 /// a constant so that each mode class gets its own specialised copy.
-fn decode_form<const ADDR: u8, S: CpuState + ?Sized>(
+fn decode_form<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
     state: &S,
     mode: CpuMode,
     bytes: &[u8],
@@ -238,7 +242,7 @@ fn decode_form<const ADDR: u8, S: CpuState + ?Sized>(
     for _ in 0..3 {
         match b {
             0x66 => osz16 = true,
-            0xF0 => lock = true,
+            0xF0 if INT => lock = true,
             0x26 | 0x2E | 0x36 | 0x3E if long => {}
             0x26 => seg_override = Some(Segment::Es),
             0x2E => seg_override = Some(Segment::Cs),
@@ -283,7 +287,7 @@ fn decode_form<const ADDR: u8, S: CpuState + ?Sized>(
         0xA0..=0xA3 if !lock => {
             return moffs::<ADDR, S>(state, bytes, i, b, vsize, rex, seg_override);
         }
-        0x63 | 0x86 | 0x87 | 0xFE | 0xFF => {
+        0x63 | 0x86 | 0x87 | 0xFE | 0xFF if INT => {
             let s = int::primary(b, vsize, long)?;
             op = s.op;
             (s.kind, s.size, s.imm_size, s.access_size)
@@ -307,11 +311,12 @@ fn decode_form<const ADDR: u8, S: CpuState + ?Sized>(
                 0xB7 => (Kind::Movzx, vsize, 0, 2),
                 0xBE => (Kind::Movsx, vsize, 0, 1),
                 0xBF => (Kind::Movsx, vsize, 0, 2),
-                _ => {
+                _ if INT => {
                     let s = int::secondary(op2, vsize, rex & 8 != 0, osz16)?;
                     op = s.op;
                     (s.kind, s.size, s.imm_size, s.access_size)
                 }
+                _ => return None,
             }
         }
         // ALU r/m,reg and reg,r/m: 00-03, 08-0B, ..., 38-3B.
@@ -340,7 +345,7 @@ fn decode_form<const ADDR: u8, S: CpuState + ?Sized>(
             // Group 3: TEST (/0 and its alias /1), NOT, NEG (no
             // immediate); MUL, IMUL, DIV, IDIV are not emulated.
             0xF6 | 0xF7 if reg_field < 2 => Mnemonic::Test,
-            0xF6 | 0xF7 if reg_field < 4 => {
+            0xF6 | 0xF7 if INT && reg_field < 4 => {
                 kind = Kind::Int(int::Form::Unary);
                 imm_size = 0;
                 if reg_field == 2 {
@@ -353,13 +358,15 @@ fn decode_form<const ADDR: u8, S: CpuState + ?Sized>(
             _ => alu_op(reg_field),
         };
     }
-    if let Kind::Int(form) = kind {
-        let (form, refined) = int::refine(form, op, reg_field)?;
-        kind = Kind::Int(form);
-        op = refined;
-    }
-    if lock {
-        kind = int::locked(kind, op)?;
+    if INT {
+        if let Kind::Int(form) = kind {
+            let (form, refined) = int::refine(form, op, reg_field)?;
+            kind = Kind::Int(form);
+            op = refined;
+        }
+        if lock {
+            kind = int::locked(kind, op)?;
+        }
     }
     let ea = if ADDR == 2 {
         modrm16(state, md, rm)
@@ -724,7 +731,7 @@ where
             }
             new_flags = fl;
         }
-        Kind::Int(form) => return int::exec(state, ram, mmio, gpa, f, form),
+        Kind::Int(form) => return int::exec_out_of_line(state, ram, mmio, gpa, f, form),
     }
     if new_flags != rflags {
         state.set_rflags(new_flags);
@@ -749,13 +756,48 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    let (f, linear) = match mode.default_address_size() {
-        8 => decode::<8, S>(state, mode, exit_gpa, bytes)?,
-        4 => decode::<4, S>(state, mode, exit_gpa, bytes)?,
-        _ => decode::<2, S>(state, mode, exit_gpa, bytes)?,
+    // The MOV/ALU forms are decoded by a copy of the decoder without the
+    // integer forms and LOCK (compiled out), so that they cost what they
+    // did before those were added; the rest tries the full decoder, out
+    // of line.
+    let decoded = match mode.default_address_size() {
+        8 => decode::<8, false, S>(state, mode, exit_gpa, bytes),
+        4 => decode::<4, false, S>(state, mode, exit_gpa, bytes),
+        _ => decode::<2, false, S>(state, mode, exit_gpa, bytes),
+    };
+    let Some((f, linear)) = decoded else {
+        return try_exec_int(state, mode, ram, mmio, exit_gpa, bytes);
     };
     debug_assert_eq!(linear & 0xFFF, exit_gpa & 0xFFF);
     Some(exec(state, ram, mmio, exit_gpa, &f))
+}
+
+/// [`try_exec`] with the full decoder: the integer forms of [`int`] and
+/// LOCK.
+#[inline(never)]
+fn try_exec_int<S, R, M>(
+    state: &mut S,
+    mode: CpuMode,
+    ram: &mut R,
+    mmio: &mut M,
+    exit_gpa: u64,
+    bytes: &[u8],
+) -> Option<Result<Outcome, Error>>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let (f, linear) = match mode.default_address_size() {
+        8 => decode::<8, true, S>(state, mode, exit_gpa, bytes)?,
+        4 => decode::<4, true, S>(state, mode, exit_gpa, bytes)?,
+        _ => decode::<2, true, S>(state, mode, exit_gpa, bytes)?,
+    };
+    debug_assert_eq!(linear & 0xFFF, exit_gpa & 0xFFF);
+    Some(match f.kind {
+        Kind::Int(form) => int::exec(state, ram, mmio, exit_gpa, &f, form),
+        _ => exec(state, ram, mmio, exit_gpa, &f),
+    })
 }
 
 #[cfg(test)]
@@ -1174,16 +1216,16 @@ mod tests {
                     );
                 }
                 let decoded = match mode.default_address_size() {
-                    8 => super::decode::<8, _>(&regs, mode, gpa, &bytes).is_some(),
-                    4 => super::decode::<4, _>(&regs, mode, gpa, &bytes).is_some(),
-                    _ => super::decode::<2, _>(&regs, mode, gpa, &bytes).is_some(),
+                    8 => super::decode::<8, true, _>(&regs, mode, gpa, &bytes).is_some(),
+                    4 => super::decode::<4, true, _>(&regs, mode, gpa, &bytes).is_some(),
+                    _ => super::decode::<2, true, _>(&regs, mode, gpa, &bytes).is_some(),
                 };
                 if decoded {
                     handled += 1;
                     let form = match mode.default_address_size() {
-                        8 => super::decode_form::<8, _>(&regs, mode, &bytes),
-                        4 => super::decode_form::<4, _>(&regs, mode, &bytes),
-                        _ => super::decode_form::<2, _>(&regs, mode, &bytes),
+                        8 => super::decode_form::<8, true, _>(&regs, mode, &bytes),
+                        4 => super::decode_form::<4, true, _>(&regs, mode, &bytes),
+                        _ => super::decode_form::<2, true, _>(&regs, mode, &bytes),
                     };
                     if let Some(f) =
                         form.filter(|f| matches!(f.kind, super::Kind::Int(_)) || f.lock)
@@ -1198,9 +1240,9 @@ mod tests {
                 // Whatever the exit says, a form the fast path takes must
                 // have the general decoder's address, segment and length.
                 let form = match mode.default_address_size() {
-                    8 => super::decode_form::<8, _>(&regs, mode, &bytes),
-                    4 => super::decode_form::<4, _>(&regs, mode, &bytes),
-                    _ => super::decode_form::<2, _>(&regs, mode, &bytes),
+                    8 => super::decode_form::<8, true, _>(&regs, mode, &bytes),
+                    4 => super::decode_form::<4, true, _>(&regs, mode, &bytes),
+                    _ => super::decode_form::<2, true, _>(&regs, mode, &bytes),
                 };
                 if let Some(f) = form {
                     let insn = decode(&bytes, mode).expect("general decode");
