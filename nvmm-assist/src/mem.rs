@@ -5,10 +5,12 @@
 //!    up to the first page end or CS-limit end (more only if the decoder
 //!    needs more), through segmentation and the page walker, or the
 //!    caller's [`FetchCache`] ([`assist_mem_cached`]), re-validated first.
-//! 2. In every mode the most frequent MMIO forms (MOV including moffs,
-//!    MOVZX, MOVSX, the ALU and TEST forms, with 66, segment-override and REX
-//!    prefixes at most) take a fast path (`exec/fast.rs`) that decodes and
-//!    executes them directly; everything else, and every case that needs
+//! 2. In every mode the common single-memory-operand integer forms (MOV
+//!    including moffs, MOVZX, MOVSX, MOVSXD, the ALU and TEST forms,
+//!    INC/DEC/NOT/NEG, XCHG, XADD, CMPXCHG*, BT*, SETcc, CMOVcc, MOVNTI,
+//!    with 66, LOCK, segment-override and REX prefixes at most) take a fast
+//!    path (`exec/fast/`) that decodes and executes them directly;
+//!    everything else, and every case that needs
 //!    more than a plain access (a fault, a page crossing, a mismatching
 //!    exit), goes to the general decoder and the per-family executors in
 //!    `exec/`. A differential test holds the two paths equal.

@@ -505,35 +505,10 @@ where
 
     // ---- memory accesses ------------------------------------------------
 
-    /// Reads `size` (at most 16) bytes, little-endian.
+    /// Reads `size` (at most 16) bytes, little-endian ([`read_sized`]).
     #[inline(always)]
     pub(crate) fn read_mem(&mut self, range: &PhysRange, size: u8) -> Result<u128, Error> {
-        // One buffer of exactly the access size per size: the callback
-        // stores `size` bytes and the value is loaded from them with one
-        // load of the same width. A wider load (of a 16-byte buffer) cannot
-        // be forwarded from the narrower store and waits for it to retire,
-        // a dozen cycles or more.
-        Ok(match size {
-            1 => u128::from(u8::from_le_bytes(self.read_exact(range)?)),
-            2 => u128::from(u16::from_le_bytes(self.read_exact(range)?)),
-            4 => u128::from(u32::from_le_bytes(self.read_exact(range)?)),
-            8 => u128::from(u64::from_le_bytes(self.read_exact(range)?)),
-            _ => {
-                let mut buf = [0u8; 16];
-                let n = usize::from(size).min(16);
-                let dst = buf.get_mut(..n).ok_or(Error::InconsistentExit)?;
-                access::read_phys(self.ram, self.mmio, range, dst)?;
-                u128::from_le_bytes(buf)
-            }
-        })
-    }
-
-    /// Reads `N` bytes.
-    #[inline(always)]
-    fn read_exact<const N: usize>(&mut self, range: &PhysRange) -> Result<[u8; N], Error> {
-        let mut buf = [0u8; N];
-        access::read_phys(self.ram, self.mmio, range, &mut buf)?;
-        Ok(buf)
+        read_sized(self.ram, self.mmio, range, size)
     }
 
     /// Writes the low `size` (at most 16) bytes of `value`, little-endian.
@@ -544,80 +519,20 @@ where
         size: u8,
         value: u128,
     ) -> Result<(), Error> {
-        let buf = value.to_le_bytes();
-        let n = usize::from(size).min(16);
-        let src = buf.get(..n).ok_or(Error::InconsistentExit)?;
-        access::write_phys(self.ram, self.mmio, range, src)
+        write_sized(self.ram, self.mmio, range, size, value)
     }
 
-    /// A read-modify-write of `size` bytes. `op` maps the old value to the
-    /// new one (always written, as the CPU writes even an unchanged value)
-    /// plus a result for the caller. Locked: the write is a compare-and-write
-    /// on RAM, retried from the read when memory changed in between
-    /// ([`LOCK_RETRIES`] times, then `Ok(None)`: the caller returns
-    /// [`Outcome::Resume`] with nothing changed); on MMIO it is a read then a
-    /// write. Unlocked: a read then a write.
+    /// A read-modify-write of `size` bytes: [`rmw`] on this instruction's
+    /// buses.
     #[inline(always)]
     pub(crate) fn rmw<T>(
         &mut self,
         range: &PhysRange,
         size: u8,
         locked: bool,
-        mut op: impl FnMut(u128) -> (u128, T),
+        op: impl FnMut(u128) -> (u128, T),
     ) -> Result<Option<T>, Error> {
-        // The first attempt is straight-line code; the retries are out of
-        // line. (With one loop the compiler hoists work for every possible
-        // operation out of it, a few dozen instructions run even when the
-        // first attempt succeeds, as it nearly always does.)
-        let old = self.read_mem(range, size)?;
-        let (new, out) = op(old);
-        if !locked {
-            self.write_mem(range, size, new)?;
-            return Ok(Some(out));
-        }
-        if self.compare_and_write(range, size, old, new)? {
-            return Ok(Some(out));
-        }
-        self.rmw_retry(range, size, &mut op)
-    }
-
-    /// The locked retries of [`Exec::rmw`] after the first attempt lost a
-    /// race: [`LOCK_RETRIES`] attempts in all.
-    #[cold]
-    #[inline(never)]
-    fn rmw_retry<T>(
-        &mut self,
-        range: &PhysRange,
-        size: u8,
-        op: &mut impl FnMut(u128) -> (u128, T),
-    ) -> Result<Option<T>, Error> {
-        for _ in 1..LOCK_RETRIES {
-            let old = self.read_mem(range, size)?;
-            let (new, out) = op(old);
-            if self.compare_and_write(range, size, old, new)? {
-                return Ok(Some(out));
-            }
-        }
-        Ok(None)
-    }
-
-    /// The write half of a locked read-modify-write of `size` bytes: `new`
-    /// replaces `old` unless memory changed since it was read (`false`).
-    #[inline(always)]
-    fn compare_and_write(
-        &mut self,
-        range: &PhysRange,
-        size: u8,
-        old: u128,
-        new: u128,
-    ) -> Result<bool, Error> {
-        let n = usize::from(size).min(16);
-        let old_bytes = old.to_le_bytes();
-        let new_bytes = new.to_le_bytes();
-        let (Some(expected), Some(new_slice)) = (old_bytes.get(..n), new_bytes.get(..n)) else {
-            return Err(Error::InconsistentExit);
-        };
-        access::compare_and_write_phys(self.ram, self.mmio, range, expected, new_slice)
+        rmw(self.ram, self.mmio, range, size, locked, op)
     }
 
     /// Reads a memory or register operand of `size` bytes (the memory
@@ -645,4 +560,138 @@ where
             2
         }
     }
+}
+
+// ---- memory accesses (shared by the general executor and the fast path) --
+
+/// Reads `size` (at most 16) bytes at `range`, little-endian.
+#[inline(always)]
+pub(crate) fn read_sized<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    range: &PhysRange,
+    size: u8,
+) -> Result<u128, Error> {
+    // One buffer of exactly the access size per size: the callback
+    // stores `size` bytes and the value is loaded from them with one
+    // load of the same width. A wider load (of a 16-byte buffer) cannot
+    // be forwarded from the narrower store and waits for it to retire,
+    // a dozen cycles or more.
+    Ok(match size {
+        1 => u128::from(u8::from_le_bytes(read_exact(ram, mmio, range)?)),
+        2 => u128::from(u16::from_le_bytes(read_exact(ram, mmio, range)?)),
+        4 => u128::from(u32::from_le_bytes(read_exact(ram, mmio, range)?)),
+        8 => u128::from(u64::from_le_bytes(read_exact(ram, mmio, range)?)),
+        _ => {
+            let mut buf = [0u8; 16];
+            let n = usize::from(size).min(16);
+            let dst = buf.get_mut(..n).ok_or(Error::InconsistentExit)?;
+            access::read_phys(ram, mmio, range, dst)?;
+            u128::from_le_bytes(buf)
+        }
+    })
+}
+
+/// Reads `N` bytes.
+#[inline(always)]
+fn read_exact<const N: usize, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    range: &PhysRange,
+) -> Result<[u8; N], Error> {
+    let mut buf = [0u8; N];
+    access::read_phys(ram, mmio, range, &mut buf)?;
+    Ok(buf)
+}
+
+/// Writes the low `size` (at most 16) bytes of `value` at `range`,
+/// little-endian.
+#[inline(always)]
+pub(crate) fn write_sized<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    range: &PhysRange,
+    size: u8,
+    value: u128,
+) -> Result<(), Error> {
+    let buf = value.to_le_bytes();
+    let n = usize::from(size).min(16);
+    let src = buf.get(..n).ok_or(Error::InconsistentExit)?;
+    access::write_phys(ram, mmio, range, src)
+}
+
+/// A read-modify-write of `size` bytes at `range`. `op` maps the old value
+/// to the new one (always written, as the CPU writes even an unchanged
+/// value) plus a result for the caller. Locked: the write is a
+/// compare-and-write on RAM, retried from the read when memory changed in
+/// between ([`LOCK_RETRIES`] times, then `Ok(None)`: the caller returns
+/// [`Outcome::Resume`] with nothing changed); on MMIO it is a read then a
+/// write. Unlocked: a read then a write.
+///
+/// The one implementation of these rules: the general executor
+/// ([`Exec::rmw`]) and the fast path both use it.
+#[inline(always)]
+pub(crate) fn rmw<T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    range: &PhysRange,
+    size: u8,
+    locked: bool,
+    mut op: impl FnMut(u128) -> (u128, T),
+) -> Result<Option<T>, Error> {
+    // The first attempt is straight-line code; the retries are out of
+    // line. (With one loop the compiler hoists work for every possible
+    // operation out of it, a few dozen instructions run even when the
+    // first attempt succeeds, as it nearly always does.)
+    let old = read_sized(ram, mmio, range, size)?;
+    let (new, out) = op(old);
+    if !locked {
+        write_sized(ram, mmio, range, size, new)?;
+        return Ok(Some(out));
+    }
+    if compare_and_write(ram, mmio, range, size, old, new)? {
+        return Ok(Some(out));
+    }
+    rmw_retry(ram, mmio, range, size, &mut op)
+}
+
+/// The locked retries of [`rmw`] after the first attempt lost a race:
+/// [`LOCK_RETRIES`] attempts in all.
+#[cold]
+#[inline(never)]
+fn rmw_retry<T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    range: &PhysRange,
+    size: u8,
+    op: &mut impl FnMut(u128) -> (u128, T),
+) -> Result<Option<T>, Error> {
+    for _ in 1..LOCK_RETRIES {
+        let old = read_sized(ram, mmio, range, size)?;
+        let (new, out) = op(old);
+        if compare_and_write(ram, mmio, range, size, old, new)? {
+            return Ok(Some(out));
+        }
+    }
+    Ok(None)
+}
+
+/// The write half of a locked read-modify-write of `size` bytes: `new`
+/// replaces `old` unless memory changed since it was read (`false`).
+#[inline(always)]
+fn compare_and_write<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    range: &PhysRange,
+    size: u8,
+    old: u128,
+    new: u128,
+) -> Result<bool, Error> {
+    let n = usize::from(size).min(16);
+    let old_bytes = old.to_le_bytes();
+    let new_bytes = new.to_le_bytes();
+    let (Some(expected), Some(new_slice)) = (old_bytes.get(..n), new_bytes.get(..n)) else {
+        return Err(Error::InconsistentExit);
+    };
+    access::compare_and_write_phys(ram, mmio, range, expected, new_slice)
 }

@@ -9,6 +9,27 @@ use crate::error::Error;
 use crate::flags;
 use crate::state::CpuState;
 
+/// SETcc: the byte stored for condition `cc` under `rflags`. Shared with
+/// the fast path.
+#[inline(always)]
+pub(crate) fn setcc(cc: u8, rflags: u64) -> u64 {
+    u64::from(flags::condition(cc, rflags))
+}
+
+/// CMOVcc: the value written to the destination register, `loaded` (read
+/// from memory whether or not the condition holds) when condition `cc`
+/// holds under `rflags`, else the register's own value `current`: the
+/// destination is written either way (a 32-bit one is zero-extended in
+/// 64-bit mode even when the condition is false).
+#[inline(always)]
+pub(crate) fn cmov(cc: u8, rflags: u64, loaded: u64, current: u64) -> u64 {
+    if flags::condition(cc, rflags) {
+        loaded
+    } else {
+        current
+    }
+}
+
 pub(super) fn exec<S, R, M>(x: &mut Exec<'_, S, R, M>) -> Result<Outcome, Error>
 where
     S: CpuState + ?Sized,
@@ -24,7 +45,7 @@ where
                 Mnemonic::Mov | Mnemonic::Movnti => x.read_value_operand(src)?,
                 Mnemonic::Setcc => {
                     let cc = insn.condition.ok_or_else(|| x.unsupported())?;
-                    u64::from(flags::condition(cc.0, x.rflags()))
+                    setcc(cc.0, x.rflags())
                 }
                 _ => return Err(x.unsupported()),
             };
@@ -43,14 +64,8 @@ where
                 Mnemonic::Movsx | Mnemonic::Movsxd => flags::sign_extend(raw, m.size),
                 Mnemonic::Cmovcc => {
                     let cc = insn.condition.ok_or_else(|| x.unsupported())?;
-                    if flags::condition(cc.0, x.rflags()) {
-                        raw
-                    } else {
-                        // The memory is read even when the condition is
-                        // false, and a 32-bit destination is still written
-                        // (zero-extended) in 64-bit mode.
-                        x.read_reg(*d)
-                    }
+                    // The memory is read even when the condition is false.
+                    cmov(cc.0, x.rflags(), raw, x.read_reg(*d))
                 }
                 _ => return Err(x.unsupported()),
             };
@@ -62,7 +77,7 @@ where
             let value = match op {
                 Mnemonic::Setcc => {
                     let cc = insn.condition.ok_or_else(|| x.unsupported())?;
-                    u64::from(flags::condition(cc.0, x.rflags()))
+                    setcc(cc.0, x.rflags())
                 }
                 Mnemonic::Mov => x.read_value_operand(src)?,
                 _ => return Err(x.unsupported()),

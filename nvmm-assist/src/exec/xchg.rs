@@ -16,6 +16,62 @@ use crate::error::{Error, Exception};
 use crate::flags::{self, ZF};
 use crate::state::{CpuState, Gpr};
 
+/// XADD: the new memory value and RFLAGS from the old memory value and
+/// the source register (which receives the old value). Shared with the
+/// fast path.
+#[inline(always)]
+pub(crate) fn xadd(old: u64, src: u64, size: u8, rflags: u64) -> (u64, u64) {
+    flags::add(old, src, false, size, rflags)
+}
+
+/// CMPXCHG: the value written to memory (the source when the accumulator
+/// `acc` equals `old`, else `old` itself: the destination is always
+/// written), the new RFLAGS (as CMP accumulator, destination), and the
+/// value to load into the accumulator when the comparison failed.
+#[inline(always)]
+pub(crate) fn cmpxchg(
+    acc: u64,
+    old: u64,
+    src: u64,
+    size: u8,
+    rflags: u64,
+) -> (u64, u64, Option<u64>) {
+    let (_, f) = flags::sub(acc, old, false, size, rflags);
+    if acc == old {
+        (src, f, None)
+    } else {
+        (old, f, Some(old))
+    }
+}
+
+/// The `2 * half`-byte value of the register pair `hi:lo` (EDX:EAX,
+/// ECX:EBX, or their 64-bit forms), each register's low `half` bytes.
+#[inline(always)]
+pub(crate) fn pair(lo: u64, hi: u64, half: u8) -> u128 {
+    let hmask = flags::size_mask(half);
+    u128::from(lo & hmask) | (u128::from(hi & hmask) << (u32::from(half) * 8))
+}
+
+/// CMPXCHG8B/16B: the value written to memory (`replacement` when `old`
+/// equals `expected`, else `old`: always written), and the value to load
+/// into rDX:rAX when the comparison failed. ZF is set exactly when it
+/// succeeded ([`cmpxchg_wide_flags`]).
+#[inline(always)]
+pub(crate) fn cmpxchg_wide(old: u128, expected: u128, replacement: u128) -> (u128, Option<u128>) {
+    if old == expected {
+        (replacement, None)
+    } else {
+        (old, Some(old))
+    }
+}
+
+/// The RFLAGS after CMPXCHG8B/16B: ZF set on success, cleared on failure,
+/// the rest unchanged.
+#[inline(always)]
+pub(crate) fn cmpxchg_wide_flags(rflags: u64, succeeded: bool) -> u64 {
+    if succeeded { rflags | ZF } else { rflags & !ZF }
+}
+
 pub(super) fn exec<S, R, M>(x: &mut Exec<'_, S, R, M>) -> Result<Outcome, Error>
 where
     S: CpuState + ?Sized,
@@ -47,7 +103,7 @@ where
             let mut range = PhysRange::default();
             x.locate(m, 0, size, AccessType::Write, true, &mut range)?;
             let res = x.rmw(&range, size, insn.lock, |old| {
-                let (sum, f) = flags::add(old as u64, src, false, size, rflags);
+                let (sum, f) = xadd(old as u64, src, size, rflags);
                 (u128::from(sum), (old as u64, f))
             })?;
             match res {
@@ -68,14 +124,8 @@ where
             let mut range = PhysRange::default();
             x.locate(m, 0, size, AccessType::Write, true, &mut range)?;
             let res = x.rmw(&range, size, insn.lock, |old| {
-                let old = old as u64;
-                // Flags as CMP accumulator, destination.
-                let (_, f) = flags::sub(acc, old, false, size, rflags);
-                if acc == old {
-                    (u128::from(src), (f, None))
-                } else {
-                    (u128::from(old), (f, Some(old)))
-                }
+                let (new, f, loaded) = cmpxchg(acc, old as u64, src, size, rflags);
+                (u128::from(new), (f, loaded))
             })?;
             match res {
                 Some((f, loaded)) => {
@@ -95,10 +145,8 @@ where
             let (half, width): (u8, u8) = if wide { (8, 16) } else { (4, 8) };
             let hmask = flags::size_mask(half);
             let shift = u32::from(half) * 8;
-            let expected = u128::from(x.gpr(Gpr::Rax) & hmask)
-                | (u128::from(x.gpr(Gpr::Rdx) & hmask) << shift);
-            let replacement = u128::from(x.gpr(Gpr::Rbx) & hmask)
-                | (u128::from(x.gpr(Gpr::Rcx) & hmask) << shift);
+            let expected = pair(x.gpr(Gpr::Rax), x.gpr(Gpr::Rdx), half);
+            let replacement = pair(x.gpr(Gpr::Rbx), x.gpr(Gpr::Rcx), half);
             let offset = x.effective_offset(m);
             let linear = x.linear(m.segment, offset, u64::from(width), AccessType::Write)?;
             if wide && linear & 15 != 0 {
@@ -107,22 +155,14 @@ where
             let range = x.physical(linear, u64::from(width), AccessType::Write, true)?;
             x.check_alignment(linear, 8)?;
             let res = x.rmw(&range, width, insn.lock, |old| {
-                if old == expected {
-                    (replacement, None)
-                } else {
-                    (old, Some(old))
-                }
+                cmpxchg_wide(old, expected, replacement)
             })?;
             match res {
                 Some(loaded) => {
-                    let rflags = x.rflags() & !ZF;
-                    match loaded {
-                        None => x.set_rflags(rflags | ZF),
-                        Some(old) => {
-                            x.set_rflags(rflags);
-                            x.write_gpr_sized(Gpr::Rax, half, (old as u64) & hmask);
-                            x.write_gpr_sized(Gpr::Rdx, half, ((old >> shift) as u64) & hmask);
-                        }
+                    x.set_rflags(cmpxchg_wide_flags(x.rflags(), loaded.is_none()));
+                    if let Some(old) = loaded {
+                        x.write_gpr_sized(Gpr::Rax, half, (old as u64) & hmask);
+                        x.write_gpr_sized(Gpr::Rdx, half, ((old >> shift) as u64) & hmask);
                     }
                 }
                 None => return Ok(Outcome::Resume),

@@ -1,20 +1,35 @@
-//! The fast path: the instructions that make up nearly every MMIO exit
-//! (MOV 88/89/8A/8B/C6/C7 and A0-A3 (moffs), MOVZX 0F B6/B7, MOVSX
-//! 0F BE/BF, the ALU forms 00-3B, the immediate group 80/81/83 and TEST
-//! 84/85/F6/F7), in every mode (16-bit and 32/64-bit ModRM addressing),
-//! with a 66 prefix, segment overrides and (64-bit mode) a REX prefix at
-//! most, decoded and executed without building an
-//! [`Instruction`](crate::Instruction). The arithmetic is the general
-//! path's ([`alu::compute`], [`flags::sign_extend`]); segmentation is
+//! The fast path: the instructions that make up nearly every MMIO exit,
+//! decoded and executed without building an
+//! [`Instruction`](crate::Instruction), in every mode (16-bit and 32/64-bit
+//! ModRM addressing), with 66, LOCK (on the lockable forms), segment
+//! overrides and (64-bit mode) a REX prefix at most:
+//! - MOV 88/89/8A/8B/C6/C7 and A0-A3 (moffs), MOVZX 0F B6/B7, MOVSX
+//!   0F BE/BF, the ALU forms 00-3B, the immediate group 80/81/83 and TEST
+//!   84/85/F6/F7 (this file);
+//! - in [`int`]: INC/DEC (FE/FF /0 /1), NOT/NEG (F6/F7 /2 /3), XCHG (86/87),
+//!   XADD, CMPXCHG, CMPXCHG8B/16B, BT/BTS/BTR/BTC with a register or imm8
+//!   bit offset, SETcc, CMOVcc, MOVSXD (64-bit mode), MOVNTI, and every
+//!   LOCK-prefixed read-modify-write (the ALU ones included).
+//!
+//! The semantics are the general path's own functions ([`alu::compute`],
+//! [`flags::sign_extend`], the compute functions of `exec/bits.rs`,
+//! `exec/xchg.rs` and `exec/mov.rs`), read-modify-writes go through the
+//! general path's `rmw` (compare-and-write with bounded retries on RAM when
+//! locked, a read then a write on MMIO), and segmentation is
 //! [`linear_address`], the general path's too.
 //!
 //! Anything outside that shape, and any case needing more than the plain
 //! path (a segment or canonical fault, a page-crossing or
-//! misaligned-with-AC access, an exit GPA that does not match, bytes that
-//! end early, over 15 bytes), returns `None` and goes through the general
-//! decoder and executor, which handle it completely. The fast path never reports an error it did not get from
-//! a bus callback, so it cannot disagree with the general path about a
-//! fault; a differential test compares the two on random inputs.
+//! misaligned-with-AC access, a misaligned CMPXCHG16B, an exit GPA that does
+//! not match (for BT* with a register offset: the displaced address), bytes
+//! that end early, over 15 bytes, LOCK on a form that does not take it),
+//! returns `None` and goes through the general decoder and executor, which
+//! handle it completely. The fast path never reports an error it did not get
+//! from a bus callback, so it cannot disagree with the general path about a
+//! fault; a differential test compares the two on random inputs
+//! (`FAST_DIFF_ITERATIONS` sets its iterations per mode).
+
+mod int;
 
 use super::alu;
 use crate::Outcome;
@@ -46,6 +61,8 @@ enum Kind {
     AluToMem,
     /// ALU reg, r/m (00-3B forms ending in 2/3).
     AluToReg,
+    /// The other integer forms and every LOCK-prefixed one ([`int`]).
+    Int(int::Form),
 }
 
 /// The operation of an ALU opcode 00-3F (bits 5:3).
@@ -118,6 +135,8 @@ struct Fast {
     op: Mnemonic,
     /// A REX prefix is present (SPL..DIL instead of AH..BH).
     rex: bool,
+    /// A LOCK prefix is present (only on the lockable forms).
+    lock: bool,
     /// The immediate, sign-extended to 64 bits (16-bit ones zero-extended;
     /// only the low 16 bits are used then).
     imm: u64,
@@ -145,38 +164,53 @@ impl Fast {
                     AccessType::Write
                 }
             }
+            Kind::Int(form) => {
+                if int::reads_only(form, self.op) {
+                    AccessType::Read
+                } else {
+                    AccessType::Write
+                }
+            }
         }
     }
 }
 
 /// Decodes `bytes` if it is a fast-path form whose access is plain.
 #[inline(always)]
-fn decode<const ADDR: u8, S: CpuState + ?Sized>(
+fn decode<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
     state: &S,
     mode: CpuMode,
     exit_gpa: u64,
     bytes: &[u8],
 ) -> Option<(Fast, u64)> {
-    let f = decode_form::<ADDR, S>(state, mode, bytes)?;
+    let f = decode_form::<ADDR, INT, S>(state, mode, bytes)?;
     let asz = u64::from(f.access_size);
+    // A BT* register bit offset moves the access (the address-size wrap
+    // applies to the sum).
+    let offset = if INT {
+        f.offset.wrapping_add(int::displacement(state, &f) as u64) & address_mask(ADDR)
+    } else {
+        f.offset
+    };
     let linear = if ADDR == 8 && !matches!(f.segment, Segment::Fs | Segment::Gs) {
         // 64-bit mode: DS/SS bases are ignored and there is no limit, so
         // the linear address is the effective address. A non-canonical
         // one (#GP/#SS, or valid under LA57) goes to the general path.
-        if ((f.offset as i64) << 16 >> 16) as u64 != f.offset {
+        if ((offset as i64) << 16 >> 16) as u64 != offset {
             return None;
         }
-        f.offset
+        offset
     } else {
         // Segmentation with every check; a fault goes to the general path,
         // which reports it.
-        linear_address(state, mode, f.segment, f.offset, asz, f.access()).ok()?
+        linear_address(state, mode, f.segment, offset, asz, f.access()).ok()?
     };
-    // Leave page-crossing accesses, a mismatching exit GPA and a possible
-    // #AC to the general path.
+    // Leave page-crossing accesses, a mismatching exit GPA, a possible
+    // #AC and CMPXCHG16B's #GP (a misaligned operand) to the general path.
     if (linear & 0xFFF) + asz > 0x1000
         || exit_gpa & 0xFFF != linear & 0xFFF
         || (state.rflags() & AC != 0 && linear & (asz - 1) != 0)
+        || (INT && asz == 16 && linear & 15 != 0)
     {
         return None;
     }
@@ -189,7 +223,7 @@ fn decode<const ADDR: u8, S: CpuState + ?Sized>(
 ///
 /// `ADDR` is the mode's default address size (2, 4, or 8 for 64-bit mode),
 /// a constant so that each mode class gets its own specialised copy.
-fn decode_form<const ADDR: u8, S: CpuState + ?Sized>(
+fn decode_form<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
     state: &S,
     mode: CpuMode,
     bytes: &[u8],
@@ -200,12 +234,15 @@ fn decode_form<const ADDR: u8, S: CpuState + ?Sized>(
     let mut b = byte(bytes, 0)?;
     // Legacy prefixes: 66 and segment overrides, in any order (the last
     // override wins; 64-bit mode ignores ES/CS/SS/DS overrides). Anything
-    // else (67, F0, F2/F3, more than three prefixes) is the general path's.
+    // else (67, F2/F3, more than three prefixes) is the general path's; F0
+    // (LOCK) is checked against the form below.
     let mut osz16 = false;
+    let mut lock = false;
     let mut seg_override: Option<Segment> = None;
     for _ in 0..3 {
         match b {
             0x66 => osz16 = true,
+            0xF0 if INT => lock = true,
             0x26 | 0x2E | 0x36 | 0x3E if long => {}
             0x26 => seg_override = Some(Segment::Es),
             0x2E => seg_override = Some(Segment::Cs),
@@ -238,7 +275,7 @@ fn decode_form<const ADDR: u8, S: CpuState + ?Sized>(
     };
     // (kind, operand size, immediate size, bytes accessed)
     let mut op = Mnemonic::Mov;
-    let (kind, size, imm_size, access_size) = match b {
+    let (mut kind, size, mut imm_size, access_size) = match b {
         0x84 => {
             op = Mnemonic::Test;
             (Kind::AluToMem, 1, 0, 1)
@@ -247,7 +284,14 @@ fn decode_form<const ADDR: u8, S: CpuState + ?Sized>(
             op = Mnemonic::Test;
             (Kind::AluToMem, vsize, 0, vsize)
         }
-        0xA0..=0xA3 => return moffs::<ADDR, S>(state, bytes, i, b, vsize, rex, seg_override),
+        0xA0..=0xA3 if !lock => {
+            return moffs::<ADDR, S>(state, bytes, i, b, vsize, rex, seg_override);
+        }
+        0x63 | 0x86 | 0x87 | 0xFE | 0xFF if INT => {
+            let s = int::primary(b, vsize, long)?;
+            op = s.op;
+            (s.kind, s.size, s.imm_size, s.access_size)
+        }
         0xF6 => (Kind::Alu, 1, 1, 1),
         0xF7 => (Kind::Alu, vsize, if vsize == 2 { 2 } else { 4 }, vsize),
         0x88 => (Kind::Store, 1, 0, 1),
@@ -267,6 +311,11 @@ fn decode_form<const ADDR: u8, S: CpuState + ?Sized>(
                 0xB7 => (Kind::Movzx, vsize, 0, 2),
                 0xBE => (Kind::Movsx, vsize, 0, 1),
                 0xBF => (Kind::Movsx, vsize, 0, 2),
+                _ if INT => {
+                    let s = int::secondary(op2, vsize, rex & 8 != 0, osz16)?;
+                    op = s.op;
+                    (s.kind, s.size, s.imm_size, s.access_size)
+                }
                 _ => return None,
             }
         }
@@ -293,11 +342,31 @@ fn decode_form<const ADDR: u8, S: CpuState + ?Sized>(
     }
     if kind == Kind::Alu {
         op = match b {
-            // Group 3: only TEST (/0 and its alias /1) here.
+            // Group 3: TEST (/0 and its alias /1), NOT, NEG (no
+            // immediate); MUL, IMUL, DIV, IDIV are not emulated.
             0xF6 | 0xF7 if reg_field < 2 => Mnemonic::Test,
+            0xF6 | 0xF7 if INT && reg_field < 4 => {
+                kind = Kind::Int(int::Form::Unary);
+                imm_size = 0;
+                if reg_field == 2 {
+                    Mnemonic::Not
+                } else {
+                    Mnemonic::Neg
+                }
+            }
             0xF6 | 0xF7 => return None,
             _ => alu_op(reg_field),
         };
+    }
+    if INT {
+        if let Kind::Int(form) = kind {
+            let (form, refined) = int::refine(form, op, reg_field)?;
+            kind = Kind::Int(form);
+            op = refined;
+        }
+        if lock {
+            kind = int::locked(kind, op)?;
+        }
     }
     let ea = if ADDR == 2 {
         modrm16(state, md, rm)
@@ -356,11 +425,7 @@ fn decode_form<const ADDR: u8, S: CpuState + ?Sized>(
         _ => rip & 0xFFFF,
     };
     let base = if ea.rip_relative { next_rip } else { ea.sum };
-    let amask = match ADDR {
-        2 => 0xFFFF,
-        4 => 0xFFFF_FFFF,
-        _ => u64::MAX,
-    };
+    let amask = address_mask(ADDR);
     // (64-bit mode: only an FS/GS override matters, and it is kept.)
     let default_seg = if ea.stack && !long {
         Segment::Ss
@@ -374,11 +439,22 @@ fn decode_form<const ADDR: u8, S: CpuState + ?Sized>(
         reg: reg_field | ((rex & 4) << 1),
         op,
         rex: rex != 0,
+        lock,
         imm,
         offset: base.wrapping_add(disp) & amask,
         segment: seg_override.unwrap_or(default_seg),
         next_rip,
     })
+}
+
+/// The mask of an address size `addr` (2, 4 or 8).
+#[inline(always)]
+fn address_mask(addr: u8) -> u64 {
+    match addr {
+        2 => 0xFFFF,
+        4 => 0xFFFF_FFFF,
+        _ => u64::MAX,
+    }
 }
 
 /// MOV AL/rAX to or from `[moffs]` (A0-A3): the offset, of the address
@@ -432,6 +508,7 @@ fn moffs<const ADDR: u8, S: CpuState + ?Sized>(
         reg: 0,
         op: Mnemonic::Mov,
         rex: rex != 0,
+        lock: false,
         imm: 0,
         offset,
         segment: seg_override.unwrap_or(Segment::Ds),
@@ -654,6 +731,7 @@ where
             }
             new_flags = fl;
         }
+        Kind::Int(form) => return int::exec_out_of_line(state, ram, mmio, gpa, f, form),
     }
     if new_flags != rflags {
         state.set_rflags(new_flags);
@@ -678,13 +756,48 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    let (f, linear) = match mode.default_address_size() {
-        8 => decode::<8, S>(state, mode, exit_gpa, bytes)?,
-        4 => decode::<4, S>(state, mode, exit_gpa, bytes)?,
-        _ => decode::<2, S>(state, mode, exit_gpa, bytes)?,
+    // The MOV/ALU forms are decoded by a copy of the decoder without the
+    // integer forms and LOCK (compiled out), so that they cost what they
+    // did before those were added; the rest tries the full decoder, out
+    // of line.
+    let decoded = match mode.default_address_size() {
+        8 => decode::<8, false, S>(state, mode, exit_gpa, bytes),
+        4 => decode::<4, false, S>(state, mode, exit_gpa, bytes),
+        _ => decode::<2, false, S>(state, mode, exit_gpa, bytes),
+    };
+    let Some((f, linear)) = decoded else {
+        return try_exec_int(state, mode, ram, mmio, exit_gpa, bytes);
     };
     debug_assert_eq!(linear & 0xFFF, exit_gpa & 0xFFF);
     Some(exec(state, ram, mmio, exit_gpa, &f))
+}
+
+/// [`try_exec`] with the full decoder: the integer forms of [`int`] and
+/// LOCK.
+#[inline(never)]
+fn try_exec_int<S, R, M>(
+    state: &mut S,
+    mode: CpuMode,
+    ram: &mut R,
+    mmio: &mut M,
+    exit_gpa: u64,
+    bytes: &[u8],
+) -> Option<Result<Outcome, Error>>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let (f, linear) = match mode.default_address_size() {
+        8 => decode::<8, true, S>(state, mode, exit_gpa, bytes)?,
+        4 => decode::<4, true, S>(state, mode, exit_gpa, bytes)?,
+        _ => decode::<2, true, S>(state, mode, exit_gpa, bytes)?,
+    };
+    debug_assert_eq!(linear & 0xFFF, exit_gpa & 0xFFF);
+    Some(match f.kind {
+        Kind::Int(form) => int::exec(state, ram, mmio, exit_gpa, &f, form),
+        _ => exec(state, ram, mmio, exit_gpa, &f),
+    })
 }
 
 #[cfg(test)]
@@ -696,11 +809,16 @@ mod tests {
     use std::vec::Vec;
 
     use crate::FetchCache;
-    use crate::decode::{Operand, decode};
+    use std::collections::BTreeSet;
+    use std::format;
+    use std::string::String;
+
+    use crate::decode::{Mnemonic, Operand, decode};
     use crate::mem::assist_mem_with;
     use crate::mode::CpuMode;
     use crate::testutil::{Layout, PageTables, RecordingMmio, TEST_VENDOR, TestRam, pte};
     use crate::{AccessType, MemExit};
+    use crate::{Gpr, Outcome};
     use crate::{Registers, Segment, SegmentAttributes};
 
     struct Rng(u64);
@@ -758,15 +876,55 @@ mod tests {
         &[0xA3],
         &[0x0F, 0xBE],
         &[0x0F, 0xBF],
-        // Near misses the fast path must leave alone.
+        // The integer forms of `int.rs` (groups with every ModRM reg).
+        &[0xFE],
+        &[0xFF],
+        &[0xFF],
+        &[0xF6],
+        &[0xF7],
+        &[0x86],
+        &[0x87],
+        &[0x63],
+        &[0x0F, 0xC0],
+        &[0x0F, 0xC1],
+        &[0x0F, 0xB0],
+        &[0x0F, 0xB1],
+        &[0x0F, 0xC7],
+        &[0x0F, 0xC7],
+        // CMPXCHG16B in 64-bit mode (elsewhere a REX.W is DEC eAX).
+        &[0x48, 0x0F, 0xC7],
+        &[0xF0, 0x48, 0x0F, 0xC7],
+        &[0x0F, 0xA3],
+        &[0x0F, 0xAB],
+        &[0x0F, 0xB3],
+        &[0x0F, 0xBB],
         &[0x0F, 0xBA],
+        &[0x0F, 0xBA],
+        &[0x0F, 0x90],
+        &[0x0F, 0x94],
+        &[0x0F, 0x9F],
+        &[0x0F, 0x42],
+        &[0x0F, 0x44],
+        &[0x0F, 0x4E],
+        &[0x0F, 0xC3],
+        // Near misses the fast path must leave alone.
         &[0x04],
         &[0x3D],
-        &[0x86],
+        &[0x0F, 0xA5],
+        &[0x0F, 0xAF],
+        &[0x0F, 0xBC],
+        &[0x0F, 0xC8],
+        &[0x8F],
+        &[0xD1],
     ];
 
     fn random_instruction(rng: &mut Rng) -> Vec<u8> {
         let mut v = Vec::new();
+        if rng.below(6) == 0 {
+            // LOCK, on lockable forms and the rest (#UD), with other
+            // prefixes in any order.
+            v.push(0xF0);
+        }
         match rng.below(8) {
             0 => v.push(0x66),
             1 => v.push(0x40 | rng.below(16) as u8),
@@ -791,8 +949,10 @@ mod tests {
             rng.below(3) as u8
         };
         let mut reg = rng.below(8) as u8;
-        if rng.below(2) == 0 {
-            reg = 0; // C6/C7 /0 more often
+        match rng.below(4) {
+            0 => reg = 0, // C6/C7 /0 more often
+            1 => reg = 1, // and 0F C7 /1
+            _ => {}
         }
         v.push(md << 6 | reg << 3 | rng.below(8) as u8);
         // Enough trailing bytes for SIB, displacement and immediate.
@@ -827,20 +987,30 @@ mod tests {
             ea = ea.wrapping_add(regs.gprs[i as usize].wrapping_mul(u64::from(m.scale)));
         }
         ea = ea.wrapping_add(m.disp as u64);
-        ea &= match insn.address_size {
+        let amask = match insn.address_size {
             2 => 0xFFFF,
             4 => 0xFFFF_FFFF,
             _ => u64::MAX,
         };
+        ea &= amask;
+        // BT* with a register bit offset: the offset moves the access.
+        let mut accessed = ea;
+        if let (Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc, Operand::Reg(r)) =
+            (insn.mnemonic, insn.operands[1])
+        {
+            let raw = regs.gprs[r.gpr as usize] & crate::flags::size_mask(insn.operand_size);
+            let (_, d) = crate::exec::bits::register_offset(raw, insn.operand_size);
+            accessed = ea.wrapping_add(d as u64) & amask;
+        }
         let seg = regs.segments[m.segment as usize];
         let linear = if mode.is_64bit() {
             if matches!(m.segment, Segment::Fs | Segment::Gs) {
-                seg.base.wrapping_add(ea)
+                seg.base.wrapping_add(accessed)
             } else {
-                ea
+                accessed
             }
         } else {
-            seg.base.wrapping_add(ea) & 0xFFFF_FFFF
+            seg.base.wrapping_add(accessed) & 0xFFFF_FFFF
         };
         Some((ea, linear))
     }
@@ -906,12 +1076,47 @@ mod tests {
                 _ => 0x1800 - rng.below(0x800),
             };
         }
+        if rng.below(4) == 0 {
+            // Aligned addresses more often (CMPXCHG16B needs 16 bytes).
+            for g in regs.gprs.iter_mut() {
+                *g &= !15;
+            }
+        }
         regs.rflags = 2 | (rng.next() & 0x8D5) | if rng.below(8) == 0 { 1 << 18 } else { 0 };
         if rng.below(8) == 0 {
             regs.cr0 |= 1 << 18; // CR0.AM: with AC and CPL 3, #AC
             regs = regs.at_cpl(3);
         }
         regs
+    }
+
+    /// The `n` bytes a read at `gpa` returns (RAM, or the test device).
+    fn memory_at(ram: &TestRam, gpa: u64, n: usize) -> Vec<u8> {
+        (0..n as u64)
+            .map(|i| gpa.wrapping_add(i))
+            .map(|a| {
+                if ram.holes.iter().any(|&(s, e)| (s..e).contains(&a)) {
+                    RecordingMmio::byte_at(a)
+                } else {
+                    ram.mem.get(a as usize).copied().unwrap_or(0)
+                }
+            })
+            .collect()
+    }
+
+    fn le(bytes: &[u8]) -> u64 {
+        bytes
+            .iter()
+            .rev()
+            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
+    }
+
+    /// Iterations per mode: `FAST_DIFF_ITERATIONS` (default 30 000).
+    fn iterations() -> usize {
+        std::env::var("FAST_DIFF_ITERATIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30_000)
     }
 
     #[test]
@@ -922,6 +1127,15 @@ mod tests {
             pt.map(&mut ram, page * 4096, page * 4096, 1, pte::PWU);
         }
         let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+        // Random RAM below the page tables, so that bit tests, compares
+        // and exchanges see varied values.
+        for b in ram.mem.iter_mut().take(0x20000) {
+            *b = rng.next() as u8;
+        }
+        // The integer forms (and LOCK) the fast path handled, and whether
+        // a locked one lost every race (Resume) on it.
+        let mut int_forms: BTreeSet<String> = BTreeSet::new();
+        let mut resumed = 0;
         for mode in [
             CpuMode::Long64,
             CpuMode::Compat32,
@@ -930,23 +1144,45 @@ mod tests {
             CpuMode::Real,
         ] {
             let mut handled = 0;
-            for _ in 0..30_000 {
+            for _ in 0..iterations() {
                 let bytes = random_instruction(&mut rng);
-                let regs = random_state(&mut rng, mode, pt.cr3());
+                let mut regs = random_state(&mut rng, mode, pt.cr3());
                 assert_eq!(CpuMode::of(&regs), mode);
+                let Some((_, lin)) = addresses(&bytes, &regs, mode) else {
+                    continue;
+                };
+                if rng.below(3) == 0 {
+                    // rDX:rAX (and rAX) equal to the operand: CMPXCHG*
+                    // succeeds.
+                    let mem = memory_at(&ram, lin, 16);
+                    let half = if rng.below(2) == 0 { 4 } else { 8 };
+                    regs.gprs[Gpr::Rax as usize] = le(&mem[..half]);
+                    regs.gprs[Gpr::Rdx as usize] = le(&mem[half..2 * half]);
+                }
+                // (Again: rAX or rDX may be in the address.)
                 let Some((ea, lin)) = addresses(&bytes, &regs, mode) else {
                     continue;
                 };
                 let gpa = if rng.below(32) == 0 { lin ^ 8 } else { lin };
+                let mut ram = ram.clone();
+                // Sometimes another writer wins the compare-and-write: once,
+                // or every time (Resume); sometimes a bus callback fails.
+                ram.cas_mismatches = [0, 0, 0, 0, 1, 2, 16, 100][rng.below(8) as usize];
+                let mmio_fail = (rng.below(16) == 0).then(|| rng.below(3) as usize);
+                if rng.below(16) == 0 {
+                    ram.fail_at = Some(rng.below(3) as usize);
+                }
                 let exit = MemExit {
                     gpa,
                     access: AccessType::Read,
                     instruction: &bytes,
                 };
-                let (mut r1, mut ram1, mut m1) =
-                    (regs.clone(), ram.clone(), RecordingMmio::default());
-                let (mut r2, mut ram2, mut m2) =
-                    (regs.clone(), ram.clone(), RecordingMmio::default());
+                let mmio = RecordingMmio {
+                    fail_at: mmio_fail,
+                    ..RecordingMmio::default()
+                };
+                let (mut r1, mut ram1, mut m1) = (regs.clone(), ram.clone(), mmio.clone());
+                let (mut r2, mut ram2, mut m2) = (regs.clone(), ram.clone(), mmio);
                 let fast = assist_mem_with(
                     &mut r1,
                     &mut ram1,
@@ -967,20 +1203,46 @@ mod tests {
                 assert_eq!(r1, r2, "{mode:?} {bytes:02x?}");
                 assert_eq!(m1.log, m2.log, "{mode:?} {bytes:02x?}");
                 assert!(ram1.mem == ram2.mem, "{mode:?} {bytes:02x?}");
+                assert_eq!(ram1.cas_log, ram2.cas_log, "{mode:?} {bytes:02x?}");
+                assert_eq!(
+                    (ram1.reads, ram1.writes),
+                    (ram2.reads, ram2.writes),
+                    "{mode:?} {bytes:02x?}"
+                );
+                if fast.is_err() {
+                    assert_eq!(
+                        r1, regs,
+                        "{mode:?} {bytes:02x?}: a failure changes no register"
+                    );
+                }
                 let decoded = match mode.default_address_size() {
-                    8 => super::decode::<8, _>(&regs, mode, gpa, &bytes).is_some(),
-                    4 => super::decode::<4, _>(&regs, mode, gpa, &bytes).is_some(),
-                    _ => super::decode::<2, _>(&regs, mode, gpa, &bytes).is_some(),
+                    8 => super::decode::<8, true, _>(&regs, mode, gpa, &bytes).is_some(),
+                    4 => super::decode::<4, true, _>(&regs, mode, gpa, &bytes).is_some(),
+                    _ => super::decode::<2, true, _>(&regs, mode, gpa, &bytes).is_some(),
                 };
                 if decoded {
                     handled += 1;
+                    let form = match mode.default_address_size() {
+                        8 => super::decode_form::<8, true, _>(&regs, mode, &bytes),
+                        4 => super::decode_form::<4, true, _>(&regs, mode, &bytes),
+                        _ => super::decode_form::<2, true, _>(&regs, mode, &bytes),
+                    };
+                    if let Some(f) =
+                        form.filter(|f| matches!(f.kind, super::Kind::Int(_)) || f.lock)
+                    {
+                        let lock = if f.lock { "lock " } else { "" };
+                        int_forms.insert(format!("{lock}{:?}", f.op));
+                        if fast == Ok(Outcome::Resume) {
+                            resumed += 1;
+                        }
+                    }
                 }
                 // Whatever the exit says, a form the fast path takes must
                 // have the general decoder's address, segment and length.
                 let form = match mode.default_address_size() {
-                    8 => super::decode_form::<8, _>(&regs, mode, &bytes),
-                    4 => super::decode_form::<4, _>(&regs, mode, &bytes),
-                    _ => super::decode_form::<2, _>(&regs, mode, &bytes),
+                    8 => super::decode_form::<8, true, _>(&regs, mode, &bytes),
+                    4 => super::decode_form::<4, true, _>(&regs, mode, &bytes),
+                    _ => super::decode_form::<2, true, _>(&regs, mode, &bytes),
                 };
                 if let Some(f) = form {
                     let insn = decode(&bytes, mode).expect("general decode");
@@ -1014,5 +1276,49 @@ mod tests {
                 "{mode:?}: the fast path handled only {handled} cases"
             );
         }
+        for want in [
+            "Inc",
+            "Dec",
+            "Not",
+            "Neg",
+            "Xchg",
+            "Xadd",
+            "Cmpxchg",
+            "Cmpxchg8b",
+            "Cmpxchg16b",
+            "Bt",
+            "Bts",
+            "Btr",
+            "Btc",
+            "Setcc",
+            "Cmovcc",
+            "Movsxd",
+            "Movnti",
+            "lock Add",
+            "lock Or",
+            "lock Adc",
+            "lock Sbb",
+            "lock And",
+            "lock Sub",
+            "lock Xor",
+            "lock Inc",
+            "lock Dec",
+            "lock Not",
+            "lock Neg",
+            "lock Xchg",
+            "lock Xadd",
+            "lock Cmpxchg",
+            "lock Cmpxchg8b",
+            "lock Cmpxchg16b",
+            "lock Bts",
+            "lock Btr",
+            "lock Btc",
+        ] {
+            assert!(
+                int_forms.contains(want),
+                "the fast path never handled {want}: {int_forms:?}"
+            );
+        }
+        assert!(resumed > 0, "no locked form lost every race");
     }
 }
