@@ -16,6 +16,12 @@
 //! a bus callback, so it cannot disagree with the general path about a
 //! fault; a differential test compares the two on random inputs.
 
+mod families;
+mod prefix;
+mod sse;
+mod stack;
+mod string;
+
 use super::alu;
 use crate::Outcome;
 use crate::access::AccessType;
@@ -678,10 +684,13 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    let (f, linear) = match mode.default_address_size() {
-        8 => decode::<8, S>(state, mode, exit_gpa, bytes)?,
-        4 => decode::<4, S>(state, mode, exit_gpa, bytes)?,
-        _ => decode::<2, S>(state, mode, exit_gpa, bytes)?,
+    let decoded = match mode.default_address_size() {
+        8 => decode::<8, S>(state, mode, exit_gpa, bytes),
+        4 => decode::<4, S>(state, mode, exit_gpa, bytes),
+        _ => decode::<2, S>(state, mode, exit_gpa, bytes),
+    };
+    let Some((f, linear)) = decoded else {
+        return families::try_exec(state, mode, ram, mmio, exit_gpa, bytes);
     };
     debug_assert_eq!(linear & 0xFFF, exit_gpa & 0xFFF);
     Some(exec(state, ram, mmio, exit_gpa, &f))
