@@ -4,7 +4,7 @@
 //! exit does not say which of them is MMIO, so both are translated through
 //! the page walker. The stack address size is 8 in 64-bit mode, else 4 with
 //! SS.B, else 2; rSP is updated within that size (a 16-bit stack keeps
-//! RSP[63:16]). POP computes an rSP-based destination address after the
+//! RSP\[63:16\]). POP computes an rSP-based destination address after the
 //! increment, as the CPU does.
 
 use super::Exec;

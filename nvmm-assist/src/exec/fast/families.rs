@@ -1,6 +1,6 @@
 //! The fast path's families beyond MOV and the ALU group: the SSE moves
-//! ([`sse`](super::sse)), single string instructions
-//! ([`string`](super::string)) and PUSH/POP m ([`stack`](super::stack)),
+//! ([`sse`]), single string instructions
+//! ([`string`]) and PUSH/POP m ([`stack`]),
 //! tried when the MOV/ALU decoder declined the bytes.
 
 use super::prefix;

@@ -8,6 +8,16 @@
 //! path's ([`alu::compute`], [`flags::sign_extend`]); segmentation is
 //! [`linear_address`], the general path's too.
 //!
+//! When that decoder declines the bytes, `families.rs` tries the SSE moves
+//! (`sse.rs`), single (non-REP) MOVS/STOS/LODS/CMPS/SCAS (`string.rs`) and
+//! PUSH/POP m (`stack.rs`), with the general executors' semantics
+//! functions (`exec/sse.rs`, `exec/string.rs`, `exec/stack.rs`). MOVS,
+//! CMPS, PUSH m and POP m walk both operands as the general path does;
+//! once such a form is decoded, its checks and walks run in the general
+//! path's order and their errors are returned as the general path would
+//! return them. A differential test (`families_tests.rs`) holds them to
+//! the general path, with paging, bus failures and both directions.
+//!
 //! Anything outside that shape, and any case needing more than the plain
 //! path (a segment or canonical fault, a page-crossing or
 //! misaligned-with-AC access, an exit GPA that does not match, bytes that

@@ -72,7 +72,7 @@ pub(super) fn parse(bytes: &[u8], long: bool) -> Option<(Prefixes, usize)> {
             _ => None,
         };
         if let Some(seg) = seg {
-            if !(long && !matches!(seg, Segment::Fs | Segment::Gs)) {
+            if !long || matches!(seg, Segment::Fs | Segment::Gs) {
                 p.segment = Some(seg);
             }
             p.rex = 0;
