@@ -34,14 +34,32 @@ fn locate<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     offset: u64,
     size: u8,
     access: AccessType,
-) -> Result<PhysRange, Error> {
+    range: &mut PhysRange,
+) -> Result<(), Error> {
     let size64 = u64::from(size);
     let linear = linear_address(state, mode, seg, offset, size64, access)?;
-    let range = access::resolve(state, ram, linear, usize::from(size), access)?;
+    walk_into(state, ram, linear, usize::from(size), access, range)?;
     if alignment_faults(state, state.rflags(), linear, size64.min(8)) {
         return Err(Exception::AlignmentCheck.into());
     }
-    Ok(range)
+    Ok(())
+}
+
+/// [`access::resolve`] into `range`, out of line, as the general path's
+/// `Exec::walk`: a `Result<PhysRange, _>` passed up through `?` is copied
+/// with narrow stores and read back with wide loads, a store-forwarding
+/// stall per copy that measured as a large share of the whole assist.
+#[inline(never)]
+pub(super) fn walk_into<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
+    state: &S,
+    ram: &mut R,
+    linear: u64,
+    len: usize,
+    access: AccessType,
+    range: &mut PhysRange,
+) -> Result<(), Error> {
+    *range = access::resolve(state, ram, linear, len, access)?;
+    Ok(())
 }
 
 /// Tries PUSH m or POP m, whose opcode (FF or 8F) is `bytes[i]`.
@@ -104,8 +122,12 @@ where
         )
     };
     let run = |state: &mut S, ram: &mut R, mmio: &mut M| -> Result<Outcome, Error> {
-        let src = locate(state, mode, ram, first.0, first.1, size, first.2)?;
-        let dst = locate(state, mode, ram, second.0, second.1, size, second.2)?;
+        let mut src = PhysRange::default();
+        let mut dst = PhysRange::default();
+        locate(state, mode, ram, first.0, first.1, size, first.2, &mut src)?;
+        locate(
+            state, mode, ram, second.0, second.1, size, second.2, &mut dst,
+        )?;
         exec(state, ram, mmio, &src, &dst, size, sas, new_sp, m.next_rip)
     };
     Some(run(state, ram, mmio))
@@ -129,23 +151,27 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    match size {
+    // Through a value, as the general path does: the device or RAM fills
+    // a buffer of the access's width, one load takes it.
+    let value = match size {
         2 => {
             let mut b = [0u8; 2];
             access::read_phys(ram, mmio, src, &mut b)?;
-            access::write_phys(ram, mmio, dst, &b)?;
+            u64::from(u16::from_le_bytes(b))
         }
         4 => {
             let mut b = [0u8; 4];
             access::read_phys(ram, mmio, src, &mut b)?;
-            access::write_phys(ram, mmio, dst, &b)?;
+            u64::from(u32::from_le_bytes(b))
         }
         _ => {
             let mut b = [0u8; 8];
             access::read_phys(ram, mmio, src, &mut b)?;
-            access::write_phys(ram, mmio, dst, &b)?;
+            u64::from_le_bytes(b)
         }
-    }
+    };
+    let data = value.to_le_bytes();
+    access::write_phys(ram, mmio, dst, data.get(..usize::from(size)).unwrap_or(&[]))?;
     let rsp = state.gpr(Gpr::Rsp);
     state.set_gpr(Gpr::Rsp, merge_sized(rsp, sas, new_sp));
     let rflags = state.rflags();

@@ -140,13 +140,12 @@ where
     let place =
         |state: &S, ram: &mut R, linear: u64, access: AccessType| -> Result<Option<Place>, Error> {
             let place = if has_src && has_dst {
-                Place::Walked(access::resolve(
-                    state,
-                    ram,
-                    linear,
-                    usize::from(size),
-                    access,
-                )?)
+                {
+                    let mut range = PhysRange::default();
+                    let len = usize::from(size);
+                    super::stack::walk_into(state, ram, linear, len, access, &mut range)?;
+                    Place::Walked(range)
+                }
             } else {
                 if (linear & 0xFFF) + s > 0x1000 || exit_gpa & 0xFFF != linear & 0xFFF {
                     return Ok(None);
