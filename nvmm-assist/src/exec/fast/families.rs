@@ -104,7 +104,7 @@ where
 }
 
 /// [`try_exec`] past its first-byte filter: the prefixes, then the opcode.
-#[inline(never)]
+#[inline(always)]
 fn filtered<S, R, M>(
     state: &mut S,
     mode: CpuMode,
