@@ -41,6 +41,37 @@ pub(crate) const LOCK_RETRIES: u32 = 16;
 
 const CR0_AM: u64 = 1 << 18;
 
+/// The new value of a register holding `old` after a write of `value` to
+/// its low `size` bytes (1, 2, 4 or 8; never a high-byte register): 8- and
+/// 16-bit writes keep the other bits, 32-bit writes zero-extend to 64 bits,
+/// 64-bit writes replace.
+#[inline(always)]
+pub(crate) fn merge_sized(old: u64, size: u8, value: u64) -> u64 {
+    match size {
+        1 => (old & !0xFF) | (value & 0xFF),
+        2 => (old & !0xFFFF) | (value & 0xFFFF),
+        4 => value & 0xFFFF_FFFF,
+        _ => value,
+    }
+}
+
+/// Whether an access at `linear` that must be aligned to `align` bytes
+/// raises `#AC(0)`: alignment checking on (CR0.AM, RFLAGS.AC in `rflags`,
+/// CPL 3) and `linear` not a multiple of `align`.
+#[inline(always)]
+pub(crate) fn alignment_faults<S: CpuState + ?Sized>(
+    state: &S,
+    rflags: u64,
+    linear: u64,
+    align: u64,
+) -> bool {
+    align > 1
+        && linear & (align - 1) != 0
+        && state.cr0() & CR0_AM != 0
+        && rflags & flags::AC != 0
+        && state.cpl() == 3
+}
+
 /// Register values staged by an instruction, applied only on success.
 ///
 /// The caller owns it and lends it to the [`Exec`] that runs the
@@ -287,8 +318,7 @@ where
         // Only 8- and 16-bit writes need the old value.
         let new = match r.size {
             1 if r.high_byte => (self.gpr(r.gpr) & !0xFF00) | ((value & 0xFF) << 8),
-            1 => (self.gpr(r.gpr) & !0xFF) | (value & 0xFF),
-            2 => (self.gpr(r.gpr) & !0xFFFF) | (value & 0xFFFF),
+            1 | 2 => merge_sized(self.gpr(r.gpr), r.size, value),
             4 => value & 0xFFFF_FFFF,
             _ => value,
         };
@@ -380,12 +410,7 @@ where
     /// `linear` is not a multiple of `align`.
     #[inline(always)]
     pub(crate) fn check_alignment(&self, linear: u64, align: u64) -> Result<(), Error> {
-        if align > 1
-            && linear & (align - 1) != 0
-            && self.state.cr0() & CR0_AM != 0
-            && self.regs.rflags & flags::AC != 0
-            && self.state.cpl() == 3
-        {
+        if alignment_faults(self.state, self.regs.rflags, linear, align) {
             return Err(Exception::AlignmentCheck.into());
         }
         Ok(())
@@ -552,13 +577,7 @@ where
     /// The segment's own address size for the stack: 8 in 64-bit mode, else
     /// 4 with SS.B, else 2.
     pub(crate) fn stack_address_size(&self) -> u8 {
-        if self.mode.is_64bit() {
-            8
-        } else if self.state.segment(Segment::Ss).attributes.db() {
-            4
-        } else {
-            2
-        }
+        stack::address_size(self.state, self.mode)
     }
 }
 

@@ -17,7 +17,8 @@ use crate::error::{Error, Exception};
 use crate::flags;
 use crate::state::CpuState;
 
-fn width(op: Mnemonic) -> u8 {
+/// The bytes an SSE move accesses in memory.
+pub(crate) fn width(op: Mnemonic) -> u8 {
     match op {
         Mnemonic::Movd => 4,
         Mnemonic::Movq => 8,
@@ -25,7 +26,8 @@ fn width(op: Mnemonic) -> u8 {
     }
 }
 
-fn aligned(op: Mnemonic) -> bool {
+/// The forms that raise `#GP(0)` on a linear address not 16-byte aligned.
+pub(crate) fn aligned(op: Mnemonic) -> bool {
     matches!(
         op,
         Mnemonic::Movdqa
@@ -35,6 +37,17 @@ fn aligned(op: Mnemonic) -> bool {
             | Mnemonic::Movntps
             | Mnemonic::Movntpd
     )
+}
+
+/// The bits of an XMM register a move of `size` bytes transfers (the
+/// rest of a load's destination is zeroed).
+#[inline(always)]
+pub(crate) fn value_mask(size: u8) -> u128 {
+    if size == 16 {
+        u128::MAX
+    } else {
+        u128::from(flags::size_mask(size))
+    }
 }
 
 /// Locates an SSE memory operand with the alignment rules above.
@@ -70,11 +83,7 @@ where
     let insn = x.insn;
     let op = insn.mnemonic;
     let size = width(op);
-    let vmask = if size == 16 {
-        u128::MAX
-    } else {
-        u128::from(flags::size_mask(size))
-    };
+    let vmask = value_mask(size);
     match (&insn.operands[0], &insn.operands[1]) {
         (Operand::Xmm(i), Operand::Mem(m)) => {
             x.state.xmm(*i).ok_or_else(|| x.unsupported())?;

@@ -14,7 +14,31 @@ use crate::bus::{GuestRam, MmioBus};
 use crate::decode::{Mnemonic, Operand};
 use crate::error::Error;
 use crate::flags;
+use crate::mode::CpuMode;
 use crate::state::{CpuState, Gpr, Segment};
+
+/// The stack's address size: 8 in 64-bit mode, else 4 with SS.B, else 2.
+#[inline(always)]
+pub(crate) fn address_size<S: CpuState + ?Sized>(state: &S, mode: CpuMode) -> u8 {
+    if mode.is_64bit() {
+        8
+    } else if state.segment(Segment::Ss).attributes.db() {
+        4
+    } else {
+        2
+    }
+}
+
+/// rSP after pushing (`push`) or popping `step` bytes, within the stack's
+/// address size (`smask`), from the masked `sp`.
+#[inline(always)]
+pub(crate) fn moved_sp(sp: u64, step: u64, smask: u64, push: bool) -> u64 {
+    if push {
+        sp.wrapping_sub(step) & smask
+    } else {
+        sp.wrapping_add(step) & smask
+    }
+}
 
 pub(super) fn exec<S, R, M>(x: &mut Exec<'_, S, R, M>) -> Result<Outcome, Error>
 where
@@ -39,7 +63,7 @@ where
             // The source address uses rSP before the decrement.
             let mut src = PhysRange::default();
             x.locate(m, 0, size, AccessType::Read, false, &mut src)?;
-            let new_sp = sp.wrapping_sub(step) & smask;
+            let new_sp = moved_sp(sp, step, smask, true);
             let mut dst = PhysRange::default();
             x.locate_offset(
                 Segment::Ss,
@@ -56,7 +80,7 @@ where
         Mnemonic::Pop => {
             let mut src = PhysRange::default();
             x.locate_offset(Segment::Ss, sp, size, AccessType::Read, false, &mut src)?;
-            let new_sp = sp.wrapping_add(step) & smask;
+            let new_sp = moved_sp(sp, step, smask, false);
             // Stage the incremented rSP first: an rSP-based destination
             // address is computed from it.
             x.write_addr_reg(Gpr::Rsp, sas, new_sp);

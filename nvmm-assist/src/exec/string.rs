@@ -213,6 +213,39 @@ where
     })
 }
 
+/// The memory operands of string instruction `op`: whether it has a
+/// source (seg:rSI) and a destination (ES:rDI), and how the destination is
+/// accessed. `None` for other mnemonics.
+#[inline(always)]
+pub(crate) fn operands(op: Mnemonic) -> Option<(bool, bool, AccessType)> {
+    Some(match op {
+        Mnemonic::Movs => (true, true, AccessType::Write),
+        Mnemonic::Cmps => (true, true, AccessType::Read),
+        Mnemonic::Lods => (true, false, AccessType::Read),
+        Mnemonic::Stos => (false, true, AccessType::Write),
+        Mnemonic::Scas => (false, true, AccessType::Read),
+        _ => return None,
+    })
+}
+
+/// rSI or rDI (`value`) after `moved` bytes in the direction RFLAGS.DF
+/// gives (`backwards`), before the address-size write.
+#[inline(always)]
+pub(crate) fn advance(value: u64, moved: u64, backwards: bool) -> u64 {
+    if backwards {
+        value.wrapping_sub(moved)
+    } else {
+        value.wrapping_add(moved)
+    }
+}
+
+/// The flags of CMPS/SCAS comparing `a` (the source, or rAX) with `b` (the
+/// destination): those of `a - b` at `size`.
+#[inline(always)]
+pub(crate) fn compare_flags(a: u64, b: u64, size: u8, rflags: u64) -> u64 {
+    flags::sub(a, b, false, size, rflags).1
+}
+
 pub(super) fn exec<S, R, M>(x: &mut Exec<'_, S, R, M>) -> Result<Outcome, Error>
 where
     S: CpuState + ?Sized,
@@ -243,16 +276,8 @@ where
         None => 1,
     };
 
-    let (has_src, has_dst) = match op {
-        Mnemonic::Movs | Mnemonic::Cmps => (true, true),
-        Mnemonic::Lods => (true, false),
-        Mnemonic::Stos | Mnemonic::Scas => (false, true),
-        _ => return Err(x.unsupported()),
-    };
-    let dst_access = if op == Mnemonic::Movs || op == Mnemonic::Stos {
-        AccessType::Write
-    } else {
-        AccessType::Read
+    let Some((has_src, has_dst, dst_access)) = operands(op) else {
+        return Err(x.unsupported());
     };
     let trusted = !(has_src && has_dst);
 
@@ -356,11 +381,11 @@ where
                 (Mnemonic::Cmps, Some(src), Some(dst)) => {
                     let a = x.read_mem(&src, size)? as u64;
                     let b = x.read_mem(&dst, size)? as u64;
-                    last_flags = flags::sub(a, b, false, size, rflags).1;
+                    last_flags = compare_flags(a, b, size, rflags);
                 }
                 (Mnemonic::Scas, _, Some(dst)) => {
                     let b = x.read_mem(&dst, size)? as u64;
-                    last_flags = flags::sub(rax, b, false, size, rflags).1;
+                    last_flags = compare_flags(rax, b, size, rflags);
                 }
                 _ => return Err(Error::InconsistentExit),
             }
@@ -392,21 +417,11 @@ where
     // Commit the completed iterations.
     let moved = done * s;
     if has_src {
-        let v = x.gpr(Gpr::Rsi);
-        let new = if backwards {
-            v.wrapping_sub(moved)
-        } else {
-            v.wrapping_add(moved)
-        };
+        let new = advance(x.gpr(Gpr::Rsi), moved, backwards);
         x.write_addr_reg(Gpr::Rsi, asz, new);
     }
     if has_dst {
-        let v = x.gpr(Gpr::Rdi);
-        let new = if backwards {
-            v.wrapping_sub(moved)
-        } else {
-            v.wrapping_add(moved)
-        };
+        let new = advance(x.gpr(Gpr::Rdi), moved, backwards);
         x.write_addr_reg(Gpr::Rdi, asz, new);
     }
     if let Some(v) = loaded {

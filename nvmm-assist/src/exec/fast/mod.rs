@@ -18,6 +18,16 @@
 //! locked, a read then a write on MMIO), and segmentation is
 //! [`linear_address`], the general path's too.
 //!
+//! When that decoder declines the bytes, `families.rs` tries the SSE moves
+//! (`sse.rs`), single (non-REP) MOVS/STOS/LODS/CMPS/SCAS (`string.rs`) and
+//! PUSH/POP m (`stack.rs`), with the general executors' semantics
+//! functions (`exec/sse.rs`, `exec/string.rs`, `exec/stack.rs`). MOVS,
+//! CMPS, PUSH m and POP m walk both operands as the general path does;
+//! once such a form is decoded, its checks and walks run in the general
+//! path's order and their errors are returned as the general path would
+//! return them. A differential test (`families_tests.rs`) holds them to
+//! the general path, with paging, bus failures and both directions.
+//!
 //! Anything outside that shape, and any case needing more than the plain
 //! path (a segment or canonical fault, a page-crossing or
 //! misaligned-with-AC access, a misaligned CMPXCHG16B, an exit GPA that does
@@ -29,7 +39,12 @@
 //! fault; a differential test compares the two on random inputs
 //! (`FAST_DIFF_ITERATIONS` sets its iterations per mode).
 
+mod families;
 mod int;
+mod prefix;
+mod sse;
+mod stack;
+mod string;
 
 use super::alu;
 use crate::Outcome;
@@ -758,14 +773,18 @@ where
 {
     // The MOV/ALU forms are decoded by a copy of the decoder without the
     // integer forms and LOCK (compiled out), so that they cost what they
-    // did before those were added; the rest tries the full decoder, out
-    // of line.
+    // did before those were added. The rest tries the SSE, string and
+    // stack families (behind a one-byte filter, so cheap to decline)
+    // and then the full decoder with the integer forms, both out of line.
     let decoded = match mode.default_address_size() {
         8 => decode::<8, false, S>(state, mode, exit_gpa, bytes),
         4 => decode::<4, false, S>(state, mode, exit_gpa, bytes),
         _ => decode::<2, false, S>(state, mode, exit_gpa, bytes),
     };
     let Some((f, linear)) = decoded else {
+        if let Some(result) = families::try_exec(state, mode, ram, mmio, exit_gpa, bytes) {
+            return Some(result);
+        }
         return try_exec_int(state, mode, ram, mmio, exit_gpa, bytes);
     };
     debug_assert_eq!(linear & 0xFFF, exit_gpa & 0xFFF);

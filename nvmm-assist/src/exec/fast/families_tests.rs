@@ -1,0 +1,372 @@
+//! The fast path's SSE, string and stack forms against the general decoder
+//! and executor, on random instructions of those shapes (and near misses)
+//! with random registers, flags, segments, XMM registers, paging (with an
+//! alias of a device page, a not-present and a read-only page) and bus
+//! failures: same outcome, registers, RAM and device log.
+
+use std::vec::Vec;
+
+use crate::decode::{Operand, decode};
+use crate::mem::assist_mem_with;
+use crate::mode::CpuMode;
+use crate::testutil::bits::{CR0_PG, RFLAGS_AC, RFLAGS_DF};
+use crate::testutil::{Layout, PageTables, RecordingMmio, TEST_VENDOR, TestRam, pte};
+use crate::translate::translate_query;
+use crate::{AccessType, FetchCache, MemExit, Registers, Segment, SegmentAttributes};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// Which family a case belongs to (for the coverage counts).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Sse,
+    String,
+    Stack,
+}
+
+const SSE: &[u8] = &[
+    0x10, 0x11, 0x28, 0x29, 0x2B, 0x6E, 0x6F, 0x7E, 0x7F, 0xD6, 0xE7,
+    // Near misses: MOVLPS, PMOVMSKB, CVTPI2PS.
+    0x12, 0xD7, 0x2A,
+];
+
+fn random_instruction(rng: &mut Rng, long: bool) -> (Vec<u8>, Family) {
+    let mut v = Vec::new();
+    for _ in 0..rng.below(4) {
+        let p = rng.pick(&[
+            0x66, 0x66, 0x67, 0xF2, 0xF3, 0xF3, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0xF0,
+        ]);
+        if p == 0xF0 && rng.below(4) != 0 {
+            continue;
+        }
+        v.push(p);
+        if long && rng.below(8) == 0 {
+            // A REX followed by a legacy prefix: ignored.
+            v.push(0x40 | rng.below(16) as u8);
+        }
+    }
+    if long && rng.below(3) == 0 {
+        v.push(0x40 | rng.below(16) as u8);
+    }
+    let family = rng.pick(&[Family::Sse, Family::String, Family::Stack]);
+    match family {
+        Family::Sse => {
+            v.push(0x0F);
+            v.push(rng.pick(SSE));
+        }
+        Family::String => v.push(0xA4 + rng.below(12) as u8),
+        Family::Stack => v.push(rng.pick(&[0xFF, 0xFF, 0x8F, 0x8F, 0xFE])),
+    }
+    // ModRM (strings have none; the random bytes that follow are another
+    // instruction's).
+    let md = if rng.below(16) == 0 {
+        3
+    } else {
+        rng.below(3) as u8
+    };
+    let reg = match family {
+        Family::Stack if rng.below(4) != 0 => {
+            if v.last() == Some(&0xFF) {
+                6
+            } else {
+                0
+            }
+        }
+        _ => rng.below(8) as u8,
+    };
+    v.push(md << 6 | reg << 3 | rng.below(8) as u8);
+    for _ in 0..10 {
+        let b = rng.next() as u8;
+        v.push(if rng.below(2) == 0 { b & 0x0F } else { b });
+    }
+    let keep = v.len() - rng.below(3) as usize * rng.below(4) as usize;
+    v.truncate(keep);
+    (v, family)
+}
+
+/// The linear addresses of the decoded memory operands (segment checks
+/// left out: base + offset), for choosing the exit GPA.
+fn operand_linears(bytes: &[u8], regs: &Registers, mode: CpuMode) -> Vec<u64> {
+    let Ok(insn) = decode(bytes, mode) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for o in insn.operands.iter() {
+        let Operand::Mem(m) = o else { continue };
+        let mut ea = if m.rip_relative {
+            regs.rip.wrapping_add(u64::from(insn.len))
+        } else {
+            0
+        };
+        if let Some(b) = m.base {
+            ea = ea.wrapping_add(regs.gprs[b as usize]);
+        }
+        if let Some(i) = m.index {
+            ea = ea.wrapping_add(regs.gprs[i as usize].wrapping_mul(u64::from(m.scale)));
+        }
+        ea = ea.wrapping_add(m.disp as u64);
+        ea &= crate::flags::size_mask(insn.address_size);
+        let seg = regs.segments[m.segment as usize];
+        out.push(if mode.is_64bit() {
+            if matches!(m.segment, Segment::Fs | Segment::Gs) {
+                seg.base.wrapping_add(ea)
+            } else {
+                ea
+            }
+        } else {
+            seg.base.wrapping_add(ea) & 0xFFFF_FFFF
+        });
+    }
+    out
+}
+
+/// A register value that lands near the interesting places: the device
+/// pages (0x1000-0x2FFF), page edges, the paging test pages (0x8000-0xAFFF),
+/// the wrap of 16- and 32-bit addresses, anywhere.
+fn random_value(rng: &mut Rng) -> u64 {
+    match rng.below(8) {
+        0 => rng.below(0x400),
+        1 => 0x1000 + rng.below(0x2000),
+        2 => rng.next(),
+        3 => 0x8000 + rng.below(0x3000),
+        4 => 0xFFF0 + rng.below(0x20),
+        5 => (rng.next() & !0xFFFF) | 0xFFF8 | rng.below(8),
+        6 => 0xFFFF_FFF0 + rng.below(0x20),
+        _ => 0x1FF8 + rng.below(0x10),
+    }
+}
+
+fn random_state(rng: &mut Rng, mode: CpuMode, cr3_4: u64, cr3_2: u64) -> Registers {
+    let paged32 = mode == CpuMode::Protected32 && rng.below(2) == 0;
+    let mut regs = match mode {
+        CpuMode::Long64 => Registers::long_mode(TEST_VENDOR, cr3_4, 0, 0),
+        CpuMode::Compat32 => Registers::compat_mode(TEST_VENDOR, cr3_4, 0, 0),
+        CpuMode::Protected32 | CpuMode::Protected16 => Registers::flat_protected32(TEST_VENDOR),
+        _ => Registers::real_mode(TEST_VENDOR),
+    };
+    if paged32 {
+        regs.cr0 |= CR0_PG;
+        regs.cr3 = cr3_2;
+    }
+    if mode == CpuMode::Protected16 {
+        regs.segments[Segment::Cs as usize].attributes = SegmentAttributes::code16();
+    }
+    for s in [
+        Segment::Es,
+        Segment::Ss,
+        Segment::Ds,
+        Segment::Fs,
+        Segment::Gs,
+    ] {
+        let r = &mut regs.segments[s as usize];
+        if mode.is_64bit() {
+            if matches!(s, Segment::Fs | Segment::Gs) && rng.below(2) == 0 {
+                r.base = 0x800 * rng.below(4);
+            }
+            continue;
+        }
+        if rng.below(4) == 0 {
+            r.base = 0x400 * rng.below(8);
+        }
+        if rng.below(4) == 0 {
+            r.limit = [0xFFF, 0x17FF, 0x1FFF, 0xFFFF][rng.below(4) as usize];
+        }
+        if !mode.is_real_or_v86() && rng.below(3) == 0 {
+            // The stack's address size (SS.B) and 16-bit data segments.
+            r.attributes = r.attributes.with_db(rng.below(2) == 0);
+        }
+        if !mode.is_real_or_v86() && rng.below(12) == 0 {
+            r.attributes = r.attributes.with_type(rng.pick(&[
+                SegmentAttributes::TYPE_DATA_READ_ONLY,
+                SegmentAttributes::TYPE_DATA_EXPAND_DOWN,
+                SegmentAttributes::TYPE_CODE_EXECUTE_ONLY,
+            ]));
+        }
+    }
+    regs.rip = 0x10000 + rng.below(0x100);
+    if !mode.is_64bit() && rng.below(16) == 0 {
+        regs.rip = if mode.default_size() == 2 {
+            0xFFF8
+        } else {
+            0xFFFF_FFF8
+        };
+    }
+    for g in regs.gprs.iter_mut() {
+        *g = random_value(rng);
+    }
+    if rng.below(2) == 0 {
+        // The stack in RAM.
+        regs.gprs[4] = 0x4000 + rng.below(0x2000);
+    }
+    regs.rflags = 2 | (rng.next() & 0x8D5) | if rng.below(8) == 0 { 1 << 16 } else { 0 };
+    if rng.below(2) == 0 {
+        regs.rflags |= RFLAGS_DF;
+    }
+    if rng.below(8) == 0 {
+        regs.rflags |= RFLAGS_AC;
+        regs.cr0 |= 1 << 18; // CR0.AM: with AC and CPL 3, #AC
+        regs = regs.at_cpl(3);
+    }
+    if rng.below(8) != 0 {
+        let mut xmm = [0u128; 16];
+        for x in xmm.iter_mut() {
+            *x = u128::from(rng.next()) << 64 | u128::from(rng.next());
+        }
+        regs.xmm = Some(xmm);
+    }
+    regs
+}
+
+/// RAM with the device at 0x1000-0x2FFF, 4-level tables at 0x20000 and
+/// 32-bit tables at 0x30000 that identity-map the first 0x20 pages except:
+/// page 8 maps the device page 0x2000, page 9 is not present, page 10 is
+/// read-only.
+fn machine() -> (TestRam, u64, u64) {
+    let mut ram = TestRam::new(0x40000).hole(0x1000, 0x3000);
+    for (i, b) in ram.mem.iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(7) ^ 0x3C;
+    }
+    let mut pt4 = PageTables::new(Layout::Level4, 0x20000);
+    let mut pt2 = PageTables::new(Layout::Bits32, 0x30000);
+    for page in 0..0x20u64 {
+        let (gpa, flags) = match page {
+            8 => (0x2000, pte::PWU),
+            9 => continue,
+            10 => (page * 4096, pte::P | pte::US),
+            _ => (page * 4096, pte::PWU),
+        };
+        pt4.map(&mut ram, page * 4096, gpa, 1, flags);
+        pt2.map(&mut ram, page * 4096, gpa, 1, flags);
+    }
+    (ram, pt4.cr3(), pt2.cr3())
+}
+
+/// Random cases per mode (fewer in unoptimised builds, which CI runs too).
+const CASES: u32 = if cfg!(debug_assertions) {
+    12_000
+} else {
+    40_000
+};
+
+#[test]
+fn sse_string_and_stack_fast_forms_match_the_general_path() {
+    let (ram, cr3_4, cr3_2) = machine();
+    let mut rng = Rng(0x0F0E_0D0C_0B0A_0908);
+    for mode in [
+        CpuMode::Long64,
+        CpuMode::Compat32,
+        CpuMode::Protected32,
+        CpuMode::Protected16,
+        CpuMode::Real,
+    ] {
+        // Handled by the fast path: per family, and strings with DF = 1
+        // and with a 67 prefix.
+        let mut handled = [0u32; 3];
+        let (mut backwards, mut other_asz, mut errors) = (0u32, 0u32, 0u32);
+        for _ in 0..CASES {
+            let (bytes, family) = random_instruction(&mut rng, mode.is_64bit());
+            let regs = random_state(&mut rng, mode, cr3_4, cr3_2);
+            assert_eq!(CpuMode::of(&regs), mode);
+            let linears = operand_linears(&bytes, &regs, mode);
+            let Some(&linear) = linears.get(rng.below(linears.len().max(1) as u64) as usize) else {
+                continue;
+            };
+            let mut gpa = translate_query(&regs, &mut ram.clone(), linear)
+                .map(|t| t.gpa)
+                .unwrap_or(linear & 0xF_FFFF);
+            if rng.below(32) == 0 {
+                gpa ^= 8;
+            }
+            let exit = MemExit {
+                gpa,
+                access: AccessType::Read,
+                instruction: &bytes,
+            };
+            let (mut ram0, mut mmio0) = (ram.clone(), RecordingMmio::default());
+            match rng.below(8) {
+                0 => ram0.fail_at = Some(rng.below(6) as usize),
+                1 => mmio0.fail_at = Some(rng.below(2) as usize),
+                _ => {}
+            }
+            let (mut r1, mut ram1, mut m1) = (regs.clone(), ram0.clone(), mmio0.clone());
+            let (mut r2, mut ram2, mut m2) = (regs.clone(), ram0.clone(), mmio0.clone());
+            let fast = assist_mem_with(
+                &mut r1,
+                &mut ram1,
+                &mut m1,
+                &exit,
+                true,
+                &mut FetchCache::new(),
+            );
+            let general = assist_mem_with(
+                &mut r2,
+                &mut ram2,
+                &mut m2,
+                &exit,
+                false,
+                &mut FetchCache::new(),
+            );
+            assert_eq!(
+                fast,
+                general,
+                "{mode:?} {bytes:02x?} gpa {gpa:#x} rbx {:#x} rsp {:#x} fs {:#x} ram fail {:?} mmio fail {:?} {:?}",
+                regs.gprs[3],
+                regs.gprs[4],
+                regs.segments[4].base,
+                ram0.fail_at,
+                mmio0.fail_at,
+                m2.log
+            );
+            assert_eq!(r1, r2, "{mode:?} {bytes:02x?}");
+            assert_eq!(m1.log, m2.log, "{mode:?} {bytes:02x?}");
+            assert!(ram1.mem == ram2.mem, "{mode:?} {bytes:02x?}");
+            if fast.is_err() {
+                assert_eq!(r1, regs, "a failed emulation changed registers");
+            }
+            let (mut r3, mut ram3, mut m3) = (regs.clone(), ram0.clone(), mmio0.clone());
+            if let Some(result) = super::try_exec(&mut r3, mode, &mut ram3, &mut m3, gpa, &bytes) {
+                handled[family as usize] += 1;
+                if result.is_err() {
+                    errors += 1;
+                }
+                if family == Family::String {
+                    if regs.rflags & RFLAGS_DF != 0 {
+                        backwards += 1;
+                    }
+                    if bytes.contains(&0x67) {
+                        other_asz += 1;
+                    }
+                }
+            }
+        }
+        for (family, n) in ["SSE", "string", "stack"].iter().zip(handled) {
+            assert!(
+                n > CASES / 80,
+                "{mode:?}: the fast path handled only {n} {family} cases"
+            );
+        }
+        assert!(
+            backwards > CASES / 200 && other_asz > CASES / 400,
+            "{mode:?}: {backwards} {other_asz}"
+        );
+        assert!(
+            errors > CASES / 800,
+            "{mode:?}: only {errors} failures through the fast path"
+        );
+    }
+}
