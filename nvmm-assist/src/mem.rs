@@ -147,7 +147,8 @@ where
     let mode = CpuMode::try_of(state)?;
     if fast_path
         && !exit.instruction.is_empty()
-        && let Some(result) = fast::try_exec(state, mode, ram, mmio, exit.gpa, exit.instruction)
+        && let Some(result) =
+            fast::try_exec(state, mode, ram, cache, mmio, exit.gpa, exit.instruction)
     {
         return result;
     }
@@ -173,6 +174,7 @@ where
                 state,
                 mode,
                 ram,
+                cache,
                 mmio,
                 exit.gpa,
                 bytes.get(..given).unwrap_or(&[]),

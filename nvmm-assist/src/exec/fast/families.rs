@@ -8,6 +8,7 @@ use super::{sse, stack, string};
 use crate::Outcome;
 use crate::bus::{GuestRam, MmioBus};
 use crate::error::Error;
+use crate::fetch_cache::FetchCache;
 use crate::mode::CpuMode;
 use crate::state::CpuState;
 
@@ -20,6 +21,7 @@ fn try_mode<const ADDR: u8, S, R, M>(
     state: &mut S,
     mode: CpuMode,
     ram: &mut R,
+    cache: &mut FetchCache,
     mmio: &mut M,
     exit_gpa: u64,
     bytes: &[u8],
@@ -34,9 +36,9 @@ where
     match *bytes.get(i)? {
         0x0F => sse::try_exec::<ADDR, S, R, M>(state, mode, ram, mmio, exit_gpa, bytes, p, i + 1),
         op @ (0xA4..=0xA7 | 0xAA..=0xAF) => {
-            string::try_exec::<ADDR, S, R, M>(state, mode, ram, mmio, exit_gpa, p, op, i + 1)
+            string::try_exec::<ADDR, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, p, op, i + 1)
         }
-        0xFF | 0x8F => stack::try_exec::<ADDR, S, R, M>(state, mode, ram, mmio, bytes, p, i),
+        0xFF | 0x8F => stack::try_exec::<ADDR, S, R, M>(state, mode, ram, cache, mmio, bytes, p, i),
         _ => None,
     }
 }
@@ -48,6 +50,7 @@ fn run<S, R, M>(
     state: &mut S,
     mode: CpuMode,
     ram: &mut R,
+    cache: &mut FetchCache,
     mmio: &mut M,
     exit_gpa: u64,
     bytes: &[u8],
@@ -60,9 +63,9 @@ where
     M: MmioBus + ?Sized,
 {
     match mode.default_address_size() {
-        8 => try_mode::<8, S, R, M>(state, mode, ram, mmio, exit_gpa, bytes, p, i),
-        4 => try_mode::<4, S, R, M>(state, mode, ram, mmio, exit_gpa, bytes, p, i),
-        _ => try_mode::<2, S, R, M>(state, mode, ram, mmio, exit_gpa, bytes, p, i),
+        8 => try_mode::<8, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, bytes, p, i),
+        4 => try_mode::<4, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, bytes, p, i),
+        _ => try_mode::<2, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, bytes, p, i),
     }
 }
 
@@ -75,6 +78,7 @@ pub(super) fn try_exec<S, R, M>(
     state: &mut S,
     mode: CpuMode,
     ram: &mut R,
+    cache: &mut FetchCache,
     mmio: &mut M,
     exit_gpa: u64,
     bytes: &[u8],
@@ -98,7 +102,7 @@ where
         | 0xA4..=0xA7
         | 0xAA..=0xAF
         | 0xFF
-        | 0x8F => filtered(state, mode, ram, mmio, exit_gpa, bytes),
+        | 0x8F => filtered(state, mode, ram, cache, mmio, exit_gpa, bytes),
         _ => None,
     }
 }
@@ -109,6 +113,7 @@ fn filtered<S, R, M>(
     state: &mut S,
     mode: CpuMode,
     ram: &mut R,
+    cache: &mut FetchCache,
     mmio: &mut M,
     exit_gpa: u64,
     bytes: &[u8],
@@ -130,7 +135,7 @@ where
     if !ours {
         return None;
     }
-    run(state, mode, ram, mmio, exit_gpa, bytes, &p, i)
+    run(state, mode, ram, cache, mmio, exit_gpa, bytes, &p, i)
 }
 
 #[cfg(test)]

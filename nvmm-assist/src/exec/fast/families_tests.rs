@@ -339,7 +339,15 @@ fn sse_string_and_stack_fast_forms_match_the_general_path() {
                 assert_eq!(r1, regs, "a failed emulation changed registers");
             }
             let (mut r3, mut ram3, mut m3) = (regs.clone(), ram0.clone(), mmio0.clone());
-            if let Some(result) = super::try_exec(&mut r3, mode, &mut ram3, &mut m3, gpa, &bytes) {
+            if let Some(result) = super::try_exec(
+                &mut r3,
+                mode,
+                &mut ram3,
+                &mut crate::FetchCache::new(),
+                &mut m3,
+                gpa,
+                &bytes,
+            ) {
                 handled[family as usize] += 1;
                 if result.is_err() {
                     errors += 1;

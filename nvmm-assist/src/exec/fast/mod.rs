@@ -52,6 +52,7 @@ use crate::access::AccessType;
 use crate::bus::{GuestRam, MmioBus, RamStatus};
 use crate::decode::Mnemonic;
 use crate::error::Error;
+use crate::fetch_cache::FetchCache;
 use crate::flags::{self, AC, RF};
 use crate::mode::CpuMode;
 use crate::segment::linear_address;
@@ -762,6 +763,7 @@ pub(crate) fn try_exec<S, R, M>(
     state: &mut S,
     mode: CpuMode,
     ram: &mut R,
+    cache: &mut FetchCache,
     mmio: &mut M,
     exit_gpa: u64,
     bytes: &[u8],
@@ -782,7 +784,7 @@ where
         _ => decode::<2, false, S>(state, mode, exit_gpa, bytes),
     };
     let Some((f, linear)) = decoded else {
-        if let Some(result) = families::try_exec(state, mode, ram, mmio, exit_gpa, bytes) {
+        if let Some(result) = families::try_exec(state, mode, ram, cache, mmio, exit_gpa, bytes) {
             return Some(result);
         }
         return try_exec_int(state, mode, ram, mmio, exit_gpa, bytes);

@@ -16,6 +16,7 @@ use crate::Outcome;
 use crate::access::{self, AccessType, PhysRange};
 use crate::bus::{GuestRam, MmioBus};
 use crate::error::{Error, Exception};
+use crate::fetch_cache::FetchCache;
 use crate::flags::{self, RF};
 use crate::mode::CpuMode;
 use crate::segment::linear_address;
@@ -30,6 +31,7 @@ fn locate<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     state: &S,
     mode: CpuMode,
     ram: &mut R,
+    cache: &mut FetchCache,
     seg: Segment,
     offset: u64,
     size: u8,
@@ -38,7 +40,7 @@ fn locate<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
 ) -> Result<(), Error> {
     let size64 = u64::from(size);
     let linear = linear_address(state, mode, seg, offset, size64, access)?;
-    walk_into(state, ram, linear, usize::from(size), access, range)?;
+    walk_into(state, ram, cache, linear, usize::from(size), access, range)?;
     if alignment_faults(state, state.rflags(), linear, size64.min(8)) {
         return Err(Exception::AlignmentCheck.into());
     }
@@ -53,12 +55,13 @@ fn locate<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
 pub(super) fn walk_into<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     state: &S,
     ram: &mut R,
+    cache: &mut FetchCache,
     linear: u64,
     len: usize,
     access: AccessType,
     range: &mut PhysRange,
 ) -> Result<(), Error> {
-    *range = access::resolve(state, ram, linear, len, access)?;
+    *range = access::resolve_cached(state, ram, cache, linear, len, access)?;
     Ok(())
 }
 
@@ -69,6 +72,7 @@ pub(super) fn try_exec<const ADDR: u8, S, R, M>(
     state: &mut S,
     mode: CpuMode,
     ram: &mut R,
+    cache: &mut FetchCache,
     mmio: &mut M,
     bytes: &[u8],
     p: &Prefixes,
@@ -121,12 +125,14 @@ where
             (m.segment, m.offset, AccessType::Write),
         )
     };
-    let run = |state: &mut S, ram: &mut R, mmio: &mut M| -> Result<Outcome, Error> {
+    let mut run = |state: &mut S, ram: &mut R, mmio: &mut M| -> Result<Outcome, Error> {
         let mut src = PhysRange::default();
         let mut dst = PhysRange::default();
-        locate(state, mode, ram, first.0, first.1, size, first.2, &mut src)?;
         locate(
-            state, mode, ram, second.0, second.1, size, second.2, &mut dst,
+            state, mode, ram, cache, first.0, first.1, size, first.2, &mut src,
+        )?;
+        locate(
+            state, mode, ram, cache, second.0, second.1, size, second.2, &mut dst,
         )?;
         exec(state, ram, mmio, &src, &dst, size, sas, new_sp, m.next_rip)
     };

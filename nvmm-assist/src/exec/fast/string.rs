@@ -19,6 +19,7 @@ use crate::access::{self, AccessType, PhysRange};
 use crate::bus::{GuestRam, MmioBus};
 use crate::decode::Mnemonic;
 use crate::error::{Error, Exception};
+use crate::fetch_cache::FetchCache;
 use crate::flags::{self, DF, RF};
 use crate::mode::CpuMode;
 use crate::segment::linear_address;
@@ -93,6 +94,7 @@ pub(super) fn try_exec<const ADDR: u8, S, R, M>(
     state: &mut S,
     mode: CpuMode,
     ram: &mut R,
+    cache: &mut FetchCache,
     mmio: &mut M,
     exit_gpa: u64,
     p: &Prefixes,
@@ -137,13 +139,13 @@ where
     };
     // Then each operand's translation and alignment check, in the same
     // order: a page-walk error is the general path's error too.
-    let place =
+    let mut place =
         |state: &S, ram: &mut R, linear: u64, access: AccessType| -> Result<Option<Place>, Error> {
             let place = if has_src && has_dst {
                 {
                     let mut range = PhysRange::default();
                     let len = usize::from(size);
-                    super::stack::walk_into(state, ram, linear, len, access, &mut range)?;
+                    super::stack::walk_into(state, ram, cache, linear, len, access, &mut range)?;
                     Place::Walked(range)
                 }
             } else {
