@@ -5,15 +5,18 @@
 //!    up to the first page end or CS-limit end (more only if the decoder
 //!    needs more), through segmentation and the page walker, or the
 //!    caller's [`FetchCache`] ([`assist_mem_cached`]), re-validated first.
-//! 2. In every mode the common single-memory-operand integer forms (MOV
-//!    including moffs, MOVZX, MOVSX, MOVSXD, the ALU and TEST forms,
-//!    INC/DEC/NOT/NEG, XCHG, XADD, CMPXCHG*, BT*, SETcc, CMOVcc, MOVNTI,
-//!    with 66, LOCK, segment-override and REX prefixes at most) take a fast
-//!    path (`exec/fast/`) that decodes and executes them directly;
-//!    everything else, and every case that needs
-//!    more than a plain access (a fault, a page crossing, a mismatching
-//!    exit), goes to the general decoder and the per-family executors in
-//!    `exec/`. A differential test holds the two paths equal.
+//! 2. In every mode the common forms take a fast path (`exec/fast/`) that
+//!    decodes and executes them directly: the single-memory-operand
+//!    integer forms (MOV including moffs, MOVZX, MOVSX, MOVSXD, the ALU and
+//!    TEST forms, INC/DEC/NOT/NEG, XCHG, XADD, CMPXCHG*, BT*, SETcc,
+//!    CMOVcc, MOVNTI, with 66, LOCK, segment-override and REX prefixes at
+//!    most), the SSE moves, single (non-REP) string instructions and
+//!    PUSH/POP m. Everything else, and every case that needs more than a
+//!    plain access (a fault, a page crossing, a mismatching exit, REP),
+//!    goes to the general decoder and the per-family executors in `exec/`.
+//!    Both paths call the same semantics functions (`exec/alu.rs`,
+//!    `bits.rs`, `xchg.rs`, `mov.rs`, `sse.rs`, `string.rs`, `stack.rs`),
+//!    and differential tests hold the two paths equal on random inputs.
 //! 3. Registers are staged and committed only when the instruction (or a
 //!    REP batch) has succeeded: an error changes no register.
 //!
