@@ -49,6 +49,7 @@ const CR4_LA57: u64 = 1 << 12;
 const CR4_SMEP: u64 = 1 << 20;
 const CR4_SMAP: u64 = 1 << 21;
 const EFER_LMA: u64 = 1 << 10;
+const EFER_LMSLE: u64 = 1 << 13;
 const EFER_NXE: u64 = 1 << 11;
 const RFLAGS_AC: u64 = 1 << 18;
 
@@ -224,6 +225,17 @@ pub(crate) fn translate_recorded<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     access: AccessType,
     record: Option<&mut WalkRecord>,
 ) -> Result<u64, Error> {
+    // Paging off, the common case of real and unpaged protected mode (two
+    // operands of MOVS or PUSH m each come here): with CR0.PG, EFER.LMA and
+    // EFER.LMSLE all clear, `check_control_state` has nothing to object to
+    // (its other cases need paging or long mode), so skip it and the
+    // scratch record.
+    if state.cr0() & CR0_PG == 0 && state.efer() & (EFER_LMA | EFER_LMSLE) == 0 {
+        if let Some(record) = record {
+            *record = WalkRecord::default();
+        }
+        return Ok(linear & 0xFFFF_FFFF);
+    }
     let mode = paging_mode(state)?;
     let mut scratch;
     let mut record = match record {
