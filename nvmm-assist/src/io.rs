@@ -242,6 +242,11 @@ pub(crate) fn reverse_elements(data: &mut [u8], size: usize) {
 }
 
 /// INS and OUTS, one bounded batch.
+///
+/// Out of line: its 4 KiB batch buffer would otherwise be part of
+/// [`assist_io`]'s frame, and every plain IN/OUT would pay a stack probe
+/// and touch that page.
+#[inline(never)]
 fn string_io<
     S: CpuState + ?Sized,
     R: GuestRam + ?Sized,

@@ -117,7 +117,10 @@ impl CpuMode {
     /// The mode of `state`, after [`check_control_state`]: an impossible
     /// combination of control registers is an [`Error::InconsistentState`].
     /// The assist's entry points use this.
-    #[inline]
+    // Inlined: every assist starts here, and a call returning the
+    // `Result` through memory cost a plain IN/OUT about a tenth of its time;
+    // the rare full check stays out of line.
+    #[inline(always)]
     pub fn try_of<S: CpuState + ?Sized>(state: &S) -> Result<CpuMode, Error> {
         // The two shapes nearly every state has, decided from one read of
         // each register: long mode (LME|LMA, PG|PE, PAE, no VM) and legacy
@@ -151,6 +154,13 @@ impl CpuMode {
             0 if cr0 & CR0_PG == 0 => return Ok(CpuMode::Real),
             _ => {}
         }
+        Self::checked_of(state)
+    }
+
+    /// [`CpuMode::try_of`] past its two common shapes: the full check,
+    /// which names the problem.
+    #[inline(never)]
+    fn checked_of<S: CpuState + ?Sized>(state: &S) -> Result<CpuMode, Error> {
         check_control_state(state)?;
         Ok(CpuMode::of(state))
     }
