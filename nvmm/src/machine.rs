@@ -372,8 +372,9 @@ impl Machine {
             return Err(Error::rejected(Op::HvaUnmap, Rejection::HostMappingInUse));
         }
         // Another count is a snapshot of an assist in progress that may
-        // still access this memory: the kernel must not unmap it yet.
-        if Arc::strong_count(&host.pin) > 1 {
+        // still access this memory: the kernel must not unmap it yet. (An
+        // acquire read: see `Pin`.)
+        if !host.pin.is_sole() {
             return Err(Error::rejected(Op::HvaUnmap, Rejection::HostMappingBusy));
         }
         let mut args = sys::nvmm_ioc_hva_unmap {

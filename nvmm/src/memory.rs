@@ -11,6 +11,7 @@
 
 use std::ptr::NonNull;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::{Error, Op, Rejection, Result};
 use crate::sys::PAGE_SIZE;
@@ -75,7 +76,46 @@ pub(crate) struct HostArea {
     /// One count per area list holding this mapping: the machine's current
     /// list and every snapshot an assist is working on. `hva_unmap` needs
     /// it to be the only one.
-    pub(crate) pin: Arc<()>,
+    pub(crate) pin: Pin,
+}
+
+/// The count of area lists holding one host mapping, with the ordering that
+/// makes freeing the memory safe: a holder's last accesses to the mapping
+/// happen before its count is released (`Release`), and [`Pin::is_sole`]
+/// reads the count with `Acquire`, so a `true` orders every earlier
+/// holder's accesses before what the caller does next (unmapping and
+/// freeing). `Arc::strong_count` reads with `Relaxed` and gives no such
+/// order: ThreadSanitizer reported the free racing with an assist's last
+/// read. New holders are made only under the area list's lock, which
+/// `hva_unmap` holds while it asks.
+#[derive(Debug)]
+pub(crate) struct Pin(Arc<AtomicUsize>);
+
+impl Pin {
+    fn new() -> Self {
+        Pin(Arc::new(AtomicUsize::new(1)))
+    }
+
+    /// Whether this is the only holder; see the type's docs for the order.
+    pub(crate) fn is_sole(&self) -> bool {
+        self.0.load(Ordering::Acquire) == 1
+    }
+}
+
+impl Clone for Pin {
+    fn clone(&self) -> Self {
+        // Relaxed: a new holder only appears under the area list's lock.
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Pin(Arc::clone(&self.0))
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        // Release: this holder's accesses to the mapping happen before an
+        // `is_sole` that sees the decrement.
+        self.0.fetch_sub(1, Ordering::Release);
+    }
 }
 
 impl HostArea {
@@ -84,7 +124,7 @@ impl HostArea {
             ptr,
             size,
             owned,
-            pin: Arc::new(()),
+            pin: Pin::new(),
         }
     }
     fn addr(&self) -> usize {
