@@ -137,6 +137,32 @@ fn disp32(bytes: &[u8], i: usize) -> Option<u64> {
     Some(i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64 as u64)
 }
 
+/// Reads the `n`-byte displacement or immediate at `*i` and moves `*i` past
+/// it: 0 bytes is 0, 1 and 4 bytes are sign-extended to 64 bits, 2 bytes
+/// (16-bit addressing or operand size, where only the low 16 bits count)
+/// zero-extended.
+#[inline(always)]
+fn sized_field(bytes: &[u8], i: &mut usize, n: u8) -> Option<u64> {
+    match n {
+        0 => Some(0),
+        1 => {
+            let v = byte(bytes, *i)? as i8 as i64 as u64;
+            *i += 1;
+            Some(v)
+        }
+        2 => {
+            let s = bytes.get(*i..*i + 2)?;
+            *i += 2;
+            Some(u64::from(u16::from_le_bytes([s[0], s[1]])))
+        }
+        _ => {
+            let v = disp32(bytes, *i)?;
+            *i += 4;
+            Some(v)
+        }
+    }
+}
+
 /// A decoded fast-path instruction.
 #[derive(Clone, Copy)]
 struct Fast {
@@ -389,57 +415,15 @@ fn decode_form<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
     } else {
         modrm32(state, bytes, &mut i, md, rm, rex, long)?
     };
-    let disp_bytes = ea.disp_bytes;
-    let disp = match disp_bytes {
-        0 => 0,
-        1 => {
-            let d = byte(bytes, i)? as i8 as i64 as u64;
-            i += 1;
-            d
-        }
-        2 => {
-            let s = bytes.get(i..i + 2)?;
-            i += 2;
-            u64::from(u16::from_le_bytes([s[0], s[1]]))
-        }
-        _ => {
-            let d = disp32(bytes, i)?;
-            i += 4;
-            d
-        }
-    };
-    let imm = match imm_size {
-        0 => 0,
-        1 => {
-            let v = byte(bytes, i)? as i8 as i64 as u64;
-            i += 1;
-            v
-        }
-        2 => {
-            let s = bytes.get(i..i + 2)?;
-            i += 2;
-            u64::from(u16::from_le_bytes([s[0], s[1]]))
-        }
-        _ => {
-            let v = disp32(bytes, i)?;
-            i += 4;
-            v
-        }
-    };
+    let disp = sized_field(bytes, &mut i, ea.disp_bytes)?;
+    let imm = sized_field(bytes, &mut i, imm_size)?;
     // Three prefixes, REX and the longest form stay under 15 bytes only
     // without SIB + disp32 + imm32 all at once: leave the rest (#GP) to the
     // general decoder.
     if i > 15 {
         return None;
     }
-    let rip = state.rip().wrapping_add(i as u64);
-    let next_rip = match ADDR {
-        8 => rip,
-        // Outside 64-bit mode the instruction pointer wraps at the code
-        // segment's size.
-        4 => rip & 0xFFFF_FFFF,
-        _ => rip & 0xFFFF,
-    };
+    let next_rip = prefix::next_rip::<ADDR, S>(state, i);
     let base = if ea.rip_relative { next_rip } else { ea.sum };
     let amask = address_mask(ADDR);
     // (64-bit mode: only an FS/GS override matters, and it is kept.)
@@ -465,7 +449,7 @@ fn decode_form<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
 
 /// The mask of an address size `addr` (2, 4 or 8).
 #[inline(always)]
-fn address_mask(addr: u8) -> u64 {
+pub(super) fn address_mask(addr: u8) -> u64 {
     match addr {
         2 => 0xFFFF,
         4 => 0xFFFF_FFFF,
@@ -507,12 +491,7 @@ fn moffs<const ADDR: u8, S: CpuState + ?Sized>(
     if i > 15 {
         return None;
     }
-    let rip = state.rip().wrapping_add(i as u64);
-    let next_rip = match ADDR {
-        8 => rip,
-        4 => rip & 0xFFFF_FFFF,
-        _ => rip & 0xFFFF,
-    };
+    let next_rip = prefix::next_rip::<ADDR, S>(state, i);
     Some(Fast {
         kind: if opcode & 2 == 0 {
             Kind::Load

@@ -5,7 +5,7 @@
 //! F2/F3 is the repeat or mandatory prefix, and a REX prefix counts only
 //! directly before the opcode. LOCK is left to the general path.
 
-use super::{byte, disp32, modrm16, modrm32};
+use super::{address_mask, byte, modrm16, modrm32, sized_field};
 use crate::state::{CpuState, Segment};
 
 /// The legacy and REX prefixes in front of an opcode.
@@ -145,34 +145,13 @@ pub(super) fn mem_operand<const ADDR: u8, S: CpuState + ?Sized>(
     } else {
         modrm32(state, bytes, &mut i, md, rm, p.rex, long)?
     };
-    let disp = match ea.disp_bytes {
-        0 => 0,
-        1 => {
-            let d = byte(bytes, i)? as i8 as i64 as u64;
-            i += 1;
-            d
-        }
-        2 => {
-            let s = bytes.get(i..i + 2)?;
-            i += 2;
-            u64::from(u16::from_le_bytes([s[0], s[1]]))
-        }
-        _ => {
-            let d = disp32(bytes, i)?;
-            i += 4;
-            d
-        }
-    };
+    let disp = sized_field(bytes, &mut i, ea.disp_bytes)?;
     if i > 15 {
         return None;
     }
     let next_rip = next_rip::<ADDR, S>(state, i);
     let base = if ea.rip_relative { next_rip } else { ea.sum };
-    let amask = match ADDR {
-        2 => 0xFFFF,
-        4 => 0xFFFF_FFFF,
-        _ => u64::MAX,
-    };
+    let amask = address_mask(ADDR);
     let default_seg = if ea.stack { Segment::Ss } else { Segment::Ds };
     Some(MemOperand {
         reg: ((modrm >> 3) & 7) | ((p.rex & 4) << 1),
