@@ -45,10 +45,13 @@ impl<'a> CommState<'a> {
     /// an assist that succeeded and so may have written GPRs, RIP or
     /// RFLAGS. (An assist that succeeded without changing a register, such
     /// as a locked operation that gave up, makes the kernel load the same
-    /// values again.)
+    /// values again.) Only `state_commit` is written: a `CommState` is built
+    /// after GPRS was fetched, and nothing between that and this (no ioctl:
+    /// the view borrows the VCPU exclusively) can clear it from
+    /// `state_cached`.
     #[inline]
     fn mark_gprs(self) {
-        self.page.mark_dirty(StateClasses::GPRS);
+        self.page.mark_commit(StateClasses::GPRS);
     }
 
     /// Reads element `i` of the GPR array (RAX..R15, RIP, RFLAGS).
@@ -210,29 +213,28 @@ impl CpuState for CommState<'_> {
 /// or finds the list changed, takes the snapshot (and refreshes the copy);
 /// every later lookup of the assist uses that snapshot, so from the first
 /// RAM access on, the assist sees one consistent list, as before.
-pub(crate) struct AreaRam<'a> {
-    machine: &'a MachineInner,
+///
+/// The copy, the snapshot slot and the machine live in the VCPU
+/// ([`VcpuRam`]), so an assist is handed one pointer to long-lived data
+/// and each lookup reaches the copy without a further indirection;
+/// [`AreaRam`] lends it for one assist and drops the snapshot at its end.
+pub(crate) struct VcpuRam {
+    machine: Arc<MachineInner>,
     /// The VCPU's copy of the guest ranges.
-    copy: &'a mut GuestRanges,
+    copy: GuestRanges,
+    /// The snapshot of the current assist, if it needed one; `None`
+    /// between assists ([`AreaRam`] clears it).
     snapshot: Option<Arc<Areas>>,
 }
 
-impl<'a> AreaRam<'a> {
-    /// Guest RAM of `machine`, with the VCPU's `copy` answering MMIO
-    /// lookups until a snapshot is needed.
-    #[inline]
-    pub(crate) fn new(machine: &'a MachineInner, copy: &'a mut GuestRanges) -> Self {
-        AreaRam {
+impl VcpuRam {
+    /// The guest RAM of `machine` for one VCPU's assists.
+    pub(crate) fn new(machine: Arc<MachineInner>) -> Self {
+        VcpuRam {
             machine,
-            copy,
+            copy: GuestRanges::new(),
             snapshot: None,
         }
-    }
-
-    /// Whether a snapshot has been taken (tests).
-    #[cfg(test)]
-    pub(crate) fn has_snapshot(&self) -> bool {
-        self.snapshot.is_some()
     }
 
     /// The host pointer of `gpa..gpa+len` if it is RAM allowing `need`.
@@ -249,7 +251,7 @@ impl<'a> AreaRam<'a> {
         }
     }
 
-    /// [`AreaRam::host_range`] when a snapshot is needed: takes it (and
+    /// [`VcpuRam::host_range`] when a snapshot is needed: takes it (and
     /// brings the VCPU's copy up to date) for the rest of the assist.
     #[cold]
     #[inline(never)]
@@ -260,7 +262,43 @@ impl<'a> AreaRam<'a> {
     }
 }
 
-impl GuestRam for AreaRam<'_> {
+/// A VCPU's [`VcpuRam`] lent to one assist (or one translation): its
+/// snapshot, if the assist took one, is dropped with it (also when a
+/// callback unwinds), so that no host mapping stays pinned after the
+/// assist.
+pub(crate) struct AreaRam<'a> {
+    ram: &'a mut VcpuRam,
+}
+
+impl<'a> AreaRam<'a> {
+    /// Lends `ram` (whose snapshot slot is empty: every `AreaRam` empties
+    /// it when dropped) to one assist.
+    #[inline]
+    pub(crate) fn new(ram: &'a mut VcpuRam) -> Self {
+        AreaRam { ram }
+    }
+
+    /// The RAM to hand to the assist.
+    #[inline]
+    pub(crate) fn get(&mut self) -> &mut VcpuRam {
+        self.ram
+    }
+
+    /// Whether a snapshot has been taken (tests).
+    #[cfg(test)]
+    pub(crate) fn has_snapshot(&self) -> bool {
+        self.ram.snapshot.is_some()
+    }
+}
+
+impl Drop for AreaRam<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.ram.snapshot = None;
+    }
+}
+
+impl GuestRam for VcpuRam {
     // Always inlined: the call would cost as much as the MMIO-case body.
     #[inline(always)]
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> std::result::Result<RamStatus, BusError> {
@@ -268,8 +306,9 @@ impl GuestRam for AreaRam<'_> {
             return Ok(RamStatus::NotRam);
         };
         // SAFETY: `src..src+len` lies in a registered host mapping that
-        // `self.snapshot` (which `host_range` used) keeps mapped; guest RAM
-        // is only accessed through `guest_ram` in this process.
+        // `self.snapshot` (which `host_range` used) keeps mapped until the
+        // `AreaRam` that lent `self` is dropped; guest RAM is only accessed
+        // through `guest_ram` in this process.
         unsafe { guest_ram::read(src, buf) };
         Ok(RamStatus::Done)
     }
@@ -354,8 +393,8 @@ impl Vcpu {
         self.fetch(StateClasses::CRS | StateClasses::MSRS)?;
         let parts = self.assist_parts();
         let state = CommState::new(parts.page, parts.vendor);
-        let mut ram = AreaRam::new(parts.machine, parts.guest_ranges);
-        let t = nvmm_assist::translate_query(&state, &mut ram, gva).map_err(|source| {
+        let mut ram = AreaRam::new(parts.ram);
+        let t = nvmm_assist::translate_query(&state, ram.get(), gva).map_err(|source| {
             Error::Assist {
                 op: Op::GvaToGpa,
                 source,
@@ -395,8 +434,8 @@ impl Vcpu {
         self.fetch(PROVIDED_ON_IO_AND_MEMORY)?;
         let parts = self.assist_parts();
         let state = CommState::new(parts.page, parts.vendor);
-        let mut ram = AreaRam::new(parts.machine, parts.guest_ranges);
-        nvmm_assist::translate(&state, &mut ram, gva, access).map_err(|source| Error::Assist {
+        let mut ram = AreaRam::new(parts.ram);
+        nvmm_assist::translate(&state, ram.get(), gva, access).map_err(|source| Error::Assist {
             op: Op::GvaToGpa,
             source,
         })
@@ -515,8 +554,8 @@ impl Vcpu {
             npc: io.npc,
         };
         let mut state = CommState::new(parts.page, parts.vendor);
-        let mut ram = AreaRam::new(parts.machine, parts.guest_ranges);
-        let result = nvmm_assist::assist_io(&mut state, &mut ram, mmio, ports, &exit);
+        let mut ram = AreaRam::new(parts.ram);
+        let result = nvmm_assist::assist_io(&mut state, ram.get(), mmio, ports, &exit);
         match result {
             Ok(outcome) => {
                 state.mark_gprs();
@@ -589,13 +628,13 @@ impl Vcpu {
             instruction: m.instruction,
         };
         let mut state = CommState::new(parts.page, parts.vendor);
-        let mut ram = AreaRam::new(parts.machine, parts.guest_ranges);
+        let mut ram = AreaRam::new(parts.ram);
         // When the exit has no instruction bytes (VMX), the CS:RIP
         // translation comes from this VCPU's fetch cache, after the assist
         // has re-read every entry of the cached walk and compared the
         // control state (exact: see nvmm_assist::FetchCache).
         let result =
-            nvmm_assist::assist_mem_cached(&mut state, &mut ram, mmio, &exit, parts.fetch_cache);
+            nvmm_assist::assist_mem_cached(&mut state, ram.get(), mmio, &exit, parts.fetch_cache);
         match result {
             Ok(outcome) => {
                 state.mark_gprs();
@@ -639,19 +678,28 @@ mod tests {
         // A fresh VCPU's copy is of no list yet: the first lookup, even
         // of MMIO, takes the snapshot and brings the copy up to date.
         let parts = vcpu.assist_parts();
-        let mut area_ram = AreaRam::new(parts.machine, parts.guest_ranges);
-        assert_eq!(area_ram.read(0xfee0_0000, &mut byte), Ok(RamStatus::NotRam));
+        let mut area_ram = AreaRam::new(parts.ram);
+        assert_eq!(
+            area_ram.get().read(0xfee0_0000, &mut byte),
+            Ok(RamStatus::NotRam)
+        );
         assert!(area_ram.has_snapshot());
         drop(area_ram);
 
         // Current copy: MMIO needs no snapshot, even across lookups.
         let parts = vcpu.assist_parts();
-        let mut area_ram = AreaRam::new(parts.machine, parts.guest_ranges);
-        assert_eq!(area_ram.write(0xfee0_0000, &[1]), Ok(RamStatus::NotRam));
-        assert_eq!(area_ram.read(0x1000, &mut byte), Ok(RamStatus::NotRam));
+        let mut area_ram = AreaRam::new(parts.ram);
+        assert_eq!(
+            area_ram.get().write(0xfee0_0000, &[1]),
+            Ok(RamStatus::NotRam)
+        );
+        assert_eq!(
+            area_ram.get().read(0x1000, &mut byte),
+            Ok(RamStatus::NotRam)
+        );
         assert!(!area_ram.has_snapshot());
         // RAM does.
-        assert_eq!(area_ram.read(0x10, &mut byte), Ok(RamStatus::Done));
+        assert_eq!(area_ram.get().read(0x10, &mut byte), Ok(RamStatus::Done));
         assert_eq!(byte, [0x5a]);
         assert!(area_ram.has_snapshot());
         // From then on the snapshot answers: a page mapped now is not
@@ -659,18 +707,21 @@ mod tests {
         machine
             .gpa_map(&ram, 0x1000, 0x1000, 0x1000, Prot::ALL)
             .unwrap();
-        assert_eq!(area_ram.read(0x1000, &mut byte), Ok(RamStatus::NotRam));
+        assert_eq!(
+            area_ram.get().read(0x1000, &mut byte),
+            Ok(RamStatus::NotRam)
+        );
         machine.gpa_unmap(0x1000, 0x1000).unwrap();
         machine.gpa_unmap(0, 0x1000).unwrap();
         assert!(machine.hva_unmap(ram).is_err());
-        assert_eq!(area_ram.read(0x10, &mut byte), Ok(RamStatus::Done));
+        assert_eq!(area_ram.get().read(0x10, &mut byte), Ok(RamStatus::Done));
         drop(area_ram);
 
         // The list changed since the copy was made: the next lookup, of
         // MMIO or not, takes a snapshot of the new list.
         let parts = vcpu.assist_parts();
-        let mut area_ram = AreaRam::new(parts.machine, parts.guest_ranges);
-        assert_eq!(area_ram.read(0x10, &mut byte), Ok(RamStatus::NotRam));
+        let mut area_ram = AreaRam::new(parts.ram);
+        assert_eq!(area_ram.get().read(0x10, &mut byte), Ok(RamStatus::NotRam));
         assert!(area_ram.has_snapshot());
         drop(area_ram);
         // Nothing holds the host mapping any more.

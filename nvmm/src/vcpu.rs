@@ -103,8 +103,7 @@ pub(crate) struct AssistParts<'a> {
     pub(crate) page: CommPage<'a>,
     /// The last exit, as the kernel wrote it.
     pub(crate) exit: &'a sys::nvmm_x86_exit,
-    pub(crate) machine: &'a MachineInner,
-    pub(crate) guest_ranges: &'a mut crate::memory::GuestRanges,
+    pub(crate) ram: &'a mut crate::assist::VcpuRam,
     pub(crate) fetch_cache: &'a mut nvmm_assist::FetchCache,
     pub(crate) vendor: nvmm_assist::Vendor,
 }
@@ -139,11 +138,11 @@ pub struct Vcpu {
     /// (re-validated against the guest's tables on every use).
     #[cfg(feature = "assist")]
     pub(crate) fetch_cache: nvmm_assist::FetchCache,
-    /// The assists' copy of the machine's guest ranges, which answers
-    /// "not RAM" without a snapshot while it is current (see
-    /// [`crate::memory::GuestRanges`]).
+    /// The assists' guest RAM: the machine's areas, with the copy of the
+    /// guest ranges that answers "not RAM" without a snapshot while it is
+    /// current (see [`crate::memory::GuestRanges`]).
     #[cfg(feature = "assist")]
-    pub(crate) guest_ranges: crate::memory::GuestRanges,
+    pub(crate) ram: crate::assist::VcpuRam,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -201,6 +200,8 @@ impl Vcpu {
         let mut run_args: sys::nvmm_ioc_vcpu_run = unsafe { std::mem::zeroed() };
         run_args.machid = machine.id;
         run_args.cpuid = id;
+        #[cfg(feature = "assist")]
+        let ram = crate::assist::VcpuRam::new(machine.clone());
         Ok(Vcpu {
             machine,
             id,
@@ -212,7 +213,7 @@ impl Vcpu {
             #[cfg(feature = "assist")]
             fetch_cache: nvmm_assist::FetchCache::new(),
             #[cfg(feature = "assist")]
-            guest_ranges: crate::memory::GuestRanges::new(),
+            ram,
             _not_sync: PhantomData,
         })
     }
@@ -224,8 +225,7 @@ impl Vcpu {
         AssistParts {
             page: self.comm.page(),
             exit: &self.run_args.exit,
-            machine: &self.machine,
-            guest_ranges: &mut self.guest_ranges,
+            ram: &mut self.ram,
             fetch_cache: &mut self.fetch_cache,
             vendor: self.guest_vendor,
         }

@@ -184,6 +184,19 @@ impl CommPage<'_> {
         }
     }
 
+    /// `commit |= classes`, for classes known to be in `state_cached`
+    /// already (then `nvmm_vcpu_setstate` would leave `cached` as it is):
+    /// one plain read-modify-write of the word. The assists use it after
+    /// they wrote registers of a class they fetched first.
+    #[inline]
+    pub(crate) fn mark_commit(self, classes: StateClasses) {
+        let commit = field!(self.page.as_ptr(), state_commit);
+        // SAFETY: an aligned u64 inside the live page; the kernel changes it
+        // only during ioctls of this VCPU, which need the `&mut Vcpu` our
+        // caller holds.
+        unsafe { commit.write(commit.read() | classes.bits()) }
+    }
+
     /// Reads a `T` at `p` (a field inside this page).
     ///
     /// # Safety
