@@ -10,7 +10,7 @@ use nvmm_assist::{
     SegmentRegister, Vendor,
 };
 
-use crate::comm::{CommPage, field};
+use crate::comm::{CommPage, PageAddr, field};
 use crate::error::{Error, Op, Result};
 use crate::guest_ram;
 use crate::machine::MachineInner;
@@ -30,15 +30,45 @@ use crate::vcpu::{PROVIDED_ON_IO_AND_MEMORY, Vcpu};
 /// Built only after GPRS|SEGS|CRS|MSRS are cached; XMM registers are
 /// offered only when FPU is cached too (an SSE move through MMIO then
 /// works; otherwise the assist reports it unsupported).
-pub(crate) struct CommState<'a> {
-    page: CommPage<'a>,
+///
+/// A `CommState` is a field of its [`Vcpu`] (made in `Vcpu::create` from
+/// the VCPU's own mapping, never moved out of it), so an assist is handed
+/// a pointer to long-lived data and nothing is built per call; the page is
+/// mapped as long as the `Vcpu`, and so this field, lives.
+pub(crate) struct CommState {
+    addr: PageAddr,
     vendor: Vendor,
 }
 
-impl<'a> CommState<'a> {
+impl CommState {
+    /// The state of the VCPU whose comm page is at `addr`, emulating
+    /// `vendor`'s CPUs.
+    ///
+    /// # Safety
+    ///
+    /// `addr` is the address of the calling `Vcpu`'s own mapping, and the
+    /// result is stored in that `Vcpu` (see the type's documentation).
+    pub(crate) unsafe fn new(addr: PageAddr, vendor: Vendor) -> Self {
+        CommState { addr, vendor }
+    }
+
+    /// The vendor whose CPUs the assists emulate.
+    pub(crate) fn vendor(&self) -> Vendor {
+        self.vendor
+    }
+
+    /// Sets the vendor whose CPUs the assists emulate.
+    pub(crate) fn set_vendor(&mut self, vendor: Vendor) {
+        self.vendor = vendor;
+    }
+
+    /// The page, borrowed for as long as this state.
     #[inline]
-    pub(crate) fn new(page: CommPage<'a>, vendor: Vendor) -> Self {
-        CommState { page, vendor }
+    fn page(&self) -> CommPage<'_> {
+        // SAFETY: `self` lives in the `Vcpu` that owns the mapping of
+        // `addr` (see `CommState::new`), so the page stays mapped while
+        // `self` is borrowed.
+        unsafe { self.addr.page_unchecked() }
     }
 
     /// Marks GPRS for commit (libnvmm's `nvmm_vcpu_setstate(GPRS)`), after
@@ -50,26 +80,26 @@ impl<'a> CommState<'a> {
     /// the view borrows the VCPU exclusively) can clear it from
     /// `state_cached`.
     #[inline]
-    fn mark_gprs(self) {
-        self.page.mark_commit(StateClasses::GPRS);
+    fn mark_gprs(&self) {
+        self.page().mark_commit(StateClasses::GPRS);
     }
 
     /// Reads element `i` of the GPR array (RAX..R15, RIP, RFLAGS).
     #[inline]
     fn gpr_at(&self, i: Gpr) -> u64 {
-        let st = self.page.state_ptr();
+        let st = self.page().state_ptr();
         // SAFETY: an element of `gprs` in the live page (`Gpr` indexes
         // are in bounds), read under the page's rules (see `comm`).
-        unsafe { self.page.read(field!(st, gprs[i.index()])) }
+        unsafe { self.page().read(field!(st, gprs[i.index()])) }
     }
 
     /// Writes element `i` of the GPR array (GPRS is marked by the caller,
     /// see [`CommState::mark_gprs`]).
     #[inline]
     fn set_gpr_at(&mut self, i: Gpr, value: u64) {
-        let st = self.page.state_ptr();
+        let st = self.page().state_ptr();
         // SAFETY: as in `gpr_at`.
-        unsafe { self.page.write(field!(st, gprs[i.index()]), value) };
+        unsafe { self.page().write(field!(st, gprs[i.index()]), value) };
     }
 }
 
@@ -122,7 +152,7 @@ fn gpr_of(r: nvmm_assist::Gpr) -> Gpr {
     Gpr::ALL.get(r.index()).copied().unwrap_or(Gpr::Rax)
 }
 
-impl CpuState for CommState<'_> {
+impl CpuState for CommState {
     #[inline]
     fn gpr(&self, reg: nvmm_assist::Gpr) -> u64 {
         self.gpr_at(gpr_of(reg))
@@ -149,7 +179,7 @@ impl CpuState for CommState<'_> {
     }
     #[inline]
     fn segment(&self, seg: nvmm_assist::Segment) -> SegmentRegister {
-        let s = Segs::new(self.page).get(seg_of(seg));
+        let s = Segs::new(self.page()).get(seg_of(seg));
         SegmentRegister {
             selector: s.selector,
             base: s.base,
@@ -159,32 +189,32 @@ impl CpuState for CommState<'_> {
     }
     #[inline]
     fn cr0(&self) -> u64 {
-        Crs::new(self.page).get(Cr::Cr0)
+        Crs::new(self.page()).get(Cr::Cr0)
     }
     #[inline]
     fn cr3(&self) -> u64 {
-        Crs::new(self.page).get(Cr::Cr3)
+        Crs::new(self.page()).get(Cr::Cr3)
     }
     #[inline]
     fn cr4(&self) -> u64 {
-        Crs::new(self.page).get(Cr::Cr4)
+        Crs::new(self.page()).get(Cr::Cr4)
     }
     #[inline]
     fn efer(&self) -> u64 {
-        Msrs::new(self.page).get(Msr::Efer)
+        Msrs::new(self.page()).get(Msr::Efer)
     }
     #[inline]
     fn xmm(&self, index: u8) -> Option<u128> {
-        if self.page.cached().contains(StateClasses::FPU) && index < 16 {
-            Some(xmm_of(self.page, index))
+        if self.page().cached().contains(StateClasses::FPU) && index < 16 {
+            Some(xmm_of(self.page(), index))
         } else {
             None
         }
     }
     #[inline]
     fn set_xmm(&mut self, index: u8, value: u128) {
-        if self.page.cached().contains(StateClasses::FPU) && index < 16 {
-            set_xmm_of(self.page, index, value);
+        if self.page().cached().contains(StateClasses::FPU) && index < 16 {
+            set_xmm_of(self.page(), index, value);
         }
     }
     #[inline]
@@ -294,7 +324,10 @@ impl<'a> AreaRam<'a> {
 impl Drop for AreaRam<'_> {
     #[inline]
     fn drop(&mut self) {
-        self.ram.snapshot = None;
+        // Most assists take no snapshot: then nothing is stored.
+        if self.ram.snapshot.is_some() {
+            self.ram.snapshot = None;
+        }
     }
 }
 
@@ -392,9 +425,9 @@ impl Vcpu {
         // x86_gva_to_gpa (read-only walk; paging off: *gpa = gva).
         self.fetch(StateClasses::CRS | StateClasses::MSRS)?;
         let parts = self.assist_parts();
-        let state = CommState::new(parts.page, parts.vendor);
+        let state = &*parts.state;
         let mut ram = AreaRam::new(parts.ram);
-        let t = nvmm_assist::translate_query(&state, ram.get(), gva).map_err(|source| {
+        let t = nvmm_assist::translate_query(state, ram.get(), gva).map_err(|source| {
             Error::Assist {
                 op: Op::GvaToGpa,
                 source,
@@ -433,9 +466,9 @@ impl Vcpu {
     pub fn gva_to_gpa_checked(&mut self, gva: u64, access: AccessType) -> Result<u64> {
         self.fetch(PROVIDED_ON_IO_AND_MEMORY)?;
         let parts = self.assist_parts();
-        let state = CommState::new(parts.page, parts.vendor);
+        let state = &*parts.state;
         let mut ram = AreaRam::new(parts.ram);
-        nvmm_assist::translate(&state, ram.get(), gva, access).map_err(|source| Error::Assist {
+        nvmm_assist::translate(state, ram.get(), gva, access).map_err(|source| Error::Assist {
             op: Op::GvaToGpa,
             source,
         })
@@ -452,7 +485,7 @@ impl Vcpu {
     /// ([`host_vendor`]) unless [`Vcpu::set_guest_vendor`] changed it.
     /// No ioctl: a setting of this library.
     pub fn guest_vendor(&self) -> Vendor {
-        self.guest_vendor
+        self.assist_state.vendor()
     }
 
     /// Makes the assists emulate `vendor`'s CPUs for this VCPU, for a VMM
@@ -471,7 +504,7 @@ impl Vcpu {
     /// # Ok::<(), nvmm::Error>(())
     /// ```
     pub fn set_guest_vendor(&mut self, vendor: Vendor) {
-        self.guest_vendor = vendor;
+        self.assist_state.set_vendor(vendor);
     }
 }
 
@@ -553,9 +586,10 @@ impl Vcpu {
             segment: io.segment.and_then(assist_segment),
             npc: io.npc,
         };
-        let mut state = CommState::new(parts.page, parts.vendor);
+        let state = parts.state;
         let mut ram = AreaRam::new(parts.ram);
-        let result = nvmm_assist::assist_io(&mut state, ram.get(), mmio, ports, &exit);
+        let result = nvmm_assist::assist_io(state, ram.get(), mmio, ports, &exit);
+        drop(ram);
         match result {
             Ok(outcome) => {
                 state.mark_gprs();
@@ -627,14 +661,17 @@ impl Vcpu {
             },
             instruction: m.instruction,
         };
-        let mut state = CommState::new(parts.page, parts.vendor);
+        let state = parts.state;
         let mut ram = AreaRam::new(parts.ram);
         // When the exit has no instruction bytes (VMX), the CS:RIP
         // translation comes from this VCPU's fetch cache, after the assist
         // has re-read every entry of the cached walk and compared the
         // control state (exact: see nvmm_assist::FetchCache).
         let result =
-            nvmm_assist::assist_mem_cached(&mut state, ram.get(), mmio, &exit, parts.fetch_cache);
+            nvmm_assist::assist_mem_cached(state, ram.get(), mmio, &exit, parts.fetch_cache);
+        // The snapshot goes first: the result then flows straight to the
+        // caller's check instead of being kept across the drop.
+        drop(ram);
         match result {
             Ok(outcome) => {
                 state.mark_gprs();
