@@ -255,7 +255,17 @@ pub(crate) struct VcpuRam {
     /// The snapshot of the current assist, if it needed one; `None`
     /// between assists ([`AreaRam`] clears it).
     snapshot: Option<Arc<Areas>>,
+    /// The generation of the list the copy may answer for: the copy's
+    /// while no snapshot is held, [`NO_GENERATION`] while one is (from
+    /// then on the snapshot answers). One comparison with the machine's
+    /// generation thus checks both.
+    answers_for: u64,
 }
+
+/// A generation no list has: the machine's counter starts at 0 and would
+/// need 2^64 - 1 changes to reach it (`GuestRanges` makes the same
+/// assumption).
+const NO_GENERATION: u64 = u64::MAX;
 
 impl VcpuRam {
     /// The guest RAM of `machine` for one VCPU's assists.
@@ -264,19 +274,20 @@ impl VcpuRam {
             machine,
             copy: GuestRanges::new(),
             snapshot: None,
+            answers_for: NO_GENERATION,
         }
     }
 
     /// The host pointer of `gpa..gpa+len` if it is RAM allowing `need`.
     #[inline(always)]
     fn host_range(&mut self, gpa: u64, len: usize, need: Prot) -> Option<NonNull<u8>> {
+        // No snapshot held, and the copy is of the current list: it
+        // answers "not RAM" (see `AreaRam`).
+        if self.answers_for == self.machine.generation() && !self.copy.holds(gpa, len, need) {
+            return None;
+        }
         match &self.snapshot {
             Some(snapshot) => snapshot.host_range(gpa, len, need),
-            None if self.copy.is_of(self.machine.generation())
-                && !self.copy.holds(gpa, len, need) =>
-            {
-                None
-            }
             None => self.snapshot_host_range(gpa, len, need),
         }
     }
@@ -288,7 +299,19 @@ impl VcpuRam {
     fn snapshot_host_range(&mut self, gpa: u64, len: usize, need: Prot) -> Option<NonNull<u8>> {
         let snapshot = self.machine.snapshot();
         self.copy.refresh(&snapshot);
+        self.answers_for = NO_GENERATION;
         self.snapshot.insert(snapshot).host_range(gpa, len, need)
+    }
+
+    /// Ends an assist: drops its snapshot, if it took one, and lets the
+    /// copy (now of the snapshot's list) answer again.
+    #[inline]
+    fn end_assist(&mut self) {
+        // Most assists take no snapshot: then nothing is stored.
+        if self.snapshot.is_some() {
+            self.snapshot = None;
+            self.answers_for = self.copy.generation();
+        }
     }
 }
 
@@ -324,10 +347,7 @@ impl<'a> AreaRam<'a> {
 impl Drop for AreaRam<'_> {
     #[inline]
     fn drop(&mut self) {
-        // Most assists take no snapshot: then nothing is stored.
-        if self.ram.snapshot.is_some() {
-            self.ram.snapshot = None;
-        }
+        self.ram.end_assist();
     }
 }
 

@@ -338,10 +338,11 @@ impl GuestRanges {
         }
     }
 
-    /// Whether this is a copy of the list of generation `generation`.
+    /// The generation of the list this is a copy of (`u64::MAX` before
+    /// the first copy).
     #[inline]
-    pub(crate) fn is_of(&self, generation: u64) -> bool {
-        self.generation == generation
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Whether the copied list has `gpa..gpa+len` in RAM allowing `need`
@@ -416,9 +417,9 @@ mod tests {
                     prot: Prot::from_bits_truncate(next(&mut seed) as u32),
                 });
             }
-            assert!(!copy.is_of(generation));
+            assert!(copy.generation() != generation);
             copy.refresh(&areas);
-            assert!(copy.is_of(generation));
+            assert!(copy.generation() == generation);
             for _ in 0..64 {
                 let gpa = next(&mut seed) % (68 * 0x1000);
                 let len = [1usize, 2, 4, 8, 16][(next(&mut seed) % 5) as usize];
