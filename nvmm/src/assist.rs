@@ -5,6 +5,8 @@
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use nvmm_sys as sys;
+
 use nvmm_assist::{
     AccessType, BusError, CompareWrite, CpuState, GuestRam, RamStatus, SegmentAttributes,
     SegmentRegister, Vendor,
@@ -87,21 +89,64 @@ impl CommState {
     /// Reads element `i` of the GPR array (RAX..R15, RIP, RFLAGS).
     #[inline]
     fn gpr_at(&self, i: Gpr) -> u64 {
-        let st = self.page().state_ptr();
-        // SAFETY: an element of `gprs` in the live page (`Gpr` indexes
-        // are in bounds), read under the page's rules (see `comm`).
-        unsafe { self.page().read(field!(st, gprs[i.index()])) }
+        self.gpr_index(i.index())
     }
 
     /// Writes element `i` of the GPR array (GPRS is marked by the caller,
     /// see [`CommState::mark_gprs`]).
     #[inline]
     fn set_gpr_at(&mut self, i: Gpr, value: u64) {
+        self.set_gpr_index(i.index(), value);
+    }
+
+    /// Reads element `i` of the GPR array (the projection panics if `i` is
+    /// out of bounds; callers pass indexes the compiler sees are in bounds,
+    /// so no check is left).
+    #[inline]
+    fn gpr_index(&self, i: usize) -> u64 {
         let st = self.page().state_ptr();
-        // SAFETY: as in `gpr_at`.
-        unsafe { self.page().write(field!(st, gprs[i.index()]), value) };
+        // SAFETY: an element of `gprs` in the live page (the projection
+        // checks the index), read under the page's rules (see `comm`).
+        unsafe { self.page().read(field!(st, gprs[i])) }
+    }
+
+    /// Writes element `i` of the GPR array (see [`CommState::gpr_index`]).
+    #[inline]
+    fn set_gpr_index(&mut self, i: usize, value: u64) {
+        let st = self.page().state_ptr();
+        // SAFETY: as in `gpr_index`.
+        unsafe { self.page().write(field!(st, gprs[i]), value) };
     }
 }
+
+/// nvmm-assist numbers RAX..R15 by their encoding (0-15), and so does NVMM
+/// (`NVMM_X64_GPR_RAX`..`NVMM_X64_GPR_R15`, NetBSD `nvmm_x86.h`): an
+/// assist register's index is its comm-page index, with no translation.
+const _: () = {
+    let nvmm = [
+        sys::NVMM_X64_GPR_RAX,
+        sys::NVMM_X64_GPR_RCX,
+        sys::NVMM_X64_GPR_RDX,
+        sys::NVMM_X64_GPR_RBX,
+        sys::NVMM_X64_GPR_RSP,
+        sys::NVMM_X64_GPR_RBP,
+        sys::NVMM_X64_GPR_RSI,
+        sys::NVMM_X64_GPR_RDI,
+        sys::NVMM_X64_GPR_R8,
+        sys::NVMM_X64_GPR_R9,
+        sys::NVMM_X64_GPR_R10,
+        sys::NVMM_X64_GPR_R11,
+        sys::NVMM_X64_GPR_R12,
+        sys::NVMM_X64_GPR_R13,
+        sys::NVMM_X64_GPR_R14,
+        sys::NVMM_X64_GPR_R15,
+    ];
+    let mut i = 0;
+    while i < 16 {
+        assert!(nvmm[i] == i && nvmm_assist::Gpr::ALL[i].index() == i);
+        i += 1;
+    }
+};
 
 /// The host CPU's vendor, from CPUID leaf 0, read once per process: the
 /// vendor a VCPU presents to its guest unless [`Vcpu::set_guest_vendor`]
@@ -147,19 +192,15 @@ fn seg_of(s: nvmm_assist::Segment) -> Seg {
     }
 }
 
-#[inline]
-fn gpr_of(r: nvmm_assist::Gpr) -> Gpr {
-    Gpr::ALL.get(r.index()).copied().unwrap_or(Gpr::Rax)
-}
-
 impl CpuState for CommState {
     #[inline]
     fn gpr(&self, reg: nvmm_assist::Gpr) -> u64 {
-        self.gpr_at(gpr_of(reg))
+        // The same index (see the assertion after `CommState`).
+        self.gpr_index(reg.index())
     }
     #[inline]
     fn set_gpr(&mut self, reg: nvmm_assist::Gpr, value: u64) {
-        self.set_gpr_at(gpr_of(reg), value);
+        self.set_gpr_index(reg.index(), value);
     }
     #[inline]
     fn rip(&self) -> u64 {
@@ -716,6 +757,51 @@ mod tests {
     use crate::Nvmm;
     use crate::model::KernelModel;
     use crate::sys::OpenMode;
+
+    /// Each of nvmm-assist's sixteen registers is the comm-page slot of the
+    /// register of the same name, read and written (the assist's index is
+    /// used as the comm-page index as is).
+    #[test]
+    fn assist_registers_are_the_comm_page_slots_of_the_same_name() {
+        use nvmm_assist::Gpr as A;
+        let pairs = [
+            (A::Rax, Gpr::Rax),
+            (A::Rcx, Gpr::Rcx),
+            (A::Rdx, Gpr::Rdx),
+            (A::Rbx, Gpr::Rbx),
+            (A::Rsp, Gpr::Rsp),
+            (A::Rbp, Gpr::Rbp),
+            (A::Rsi, Gpr::Rsi),
+            (A::Rdi, Gpr::Rdi),
+            (A::R8, Gpr::R8),
+            (A::R9, Gpr::R9),
+            (A::R10, Gpr::R10),
+            (A::R11, Gpr::R11),
+            (A::R12, Gpr::R12),
+            (A::R13, Gpr::R13),
+            (A::R14, Gpr::R14),
+            (A::R15, Gpr::R15),
+        ];
+        let model = KernelModel::new();
+        let nvmm = Nvmm::open_with(model, OpenMode::User).unwrap();
+        let machine = nvmm.create_machine().unwrap();
+        let mut vcpu = machine.create_vcpu(0).unwrap();
+        vcpu.fetch(PROVIDED_ON_IO_AND_MEMORY).unwrap();
+        for (k, &(a, _)) in (1u64..).zip(&pairs) {
+            vcpu.assist_state.set_gpr(a, k * 0x0101_0101);
+        }
+        vcpu.assist_state.set_rip(0x1234);
+        vcpu.assist_state.set_rflags(0x202);
+        let mut g = vcpu.gprs().unwrap();
+        for (k, &(_, n)) in (1u64..).zip(&pairs) {
+            assert_eq!(g.get(n), k * 0x0101_0101, "{n:?}");
+            g.set(n, !k);
+        }
+        assert_eq!((g.rip(), g.rflags()), (0x1234, 0x202));
+        for (k, &(a, _)) in (1u64..).zip(&pairs) {
+            assert_eq!(vcpu.assist_state.gpr(a), !k, "{a:?}");
+        }
+    }
 
     /// The snapshot is taken only when a lookup needs it: never for an
     /// MMIO address while the VCPU's copy is current, at once when the
