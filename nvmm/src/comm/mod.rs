@@ -232,6 +232,7 @@ impl CommPage<'_> {
     /// already (then `nvmm_vcpu_setstate` would leave `cached` as it is):
     /// one plain read-modify-write of the word. The assists use it after
     /// they wrote registers of a class they fetched first.
+    #[cfg(feature = "assist")]
     #[inline]
     pub(crate) fn mark_commit(self, classes: StateClasses) {
         let commit = field!(self.page.as_ptr(), state_commit);
