@@ -323,7 +323,7 @@ impl VcpuRam {
     #[inline(always)]
     fn host_range(&mut self, gpa: u64, len: usize, need: Prot) -> Option<NonNull<u8>> {
         // No snapshot held, and the copy is of the current list: it
-        // answers "not RAM" (see `AreaRam`).
+        // answers "not RAM" (see `VcpuRam`).
         if self.answers_for == self.machine.generation() && !self.copy.holds(gpa, len, need) {
             return None;
         }
