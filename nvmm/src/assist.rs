@@ -5,12 +5,14 @@
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use nvmm_sys as sys;
+
 use nvmm_assist::{
     AccessType, BusError, CompareWrite, CpuState, GuestRam, RamStatus, SegmentAttributes,
     SegmentRegister, Vendor,
 };
 
-use crate::comm::{CommPage, field};
+use crate::comm::{CommPage, PageAddr, field};
 use crate::error::{Error, Op, Result};
 use crate::guest_ram;
 use crate::machine::MachineInner;
@@ -30,45 +32,121 @@ use crate::vcpu::{PROVIDED_ON_IO_AND_MEMORY, Vcpu};
 /// Built only after GPRS|SEGS|CRS|MSRS are cached; XMM registers are
 /// offered only when FPU is cached too (an SSE move through MMIO then
 /// works; otherwise the assist reports it unsupported).
-pub(crate) struct CommState<'a> {
-    page: CommPage<'a>,
+///
+/// A `CommState` is a field of its [`Vcpu`] (made in `Vcpu::create` from
+/// the VCPU's own mapping, never moved out of it), so an assist is handed
+/// a pointer to long-lived data and nothing is built per call; the page is
+/// mapped as long as the `Vcpu`, and so this field, lives.
+pub(crate) struct CommState {
+    addr: PageAddr,
     vendor: Vendor,
 }
 
-impl<'a> CommState<'a> {
+impl CommState {
+    /// The state of the VCPU whose comm page is at `addr`, emulating
+    /// `vendor`'s CPUs.
+    ///
+    /// # Safety
+    ///
+    /// `addr` is the address of the calling `Vcpu`'s own mapping, and the
+    /// result is stored in that `Vcpu` (see the type's documentation).
+    pub(crate) unsafe fn new(addr: PageAddr, vendor: Vendor) -> Self {
+        CommState { addr, vendor }
+    }
+
+    /// The vendor whose CPUs the assists emulate.
+    pub(crate) fn vendor(&self) -> Vendor {
+        self.vendor
+    }
+
+    /// Sets the vendor whose CPUs the assists emulate.
+    pub(crate) fn set_vendor(&mut self, vendor: Vendor) {
+        self.vendor = vendor;
+    }
+
+    /// The page, borrowed for as long as this state.
     #[inline]
-    pub(crate) fn new(page: CommPage<'a>, vendor: Vendor) -> Self {
-        CommState { page, vendor }
+    fn page(&self) -> CommPage<'_> {
+        // SAFETY: `self` lives in the `Vcpu` that owns the mapping of
+        // `addr` (see `CommState::new`), so the page stays mapped while
+        // `self` is borrowed.
+        unsafe { self.addr.page_unchecked() }
     }
 
     /// Marks GPRS for commit (libnvmm's `nvmm_vcpu_setstate(GPRS)`), after
     /// an assist that succeeded and so may have written GPRs, RIP or
     /// RFLAGS. (An assist that succeeded without changing a register, such
     /// as a locked operation that gave up, makes the kernel load the same
-    /// values again.)
+    /// values again.) Only `state_commit` is written: a `CommState` is built
+    /// after GPRS was fetched, and nothing between that and this (no ioctl:
+    /// the view borrows the VCPU exclusively) can clear it from
+    /// `state_cached`.
     #[inline]
-    fn mark_gprs(self) {
-        self.page.mark_dirty(StateClasses::GPRS);
+    fn mark_gprs(&self) {
+        self.page().mark_commit(StateClasses::GPRS);
     }
 
     /// Reads element `i` of the GPR array (RAX..R15, RIP, RFLAGS).
     #[inline]
     fn gpr_at(&self, i: Gpr) -> u64 {
-        let st = self.page.state_ptr();
-        // SAFETY: an element of `gprs` in the live page (`Gpr` indexes
-        // are in bounds), read under the page's rules (see `comm`).
-        unsafe { self.page.read(field!(st, gprs[i.index()])) }
+        self.gpr_index(i.index())
     }
 
     /// Writes element `i` of the GPR array (GPRS is marked by the caller,
     /// see [`CommState::mark_gprs`]).
     #[inline]
     fn set_gpr_at(&mut self, i: Gpr, value: u64) {
-        let st = self.page.state_ptr();
-        // SAFETY: as in `gpr_at`.
-        unsafe { self.page.write(field!(st, gprs[i.index()]), value) };
+        self.set_gpr_index(i.index(), value);
+    }
+
+    /// Reads element `i` of the GPR array (the projection panics if `i` is
+    /// out of bounds; callers pass indexes the compiler sees are in bounds,
+    /// so no check is left).
+    #[inline]
+    fn gpr_index(&self, i: usize) -> u64 {
+        let st = self.page().state_ptr();
+        // SAFETY: an element of `gprs` in the live page (the projection
+        // checks the index), read under the page's rules (see `comm`).
+        unsafe { self.page().read(field!(st, gprs[i])) }
+    }
+
+    /// Writes element `i` of the GPR array (see [`CommState::gpr_index`]).
+    #[inline]
+    fn set_gpr_index(&mut self, i: usize, value: u64) {
+        let st = self.page().state_ptr();
+        // SAFETY: as in `gpr_index`.
+        unsafe { self.page().write(field!(st, gprs[i]), value) };
     }
 }
+
+/// nvmm-assist numbers RAX..R15 by their encoding (0-15), and so does NVMM
+/// (`NVMM_X64_GPR_RAX`..`NVMM_X64_GPR_R15`, NetBSD `nvmm_x86.h`): an
+/// assist register's index is its comm-page index, with no translation.
+const _: () = {
+    let nvmm = [
+        sys::NVMM_X64_GPR_RAX,
+        sys::NVMM_X64_GPR_RCX,
+        sys::NVMM_X64_GPR_RDX,
+        sys::NVMM_X64_GPR_RBX,
+        sys::NVMM_X64_GPR_RSP,
+        sys::NVMM_X64_GPR_RBP,
+        sys::NVMM_X64_GPR_RSI,
+        sys::NVMM_X64_GPR_RDI,
+        sys::NVMM_X64_GPR_R8,
+        sys::NVMM_X64_GPR_R9,
+        sys::NVMM_X64_GPR_R10,
+        sys::NVMM_X64_GPR_R11,
+        sys::NVMM_X64_GPR_R12,
+        sys::NVMM_X64_GPR_R13,
+        sys::NVMM_X64_GPR_R14,
+        sys::NVMM_X64_GPR_R15,
+    ];
+    let mut i = 0;
+    while i < 16 {
+        assert!(nvmm[i] == i && nvmm_assist::Gpr::ALL[i].index() == i);
+        i += 1;
+    }
+};
 
 /// The host CPU's vendor, from CPUID leaf 0, read once per process: the
 /// vendor a VCPU presents to its guest unless [`Vcpu::set_guest_vendor`]
@@ -114,19 +192,15 @@ fn seg_of(s: nvmm_assist::Segment) -> Seg {
     }
 }
 
-#[inline]
-fn gpr_of(r: nvmm_assist::Gpr) -> Gpr {
-    Gpr::ALL.get(r.index()).copied().unwrap_or(Gpr::Rax)
-}
-
-impl CpuState for CommState<'_> {
+impl CpuState for CommState {
     #[inline]
     fn gpr(&self, reg: nvmm_assist::Gpr) -> u64 {
-        self.gpr_at(gpr_of(reg))
+        // The same index (see the assertion after `CommState`).
+        self.gpr_index(reg.index())
     }
     #[inline]
     fn set_gpr(&mut self, reg: nvmm_assist::Gpr, value: u64) {
-        self.set_gpr_at(gpr_of(reg), value);
+        self.set_gpr_index(reg.index(), value);
     }
     #[inline]
     fn rip(&self) -> u64 {
@@ -146,7 +220,7 @@ impl CpuState for CommState<'_> {
     }
     #[inline]
     fn segment(&self, seg: nvmm_assist::Segment) -> SegmentRegister {
-        let s = Segs::new(self.page).get(seg_of(seg));
+        let s = Segs::new(self.page()).get(seg_of(seg));
         SegmentRegister {
             selector: s.selector,
             base: s.base,
@@ -156,32 +230,32 @@ impl CpuState for CommState<'_> {
     }
     #[inline]
     fn cr0(&self) -> u64 {
-        Crs::new(self.page).get(Cr::Cr0)
+        Crs::new(self.page()).get(Cr::Cr0)
     }
     #[inline]
     fn cr3(&self) -> u64 {
-        Crs::new(self.page).get(Cr::Cr3)
+        Crs::new(self.page()).get(Cr::Cr3)
     }
     #[inline]
     fn cr4(&self) -> u64 {
-        Crs::new(self.page).get(Cr::Cr4)
+        Crs::new(self.page()).get(Cr::Cr4)
     }
     #[inline]
     fn efer(&self) -> u64 {
-        Msrs::new(self.page).get(Msr::Efer)
+        Msrs::new(self.page()).get(Msr::Efer)
     }
     #[inline]
     fn xmm(&self, index: u8) -> Option<u128> {
-        if self.page.cached().contains(StateClasses::FPU) && index < 16 {
-            Some(xmm_of(self.page, index))
+        if self.page().cached().contains(StateClasses::FPU) && index < 16 {
+            Some(xmm_of(self.page(), index))
         } else {
             None
         }
     }
     #[inline]
     fn set_xmm(&mut self, index: u8, value: u128) {
-        if self.page.cached().contains(StateClasses::FPU) && index < 16 {
-            set_xmm_of(self.page, index, value);
+        if self.page().cached().contains(StateClasses::FPU) && index < 16 {
+            set_xmm_of(self.page(), index, value);
         }
     }
     #[inline]
@@ -210,57 +284,115 @@ impl CpuState for CommState<'_> {
 /// or finds the list changed, takes the snapshot (and refreshes the copy);
 /// every later lookup of the assist uses that snapshot, so from the first
 /// RAM access on, the assist sees one consistent list, as before.
-pub(crate) struct AreaRam<'a> {
-    machine: &'a MachineInner,
+///
+/// The copy, the snapshot slot and the machine live in the VCPU
+/// ([`VcpuRam`]), so an assist is handed one pointer to long-lived data
+/// and each lookup reaches the copy without a further indirection;
+/// [`AreaRam`] lends it for one assist and drops the snapshot at its end.
+pub(crate) struct VcpuRam {
+    machine: Arc<MachineInner>,
     /// The VCPU's copy of the guest ranges.
-    copy: &'a mut GuestRanges,
+    copy: GuestRanges,
+    /// The snapshot of the current assist, if it needed one; `None`
+    /// between assists ([`AreaRam`] clears it).
     snapshot: Option<Arc<Areas>>,
+    /// The generation of the list the copy may answer for: the copy's
+    /// while no snapshot is held, [`NO_GENERATION`] while one is (from
+    /// then on the snapshot answers). One comparison with the machine's
+    /// generation thus checks both.
+    answers_for: u64,
 }
 
-impl<'a> AreaRam<'a> {
-    /// Guest RAM of `machine`, with the VCPU's `copy` answering MMIO
-    /// lookups until a snapshot is needed.
-    #[inline]
-    pub(crate) fn new(machine: &'a MachineInner, copy: &'a mut GuestRanges) -> Self {
-        AreaRam {
-            machine,
-            copy,
-            snapshot: None,
-        }
-    }
+/// A generation no list has: the machine's counter starts at 0 and would
+/// need 2^64 - 1 changes to reach it (`GuestRanges` makes the same
+/// assumption).
+const NO_GENERATION: u64 = u64::MAX;
 
-    /// Whether a snapshot has been taken (tests).
-    #[cfg(test)]
-    pub(crate) fn has_snapshot(&self) -> bool {
-        self.snapshot.is_some()
+impl VcpuRam {
+    /// The guest RAM of `machine` for one VCPU's assists.
+    pub(crate) fn new(machine: Arc<MachineInner>) -> Self {
+        VcpuRam {
+            machine,
+            copy: GuestRanges::new(),
+            snapshot: None,
+            answers_for: NO_GENERATION,
+        }
     }
 
     /// The host pointer of `gpa..gpa+len` if it is RAM allowing `need`.
     #[inline(always)]
     fn host_range(&mut self, gpa: u64, len: usize, need: Prot) -> Option<NonNull<u8>> {
+        // No snapshot held, and the copy is of the current list: it
+        // answers "not RAM" (see `VcpuRam`).
+        if self.answers_for == self.machine.generation() && !self.copy.holds(gpa, len, need) {
+            return None;
+        }
         match &self.snapshot {
             Some(snapshot) => snapshot.host_range(gpa, len, need),
-            None if self.copy.is_of(self.machine.generation())
-                && !self.copy.holds(gpa, len, need) =>
-            {
-                None
-            }
             None => self.snapshot_host_range(gpa, len, need),
         }
     }
 
-    /// [`AreaRam::host_range`] when a snapshot is needed: takes it (and
+    /// [`VcpuRam::host_range`] when a snapshot is needed: takes it (and
     /// brings the VCPU's copy up to date) for the rest of the assist.
     #[cold]
     #[inline(never)]
     fn snapshot_host_range(&mut self, gpa: u64, len: usize, need: Prot) -> Option<NonNull<u8>> {
         let snapshot = self.machine.snapshot();
         self.copy.refresh(&snapshot);
+        self.answers_for = NO_GENERATION;
         self.snapshot.insert(snapshot).host_range(gpa, len, need)
+    }
+
+    /// Ends an assist: drops its snapshot, if it took one, and lets the
+    /// copy (now of the snapshot's list) answer again.
+    #[inline]
+    fn end_assist(&mut self) {
+        // Most assists take no snapshot: then nothing is stored.
+        if self.snapshot.is_some() {
+            self.snapshot = None;
+            self.answers_for = self.copy.generation();
+        }
     }
 }
 
-impl GuestRam for AreaRam<'_> {
+/// A VCPU's [`VcpuRam`] lent to one assist (or one translation): its
+/// snapshot, if the assist took one, is dropped with it (also when a
+/// callback unwinds), so that no host mapping stays pinned after the
+/// assist.
+pub(crate) struct AreaRam<'a> {
+    ram: &'a mut VcpuRam,
+}
+
+impl<'a> AreaRam<'a> {
+    /// Lends `ram` (whose snapshot slot is empty: every `AreaRam` empties
+    /// it when dropped) to one assist.
+    #[inline]
+    pub(crate) fn new(ram: &'a mut VcpuRam) -> Self {
+        AreaRam { ram }
+    }
+
+    /// The RAM to hand to the assist.
+    #[inline]
+    pub(crate) fn get(&mut self) -> &mut VcpuRam {
+        self.ram
+    }
+
+    /// Whether a snapshot has been taken (tests).
+    #[cfg(test)]
+    pub(crate) fn has_snapshot(&self) -> bool {
+        self.ram.snapshot.is_some()
+    }
+}
+
+impl Drop for AreaRam<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.ram.end_assist();
+    }
+}
+
+impl GuestRam for VcpuRam {
     // Always inlined: the call would cost as much as the MMIO-case body.
     #[inline(always)]
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> std::result::Result<RamStatus, BusError> {
@@ -268,8 +400,9 @@ impl GuestRam for AreaRam<'_> {
             return Ok(RamStatus::NotRam);
         };
         // SAFETY: `src..src+len` lies in a registered host mapping that
-        // `self.snapshot` (which `host_range` used) keeps mapped; guest RAM
-        // is only accessed through `guest_ram` in this process.
+        // `self.snapshot` (which `host_range` used) keeps mapped until the
+        // `AreaRam` that lent `self` is dropped; guest RAM is only accessed
+        // through `guest_ram` in this process.
         unsafe { guest_ram::read(src, buf) };
         Ok(RamStatus::Done)
     }
@@ -353,9 +486,9 @@ impl Vcpu {
         // x86_gva_to_gpa (read-only walk; paging off: *gpa = gva).
         self.fetch(StateClasses::CRS | StateClasses::MSRS)?;
         let parts = self.assist_parts();
-        let state = CommState::new(parts.page, parts.vendor);
-        let mut ram = AreaRam::new(parts.machine, parts.guest_ranges);
-        let t = nvmm_assist::translate_query(&state, &mut ram, gva).map_err(|source| {
+        let state = &*parts.state;
+        let mut ram = AreaRam::new(parts.ram);
+        let t = nvmm_assist::translate_query(state, ram.get(), gva).map_err(|source| {
             Error::Assist {
                 op: Op::GvaToGpa,
                 source,
@@ -394,9 +527,9 @@ impl Vcpu {
     pub fn gva_to_gpa_checked(&mut self, gva: u64, access: AccessType) -> Result<u64> {
         self.fetch(PROVIDED_ON_IO_AND_MEMORY)?;
         let parts = self.assist_parts();
-        let state = CommState::new(parts.page, parts.vendor);
-        let mut ram = AreaRam::new(parts.machine, parts.guest_ranges);
-        nvmm_assist::translate(&state, &mut ram, gva, access).map_err(|source| Error::Assist {
+        let state = &*parts.state;
+        let mut ram = AreaRam::new(parts.ram);
+        nvmm_assist::translate(state, ram.get(), gva, access).map_err(|source| Error::Assist {
             op: Op::GvaToGpa,
             source,
         })
@@ -413,7 +546,7 @@ impl Vcpu {
     /// ([`host_vendor`]) unless [`Vcpu::set_guest_vendor`] changed it.
     /// No ioctl: a setting of this library.
     pub fn guest_vendor(&self) -> Vendor {
-        self.guest_vendor
+        self.assist_state.vendor()
     }
 
     /// Makes the assists emulate `vendor`'s CPUs for this VCPU, for a VMM
@@ -432,7 +565,7 @@ impl Vcpu {
     /// # Ok::<(), nvmm::Error>(())
     /// ```
     pub fn set_guest_vendor(&mut self, vendor: Vendor) {
-        self.guest_vendor = vendor;
+        self.assist_state.set_vendor(vendor);
     }
 }
 
@@ -514,9 +647,10 @@ impl Vcpu {
             segment: io.segment.and_then(assist_segment),
             npc: io.npc,
         };
-        let mut state = CommState::new(parts.page, parts.vendor);
-        let mut ram = AreaRam::new(parts.machine, parts.guest_ranges);
-        let result = nvmm_assist::assist_io(&mut state, &mut ram, mmio, ports, &exit);
+        let state = parts.state;
+        let mut ram = AreaRam::new(parts.ram);
+        let result = nvmm_assist::assist_io(state, ram.get(), mmio, ports, &exit);
+        drop(ram);
         match result {
             Ok(outcome) => {
                 state.mark_gprs();
@@ -588,14 +722,17 @@ impl Vcpu {
             },
             instruction: m.instruction,
         };
-        let mut state = CommState::new(parts.page, parts.vendor);
-        let mut ram = AreaRam::new(parts.machine, parts.guest_ranges);
+        let state = parts.state;
+        let mut ram = AreaRam::new(parts.ram);
         // When the exit has no instruction bytes (VMX), the CS:RIP
         // translation comes from this VCPU's fetch cache, after the assist
         // has re-read every entry of the cached walk and compared the
         // control state (exact: see nvmm_assist::FetchCache).
         let result =
-            nvmm_assist::assist_mem_cached(&mut state, &mut ram, mmio, &exit, parts.fetch_cache);
+            nvmm_assist::assist_mem_cached(state, ram.get(), mmio, &exit, parts.fetch_cache);
+        // The snapshot goes first: the result then flows straight to the
+        // caller's check instead of being kept across the drop.
+        drop(ram);
         match result {
             Ok(outcome) => {
                 state.mark_gprs();
@@ -621,6 +758,51 @@ mod tests {
     use crate::model::KernelModel;
     use crate::sys::OpenMode;
 
+    /// Each of nvmm-assist's sixteen registers is the comm-page slot of the
+    /// register of the same name, read and written (the assist's index is
+    /// used as the comm-page index as is).
+    #[test]
+    fn assist_registers_are_the_comm_page_slots_of_the_same_name() {
+        use nvmm_assist::Gpr as A;
+        let pairs = [
+            (A::Rax, Gpr::Rax),
+            (A::Rcx, Gpr::Rcx),
+            (A::Rdx, Gpr::Rdx),
+            (A::Rbx, Gpr::Rbx),
+            (A::Rsp, Gpr::Rsp),
+            (A::Rbp, Gpr::Rbp),
+            (A::Rsi, Gpr::Rsi),
+            (A::Rdi, Gpr::Rdi),
+            (A::R8, Gpr::R8),
+            (A::R9, Gpr::R9),
+            (A::R10, Gpr::R10),
+            (A::R11, Gpr::R11),
+            (A::R12, Gpr::R12),
+            (A::R13, Gpr::R13),
+            (A::R14, Gpr::R14),
+            (A::R15, Gpr::R15),
+        ];
+        let model = KernelModel::new();
+        let nvmm = Nvmm::open_with(model, OpenMode::User).unwrap();
+        let machine = nvmm.create_machine().unwrap();
+        let mut vcpu = machine.create_vcpu(0).unwrap();
+        vcpu.fetch(PROVIDED_ON_IO_AND_MEMORY).unwrap();
+        for (k, &(a, _)) in (1u64..).zip(&pairs) {
+            vcpu.assist_state.set_gpr(a, k * 0x0101_0101);
+        }
+        vcpu.assist_state.set_rip(0x1234);
+        vcpu.assist_state.set_rflags(0x202);
+        let mut g = vcpu.gprs().unwrap();
+        for (k, &(_, n)) in (1u64..).zip(&pairs) {
+            assert_eq!(g.get(n), k * 0x0101_0101, "{n:?}");
+            g.set(n, !k);
+        }
+        assert_eq!((g.rip(), g.rflags()), (0x1234, 0x202));
+        for (k, &(a, _)) in (1u64..).zip(&pairs) {
+            assert_eq!(vcpu.assist_state.gpr(a), !k, "{a:?}");
+        }
+    }
+
     /// The snapshot is taken only when a lookup needs it: never for an
     /// MMIO address while the VCPU's copy is current, at once when the
     /// address is RAM or the list changed; once taken, it serves the rest
@@ -639,19 +821,28 @@ mod tests {
         // A fresh VCPU's copy is of no list yet: the first lookup, even
         // of MMIO, takes the snapshot and brings the copy up to date.
         let parts = vcpu.assist_parts();
-        let mut area_ram = AreaRam::new(parts.machine, parts.guest_ranges);
-        assert_eq!(area_ram.read(0xfee0_0000, &mut byte), Ok(RamStatus::NotRam));
+        let mut area_ram = AreaRam::new(parts.ram);
+        assert_eq!(
+            area_ram.get().read(0xfee0_0000, &mut byte),
+            Ok(RamStatus::NotRam)
+        );
         assert!(area_ram.has_snapshot());
         drop(area_ram);
 
         // Current copy: MMIO needs no snapshot, even across lookups.
         let parts = vcpu.assist_parts();
-        let mut area_ram = AreaRam::new(parts.machine, parts.guest_ranges);
-        assert_eq!(area_ram.write(0xfee0_0000, &[1]), Ok(RamStatus::NotRam));
-        assert_eq!(area_ram.read(0x1000, &mut byte), Ok(RamStatus::NotRam));
+        let mut area_ram = AreaRam::new(parts.ram);
+        assert_eq!(
+            area_ram.get().write(0xfee0_0000, &[1]),
+            Ok(RamStatus::NotRam)
+        );
+        assert_eq!(
+            area_ram.get().read(0x1000, &mut byte),
+            Ok(RamStatus::NotRam)
+        );
         assert!(!area_ram.has_snapshot());
         // RAM does.
-        assert_eq!(area_ram.read(0x10, &mut byte), Ok(RamStatus::Done));
+        assert_eq!(area_ram.get().read(0x10, &mut byte), Ok(RamStatus::Done));
         assert_eq!(byte, [0x5a]);
         assert!(area_ram.has_snapshot());
         // From then on the snapshot answers: a page mapped now is not
@@ -659,18 +850,21 @@ mod tests {
         machine
             .gpa_map(&ram, 0x1000, 0x1000, 0x1000, Prot::ALL)
             .unwrap();
-        assert_eq!(area_ram.read(0x1000, &mut byte), Ok(RamStatus::NotRam));
+        assert_eq!(
+            area_ram.get().read(0x1000, &mut byte),
+            Ok(RamStatus::NotRam)
+        );
         machine.gpa_unmap(0x1000, 0x1000).unwrap();
         machine.gpa_unmap(0, 0x1000).unwrap();
         assert!(machine.hva_unmap(ram).is_err());
-        assert_eq!(area_ram.read(0x10, &mut byte), Ok(RamStatus::Done));
+        assert_eq!(area_ram.get().read(0x10, &mut byte), Ok(RamStatus::Done));
         drop(area_ram);
 
         // The list changed since the copy was made: the next lookup, of
         // MMIO or not, takes a snapshot of the new list.
         let parts = vcpu.assist_parts();
-        let mut area_ram = AreaRam::new(parts.machine, parts.guest_ranges);
-        assert_eq!(area_ram.read(0x10, &mut byte), Ok(RamStatus::NotRam));
+        let mut area_ram = AreaRam::new(parts.ram);
+        assert_eq!(area_ram.get().read(0x10, &mut byte), Ok(RamStatus::NotRam));
         assert!(area_ram.has_snapshot());
         drop(area_ram);
         // Nothing holds the host mapping any more.

@@ -164,9 +164,9 @@ pub(crate) fn code_at_rip(vcpu: &mut crate::Vcpu) -> Option<Vec<u8>> {
         };
         let gpa = translation.gpa;
         let parts = vcpu.assist_parts();
-        let mut ram = crate::assist::AreaRam::new(parts.machine, parts.guest_ranges);
+        let mut ram = crate::assist::AreaRam::new(parts.ram);
         let mut chunk = vec![0u8; n];
-        match ram.read(gpa, &mut chunk) {
+        match ram.get().read(gpa, &mut chunk) {
             Ok(RamStatus::Done) => bytes.extend_from_slice(&chunk),
             _ => break,
         }

@@ -226,13 +226,13 @@ fn memory_of(e: &sys::nvmm_x86_exit) -> MemoryExit<'_> {
     let (prot, gpa, len) = unsafe { ((*u).mem.prot, (*u).mem.gpa, (*u).mem.inst_len) };
     // SAFETY: as above; a borrow of a byte array inside `e`.
     let bytes = unsafe { &(*u).mem.inst_bytes };
-    let access = if prot & 0x2 != 0 {
-        MemAccess::Write
-    } else if prot & 0x4 != 0 {
-        MemAccess::Exec
-    } else {
-        MemAccess::Read
+    // Write wins over exec, exec over read (NVMM_PROT_WRITE = 2,
+    // NVMM_PROT_EXEC = 4): one table lookup instead of two branches.
+    const ACCESS: [MemAccess; 8] = {
+        use MemAccess::{Exec, Read, Write};
+        [Read, Read, Write, Write, Exec, Exec, Write, Write]
     };
+    let access = ACCESS[(prot & 7) as usize];
     let n = usize::from(len).min(bytes.len());
     MemoryExit {
         gpa,

@@ -327,7 +327,23 @@ pub(crate) struct GuestRanges {
     /// The generation of the copied list; `u64::MAX` before the first copy.
     generation: u64,
     ranges: Vec<(u64, u64, Prot)>,
+    /// The first address of a page that no copied range touches: the page
+    /// of the last lookup that missed every range, or [`TOP_PAGE`]. MMIO
+    /// exits come back to the same device page again and again, and areas
+    /// are page-aligned (`Areas::check_gpa`), so a lookup inside this page
+    /// is "not RAM" after one comparison instead of a walk of the ranges.
+    /// `refresh` resets it with the ranges.
+    mmio_page: u64,
 }
+
+/// The last page of the 64-bit space, which no area can hold: an area must
+/// end at or below 2^64 - 1 (`Areas::check_gpa` refuses an overflowing
+/// end), and areas are whole pages.
+#[cfg(feature = "assist")]
+const TOP_PAGE: u64 = u64::MAX - (PAGE - 1);
+
+#[cfg(feature = "assist")]
+const PAGE: u64 = PAGE_SIZE as u64;
 
 #[cfg(feature = "assist")]
 impl GuestRanges {
@@ -335,23 +351,45 @@ impl GuestRanges {
         GuestRanges {
             generation: u64::MAX,
             ranges: Vec::new(),
+            mmio_page: TOP_PAGE,
         }
     }
 
-    /// Whether this is a copy of the list of generation `generation`.
+    /// The generation of the list this is a copy of (`u64::MAX` before
+    /// the first copy).
     #[inline]
-    pub(crate) fn is_of(&self, generation: u64) -> bool {
-        self.generation == generation
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Whether the copied list has `gpa..gpa+len` in RAM allowing `need`
     /// (exactly when [`Areas::host_range`] on that list gives a pointer).
-    #[inline]
-    pub(crate) fn holds(&self, gpa: u64, len: usize, need: Prot) -> bool {
-        self.ranges
+    // Always inlined: the call would cost more than the page check; the
+    // walk of the ranges is not.
+    #[inline(always)]
+    pub(crate) fn holds(&mut self, gpa: u64, len: usize, need: Prot) -> bool {
+        let off = gpa.wrapping_sub(self.mmio_page);
+        if off < PAGE && len as u64 <= PAGE - off {
+            return false;
+        }
+        self.holds_listed(gpa, len, need)
+    }
+
+    /// [`GuestRanges::holds`] outside the remembered page: walks the
+    /// ranges, and remembers the page when none holds `gpa`.
+    fn holds_listed(&mut self, gpa: u64, len: usize, need: Prot) -> bool {
+        match self
+            .ranges
             .iter()
             .find(|&&(start, size, _)| gpa >= start && gpa - start < size)
-            .is_some_and(|&(start, size, prot)| holds(start, size, prot, gpa, len, need))
+        {
+            Some(&(start, size, prot)) => holds(start, size, prot, gpa, len, need),
+            None => {
+                // No range holds `gpa`, so none touches its page.
+                self.mmio_page = gpa & !(PAGE - 1);
+                false
+            }
+        }
     }
 
     /// Copies `areas` unless this already is a copy of its generation
@@ -361,6 +399,7 @@ impl GuestRanges {
             self.ranges.clear();
             self.ranges
                 .extend(areas.gpas.iter().map(|a| (a.gpa, a.size, a.prot)));
+            self.mmio_page = TOP_PAGE;
             self.generation = areas.generation;
         }
     }
@@ -416,9 +455,9 @@ mod tests {
                     prot: Prot::from_bits_truncate(next(&mut seed) as u32),
                 });
             }
-            assert!(!copy.is_of(generation));
+            assert!(copy.generation() != generation);
             copy.refresh(&areas);
-            assert!(copy.is_of(generation));
+            assert!(copy.generation() == generation);
             for _ in 0..64 {
                 let gpa = next(&mut seed) % (68 * 0x1000);
                 let len = [1usize, 2, 4, 8, 16][(next(&mut seed) % 5) as usize];
@@ -430,13 +469,51 @@ mod tests {
                     "{gpa:#x}+{len} {need:?} in {:?}",
                     copy.ranges
                 );
+                // Again in the same page, and across its end: the answers
+                // the remembered MMIO page gives are the list's too.
+                for near in [
+                    (gpa & !0xFFF) | (next(&mut seed) & 0xFFF),
+                    (gpa | 0xFFF) - (len as u64 / 2),
+                ] {
+                    assert_eq!(
+                        copy.holds(near, len, need),
+                        areas.host_range(near, len, need).is_some(),
+                        "{near:#x}+{len} {need:?} in {:?} (remembered page {:#x})",
+                        copy.ranges,
+                        copy.mmio_page
+                    );
+                }
             }
+            // The page remembered under the last list is forgotten with it.
+            let remembered = copy.mmio_page;
             // Same generation, other content: not copied again (the
             // machine gives every change a new generation).
             let before = copy.ranges.clone();
             areas.gpas.clear();
             copy.refresh(&areas);
             assert_eq!(copy.ranges, before);
+            assert_eq!(copy.mmio_page, remembered);
         }
+        // A page remembered as MMIO becomes RAM in the next list: the
+        // refresh forgets it.
+        let mut areas = Areas {
+            generation: rounds,
+            ..Areas::default()
+        };
+        areas.gpas.push(GuestArea {
+            gpa: 0,
+            size: 0x1000,
+            host,
+            prot: Prot::ALL,
+        });
+        copy.refresh(&areas);
+        assert_eq!(copy.mmio_page, TOP_PAGE);
+        assert!(!copy.holds(0x5010, 1, Prot::READ));
+        assert_eq!(copy.mmio_page, 0x5000);
+        areas.generation += 1;
+        areas.gpas[0].gpa = 0x5000;
+        copy.refresh(&areas);
+        assert_eq!(copy.mmio_page, TOP_PAGE);
+        assert!(copy.holds(0x5010, 1, Prot::READ));
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use nvmm_sys as sys;
 
 use crate::comm::stop::VcpuStopper;
-use crate::comm::{CommMapping, CommPage};
+use crate::comm::{CommMapping, CommPage, PageAddr};
 use crate::device::ioc;
 use crate::error::{Error, Op, Rejection, Result, report_teardown};
 use crate::exit::{self, Exit, ExitState};
@@ -100,13 +100,12 @@ pub enum CpuidConf {
 /// What an assist works with ([`Vcpu::assist_parts`]).
 #[cfg(feature = "assist")]
 pub(crate) struct AssistParts<'a> {
-    pub(crate) page: CommPage<'a>,
+    /// The registers in the comm page, and the vendor.
+    pub(crate) state: &'a mut crate::assist::CommState,
     /// The last exit, as the kernel wrote it.
     pub(crate) exit: &'a sys::nvmm_x86_exit,
-    pub(crate) machine: &'a MachineInner,
-    pub(crate) guest_ranges: &'a mut crate::memory::GuestRanges,
+    pub(crate) ram: &'a mut crate::assist::VcpuRam,
     pub(crate) fetch_cache: &'a mut nvmm_assist::FetchCache,
-    pub(crate) vendor: nvmm_assist::Vendor,
 }
 
 /// The state classes the kernel provides on I/O and memory exits.
@@ -130,20 +129,23 @@ pub struct Vcpu {
     machine: Arc<MachineInner>,
     id: u32,
     comm: Arc<CommMapping>,
+    /// `comm.addr()`, kept here so that reaching the page costs one load.
+    page: PageAddr,
     run_args: sys::nvmm_ioc_vcpu_run,
     cpuid_leaves: Vec<u32>,
-    /// The vendor the assists emulate (`Vcpu::guest_vendor`).
+    /// The assists' view of the registers in the comm page, with the
+    /// vendor they emulate (`Vcpu::guest_vendor`).
     #[cfg(feature = "assist")]
-    pub(crate) guest_vendor: nvmm_assist::Vendor,
+    pub(crate) assist_state: crate::assist::CommState,
     /// The instruction-fetch translation cache of `Vcpu::assist_mem`
     /// (re-validated against the guest's tables on every use).
     #[cfg(feature = "assist")]
     pub(crate) fetch_cache: nvmm_assist::FetchCache,
-    /// The assists' copy of the machine's guest ranges, which answers
-    /// "not RAM" without a snapshot while it is current (see
-    /// [`crate::memory::GuestRanges`]).
+    /// The assists' guest RAM: the machine's areas, with the copy of the
+    /// guest ranges that answers "not RAM" without a snapshot while it is
+    /// current (see [`crate::memory::GuestRanges`]).
     #[cfg(feature = "assist")]
-    pub(crate) guest_ranges: crate::memory::GuestRanges,
+    pub(crate) ram: crate::assist::VcpuRam,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -201,18 +203,26 @@ impl Vcpu {
         let mut run_args: sys::nvmm_ioc_vcpu_run = unsafe { std::mem::zeroed() };
         run_args.machid = machine.id;
         run_args.cpuid = id;
+        #[cfg(feature = "assist")]
+        let ram = crate::assist::VcpuRam::new(machine.clone());
+        // SAFETY: the address of this VCPU's own mapping, stored in this
+        // VCPU.
+        #[cfg(feature = "assist")]
+        let assist_state =
+            unsafe { crate::assist::CommState::new(comm.addr(), crate::assist::host_vendor()) };
         Ok(Vcpu {
             machine,
             id,
+            page: comm.addr(),
             comm,
             run_args,
             cpuid_leaves: Vec::new(),
             #[cfg(feature = "assist")]
-            guest_vendor: crate::assist::host_vendor(),
+            assist_state,
             #[cfg(feature = "assist")]
             fetch_cache: nvmm_assist::FetchCache::new(),
             #[cfg(feature = "assist")]
-            guest_ranges: crate::memory::GuestRanges::new(),
+            ram,
             _not_sync: PhantomData,
         })
     }
@@ -222,12 +232,10 @@ impl Vcpu {
     #[inline]
     pub(crate) fn assist_parts(&mut self) -> AssistParts<'_> {
         AssistParts {
-            page: self.comm.page(),
+            state: &mut self.assist_state,
             exit: &self.run_args.exit,
-            machine: &self.machine,
-            guest_ranges: &mut self.guest_ranges,
+            ram: &mut self.ram,
             fetch_cache: &mut self.fetch_cache,
-            vendor: self.guest_vendor,
         }
     }
 
@@ -243,7 +251,9 @@ impl Vcpu {
 
     #[inline]
     pub(crate) fn page(&self) -> CommPage<'_> {
-        self.comm.page()
+        // SAFETY: `self.page` is `self.comm.addr()` (set in `create`,
+        // never changed).
+        unsafe { self.page.page(&self.comm) }
     }
 
     /// The classes currently valid in the comm page (`state_cached`).

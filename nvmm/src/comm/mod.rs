@@ -105,6 +105,50 @@ impl CommMapping {
     pub(crate) fn as_ptr(&self) -> *mut sys::nvmm_comm_page {
         self.page.as_ptr()
     }
+
+    /// The page's address, for an owner of this mapping to keep next to
+    /// its `Arc` (one load less per access than through the `Arc`).
+    pub(crate) fn addr(&self) -> PageAddr {
+        PageAddr(self.page)
+    }
+}
+
+/// The address of a comm page, without the borrow that proves it mapped:
+/// kept by the owner of the mapping (the `Vcpu`, next to its
+/// `Arc<CommMapping>`) and turned back into a [`CommPage`] with
+/// [`PageAddr::page`], which takes that proof.
+#[derive(Clone, Copy)]
+pub(crate) struct PageAddr(NonNull<sys::nvmm_comm_page>);
+
+// SAFETY: an address only; every access goes through a `CommPage`, which
+// `PageAddr::page` ties to a borrow of the mapping (see `CommMapping`).
+unsafe impl Send for PageAddr {}
+
+impl PageAddr {
+    /// The page at this address, borrowed from `mapping`.
+    ///
+    /// # Safety
+    ///
+    /// `self` came from `mapping.addr()`.
+    #[inline]
+    pub(crate) unsafe fn page<'a>(self, mapping: &'a CommMapping) -> CommPage<'a> {
+        debug_assert_eq!(self.0, mapping.page);
+        // SAFETY: `mapping` keeps the page mapped for 'a.
+        unsafe { self.page_unchecked() }
+    }
+
+    /// The page at this address, for as long as the caller says.
+    ///
+    /// # Safety
+    ///
+    /// The mapping `self` came from stays mapped for 'a.
+    #[inline]
+    pub(crate) unsafe fn page_unchecked<'a>(self) -> CommPage<'a> {
+        CommPage {
+            page: self.0,
+            _mapping: PhantomData,
+        }
+    }
 }
 
 impl Drop for CommMapping {
@@ -182,6 +226,20 @@ impl CommPage<'_> {
                 cached.write(k | classes.bits());
             }
         }
+    }
+
+    /// `commit |= classes`, for classes known to be in `state_cached`
+    /// already (then `nvmm_vcpu_setstate` would leave `cached` as it is):
+    /// one plain read-modify-write of the word. The assists use it after
+    /// they wrote registers of a class they fetched first.
+    #[cfg(feature = "assist")]
+    #[inline]
+    pub(crate) fn mark_commit(self, classes: StateClasses) {
+        let commit = field!(self.page.as_ptr(), state_commit);
+        // SAFETY: an aligned u64 inside the live page; the kernel changes it
+        // only during ioctls of this VCPU, which need the `&mut Vcpu` our
+        // caller holds.
+        unsafe { commit.write(commit.read() | classes.bits()) }
     }
 
     /// Reads a `T` at `p` (a field inside this page).
