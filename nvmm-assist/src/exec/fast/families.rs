@@ -6,11 +6,13 @@
 use super::prefix::{self, Prefixes};
 use super::{sse, stack, string};
 use crate::Outcome;
+use crate::access::AccessType;
 use crate::bus::{GuestRam, MmioBus};
 use crate::error::Error;
 use crate::fetch_cache::FetchCache;
 use crate::mode::CpuMode;
 use crate::state::CpuState;
+use crate::translate;
 
 /// Tries the forms of this module's families in a mode whose default
 /// address size is `ADDR`, the prefixes `p` parsed and the opcode at
@@ -136,6 +138,49 @@ where
         return None;
     }
     run(state, mode, ram, cache, mmio, exit_gpa, bytes, &p, i)
+}
+
+/// The guest-physical addresses of a source (read) at `src` and a
+/// destination (`dst_access`) at `dst`, each within one page, translated
+/// in that order: what the general path's walks of MOVS, CMPS and PUSH/POP
+/// m ([`access::resolve_cached`](crate::access::resolve_cached)) give for
+/// them, the same addresses or the first error, from the same walks. With
+/// paging off the addresses themselves, inline; else the VCPU's cached
+/// translations ([`FetchCache::translate_data`], exact), out of line.
+#[inline(always)]
+pub(super) fn translate_pair<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
+    state: &S,
+    ram: &mut R,
+    cache: &mut FetchCache,
+    src: u64,
+    dst: u64,
+    dst_access: AccessType,
+) -> Result<(u64, u64), Error> {
+    if translate::unpaged(state) {
+        return Ok((src & 0xFFFF_FFFF, dst & 0xFFFF_FFFF));
+    }
+    translate_pair_paged(state, ram, cache, src, dst, dst_access)
+}
+
+/// [`translate_pair`] with paging on.
+#[inline(never)]
+fn translate_pair_paged<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
+    state: &S,
+    ram: &mut R,
+    cache: &mut FetchCache,
+    src: u64,
+    dst: u64,
+    dst_access: AccessType,
+) -> Result<(u64, u64), Error> {
+    let src = cache.translate_data(state, ram, src, AccessType::Read)?;
+    let dst = cache.translate_data(state, ram, dst, dst_access)?;
+    Ok((src, dst))
+}
+
+/// Whether `size` bytes at `linear` stay within one page.
+#[inline(always)]
+pub(super) fn within_page(linear: u64, size: u64) -> bool {
+    (linear & 0xFFF) + size <= 0x1000
 }
 
 #[cfg(test)]
