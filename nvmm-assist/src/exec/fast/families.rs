@@ -4,7 +4,7 @@
 //! tried when the MOV/ALU decoder declined the bytes.
 
 use super::prefix::{self, Prefixes};
-use super::{sse, stack, string};
+use super::{sse, stack, string, write};
 use crate::Outcome;
 use crate::access::AccessType;
 use crate::bus::{GuestRam, MmioBus};
@@ -91,20 +91,15 @@ where
     M: MmioBus + ?Sized,
 {
     match *bytes.first()? {
-        0x26
-        | 0x2E
-        | 0x36
-        | 0x3E
-        | 0x64..=0x67
-        | 0xF0
-        | 0xF2
-        | 0xF3
-        | 0x40..=0x4F
-        | 0x0F
-        | 0xA4..=0xA7
-        | 0xAA..=0xAF
-        | 0xFF
-        | 0x8F => filtered(state, mode, ram, cache, mmio, exit_gpa, bytes),
+        // The opcode first, no prefix (nearly every string and stack
+        // instruction): nothing to parse.
+        0xA4..=0xA7 | 0xAA..=0xAF | 0xFF | 0x8F => {
+            let p = Prefixes::default();
+            run(state, mode, ram, cache, mmio, exit_gpa, bytes, &p, 0)
+        }
+        0x26 | 0x2E | 0x36 | 0x3E | 0x64..=0x67 | 0xF0 | 0xF2 | 0xF3 | 0x40..=0x4F | 0x0F => {
+            filtered(state, mode, ram, cache, mmio, exit_gpa, bytes)
+        }
         _ => None,
     }
 }
@@ -175,6 +170,26 @@ fn translate_pair_paged<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     let src = cache.translate_data(state, ram, src, AccessType::Read)?;
     let dst = cache.translate_data(state, ram, dst, dst_access)?;
     Ok((src, dst))
+}
+
+/// Writes the low `n` (1, 2, 4 or 8) bytes of `value` at `gpa` (within a
+/// page) from a buffer of exactly that width: `read_sized`'s
+/// counterpart. A slice of a runtime length would make the RAM's copy a
+/// call to `memcpy`.
+#[inline(always)]
+pub(super) fn write_sized<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    gpa: u64,
+    n: usize,
+    value: u64,
+) -> Result<(), Error> {
+    match n {
+        1 => write(ram, mmio, gpa, &[value as u8]),
+        2 => write(ram, mmio, gpa, &(value as u16).to_le_bytes()),
+        4 => write(ram, mmio, gpa, &(value as u32).to_le_bytes()),
+        _ => write(ram, mmio, gpa, &value.to_le_bytes()),
+    }
 }
 
 /// Whether `size` bytes at `linear` stay within one page.

@@ -15,9 +15,9 @@
 //! prefix, are left to the general path.
 
 use super::super::{alignment_faults, merge_sized, stack};
-use super::families::{translate_pair, within_page};
+use super::families::{translate_pair, within_page, write_sized};
 use super::prefix::{Prefixes, mem_operand};
-use super::{read_sized, write};
+use super::read_sized;
 use crate::Outcome;
 use crate::access::AccessType;
 use crate::bus::{GuestRam, MmioBus};
@@ -138,7 +138,7 @@ where
 {
     let n = usize::from(size);
     let value = read_sized(ram, mmio, src, n)?;
-    write(ram, mmio, dst, value.to_le_bytes().get(..n).unwrap_or(&[]))?;
+    write_sized(ram, mmio, dst, n, value)?;
     let rsp = state.gpr(Gpr::Rsp);
     state.set_gpr(Gpr::Rsp, merge_sized(rsp, sas, new_sp));
     let rflags = state.rflags();

@@ -18,9 +18,9 @@
 //! path.
 
 use super::super::{alignment_faults, merge_sized, string};
-use super::families::{translate_pair, within_page};
+use super::families::{translate_pair, within_page, write_sized};
 use super::prefix::{Prefixes, next_rip};
-use super::{read_sized, write};
+use super::read_sized;
 use crate::Outcome;
 use crate::access::AccessType;
 use crate::bus::{GuestRam, MmioBus};
@@ -217,11 +217,9 @@ where
     match (step.op, src, dst) {
         (Mnemonic::Movs, Some(src), Some(dst)) => {
             let v = read_sized(ram, mmio, src, n)?;
-            write(ram, mmio, dst, v.to_le_bytes().get(..n).unwrap_or(&[]))?;
+            write_sized(ram, mmio, dst, n, v)?;
         }
-        (Mnemonic::Stos, _, Some(dst)) => {
-            write(ram, mmio, dst, rax.to_le_bytes().get(..n).unwrap_or(&[]))?;
-        }
+        (Mnemonic::Stos, _, Some(dst)) => write_sized(ram, mmio, dst, n, rax)?,
         (Mnemonic::Lods, Some(src), _) => loaded = Some(read_sized(ram, mmio, src, n)?),
         (Mnemonic::Cmps, Some(src), Some(dst)) => {
             let a = read_sized(ram, mmio, src, n)?;
