@@ -64,6 +64,9 @@ where
         next_rip: next_rip::<ADDR, S>(state, len),
     };
     let src_seg = p.segment.unwrap_or(Segment::Ds);
+    // One arm per instruction, each with its mnemonic a constant: `two`,
+    // `one` and `exec` are specialised for it (with the mnemonic a runtime
+    // value, a MOVS costs about 30 instructions more).
     match opcode {
         0xA4 | 0xA5 => two(state, mode, ram, cache, mmio, &step, src_seg),
         0xA6 | 0xA7 => {
