@@ -116,8 +116,8 @@ pub fn linear_address<S: CpuState + ?Sized>(
 /// canonical at 48 bits; real mode within the limit; an expand-up data
 /// segment, present, writable for a write, with the range within the
 /// limit), else the full check's result as an `Option`. `None`: a fault,
-/// which the caller leaves to a path that reports it. For `size` 1 to 16
-/// and an `offset` masked to the address size.
+/// which the caller leaves to a path that reports it. `offset` is masked
+/// to the address size, as for [`linear_address`].
 #[inline(always)]
 pub(crate) fn linear_address_if_allowed<S: CpuState + ?Sized>(
     state: &S,
@@ -137,8 +137,7 @@ pub(crate) fn linear_address_if_allowed<S: CpuState + ?Sized>(
     } else {
         let reg = state.segment(seg);
         let offset = offset & 0xFFFF_FFFF;
-        // size <= 16: no overflow.
-        if offset + size.max(1) - 1 <= u64::from(reg.limit) {
+        if offset.saturating_add(size.max(1) - 1) <= u64::from(reg.limit) {
             let linear = reg.base.wrapping_add(offset) & 0xFFFF_FFFF;
             if mode.is_real_or_v86() {
                 return Some(linear);
@@ -280,7 +279,11 @@ mod tests {
             } else {
                 offset & 0xFFFF_FFFF
             };
-            let size = 1 + next() % 16;
+            let size = match next() % 8 {
+                0 => next(),
+                1 => 0,
+                _ => 1 + next() % 16,
+            };
             let access =
                 [AccessType::Read, AccessType::Write, AccessType::Execute][(next() % 3) as usize];
             let full = linear_address(&regs, mode, seg, offset, size, access).ok();
