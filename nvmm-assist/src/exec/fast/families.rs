@@ -2,6 +2,10 @@
 //! ([`sse`]), single string instructions
 //! ([`string`]) and PUSH/POP m ([`stack`]),
 //! tried when the MOV/ALU decoder declined the bytes.
+//!
+//! Also the pieces the two-operand forms (MOVS, CMPS, PUSH m, POP m)
+//! share: [`translate_pair`], the general path's two walks without its
+//! ranges, and [`write_sized`].
 
 use super::prefix::{self, Prefixes};
 use super::{sse, stack, string, write};
