@@ -132,7 +132,7 @@ impl DataSlots {
 
     /// Translates `linear` for `access` as [`translate`] does, through the
     /// cache (see the [module documentation](self)).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn translate<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
         &mut self,
         state: &S,

@@ -111,6 +111,52 @@ pub fn linear_address<S: CpuState + ?Sized>(
     legacy_linear_address(state, mode, seg, offset, size, access)
 }
 
+/// [`linear_address`] when it proves the access allowed cheaply, inline:
+/// the same linear address in the common cases (64-bit mode with a range
+/// canonical at 48 bits; real mode within the limit; an expand-up data
+/// segment, present, writable for a write, with the range within the
+/// limit), else the full check's result as an `Option`. `None`: a fault,
+/// which the caller leaves to a path that reports it. `offset` is masked
+/// to the address size, as for [`linear_address`].
+#[inline(always)]
+pub(crate) fn linear_address_if_allowed<S: CpuState + ?Sized>(
+    state: &S,
+    mode: CpuMode,
+    seg: Segment,
+    offset: u64,
+    size: u64,
+    access: AccessType,
+) -> Option<u64> {
+    if mode.is_64bit() {
+        if !matches!(seg, Segment::Fs | Segment::Gs) {
+            let last = offset.wrapping_add(size.max(1) - 1);
+            if last >= offset && is_canonical(offset, 48) && is_canonical(last, 48) {
+                return Some(offset);
+            }
+        }
+    } else {
+        let reg = state.segment(seg);
+        let offset = offset & 0xFFFF_FFFF;
+        if offset.saturating_add(size.max(1) - 1) <= u64::from(reg.limit) {
+            let linear = reg.base.wrapping_add(offset) & 0xFFFF_FFFF;
+            if mode.is_real_or_v86() {
+                return Some(linear);
+            }
+            let attr = reg.attributes;
+            let typ = attr.typ();
+            let allowed = match access {
+                AccessType::Read => true,
+                AccessType::Write => typ & TYPE_RW != 0,
+                AccessType::Execute => false,
+            };
+            if attr.present() && attr.s() && typ & (TYPE_CODE | TYPE_EXPAND_DOWN) == 0 && allowed {
+                return Some(linear);
+            }
+        }
+    }
+    linear_address(state, mode, seg, offset, size, access).ok()
+}
+
 /// [`linear_address`] outside 64-bit mode, for a `size` of at least 1.
 fn legacy_linear_address<S: CpuState + ?Sized>(
     state: &S,
@@ -175,4 +221,87 @@ fn legacy_linear_address<S: CpuState + ?Sized>(
         return Err(limit_fault(seg));
     }
     Ok(reg.base.wrapping_add(offset) & 0xFFFF_FFFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Registers;
+    use crate::state::SegmentAttributes;
+    use crate::testutil::TEST_VENDOR;
+
+    /// `linear_address_if_allowed` is `linear_address(..).ok()` on random
+    /// segment states (every attribute bit, limits and offsets around the
+    /// edges), sizes and accesses, in every mode.
+    #[test]
+    fn the_inline_check_agrees_with_the_full_one() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        let modes = [
+            Registers::real_mode(TEST_VENDOR),
+            Registers::flat_protected32(TEST_VENDOR),
+            Registers::compat_mode(TEST_VENDOR, 0, 0, 0),
+            Registers::long_mode(TEST_VENDOR, 0, 0, 0),
+        ];
+        let (mut fast, mut slow) = (0u32, 0u32);
+        for _ in 0..200_000 {
+            let mut regs = modes[(next() % 4) as usize].clone();
+            let mode = CpuMode::of(&regs);
+            let seg = [
+                Segment::Es,
+                Segment::Cs,
+                Segment::Ss,
+                Segment::Ds,
+                Segment::Fs,
+                Segment::Gs,
+            ][(next() % 6) as usize];
+            let r = &mut regs.segments[seg as usize];
+            if next() % 2 == 0 {
+                r.attributes = SegmentAttributes(next() as u16 & 0xFFF);
+            }
+            r.limit =
+                [0, 0xFFF, 0xFFFF, 0xF_FFFF, 0xFFFF_FFFF, next() as u32][(next() % 6) as usize];
+            r.base = [0, 0x1000, next() & 0xFFFF_FFFF, next()][(next() % 4) as usize];
+            let limit = u64::from(r.limit);
+            let offset = match next() % 4 {
+                0 => limit.wrapping_sub(next() % 20),
+                1 => next() % 0x10000,
+                2 => next() & 0xFFFF_FFFF,
+                _ => next(),
+            };
+            let offset = if mode.is_64bit() {
+                offset
+            } else {
+                offset & 0xFFFF_FFFF
+            };
+            let size = match next() % 8 {
+                0 => next(),
+                1 => 0,
+                _ => 1 + next() % 16,
+            };
+            let access =
+                [AccessType::Read, AccessType::Write, AccessType::Execute][(next() % 3) as usize];
+            let full = linear_address(&regs, mode, seg, offset, size, access).ok();
+            let quick = linear_address_if_allowed(&regs, mode, seg, offset, size, access);
+            assert_eq!(
+                quick, full,
+                "{mode:?} {seg:?} {:?} offset {offset:#x} size {size} {access:?}",
+                regs.segments[seg as usize]
+            );
+            if full.is_some() {
+                fast += 1;
+            } else {
+                slow += 1;
+            }
+        }
+        assert!(
+            fast > 20_000 && slow > 20_000,
+            "{fast} allowed, {slow} refused"
+        );
+    }
 }

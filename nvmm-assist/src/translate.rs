@@ -215,6 +215,16 @@ pub(crate) struct WalkRecord {
     pub wide: bool,
 }
 
+/// Whether [`translate`] maps every linear address of `state` to itself
+/// (modulo 4 GiB), with nothing to check or walk: CR0.PG, EFER.LMA and
+/// EFER.LMSLE all clear (with any of them set, the control-state check or
+/// the walk has something to say). Callers that translate one page
+/// themselves use it to skip the call.
+#[inline(always)]
+pub(crate) fn unpaged<S: CpuState + ?Sized>(state: &S) -> bool {
+    state.cr0() & CR0_PG == 0 && state.efer() & (EFER_LMA | EFER_LMSLE) == 0
+}
+
 /// [`translate`], filling `record` (when given) with the walked entries
 /// as they are after the accessed/dirty update. Its content is meaningful
 /// only when the translation succeeds.
@@ -230,7 +240,7 @@ pub(crate) fn translate_recorded<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     // EFER.LMSLE all clear, `check_control_state` has nothing to object to
     // (its other cases need paging or long mode), so skip it and the
     // scratch record.
-    if state.cr0() & CR0_PG == 0 && state.efer() & (EFER_LMA | EFER_LMSLE) == 0 {
+    if unpaged(state) {
         if let Some(record) = record {
             *record = WalkRecord::default();
         }

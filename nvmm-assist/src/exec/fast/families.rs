@@ -2,15 +2,21 @@
 //! ([`sse`]), single string instructions
 //! ([`string`]) and PUSH/POP m ([`stack`]),
 //! tried when the MOV/ALU decoder declined the bytes.
+//!
+//! Also the pieces the two-operand forms (MOVS, CMPS, PUSH m, POP m)
+//! share: [`translate_pair`], the general path's two walks without its
+//! ranges, and [`write_sized`].
 
 use super::prefix::{self, Prefixes};
-use super::{sse, stack, string};
+use super::{sse, stack, string, write};
 use crate::Outcome;
+use crate::access::AccessType;
 use crate::bus::{GuestRam, MmioBus};
 use crate::error::Error;
 use crate::fetch_cache::FetchCache;
 use crate::mode::CpuMode;
 use crate::state::CpuState;
+use crate::translate;
 
 /// Tries the forms of this module's families in a mode whose default
 /// address size is `ADDR`, the prefixes `p` parsed and the opcode at
@@ -89,20 +95,15 @@ where
     M: MmioBus + ?Sized,
 {
     match *bytes.first()? {
-        0x26
-        | 0x2E
-        | 0x36
-        | 0x3E
-        | 0x64..=0x67
-        | 0xF0
-        | 0xF2
-        | 0xF3
-        | 0x40..=0x4F
-        | 0x0F
-        | 0xA4..=0xA7
-        | 0xAA..=0xAF
-        | 0xFF
-        | 0x8F => filtered(state, mode, ram, cache, mmio, exit_gpa, bytes),
+        // The opcode first, no prefix (nearly every string and stack
+        // instruction): nothing to parse.
+        0xA4..=0xA7 | 0xAA..=0xAF | 0xFF | 0x8F => {
+            let p = Prefixes::default();
+            run(state, mode, ram, cache, mmio, exit_gpa, bytes, &p, 0)
+        }
+        0x26 | 0x2E | 0x36 | 0x3E | 0x64..=0x67 | 0xF0 | 0xF2 | 0xF3 | 0x40..=0x4F | 0x0F => {
+            filtered(state, mode, ram, cache, mmio, exit_gpa, bytes)
+        }
         _ => None,
     }
 }
@@ -136,6 +137,69 @@ where
         return None;
     }
     run(state, mode, ram, cache, mmio, exit_gpa, bytes, &p, i)
+}
+
+/// The guest-physical addresses of a source (read) at `src` and a
+/// destination (`dst_access`) at `dst`, each within one page, translated
+/// in that order: what the general path's walks of MOVS, CMPS and PUSH/POP
+/// m ([`access::resolve_cached`](crate::access::resolve_cached)) give for
+/// them, the same addresses or the first error, from the same walks. With
+/// paging off the addresses themselves, inline; else the VCPU's cached
+/// translations ([`FetchCache::translate_data`], exact), out of line.
+#[inline(always)]
+pub(super) fn translate_pair<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
+    state: &S,
+    ram: &mut R,
+    cache: &mut FetchCache,
+    src: u64,
+    dst: u64,
+    dst_access: AccessType,
+) -> Result<(u64, u64), Error> {
+    if translate::unpaged(state) {
+        return Ok((src & 0xFFFF_FFFF, dst & 0xFFFF_FFFF));
+    }
+    translate_pair_paged(state, ram, cache, src, dst, dst_access)
+}
+
+/// [`translate_pair`] with paging on.
+#[inline(never)]
+fn translate_pair_paged<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
+    state: &S,
+    ram: &mut R,
+    cache: &mut FetchCache,
+    src: u64,
+    dst: u64,
+    dst_access: AccessType,
+) -> Result<(u64, u64), Error> {
+    let src = cache.translate_data(state, ram, src, AccessType::Read)?;
+    let dst = cache.translate_data(state, ram, dst, dst_access)?;
+    Ok((src, dst))
+}
+
+/// Writes the low `n` (1, 2, 4 or 8) bytes of `value` at `gpa` (within a
+/// page) from a buffer of exactly that width: `read_sized`'s
+/// counterpart. A slice of a runtime length would make the RAM's copy a
+/// call to `memcpy`.
+#[inline(always)]
+pub(super) fn write_sized<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    gpa: u64,
+    n: usize,
+    value: u64,
+) -> Result<(), Error> {
+    match n {
+        1 => write(ram, mmio, gpa, &[value as u8]),
+        2 => write(ram, mmio, gpa, &(value as u16).to_le_bytes()),
+        4 => write(ram, mmio, gpa, &(value as u32).to_le_bytes()),
+        _ => write(ram, mmio, gpa, &value.to_le_bytes()),
+    }
+}
+
+/// Whether `size` bytes at `linear` stay within one page.
+#[inline(always)]
+pub(super) fn within_page(linear: u64, size: u64) -> bool {
+    (linear & 0xFFF) + size <= 0x1000
 }
 
 #[cfg(test)]

@@ -278,7 +278,14 @@ fn sse_string_and_stack_fast_forms_match_the_general_path() {
         // and with a 67 prefix.
         let mut handled = [0u32; 3];
         let (mut backwards, mut other_asz, mut errors) = (0u32, 0u32, 0u32);
-        for _ in 0..CASES {
+        // Every other case runs with a cache kept across those cases, one
+        // per path, on RAM kept across them too (so that the entries'
+        // accessed/dirty bits, set by earlier walks, let the cached
+        // translations serve): both paths must make the same
+        // translations, hits and walks alike.
+        let (mut kept_fast, mut kept_general) = (FetchCache::new(), FetchCache::new());
+        let mut kept_ram = ram.clone();
+        for case in 0..CASES {
             let (bytes, family) = random_instruction(&mut rng, mode.is_64bit());
             let regs = random_state(&mut rng, mode, cr3_4, cr3_2);
             assert_eq!(CpuMode::of(&regs), mode);
@@ -297,7 +304,11 @@ fn sse_string_and_stack_fast_forms_match_the_general_path() {
                 access: AccessType::Read,
                 instruction: &bytes,
             };
-            let (mut ram0, mut mmio0) = (ram.clone(), RecordingMmio::default());
+            let kept = case % 2 == 1;
+            let (mut ram0, mut mmio0) = (
+                if kept { kept_ram.clone() } else { ram.clone() },
+                RecordingMmio::default(),
+            );
             match rng.below(8) {
                 0 => ram0.fail_at = Some(rng.below(6) as usize),
                 1 => mmio0.fail_at = Some(rng.below(2) as usize),
@@ -305,21 +316,18 @@ fn sse_string_and_stack_fast_forms_match_the_general_path() {
             }
             let (mut r1, mut ram1, mut m1) = (regs.clone(), ram0.clone(), mmio0.clone());
             let (mut r2, mut ram2, mut m2) = (regs.clone(), ram0.clone(), mmio0.clone());
-            let fast = assist_mem_with(
-                &mut r1,
-                &mut ram1,
-                &mut m1,
-                &exit,
-                true,
-                &mut FetchCache::new(),
-            );
-            let general = assist_mem_with(
-                &mut r2,
-                &mut ram2,
-                &mut m2,
-                &exit,
-                false,
-                &mut FetchCache::new(),
+            let (mut fresh_fast, mut fresh_general) = (FetchCache::new(), FetchCache::new());
+            let (cache_fast, cache_general) = if kept {
+                (&mut kept_fast, &mut kept_general)
+            } else {
+                (&mut fresh_fast, &mut fresh_general)
+            };
+            let fast = assist_mem_with(&mut r1, &mut ram1, &mut m1, &exit, true, cache_fast);
+            let general = assist_mem_with(&mut r2, &mut ram2, &mut m2, &exit, false, cache_general);
+            assert_eq!(
+                (cache_fast.data_hits(), cache_fast.data_misses()),
+                (cache_general.data_hits(), cache_general.data_misses()),
+                "{mode:?} {bytes:02x?}: data translations"
             );
             assert_eq!(
                 fast,
@@ -335,6 +343,9 @@ fn sse_string_and_stack_fast_forms_match_the_general_path() {
             assert_eq!(r1, r2, "{mode:?} {bytes:02x?}");
             assert_eq!(m1.log, m2.log, "{mode:?} {bytes:02x?}");
             assert!(ram1.mem == ram2.mem, "{mode:?} {bytes:02x?}");
+            if kept {
+                kept_ram.mem = ram1.mem.clone();
+            }
             if fast.is_err() {
                 assert_eq!(r1, regs, "a failed emulation changed registers");
             }
@@ -376,5 +387,14 @@ fn sse_string_and_stack_fast_forms_match_the_general_path() {
             errors > CASES / 800,
             "{mode:?}: only {errors} failures through the fast path"
         );
+        if mode.is_64bit() || mode == CpuMode::Compat32 || mode == CpuMode::Protected32 {
+            // Paged (Protected32: half the cases): the kept caches served
+            // translations from their entries, re-validated.
+            assert!(
+                kept_fast.data_hits() > u64::from(CASES / 400),
+                "{mode:?}: only {} cached data translations used",
+                kept_fast.data_hits()
+            );
+        }
     }
 }
