@@ -179,3 +179,94 @@ where
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Registers;
+    use crate::testutil::TEST_VENDOR;
+
+    /// What `span` computes, the general way: the room before the first
+    /// page end, CS-limit end (none when RIP is past it) or the 15-byte
+    /// mark, and `linear_address`'s full check of an execute access of
+    /// that many bytes through CS.
+    fn reference(state: &Registers, mode: CpuMode) -> Result<(u64, usize), Error> {
+        let rip = state.rip;
+        let cs = state.segment(Segment::Cs);
+        let offset = if mode.is_64bit() {
+            rip
+        } else {
+            rip & 0xFFFF_FFFF
+        };
+        let linear_rip = if mode.is_64bit() {
+            rip
+        } else {
+            cs.base.wrapping_add(offset)
+        };
+        let page_room = PAGE_SIZE - (linear_rip & (PAGE_SIZE - 1));
+        let limit_room = (u64::from(cs.limit) + 1).saturating_sub(offset);
+        let room = if mode.is_64bit() || limit_room == 0 {
+            page_room
+        } else {
+            page_room.min(limit_room)
+        };
+        let want = room.min(MAX_LEN);
+        let linear = linear_address(state, mode, Segment::Cs, offset, want, AccessType::Execute)?;
+        Ok((linear, want as usize))
+    }
+
+    /// `span`'s inline segmentation check gives what `linear_address`
+    /// does, fault or address and length, for random CS states (base,
+    /// limit, every attribute bit) and RIPs near the page and limit edges,
+    /// in every mode.
+    #[test]
+    fn span_agrees_with_the_full_segmentation_check() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let modes = [
+            CpuMode::Real,
+            CpuMode::Virtual8086,
+            CpuMode::Protected16,
+            CpuMode::Protected32,
+            CpuMode::Compat16,
+            CpuMode::Compat32,
+            CpuMode::Long64,
+        ];
+        let mut faults = 0;
+        for i in 0..200_000 {
+            let mode = modes[i % modes.len()];
+            let mut r = Registers::flat_protected32(TEST_VENDOR);
+            let cs = &mut r.segments[Segment::Cs as usize];
+            let limit = match next() % 4 {
+                0 => 0xFFFF,
+                1 => 0xFFFF_FFFF,
+                2 => next() as u32 & 0xFFFF,
+                _ => next() as u32,
+            };
+            cs.limit = limit;
+            cs.base = match next() % 3 {
+                0 => 0,
+                1 => next() & 0xFFFF_FFFF,
+                _ => next(),
+            };
+            cs.attributes.0 = next() as u16;
+            let near = u64::from(limit).wrapping_add(next() % 40).wrapping_sub(20);
+            r.rip = match next() % 4 {
+                0 => near & 0xFFFF_FFFF,
+                1 => (next() & !0xFFF) | (0xFF0 + next() % 16),
+                2 => next(),
+                _ => next() & 0xFFFF,
+            };
+            let want = reference(&r, mode);
+            faults += usize::from(want.is_err());
+            assert_eq!(span(&r, mode), want, "{mode:?} {r:x?}");
+        }
+        // Both outcomes are exercised.
+        assert!(faults > 10_000 && faults < 190_000, "{faults} faults");
+    }
+}
