@@ -38,6 +38,24 @@ pub trait GuestRam {
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<RamStatus, BusError>;
     /// Writes `data` to RAM at `gpa`, or says it is not writable RAM.
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<RamStatus, BusError>;
+    /// Reads the 8 bytes of RAM at `gpa`, a multiple of 8, as a
+    /// little-endian `u64` (`None`: not RAM): what [`GuestRam::read`] of
+    /// those 8 bytes gives, which is the default implementation.
+    ///
+    /// The page walker reads its 64-bit paging-structure entries with it,
+    /// and the [`FetchCache`](crate::FetchCache) reads them again on every
+    /// use of a cached translation. An implementation can override it to
+    /// return the value without the round trip through a byte buffer
+    /// (`nvmm`'s guest RAM assembles its byte loads in a register); it
+    /// must read the same bytes with the same accesses as `read` would.
+    #[inline]
+    fn read_aligned_u64(&mut self, gpa: u64) -> Result<Option<u64>, BusError> {
+        let mut buf = [0u8; 8];
+        Ok(match self.read(gpa, &mut buf)? {
+            RamStatus::Done => Some(u64::from_le_bytes(buf)),
+            RamStatus::NotRam => None,
+        })
+    }
     /// Replaces `expected` with `new` at `gpa` if memory holds `expected`
     /// (same length, at most 16 bytes). Used for locked read-modify-write
     /// instructions and for the accessed/dirty bits of guest page-table
@@ -151,6 +169,9 @@ impl<T: GuestRam + ?Sized> GuestRam for &mut T {
     }
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<RamStatus, BusError> {
         (**self).write(gpa, data)
+    }
+    fn read_aligned_u64(&mut self, gpa: u64) -> Result<Option<u64>, BusError> {
+        (**self).read_aligned_u64(gpa)
     }
     fn compare_and_write(
         &mut self,

@@ -77,13 +77,12 @@ struct Key {
     cr3: u64,
     cr4: u64,
     efer: u64,
-    /// RFLAGS.VM alone (part of the control-state check of every walk).
-    vm: u64,
     cs_base: u64,
     /// CS limit (bits 31:0), CS attributes (47:32), the CPL (55:48) and
     /// MAXPHYADDR (63:56), compared at once.
     packed: u64,
-    /// The linear page (address >> 12).
+    /// The linear page (address >> 12, below 2^52) and RFLAGS.VM (part
+    /// of the control-state check of every walk) in bit 63.
     page: u64,
 }
 
@@ -103,13 +102,12 @@ impl Key {
             cr3: state.cr3(),
             cr4: state.cr4(),
             efer: state.efer(),
-            vm: state.rflags() & RFLAGS_VM,
             cs_base: cs.base,
             packed: u64::from(cs.limit)
                 | u64::from(cs.attributes.0) << 32
                 | u64::from(state.cpl()) << 48
                 | u64::from(state.max_phys_addr()) << 56,
-            page: linear >> 12,
+            page: linear >> 12 | (state.rflags() & RFLAGS_VM) << (63 - 17),
         }
     }
 
@@ -121,7 +119,6 @@ impl Key {
             | (self.cr3 ^ other.cr3)
             | (self.cr4 ^ other.cr4)
             | (self.efer ^ other.efer)
-            | (self.vm ^ other.vm)
             | (self.cs_base ^ other.cs_base)
             | (self.packed ^ other.packed)
             | (self.page ^ other.page))
@@ -130,7 +127,8 @@ impl Key {
 }
 
 /// Whether every entry of `walk` still holds its recorded value, reading
-/// them top level first as the walk does, each with one fixed-size read.
+/// them top level first as the walk does, each with one fixed-size read
+/// ([`GuestRam::read_aligned_u64`] for 8-byte entries).
 ///
 /// A read that fails is the walk's own result: the entries above it held
 /// their recorded values, so a full walk would take the same path and read
@@ -141,14 +139,19 @@ pub(crate) fn still_holds<R: GuestRam + ?Sized>(
     ram: &mut R,
     walk: &WalkRecord,
 ) -> Result<bool, Error> {
-    let used = walk.entries.get(..walk.count).unwrap_or(&[]);
+    let used = walk.entries.iter().take(walk.count);
     if walk.wide {
-        for &(gpa, value) in used {
-            let mut buf = [0u8; 8];
-            if ram.read(gpa, &mut buf)? != RamStatus::Done {
-                return Err(Error::PageTableNotRam { gpa });
-            }
-            if u64::from_le_bytes(buf) != value {
+        // A 4 KiB page under 4-level paging, the usual case: the four
+        // entries in a row, without a count check between them (`&&`
+        // stops at the first that changed, as the loop does).
+        if let (4, [top, second, third, leaf, _]) = (walk.count, &walk.entries) {
+            return Ok(holds_u64(ram, top)?
+                && holds_u64(ram, second)?
+                && holds_u64(ram, third)?
+                && holds_u64(ram, leaf)?);
+        }
+        for entry in used {
+            if !holds_u64(ram, entry)? {
                 return Ok(false);
             }
         }
@@ -166,8 +169,19 @@ pub(crate) fn still_holds<R: GuestRam + ?Sized>(
     Ok(true)
 }
 
+/// Whether the 8-byte entry `(gpa, value)` still holds `value` (see
+/// [`still_holds`]).
+#[inline(always)]
+fn holds_u64<R: GuestRam + ?Sized>(ram: &mut R, &(gpa, value): &(u64, u64)) -> Result<bool, Error> {
+    match ram.read_aligned_u64(gpa)? {
+        Some(now) => Ok(now == value),
+        None => Err(Error::PageTableNotRam { gpa }),
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Cached {
+    /// [`EMPTY_PAGE`] as `key.page` for an empty slot.
     key: Key,
     /// The guest-physical page (address >> 12).
     gpa_page: u64,
@@ -176,6 +190,29 @@ struct Cached {
     walk: WalkRecord,
 }
 
+/// The `page` key of an empty slot, which no key has (linear pages are
+/// below 2^52), so that an empty slot never matches and a lookup needs no
+/// separate emptiness test.
+const EMPTY_PAGE: u64 = u64::MAX;
+
+const EMPTY: Cached = Cached {
+    key: Key {
+        cr0: 0,
+        cr3: 0,
+        cr4: 0,
+        efer: 0,
+        cs_base: 0,
+        packed: 0,
+        page: EMPTY_PAGE,
+    },
+    gpa_page: 0,
+    walk: WalkRecord {
+        entries: [(0, 0); 5],
+        count: 0,
+        wide: false,
+    },
+};
+
 /// How many translations a [`FetchCache`] keeps: two, so that an
 /// instruction that straddles a page edge, or code that exits from two
 /// pages in turn, does not walk on every exit.
@@ -183,9 +220,9 @@ const SLOTS: usize = 2;
 
 /// The last instruction-fetch and data translations of one VCPU,
 /// re-validated before every use (see the [module documentation](self)).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct FetchCache {
-    slots: [Option<Cached>; SLOTS],
+    slots: [Cached; SLOTS],
     /// The data translations.
     data: DataSlots,
     /// The slot a miss fills next: the one not filled last (a hit leaves
@@ -195,11 +232,17 @@ pub struct FetchCache {
     misses: u64,
 }
 
+impl Default for FetchCache {
+    fn default() -> FetchCache {
+        FetchCache::new()
+    }
+}
+
 impl FetchCache {
     /// An empty cache.
     pub const fn new() -> FetchCache {
         FetchCache {
-            slots: [None, None],
+            slots: [EMPTY; SLOTS],
             data: DataSlots::new(),
             victim: 0,
             hits: 0,
@@ -209,7 +252,7 @@ impl FetchCache {
 
     /// Forgets the cached translations.
     pub fn clear(&mut self) {
-        self.slots = [None, None];
+        self.slots = [EMPTY; SLOTS];
         self.victim = 0;
         self.data.clear();
     }
@@ -218,9 +261,9 @@ impl FetchCache {
     #[inline(always)]
     fn find(&self, key: &Key) -> Option<usize> {
         let [a, b] = &self.slots;
-        if a.as_ref().is_some_and(|c| c.key.same_as(key)) {
+        if a.key.same_as(key) {
             Some(0)
-        } else if b.as_ref().is_some_and(|c| c.key.same_as(key)) {
+        } else if b.key.same_as(key) {
             Some(1)
         } else {
             None
@@ -312,12 +355,21 @@ impl FetchCache {
             (linear, page_room.min(limit + 1 - offset))
         };
         let key = Key::with_cs(state, cs, linear);
-        let Some(gpa_page) = self.validated(ram, &key)? else {
+        let [a, b] = &self.slots;
+        let c = if a.key.same_as(&key) {
+            a
+        } else if b.key.same_as(&key) {
+            b
+        } else {
             return Ok(None);
         };
+        if !still_holds(ram, &c.walk)? {
+            return Ok(None);
+        }
+        let gpa = (c.gpa_page << 12) | (linear & (PAGE_SIZE - 1));
+        self.hits += 1;
         // room >= 1; 15 at most.
-        let want = room.min(15) as usize;
-        Ok(Some(((gpa_page << 12) | (linear & (PAGE_SIZE - 1)), want)))
+        Ok(Some((gpa, room.min(15) as usize)))
     }
 
     /// The guest-physical page of the slot holding `key`, if its entries
@@ -328,9 +380,8 @@ impl FetchCache {
         ram: &mut R,
         key: &Key,
     ) -> Result<Option<u64>, Error> {
-        let c = match &self.slots {
-            [Some(c), _] | [_, Some(c)] if c.key.same_as(key) => c,
-            _ => return Ok(None),
+        let Some(c) = self.find(key).and_then(|i| self.slots.get(i)) else {
+            return Ok(None);
         };
         if !still_holds(ram, &c.walk)? {
             return Ok(None);
@@ -393,15 +444,12 @@ impl FetchCache {
         self.misses += 1;
         let i = self.find(&key).unwrap_or(self.victim) & 1;
         self.victim = i ^ 1;
-        let Some(entry) = self.slots.get_mut(i) else {
+        let Some(slot) = self.slots.get_mut(i) else {
             return Err(Error::InconsistentExit);
         };
-        // The walk records its entries straight into the cache's slot.
-        let slot = entry.insert(Cached {
-            key,
-            gpa_page: 0,
-            walk: WalkRecord::default(),
-        });
+        // The walk records its entries straight into the cache's slot,
+        // which is empty (its page matches nothing) until the walk succeeds.
+        *slot = EMPTY;
         let result = translate_recorded(
             state,
             ram,
@@ -409,10 +457,12 @@ impl FetchCache {
             AccessType::Execute,
             Some(&mut slot.walk),
         );
-        match result {
-            // A walk with paging on reads one entry at least.
-            Ok(gpa) if slot.walk.count > 0 => slot.gpa_page = gpa >> 12,
-            _ => *entry = None,
+        // A walk with paging on reads one entry at least.
+        if let Ok(gpa) = result
+            && slot.walk.count > 0
+        {
+            slot.key = key;
+            slot.gpa_page = gpa >> 12;
         }
         result
     }

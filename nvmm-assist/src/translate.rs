@@ -356,17 +356,16 @@ fn page_fault<S: CpuState + ?Sized>(
 
 /// Reads one entry of `wide` (8) or 4 bytes at `gpa`.
 fn read_entry<R: GuestRam + ?Sized>(ram: &mut R, gpa: u64, wide: bool) -> Result<u64, Error> {
-    // Fixed-size buffers: a RAM implementation inlined here copies the
+    if wide {
+        return ram
+            .read_aligned_u64(gpa)?
+            .ok_or(Error::PageTableNotRam { gpa });
+    }
+    // A fixed-size buffer: a RAM implementation inlined here copies the
     // entry with one load instead of a variable-length copy.
-    let (status, value) = if wide {
-        let mut buf = [0u8; 8];
-        (ram.read(gpa, &mut buf)?, u64::from_le_bytes(buf))
-    } else {
-        let mut buf = [0u8; 4];
-        (ram.read(gpa, &mut buf)?, u64::from(u32::from_le_bytes(buf)))
-    };
-    match status {
-        RamStatus::Done => Ok(value),
+    let mut buf = [0u8; 4];
+    match ram.read(gpa, &mut buf)? {
+        RamStatus::Done => Ok(u64::from(u32::from_le_bytes(buf))),
         RamStatus::NotRam => Err(Error::PageTableNotRam { gpa }),
     }
 }

@@ -407,6 +407,17 @@ impl GuestRam for VcpuRam {
         Ok(RamStatus::Done)
     }
 
+    /// The page walker's and the fetch cache's entry reads: the byte loads
+    /// of `read`, assembled in a register.
+    #[inline(always)]
+    fn read_aligned_u64(&mut self, gpa: u64) -> std::result::Result<Option<u64>, BusError> {
+        let Some(src) = self.host_range(gpa, 8, Prot::READ) else {
+            return Ok(None);
+        };
+        // SAFETY: as in `read`, for `src..src+8`.
+        Ok(Some(unsafe { guest_ram::read_u64(src) }))
+    }
+
     #[inline(always)]
     fn write(&mut self, gpa: u64, data: &[u8]) -> std::result::Result<RamStatus, BusError> {
         let Some(dst) = self.host_range(gpa, data.len(), Prot::WRITE) else {

@@ -80,6 +80,26 @@ pub(crate) unsafe fn read(src: NonNull<u8>, buf: &mut [u8]) {
     }
 }
 
+/// Reads the 8 bytes of guest RAM at `src` as a little-endian `u64`: the
+/// relaxed byte loads of [`read()`], assembled in a register rather than
+/// through a buffer (whose byte stores a wide reload could not forward
+/// from).
+///
+/// # Safety
+///
+/// As for [`read()`], for `src..src+8`.
+#[inline]
+pub(crate) unsafe fn read_u64(src: NonNull<u8>) -> u64 {
+    let mut value = 0;
+    for i in 0..8 {
+        // SAFETY: `i < 8`, so `src + i` is inside the range the caller
+        // vouches for.
+        let b = unsafe { byte(src.add(i)) }.load(Ordering::Relaxed);
+        value |= u64::from(b) << (8 * i);
+    }
+    value
+}
+
 /// Copies `data` into guest RAM at `dst`.
 ///
 /// # Safety
@@ -181,6 +201,19 @@ mod tests {
         // SAFETY: as above.
         unsafe { read(p, &mut out) };
         assert_eq!(out, [1, 2, 3]);
+    }
+
+    #[test]
+    fn read_u64_is_the_little_endian_read() {
+        let mut mem = [0u8; 16];
+        let p = cell(&mut mem);
+        let bytes = [0x01, 0x23, 0x45, 0x67, 0x89, 0xAB, 0xCD, 0xEF];
+        // SAFETY: `mem` is ours and only accessed through `p` here.
+        unsafe {
+            write(p.add(8), &bytes);
+            assert_eq!(read_u64(p.add(8)), u64::from_le_bytes(bytes));
+            assert_eq!(read_u64(p), 0);
+        }
     }
 
     #[test]

@@ -34,6 +34,12 @@ impl GuestRam for FlatRam {
             None => Ok(RamStatus::NotRam),
         }
     }
+    fn read_aligned_u64(&mut self, gpa: u64) -> Result<Option<u64>, BusError> {
+        Ok(self
+            .range(gpa, 8)
+            .and_then(|r| self.mem.get(r)?.try_into().ok())
+            .map(u64::from_le_bytes))
+    }
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<RamStatus, BusError> {
         match self.range(gpa, data.len()) {
             Some(r) => {
