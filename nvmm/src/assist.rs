@@ -516,7 +516,17 @@ impl Vcpu {
         };
         let mut state = CommState::new(parts.page, parts.vendor);
         let mut ram = AreaRam::new(parts.machine, parts.guest_ranges);
-        let result = nvmm_assist::assist_io(&mut state, &mut ram, mmio, ports, &exit);
+        // INS/OUTS translate their memory operand through this VCPU's
+        // fetch cache (re-validated on every use, exact); IN/OUT do not
+        // touch it.
+        let result = nvmm_assist::assist_io_cached(
+            &mut state,
+            &mut ram,
+            mmio,
+            ports,
+            &exit,
+            parts.fetch_cache,
+        );
         match result {
             Ok(outcome) => {
                 state.mark_gprs();
