@@ -785,8 +785,10 @@ fn thirty_two_bit_register_writes_outside_64_bit_mode_match_kvm_and_this_cpu() {
     const SRC: u64 = kvm_modes::RAMWIN.0;
     const DST: u64 = kvm_modes::RAMWIN.0 + 0x100;
     const HIGH_AX: u64 = 0xDEAD_BEEF_0000_0000;
-    // (bytes, what it is, and for port I/O: input, string, operand size)
-    let cases: [(&[u8], &str, Option<(bool, bool, u8)>); 7] = [
+    // For port I/O: input, string, operand size.
+    type Port = Option<(bool, bool, u8)>;
+    // (bytes, what it is, port I/O)
+    let cases: [(&[u8], &str, Port); 7] = [
         (&[0x89, 0xC0], "mov eax, eax", None),
         (&[0xF3, 0xA4], "rep movsb", None),
         (&[0xED], "in eax, dx", Some((true, false, 4))),
