@@ -156,7 +156,9 @@ fn cached_string_io_matches_the_uncached_assist_under_page_table_changes() {
     let mut cached = (regs0.clone(), ram0.clone());
     let mut plain = (regs0, ram0);
     let (mut calls, mut faults) = (0u32, 0u32);
-    for round in 0..3000 {
+    // Fewer in debug builds (the CI runs both).
+    let rounds = if cfg!(debug_assertions) { 1000 } else { 3000 };
+    for round in 0..rounds {
         // Rewrite the data page's entry (in both copies) between exits.
         if rng.below(3) == 0 {
             let frame = match rng.below(5) {
@@ -224,11 +226,13 @@ fn cached_string_io_matches_the_uncached_assist_under_page_table_changes() {
         calls += 1;
         faults += u32::from(c.is_err());
     }
-    assert!(faults > 100 && faults < calls / 2, "{faults} of {calls}");
     assert!(
-        cache.data_hits() > 500 && cache.data_misses() > 500,
-        "hits {} misses {}",
-        cache.data_hits(),
-        cache.data_misses()
+        faults > calls / 30 && faults < calls / 2,
+        "{faults} of {calls}"
+    );
+    let (hits, misses) = (cache.data_hits(), cache.data_misses());
+    assert!(
+        hits > u64::from(calls) / 6 && misses > u64::from(calls) / 6,
+        "hits {hits} misses {misses}"
     );
 }
