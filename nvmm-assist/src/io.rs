@@ -307,9 +307,9 @@ pub(crate) fn reverse_elements(data: &mut [u8], size: usize) {
 
 /// INS and OUTS, one bounded batch.
 ///
-/// Out of line: its 4 KiB batch buffer would otherwise be part of
-/// [`assist_io`]'s frame, and every plain IN/OUT would pay a stack probe
-/// and touch that page.
+/// Out of line (as `string_assist`, its only caller): its 4 KiB batch
+/// buffer must never reach the frame of the inlined plain IN/OUT path,
+/// which would then pay a stack probe and touch that page on every call.
 #[inline(never)]
 fn string_io<
     S: CpuState + ?Sized,
