@@ -305,12 +305,9 @@ pub(crate) fn reverse_elements(data: &mut [u8], size: usize) {
     }
 }
 
-/// INS and OUTS, one bounded batch.
-///
-/// Out of line (as `string_assist`, its only caller): its 4 KiB batch
-/// buffer must never reach the frame of the inlined plain IN/OUT path,
-/// which would then pay a stack probe and touch that page on every call.
-#[inline(never)]
+/// INS and OUTS, one bounded batch (called by `string_assist`, which is
+/// out of line: no batch buffer reaches the frame of the inlined plain
+/// IN/OUT path).
 fn string_io<
     S: CpuState + ?Sized,
     R: GuestRam + ?Sized,
@@ -385,7 +382,12 @@ fn string_io<
             offset
         }
     };
-    if linear_address(&*state, mode, seg, low_offset(n), n * size64, access).is_err() {
+    // One element was checked above; a linear address does not depend on
+    // the checked length, so the batch's lowest one is known without a
+    // second check when it starts at the first element.
+    let whole_batch_ok =
+        n == 1 || linear_address(&*state, mode, seg, low_offset(n), n * size64, access).is_ok();
+    if !whole_batch_ok {
         let mut ok = 1;
         while ok < n {
             let elem = if backwards {
@@ -400,7 +402,11 @@ fn string_io<
         }
         n = ok;
     }
-    let low_linear = linear_address(&*state, mode, seg, low_offset(n), n * size64, access)?;
+    let low_linear = if n == 1 || whole_batch_ok && !backwards {
+        first_linear
+    } else {
+        linear_address(&*state, mode, seg, low_offset(n), n * size64, access)?
+    };
     // n * size <= IO_BATCH_BYTES.
     let total = (n * size64) as usize;
     let range = match cache {
@@ -408,50 +414,21 @@ fn string_io<
         None => resolve(&*state, ram, low_linear, total, access)?,
     };
 
-    let mut buf = [0u8; IO_BATCH_BYTES];
-    let data = buf.get_mut(..total).ok_or(Error::InconsistentExit)?;
-    // The batch goes to the device in iteration order (descending
-    // addresses for DF=1); `data` holds it in memory order.
-    let (done, port_error) = if exit.input {
-        let (done, port_error) = batch_result(ports.read_batch(exit.port, size, data), n);
-        if done == 0
-            && let Some(e) = port_error
-        {
-            return Err(e.into());
-        }
-        // The completed iterations' elements, into memory order: all of the
-        // batch, or (on a port error, n > 1 so within one page) the first
-        // `done` iterations, which lie at the low end for DF=0 and the high
-        // end for DF=1.
-        let bytes = (done * size64) as usize;
-        let part = data.get_mut(..bytes).ok_or(Error::InconsistentExit)?;
-        if backwards {
-            reverse_elements(part, size);
-        }
-        if done == n {
-            write_phys(ram, mmio, &range, part)?;
-        } else {
-            let lo = if backwards { (n - done) * size64 } else { 0 };
-            let (gpa, _) = range.parts[0];
-            let sub = PhysRange {
-                parts: [(gpa + lo, bytes), (0, 0)],
-                count: 1,
-            };
-            write_phys(ram, mmio, &sub, part)?;
-        }
-        (done, port_error)
+    let batch = Batch {
+        exit,
+        range: &range,
+        n,
+        size,
+        backwards,
+    };
+    // A buffer of the batch's size class: zeroing the whole 4 KiB one costs
+    // a single-element OUTS most of its time.
+    let (done, port_error) = if total <= SMALL_BATCH_BYTES {
+        let mut buf = [0u8; SMALL_BATCH_BYTES];
+        let data = buf.get_mut(..total).ok_or(Error::InconsistentExit)?;
+        batch.transfer(ram, mmio, ports, data)?
     } else {
-        read_phys(ram, mmio, &range, data)?;
-        if backwards {
-            reverse_elements(data, size);
-        }
-        let (done, port_error) = batch_result(ports.write_batch(exit.port, size, data), n);
-        if done == 0
-            && let Some(e) = port_error
-        {
-            return Err(e.into());
-        }
-        (done, port_error)
+        batch.transfer_large(ram, mmio, ports, total)?
     };
 
     // Commit the completed iterations.
@@ -475,4 +452,100 @@ fn string_io<
     }
     state.set_rip(exit.npc);
     Ok(Outcome::Done)
+}
+
+/// The batch buffer of a small batch (a single element, a short REP, an
+/// ATA sector of 512 bytes).
+const SMALL_BATCH_BYTES: usize = 512;
+
+/// One checked and translated batch of INS/OUTS: `n` elements of `size`
+/// bytes at `range`, in descending addresses when `backwards`.
+struct Batch<'a> {
+    exit: &'a IoExit,
+    range: &'a PhysRange,
+    n: u64,
+    size: usize,
+    backwards: bool,
+}
+
+impl Batch<'_> {
+    /// [`Batch::transfer`] with a 4 KiB buffer, out of line so that the
+    /// small batches' frame does not carry it.
+    #[inline(never)]
+    fn transfer_large<R: GuestRam + ?Sized, M: MmioBus + ?Sized, P: PortIo + ?Sized>(
+        &self,
+        ram: &mut R,
+        mmio: &mut M,
+        ports: &mut P,
+        total: usize,
+    ) -> Result<(u64, Option<BusError>), Error> {
+        let mut buf = [0u8; IO_BATCH_BYTES];
+        let data = buf.get_mut(..total).ok_or(Error::InconsistentExit)?;
+        self.transfer(ram, mmio, ports, data)
+    }
+
+    /// Moves the batch between memory and the port through `data` (the
+    /// batch's size): the completed elements and the port error that
+    /// stopped it, if any. An error with no element done is returned as
+    /// the error.
+    #[inline(always)]
+    fn transfer<R: GuestRam + ?Sized, M: MmioBus + ?Sized, P: PortIo + ?Sized>(
+        &self,
+        ram: &mut R,
+        mmio: &mut M,
+        ports: &mut P,
+        data: &mut [u8],
+    ) -> Result<(u64, Option<BusError>), Error> {
+        let Batch {
+            exit,
+            range,
+            n,
+            size,
+            backwards,
+        } = *self;
+        let size64 = size as u64;
+        // The batch goes to the device in iteration order (descending
+        // addresses for DF=1); `data` holds it in memory order.
+        if exit.input {
+            let (done, port_error) = batch_result(ports.read_batch(exit.port, size, data), n);
+            if done == 0
+                && let Some(e) = port_error
+            {
+                return Err(e.into());
+            }
+            // The completed iterations' elements, into memory order: all of
+            // the batch, or (on a port error, n > 1 so within one page) the
+            // first `done` iterations, which lie at the low end for DF=0 and
+            // the high end for DF=1.
+            let bytes = (done * size64) as usize;
+            let part = data.get_mut(..bytes).ok_or(Error::InconsistentExit)?;
+            if backwards {
+                reverse_elements(part, size);
+            }
+            if done == n {
+                write_phys(ram, mmio, range, part)?;
+            } else {
+                let lo = if backwards { (n - done) * size64 } else { 0 };
+                let (gpa, _) = range.parts[0];
+                let sub = PhysRange {
+                    parts: [(gpa + lo, bytes), (0, 0)],
+                    count: 1,
+                };
+                write_phys(ram, mmio, &sub, part)?;
+            }
+            Ok((done, port_error))
+        } else {
+            read_phys(ram, mmio, range, data)?;
+            if backwards {
+                reverse_elements(data, size);
+            }
+            let (done, port_error) = batch_result(ports.write_batch(exit.port, size, data), n);
+            if done == 0
+                && let Some(e) = port_error
+            {
+                return Err(e.into());
+            }
+            Ok((done, port_error))
+        }
+    }
 }

@@ -285,6 +285,52 @@ fn test11_outsw_rep() {
     rep_outs(2, 8, b"Ah, Herr Bramard");
 }
 
+/// Batches on both sides of the small batch buffer (512 bytes) and at
+/// the full page, in both directions: every byte reaches the port or RAM
+/// in order.
+#[test]
+fn rep_ins_and_outs_around_the_batch_buffer_sizes() {
+    for bytes in [511usize, 512, 513, 1024, 4096] {
+        let data: Vec<u8> = (0..bytes).map(|i| (i * 7 + 3) as u8).collect();
+        for size in [1u8, 4] {
+            if bytes % usize::from(size) != 0 {
+                continue;
+            }
+            let count = (bytes / usize::from(size)) as u64;
+            rep_ins(size, count, &data);
+            rep_outs(size, count, &data);
+        }
+        // DF = 1, OUTS from the end of a page down, with the port failing
+        // at the last element: all the others are committed.
+        let (mut regs, mut ram) = env64();
+        ram.put(0x2000 - bytes as u64, &data);
+        let mut ports = RecordingPorts {
+            fail_at: Some(bytes - 1),
+            ..Default::default()
+        };
+        let mut mmio = RecordingMmio::default();
+        regs.rflags |= 1 << 10;
+        regs.gprs[Gpr::Rsi as usize] = 0x1FFF;
+        regs.gprs[Gpr::Rcx as usize] = bytes as u64;
+        assert_eq!(
+            assist_io(
+                &mut regs,
+                &mut ram,
+                &mut mmio,
+                &mut ports,
+                &exit(false, 1, true, true)
+            ),
+            Ok(Outcome::Resume),
+            "{bytes} bytes"
+        );
+        let mut want = data[1..].to_vec();
+        want.reverse();
+        assert_eq!(ports.output, want, "{bytes} bytes");
+        assert_eq!(regs.gprs[Gpr::Rcx as usize], 1);
+        assert_eq!(regs.gprs[Gpr::Rsi as usize], 0x1FFF - (bytes as u64 - 1));
+    }
+}
+
 #[test]
 fn test12_outsl_rep() {
     rep_outs(4, 7, b"123456789abcdefghijklmnopqrs");
