@@ -188,7 +188,8 @@ fn plain_io<S: CpuState + ?Sized, P: PortIo + ?Sized>(
     exit: &IoExit,
 ) -> Result<Outcome, Error> {
     // The same refusal of an impossible control state as every assist. The
-    // mode itself is not needed: its computation is dead code here.
+    // mode itself is not needed: where the state's reads are plain loads
+    // the compiler drops its computation.
     CpuMode::try_of(&*state)?;
     let rflags = state.rflags();
     let rax = state.gpr(Gpr::Rax);
