@@ -3,17 +3,27 @@
 //! Semantics (Intel SDM vol. 2 "IN", "INS", "OUT", "OUTS", "REP"; vol. 1
 //! ch. 19; AMD APM vol. 3):
 //! - `IN`/`OUT` move 1, 2 or 4 bytes between the port and AL/AX/EAX. An
-//!   `IN` of 4 bytes is a 32-bit register write, which zero-extends into RAX
-//!   in 64-bit mode; 1- and 2-byte `IN`s keep the rest of RAX. Outside
-//!   64-bit mode the upper half of RAX is kept (it is not visible there).
+//!   `IN` of 4 bytes is a 32-bit register write, which zero-extends into
+//!   RAX; 1- and 2-byte `IN`s keep the rest of RAX.
 //! - `INS` writes to ES:rDI (ES cannot be overridden, whatever the exit
 //!   says); `OUTS` reads from seg:rSI where seg is the exit's segment, or,
 //!   when the exit has none (SVM without DecodeAssists), the last segment
 //!   override prefix of the instruction at CS:RIP, default DS.
 //! - rSI/rDI/rCX are used and updated at the exit's address size: 16-bit
-//!   updates keep bits 63:16, 32-bit updates keep bits 63:32 outside 64-bit
-//!   mode and clear them in 64-bit mode (a 32-bit register write). Offsets
-//!   wrap at the address size.
+//!   updates keep bits 63:16, 32-bit updates clear bits 63:32 (a 32-bit
+//!   register write). Offsets wrap at the address size.
+//! - A 32-bit register write zero-extends in every mode, as in the
+//!   executors of the memory assist ([`crate::vendor`] row 2). The manuals
+//!   define it in 64-bit mode (SDM vol. 1 §3.4.1.1, APM vol. 1 §3.1.2.3)
+//!   and leave bits 63:32 undefined outside it, where the guest cannot
+//!   read them. KVM's port-I/O completion (`complete_fast_pio_in`) and its
+//!   string emulation (`assign_register`) zero-extend in every mode, and
+//!   libnvmm clears RAX\[63:32\] after every 4-byte IN. On this project's
+//!   AMD host the CPU itself clears them in 32-bit protected and
+//!   compatibility mode (`mov eax, eax`, a32 `rep movsb`), and KVM and
+//!   the assist agree on IN and a32 INS/OUTS there
+//!   (`tests/oracle_kvm.rs`, `thirty_two_bit_register_writes_*`); not
+//!   measured on Intel.
 //! - With REP and rCX = 0 nothing is accessed and RIP moves to `npc`.
 //! - RFLAGS.RF is cleared on [`Outcome::Done`] and set on [`Outcome::Resume`],
 //!   as the memory assist does.
@@ -36,7 +46,9 @@
 //!   leaves every register unchanged.
 
 use crate::Outcome;
-use crate::access::{AccessType, PAGE_SIZE, PhysRange, fetch, read_phys, resolve, write_phys};
+use crate::access::{
+    AccessType, PAGE_SIZE, PhysRange, fetch, read_phys, resolve, resolve_cached, write_phys,
+};
 use crate::bus::{BusError, GuestRam, MmioBus, PartialBatch, PortIo};
 use crate::error::Error;
 use crate::fetch_cache::FetchCache;
@@ -80,6 +92,13 @@ pub struct IoExit {
 /// fetching the prefixes), a bus error from a callback, or
 /// [`Error::InconsistentExit`] when the exit data is impossible (sizes, or
 /// an OUTS exit whose instruction is not OUTS).
+///
+/// INS and OUTS translate their memory operand with a full page walk on
+/// every call; [`assist_io_cached`] takes the VCPU's [`FetchCache`] instead.
+// Inlined: a plain IN/OUT is a handful of loads and stores around the
+// device call, less than a call and the return of the `Result` through
+// memory; the string path stays out of line.
+#[inline]
 pub fn assist_io<
     S: CpuState + ?Sized,
     R: GuestRam + ?Sized,
@@ -92,15 +111,59 @@ pub fn assist_io<
     ports: &mut P,
     exit: &IoExit,
 ) -> Result<Outcome, Error> {
-    let size = usize::from(exit.operand_size);
-    if !matches!(size, 1 | 2 | 4) {
+    if exit.string {
+        return string_assist(state, ram, mmio, ports, exit, None);
+    }
+    plain_io(state, ports, exit)
+}
+
+/// [`assist_io`] with the VCPU's [`FetchCache`]: INS and OUTS translate
+/// their memory operand through its data translations
+/// ([`FetchCache::translate_data`], exact: every entry of a cached walk is
+/// re-read and the control state compared before it is used), and an OUTS
+/// without a segment in the exit fetches its prefixes through its code
+/// translations. IN and OUT do not use it. Keep one cache per VCPU (the
+/// same one [`assist_mem_cached`](crate::assist_mem_cached) takes).
+#[inline]
+pub fn assist_io_cached<
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+    P: PortIo + ?Sized,
+>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    ports: &mut P,
+    exit: &IoExit,
+    cache: &mut FetchCache,
+) -> Result<Outcome, Error> {
+    if exit.string {
+        return string_assist(state, ram, mmio, ports, exit, Some(cache));
+    }
+    plain_io(state, ports, exit)
+}
+
+/// INS and OUTS: the checks, one batch, and RFLAGS.RF.
+#[inline(never)]
+fn string_assist<
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+    P: PortIo + ?Sized,
+>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    ports: &mut P,
+    exit: &IoExit,
+    cache: Option<&mut FetchCache>,
+) -> Result<Outcome, Error> {
+    if !matches!(exit.operand_size, 1 | 2 | 4) {
         return Err(Error::InconsistentExit);
     }
-    if !exit.string {
-        return plain_io(state, ports, exit);
-    }
     let mode = CpuMode::try_of(&*state)?;
-    let outcome = string_io(state, mode, ram, mmio, ports, exit, size)?;
+    let outcome = string_io(state, mode, ram, mmio, ports, exit, cache)?;
     // The same RF rule as the memory assist: a completed instruction clears
     // RFLAGS.RF; a REP batch that leaves iterations sets it, as when an
     // interrupt arrives between iterations, so an instruction breakpoint at
@@ -115,18 +178,24 @@ pub fn assist_io<
 
 /// IN and OUT: the fast path of the port assist (the most frequent exit of
 /// a guest that drives a UART, PIC, PIT or PCI configuration space). One
-/// port access of a fixed size, no memory operand, no decoding: the mode
-/// matters only for the zero-extension of a 4-byte IN.
+/// port access of a fixed size, no memory operand, no decoding, and nothing
+/// that depends on the mode: a 4-byte IN zero-extends into RAX in every
+/// mode (see the module documentation).
+#[inline(always)]
 fn plain_io<S: CpuState + ?Sized, P: PortIo + ?Sized>(
     state: &mut S,
     ports: &mut P,
     exit: &IoExit,
 ) -> Result<Outcome, Error> {
-    // The same refusal of an impossible control state as every assist.
-    let mode = CpuMode::try_of(&*state)?;
+    // The same refusal of an impossible control state as every assist. The
+    // mode itself is not needed: where the state's reads are plain loads
+    // the compiler drops its computation.
+    CpuMode::try_of(&*state)?;
     let rflags = state.rflags();
     let rax = state.gpr(Gpr::Rax);
     let port = exit.port;
+    // The size is checked where it is dispatched on, before any port
+    // access: an impossible one is refused with nothing done.
     if exit.input {
         let mut buf = [0u8; 4];
         let new = match exit.operand_size {
@@ -138,17 +207,12 @@ fn plain_io<S: CpuState + ?Sized, P: PortIo + ?Sized>(
                 ports.read(port, &mut buf[..2])?;
                 (rax & !0xFFFF) | u64::from(u16::from_le_bytes([buf[0], buf[1]]))
             }
-            _ => {
+            4 => {
+                // A 32-bit register write: zero-extended into RAX.
                 ports.read(port, &mut buf)?;
-                let value = u64::from(u32::from_le_bytes(buf));
-                // A 32-bit register write zero-extends in 64-bit mode;
-                // elsewhere bits 63:32 stay.
-                if mode.is_64bit() {
-                    value
-                } else {
-                    (rax & !0xFFFF_FFFF) | value
-                }
+                u64::from(u32::from_le_bytes(buf))
             }
+            _ => return Err(Error::InconsistentExit),
         };
         state.set_gpr(Gpr::Rax, new);
     } else {
@@ -156,7 +220,8 @@ fn plain_io<S: CpuState + ?Sized, P: PortIo + ?Sized>(
         match exit.operand_size {
             1 => ports.write(port, &data[..1])?,
             2 => ports.write(port, &data[..2])?,
-            _ => ports.write(port, &data[..4])?,
+            4 => ports.write(port, &data[..4])?,
+            _ => return Err(Error::InconsistentExit),
         }
     }
     state.set_rip(exit.npc);
@@ -178,12 +243,12 @@ fn address_mask(address_size: u8) -> Option<u64> {
 }
 
 /// `old` with its low `address_size` bytes replaced by `new`, as a register
-/// write of that size does (a 32-bit write zero-extends in 64-bit mode).
-pub(crate) fn write_sized(old: u64, new: u64, address_size: u8, mode64: bool) -> u64 {
+/// write of that size does: a 16-bit write keeps bits 63:16, a 32-bit write
+/// zero-extends (in every mode, as the executors' register writes do).
+fn write_sized(old: u64, new: u64, address_size: u8) -> u64 {
     match address_size {
         2 => (old & !0xFFFF) | (new & 0xFFFF),
-        4 if mode64 => new & 0xFFFF_FFFF,
-        4 => (old & !0xFFFF_FFFF) | (new & 0xFFFF_FFFF),
+        4 => new & 0xFFFF_FFFF,
         _ => new,
     }
 }
@@ -196,12 +261,12 @@ fn outs_segment<S: CpuState + ?Sized, R: GuestRam + ?Sized, M: MmioBus + ?Sized>
     mode: CpuMode,
     ram: &mut R,
     mmio: &mut M,
+    cache: &mut FetchCache,
 ) -> Result<Segment, Error> {
     let mut bytes = [0u8; 15];
     let mut segment = Segment::Ds;
-    let mut cache = FetchCache::new();
     for i in 0..bytes.len() {
-        fetch(state, mode, ram, mmio, &mut cache, &mut bytes, i, i + 1)?;
+        fetch(state, mode, ram, mmio, cache, &mut bytes, i, i + 1)?;
         let b = bytes.get(i).copied().ok_or(Error::InconsistentExit)?;
         match b {
             0x26 => segment = Segment::Es,
@@ -241,12 +306,9 @@ pub(crate) fn reverse_elements(data: &mut [u8], size: usize) {
     }
 }
 
-/// INS and OUTS, one bounded batch.
-///
-/// Out of line: its 4 KiB batch buffer would otherwise be part of
-/// [`assist_io`]'s frame, and every plain IN/OUT would pay a stack probe
-/// and touch that page.
-#[inline(never)]
+/// INS and OUTS, one bounded batch (called by `string_assist`, which is
+/// out of line: no batch buffer reaches the frame of the inlined plain
+/// IN/OUT path).
 fn string_io<
     S: CpuState + ?Sized,
     R: GuestRam + ?Sized,
@@ -259,8 +321,10 @@ fn string_io<
     mmio: &mut M,
     ports: &mut P,
     exit: &IoExit,
-    size: usize,
+    mut cache: Option<&mut FetchCache>,
 ) -> Result<Outcome, Error> {
+    // 1, 2 or 4 (checked by the caller).
+    let size = usize::from(exit.operand_size);
     let amask = address_mask(exit.address_size).ok_or(Error::InconsistentExit)?;
     if exit.address_size == 8 && !mode.is_64bit() || exit.address_size == 2 && mode.is_64bit() {
         return Err(Error::InconsistentExit);
@@ -277,7 +341,10 @@ fn string_io<
     } else {
         let seg = match exit.segment {
             Some(s) => s,
-            None => outs_segment(&*state, mode, ram, mmio)?,
+            None => match cache.as_deref_mut() {
+                Some(cache) => outs_segment(&*state, mode, ram, mmio, cache)?,
+                None => outs_segment(&*state, mode, ram, mmio, &mut FetchCache::new())?,
+            },
         };
         (Gpr::Rsi, seg, AccessType::Read)
     };
@@ -316,7 +383,12 @@ fn string_io<
             offset
         }
     };
-    if linear_address(&*state, mode, seg, low_offset(n), n * size64, access).is_err() {
+    // One element was checked above; a linear address does not depend on
+    // the checked length, so the batch's lowest one is known without a
+    // second check when it starts at the first element.
+    let whole_batch_ok =
+        n == 1 || linear_address(&*state, mode, seg, low_offset(n), n * size64, access).is_ok();
+    if !whole_batch_ok {
         let mut ok = 1;
         while ok < n {
             let elem = if backwards {
@@ -331,55 +403,33 @@ fn string_io<
         }
         n = ok;
     }
-    let low_linear = linear_address(&*state, mode, seg, low_offset(n), n * size64, access)?;
+    let low_linear = if n == 1 || whole_batch_ok && !backwards {
+        first_linear
+    } else {
+        linear_address(&*state, mode, seg, low_offset(n), n * size64, access)?
+    };
     // n * size <= IO_BATCH_BYTES.
     let total = (n * size64) as usize;
-    let range = resolve(&*state, ram, low_linear, total, access)?;
+    let range = match cache {
+        Some(cache) => resolve_cached(&*state, ram, cache, low_linear, total, access)?,
+        None => resolve(&*state, ram, low_linear, total, access)?,
+    };
 
-    let mut buf = [0u8; IO_BATCH_BYTES];
-    let data = buf.get_mut(..total).ok_or(Error::InconsistentExit)?;
-    // The batch goes to the device in iteration order (descending
-    // addresses for DF=1); `data` holds it in memory order.
-    let (done, port_error) = if exit.input {
-        let (done, port_error) = batch_result(ports.read_batch(exit.port, size, data), n);
-        if done == 0
-            && let Some(e) = port_error
-        {
-            return Err(e.into());
-        }
-        // The completed iterations' elements, into memory order: all of the
-        // batch, or (on a port error, n > 1 so within one page) the first
-        // `done` iterations, which lie at the low end for DF=0 and the high
-        // end for DF=1.
-        let bytes = (done * size64) as usize;
-        let part = data.get_mut(..bytes).ok_or(Error::InconsistentExit)?;
-        if backwards {
-            reverse_elements(part, size);
-        }
-        if done == n {
-            write_phys(ram, mmio, &range, part)?;
-        } else {
-            let lo = if backwards { (n - done) * size64 } else { 0 };
-            let (gpa, _) = range.parts[0];
-            let sub = PhysRange {
-                parts: [(gpa + lo, bytes), (0, 0)],
-                count: 1,
-            };
-            write_phys(ram, mmio, &sub, part)?;
-        }
-        (done, port_error)
+    let batch = Batch {
+        exit,
+        range: &range,
+        n,
+        size,
+        backwards,
+    };
+    // A buffer of the batch's size class: zeroing the whole 4 KiB one costs
+    // a single-element OUTS most of its time.
+    let (done, port_error) = if total <= SMALL_BATCH_BYTES {
+        let mut buf = [0u8; SMALL_BATCH_BYTES];
+        let data = buf.get_mut(..total).ok_or(Error::InconsistentExit)?;
+        batch.transfer(ram, mmio, ports, data)?
     } else {
-        read_phys(ram, mmio, &range, data)?;
-        if backwards {
-            reverse_elements(data, size);
-        }
-        let (done, port_error) = batch_result(ports.write_batch(exit.port, size, data), n);
-        if done == 0
-            && let Some(e) = port_error
-        {
-            return Err(e.into());
-        }
-        (done, port_error)
+        batch.transfer_large(ram, mmio, ports, total)?
     };
 
     // Commit the completed iterations.
@@ -389,14 +439,10 @@ fn string_io<
     } else {
         offset.wrapping_add(moved)
     };
-    let mode64 = mode.is_64bit();
-    state.set_gpr(
-        reg,
-        write_sized(reg_value, new_offset, exit.address_size, mode64),
-    );
+    state.set_gpr(reg, write_sized(reg_value, new_offset, exit.address_size));
     if exit.rep {
         let left = count - done;
-        state.set_gpr(Gpr::Rcx, write_sized(rcx, left, exit.address_size, mode64));
+        state.set_gpr(Gpr::Rcx, write_sized(rcx, left, exit.address_size));
         if left != 0 {
             return Ok(Outcome::Resume);
         }
@@ -407,4 +453,100 @@ fn string_io<
     }
     state.set_rip(exit.npc);
     Ok(Outcome::Done)
+}
+
+/// The batch buffer of a small batch (a single element, a short REP, an
+/// ATA sector of 512 bytes).
+const SMALL_BATCH_BYTES: usize = 512;
+
+/// One checked and translated batch of INS/OUTS: `n` elements of `size`
+/// bytes at `range`, in descending addresses when `backwards`.
+struct Batch<'a> {
+    exit: &'a IoExit,
+    range: &'a PhysRange,
+    n: u64,
+    size: usize,
+    backwards: bool,
+}
+
+impl Batch<'_> {
+    /// [`Batch::transfer`] with a 4 KiB buffer, out of line so that the
+    /// small batches' frame does not carry it.
+    #[inline(never)]
+    fn transfer_large<R: GuestRam + ?Sized, M: MmioBus + ?Sized, P: PortIo + ?Sized>(
+        &self,
+        ram: &mut R,
+        mmio: &mut M,
+        ports: &mut P,
+        total: usize,
+    ) -> Result<(u64, Option<BusError>), Error> {
+        let mut buf = [0u8; IO_BATCH_BYTES];
+        let data = buf.get_mut(..total).ok_or(Error::InconsistentExit)?;
+        self.transfer(ram, mmio, ports, data)
+    }
+
+    /// Moves the batch between memory and the port through `data` (the
+    /// batch's size): the completed elements and the port error that
+    /// stopped it, if any. An error with no element done is returned as
+    /// the error.
+    #[inline(always)]
+    fn transfer<R: GuestRam + ?Sized, M: MmioBus + ?Sized, P: PortIo + ?Sized>(
+        &self,
+        ram: &mut R,
+        mmio: &mut M,
+        ports: &mut P,
+        data: &mut [u8],
+    ) -> Result<(u64, Option<BusError>), Error> {
+        let Batch {
+            exit,
+            range,
+            n,
+            size,
+            backwards,
+        } = *self;
+        let size64 = size as u64;
+        // The batch goes to the device in iteration order (descending
+        // addresses for DF=1); `data` holds it in memory order.
+        if exit.input {
+            let (done, port_error) = batch_result(ports.read_batch(exit.port, size, data), n);
+            if done == 0
+                && let Some(e) = port_error
+            {
+                return Err(e.into());
+            }
+            // The completed iterations' elements, into memory order: all of
+            // the batch, or (on a port error, n > 1 so within one page) the
+            // first `done` iterations, which lie at the low end for DF=0 and
+            // the high end for DF=1.
+            let bytes = (done * size64) as usize;
+            let part = data.get_mut(..bytes).ok_or(Error::InconsistentExit)?;
+            if backwards {
+                reverse_elements(part, size);
+            }
+            if done == n {
+                write_phys(ram, mmio, range, part)?;
+            } else {
+                let lo = if backwards { (n - done) * size64 } else { 0 };
+                let (gpa, _) = range.parts[0];
+                let sub = PhysRange {
+                    parts: [(gpa + lo, bytes), (0, 0)],
+                    count: 1,
+                };
+                write_phys(ram, mmio, &sub, part)?;
+            }
+            Ok((done, port_error))
+        } else {
+            read_phys(ram, mmio, range, data)?;
+            if backwards {
+                reverse_elements(data, size);
+            }
+            let (done, port_error) = batch_result(ports.write_batch(exit.port, size, data), n);
+            if done == 0
+                && let Some(e) = port_error
+            {
+                return Err(e.into());
+            }
+            Ok((done, port_error))
+        }
+    }
 }

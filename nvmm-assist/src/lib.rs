@@ -9,11 +9,12 @@
 //!
 //! The crate keeps no state between calls. Two optional pieces make the
 //! hot paths cheaper without changing any result:
-//! - a [`FetchCache`] per VCPU, passed to [`assist_mem_cached`], saves most
-//!   of the page walk of exits that carry no instruction bytes (VMX), and
-//!   of the operands the assist translates itself (the stack of PUSH/POP m,
-//!   the RAM side of MOVS/CMPS); it is re-validated against the guest's
-//!   tables and control state on every use;
+//! - a [`FetchCache`] per VCPU, passed to [`assist_mem_cached`] and
+//!   [`assist_io_cached`], saves most of the page walk of exits that carry
+//!   no instruction bytes (VMX), and of the operands the assist translates
+//!   itself (the stack of PUSH/POP m, the RAM side of MOVS/CMPS, the memory
+//!   side of INS/OUTS); it is re-validated against the guest's tables and
+//!   control state on every use;
 //! - batch methods on the buses ([`PortIo::read_batch`],
 //!   [`PortIo::write_batch`], [`MmioBus::write_batch`]) let a device take a
 //!   whole `REP INS`/`OUTS`/`STOS`/`MOVS` batch in one call; their defaults
@@ -78,7 +79,7 @@ pub use bus::{BusError, CompareWrite, GuestRam, MmioBus, PartialBatch, PortIo, R
 pub use decode::{DecodeError, Instruction, decode};
 pub use error::{Error, Exception};
 pub use fetch_cache::FetchCache;
-pub use io::{IoExit, assist_io};
+pub use io::{IoExit, assist_io, assist_io_cached};
 pub use mem::{MemExit, assist_mem, assist_mem_cached};
 pub use mode::{CpuMode, InconsistentState};
 pub use segment::linear_address;

@@ -660,7 +660,17 @@ impl Vcpu {
         };
         let state = parts.state;
         let mut ram = AreaRam::new(parts.ram);
-        let result = nvmm_assist::assist_io(state, ram.get(), mmio, ports, &exit);
+        // INS/OUTS translate their memory operand through this VCPU's
+        // fetch cache (re-validated on every use, exact); IN/OUT do not
+        // touch it.
+        let result = nvmm_assist::assist_io_cached(
+            state,
+            ram.get(),
+            mmio,
+            ports,
+            &exit,
+            parts.fetch_cache,
+        );
         drop(ram);
         match result {
             Ok(outcome) => {
