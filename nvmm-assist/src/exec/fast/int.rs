@@ -135,28 +135,6 @@ pub(super) fn secondary(opcode: u8, vsize: u8, rex_w: bool, osz16: bool) -> Opti
     }
 }
 
-/// Whether [`secondary`] may take the 0F opcode `opcode` (the MOV/ALU
-/// decoder hands these to the integer decoder).
-#[inline(always)]
-pub(super) fn is_secondary(opcode: u8) -> bool {
-    matches!(
-        opcode,
-        0x40..=0x4F
-            | 0x90..=0x9F
-            | 0xA3
-            | 0xAB
-            | 0xB3
-            | 0xBB
-            | 0xBA
-            | 0xB0
-            | 0xB1
-            | 0xC0
-            | 0xC1
-            | 0xC3
-            | 0xC7
-    )
-}
-
 /// The form and operation once the ModRM `reg` field is known: the
 /// groups' members, `None` for the ones the fast path leaves to the
 /// general path (FF /2-/7, 0F BA /0-/3, 0F C7 other than /1).

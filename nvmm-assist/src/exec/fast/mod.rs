@@ -224,10 +224,8 @@ fn decode<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
     mode: CpuMode,
     exit_gpa: u64,
     bytes: &[u8],
-    from: Option<Opcode>,
-    handoff: &mut Handoff,
 ) -> Option<(Fast, u64)> {
-    let f = decode_form::<ADDR, INT, S>(state, mode, bytes, from, handoff)?;
+    let f = decode_form::<ADDR, INT, S>(state, mode, bytes)?;
     let asz = u64::from(f.access_size);
     // A BT* register bit offset moves the access (the address-size wrap
     // applies to the sum).
@@ -271,40 +269,45 @@ fn decode_form<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
     state: &S,
     mode: CpuMode,
     bytes: &[u8],
-    from: Option<Opcode>,
-    handoff: &mut Handoff,
 ) -> Option<Fast> {
     debug_assert_eq!(ADDR, mode.default_address_size());
     let long = ADDR == 8;
-    let (mut i, b, osz16, lock, seg_override, rex) = match from {
-        Some(o) if INT => (
-            o.at,
-            byte(bytes, o.at)?,
-            o.osz16,
-            false,
-            o.seg_override,
-            o.rex,
-        ),
-        _ => prefixes::<ADDR, INT>(bytes)?,
-    };
-    // The opcode's index, for a hand-off to the integer decoder.
-    let at = i;
-    i += 1;
-    // The MOV/ALU copy declines the integer forms here, handing the decoded
-    // prefixes to the integer decoder (`LOCK`: it scans them again).
-    macro_rules! decline {
-        () => {{
-            if !INT {
-                *handoff = Handoff::At(Opcode {
-                    at,
-                    osz16,
-                    seg_override,
-                    rex,
-                });
-            }
-            return None;
-        }};
+    let mut i = 0;
+    let mut b = byte(bytes, 0)?;
+    // Legacy prefixes: 66 and segment overrides, in any order (the last
+    // override wins; 64-bit mode ignores ES/CS/SS/DS overrides). Anything
+    // else (67, F2/F3, more than three prefixes) is the general path's; F0
+    // (LOCK) is checked against the form below.
+    let mut osz16 = false;
+    let mut lock = false;
+    let mut seg_override: Option<Segment> = None;
+    for _ in 0..3 {
+        match b {
+            0x66 => osz16 = true,
+            0xF0 if INT => lock = true,
+            0x26 | 0x2E | 0x36 | 0x3E if long => {}
+            0x26 => seg_override = Some(Segment::Es),
+            0x2E => seg_override = Some(Segment::Cs),
+            0x36 => seg_override = Some(Segment::Ss),
+            0x3E => seg_override = Some(Segment::Ds),
+            0x64 => seg_override = Some(Segment::Fs),
+            0x65 => seg_override = Some(Segment::Gs),
+            _ => break,
+        }
+        i += 1;
+        b = byte(bytes, i)?;
     }
+    // REX (64-bit mode only, directly before the opcode; elsewhere 40-4F
+    // are INC/DEC, which the fast path does not take).
+    let rex = if long && b & 0xF0 == 0x40 {
+        i += 1;
+        let r = b;
+        b = byte(bytes, i)?;
+        r
+    } else {
+        0
+    };
+    i += 1;
     let vsize = if rex & 8 != 0 {
         8
     } else if osz16 == (ADDR != 2) {
@@ -331,13 +334,6 @@ fn decode_form<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
             op = s.op;
             (s.kind, s.size, s.imm_size, s.access_size)
         }
-        // INC/DEC r/m (FF /2-/7 are the general path's or PUSH m).
-        0xFF if byte(bytes, i).is_some_and(|m| (m >> 3) & 7 < 2) => decline!(),
-        0x63 | 0x86 | 0x87 | 0xFE => decline!(),
-        0xF0 => {
-            *handoff = Handoff::Rescan;
-            return None;
-        }
         0xF6 => (Kind::Alu, 1, 1, 1),
         0xF7 => (Kind::Alu, vsize, if vsize == 2 { 2 } else { 4 }, vsize),
         0x88 => (Kind::Store, 1, 0, 1),
@@ -362,7 +358,6 @@ fn decode_form<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
                     op = s.op;
                     (s.kind, s.size, s.imm_size, s.access_size)
                 }
-                _ if int::is_secondary(op2) => decline!(),
                 _ => return None,
             }
         }
@@ -401,7 +396,6 @@ fn decode_form<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
                     Mnemonic::Neg
                 }
             }
-            0xF6 | 0xF7 if !INT && reg_field < 4 => decline!(),
             0xF6 | 0xF7 => return None,
             _ => alu_op(reg_field),
         };
@@ -451,75 +445,6 @@ fn decode_form<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
         segment: seg_override.unwrap_or(default_seg),
         next_rip,
     })
-}
-
-/// The prefixes of a fast-path form: the opcode's index and byte, then 66,
-/// LOCK, the segment override and the REX byte (0 if none).
-type Scanned = (usize, u8, bool, bool, Option<Segment>, u8);
-
-/// Scans the legacy and REX prefixes in front of the opcode.
-#[inline(always)]
-fn prefixes<const ADDR: u8, const INT: bool>(bytes: &[u8]) -> Option<Scanned> {
-    let long = ADDR == 8;
-    let mut i = 0;
-    let mut b = byte(bytes, 0)?;
-    // Legacy prefixes: 66 and segment overrides, in any order (the last
-    // override wins; 64-bit mode ignores ES/CS/SS/DS overrides). Anything
-    // else (67, F2/F3, more than three prefixes) is the general path's; F0
-    // (LOCK) is checked against the form below.
-    let mut osz16 = false;
-    let mut lock = false;
-    let mut seg_override: Option<Segment> = None;
-    for _ in 0..3 {
-        match b {
-            0x66 => osz16 = true,
-            0xF0 if INT => lock = true,
-            0x26 | 0x2E | 0x36 | 0x3E if long => {}
-            0x26 => seg_override = Some(Segment::Es),
-            0x2E => seg_override = Some(Segment::Cs),
-            0x36 => seg_override = Some(Segment::Ss),
-            0x3E => seg_override = Some(Segment::Ds),
-            0x64 => seg_override = Some(Segment::Fs),
-            0x65 => seg_override = Some(Segment::Gs),
-            _ => break,
-        }
-        i += 1;
-        b = byte(bytes, i)?;
-    }
-    // REX (64-bit mode only, directly before the opcode; elsewhere 40-4F
-    // are INC/DEC, which the fast path does not take).
-    let rex = if long && b & 0xF0 == 0x40 {
-        i += 1;
-        let r = b;
-        b = byte(bytes, i)?;
-        r
-    } else {
-        0
-    };
-    Some((i, b, osz16, lock, seg_override, rex))
-}
-
-/// The prefixes the MOV/ALU decoder has read before an integer form's
-/// opcode, handed to the integer decoder so that it does not scan them
-/// again.
-#[derive(Clone, Copy)]
-struct Opcode {
-    /// The opcode's index in the bytes.
-    at: usize,
-    osz16: bool,
-    seg_override: Option<Segment>,
-    rex: u8,
-}
-
-/// What the MOV/ALU decoder leaves to the integer decoder when it declines.
-#[derive(Clone, Copy)]
-enum Handoff {
-    /// Not an integer form: the other families or the general path.
-    None,
-    /// A LOCK prefix: the integer decoder scans the prefixes itself.
-    Rescan,
-    /// An integer form's opcode, after these prefixes.
-    At(Opcode),
 }
 
 /// The mask of an address size `addr` (2, 4 or 8).
@@ -829,31 +754,26 @@ where
 {
     // The MOV/ALU forms are decoded by a copy of the decoder without the
     // integer forms and LOCK (compiled out), so that they cost what they
-    // did before those were added. That copy hands an integer form's
-    // opcode, with the prefixes it has read, to the full decoder (out of
-    // line), which continues from there; the rest tries the SSE, string
-    // and stack families (behind a one-byte filter, so cheap to decline).
-    let mut handoff = Handoff::None;
+    // did before those were added. The rest tries the SSE, string and
+    // stack families (behind a one-byte filter, so cheap to decline)
+    // and then the full decoder with the integer forms, both out of line.
     let decoded = match mode.default_address_size() {
-        8 => decode::<8, false, S>(state, mode, exit_gpa, bytes, None, &mut handoff),
-        4 => decode::<4, false, S>(state, mode, exit_gpa, bytes, None, &mut handoff),
-        _ => decode::<2, false, S>(state, mode, exit_gpa, bytes, None, &mut handoff),
+        8 => decode::<8, false, S>(state, mode, exit_gpa, bytes),
+        4 => decode::<4, false, S>(state, mode, exit_gpa, bytes),
+        _ => decode::<2, false, S>(state, mode, exit_gpa, bytes),
     };
     let Some((f, linear)) = decoded else {
-        if !matches!(handoff, Handoff::None)
-            && let Some(result) = try_exec_int(state, mode, ram, mmio, exit_gpa, bytes, handoff)
-        {
+        if let Some(result) = families::try_exec(state, mode, ram, cache, mmio, exit_gpa, bytes) {
             return Some(result);
         }
-        return families::try_exec(state, mode, ram, cache, mmio, exit_gpa, bytes);
+        return try_exec_int(state, mode, ram, mmio, exit_gpa, bytes);
     };
     debug_assert_eq!(linear & 0xFFF, exit_gpa & 0xFFF);
     Some(exec(state, ram, mmio, exit_gpa, &f))
 }
 
 /// [`try_exec`] with the full decoder: the integer forms of [`int`] and
-/// LOCK, from the opcode the MOV/ALU decoder handed off (or from the first
-/// byte for LOCK).
+/// LOCK.
 #[inline(never)]
 fn try_exec_int<S, R, M>(
     state: &mut S,
@@ -862,22 +782,16 @@ fn try_exec_int<S, R, M>(
     mmio: &mut M,
     exit_gpa: u64,
     bytes: &[u8],
-    handoff: Handoff,
 ) -> Option<Result<Outcome, Error>>
 where
     S: CpuState + ?Sized,
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    let from = match handoff {
-        Handoff::At(o) => Some(o),
-        _ => None,
-    };
-    let h = &mut Handoff::None;
     let (f, linear) = match mode.default_address_size() {
-        8 => decode::<8, true, S>(state, mode, exit_gpa, bytes, from, h)?,
-        4 => decode::<4, true, S>(state, mode, exit_gpa, bytes, from, h)?,
-        _ => decode::<2, true, S>(state, mode, exit_gpa, bytes, from, h)?,
+        8 => decode::<8, true, S>(state, mode, exit_gpa, bytes)?,
+        4 => decode::<4, true, S>(state, mode, exit_gpa, bytes)?,
+        _ => decode::<2, true, S>(state, mode, exit_gpa, bytes)?,
     };
     debug_assert_eq!(linear & 0xFFF, exit_gpa & 0xFFF);
     Some(match f.kind {
@@ -1302,58 +1216,16 @@ mod tests {
                     );
                 }
                 let decoded = match mode.default_address_size() {
-                    8 => super::decode::<8, true, _>(
-                        &regs,
-                        mode,
-                        gpa,
-                        &bytes,
-                        None,
-                        &mut super::Handoff::None,
-                    )
-                    .is_some(),
-                    4 => super::decode::<4, true, _>(
-                        &regs,
-                        mode,
-                        gpa,
-                        &bytes,
-                        None,
-                        &mut super::Handoff::None,
-                    )
-                    .is_some(),
-                    _ => super::decode::<2, true, _>(
-                        &regs,
-                        mode,
-                        gpa,
-                        &bytes,
-                        None,
-                        &mut super::Handoff::None,
-                    )
-                    .is_some(),
+                    8 => super::decode::<8, true, _>(&regs, mode, gpa, &bytes).is_some(),
+                    4 => super::decode::<4, true, _>(&regs, mode, gpa, &bytes).is_some(),
+                    _ => super::decode::<2, true, _>(&regs, mode, gpa, &bytes).is_some(),
                 };
                 if decoded {
                     handled += 1;
                     let form = match mode.default_address_size() {
-                        8 => super::decode_form::<8, true, _>(
-                            &regs,
-                            mode,
-                            &bytes,
-                            None,
-                            &mut super::Handoff::None,
-                        ),
-                        4 => super::decode_form::<4, true, _>(
-                            &regs,
-                            mode,
-                            &bytes,
-                            None,
-                            &mut super::Handoff::None,
-                        ),
-                        _ => super::decode_form::<2, true, _>(
-                            &regs,
-                            mode,
-                            &bytes,
-                            None,
-                            &mut super::Handoff::None,
-                        ),
+                        8 => super::decode_form::<8, true, _>(&regs, mode, &bytes),
+                        4 => super::decode_form::<4, true, _>(&regs, mode, &bytes),
+                        _ => super::decode_form::<2, true, _>(&regs, mode, &bytes),
                     };
                     if let Some(f) =
                         form.filter(|f| matches!(f.kind, super::Kind::Int(_)) || f.lock)
@@ -1368,27 +1240,9 @@ mod tests {
                 // Whatever the exit says, a form the fast path takes must
                 // have the general decoder's address, segment and length.
                 let form = match mode.default_address_size() {
-                    8 => super::decode_form::<8, true, _>(
-                        &regs,
-                        mode,
-                        &bytes,
-                        None,
-                        &mut super::Handoff::None,
-                    ),
-                    4 => super::decode_form::<4, true, _>(
-                        &regs,
-                        mode,
-                        &bytes,
-                        None,
-                        &mut super::Handoff::None,
-                    ),
-                    _ => super::decode_form::<2, true, _>(
-                        &regs,
-                        mode,
-                        &bytes,
-                        None,
-                        &mut super::Handoff::None,
-                    ),
+                    8 => super::decode_form::<8, true, _>(&regs, mode, &bytes),
+                    4 => super::decode_form::<4, true, _>(&regs, mode, &bytes),
+                    _ => super::decode_form::<2, true, _>(&regs, mode, &bytes),
                 };
                 if let Some(f) = form {
                     let insn = decode(&bytes, mode).expect("general decode");
