@@ -670,6 +670,20 @@ pub(crate) fn rmw<T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
             (new as u64, out)
         });
     }
+    rmw_range(ram, mmio, range, size, locked, op)
+}
+
+/// [`rmw`] on any range (two pages, or 16 bytes): the same rules on 128-bit
+/// values, fragment by fragment.
+#[inline(always)]
+pub(crate) fn rmw_range<T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    range: &PhysRange,
+    size: u8,
+    locked: bool,
+    mut op: impl FnMut(u128) -> (u128, T),
+) -> Result<Option<T>, Error> {
     // The first attempt is straight-line code; the retries are out of
     // line. (With one loop the compiler hoists work for every possible
     // operation out of it, a few dozen instructions run even when the

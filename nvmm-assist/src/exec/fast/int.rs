@@ -21,7 +21,7 @@ use crate::access::PhysRange;
 use crate::bus::{GuestRam, MmioBus};
 use crate::decode::Mnemonic;
 use crate::error::Error;
-use crate::exec::{alu, bits, mov, read_page, rmw, rmw_page, write_page, xchg};
+use crate::exec::{alu, bits, mov, read_page, rmw, rmw_page, rmw_range, write_page, xchg};
 use crate::flags::{self, RF};
 use crate::state::{CpuState, Gpr};
 
@@ -273,14 +273,18 @@ where
             let half = width / 2;
             let expected = xchg::pair(state.gpr(Gpr::Rax), state.gpr(Gpr::Rdx), half);
             let replacement = xchg::pair(state.gpr(Gpr::Rbx), state.gpr(Gpr::Rcx), half);
-            // 8 or 16 bytes: the general `rmw` on a one-page range.
+            // 8 or 16 bytes: the general `rmw` on a one-page range (16 bytes:
+            // straight to its 128-bit part).
             let range = PhysRange {
                 parts: [(gpa, usize::from(width)), (0, 0)],
                 count: 1,
             };
-            let loaded = or_resume!(rmw(ram, mmio, &range, width, f.lock, |old| {
-                xchg::cmpxchg_wide(old, expected, replacement)
-            })?);
+            let op = |old| xchg::cmpxchg_wide(old, expected, replacement);
+            let loaded = or_resume!(if width == 16 {
+                rmw_range(ram, mmio, &range, width, f.lock, op)
+            } else {
+                rmw(ram, mmio, &range, width, f.lock, op)
+            }?);
             new_flags = xchg::cmpxchg_wide_flags(rflags, loaded.is_none());
             if let Some(old) = loaded {
                 let shift = u32::from(half) * 8;
