@@ -19,7 +19,7 @@ mod xchg;
 
 use crate::Outcome;
 use crate::access::{self, AccessType, PhysRange};
-use crate::bus::{GuestRam, MmioBus};
+use crate::bus::{CompareWrite, GuestRam, MmioBus, RamStatus};
 use crate::decode::{Instruction, MemoryOperand, Mnemonic, Operand, Register};
 use crate::error::{Error, Exception};
 use crate::fetch_cache::FetchCache;
@@ -658,6 +658,32 @@ pub(crate) fn rmw<T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     locked: bool,
     mut op: impl FnMut(u128) -> (u128, T),
 ) -> Result<Option<T>, Error> {
+    // One page and at most 8 bytes (nearly every case): the same rules on
+    // 64-bit values, without the fragments.
+    if let [(gpa, len), _] = range.parts
+        && range.count == 1
+        && size <= 8
+        && len == usize::from(size)
+    {
+        return rmw_page(ram, mmio, gpa, size, locked, |old| {
+            let (new, out) = op(u128::from(old));
+            (new as u64, out)
+        });
+    }
+    rmw_range(ram, mmio, range, size, locked, op)
+}
+
+/// [`rmw`] on any range (two pages, or 16 bytes): the same rules on 128-bit
+/// values, fragment by fragment.
+#[inline(always)]
+pub(crate) fn rmw_range<T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    range: &PhysRange,
+    size: u8,
+    locked: bool,
+    mut op: impl FnMut(u128) -> (u128, T),
+) -> Result<Option<T>, Error> {
     // The first attempt is straight-line code; the retries are out of
     // line. (With one loop the compiler hoists work for every possible
     // operation out of it, a few dozen instructions run even when the
@@ -672,6 +698,124 @@ pub(crate) fn rmw<T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
         return Ok(Some(out));
     }
     rmw_retry(ram, mmio, range, size, &mut op)
+}
+
+/// [`rmw`] of `size` (1, 2, 4 or 8) bytes at `gpa`, within one page, on
+/// 64-bit values: the same rules (the one implementation of them for such
+/// accesses, which the general executor reaches through [`rmw`] and the
+/// fast path calls directly).
+#[inline(always)]
+pub(crate) fn rmw_page<T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    gpa: u64,
+    size: u8,
+    locked: bool,
+    mut op: impl FnMut(u64) -> (u64, T),
+) -> Result<Option<T>, Error> {
+    let old = read_page(ram, mmio, gpa, size)?;
+    let (new, out) = op(old);
+    if !locked {
+        write_page(ram, mmio, gpa, size, new)?;
+        return Ok(Some(out));
+    }
+    if compare_and_write_page(ram, mmio, gpa, size, old, new)? {
+        return Ok(Some(out));
+    }
+    rmw_page_retry(ram, mmio, gpa, size, &mut op)
+}
+
+/// The locked retries of [`rmw_page`] after the first attempt lost a race:
+/// [`LOCK_RETRIES`] attempts in all.
+#[cold]
+#[inline(never)]
+fn rmw_page_retry<T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    gpa: u64,
+    size: u8,
+    op: &mut impl FnMut(u64) -> (u64, T),
+) -> Result<Option<T>, Error> {
+    for _ in 1..LOCK_RETRIES {
+        let old = read_page(ram, mmio, gpa, size)?;
+        let (new, out) = op(old);
+        if compare_and_write_page(ram, mmio, gpa, size, old, new)? {
+            return Ok(Some(out));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads `size` (1, 2, 4 or 8) bytes at `gpa` (within one page): RAM if the
+/// RAM says so, else MMIO, into a buffer of exactly that width (see
+/// [`read_sized`]).
+#[inline(always)]
+pub(crate) fn read_page<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    gpa: u64,
+    size: u8,
+) -> Result<u64, Error> {
+    macro_rules! read_n {
+        ($n:literal, $t:ty) => {{
+            let mut b = [0u8; $n];
+            if ram.read(gpa, &mut b)? == RamStatus::NotRam {
+                mmio.read(gpa, &mut b)?;
+            }
+            u64::from(<$t>::from_le_bytes(b))
+        }};
+    }
+    Ok(match size {
+        1 => read_n!(1, u8),
+        2 => read_n!(2, u16),
+        4 => read_n!(4, u32),
+        _ => read_n!(8, u64),
+    })
+}
+
+/// Writes the low `size` (1, 2, 4 or 8) bytes of `value` at `gpa` (within
+/// one page): RAM if the RAM says so, else MMIO.
+#[inline(always)]
+pub(crate) fn write_page<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    gpa: u64,
+    size: u8,
+    value: u64,
+) -> Result<(), Error> {
+    let bytes = value.to_le_bytes();
+    let data = bytes.get(..usize::from(size).min(8)).unwrap_or(&[]);
+    if ram.write(gpa, data)? == RamStatus::NotRam {
+        mmio.write(gpa, data)?;
+    }
+    Ok(())
+}
+
+/// The write half of a locked read-modify-write within one page: on RAM
+/// `new` replaces `old` unless memory changed (`false`); on MMIO `new` is
+/// written.
+#[inline(always)]
+fn compare_and_write_page<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    gpa: u64,
+    size: u8,
+    old: u64,
+    new: u64,
+) -> Result<bool, Error> {
+    let n = usize::from(size).min(8);
+    let (old_bytes, new_bytes) = (old.to_le_bytes(), new.to_le_bytes());
+    let (Some(expected), Some(data)) = (old_bytes.get(..n), new_bytes.get(..n)) else {
+        return Ok(false);
+    };
+    Ok(match ram.compare_and_write(gpa, expected, data)? {
+        CompareWrite::Written => true,
+        CompareWrite::Mismatch => false,
+        CompareWrite::NotRam => {
+            mmio.write(gpa, data)?;
+            true
+        }
+    })
 }
 
 /// The locked retries of [`rmw`] after the first attempt lost a race:

@@ -130,7 +130,11 @@ where
             bytes.get(i + 1),
             Some(0x10 | 0x11 | 0x28 | 0x29 | 0x2B | 0x6E | 0x6F | 0x7E | 0x7F | 0xD6 | 0xE7)
         ),
-        0xA4..=0xA7 | 0xAA..=0xAF | 0xFF | 0x8F => true,
+        0xA4..=0xA7 | 0xAA..=0xAF => true,
+        // PUSH m is FF /6 and POP m 8F /0: FF /0 /1 (INC, DEC) are the
+        // integer decoder's, tried next.
+        0xFF => matches!(bytes.get(i + 1), Some(m) if (m >> 3) & 7 == 6),
+        0x8F => matches!(bytes.get(i + 1), Some(m) if (m >> 3) & 7 == 0),
         _ => false,
     };
     if !ours {

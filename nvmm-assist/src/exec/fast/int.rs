@@ -9,7 +9,8 @@
 //!
 //! The semantics are the general executors' own functions
 //! ([`alu::compute`], [`bits::compute`], [`xchg::cmpxchg`], [`mov::cmov`],
-//! ...), and every read-modify-write goes through [`rmw`], the general
+//! ...), and every read-modify-write goes through [`rmw_page`] (or
+//! [`rmw`] for CMPXCHG8B/16B), the general
 //! path's implementation of the locking rules: a compare-and-write with
 //! bounded retries on RAM ([`Outcome::Resume`] when they run out), a read
 //! then a write on MMIO.
@@ -20,7 +21,7 @@ use crate::access::PhysRange;
 use crate::bus::{GuestRam, MmioBus};
 use crate::decode::Mnemonic;
 use crate::error::Error;
-use crate::exec::{alu, bits, mov, read_sized, rmw, write_sized, xchg};
+use crate::exec::{alu, bits, mov, read_page, rmw, rmw_page, rmw_range, write_page, xchg};
 use crate::flags::{self, RF};
 use crate::state::{CpuState, Gpr};
 
@@ -216,10 +217,6 @@ where
 {
     let size = f.size;
     let width = f.access_size;
-    let range = PhysRange {
-        parts: [(gpa, usize::from(width)), (0, 0)],
-        count: 1,
-    };
     let rflags = state.rflags();
     let mut new_flags = rflags;
     // Up to two register writes, applied after every access succeeded.
@@ -241,25 +238,21 @@ where
                 _ => 0,
             };
             let op = f.op;
-            new_flags = or_resume!(rmw(ram, mmio, &range, size, f.lock, |old| {
-                let (r, fl) =
-                    alu::compute(op, old as u64, b, size, rflags).unwrap_or((old as u64, rflags));
-                (u128::from(r), fl)
+            new_flags = or_resume!(rmw_page(ram, mmio, gpa, size, f.lock, |old| {
+                alu::compute(op, old, b, size, rflags).unwrap_or((old, rflags))
             })?);
         }
         Form::Xchg => {
             let value = read_reg(state, f.reg, size, f.rex);
             // Locked with or without the prefix.
-            let old = or_resume!(rmw(ram, mmio, &range, size, true, |old| {
-                (u128::from(value), old as u64)
-            })?);
+            let old = or_resume!(rmw_page(ram, mmio, gpa, size, true, |old| (value, old))?);
             writes[0] = Some(merged(state, f.reg, size, f.rex, old));
         }
         Form::Xadd => {
             let src = read_reg(state, f.reg, size, f.rex);
-            let (old, fl) = or_resume!(rmw(ram, mmio, &range, size, f.lock, |old| {
-                let (sum, fl) = xchg::xadd(old as u64, src, size, rflags);
-                (u128::from(sum), (old as u64, fl))
+            let (old, fl) = or_resume!(rmw_page(ram, mmio, gpa, size, f.lock, |old| {
+                let (sum, fl) = xchg::xadd(old, src, size, rflags);
+                (sum, (old, fl))
             })?);
             new_flags = fl;
             writes[0] = Some(merged(state, f.reg, size, f.rex, old));
@@ -267,9 +260,9 @@ where
         Form::Cmpxchg => {
             let src = read_reg(state, f.reg, size, f.rex);
             let acc = state.gpr(Gpr::Rax) & flags::size_mask(size);
-            let (fl, loaded) = or_resume!(rmw(ram, mmio, &range, size, f.lock, |old| {
-                let (new, fl, loaded) = xchg::cmpxchg(acc, old as u64, src, size, rflags);
-                (u128::from(new), (fl, loaded))
+            let (fl, loaded) = or_resume!(rmw_page(ram, mmio, gpa, size, f.lock, |old| {
+                let (new, fl, loaded) = xchg::cmpxchg(acc, old, src, size, rflags);
+                (new, (fl, loaded))
             })?);
             new_flags = fl;
             if let Some(old) = loaded {
@@ -280,9 +273,18 @@ where
             let half = width / 2;
             let expected = xchg::pair(state.gpr(Gpr::Rax), state.gpr(Gpr::Rdx), half);
             let replacement = xchg::pair(state.gpr(Gpr::Rbx), state.gpr(Gpr::Rcx), half);
-            let loaded = or_resume!(rmw(ram, mmio, &range, width, f.lock, |old| {
-                xchg::cmpxchg_wide(old, expected, replacement)
-            })?);
+            // 8 or 16 bytes: the general `rmw` on a one-page range (16 bytes:
+            // straight to its 128-bit part).
+            let range = PhysRange {
+                parts: [(gpa, usize::from(width)), (0, 0)],
+                count: 1,
+            };
+            let op = |old| xchg::cmpxchg_wide(old, expected, replacement);
+            let loaded = or_resume!(if width == 16 {
+                rmw_range(ram, mmio, &range, width, f.lock, op)
+            } else {
+                rmw(ram, mmio, &range, width, f.lock, op)
+            }?);
             new_flags = xchg::cmpxchg_wide_flags(rflags, loaded.is_none());
             if let Some(old) = loaded {
                 let shift = u32::from(half) * 8;
@@ -298,32 +300,31 @@ where
             };
             let op = f.op;
             new_flags = if op == Mnemonic::Bt {
-                let old = read_sized(ram, mmio, &range, size)? as u64;
+                let old = read_page(ram, mmio, gpa, size)?;
                 bits::compute(op, old, bit, rflags).1
             } else {
-                or_resume!(rmw(ram, mmio, &range, size, f.lock, |old| {
-                    let (new, fl) = bits::compute(op, old as u64, bit, rflags);
-                    (u128::from(new), fl)
+                or_resume!(rmw_page(ram, mmio, gpa, size, f.lock, |old| {
+                    bits::compute(op, old, bit, rflags)
                 })?)
             };
         }
         Form::Setcc(cc) => {
             let value = mov::setcc(cc, rflags);
-            write_sized(ram, mmio, &range, 1, u128::from(value))?;
+            write_page(ram, mmio, gpa, 1, value)?;
         }
         Form::Movnti => {
             let value = read_reg(state, f.reg, size, f.rex);
-            write_sized(ram, mmio, &range, size, u128::from(value))?;
+            write_page(ram, mmio, gpa, size, value)?;
         }
         Form::Cmovcc(cc) => {
             // The memory is read whether or not the condition holds.
-            let loaded = read_sized(ram, mmio, &range, size)? as u64;
+            let loaded = read_page(ram, mmio, gpa, size)?;
             let current = read_reg(state, f.reg, size, f.rex);
             let value = mov::cmov(cc, rflags, loaded, current);
             writes[0] = Some(merged(state, f.reg, size, f.rex, value));
         }
         Form::Movsxd => {
-            let raw = read_sized(ram, mmio, &range, width)? as u64;
+            let raw = read_page(ram, mmio, gpa, width)?;
             let value = flags::sign_extend(raw, width);
             writes[0] = Some(merged(state, f.reg, size, f.rex, value));
         }

@@ -14,8 +14,8 @@
 //! The semantics are the general path's own functions ([`alu::compute`],
 //! [`flags::sign_extend`], the compute functions of `exec/bits.rs`,
 //! `exec/xchg.rs` and `exec/mov.rs`), read-modify-writes go through the
-//! general path's `rmw` (compare-and-write with bounded retries on RAM when
-//! locked, a read then a write on MMIO), and segmentation is
+//! general path's `rmw_page`/`rmw` (compare-and-write with bounded retries
+//! on RAM when locked, a read then a write on MMIO), and segmentation is
 //! [`linear_address`], the general path's too.
 //!
 //! When that decoder declines the bytes, `families.rs` tries the SSE moves
