@@ -97,7 +97,14 @@ where
     match *bytes.first()? {
         // The opcode first, no prefix (nearly every string and stack
         // instruction): nothing to parse.
-        0xA4..=0xA7 | 0xAA..=0xAF | 0xFF | 0x8F => {
+        0xA4..=0xA7 | 0xAA..=0xAF => {
+            let p = Prefixes::default();
+            run(state, mode, ram, cache, mmio, exit_gpa, bytes, &p, 0)
+        }
+        // PUSH m is FF /6 and POP m 8F /0: FF /0 /1 (INC, DEC) are the
+        // integer decoder's, tried next.
+        0xFF | 0x8F if matches!(bytes.get(1), Some(m) if (m >> 3) & 7 == if bytes[0] == 0xFF { 6 } else { 0 }) =>
+        {
             let p = Prefixes::default();
             run(state, mode, ram, cache, mmio, exit_gpa, bytes, &p, 0)
         }
