@@ -34,7 +34,6 @@ where
     M: MmioBus + ?Sized,
 {
     match *bytes.get(i)? {
-        0x0F => sse::try_exec::<ADDR, S, R, M>(state, mode, ram, mmio, exit_gpa, bytes, p, i + 1),
         op @ (0xA4..=0xA7 | 0xAA..=0xAF) => {
             string::try_exec::<ADDR, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, p, op, i + 1)
         }
@@ -89,20 +88,17 @@ where
     M: MmioBus + ?Sized,
 {
     match *bytes.first()? {
-        0x26
-        | 0x2E
-        | 0x36
-        | 0x3E
-        | 0x64..=0x67
-        | 0xF0
-        | 0xF2
-        | 0xF3
-        | 0x40..=0x4F
-        | 0x0F
-        | 0xA4..=0xA7
-        | 0xAA..=0xAF
-        | 0xFF
-        | 0x8F => filtered(state, mode, ram, cache, mmio, exit_gpa, bytes),
+        // The bytes an SSE move starts with (sse.rs): its own prefix scan,
+        // then the rest if it is not one.
+        0x0F | 0x66 | 0xF2 | 0xF3 | 0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 | 0x40..=0x4F => {
+            match sse::try_prefixed(state, mode, ram, mmio, exit_gpa, bytes) {
+                Some(result) => result,
+                None => filtered(state, mode, ram, cache, mmio, exit_gpa, bytes),
+            }
+        }
+        0x67 | 0xF0 | 0xA4..=0xA7 | 0xAA..=0xAF | 0xFF | 0x8F => {
+            filtered(state, mode, ram, cache, mmio, exit_gpa, bytes)
+        }
         _ => None,
     }
 }
@@ -125,10 +121,9 @@ where
 {
     let (p, i) = prefix::parse(bytes, mode.is_64bit())?;
     let ours = match *bytes.get(i)? {
-        0x0F => matches!(
-            bytes.get(i + 1),
-            Some(0x10 | 0x11 | 0x28 | 0x29 | 0x2B | 0x6E | 0x6F | 0x7E | 0x7F | 0xD6 | 0xE7)
-        ),
+        // The SSE moves are sse::try_prefixed's, which sees every one
+        // this path could take (with a 67 prefix, which brings them here,
+        // they are the general path's).
         0xA4..=0xA7 | 0xAA..=0xAF | 0xFF | 0x8F => true,
         _ => false,
     };

@@ -4,146 +4,402 @@
 //! MOVAPD/MOVUPD (66 0F 28/29, 66 0F 10/11) and MOVNTDQ/MOVNTPS/MOVNTPD
 //! (66 0F E7, 0F 2B, 66 0F 2B).
 //!
-//! The mandatory prefix is the general decoder's (the last of F2/F3, else
-//! 66); the width, the alignment rule and the transferred bits are the
+//! The prefixes are the general decoder's rules (`decode/prefix.rs`, as
+//! [`super::prefix::parse`] has them too): the last segment override wins
+//! (64-bit mode ignores ES/CS/SS/DS overrides), the mandatory prefix is the
+//! last of F2/F3, else 66, and a REX prefix counts only directly before the
+//! opcode. The width, the alignment rule and the transferred bits are the
 //! general executor's ([`sse::width`], [`sse::aligned`],
 //! [`sse::value_mask`]). Anything that would fault (segment, alignment
-//! `#GP`, `#AC`), a page-crossing access, a mismatching exit GPA, a 67
-//! prefix, a state without XMM registers: `None`, the general path's.
+//! `#GP`, `#AC`), a page-crossing access, a mismatching exit GPA, a 67 or
+//! LOCK prefix, a state without XMM registers: `None`, the general path's.
+//!
+//! No `#UD`/`#NM` check (CR0.EM/TS, CR4.OSFXSR) here or in the general
+//! path: the CPU checks them before any memory access, so a guest that
+//! reaches a memory exit on one of these instructions has passed them.
+//!
+//! Cost (about 30% of a MOV's instructions on top of it): the families'
+//! first-byte filter hands these bytes to [`try_prefixed`], whose own
+//! prefix scan and table lookup decide inline whether the bytes are an SSE
+//! move; the rest runs out of line in [`run`], specialised on the mode's
+//! address size and on the width (every bus access has a constant length,
+//! so the callbacks inline to fixed-size copies and the `u128` masks fold
+//! away), and returns its result in a register (a bus error at most)
+//! rather than through memory, which would stall store forwarding when the
+//! caller reloads it.
 
 use super::super::{alignment_faults, sse};
 use super::prefix::{Prefixes, mem_operand};
-use super::{read, read_sized, write};
 use crate::Outcome;
 use crate::access::AccessType;
-use crate::bus::{GuestRam, MmioBus};
+use crate::bus::{BusError, GuestRam, MmioBus, RamStatus};
 use crate::decode::Mnemonic;
 use crate::error::Error;
 use crate::flags::RF;
 use crate::mode::CpuMode;
-use crate::segment::linear_address;
-use crate::state::CpuState;
+use crate::segment::{is_canonical, linear_address};
+use crate::state::{CpuState, Segment};
 
-/// The SSE move selected by the opcode byte after 0F and the mandatory
-/// prefix, and whether it loads (XMM from memory) or stores.
-#[inline(always)]
-fn form(op2: u8, p: &Prefixes) -> Option<(Mnemonic, bool)> {
-    use Mnemonic as M;
-    // The last of F2/F3, else 66, else none.
-    let mandatory = match p.rep {
-        0xF3 => 3,
-        0xF2 => 2,
-        _ if p.opsize => 1,
-        _ => 0,
+/// A packed form's width field (bits 1:0): 0 not a move, 1 4 bytes, 2 8
+/// bytes, 3 16 bytes.
+const WIDTH: u8 = 3;
+/// A packed form's bit: `#GP(0)` when not 16-byte aligned.
+const ALIGNED: u8 = 4;
+/// A packed form's bit: a load (XMM from memory), else a store.
+const LOAD: u8 = 8;
+
+/// `mnemonic` loading (`load`) or storing, packed in a byte.
+const fn pack(mnemonic: Mnemonic, load: bool) -> u8 {
+    let width = match sse::width(mnemonic) {
+        4 => 1,
+        8 => 2,
+        _ => 3,
     };
-    Some(match (op2, mandatory) {
-        (0x10, 0) => (M::Movups, true),
-        (0x10, 1) => (M::Movupd, true),
-        (0x11, 0) => (M::Movups, false),
-        (0x11, 1) => (M::Movupd, false),
-        (0x28, 0) => (M::Movaps, true),
-        (0x28, 1) => (M::Movapd, true),
-        (0x29, 0) => (M::Movaps, false),
-        (0x29, 1) => (M::Movapd, false),
-        (0x2B, 0) => (M::Movntps, false),
-        (0x2B, 1) => (M::Movntpd, false),
-        (0x6E, 1) if p.rex_w() => (M::Movq, true),
-        (0x6E, 1) => (M::Movd, true),
-        (0x6F, 1) => (M::Movdqa, true),
-        (0x6F, 3) => (M::Movdqu, true),
-        (0x7E, 1) if p.rex_w() => (M::Movq, false),
-        (0x7E, 1) => (M::Movd, false),
-        (0x7E, 3) => (M::Movq, true),
-        (0x7F, 1) => (M::Movdqa, false),
-        (0x7F, 3) => (M::Movdqu, false),
-        (0xD6, 1) => (M::Movq, false),
-        (0xE7, 1) => (M::Movntdq, false),
+    let aligned = if sse::aligned(mnemonic) { ALIGNED } else { 0 };
+    width | aligned | if load { LOAD } else { 0 }
+}
+
+/// The SSE move of the opcode byte after 0F, the mandatory prefix (0 none,
+/// 1 66, 2 F2, 3 F3) and REX.W, packed; 0 for none.
+const fn form(op2: u8, mandatory: u8, rex_w: bool) -> u8 {
+    use Mnemonic as M;
+    match (op2, mandatory) {
+        (0x10, 0) => pack(M::Movups, true),
+        (0x10, 1) => pack(M::Movupd, true),
+        (0x11, 0) => pack(M::Movups, false),
+        (0x11, 1) => pack(M::Movupd, false),
+        (0x28, 0) => pack(M::Movaps, true),
+        (0x28, 1) => pack(M::Movapd, true),
+        (0x29, 0) => pack(M::Movaps, false),
+        (0x29, 1) => pack(M::Movapd, false),
+        (0x2B, 0) => pack(M::Movntps, false),
+        (0x2B, 1) => pack(M::Movntpd, false),
+        (0x6E, 1) if rex_w => pack(M::Movq, true),
+        (0x6E, 1) => pack(M::Movd, true),
+        (0x6F, 1) => pack(M::Movdqa, true),
+        (0x6F, 3) => pack(M::Movdqu, true),
+        (0x7E, 1) if rex_w => pack(M::Movq, false),
+        (0x7E, 1) => pack(M::Movd, false),
+        (0x7E, 3) => pack(M::Movq, true),
+        (0x7F, 1) => pack(M::Movdqa, false),
+        (0x7F, 3) => pack(M::Movdqu, false),
+        (0xD6, 1) => pack(M::Movq, false),
+        (0xE7, 1) => pack(M::Movntdq, false),
+        _ => 0,
+    }
+}
+
+/// The opcode bytes after 0F that are an SSE move with some prefix, in
+/// [`FORMS`]' row order.
+const OPCODES: [u8; 11] = [
+    0x10, 0x11, 0x28, 0x29, 0x2B, 0x6E, 0x6F, 0x7E, 0x7F, 0xD6, 0xE7,
+];
+
+/// [`form`] as a table: row [`row`]`(op2)`, column `mandatory << 1 | REX.W`.
+static FORMS: [[u8; 8]; 11] = {
+    let mut t = [[0u8; 8]; 11];
+    let mut r = 0;
+    while r < OPCODES.len() {
+        let mut c = 0;
+        while c < 8 {
+            t[r][c] = form(OPCODES[r], (c >> 1) as u8, c & 1 != 0);
+            c += 1;
+        }
+        r += 1;
+    }
+    t
+};
+
+/// The [`FORMS`] row of `op2`, if it is one of [`OPCODES`].
+#[inline(always)]
+fn row(op2: u8) -> Option<usize> {
+    Some(match op2 {
+        0x10 => 0,
+        0x11 => 1,
+        0x28 => 2,
+        0x29 => 3,
+        0x2B => 4,
+        0x6E => 5,
+        0x6F => 6,
+        0x7E => 7,
+        0x7F => 8,
+        0xD6 => 9,
+        0xE7 => 10,
         _ => return None,
     })
 }
 
-/// Tries an SSE move whose second opcode byte (after 0F) is `bytes[i]`.
-#[allow(clippy::too_many_arguments)]
+/// What [`run`] needs besides the bytes, in one register.
+#[derive(Clone, Copy)]
+struct At {
+    /// The packed form (non-zero).
+    form: u8,
+    mode: CpuMode,
+    /// The index of the ModRM byte.
+    modrm: u8,
+    /// The REX byte directly before 0F, or 0.
+    rex: u8,
+    /// The segment override in effect.
+    segment: Option<Segment>,
+}
+
+/// The prefixes in front of a 0F byte: the index of the 0F, the mandatory
+/// prefix (0 none, 1 66, 2 F2, 3 F3), the REX byte directly before the 0F
+/// (or 0) and the segment override in effect. `None` when the first byte
+/// after at most 14 prefixes is not 0F, or for a 67 or LOCK prefix.
 #[inline(always)]
-pub(super) fn try_exec<const ADDR: u8, S, R, M>(
+fn scan(bytes: &[u8], long: bool) -> Option<(usize, u8, u8, Option<Segment>)> {
+    let mut mandatory = 0;
+    let mut rex = 0;
+    let mut segment = None;
+    let mut i = 0;
+    // Checks ordered by how often the byte comes first in an SSE move.
+    loop {
+        let b = *bytes.get(i)?;
+        if b == 0x0F {
+            return Some((i, mandatory, rex, segment));
+        }
+        rex = 0;
+        if b == 0x66 {
+            if mandatory == 0 {
+                mandatory = 1;
+            }
+        } else if b & 0xFE == 0xF2 {
+            mandatory = b - 0xF0;
+        } else if b & 0xF0 == 0x40 && long {
+            rex = b;
+        } else if b & 0xFE == 0x64 {
+            segment = Some(if b == 0x64 { Segment::Fs } else { Segment::Gs });
+        } else if b & 0xE7 == 0x26 {
+            // ES, CS, SS, DS (26, 2E, 36, 3E: the segment in bits 4:3).
+            if !long {
+                segment = Segment::from_index((b >> 3) & 3);
+            }
+        } else {
+            return None;
+        }
+        i += 1;
+        if i >= 14 {
+            return None;
+        }
+    }
+}
+
+/// Tries the SSE moves on a memory exit with instruction `bytes` in
+/// `mode`: `None` when the bytes are not one of their opcodes (after the
+/// prefixes, 0F and a byte of [`OPCODES`]), `Some(None)` when they
+/// are but this path does not handle them (the general path's), else the
+/// result. Inline, so that declining costs the prefix scan only.
+#[allow(clippy::option_option)]
+#[inline(always)]
+pub(super) fn try_prefixed<S, R, M>(
     state: &mut S,
     mode: CpuMode,
     ram: &mut R,
     mmio: &mut M,
     exit_gpa: u64,
     bytes: &[u8],
-    p: &Prefixes,
-    i: usize,
-) -> Option<Result<Outcome, Error>>
+) -> Option<Option<Result<Outcome, Error>>>
 where
     S: CpuState + ?Sized,
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    if p.addrsize {
-        return None;
+    let (i, mandatory, rex, segment) = scan(bytes, mode.is_64bit())?;
+    let row = row(*bytes.get(i + 1)?)?;
+    let column = usize::from(mandatory) << 1 | usize::from(rex >> 3 & 1);
+    let form = FORMS[row][column & 7];
+    if form == 0 {
+        return Some(None);
     }
-    let (mnemonic, load) = form(*bytes.get(i)?, p)?;
-    let m = mem_operand::<ADDR, S>(state, bytes, i + 1, p)?;
-    let index = m.reg & 15;
-    let current = state.xmm(index)?;
-    let size = sse::width(mnemonic);
-    let size64 = u64::from(size);
-    let access = if load {
-        AccessType::Read
-    } else {
-        AccessType::Write
+    let at = At {
+        form,
+        mode,
+        // At most 13 + 2.
+        modrm: (i + 2) as u8,
+        rex,
+        segment,
     };
-    let linear = linear_address(state, mode, m.segment, m.offset, size64, access).ok()?;
-    if (sse::aligned(mnemonic) && linear & 15 != 0)
-        || (linear & 0xFFF) + size64 > 0x1000
-        || exit_gpa & 0xFFF != linear & 0xFFF
-        || (size <= 8 && alignment_faults(state, state.rflags(), linear, size64))
-    {
-        return None;
-    }
-    let mask = sse::value_mask(size);
-    Some(exec(
-        state, ram, mmio, exit_gpa, index, current, size, load, mask, m.next_rip,
-    ))
+    Some(
+        run(state, ram, mmio, exit_gpa, bytes, at)
+            .map(|r| r.map(|()| Outcome::Done).map_err(Error::from)),
+    )
 }
 
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn exec<S, R, M>(
+/// The SSE move `at` describes, out of line (one copy per state and bus
+/// type): `None` if not handled, else the bus callbacks' result.
+#[inline(never)]
+fn run<S, R, M>(
     state: &mut S,
     ram: &mut R,
     mmio: &mut M,
-    gpa: u64,
-    index: u8,
-    current: u128,
-    size: u8,
-    load: bool,
-    mask: u128,
-    next_rip: u64,
-) -> Result<Outcome, Error>
+    exit_gpa: u64,
+    bytes: &[u8],
+    at: At,
+) -> Option<Result<(), BusError>>
 where
     S: CpuState + ?Sized,
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    if load {
-        let value = if size == 16 {
-            let mut buf = [0u8; 16];
-            read(ram, mmio, gpa, &mut buf)?;
-            u128::from_le_bytes(buf)
+    match at.mode.default_address_size() {
+        8 => sized::<8, S, R, M>(state, ram, mmio, exit_gpa, bytes, at),
+        4 => sized::<4, S, R, M>(state, ram, mmio, exit_gpa, bytes, at),
+        _ => sized::<2, S, R, M>(state, ram, mmio, exit_gpa, bytes, at),
+    }
+}
+
+/// [`run`] in a mode whose default address size is `ADDR`.
+#[inline(always)]
+fn sized<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit_gpa: u64,
+    bytes: &[u8],
+    at: At,
+) -> Option<Result<(), BusError>>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    match at.form & WIDTH {
+        3 => access::<ADDR, 16, S, R, M>(state, ram, mmio, exit_gpa, bytes, at),
+        2 => access::<ADDR, 8, S, R, M>(state, ram, mmio, exit_gpa, bytes, at),
+        _ => access::<ADDR, 4, S, R, M>(state, ram, mmio, exit_gpa, bytes, at),
+    }
+}
+
+/// [`run`] for a move of `SIZE` bytes: the operand, its checks, the access,
+/// then RIP and RF.
+#[inline(always)]
+fn access<const ADDR: u8, const SIZE: u8, S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit_gpa: u64,
+    bytes: &[u8],
+    at: At,
+) -> Option<Result<(), BusError>>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let size = u64::from(SIZE);
+    let load = at.form & LOAD != 0;
+    let p = Prefixes {
+        rex: at.rex,
+        segment: at.segment,
+        ..Prefixes::default()
+    };
+    let m = mem_operand::<ADDR, S>(state, bytes, usize::from(at.modrm), &p)?;
+    let linear = if ADDR == 8 && !matches!(m.segment, Segment::Fs | Segment::Gs) {
+        // 64-bit mode without an FS/GS base: the linear address is the
+        // effective address, with no limit. When its first byte is
+        // canonical, so is its last unless the access crosses the top of
+        // the lower half (a page boundary) or wraps at 2^64 (likewise),
+        // which the page check below refuses: so this is
+        // `linear_address`'s result wherever the fast path goes on. A
+        // non-canonical address (#GP/#SS, or valid under LA57) is the
+        // general path's.
+        if !is_canonical(m.offset, 48) {
+            return None;
+        }
+        m.offset
+    } else {
+        let access = if load {
+            AccessType::Read
         } else {
-            u128::from(read_sized(ram, mmio, gpa, usize::from(size))?)
+            AccessType::Write
         };
-        state.set_xmm(index, value & mask);
+        let mode = at.mode;
+        linear_address(state, mode, m.segment, m.offset, size, access).ok()?
+    };
+    if (at.form & ALIGNED != 0 && linear & 15 != 0)
+        || (linear & 0xFFF) + size > 0x1000
+        || exit_gpa & 0xFFF != linear & 0xFFF
+        || (SIZE <= 8 && alignment_faults(state, state.rflags(), linear, size))
+    {
+        return None;
+    }
+    let index = m.reg & 15;
+    let current = state.xmm(index)?;
+    let mask = sse::value_mask(SIZE);
+    let len = usize::from(SIZE);
+    let done = if load {
+        read_value::<SIZE, R, M>(ram, mmio, exit_gpa).map(|value| {
+            state.set_xmm(index, value & mask);
+        })
     } else {
         let data = (current & mask).to_le_bytes();
-        write(ram, mmio, gpa, data.get(..usize::from(size)).unwrap_or(&[]))?;
+        write(ram, mmio, exit_gpa, data.get(..len).unwrap_or(&[]))
+    };
+    if done.is_ok() {
+        let rflags = state.rflags();
+        if rflags & RF != 0 {
+            state.set_rflags(rflags & !RF);
+        }
+        state.set_rip(m.next_rip);
     }
-    let rflags = state.rflags();
-    if rflags & RF != 0 {
-        state.set_rflags(rflags & !RF);
+    Some(done)
+}
+
+/// Reads `SIZE` (4, 8 or 16) bytes at `gpa` into a buffer of exactly that
+/// width, zero-extended: a device's narrow store into a wider buffer
+/// followed by one wide load would stall store-to-load forwarding.
+#[inline(always)]
+fn read_value<const SIZE: u8, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    gpa: u64,
+) -> Result<u128, BusError> {
+    Ok(match SIZE {
+        4 => {
+            let mut b = [0u8; 4];
+            read(ram, mmio, gpa, &mut b)?;
+            u128::from(u32::from_le_bytes(b))
+        }
+        8 => {
+            let mut b = [0u8; 8];
+            read(ram, mmio, gpa, &mut b)?;
+            u128::from(u64::from_le_bytes(b))
+        }
+        _ => {
+            let mut b = [0u8; 16];
+            read(ram, mmio, gpa, &mut b)?;
+            u128::from_le_bytes(b)
+        }
+    })
+}
+
+/// One access within a page at `gpa`: RAM if the RAM says so, else MMIO
+/// (the dispatch `access::read_phys` does for each fragment), with the
+/// callbacks' own error.
+#[inline(always)]
+fn read<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    gpa: u64,
+    buf: &mut [u8],
+) -> Result<(), BusError> {
+    if ram.read(gpa, buf)? == RamStatus::NotRam {
+        mmio.read(gpa, buf)?;
     }
-    state.set_rip(next_rip);
-    Ok(Outcome::Done)
+    Ok(())
+}
+
+/// See [`read`].
+#[inline(always)]
+fn write<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    gpa: u64,
+    data: &[u8],
+) -> Result<(), BusError> {
+    if ram.write(gpa, data)? == RamStatus::NotRam {
+        mmio.write(gpa, data)?;
+    }
+    Ok(())
 }
