@@ -37,7 +37,7 @@ use crate::decode::Mnemonic;
 use crate::error::Error;
 use crate::flags::RF;
 use crate::mode::CpuMode;
-use crate::segment::{is_canonical, linear_address};
+use crate::segment::{is_canonical, legacy_checked, linear_address};
 use crate::state::{CpuState, Segment};
 
 /// A packed form's width field (bits 1:0): 0 not a move, 1 4 bytes, 2 8
@@ -276,7 +276,15 @@ fn locate<const ADDR: u8, S: CpuState + ?Sized>(
         ..Prefixes::default()
     };
     let m = mem_operand::<ADDR, S>(state, bytes, usize::from(at.modrm), &p)?;
-    let linear = if ADDR == 8 && !matches!(m.segment, Segment::Fs | Segment::Gs) {
+    let access = if at.form & LOAD != 0 {
+        AccessType::Read
+    } else {
+        AccessType::Write
+    };
+    let linear = if ADDR != 8 {
+        // `linear_address` outside 64-bit mode, inline.
+        legacy_checked(state, at.mode, m.segment, m.offset, size, access).ok()?
+    } else if !matches!(m.segment, Segment::Fs | Segment::Gs) {
         // 64-bit mode without an FS/GS base: the linear address is the
         // effective address, with no limit. When its first byte is
         // canonical, so is its last unless the access crosses the top of
@@ -290,11 +298,6 @@ fn locate<const ADDR: u8, S: CpuState + ?Sized>(
         }
         m.offset
     } else {
-        let access = if at.form & LOAD != 0 {
-            AccessType::Read
-        } else {
-            AccessType::Write
-        };
         linear_address(state, at.mode, m.segment, m.offset, size, access).ok()?
     };
     if (at.form & ALIGNED != 0 && linear & 15 != 0)
