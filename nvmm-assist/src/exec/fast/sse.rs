@@ -419,8 +419,14 @@ mod tests {
             x ^= x << 17;
             x
         };
+        // Fewer in unoptimised builds, which CI runs too.
+        let runs: u32 = if cfg!(debug_assertions) {
+            50_000
+        } else {
+            200_000
+        };
         let (mut found, mut refused) = (0u32, 0u32);
-        for _ in 0..200_000 {
+        for _ in 0..runs {
             let len = (next() % 18) as usize;
             let bytes: std::vec::Vec<u8> = (0..len)
                 .map(|_| BYTES[(next() % BYTES.len() as u64) as usize])
@@ -445,7 +451,7 @@ mod tests {
                 }
             }
         }
-        assert!(found > 50_000 && refused > 50_000, "{found} {refused}");
+        assert!(found > runs / 4 && refused > runs / 4, "{found} {refused}");
     }
 
     /// The tables hold exactly [`form`]: 19 (opcode, mandatory prefix)
