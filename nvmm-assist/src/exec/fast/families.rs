@@ -87,16 +87,24 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    match *bytes.first()? {
-        // The bytes an SSE move starts with (sse.rs): its own prefix scan,
-        // then the rest if it is not one.
-        0x0F | 0x66 | 0xF2 | 0xF3 | 0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 | 0x40..=0x4F => {
+    let first = *bytes.first()?;
+    match first {
+        // The bytes an SSE move starts with: its own prefix scan first
+        // (sse.rs), which declines anything else. Nothing else this module
+        // takes starts with 0F. A REX prefix counts only before 0F (a REX
+        // then a legacy prefix is ignored; such bytes go the other way, to
+        // the general path), so the many REX-prefixed integer forms skip
+        // the scan.
+        0x0F | 0x66 | 0xF2 | 0xF3 | 0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 | 0x40..=0x4F
+            if first & 0xF0 != 0x40 || bytes.get(1) == Some(&0x0F) =>
+        {
             match sse::try_prefixed(state, mode, ram, mmio, exit_gpa, bytes) {
                 Some(result) => result,
+                None if first == 0x0F => None,
                 None => filtered(state, mode, ram, cache, mmio, exit_gpa, bytes),
             }
         }
-        0x67 | 0xF0 | 0xA4..=0xA7 | 0xAA..=0xAF | 0xFF | 0x8F => {
+        0x40..=0x4F | 0x67 | 0xF0 | 0xA4..=0xA7 | 0xAA..=0xAF | 0xFF | 0x8F => {
             filtered(state, mode, ram, cache, mmio, exit_gpa, bytes)
         }
         _ => None,

@@ -136,19 +136,50 @@ struct At {
     segment: Option<Segment>,
 }
 
+/// [`CLASS`] of the bytes [`scan`] stops at (0F, 66, F2 and F3 it
+/// compares first and never looks up; 67 and LOCK are the general path's).
+const STOP: u8 = 0;
+/// [`CLASS`] of 40-4F (REX in 64-bit mode).
+const REX: u8 = 1;
+/// [`CLASS`] of 64 and 65 (FS, GS).
+const FS_GS: u8 = 2;
+/// [`CLASS`] of 26, 2E, 36, 3E (ES, CS, SS, DS: ignored in 64-bit mode).
+const ES_CS_SS_DS: u8 = 3;
+
+/// What each byte other than 0F, 66, F2 and F3 is to [`scan`]: one load
+/// decides, so that the families' other forms that start with a prefix
+/// byte pay a few instructions for the scan before their own parse.
+static CLASS: [u8; 256] = {
+    let mut t = [STOP; 256];
+    let mut b = 0x40;
+    while b < 0x50 {
+        t[b] = REX;
+        b += 1;
+    }
+    t[0x64] = FS_GS;
+    t[0x65] = FS_GS;
+    t[0x26] = ES_CS_SS_DS;
+    t[0x2E] = ES_CS_SS_DS;
+    t[0x36] = ES_CS_SS_DS;
+    t[0x3E] = ES_CS_SS_DS;
+    t
+};
+
 /// The prefixes in front of a 0F byte: the index of the 0F, the mandatory
 /// prefix (0 none, 1 66, 2 F2, 3 F3), the REX byte directly before the 0F
-/// (or 0) and the segment override in effect. `None` when the first byte
-/// after at most 14 prefixes is not 0F, or for a 67 or LOCK prefix.
+/// (or 0) and the segment override in effect, with
+/// [`super::prefix::parse`]'s rules. `None` when the first byte after at
+/// most 14 prefixes is not 0F, or for a 67 or LOCK prefix.
 #[inline(always)]
 fn scan(bytes: &[u8], long: bool) -> Option<(usize, u8, u8, Option<Segment>)> {
     let mut mandatory = 0;
     let mut rex = 0;
     let mut segment = None;
     let mut i = 0;
-    // Checks ordered by how often the byte comes first in an SSE move.
     loop {
         let b = *bytes.get(i)?;
+        // 0F, 66 and F2/F3 by comparison (the usual bytes of an SSE
+        // move), the rest by class.
         if b == 0x0F {
             return Some((i, mandatory, rex, segment));
         }
@@ -159,17 +190,18 @@ fn scan(bytes: &[u8], long: bool) -> Option<(usize, u8, u8, Option<Segment>)> {
             }
         } else if b & 0xFE == 0xF2 {
             mandatory = b - 0xF0;
-        } else if b & 0xF0 == 0x40 && long {
-            rex = b;
-        } else if b & 0xFE == 0x64 {
-            segment = Some(if b == 0x64 { Segment::Fs } else { Segment::Gs });
-        } else if b & 0xE7 == 0x26 {
-            // ES, CS, SS, DS (26, 2E, 36, 3E: the segment in bits 4:3).
-            if !long {
-                segment = Segment::from_index((b >> 3) & 3);
-            }
         } else {
-            return None;
+            match CLASS[usize::from(b)] {
+                REX if long => rex = b,
+                FS_GS => segment = Some(if b == 0x64 { Segment::Fs } else { Segment::Gs }),
+                ES_CS_SS_DS => {
+                    if !long {
+                        // The segment is in bits 4:3 of the byte.
+                        segment = Segment::from_index((b >> 3) & 3);
+                    }
+                }
+                _ => return None,
+            }
         }
         i += 1;
         if i >= 14 {
@@ -198,7 +230,13 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    let (i, mandatory, rex, segment) = scan(bytes, mode.is_64bit())?;
+    // No prefix (the movaps/movups/movntps forms, and the integer forms
+    // with a 0F opcode that come through here): no scan.
+    let (i, mandatory, rex, segment) = if bytes.first() == Some(&0x0F) {
+        (0, 0, 0, None)
+    } else {
+        scan(bytes, mode.is_64bit())?
+    };
     let row = FORMS.get(usize::from(ROWS[usize::from(*bytes.get(i + 1)?)]))?;
     let column = usize::from(mandatory) << 1 | usize::from(rex >> 3 & 1);
     let form = row[column & 7];
