@@ -166,6 +166,34 @@ fn legacy_linear_address<S: CpuState + ?Sized>(
     size: u64,
     access: AccessType,
 ) -> Result<u64, Error> {
+    legacy_checked(state, mode, seg, offset, size, access).map_err(|fault| match fault {
+        Fault::Limit => limit_fault(seg),
+        Fault::Type => Error::Exception(Exception::GeneralProtection(0)),
+    })
+}
+
+/// Which fault a segment check outside 64-bit mode raises: the limit
+/// fault of the segment (`#SS(0)` for SS, else `#GP(0)`), or `#GP(0)`.
+#[derive(Clone, Copy)]
+pub(crate) enum Fault {
+    Limit,
+    Type,
+}
+
+/// [`legacy_linear_address`] with its fault as a [`Fault`], so that the
+/// result fits in two registers: the fast path calls it inline (its
+/// `.ok()` is the address when [`linear_address`] returns one, `None`
+/// when it returns a fault), the general path through
+/// `legacy_linear_address`.
+#[inline(always)]
+pub(crate) fn legacy_checked<S: CpuState + ?Sized>(
+    state: &S,
+    mode: CpuMode,
+    seg: Segment,
+    offset: u64,
+    size: u64,
+    access: AccessType,
+) -> Result<u64, Fault> {
     let reg = state.segment(seg);
     // Outside 64-bit mode the offset is at most 32 bits wide.
     let offset = offset & 0xFFFF_FFFF;
@@ -183,7 +211,7 @@ fn legacy_linear_address<S: CpuState + ?Sized>(
 
     if mode.is_real_or_v86() {
         if !within(limit) {
-            return Err(limit_fault(seg));
+            return Err(Fault::Limit);
         }
         return Ok(reg.base.wrapping_add(offset) & 0xFFFF_FFFF);
     }
@@ -191,13 +219,13 @@ fn legacy_linear_address<S: CpuState + ?Sized>(
     // Protected or compatibility mode.
     let attr = reg.attributes;
     if !attr.present() {
-        return Err(limit_fault(seg));
+        return Err(Fault::Limit);
     }
     if !attr.s() {
         // A system descriptor cannot be loaded into a segment register used
         // for memory accesses; the state is inconsistent, treat it as the
         // type violation the CPU would have raised at load time.
-        return Err(Error::Exception(Exception::GeneralProtection(0)));
+        return Err(Fault::Type);
     }
     let typ = attr.typ();
     let is_code = typ & TYPE_CODE != 0;
@@ -207,7 +235,7 @@ fn legacy_linear_address<S: CpuState + ?Sized>(
         AccessType::Write => !is_code && typ & TYPE_RW != 0,
     };
     if !type_ok {
-        return Err(Error::Exception(Exception::GeneralProtection(0)));
+        return Err(Fault::Type);
     }
 
     let expand_down = !is_code && typ & TYPE_EXPAND_DOWN != 0;
@@ -218,7 +246,7 @@ fn legacy_linear_address<S: CpuState + ?Sized>(
         within(limit)
     };
     if !in_limit {
-        return Err(limit_fault(seg));
+        return Err(Fault::Limit);
     }
     Ok(reg.base.wrapping_add(offset) & 0xFFFF_FFFF)
 }

@@ -619,7 +619,9 @@ impl CpuState for Registers {
         self.efer
     }
     fn xmm(&self, index: u8) -> Option<u128> {
-        self.xmm.map(|x| x[usize::from(index & 15)])
+        // By reference: `self.xmm.map` would copy all 256 bytes first (a
+        // `memcpy` call on every SSE move).
+        self.xmm.as_ref().map(|x| x[usize::from(index & 15)])
     }
     fn set_xmm(&mut self, index: u8, value: u128) {
         if let Some(x) = self.xmm.as_mut() {

@@ -18,7 +18,8 @@ use crate::flags;
 use crate::state::CpuState;
 
 /// The bytes an SSE move accesses in memory.
-pub(crate) fn width(op: Mnemonic) -> u8 {
+#[inline(always)]
+pub(crate) const fn width(op: Mnemonic) -> u8 {
     match op {
         Mnemonic::Movd => 4,
         Mnemonic::Movq => 8,
@@ -27,7 +28,8 @@ pub(crate) fn width(op: Mnemonic) -> u8 {
 }
 
 /// The forms that raise `#GP(0)` on a linear address not 16-byte aligned.
-pub(crate) fn aligned(op: Mnemonic) -> bool {
+#[inline(always)]
+pub(crate) const fn aligned(op: Mnemonic) -> bool {
     matches!(
         op,
         Mnemonic::Movdqa

@@ -40,7 +40,6 @@ where
     M: MmioBus + ?Sized,
 {
     match *bytes.get(i)? {
-        0x0F => sse::try_exec::<ADDR, S, R, M>(state, mode, ram, mmio, exit_gpa, bytes, p, i + 1),
         op @ (0xA4..=0xA7 | 0xAA..=0xAF) => {
             string::try_exec::<ADDR, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, p, op, i + 1)
         }
@@ -94,7 +93,8 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    match *bytes.first()? {
+    let first = *bytes.first()?;
+    match first {
         // The opcode first, no prefix (nearly every string and stack
         // instruction): nothing to parse.
         0xA4..=0xA7 | 0xAA..=0xAF => {
@@ -103,14 +103,27 @@ where
         }
         // PUSH m is FF /6 and POP m 8F /0: FF /0 /1 (INC, DEC) are the
         // integer decoder's, tried next.
-        0xFF | 0x8F if matches!(bytes.get(1), Some(m) if (m >> 3) & 7 == if bytes[0] == 0xFF { 6 } else { 0 }) =>
+        0xFF | 0x8F if matches!(bytes.get(1), Some(m) if (m >> 3) & 7 == if first == 0xFF { 6 } else { 0 }) =>
         {
             let p = Prefixes::default();
             run(state, mode, ram, cache, mmio, exit_gpa, bytes, &p, 0)
         }
-        0x26 | 0x2E | 0x36 | 0x3E | 0x64..=0x67 | 0xF0 | 0xF2 | 0xF3 | 0x40..=0x4F | 0x0F => {
-            filtered(state, mode, ram, cache, mmio, exit_gpa, bytes)
+        // The bytes an SSE move starts with: its own prefix scan first
+        // (sse.rs), which declines anything else. Nothing else this module
+        // takes starts with 0F. A REX prefix counts only before 0F (a REX
+        // then a legacy prefix is ignored; such bytes go the other way, to
+        // the general path), so the many REX-prefixed integer forms skip
+        // the scan.
+        0x0F | 0x66 | 0xF2 | 0xF3 | 0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 | 0x40..=0x4F
+            if first & 0xF0 != 0x40 || bytes.get(1) == Some(&0x0F) =>
+        {
+            match sse::try_prefixed(state, mode, ram, mmio, exit_gpa, bytes) {
+                Some(result) => result,
+                None if first == 0x0F => None,
+                None => filtered(state, mode, ram, cache, mmio, exit_gpa, bytes),
+            }
         }
+        0x40..=0x4F | 0x67 | 0xF0 => filtered(state, mode, ram, cache, mmio, exit_gpa, bytes),
         _ => None,
     }
 }
@@ -133,10 +146,9 @@ where
 {
     let (p, i) = prefix::parse(bytes, mode.is_64bit())?;
     let ours = match *bytes.get(i)? {
-        0x0F => matches!(
-            bytes.get(i + 1),
-            Some(0x10 | 0x11 | 0x28 | 0x29 | 0x2B | 0x6E | 0x6F | 0x7E | 0x7F | 0xD6 | 0xE7)
-        ),
+        // The SSE moves are sse::try_prefixed's, which sees every one
+        // this path could take (with a 67 prefix, which brings them here,
+        // they are the general path's).
         0xA4..=0xA7 | 0xAA..=0xAF => true,
         // PUSH m is FF /6 and POP m 8F /0: FF /0 /1 (INC, DEC) are the
         // integer decoder's, tried next.
