@@ -663,14 +663,8 @@ impl Vcpu {
         // INS/OUTS translate their memory operand through this VCPU's
         // fetch cache (re-validated on every use, exact); IN/OUT do not
         // touch it.
-        let result = nvmm_assist::assist_io_cached(
-            state,
-            ram.get(),
-            mmio,
-            ports,
-            &exit,
-            parts.fetch_cache,
-        );
+        let result =
+            nvmm_assist::assist_io_cached(state, ram.get(), mmio, ports, &exit, parts.fetch_cache);
         drop(ram);
         match result {
             Ok(outcome) => {

@@ -88,6 +88,8 @@ pub(crate) unsafe fn read(src: NonNull<u8>, buf: &mut [u8]) {
 /// # Safety
 ///
 /// As for [`read()`], for `src..src+8`.
+// (Only the assist's guest RAM reads page-table entries this way.)
+#[cfg(any(feature = "assist", test))]
 #[inline]
 pub(crate) unsafe fn read_u64(src: NonNull<u8>) -> u64 {
     let mut value = 0;
