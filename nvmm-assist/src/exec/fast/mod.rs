@@ -22,10 +22,11 @@
 //! (`sse.rs`), single (non-REP) MOVS/STOS/LODS/CMPS/SCAS (`string.rs`) and
 //! PUSH/POP m (`stack.rs`), with the general executors' semantics
 //! functions (`exec/sse.rs`, `exec/string.rs`, `exec/stack.rs`). MOVS,
-//! CMPS, PUSH m and POP m walk both operands as the general path does;
-//! once such a form is decoded, its checks and walks run in the general
-//! path's order and their errors are returned as the general path would
-//! return them. A differential test (`families_tests.rs`) holds them to
+//! CMPS, PUSH m and POP m walk both operands as the general path does:
+//! first every check that changes nothing (segmentation, page crossing,
+//! alignment; a failure returns `None`, so the general path reports it),
+//! then the two translations in the general path's order, their errors
+//! returned as the general path would return them. A differential test (`families_tests.rs`) holds them to
 //! the general path, with paging, bus failures and both directions.
 //!
 //! Anything outside that shape, and any case needing more than the plain
