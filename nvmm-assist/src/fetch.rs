@@ -15,7 +15,7 @@ use crate::bus::{GuestRam, MmioBus, RamStatus};
 use crate::error::Error;
 use crate::fetch_cache::FetchCache;
 use crate::mode::CpuMode;
-use crate::segment::linear_address;
+use crate::segment::{is_canonical, linear_address};
 use crate::state::{CpuState, Segment, SegmentAttributes};
 
 /// The longest instruction.
@@ -45,53 +45,41 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
+    let (linear, room) = span(state, mode)?;
     if state.cr0() & CR0_PG == 0 {
-        // No paging: the linear address is the physical one, and the
-        // segmentation check is about as cheap as a cache lookup.
-        let (linear, want) = span(state, mode)?;
-        return read_span(ram, mmio, linear & 0xFFFF_FFFF, buf, want);
+        // No paging: the linear address is the physical one.
+        return read_span(ram, mmio, linear & 0xFFFF_FFFF, buf, room);
     }
-    if let Some((gpa, want)) = cache.lookup(state, mode, ram)? {
-        return read_span(ram, mmio, gpa, buf, want);
-    }
-    fetch_first_uncached(state, mode, ram, mmio, cache, buf)
+    let gpa = match cache.lookup(state, ram, linear)? {
+        Some(gpa) => gpa,
+        None => cache.translate_fetch_miss(state, ram, linear)?,
+    };
+    read_span(ram, mmio, gpa, buf, room)
 }
 
-/// [`fetch_first`] when the cache cannot serve it: the full segmentation
-/// check, then the full walk (which refreshes the cache; the lookup has
-/// already found the cached entries unusable).
-#[inline(never)]
-fn fetch_first_uncached<S, R, M>(
-    state: &S,
-    mode: CpuMode,
-    ram: &mut R,
-    mmio: &mut M,
-    cache: &mut FetchCache,
-    buf: &mut [u8; 15],
-) -> Result<usize, Error>
-where
-    S: CpuState + ?Sized,
-    R: GuestRam + ?Sized,
-    M: MmioBus + ?Sized,
-{
-    let (linear, want) = span(state, mode)?;
-    let gpa = cache.translate_fetch_miss(state, ram, linear)?;
-    read_span(ram, mmio, gpa, buf, want)
-}
-
-/// The linear address of CS:RIP and how many bytes to fetch there: up to
-/// the first page end, CS-limit end or the 15-byte mark, as mem.rs's
-/// `next_fetch` computes it for `have = 0` (a limit already passed, no
-/// room, does not shorten the span: the segmentation check faults
-/// instead), after the segmentation check of the fetch.
+/// The linear address of CS:RIP and the room there: how many bytes lie
+/// before the first page end or CS-limit end (at least 1; the fetch takes
+/// up to 15 of them), as mem.rs's `next_fetch` computes it for `have = 0`
+/// (a limit already passed, no room, does not shorten the span: the
+/// segmentation check faults instead), after the segmentation check of the
+/// fetch.
 #[inline(always)]
-fn span<S: CpuState + ?Sized>(state: &S, mode: CpuMode) -> Result<(u64, usize), Error> {
+fn span<S: CpuState + ?Sized>(state: &S, mode: CpuMode) -> Result<(u64, u64), Error> {
     let rip = state.rip();
     if mode.is_64bit() {
-        let want = (PAGE_SIZE - (rip & (PAGE_SIZE - 1))).min(MAX_LEN);
-        let linear = linear_address(state, mode, Segment::Cs, rip, want, AccessType::Execute)?;
-        // want <= 15.
-        return Ok((linear, want as usize));
+        let room = PAGE_SIZE - (rip & (PAGE_SIZE - 1));
+        // The span stays within RIP's page and the canonical boundaries
+        // are page-aligned: RIP canonical at 48 bits makes the whole span
+        // canonical, which is all `linear_address` checks in 64-bit mode
+        // (CS base 0, no limit). Otherwise (LA57, or a fault) the full
+        // check decides.
+        let linear = if is_canonical(rip, 48) {
+            rip
+        } else {
+            let want = room.min(MAX_LEN);
+            linear_address(state, mode, Segment::Cs, rip, want, AccessType::Execute)?
+        };
+        return Ok((linear, room));
     }
     let offset = rip & 0xFFFF_FFFF;
     let cs = state.segment(Segment::Cs);
@@ -105,16 +93,14 @@ fn span<S: CpuState + ?Sized>(state: &S, mode: CpuMode) -> Result<(u64, usize), 
         // only); in real and virtual-8086 mode the limit is the only check,
         // elsewhere CS must also be a present code segment (never
         // expand-down). Anything else takes the full check, which faults.
-        let want = page_room.min(limit + 1 - offset).min(MAX_LEN);
-        // want <= 15.
-        return Ok((linear, want as usize));
+        return Ok((linear, page_room.min(limit + 1 - offset)));
     }
     // The fetch faults (offset past the limit, or a CS that cannot
     // execute): the full check names the fault. Past the limit there is
     // no room, which does not shorten the span (the check faults instead).
     let want = page_room.min(MAX_LEN);
     let linear = linear_address(state, mode, Segment::Cs, offset, want, AccessType::Execute)?;
-    Ok((linear, want as usize))
+    Ok((linear, page_room))
 }
 
 /// Whether CS, outside real and virtual-8086 mode, allows an instruction
@@ -125,26 +111,29 @@ fn fetchable(cs: SegmentAttributes) -> bool {
     cs.present() && cs.s() && cs.typ() & TYPE_CODE != 0
 }
 
-/// Reads `buf[..want]` at `gpa` (within one page) and returns `want`.
+/// Reads the first `room` bytes at `gpa` (within one page), 15 at most,
+/// into `buf` and returns how many that is.
 #[inline(always)]
 fn read_span<R, M>(
     ram: &mut R,
     mmio: &mut M,
     gpa: u64,
     buf: &mut [u8; 15],
-    want: usize,
+    room: u64,
 ) -> Result<usize, Error>
 where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    if want == buf.len() {
+    if room >= MAX_LEN {
         // The usual case, with a fixed-size buffer (a RAM implementation
         // inlined here copies it without a variable-length copy).
         read_code(ram, mmio, gpa, buf)?;
-    } else {
-        read_short(ram, mmio, gpa, buf, want)?;
+        return Ok(buf.len());
     }
+    // room < 15.
+    let want = room as usize;
+    read_short(ram, mmio, gpa, buf, want)?;
     Ok(want)
 }
 
@@ -184,6 +173,8 @@ where
 mod tests {
     use super::*;
     use crate::state::Registers;
+
+    const CR4_LA57: u64 = 1 << 12;
     use crate::testutil::TEST_VENDOR;
 
     /// What `span` computes, the general way: the room before the first
@@ -217,8 +208,9 @@ mod tests {
 
     /// `span`'s inline segmentation check gives what `linear_address`
     /// does, fault or address and length, for random CS states (base,
-    /// limit, every attribute bit) and RIPs near the page and limit edges,
-    /// in every mode.
+    /// limit, every attribute bit) and RIPs near the page, limit and
+    /// canonical edges (48 and 57 bits, CR4.LA57 clear or set), in every
+    /// mode.
     #[test]
     fn span_agrees_with_the_full_segmentation_check() {
         let mut seed = 0x9E37_79B9_7F4A_7C15u64;
@@ -255,16 +247,30 @@ mod tests {
                 _ => next(),
             };
             cs.attributes.0 = next() as u16;
+            if next() % 2 == 0 {
+                r.cr4 |= CR4_LA57;
+            }
             let near = u64::from(limit).wrapping_add(next() % 40).wrapping_sub(20);
-            r.rip = match next() % 4 {
+            // Around the canonical edges: 2^47 and 2^56, from below and
+            // (negated) from above.
+            let edge = [1u64 << 47, 1 << 56][i % 2].wrapping_add(next() % 64);
+            let edge = edge.wrapping_sub(32);
+            r.rip = match next() % 6 {
                 0 => near & 0xFFFF_FFFF,
                 1 => (next() & !0xFFF) | (0xFF0 + next() % 16),
                 2 => next(),
+                3 => edge,
+                4 => edge.wrapping_neg(),
                 _ => next() & 0xFFFF,
             };
             let want = reference(&r, mode);
             faults += usize::from(want.is_err());
-            assert_eq!(span(&r, mode), want, "{mode:?} {r:x?}");
+            let got = span(&r, mode);
+            if let Ok((_, room)) = got {
+                assert!(room >= 1, "{mode:?} {r:x?}");
+            }
+            let got = got.map(|(linear, room)| (linear, room.min(MAX_LEN) as usize));
+            assert_eq!(got, want, "{mode:?} {r:x?}");
         }
         // Both outcomes are exercised.
         assert!(faults > 10_000 && faults < 190_000, "{faults} faults");

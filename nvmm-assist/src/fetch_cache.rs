@@ -21,6 +21,13 @@
 //! accessed bit). A write after a read-only translation walks, which
 //! checks R/W and sets the dirty bit, as does a write whose cached walk
 //! found D clear (its entries would then differ: the walk sets D).
+//! The two translations of one instruction (both sides of MOVS/CMPS, the
+//! stack slot and the operand of PUSH m / POP m) read an entry their walks
+//! share once for both, as if both walks read it at that instant; every
+//! other entry is read for each (the rule in full: `data_cache.rs`). The
+//! data slots hold one control state: a change of CR3, the CPL or any
+//! other walk input empties them, so a guest that switches address spaces
+//! walks once more after each switch.
 //!
 //! The assist stays stateless: the cache is a plain value the caller owns,
 //! one per VCPU, and passes to [`assist_mem_cached`](crate::assist_mem_cached)
@@ -31,9 +38,9 @@
 //! **Exactness.** The guest can rewrite its page tables without any exit
 //! (and INVLPG and CR3 loads need not exit either), so a cached translation
 //! is never trusted as is. It is used only after checking that
-//! - CR0, CR3, CR4, EFER, RFLAGS.VM, the CPL, MAXPHYADDR and CS (base,
-//!   limit, attributes) equal what they were when the walk was made, and
-//!   the linear page is the same, and
+//! - CR0, CR3, CR4, EFER, RFLAGS.VM, whether the CPL is 3 and MAXPHYADDR
+//!   equal what they were when the walk was made, and the linear page is
+//!   the same, and
 //! - every paging-structure entry the walk read still holds the value it
 //!   had after that walk's accessed-bit update (each is read again from
 //!   guest RAM, on every use).
@@ -49,65 +56,55 @@
 //! the fetch slots (an execute translation sets no dirty bit and does not
 //! depend on RFLAGS.AC); data accesses have their own slots (below).
 //!
-//! **Segmentation.** An entry is made only after
-//! [`linear_address`](crate::linear_address) accepted a fetch through CS
-//! in that page. The checks it makes that do not depend on RIP (CS
-//! present, a code segment; the mode) are functions of the key, so a hit
-//! skips them; those that do (the CS limit, the canonical form) are made
-//! again on every hit. With paging off nothing is cached (the
-//! segmentation check alone costs about what a lookup would). The
-//! instruction bytes themselves are read again every time (self-modifying
-//! code), so is every entry.
+//! **Segmentation** is not cached: every fetch makes its own check through
+//! CS first (inline for the usual cases, which costs less than a key
+//! holding CS would), and only its linear address reaches the cache. With
+//! paging off nothing is cached. The instruction bytes themselves are read
+//! again every time (self-modifying code), so is every entry.
 
 use crate::access::{AccessType, PAGE_SIZE};
 use crate::bus::{GuestRam, RamStatus};
 use crate::data_cache::DataSlots;
 use crate::error::Error;
-use crate::mode::CpuMode;
-use crate::state::{CpuState, Segment, SegmentRegister};
+use crate::state::CpuState;
 use crate::translate::{WalkRecord, translate_recorded};
 
 const RFLAGS_VM: u64 = 1 << 17;
 const CR0_PG: u64 = 1 << 31;
 
-/// The state a cached translation depends on besides the entries.
+/// The state a cached fetch translation depends on besides the entries:
+/// every input of the walk and of its permission checks for an execute
+/// access (the paging mode and the control-state check come from CR0, CR4,
+/// EFER and RFLAGS.VM; the reserved bits from EFER.NXE and MAXPHYADDR; the
+/// rights from the CPL, CR4.SMEP and EFER.NXE), and the linear page.
+///
+/// An empty slot has CR0 = 0: with CR0.PG clear nothing is cached or
+/// looked up, so an empty slot never matches and a lookup needs no
+/// separate emptiness test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Key {
     cr0: u64,
     cr3: u64,
     cr4: u64,
     efer: u64,
-    cs_base: u64,
-    /// CS limit (bits 31:0), CS attributes (47:32), the CPL (55:48) and
-    /// MAXPHYADDR (63:56), compared at once.
-    packed: u64,
-    /// The linear page (address >> 12, below 2^52) and RFLAGS.VM (part
-    /// of the control-state check of every walk) in bit 63.
+    /// The linear page (address >> 12, below 2^52) in bits 51:0, whether
+    /// the CPL is 3 (all the walk asks of it) in bit 52, RFLAGS.VM in bit
+    /// 53 and MAXPHYADDR in bits 63:56, compared at once.
     page: u64,
 }
 
 impl Key {
     #[inline(always)]
     fn of<S: CpuState + ?Sized>(state: &S, linear: u64) -> Key {
-        Key::with_cs(state, state.segment(Segment::Cs), linear)
-    }
-
-    /// [`Key::of`] with CS already read. (The CS selector is not part of
-    /// it: segmentation uses the hidden part only, and the CPL is the
-    /// state's own.)
-    #[inline(always)]
-    fn with_cs<S: CpuState + ?Sized>(state: &S, cs: SegmentRegister, linear: u64) -> Key {
         Key {
             cr0: state.cr0(),
             cr3: state.cr3(),
             cr4: state.cr4(),
             efer: state.efer(),
-            cs_base: cs.base,
-            packed: u64::from(cs.limit)
-                | u64::from(cs.attributes.0) << 32
-                | u64::from(state.cpl()) << 48
+            page: linear >> 12
+                | u64::from(state.cpl() == 3) << 52
+                | (state.rflags() & RFLAGS_VM) << (53 - 17)
                 | u64::from(state.max_phys_addr()) << 56,
-            page: linear >> 12 | (state.rflags() & RFLAGS_VM) << (63 - 17),
         }
     }
 
@@ -115,53 +112,103 @@ impl Key {
     /// XORs (every field is compared on a hit anyway).
     #[inline(always)]
     fn same_as(&self, other: &Key) -> bool {
-        ((self.cr0 ^ other.cr0)
+        ((self.page ^ other.page)
             | (self.cr3 ^ other.cr3)
+            | (self.cr0 ^ other.cr0)
             | (self.cr4 ^ other.cr4)
-            | (self.efer ^ other.efer)
-            | (self.cs_base ^ other.cs_base)
-            | (self.packed ^ other.packed)
-            | (self.page ^ other.page))
+            | (self.efer ^ other.efer))
             == 0
     }
 }
 
-/// Whether every entry of `walk` still holds its recorded value, reading
-/// them top level first as the walk does, each with one fixed-size read
-/// ([`GuestRam::read_aligned_u64`] for 8-byte entries).
+/// Re-validation of a cached walk: whether every entry still holds its
+/// recorded value, reading them top level first as the walk does, each
+/// with one fixed-size read ([`GuestRam::read_aligned_u64`] for 8-byte
+/// entries). A read that fails is the walk's own result: the entries above
+/// it held their recorded values, so a full walk would take the same path
+/// and read the same entry next. Its error is returned as is (and no
+/// callback follows a failed one).
 ///
-/// A read that fails is the walk's own result: the entries above it held
-/// their recorded values, so a full walk would take the same path and read
-/// the same entry next. Its error is returned as is (and no callback
-/// follows a failed one).
+/// The shape of a walk record, which picks how the re-validation reads it
+/// back: the usual ones have their entries read in a row (a loop over a
+/// fixed number, unrolled), without a count check between them; like the
+/// general loop, each stops at the first entry that changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Four 8-byte entries: a 4 KiB page under 4-level paging.
+    Wide4,
+    /// Three 8-byte entries: a 2 MiB page under 4-level paging (a 64-bit
+    /// kernel's text), a 4 KiB page under PAE paging.
+    Wide3,
+    /// Two 4-byte entries: a 4 KiB page under 32-bit paging.
+    Narrow2,
+    /// Anything else (1 GiB pages, large pages under PAE or 32-bit
+    /// paging, 5-level paging).
+    Other,
+}
+
+impl Shape {
+    #[inline(always)]
+    fn of(walk: &WalkRecord) -> Shape {
+        match (walk.count, walk.wide) {
+            (4, true) => Shape::Wide4,
+            (3, true) => Shape::Wide3,
+            (2, false) => Shape::Narrow2,
+            _ => Shape::Other,
+        }
+    }
+}
+
+/// The re-validation of a [`Shape::Wide4`] record.
 #[inline(always)]
-pub(crate) fn still_holds<R: GuestRam + ?Sized>(
-    ram: &mut R,
-    walk: &WalkRecord,
-) -> Result<bool, Error> {
+fn holds_wide4<R: GuestRam + ?Sized>(ram: &mut R, walk: &WalkRecord) -> Result<bool, Error> {
+    let [top, second, third, leaf, _] = &walk.entries;
+    for entry in [top, second, third, leaf] {
+        if !holds_u64(ram, entry)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The re-validation of a [`Shape::Wide3`] record.
+#[inline(always)]
+fn holds_wide3<R: GuestRam + ?Sized>(ram: &mut R, walk: &WalkRecord) -> Result<bool, Error> {
+    let [top, second, leaf, ..] = &walk.entries;
+    for entry in [top, second, leaf] {
+        if !holds_u64(ram, entry)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The re-validation of a [`Shape::Narrow2`] record.
+#[inline(always)]
+fn holds_narrow2<R: GuestRam + ?Sized>(ram: &mut R, walk: &WalkRecord) -> Result<bool, Error> {
+    let [dir, leaf, ..] = &walk.entries;
+    for entry in [dir, leaf] {
+        if !holds_u32(ram, entry)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The re-validation of any record, entry by entry (out of line: the rarer
+/// shapes).
+#[inline(never)]
+fn holds_any<R: GuestRam + ?Sized>(ram: &mut R, walk: &WalkRecord) -> Result<bool, Error> {
     let used = walk.entries.iter().take(walk.count);
     if walk.wide {
-        // A 4 KiB page under 4-level paging, the usual case: the four
-        // entries in a row, without a count check between them (`&&`
-        // stops at the first that changed, as the loop does).
-        if let (4, [top, second, third, leaf, _]) = (walk.count, &walk.entries) {
-            return Ok(holds_u64(ram, top)?
-                && holds_u64(ram, second)?
-                && holds_u64(ram, third)?
-                && holds_u64(ram, leaf)?);
-        }
         for entry in used {
             if !holds_u64(ram, entry)? {
                 return Ok(false);
             }
         }
     } else {
-        for &(gpa, value) in used {
-            let mut buf = [0u8; 4];
-            if ram.read(gpa, &mut buf)? != RamStatus::Done {
-                return Err(Error::PageTableNotRam { gpa });
-            }
-            if u64::from(u32::from_le_bytes(buf)) != value {
+        for entry in used {
+            if !holds_u32(ram, entry)? {
                 return Ok(false);
             }
         }
@@ -169,41 +216,56 @@ pub(crate) fn still_holds<R: GuestRam + ?Sized>(
     Ok(true)
 }
 
+/// The error of an entry that is no longer in RAM: out of line and cold,
+/// so that the re-validation's straight path does not prepare it.
+#[cold]
+#[inline(never)]
+fn not_ram(gpa: u64) -> Error {
+    Error::PageTableNotRam { gpa }
+}
+
+/// Whether the 4-byte entry `(gpa, value)` (32-bit paging) still holds
+/// `value` (see [`Shape`]).
+#[inline(always)]
+fn holds_u32<R: GuestRam + ?Sized>(ram: &mut R, &(gpa, value): &(u64, u64)) -> Result<bool, Error> {
+    let mut buf = [0u8; 4];
+    if ram.read(gpa, &mut buf)? != RamStatus::Done {
+        return Err(not_ram(gpa));
+    }
+    Ok(u64::from(u32::from_le_bytes(buf)) == value)
+}
+
 /// Whether the 8-byte entry `(gpa, value)` still holds `value` (see
-/// [`still_holds`]).
+/// [`Shape`]).
 #[inline(always)]
 fn holds_u64<R: GuestRam + ?Sized>(ram: &mut R, &(gpa, value): &(u64, u64)) -> Result<bool, Error> {
-    match ram.read_aligned_u64(gpa)? {
-        Some(now) => Ok(now == value),
-        None => Err(Error::PageTableNotRam { gpa }),
-    }
+    let Some(now) = ram.read_aligned_u64(gpa)? else {
+        return Err(not_ram(gpa));
+    };
+    Ok(now == value)
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Cached {
-    /// [`EMPTY_PAGE`] as `key.page` for an empty slot.
+    /// CR0 = 0 for an empty slot.
     key: Key,
     /// The guest-physical page (address >> 12).
     gpa_page: u64,
     /// The paging-structure entries the walk read, top level first, with
     /// the values they held after its accessed-bit update.
     walk: WalkRecord,
+    /// `Shape::of(&walk)`, kept so that a hit picks its reads at once.
+    shape: Shape,
 }
 
-/// The `page` key of an empty slot, which no key has (linear pages are
-/// below 2^52), so that an empty slot never matches and a lookup needs no
-/// separate emptiness test.
-const EMPTY_PAGE: u64 = u64::MAX;
-
+/// An empty slot: its CR0 (0, paging off) is never looked up.
 const EMPTY: Cached = Cached {
     key: Key {
         cr0: 0,
         cr3: 0,
         cr4: 0,
         efer: 0,
-        cs_base: 0,
-        packed: 0,
-        page: EMPTY_PAGE,
+        page: 0,
     },
     gpa_page: 0,
     walk: WalkRecord {
@@ -211,6 +273,7 @@ const EMPTY: Cached = Cached {
         count: 0,
         wide: false,
     },
+    shape: Shape::Other,
 };
 
 /// How many translations a [`FetchCache`] keeps: two, so that an
@@ -223,8 +286,9 @@ const SLOTS: usize = 2;
 #[derive(Debug, Clone)]
 pub struct FetchCache {
     slots: [Cached; SLOTS],
-    /// The data translations.
-    data: DataSlots,
+    /// The data translations (the memory assist's two-operand forms use
+    /// them directly: `DataSlots::translate_pair`, `share_walks`).
+    pub(crate) data: DataSlots,
     /// The slot a miss fills next: the one not filled last (a hit leaves
     /// it, which keeps the hit path short).
     victim: usize,
@@ -318,58 +382,22 @@ impl FetchCache {
         self.data.translate(state, ram, linear, access)
     }
 
-    /// The guest-physical address and length of the fetch at CS:RIP
-    /// (the bytes before the first page end, CS-limit end or the 15-byte
-    /// mark), when the cache proves its translation current: `Ok(None)`
-    /// when it cannot (the caller then makes the full segmentation check
-    /// and translation).
-    ///
-    /// Segmentation: a cached translation was made after
-    /// [`linear_address`](crate::linear_address) accepted a fetch through
-    /// CS in that page, with the same CS and the same mode-defining state
-    /// (both in the key). Its type and presence checks depend on nothing
-    /// else, so they pass again; what depends on RIP is redone here: outside
-    /// 64-bit mode, RIP within the CS limit (the span stops at the limit);
-    /// in 64-bit mode, RIP in the cached page, which is canonical as a whole
-    /// (the canonical boundaries are page-aligned).
+    /// The guest-physical address of the instruction fetch at `linear`
+    /// when the cache proves its translation current, `Ok(None)` when it
+    /// cannot (the caller then walks, [`translate_fetch_miss`](Self::translate_fetch_miss)).
+    /// Paging is on, and the caller has made the fetch's segmentation
+    /// check at `linear` (the cache holds translations only).
     #[inline(always)]
     pub(crate) fn lookup<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
         &mut self,
         state: &S,
-        mode: CpuMode,
         ram: &mut R,
-    ) -> Result<Option<(u64, usize)>, Error> {
-        let rip = state.rip();
-        let cs = state.segment(Segment::Cs);
-        let (linear, room) = if mode.is_64bit() {
-            (rip, PAGE_SIZE - (rip & (PAGE_SIZE - 1)))
-        } else {
-            let offset = rip & 0xFFFF_FFFF;
-            let limit = u64::from(cs.limit);
-            if offset > limit {
-                // The fetch faults: the full check reports it.
-                return Ok(None);
-            }
-            let linear = cs.base.wrapping_add(offset) & 0xFFFF_FFFF;
-            let page_room = PAGE_SIZE - (linear & (PAGE_SIZE - 1));
-            (linear, page_room.min(limit + 1 - offset))
-        };
-        let key = Key::with_cs(state, cs, linear);
-        let [a, b] = &self.slots;
-        let c = if a.key.same_as(&key) {
-            a
-        } else if b.key.same_as(&key) {
-            b
-        } else {
-            return Ok(None);
-        };
-        if !still_holds(ram, &c.walk)? {
-            return Ok(None);
-        }
-        let gpa = (c.gpa_page << 12) | (linear & (PAGE_SIZE - 1));
-        self.hits += 1;
-        // room >= 1; 15 at most.
-        Ok(Some((gpa, room.min(15) as usize)))
+        linear: u64,
+    ) -> Result<Option<u64>, Error> {
+        let key = Key::of(state, linear);
+        Ok(self
+            .validated(ram, &key)?
+            .map(|gpa_page| (gpa_page << 12) | (linear & (PAGE_SIZE - 1))))
     }
 
     /// The guest-physical page of the slot holding `key`, if its entries
@@ -380,10 +408,25 @@ impl FetchCache {
         ram: &mut R,
         key: &Key,
     ) -> Result<Option<u64>, Error> {
-        let Some(c) = self.find(key).and_then(|i| self.slots.get(i)) else {
+        let [a, b] = &self.slots;
+        let c = if a.key.same_as(key) {
+            a
+        } else if b.key.same_as(key) {
+            b
+        } else {
             return Ok(None);
         };
-        if !still_holds(ram, &c.walk)? {
+        // The 4-level case first, with one test.
+        let holds = if c.shape == Shape::Wide4 {
+            holds_wide4(ram, &c.walk)?
+        } else if c.shape == Shape::Narrow2 {
+            holds_narrow2(ram, &c.walk)?
+        } else if c.shape == Shape::Wide3 {
+            holds_wide3(ram, &c.walk)?
+        } else {
+            holds_any(ram, &c.walk)?
+        };
+        if !holds {
             return Ok(None);
         }
         let gpa_page = c.gpa_page;
@@ -395,7 +438,7 @@ impl FetchCache {
     /// [`translate`](fn@crate::translate) does, using and refreshing the
     /// cache. The caller has checked the fetch's segmentation
     /// ([`linear_address`](crate::linear_address), execute access through
-    /// CS) at `linear`, which [`lookup`](Self::lookup) relies on.
+    /// CS) at `linear`: the cache holds translations only.
     #[inline]
     pub(crate) fn translate_fetch<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
         &mut self,
@@ -463,6 +506,7 @@ impl FetchCache {
         {
             slot.key = key;
             slot.gpa_page = gpa >> 12;
+            slot.shape = Shape::of(&slot.walk);
         }
         result
     }

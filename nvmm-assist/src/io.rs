@@ -456,8 +456,9 @@ fn string_io<
 }
 
 /// The batch buffer of a small batch (a single element, a short REP, an
-/// ATA sector of 512 bytes).
-const SMALL_BATCH_BYTES: usize = 512;
+/// ATA sector of 512 bytes), for string I/O and the memory string
+/// instructions (`exec/string.rs`) alike.
+pub(crate) const SMALL_BATCH_BYTES: usize = 512;
 
 /// One checked and translated batch of INS/OUTS: `n` elements of `size`
 /// bytes at `range`, in descending addresses when `backwards`.

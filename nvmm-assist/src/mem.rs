@@ -147,14 +147,172 @@ where
     if exit.gpa >> MAX_PHYS_ADDR_BITS != 0 {
         return Err(Error::InconsistentExit);
     }
-    let mode = CpuMode::try_of(state)?;
-    if fast_path
-        && !exit.instruction.is_empty()
-        && let Some(result) =
-            fast::try_exec(state, mode, ram, cache, mmio, exit.gpa, exit.instruction)
-    {
-        return result;
+    // The two common shapes of the control state inline; anything else
+    // (inconsistent, or rare such as LME set with paging off) out of line,
+    // so that this entry makes no call it must come back from.
+    let Some(mode) = CpuMode::common_of(state) else {
+        return uncommon(state, ram, mmio, exit, fast_path, cache);
+    };
+    if !fast_path {
+        return general(state, ram, mmio, exit, fast_path, cache, mode);
     }
+    if exit.instruction.is_empty() {
+        return fetched(state, ram, mmio, exit.gpa, cache, mode, true);
+    }
+    match mode {
+        CpuMode::Long64 => assist_sized::<8, S, R, M>(state, ram, mmio, exit, cache, mode),
+        CpuMode::Protected32 | CpuMode::Compat32 => {
+            assist_sized::<4, S, R, M>(state, ram, mmio, exit, cache, mode)
+        }
+        _ => assist_sized::<2, S, R, M>(state, ram, mmio, exit, cache, mode),
+    }
+}
+
+/// [`assist_mem_with`] with no bytes in the exit (VMX): the fetch, then
+/// the fast path on the fetched bytes if `fast_path`, else (or when it
+/// declines) the general path on them. One out-of-line function with a
+/// copy of the fast path per default address size, and the only caller
+/// of the fetch, which is then inline.
+#[inline(never)]
+fn fetched<S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit_gpa: u64,
+    cache: &mut FetchCache,
+    mode: CpuMode,
+    fast_path: bool,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    // Fetch what lies before the first page or CS-limit edge, which is
+    // all of it for most instructions.
+    let mut bytes = [0u8; 15];
+    let given = fetch::fetch_first(state, mode, ram, mmio, cache, &mut bytes)?;
+    if !fast_path {
+        return decode_and_execute(state, ram, mmio, cache, mode, &mut bytes, given, exit_gpa);
+    }
+    let fetched = &bytes;
+    let instruction = fetched.get(..given).unwrap_or(&[]);
+    let general = |state: &mut S, ram: &mut R, mmio: &mut M, cache: &mut FetchCache| {
+        let mut bytes = *fetched;
+        decode_and_execute(state, ram, mmio, cache, mode, &mut bytes, given, exit_gpa)
+    };
+    match mode.default_address_size() {
+        8 => fast::run_mode::<8, S, R, M>(
+            state,
+            CpuMode::Long64,
+            ram,
+            cache,
+            mmio,
+            exit_gpa,
+            instruction,
+            general,
+        ),
+        4 => fast::run_mode::<4, S, R, M>(
+            state,
+            mode,
+            ram,
+            cache,
+            mmio,
+            exit_gpa,
+            instruction,
+            general,
+        ),
+        _ => fast::run_mode::<2, S, R, M>(
+            state,
+            mode,
+            ram,
+            cache,
+            mmio,
+            exit_gpa,
+            instruction,
+            general,
+        ),
+    }
+}
+
+/// [`assist_mem_with`] for a control state outside [`CpuMode::common_of`]'s
+/// shapes: the full check ([`Error::InconsistentState`]), then the
+/// general path.
+#[inline(never)]
+fn uncommon<S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit: &MemExit<'_>,
+    fast_path: bool,
+    cache: &mut FetchCache,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let mode = CpuMode::try_of(state)?;
+    general(state, ram, mmio, exit, fast_path, cache, mode)
+}
+
+/// [`assist_mem_with`] with the bytes in the exit, for the modes whose
+/// default address size is `ADDR` (8: 64-bit mode; 4: 32-bit protected and
+/// compatibility modes; 2: real, virtual-8086, 16-bit protected and
+/// compatibility modes): the fast path, else the general one. Out of line
+/// and one instantiation per address size, each with its own copy of the
+/// fast path, so that the entry stays a small dispatcher and each mode
+/// class's code is compiled on its own (a change in one does not move
+/// another's).
+#[inline(never)]
+fn assist_sized<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit: &MemExit<'_>,
+    cache: &mut FetchCache,
+    mode: CpuMode,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    // 64-bit mode is the only mode with 8-byte default addressing: a
+    // constant in that copy, as the fast path's checks depend on it.
+    let mode = if ADDR == 8 { CpuMode::Long64 } else { mode };
+    fast::run_mode::<ADDR, S, R, M>(
+        state,
+        mode,
+        ram,
+        cache,
+        mmio,
+        exit.gpa,
+        exit.instruction,
+        |state, ram, mmio, cache| general(state, ram, mmio, exit, true, cache, mode),
+    )
+}
+
+/// [`assist_mem_with`] past the fast path with the exit's bytes (or with
+/// the fast path off, or for an uncommon control state): the general
+/// decoder and executor, and the fetch when the exit carries no bytes
+/// (then the fast path first, on the fetched bytes, if it is on). Out of line, so that the entry and the fast path stay
+/// small and their code does not move with this path's.
+#[inline(never)]
+fn general<S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit: &MemExit<'_>,
+    fast_path: bool,
+    cache: &mut FetchCache,
+    mode: CpuMode,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
     // With the bytes in the exit, decode them where they are (no copy) and
     // execute the instruction where `decode` wrote it: nearly every exit
     // that carries bytes carries the whole instruction. Otherwise (more
@@ -166,28 +324,38 @@ where
             return execute(state, ram, mmio, cache, mode, insn, given, exit.gpa);
         }
     }
+    if exit.instruction.is_empty() {
+        // No bytes in the exit (VMX).
+        return fetched(state, ram, mmio, exit.gpa, cache, mode, fast_path);
+    }
     let mut bytes = [0u8; 15];
-    let mut given = exit.instruction.len().min(15);
-    if given == 0 {
-        // No bytes in the exit (VMX): fetch what lies before the first
-        // page or CS-limit edge, which is all of it for most instructions.
-        given = fetch::fetch_first(state, mode, ram, mmio, cache, &mut bytes)?;
-        if fast_path
-            && let Some(result) = fast::try_exec(
-                state,
-                mode,
-                ram,
-                cache,
-                mmio,
-                exit.gpa,
-                bytes.get(..given).unwrap_or(&[]),
-            )
-        {
-            return result;
-        }
-    } else if let (Some(dst), Some(src)) = (bytes.get_mut(..given), exit.instruction.get(..given)) {
+    let given = exit.instruction.len().min(15);
+    if let (Some(dst), Some(src)) = (bytes.get_mut(..given), exit.instruction.get(..given)) {
         dst.copy_from_slice(src);
     }
+    decode_and_execute(state, ram, mmio, cache, mode, &mut bytes, given, exit.gpa)
+}
+
+/// The general path on the first `given` bytes of the instruction, in
+/// `bytes`: decodes them (fetching more if they end early) and executes
+/// the instruction.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn decode_and_execute<S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    cache: &mut FetchCache,
+    mode: CpuMode,
+    bytes: &mut [u8; 15],
+    given: usize,
+    exit_gpa: u64,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
     // The bytes at hand (fetched ones, on this path) are nearly always the
     // whole instruction: decode them and use the instruction where
     // `decode` wrote it. Moving a freshly written `Instruction` into
@@ -198,11 +366,11 @@ where
     let insn = match &first {
         Ok(insn) => insn,
         Err(_) => {
-            fetched = fetch_and_decode(state, mode, ram, mmio, cache, &mut bytes, given)?;
+            fetched = fetch_and_decode(state, mode, ram, mmio, cache, bytes, given)?;
             &fetched
         }
     };
-    execute(state, ram, mmio, cache, mode, insn, &bytes, exit.gpa)
+    execute(state, ram, mmio, cache, mode, insn, &bytes[..], exit_gpa)
 }
 
 /// Runs the decoded `insn` (whose bytes start `bytes`) on the general

@@ -122,10 +122,19 @@ impl CpuMode {
     // the rare full check stays out of line.
     #[inline(always)]
     pub fn try_of<S: CpuState + ?Sized>(state: &S) -> Result<CpuMode, Error> {
-        // The two shapes nearly every state has, decided from one read of
-        // each register: long mode (LME|LMA, PG|PE, PAE, no VM) and legacy
-        // mode (no LME/LMA/LMSLE, no PG without PE). Anything else takes the
-        // full check, which names the problem.
+        match Self::common_of(state) {
+            Some(mode) => Ok(mode),
+            None => Self::checked_of(state),
+        }
+    }
+
+    /// The mode of `state` if it has one of the two shapes nearly every
+    /// state has, decided from one read of each register: long mode
+    /// (LME|LMA, PG|PE, PAE, no VM) and legacy mode (no LME/LMA/LMSLE, no
+    /// PG without PE). `None` for anything else, consistent or not: the
+    /// full check ([`CpuMode::try_of`]) decides it and names the problem.
+    #[inline(always)]
+    pub(crate) fn common_of<S: CpuState + ?Sized>(state: &S) -> Option<CpuMode> {
         let cr0 = state.cr0();
         let efer = state.efer();
         let long = EFER_LME | EFER_LMA;
@@ -136,25 +145,26 @@ impl CpuMode {
                 && state.rflags() & RFLAGS_VM == 0 =>
             {
                 let cs = state.segment(Segment::Cs).attributes;
-                return Ok(match (cs.l(), cs.db()) {
-                    (true, _) => CpuMode::Long64,
-                    (false, true) => CpuMode::Compat32,
-                    (false, false) => CpuMode::Compat16,
-                });
+                // Branches rather than a computed value, so that the
+                // caller's dispatch on the mode can follow them.
+                if cs.l() {
+                    return Some(CpuMode::Long64);
+                }
+                if cs.db() {
+                    return Some(CpuMode::Compat32);
+                }
+                Some(CpuMode::Compat16)
             }
-            0 if cr0 & CR0_PE != 0 => {
-                return Ok(if state.rflags() & RFLAGS_VM != 0 {
-                    CpuMode::Virtual8086
-                } else if state.segment(Segment::Cs).attributes.db() {
-                    CpuMode::Protected32
-                } else {
-                    CpuMode::Protected16
-                });
-            }
-            0 if cr0 & CR0_PG == 0 => return Ok(CpuMode::Real),
-            _ => {}
+            0 if cr0 & CR0_PE != 0 => Some(if state.rflags() & RFLAGS_VM != 0 {
+                CpuMode::Virtual8086
+            } else if state.segment(Segment::Cs).attributes.db() {
+                CpuMode::Protected32
+            } else {
+                CpuMode::Protected16
+            }),
+            0 if cr0 & CR0_PG == 0 => Some(CpuMode::Real),
+            _ => None,
         }
-        Self::checked_of(state)
     }
 
     /// [`CpuMode::try_of`] past its two common shapes: the full check,

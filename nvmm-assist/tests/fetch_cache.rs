@@ -7,7 +7,7 @@
 mod support;
 
 use nvmm_assist::{
-    AccessType, Error, Exception, FetchCache, MemExit, Outcome, Registers, assist_mem,
+    AccessType, CpuState, Error, Exception, FetchCache, MemExit, Outcome, Registers, assist_mem,
     assist_mem_cached,
 };
 use support::{Layout, PageTables, RecordingMmio, TEST_VENDOR, TestRam, pte};
@@ -435,12 +435,12 @@ fn seg_run(
     (r, regs, mmio.log)
 }
 
-/// The cache also holds the fetch's segmentation check (see the module
-/// documentation of `fetch_cache`): after any change of RIP, CS (base,
-/// limit, type, presence, L/D), the CPL or the mode (RFLAGS.VM), in every mode, paged
-/// or not, a warm cache gives exactly what a cold one does (the same
-/// fault, or the same instruction with the same accesses), and so does
-/// the next assist in the changed state (a hit).
+/// A warm cache never stands in for the fetch's segmentation check: after
+/// any change of RIP, CS (base, limit, type, presence, L/D), the CPL or the
+/// mode (RFLAGS.VM), in every mode, paged or not, a warm cache gives
+/// exactly what a cold one does (the same fault, or the same instruction
+/// with the same accesses), and so does the next assist in the changed
+/// state (a hit).
 #[test]
 fn a_warm_cache_agrees_with_a_cold_one_after_any_segment_change() {
     for (mode, base, ram, addr16) in segmentation_modes() {
@@ -549,6 +549,85 @@ fn code_outside_ram_is_fetched_from_the_mmio_bus() {
             );
         }
         assert_eq!(bus.code_reads.len(), 2, "{mode}");
+    }
+}
+
+/// Random changes between byte-less assists, each assist compared with a
+/// cold one on copies: a bit of an entry of either tree's walk of the code
+/// (P, R/W, U/S, A, PS, XD, an address bit; PS makes 2 MiB, 1 GiB and
+/// 4 MiB pages, so walks of every length), CR0.WP, CR4.PSE, CR4.SMEP,
+/// EFER.NXE, the CPL or CR3, and now and then everything back as set up
+/// (with the cache kept). The warm assist gives the same result,
+/// registers, MMIO accesses and RAM (accessed bits) as the cold one.
+#[test]
+fn random_changes_between_assists_agree_with_a_cold_walk() {
+    use support::bits;
+    let mut rng = support::rng::Rng(0xF37C_4CAC_5EED);
+    let exit = MemExit {
+        gpa: MMIO,
+        access: AccessType::Write,
+        instruction: &[],
+    };
+    for layout in LAYOUTS {
+        let fresh = setup(layout);
+        let mut s = setup(layout);
+        let mut cache = s.warm();
+        let mut entries = Vec::new();
+        for level in 1..=levels(layout) {
+            entries.push(s.pt.entry_gpa(&mut s.ram, CODE, level));
+            entries.push(s.other.entry_gpa(&mut s.ram, CODE, level));
+        }
+        let mut stored = 0;
+        for step in 0..600 {
+            match rng.below(8) {
+                0..=4 => {
+                    let at = entries[rng.below(entries.len() as u64) as usize];
+                    let mut choices = vec![pte::P, pte::RW, pte::US, pte::A, pte::PS, 1 << 13];
+                    if layout != Layout::Bits32 {
+                        choices.push(pte::XD);
+                    }
+                    let bit = choices[rng.below(choices.len() as u64) as usize];
+                    let v = s.pt.get(&s.ram, at);
+                    s.pt.set(&mut s.ram, at, v ^ bit);
+                }
+                5 => {
+                    s.ram.mem.clone_from(&fresh.ram.mem);
+                    s.regs = fresh.regs.clone();
+                }
+                _ => match rng.below(6) {
+                    0 => s.regs.cr0 ^= bits::CR0_WP,
+                    1 => s.regs.cr4 ^= bits::CR4_SMEP,
+                    2 => s.regs.efer ^= bits::EFER_NXE,
+                    3 if layout == Layout::Bits32 => s.regs.cr4 ^= bits::CR4_PSE,
+                    4 => {
+                        let cpl = if s.regs.cpl() == 0 { 3 } else { 0 };
+                        s.regs = s.regs.clone().at_cpl(cpl);
+                    }
+                    _ => {
+                        s.regs.cr3 = if s.regs.cr3 == s.pt.cr3() {
+                            s.other.cr3()
+                        } else {
+                            s.pt.cr3()
+                        };
+                    }
+                },
+            }
+            s.regs.rip = CODE;
+            let (mut regs, mut ram, mut mmio) = (s.regs.clone(), s.ram.clone(), s.mmio.clone());
+            let cold = assist_mem(&mut regs, &mut ram, &mut mmio, &exit);
+            let warm = assist_mem_cached(&mut s.regs, &mut s.ram, &mut s.mmio, &exit, &mut cache);
+            let what = format!("{layout:?} step {step}");
+            assert_eq!(warm, cold, "{what}");
+            assert_eq!(s.regs, regs, "{what}");
+            assert!(s.ram.mem == ram.mem, "{what}: RAM");
+            assert_eq!(s.mmio.log, mmio.log, "{what}");
+            stored += usize::from(warm == Ok(Outcome::Done));
+        }
+        // Not only faults (about half complete), and the cache served
+        // many (most changes make it walk).
+
+        assert!(stored > 150, "{layout:?}: {stored} completed");
+        assert!(cache.hits() > 50, "{layout:?}: {} hits", cache.hits());
     }
 }
 

@@ -19,7 +19,7 @@ mod xchg;
 
 use crate::Outcome;
 use crate::access::{self, AccessType, PhysRange};
-use crate::bus::{CompareWrite, GuestRam, MmioBus, RamStatus};
+use crate::bus::{BusError, CompareWrite, GuestRam, MmioBus, RamStatus};
 use crate::decode::{Instruction, MemoryOperand, Mnemonic, Operand, Register};
 use crate::error::{Error, Exception};
 use crate::fetch_cache::FetchCache;
@@ -674,7 +674,7 @@ pub(crate) fn rmw<T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
 }
 
 /// [`rmw`] on any range (two pages, or 16 bytes): the same rules on 128-bit
-/// values, fragment by fragment.
+/// values, fragment by fragment ([`rmw_at`] on [`Fragments`]).
 #[inline(always)]
 pub(crate) fn rmw_range<T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     ram: &mut R,
@@ -682,28 +682,14 @@ pub(crate) fn rmw_range<T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     range: &PhysRange,
     size: u8,
     locked: bool,
-    mut op: impl FnMut(u128) -> (u128, T),
+    op: impl FnMut(u128) -> (u128, T),
 ) -> Result<Option<T>, Error> {
-    // The first attempt is straight-line code; the retries are out of
-    // line. (With one loop the compiler hoists work for every possible
-    // operation out of it, a few dozen instructions run even when the
-    // first attempt succeeds, as it nearly always does.)
-    let old = read_sized(ram, mmio, range, size)?;
-    let (new, out) = op(old);
-    if !locked {
-        write_sized(ram, mmio, range, size, new)?;
-        return Ok(Some(out));
-    }
-    if compare_and_write(ram, mmio, range, size, old, new)? {
-        return Ok(Some(out));
-    }
-    rmw_retry(ram, mmio, range, size, &mut op)
+    rmw_at(ram, mmio, Fragments { range, size }, locked, op)
 }
 
 /// [`rmw`] of `size` (1, 2, 4 or 8) bytes at `gpa`, within one page, on
-/// 64-bit values: the same rules (the one implementation of them for such
-/// accesses, which the general executor reaches through [`rmw`] and the
-/// fast path calls directly).
+/// 64-bit values ([`rmw_at`] on [`OnePage`]), which the general executor
+/// reaches through [`rmw`] and the fast path calls directly.
 #[inline(always)]
 pub(crate) fn rmw_page<T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     ram: &mut R,
@@ -711,43 +697,212 @@ pub(crate) fn rmw_page<T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     gpa: u64,
     size: u8,
     locked: bool,
-    mut op: impl FnMut(u64) -> (u64, T),
+    op: impl FnMut(u64) -> (u64, T),
 ) -> Result<Option<T>, Error> {
-    let old = read_page(ram, mmio, gpa, size)?;
-    let (new, out) = op(old);
-    if !locked {
-        write_page(ram, mmio, gpa, size, new)?;
-        return Ok(Some(out));
-    }
-    if compare_and_write_page(ram, mmio, gpa, size, old, new)? {
-        return Ok(Some(out));
-    }
-    rmw_page_retry(ram, mmio, gpa, size, &mut op)
+    rmw_at(ram, mmio, OnePage { gpa, size }, locked, op)
 }
 
-/// The locked retries of [`rmw_page`] after the first attempt lost a race:
+/// The one implementation of [`rmw`]'s rules, on any [`RmwPlace`] (and so
+/// on its value type).
+#[inline(always)]
+fn rmw_at<P: RmwPlace, T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    place: P,
+    locked: bool,
+    mut op: impl FnMut(P::Value) -> (P::Value, T),
+) -> Result<Option<T>, Error> {
+    // The first attempt is straight-line code; the retries are out of
+    // line. (With one loop the compiler hoists work for every possible
+    // operation out of it, a few dozen instructions run even when the
+    // first attempt succeeds, as it nearly always does.)
+    let old = place.read(ram, mmio)?;
+    let (new, out) = op(old);
+    if !locked {
+        place.write(ram, mmio, new)?;
+        return Ok(Some(out));
+    }
+    if place.compare_and_write(ram, mmio, old, new)? {
+        return Ok(Some(out));
+    }
+    rmw_retry(ram, mmio, place, &mut op)
+}
+
+/// The locked retries of [`rmw_at`] after the first attempt lost a race:
 /// [`LOCK_RETRIES`] attempts in all.
 #[cold]
 #[inline(never)]
-fn rmw_page_retry<T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+fn rmw_retry<P: RmwPlace, T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     ram: &mut R,
     mmio: &mut M,
-    gpa: u64,
-    size: u8,
-    op: &mut impl FnMut(u64) -> (u64, T),
+    place: P,
+    op: &mut impl FnMut(P::Value) -> (P::Value, T),
 ) -> Result<Option<T>, Error> {
     for _ in 1..LOCK_RETRIES {
-        let old = read_page(ram, mmio, gpa, size)?;
+        let old = place.read(ram, mmio)?;
         let (new, out) = op(old);
-        if compare_and_write_page(ram, mmio, gpa, size, old, new)? {
+        if place.compare_and_write(ram, mmio, old, new)? {
             return Ok(Some(out));
         }
     }
     Ok(None)
 }
 
-/// Reads `size` (1, 2, 4 or 8) bytes at `gpa` (within one page): RAM if the
-/// RAM says so, else MMIO, into a buffer of exactly that width (see
+/// Where a read-modify-write happens, and the type of the value it reads
+/// and writes there: the three accesses [`rmw_at`]'s rules are made of.
+trait RmwPlace: Copy {
+    /// The value read and written (little-endian, `size` bytes of it).
+    type Value: Copy;
+
+    /// Reads the value.
+    fn read<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+        self,
+        ram: &mut R,
+        mmio: &mut M,
+    ) -> Result<Self::Value, Error>;
+
+    /// Writes `value`.
+    fn write<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+        self,
+        ram: &mut R,
+        mmio: &mut M,
+        value: Self::Value,
+    ) -> Result<(), Error>;
+
+    /// The write half of a locked read-modify-write: on RAM `new` replaces
+    /// `old` unless memory changed since it was read (`false`); on MMIO
+    /// `new` is written.
+    fn compare_and_write<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+        self,
+        ram: &mut R,
+        mmio: &mut M,
+        old: Self::Value,
+        new: Self::Value,
+    ) -> Result<bool, Error>;
+}
+
+/// `size` (1, 2, 4 or 8) bytes at `gpa`, within one page, as a `u64`.
+#[derive(Clone, Copy)]
+struct OnePage {
+    gpa: u64,
+    size: u8,
+}
+
+impl RmwPlace for OnePage {
+    type Value = u64;
+
+    #[inline(always)]
+    fn read<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+        self,
+        ram: &mut R,
+        mmio: &mut M,
+    ) -> Result<u64, Error> {
+        read_page(ram, mmio, self.gpa, self.size)
+    }
+
+    #[inline(always)]
+    fn write<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+        self,
+        ram: &mut R,
+        mmio: &mut M,
+        value: u64,
+    ) -> Result<(), Error> {
+        write_page(ram, mmio, self.gpa, self.size, value)
+    }
+
+    #[inline(always)]
+    fn compare_and_write<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+        self,
+        ram: &mut R,
+        mmio: &mut M,
+        old: u64,
+        new: u64,
+    ) -> Result<bool, Error> {
+        let n = usize::from(self.size).min(8);
+        let (old_bytes, new_bytes) = (old.to_le_bytes(), new.to_le_bytes());
+        let (Some(expected), Some(data)) = (old_bytes.get(..n), new_bytes.get(..n)) else {
+            return Ok(false);
+        };
+        Ok(match ram.compare_and_write(self.gpa, expected, data)? {
+            CompareWrite::Written => true,
+            CompareWrite::Mismatch => false,
+            CompareWrite::NotRam => {
+                mmio.write(self.gpa, data)?;
+                true
+            }
+        })
+    }
+}
+
+/// `size` (at most 16) bytes at the fragments of `range`, as a `u128`.
+#[derive(Clone, Copy)]
+struct Fragments<'r> {
+    range: &'r PhysRange,
+    size: u8,
+}
+
+impl RmwPlace for Fragments<'_> {
+    type Value = u128;
+
+    #[inline(always)]
+    fn read<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+        self,
+        ram: &mut R,
+        mmio: &mut M,
+    ) -> Result<u128, Error> {
+        read_sized(ram, mmio, self.range, self.size)
+    }
+
+    #[inline(always)]
+    fn write<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+        self,
+        ram: &mut R,
+        mmio: &mut M,
+        value: u128,
+    ) -> Result<(), Error> {
+        write_sized(ram, mmio, self.range, self.size, value)
+    }
+
+    #[inline(always)]
+    fn compare_and_write<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+        self,
+        ram: &mut R,
+        mmio: &mut M,
+        old: u128,
+        new: u128,
+    ) -> Result<bool, Error> {
+        let n = usize::from(self.size).min(16);
+        let (old_bytes, new_bytes) = (old.to_le_bytes(), new.to_le_bytes());
+        let (Some(expected), Some(data)) = (old_bytes.get(..n), new_bytes.get(..n)) else {
+            return Err(Error::InconsistentExit);
+        };
+        access::compare_and_write_phys(ram, mmio, self.range, expected, data)
+    }
+}
+
+/// One read within a page at `gpa` into `buf`: RAM if the RAM says so,
+/// else MMIO, each callback's error returned with `?` (so in the calling
+/// function's error type: [`Error`] for [`read_page`], the callbacks' own
+/// [`BusError`] for the SSE moves). The one-page read dispatch of
+/// [`read_page`] (and so of the integer forms' fast path) and of the SSE
+/// fast path; `access::read_phys` makes the same per fragment.
+///
+/// A macro rather than an inline function: `read_page` calling it as one
+/// (returning either error type) cost `cmpxchg [m], r` one instruction
+/// per call in prot32, compat and 64-bit mode (callgrind: in a conversion
+/// in the fast path's `try_exec_int`, a shift in its code generation);
+/// expanded in place it costs nothing.
+macro_rules! read_in_page {
+    ($ram:expr, $mmio:expr, $gpa:expr, $buf:expr) => {
+        if $ram.read($gpa, $buf)? == $crate::bus::RamStatus::NotRam {
+            $mmio.read($gpa, $buf)?;
+        }
+    };
+}
+pub(crate) use read_in_page;
+
+/// Reads `size` (1, 2, 4 or 8) bytes at `gpa` (within one page) with
+/// [`read_in_page!`], into a buffer of exactly that width (see
 /// [`read_sized`]).
 #[inline(always)]
 pub(crate) fn read_page<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
@@ -759,9 +914,7 @@ pub(crate) fn read_page<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     macro_rules! read_n {
         ($n:literal, $t:ty) => {{
             let mut b = [0u8; $n];
-            if ram.read(gpa, &mut b)? == RamStatus::NotRam {
-                mmio.read(gpa, &mut b)?;
-            }
+            read_in_page!(ram, mmio, gpa, &mut b);
             u64::from(<$t>::from_le_bytes(b))
         }};
     }
@@ -774,7 +927,7 @@ pub(crate) fn read_page<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
 }
 
 /// Writes the low `size` (1, 2, 4 or 8) bytes of `value` at `gpa` (within
-/// one page): RAM if the RAM says so, else MMIO.
+/// one page) with [`write_in_page`].
 #[inline(always)]
 pub(crate) fn write_page<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     ram: &mut R,
@@ -785,76 +938,130 @@ pub(crate) fn write_page<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
 ) -> Result<(), Error> {
     let bytes = value.to_le_bytes();
     let data = bytes.get(..usize::from(size).min(8)).unwrap_or(&[]);
+    write_in_page(ram, mmio, gpa, data)
+}
+
+/// One write within a page at `gpa`: RAM if the RAM says so, else MMIO. The
+/// one-page dispatch of [`write_page`] (and so of the integer forms' fast
+/// path) and of the SSE fast path, as [`read_in_page!`] is for reads;
+/// `access::write_phys` makes the same per fragment.
+///
+/// The error type is the caller's: [`Error`] for [`write_page`], converted
+/// at each callback, the callbacks' own [`BusError`] for the SSE moves.
+#[inline(always)]
+pub(crate) fn write_in_page<E: From<BusError>, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    gpa: u64,
+    data: &[u8],
+) -> Result<(), E> {
     if ram.write(gpa, data)? == RamStatus::NotRam {
         mmio.write(gpa, data)?;
     }
     Ok(())
 }
 
-/// The write half of a locked read-modify-write within one page: on RAM
-/// `new` replaces `old` unless memory changed (`false`); on MMIO `new` is
-/// written.
-#[inline(always)]
-fn compare_and_write_page<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
-    ram: &mut R,
-    mmio: &mut M,
-    gpa: u64,
-    size: u8,
-    old: u64,
-    new: u64,
-) -> Result<bool, Error> {
-    let n = usize::from(size).min(8);
-    let (old_bytes, new_bytes) = (old.to_le_bytes(), new.to_le_bytes());
-    let (Some(expected), Some(data)) = (old_bytes.get(..n), new_bytes.get(..n)) else {
-        return Ok(false);
-    };
-    Ok(match ram.compare_and_write(gpa, expected, data)? {
-        CompareWrite::Written => true,
-        CompareWrite::Mismatch => false,
-        CompareWrite::NotRam => {
-            mmio.write(gpa, data)?;
-            true
-        }
-    })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{RecordingMmio, TestRam};
 
-/// The locked retries of [`rmw`] after the first attempt lost a race:
-/// [`LOCK_RETRIES`] attempts in all.
-#[cold]
-#[inline(never)]
-fn rmw_retry<T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
-    ram: &mut R,
-    mmio: &mut M,
-    range: &PhysRange,
-    size: u8,
-    op: &mut impl FnMut(u128) -> (u128, T),
-) -> Result<Option<T>, Error> {
-    for _ in 1..LOCK_RETRIES {
-        let old = read_sized(ram, mmio, range, size)?;
-        let (new, out) = op(old);
-        if compare_and_write(ram, mmio, range, size, old, new)? {
-            return Ok(Some(out));
+    /// Both places of [`rmw_at`] (one page on `u64`, fragments on `u128`)
+    /// follow the same rules: a locked read-modify-write on RAM is retried
+    /// after each lost compare-and-write, [`LOCK_RETRIES`] attempts in all,
+    /// then gives up (`None`) with memory as the other writer left it; an
+    /// unlocked one is a read then a write with no compare-and-write.
+    #[test]
+    fn locked_rmw_makes_lock_retries_attempts_on_both_places() {
+        let retries = LOCK_RETRIES as usize;
+        for mismatches in [0, 1, retries - 1, retries, retries + 3] {
+            let done = mismatches < retries;
+            let attempts = (mismatches + 1).min(retries);
+            for wide in [false, true] {
+                let mut ram = TestRam::new(0x2000);
+                ram.mem[0x100..0x110].copy_from_slice(&5u128.to_le_bytes());
+                ram.cas_mismatches = mismatches;
+                let mut mmio = RecordingMmio::default();
+                let (result, value) = if wide {
+                    let range = PhysRange {
+                        parts: [(0x100, 16), (0, 0)],
+                        count: 1,
+                    };
+                    let r = rmw_range(&mut ram, &mut mmio, &range, 16, true, |old| {
+                        (old + (1 << 64), old as u64)
+                    });
+                    let v = u128::from_le_bytes(ram.mem[0x100..0x110].try_into().unwrap());
+                    (r, v)
+                } else {
+                    let r = rmw_page(&mut ram, &mut mmio, 0x100, 8, true, |old| (old + 1, old));
+                    let v = u128::from_le_bytes(ram.mem[0x100..0x110].try_into().unwrap());
+                    (r, v)
+                };
+                let expected = match (done, wide) {
+                    (false, _) => 5,
+                    (true, false) => 6,
+                    (true, true) => 5 + (1 << 64),
+                };
+                assert_eq!(result, Ok(done.then_some(5)), "{mismatches} wide {wide}");
+                assert_eq!(ram.cas_log.len(), attempts, "{mismatches} wide {wide}");
+                assert_eq!(ram.reads, attempts, "{mismatches} wide {wide}");
+                assert_eq!(ram.writes, 0);
+                assert_eq!(value, expected, "{mismatches} wide {wide}");
+                assert!(mmio.log.is_empty());
+
+                // Unlocked: one read, one write, no compare-and-write.
+                ram.cas_log.clear();
+                let (reads, writes) = (ram.reads, ram.writes);
+                let r = if wide {
+                    let range = PhysRange {
+                        parts: [(0x100, 16), (0, 0)],
+                        count: 1,
+                    };
+                    rmw_range(&mut ram, &mut mmio, &range, 16, false, |old| {
+                        (old, old as u64)
+                    })
+                } else {
+                    rmw_page(&mut ram, &mut mmio, 0x100, 8, false, |old| (old, old))
+                };
+                assert_eq!(r, Ok(Some(expected as u64)));
+                assert!(ram.cas_log.is_empty());
+                assert_eq!((ram.reads, ram.writes), (reads + 1, writes + 1));
+            }
         }
     }
-    Ok(None)
-}
 
-/// The write half of a locked read-modify-write of `size` bytes: `new`
-/// replaces `old` unless memory changed since it was read (`false`).
-#[inline(always)]
-fn compare_and_write<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
-    ram: &mut R,
-    mmio: &mut M,
-    range: &PhysRange,
-    size: u8,
-    old: u128,
-    new: u128,
-) -> Result<bool, Error> {
-    let n = usize::from(size).min(16);
-    let old_bytes = old.to_le_bytes();
-    let new_bytes = new.to_le_bytes();
-    let (Some(expected), Some(new_slice)) = (old_bytes.get(..n), new_bytes.get(..n)) else {
-        return Err(Error::InconsistentExit);
-    };
-    access::compare_and_write_phys(ram, mmio, range, expected, new_slice)
+    /// On MMIO a locked read-modify-write is a read then a write, on both
+    /// places.
+    #[test]
+    fn locked_rmw_on_mmio_is_a_read_then_a_write_on_both_places() {
+        for wide in [false, true] {
+            let mut ram = TestRam::new(0x1000);
+            let mut mmio = RecordingMmio::default();
+            let gpa = 0x8000;
+            let r = if wide {
+                let range = PhysRange {
+                    parts: [(gpa, 16), (0, 0)],
+                    count: 1,
+                };
+                rmw_range(&mut ram, &mut mmio, &range, 16, true, |old| (!old, ()))
+            } else {
+                rmw_page(&mut ram, &mut mmio, gpa, 8, true, |old| (!old, ()))
+            };
+            assert_eq!(r, Ok(Some(())));
+            let kinds: std::vec::Vec<(bool, u64, usize)> = mmio
+                .log
+                .iter()
+                .map(|a| (a.write, a.addr, a.data.len()))
+                .collect();
+            let n = if wide { 16 } else { 8 };
+            assert_eq!(kinds, [(false, gpa, n), (true, gpa, n)], "wide {wide}");
+            assert!(
+                mmio.log[1]
+                    .data
+                    .iter()
+                    .zip(&mmio.log[0].data)
+                    .all(|(w, r)| *w == !*r)
+            );
+        }
+    }
 }

@@ -11,6 +11,7 @@ use super::Exec;
 use crate::Outcome;
 use crate::access::{AccessType, PhysRange};
 use crate::bus::{GuestRam, MmioBus};
+use crate::data_cache::DataSlots;
 use crate::decode::{Mnemonic, Operand};
 use crate::error::Error;
 use crate::flags;
@@ -40,6 +41,24 @@ pub(crate) fn moved_sp(sp: u64, step: u64, smask: u64, push: bool) -> u64 {
     }
 }
 
+impl<S, R, M> Exec<'_, S, R, M>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    /// Runs `f`, which translates the operands of a two-operand
+    /// instruction (MOVS, CMPS, PUSH m, POP m) and makes no memory access,
+    /// with consecutive walks sharing the entries they read in common:
+    /// [`DataSlots::share_walks`](crate::data_cache::DataSlots::share_walks),
+    /// as the fast path's pair translation does (both paths must make the
+    /// same guest-RAM reads).
+    #[inline(always)]
+    pub(crate) fn sharing_walks<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
+        DataSlots::share_walks(self, |x| &mut x.cache.data, f)
+    }
+}
+
 pub(super) fn exec<S, R, M>(x: &mut Exec<'_, S, R, M>) -> Result<Outcome, Error>
 where
     S: CpuState + ?Sized,
@@ -61,31 +80,34 @@ where
     match insn.mnemonic {
         Mnemonic::Push => {
             // The source address uses rSP before the decrement.
-            let mut src = PhysRange::default();
-            x.locate(m, 0, size, AccessType::Read, false, &mut src)?;
             let new_sp = moved_sp(sp, step, smask, true);
-            let mut dst = PhysRange::default();
-            x.locate_offset(
-                Segment::Ss,
-                new_sp,
-                size,
-                AccessType::Write,
-                false,
-                &mut dst,
-            )?;
+            let (mut src, mut dst) = (PhysRange::default(), PhysRange::default());
+            x.sharing_walks(|x| {
+                x.locate(m, 0, size, AccessType::Read, false, &mut src)?;
+                x.locate_offset(
+                    Segment::Ss,
+                    new_sp,
+                    size,
+                    AccessType::Write,
+                    false,
+                    &mut dst,
+                )
+            })?;
             let value = x.read_mem(&src, size)?;
             x.write_mem(&dst, size, value)?;
             x.write_addr_reg(Gpr::Rsp, sas, new_sp);
         }
         Mnemonic::Pop => {
-            let mut src = PhysRange::default();
-            x.locate_offset(Segment::Ss, sp, size, AccessType::Read, false, &mut src)?;
             let new_sp = moved_sp(sp, step, smask, false);
-            // Stage the incremented rSP first: an rSP-based destination
-            // address is computed from it.
-            x.write_addr_reg(Gpr::Rsp, sas, new_sp);
-            let mut dst = PhysRange::default();
-            x.locate(m, 0, size, AccessType::Write, false, &mut dst)?;
+            let (mut src, mut dst) = (PhysRange::default(), PhysRange::default());
+            x.sharing_walks(|x| {
+                x.locate_offset(Segment::Ss, sp, size, AccessType::Read, false, &mut src)?;
+                // Stage the incremented rSP first: an rSP-based destination
+                // address is computed from it (a staged register, no
+                // memory access).
+                x.write_addr_reg(Gpr::Rsp, sas, new_sp);
+                x.locate(m, 0, size, AccessType::Write, false, &mut dst)
+            })?;
             let value = x.read_mem(&src, size)?;
             x.write_mem(&dst, size, value)?;
         }

@@ -24,14 +24,14 @@
 //!   exit: its page comes from the exit GPA. MOVS and CMPS translate both
 //!   operands through the page walker (either may be the MMIO one).
 
-use super::{Exec, PAGE_SIZE};
+use super::{Exec, PAGE_SIZE, read_page, write_page};
 use crate::Outcome;
 use crate::access::{AccessType, PhysRange};
 use crate::bus::{BusError, GuestRam, MmioBus, RamStatus};
 use crate::decode::{Mnemonic, RepPrefix};
 use crate::error::Error;
 use crate::flags::{self, DF, ZF};
-use crate::io::reverse_elements;
+use crate::io::{SMALL_BATCH_BYTES, reverse_elements};
 use crate::state::{CpuState, Gpr, Segment};
 
 /// The largest number of iterations one assist call performs.
@@ -157,60 +157,251 @@ where
     let Some(total) = n.checked_mul(s).and_then(|t| usize::try_from(t).ok()) else {
         return Ok(None);
     };
-    let span = (n - 1) * s;
-    let low = |gpa0: u64| {
-        if backwards {
-            gpa0.wrapping_sub(span)
-        } else {
-            gpa0
-        }
+    let batch = Batch {
+        op,
+        src0: elements[0],
+        dst0,
+        n,
+        s,
+        backwards,
+        rax,
     };
-    let size = s as usize;
-    let mut buf = [0u8; PAGE_SIZE as usize];
-    // In memory order (ascending addresses).
-    let data = buf.get_mut(..total).ok_or(Error::InconsistentExit)?;
-    match op {
-        Mnemonic::Stos => {
-            let value = rax.to_le_bytes();
-            let (Some(first), Some(element)) = (data.get_mut(..size), value.get(..size)) else {
-                return Ok(None);
-            };
-            first.copy_from_slice(element);
-            // Doubling copies: log2(n) block copies instead of n.
-            let mut filled = size;
-            while filled < total {
-                let chunk = filled.min(total - filled);
-                data.copy_within(..chunk, filled);
-                filled += chunk;
+    // A buffer of the batch's size class: zeroing the whole 4 KiB one cost
+    // a short REP most of its time (as for string I/O, `io.rs`).
+    if total <= SMALL_BATCH_BYTES {
+        let mut buf = [0u8; SMALL_BATCH_BYTES];
+        let data = buf.get_mut(..total).ok_or(Error::InconsistentExit)?;
+        batch.write(x, data)
+    } else {
+        batch.write_large(x, total)
+    }
+}
+
+/// A batch for [`write_batch`]: `n` elements of `s` bytes, to the page of
+/// `dst0` (element 0's GPA), from `src0` (MOVS) or of `rax` (STOS).
+struct Batch {
+    op: Mnemonic,
+    src0: Option<Elements>,
+    dst0: u64,
+    n: u64,
+    s: u64,
+    backwards: bool,
+    rax: u64,
+}
+
+impl Batch {
+    /// [`Batch::write`] with a 4 KiB buffer, out of line so that the small
+    /// batches' frame does not carry it.
+    #[inline(never)]
+    fn write_large<S, R, M>(
+        &self,
+        x: &mut Exec<'_, S, R, M>,
+        total: usize,
+    ) -> Result<Option<(u64, Option<BusError>)>, Error>
+    where
+        S: CpuState + ?Sized,
+        R: GuestRam + ?Sized,
+        M: MmioBus + ?Sized,
+    {
+        let mut buf = [0u8; PAGE_SIZE as usize];
+        let data = buf.get_mut(..total).ok_or(Error::InconsistentExit)?;
+        self.write(x, data)
+    }
+
+    /// The batch through `data`, exactly its size in bytes (in memory
+    /// order: ascending addresses).
+    #[inline(always)]
+    fn write<S, R, M>(
+        &self,
+        x: &mut Exec<'_, S, R, M>,
+        data: &mut [u8],
+    ) -> Result<Option<(u64, Option<BusError>)>, Error>
+    where
+        S: CpuState + ?Sized,
+        R: GuestRam + ?Sized,
+        M: MmioBus + ?Sized,
+    {
+        let Batch {
+            op,
+            src0,
+            dst0,
+            n,
+            s,
+            backwards,
+            rax,
+        } = *self;
+        let total = data.len();
+        let span = (n - 1) * s;
+        let low = |gpa0: u64| {
+            if backwards {
+                gpa0.wrapping_sub(span)
+            } else {
+                gpa0
             }
+        };
+        let size = s as usize;
+        match op {
+            Mnemonic::Stos => {
+                let value = rax.to_le_bytes();
+                let (Some(first), Some(element)) = (data.get_mut(..size), value.get(..size)) else {
+                    return Ok(None);
+                };
+                first.copy_from_slice(element);
+                // Doubling copies: log2(n) block copies instead of n.
+                let mut filled = size;
+                while filled < total {
+                    let chunk = filled.min(total - filled);
+                    data.copy_within(..chunk, filled);
+                    filled += chunk;
+                }
+            }
+            Mnemonic::Movs => {
+                let Some(Elements::Page { gpa0: src0 }) = src0 else {
+                    return Ok(None);
+                };
+                let (src, dst) = (low(src0), low(dst0));
+                let len = total as u64;
+                if src < dst.wrapping_add(len) && dst < src.wrapping_add(len) {
+                    return Ok(None);
+                }
+                if x.ram.read(src, data)? != RamStatus::Done {
+                    return Ok(None);
+                }
+            }
+            _ => return Ok(None),
         }
-        Mnemonic::Movs => {
-            let Some(Elements::Page { gpa0: src0 }) = elements[0] else {
-                return Ok(None);
-            };
-            let (src, dst) = (low(src0), low(dst0));
-            let len = total as u64;
-            if src < dst.wrapping_add(len) && dst < src.wrapping_add(len) {
-                return Ok(None);
-            }
-            if x.ram.read(src, data)? != RamStatus::Done {
-                return Ok(None);
-            }
+        if x.ram.write(low(dst0), data)? == RamStatus::Done {
+            return Ok(Some((n, None)));
         }
-        _ => return Ok(None),
+        // The device sees the elements in the order the CPU writes them.
+        if backwards {
+            reverse_elements(data, size);
+        }
+        Ok(match x.mmio.write_batch(dst0, size, backwards, data) {
+            None => None,
+            Some(Ok(())) => Some((n, None)),
+            Some(Err(p)) => Some(((p.done as u64).min(n), Some(p.error))),
+        })
     }
-    if x.ram.write(low(dst0), data)? == RamStatus::Done {
-        return Ok(Some((n, None)));
+}
+
+/// The element-by-element iterations of a batch of more than one
+/// element (each operand's elements within one page, element `i` at its
+/// element 0's GPA +/- `i * size`), by GPA: the same bus calls, in the
+/// same order, as one [`Exec::read_mem`]/[`Exec::write_mem`] per element,
+/// without a [`PhysRange`] for each.
+struct Run {
+    op: Mnemonic,
+    rep: Option<RepPrefix>,
+    /// Element 0's GPA of the source, if the instruction has one.
+    src0: Option<u64>,
+    /// Element 0's GPA of the destination, if the instruction has one.
+    dst0: Option<u64>,
+    size: u8,
+    backwards: bool,
+    /// rAX at the element size.
+    rax: u64,
+    rflags: u64,
+}
+
+/// What [`Run::elements`] did.
+struct Ran {
+    /// The iterations completed.
+    done: u64,
+    /// RFLAGS after the last compare (CMPS, SCAS), else as before.
+    flags: u64,
+    /// The last element loaded (LODS).
+    loaded: Option<u64>,
+    /// A REPE/REPNE compare ended the instruction.
+    stopped: bool,
+    /// The bus error that stopped the batch.
+    failure: Option<Error>,
+}
+
+impl Run {
+    /// Runs up to `n` iterations, stopping at a bus error or at the
+    /// compare that ends a REPE/REPNE.
+    fn elements<S, R, M>(&self, x: &mut Exec<'_, S, R, M>, n: u64) -> Ran
+    where
+        S: CpuState + ?Sized,
+        R: GuestRam + ?Sized,
+        M: MmioBus + ?Sized,
+    {
+        let Run {
+            op,
+            rep,
+            src0,
+            dst0,
+            size,
+            backwards,
+            rax,
+            rflags,
+        } = *self;
+        let s = u64::from(size);
+        let at = |gpa0: u64, i: u64| advance(gpa0, i.wrapping_mul(s), backwards);
+        let mut ran = Ran {
+            done: 0,
+            flags: rflags,
+            loaded: None,
+            stopped: false,
+            failure: None,
+        };
+        // The compare that ends a REPE (ZF clear) or REPNE (ZF set).
+        let stops = |flags: u64| match rep {
+            Some(RepPrefix::Rep) => flags & ZF == 0,
+            Some(RepPrefix::Repne) => flags & ZF != 0,
+            None => false,
+        };
+        let (ram, mmio) = (&mut *x.ram, &mut *x.mmio);
+        // One loop per instruction, so that each is a plain loop.
+        let result: Result<(), Error> = match (op, src0, dst0) {
+            (Mnemonic::Movs, Some(src0), Some(dst0)) => (0..n).try_for_each(|i| {
+                let v = read_page(ram, mmio, at(src0, i), size)?;
+                write_page(ram, mmio, at(dst0, i), size, v)?;
+                ran.done += 1;
+                Ok(())
+            }),
+            (Mnemonic::Stos, _, Some(dst0)) => (0..n).try_for_each(|i| {
+                write_page(ram, mmio, at(dst0, i), size, rax)?;
+                ran.done += 1;
+                Ok(())
+            }),
+            (Mnemonic::Lods, Some(src0), _) => (0..n).try_for_each(|i| {
+                ran.loaded = Some(read_page(ram, mmio, at(src0, i), size)?);
+                ran.done += 1;
+                Ok(())
+            }),
+            (Mnemonic::Cmps, Some(_), Some(dst0)) | (Mnemonic::Scas, _, Some(dst0)) => {
+                let mut result = Ok(());
+                for i in 0..n {
+                    // CMPS compares the source element, SCAS rAX.
+                    let a = match (op, src0) {
+                        (Mnemonic::Cmps, Some(src0)) => read_page(ram, mmio, at(src0, i), size),
+                        _ => Ok(rax),
+                    };
+                    let b = a.and_then(|a| Ok((a, read_page(ram, mmio, at(dst0, i), size)?)));
+                    match b {
+                        Ok((a, b)) => {
+                            ran.flags = compare_flags(a, b, size, rflags);
+                            ran.done += 1;
+                            if stops(ran.flags) {
+                                ran.stopped = true;
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                }
+                result
+            }
+            _ => Err(Error::InconsistentExit),
+        };
+        ran.failure = result.err();
+        ran
     }
-    // The device sees the elements in the order the CPU writes them.
-    if backwards {
-        reverse_elements(data, size);
-    }
-    Ok(match x.mmio.write_batch(dst0, size, backwards, data) {
-        None => None,
-        Some(Ok(())) => Some((n, None)),
-        Some(Err(p)) => Some(((p.done as u64).min(n), Some(p.error))),
-    })
 }
 
 /// The memory operands of string instruction `op`: whether it has a
@@ -243,7 +434,7 @@ pub(crate) fn advance(value: u64, moved: u64, backwards: bool) -> u64 {
 /// destination): those of `a - b` at `size`.
 #[inline(always)]
 pub(crate) fn compare_flags(a: u64, b: u64, size: u8, rflags: u64) -> u64 {
-    flags::sub(a, b, false, size, rflags).1
+    flags::cmp(a, b, size, rflags)
 }
 
 pub(super) fn exec<S, R, M>(x: &mut Exec<'_, S, R, M>) -> Result<Outcome, Error>
@@ -325,31 +516,35 @@ where
         }
     }
 
-    // Translate each operand once for the batch.
+    // Translate each operand once for the batch (the two walks sharing
+    // what they read in common, as the fast path's do: `sharing_walks`).
     let mut elements: [Option<Elements>; 2] = [None, None];
-    for (slot, side) in elements.iter_mut().zip(sides.iter()) {
-        let Some(side) = side else { continue };
-        let located = if n == 1 {
-            Elements::One(x.physical(side.linear, s, side.access, trusted)?)
-        } else if trusted {
-            let r = x.physical(side.linear, s, side.access, true)?;
-            Elements::Page { gpa0: r.parts[0].0 }
-        } else {
-            let span = (n - 1) * s;
-            let lowest = if backwards {
-                side.linear.wrapping_sub(span)
+    x.sharing_walks(|x| -> Result<(), Error> {
+        for (slot, side) in elements.iter_mut().zip(sides.iter()) {
+            let Some(side) = side else { continue };
+            let located = if n == 1 {
+                Elements::One(x.physical(side.linear, s, side.access, trusted)?)
+            } else if trusted {
+                let r = x.physical(side.linear, s, side.access, true)?;
+                Elements::Page { gpa0: r.parts[0].0 }
             } else {
-                side.linear
+                let span = (n - 1) * s;
+                let lowest = if backwards {
+                    side.linear.wrapping_sub(span)
+                } else {
+                    side.linear
+                };
+                let len = usize::try_from(span + s).map_err(|_| Error::InconsistentExit)?;
+                let r = x.resolve(lowest, len, side.access)?;
+                Elements::Page {
+                    gpa0: r.parts[0].0.wrapping_add(side.linear.wrapping_sub(lowest)),
+                }
             };
-            let len = usize::try_from(span + s).map_err(|_| Error::InconsistentExit)?;
-            let r = x.resolve(lowest, len, side.access)?;
-            Elements::Page {
-                gpa0: r.parts[0].0.wrapping_add(side.linear.wrapping_sub(lowest)),
-            }
-        };
-        x.check_alignment(side.linear, s)?;
-        *slot = Some(located);
-    }
+            x.check_alignment(side.linear, s)?;
+            *slot = Some(located);
+        }
+        Ok(())
+    })?;
 
     let rax = x.gpr(Gpr::Rax) & flags::size_mask(size);
     let mut done = 0u64;
@@ -366,7 +561,34 @@ where
         done = d;
         failure = error.map(Error::from);
     }
-    let per_element = if batched.is_some() { 0 } else { n };
+    let per_element = match (batched, elements) {
+        (Some(_), _) => 0,
+        // More than one element, each operand's within its page: by GPA.
+        (None, [src, dst]) if n > 1 => {
+            let page0 = |e: Option<Elements>| match e {
+                Some(Elements::Page { gpa0 }) => Some(gpa0),
+                _ => None,
+            };
+            let run = Run {
+                op,
+                rep: insn.rep,
+                src0: page0(src),
+                dst0: page0(dst),
+                size,
+                backwards,
+                rax,
+                rflags,
+            };
+            let r = run.elements(x, n);
+            done = r.done;
+            last_flags = r.flags;
+            loaded = r.loaded;
+            stopped = r.stopped;
+            failure = r.failure;
+            0
+        }
+        (None, _) => n,
+    };
     for i in 0..per_element {
         let src = elements[0].map(|e| e.get(i, s, backwards));
         let dst = elements[1].map(|e| e.get(i, s, backwards));

@@ -98,8 +98,7 @@ where
         // The opcode first, no prefix (nearly every string and stack
         // instruction): nothing to parse.
         0xA4..=0xA7 | 0xAA..=0xAF => {
-            let p = Prefixes::default();
-            run(state, mode, ram, cache, mmio, exit_gpa, bytes, &p, 0)
+            string::try_plain(state, mode, ram, cache, mmio, exit_gpa, first)
         }
         // PUSH m is FF /6 and POP m 8F /0: FF /0 /1 (INC, DEC) are the
         // integer decoder's, tried next.
@@ -166,9 +165,12 @@ where
 /// destination (`dst_access`) at `dst`, each within one page, translated
 /// in that order: what the general path's walks of MOVS, CMPS and PUSH/POP
 /// m ([`access::resolve_cached`](crate::access::resolve_cached)) give for
-/// them, the same addresses or the first error, from the same walks. With
-/// paging off the addresses themselves, inline; else the VCPU's cached
-/// translations ([`FetchCache::translate_data`], exact), out of line.
+/// them, the same addresses or the first error, from the same walks and
+/// the same guest-RAM reads. With paging off the addresses themselves,
+/// inline; else the VCPU's cached translations, out of line: the data
+/// cache's `translate_pair` (exact, as [`FetchCache::translate_data`]),
+/// whose second re-validation reads only the entries the first did not
+/// (the general path shares them the same way).
 #[inline(always)]
 pub(super) fn translate_pair<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     state: &S,
@@ -194,9 +196,7 @@ fn translate_pair_paged<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     dst: u64,
     dst_access: AccessType,
 ) -> Result<(u64, u64), Error> {
-    let src = cache.translate_data(state, ram, src, AccessType::Read)?;
-    let dst = cache.translate_data(state, ram, dst, dst_access)?;
-    Ok((src, dst))
+    cache.data.translate_pair(state, ram, src, dst, dst_access)
 }
 
 /// Writes the low `n` (1, 2, 4 or 8) bytes of `value` at `gpa` (within a

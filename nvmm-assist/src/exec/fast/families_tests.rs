@@ -156,14 +156,22 @@ fn random_state(rng: &mut Rng, mode: CpuMode, cr3_4: u64, cr3_2: u64) -> Registe
     let mut regs = match mode {
         CpuMode::Long64 => Registers::long_mode(TEST_VENDOR, cr3_4, 0, 0),
         CpuMode::Compat32 => Registers::compat_mode(TEST_VENDOR, cr3_4, 0, 0),
+        CpuMode::Compat16 => Registers::compat_mode(TEST_VENDOR, cr3_4, 0, 0),
         CpuMode::Protected32 | CpuMode::Protected16 => Registers::flat_protected32(TEST_VENDOR),
+        CpuMode::Virtual8086 => {
+            // Real-mode segments under CR0.PE with RFLAGS.VM: the CPL is 3.
+            // (RFLAGS.VM is set with the random flags below.)
+            let mut r = Registers::real_mode(TEST_VENDOR);
+            r.cr0 |= 1;
+            r
+        }
         _ => Registers::real_mode(TEST_VENDOR),
     };
     if paged32 {
         regs.cr0 |= CR0_PG;
         regs.cr3 = cr3_2;
     }
-    if mode == CpuMode::Protected16 {
+    if matches!(mode, CpuMode::Protected16 | CpuMode::Compat16) {
         regs.segments[Segment::Cs as usize].attributes = SegmentAttributes::code16();
     }
     for s in [
@@ -216,6 +224,9 @@ fn random_state(rng: &mut Rng, mode: CpuMode, cr3_4: u64, cr3_2: u64) -> Registe
     regs.rflags = 2 | (rng.next() & 0x8D5) | if rng.below(8) == 0 { 1 << 16 } else { 0 };
     if rng.below(2) == 0 {
         regs.rflags |= RFLAGS_DF;
+    }
+    if mode == CpuMode::Virtual8086 {
+        regs.rflags |= 1 << 17;
     }
     if rng.below(8) == 0 {
         regs.rflags |= RFLAGS_AC;
@@ -272,6 +283,8 @@ fn sse_string_and_stack_fast_forms_match_the_general_path() {
         CpuMode::Compat32,
         CpuMode::Protected32,
         CpuMode::Protected16,
+        CpuMode::Compat16,
+        CpuMode::Virtual8086,
         CpuMode::Real,
     ] {
         // Handled by the fast path: per family, and strings with DF = 1
@@ -387,7 +400,12 @@ fn sse_string_and_stack_fast_forms_match_the_general_path() {
             errors > CASES / 800,
             "{mode:?}: only {errors} failures through the fast path"
         );
-        if mode.is_64bit() || mode == CpuMode::Compat32 || mode == CpuMode::Protected32 {
+        if mode.is_64bit()
+            || matches!(
+                mode,
+                CpuMode::Compat32 | CpuMode::Compat16 | CpuMode::Protected32
+            )
+        {
             // Paged (Protected32: half the cases): the kept caches served
             // translations from their entries, re-validated.
             assert!(

@@ -50,10 +50,10 @@ pub(super) enum Form {
     BtImm,
     /// BT* r/m, reg: the register's signed offset also moves the address.
     BtReg,
-    /// SETcc r/m8 with its condition.
-    Setcc(u8),
-    /// CMOVcc reg, r/m with its condition.
-    Cmovcc(u8),
+    /// SETcc r/m8 (its condition in [`Fast::cc`]).
+    Setcc,
+    /// CMOVcc reg, r/m (its condition in [`Fast::cc`]).
+    Cmovcc,
     Movsxd,
     Movnti,
 }
@@ -68,6 +68,8 @@ pub(super) struct Shape {
     pub imm_size: u8,
     /// Bytes accessed in memory.
     pub access_size: u8,
+    /// The condition of SETcc and CMOVcc (the opcode's low four bits).
+    pub cc: u8,
 }
 
 fn shape(form: Form, op: Mnemonic, size: u8, imm_size: u8, access_size: u8) -> Option<Shape> {
@@ -77,6 +79,7 @@ fn shape(form: Form, op: Mnemonic, size: u8, imm_size: u8, access_size: u8) -> O
         size,
         imm_size,
         access_size,
+        cc: 0,
     })
 }
 
@@ -106,8 +109,14 @@ pub(super) fn primary(opcode: u8, vsize: u8, long: bool) -> Option<Shape> {
 #[inline(always)]
 pub(super) fn secondary(opcode: u8, vsize: u8, rex_w: bool, osz16: bool) -> Option<Shape> {
     match opcode {
-        0x40..=0x4F => shape(Form::Cmovcc(opcode & 15), Mnemonic::Cmovcc, vsize, 0, vsize),
-        0x90..=0x9F => shape(Form::Setcc(opcode & 15), Mnemonic::Setcc, 1, 0, 1),
+        0x40..=0x4F => shape(Form::Cmovcc, Mnemonic::Cmovcc, vsize, 0, vsize).map(|s| Shape {
+            cc: opcode & 15,
+            ..s
+        }),
+        0x90..=0x9F => shape(Form::Setcc, Mnemonic::Setcc, 1, 0, 1).map(|s| Shape {
+            cc: opcode & 15,
+            ..s
+        }),
         0xA3 => shape(Form::BtReg, Mnemonic::Bt, vsize, 0, vsize),
         0xAB => shape(Form::BtReg, Mnemonic::Bts, vsize, 0, vsize),
         0xB3 => shape(Form::BtReg, Mnemonic::Btr, vsize, 0, vsize),
@@ -133,6 +142,28 @@ pub(super) fn secondary(opcode: u8, vsize: u8, rex_w: bool, osz16: bool) -> Opti
         }
         _ => None,
     }
+}
+
+/// Whether [`secondary`] takes the 0F opcode `opcode` (for some
+/// prefixes).
+#[inline(always)]
+pub(super) fn is_secondary(opcode: u8) -> bool {
+    // Bit n % 64 of word n / 64: 40-4F, 90-9F, A3, AB, B0, B1, B3, BA, BB,
+    // C0, C1, C3, C7.
+    const TAKEN: [u64; 4] = [
+        0,
+        0xFFFF,
+        (0xFFFF << 0x10)
+            | (1 << 0x23)
+            | (1 << 0x2B)
+            | (1 << 0x30)
+            | (1 << 0x31)
+            | (1 << 0x33)
+            | (1 << 0x3A)
+            | (1 << 0x3B),
+        (1 << 0x00) | (1 << 0x01) | (1 << 0x03) | (1 << 0x07),
+    ];
+    TAKEN[usize::from(opcode >> 6)] >> (opcode & 63) & 1 != 0
 }
 
 /// The form and operation once the ModRM `reg` field is known: the
@@ -180,7 +211,7 @@ pub(super) fn locked(kind: Kind, op: Mnemonic) -> Option<Kind> {
 /// then check a read).
 pub(super) fn reads_only(form: Form, op: Mnemonic) -> bool {
     match form {
-        Form::Cmovcc(_) | Form::Movsxd => true,
+        Form::Cmovcc | Form::Movsxd => true,
         Form::BtImm | Form::BtReg => op == Mnemonic::Bt,
         _ => false,
     }
@@ -190,7 +221,7 @@ pub(super) fn reads_only(form: Form, op: Mnemonic) -> bool {
 /// effective address (0 for every other form).
 #[inline(always)]
 pub(super) fn displacement<S: CpuState + ?Sized>(state: &S, f: &Fast) -> i64 {
-    if f.kind == Kind::Int(Form::BtReg) {
+    if matches!(f.kind, Kind::Int(Form::BtReg)) {
         bits::register_offset(read_reg(state, f.reg, f.size, f.rex), f.size).1
     } else {
         0
@@ -308,19 +339,19 @@ where
                 })?)
             };
         }
-        Form::Setcc(cc) => {
-            let value = mov::setcc(cc, rflags);
+        Form::Setcc => {
+            let value = mov::setcc(f.cc, rflags);
             write_page(ram, mmio, gpa, 1, value)?;
         }
         Form::Movnti => {
             let value = read_reg(state, f.reg, size, f.rex);
             write_page(ram, mmio, gpa, size, value)?;
         }
-        Form::Cmovcc(cc) => {
+        Form::Cmovcc => {
             // The memory is read whether or not the condition holds.
             let loaded = read_page(ram, mmio, gpa, size)?;
             let current = read_reg(state, f.reg, size, f.rex);
-            let value = mov::cmov(cc, rflags, loaded, current);
+            let value = mov::cmov(f.cc, rflags, loaded, current);
             writes[0] = Some(merged(state, f.reg, size, f.rex, value));
         }
         Form::Movsxd => {
@@ -342,24 +373,4 @@ where
     }
     state.set_rip(f.next_rip);
     Ok(Outcome::Done)
-}
-
-/// [`exec`], not inlined: for the MOV/ALU executor's `Kind::Int` arm, which
-/// the integer forms do not take (they run from `try_exec_int`), so that
-/// the hot executor stays small.
-#[inline(never)]
-pub(super) fn exec_out_of_line<S, R, M>(
-    state: &mut S,
-    ram: &mut R,
-    mmio: &mut M,
-    gpa: u64,
-    f: &Fast,
-    form: Form,
-) -> Result<Outcome, Error>
-where
-    S: CpuState + ?Sized,
-    R: GuestRam + ?Sized,
-    M: MmioBus + ?Sized,
-{
-    exec(state, ram, mmio, gpa, f, form)
 }

@@ -18,7 +18,17 @@
 //! on RAM when locked, a read then a write on MMIO), and segmentation is
 //! [`linear_address`], the general path's too.
 //!
-//! When that decoder declines the bytes, `families.rs` tries the SSE moves
+//! Entry: [`run_mode`], inlined into one out-of-line function per default
+//! address size in `mem.rs` (`assist_sized` with the exit's
+//! bytes; `fetched` after the fetch, with a copy per size), so that the
+//! memory assist's entry is a small dispatcher and each mode class's code
+//! is compiled on its own. There the MOV/ALU decoder (the integer forms
+//! and LOCK compiled out, so that MOV costs what it did before they were
+//! added) comes first; it says when it declined a prefix or opcode of an
+//! integer form, and only then the full decoder (`INT`) runs, inline too.
+//! A declined decode does nothing.
+//!
+//! When both decline the bytes, `families.rs` tries the SSE moves
 //! (`sse.rs`), single (non-REP) MOVS/STOS/LODS/CMPS/SCAS (`string.rs`) and
 //! PUSH/POP m (`stack.rs`), with the general executors' semantics
 //! functions (`exec/sse.rs`, `exec/string.rs`, `exec/stack.rs`). MOVS,
@@ -56,7 +66,7 @@ use crate::error::Error;
 use crate::fetch_cache::FetchCache;
 use crate::flags::{self, AC, RF};
 use crate::mode::CpuMode;
-use crate::segment::linear_address;
+use crate::segment::{self, linear_address};
 use crate::state::{CpuState, Gpr, Segment};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -191,6 +201,8 @@ struct Fast {
     segment: Segment,
     /// The RIP after the instruction (wrapped at the code size).
     next_rip: u64,
+    /// The condition of SETcc and CMOVcc.
+    cc: u8,
 }
 
 impl Fast {
@@ -219,14 +231,32 @@ impl Fast {
 }
 
 /// Decodes `bytes` if it is a fast-path form whose access is plain.
-#[inline(always)]
+#[cfg(test)]
 fn decode<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
     state: &S,
     mode: CpuMode,
     exit_gpa: u64,
     bytes: &[u8],
 ) -> Option<(Fast, u64)> {
-    let f = decode_form::<ADDR, INT, S>(state, mode, bytes)?;
+    decode_with::<ADDR, INT, S>(state, mode, exit_gpa, bytes, &mut false)
+}
+
+/// Decodes `bytes` if it is a fast-path form whose access is plain, and
+/// computes its linear address (`decode`, used by the tests, is this with
+/// the hint ignored). Without `INT`, also sets `*int_form` when it declined the
+/// bytes at a prefix or opcode that the full decoder (`INT`) may take
+/// (LOCK, 63, 86/87, FE/FF /0 /1, F6/F7 /2 /3, the 0F opcodes of
+/// [`int::secondary`]). When it is left clear, the full decoder would
+/// decline the bytes too.
+#[inline(always)]
+fn decode_with<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
+    state: &S,
+    mode: CpuMode,
+    exit_gpa: u64,
+    bytes: &[u8],
+    int_form: &mut bool,
+) -> Option<(Fast, u64)> {
+    let f = decode_form_with::<ADDR, INT, S>(state, mode, bytes, int_form)?;
     let asz = u64::from(f.access_size);
     // A BT* register bit offset moves the access (the address-size wrap
     // applies to the sum).
@@ -243,10 +273,13 @@ fn decode<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
             return None;
         }
         offset
-    } else {
-        // Segmentation with every check; a fault goes to the general path,
-        // which reports it.
+    } else if ADDR == 8 {
+        // FS/GS: their base, then the canonical check.
         linear_address(state, mode, f.segment, offset, asz, f.access()).ok()?
+    } else {
+        // Segmentation with every check (the general path's, inline); a
+        // fault goes to the general path, which reports it.
+        segment::legacy_checked(state, mode, f.segment, offset, asz, f.access()).ok()?
     };
     // Leave page-crossing accesses, a mismatching exit GPA, a possible
     // #AC and CMPXCHG16B's #GP (a misaligned operand) to the general path.
@@ -262,14 +295,27 @@ fn decode<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
 
 /// Decodes a fast-path form in `mode` and computes its effective address,
 /// with no check of the address.
-#[inline(always)]
-///
-/// `ADDR` is the mode's default address size (2, 4, or 8 for 64-bit mode),
-/// a constant so that each mode class gets its own specialised copy.
+#[cfg(test)]
 fn decode_form<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
     state: &S,
     mode: CpuMode,
     bytes: &[u8],
+) -> Option<Fast> {
+    decode_form_with::<ADDR, INT, S>(state, mode, bytes, &mut false)
+}
+
+/// Decodes a fast-path form in `mode` and computes its effective address,
+/// with no check of the address (`decode_form`, used by the tests, is this
+/// with the hint ignored); `int_form` as in [`decode_with`].
+///
+/// `ADDR` is the mode's default address size (2, 4, or 8 for 64-bit mode),
+/// a constant so that each mode class gets its own specialised copy.
+#[inline(always)]
+fn decode_form_with<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
+    state: &S,
+    mode: CpuMode,
+    bytes: &[u8],
+    int_form: &mut bool,
 ) -> Option<Fast> {
     debug_assert_eq!(ADDR, mode.default_address_size());
     let long = ADDR == 8;
@@ -286,6 +332,10 @@ fn decode_form<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
         match b {
             0x66 => osz16 = true,
             0xF0 if INT => lock = true,
+            0xF0 => {
+                *int_form = true;
+                return None;
+            }
             0x26 | 0x2E | 0x36 | 0x3E if long => {}
             0x26 => seg_override = Some(Segment::Es),
             0x2E => seg_override = Some(Segment::Cs),
@@ -318,6 +368,7 @@ fn decode_form<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
     };
     // (kind, operand size, immediate size, bytes accessed)
     let mut op = Mnemonic::Mov;
+    let mut cc = 0;
     let (mut kind, size, mut imm_size, access_size) = match b {
         0x84 => {
             op = Mnemonic::Test;
@@ -334,6 +385,13 @@ fn decode_form<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
             let s = int::primary(b, vsize, long)?;
             op = s.op;
             (s.kind, s.size, s.imm_size, s.access_size)
+        }
+        0x63 | 0x86 | 0x87 | 0xFE | 0xFF => {
+            // INC/DEC are FE/FF /0 /1; the rest of FF (PUSH m /6 ...) are
+            // not the full decoder's.
+            *int_form =
+                !matches!(b, 0xFE | 0xFF) || matches!(byte(bytes, i), Some(m) if (m >> 3) & 7 < 2);
+            return None;
         }
         0xF6 => (Kind::Alu, 1, 1, 1),
         0xF7 => (Kind::Alu, vsize, if vsize == 2 { 2 } else { 4 }, vsize),
@@ -357,9 +415,13 @@ fn decode_form<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
                 _ if INT => {
                     let s = int::secondary(op2, vsize, rex & 8 != 0, osz16)?;
                     op = s.op;
+                    cc = s.cc;
                     (s.kind, s.size, s.imm_size, s.access_size)
                 }
-                _ => return None,
+                _ => {
+                    *int_form = int::is_secondary(op2);
+                    return None;
+                }
             }
         }
         // ALU r/m,reg and reg,r/m: 00-03, 08-0B, ..., 38-3B.
@@ -380,10 +442,10 @@ fn decode_form<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
     let md = modrm >> 6;
     let reg_field = (modrm >> 3) & 7;
     let rm = modrm & 7;
-    if md == 3 || (kind == Kind::StoreImm && reg_field != 0) {
+    if md == 3 || (matches!(kind, Kind::StoreImm) && reg_field != 0) {
         return None;
     }
-    if kind == Kind::Alu {
+    if matches!(kind, Kind::Alu) {
         op = match b {
             // Group 3: TEST (/0 and its alias /1), NOT, NEG (no
             // immediate); MUL, IMUL, DIV, IDIV are not emulated.
@@ -397,7 +459,10 @@ fn decode_form<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
                     Mnemonic::Neg
                 }
             }
-            0xF6 | 0xF7 => return None,
+            0xF6 | 0xF7 => {
+                *int_form = !INT && reg_field < 4;
+                return None;
+            }
             _ => alu_op(reg_field),
         };
     }
@@ -445,6 +510,7 @@ fn decode_form<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
         offset: base.wrapping_add(disp) & amask,
         segment: seg_override.unwrap_or(default_seg),
         next_rip,
+        cc,
     })
 }
 
@@ -509,6 +575,7 @@ fn moffs<const ADDR: u8, S: CpuState + ?Sized>(
         offset,
         segment: seg_override.unwrap_or(Segment::Ds),
         next_rip,
+        cc: 0,
     })
 }
 
@@ -692,7 +759,7 @@ where
     let mut new_flags = rflags & !RF;
     match f.kind {
         Kind::Store | Kind::StoreImm => {
-            let v = if f.kind == Kind::Store {
+            let v = if matches!(f.kind, Kind::Store) {
                 read_reg(state, f.reg, f.size, f.rex)
             } else {
                 f.imm
@@ -702,7 +769,7 @@ where
         }
         Kind::Load | Kind::Movzx | Kind::Movsx => {
             let mut v = read_sized(ram, mmio, gpa, n)?;
-            if f.kind == Kind::Movsx {
+            if matches!(f.kind, Kind::Movsx) {
                 v = flags::sign_extend(v, f.access_size);
             }
             let (g, v) = merged(state, f.reg, f.size, f.rex, v);
@@ -717,7 +784,7 @@ where
             };
             let (r, fl) = alu::compute(f.op, a, b, f.size, new_flags).unwrap_or((a, new_flags));
             if !matches!(f.op, Mnemonic::Cmp | Mnemonic::Test) {
-                if f.kind == Kind::AluToReg {
+                if matches!(f.kind, Kind::AluToReg) {
                     let (g, v) = merged(state, f.reg, f.size, f.rex, r);
                     state.set_gpr(g, v);
                 } else {
@@ -727,7 +794,7 @@ where
             }
             new_flags = fl;
         }
-        Kind::Int(form) => return int::exec_out_of_line(state, ram, mmio, gpa, f, form),
+        Kind::Int(_) => return Err(Error::InconsistentExit),
     }
     if new_flags != rflags {
         state.set_rflags(new_flags);
@@ -736,10 +803,35 @@ where
     Ok(Outcome::Done)
 }
 
-/// Tries the fast path on a memory exit in `mode` whose instruction bytes
-/// are `bytes`. `None`: not handled, nothing done (no access, no change).
+/// [`exec`] for what the full decoder takes: the integer forms of [`int`]
+/// and the rest.
 #[inline(always)]
-pub(crate) fn try_exec<S, R, M>(
+fn exec_int<S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    gpa: u64,
+    f: &Fast,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    match f.kind {
+        Kind::Int(form) => int::exec(state, ram, mmio, gpa, f, form),
+        _ => exec(state, ram, mmio, gpa, f),
+    }
+}
+
+/// Runs the fast path on a memory exit in `mode` (of the default address
+/// size `ADDR`) whose instruction bytes are `bytes`, else (nothing done)
+/// `general`. The result of either is this function's own, with no
+/// `Option` to unwrap and copy, which cost about a dozen instructions per
+/// call.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn run_mode<const ADDR: u8, S, R, M>(
     state: &mut S,
     mode: CpuMode,
     ram: &mut R,
@@ -747,58 +839,36 @@ pub(crate) fn try_exec<S, R, M>(
     mmio: &mut M,
     exit_gpa: u64,
     bytes: &[u8],
-) -> Option<Result<Outcome, Error>>
+    general: impl FnOnce(&mut S, &mut R, &mut M, &mut FetchCache) -> Result<Outcome, Error>,
+) -> Result<Outcome, Error>
 where
     S: CpuState + ?Sized,
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    // The MOV/ALU forms are decoded by a copy of the decoder without the
-    // integer forms and LOCK (compiled out), so that they cost what they
-    // did before those were added. The rest tries the SSE, string and
-    // stack families (behind a one-byte filter, so cheap to decline)
-    // and then the full decoder with the integer forms, both out of line.
-    let decoded = match mode.default_address_size() {
-        8 => decode::<8, false, S>(state, mode, exit_gpa, bytes),
-        4 => decode::<4, false, S>(state, mode, exit_gpa, bytes),
-        _ => decode::<2, false, S>(state, mode, exit_gpa, bytes),
-    };
-    let Some((f, linear)) = decoded else {
-        if let Some(result) = families::try_exec(state, mode, ram, cache, mmio, exit_gpa, bytes) {
-            return Some(result);
-        }
-        return try_exec_int(state, mode, ram, mmio, exit_gpa, bytes);
-    };
-    debug_assert_eq!(linear & 0xFFF, exit_gpa & 0xFFF);
-    Some(exec(state, ram, mmio, exit_gpa, &f))
-}
-
-/// [`try_exec`] with the full decoder: the integer forms of [`int`] and
-/// LOCK.
-#[inline(never)]
-fn try_exec_int<S, R, M>(
-    state: &mut S,
-    mode: CpuMode,
-    ram: &mut R,
-    mmio: &mut M,
-    exit_gpa: u64,
-    bytes: &[u8],
-) -> Option<Result<Outcome, Error>>
-where
-    S: CpuState + ?Sized,
-    R: GuestRam + ?Sized,
-    M: MmioBus + ?Sized,
-{
-    let (f, linear) = match mode.default_address_size() {
-        8 => decode::<8, true, S>(state, mode, exit_gpa, bytes)?,
-        4 => decode::<4, true, S>(state, mode, exit_gpa, bytes)?,
-        _ => decode::<2, true, S>(state, mode, exit_gpa, bytes)?,
-    };
-    debug_assert_eq!(linear & 0xFFF, exit_gpa & 0xFFF);
-    Some(match f.kind {
-        Kind::Int(form) => int::exec(state, ram, mmio, exit_gpa, &f, form),
-        _ => exec(state, ram, mmio, exit_gpa, &f),
-    })
+    // The MOV/ALU decoder; the full one only if the first declined a
+    // prefix or opcode of an integer form; then the SSE, string and stack
+    // families behind their one-byte filter. The decoders and the families
+    // take disjoint sets of bytes, and a declined attempt does nothing, so
+    // the order is only a matter of cost.
+    let mut int_form = false;
+    if let Some((f, linear)) =
+        decode_with::<ADDR, false, S>(state, mode, exit_gpa, bytes, &mut int_form)
+    {
+        debug_assert_eq!(linear & 0xFFF, exit_gpa & 0xFFF);
+        return exec(state, ram, mmio, exit_gpa, &f);
+    }
+    if int_form
+        && let Some((f, linear)) =
+            decode_with::<ADDR, true, S>(state, mode, exit_gpa, bytes, &mut int_form)
+    {
+        debug_assert_eq!(linear & 0xFFF, exit_gpa & 0xFFF);
+        return exec_int(state, ram, mmio, exit_gpa, &f);
+    }
+    if let Some(result) = families::try_exec(state, mode, ram, cache, mmio, exit_gpa, bytes) {
+        return result;
+    }
+    general(state, ram, mmio, cache)
 }
 
 #[cfg(test)]
@@ -1022,13 +1092,20 @@ mod tests {
     fn random_state(rng: &mut Rng, mode: CpuMode, cr3: u64) -> Registers {
         let mut regs = match mode {
             CpuMode::Long64 => Registers::long_mode(TEST_VENDOR, cr3, 0, 0),
-            CpuMode::Compat32 => Registers::compat_mode(TEST_VENDOR, cr3, 0, 0),
+            CpuMode::Compat32 | CpuMode::Compat16 => Registers::compat_mode(TEST_VENDOR, cr3, 0, 0),
             CpuMode::Protected32 => Registers::flat_protected32(TEST_VENDOR),
             _ => Registers::real_mode(TEST_VENDOR),
         };
         if mode == CpuMode::Protected16 {
             regs = Registers::flat_protected32(TEST_VENDOR);
             regs.segments[Segment::Cs as usize].attributes = SegmentAttributes::code16();
+        }
+        if mode == CpuMode::Compat16 {
+            regs.segments[Segment::Cs as usize].attributes = SegmentAttributes::code16();
+        }
+        if mode == CpuMode::Virtual8086 {
+            // Real-mode segments under CR0.PE (RFLAGS.VM below): CPL 3.
+            regs.cr0 |= 1;
         }
         for s in [
             Segment::Es,
@@ -1084,6 +1161,9 @@ mod tests {
             }
         }
         regs.rflags = 2 | (rng.next() & 0x8D5) | if rng.below(8) == 0 { 1 << 18 } else { 0 };
+        if mode == CpuMode::Virtual8086 {
+            regs.rflags |= 1 << 17;
+        }
         if rng.below(8) == 0 {
             regs.cr0 |= 1 << 18; // CR0.AM: with AC and CPL 3, #AC
             regs = regs.at_cpl(3);
@@ -1120,6 +1200,64 @@ mod tests {
             .unwrap_or(30_000)
     }
 
+    /// The MOV/ALU decoder's hint is exact enough: whenever the full
+    /// decoder takes bytes the MOV/ALU decoder declined, the hint was set
+    /// (else the fast path would never try the full decoder on them).
+    #[test]
+    fn the_mov_decoders_hint_covers_every_integer_form() {
+        let mut rng = Rng(0x0DEC_0DE5_1234_5678);
+        for mode in [
+            CpuMode::Long64,
+            CpuMode::Compat32,
+            CpuMode::Protected32,
+            CpuMode::Protected16,
+            CpuMode::Real,
+        ] {
+            let mut taken = 0;
+            for _ in 0..20_000 {
+                let bytes = random_instruction(&mut rng);
+                let regs = random_state(&mut rng, mode, 0x20000);
+                let Some((_, lin)) = addresses(&bytes, &regs, mode) else {
+                    continue;
+                };
+                let gpa = if rng.below(32) == 0 { lin ^ 8 } else { lin };
+                let mut hint = false;
+                let (mov, full) = match mode.default_address_size() {
+                    8 => (
+                        super::decode_with::<8, false, _>(&regs, mode, gpa, &bytes, &mut hint),
+                        super::decode::<8, true, _>(&regs, mode, gpa, &bytes),
+                    ),
+                    4 => (
+                        super::decode_with::<4, false, _>(&regs, mode, gpa, &bytes, &mut hint),
+                        super::decode::<4, true, _>(&regs, mode, gpa, &bytes),
+                    ),
+                    _ => (
+                        super::decode_with::<2, false, _>(&regs, mode, gpa, &bytes, &mut hint),
+                        super::decode::<2, true, _>(&regs, mode, gpa, &bytes),
+                    ),
+                };
+                if mov.is_none() && full.is_some() {
+                    taken += 1;
+                    assert!(hint, "{mode:?} {bytes:02x?}: no hint");
+                }
+                if mov.is_some() {
+                    assert!(full.is_some(), "{mode:?} {bytes:02x?}");
+                }
+            }
+            assert!(taken > 1_000, "{mode:?}: only {taken} integer forms");
+        }
+    }
+
+    #[test]
+    fn is_secondary_is_the_set_secondary_takes() {
+        for op in 0..=255u8 {
+            let any = [(false, false), (false, true), (true, false), (true, true)]
+                .iter()
+                .any(|&(w, o)| super::int::secondary(op, 4, w, o).is_some());
+            assert_eq!(super::int::is_secondary(op), any, "0F {op:02x}");
+        }
+    }
+
     #[test]
     fn fast_path_matches_the_general_path_in_every_mode() {
         let mut ram = TestRam::new(0x40000).hole(0x1000, 0x3000);
@@ -1142,6 +1280,8 @@ mod tests {
             CpuMode::Compat32,
             CpuMode::Protected32,
             CpuMode::Protected16,
+            CpuMode::Compat16,
+            CpuMode::Virtual8086,
             CpuMode::Real,
         ] {
             let mut handled = 0;

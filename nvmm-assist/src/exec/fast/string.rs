@@ -16,6 +16,11 @@
 //! the general path's order (source, then destination), whose errors are
 //! the general path's errors too. A REP/REPNE prefix is left to the general
 //! path.
+//!
+//! Two entries: [`try_plain`] for an instruction without a prefix (nearly
+//! all of them), out of line with the mode's sizes constants and one arm
+//! per opcode, and [`try_exec`] after parsed prefixes, with the sizes
+//! runtime values, which keeps that rarer path's code small.
 
 use super::super::{alignment_faults, merge_sized, string};
 use super::families::{translate_pair, within_page, write_sized};
@@ -32,8 +37,155 @@ use crate::mode::CpuMode;
 use crate::segment::linear_address_if_allowed;
 use crate::state::{CpuState, Gpr, Segment};
 
-/// Tries the string instruction whose opcode (A4-A7, AA-AF) is `opcode`
-/// and ends at `len` bytes.
+/// Tries the string instruction `opcode` (A4-A7, AA-AF) with no prefix,
+/// the first byte of the exit's instruction. Out of line, one copy per
+/// default address size and opcode, in which the element and address sizes
+/// are constants: nearly every string instruction a guest runs has no
+/// prefix, and the constant sizes save about 30 instructions of a STOSB.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+pub(super) fn try_plain<S, R, M>(
+    state: &mut S,
+    mode: CpuMode,
+    ram: &mut R,
+    cache: &mut FetchCache,
+    mmio: &mut M,
+    exit_gpa: u64,
+    opcode: u8,
+) -> Option<Result<Outcome, Error>>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    // 64-bit and real mode (the BIOS, boot loaders) with the mode a
+    // constant, which makes their segmentation checks simpler; the other
+    // modes by their default address size.
+    match mode {
+        CpuMode::Long64 => {
+            plain::<8, S, R, M>(state, CpuMode::Long64, ram, cache, mmio, exit_gpa, opcode)
+        }
+        CpuMode::Real => {
+            plain::<2, S, R, M>(state, CpuMode::Real, ram, cache, mmio, exit_gpa, opcode)
+        }
+        _ if mode.default_address_size() == 4 => {
+            plain::<4, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, opcode)
+        }
+        _ => plain::<2, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, opcode),
+    }
+}
+
+/// [`try_plain`] in a mode whose default address size is `ADDR`: the
+/// operand size is `ADDR`'s default one (2 with `ADDR` 2, else 4).
+#[inline(always)]
+fn plain<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    mode: CpuMode,
+    ram: &mut R,
+    cache: &mut FetchCache,
+    mmio: &mut M,
+    exit_gpa: u64,
+    opcode: u8,
+) -> Option<Result<Outcome, Error>>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let wide = if ADDR == 2 { 2 } else { 4 };
+    let rflags = state.rflags();
+    let next_rip = next_rip::<ADDR, S>(state, 1);
+    let step = |op, size| Step {
+        op,
+        size,
+        asz: ADDR,
+        rflags,
+        next_rip,
+    };
+    let ds = Segment::Ds;
+    // One arm per opcode, so that each arm's mnemonic and size are
+    // constants.
+    match opcode {
+        0xA4 => two(state, mode, ram, cache, mmio, &step(Mnemonic::Movs, 1), ds),
+        0xA5 => two(
+            state,
+            mode,
+            ram,
+            cache,
+            mmio,
+            &step(Mnemonic::Movs, wide),
+            ds,
+        ),
+        0xA6 => two(state, mode, ram, cache, mmio, &step(Mnemonic::Cmps, 1), ds),
+        0xA7 => two(
+            state,
+            mode,
+            ram,
+            cache,
+            mmio,
+            &step(Mnemonic::Cmps, wide),
+            ds,
+        ),
+        0xAA => one(
+            state,
+            mode,
+            ram,
+            mmio,
+            exit_gpa,
+            &step(Mnemonic::Stos, 1),
+            ds,
+        ),
+        0xAB => one(
+            state,
+            mode,
+            ram,
+            mmio,
+            exit_gpa,
+            &step(Mnemonic::Stos, wide),
+            ds,
+        ),
+        0xAC => one(
+            state,
+            mode,
+            ram,
+            mmio,
+            exit_gpa,
+            &step(Mnemonic::Lods, 1),
+            ds,
+        ),
+        0xAD => one(
+            state,
+            mode,
+            ram,
+            mmio,
+            exit_gpa,
+            &step(Mnemonic::Lods, wide),
+            ds,
+        ),
+        0xAE => one(
+            state,
+            mode,
+            ram,
+            mmio,
+            exit_gpa,
+            &step(Mnemonic::Scas, 1),
+            ds,
+        ),
+        0xAF => one(
+            state,
+            mode,
+            ram,
+            mmio,
+            exit_gpa,
+            &step(Mnemonic::Scas, wide),
+            ds,
+        ),
+        _ => None,
+    }
+}
+
+/// Tries the string instruction whose opcode (A4-A7, AA-AF) is `opcode`,
+/// after the prefixes `p`, and ends at `len` bytes.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) fn try_exec<const ADDR: u8, S, R, M>(
@@ -56,47 +208,66 @@ where
         return None;
     }
     let size = if opcode & 1 == 0 { 1 } else { p.v_size(ADDR) };
-    let step = Step {
-        op: Mnemonic::Movs,
+    let rflags = state.rflags();
+    let next_rip = next_rip::<ADDR, S>(state, len);
+    let step = |op| Step {
+        op,
         size,
         asz: p.address_size(ADDR),
-        rflags: state.rflags(),
-        next_rip: next_rip::<ADDR, S>(state, len),
+        rflags,
+        next_rip,
     };
     let src_seg = p.segment.unwrap_or(Segment::Ds);
     // One arm per instruction, each with its mnemonic a constant: `two`,
     // `one` and `exec` are specialised for it (with the mnemonic a runtime
-    // value, a MOVS costs about 30 instructions more).
+    // value, a MOVS costs about 30 instructions more). The size stays a
+    // runtime value here, which keeps this rarer path's code small.
     match opcode {
-        0xA4 | 0xA5 => two(state, mode, ram, cache, mmio, &step, src_seg),
-        0xA6 | 0xA7 => {
-            let step = Step {
-                op: Mnemonic::Cmps,
-                ..step
-            };
-            two(state, mode, ram, cache, mmio, &step, src_seg)
-        }
-        0xAA | 0xAB => {
-            let step = Step {
-                op: Mnemonic::Stos,
-                ..step
-            };
-            one(state, mode, ram, mmio, exit_gpa, &step, src_seg)
-        }
-        0xAC | 0xAD => {
-            let step = Step {
-                op: Mnemonic::Lods,
-                ..step
-            };
-            one(state, mode, ram, mmio, exit_gpa, &step, src_seg)
-        }
-        0xAE | 0xAF => {
-            let step = Step {
-                op: Mnemonic::Scas,
-                ..step
-            };
-            one(state, mode, ram, mmio, exit_gpa, &step, src_seg)
-        }
+        0xA4 | 0xA5 => two(
+            state,
+            mode,
+            ram,
+            cache,
+            mmio,
+            &step(Mnemonic::Movs),
+            src_seg,
+        ),
+        0xA6 | 0xA7 => two(
+            state,
+            mode,
+            ram,
+            cache,
+            mmio,
+            &step(Mnemonic::Cmps),
+            src_seg,
+        ),
+        0xAA | 0xAB => one(
+            state,
+            mode,
+            ram,
+            mmio,
+            exit_gpa,
+            &step(Mnemonic::Stos),
+            src_seg,
+        ),
+        0xAC | 0xAD => one(
+            state,
+            mode,
+            ram,
+            mmio,
+            exit_gpa,
+            &step(Mnemonic::Lods),
+            src_seg,
+        ),
+        0xAE | 0xAF => one(
+            state,
+            mode,
+            ram,
+            mmio,
+            exit_gpa,
+            &step(Mnemonic::Scas),
+            src_seg,
+        ),
         _ => None,
     }
 }
