@@ -157,7 +157,8 @@ fn mb_per_s(bytes: u64, f: impl FnOnce()) -> f64 {
 
 /// `COMM_PAGE_BENCH_ONLY=<text>` runs only the sections whose name contains
 /// `<text>`: `exits`, `assist-page`, `assist-struct`, `assist-lastexit`
-/// (all three with `assist`), `state`, `ram`. For callgrind: run one assist row alone and divide the
+/// (all three with `assist`), `io-page`, `io-struct` (both with `io-`),
+/// `last_exit`, `state`, `ram`. For callgrind: run one assist row alone and divide the
 /// instruction count by the iterations it prints.
 fn enabled(section: &str) -> bool {
     std::env::var("COMM_PAGE_BENCH_ONLY").map_or(true, |only| section.contains(&only))
@@ -353,6 +354,102 @@ fn main() -> Result<(), nvmm::Error> {
                 "  target: assist_mem on the comm page <= 1.2x the plain struct: {ratio:.2}x ({})",
                 if ratio <= 1.2 { "met" } else { "NOT met" }
             );
+        }
+    }
+
+    if enabled("last_exit") {
+        // Decoding the last exit (a memory exit) as a VMM's exit loop
+        // does: match on the kind, use the fields.
+        if !matches!(vcpu.last_exit(), nvmm::Exit::Memory(_)) {
+            model.push_exit(
+                id,
+                0,
+                ScriptedExit::memory(0xfee0_0300, true, &[0xA2, 0x00, 0x03]),
+            );
+            vcpu.run()?;
+        }
+        let mut rounds = Vec::new();
+        for _ in 0..15 {
+            rounds.push(ns_per(scaled(ITERS / 20), |_| {
+                if let nvmm::Exit::Memory(m) = black_box(&vcpu).last_exit() {
+                    black_box((m.gpa, m.access, m.instruction.len()));
+                }
+            }));
+        }
+        println!(
+            "  ns last_exit (a memory exit)       {:.2}",
+            median(&mut rounds)
+        );
+    }
+
+    if enabled("io-page") || enabled("io-struct") {
+        // The I/O assist alone for a plain `out 0x80, al`, on the comm page
+        // and on a plain struct, like with like: the same exit (on the
+        // comm page the run arguments' `io` member, on the struct
+        // nvmm-assist's `IoExit` of the same values), the same state
+        // (RIP = the exit's next-instruction RIP after every call, so each
+        // call does the same work), the same `Sink` port. The comm-page
+        // row is `Vcpu::assist_io` as a VMM calls it: its overhead is the
+        // cached-state check, decoding the exit and the guest-RAM
+        // bookkeeping, as in the `assist_mem` rows.
+        model.push_exit(
+            id,
+            0,
+            ScriptedExit::io(0x80, false, 1, 0x1002).with_guest(|hw| {
+                hw.gprs[nvmm::nvmm_sys::NVMM_X64_GPR_RIP] = 0x1000;
+            }),
+        );
+        vcpu.run()?;
+        let before = model.syscalls();
+        let mut regs = plain_registers(&mut vcpu)?;
+        let mut plain_ram = PlainRam {
+            gpa: 0,
+            mem: vec![0; RAM_SIZE],
+        };
+        let mut plain_cache = nvmm::nvmm_assist::FetchCache::new();
+        let exit = nvmm::nvmm_assist::IoExit {
+            port: 0x80,
+            input: false,
+            operand_size: 1,
+            address_size: 8,
+            rep: false,
+            string: false,
+            segment: None,
+            npc: 0x1002,
+        };
+        let iters = scaled(ITERS / 20);
+        let (mut pages, mut structs) = (Vec::new(), Vec::new());
+        for _ in 0..15 {
+            if enabled("io-page") {
+                pages.push(ns_per(iters, |_| {
+                    vcpu.assist_io(&mut Sink, &mut Sink).expect("assist");
+                }));
+                assert_eq!(vcpu.gprs()?.rip(), 0x1002);
+            }
+            if enabled("io-struct") {
+                structs.push(ns_per(iters, |_| {
+                    nvmm::nvmm_assist::assist_io_cached(
+                        &mut regs,
+                        &mut plain_ram,
+                        &mut Sink,
+                        &mut Sink,
+                        &exit,
+                        &mut plain_cache,
+                    )
+                    .expect("assist");
+                }));
+                assert_eq!(regs.rip, 0x1002);
+            }
+        }
+        assert_eq!(model.syscalls(), before, "the assist made a syscall");
+        println!("  assist_io calls per row             {}", 15 * iters);
+        if !pages.is_empty() {
+            let on_page = median(&mut pages);
+            println!("  ns assist_io (out) on the comm page {on_page:.2}");
+        }
+        if !structs.is_empty() {
+            let on_struct = median(&mut structs);
+            println!("  ns assist_io (out) on a plain struct {on_struct:.2}");
         }
     }
 

@@ -580,12 +580,6 @@ impl Vcpu {
     }
 }
 
-fn assist_segment(s: Seg) -> Option<nvmm_assist::Segment> {
-    u8::try_from(s.index())
-        .ok()
-        .and_then(nvmm_assist::Segment::from_index)
-}
-
 impl Vcpu {
     /// Completes the last [`crate::Exit::Io`] exit (libnvmm's
     /// `nvmm_assist_io`): performs the port access on `ports` (and, for
@@ -642,29 +636,36 @@ impl Vcpu {
     {
         self.fetch(PROVIDED_ON_IO_AND_MEMORY)?;
         let parts = self.assist_parts();
-        let Some(io) = crate::exit::io(parts.exit) else {
+        let Some(exit) = crate::exit::assist_io(parts.exit) else {
             return Err(Error::rejected(
                 Op::AssistIo,
                 crate::error::Rejection::WrongExit,
             ));
-        };
-        let exit = nvmm_assist::IoExit {
-            port: io.port,
-            input: io.direction == crate::IoDirection::In,
-            operand_size: io.operand_size,
-            address_size: io.address_size,
-            rep: io.rep,
-            string: io.string,
-            segment: io.segment.and_then(assist_segment),
-            npc: io.npc,
         };
         let state = parts.state;
         let mut ram = AreaRam::new(parts.ram);
         // INS/OUTS translate their memory operand through this VCPU's
         // fetch cache (re-validated on every use, exact); IN/OUT do not
         // touch it.
-        let result =
-            nvmm_assist::assist_io_cached(state, ram.get(), mmio, ports, &exit, parts.fetch_cache);
+        //
+        // One call per kind, each with its own copy of the exit: the
+        // string path (out of line) takes the exit by reference, and with
+        // one call the whole exit was stored for it before every IN/OUT
+        // too (14 instructions of 69). In the IN/OUT call `string` is a
+        // known `false`, so the exit's fields stay in registers.
+        let result = if exit.string {
+            let string = nvmm_assist::IoExit {
+                string: true,
+                ..exit
+            };
+            nvmm_assist::assist_io_cached(state, ram.get(), mmio, ports, &string, parts.fetch_cache)
+        } else {
+            let plain = nvmm_assist::IoExit {
+                string: false,
+                ..exit
+            };
+            nvmm_assist::assist_io_cached(state, ram.get(), mmio, ports, &plain, parts.fetch_cache)
+        };
         drop(ram);
         match result {
             Ok(outcome) => {

@@ -173,6 +173,11 @@ unsafe fn flag(p: *const bool) -> bool {
     unsafe { p.cast::<u8>().read() != 0 }
 }
 
+// Always inline (a hint was not taken), so that a caller matching one kind
+// (`Vcpu::last_exit` in a VMM's exit loop, `Vcpu::complete_*`) keeps only
+// that kind's test and reads: out of line the reason went through a
+// binary search and the whole `Exit` was built and returned through memory.
+#[inline(always)]
 pub(crate) fn decode(e: &sys::nvmm_x86_exit) -> Exit<'_> {
     let u = &raw const e.u;
     // Every union member is plain integers (bools read as bytes), so each
@@ -241,21 +246,72 @@ fn memory_of(e: &sys::nvmm_x86_exit) -> MemoryExit<'_> {
     }
 }
 
-/// The I/O exit `e` holds, if it is one: [`decode`] for the I/O assist.
+/// The I/O exit `e` holds, if it is one, as nvmm-assist's `IoExit`: the
+/// fields [`io_of`] reads, converted once (no [`IoExit`] in between, the
+/// segment by one table lookup).
 #[cfg(feature = "assist")]
-#[inline]
-pub(crate) fn io(e: &sys::nvmm_x86_exit) -> Option<IoExit> {
-    (e.reason == sys::NVMM_VCPU_EXIT_IO).then(|| io_of(e))
+#[inline(always)]
+pub(crate) fn assist_io(e: &sys::nvmm_x86_exit) -> Option<nvmm_assist::IoExit> {
+    /// The segment of each `seg` value 0-5, in NVMM's numbering
+    /// (`NVMM_X64_SEG_ES`..`NVMM_X64_SEG_GS`, NetBSD `nvmm_x86.h`; asserted
+    /// below), which is nvmm-assist's `Segment::from_index` too (the test
+    /// `assist_io_exit_is_io_of_converted` compares the two).
+    const SEGMENTS: [Option<nvmm_assist::Segment>; 6] = {
+        use nvmm_assist::Segment as S;
+        [
+            Some(S::Es),
+            Some(S::Cs),
+            Some(S::Ss),
+            Some(S::Ds),
+            Some(S::Fs),
+            Some(S::Gs),
+        ]
+    };
+    const _: () = assert!(
+        sys::NVMM_X64_SEG_ES == 0
+            && sys::NVMM_X64_SEG_CS == 1
+            && sys::NVMM_X64_SEG_SS == 2
+            && sys::NVMM_X64_SEG_DS == 3
+            && sys::NVMM_X64_SEG_FS == 4
+            && sys::NVMM_X64_SEG_GS == 5
+    );
+    if e.reason != sys::NVMM_VCPU_EXIT_IO {
+        return None;
+    }
+    let f = io_fields(e);
+    Some(nvmm_assist::IoExit {
+        port: f.port,
+        input: f.input,
+        operand_size: f.operand_size,
+        address_size: f.address_size,
+        rep: f.rep,
+        string: f.string,
+        // Negative (none) or past GS: none, as `io_of` has it.
+        segment: SEGMENTS.get(f.seg as u8 as usize).copied().flatten(),
+        npc: f.npc,
+    })
 }
 
-/// The `io` member of `e`, whatever the reason says.
-#[inline]
-fn io_of(e: &sys::nvmm_x86_exit) -> IoExit {
+/// The fields of the `io` member, read as the kernel wrote them.
+struct IoFields {
+    port: u16,
+    seg: i8,
+    address_size: u8,
+    operand_size: u8,
+    npc: u64,
+    input: bool,
+    rep: bool,
+    string: bool,
+}
+
+/// The `io` member of `e`, whatever the reason says, field by field.
+#[inline(always)]
+fn io_fields(e: &sys::nvmm_x86_exit) -> IoFields {
     let u = &raw const e.u;
     // SAFETY: a raw projection to the `io` member of the live union.
     let io = unsafe { &raw const (*u).io };
     // SAFETY: integer fields of `io`, defined whatever the kernel wrote.
-    let (port, seg, asz, osz, npc) = unsafe {
+    let (port, seg, address_size, operand_size, npc) = unsafe {
         (
             (*io).port,
             (*io).seg,
@@ -265,30 +321,46 @@ fn io_of(e: &sys::nvmm_x86_exit) -> IoExit {
         )
     };
     // SAFETY: bool fields of `io`, read as bytes by `flag`.
-    let (inb, rep, string) = unsafe {
+    let (input, rep, string) = unsafe {
         (
             flag(&raw const (*io).in_),
             flag(&raw const (*io).rep),
             flag(&raw const (*io).str_),
         )
     };
-    let segment = u8::try_from(seg)
+    IoFields {
+        port,
+        seg,
+        address_size,
+        operand_size,
+        npc,
+        input,
+        rep,
+        string,
+    }
+}
+
+/// The `io` member of `e`, whatever the reason says.
+#[inline]
+fn io_of(e: &sys::nvmm_x86_exit) -> IoExit {
+    let f = io_fields(e);
+    let segment = u8::try_from(f.seg)
         .ok()
         .and_then(|s| Seg::ALL.get(usize::from(s)).copied())
         .filter(|s| s.index() < 6);
     IoExit {
-        port,
-        direction: if inb {
+        port: f.port,
+        direction: if f.input {
             IoDirection::In
         } else {
             IoDirection::Out
         },
-        operand_size: osz,
-        address_size: asz,
-        rep,
-        string,
+        operand_size: f.operand_size,
+        address_size: f.address_size,
+        rep: f.rep,
+        string: f.string,
         segment,
-        npc,
+        npc: f.npc,
     }
 }
 
@@ -376,5 +448,58 @@ mod tests {
             }
             let _ = exit_state(&e);
         }
+    }
+
+    /// The I/O assist's exit is the public decoding converted field by
+    /// field (the segment through its index, as nvmm-assist numbers
+    /// segments), on random structures and every `seg` byte, and there is
+    /// none for the other reasons.
+    #[cfg(feature = "assist")]
+    #[test]
+    fn assist_io_exit_is_io_of_converted() {
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let rounds = if cfg!(miri) { 64 } else { 20_000 };
+        let mut with_segment = 0;
+        for i in 0..rounds {
+            let mut raw = [0u8; size_of::<sys::nvmm_x86_exit>()];
+            for chunk in raw.chunks_mut(8) {
+                let r = next(&mut seed).to_le_bytes();
+                chunk.copy_from_slice(&r[..chunk.len()]);
+            }
+            // SAFETY: as in `hostile_exit_structures_decode_without_panic`.
+            let mut e: sys::nvmm_x86_exit = unsafe { std::mem::transmute(raw) };
+            // Every `seg` value, and a few of them (-1, 0-5) often.
+            let seg = if i % 2 == 0 {
+                (i / 2) as u8
+            } else {
+                (i % 7) as u8
+            };
+            let seg = seg.wrapping_sub(1) as i8;
+            e.u.io.seg = seg;
+            e.reason = if i % 5 == 0 {
+                sys::NVMM_VCPU_EXIT_MEMORY
+            } else {
+                sys::NVMM_VCPU_EXIT_IO
+            };
+            let expected = match decode(&e) {
+                Exit::Io(io) => Some(nvmm_assist::IoExit {
+                    port: io.port,
+                    input: io.direction == IoDirection::In,
+                    operand_size: io.operand_size,
+                    address_size: io.address_size,
+                    rep: io.rep,
+                    string: io.string,
+                    segment: io
+                        .segment
+                        .and_then(|s| nvmm_assist::Segment::from_index(s.index() as u8)),
+                    npc: io.npc,
+                }),
+                _ => None,
+            };
+            let got = assist_io(&e);
+            assert_eq!(got, expected, "seg {seg}");
+            with_segment += usize::from(got.is_some_and(|x| x.segment.is_some()));
+        }
+        assert!(with_segment > rounds / 10, "{with_segment}");
     }
 }

@@ -453,6 +453,8 @@ impl Vcpu {
     }
 
     /// The exit of the last run (no syscall).
+    // Inline, with `exit::decode`: see there.
+    #[inline]
     pub fn last_exit(&self) -> Exit<'_> {
         exit::decode(&self.run_args.exit)
     }
