@@ -30,6 +30,21 @@ pub enum CompareWrite {
     NotRam,
 }
 
+/// What [`GuestRam::check_entries`] found, comparing the entries in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryCheck {
+    /// Every entry holds its value.
+    Held,
+    /// An entry no longer holds its value; the entries before it hold
+    /// theirs.
+    Changed,
+    /// The entry at `gpa` is not RAM; the entries before it hold theirs.
+    NotRam {
+        /// The entry's guest-physical address.
+        gpa: u64,
+    },
+}
+
 /// Guest RAM, addressed by guest-physical address.
 ///
 /// `gpa..gpa + len` never crosses a 4 KiB page boundary.
@@ -55,6 +70,48 @@ pub trait GuestRam {
             RamStatus::Done => Some(u64::from_le_bytes(buf)),
             RamStatus::NotRam => None,
         })
+    }
+    /// Whether the paging-structure entries `entries`, `(gpa, value)`
+    /// pairs, still hold their values: 8-byte entries if `wide` (each
+    /// read as [`GuestRam::read_aligned_u64`] reads it), else 4-byte ones
+    /// (32-bit paging; each read as [`GuestRam::read`] of those 4 bytes,
+    /// `value` below 2^32). The entries are compared in order and the
+    /// first that is not RAM or differs decides; a failed read's error is
+    /// returned as is. The default implementation does exactly that, one
+    /// entry at a time, stopping there.
+    ///
+    /// The [`FetchCache`](crate::FetchCache) re-validates a cached walk
+    /// with it on every use, so it is on the path of every assist that
+    /// fetches its instruction (VMX exits). An implementation can override
+    /// it to check the whole walk at once (one lookup, one bounds test, all
+    /// the entries compared with one test): the result must be the
+    /// default's for the same RAM contents, and each entry it reads must be
+    /// read with the access the default would make. It may read the entries
+    /// past the one that decides (to compare them all at once) if reading
+    /// them has no effect, as for plain RAM.
+    #[inline]
+    fn check_entries(
+        &mut self,
+        entries: &[(u64, u64)],
+        wide: bool,
+    ) -> Result<EntryCheck, BusError> {
+        for &(gpa, value) in entries {
+            let now = if wide {
+                self.read_aligned_u64(gpa)?
+            } else {
+                let mut buf = [0u8; 4];
+                match self.read(gpa, &mut buf)? {
+                    RamStatus::Done => Some(u64::from(u32::from_le_bytes(buf))),
+                    RamStatus::NotRam => None,
+                }
+            };
+            match now {
+                None => return Ok(EntryCheck::NotRam { gpa }),
+                Some(now) if now != value => return Ok(EntryCheck::Changed),
+                Some(_) => {}
+            }
+        }
+        Ok(EntryCheck::Held)
     }
     /// Replaces `expected` with `new` at `gpa` if memory holds `expected`
     /// (same length, at most 16 bytes). Used for locked read-modify-write
@@ -172,6 +229,13 @@ impl<T: GuestRam + ?Sized> GuestRam for &mut T {
     }
     fn read_aligned_u64(&mut self, gpa: u64) -> Result<Option<u64>, BusError> {
         (**self).read_aligned_u64(gpa)
+    }
+    fn check_entries(
+        &mut self,
+        entries: &[(u64, u64)],
+        wide: bool,
+    ) -> Result<EntryCheck, BusError> {
+        (**self).check_entries(entries, wide)
     }
     fn compare_and_write(
         &mut self,

@@ -31,8 +31,13 @@ const TYPE_CODE: u8 = 1 << 3;
 ///
 /// Faults as the CPU does for a fetch of those bytes: `#GP(0)` when RIP is
 /// past the CS limit (or not canonical), the walk's `#PF` for the page.
-#[inline]
-pub(crate) fn fetch_first<S, R, M>(
+///
+/// `ADDR` is `mode`'s default address size (the caller's copy per size),
+/// which settles at compile time whether the mode is 64-bit mode (8), a
+/// 32-bit protected or compatibility mode (4), or may be real or
+/// virtual-8086 mode (2).
+#[inline(always)]
+pub(crate) fn fetch_first<const ADDR: u8, S, R, M>(
     state: &S,
     mode: CpuMode,
     ram: &mut R,
@@ -45,7 +50,7 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    let (linear, room) = span(state, mode)?;
+    let (linear, room) = span::<ADDR, S>(state, mode)?;
     if state.cr0() & CR0_PG == 0 {
         // No paging: the linear address is the physical one.
         return read_span(ram, mmio, linear & 0xFFFF_FFFF, buf, room);
@@ -62,11 +67,19 @@ where
 /// up to 15 of them), as mem.rs's `next_fetch` computes it for `have = 0`
 /// (a limit already passed, no room, does not shorten the span: the
 /// segmentation check faults instead), after the segmentation check of the
-/// fetch.
+/// fetch. `ADDR` is `mode`'s default address size (see [`fetch_first`]).
 #[inline(always)]
-fn span<S: CpuState + ?Sized>(state: &S, mode: CpuMode) -> Result<(u64, u64), Error> {
+fn span<const ADDR: u8, S: CpuState + ?Sized>(
+    state: &S,
+    mode: CpuMode,
+) -> Result<(u64, u64), Error> {
+    debug_assert_eq!(ADDR, mode.default_address_size());
+    // Only 64-bit mode has 8-byte default addressing, and real and
+    // virtual-8086 mode have 2-byte.
+    let long = ADDR == 8;
+    let real_or_v86 = ADDR == 2 && mode.is_real_or_v86();
     let rip = state.rip();
-    if mode.is_64bit() {
+    if long {
         let room = PAGE_SIZE - (rip & (PAGE_SIZE - 1));
         // The span stays within RIP's page and the canonical boundaries
         // are page-aligned: RIP canonical at 48 bits makes the whole span
@@ -86,7 +99,7 @@ fn span<S: CpuState + ?Sized>(state: &S, mode: CpuMode) -> Result<(u64, u64), Er
     let linear = cs.base.wrapping_add(offset) & 0xFFFF_FFFF;
     let page_room = PAGE_SIZE - (linear & (PAGE_SIZE - 1));
     let limit = u64::from(cs.limit);
-    if offset <= limit && (mode.is_real_or_v86() || fetchable(cs.attributes)) {
+    if offset <= limit && (real_or_v86 || fetchable(cs.attributes)) {
         // What `linear_address` finds for these bytes, without its general
         // machinery: the span ends at the limit, so its last byte is
         // within it whatever the limit (a 4 GiB one checks the first byte
@@ -265,7 +278,11 @@ mod tests {
             };
             let want = reference(&r, mode);
             faults += usize::from(want.is_err());
-            let got = span(&r, mode);
+            let got = match mode.default_address_size() {
+                8 => span::<8, Registers>(&r, mode),
+                4 => span::<4, Registers>(&r, mode),
+                _ => span::<2, Registers>(&r, mode),
+            };
             if let Ok((_, room)) = got {
                 assert!(room >= 1, "{mode:?} {r:x?}");
             }

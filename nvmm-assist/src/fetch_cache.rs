@@ -63,7 +63,7 @@
 //! again every time (self-modifying code), so is every entry.
 
 use crate::access::{AccessType, PAGE_SIZE};
-use crate::bus::{GuestRam, RamStatus};
+use crate::bus::{BusError, EntryCheck, GuestRam};
 use crate::data_cache::DataSlots;
 use crate::error::Error;
 use crate::state::CpuState;
@@ -122,17 +122,16 @@ impl Key {
 }
 
 /// Re-validation of a cached walk: whether every entry still holds its
-/// recorded value, reading them top level first as the walk does, each
-/// with one fixed-size read ([`GuestRam::read_aligned_u64`] for 8-byte
-/// entries). A read that fails is the walk's own result: the entries above
-/// it held their recorded values, so a full walk would take the same path
-/// and read the same entry next. Its error is returned as is (and no
-/// callback follows a failed one).
+/// recorded value, read again from guest RAM top level first as the walk
+/// reads them ([`GuestRam::check_entries`], which a RAM implementation can
+/// make one bounds test and one comparison for the whole walk). An entry
+/// that is no longer RAM is the walk's own result: the entries above it
+/// held their recorded values, so a full walk would take the same path and
+/// read the same entry next. A bus error is returned as is.
 ///
-/// The shape of a walk record, which picks how the re-validation reads it
-/// back: the usual ones have their entries read in a row (a loop over a
-/// fixed number, unrolled), without a count check between them; like the
-/// general loop, each stops at the first entry that changed.
+/// The shape of a walk record picks how many entries of which width the
+/// re-validation passes: the usual ones with a constant count, so that an
+/// inlined `check_entries` reads them in a row (its loop unrolled).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shape {
     /// Four 8-byte entries: a 4 KiB page under 4-level paging.
@@ -159,61 +158,36 @@ impl Shape {
     }
 }
 
-/// The re-validation of a [`Shape::Wide4`] record.
+/// Whether the entries of a cached walk of shape `shape` still hold their
+/// values (see [`Shape`]).
 #[inline(always)]
-fn holds_wide4<R: GuestRam + ?Sized>(ram: &mut R, walk: &WalkRecord) -> Result<bool, Error> {
-    let [top, second, third, leaf, _] = &walk.entries;
-    for entry in [top, second, third, leaf] {
-        if !holds_u64(ram, entry)? {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// The re-validation of a [`Shape::Wide3`] record.
-#[inline(always)]
-fn holds_wide3<R: GuestRam + ?Sized>(ram: &mut R, walk: &WalkRecord) -> Result<bool, Error> {
-    let [top, second, leaf, ..] = &walk.entries;
-    for entry in [top, second, leaf] {
-        if !holds_u64(ram, entry)? {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// The re-validation of a [`Shape::Narrow2`] record.
-#[inline(always)]
-fn holds_narrow2<R: GuestRam + ?Sized>(ram: &mut R, walk: &WalkRecord) -> Result<bool, Error> {
-    let [dir, leaf, ..] = &walk.entries;
-    for entry in [dir, leaf] {
-        if !holds_u32(ram, entry)? {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// The re-validation of any record, entry by entry (out of line: the rarer
-/// shapes).
-#[inline(never)]
-fn holds_any<R: GuestRam + ?Sized>(ram: &mut R, walk: &WalkRecord) -> Result<bool, Error> {
-    let used = walk.entries.iter().take(walk.count);
-    if walk.wide {
-        for entry in used {
-            if !holds_u64(ram, entry)? {
-                return Ok(false);
-            }
-        }
+fn holds<R: GuestRam + ?Sized>(
+    ram: &mut R,
+    shape: Shape,
+    walk: &WalkRecord,
+) -> Result<bool, Error> {
+    // The 4-level case first, with one test.
+    let check = if shape == Shape::Wide4 {
+        ram.check_entries(&walk.entries[..4], true)?
+    } else if shape == Shape::Narrow2 {
+        ram.check_entries(&walk.entries[..2], false)?
+    } else if shape == Shape::Wide3 {
+        ram.check_entries(&walk.entries[..3], true)?
     } else {
-        for entry in used {
-            if !holds_u32(ram, entry)? {
-                return Ok(false);
-            }
-        }
+        holds_any(ram, walk)?
+    };
+    match check {
+        EntryCheck::Held => Ok(true),
+        EntryCheck::Changed => Ok(false),
+        EntryCheck::NotRam { gpa } => Err(not_ram(gpa)),
     }
-    Ok(true)
+}
+
+/// The re-validation of any record (out of line: the rarer shapes).
+#[inline(never)]
+fn holds_any<R: GuestRam + ?Sized>(ram: &mut R, walk: &WalkRecord) -> Result<EntryCheck, BusError> {
+    let used = walk.entries.get(..walk.count).unwrap_or(&walk.entries);
+    ram.check_entries(used, walk.wide)
 }
 
 /// The error of an entry that is no longer in RAM: out of line and cold,
@@ -222,27 +196,6 @@ fn holds_any<R: GuestRam + ?Sized>(ram: &mut R, walk: &WalkRecord) -> Result<boo
 #[inline(never)]
 fn not_ram(gpa: u64) -> Error {
     Error::PageTableNotRam { gpa }
-}
-
-/// Whether the 4-byte entry `(gpa, value)` (32-bit paging) still holds
-/// `value` (see [`Shape`]).
-#[inline(always)]
-fn holds_u32<R: GuestRam + ?Sized>(ram: &mut R, &(gpa, value): &(u64, u64)) -> Result<bool, Error> {
-    let mut buf = [0u8; 4];
-    if ram.read(gpa, &mut buf)? != RamStatus::Done {
-        return Err(not_ram(gpa));
-    }
-    Ok(u64::from(u32::from_le_bytes(buf)) == value)
-}
-
-/// Whether the 8-byte entry `(gpa, value)` still holds `value` (see
-/// [`Shape`]).
-#[inline(always)]
-fn holds_u64<R: GuestRam + ?Sized>(ram: &mut R, &(gpa, value): &(u64, u64)) -> Result<bool, Error> {
-    let Some(now) = ram.read_aligned_u64(gpa)? else {
-        return Err(not_ram(gpa));
-    };
-    Ok(now == value)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -416,17 +369,7 @@ impl FetchCache {
         } else {
             return Ok(None);
         };
-        // The 4-level case first, with one test.
-        let holds = if c.shape == Shape::Wide4 {
-            holds_wide4(ram, &c.walk)?
-        } else if c.shape == Shape::Narrow2 {
-            holds_narrow2(ram, &c.walk)?
-        } else if c.shape == Shape::Wide3 {
-            holds_wide3(ram, &c.walk)?
-        } else {
-            holds_any(ram, &c.walk)?
-        };
-        if !holds {
+        if !holds(ram, c.shape, &c.walk)? {
             return Ok(None);
         }
         let gpa_page = c.gpa_page;

@@ -75,7 +75,9 @@ pub mod vendor;
 pub(crate) mod testutil;
 
 pub use access::AccessType;
-pub use bus::{BusError, CompareWrite, GuestRam, MmioBus, PartialBatch, PortIo, RamStatus};
+pub use bus::{
+    BusError, CompareWrite, EntryCheck, GuestRam, MmioBus, PartialBatch, PortIo, RamStatus,
+};
 pub use decode::{DecodeError, Instruction, decode};
 pub use error::{Error, Exception};
 pub use fetch_cache::FetchCache;

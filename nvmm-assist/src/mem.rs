@@ -170,10 +170,10 @@ where
 
 /// [`assist_mem_with`] with no bytes in the exit (VMX): the fetch, then
 /// the fast path on the fetched bytes if `fast_path`, else (or when it
-/// declines) the general path on them. One out-of-line function with a
-/// copy of the fast path per default address size, and the only caller
-/// of the fetch, which is then inline.
-#[inline(never)]
+/// declines) the general path on them, in [`fetched_sized`]'s copy for
+/// the mode's default address size (this dispatch is inline in its
+/// callers).
+#[inline(always)]
 fn fetched<S, R, M>(
     state: &mut S,
     ram: &mut R,
@@ -188,51 +188,59 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
+    match mode.default_address_size() {
+        8 => fetched_sized::<8, S, R, M>(state, ram, mmio, exit_gpa, cache, mode, fast_path),
+        4 => fetched_sized::<4, S, R, M>(state, ram, mmio, exit_gpa, cache, mode, fast_path),
+        _ => fetched_sized::<2, S, R, M>(state, ram, mmio, exit_gpa, cache, mode, fast_path),
+    }
+}
+
+/// [`fetched`] for the modes whose default address size is `ADDR` (as
+/// [`assist_sized`]): out of line, one instantiation per address size,
+/// each the only caller of the fetch (then inline) and holding one copy of
+/// the fast path. Kept apart from one another, the fetch of each is not
+/// squeezed by the other copies' registers, and in the 64-bit copy the
+/// mode is a constant (the fetch's segmentation check is the canonical
+/// test alone).
+#[inline(never)]
+fn fetched_sized<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit_gpa: u64,
+    cache: &mut FetchCache,
+    mode: CpuMode,
+    fast_path: bool,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    // 64-bit mode is the only mode with 8-byte default addressing.
+    let mode = if ADDR == 8 { CpuMode::Long64 } else { mode };
     // Fetch what lies before the first page or CS-limit edge, which is
     // all of it for most instructions.
     let mut bytes = [0u8; 15];
-    let given = fetch::fetch_first(state, mode, ram, mmio, cache, &mut bytes)?;
+    let given = fetch::fetch_first::<ADDR, S, R, M>(state, mode, ram, mmio, cache, &mut bytes)?;
     if !fast_path {
         return decode_and_execute(state, ram, mmio, cache, mode, &mut bytes, given, exit_gpa);
     }
     let fetched = &bytes;
     let instruction = fetched.get(..given).unwrap_or(&[]);
-    let general = |state: &mut S, ram: &mut R, mmio: &mut M, cache: &mut FetchCache| {
-        let mut bytes = *fetched;
-        decode_and_execute(state, ram, mmio, cache, mode, &mut bytes, given, exit_gpa)
-    };
-    match mode.default_address_size() {
-        8 => fast::run_mode::<8, S, R, M>(
-            state,
-            CpuMode::Long64,
-            ram,
-            cache,
-            mmio,
-            exit_gpa,
-            instruction,
-            general,
-        ),
-        4 => fast::run_mode::<4, S, R, M>(
-            state,
-            mode,
-            ram,
-            cache,
-            mmio,
-            exit_gpa,
-            instruction,
-            general,
-        ),
-        _ => fast::run_mode::<2, S, R, M>(
-            state,
-            mode,
-            ram,
-            cache,
-            mmio,
-            exit_gpa,
-            instruction,
-            general,
-        ),
-    }
+    fast::run_mode::<ADDR, S, R, M>(
+        state,
+        mode,
+        ram,
+        cache,
+        mmio,
+        exit_gpa,
+        instruction,
+        |state: &mut S, ram: &mut R, mmio: &mut M, cache: &mut FetchCache| {
+            let mut bytes = *fetched;
+            decode_and_execute(state, ram, mmio, cache, mode, &mut bytes, given, exit_gpa)
+        },
+    )
 }
 
 /// [`assist_mem_with`] for a control state outside [`CpuMode::common_of`]'s

@@ -2,7 +2,9 @@
 //! device (and a recording wrapper that checks what an instruction did to
 //! it), port devices and a framebuffer.
 
-use nvmm_assist::{BusError, CompareWrite, GuestRam, MmioBus, PartialBatch, PortIo, RamStatus};
+use nvmm_assist::{
+    BusError, CompareWrite, EntryCheck, GuestRam, MmioBus, PartialBatch, PortIo, RamStatus,
+};
 
 use crate::MMIO;
 
@@ -13,6 +15,9 @@ pub struct FlatRam {
     pub mem: Vec<u8>,
 }
 
+/// Where the RAM above the MMIO page starts.
+const RAM_ABOVE_MMIO: u64 = (MMIO | 0xFFF) + 1;
+
 impl FlatRam {
     fn range(&self, gpa: u64, len: usize) -> Option<std::ops::Range<usize>> {
         if gpa >> 12 == MMIO >> 12 {
@@ -22,6 +27,24 @@ impl FlatRam {
         let end = start.checked_add(len)?;
         (end <= self.mem.len()).then_some(start..end)
     }
+}
+
+/// [`FlatRam::check_entries`] when an entry is not RAM: the entries in
+/// order, the first that is not RAM or differs deciding (what the trait's
+/// default gives).
+#[inline(never)]
+fn slow_check(ram: &mut FlatRam, entries: &[(u64, u64)], size: usize) -> EntryCheck {
+    for &(gpa, value) in entries {
+        let Some(r) = ram.range(gpa, size) else {
+            return EntryCheck::NotRam { gpa };
+        };
+        let mut buf = [0u8; 8];
+        buf[..size].copy_from_slice(&ram.mem[r]);
+        if u64::from_le_bytes(buf) != value {
+            return EntryCheck::Changed;
+        }
+    }
+    EntryCheck::Held
 }
 
 impl GuestRam for FlatRam {
@@ -39,6 +62,47 @@ impl GuestRam for FlatRam {
             .range(gpa, 8)
             .and_then(|r| self.mem.get(r)?.try_into().ok())
             .map(u64::from_le_bytes))
+    }
+    /// The walk's entries as a VMM with one flat RAM mapping can check
+    /// them: each entry's offset into the RAM above the MMIO page, in
+    /// words of the entry's size, is its index there (one bounds test,
+    /// which also catches an entry below that RAM or misaligned: its
+    /// offset wraps, or its low bits rotate to the top), and the
+    /// comparisons are tested once at the end (reading past a changed
+    /// entry is harmless in plain RAM). Anything else takes the default's
+    /// entry-by-entry order, which names the entry.
+    #[inline(always)]
+    fn check_entries(
+        &mut self,
+        entries: &[(u64, u64)],
+        wide: bool,
+    ) -> Result<EntryCheck, BusError> {
+        let above = self.mem.get(RAM_ABOVE_MMIO as usize..).unwrap_or(&[]);
+        let mut differ = 0;
+        for &(gpa, value) in entries {
+            let offset = gpa.wrapping_sub(RAM_ABOVE_MMIO);
+            let now = if wide {
+                let index = usize::try_from(offset.rotate_right(3)).unwrap_or(usize::MAX);
+                above
+                    .as_chunks::<8>()
+                    .0
+                    .get(index)
+                    .map(|w| u64::from_le_bytes(*w))
+            } else {
+                let index = usize::try_from(offset.rotate_right(2)).unwrap_or(usize::MAX);
+                let words = above.as_chunks::<4>().0;
+                words.get(index).map(|w| u64::from(u32::from_le_bytes(*w)))
+            };
+            let Some(now) = now else {
+                return Ok(slow_check(self, entries, if wide { 8 } else { 4 }));
+            };
+            differ |= now ^ value;
+        }
+        Ok(if differ == 0 {
+            EntryCheck::Held
+        } else {
+            EntryCheck::Changed
+        })
     }
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<RamStatus, BusError> {
         match self.range(gpa, data.len()) {
