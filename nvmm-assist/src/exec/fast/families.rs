@@ -102,10 +102,8 @@ where
         }
         // PUSH m is FF /6 and POP m 8F /0: FF /0 /1 (INC, DEC) are the
         // integer decoder's, tried next.
-        0xFF | 0x8F if matches!(bytes.get(1), Some(m) if (m >> 3) & 7 == if first == 0xFF { 6 } else { 0 }) =>
-        {
-            let p = Prefixes::default();
-            run(state, mode, ram, cache, mmio, exit_gpa, bytes, &p, 0)
+        0xFF | 0x8F if matches!(bytes.get(1), Some(m) if (m >> 3) & 7 == if first == 0xFF { 6 } else { 0 }) => {
+            stack::try_plain(state, mode, ram, cache, mmio, bytes)
         }
         // The bytes an SSE move starts with: its own prefix scan first
         // (sse.rs), which declines anything else. Nothing else this module
