@@ -13,6 +13,10 @@
 //! path's errors too. POP with an rSP- or rBP-based destination (32/64-bit
 //! addressing: its address depends on the incremented rSP), a 67 or F2/F3
 //! prefix, are left to the general path.
+//!
+//! Two entries, as for the string forms: [`try_plain`] for an instruction
+//! without a prefix, out of line with the prefixes constants, and
+//! [`try_exec`] after parsed prefixes.
 
 use super::super::{alignment_faults, merge_sized, stack};
 use super::families::{translate_pair, within_page, write_sized};
@@ -27,6 +31,42 @@ use crate::flags::{self, RF};
 use crate::mode::CpuMode;
 use crate::segment::linear_address_if_allowed;
 use crate::state::{CpuState, Gpr, Segment};
+
+/// Tries PUSH m or POP m with no prefix, the opcode (FF or 8F) the first
+/// of `bytes`. Out of line, one copy per default address size (64-bit and
+/// real mode with the mode a constant too, as the string forms'
+/// `try_plain`), in which the prefixes are constants: nearly every PUSH m
+/// and POP m a guest runs has none, and the constants save the prefix
+/// tests, the operand size's and the segment override's selection and the
+/// families' second dispatch.
+#[inline(never)]
+pub(super) fn try_plain<S, R, M>(
+    state: &mut S,
+    mode: CpuMode,
+    ram: &mut R,
+    cache: &mut FetchCache,
+    mmio: &mut M,
+    bytes: &[u8],
+) -> Option<Result<Outcome, Error>>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let p = Prefixes::default();
+    match mode {
+        CpuMode::Long64 => {
+            try_exec::<8, S, R, M>(state, CpuMode::Long64, ram, cache, mmio, bytes, &p, 0)
+        }
+        CpuMode::Real => {
+            try_exec::<2, S, R, M>(state, CpuMode::Real, ram, cache, mmio, bytes, &p, 0)
+        }
+        _ if mode.default_address_size() == 4 => {
+            try_exec::<4, S, R, M>(state, mode, ram, cache, mmio, bytes, &p, 0)
+        }
+        _ => try_exec::<2, S, R, M>(state, mode, ram, cache, mmio, bytes, &p, 0),
+    }
+}
 
 /// Tries PUSH m or POP m, whose opcode (FF or 8F) is `bytes[i]`.
 #[allow(clippy::too_many_arguments)]
