@@ -357,6 +357,62 @@ fn main() -> Result<(), nvmm::Error> {
         }
     }
 
+    if enabled("nobytes-paged64") {
+        // A memory exit without instruction bytes (as on Intel): a 64-bit
+        // paged guest's `mov [rbx], al` at linear 0x1000 writing MMIO at
+        // GPA 0xfee00300 (linear 0x2300), so every assist fetches through
+        // the VCPU's fetch cache, which re-reads the cached walk's four
+        // entries, and walks the data address. A second VCPU in long mode
+        // (CR0.PE|PG, CR4.PAE, EFER.LME|LMA, CS.L); RIP is reset before
+        // each call. For instruction counts, difference two
+        // `COMM_PAGE_BENCH_SCALE`s under callgrind.
+        use nvmm::{Cr, Msr, SegAttrib};
+        const PML4: u64 = 0x8000;
+        const CODE: u64 = 0xC000;
+        for (at, entry) in [
+            (PML4, 0x9000 | 7),
+            (0x9000, 0xA000 | 7),
+            (0xA000, 0xB000 | 7),
+            (0xB000 + 8, CODE | 7),
+            (0xB000 + 16, 0xfee0_0000 | 7),
+        ] {
+            machine.write_guest(at, &u64::to_le_bytes(entry))?;
+        }
+        machine.write_guest(CODE, &[0x88, 0x03])?;
+        let mut v = machine.create_vcpu(1)?;
+        {
+            let mut c = v.crs()?;
+            c.set(Cr::Cr3, PML4);
+            c.set(Cr::Cr4, 1 << 5);
+            c.set(Cr::Cr0, (1 << 31) | 1);
+        }
+        v.msrs()?.set(Msr::Efer, (1 << 8) | (1 << 10));
+        {
+            let mut s = v.segs()?;
+            let mut cs = s.get(Seg::Cs);
+            cs.attrib = SegAttrib::new(0xb, true, 0, true, false, true, false, true);
+            s.set(Seg::Cs, cs);
+        }
+        v.gprs()?.set(Gpr::Rbx, 0x2300);
+        model.push_exit(id, 1, ScriptedExit::memory(0xfee0_0300, true, &[]));
+        v.run()?;
+        let before = model.syscalls();
+        let iters = scaled(20_000);
+        let mut rounds = Vec::new();
+        for _ in 0..15 {
+            rounds.push(ns_per(iters, |_| {
+                v.gprs().expect("cached").set_rip(0x1000);
+                v.assist_mem(&mut Sink).expect("assist");
+            }));
+            assert_eq!(v.gprs()?.rip(), 0x1002);
+        }
+        assert_eq!(model.syscalls(), before, "the assist made a syscall");
+        println!(
+            "  ns assist_mem, 64-bit paged, no instruction bytes {:.1}",
+            median(&mut rounds)
+        );
+    }
+
     if enabled("last_exit") {
         // Decoding the last exit (a memory exit) as a VMM's exit loop
         // does: match on the kind, use the fields.

@@ -157,6 +157,17 @@ impl GuestArea {
             prot: self.prot,
         }
     }
+    /// The host pointer of `gpa..gpa+len` if this area holds all of it
+    /// and allows `need`: what [`Areas::host_range`] gives when `gpa`
+    /// lies in this area (areas do not overlap, so it is the one found).
+    #[cfg(feature = "assist")]
+    #[inline]
+    pub(crate) fn host_range(&self, gpa: u64, len: usize, need: Prot) -> Option<NonNull<u8>> {
+        if !self.contains(gpa) || !holds(self.gpa, self.size, self.prot, gpa, len, need) {
+            return None;
+        }
+        self.host_of(gpa)
+    }
     /// The host pointer of `gpa`, which lies in this area.
     pub(crate) fn host_of(&self, gpa: u64) -> Option<NonNull<u8>> {
         let off = usize::try_from(gpa.checked_sub(self.gpa)?).ok()?;
@@ -284,6 +295,14 @@ impl Areas {
     /// The area holding `gpa`.
     pub(crate) fn find(&self, gpa: u64) -> Option<&GuestArea> {
         self.gpas.iter().find(|a| a.contains(gpa))
+    }
+
+    /// The area that holds all of `gpa..gpa+len` and allows `need`: the
+    /// one whose [`GuestArea::host_range`] gives [`Areas::host_range`].
+    #[cfg(feature = "assist")]
+    pub(crate) fn area_holding(&self, gpa: u64, len: usize, need: Prot) -> Option<GuestArea> {
+        let a = self.find(gpa)?;
+        holds(a.gpa, a.size, a.prot, gpa, len, need).then_some(*a)
     }
 
     /// The host address of `gpa..gpa+len` if one area holds all of it and
