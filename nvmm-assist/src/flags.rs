@@ -141,7 +141,7 @@ macro_rules! sub_body {
 
 /// `a - b - borrow_in` (SUB, SBB, CMP, CMPS, SCAS, CMPXCHG, NEG as `0 - b`):
 /// all six flags.
-#[inline]
+#[inline(always)]
 pub const fn sub(a: u64, b: u64, borrow_in: bool, size: u8, rflags: u64) -> (u64, u64) {
     sub_body!(a, b, borrow_in, size, rflags)
 }
@@ -155,8 +155,10 @@ pub(crate) const fn cmp(a: u64, b: u64, size: u8, rflags: u64) -> u64 {
 }
 
 /// The flags of a logical operation's result (AND, OR, XOR, TEST): OF and CF
-/// cleared, SF ZF PF from the result, AF (undefined) cleared.
-#[inline]
+/// cleared, SF ZF PF from the result, AF (undefined) cleared. Always
+/// inline: a dozen instructions, and a call to it cost OR/AND/XOR/TEST
+/// a dozen more.
+#[inline(always)]
 pub const fn logic(result: u64, size: u8, rflags: u64) -> u64 {
     (rflags & !STATUS) | szp(result & size_mask(size), size)
 }
