@@ -38,79 +38,82 @@ pub const AC: u64 = 1 << 18;
 /// The six status flags arithmetic instructions define.
 pub const STATUS: u64 = CF | PF | AF | ZF | SF | OF;
 
+/// How far a `size`-byte value moves left to fill a 64-bit word: 56, 48,
+/// 32 for 1, 2 and 4 bytes, 0 for 8 and (as 8) for any other size. One
+/// load from this table is the size's mask, sign bit and sign extension:
+/// a `match` on the size, in each of them, was a chain of compares and
+/// branches the integer forms ran several times per instruction.
+const SPARE_BITS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    t[1] = 56;
+    t[2] = 48;
+    t[4] = 32;
+    t
+};
+
+/// See [`SPARE_BITS`].
+#[inline(always)]
+const fn spare_bits(size: u8) -> u32 {
+    SPARE_BITS[size as usize] as u32
+}
+
 /// All ones in the low `size` bytes (`size` is 1, 2, 4 or 8; anything else
 /// is treated as 8).
-#[inline]
+#[inline(always)]
 pub const fn size_mask(size: u8) -> u64 {
-    match size {
-        1 => 0xFF,
-        2 => 0xFFFF,
-        4 => 0xFFFF_FFFF,
-        _ => u64::MAX,
-    }
+    u64::MAX >> spare_bits(size)
 }
 
 /// The sign bit of a `size`-byte value.
-#[inline]
+#[inline(always)]
 pub const fn sign_bit(size: u8) -> u64 {
-    match size {
-        1 => 0x80,
-        2 => 0x8000,
-        4 => 0x8000_0000,
-        _ => 0x8000_0000_0000_0000,
-    }
+    (1 << 63) >> spare_bits(size)
 }
 
 /// Sign-extends the low `size` bytes of `value` to 64 bits.
-#[inline]
+#[inline(always)]
 pub const fn sign_extend(value: u64, size: u8) -> u64 {
-    match size {
-        1 => value as u8 as i8 as i64 as u64,
-        2 => value as u16 as i16 as i64 as u64,
-        4 => value as u32 as i32 as i64 as u64,
-        _ => value,
-    }
+    let s = spare_bits(size);
+    (((value << s) as i64) >> s) as u64
+}
+
+/// SF, ZF and PF of a result whose value is `high`, the result moved to
+/// the top of a word (bits below it clear), and whose low byte is `low`.
+/// Branch-free: each flag is a bit moved into place.
+#[inline(always)]
+const fn szp_high(high: u64, low: u8) -> u64 {
+    let sf = high >> 63;
+    let zf = (high == 0) as u64;
+    // Even parity of the low byte: fold it to a nibble, then look the
+    // nibble's even parity up in the 16-bit constant 0x9669 (bit n set when
+    // n has an even number of ones), which avoids a software popcount on
+    // targets without POPCNT.
+    let b = low ^ (low >> 4);
+    let pf = ((0x9669u16 >> (b & 0xF)) & 1) as u64;
+    (sf << 7) | (zf << 6) | (pf << 2)
 }
 
 /// SF, ZF and PF of a result (already masked to `size`).
 #[inline(always)]
 const fn szp(result: u64, size: u8) -> u64 {
-    let mut f = 0;
-    if result & sign_bit(size) != 0 {
-        f |= SF;
-    }
-    if result == 0 {
-        f |= ZF;
-    }
-    // Even parity of the low byte: fold it to a nibble, then look the
-    // nibble's parity up in the 16-bit constant 0x6996 (bit n = parity of
-    // n), which avoids a software popcount on targets without POPCNT.
-    let b = (result as u8) ^ ((result as u8) >> 4);
-    if (0x6996u16 >> (b & 0xF)) & 1 == 0 {
-        f |= PF;
-    }
-    f
+    szp_high(result << spare_bits(size), result as u8)
 }
 
 /// `a + b + carry_in` (ADD, ADC, XADD): all six flags.
-#[inline]
+///
+/// The operands are moved to the top of a 64-bit word, where the CPU's own
+/// carry out and sign bit are the operation's: every size is then the same
+/// straight-line code, with no 128-bit sum and one lookup of the size.
+#[inline(always)]
 pub const fn add(a: u64, b: u64, carry_in: bool, size: u8, rflags: u64) -> (u64, u64) {
-    let m = size_mask(size);
-    let (a, b, c) = (a & m, b & m, carry_in as u64);
-    // 128-bit sum so that the 64-bit carry out is visible.
-    let wide = a as u128 + b as u128 + c as u128;
-    let result = (wide as u64) & m;
-    let mut f = szp(result, size);
-    if wide > m as u128 {
-        f |= CF;
-    }
+    let s = spare_bits(size);
+    let (ha, hb) = (a << s, b << s);
+    let (sum, c1) = ha.overflowing_add(hb);
+    let (high, c2) = sum.overflowing_add((carry_in as u64) << s);
+    let result = high >> s;
     // Overflow: both inputs have the same sign and the result another.
-    if (!(a ^ b) & (a ^ result)) & sign_bit(size) != 0 {
-        f |= OF;
-    }
-    if (a ^ b ^ result) & 0x10 != 0 {
-        f |= AF;
-    }
+    let of = ((ha ^ high) & (hb ^ high)) >> 63;
+    let f = szp_high(high, result as u8) | (c1 | c2) as u64 | (of << 11) | ((a ^ b ^ result) & AF);
     (result, (rflags & !STATUS) | f)
 }
 
@@ -119,30 +122,26 @@ pub const fn add(a: u64, b: u64, carry_in: bool, size: u8, rflags: u64) -> (u64,
 /// the inlining of the ALU forms (2-4 instructions more on MOV/ALU).
 macro_rules! sub_body {
     ($a:expr, $b:expr, $borrow_in:expr, $size:expr, $rflags:expr) => {{
-        let size = $size;
-        let m = size_mask(size);
-        let (a, b, c) = ($a & m, $b & m, $borrow_in as u64);
-        let result = a.wrapping_sub(b).wrapping_sub(c) & m;
-        let mut f = szp(result, size);
-        // Borrow out: the subtrahend (with the borrow in) exceeds the minuend.
-        if (b as u128 + c as u128) > a as u128 {
-            f |= CF;
-        }
+        // As in `add`: at the top of a word, the borrow out and the sign
+        // are the CPU's.
+        let (a, b) = ($a, $b);
+        let s = spare_bits($size);
+        let (ha, hb) = (a << s, b << s);
+        let (diff, b1) = ha.overflowing_sub(hb);
+        let (high, b2) = diff.overflowing_sub(($borrow_in as u64) << s);
+        let result = high >> s;
         // Overflow: the inputs have different signs and the result has the
         // subtrahend's sign.
-        if ((a ^ b) & (a ^ result)) & sign_bit(size) != 0 {
-            f |= OF;
-        }
-        if (a ^ b ^ result) & 0x10 != 0 {
-            f |= AF;
-        }
+        let of = ((ha ^ hb) & (ha ^ high)) >> 63;
+        let f =
+            szp_high(high, result as u8) | (b1 | b2) as u64 | (of << 11) | ((a ^ b ^ result) & AF);
         (result, ($rflags & !STATUS) | f)
     }};
 }
 
 /// `a - b - borrow_in` (SUB, SBB, CMP, CMPS, SCAS, CMPXCHG, NEG as `0 - b`):
 /// all six flags.
-#[inline]
+#[inline(always)]
 pub const fn sub(a: u64, b: u64, borrow_in: bool, size: u8, rflags: u64) -> (u64, u64) {
     sub_body!(a, b, borrow_in, size, rflags)
 }
@@ -156,8 +155,10 @@ pub(crate) const fn cmp(a: u64, b: u64, size: u8, rflags: u64) -> u64 {
 }
 
 /// The flags of a logical operation's result (AND, OR, XOR, TEST): OF and CF
-/// cleared, SF ZF PF from the result, AF (undefined) cleared.
-#[inline]
+/// cleared, SF ZF PF from the result, AF (undefined) cleared. Always
+/// inline: a dozen instructions, and a call to it cost OR/AND/XOR/TEST
+/// a dozen more.
+#[inline(always)]
 pub const fn logic(result: u64, size: u8, rflags: u64) -> u64 {
     (rflags & !STATUS) | szp(result & size_mask(size), size)
 }
@@ -326,6 +327,88 @@ mod tests {
         assert!(condition(0xF, SF | OF)); // G
         assert!(condition(0xA, PF)); // P
         assert!(condition(0x1, 0)); // NO
+    }
+
+    /// The branch-free flags against a straightforward model (128-bit sums,
+    /// a flag per test) on random and edge operands of every size.
+    #[test]
+    fn add_and_sub_match_a_wide_model() {
+        fn model(a: u64, b: u64, c: bool, size: u8, subtract: bool) -> (u64, u64) {
+            let m = size_mask(size);
+            let sign = sign_bit(size);
+            let (a, b, c) = (a & m, b & m, u128::from(c));
+            let (wide, cf) = if subtract {
+                let w = (a as u128).wrapping_sub(b as u128).wrapping_sub(c);
+                (w, b as u128 + c > a as u128)
+            } else {
+                let w = a as u128 + b as u128 + c;
+                (w, w > m as u128)
+            };
+            let r = (wide as u64) & m;
+            let of = if subtract {
+                (a ^ b) & (a ^ r) & sign != 0
+            } else {
+                !(a ^ b) & (a ^ r) & sign != 0
+            };
+            let mut f = 0;
+            f |= if cf { CF } else { 0 };
+            f |= if of { OF } else { 0 };
+            f |= if r & sign != 0 { SF } else { 0 };
+            f |= if r == 0 { ZF } else { 0 };
+            f |= if (r as u8).count_ones().is_multiple_of(2) {
+                PF
+            } else {
+                0
+            };
+            f |= (a ^ b ^ r) & AF;
+            (r, f)
+        }
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let edges = [
+            0,
+            1,
+            0x7F,
+            0x80,
+            0xFF,
+            0x7FFF,
+            0x8000,
+            0xFFFF,
+            0x7FFF_FFFF,
+            0x8000_0000,
+            0xFFFF_FFFF,
+            i64::MAX as u64,
+            1 << 63,
+            u64::MAX,
+        ];
+        for i in 0..200_000usize {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let (a, b) = if i < edges.len() * edges.len() {
+                (edges[i / edges.len()], edges[i % edges.len()])
+            } else {
+                (x, x.rotate_left(29) ^ (x >> 3))
+            };
+            let c = x & (1 << 40) != 0;
+            let other = (x >> 20) & !STATUS;
+            for size in [1u8, 2, 4, 8, 3] {
+                let (r, f) = model(a, b, c, size, false);
+                assert_eq!(
+                    add(a, b, c, size, other | STATUS),
+                    (r, other | f),
+                    "add {a:#x} {b:#x} {c} {size}"
+                );
+                let (r, f) = model(a, b, c, size, true);
+                assert_eq!(
+                    sub(a, b, c, size, other | STATUS),
+                    (r, other | f),
+                    "sub {a:#x} {b:#x} {c} {size}"
+                );
+                if !c {
+                    assert_eq!(cmp(a, b, size, other), other | f);
+                }
+            }
+        }
     }
 
     #[test]

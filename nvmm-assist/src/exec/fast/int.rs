@@ -269,19 +269,21 @@ where
                 _ => 0,
             };
             let op = f.op;
-            new_flags = or_resume!(rmw_page(ram, mmio, gpa, size, f.lock, |old| {
+            new_flags = or_resume!(rmw_page(ram, mmio, gpa, size, f.lock, move |old| {
                 alu::compute(op, old, b, size, rflags).unwrap_or((old, rflags))
             })?);
         }
         Form::Xchg => {
             let value = read_reg(state, f.reg, size, f.rex);
             // Locked with or without the prefix.
-            let old = or_resume!(rmw_page(ram, mmio, gpa, size, true, |old| (value, old))?);
+            let old = or_resume!(rmw_page(ram, mmio, gpa, size, true, move |old| (
+                value, old
+            ))?);
             writes[0] = Some(merged(state, f.reg, size, f.rex, old));
         }
         Form::Xadd => {
             let src = read_reg(state, f.reg, size, f.rex);
-            let (old, fl) = or_resume!(rmw_page(ram, mmio, gpa, size, f.lock, |old| {
+            let (old, fl) = or_resume!(rmw_page(ram, mmio, gpa, size, f.lock, move |old| {
                 let (sum, fl) = xchg::xadd(old, src, size, rflags);
                 (sum, (old, fl))
             })?);
@@ -291,7 +293,7 @@ where
         Form::Cmpxchg => {
             let src = read_reg(state, f.reg, size, f.rex);
             let acc = state.gpr(Gpr::Rax) & flags::size_mask(size);
-            let (fl, loaded) = or_resume!(rmw_page(ram, mmio, gpa, size, f.lock, |old| {
+            let (fl, loaded) = or_resume!(rmw_page(ram, mmio, gpa, size, f.lock, move |old| {
                 let (new, fl, loaded) = xchg::cmpxchg(acc, old, src, size, rflags);
                 (new, (fl, loaded))
             })?);
@@ -310,7 +312,7 @@ where
                 parts: [(gpa, usize::from(width)), (0, 0)],
                 count: 1,
             };
-            let op = |old| xchg::cmpxchg_wide(old, expected, replacement);
+            let op = move |old| xchg::cmpxchg_wide(old, expected, replacement);
             let loaded = or_resume!(if width == 16 {
                 rmw_range(ram, mmio, &range, width, f.lock, op)
             } else {
@@ -334,7 +336,7 @@ where
                 let old = read_page(ram, mmio, gpa, size)?;
                 bits::compute(op, old, bit, rflags).1
             } else {
-                or_resume!(rmw_page(ram, mmio, gpa, size, f.lock, |old| {
+                or_resume!(rmw_page(ram, mmio, gpa, size, f.lock, move |old| {
                     bits::compute(op, old, bit, rflags)
                 })?)
             };
@@ -364,7 +366,13 @@ where
             return Err(Error::InconsistentExit);
         }
     }
-    for (g, v) in writes.into_iter().flatten() {
+    // (Two tests, not a loop over the flattened array: that cost a few
+    // instructions per call.)
+    let [first, second] = writes;
+    if let Some((g, v)) = first {
+        state.set_gpr(g, v);
+    }
+    if let Some((g, v)) = second {
         state.set_gpr(g, v);
     }
     let new_flags = new_flags & !RF;
