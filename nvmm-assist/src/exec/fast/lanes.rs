@@ -2,8 +2,9 @@
 //! in the memory assist's entry (`mem.rs`) and each run in a small
 //! out-of-line function of its own, before (and instead of) the full fast
 //! path of [`run_mode`](super::run_mode):
-//! - [`Lane::Mov`]: MOV 88/89/8A/8B/C6/C7 and A0-A3 with no prefix (in
-//!   64-bit mode a REX prefix at most), decoded and executed here by
+//! - [`Lane::Mov`]: MOV 88/89/8A/8B/C6/C7, A0-A3 and MOVZX/MOVSX
+//!   (0F B6/B7/BE/BF) with no prefix (in 64-bit mode a REX prefix at
+//!   most), decoded and executed here by
 //!   [`run_mov`];
 //! - [`Lane::String`]: a single string instruction with no prefix, the
 //!   string family's own plain entry (`string.rs`);
@@ -44,7 +45,7 @@ use crate::state::{CpuState, Segment};
 /// Which lane the first bytes of an instruction pick.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Lane {
-    /// MOV with no prefix but REX ([`run_mov`]).
+    /// MOV, MOVZX or MOVSX with no prefix but REX ([`run_mov`]).
     Mov,
     /// A single string instruction with no prefix.
     String,
@@ -102,10 +103,12 @@ pub(crate) fn lane<const ADDR: u8>(bytes: &[u8]) -> Lane {
     match FIRST[usize::from(first)] {
         MOV => Lane::Mov,
         STRING => Lane::String,
+        ESCAPE if is_movx(bytes.get(1)) => Lane::Mov,
         ESCAPE => sse_at(0),
         MANDATORY => sse_at(1),
         REX if ADDR == 8 => match bytes.get(1) {
             Some(&b) if FIRST[usize::from(b)] == MOV => Lane::Mov,
+            Some(0x0F) if is_movx(bytes.get(2)) => Lane::Mov,
             _ => sse_at(1),
         },
         _ => Lane::Other,
@@ -118,9 +121,19 @@ const STORE: u8 = 0;
 const LOAD: u8 = 1;
 /// [`modrm_mov`]'s `KIND`: MOV r/m, imm (C6/C7 /0).
 const STORE_IMM: u8 = 2;
+/// [`modrm_mov`]'s `KIND`: MOVSX reg, r/m8/16 (0F BE/BF); MOVZX is
+/// [`LOAD`] with a narrower access.
+const LOAD_SIGNED: u8 = 3;
+
+/// Whether the byte after 0F is MOVZX or MOVSX (B6, B7, BE, BF).
+#[inline(always)]
+fn is_movx(op2: Option<&u8>) -> bool {
+    matches!(op2, Some(&b) if b & 0xF6 == 0xB6)
+}
 
 /// The MOV lane: MOV r/m, reg (88/89), reg, r/m (8A/8B), r/m, imm (C6/C7
-/// /0) and the moffs forms (A0-A3), with no prefix but (64-bit mode) REX,
+/// /0), the moffs forms (A0-A3) and MOVZX/MOVSX (0F B6/B7/BE/BF), with no
+/// prefix but (64-bit mode) REX,
 /// in a mode whose default address size is `ADDR`. `None` (nothing done)
 /// for other bytes and for any case the full fast path would leave to the
 /// general one (a register operand, a fault, a page crossing, a
@@ -160,13 +173,52 @@ where
     };
     let (st, r, m) = (state, ram, mmio);
     match b {
-        0x88 => modrm_mov::<ADDR, STORE, S, R, M>(st, mode, r, m, exit_gpa, bytes, i, 1, rex),
-        0x89 => modrm_mov::<ADDR, STORE, S, R, M>(st, mode, r, m, exit_gpa, bytes, i, vsize, rex),
-        0x8A => modrm_mov::<ADDR, LOAD, S, R, M>(st, mode, r, m, exit_gpa, bytes, i, 1, rex),
-        0x8B => modrm_mov::<ADDR, LOAD, S, R, M>(st, mode, r, m, exit_gpa, bytes, i, vsize, rex),
-        0xC6 => modrm_mov::<ADDR, STORE_IMM, S, R, M>(st, mode, r, m, exit_gpa, bytes, i, 1, rex),
-        0xC7 => {
-            modrm_mov::<ADDR, STORE_IMM, S, R, M>(st, mode, r, m, exit_gpa, bytes, i, vsize, rex)
+        0x88 => modrm_mov::<ADDR, STORE, S, R, M>(st, mode, r, m, exit_gpa, bytes, i, 1, 1, rex),
+        0x89 => {
+            modrm_mov::<ADDR, STORE, S, R, M>(st, mode, r, m, exit_gpa, bytes, i, vsize, vsize, rex)
+        }
+        0x8A => modrm_mov::<ADDR, LOAD, S, R, M>(st, mode, r, m, exit_gpa, bytes, i, 1, 1, rex),
+        0x8B => {
+            modrm_mov::<ADDR, LOAD, S, R, M>(st, mode, r, m, exit_gpa, bytes, i, vsize, vsize, rex)
+        }
+        0xC6 => {
+            modrm_mov::<ADDR, STORE_IMM, S, R, M>(st, mode, r, m, exit_gpa, bytes, i, 1, 1, rex)
+        }
+        0xC7 => modrm_mov::<ADDR, STORE_IMM, S, R, M>(
+            st, mode, r, m, exit_gpa, bytes, i, vsize, vsize, rex,
+        ),
+        0x0F => {
+            // MOVZX/MOVSX: the operand size is the destination's, the
+            // access 1 (B6, BE) or 2 (B7, BF) bytes.
+            let op2 = byte(bytes, i)?;
+            let access = if op2 & 1 == 0 { 1 } else { 2 };
+            match op2 {
+                0xB6 | 0xB7 => modrm_mov::<ADDR, LOAD, S, R, M>(
+                    st,
+                    mode,
+                    r,
+                    m,
+                    exit_gpa,
+                    bytes,
+                    i + 1,
+                    vsize,
+                    access,
+                    rex,
+                ),
+                0xBE | 0xBF => modrm_mov::<ADDR, LOAD_SIGNED, S, R, M>(
+                    st,
+                    mode,
+                    r,
+                    m,
+                    exit_gpa,
+                    bytes,
+                    i + 1,
+                    vsize,
+                    access,
+                    rex,
+                ),
+                _ => None,
+            }
         }
         0xA0..=0xA3 => {
             let size = if b & 1 == 0 { 1 } else { vsize };
@@ -201,7 +253,7 @@ where
                     AccessType::Read,
                 )?;
                 Some(load_and_commit(
-                    st, r, m, exit_gpa, 0, size, rex, f.next_rip,
+                    st, r, m, exit_gpa, 0, size, size, false, rex, f.next_rip,
                 ))
             }
         }
@@ -210,7 +262,8 @@ where
 }
 
 /// [`run_mov`] for the ModRM forms, the ModRM byte at `bytes[i]`: `KIND`
-/// [`STORE`], [`LOAD`] or [`STORE_IMM`], of `size` bytes.
+/// [`STORE`], [`LOAD`], [`STORE_IMM`] or [`LOAD_SIGNED`], of operand size
+/// `size`, accessing `access` bytes (`size` but for MOVZX/MOVSX).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn modrm_mov<const ADDR: u8, const KIND: u8, S, R, M>(
@@ -222,6 +275,7 @@ fn modrm_mov<const ADDR: u8, const KIND: u8, S, R, M>(
     bytes: &[u8],
     mut i: usize,
     size: u8,
+    access: u8,
     rex: u8,
 ) -> Option<Result<Outcome, Error>>
 where
@@ -265,15 +319,20 @@ where
     } else {
         Segment::Ds
     };
-    let access = if KIND == LOAD {
+    let kind = if KIND == LOAD || KIND == LOAD_SIGNED {
         AccessType::Read
     } else {
         AccessType::Write
     };
-    checked_linear::<ADDR, S>(state, mode, exit_gpa, segment, offset, size, access)?;
+    checked_linear::<ADDR, S>(state, mode, exit_gpa, segment, offset, access, kind)?;
     let reg = reg_field | ((rex & 4) << 1);
     Some(match KIND {
-        LOAD => load_and_commit(state, ram, mmio, exit_gpa, reg, size, rex, next_rip),
+        LOAD => load_and_commit(
+            state, ram, mmio, exit_gpa, reg, size, access, false, rex, next_rip,
+        ),
+        LOAD_SIGNED => load_and_commit(
+            state, ram, mmio, exit_gpa, reg, size, access, true, rex, next_rip,
+        ),
         STORE => {
             let v = read_reg(state, reg, size, rex != 0);
             store_and_commit(state, ram, mmio, exit_gpa, v, size, next_rip)
@@ -304,9 +363,9 @@ where
     Ok(Outcome::Done)
 }
 
-/// A MOV load of `size` bytes at `gpa` into register `reg` (AH..BH for
-/// 4-7 at size 1 without REX), then the commit ([`commit`]): the
-/// executor's load arm.
+/// A MOV load of `access` bytes at `gpa` (sign-extended if `signed`) into
+/// register `reg` of `size` bytes (AH..BH for 4-7 at size 1 without REX),
+/// then the commit ([`commit`]): the executor's load arm.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn load_and_commit<S, R, M>(
@@ -316,6 +375,8 @@ fn load_and_commit<S, R, M>(
     gpa: u64,
     reg: u8,
     size: u8,
+    access: u8,
+    signed: bool,
     rex: u8,
     next_rip: u64,
 ) -> Result<Outcome, Error>
@@ -324,7 +385,10 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    let v = read_sized(ram, mmio, gpa, usize::from(size))?;
+    let mut v = read_sized(ram, mmio, gpa, usize::from(access))?;
+    if signed {
+        v = crate::flags::sign_extend(v, access);
+    }
     let (g, v) = merged(state, reg, size, rex != 0, v);
     state.set_gpr(g, v);
     commit(state, next_rip);
@@ -428,7 +492,10 @@ mod tests {
             (&[0xF3, 0x0F, 0x6F, 0x03], Lane::Sse, Lane::Sse),
             (&[0x0F, 0x29, 0x03], Lane::Sse, Lane::Sse),
             (&[0x48, 0x0F, 0x29, 0x03], Lane::Sse, Lane::Other),
-            (&[0x0F, 0xB6, 0x03], Lane::Other, Lane::Other),
+            (&[0x0F, 0xB6, 0x03], Lane::Mov, Lane::Mov),
+            (&[0x0F, 0xBF, 0x03], Lane::Mov, Lane::Mov),
+            (&[0x48, 0x0F, 0xBE, 0x03], Lane::Mov, Lane::Other),
+            (&[0x0F, 0xAF, 0x03], Lane::Other, Lane::Other),
             (&[0x66, 0x0F, 0xB6, 0x03], Lane::Other, Lane::Other),
             (&[0x0F], Lane::Other, Lane::Other),
             (&[0x66], Lane::Other, Lane::Other),
@@ -452,9 +519,13 @@ mod tests {
             });
         }
         let ops = [
-            0x88, 0x89, 0x8A, 0x8B, 0xC6, 0xC7, 0xA0, 0xA1, 0xA2, 0xA3, 0x8C, 0x01,
+            0x88, 0x89, 0x8A, 0x8B, 0xC6, 0xC7, 0xA0, 0xA1, 0xA2, 0xA3, 0x8C, 0x01, 0x0F,
         ];
-        v.push(ops[rng.below(ops.len() as u64) as usize]);
+        let op = ops[rng.below(ops.len() as u64) as usize];
+        v.push(op);
+        if op == 0x0F {
+            v.push([0xB6, 0xB7, 0xBE, 0xBF, 0xAF, 0x7F][rng.below(6) as usize]);
+        }
         let md = if rng.below(16) == 0 {
             3
         } else {

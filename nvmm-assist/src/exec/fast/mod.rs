@@ -19,7 +19,8 @@
 //! [`linear_address`], the general path's too.
 //!
 //! Entry: with the exit's bytes, the memory assist's entry first picks a
-//! lane by the first bytes ([`lanes`]: MOV with no prefix but REX, a
+//! lane by the first bytes ([`lanes`]: MOV, MOVZX and MOVSX with no
+//! prefix but REX, a
 //! single string instruction with no prefix, an SSE move), each a small
 //! out-of-line function of its own; everything else, and whatever a lane
 //! declines, goes to [`run_mode`], inlined into one out-of-line function
