@@ -160,11 +160,109 @@ where
         return fetched(state, ram, mmio, exit.gpa, cache, mode, true);
     }
     match mode {
-        CpuMode::Long64 => assist_sized::<8, S, R, M>(state, ram, mmio, exit, cache, mode),
+        CpuMode::Long64 => assist_lane::<8, S, R, M>(state, ram, mmio, exit, cache, mode),
         CpuMode::Protected32 | CpuMode::Compat32 => {
-            assist_sized::<4, S, R, M>(state, ram, mmio, exit, cache, mode)
+            assist_lane::<4, S, R, M>(state, ram, mmio, exit, cache, mode)
         }
-        _ => assist_sized::<2, S, R, M>(state, ram, mmio, exit, cache, mode),
+        _ => assist_lane::<2, S, R, M>(state, ram, mmio, exit, cache, mode),
+    }
+}
+
+/// [`assist_mem_with`] with the bytes in the exit, for the modes whose
+/// default address size is `ADDR`: the fast path's lane for the first
+/// bytes (see `exec/fast/lanes.rs`), each out of line and small, else (or
+/// when it declines) the full fast path.
+#[inline(always)]
+fn assist_lane<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit: &MemExit<'_>,
+    cache: &mut FetchCache,
+    mode: CpuMode,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let lane = fast::lane::<ADDR>(exit.instruction);
+    if lane == fast::Lane::Mov {
+        return assist_mov::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode);
+    }
+    if lane == fast::Lane::Other {
+        return assist_sized::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode);
+    }
+    if lane == fast::Lane::Sse {
+        return assist_sse::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode);
+    }
+    assist_string::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode)
+}
+
+/// The MOV lane ([`fast::run_mov`]), else the full fast path.
+#[inline(never)]
+fn assist_mov<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit: &MemExit<'_>,
+    cache: &mut FetchCache,
+    mode: CpuMode,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    // A constant in 64-bit mode's copy, as in `assist_sized`.
+    let mode = if ADDR == 8 { CpuMode::Long64 } else { mode };
+    match fast::run_mov::<ADDR, S, R, M>(state, mode, ram, mmio, exit.gpa, exit.instruction) {
+        Some(result) => result,
+        None => assist_sized::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode),
+    }
+}
+
+/// The SSE lane ([`fast::run_sse`]), else the full fast path.
+#[inline(never)]
+fn assist_sse<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit: &MemExit<'_>,
+    cache: &mut FetchCache,
+    mode: CpuMode,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let mode = if ADDR == 8 { CpuMode::Long64 } else { mode };
+    match fast::run_sse(state, mode, ram, mmio, exit.gpa, exit.instruction) {
+        Some(result) => result,
+        None => assist_sized::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode),
+    }
+}
+
+/// The string lane ([`fast::run_string`]), else the full fast path.
+#[inline(never)]
+fn assist_string<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit: &MemExit<'_>,
+    cache: &mut FetchCache,
+    mode: CpuMode,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let opcode = exit.instruction.first().copied().unwrap_or(0);
+    match fast::run_string(state, mode, ram, cache, mmio, exit.gpa, opcode) {
+        Some(result) => result,
+        None => assist_sized::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode),
     }
 }
 

@@ -18,8 +18,13 @@
 //! on RAM when locked, a read then a write on MMIO), and segmentation is
 //! [`linear_address`], the general path's too.
 //!
-//! Entry: [`run_mode`], inlined into one out-of-line function per default
-//! address size in `mem.rs` (`assist_sized` with the exit's
+//! Entry: with the exit's bytes, the memory assist's entry first picks a
+//! lane by the first bytes ([`lanes`]: MOV, MOVZX and MOVSX with no
+//! prefix but REX, a
+//! single string instruction with no prefix, an SSE move), each a small
+//! out-of-line function of its own; everything else, and whatever a lane
+//! declines, goes to [`run_mode`], inlined into one out-of-line function
+//! per default address size in `mem.rs` (`assist_sized` with the exit's
 //! bytes; `fetched` after the fetch, with a copy per size), so that the
 //! memory assist's entry is a small dispatcher and each mode class's code
 //! is compiled on its own. There the MOV/ALU decoder (the integer forms
@@ -52,10 +57,13 @@
 
 mod families;
 mod int;
+mod lanes;
 mod prefix;
 mod sse;
 mod stack;
 mod string;
+
+pub(crate) use lanes::{Lane, lane, run_mov, run_sse, run_string};
 
 use super::alu;
 use crate::Outcome;
@@ -265,7 +273,40 @@ fn decode_with<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
     } else {
         f.offset
     };
-    let linear = if ADDR == 8 && !matches!(f.segment, Segment::Fs | Segment::Gs) {
+    let linear = checked_linear::<ADDR, S>(
+        state,
+        mode,
+        exit_gpa,
+        f.segment,
+        offset,
+        f.access_size,
+        f.access(),
+    )?;
+    // Leave CMPXCHG16B's #GP (a misaligned operand) to the general path.
+    if INT && asz == 16 && linear & 15 != 0 {
+        return None;
+    }
+    Some((f, linear))
+}
+
+/// The linear address of an access of `size` bytes at `offset` in
+/// `segment`, in a mode whose default address size is `ADDR`, when the
+/// fast path can make it as is: `None` (for the general path, which
+/// reports the fault if there is one) for a segment or canonical fault, a
+/// page-crossing access, an exit GPA whose page offset differs, or a
+/// possible `#AC`.
+#[inline(always)]
+fn checked_linear<const ADDR: u8, S: CpuState + ?Sized>(
+    state: &S,
+    mode: CpuMode,
+    exit_gpa: u64,
+    segment: Segment,
+    offset: u64,
+    size: u8,
+    access: AccessType,
+) -> Option<u64> {
+    let asz = u64::from(size);
+    let linear = if ADDR == 8 && !matches!(segment, Segment::Fs | Segment::Gs) {
         // 64-bit mode: DS/SS bases are ignored and there is no limit, so
         // the linear address is the effective address. A non-canonical
         // one (#GP/#SS, or valid under LA57) goes to the general path.
@@ -275,22 +316,21 @@ fn decode_with<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
         offset
     } else if ADDR == 8 {
         // FS/GS: their base, then the canonical check.
-        linear_address(state, mode, f.segment, offset, asz, f.access()).ok()?
+        linear_address(state, mode, segment, offset, asz, access).ok()?
     } else {
         // Segmentation with every check (the general path's, inline); a
         // fault goes to the general path, which reports it.
-        segment::legacy_checked(state, mode, f.segment, offset, asz, f.access()).ok()?
+        segment::legacy_checked(state, mode, segment, offset, asz, access).ok()?
     };
-    // Leave page-crossing accesses, a mismatching exit GPA, a possible
-    // #AC and CMPXCHG16B's #GP (a misaligned operand) to the general path.
+    // Leave page-crossing accesses, a mismatching exit GPA and a possible
+    // #AC to the general path.
     if (linear & 0xFFF) + asz > 0x1000
         || exit_gpa & 0xFFF != linear & 0xFFF
         || (state.rflags() & AC != 0 && linear & (asz - 1) != 0)
-        || (INT && asz == 16 && linear & 15 != 0)
     {
         return None;
     }
-    Some((f, linear))
+    Some(linear)
 }
 
 /// Decodes a fast-path form in `mode` and computes its effective address,

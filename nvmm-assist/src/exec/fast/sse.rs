@@ -124,6 +124,13 @@ static ROWS: [u8; 256] = {
     t
 };
 
+/// Whether `op2`, the byte after 0F, is an SSE move's opcode with some
+/// prefix (a row of [`FORMS`]).
+#[inline(always)]
+pub(super) fn is_opcode(op2: u8) -> bool {
+    ROWS[usize::from(op2)] != u8::MAX
+}
+
 /// What [`run`] needs besides the bytes, in one register.
 #[derive(Clone, Copy)]
 struct At {

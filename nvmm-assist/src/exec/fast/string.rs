@@ -58,6 +58,26 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
+    plain_inline(state, mode, ram, cache, mmio, exit_gpa, opcode)
+}
+
+/// [`try_plain`], inline: the memory assist's string lane
+/// (`lanes.rs`) is an out-of-line function of its own around it.
+#[inline(always)]
+pub(super) fn plain_inline<S, R, M>(
+    state: &mut S,
+    mode: CpuMode,
+    ram: &mut R,
+    cache: &mut FetchCache,
+    mmio: &mut M,
+    exit_gpa: u64,
+    opcode: u8,
+) -> Option<Result<Outcome, Error>>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
     // 64-bit and real mode (the BIOS, boot loaders) with the mode a
     // constant, which makes their segmentation checks simpler; the other
     // modes by their default address size.

@@ -1,0 +1,678 @@
+//! The lanes: the commonest fast-path shapes, picked by their first bytes
+//! in the memory assist's entry (`mem.rs`) and each run in a small
+//! out-of-line function of its own, before (and instead of) the full fast
+//! path of [`run_mode`](super::run_mode):
+//! - [`Lane::Mov`]: MOV 88/89/8A/8B/C6/C7, A0-A3 and MOVZX/MOVSX
+//!   (0F B6/B7/BE/BF) with no prefix (in 64-bit mode a REX prefix at
+//!   most), decoded and executed here by
+//!   [`run_mov`];
+//! - [`Lane::String`]: a single string instruction with no prefix, the
+//!   string family's own plain entry (`string.rs`);
+//! - [`Lane::Sse`]: bytes that [`sse`](super::sse)'s scan takes for an SSE
+//!   move in their first two or three bytes (0F op, 66/F2/F3 0F op, REX
+//!   0F op), that family's own `try_prefixed`.
+//!
+//! Why: the full fast path is one large function (every decoder and family
+//! inline), whose prologue saves every callee-saved register and spills its
+//! arguments, and whose MOV/ALU decoder parses prefixes and dispatches on
+//! the opcode, packs a `Fast` and dispatches again on its kind; the string
+//! and SSE forms paid for that decoder's decline as well. A lane pays for
+//! its own form only.
+//!
+//! Exactness: each lane takes a subset of what the full fast path takes,
+//! with the same result, because the decoders and families take disjoint
+//! sets of bytes and a declined attempt does nothing (so which one runs
+//! first does not matter): the MOV lane is the MOV/ALU decoder's decode of
+//! those bytes with its address checks ([`checked_linear`]) and the
+//! executor's MOV arms; the string and SSE lanes are the families' own
+//! functions, which the full path reaches for these bytes after the
+//! decoders have declined them. A lane that declines (`None`) has done
+//! nothing, and the caller runs the full fast path, then the general one.
+
+use super::{
+    address_mask, byte, checked_linear, merged, modrm16, modrm32, moffs, prefix, read_reg,
+    read_sized, sized_field, sse, string,
+};
+use crate::Outcome;
+use crate::access::AccessType;
+use crate::bus::{GuestRam, MmioBus};
+use crate::error::Error;
+use crate::fetch_cache::FetchCache;
+use crate::flags::RF;
+use crate::mode::CpuMode;
+use crate::state::{CpuState, Segment};
+
+/// Which lane the first bytes of an instruction pick.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Lane {
+    /// MOV, MOVZX or MOVSX with no prefix but REX ([`run_mov`]).
+    Mov,
+    /// A single string instruction with no prefix.
+    String,
+    /// An SSE move's opcode after at most one prefix byte.
+    Sse,
+    /// Anything else: the full fast path.
+    Other,
+}
+
+/// [`FIRST`]: not a lane's first byte.
+const OTHER: u8 = 0;
+/// [`FIRST`]: a MOV opcode (88-8B, C6, C7, A0-A3).
+const MOV: u8 = 1;
+/// [`FIRST`]: a string opcode (A4-A7, AA-AF).
+const STRING: u8 = 2;
+/// [`FIRST`]: 0F.
+const ESCAPE: u8 = 3;
+/// [`FIRST`]: 66, F2, F3 (an SSE move's mandatory prefix).
+const MANDATORY: u8 = 4;
+/// [`FIRST`]: 40-4F (REX in 64-bit mode).
+const REX: u8 = 5;
+
+/// The lane class of each first byte.
+const FIRST: [u8; 256] = {
+    let mut t = [OTHER; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = match b as u8 {
+            0x88..=0x8B | 0xC6 | 0xC7 | 0xA0..=0xA3 => MOV,
+            0xA4..=0xA7 | 0xAA..=0xAF => STRING,
+            0x0F => ESCAPE,
+            0x66 | 0xF2 | 0xF3 => MANDATORY,
+            0x40..=0x4F => REX,
+            _ => OTHER,
+        };
+        b += 1;
+    }
+    t
+};
+
+/// The lane of `bytes` in a mode whose default address size is `ADDR`
+/// (REX exists in 64-bit mode only). Looks at no more than three bytes.
+#[inline(always)]
+pub(crate) fn lane<const ADDR: u8>(bytes: &[u8]) -> Lane {
+    let Some(&first) = bytes.first() else {
+        return Lane::Other;
+    };
+    let sse_at = |i: usize| {
+        if bytes.get(i) == Some(&0x0F) && bytes.get(i + 1).is_some_and(|&op| sse::is_opcode(op)) {
+            Lane::Sse
+        } else {
+            Lane::Other
+        }
+    };
+    match FIRST[usize::from(first)] {
+        MOV => Lane::Mov,
+        STRING => Lane::String,
+        ESCAPE if is_movx(bytes.get(1)) => Lane::Mov,
+        ESCAPE => sse_at(0),
+        MANDATORY => sse_at(1),
+        REX if ADDR == 8 => match bytes.get(1) {
+            Some(&b) if FIRST[usize::from(b)] == MOV => Lane::Mov,
+            Some(0x0F) if is_movx(bytes.get(2)) => Lane::Mov,
+            _ => sse_at(1),
+        },
+        _ => Lane::Other,
+    }
+}
+
+/// [`modrm_mov`]'s `KIND`: MOV r/m, reg (88/89).
+const STORE: u8 = 0;
+/// [`modrm_mov`]'s `KIND`: MOV reg, r/m (8A/8B).
+const LOAD: u8 = 1;
+/// [`modrm_mov`]'s `KIND`: MOV r/m, imm (C6/C7 /0).
+const STORE_IMM: u8 = 2;
+/// [`modrm_mov`]'s `KIND`: MOVSX reg, r/m8/16 (0F BE/BF); MOVZX is
+/// [`LOAD`] with a narrower access.
+const LOAD_SIGNED: u8 = 3;
+
+/// Whether the byte after 0F is MOVZX or MOVSX (B6, B7, BE, BF).
+#[inline(always)]
+fn is_movx(op2: Option<&u8>) -> bool {
+    matches!(op2, Some(&b) if b & 0xF6 == 0xB6)
+}
+
+/// The MOV lane: MOV r/m, reg (88/89), reg, r/m (8A/8B), r/m, imm (C6/C7
+/// /0), the moffs forms (A0-A3) and MOVZX/MOVSX (0F B6/B7/BE/BF), with no
+/// prefix but (64-bit mode) REX,
+/// in a mode whose default address size is `ADDR`. `None` (nothing done)
+/// for other bytes and for any case the full fast path would leave to the
+/// general one (a register operand, a fault, a page crossing, a
+/// mismatching exit GPA, a possible `#AC`, bytes that end early). One arm
+/// per opcode, so that each one's kind and operand size are constants.
+#[inline(always)]
+pub(crate) fn run_mov<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    mode: CpuMode,
+    ram: &mut R,
+    mmio: &mut M,
+    exit_gpa: u64,
+    bytes: &[u8],
+) -> Option<Result<Outcome, Error>>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let long = ADDR == 8;
+    let mut b = byte(bytes, 0)?;
+    let mut i = 1;
+    let rex = if long && b & 0xF0 == 0x40 {
+        let r = b;
+        b = byte(bytes, 1)?;
+        i = 2;
+        r
+    } else {
+        0
+    };
+    let vsize = if rex & 8 != 0 {
+        8
+    } else if ADDR == 2 {
+        2
+    } else {
+        4
+    };
+    let (st, r, m) = (state, ram, mmio);
+    match b {
+        0x88 => modrm_mov::<ADDR, STORE, S, R, M>(st, mode, r, m, exit_gpa, bytes, i, 1, 1, rex),
+        0x89 => {
+            modrm_mov::<ADDR, STORE, S, R, M>(st, mode, r, m, exit_gpa, bytes, i, vsize, vsize, rex)
+        }
+        0x8A => modrm_mov::<ADDR, LOAD, S, R, M>(st, mode, r, m, exit_gpa, bytes, i, 1, 1, rex),
+        0x8B => {
+            modrm_mov::<ADDR, LOAD, S, R, M>(st, mode, r, m, exit_gpa, bytes, i, vsize, vsize, rex)
+        }
+        0xC6 => {
+            modrm_mov::<ADDR, STORE_IMM, S, R, M>(st, mode, r, m, exit_gpa, bytes, i, 1, 1, rex)
+        }
+        0xC7 => modrm_mov::<ADDR, STORE_IMM, S, R, M>(
+            st, mode, r, m, exit_gpa, bytes, i, vsize, vsize, rex,
+        ),
+        0x0F => {
+            // MOVZX/MOVSX: the operand size is the destination's, the
+            // access 1 (B6, BE) or 2 (B7, BF) bytes.
+            let op2 = byte(bytes, i)?;
+            let access = if op2 & 1 == 0 { 1 } else { 2 };
+            match op2 {
+                0xB6 | 0xB7 => modrm_mov::<ADDR, LOAD, S, R, M>(
+                    st,
+                    mode,
+                    r,
+                    m,
+                    exit_gpa,
+                    bytes,
+                    i + 1,
+                    vsize,
+                    access,
+                    rex,
+                ),
+                0xBE | 0xBF => modrm_mov::<ADDR, LOAD_SIGNED, S, R, M>(
+                    st,
+                    mode,
+                    r,
+                    m,
+                    exit_gpa,
+                    bytes,
+                    i + 1,
+                    vsize,
+                    access,
+                    rex,
+                ),
+                _ => None,
+            }
+        }
+        0xA0..=0xA3 => {
+            let size = if b & 1 == 0 { 1 } else { vsize };
+            let f = moffs::<ADDR, S>(st, bytes, i, b, vsize, rex, None)?;
+            if b & 2 != 0 {
+                checked_linear::<ADDR, S>(
+                    st,
+                    mode,
+                    exit_gpa,
+                    f.segment,
+                    f.offset,
+                    size,
+                    AccessType::Write,
+                )?;
+                Some(store_and_commit(
+                    st,
+                    r,
+                    m,
+                    exit_gpa,
+                    read_reg(st, 0, size, rex != 0),
+                    size,
+                    f.next_rip,
+                ))
+            } else {
+                checked_linear::<ADDR, S>(
+                    st,
+                    mode,
+                    exit_gpa,
+                    f.segment,
+                    f.offset,
+                    size,
+                    AccessType::Read,
+                )?;
+                Some(load_and_commit(
+                    st, r, m, exit_gpa, 0, size, size, false, rex, f.next_rip,
+                ))
+            }
+        }
+        _ => None,
+    }
+}
+
+/// [`run_mov`] for the ModRM forms, the ModRM byte at `bytes[i]`: `KIND`
+/// [`STORE`], [`LOAD`], [`STORE_IMM`] or [`LOAD_SIGNED`], of operand size
+/// `size`, accessing `access` bytes (`size` but for MOVZX/MOVSX).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn modrm_mov<const ADDR: u8, const KIND: u8, S, R, M>(
+    state: &mut S,
+    mode: CpuMode,
+    ram: &mut R,
+    mmio: &mut M,
+    exit_gpa: u64,
+    bytes: &[u8],
+    mut i: usize,
+    size: u8,
+    access: u8,
+    rex: u8,
+) -> Option<Result<Outcome, Error>>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let long = ADDR == 8;
+    let modrm = byte(bytes, i)?;
+    i += 1;
+    let md = modrm >> 6;
+    let reg_field = (modrm >> 3) & 7;
+    let rm = modrm & 7;
+    // C6/C7 are MOV only with ModRM.reg 0.
+    if md == 3 || (KIND == STORE_IMM && reg_field != 0) {
+        return None;
+    }
+    let ea = if ADDR == 2 {
+        modrm16(state, md, rm)
+    } else {
+        modrm32(state, bytes, &mut i, md, rm, rex, long)?
+    };
+    let disp = sized_field(bytes, &mut i, ea.disp_bytes)?;
+    let imm = if KIND == STORE_IMM {
+        let imm_size = match size {
+            1 => 1,
+            2 => 2,
+            _ => 4,
+        };
+        sized_field(bytes, &mut i, imm_size)?
+    } else {
+        0
+    };
+    // REX, opcode, ModRM, SIB, disp32 and imm32 are 12 bytes at most.
+    let next_rip = prefix::next_rip::<ADDR, S>(state, i);
+    let base = if ea.rip_relative { next_rip } else { ea.sum };
+    let offset = base.wrapping_add(disp) & address_mask(ADDR);
+    // (64-bit mode: DS, whose base does not count.)
+    let segment = if ea.stack && !long {
+        Segment::Ss
+    } else {
+        Segment::Ds
+    };
+    let kind = if KIND == LOAD || KIND == LOAD_SIGNED {
+        AccessType::Read
+    } else {
+        AccessType::Write
+    };
+    checked_linear::<ADDR, S>(state, mode, exit_gpa, segment, offset, access, kind)?;
+    let reg = reg_field | ((rex & 4) << 1);
+    Some(match KIND {
+        LOAD => load_and_commit(
+            state, ram, mmio, exit_gpa, reg, size, access, false, rex, next_rip,
+        ),
+        LOAD_SIGNED => load_and_commit(
+            state, ram, mmio, exit_gpa, reg, size, access, true, rex, next_rip,
+        ),
+        STORE => {
+            let v = read_reg(state, reg, size, rex != 0);
+            store_and_commit(state, ram, mmio, exit_gpa, v, size, next_rip)
+        }
+        _ => store_and_commit(state, ram, mmio, exit_gpa, imm, size, next_rip),
+    })
+}
+
+/// A MOV store of the low `size` bytes of `value` at `gpa`, then the
+/// commit ([`commit`]): the executor's store arm.
+#[inline(always)]
+fn store_and_commit<S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    gpa: u64,
+    value: u64,
+    size: u8,
+    next_rip: u64,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    super::families::write_sized(ram, mmio, gpa, usize::from(size), value)?;
+    commit(state, next_rip);
+    Ok(Outcome::Done)
+}
+
+/// A MOV load of `access` bytes at `gpa` (sign-extended if `signed`) into
+/// register `reg` of `size` bytes (AH..BH for 4-7 at size 1 without REX),
+/// then the commit ([`commit`]): the executor's load arm.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn load_and_commit<S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    gpa: u64,
+    reg: u8,
+    size: u8,
+    access: u8,
+    signed: bool,
+    rex: u8,
+    next_rip: u64,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let mut v = read_sized(ram, mmio, gpa, usize::from(access))?;
+    if signed {
+        v = crate::flags::sign_extend(v, access);
+    }
+    let (g, v) = merged(state, reg, size, rex != 0, v);
+    state.set_gpr(g, v);
+    commit(state, next_rip);
+    Ok(Outcome::Done)
+}
+
+/// A completed instruction: RFLAGS.RF cleared, RIP at `next_rip`.
+#[inline(always)]
+fn commit<S: CpuState + ?Sized>(state: &mut S, next_rip: u64) {
+    let rflags = state.rflags();
+    if rflags & RF != 0 {
+        state.set_rflags(rflags & !RF);
+    }
+    state.set_rip(next_rip);
+}
+
+/// The string lane: a single string instruction with no prefix, the
+/// string family's own entry for them, inline. `None`: nothing done.
+#[inline(always)]
+pub(crate) fn run_string<S, R, M>(
+    state: &mut S,
+    mode: CpuMode,
+    ram: &mut R,
+    cache: &mut FetchCache,
+    mmio: &mut M,
+    exit_gpa: u64,
+    opcode: u8,
+) -> Option<Result<Outcome, Error>>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    string::plain_inline(state, mode, ram, cache, mmio, exit_gpa, opcode)
+}
+
+/// The SSE lane: the SSE family's own entry. `None`: nothing done.
+#[inline(always)]
+pub(crate) fn run_sse<S, R, M>(
+    state: &mut S,
+    mode: CpuMode,
+    ram: &mut R,
+    mmio: &mut M,
+    exit_gpa: u64,
+    bytes: &[u8],
+) -> Option<Result<Outcome, Error>>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    sse::try_prefixed(state, mode, ram, mmio, exit_gpa, bytes).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The lanes' first-byte choice, and the MOV lane against the full
+    //! fast path's MOV decoder and executor (the differential tests of
+    //! `mod.rs` and `families_tests.rs` hold every lane to the general
+    //! path, through the memory assist's entry).
+
+    use std::vec::Vec;
+
+    use super::{Lane, lane, run_mov};
+    use crate::mode::CpuMode;
+    use crate::testutil::{RecordingMmio, TEST_VENDOR, TestRam};
+    use crate::{Registers, Segment, SegmentAttributes};
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            // xorshift64*
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    #[test]
+    fn lanes_pick_their_first_bytes() {
+        let cases: &[(&[u8], Lane, Lane)] = &[
+            // (bytes, lane in 64-bit mode, lane elsewhere)
+            (&[0x89, 0x03], Lane::Mov, Lane::Mov),
+            (&[0x8A, 0x07], Lane::Mov, Lane::Mov),
+            (&[0xC7, 0x03, 1, 0, 0, 0], Lane::Mov, Lane::Mov),
+            (&[0xA1, 0, 0], Lane::Mov, Lane::Mov),
+            // REX is INC/DEC outside 64-bit mode.
+            (&[0x48, 0x89, 0x03], Lane::Mov, Lane::Other),
+            (&[0x48, 0x01, 0x03], Lane::Other, Lane::Other),
+            (&[0x41, 0xAA], Lane::Other, Lane::Other),
+            (&[0xAA], Lane::String, Lane::String),
+            (&[0xAF], Lane::String, Lane::String),
+            (&[0xA8, 0x01], Lane::Other, Lane::Other),
+            (&[0xF3, 0xAA], Lane::Other, Lane::Other),
+            (&[0x66, 0x89, 0x03], Lane::Other, Lane::Other),
+            (&[0x66, 0x0F, 0x7F, 0x03], Lane::Sse, Lane::Sse),
+            (&[0xF3, 0x0F, 0x6F, 0x03], Lane::Sse, Lane::Sse),
+            (&[0x0F, 0x29, 0x03], Lane::Sse, Lane::Sse),
+            (&[0x48, 0x0F, 0x29, 0x03], Lane::Sse, Lane::Other),
+            (&[0x0F, 0xB6, 0x03], Lane::Mov, Lane::Mov),
+            (&[0x0F, 0xBF, 0x03], Lane::Mov, Lane::Mov),
+            (&[0x48, 0x0F, 0xBE, 0x03], Lane::Mov, Lane::Other),
+            (&[0x0F, 0xAF, 0x03], Lane::Other, Lane::Other),
+            (&[0x66, 0x0F, 0xB6, 0x03], Lane::Other, Lane::Other),
+            (&[0x0F], Lane::Other, Lane::Other),
+            (&[0x66], Lane::Other, Lane::Other),
+            (&[], Lane::Other, Lane::Other),
+        ];
+        for &(bytes, long, other) in cases {
+            assert_eq!(lane::<8>(bytes), long, "{bytes:02x?}");
+            assert_eq!(lane::<4>(bytes), other, "{bytes:02x?}");
+            assert_eq!(lane::<2>(bytes), other, "{bytes:02x?}");
+        }
+    }
+
+    /// Random bytes of the MOV lane's shapes and near misses.
+    fn random_mov(rng: &mut Rng, long: bool) -> Vec<u8> {
+        let mut v = Vec::new();
+        if rng.below(3) == 0 {
+            v.push(if long {
+                0x40 | rng.below(16) as u8
+            } else {
+                0x66
+            });
+        }
+        let ops = [
+            0x88, 0x89, 0x8A, 0x8B, 0xC6, 0xC7, 0xA0, 0xA1, 0xA2, 0xA3, 0x8C, 0x01, 0x0F,
+        ];
+        let op = ops[rng.below(ops.len() as u64) as usize];
+        v.push(op);
+        if op == 0x0F {
+            v.push([0xB6, 0xB7, 0xBE, 0xBF, 0xAF, 0x7F][rng.below(6) as usize]);
+        }
+        let md = if rng.below(16) == 0 {
+            3
+        } else {
+            rng.below(3) as u8
+        };
+        let reg = if rng.below(2) == 0 {
+            0
+        } else {
+            rng.below(8) as u8
+        };
+        v.push(md << 6 | reg << 3 | rng.below(8) as u8);
+        for _ in 0..10 {
+            let b = rng.next() as u8;
+            v.push(if rng.below(2) == 0 { b & 0x0F } else { b });
+        }
+        let keep = v.len() - rng.below(3) as usize * rng.below(5) as usize;
+        v.truncate(keep);
+        v
+    }
+
+    fn state(rng: &mut Rng, mode: CpuMode) -> Registers {
+        let mut regs = match mode {
+            CpuMode::Long64 => Registers::long_mode(TEST_VENDOR, 0x20000, 0, 0),
+            CpuMode::Compat32 => Registers::compat_mode(TEST_VENDOR, 0x20000, 0, 0),
+            CpuMode::Protected32 | CpuMode::Protected16 => Registers::flat_protected32(TEST_VENDOR),
+            _ => Registers::real_mode(TEST_VENDOR),
+        };
+        if mode == CpuMode::Protected16 {
+            regs.segments[Segment::Cs as usize].attributes = SegmentAttributes::code16();
+        }
+        if !mode.is_64bit() {
+            for s in [Segment::Ds, Segment::Ss] {
+                let r = &mut regs.segments[s as usize];
+                if rng.below(4) == 0 {
+                    r.base = 0x400 * rng.below(8);
+                }
+                if rng.below(4) == 0 {
+                    r.limit = [0xFFF, 0x1FFF, 0xFFFF][rng.below(3) as usize];
+                }
+            }
+        }
+        for g in regs.gprs.iter_mut() {
+            *g = match rng.below(3) {
+                0 => rng.below(0x400),
+                1 => 0x1000 + rng.below(0x1000),
+                _ => rng.next(),
+            };
+        }
+        regs.rip = 0x1000 + rng.below(0x100);
+        if !mode.is_64bit() && rng.below(16) == 0 {
+            regs.rip = if mode.default_size() == 2 {
+                0xFFF8
+            } else {
+                0xFFFF_FFF8
+            };
+        }
+        regs.rflags = 2 | (rng.next() & 0x8D5) | if rng.below(8) == 0 { 1 << 18 } else { 0 };
+        if rng.below(4) == 0 {
+            regs.rflags |= 1 << 16; // RF
+        }
+        if rng.below(8) == 0 {
+            regs.cr0 |= 1 << 18; // CR0.AM: with AC and CPL 3, #AC
+            if !mode.is_real_or_v86() {
+                regs = regs.at_cpl(3);
+            }
+        }
+        regs
+    }
+
+    /// `run_mov` in a mode of default address size `ADDR` against the MOV
+    /// decoder and executor on `iterations` random cases; returns how many
+    /// the lane took.
+    fn compare<const ADDR: u8>(rng: &mut Rng, mode: CpuMode, iterations: usize) -> usize {
+        let mut taken = 0;
+        for _ in 0..iterations {
+            let bytes = random_mov(rng, mode.is_64bit());
+            let regs = state(rng, mode);
+            assert_eq!(CpuMode::of(&regs), mode);
+            // The exit GPA at the page offset of the decoded linear
+            // address (an MMIO page), else anywhere.
+            let linear = super::super::decode_form::<ADDR, false, _>(&regs, mode, &bytes)
+                .map(|f| {
+                    if mode.is_64bit() {
+                        f.offset
+                    } else {
+                        regs.segments[f.segment as usize]
+                            .base
+                            .wrapping_add(f.offset)
+                    }
+                })
+                .unwrap_or(0);
+            let page = 0x1_0000_0000;
+            let gpa = if rng.below(16) == 0 {
+                page + rng.below(0x1000)
+            } else {
+                page + (linear & 0xFFF)
+            };
+            let ram = TestRam::new(0x10000);
+            let (mut r1, mut ram1, mut m1) = (regs.clone(), ram.clone(), RecordingMmio::default());
+            let (mut r2, mut ram2, mut m2) = (regs.clone(), ram, RecordingMmio::default());
+            if rng.below(16) == 0 {
+                m1.fail_at = Some(0);
+                m2.fail_at = Some(0);
+            }
+            let lane = run_mov::<ADDR, _, _, _>(&mut r1, mode, &mut ram1, &mut m1, gpa, &bytes);
+            let full = super::super::decode::<ADDR, false, _>(&regs, mode, gpa, &bytes)
+                .map(|(f, _)| super::super::exec(&mut r2, &mut ram2, &mut m2, gpa, &f));
+            if super::lane::<ADDR>(&bytes) == Lane::Mov {
+                assert_eq!(lane, full, "{mode:?} {bytes:02x?}");
+            } else {
+                // Not the lane's (a 66 prefix, another opcode): the full
+                // path's.
+                assert!(lane.is_none(), "{mode:?} {bytes:02x?}");
+            }
+            if lane.is_some() {
+                taken += 1;
+                assert_eq!(r1, r2, "{mode:?} {bytes:02x?}");
+                assert_eq!(m1.log, m2.log, "{mode:?} {bytes:02x?}");
+            } else {
+                assert_eq!(r1, regs, "{mode:?} {bytes:02x?}: declined, nothing done");
+                assert!(m1.log.is_empty(), "{mode:?} {bytes:02x?}");
+            }
+        }
+        taken
+    }
+
+    #[test]
+    fn mov_lane_is_the_mov_decoder_and_executor() {
+        let iterations = if cfg!(debug_assertions) {
+            3_000
+        } else {
+            30_000
+        };
+        let mut rng = Rng(0x0DDB_A11C_0FFE_E123);
+        for mode in [
+            CpuMode::Long64,
+            CpuMode::Compat32,
+            CpuMode::Protected32,
+            CpuMode::Protected16,
+            CpuMode::Real,
+        ] {
+            let taken = match mode.default_address_size() {
+                8 => compare::<8>(&mut rng, mode, iterations),
+                4 => compare::<4>(&mut rng, mode, iterations),
+                _ => compare::<2>(&mut rng, mode, iterations),
+            };
+            assert!(taken > iterations / 10, "{mode:?}: the lane took {taken}");
+        }
+    }
+}
