@@ -190,8 +190,14 @@ where
     if lane == fast::Lane::Mov {
         return assist_mov::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode);
     }
+    if lane == fast::Lane::Int {
+        return assist_int::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode);
+    }
     if lane == fast::Lane::Other {
         return assist_sized::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode);
+    }
+    if lane == fast::Lane::Stack {
+        return assist_stack::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode);
     }
     if lane == fast::Lane::Sse {
         return assist_sse::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode);
@@ -217,6 +223,50 @@ where
     // A constant in 64-bit mode's copy, as in `assist_sized`.
     let mode = if ADDR == 8 { CpuMode::Long64 } else { mode };
     match fast::run_mov::<ADDR, S, R, M>(state, mode, ram, mmio, exit.gpa, exit.instruction) {
+        Some(result) => result,
+        None => assist_sized::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode),
+    }
+}
+
+/// The integer lane ([`fast::run_int`]), else the full fast path.
+#[inline(never)]
+fn assist_int<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit: &MemExit<'_>,
+    cache: &mut FetchCache,
+    mode: CpuMode,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let mode = if ADDR == 8 { CpuMode::Long64 } else { mode };
+    match fast::run_int::<ADDR, S, R, M>(state, mode, ram, mmio, exit.gpa, exit.instruction) {
+        Some(result) => result,
+        None => assist_sized::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode),
+    }
+}
+
+/// The stack lane ([`fast::run_stack`]), else the full fast path.
+#[inline(never)]
+fn assist_stack<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit: &MemExit<'_>,
+    cache: &mut FetchCache,
+    mode: CpuMode,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let mode = if ADDR == 8 { CpuMode::Long64 } else { mode };
+    match fast::run_stack::<ADDR, S, R, M>(state, mode, ram, cache, mmio, exit.instruction) {
         Some(result) => result,
         None => assist_sized::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode),
     }

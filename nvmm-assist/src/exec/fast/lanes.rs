@@ -10,7 +10,14 @@
 //!   string family's own plain entry (`string.rs`);
 //! - [`Lane::Sse`]: bytes that [`sse`](super::sse)'s scan takes for an SSE
 //!   move in their first two or three bytes (0F op, 66/F2/F3 0F op, REX
-//!   0F op), that family's own `try_prefixed`.
+//!   0F op), that family's own `try_prefixed`;
+//! - [`Lane::Int`]: the integer forms that only the full decoder takes
+//!   (86/87, FE/FF /0 /1, REX.W 63, the 0F opcodes of `int::secondary`)
+//!   with no prefix but REX: the full decoder and executor ([`run_int`]),
+//!   without the MOV/ALU decoder's attempt and restart from byte 0 (the
+//!   ALU forms, which that decoder takes at once, stay on the full path);
+//! - [`Lane::Stack`]: PUSH m (FF /6) and POP m (8F /0) with no prefix,
+//!   the stack family's own entry ([`run_stack`]).
 //!
 //! Why: the full fast path is one large function (every decoder and family
 //! inline), whose prologue saves every callee-saved register and spills its
@@ -24,14 +31,19 @@
 //! sets of bytes and a declined attempt does nothing (so which one runs
 //! first does not matter): the MOV lane is the MOV/ALU decoder's decode of
 //! those bytes with its address checks ([`checked_linear`]) and the
-//! executor's MOV arms; the string and SSE lanes are the families' own
+//! executor's MOV arms; the integer lane is the full decoder, which
+//! takes whatever the MOV/ALU decoder takes with the same decode (the
+//! `Fast` of an ALU or MOV form does not depend on `INT`) and, when that
+//! one declines, what the full path's second attempt takes; the string,
+//! SSE and stack lanes are the families' own
 //! functions, which the full path reaches for these bytes after the
 //! decoders have declined them. A lane that declines (`None`) has done
 //! nothing, and the caller runs the full fast path, then the general one.
 
+use super::prefix::Prefixes;
 use super::{
-    address_mask, byte, checked_linear, merged, modrm16, modrm32, moffs, prefix, read_reg,
-    read_sized, sized_field, sse, string,
+    address_mask, byte, checked_linear, decode_with, exec_int, int, merged, modrm16, modrm32,
+    moffs, prefix, read_reg, read_sized, sized_field, sse, stack, string,
 };
 use crate::Outcome;
 use crate::access::AccessType;
@@ -51,6 +63,11 @@ pub(crate) enum Lane {
     String,
     /// An SSE move's opcode after at most one prefix byte.
     Sse,
+    /// An integer form only the full decoder takes (INC/DEC, XCHG, MOVSXD,
+    /// the 0F integer opcodes) with no prefix but REX ([`run_int`]).
+    Int,
+    /// PUSH m (FF /6) or POP m (8F /0) with no prefix ([`run_stack`]).
+    Stack,
     /// Anything else: the full fast path.
     Other,
 }
@@ -67,6 +84,13 @@ const ESCAPE: u8 = 3;
 const MANDATORY: u8 = 4;
 /// [`FIRST`]: 40-4F (REX in 64-bit mode).
 const REX: u8 = 5;
+/// [`FIRST`]: an integer opcode that only the full decoder takes (86/87
+/// XCHG, FE INC/DEC). The ALU forms (00-3B, 80-85, F6/F7) stay on the full
+/// fast path, whose MOV/ALU decoder takes them at once: the full
+/// decoder and executor inline in a lane cost them 60 instructions more.
+const INT: u8 = 6;
+/// [`FIRST`]: FF (/0 /1 INC/DEC, /6 PUSH m) and 8F (/0 POP m).
+const GROUP: u8 = 7;
 
 /// The lane class of each first byte.
 const FIRST: [u8; 256] = {
@@ -79,6 +103,8 @@ const FIRST: [u8; 256] = {
             0x0F => ESCAPE,
             0x66 | 0xF2 | 0xF3 => MANDATORY,
             0x40..=0x4F => REX,
+            0x86 | 0x87 | 0xFE => INT,
+            0xFF | 0x8F => GROUP,
             _ => OTHER,
         };
         b += 1;
@@ -100,15 +126,30 @@ pub(crate) fn lane<const ADDR: u8>(bytes: &[u8]) -> Lane {
             Lane::Other
         }
     };
+    // FF /0 /1 (INC, DEC) are integer forms, FF /6 PUSH m and 8F /0
+    // POP m; the rest of both groups the general path's.
+    let group = |opcode: u8, modrm: Option<&u8>| match (opcode, modrm.map(|m| (m >> 3) & 7)) {
+        (0xFF, Some(0 | 1)) => Lane::Int,
+        (0xFF, Some(6)) | (0x8F, Some(0)) => Lane::Stack,
+        _ => Lane::Other,
+    };
     match FIRST[usize::from(first)] {
         MOV => Lane::Mov,
+        INT => Lane::Int,
         STRING => Lane::String,
+        GROUP => group(first, bytes.get(1)),
         ESCAPE if is_movx(bytes.get(1)) => Lane::Mov,
+        ESCAPE if is_int_escape(bytes.get(1)) => Lane::Int,
         ESCAPE => sse_at(0),
         MANDATORY => sse_at(1),
         REX if ADDR == 8 => match bytes.get(1) {
             Some(&b) if FIRST[usize::from(b)] == MOV => Lane::Mov,
+            // (MOVSXD is 63 with REX.W, the only way 64-bit code writes
+            // it.)
+            Some(&b) if FIRST[usize::from(b)] == INT || b == 0x63 => Lane::Int,
+            Some(0xFF) if matches!(bytes.get(2), Some(m) if (m >> 3) & 7 < 2) => Lane::Int,
             Some(0x0F) if is_movx(bytes.get(2)) => Lane::Mov,
+            Some(0x0F) if is_int_escape(bytes.get(2)) => Lane::Int,
             _ => sse_at(1),
         },
         _ => Lane::Other,
@@ -129,6 +170,62 @@ const LOAD_SIGNED: u8 = 3;
 #[inline(always)]
 fn is_movx(op2: Option<&u8>) -> bool {
     matches!(op2, Some(&b) if b & 0xF6 == 0xB6)
+}
+
+/// Whether the byte after 0F is an integer opcode of the full decoder
+/// (`int::secondary`).
+#[inline(always)]
+fn is_int_escape(op2: Option<&u8>) -> bool {
+    matches!(op2, Some(&b) if int::is_secondary(b))
+}
+
+/// The integer lane: the bytes [`lane`] takes for [`Lane::Int`], decoded
+/// by the full decoder (`INT`: the MOV/ALU decoder's forms and the
+/// integer ones) and executed by its executor, as the full fast path does
+/// once the MOV/ALU decoder has declined them (or taken them: for the
+/// forms both decoders take, the two decode the same `Fast`). Here the
+/// MOV/ALU decoder's attempt, its decline and the restart from byte 0
+/// are not paid, nor the full path's large frame. `None` (nothing done)
+/// for any case the full decoder declines.
+#[inline(always)]
+pub(crate) fn run_int<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    mode: CpuMode,
+    ram: &mut R,
+    mmio: &mut M,
+    exit_gpa: u64,
+    bytes: &[u8],
+) -> Option<Result<Outcome, Error>>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let (f, linear) = decode_with::<ADDR, true, S>(state, mode, exit_gpa, bytes, &mut false)?;
+    debug_assert_eq!(linear & 0xFFF, exit_gpa & 0xFFF);
+    Some(exec_int(state, ram, mmio, exit_gpa, &f))
+}
+
+/// The stack lane: PUSH m or POP m with no prefix, the stack family's
+/// own entry for them (which the full path reaches for these bytes after
+/// the decoders declined them), inline in the caller's copy for the
+/// default address size `ADDR`. `None`: nothing done.
+#[inline(always)]
+pub(crate) fn run_stack<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    mode: CpuMode,
+    ram: &mut R,
+    cache: &mut FetchCache,
+    mmio: &mut M,
+    bytes: &[u8],
+) -> Option<Result<Outcome, Error>>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let p = Prefixes::default();
+    stack::try_exec::<ADDR, S, R, M>(state, mode, ram, cache, mmio, bytes, &p, 0)
 }
 
 /// The MOV lane: MOV r/m, reg (88/89), reg, r/m (8A/8B), r/m, imm (C6/C7
@@ -452,7 +549,8 @@ mod tests {
 
     use std::vec::Vec;
 
-    use super::{Lane, lane, run_mov};
+    use super::{Lane, lane, run_int, run_mov, run_stack};
+    use crate::FetchCache;
     use crate::mode::CpuMode;
     use crate::testutil::{RecordingMmio, TEST_VENDOR, TestRam};
     use crate::{Registers, Segment, SegmentAttributes};
@@ -482,6 +580,25 @@ mod tests {
             // REX is INC/DEC outside 64-bit mode.
             (&[0x48, 0x89, 0x03], Lane::Mov, Lane::Other),
             (&[0x48, 0x01, 0x03], Lane::Other, Lane::Other),
+            (&[0x01, 0x03], Lane::Other, Lane::Other),
+            (&[0x83, 0x0B, 0x40], Lane::Other, Lane::Other),
+            (&[0xFE, 0x03], Lane::Int, Lane::Int),
+            (&[0x87, 0x0B], Lane::Int, Lane::Int),
+            (&[0xFF, 0x03], Lane::Int, Lane::Int),
+            (&[0xFF, 0x0B], Lane::Int, Lane::Int),
+            (&[0xFF, 0x33], Lane::Stack, Lane::Stack),
+            (&[0xFF, 0x13], Lane::Other, Lane::Other),
+            (&[0x8F, 0x03], Lane::Stack, Lane::Stack),
+            (&[0x8F, 0x0B], Lane::Other, Lane::Other),
+            (&[0xFF], Lane::Other, Lane::Other),
+            (&[0x48, 0xFF, 0x03], Lane::Int, Lane::Other),
+            (&[0x48, 0xFF, 0x33], Lane::Other, Lane::Other),
+            (&[0x48, 0x63, 0x03], Lane::Int, Lane::Other),
+            (&[0x0F, 0xB1, 0x0B], Lane::Int, Lane::Int),
+            (&[0x48, 0x0F, 0xC7, 0x0B], Lane::Int, Lane::Other),
+            (&[0x0F, 0x94, 0x03], Lane::Int, Lane::Int),
+            (&[0xF0, 0x01, 0x03], Lane::Other, Lane::Other),
+            (&[0x66, 0x01, 0x03], Lane::Other, Lane::Other),
             (&[0x41, 0xAA], Lane::Other, Lane::Other),
             (&[0xAA], Lane::String, Lane::String),
             (&[0xAF], Lane::String, Lane::String),
@@ -650,6 +767,151 @@ mod tests {
             }
         }
         taken
+    }
+
+    /// Random bytes of the integer and stack lanes' shapes and near
+    /// misses.
+    fn random_int(rng: &mut Rng, long: bool) -> Vec<u8> {
+        let mut v = Vec::new();
+        if rng.below(4) == 0 {
+            let prefixes = [0x66, 0xF0, 0x48, 0x41, 0x44, 0x4C];
+            let p = prefixes[rng.below(prefixes.len() as u64) as usize];
+            v.push(if !long && p & 0xF0 == 0x40 { 0x66 } else { p });
+        }
+        let ops = [
+            0x00, 0x01, 0x02, 0x03, 0x09, 0x21, 0x29, 0x31, 0x38, 0x3B, 0x05, 0x80, 0x81, 0x82,
+            0x83, 0x84, 0x85, 0x86, 0x87, 0xF6, 0xF7, 0xFE, 0xFF, 0xFF, 0x8F, 0x8F, 0x63, 0x89,
+            0x0F, 0x0F,
+        ];
+        let op = ops[rng.below(ops.len() as u64) as usize];
+        v.push(op);
+        if op == 0x0F {
+            let ops2 = [
+                0xB0, 0xB1, 0xC0, 0xC1, 0xA3, 0xAB, 0xB3, 0xBB, 0xBA, 0xC7, 0x94, 0x9F, 0x44, 0x4F,
+                0xC3, 0xAF, 0xB6, 0x29,
+            ];
+            v.push(ops2[rng.below(ops2.len() as u64) as usize]);
+        }
+        let md = if rng.below(16) == 0 {
+            3
+        } else {
+            rng.below(3) as u8
+        };
+        v.push(md << 6 | (rng.below(8) as u8) << 3 | rng.below(8) as u8);
+        for _ in 0..10 {
+            let b = rng.next() as u8;
+            v.push(if rng.below(2) == 0 { b & 0x0F } else { b });
+        }
+        let keep = v.len() - rng.below(3) as usize * rng.below(5) as usize;
+        v.truncate(keep);
+        v
+    }
+
+    /// The integer lane (on any bytes) and the stack lane (on its own)
+    /// against the full fast path ([`run_mode`](super::super::run_mode))
+    /// in a mode of default address size `ADDR`, on `iterations` random
+    /// cases: whenever a lane takes the bytes, the full path takes them
+    /// too, with the same result, registers, RAM and device log; a lane
+    /// that declines does nothing. Returns how many the lanes took.
+    fn compare_int<const ADDR: u8>(rng: &mut Rng, mode: CpuMode, iterations: usize) -> usize {
+        let mut taken = 0;
+        for _ in 0..iterations {
+            let bytes = random_int(rng, mode.is_64bit());
+            let regs = state(rng, mode);
+            let linear = super::super::decode_form::<ADDR, true, _>(&regs, mode, &bytes)
+                .map(|f| {
+                    if mode.is_64bit() {
+                        f.offset
+                    } else {
+                        regs.segments[f.segment as usize]
+                            .base
+                            .wrapping_add(f.offset)
+                    }
+                })
+                .unwrap_or(0);
+            // RAM (the locked compare-and-write) or a device.
+            let page = if rng.below(4) == 0 {
+                0x8000
+            } else {
+                0x1_0000_0000
+            };
+            let gpa = if rng.below(16) == 0 {
+                page + rng.below(0x1000)
+            } else {
+                page + (linear & 0xFFF)
+            };
+            let mut ram = TestRam::new(0x10000);
+            let seed = rng.next();
+            for (k, b) in ram.mem[0x8000..0x9000].iter_mut().enumerate() {
+                *b = (seed >> (k % 7 * 8)) as u8 ^ k as u8;
+            }
+            let (mut r1, mut ram1, mut m1) = (regs.clone(), ram.clone(), RecordingMmio::default());
+            let (mut r2, mut ram2, mut m2) = (regs.clone(), ram, RecordingMmio::default());
+            if rng.below(16) == 0 {
+                m1.fail_at = Some(0);
+                m2.fail_at = Some(0);
+            }
+            let (mut c1, mut c2) = (FetchCache::default(), FetchCache::default());
+            let chosen = lane::<ADDR>(&bytes);
+            let got = if chosen == Lane::Stack {
+                run_stack::<ADDR, _, _, _>(&mut r1, mode, &mut ram1, &mut c1, &mut m1, &bytes)
+            } else {
+                run_int::<ADDR, _, _, _>(&mut r1, mode, &mut ram1, &mut m1, gpa, &bytes)
+            };
+            let mut general = false;
+            let full = super::super::run_mode::<ADDR, _, _, _>(
+                &mut r2,
+                mode,
+                &mut ram2,
+                &mut c2,
+                &mut m2,
+                gpa,
+                &bytes,
+                |_, _, _, _| {
+                    general = true;
+                    Ok(crate::Outcome::Resume)
+                },
+            );
+            match got {
+                Some(result) => {
+                    taken += 1;
+                    assert!(!general, "{mode:?} {bytes:02x?}: the full path declined");
+                    assert_eq!(result, full, "{mode:?} {bytes:02x?}");
+                    assert_eq!(r1, r2, "{mode:?} {bytes:02x?}");
+                    assert_eq!(m1.log, m2.log, "{mode:?} {bytes:02x?}");
+                    assert!(ram1.mem == ram2.mem, "{mode:?} {bytes:02x?}");
+                }
+                None => {
+                    assert_eq!(r1, regs, "{mode:?} {bytes:02x?}: declined, nothing done");
+                    assert!(m1.log.is_empty(), "{mode:?} {bytes:02x?}");
+                }
+            }
+        }
+        taken
+    }
+
+    #[test]
+    fn int_and_stack_lanes_are_the_full_fast_path() {
+        let iterations = if cfg!(debug_assertions) {
+            3_000
+        } else {
+            30_000
+        };
+        let mut rng = Rng(0x1A7E_5EED_0BAD_CAFE);
+        for mode in [
+            CpuMode::Long64,
+            CpuMode::Compat32,
+            CpuMode::Protected32,
+            CpuMode::Protected16,
+            CpuMode::Real,
+        ] {
+            let taken = match mode.default_address_size() {
+                8 => compare_int::<8>(&mut rng, mode, iterations),
+                4 => compare_int::<4>(&mut rng, mode, iterations),
+                _ => compare_int::<2>(&mut rng, mode, iterations),
+            };
+            assert!(taken > iterations / 10, "{mode:?}: the lanes took {taken}");
+        }
     }
 
     #[test]

@@ -21,7 +21,8 @@
 //! Entry: with the exit's bytes, the memory assist's entry first picks a
 //! lane by the first bytes ([`lanes`]: MOV, MOVZX and MOVSX with no
 //! prefix but REX, a
-//! single string instruction with no prefix, an SSE move), each a small
+//! single string instruction with no prefix, an SSE move, the integer
+//! forms only the full decoder takes and PUSH/POP m with no prefix), each a small
 //! out-of-line function of its own; everything else, and whatever a lane
 //! declines, goes to [`run_mode`], inlined into one out-of-line function
 //! per default address size in `mem.rs` (`assist_sized` with the exit's
@@ -63,7 +64,7 @@ mod sse;
 mod stack;
 mod string;
 
-pub(crate) use lanes::{Lane, lane, run_mov, run_sse, run_string};
+pub(crate) use lanes::{Lane, lane, run_int, run_mov, run_sse, run_stack, run_string};
 
 use super::alu;
 use crate::Outcome;
