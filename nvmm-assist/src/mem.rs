@@ -317,10 +317,10 @@ where
 }
 
 /// [`assist_mem_with`] with no bytes in the exit (VMX): the fetch, then
-/// the fast path on the fetched bytes if `fast_path`, else (or when it
-/// declines) the general path on them, in [`fetched_sized`]'s copy for
-/// the mode's default address size (this dispatch is inline in its
-/// callers).
+/// what an exit carrying the fetched bytes takes if `fast_path` (the
+/// lanes, the full fast path, the general path), else the general path on
+/// them, in [`fetched_sized`]'s copy for the mode's default address size
+/// (this dispatch is inline in its callers).
 #[inline(always)]
 fn fetched<S, R, M>(
     state: &mut S,
@@ -345,11 +345,10 @@ where
 
 /// [`fetched`] for the modes whose default address size is `ADDR` (as
 /// [`assist_sized`]): out of line, one instantiation per address size,
-/// each the only caller of the fetch (then inline) and holding one copy of
-/// the fast path. Kept apart from one another, the fetch of each is not
-/// squeezed by the other copies' registers, and in the 64-bit copy the
-/// mode is a constant (the fetch's segmentation check is the canonical
-/// test alone).
+/// each the only caller of the fetch (then inline), which then calls the
+/// same lane and fast-path functions as an exit with bytes. In the 64-bit
+/// copy the mode is a constant (the fetch's segmentation check is the
+/// canonical test alone).
 #[inline(never)]
 fn fetched_sized<const ADDR: u8, S, R, M>(
     state: &mut S,
@@ -374,21 +373,21 @@ where
     if !fast_path {
         return decode_and_execute(state, ram, mmio, cache, mode, &mut bytes, given, exit_gpa);
     }
-    let fetched = &bytes;
-    let instruction = fetched.get(..given).unwrap_or(&[]);
-    fast::run_mode::<ADDR, S, R, M>(
-        state,
-        mode,
-        ram,
-        cache,
-        mmio,
-        exit_gpa,
-        instruction,
-        |state: &mut S, ram: &mut R, mmio: &mut M, cache: &mut FetchCache| {
-            let mut bytes = *fetched;
-            decode_and_execute(state, ram, mmio, cache, mode, &mut bytes, given, exit_gpa)
-        },
-    )
+    // From here on, exactly what an exit carrying the fetched bytes takes:
+    // the lane of the first bytes, else (or when it declines) the full fast
+    // path, else the general one, which decodes these bytes and fetches
+    // more if the instruction goes on past them (it crosses the page or
+    // CS-limit edge that ended the fetch) as the general path on no bytes
+    // does. The lanes and the full fast path decline bytes that end
+    // early, and the lane choice looks at three bytes at most: fewer
+    // (an edge right after them) pick no lane, or a lane that declines.
+    // The exit's access type is not looked at past the entry.
+    let exit = MemExit {
+        gpa: exit_gpa,
+        access: AccessType::Read,
+        instruction: bytes.get(..given).unwrap_or(&[]),
+    };
+    assist_lane::<ADDR, S, R, M>(state, ram, mmio, &exit, cache, mode)
 }
 
 /// [`assist_mem_with`] for a control state outside [`CpuMode::common_of`]'s
