@@ -382,10 +382,30 @@ where
     // early, and the lane choice looks at three bytes at most: fewer
     // (an edge right after them) pick no lane, or a lane that declines.
     // The exit's access type is not looked at past the entry.
+    let instruction = bytes.get(..given).unwrap_or(&[]);
+    if fast::lane::<ADDR>(instruction) == fast::Lane::Other {
+        // No lane: the full fast path inline here rather than through
+        // `assist_sized`, whose out-of-line prologue would add 50-60
+        // instructions to every form outside the lanes.
+        let fetched = &bytes;
+        return fast::run_mode::<ADDR, S, R, M>(
+            state,
+            mode,
+            ram,
+            cache,
+            mmio,
+            exit_gpa,
+            instruction,
+            |state: &mut S, ram: &mut R, mmio: &mut M, cache: &mut FetchCache| {
+                let mut bytes = *fetched;
+                decode_and_execute(state, ram, mmio, cache, mode, &mut bytes, given, exit_gpa)
+            },
+        );
+    }
     let exit = MemExit {
         gpa: exit_gpa,
         access: AccessType::Read,
-        instruction: bytes.get(..given).unwrap_or(&[]),
+        instruction,
     };
     assist_lane::<ADDR, S, R, M>(state, ram, mmio, &exit, cache, mode)
 }
