@@ -8,7 +8,7 @@
 //!   [`run_mov`];
 //! - [`Lane::String`]: a single string instruction with no prefix, the
 //!   string family's own plain entry (`string.rs`);
-//! - [`Lane::Sse`]: bytes that [`sse`](super::sse)'s scan takes for an SSE
+//! - [`Lane::Sse`]: bytes that [`sse`]'s scan takes for an SSE
 //!   move in their first two or three bytes (0F op, 66/F2/F3 0F op, REX
 //!   0F op), that family's own `try_prefixed`;
 //! - [`Lane::Int`]: the integer forms that only the full decoder takes
