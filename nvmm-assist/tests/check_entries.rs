@@ -5,10 +5,11 @@
 //! every input, including entries below its RAM, past its end, misaligned
 //! or on the MMIO page.
 
-mod support;
+use crate::support;
 
-/// The bench's MMIO page, which `devices.rs` takes from its crate root.
-const MMIO: u64 = 0x1000;
+/// The bench's MMIO page (`suite.rs` holds it: `devices.rs` takes it from
+/// its crate root).
+use crate::MMIO;
 
 #[allow(dead_code)]
 #[path = "../benches/assist/devices.rs"]

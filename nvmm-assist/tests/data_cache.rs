@@ -10,7 +10,7 @@
 //! registers, same guest RAM (accessed/dirty bits included), same device
 //! accesses. In 32-bit, PAE, 4-level and 5-level paging.
 
-mod support;
+use crate::support;
 
 use nvmm_assist::{
     AccessType, CpuState, Error, Exception, FetchCache, MemExit, Outcome, Registers, assist_mem,

@@ -39,7 +39,7 @@
 //! Modes: iced's 16-bit decoder against `Protected16` and `Real`, 32-bit
 //! against `Protected32` and `Compat32`, 64-bit against `Long64`.
 
-mod decode_oracle;
+use crate::decode_oracle;
 
 use decode_oracle::Oracle;
 use nvmm_assist::CpuMode;

@@ -9,23 +9,8 @@
 //! into a plain buffer.
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
-#[path = "oracle_support/cases.rs"]
-mod cases;
-#[allow(dead_code)]
-mod decode_oracle;
-#[path = "oracle_support/encode.rs"]
-mod encode;
-#[path = "oracle_support/host_vendor.rs"]
-mod host_vendor;
-#[path = "oracle_support/kvm.rs"]
-mod kvm;
-#[path = "oracle_support/kvm_cases.rs"]
-mod kvm_cases;
-#[path = "oracle_support/kvm_modes.rs"]
-mod kvm_modes;
-#[path = "oracle_support/native.rs"]
-#[allow(dead_code)]
-mod native;
+use crate::decode_oracle;
+use crate::oracle_support::{cases, encode, kvm, kvm_cases, kvm_modes};
 
 use decode_oracle::Oracle;
 use nvmm_assist::{CpuMode, decode};

@@ -3,12 +3,12 @@
 
 #[allow(dead_code)]
 #[path = "../examples/explain/explain.rs"]
-mod explain;
+mod example;
 
 fn run(args: &str) -> Vec<String> {
     let args: Vec<&str> = args.split_whitespace().collect();
-    let request = explain::parse_args(&args).expect("arguments parse");
-    explain::explain(&request).expect("settings apply")
+    let request = example::parse_args(&args).expect("arguments parse");
+    example::explain(&request).expect("settings apply")
 }
 
 /// Asserts that every line of `expected` is printed, in this order.
@@ -227,17 +227,17 @@ fn bad_arguments_are_refused() {
         (&["00112233445566778899aabbccddeeff"][..], "at most 15"),
         (&["90", "rax=zz"][..], "bad value"),
     ] {
-        let err = explain::parse_args(args).expect_err(what);
+        let err = example::parse_args(args).expect_err(what);
         assert!(err.contains(what), "{args:?}: {err}");
     }
-    let request = explain::parse_args(&["90", "foo=1"]).unwrap();
+    let request = example::parse_args(&["90", "foo=1"]).unwrap();
     assert!(
-        explain::explain(&request)
+        example::explain(&request)
             .unwrap_err()
             .contains("unknown register")
     );
-    let request = explain::parse_args(&["90", "ds.limit=0x100000000"]).unwrap();
-    assert!(explain::explain(&request).unwrap_err().contains("too wide"));
+    let request = example::parse_args(&["90", "ds.limit=0x100000000"]).unwrap();
+    assert!(example::explain(&request).unwrap_err().contains("too wide"));
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! assists, without any exit in between, and the second assist must fetch
 //! what the guest's tables now say, as a full walk does.
 
-mod support;
+use crate::support;
 
 use nvmm_assist::{
     AccessType, CpuState, Error, Exception, FetchCache, MemExit, Outcome, Registers, assist_mem,

@@ -7,7 +7,7 @@
 //! the rest must be fetched as the general path does). An instruction that
 //! crosses the CS limit faults without bytes, and changes nothing.
 
-mod support;
+use crate::support;
 
 use nvmm_assist::{
     AccessType, Error, Exception, Gpr, MemExit, Outcome, Registers, Segment, SegmentAttributes,

@@ -5,7 +5,7 @@
 //! addressing and ECX = 0 keeps RCX on AMD) depends on the vendor: it is
 //! pinned for both vendors in tests/vendor_rules.rs.
 
-mod support;
+use crate::support;
 
 use nvmm_assist::Gpr;
 use support::memdev::{Guest, MMIO};

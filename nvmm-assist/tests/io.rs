@@ -2,7 +2,7 @@
 //! DF=1, large REP counts, 16/32-bit address sizes with wrap, OUTS segment
 //! overrides, RCX=0, bus errors mid-batch, page faults and page splits.
 
-mod support;
+use crate::support;
 
 use nvmm_assist::translate::pf;
 use nvmm_assist::{Error, Exception, Gpr, IoExit, Outcome, Registers, Segment, assist_io};

@@ -5,7 +5,7 @@
 //! call), with DF in both directions, every element size, page-crossing
 //! buffers, MMIO buffers and a port failure at any element.
 
-mod support;
+use crate::support;
 
 use nvmm_assist::{BusError, IoExit, Outcome, PartialBatch, PortIo, Segment, assist_io};
 use support::memdev::Guest;

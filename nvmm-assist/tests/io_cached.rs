@@ -3,7 +3,7 @@
 //! and must give exactly what `assist_io` gives, walk by walk, while the
 //! guest rewrites its page tables between exits without telling anyone.
 
-mod support;
+use crate::support;
 
 use nvmm_assist::translate::pf;
 use nvmm_assist::{

@@ -2,7 +2,7 @@
 //! Vol. 1 ch. 3 and 7, Vol. 2 instruction pages, Vol. 3 ch. 6): expected
 //! values are worked out from the manual, not from the implementation.
 
-mod support;
+use crate::support;
 
 use nvmm_assist::{AccessType, Error, Exception, Gpr, MemExit, Outcome, Registers, assist_mem};
 use support::TEST_VENDOR;

@@ -4,7 +4,7 @@
 //! (register loads, `add`, branches) are done on the registers directly.
 //! The expected values are the ones the NetBSD/DragonFly tests check.
 
-mod support;
+use crate::support;
 
 use nvmm_assist::Gpr;
 use support::memdev::{Guest, MMIO};

@@ -5,7 +5,7 @@
 //! (the mocks assert it), a bounded number of device accesses per call, and
 //! on error no register changed.
 
-mod support;
+use crate::support;
 
 use nvmm_assist::{
     AccessType, MemExit, Outcome, Registers, SegmentAttributes, SegmentRegister, Vendor, assist_mem,

@@ -6,7 +6,7 @@
 //! page-crossing operands, overlapping RAM operands, a failure at any element, and a
 //! device that declines some batches.
 
-mod support;
+use crate::support;
 
 use nvmm_assist::{BusError, MmioBus, Outcome, PartialBatch};
 use support::memdev::{Guest, MmioPair};

@@ -24,18 +24,8 @@ macro_rules! figure {
     }};
 }
 
-#[path = "oracle_support/cases.rs"]
-mod cases;
-#[path = "oracle_support/encode.rs"]
-mod encode;
-#[path = "oracle_support/host.rs"]
-mod host;
-#[path = "oracle_support/host_vendor.rs"]
-mod host_vendor;
-#[path = "oracle_support/mock.rs"]
-mod mock;
-#[path = "oracle_support/native.rs"]
-mod native;
+use crate::host_vendor;
+use crate::oracle_support::{cases, encode, host, mock, native};
 
 use mock::assist;
 

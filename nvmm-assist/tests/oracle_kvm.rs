@@ -43,16 +43,8 @@ macro_rules! figure {
     }};
 }
 
-#[path = "oracle_support/encode.rs"]
-mod encode;
-#[path = "oracle_support/host_vendor.rs"]
-mod host_vendor;
-#[path = "oracle_support/kvm.rs"]
-mod kvm;
-#[path = "oracle_support/kvm_cases.rs"]
-mod kvm_cases;
-#[path = "oracle_support/kvm_modes.rs"]
-mod kvm_modes;
+use crate::host_vendor;
+use crate::oracle_support::{encode, kvm, kvm_cases, kvm_modes};
 
 use encode::{DF, Rng, STATUS};
 use kvm::{Dev, Devices, Guest, HIGH, HOLE, RAM_LEN};

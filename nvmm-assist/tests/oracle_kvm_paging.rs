@@ -11,7 +11,7 @@
 //! absent or refuses the setup.
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
-mod support;
+use crate::support;
 
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_segment};
 use kvm_ioctls::{Kvm, VcpuExit};

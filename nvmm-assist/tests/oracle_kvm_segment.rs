@@ -8,7 +8,7 @@
 //! Skips with a printed reason where /dev/kvm is absent.
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
-mod support;
+use crate::support;
 
 use kvm_bindings::kvm_segment;
 use kvm_ioctls::{Kvm, VcpuExit};

@@ -9,7 +9,7 @@
 //! CR4.SMAP) between them, each assist compared with a cold one (a fresh
 //! walk of every entry).
 
-mod support;
+use crate::support;
 
 use nvmm_assist::{
     AccessType, Error, Exception, FetchCache, MemExit, Outcome, Registers, assist_mem,

@@ -3,7 +3,7 @@
 //! the assist access RAM or MMIO across a page (the mocks assert it), and
 //! leave registers unchanged on error.
 
-mod support;
+use crate::support;
 
 use nvmm_assist::{
     AccessType, CpuMode, Error, IoExit, Outcome, Registers, Segment, SegmentAttributes, Vendor,

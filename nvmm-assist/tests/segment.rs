@@ -3,7 +3,7 @@
 //! addresses) and the instruction pages' exception lists (#SS(0) for SS,
 //! #GP(0) otherwise).
 
-mod support;
+use crate::support;
 
 use nvmm_assist::{
     AccessType, CpuMode, Error, Exception, Registers, Segment, SegmentAttributes, SegmentRegister,

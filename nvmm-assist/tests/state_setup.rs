@@ -2,7 +2,7 @@
 //! constructors give the modes they name, and an impossible control state
 //! is refused with a typed error by every entry point, changing nothing.
 
-mod support;
+use crate::support;
 
 use nvmm_assist::{
     AccessType, CpuMode, CpuState, Error, Gpr, InconsistentState, IoExit, MemExit, Registers,

@@ -3,7 +3,7 @@
 //! permissions and their #PF error codes, reserved bits, accessed/dirty
 //! updates with compare-and-write restarts, tables outside RAM.
 
-mod support;
+use crate::support;
 
 use nvmm_assist::translate::{MAX_WALK_ATTEMPTS, pf};
 use nvmm_assist::{

@@ -3,7 +3,7 @@
 //! accessed/dirty write, the page's rights returned, paging off = identity
 //! on all 64 bits.
 
-mod support;
+use crate::support;
 
 use nvmm_assist::{Error, Exception, PageTranslation, Registers, translate_query};
 use support::*;

@@ -7,7 +7,7 @@
 //! cases of the issue that found the difference), the Intel ones on the
 //! previous, Intel, development host.
 
-mod support;
+use crate::support;
 
 use nvmm_assist::{
     AccessType, CpuMode, Error, Exception, Gpr, IoExit, Outcome, Registers, Segment, Vendor,

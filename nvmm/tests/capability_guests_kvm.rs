@@ -13,9 +13,8 @@
 #![cfg(not(miri))]
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
-#[path = "guests/long.rs"]
-mod guests;
-mod kvm_support;
+use crate::long_guests as guests;
+use crate::kvm_support;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;

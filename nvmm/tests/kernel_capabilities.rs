@@ -11,9 +11,8 @@
 #![cfg(not(miri))]
 #![cfg(feature = "assist")]
 
-#[path = "guests/long.rs"]
-mod guests;
-mod kernel_support;
+use crate::long_guests as guests;
+use crate::kernel_support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};

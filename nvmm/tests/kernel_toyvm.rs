@@ -7,11 +7,9 @@
 #![cfg(not(miri))]
 #![cfg(feature = "assist")]
 
-mod kernel_support;
+use crate::kernel_support;
 
-#[path = "../examples/toyvm/main.rs"]
-#[allow(dead_code)]
-mod toyvm;
+use crate::toyvm;
 
 #[test]
 fn toyvm_checks_out_on_nvmm() {

@@ -15,9 +15,8 @@
 #![cfg(not(miri))]
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
-#[path = "guests/netbsd.rs"]
-mod guests;
-mod kvm_support;
+use crate::netbsd_guests as guests;
+use crate::kvm_support;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;

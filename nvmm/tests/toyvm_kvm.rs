@@ -25,11 +25,8 @@
 #![cfg(not(miri))]
 #![cfg(all(feature = "assist", target_arch = "x86_64", target_os = "linux"))]
 
-#[path = "../examples/toyvm/devices.rs"]
-mod devices;
-#[path = "../examples/toyvm/guest.rs"]
-mod guest;
-mod kvm_support;
+use crate::toyvm::{devices, guest};
+use crate::kvm_support;
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -5,9 +5,7 @@
 //! it with `STOPPED`): the VMM-side flag decides, not the exit reason.
 #![cfg(feature = "assist")]
 
-#[path = "../examples/toyvm/main.rs"]
-#[allow(dead_code)]
-mod toyvm;
+use crate::toyvm;
 
 use std::sync::atomic::AtomicBool;
 

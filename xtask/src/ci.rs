@@ -303,7 +303,15 @@ impl Ci {
             let flags = format!("{MIRI_FLAGS} {MIRI_SEEDS}");
             let concurrency = run_plain(
                 nightly_cargo()
-                    .args(["miri", "test", "-p", "nvmm", "--test", "concurrency"])
+                    .args([
+                        "miri",
+                        "test",
+                        "-p",
+                        "nvmm",
+                        "--test",
+                        "suite",
+                        "concurrency::",
+                    ])
                     .env("MIRIFLAGS", &flags),
             );
             match concurrency {
