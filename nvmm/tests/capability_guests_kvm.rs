@@ -13,8 +13,8 @@
 #![cfg(not(miri))]
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
-use crate::long_guests as guests;
 use crate::kvm_support;
+use crate::long_guests as guests;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;

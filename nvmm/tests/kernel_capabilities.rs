@@ -11,8 +11,8 @@
 #![cfg(not(miri))]
 #![cfg(feature = "assist")]
 
-use crate::long_guests as guests;
 use crate::kernel_support;
+use crate::long_guests as guests;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};

@@ -10,8 +10,8 @@
 #![cfg(not(miri))]
 #![cfg(feature = "assist")]
 
-use crate::netbsd_guests as guests;
 use crate::kernel_support;
+use crate::netbsd_guests as guests;
 
 use guests::{CODE, DATA, END_MSR, IoTest, MemTest, PML4, PORT};
 use kernel_support::{End, Vm, run_to_end};

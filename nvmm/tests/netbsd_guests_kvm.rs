@@ -15,8 +15,8 @@
 #![cfg(not(miri))]
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
-use crate::netbsd_guests as guests;
 use crate::kvm_support;
+use crate::netbsd_guests as guests;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;

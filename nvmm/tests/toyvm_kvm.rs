@@ -25,8 +25,8 @@
 #![cfg(not(miri))]
 #![cfg(all(feature = "assist", target_arch = "x86_64", target_os = "linux"))]
 
-use crate::toyvm::{devices, guest};
 use crate::kvm_support;
+use crate::toyvm::{devices, guest};
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};

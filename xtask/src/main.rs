@@ -7,6 +7,7 @@ mod host_cpu;
 mod netbsd;
 mod publish;
 mod regen;
+mod test_layout;
 mod util;
 mod vmtest;
 mod zig;
