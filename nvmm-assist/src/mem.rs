@@ -190,6 +190,9 @@ where
     if lane == fast::Lane::Mov {
         return assist_mov::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode);
     }
+    if lane == fast::Lane::Alu {
+        return assist_alu::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode);
+    }
     if lane == fast::Lane::Int {
         return assist_int::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode);
     }
@@ -223,6 +226,28 @@ where
     // A constant in 64-bit mode's copy, as in `assist_sized`.
     let mode = if ADDR == 8 { CpuMode::Long64 } else { mode };
     match fast::run_mov::<ADDR, S, R, M>(state, mode, ram, mmio, exit.gpa, exit.instruction) {
+        Some(result) => result,
+        None => assist_sized::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode),
+    }
+}
+
+/// The ALU lane ([`fast::run_alu`]), else the full fast path.
+#[inline(never)]
+fn assist_alu<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit: &MemExit<'_>,
+    cache: &mut FetchCache,
+    mode: CpuMode,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let mode = if ADDR == 8 { CpuMode::Long64 } else { mode };
+    match fast::run_alu::<ADDR, S, R, M>(state, mode, ram, mmio, exit.gpa, exit.instruction) {
         Some(result) => result,
         None => assist_sized::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode),
     }

@@ -17,7 +17,10 @@
 //!   without the MOV/ALU decoder's attempt and restart from byte 0 (the
 //!   ALU forms, which that decoder takes at once, stay on the full path);
 //! - [`Lane::Stack`]: PUSH m (FF /6) and POP m (8F /0) with no prefix,
-//!   the stack family's own entry ([`run_stack`]).
+//!   the stack family's own entry ([`run_stack`]);
+//! - [`Lane::Alu`]: the ALU forms 00-3B, 80/81/83 and TEST 84/85, F6/F7
+//!   /0 /1 with no prefix but REX, decoded and executed by
+//!   [`run_alu`](super::lane_alu::run_alu) (`lane_alu.rs`).
 //!
 //! Why: the full fast path is one large function (every decoder and family
 //! inline), whose prologue saves every callee-saved register and spills its
@@ -31,7 +34,8 @@
 //! sets of bytes and a declined attempt does nothing (so which one runs
 //! first does not matter): the MOV lane is the MOV/ALU decoder's decode of
 //! those bytes with its address checks ([`checked_linear`]) and the
-//! executor's MOV arms; the integer lane is the full decoder, which
+//! executor's MOV arms (the ALU lane likewise, with the executor's ALU
+//! arm: see `lane_alu.rs`); the integer lane is the full decoder, which
 //! takes whatever the MOV/ALU decoder takes with the same decode (the
 //! `Fast` of an ALU or MOV form does not depend on `INT`) and, when that
 //! one declines, what the full path's second attempt takes; the string,
@@ -68,6 +72,9 @@ pub(crate) enum Lane {
     Int,
     /// PUSH m (FF /6) or POP m (8F /0) with no prefix ([`run_stack`]).
     Stack,
+    /// An ALU form (00-3B, 80/81/83, TEST 84/85 and F6/F7 /0 /1) with no
+    /// prefix but REX ([`run_alu`](super::lane_alu::run_alu)).
+    Alu,
     /// Anything else: the full fast path.
     Other,
 }
@@ -85,12 +92,18 @@ const MANDATORY: u8 = 4;
 /// [`FIRST`]: 40-4F (REX in 64-bit mode).
 const REX: u8 = 5;
 /// [`FIRST`]: an integer opcode that only the full decoder takes (86/87
-/// XCHG, FE INC/DEC). The ALU forms (00-3B, 80-85, F6/F7) stay on the full
-/// fast path, whose MOV/ALU decoder takes them at once: the full
-/// decoder and executor inline in a lane cost them 60 instructions more.
+/// XCHG, FE INC/DEC).
 const INT: u8 = 6;
 /// [`FIRST`]: FF (/0 /1 INC/DEC, /6 PUSH m) and 8F (/0 POP m).
 const GROUP: u8 = 7;
+/// [`FIRST`]: an ALU opcode (00-3B with low bits 0-3, 80/81/83, 84/85).
+/// The ALU forms have a lane of their own rather than the integer lane's
+/// full decoder, which cost them 60 instructions more than the full fast
+/// path's MOV/ALU decoder did.
+const ALU: u8 = 8;
+/// [`FIRST`]: F6/F7 (group 3: TEST /0 /1 is the ALU lane's, NOT/NEG and
+/// the rest the full path's).
+const GROUP3: u8 = 9;
 
 /// The lane class of each first byte.
 const FIRST: [u8; 256] = {
@@ -105,6 +118,8 @@ const FIRST: [u8; 256] = {
             0x40..=0x4F => REX,
             0x86 | 0x87 | 0xFE => INT,
             0xFF | 0x8F => GROUP,
+            0xF6 | 0xF7 => GROUP3,
+            op if super::lane_alu::is_opcode(op) => ALU,
             _ => OTHER,
         };
         b += 1;
@@ -133,8 +148,15 @@ pub(crate) fn lane<const ADDR: u8>(bytes: &[u8]) -> Lane {
         (0xFF, Some(6)) | (0x8F, Some(0)) => Lane::Stack,
         _ => Lane::Other,
     };
+    // F6/F7: TEST is /0 and its alias /1.
+    let group3 = |modrm: Option<&u8>| match modrm {
+        Some(m) if (m >> 3) & 7 < 2 => Lane::Alu,
+        _ => Lane::Other,
+    };
     match FIRST[usize::from(first)] {
         MOV => Lane::Mov,
+        ALU => Lane::Alu,
+        GROUP3 => group3(bytes.get(1)),
         INT => Lane::Int,
         STRING => Lane::String,
         GROUP => group(first, bytes.get(1)),
@@ -144,6 +166,8 @@ pub(crate) fn lane<const ADDR: u8>(bytes: &[u8]) -> Lane {
         MANDATORY => sse_at(1),
         REX if ADDR == 8 => match bytes.get(1) {
             Some(&b) if FIRST[usize::from(b)] == MOV => Lane::Mov,
+            Some(&b) if FIRST[usize::from(b)] == ALU => Lane::Alu,
+            Some(&b) if FIRST[usize::from(b)] == GROUP3 => group3(bytes.get(2)),
             // (MOVSXD is 63 with REX.W, the only way 64-bit code writes
             // it.)
             Some(&b) if FIRST[usize::from(b)] == INT || b == 0x63 => Lane::Int,
@@ -579,9 +603,24 @@ mod tests {
             (&[0xA1, 0, 0], Lane::Mov, Lane::Mov),
             // REX is INC/DEC outside 64-bit mode.
             (&[0x48, 0x89, 0x03], Lane::Mov, Lane::Other),
-            (&[0x48, 0x01, 0x03], Lane::Other, Lane::Other),
-            (&[0x01, 0x03], Lane::Other, Lane::Other),
-            (&[0x83, 0x0B, 0x40], Lane::Other, Lane::Other),
+            (&[0x48, 0x01, 0x03], Lane::Alu, Lane::Other),
+            (&[0x01, 0x03], Lane::Alu, Lane::Alu),
+            (&[0x3B, 0x03], Lane::Alu, Lane::Alu),
+            (&[0x3C, 0x03], Lane::Other, Lane::Other),
+            (&[0x05, 0x03], Lane::Other, Lane::Other),
+            (&[0x0F, 0x03], Lane::Other, Lane::Other),
+            (&[0x26, 0x01, 0x03], Lane::Other, Lane::Other),
+            (&[0x83, 0x0B, 0x40], Lane::Alu, Lane::Alu),
+            (&[0x82, 0x0B, 0x40], Lane::Other, Lane::Other),
+            (&[0x84, 0x0B], Lane::Alu, Lane::Alu),
+            (&[0xF7, 0x03, 1, 0, 0, 0], Lane::Alu, Lane::Alu),
+            (&[0xF6, 0x0B, 1], Lane::Alu, Lane::Alu),
+            (&[0xF7, 0x13], Lane::Other, Lane::Other),
+            (&[0xF6, 0x1B], Lane::Other, Lane::Other),
+            (&[0xF7], Lane::Other, Lane::Other),
+            (&[0x4C, 0xF7, 0x03, 1, 0, 0, 0], Lane::Alu, Lane::Other),
+            (&[0x48, 0xF7, 0x1B], Lane::Other, Lane::Other),
+            (&[0x48, 0x83, 0x03, 1], Lane::Alu, Lane::Other),
             (&[0xFE, 0x03], Lane::Int, Lane::Int),
             (&[0x87, 0x0B], Lane::Int, Lane::Int),
             (&[0xFF, 0x03], Lane::Int, Lane::Int),

@@ -21,7 +21,8 @@
 //! Entry: with the exit's bytes, the memory assist's entry first picks a
 //! lane by the first bytes ([`lanes`]: MOV, MOVZX and MOVSX with no
 //! prefix but REX, a
-//! single string instruction with no prefix, an SSE move, the integer
+//! single string instruction with no prefix, an SSE move, the ALU forms
+//! with no prefix but REX, the integer
 //! forms only the full decoder takes and PUSH/POP m with no prefix), each a small
 //! out-of-line function of its own; everything else, and whatever a lane
 //! declines, goes to [`run_mode`], inlined into one out-of-line function
@@ -58,12 +59,14 @@
 
 mod families;
 mod int;
+mod lane_alu;
 mod lanes;
 mod prefix;
 mod sse;
 mod stack;
 mod string;
 
+pub(crate) use lane_alu::run_alu;
 pub(crate) use lanes::{Lane, lane, run_int, run_mov, run_sse, run_stack, run_string};
 
 use super::alu;

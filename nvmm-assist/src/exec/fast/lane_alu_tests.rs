@@ -1,0 +1,379 @@
+//! The ALU lane against the general decoder and executor and against the
+//! full fast path, in the five modes, on random bytes of the lane's shapes
+//! and near misses, random registers, flags, segments and operands (RAM
+//! with random contents, or a device), and bus failures: whenever the lane
+//! takes the bytes, the same outcome, registers, RAM and device log as
+//! both; when it declines, nothing done; and it declines only what the
+//! full fast path's MOV/ALU decoder declines.
+
+use std::vec::Vec;
+
+use super::run_alu;
+use crate::mem::assist_mem_with;
+use crate::mode::CpuMode;
+use crate::testutil::{RecordingMmio, TEST_VENDOR, TestRam};
+use crate::{AccessType, FetchCache, MemExit, Outcome, Registers, Segment, SegmentAttributes};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// The lane's opcodes, and near misses (04/05, 3C/3D: accumulator
+/// immediates; 82; 86; F6/F7 with every ModRM.reg; 0F).
+const OPCODES: &[u8] = &[
+    0x00, 0x01, 0x02, 0x03, 0x08, 0x09, 0x0A, 0x0B, 0x10, 0x11, 0x12, 0x13, 0x18, 0x19, 0x1A, 0x1B,
+    0x20, 0x21, 0x22, 0x23, 0x28, 0x29, 0x2A, 0x2B, 0x30, 0x31, 0x32, 0x33, 0x38, 0x39, 0x3A, 0x3B,
+    0x80, 0x81, 0x83, 0x80, 0x81, 0x83, 0x84, 0x85, 0xF6, 0xF7, 0xF6, 0xF7, 0x04, 0x05, 0x3C, 0x3D,
+    0x82, 0x86, 0x0F,
+];
+
+/// Random bytes of the lane's shapes and near misses: mostly no prefix,
+/// sometimes REX (64-bit mode), 66, LOCK or a segment override.
+fn random_alu(rng: &mut Rng, long: bool) -> Vec<u8> {
+    let mut v = Vec::new();
+    match rng.below(8) {
+        0 if long => v.push(0x40 | rng.below(16) as u8),
+        1 if long => v.push(rng.pick(&[0x48, 0x4C, 0x41, 0x40])),
+        2 => v.push(rng.pick(&[0x66, 0xF0, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x67, 0xF3])),
+        _ => {}
+    }
+    v.push(rng.pick(OPCODES));
+    let md = if rng.below(16) == 0 {
+        3
+    } else {
+        rng.below(3) as u8
+    };
+    let reg = if rng.below(2) == 0 {
+        rng.below(2) as u8
+    } else {
+        rng.below(8) as u8
+    };
+    v.push(md << 6 | reg << 3 | rng.below(8) as u8);
+    for _ in 0..10 {
+        let b = rng.next() as u8;
+        v.push(if rng.below(2) == 0 { b & 0x0F } else { b });
+    }
+    let keep = v.len() - rng.below(3) as usize * rng.below(5) as usize;
+    v.truncate(keep);
+    v
+}
+
+/// A state of `mode` with random registers, flags (every status flag, RF,
+/// AC with CR0.AM at CPL 3 sometimes) and data segments (outside 64-bit
+/// mode: bases, limits, and sometimes a read-only or expand-down type).
+fn random_state(rng: &mut Rng, mode: CpuMode) -> Registers {
+    let mut regs = match mode {
+        CpuMode::Long64 => Registers::long_mode(TEST_VENDOR, 0x20000, 0, 0),
+        CpuMode::Compat32 => Registers::compat_mode(TEST_VENDOR, 0x20000, 0, 0),
+        CpuMode::Protected32 | CpuMode::Protected16 => Registers::flat_protected32(TEST_VENDOR),
+        _ => Registers::real_mode(TEST_VENDOR),
+    };
+    if mode == CpuMode::Protected16 {
+        regs.segments[Segment::Cs as usize].attributes = SegmentAttributes::code16();
+    }
+    if !mode.is_64bit() {
+        for s in [Segment::Ds, Segment::Ss, Segment::Es] {
+            let r = &mut regs.segments[s as usize];
+            if rng.below(4) == 0 {
+                r.base = 0x400 * rng.below(8);
+            }
+            if rng.below(4) == 0 {
+                r.limit = rng.pick(&[0xFFF, 0x1FFF, 0x8FFF, 0xFFFF]);
+            }
+            if !mode.is_real_or_v86() && rng.below(16) == 0 {
+                r.attributes = r.attributes.with_type(rng.pick(&[
+                    SegmentAttributes::TYPE_DATA_READ_ONLY,
+                    SegmentAttributes::TYPE_DATA_EXPAND_DOWN,
+                ]));
+            }
+        }
+    }
+    for g in regs.gprs.iter_mut() {
+        *g = match rng.below(4) {
+            0 => rng.below(0x400),
+            1 => 0x1000 + rng.below(0x1000),
+            2 => 0x8000 + rng.below(0x1000),
+            _ => rng.next(),
+        };
+    }
+    regs.rip = 0x1000 + rng.below(0x100);
+    if !mode.is_64bit() && rng.below(16) == 0 {
+        regs.rip = if mode.default_size() == 2 {
+            0xFFF8
+        } else {
+            0xFFFF_FFF8
+        };
+    }
+    regs.rflags = 2 | (rng.next() & 0x8D5) | if rng.below(8) == 0 { 1 << 18 } else { 0 };
+    if rng.below(4) == 0 {
+        regs.rflags |= 1 << 16; // RF
+    }
+    if rng.below(8) == 0 {
+        regs.cr0 |= 1 << 18; // CR0.AM: with AC and CPL 3, #AC
+        if !mode.is_real_or_v86() {
+            regs = regs.at_cpl(3);
+        }
+    }
+    regs
+}
+
+/// `iterations` random cases in `mode` (default address size `ADDR`);
+/// returns how many the lane took.
+fn compare<const ADDR: u8>(rng: &mut Rng, mode: CpuMode, iterations: usize) -> usize {
+    let mut taken = 0;
+    let mut ram = TestRam::new(0x10000);
+    for b in ram.mem.iter_mut() {
+        *b = rng.next() as u8;
+    }
+    for _ in 0..iterations {
+        let bytes = random_alu(rng, mode.is_64bit());
+        let regs = random_state(rng, mode);
+        assert_eq!(CpuMode::of(&regs), mode);
+        // The exit GPA at the page offset of the decoded linear address,
+        // in RAM (random contents) or at a device, else anywhere.
+        let linear = super::super::decode_form::<ADDR, false, _>(&regs, mode, &bytes)
+            .map(|f| {
+                if mode.is_64bit() {
+                    f.offset
+                } else {
+                    regs.segments[f.segment as usize]
+                        .base
+                        .wrapping_add(f.offset)
+                }
+            })
+            .unwrap_or(0);
+        let page = if rng.below(2) == 0 {
+            0x8000
+        } else {
+            0x1_0000_0000
+        };
+        let gpa = if rng.below(16) == 0 {
+            page + rng.below(0x1000)
+        } else {
+            page + (linear & 0xFFF)
+        };
+        let mut ram = ram.clone();
+        let mut mmio = RecordingMmio::default();
+        match rng.below(16) {
+            0 => mmio.fail_at = Some(rng.below(2) as usize),
+            1 => ram.fail_at = Some(rng.below(2) as usize),
+            _ => {}
+        }
+        let (mut r1, mut ram1, mut m1) = (regs.clone(), ram.clone(), mmio.clone());
+        let got = run_alu::<ADDR, _, _, _>(&mut r1, mode, &mut ram1, &mut m1, gpa, &bytes);
+        // The full fast path's MOV/ALU decoder takes the same bytes.
+        let decoded = super::super::decode::<ADDR, false, _>(&regs, mode, gpa, &bytes).is_some();
+        let ours = super::super::lane::<ADDR>(&bytes) == super::super::Lane::Alu;
+        assert_eq!(got.is_some(), ours && decoded, "{mode:?} {bytes:02x?}");
+        let Some(result) = got else {
+            assert_eq!(r1, regs, "{mode:?} {bytes:02x?}: declined, nothing done");
+            assert!(m1.log.is_empty(), "{mode:?} {bytes:02x?}");
+            assert!(ram1.mem == ram.mem, "{mode:?} {bytes:02x?}");
+            continue;
+        };
+        taken += 1;
+        // The general path.
+        let (mut r2, mut ram2, mut m2) = (regs.clone(), ram.clone(), mmio.clone());
+        let exit = MemExit {
+            gpa,
+            access: AccessType::Read,
+            instruction: &bytes,
+        };
+        let general = assist_mem_with(
+            &mut r2,
+            &mut ram2,
+            &mut m2,
+            &exit,
+            false,
+            &mut FetchCache::new(),
+        );
+        assert_eq!(result, general, "{mode:?} {bytes:02x?}");
+        assert_eq!(r1, r2, "{mode:?} {bytes:02x?}");
+        assert_eq!(m1.log, m2.log, "{mode:?} {bytes:02x?}");
+        assert!(ram1.mem == ram2.mem, "{mode:?} {bytes:02x?}");
+        assert_eq!(
+            (ram1.reads, ram1.writes),
+            (ram2.reads, ram2.writes),
+            "{mode:?} {bytes:02x?}"
+        );
+        if result.is_err() {
+            assert_eq!(r1, regs, "{mode:?} {bytes:02x?}: a failure changes nothing");
+        }
+        // The full fast path.
+        let (mut r3, mut ram3, mut m3) = (regs.clone(), ram.clone(), mmio);
+        let mut declined = false;
+        let full = super::super::run_mode::<ADDR, _, _, _>(
+            &mut r3,
+            mode,
+            &mut ram3,
+            &mut FetchCache::new(),
+            &mut m3,
+            gpa,
+            &bytes,
+            |_, _, _, _| {
+                declined = true;
+                Ok(Outcome::Resume)
+            },
+        );
+        assert!(
+            !declined,
+            "{mode:?} {bytes:02x?}: the full fast path declined"
+        );
+        assert_eq!(result, full, "{mode:?} {bytes:02x?}");
+        assert_eq!(r1, r3, "{mode:?} {bytes:02x?}");
+        assert_eq!(m1.log, m3.log, "{mode:?} {bytes:02x?}");
+        assert!(ram1.mem == ram3.mem, "{mode:?} {bytes:02x?}");
+    }
+    taken
+}
+
+#[test]
+fn alu_lane_is_the_general_and_the_full_fast_path() {
+    let iterations = if cfg!(debug_assertions) {
+        4_000
+    } else {
+        40_000
+    };
+    let mut rng = Rng(0xA1B2_C3D4_E5F6_0718);
+    for mode in [
+        CpuMode::Long64,
+        CpuMode::Compat32,
+        CpuMode::Protected32,
+        CpuMode::Protected16,
+        CpuMode::Real,
+    ] {
+        let taken = match mode.default_address_size() {
+            8 => compare::<8>(&mut rng, mode, iterations),
+            4 => compare::<4>(&mut rng, mode, iterations),
+            _ => compare::<2>(&mut rng, mode, iterations),
+        };
+        assert!(taken > iterations / 5, "{mode:?}: the lane took {taken}");
+    }
+}
+
+/// Every operation, size and direction on fixed bytes in each mode, with
+/// operands and flags that set and clear each status flag: the lane's
+/// result is the general path's.
+#[test]
+fn alu_lane_every_operation_and_size() {
+    let mut rng = Rng(0x5EED_0A1B_2C3D_4E5F);
+    for mode in [
+        CpuMode::Long64,
+        CpuMode::Compat32,
+        CpuMode::Protected32,
+        CpuMode::Protected16,
+        CpuMode::Real,
+    ] {
+        let long = mode.is_64bit();
+        let mut forms: Vec<Vec<u8>> = Vec::new();
+        for op in 0..8u8 {
+            for low in 0..4u8 {
+                forms.push(std::vec![op << 3 | low, 0x07]);
+            }
+            forms.push(std::vec![0x80, 0x07 | op << 3, 0x80]);
+            forms.push(std::vec![0x81, 0x07 | op << 3, 0xFF, 0x7F, 0x00, 0x80]);
+            forms.push(std::vec![0x83, 0x07 | op << 3, 0xFF]);
+        }
+        forms.push(std::vec![0x84, 0x07]);
+        forms.push(std::vec![0x85, 0x07]);
+        forms.push(std::vec![0xF6, 0x07, 0x81]);
+        forms.push(std::vec![0xF7, 0x0F, 0x01, 0x80, 0x00, 0x80]);
+        if long {
+            let rexed: Vec<Vec<u8>> = forms
+                .iter()
+                .flat_map(|f| [0x48u8, 0x40, 0x4C].map(|r| [&[r][..], f].concat()))
+                .collect();
+            forms.extend(rexed);
+        }
+        for bytes in forms {
+            for _ in 0..64 {
+                // The mode's flat segments (random registers, no #AC).
+                let mut regs = random_state(&mut rng, mode);
+                let mut plain = match mode {
+                    CpuMode::Long64 => Registers::long_mode(TEST_VENDOR, 0x20000, 0, 0),
+                    CpuMode::Compat32 => Registers::compat_mode(TEST_VENDOR, 0x20000, 0, 0),
+                    CpuMode::Real => Registers::real_mode(TEST_VENDOR),
+                    _ => Registers::flat_protected32(TEST_VENDOR),
+                };
+                if mode == CpuMode::Protected16 {
+                    plain.segments[Segment::Cs as usize].attributes = SegmentAttributes::code16();
+                }
+                plain.gprs = regs.gprs;
+                plain.rip = regs.rip;
+                plain.rflags = 2 | (rng.next() & 0x8D5);
+                regs = plain;
+                // [bx] (16-bit) or [rdi]/[edi] at 0x8000 + a random offset.
+                let offset = 0x8000 + rng.below(0xFF0);
+                regs.gprs[7] = offset;
+                regs.gprs[3] = offset;
+                regs.gprs[6] = 0;
+                // Operands near the sign and carry edges.
+                let edge = [
+                    0,
+                    1,
+                    0x7F,
+                    0x80,
+                    0xFF,
+                    0x7FFF,
+                    0x8000,
+                    0xFFFF_FFFF,
+                    u64::MAX,
+                ];
+                regs.gprs[0] = if rng.below(2) == 0 {
+                    rng.pick(&edge)
+                } else {
+                    rng.next()
+                };
+                regs.gprs[1] = regs.gprs[0].wrapping_add(rng.below(3)).rotate_left(8);
+                let mut ram = TestRam::new(0x10000);
+                for b in ram.mem.iter_mut() {
+                    *b = rng.next() as u8;
+                }
+                let value = if rng.below(2) == 0 {
+                    rng.pick(&edge)
+                } else {
+                    rng.next()
+                };
+                let at = offset as usize;
+                ram.mem[at..at + 8].copy_from_slice(&value.to_le_bytes());
+                let (mut r1, mut ram1, mut m1) =
+                    (regs.clone(), ram.clone(), RecordingMmio::default());
+                let (mut r2, mut ram2, mut m2) = (regs.clone(), ram, RecordingMmio::default());
+                let got = match mode.default_address_size() {
+                    8 => run_alu::<8, _, _, _>(&mut r1, mode, &mut ram1, &mut m1, offset, &bytes),
+                    4 => run_alu::<4, _, _, _>(&mut r1, mode, &mut ram1, &mut m1, offset, &bytes),
+                    _ => run_alu::<2, _, _, _>(&mut r1, mode, &mut ram1, &mut m1, offset, &bytes),
+                };
+                let exit = MemExit {
+                    gpa: offset,
+                    access: AccessType::Read,
+                    instruction: &bytes,
+                };
+                let general = assist_mem_with(
+                    &mut r2,
+                    &mut ram2,
+                    &mut m2,
+                    &exit,
+                    false,
+                    &mut FetchCache::new(),
+                );
+                assert_eq!(got, Some(general), "{mode:?} {bytes:02x?}");
+                assert_eq!(r1, r2, "{mode:?} {bytes:02x?}");
+                assert!(ram1.mem == ram2.mem, "{mode:?} {bytes:02x?}");
+            }
+        }
+    }
+}
