@@ -187,6 +187,26 @@ where
     M: MmioBus + ?Sized,
 {
     let lane = fast::lane::<ADDR>(exit.instruction);
+    assist_lane_of::<ADDR, S, R, M>(lane, state, ram, mmio, exit, cache, mode)
+}
+
+/// [`assist_lane`] once the lane of the exit's bytes is known (the fetch
+/// path picks it before, and passes it on rather than picking it twice).
+#[inline(always)]
+fn assist_lane_of<const ADDR: u8, S, R, M>(
+    lane: fast::Lane,
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit: &MemExit<'_>,
+    cache: &mut FetchCache,
+    mode: CpuMode,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
     if lane == fast::Lane::Mov {
         return assist_mov::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode);
     }
@@ -408,7 +428,8 @@ where
     // (an edge right after them) pick no lane, or a lane that declines.
     // The exit's access type is not looked at past the entry.
     let instruction = bytes.get(..given).unwrap_or(&[]);
-    if fast::lane::<ADDR>(instruction) == fast::Lane::Other {
+    let lane = fast::lane::<ADDR>(instruction);
+    if lane == fast::Lane::Other {
         // No lane: the full fast path inline here rather than through
         // `assist_sized`, whose out-of-line prologue would add 50-60
         // instructions to every form outside the lanes.
@@ -432,7 +453,7 @@ where
         access: AccessType::Read,
         instruction,
     };
-    assist_lane::<ADDR, S, R, M>(state, ram, mmio, &exit, cache, mode)
+    assist_lane_of::<ADDR, S, R, M>(lane, state, ram, mmio, &exit, cache, mode)
 }
 
 /// [`assist_mem_with`] for a control state outside [`CpuMode::common_of`]'s
