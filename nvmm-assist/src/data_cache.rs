@@ -55,9 +55,17 @@
 //! [`DataSlots::share_walks`] scope around the operands' translations), never
 //! translations of different assists, and the general path shares exactly
 //! where the fast path does, so both make the same guest-RAM reads.
+//!
+//! **The pair record.** The fast path's [`DataSlots::translate_pair`]
+//! keeps its last pair's slots with the entries their re-validations read,
+//! side by side: a warm pair is then one comparison (the control state and
+//! both pages) and two [`GuestRam::check_entries`] calls, the same reads
+//! in the same order as the two slot hits, with the same hits and misses.
+//! It mirrors the slots and is dropped whenever a slot changes (see
+//! `Pair`), so both paths still read, walk and count alike.
 
 use crate::access::AccessType;
-use crate::bus::{GuestRam, RamStatus};
+use crate::bus::{EntryCheck, GuestRam, RamStatus};
 use crate::error::Error;
 use crate::state::CpuState;
 use crate::translate::{WalkRecord, translate, translate_recorded};
@@ -158,6 +166,68 @@ const EMPTY: Cached = Cached {
     },
 };
 
+/// The last pair of translations ([`DataSlots::translate_pair`]): the
+/// slots that served it and what the slot path reads to re-validate them
+/// (the source's entries, then the destination's below those it shares
+/// with the source), side by side, so that a warm pair is one comparison
+/// and two [`GuestRam::check_entries`] calls instead of two slot searches.
+/// A shortcut of the slot path, not a cache of its own: it is dropped
+/// whenever a slot changes (any walk, a clear), and made only when the
+/// slot searches of the same pages and accesses find `s` and `d`, so a
+/// pair it serves is one the slots serve, with the same reads, hits and
+/// misses (the general path, which translates one operand at a time,
+/// counts and reads the same).
+#[derive(Debug, Clone, Copy)]
+struct Pair {
+    /// The source's linear page; [`EMPTY_PAGE`] for no record.
+    src: u64,
+    /// The destination's linear page.
+    dst: u64,
+    /// [`needs`] of the destination's access.
+    dst_need: u8,
+    /// The slot of the source (the destination's is only needed when the
+    /// record is made).
+    s: usize,
+    /// The guest-physical pages of the source and the destination.
+    src_gpa_page: u64,
+    dst_gpa_page: u64,
+    /// Slot `s`'s entries, and the destination slot's past those it
+    /// shares with `s`.
+    src_entries: [(u64, u64); 5],
+    src_count: usize,
+    dst_entries: [(u64, u64); 5],
+    dst_count: usize,
+    /// Whether the entries are 8 bytes wide (both walks are under the
+    /// same paging mode).
+    wide: bool,
+}
+
+const NO_PAIR: Pair = Pair {
+    src: EMPTY_PAGE,
+    dst: EMPTY_PAGE,
+    dst_need: 0,
+    s: NONE,
+    src_gpa_page: 0,
+    dst_gpa_page: 0,
+    src_entries: [(0, 0); 5],
+    src_count: 0,
+    dst_entries: [(0, 0); 5],
+    dst_count: 0,
+    wide: false,
+};
+
+/// Where [`DataSlots::translate_pair_slots`] starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// The slot path from the start.
+    Fresh,
+    /// The pair's source entries changed: the source's walk.
+    SrcChanged,
+    /// The source was served (at this GPA); the pair's destination
+    /// entries changed: the destination's walk.
+    DstChanged(u64),
+}
+
 /// No previous translation to share entries with: the row of
 /// [`DataSlots::shared`] that shares nothing.
 const NONE: usize = DATA_SLOTS;
@@ -175,6 +245,8 @@ pub(crate) struct DataSlots {
     shared: [[u8; DATA_SLOTS]; DATA_SLOTS + 1],
     /// The slot a miss fills next (round robin).
     victim: usize,
+    /// The last pair, of the slots' control state.
+    pair: Pair,
     /// Within a [`share_walks`](Self::share_walks) scope.
     sharing: bool,
     /// Within a scope, the slot of the previous translation (its entries
@@ -198,6 +270,7 @@ impl DataSlots {
             slots: [EMPTY; DATA_SLOTS],
             shared: [[0; DATA_SLOTS]; DATA_SLOTS + 1],
             victim: 0,
+            pair: NO_PAIR,
             sharing: false,
             prev: NONE,
             hits: 0,
@@ -209,6 +282,7 @@ impl DataSlots {
         self.slots = [EMPTY; DATA_SLOTS];
         self.shared = [[0; DATA_SLOTS]; DATA_SLOTS + 1];
         self.victim = 0;
+        self.pair = NO_PAIR;
         self.prev = NONE;
     }
 
@@ -285,10 +359,127 @@ impl DataSlots {
             let src = translate(state, ram, src, AccessType::Read)?;
             return Ok((src, translate(state, ram, dst, dst_access)?));
         }
-        self.enter(state);
-        let (src, slot) = self.translate_after(state, ram, src, AccessType::Read, NONE)?;
-        let (dst, _) = self.translate_after(state, ram, dst, dst_access, slot)?;
-        Ok((src, dst))
+        // The control state and both pages in one test (the pair record
+        // is of `self.control`'s state: `clear` empties it).
+        let (c, p) = (Control::of(state), &self.pair);
+        let o = &self.control;
+        let differ = (c.cr0 ^ o.cr0)
+            | (c.cr3 ^ o.cr3)
+            | (c.cr4 ^ o.cr4)
+            | (c.efer ^ o.efer)
+            | (c.packed ^ o.packed)
+            | ((src >> 12) ^ p.src)
+            | ((dst >> 12) ^ p.dst);
+        if differ == 0 && p.dst_need == needs(dst_access) {
+            let (src_gpa_page, dst_gpa_page) = (p.src_gpa_page, p.dst_gpa_page);
+            let src_gpa = (src_gpa_page << 12) | (src & 0xFFF);
+            if !entries_hold(ram, &p.src_entries, p.src_count, p.wide)? {
+                let stage = Stage::SrcChanged;
+                return self.translate_pair_slots(state, ram, src, dst, dst_access, stage);
+            }
+            self.hits += 1;
+            if !entries_hold(ram, &p.dst_entries, p.dst_count, p.wide)? {
+                let stage = Stage::DstChanged(src_gpa);
+                return self.translate_pair_slots(state, ram, src, dst, dst_access, stage);
+            }
+            self.hits += 1;
+            return Ok((src_gpa, (dst_gpa_page << 12) | (dst & 0xFFF)));
+        }
+        self.translate_pair_slots(state, ram, src, dst, dst_access, Stage::Fresh)
+    }
+
+    /// [`translate_pair`](Self::translate_pair) through the slots, from
+    /// `stage` (what the pair record found: the slot path would have found
+    /// the same), then the pair recorded.
+    #[inline(never)]
+    fn translate_pair_slots<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
+        &mut self,
+        state: &S,
+        ram: &mut R,
+        src: u64,
+        dst: u64,
+        dst_access: AccessType,
+        stage: Stage,
+    ) -> Result<(u64, u64), Error> {
+        let ((src_gpa, s), (dst_gpa, d)) = match stage {
+            Stage::Fresh => {
+                self.enter(state);
+                let src = self.translate_after(state, ram, src, AccessType::Read, NONE)?;
+                (
+                    src,
+                    self.translate_after(state, ram, dst, dst_access, src.1)?,
+                )
+            }
+            Stage::SrcChanged => {
+                let src = self.walk(state, ram, src, AccessType::Read)?;
+                (
+                    src,
+                    self.translate_after(state, ram, dst, dst_access, src.1)?,
+                )
+            }
+            Stage::DstChanged(src_gpa) => {
+                let s = self.pair.s;
+                ((src_gpa, s), self.walk(state, ram, dst, dst_access)?)
+            }
+        };
+        self.record_pair(s, d, src_gpa, dst_gpa, dst_access);
+        Ok((src_gpa, dst_gpa))
+    }
+
+    /// The slot the slot path's search finds for `page` and `need`.
+    fn find(&self, page: u64, need: u8) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|c| c.page == page && c.rights & need != 0)
+    }
+
+    /// Makes the pair record that of slots `s` (the source) and `d` (the
+    /// destination), both just validated or walked, if both hold one and
+    /// the slot searches find them.
+    fn record_pair(
+        &mut self,
+        s: usize,
+        d: usize,
+        src_gpa: u64,
+        dst_gpa: u64,
+        dst_access: AccessType,
+    ) {
+        self.pair = NO_PAIR;
+        let (Some(a), Some(b)) = (self.slots.get(s), self.slots.get(d)) else {
+            return;
+        };
+        let dst_need = needs(dst_access);
+        if self.find(a.page, needs(AccessType::Read)) != Some(s)
+            || self.find(b.page, dst_need) != Some(d)
+            || a.walk.wide != b.walk.wide
+        {
+            return;
+        }
+        let shared = self
+            .shared
+            .get(s)
+            .and_then(|row| row.get(d))
+            .map_or(0, |&n| usize::from(n));
+        let Some(rest) = b.walk.entries.get(shared..b.walk.count) else {
+            return;
+        };
+        let mut pair = Pair {
+            src: a.page,
+            dst: b.page,
+            dst_need,
+            s,
+            src_gpa_page: src_gpa >> 12,
+            dst_gpa_page: dst_gpa >> 12,
+            src_entries: a.walk.entries,
+            src_count: a.walk.count,
+            dst_count: rest.len(),
+            wide: a.walk.wide,
+            ..NO_PAIR
+        };
+        for (to, from) in pair.dst_entries.iter_mut().zip(rest) {
+            *to = *from;
+        }
+        self.pair = pair;
     }
 
     /// [`translate`](Self::translate) with paging on, the slots those of
@@ -344,6 +535,8 @@ impl DataSlots {
         access: AccessType,
     ) -> Result<(u64, usize), Error> {
         self.misses += 1;
+        // A slot changes: the pair record no longer mirrors the slots.
+        self.pair = NO_PAIR;
         let page = linear >> 12;
         let rights = proves(access);
         let same = self
@@ -398,6 +591,35 @@ impl DataSlots {
                 *cell = n;
             }
         }
+    }
+}
+
+/// Whether the first `count` of `entries` still hold their values, read
+/// in order with one [`GuestRam::check_entries`] call (the usual counts
+/// constant, so that an inlined implementation unrolls): what
+/// [`holds_past`] finds for the same entries. An entry that is not RAM is
+/// the walk's own error there (every entry read before it held its
+/// value).
+#[inline(always)]
+fn entries_hold<R: GuestRam + ?Sized>(
+    ram: &mut R,
+    entries: &[(u64, u64); 5],
+    count: usize,
+    wide: bool,
+) -> Result<bool, Error> {
+    let check = match count {
+        // A 4 KiB page under 4-level paging.
+        4 => ram.check_entries(&entries[..4], wide)?,
+        // A second walk's leaf.
+        1 => ram.check_entries(&entries[..1], wide)?,
+        // 32-bit paging.
+        2 => ram.check_entries(&entries[..2], wide)?,
+        _ => ram.check_entries(entries.get(..count).unwrap_or(entries), wide)?,
+    };
+    match check {
+        EntryCheck::Held => Ok(true),
+        EntryCheck::Changed => Ok(false),
+        EntryCheck::NotRam { gpa } => Err(Error::PageTableNotRam { gpa }),
     }
 }
 
@@ -638,5 +860,61 @@ mod tests {
         }
         // The cache served, not only walked.
         assert!(hits_seen > 300, "{hits_seen} hits");
+    }
+
+    /// A warm pair is served by the pair record with one read of each
+    /// entry (the source's four, the destination's leaf), and a rewrite of
+    /// any entry either walk read, or of a control register, between two
+    /// pairs gives what a cold walk gives (the same RAM after it).
+    #[test]
+    fn the_pair_record_rereads_every_entry_and_the_control_state() {
+        let (src, dst) = (0x20_3010, 0x20_5020);
+        let mut ram = TestRam::new(0x8_0000);
+        let mut tree = PageTables::new(Layout::Level4, 0x10000);
+        tree.map(&mut ram, src & !0xFFF, 0x3000, 1, pte::PWU);
+        tree.map(&mut ram, dst & !0xFFF, 0x5000, 1, pte::PWU);
+        tree.map(&mut ram, 0x20_7000, 0x7000, 1, pte::PWU);
+        let mut entries: Vec<u64> = (1..=4)
+            .map(|level| tree.entry_gpa(&mut ram, src, level))
+            .collect();
+        entries.push(tree.entry_gpa(&mut ram, dst, 1));
+        let regs = Registers::long_mode(TEST_VENDOR, 0x10000, 0, 0);
+        let pair = |slots: &mut DataSlots, regs: &Registers, ram: &mut TestRam| {
+            let mut cold = ram.clone();
+            let want = translate(regs, &mut cold, src, AccessType::Read)
+                .and_then(|s| Ok((s, translate(regs, &mut cold, dst, AccessType::Write)?)));
+            let got = slots.translate_pair(regs, ram, src, dst, AccessType::Write);
+            assert_eq!(got, want);
+            assert!(ram.mem == cold.mem, "RAM after the pair");
+            got
+        };
+        for (k, &at) in entries.iter().enumerate() {
+            for change in 0..4 {
+                let mut slots = DataSlots::new();
+                let mut ram = ram.clone();
+                let mut regs = regs.clone();
+                let _ = pair(&mut slots, &regs, &mut ram);
+                let reads = ram.reads;
+                let hits = slots.hits;
+                assert_eq!(pair(&mut slots, &regs, &mut ram), Ok((0x3010, 0x5020)));
+                assert_eq!(ram.reads - reads, 5, "a warm pair: one read per entry");
+                assert_eq!(slots.hits, hits + 2);
+                match change {
+                    // Another page (the leaf's address bits).
+                    0 => ram.write_u64(at, ram.read_u64(at) ^ 0x2000),
+                    // Not present.
+                    1 => ram.write_u64(at, ram.read_u64(at) & !pte::P),
+                    // Read-only (the destination is written).
+                    2 => ram.write_u64(at, ram.read_u64(at) & !pte::RW),
+                    // Another CR3 (no tables there: a page fault).
+                    _ => regs.cr3 = 0x40000,
+                }
+                let misses = slots.misses;
+                let got = pair(&mut slots, &regs, &mut ram);
+                assert!(slots.misses > misses, "entry {k}, change {change}: {got:?}");
+                // And once more, from whatever the miss left.
+                let _ = pair(&mut slots, &regs, &mut ram);
+            }
+        }
     }
 }
