@@ -9,6 +9,12 @@
 //! crosses a page, so there is one fragment, and a full 15-byte span is
 //! read with a fixed-size buffer. Later fetches of a longer instruction
 //! (one that crosses that edge) go through `access::fetch`.
+//!
+//! The usual fetch ([`quick`]: 15 bytes clear of both edges, a plain CS,
+//! paging off or a cached translation proved current) is inline in the
+//! memory assist's fetch path and keeps few values live; everything else
+//! (an edge, a CS check that may fault, a walk) is out of line, so that
+//! the usual one's registers are not spilled around it.
 
 use crate::access::{AccessType, PAGE_SIZE};
 use crate::bus::{GuestRam, MmioBus, RamStatus};
@@ -38,6 +44,136 @@ const TYPE_CODE: u8 = 1 << 3;
 /// virtual-8086 mode (2).
 #[inline(always)]
 pub(crate) fn fetch_first<const ADDR: u8, S, R, M>(
+    state: &S,
+    mode: CpuMode,
+    ram: &mut R,
+    mmio: &mut M,
+    cache: &mut FetchCache,
+    buf: &mut [u8; 15],
+) -> Result<usize, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    match quick::<ADDR, S, R, M>(state, mode, ram, mmio, cache, buf)? {
+        Quick::Done => Ok(buf.len()),
+        Quick::Walk(linear) => fetch_walk(state, ram, mmio, cache, linear, buf),
+        Quick::General => fetch_general::<ADDR, S, R, M>(state, mode, ram, mmio, cache, buf),
+    }
+}
+
+/// What [`quick`] did.
+pub(crate) enum Quick {
+    /// The 15 bytes are in the buffer.
+    Done,
+    /// The fetch of 15 bytes at this linear address passed its
+    /// segmentation check, and its translation is to be walked (the cache
+    /// had none that its re-validation proved current).
+    Walk(u64),
+    /// Anything else: the full fetch decides.
+    General,
+}
+
+/// The usual fetch, inline and small (few live values, so that the
+/// caller's registers hold them without spills): 15 bytes that stop
+/// short of the page and CS-limit edges, through a plain CS (the inline
+/// check of [`span`]) and, with paging on, a cached translation that its
+/// re-validation proves current ([`FetchCache::lookup`]). `Ok(false)`:
+/// anything else (an edge within the 15 bytes, a CS check that may fault,
+/// a translation not cached or no longer current), which
+/// [`fetch_general`] then fetches from the start; a translation the cache
+/// cannot prove current goes to [`fetch_walk`], without a second
+/// re-validation. An error here is the one the full fetch gives: an entry
+/// no longer RAM, or a failed read.
+#[inline(always)]
+pub(crate) fn quick<const ADDR: u8, S, R, M>(
+    state: &S,
+    mode: CpuMode,
+    ram: &mut R,
+    mmio: &mut M,
+    cache: &mut FetchCache,
+    buf: &mut [u8; 15],
+) -> Result<Quick, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let Some(linear) = quick_span::<ADDR, S>(state, mode) else {
+        return Ok(Quick::General);
+    };
+    let gpa = if state.cr0() & CR0_PG == 0 {
+        // No paging: the linear address is the physical one.
+        linear & 0xFFFF_FFFF
+    } else {
+        match cache.lookup(state, ram, linear)? {
+            Some(gpa) => gpa,
+            None => return Ok(Quick::Walk(linear)),
+        }
+    };
+    if ram.read(gpa, buf)? == RamStatus::NotRam {
+        read_mmio(mmio, gpa, buf)?;
+    }
+    Ok(Quick::Done)
+}
+
+/// [`quick`]'s fetch when the translation is to be walked: the walk (its
+/// record refreshes the cache), then the read of the 15 bytes.
+#[inline(never)]
+pub(crate) fn fetch_walk<S, R, M>(
+    state: &S,
+    ram: &mut R,
+    mmio: &mut M,
+    cache: &mut FetchCache,
+    linear: u64,
+    buf: &mut [u8; 15],
+) -> Result<usize, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let gpa = cache.translate_fetch_miss(state, ram, linear)?;
+    read_span(ram, mmio, gpa, buf, MAX_LEN)
+}
+
+/// Code outside RAM (a ROM or flash device): out of line, so that the
+/// usual fetch keeps no register for the MMIO bus.
+#[inline(never)]
+fn read_mmio<M: MmioBus + ?Sized>(mmio: &mut M, gpa: u64, buf: &mut [u8; 15]) -> Result<(), Error> {
+    mmio.read(gpa, buf)?;
+    Ok(())
+}
+
+/// The linear address of CS:RIP when the fetch of 15 bytes there passes
+/// the segmentation check and reaches neither a page end nor the CS-limit
+/// end (what [`span`] finds with a room of 15 or more), else `None`.
+#[inline(always)]
+fn quick_span<const ADDR: u8, S: CpuState + ?Sized>(state: &S, mode: CpuMode) -> Option<u64> {
+    let rip = state.rip();
+    // The last byte's page offset: the 15 bytes stay within the page.
+    const LAST: u64 = PAGE_SIZE - MAX_LEN;
+    if ADDR == 8 {
+        // As `span`: a RIP canonical at 48 bits is the whole check.
+        return (is_canonical(rip, 48) && rip & (PAGE_SIZE - 1) <= LAST).then_some(rip);
+    }
+    let real_or_v86 = ADDR == 2 && mode.is_real_or_v86();
+    let offset = rip & 0xFFFF_FFFF;
+    let cs = state.segment(Segment::Cs);
+    let linear = cs.base.wrapping_add(offset) & 0xFFFF_FFFF;
+    // The 15 bytes within the limit: offset + 14 <= limit (no overflow:
+    // both are below 2^32).
+    let within = offset + (MAX_LEN - 1) <= u64::from(cs.limit);
+    (within && linear & (PAGE_SIZE - 1) <= LAST && (real_or_v86 || fetchable(cs.attributes)))
+        .then_some(linear)
+}
+
+/// The fetch of [`fetch_first`] in full: the segmentation check, the
+/// translation (through the cache) and the read of up to 15 bytes. Out of
+/// line: the usual case is [`quick`].
+#[inline(never)]
+pub(crate) fn fetch_general<const ADDR: u8, S, R, M>(
     state: &S,
     mode: CpuMode,
     ram: &mut R,
@@ -223,7 +359,8 @@ mod tests {
     /// does, fault or address and length, for random CS states (base,
     /// limit, every attribute bit) and RIPs near the page, limit and
     /// canonical edges (48 and 57 bits, CR4.LA57 clear or set), in every
-    /// mode.
+    /// mode; and `quick_span` takes exactly the fetches it finds allowed
+    /// with room for 15 bytes (in 64-bit mode with LA57, a subset of them).
     #[test]
     fn span_agrees_with_the_full_segmentation_check() {
         let mut seed = 0x9E37_79B9_7F4A_7C15u64;
@@ -243,6 +380,7 @@ mod tests {
             CpuMode::Long64,
         ];
         let mut faults = 0;
+        let mut quicks = 0;
         for i in 0..200_000 {
             let mode = modes[i % modes.len()];
             let mut r = Registers::flat_protected32(TEST_VENDOR);
@@ -286,10 +424,31 @@ mod tests {
             if let Ok((_, room)) = got {
                 assert!(room >= 1, "{mode:?} {r:x?}");
             }
+            // The quick check: the linear address exactly when the full
+            // one passes with room for all 15 bytes.
+            let quick = match mode.default_address_size() {
+                8 => quick_span::<8, Registers>(&r, mode),
+                4 => quick_span::<4, Registers>(&r, mode),
+                _ => quick_span::<2, Registers>(&r, mode),
+            };
+            let full = match got {
+                Ok((linear, room)) if room >= MAX_LEN => Some(linear),
+                _ => None,
+            };
+            // It may decline what the full check allows only in 64-bit
+            // mode with LA57 (a RIP canonical at 57 bits, not at 48): the
+            // full fetch then decides.
+            if mode == CpuMode::Long64 && r.cr4 & CR4_LA57 != 0 {
+                assert!(quick.is_none() || quick == full, "{mode:?} {r:x?}");
+            } else {
+                assert_eq!(quick, full, "{mode:?} {r:x?}");
+            }
+            quicks += usize::from(quick.is_some());
             let got = got.map(|(linear, room)| (linear, room.min(MAX_LEN) as usize));
             assert_eq!(got, want, "{mode:?} {r:x?}");
         }
         // Both outcomes are exercised.
         assert!(faults > 10_000 && faults < 190_000, "{faults} faults");
+        assert!(quicks > 10_000, "{quicks} quick fetches");
     }
 }

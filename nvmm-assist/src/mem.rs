@@ -381,19 +381,46 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
+    if !fast_path {
+        return match mode.default_address_size() {
+            8 => fetched_general::<8, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
+            4 => fetched_general::<4, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
+            _ => fetched_general::<2, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
+        };
+    }
     match mode.default_address_size() {
-        8 => fetched_sized::<8, S, R, M>(state, ram, mmio, exit_gpa, cache, mode, fast_path),
-        4 => fetched_sized::<4, S, R, M>(state, ram, mmio, exit_gpa, cache, mode, fast_path),
-        _ => fetched_sized::<2, S, R, M>(state, ram, mmio, exit_gpa, cache, mode, fast_path),
+        8 => fetched_sized::<8, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
+        4 => fetched_sized::<4, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
+        _ => fetched_sized::<2, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
     }
 }
 
-/// [`fetched`] for the modes whose default address size is `ADDR` (as
-/// [`assist_sized`]): out of line, one instantiation per address size,
-/// each the only caller of the fetch (then inline), which then calls the
-/// same lane and fast-path functions as an exit with bytes. In the 64-bit
-/// copy the mode is a constant (the fetch's segmentation check is the
-/// canonical test alone).
+/// [`fetched`] with the fast path off: the fetch, then the general path
+/// on the fetched bytes.
+#[inline(never)]
+fn fetched_general<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit_gpa: u64,
+    cache: &mut FetchCache,
+    mode: CpuMode,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let mut bytes = [0u8; 15];
+    let given = fetch::fetch_first::<ADDR, S, R, M>(state, mode, ram, mmio, cache, &mut bytes)?;
+    decode_and_execute(state, ram, mmio, cache, mode, &mut bytes, given, exit_gpa)
+}
+
+/// [`fetched`] with the fast path on, for the modes whose default address
+/// size is `ADDR` (as [`assist_sized`]): out of line, one instantiation
+/// per address size, which calls the same lane and fast-path functions as
+/// an exit with bytes. In the 64-bit copy the mode is a constant (the
+/// fetch's segmentation check is the canonical test alone).
 #[inline(never)]
 fn fetched_sized<const ADDR: u8, S, R, M>(
     state: &mut S,
@@ -402,7 +429,6 @@ fn fetched_sized<const ADDR: u8, S, R, M>(
     exit_gpa: u64,
     cache: &mut FetchCache,
     mode: CpuMode,
-    fast_path: bool,
 ) -> Result<Outcome, Error>
 where
     S: CpuState + ?Sized,
@@ -412,48 +438,86 @@ where
     // 64-bit mode is the only mode with 8-byte default addressing.
     let mode = if ADDR == 8 { CpuMode::Long64 } else { mode };
     // Fetch what lies before the first page or CS-limit edge, which is
-    // all of it for most instructions.
+    // all of it for most instructions; then exactly what an exit carrying
+    // the fetched bytes takes: the lane of the first bytes, else (or when
+    // it declines) the full fast path, else the general one, which
+    // decodes these bytes and fetches more if the instruction goes on past
+    // them (it crosses the page or CS-limit edge that ended the fetch) as
+    // the general path on no bytes does. The lanes and the full fast path
+    // decline bytes that end early, and the lane choice looks at three
+    // bytes at most: fewer (an edge right after them) pick no lane, or a
+    // lane that declines. The exit's access type is not looked at past
+    // the entry.
     let mut bytes = [0u8; 15];
-    let given = fetch::fetch_first::<ADDR, S, R, M>(state, mode, ram, mmio, cache, &mut bytes)?;
-    if !fast_path {
-        return decode_and_execute(state, ram, mmio, cache, mode, &mut bytes, given, exit_gpa);
-    }
-    // From here on, exactly what an exit carrying the fetched bytes takes:
-    // the lane of the first bytes, else (or when it declines) the full fast
-    // path, else the general one, which decodes these bytes and fetches
-    // more if the instruction goes on past them (it crosses the page or
-    // CS-limit edge that ended the fetch) as the general path on no bytes
-    // does. The lanes and the full fast path decline bytes that end
-    // early, and the lane choice looks at three bytes at most: fewer
-    // (an edge right after them) pick no lane, or a lane that declines.
-    // The exit's access type is not looked at past the entry.
-    let instruction = bytes.get(..given).unwrap_or(&[]);
+    let given = match fetch::quick::<ADDR, S, R, M>(state, mode, ram, mmio, cache, &mut bytes)? {
+        fetch::Quick::Done => {
+            // The usual case, all 15 bytes: the lane choice sees a
+            // constant length. No lane: the full fast path inline here,
+            // with the general path on these bytes behind it (through
+            // `assist_sized`, or out of line, it costs 25-45 instructions
+            // more; inline it costs the lanes nothing now that the fetch's
+            // slow paths are out of line).
+            let lane = fast::lane::<ADDR>(&bytes);
+            if lane == fast::Lane::Other {
+                return fetched_other::<ADDR, S, R, M>(
+                    state, ram, mmio, exit_gpa, cache, mode, &bytes,
+                );
+            }
+            let exit = MemExit {
+                gpa: exit_gpa,
+                access: AccessType::Read,
+                instruction: &bytes,
+            };
+            return assist_lane_of::<ADDR, S, R, M>(lane, state, ram, mmio, &exit, cache, mode);
+        }
+        fetch::Quick::Walk(linear) => {
+            fetch::fetch_walk(state, ram, mmio, cache, linear, &mut bytes)?
+        }
+        fetch::Quick::General => {
+            fetch::fetch_general::<ADDR, S, R, M>(state, mode, ram, mmio, cache, &mut bytes)?
+        }
+    };
+    let instruction = bytes.get(..given).unwrap_or(&bytes);
     let lane = fast::lane::<ADDR>(instruction);
-    if lane == fast::Lane::Other {
-        // No lane: the full fast path inline here rather than through
-        // `assist_sized`, whose out-of-line prologue would add 50-60
-        // instructions to every form outside the lanes.
-        let fetched = &bytes;
-        return fast::run_mode::<ADDR, S, R, M>(
-            state,
-            mode,
-            ram,
-            cache,
-            mmio,
-            exit_gpa,
-            instruction,
-            |state: &mut S, ram: &mut R, mmio: &mut M, cache: &mut FetchCache| {
-                let mut bytes = *fetched;
-                decode_and_execute(state, ram, mmio, cache, mode, &mut bytes, given, exit_gpa)
-            },
-        );
-    }
     let exit = MemExit {
         gpa: exit_gpa,
         access: AccessType::Read,
         instruction,
     };
     assist_lane_of::<ADDR, S, R, M>(lane, state, ram, mmio, &exit, cache, mode)
+}
+
+/// [`fetched_sized`] of all 15 bytes that pick no lane: the full fast path,
+/// else the general path on these bytes (which decodes them). Inline in
+/// `fetched_sized`.
+#[inline(always)]
+fn fetched_other<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit_gpa: u64,
+    cache: &mut FetchCache,
+    mode: CpuMode,
+    fetched: &[u8; 15],
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    fast::run_mode::<ADDR, S, R, M>(
+        state,
+        mode,
+        ram,
+        cache,
+        mmio,
+        exit_gpa,
+        fetched,
+        |state: &mut S, ram: &mut R, mmio: &mut M, cache: &mut FetchCache| {
+            let mut bytes = *fetched;
+            decode_and_execute(state, ram, mmio, cache, mode, &mut bytes, 15, exit_gpa)
+        },
+    )
 }
 
 /// [`assist_mem_with`] for a control state outside [`CpuMode::common_of`]'s
