@@ -58,6 +58,7 @@
 
 mod families;
 mod int;
+mod lane_int;
 mod lanes;
 mod prefix;
 mod sse;
