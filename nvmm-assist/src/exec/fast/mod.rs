@@ -60,6 +60,7 @@
 mod families;
 mod int;
 mod lane_alu;
+mod lane_int;
 mod lanes;
 mod prefix;
 mod sse;

@@ -1,0 +1,507 @@
+//! The integer lane's decoder and executor ([`run`]): the integer forms of
+//! [`int`](super::int) (INC/DEC, NOT/NEG, XCHG, XADD, CMPXCHG,
+//! CMPXCHG8B/16B, BT*, SETcc, CMOVcc, MOVSXD, MOVNTI) and the LOCK
+//! prefixed read-modify-writes (those and the ALU ones), with no prefix
+//! but LOCK and (64-bit mode) REX, in that order.
+//!
+//! Why: the full decoder ([`decode_with`](super::decode_with) with `INT`)
+//! parses any prefixes, walks the MOV/ALU opcodes first, packs a `Fast`
+//! and the executor dispatches on its form again, then runs the operation
+//! in a read-modify-write closure that dispatches on the mnemonic once
+//! more (and is too large to inline, as the locked retries are its second
+//! caller). Here the opcode picks the operation once, the memory operand
+//! is decoded by one small piece of code shared by every form, and each
+//! operation's read-modify-write has its operation constant, so that its
+//! closure is a few instructions and inline.
+//!
+//! Exactness: these are the full fast path's forms with its decode (the
+//! same ModRM and segment helpers, [`checked_linear`]), its checks (LOCK
+//! only on the lockable forms, CMPXCHG16B aligned, the BT* register
+//! offset's displacement) and its executor's semantics functions and
+//! read-modify-write rules ([`rmw_page`], [`rmw`], [`rmw_range`]); a case
+//! the full fast path leaves to the general one is declined (`None`,
+//! nothing done), and the caller then runs the full fast path. A
+//! differential test (`lane_int_tests.rs`) holds the lane to the full fast
+//! path in every mode.
+
+use super::{address_mask, byte, checked_linear, merged, modrm16, modrm32, prefix, read_reg};
+use super::{alu_op, sized_field};
+use crate::Outcome;
+use crate::access::{AccessType, PhysRange};
+use crate::bus::{GuestRam, MmioBus};
+use crate::decode::Mnemonic;
+use crate::error::Error;
+use crate::exec::{alu, bits, mov, read_page, rmw, rmw_page, rmw_range, write_page, xchg};
+use crate::flags::{self, RF};
+use crate::mode::CpuMode;
+use crate::state::{CpuState, Gpr, Segment};
+
+/// The operation of a form, picked by its opcode (and ModRM `reg` for the
+/// groups).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Inc,
+    Dec,
+    Not,
+    Neg,
+    Xchg,
+    Xadd,
+    Cmpxchg,
+    /// CMPXCHG8B (8 bytes accessed) or CMPXCHG16B (16).
+    CmpxchgWide,
+    /// BT, BTS, BTR or BTC (the mnemonic) with an imm8 bit offset.
+    BtImm(Mnemonic),
+    /// BT, BTS, BTR or BTC with a register bit offset, which also moves
+    /// the address.
+    BtReg(Mnemonic),
+    /// SETcc (its condition).
+    Setcc(u8),
+    /// CMOVcc (its condition).
+    Cmovcc(u8),
+    Movsxd,
+    Movnti,
+    /// LOCK ALU r/m, reg (the operation).
+    LockedAluReg(Mnemonic),
+    /// LOCK ALU r/m, imm (the operation).
+    LockedAluImm(Mnemonic),
+}
+
+impl Op {
+    /// Whether the form takes a LOCK prefix (without one the CPU raises
+    /// `#UD`, which the general path reports).
+    #[inline(always)]
+    fn lockable(self) -> bool {
+        match self {
+            Op::BtImm(m) | Op::BtReg(m) => m != Mnemonic::Bt,
+            Op::Setcc(_) | Op::Cmovcc(_) | Op::Movsxd | Op::Movnti => false,
+            _ => true,
+        }
+    }
+
+    /// The access the segment and page checks see: BT, CMOVcc and MOVSXD
+    /// read their memory operand, the others write it (SETcc, MOVNTI) or
+    /// read and write it.
+    #[inline(always)]
+    fn access(self) -> AccessType {
+        match self {
+            Op::BtImm(Mnemonic::Bt) | Op::BtReg(Mnemonic::Bt) | Op::Cmovcc(_) | Op::Movsxd => {
+                AccessType::Read
+            }
+            _ => AccessType::Write,
+        }
+    }
+}
+
+/// The integer lane: the forms of this module's documentation in a mode
+/// whose default address size is `ADDR`, decoded and executed here.
+/// `None` (nothing done) for other bytes and for any case the full fast
+/// path would leave to the general one (a register operand, LOCK on a form
+/// that does not take it, a fault, a page crossing, a mismatching exit
+/// GPA, a possible `#AC`, a misaligned CMPXCHG16B, bytes that end early).
+#[inline(always)]
+pub(crate) fn run<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    mode: CpuMode,
+    ram: &mut R,
+    mmio: &mut M,
+    exit_gpa: u64,
+    bytes: &[u8],
+) -> Option<Result<Outcome, Error>>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let long = ADDR == 8;
+    let mut b = byte(bytes, 0)?;
+    let mut i = 1;
+    let lock = b == 0xF0;
+    if lock {
+        b = byte(bytes, 1)?;
+        i = 2;
+    }
+    // REX (64-bit mode only, directly before the opcode; elsewhere 40-4F
+    // are INC/DEC of a register).
+    let rex = if long && b & 0xF0 == 0x40 {
+        let r = b;
+        b = byte(bytes, i)?;
+        i += 1;
+        r
+    } else {
+        0
+    };
+    let rex_w = rex & 8 != 0;
+    let vsize = if rex_w {
+        8
+    } else if ADDR == 2 {
+        2
+    } else {
+        4
+    };
+    // The opcode's byte after 0F, and with it the ModRM byte.
+    let op2 = if b == 0x0F {
+        let o = byte(bytes, i)?;
+        i += 1;
+        o
+    } else {
+        0
+    };
+    let modrm = byte(bytes, i)?;
+    let reg_field = (modrm >> 3) & 7;
+    // (operation, operand size, bytes accessed, immediate size)
+    let (op, size, access, imm_size) = match b {
+        0xFE | 0xFF => {
+            let size = if b & 1 == 0 { 1 } else { vsize };
+            match reg_field {
+                0 => (Op::Inc, size, size, 0),
+                1 => (Op::Dec, size, size, 0),
+                _ => return None,
+            }
+        }
+        0xF6 | 0xF7 => {
+            let size = if b & 1 == 0 { 1 } else { vsize };
+            match reg_field {
+                2 => (Op::Not, size, size, 0),
+                3 => (Op::Neg, size, size, 0),
+                _ => return None,
+            }
+        }
+        0x86 => (Op::Xchg, 1, 1, 0),
+        0x87 => (Op::Xchg, vsize, vsize, 0),
+        // MOVSXD (64-bit mode; elsewhere 63 is ARPL): 4 bytes read
+        // without a 66 prefix, which this lane does not take.
+        0x63 if long => (Op::Movsxd, vsize, 4, 0),
+        0x0F => secondary(op2, reg_field, vsize, rex_w)?,
+        // LOCK ALU r/m, reg: the even forms 00/01, 08/09, ... 30/31 (CMP
+        // does not take LOCK).
+        0x00..=0x31 if lock && b & 6 == 0 => {
+            let size = if b & 1 == 0 { 1 } else { vsize };
+            (Op::LockedAluReg(alu_op(b >> 3)), size, size, 0)
+        }
+        // LOCK ALU r/m, imm (group 1 but /7 CMP).
+        0x80 | 0x81 | 0x83 if lock && reg_field != 7 => {
+            let (size, imm) = match b {
+                0x80 => (1, 1),
+                0x83 => (vsize, 1),
+                _ => (vsize, if vsize == 2 { 2 } else { 4 }),
+            };
+            (Op::LockedAluImm(alu_op(reg_field)), size, size, imm)
+        }
+        _ => return None,
+    };
+    if lock && !op.lockable() {
+        return None;
+    }
+    // The memory operand (a register operand is the general path's).
+    let md = modrm >> 6;
+    if md == 3 {
+        return None;
+    }
+    let rm = modrm & 7;
+    let reg = reg_field | ((rex & 4) << 1);
+    i += 1;
+    let ea = if ADDR == 2 {
+        modrm16(state, md, rm)
+    } else {
+        modrm32(state, bytes, &mut i, md, rm, rex, long)?
+    };
+    let disp = sized_field(bytes, &mut i, ea.disp_bytes)?;
+    let imm = sized_field(bytes, &mut i, imm_size)?;
+    // LOCK, REX, 0F op, ModRM, SIB, disp32 and imm32 are 12 bytes at most.
+    let next_rip = prefix::next_rip::<ADDR, S>(state, i);
+    let base = if ea.rip_relative { next_rip } else { ea.sum };
+    let mut offset = base.wrapping_add(disp) & address_mask(ADDR);
+    // A BT* register bit offset moves the access (the address-size wrap
+    // applies to the sum).
+    let mut bit = 0;
+    if let Op::BtReg(_) = op {
+        let (b, displacement) = bits::register_offset(read_reg(state, reg, size, rex != 0), size);
+        bit = b;
+        offset = offset.wrapping_add(displacement as u64) & address_mask(ADDR);
+    }
+    // (64-bit mode: DS, whose base does not count.)
+    let segment = if ea.stack && !long {
+        Segment::Ss
+    } else {
+        Segment::Ds
+    };
+    let linear =
+        checked_linear::<ADDR, S>(state, mode, exit_gpa, segment, offset, access, op.access())?;
+    // Leave CMPXCHG16B's #GP (a misaligned operand) to the general path.
+    if access == 16 && linear & 15 != 0 {
+        return None;
+    }
+    Some(exec(
+        state,
+        ram,
+        mmio,
+        exit_gpa,
+        &Decoded {
+            op,
+            size,
+            access,
+            reg,
+            rex: rex != 0,
+            lock,
+            imm,
+            bit,
+            next_rip,
+        },
+    ))
+}
+
+/// The 0F opcodes of the lane, with the ModRM `reg` field for the groups:
+/// (operation, operand size, bytes accessed, immediate size).
+#[inline(always)]
+fn secondary(op2: u8, reg_field: u8, vsize: u8, rex_w: bool) -> Option<(Op, u8, u8, u8)> {
+    let bt = |index: u8| match index & 3 {
+        0 => Mnemonic::Bt,
+        1 => Mnemonic::Bts,
+        2 => Mnemonic::Btr,
+        _ => Mnemonic::Btc,
+    };
+    Some(match op2 {
+        0x40..=0x4F => (Op::Cmovcc(op2 & 15), vsize, vsize, 0),
+        0x90..=0x9F => (Op::Setcc(op2 & 15), 1, 1, 0),
+        // A3, AB, B3, BB: BT, BTS, BTR, BTC (bits 4:3).
+        0xA3 | 0xAB | 0xB3 | 0xBB => (Op::BtReg(bt(op2 >> 3)), vsize, vsize, 0),
+        // BA /4-/7.
+        0xBA if reg_field >= 4 => (Op::BtImm(bt(reg_field)), vsize, vsize, 1),
+        0xB0 => (Op::Cmpxchg, 1, 1, 0),
+        0xB1 => (Op::Cmpxchg, vsize, vsize, 0),
+        0xC0 => (Op::Xadd, 1, 1, 0),
+        0xC1 => (Op::Xadd, vsize, vsize, 0),
+        0xC3 => {
+            let size = if rex_w { 8 } else { 4 };
+            (Op::Movnti, size, size, 0)
+        }
+        0xC7 if reg_field == 1 => {
+            let width = if rex_w { 16 } else { 8 };
+            (Op::CmpxchgWide, width, width, 0)
+        }
+        _ => return None,
+    })
+}
+
+/// A decoded form of the lane, its memory operand at the exit GPA.
+struct Decoded {
+    op: Op,
+    /// Operand size.
+    size: u8,
+    /// Bytes accessed in memory.
+    access: u8,
+    /// The register operand's encoding (0-15).
+    reg: u8,
+    /// A REX prefix is present (SPL..DIL instead of AH..BH).
+    rex: bool,
+    lock: bool,
+    /// The immediate, sign-extended to 64 bits (16-bit ones zero-extended).
+    imm: u64,
+    /// BT* with a register bit offset: the bit within the word accessed.
+    bit: u32,
+    /// The RIP after the instruction.
+    next_rip: u64,
+}
+
+/// Executes `d` on the access at `gpa` (within one page, its page offset
+/// the instruction's), as the full fast path's executor (`int::exec`)
+/// does: every access comes first, the registers, RFLAGS (RF cleared) and
+/// RIP are written only once they all succeeded, so an error or a
+/// [`Outcome::Resume`] changes nothing.
+#[inline(always)]
+fn exec<S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    gpa: u64,
+    d: &Decoded,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let size = d.size;
+    let rflags = state.rflags();
+    // A locked read-modify-write that lost every race: nothing changes.
+    macro_rules! or_resume {
+        ($e:expr) => {
+            match $e? {
+                Some(v) => v,
+                None => return Ok(Outcome::Resume),
+            }
+        };
+    }
+    // A read-modify-write of `size` bytes at `gpa`, `$f` mapping the old
+    // value to the new one and a result (`rmw_page`'s rules), locked if
+    // the instruction is. Two copies, the lock a constant in each: the
+    // unlocked one has no retries, so its operation is inline (with the
+    // retries as a second caller it was a call, some 30 instructions).
+    macro_rules! rmw {
+        ($f:expr) => {
+            if d.lock {
+                or_resume!(rmw_page(ram, mmio, gpa, size, true, $f))
+            } else {
+                or_resume!(rmw_page(ram, mmio, gpa, size, false, $f))
+            }
+        };
+    }
+    // A read-modify-write whose flags are the ALU operation `$m`'s on the
+    // old value and `$b` (the operation a constant in each copy).
+    macro_rules! alu_rmw {
+        ($m:expr, $b:expr) => {{
+            let b = $b;
+            rmw!(move |old| alu::compute($m, old, b, size, rflags).unwrap_or((old, rflags)))
+        }};
+    }
+    // Each arm's register write (at most one, CMPXCHG8B/16B's two
+    // excepted) and new RFLAGS.
+    let (write, new_flags) = match d.op {
+        Op::Inc => (None, alu_rmw!(Mnemonic::Inc, 0)),
+        Op::Dec => (None, alu_rmw!(Mnemonic::Dec, 0)),
+        Op::Not => (None, alu_rmw!(Mnemonic::Not, 0)),
+        Op::Neg => (None, alu_rmw!(Mnemonic::Neg, 0)),
+        Op::LockedAluReg(m) | Op::LockedAluImm(m) => {
+            let b = if let Op::LockedAluImm(_) = d.op {
+                d.imm
+            } else {
+                read_reg(state, d.reg, size, d.rex)
+            };
+            let fl = match m {
+                Mnemonic::Add => alu_rmw!(Mnemonic::Add, b),
+                Mnemonic::Or => alu_rmw!(Mnemonic::Or, b),
+                Mnemonic::Adc => alu_rmw!(Mnemonic::Adc, b),
+                Mnemonic::Sbb => alu_rmw!(Mnemonic::Sbb, b),
+                Mnemonic::And => alu_rmw!(Mnemonic::And, b),
+                Mnemonic::Sub => alu_rmw!(Mnemonic::Sub, b),
+                _ => alu_rmw!(Mnemonic::Xor, b),
+            };
+            (None, fl)
+        }
+        Op::Xchg => {
+            let value = read_reg(state, d.reg, size, d.rex);
+            // Locked with or without the prefix.
+            let old = or_resume!(rmw_page(ram, mmio, gpa, size, true, move |old| (
+                value, old
+            )));
+            (Some(merged(state, d.reg, size, d.rex, old)), rflags)
+        }
+        Op::Xadd => {
+            let src = read_reg(state, d.reg, size, d.rex);
+            let (old, fl) = rmw!(move |old| {
+                let (sum, fl) = xchg::xadd(old, src, size, rflags);
+                (sum, (old, fl))
+            });
+            (Some(merged(state, d.reg, size, d.rex, old)), fl)
+        }
+        Op::Cmpxchg => {
+            let src = read_reg(state, d.reg, size, d.rex);
+            let acc = state.gpr(Gpr::Rax) & flags::size_mask(size);
+            let (fl, loaded) = rmw!(move |old| {
+                let (new, fl, loaded) = xchg::cmpxchg(acc, old, src, size, rflags);
+                (new, (fl, loaded))
+            });
+            (loaded.map(|old| merged(state, 0, size, false, old)), fl)
+        }
+        Op::CmpxchgWide => return cmpxchg_wide(state, ram, mmio, gpa, d),
+        Op::BtImm(m) | Op::BtReg(m) => {
+            let bit = if let Op::BtImm(_) = d.op {
+                (d.imm & (u64::from(size) * 8 - 1)) as u32
+            } else {
+                d.bit
+            };
+            let fl = match m {
+                Mnemonic::Bt => bits::compute(m, read_page(ram, mmio, gpa, size)?, bit, rflags).1,
+                Mnemonic::Bts => rmw!(move |old| bits::compute(Mnemonic::Bts, old, bit, rflags)),
+                Mnemonic::Btr => rmw!(move |old| bits::compute(Mnemonic::Btr, old, bit, rflags)),
+                _ => rmw!(move |old| bits::compute(Mnemonic::Btc, old, bit, rflags)),
+            };
+            (None, fl)
+        }
+        Op::Setcc(cc) => {
+            write_page(ram, mmio, gpa, 1, mov::setcc(cc, rflags))?;
+            (None, rflags)
+        }
+        Op::Movnti => {
+            write_page(ram, mmio, gpa, size, read_reg(state, d.reg, size, d.rex))?;
+            (None, rflags)
+        }
+        Op::Cmovcc(cc) => {
+            // The memory is read whether or not the condition holds.
+            let loaded = read_page(ram, mmio, gpa, size)?;
+            let current = read_reg(state, d.reg, size, d.rex);
+            let value = mov::cmov(cc, rflags, loaded, current);
+            (Some(merged(state, d.reg, size, d.rex, value)), rflags)
+        }
+        Op::Movsxd => {
+            let raw = read_page(ram, mmio, gpa, d.access)?;
+            let value = flags::sign_extend(raw, d.access);
+            (Some(merged(state, d.reg, size, d.rex, value)), rflags)
+        }
+    };
+    if let Some((g, v)) = write {
+        state.set_gpr(g, v);
+    }
+    commit(state, rflags, new_flags, d.next_rip);
+    Ok(Outcome::Done)
+}
+
+/// CMPXCHG8B/16B: 8 or 16 bytes, through the general `rmw` on a one-page
+/// range (16 bytes: straight to its 128-bit part), as `int::exec` does.
+#[inline(always)]
+fn cmpxchg_wide<S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    gpa: u64,
+    d: &Decoded,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let width = d.access;
+    let half = width / 2;
+    let rflags = state.rflags();
+    let expected = xchg::pair(state.gpr(Gpr::Rax), state.gpr(Gpr::Rdx), half);
+    let replacement = xchg::pair(state.gpr(Gpr::Rbx), state.gpr(Gpr::Rcx), half);
+    let range = PhysRange {
+        parts: [(gpa, usize::from(width)), (0, 0)],
+        count: 1,
+    };
+    let op = move |old| xchg::cmpxchg_wide(old, expected, replacement);
+    let result = if width == 16 {
+        rmw_range(ram, mmio, &range, width, d.lock, op)
+    } else {
+        rmw(ram, mmio, &range, width, d.lock, op)
+    }?;
+    let Some(loaded) = result else {
+        return Ok(Outcome::Resume);
+    };
+    if let Some(old) = loaded {
+        let shift = u32::from(half) * 8;
+        let (g, v) = merged(state, 0, half, false, old as u64);
+        state.set_gpr(g, v);
+        let (g, v) = merged(state, 2, half, false, (old >> shift) as u64);
+        state.set_gpr(g, v);
+    }
+    let new_flags = xchg::cmpxchg_wide_flags(rflags, loaded.is_none());
+    commit(state, rflags, new_flags, d.next_rip);
+    Ok(Outcome::Done)
+}
+
+/// A completed instruction: RFLAGS `new_flags` with RF cleared (written
+/// only if that changes `rflags`), RIP at `next_rip`.
+#[inline(always)]
+fn commit<S: CpuState + ?Sized>(state: &mut S, rflags: u64, new_flags: u64, next_rip: u64) {
+    let new_flags = new_flags & !RF;
+    if new_flags != rflags {
+        state.set_rflags(new_flags);
+    }
+    state.set_rip(next_rip);
+}
+
+#[cfg(test)]
+#[path = "lane_int_tests.rs"]
+mod tests;
