@@ -207,30 +207,49 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    if lane == fast::Lane::Mov {
-        return assist_mov::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode);
+    // Each lane out of line in its own copy of `assist_in_lane`, with the
+    // full fast path behind it.
+    match lane {
+        fast::Lane::Other => assist_sized::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode),
+        fast::Lane::Mov => {
+            assist_in_lane::<ADDR, MOV, S, R, M>(state, ram, mmio, exit, cache, mode)
+        }
+        fast::Lane::Alu => {
+            assist_in_lane::<ADDR, ALU, S, R, M>(state, ram, mmio, exit, cache, mode)
+        }
+        fast::Lane::Int => {
+            assist_in_lane::<ADDR, INT, S, R, M>(state, ram, mmio, exit, cache, mode)
+        }
+        fast::Lane::Stack => {
+            assist_in_lane::<ADDR, STACK, S, R, M>(state, ram, mmio, exit, cache, mode)
+        }
+        fast::Lane::Sse => {
+            assist_in_lane::<ADDR, SSE, S, R, M>(state, ram, mmio, exit, cache, mode)
+        }
+        fast::Lane::String => {
+            assist_in_lane::<ADDR, STRING, S, R, M>(state, ram, mmio, exit, cache, mode)
+        }
     }
-    if lane == fast::Lane::Alu {
-        return assist_alu::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode);
-    }
-    if lane == fast::Lane::Int {
-        return assist_int::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode);
-    }
-    if lane == fast::Lane::Other {
-        return assist_sized::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode);
-    }
-    if lane == fast::Lane::Stack {
-        return assist_stack::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode);
-    }
-    if lane == fast::Lane::Sse {
-        return assist_sse::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode);
-    }
-    assist_string::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode)
 }
 
-/// The MOV lane ([`fast::run_mov`]), else the full fast path.
+/// [`assist_in_lane`]'s `LANE`: [`fast::run_mov`].
+const MOV: u8 = 0;
+/// [`assist_in_lane`]'s `LANE`: [`fast::run_alu`].
+const ALU: u8 = 1;
+/// [`assist_in_lane`]'s `LANE`: [`fast::run_int`].
+const INT: u8 = 2;
+/// [`assist_in_lane`]'s `LANE`: [`fast::run_stack`].
+const STACK: u8 = 3;
+/// [`assist_in_lane`]'s `LANE`: [`fast::run_sse`].
+const SSE: u8 = 4;
+/// [`assist_in_lane`]'s `LANE`: [`fast::run_string`].
+const STRING: u8 = 5;
+
+/// One lane's attempt (`LANE`, a constant per copy), else (it declined,
+/// having done nothing) the full fast path. Out of line: one small copy
+/// per lane and address size, so that a lane pays for its own form only.
 #[inline(never)]
-fn assist_mov<const ADDR: u8, S, R, M>(
+fn assist_in_lane<const ADDR: u8, const LANE: u8, S, R, M>(
     state: &mut S,
     ram: &mut R,
     mmio: &mut M,
@@ -245,117 +264,19 @@ where
 {
     // A constant in 64-bit mode's copy, as in `assist_sized`.
     let mode = if ADDR == 8 { CpuMode::Long64 } else { mode };
-    match fast::run_mov::<ADDR, S, R, M>(state, mode, ram, mmio, exit.gpa, exit.instruction) {
-        Some(result) => result,
-        None => assist_sized::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode),
-    }
-}
-
-/// The ALU lane ([`fast::run_alu`]), else the full fast path.
-#[inline(never)]
-fn assist_alu<const ADDR: u8, S, R, M>(
-    state: &mut S,
-    ram: &mut R,
-    mmio: &mut M,
-    exit: &MemExit<'_>,
-    cache: &mut FetchCache,
-    mode: CpuMode,
-) -> Result<Outcome, Error>
-where
-    S: CpuState + ?Sized,
-    R: GuestRam + ?Sized,
-    M: MmioBus + ?Sized,
-{
-    let mode = if ADDR == 8 { CpuMode::Long64 } else { mode };
-    match fast::run_alu::<ADDR, S, R, M>(state, mode, ram, mmio, exit.gpa, exit.instruction) {
-        Some(result) => result,
-        None => assist_sized::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode),
-    }
-}
-
-/// The integer lane ([`fast::run_int`]), else the full fast path.
-#[inline(never)]
-fn assist_int<const ADDR: u8, S, R, M>(
-    state: &mut S,
-    ram: &mut R,
-    mmio: &mut M,
-    exit: &MemExit<'_>,
-    cache: &mut FetchCache,
-    mode: CpuMode,
-) -> Result<Outcome, Error>
-where
-    S: CpuState + ?Sized,
-    R: GuestRam + ?Sized,
-    M: MmioBus + ?Sized,
-{
-    let mode = if ADDR == 8 { CpuMode::Long64 } else { mode };
-    match fast::run_int::<ADDR, S, R, M>(state, mode, ram, mmio, exit.gpa, exit.instruction) {
-        Some(result) => result,
-        None => assist_sized::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode),
-    }
-}
-
-/// The stack lane ([`fast::run_stack`]), else the full fast path.
-#[inline(never)]
-fn assist_stack<const ADDR: u8, S, R, M>(
-    state: &mut S,
-    ram: &mut R,
-    mmio: &mut M,
-    exit: &MemExit<'_>,
-    cache: &mut FetchCache,
-    mode: CpuMode,
-) -> Result<Outcome, Error>
-where
-    S: CpuState + ?Sized,
-    R: GuestRam + ?Sized,
-    M: MmioBus + ?Sized,
-{
-    let mode = if ADDR == 8 { CpuMode::Long64 } else { mode };
-    match fast::run_stack::<ADDR, S, R, M>(state, mode, ram, cache, mmio, exit.instruction) {
-        Some(result) => result,
-        None => assist_sized::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode),
-    }
-}
-
-/// The SSE lane ([`fast::run_sse`]), else the full fast path.
-#[inline(never)]
-fn assist_sse<const ADDR: u8, S, R, M>(
-    state: &mut S,
-    ram: &mut R,
-    mmio: &mut M,
-    exit: &MemExit<'_>,
-    cache: &mut FetchCache,
-    mode: CpuMode,
-) -> Result<Outcome, Error>
-where
-    S: CpuState + ?Sized,
-    R: GuestRam + ?Sized,
-    M: MmioBus + ?Sized,
-{
-    let mode = if ADDR == 8 { CpuMode::Long64 } else { mode };
-    match fast::run_sse(state, mode, ram, mmio, exit.gpa, exit.instruction) {
-        Some(result) => result,
-        None => assist_sized::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode),
-    }
-}
-
-/// The string lane ([`fast::run_string`]), else the full fast path.
-#[inline(never)]
-fn assist_string<const ADDR: u8, S, R, M>(
-    state: &mut S,
-    ram: &mut R,
-    mmio: &mut M,
-    exit: &MemExit<'_>,
-    cache: &mut FetchCache,
-    mode: CpuMode,
-) -> Result<Outcome, Error>
-where
-    S: CpuState + ?Sized,
-    R: GuestRam + ?Sized,
-    M: MmioBus + ?Sized,
-{
-    let opcode = exit.instruction.first().copied().unwrap_or(0);
-    match fast::run_string(state, mode, ram, cache, mmio, exit.gpa, opcode) {
+    let (gpa, bytes) = (exit.gpa, exit.instruction);
+    let attempt = match LANE {
+        MOV => fast::run_mov::<ADDR, S, R, M>(state, mode, ram, mmio, gpa, bytes),
+        ALU => fast::run_alu::<ADDR, S, R, M>(state, mode, ram, mmio, gpa, bytes),
+        INT => fast::run_int::<ADDR, S, R, M>(state, mode, ram, mmio, gpa, bytes),
+        STACK => fast::run_stack::<ADDR, S, R, M>(state, mode, ram, cache, mmio, bytes),
+        SSE => fast::run_sse(state, mode, ram, mmio, gpa, bytes),
+        _ => {
+            let opcode = bytes.first().copied().unwrap_or(0);
+            fast::run_string(state, mode, ram, cache, mmio, gpa, opcode)
+        }
+    };
+    match attempt {
         Some(result) => result,
         None => assist_sized::<ADDR, S, R, M>(state, ram, mmio, exit, cache, mode),
     }
