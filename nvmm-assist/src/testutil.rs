@@ -10,6 +10,10 @@
 
 use std::vec::Vec;
 
+#[path = "test_rng.rs"]
+mod test_rng;
+pub use test_rng::Rng;
+
 use nvmm_assist::{
     BusError, CompareWrite, CpuState, Gpr, GuestRam, MmioBus, PortIo, RamStatus, Segment,
     SegmentRegister, Vendor,

@@ -17,7 +17,7 @@ mod devices;
 
 use devices::FlatRam;
 use nvmm_assist::{BusError, CompareWrite, EntryCheck, GuestRam, RamStatus};
-use support::rng::Rng;
+use support::Rng;
 
 /// A RAM that forwards everything but `check_entries` (which is then the
 /// default) to `inner`, counts the reads and fails the read of one GPA.

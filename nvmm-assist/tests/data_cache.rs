@@ -558,7 +558,7 @@ fn page_crossing_and_rep_operands_are_exact() {
 /// agree too.
 #[test]
 fn random_changes_between_assists_agree_with_a_cold_walk() {
-    let mut rng = support::rng::Rng(0x0DA7_A7B1_5EED);
+    let mut rng = support::Rng(0x0DA7_A7B1_5EED);
     for layout in LAYOUTS {
         let mut s = setup(layout);
         let mut cache = s.warm();

@@ -562,7 +562,7 @@ fn code_outside_ram_is_fetched_from_the_mmio_bus() {
 #[test]
 fn random_changes_between_assists_agree_with_a_cold_walk() {
     use support::bits;
-    let mut rng = support::rng::Rng(0xF37C_4CAC_5EED);
+    let mut rng = support::Rng(0xF37C_4CAC_5EED);
     let exit = MemExit {
         gpa: MMIO,
         access: AccessType::Write,

@@ -8,8 +8,8 @@
 use crate::support;
 
 use nvmm_assist::{BusError, IoExit, Outcome, PartialBatch, PortIo, Segment, assist_io};
+use support::Rng;
 use support::memdev::Guest;
-use support::rng::Rng;
 use support::{BusAccess, RecordingPorts};
 
 /// A device that overrides the batch methods: one call per batch, doing

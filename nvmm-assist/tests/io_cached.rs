@@ -10,7 +10,7 @@ use nvmm_assist::{
     Error, Exception, FetchCache, Gpr, IoExit, Outcome, Registers, Segment, assist_io,
     assist_io_cached,
 };
-use support::rng::Rng;
+use support::Rng;
 use support::*;
 
 const PORT: u16 = 0x3F8;

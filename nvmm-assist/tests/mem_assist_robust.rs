@@ -11,23 +11,8 @@ use nvmm_assist::{
     AccessType, MemExit, Outcome, Registers, SegmentAttributes, SegmentRegister, Vendor, assist_mem,
 };
 use support::RecordingMmio;
+use support::Rng;
 use support::TestRam;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, one_in: u64) -> bool {
-        self.below(one_in) == 0
-    }
-}
 
 const PREFIXES: &[u8] = &[
     0x66, 0x67, 0xF2, 0xF3, 0xF0, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x48, 0x41, 0x4C, 0x40,
@@ -113,7 +98,7 @@ const OPCODES: &[&[u8]] = &[
 
 fn instruction(rng: &mut Rng) -> Vec<u8> {
     let mut v = Vec::new();
-    if rng.chance(8) {
+    if rng.one_in(8) {
         for _ in 0..rng.below(16) {
             v.push(rng.next() as u8);
         }
@@ -143,7 +128,7 @@ fn segment(rng: &mut Rng) -> SegmentRegister {
             1 => 0xFFFF_FFFF,
             _ => rng.next() as u32,
         },
-        attributes: if rng.chance(3) {
+        attributes: if rng.one_in(3) {
             SegmentAttributes(rng.next() as u16)
         } else {
             SegmentAttributes::new(
@@ -152,16 +137,16 @@ fn segment(rng: &mut Rng) -> SegmentRegister {
                 rng.below(4) as u8,
                 true,
                 false,
-                rng.chance(3),
-                rng.chance(2),
-                rng.chance(2),
+                rng.one_in(3),
+                rng.one_in(2),
+                rng.one_in(2),
             )
         },
     }
 }
 
 fn state(rng: &mut Rng) -> Registers {
-    let vendor = if rng.chance(2) {
+    let vendor = if rng.one_in(2) {
         Vendor::Intel
     } else {
         Vendor::Amd
@@ -175,7 +160,7 @@ fn state(rng: &mut Rng) -> Registers {
             _ => rng.next(),
         };
     }
-    r.rip = if rng.chance(2) {
+    r.rip = if rng.one_in(2) {
         rng.below(0x20000)
     } else {
         rng.next()
@@ -192,12 +177,12 @@ fn state(rng: &mut Rng) -> Registers {
     };
     r.cr3 = rng.below(0x10000) & !0xFFF | (rng.next() & 0xFFF);
     r.cr4 = rng.next() & 0x37_1FFF;
-    r.efer = if rng.chance(2) {
+    r.efer = if rng.one_in(2) {
         0x500 | (rng.next() & 0x800)
     } else {
         rng.next() & 0xD01
     };
-    if rng.chance(2) {
+    if rng.one_in(2) {
         r.xmm = Some([rng.next() as u128; 16]);
     }
     r
@@ -220,18 +205,18 @@ fn random_inputs_never_panic_and_errors_change_nothing() {
             _ => 0x1000 + rng.below(0x2000),
         };
         let mut mmio = RecordingMmio::default();
-        if rng.chance(6) {
+        if rng.one_in(6) {
             mmio.fail_at = Some(rng.below(8) as usize);
         }
-        if rng.chance(6) {
+        if rng.one_in(6) {
             ram.fail_at = Some(ram.reads + ram.writes + rng.below(8) as usize);
         } else {
             ram.fail_at = None;
         }
-        let fetched = rng.chance(4);
+        let fetched = rng.one_in(4);
         let exit = MemExit {
             gpa,
-            access: if rng.chance(2) {
+            access: if rng.one_in(2) {
                 AccessType::Read
             } else {
                 AccessType::Write

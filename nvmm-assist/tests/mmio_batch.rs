@@ -9,8 +9,8 @@
 use crate::support;
 
 use nvmm_assist::{BusError, MmioBus, Outcome, PartialBatch};
+use support::Rng;
 use support::memdev::{Guest, MmioPair};
-use support::rng::Rng;
 
 /// The guest's MMIO pair, taking batches in one call (and failing where the
 /// per-element device would, with the elements before it done).

@@ -275,51 +275,37 @@ fn run_model(case: &Case, image: &mut Image) -> Result2 {
     }
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn bit(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
-
 fn random_case(rng: &mut Rng) -> Case {
     let access =
         [AccessType::Read, AccessType::Write, AccessType::Execute][(rng.next() % 3) as usize];
     let mut leaf = pte::P;
-    if rng.bit(5) {
+    if rng.chance(5) {
         leaf = 0;
     }
-    if rng.bit(60) {
+    if rng.chance(60) {
         leaf |= pte::RW;
     }
-    if rng.bit(60) {
+    if rng.chance(60) {
         leaf |= pte::US;
     }
-    if rng.bit(25) {
+    if rng.chance(25) {
         leaf |= pte::XD;
     }
     let upper_clear = [0, 0, 0, pte::US, pte::RW][(rng.next() % 5) as usize];
-    let upper_set = if rng.bit(15) { pte::XD } else { 0 };
+    let upper_set = if rng.chance(15) { pte::XD } else { 0 };
     Case {
-        cpl: if rng.bit(50) { 3 } else { 0 },
+        cpl: if rng.chance(50) { 3 } else { 0 },
         access,
-        large: rng.bit(40),
+        large: rng.chance(40),
         leaf,
         upper_clear,
         upper_set,
-        pml4_ps: rng.bit(4),
-        wp: rng.bit(70),
-        nxe: rng.bit(80),
-        smep: rng.bit(40),
-        smap: rng.bit(40),
-        ac: rng.bit(40),
+        pml4_ps: rng.chance(4),
+        wp: rng.chance(70),
+        nxe: rng.chance(80),
+        smep: rng.chance(40),
+        smap: rng.chance(40),
+        ac: rng.chance(40),
     }
 }
 

@@ -182,21 +182,6 @@ fn run_model(case: &Case) -> Result<u64, Error> {
     )
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        let i = (self.next() % items.len() as u64) as usize;
-        items[i]
-    }
-}
-
 fn random_case(rng: &mut Rng) -> Option<Case> {
     let ss = rng.next().is_multiple_of(3);
     let typ = if ss {

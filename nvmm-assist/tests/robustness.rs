@@ -11,34 +11,11 @@ use nvmm_assist::{
 };
 use support::*;
 
-struct Rng(std::cell::Cell<u64>);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(std::cell::Cell::new(seed))
-    }
-    fn next(&self) -> u64 {
-        // xorshift64*
-        let mut x = self.0.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0.set(x);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn pick<T: Copy>(&self, items: &[T]) -> T {
-        items[(self.next() % items.len() as u64) as usize]
-    }
-    fn chance(&self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
-
 const RAM_SIZE: usize = 0x4_0000;
 
 /// RAM whose 8-byte words look like paging entries pointing inside RAM,
 /// with random flag bits, plus an MMIO hole.
-fn hostile_ram(rng: &Rng) -> TestRam {
+fn hostile_ram(rng: &mut Rng) -> TestRam {
     let mut ram = TestRam::new(RAM_SIZE).hole(0x3_0000, 0x3_1000);
     for w in 0..RAM_SIZE / 8 {
         let mut v = rng.next();
@@ -50,9 +27,11 @@ fn hostile_ram(rng: &Rng) -> TestRam {
     ram
 }
 
-fn hostile_regs(rng: &Rng) -> Registers {
+fn hostile_regs(rng: &mut Rng) -> Registers {
+    let any_cr0 = rng.next();
+    let (any_rip, any_ip) = (rng.next(), rng.next() & 0xFFFF);
     let mut r = Registers {
-        cr0: rng.pick(&[0, 1, 0x8000_0001, 0x8001_0001, rng.next()]),
+        cr0: rng.pick(&[0, 1, 0x8000_0001, 0x8001_0001, any_cr0]),
         cr3: rng.next()
             & if rng.chance(80) {
                 RAM_SIZE as u64 - 1
@@ -63,31 +42,19 @@ fn hostile_regs(rng: &Rng) -> Registers {
             & (bits::CR4_PSE | bits::CR4_PAE | bits::CR4_LA57 | bits::CR4_SMEP | bits::CR4_SMAP),
         efer: rng.next() & (bits::EFER_LMA | bits::EFER_NXE | bits::EFER_LME),
         rflags: rng.next() & (bits::RFLAGS_DF | bits::RFLAGS_AC | bits::RFLAGS_VM) | 2,
-        rip: rng.pick(&[
-            0,
-            0xFFF,
-            0xFFFF,
-            0xFFFF_FFFF,
-            rng.next(),
-            rng.next() & 0xFFFF,
-        ]),
+        rip: rng.pick(&[0, 0xFFF, 0xFFFF, 0xFFFF_FFFF, any_rip, any_ip]),
         // Both vendors' rules get hostile input.
         ..Registers::zeroed(rng.pick(&[Vendor::Intel, Vendor::Amd]))
     };
     for g in r.gprs.iter_mut() {
-        *g = rng.pick(&[
-            0,
-            1,
-            0xFFFF,
-            0xFFFF_FFFF,
-            u64::MAX,
-            rng.next(),
-            rng.next() & 0x3_FFFF,
-        ]);
+        let (any, low) = (rng.next(), rng.next() & 0x3_FFFF);
+        *g = rng.pick(&[0, 1, 0xFFFF, 0xFFFF_FFFF, u64::MAX, any, low]);
     }
     for s in r.segments.iter_mut() {
-        s.base = rng.pick(&[0, 0xFFFF_F000, rng.next(), rng.next() & 0x3_FFFF]);
-        s.limit = rng.pick(&[0, 0xFFFF, 0xFFFF_FFFF, rng.next() as u32]);
+        let (any, low) = (rng.next(), rng.next() & 0x3_FFFF);
+        s.base = rng.pick(&[0, 0xFFFF_F000, any, low]);
+        let any = rng.next() as u32;
+        s.limit = rng.pick(&[0, 0xFFFF, 0xFFFF_FFFF, any]);
         s.attributes = SegmentAttributes(rng.next() as u16);
     }
     r
@@ -95,14 +62,15 @@ fn hostile_regs(rng: &Rng) -> Registers {
 
 #[test]
 fn random_walks_and_segments_never_panic() {
-    let rng = Rng::new(0x1234_5678_9ABC_DEF1);
+    let mut rng = Rng(0x1234_5678_9ABC_DEF1);
     let mut ok = 0;
     for round in 0..200 {
-        let mut ram = hostile_ram(&rng);
+        let mut ram = hostile_ram(&mut rng);
         for _ in 0..200 {
-            let regs = hostile_regs(&rng);
+            let regs = hostile_regs(&mut rng);
             let acc = rng.pick(&[AccessType::Read, AccessType::Write, AccessType::Execute]);
-            let linear = rng.pick(&[rng.next(), rng.next() & 0xFFFF_FFFF, rng.next() & 0x3_FFFF]);
+            let choices = [rng.next(), rng.next() & 0xFFFF_FFFF, rng.next() & 0x3_FFFF];
+            let linear = rng.pick(&choices);
             if translate(&regs, &mut ram, linear, acc).is_ok() {
                 ok += 1;
             }
@@ -121,12 +89,12 @@ fn random_walks_and_segments_never_panic() {
 
 #[test]
 fn random_io_exits_never_panic_and_change_nothing_on_error() {
-    let rng = Rng::new(0xDEAD_BEEF_F00D_0001);
+    let mut rng = Rng(0xDEAD_BEEF_F00D_0001);
     let mut outcomes = [0usize; 3];
     for _ in 0..100 {
-        let mut ram = hostile_ram(&rng);
+        let mut ram = hostile_ram(&mut rng);
         for _ in 0..100 {
-            let mut regs = hostile_regs(&rng);
+            let mut regs = hostile_regs(&mut rng);
             let exit = IoExit {
                 port: rng.next() as u16,
                 input: rng.chance(50),

@@ -30,6 +30,8 @@ mod decode_oracle;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 #[allow(dead_code)]
 mod oracle_support {
+    /// The generator `encode` names as `super::Rng`.
+    pub use crate::support::Rng;
     pub mod cases;
     pub mod encode;
     pub mod host;

@@ -17,6 +17,10 @@
 
 #[path = "../../tests/oracle_support/cases.rs"]
 mod cases;
+/// The tests' generator, which `encode` names as `super::Rng`.
+#[path = "../../src/test_rng.rs"]
+mod test_rng;
+pub use test_rng::Rng;
 #[path = "../../tests/oracle_support/encode.rs"]
 mod encode;
 #[path = "../../tests/oracle_support/host.rs"]
@@ -31,7 +35,7 @@ mod native;
 use mock::assist;
 
 use cases::{Case, StringInfo};
-use encode::{AF, DF, Expect, OF, PF, Rng, SF, STATUS};
+use encode::{AF, DF, Expect, OF, OperandValue, PF, SF, STATUS};
 use libfuzzer_sys::fuzz_target;
 use nvmm_assist::decode::{Mnemonic, Operand};
 use nvmm_assist::{CpuMode, Gpr, Segment, decode};

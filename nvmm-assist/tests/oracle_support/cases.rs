@@ -3,7 +3,7 @@
 //! accesses the instruction must make.
 #![allow(dead_code)]
 
-use super::encode::{self, DF, Expect, Form, Imm, Kind, RegField, Rng, STATUS};
+use super::encode::{self, DF, Expect, Form, Imm, Kind, OperandValue, RegField, Rng, STATUS};
 use super::native::{Context, MMIO_LEN, RAMWIN_LEN, STACK_LEN};
 
 /// Addresses of the native layout the generator targets.

@@ -7,33 +7,23 @@
 //! needs to check the access sequence: the memory size and access class.
 #![allow(dead_code)]
 
-/// A small deterministic PRNG (xorshift64*), so every failure is
+/// The tests' deterministic generator (`src/test_rng.rs`, which the
+/// including crate loads once, beside this module), so every failure is
 /// reproducible from the printed seed.
-#[derive(Clone)]
-pub struct Rng(pub u64);
+pub use super::Rng;
 
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
+/// Operand values for [`Rng`]: edge values more often than uniform
+/// sampling would give them.
+pub trait OperandValue {
+    /// A value for an operand of `size` bytes.
+    fn value(&mut self, size: u32) -> u64;
+}
+
+impl OperandValue for Rng {
     /// A value for an operand of `size` bytes: random or one of the edges
     /// (0, 1, sign bits, all ones, nibble and byte carries), sign- or
     /// zero-extended to 64 bits with random upper bits now and then.
-    pub fn value(&mut self, size: u32) -> u64 {
+    fn value(&mut self, size: u32) -> u64 {
         let bits = size * 8;
         let mask = if bits >= 64 {
             u64::MAX

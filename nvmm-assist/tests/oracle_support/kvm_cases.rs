@@ -3,7 +3,7 @@
 //! windows, or a port-I/O instruction.
 #![allow(dead_code)]
 
-use super::encode::{self, DF, Form, Imm, Kind, RegField, Rng, STATUS};
+use super::encode::{self, DF, Form, Imm, Kind, OperandValue, RegField, Rng, STATUS};
 use super::kvm::HOLE;
 use super::kvm_modes::{CODE, ModeDef, STACK, Window};
 use nvmm_assist::{Registers, Segment};

@@ -9,7 +9,6 @@ mod testutil;
 pub use testutil::*;
 
 pub mod memdev;
-pub mod rng;
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub mod kvm_flat;

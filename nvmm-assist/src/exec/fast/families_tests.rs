@@ -10,26 +10,9 @@ use crate::decode::{Operand, decode};
 use crate::mem::assist_mem_with;
 use crate::mode::CpuMode;
 use crate::testutil::bits::{CR0_PG, RFLAGS_AC, RFLAGS_DF};
-use crate::testutil::{Layout, PageTables, RecordingMmio, TEST_VENDOR, TestRam, pte};
+use crate::testutil::{Layout, PageTables, RecordingMmio, Rng, TEST_VENDOR, TestRam, pte};
 use crate::translate::translate_query;
 use crate::{AccessType, FetchCache, MemExit, Registers, Segment, SegmentAttributes};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
 
 /// Which family a case belongs to (for the coverage counts).
 #[derive(Clone, Copy, PartialEq, Eq)]

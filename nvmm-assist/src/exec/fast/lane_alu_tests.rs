@@ -11,25 +11,8 @@ use std::vec::Vec;
 use super::run_alu;
 use crate::mem::assist_mem_with;
 use crate::mode::CpuMode;
-use crate::testutil::{RecordingMmio, TEST_VENDOR, TestRam};
+use crate::testutil::{RecordingMmio, Rng, TEST_VENDOR, TestRam};
 use crate::{AccessType, FetchCache, MemExit, Outcome, Registers, Segment, SegmentAttributes};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
 
 /// The lane's opcodes, and near misses (04/05, 3C/3D: accumulator
 /// immediates; 82; 86; F6/F7 with every ModRM.reg; 0F).

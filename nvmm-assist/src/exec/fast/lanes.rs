@@ -581,22 +581,8 @@ mod tests {
     use super::{Lane, lane, run_int, run_mov, run_stack};
     use crate::FetchCache;
     use crate::mode::CpuMode;
-    use crate::testutil::{RecordingMmio, TEST_VENDOR, TestRam};
+    use crate::testutil::{RecordingMmio, Rng, TEST_VENDOR, TestRam};
     use crate::{Registers, Segment, SegmentAttributes};
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            // xorshift64*
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
 
     #[test]
     fn lanes_pick_their_first_bytes() {

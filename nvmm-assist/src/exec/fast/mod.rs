@@ -932,24 +932,10 @@ mod tests {
     use crate::decode::{Mnemonic, Operand, decode};
     use crate::mem::assist_mem_with;
     use crate::mode::CpuMode;
-    use crate::testutil::{Layout, PageTables, RecordingMmio, TEST_VENDOR, TestRam, pte};
+    use crate::testutil::{Layout, PageTables, RecordingMmio, Rng, TEST_VENDOR, TestRam, pte};
     use crate::{AccessType, MemExit};
     use crate::{Gpr, Outcome};
     use crate::{Registers, Segment, SegmentAttributes};
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            // xorshift64*
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
 
     const OPCODES: &[&[u8]] = &[
         &[0x88],
