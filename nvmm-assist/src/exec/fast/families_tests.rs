@@ -6,13 +6,13 @@
 
 use std::vec::Vec;
 
+use super::super::lane_harness::{Machine, case as name};
 use crate::decode::{Operand, decode};
-use crate::mem::assist_mem_with;
 use crate::mode::CpuMode;
 use crate::testutil::bits::{CR0_PG, RFLAGS_AC, RFLAGS_DF};
 use crate::testutil::{Layout, PageTables, RecordingMmio, Rng, TEST_VENDOR, TestRam, pte};
 use crate::translate::translate_query;
-use crate::{AccessType, FetchCache, MemExit, Registers, Segment, SegmentAttributes};
+use crate::{FetchCache, Registers, Segment, SegmentAttributes};
 
 /// Which family a case belongs to (for the coverage counts).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -295,11 +295,6 @@ fn sse_string_and_stack_fast_forms_match_the_general_path() {
             if rng.below(32) == 0 {
                 gpa ^= 8;
             }
-            let exit = MemExit {
-                gpa,
-                access: AccessType::Read,
-                instruction: &bytes,
-            };
             let kept = case % 2 == 1;
             let (mut ram0, mut mmio0) = (
                 if kept { kept_ram.clone() } else { ram.clone() },
@@ -310,40 +305,42 @@ fn sse_string_and_stack_fast_forms_match_the_general_path() {
                 1 => mmio0.fail_at = Some(rng.below(2) as usize),
                 _ => {}
             }
-            let (mut r1, mut ram1, mut m1) = (regs.clone(), ram0.clone(), mmio0.clone());
-            let (mut r2, mut ram2, mut m2) = (regs.clone(), ram0.clone(), mmio0.clone());
+            let what = name(mode, &bytes, gpa);
+            let mut with_fast = Machine::new(&regs, &ram0, &mmio0);
+            let mut general = Machine::new(&regs, &ram0, &mmio0);
             let (mut fresh_fast, mut fresh_general) = (FetchCache::new(), FetchCache::new());
             let (cache_fast, cache_general) = if kept {
                 (&mut kept_fast, &mut kept_general)
             } else {
                 (&mut fresh_fast, &mut fresh_general)
             };
-            let fast = assist_mem_with(&mut r1, &mut ram1, &mut m1, &exit, true, cache_fast);
-            let general = assist_mem_with(&mut r2, &mut ram2, &mut m2, &exit, false, cache_general);
+            let fast = with_fast.assist_cached(gpa, &bytes, true, cache_fast);
+            let general_result = general.assist_cached(gpa, &bytes, false, cache_general);
             assert_eq!(
                 (cache_fast.data_hits(), cache_fast.data_misses()),
                 (cache_general.data_hits(), cache_general.data_misses()),
-                "{mode:?} {bytes:02x?}: data translations"
+                "{what}: data translations"
             );
             assert_eq!(
                 fast,
-                general,
-                "{mode:?} {bytes:02x?} gpa {gpa:#x} rbx {:#x} rsp {:#x} fs {:#x} ram fail {:?} mmio fail {:?} {:?}",
+                general_result,
+                "{what} rbx {:#x} rsp {:#x} fs {:#x} ram fail {:?} mmio fail {:?} {:?}",
                 regs.gprs[3],
                 regs.gprs[4],
                 regs.segments[4].base,
                 ram0.fail_at,
                 mmio0.fail_at,
-                m2.log
+                general.mmio.log
             );
-            assert_eq!(r1, r2, "{mode:?} {bytes:02x?}");
-            assert_eq!(m1.log, m2.log, "{mode:?} {bytes:02x?}");
-            assert!(ram1.mem == ram2.mem, "{mode:?} {bytes:02x?}");
+            with_fast.assert_same(&general, &what);
             if kept {
-                kept_ram.mem = ram1.mem.clone();
+                kept_ram.mem = with_fast.ram.mem.clone();
             }
             if fast.is_err() {
-                assert_eq!(r1, regs, "a failed emulation changed registers");
+                assert_eq!(
+                    with_fast.regs, regs,
+                    "{what}: a failed emulation changed registers"
+                );
             }
             let (mut r3, mut ram3, mut m3) = (regs.clone(), ram0.clone(), mmio0.clone());
             if let Some(result) = super::try_exec(

@@ -8,11 +8,11 @@
 
 use std::vec::Vec;
 
+use super::super::lane_harness::{Machine, case};
 use super::run_alu;
-use crate::mem::assist_mem_with;
 use crate::mode::CpuMode;
 use crate::testutil::{RecordingMmio, Rng, TEST_VENDOR, TestRam};
-use crate::{AccessType, FetchCache, MemExit, Outcome, Registers, Segment, SegmentAttributes};
+use crate::{Registers, Segment, SegmentAttributes};
 
 /// The lane's opcodes, and near misses (04/05, 3C/3D: accumulator
 /// immediates; 82; 86; F6/F7 with every ModRM.reg; 0F).
@@ -155,70 +155,35 @@ fn compare<const ADDR: u8>(rng: &mut Rng, mode: CpuMode, iterations: usize) -> u
             1 => ram.fail_at = Some(rng.below(2) as usize),
             _ => {}
         }
-        let (mut r1, mut ram1, mut m1) = (regs.clone(), ram.clone(), mmio.clone());
-        let got = run_alu::<ADDR, _, _, _>(&mut r1, mode, &mut ram1, &mut m1, gpa, &bytes);
+        let what = case(mode, &bytes, gpa);
+        let mut lane = Machine::new(&regs, &ram, &mmio);
+        let got = run_alu::<ADDR, _, _, _>(
+            &mut lane.regs,
+            mode,
+            &mut lane.ram,
+            &mut lane.mmio,
+            gpa,
+            &bytes,
+        );
         // The full fast path's MOV/ALU decoder takes the same bytes.
         let decoded = super::super::decode::<ADDR, false, _>(&regs, mode, gpa, &bytes).is_some();
         let ours = super::super::lane::<ADDR>(&bytes) == super::super::Lane::Alu;
-        assert_eq!(got.is_some(), ours && decoded, "{mode:?} {bytes:02x?}");
+        assert_eq!(got.is_some(), ours && decoded, "{what}");
         let Some(result) = got else {
-            assert_eq!(r1, regs, "{mode:?} {bytes:02x?}: declined, nothing done");
-            assert!(m1.log.is_empty(), "{mode:?} {bytes:02x?}");
-            assert!(ram1.mem == ram.mem, "{mode:?} {bytes:02x?}");
+            lane.assert_untouched(&regs, &what);
             continue;
         };
         taken += 1;
-        // The general path.
-        let (mut r2, mut ram2, mut m2) = (regs.clone(), ram.clone(), mmio.clone());
-        let exit = MemExit {
-            gpa,
-            access: AccessType::Read,
-            instruction: &bytes,
-        };
-        let general = assist_mem_with(
-            &mut r2,
-            &mut ram2,
-            &mut m2,
-            &exit,
-            false,
-            &mut FetchCache::new(),
-        );
-        assert_eq!(result, general, "{mode:?} {bytes:02x?}");
-        assert_eq!(r1, r2, "{mode:?} {bytes:02x?}");
-        assert_eq!(m1.log, m2.log, "{mode:?} {bytes:02x?}");
-        assert!(ram1.mem == ram2.mem, "{mode:?} {bytes:02x?}");
-        assert_eq!(
-            (ram1.reads, ram1.writes),
-            (ram2.reads, ram2.writes),
-            "{mode:?} {bytes:02x?}"
-        );
+        let mut general = Machine::new(&regs, &ram, &mmio);
+        assert_eq!(result, general.general(gpa, &bytes), "{what}");
+        lane.assert_same(&general, &what);
         if result.is_err() {
-            assert_eq!(r1, regs, "{mode:?} {bytes:02x?}: a failure changes nothing");
+            assert_eq!(lane.regs, regs, "{what}: a failure changes nothing");
         }
-        // The full fast path.
-        let (mut r3, mut ram3, mut m3) = (regs.clone(), ram.clone(), mmio);
-        let mut declined = false;
-        let full = super::super::run_mode::<ADDR, _, _, _>(
-            &mut r3,
-            mode,
-            &mut ram3,
-            &mut FetchCache::new(),
-            &mut m3,
-            gpa,
-            &bytes,
-            |_, _, _, _| {
-                declined = true;
-                Ok(Outcome::Resume)
-            },
-        );
-        assert!(
-            !declined,
-            "{mode:?} {bytes:02x?}: the full fast path declined"
-        );
-        assert_eq!(result, full, "{mode:?} {bytes:02x?}");
-        assert_eq!(r1, r3, "{mode:?} {bytes:02x?}");
-        assert_eq!(m1.log, m3.log, "{mode:?} {bytes:02x?}");
-        assert!(ram1.mem == ram3.mem, "{mode:?} {bytes:02x?}");
+        let mut full = Machine::new(&regs, &ram, &mmio);
+        let full_result = full.full_fast::<ADDR>(mode, gpa, &bytes);
+        assert_eq!(Some(result), full_result, "{what}: the full fast path");
+        lane.assert_same(&full, &what);
     }
     taken
 }
@@ -332,30 +297,18 @@ fn alu_lane_every_operation_and_size() {
                 };
                 let at = offset as usize;
                 ram.mem[at..at + 8].copy_from_slice(&value.to_le_bytes());
-                let (mut r1, mut ram1, mut m1) =
-                    (regs.clone(), ram.clone(), RecordingMmio::default());
-                let (mut r2, mut ram2, mut m2) = (regs.clone(), ram, RecordingMmio::default());
+                let what = case(mode, &bytes, offset);
+                let mmio = RecordingMmio::default();
+                let mut lane = Machine::new(&regs, &ram, &mmio);
+                let (r1, ram1, m1) = (&mut lane.regs, &mut lane.ram, &mut lane.mmio);
                 let got = match mode.default_address_size() {
-                    8 => run_alu::<8, _, _, _>(&mut r1, mode, &mut ram1, &mut m1, offset, &bytes),
-                    4 => run_alu::<4, _, _, _>(&mut r1, mode, &mut ram1, &mut m1, offset, &bytes),
-                    _ => run_alu::<2, _, _, _>(&mut r1, mode, &mut ram1, &mut m1, offset, &bytes),
+                    8 => run_alu::<8, _, _, _>(r1, mode, ram1, m1, offset, &bytes),
+                    4 => run_alu::<4, _, _, _>(r1, mode, ram1, m1, offset, &bytes),
+                    _ => run_alu::<2, _, _, _>(r1, mode, ram1, m1, offset, &bytes),
                 };
-                let exit = MemExit {
-                    gpa: offset,
-                    access: AccessType::Read,
-                    instruction: &bytes,
-                };
-                let general = assist_mem_with(
-                    &mut r2,
-                    &mut ram2,
-                    &mut m2,
-                    &exit,
-                    false,
-                    &mut FetchCache::new(),
-                );
-                assert_eq!(got, Some(general), "{mode:?} {bytes:02x?}");
-                assert_eq!(r1, r2, "{mode:?} {bytes:02x?}");
-                assert!(ram1.mem == ram2.mem, "{mode:?} {bytes:02x?}");
+                let mut general = Machine::new(&regs, &ram, &mmio);
+                assert_eq!(got, Some(general.general(offset, &bytes)), "{what}");
+                lane.assert_same(&general, &what);
             }
         }
     }

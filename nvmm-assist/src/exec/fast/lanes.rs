@@ -578,6 +578,7 @@ mod tests {
 
     use std::vec::Vec;
 
+    use super::super::lane_harness::{Machine, case};
     use super::{Lane, lane, run_int, run_mov, run_stack};
     use crate::FetchCache;
     use crate::mode::CpuMode;
@@ -775,30 +776,31 @@ mod tests {
             } else {
                 page + (linear & 0xFFF)
             };
+            let what = case(mode, &bytes, gpa);
             let ram = TestRam::new(0x10000);
-            let (mut r1, mut ram1, mut m1) = (regs.clone(), ram.clone(), RecordingMmio::default());
-            let (mut r2, mut ram2, mut m2) = (regs.clone(), ram, RecordingMmio::default());
-            if rng.below(16) == 0 {
-                m1.fail_at = Some(0);
-                m2.fail_at = Some(0);
-            }
-            let lane = run_mov::<ADDR, _, _, _>(&mut r1, mode, &mut ram1, &mut m1, gpa, &bytes);
+            let mmio = RecordingMmio {
+                fail_at: (rng.below(16) == 0).then_some(0),
+                ..RecordingMmio::default()
+            };
+            let mut ours = Machine::new(&regs, &ram, &mmio);
+            let mut decoder = Machine::new(&regs, &ram, &mmio);
+            let (r1, ram1, m1) = (&mut ours.regs, &mut ours.ram, &mut ours.mmio);
+            let lane = run_mov::<ADDR, _, _, _>(r1, mode, ram1, m1, gpa, &bytes);
+            let (r2, ram2, m2) = (&mut decoder.regs, &mut decoder.ram, &mut decoder.mmio);
             let full = super::super::decode::<ADDR, false, _>(&regs, mode, gpa, &bytes)
-                .map(|(f, _)| super::super::exec(&mut r2, &mut ram2, &mut m2, gpa, &f));
+                .map(|(f, _)| super::super::exec(r2, ram2, m2, gpa, &f));
             if super::lane::<ADDR>(&bytes) == Lane::Mov {
-                assert_eq!(lane, full, "{mode:?} {bytes:02x?}");
+                assert_eq!(lane, full, "{what}");
             } else {
                 // Not the lane's (a 66 prefix, another opcode): the full
                 // path's.
-                assert!(lane.is_none(), "{mode:?} {bytes:02x?}");
+                assert!(lane.is_none(), "{what}");
             }
             if lane.is_some() {
                 taken += 1;
-                assert_eq!(r1, r2, "{mode:?} {bytes:02x?}");
-                assert_eq!(m1.log, m2.log, "{mode:?} {bytes:02x?}");
+                ours.assert_same(&decoder, &what);
             } else {
-                assert_eq!(r1, regs, "{mode:?} {bytes:02x?}: declined, nothing done");
-                assert!(m1.log.is_empty(), "{mode:?} {bytes:02x?}");
+                ours.assert_untouched(&regs, &what);
             }
         }
         taken
@@ -880,46 +882,28 @@ mod tests {
             for (k, b) in ram.mem[0x8000..0x9000].iter_mut().enumerate() {
                 *b = (seed >> (k % 7 * 8)) as u8 ^ k as u8;
             }
-            let (mut r1, mut ram1, mut m1) = (regs.clone(), ram.clone(), RecordingMmio::default());
-            let (mut r2, mut ram2, mut m2) = (regs.clone(), ram, RecordingMmio::default());
-            if rng.below(16) == 0 {
-                m1.fail_at = Some(0);
-                m2.fail_at = Some(0);
-            }
-            let (mut c1, mut c2) = (FetchCache::default(), FetchCache::default());
-            let chosen = lane::<ADDR>(&bytes);
-            let got = if chosen == Lane::Stack {
-                run_stack::<ADDR, _, _, _>(&mut r1, mode, &mut ram1, &mut c1, &mut m1, &bytes)
-            } else {
-                run_int::<ADDR, _, _, _>(&mut r1, mode, &mut ram1, &mut m1, gpa, &bytes)
+            let what = case(mode, &bytes, gpa);
+            let mmio = RecordingMmio {
+                fail_at: (rng.below(16) == 0).then_some(0),
+                ..RecordingMmio::default()
             };
-            let mut general = false;
-            let full = super::super::run_mode::<ADDR, _, _, _>(
-                &mut r2,
-                mode,
-                &mut ram2,
-                &mut c2,
-                &mut m2,
-                gpa,
-                &bytes,
-                |_, _, _, _| {
-                    general = true;
-                    Ok(crate::Outcome::Resume)
-                },
-            );
+            let mut ours = Machine::new(&regs, &ram, &mmio);
+            let (r1, ram1, m1) = (&mut ours.regs, &mut ours.ram, &mut ours.mmio);
+            let got = if lane::<ADDR>(&bytes) == Lane::Stack {
+                let mut cache = FetchCache::default();
+                run_stack::<ADDR, _, _, _>(r1, mode, ram1, &mut cache, m1, &bytes)
+            } else {
+                run_int::<ADDR, _, _, _>(r1, mode, ram1, m1, gpa, &bytes)
+            };
+            let mut full = Machine::new(&regs, &ram, &mmio);
+            let full_result = full.full_fast::<ADDR>(mode, gpa, &bytes);
             match got {
                 Some(result) => {
                     taken += 1;
-                    assert!(!general, "{mode:?} {bytes:02x?}: the full path declined");
-                    assert_eq!(result, full, "{mode:?} {bytes:02x?}");
-                    assert_eq!(r1, r2, "{mode:?} {bytes:02x?}");
-                    assert_eq!(m1.log, m2.log, "{mode:?} {bytes:02x?}");
-                    assert!(ram1.mem == ram2.mem, "{mode:?} {bytes:02x?}");
+                    assert_eq!(Some(result), full_result, "{what}: the full fast path");
+                    ours.assert_same(&full, &what);
                 }
-                None => {
-                    assert_eq!(r1, regs, "{mode:?} {bytes:02x?}: declined, nothing done");
-                    assert!(m1.log.is_empty(), "{mode:?} {bytes:02x?}");
-                }
+                None => ours.assert_untouched(&regs, &what),
             }
         }
         taken

@@ -60,6 +60,8 @@
 mod families;
 mod int;
 mod lane_alu;
+#[cfg(test)]
+mod lane_harness;
 mod lane_int;
 mod lanes;
 mod prefix;
@@ -924,16 +926,14 @@ mod tests {
 
     use std::vec::Vec;
 
-    use crate::FetchCache;
     use std::collections::BTreeSet;
     use std::format;
     use std::string::String;
 
+    use super::lane_harness::{Machine, case};
     use crate::decode::{Mnemonic, Operand, decode};
-    use crate::mem::assist_mem_with;
     use crate::mode::CpuMode;
     use crate::testutil::{Layout, PageTables, RecordingMmio, Rng, TEST_VENDOR, TestRam, pte};
-    use crate::{AccessType, MemExit};
     use crate::{Gpr, Outcome};
     use crate::{Registers, Segment, SegmentAttributes};
 
@@ -1344,47 +1344,20 @@ mod tests {
                 if rng.below(16) == 0 {
                     ram.fail_at = Some(rng.below(3) as usize);
                 }
-                let exit = MemExit {
-                    gpa,
-                    access: AccessType::Read,
-                    instruction: &bytes,
-                };
+                let what = case(mode, &bytes, gpa);
                 let mmio = RecordingMmio {
                     fail_at: mmio_fail,
                     ..RecordingMmio::default()
                 };
-                let (mut r1, mut ram1, mut m1) = (regs.clone(), ram.clone(), mmio.clone());
-                let (mut r2, mut ram2, mut m2) = (regs.clone(), ram.clone(), mmio);
-                let fast = assist_mem_with(
-                    &mut r1,
-                    &mut ram1,
-                    &mut m1,
-                    &exit,
-                    true,
-                    &mut FetchCache::new(),
-                );
-                let general = assist_mem_with(
-                    &mut r2,
-                    &mut ram2,
-                    &mut m2,
-                    &exit,
-                    false,
-                    &mut FetchCache::new(),
-                );
-                assert_eq!(fast, general, "{mode:?} {bytes:02x?}");
-                assert_eq!(r1, r2, "{mode:?} {bytes:02x?}");
-                assert_eq!(m1.log, m2.log, "{mode:?} {bytes:02x?}");
-                assert!(ram1.mem == ram2.mem, "{mode:?} {bytes:02x?}");
-                assert_eq!(ram1.cas_log, ram2.cas_log, "{mode:?} {bytes:02x?}");
-                assert_eq!(
-                    (ram1.reads, ram1.writes),
-                    (ram2.reads, ram2.writes),
-                    "{mode:?} {bytes:02x?}"
-                );
+                let mut with_fast = Machine::new(&regs, &ram, &mmio);
+                let mut general = Machine::new(&regs, &ram, &mmio);
+                let fast = with_fast.assist(gpa, &bytes, true);
+                assert_eq!(fast, general.general(gpa, &bytes), "{what}");
+                with_fast.assert_same(&general, &what);
                 if fast.is_err() {
                     assert_eq!(
-                        r1, regs,
-                        "{mode:?} {bytes:02x?}: a failure changes no register"
+                        with_fast.regs, regs,
+                        "{what}: a failure changes no register"
                     );
                 }
                 let decoded = match mode.default_address_size() {
