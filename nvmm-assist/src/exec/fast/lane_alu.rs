@@ -28,7 +28,7 @@
 
 use super::{
     address_mask, alu, byte, checked_linear, merged, modrm16, modrm32, prefix, read_reg,
-    read_sized, sized_field,
+    read_sized, rex_and_opcode, sized_field,
 };
 use crate::Outcome;
 use crate::access::AccessType;
@@ -76,17 +76,7 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    let long = ADDR == 8;
-    let mut b = byte(bytes, 0)?;
-    let mut i = 1;
-    let rex = if long && b & 0xF0 == 0x40 {
-        let r = b;
-        b = byte(bytes, 1)?;
-        i = 2;
-        r
-    } else {
-        0
-    };
+    let (rex, b, i) = rex_and_opcode::<ADDR>(bytes)?;
     let (st, r, m) = (state, ram, mmio);
     let at = Operands {
         exit_gpa,

@@ -48,7 +48,7 @@
 use super::prefix::Prefixes;
 use super::{
     address_mask, byte, checked_linear, int, merged, modrm16, modrm32, moffs, prefix, read_reg,
-    read_sized, sized_field, sse, stack, string,
+    read_sized, rex_and_opcode, sized_field, sse, stack, string,
 };
 use crate::Outcome;
 use crate::access::AccessType;
@@ -279,17 +279,7 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    let long = ADDR == 8;
-    let mut b = byte(bytes, 0)?;
-    let mut i = 1;
-    let rex = if long && b & 0xF0 == 0x40 {
-        let r = b;
-        b = byte(bytes, 1)?;
-        i = 2;
-        r
-    } else {
-        0
-    };
+    let (rex, b, i) = rex_and_opcode::<ADDR>(bytes)?;
     let vsize = if rex & 8 != 0 {
         8
     } else if ADDR == 2 {

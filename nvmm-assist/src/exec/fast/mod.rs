@@ -157,6 +157,19 @@ fn byte(bytes: &[u8], i: usize) -> Option<u8> {
     bytes.get(i).copied()
 }
 
+/// An instruction's REX prefix (0 if none: only 64-bit code, `ADDR` = 8,
+/// has one, 40-4F being INC/DEC elsewhere), its opcode byte and the index
+/// of the byte after the opcode. `None` if the bytes end first.
+#[inline(always)]
+fn rex_and_opcode<const ADDR: u8>(bytes: &[u8]) -> Option<(u8, u8, usize)> {
+    let first = byte(bytes, 0)?;
+    if ADDR == 8 && first & 0xF0 == 0x40 {
+        Some((first, byte(bytes, 1)?, 2))
+    } else {
+        Some((0, first, 1))
+    }
+}
+
 #[inline]
 fn disp32(bytes: &[u8], i: usize) -> Option<u64> {
     let b = bytes.get(i..i + 4)?;
