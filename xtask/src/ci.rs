@@ -23,9 +23,42 @@ const MIRI_FLAGS: &str = "-Zmiri-strict-provenance";
 /// schedules. Four seeds: each reruns the binary (about 10 s of miri on a
 /// shared 2-core machine); the whole suite above already ran one.
 const MIRI_SEEDS: &str = "-Zmiri-many-seeds=0..4";
-/// ThreadSanitizer's own target directory, so that its instrumented std
-/// and crates never replace the ordinary build's.
-const TSAN_TARGET_DIR: &str = "target/tsan";
+/// A sanitizer the `nvmm` tests run under, with std rebuilt instrumented.
+struct Sanitizer {
+    /// The step's name.
+    name: &'static str,
+    /// The `-Zsanitizer=` value.
+    flag: &'static str,
+    /// Its own target directory, so that its instrumented std and crates
+    /// never replace the ordinary build's.
+    target_dir: &'static str,
+    /// The runtime's options variable and its value.
+    options: (&'static str, &'static str),
+}
+
+/// ThreadSanitizer: data races between VCPU, device and stopping threads
+/// on the comm page, guest RAM and stop flags.
+const TSAN: Sanitizer = Sanitizer {
+    name: "thread sanitizer (nvmm)",
+    flag: "thread",
+    target_dir: "target/tsan",
+    // A report fails the test binary, not only prints.
+    options: ("TSAN_OPTIONS", "halt_on_error=1 abort_on_error=1"),
+};
+
+/// AddressSanitizer (with LeakSanitizer): the `unsafe` code's memory
+/// accesses through mmap'd comm pages and guest RAM, raw pointers and
+/// FFI, which miri cannot run (it has no mmap or ioctl), checked for
+/// out-of-bounds and use-after-free accesses, and leaks at exit.
+const ASAN: Sanitizer = Sanitizer {
+    name: "address sanitizer (nvmm)",
+    flag: "address",
+    target_dir: "target/asan",
+    options: (
+        "ASAN_OPTIONS",
+        "halt_on_error=1 abort_on_error=1 detect_leaks=1 detect_stack_use_after_return=1",
+    ),
+};
 
 /// How a step ended.
 enum Outcome {
@@ -194,7 +227,8 @@ pub fn run() -> Result<()> {
     });
     ci.step("netbsd", || netbsd::run().map(|()| None));
     ci.miri();
-    ci.tsan();
+    ci.sanitizer(&TSAN);
+    ci.sanitizer(&ASAN);
     ci.fuzz();
 
     ci.summary(started.elapsed())
@@ -328,10 +362,10 @@ impl Ci {
     }
 
     /// The `nvmm` tests (library and integration tests, the concurrency
-    /// stress test among them) under ThreadSanitizer, with std rebuilt
+    /// stress test among them) under `sanitizer`, with std rebuilt
     /// instrumented (`-Zbuild-std`) in a target directory of its own.
-    fn tsan(&mut self) {
-        let name = "thread sanitizer (nvmm)";
+    fn sanitizer(&mut self, sanitizer: &Sanitizer) {
+        let name = sanitizer.name;
         println!("\n==> ci: {name}");
         let start = Instant::now();
         if let Err(reason) = ensure_nightly(&["--version"], &[]).and_then(|()| ensure_rust_src()) {
@@ -342,7 +376,7 @@ impl Ci {
         if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
             self.finish(
                 name,
-                Outcome::Skipped(format!("ThreadSanitizer is run on {host} hosts only")),
+                Outcome::Skipped(format!("the sanitizers are run on {host} hosts only")),
                 start.elapsed(),
             );
             return;
@@ -351,13 +385,15 @@ impl Ci {
         command
             .args(["test", "-Zbuild-std", "--target", host, "-p", "nvmm"])
             .args(["--lib", "--tests"])
-            .env("RUSTFLAGS", "-Zsanitizer=thread")
-            .env("CARGO_TARGET_DIR", workspace_root().join(TSAN_TARGET_DIR))
-            // A report fails the test binary, not only prints.
-            .env("TSAN_OPTIONS", "halt_on_error=1 abort_on_error=1");
+            .env("RUSTFLAGS", format!("-Zsanitizer={}", sanitizer.flag))
+            .env(
+                "CARGO_TARGET_DIR",
+                workspace_root().join(sanitizer.target_dir),
+            )
+            .env(sanitizer.options.0, sanitizer.options.1);
         let run = run_counting_tests(&mut command);
-        let empty = Some("no nvmm test ran under ThreadSanitizer");
-        let outcome = self.counted(run, empty, |counts| {
+        let empty = format!("no nvmm test ran under {name}");
+        let outcome = self.counted(run, Some(&empty), |counts| {
             Outcome::Passed(Some(format!("{} tests, no report", counts.passed)))
         });
         self.finish_test_step(name, outcome, start);
