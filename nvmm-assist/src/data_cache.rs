@@ -191,9 +191,9 @@ struct Pair {
     /// Whether the entries are 8 bytes wide (both walks are under the
     /// same paging mode).
     wide: bool,
-    /// The slot of the source (the destination's is only needed when the
-    /// record is made).
+    /// The slots of the source and the destination.
     s: usize,
+    d: usize,
     /// The guest-physical pages of the source and the destination.
     src_gpa_page: u64,
     dst_gpa_page: u64,
@@ -210,6 +210,7 @@ const NO_PAIR: Pair = Pair {
     dst_need: 0,
     wide: false,
     s: NONE,
+    d: NONE,
     src_gpa_page: 0,
     dst_gpa_page: 0,
     entries: [(0, 0); 10],
@@ -453,15 +454,15 @@ impl DataSlots {
                 )
             }
             Stage::SrcChanged => {
-                let src = self.walk(state, ram, src, AccessType::Read)?;
+                let src = self.walk(state, ram, src, AccessType::Read, self.pair.s)?;
                 (
                     src,
                     self.translate_after(state, ram, dst, dst_access, src.1)?,
                 )
             }
             Stage::DstChanged(src_gpa) => {
-                let s = self.pair.s;
-                ((src_gpa, s), self.walk(state, ram, dst, dst_access)?)
+                let (s, d) = (self.pair.s, self.pair.d);
+                ((src_gpa, s), self.walk(state, ram, dst, dst_access, d)?)
             }
         };
         self.record_pair(s, d, src_gpa, dst_gpa, dst_access);
@@ -512,6 +513,7 @@ impl DataSlots {
             dst_need,
             wide: a.walk.wide,
             s,
+            d,
             src_gpa_page: src_gpa >> 12,
             dst_gpa_page: dst_gpa >> 12,
             count,
@@ -561,14 +563,21 @@ impl DataSlots {
                 self.hits += 1;
                 return Ok(((gpa_page << 12) | (linear & 0xFFF), i));
             }
+            return self.walk(state, ram, linear, access, i);
         }
-        self.walk(state, ram, linear, access)
+        self.walk(state, ram, linear, access, NONE)
     }
 
-    /// The full walk of a miss. Its record replaces a slot of the same
-    /// page that it serves too (whose entries changed, or which was made
-    /// for a read when this is a write), else fills an empty slot, else
-    /// the victim. With the slot it filled ([`NONE`] if it failed).
+    /// The full walk of a miss. Its record replaces `stale` (not
+    /// [`NONE`]: the slot the search found, whose entries changed, so that
+    /// it can serve nothing), else a slot of the same page that it serves
+    /// too (which was made for a read when this is a write), else fills an
+    /// empty slot, else the victim. With the slot it filled ([`NONE`] if
+    /// it failed).
+    ///
+    /// (Without `stale` first, a read's walk kept a stale write slot of
+    /// the page in place, which the search finds first: every later read
+    /// of the page was a miss.)
     #[inline(never)]
     fn walk<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
         &mut self,
@@ -576,19 +585,23 @@ impl DataSlots {
         ram: &mut R,
         linear: u64,
         access: AccessType,
+        stale: usize,
     ) -> Result<(u64, usize), Error> {
         self.misses += 1;
         // A slot changes: the pair record no longer mirrors the slots.
         self.pair = NO_PAIR;
         let page = linear >> 12;
         let rights = proves(access);
-        let same = self
-            .slots
-            .iter()
-            .position(|c| c.page == page && c.rights & !rights == 0);
+        let same = || {
+            self.slots
+                .iter()
+                .position(|c| c.page == page && c.rights & !rights == 0)
+        };
         // Then an empty slot (a failed walk leaves its slot empty), then
         // round robin.
-        let i = match same.or_else(|| self.slots.iter().position(|c| c.page == EMPTY_PAGE)) {
+        let stale = (stale != NONE).then_some(stale);
+        let empty = || self.slots.iter().position(|c| c.page == EMPTY_PAGE);
+        let i = match stale.or_else(same).or_else(empty) {
             Some(i) => i,
             None => {
                 let v = self.victim % DATA_SLOTS;
