@@ -35,9 +35,12 @@ pub enum CompareWrite {
 pub enum EntryCheck {
     /// Every entry holds its value.
     Held,
-    /// An entry no longer holds its value; the entries before it hold
-    /// theirs.
-    Changed,
+    /// The entry at `index` (of the entries checked) no longer holds its
+    /// value; the entries before it hold theirs.
+    Changed {
+        /// The entry's position in the entries checked.
+        index: usize,
+    },
     /// The entry at `gpa` is not RAM; the entries before it hold theirs.
     NotRam {
         /// The entry's guest-physical address.
@@ -95,7 +98,7 @@ pub trait GuestRam {
         entries: &[(u64, u64)],
         wide: bool,
     ) -> Result<EntryCheck, BusError> {
-        for &(gpa, value) in entries {
+        for (index, &(gpa, value)) in entries.iter().enumerate() {
             let now = if wide {
                 self.read_aligned_u64(gpa)?
             } else {
@@ -107,7 +110,7 @@ pub trait GuestRam {
             };
             match now {
                 None => return Ok(EntryCheck::NotRam { gpa }),
-                Some(now) if now != value => return Ok(EntryCheck::Changed),
+                Some(now) if now != value => return Ok(EntryCheck::Changed { index }),
                 Some(_) => {}
             }
         }

@@ -58,9 +58,10 @@
 //!
 //! **The pair record.** The fast path's [`DataSlots::translate_pair`]
 //! keeps its last pair's slots with the entries their re-validations read,
-//! side by side: a warm pair is then one comparison (the control state and
-//! both pages) and two [`GuestRam::check_entries`] calls, the same reads
-//! in the same order as the two slot hits, with the same hits and misses.
+//! in one list: a warm pair is then one comparison (the control state and
+//! both pages) and one [`GuestRam::check_entries`] call, the same reads
+//! in the same order as the two slot hits, with the same hits and misses
+//! (the entry that decides says which slot the slot path finds changed).
 //! It mirrors the slots and is dropped whenever a slot changes (see
 //! `Pair`), so both paths still read, walk and count alike.
 
@@ -169,8 +170,10 @@ const EMPTY: Cached = Cached {
 /// The last pair of translations ([`DataSlots::translate_pair`]): the
 /// slots that served it and what the slot path reads to re-validate them
 /// (the source's entries, then the destination's below those it shares
-/// with the source), side by side, so that a warm pair is one comparison
-/// and two [`GuestRam::check_entries`] calls instead of two slot searches.
+/// with the source), in one list, so that a warm pair is one comparison
+/// and one [`GuestRam::check_entries`] call instead of two slot searches
+/// (the entry that decides, [`EntryCheck::Changed`]'s `index`, says which
+/// of the two the slot path would have found changed).
 /// A shortcut of the slot path, not a cache of its own: it is dropped
 /// whenever a slot changes (any walk, a clear), and made only when the
 /// slot searches of the same pages and accesses find `s` and `d`, so a
@@ -185,35 +188,34 @@ struct Pair {
     dst: u64,
     /// [`needs`] of the destination's access.
     dst_need: u8,
-    /// The slot of the source (the destination's is only needed when the
-    /// record is made).
-    s: usize,
-    /// The guest-physical pages of the source and the destination.
-    src_gpa_page: u64,
-    dst_gpa_page: u64,
-    /// Slot `s`'s entries, and the destination slot's past those it
-    /// shares with `s`.
-    src_entries: [(u64, u64); 5],
-    src_count: usize,
-    dst_entries: [(u64, u64); 5],
-    dst_count: usize,
     /// Whether the entries are 8 bytes wide (both walks are under the
     /// same paging mode).
     wide: bool,
+    /// The slots of the source and the destination.
+    s: usize,
+    d: usize,
+    /// The guest-physical pages of the source and the destination.
+    src_gpa_page: u64,
+    dst_gpa_page: u64,
+    /// Slot `s`'s entries (the first `src_count`), then the destination
+    /// slot's past those it shares with `s`: `count` in all.
+    entries: [(u64, u64); 10],
+    count: usize,
+    src_count: usize,
 }
 
 const NO_PAIR: Pair = Pair {
     src: EMPTY_PAGE,
     dst: EMPTY_PAGE,
     dst_need: 0,
+    wide: false,
     s: NONE,
+    d: NONE,
     src_gpa_page: 0,
     dst_gpa_page: 0,
-    src_entries: [(0, 0); 5],
+    entries: [(0, 0); 10],
+    count: 0,
     src_count: 0,
-    dst_entries: [(0, 0); 5],
-    dst_count: 0,
-    wide: false,
 };
 
 /// Where [`DataSlots::translate_pair_slots`] starts.
@@ -345,7 +347,11 @@ impl DataSlots {
     /// destination (`dst_access`) at `dst`, as two [`translate`](Self::translate)
     /// calls in a [`share_walks`](Self::share_walks) scope make them (the
     /// same results, hits, walks and guest-RAM accesses), the control
-    /// state compared once.
+    /// state compared once. (One difference, in the statistics only: a
+    /// read that fails in the caller's RAM, an error the assist returns
+    /// as is, leaves the hit counter as it was, where the slot path has
+    /// counted the source's hit when the failing entry is the
+    /// destination's.)
     #[inline(always)]
     pub(crate) fn translate_pair<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
         &mut self,
@@ -371,21 +377,58 @@ impl DataSlots {
             | ((src >> 12) ^ p.src)
             | ((dst >> 12) ^ p.dst);
         if differ == 0 && p.dst_need == needs(dst_access) {
-            let (src_gpa_page, dst_gpa_page) = (p.src_gpa_page, p.dst_gpa_page);
-            let src_gpa = (src_gpa_page << 12) | (src & 0xFFF);
-            if !entries_hold(ram, &p.src_entries, p.src_count, p.wide)? {
-                let stage = Stage::SrcChanged;
-                return self.translate_pair_slots(state, ram, src, dst, dst_access, stage);
+            let check = pair_check(ram, &p.entries, p.count, p.wide)?;
+            if check == EntryCheck::Held {
+                self.hits += 2;
+                let (src_gpa_page, dst_gpa_page) = (p.src_gpa_page, p.dst_gpa_page);
+                return Ok((
+                    (src_gpa_page << 12) | (src & 0xFFF),
+                    (dst_gpa_page << 12) | (dst & 0xFFF),
+                ));
             }
-            self.hits += 1;
-            if !entries_hold(ram, &p.dst_entries, p.dst_count, p.wide)? {
-                let stage = Stage::DstChanged(src_gpa);
-                return self.translate_pair_slots(state, ram, src, dst, dst_access, stage);
-            }
-            self.hits += 1;
-            return Ok((src_gpa, (dst_gpa_page << 12) | (dst & 0xFFF)));
+            return self.pair_changed(state, ram, src, dst, dst_access, check);
         }
         self.translate_pair_slots(state, ram, src, dst, dst_access, Stage::Fresh)
+    }
+
+    /// A warm pair whose [`pair_check`] found `check` (not
+    /// [`EntryCheck::Held`]): what the slot path does from the entry that
+    /// decided. Within the source's entries, the source's walk; past
+    /// them, the source was a hit and the destination walks. An entry that
+    /// is not RAM is the walk's error there (after the source's hit if it
+    /// is past the source's entries: its first occurrence in the list is
+    /// where the check stopped).
+    #[cold]
+    #[inline(never)]
+    fn pair_changed<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
+        &mut self,
+        state: &S,
+        ram: &mut R,
+        src: u64,
+        dst: u64,
+        dst_access: AccessType,
+        check: EntryCheck,
+    ) -> Result<(u64, u64), Error> {
+        let p = &self.pair;
+        let used = p.entries.get(..p.count).unwrap_or(&[]);
+        let index = match check {
+            EntryCheck::Held => return Err(Error::InconsistentExit),
+            EntryCheck::Changed { index } => index,
+            EntryCheck::NotRam { gpa } => {
+                let index = used.iter().position(|e| e.0 == gpa).unwrap_or(0);
+                if index >= p.src_count {
+                    self.hits += 1;
+                }
+                return Err(Error::PageTableNotRam { gpa });
+            }
+        };
+        if index < p.src_count {
+            return self.translate_pair_slots(state, ram, src, dst, dst_access, Stage::SrcChanged);
+        }
+        self.hits += 1;
+        let src_gpa = (p.src_gpa_page << 12) | (src & 0xFFF);
+        let stage = Stage::DstChanged(src_gpa);
+        self.translate_pair_slots(state, ram, src, dst, dst_access, stage)
     }
 
     /// [`translate_pair`](Self::translate_pair) through the slots, from
@@ -411,15 +454,15 @@ impl DataSlots {
                 )
             }
             Stage::SrcChanged => {
-                let src = self.walk(state, ram, src, AccessType::Read)?;
+                let src = self.walk(state, ram, src, AccessType::Read, self.pair.s)?;
                 (
                     src,
                     self.translate_after(state, ram, dst, dst_access, src.1)?,
                 )
             }
             Stage::DstChanged(src_gpa) => {
-                let s = self.pair.s;
-                ((src_gpa, s), self.walk(state, ram, dst, dst_access)?)
+                let (s, d) = (self.pair.s, self.pair.d);
+                ((src_gpa, s), self.walk(state, ram, dst, dst_access, d)?)
             }
         };
         self.record_pair(s, d, src_gpa, dst_gpa, dst_access);
@@ -463,20 +506,22 @@ impl DataSlots {
         let Some(rest) = b.walk.entries.get(shared..b.walk.count) else {
             return;
         };
+        let (src_count, count) = (a.walk.count, a.walk.count + rest.len());
         let mut pair = Pair {
             src: a.page,
             dst: b.page,
             dst_need,
+            wide: a.walk.wide,
             s,
+            d,
             src_gpa_page: src_gpa >> 12,
             dst_gpa_page: dst_gpa >> 12,
-            src_entries: a.walk.entries,
-            src_count: a.walk.count,
-            dst_count: rest.len(),
-            wide: a.walk.wide,
+            count,
+            src_count,
             ..NO_PAIR
         };
-        for (to, from) in pair.dst_entries.iter_mut().zip(rest) {
+        let from = a.walk.entries.iter().take(src_count).chain(rest);
+        for (to, from) in pair.entries.iter_mut().zip(from) {
             *to = *from;
         }
         self.pair = pair;
@@ -518,14 +563,21 @@ impl DataSlots {
                 self.hits += 1;
                 return Ok(((gpa_page << 12) | (linear & 0xFFF), i));
             }
+            return self.walk(state, ram, linear, access, i);
         }
-        self.walk(state, ram, linear, access)
+        self.walk(state, ram, linear, access, NONE)
     }
 
-    /// The full walk of a miss. Its record replaces a slot of the same
-    /// page that it serves too (whose entries changed, or which was made
-    /// for a read when this is a write), else fills an empty slot, else
-    /// the victim. With the slot it filled ([`NONE`] if it failed).
+    /// The full walk of a miss. Its record replaces `stale` (not
+    /// [`NONE`]: the slot the search found, whose entries changed, so that
+    /// it can serve nothing), else a slot of the same page that it serves
+    /// too (which was made for a read when this is a write), else fills an
+    /// empty slot, else the victim. With the slot it filled ([`NONE`] if
+    /// it failed).
+    ///
+    /// (Without `stale` first, a read's walk kept a stale write slot of
+    /// the page in place, which the search finds first: every later read
+    /// of the page was a miss.)
     #[inline(never)]
     fn walk<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
         &mut self,
@@ -533,19 +585,23 @@ impl DataSlots {
         ram: &mut R,
         linear: u64,
         access: AccessType,
+        stale: usize,
     ) -> Result<(u64, usize), Error> {
         self.misses += 1;
         // A slot changes: the pair record no longer mirrors the slots.
         self.pair = NO_PAIR;
         let page = linear >> 12;
         let rights = proves(access);
-        let same = self
-            .slots
-            .iter()
-            .position(|c| c.page == page && c.rights & !rights == 0);
+        let same = || {
+            self.slots
+                .iter()
+                .position(|c| c.page == page && c.rights & !rights == 0)
+        };
         // Then an empty slot (a failed walk leaves its slot empty), then
         // round robin.
-        let i = match same.or_else(|| self.slots.iter().position(|c| c.page == EMPTY_PAGE)) {
+        let stale = (stale != NONE).then_some(stale);
+        let empty = || self.slots.iter().position(|c| c.page == EMPTY_PAGE);
+        let i = match stale.or_else(same).or_else(empty) {
             Some(i) => i,
             None => {
                 let v = self.victim % DATA_SLOTS;
@@ -594,33 +650,23 @@ impl DataSlots {
     }
 }
 
-/// Whether the first `count` of `entries` still hold their values, read
-/// in order with one [`GuestRam::check_entries`] call (the usual counts
-/// constant, so that an inlined implementation unrolls): what
-/// [`holds_past`] finds for the same entries. An entry that is not RAM is
-/// the walk's own error there (every entry read before it held its
-/// value).
+/// The [`GuestRam::check_entries`] of a pair record's first `count`
+/// entries (the usual counts constant, so that an inlined implementation
+/// unrolls): 4-level paging's four and a leaf, 32-bit paging's two and a
+/// leaf, PAE's three and a leaf.
 #[inline(always)]
-fn entries_hold<R: GuestRam + ?Sized>(
+fn pair_check<R: GuestRam + ?Sized>(
     ram: &mut R,
-    entries: &[(u64, u64); 5],
+    entries: &[(u64, u64); 10],
     count: usize,
     wide: bool,
-) -> Result<bool, Error> {
-    let check = match count {
-        // A 4 KiB page under 4-level paging.
+) -> Result<EntryCheck, Error> {
+    Ok(match count {
+        5 => ram.check_entries(&entries[..5], wide)?,
+        3 => ram.check_entries(&entries[..3], wide)?,
         4 => ram.check_entries(&entries[..4], wide)?,
-        // A second walk's leaf.
-        1 => ram.check_entries(&entries[..1], wide)?,
-        // 32-bit paging.
-        2 => ram.check_entries(&entries[..2], wide)?,
         _ => ram.check_entries(entries.get(..count).unwrap_or(entries), wide)?,
-    };
-    match check {
-        EntryCheck::Held => Ok(true),
-        EntryCheck::Changed => Ok(false),
-        EntryCheck::NotRam { gpa } => Err(Error::PageTableNotRam { gpa }),
-    }
+    })
 }
 
 /// How many entries `walk` starts with that `before` starts with too (the

@@ -178,7 +178,7 @@ fn holds<R: GuestRam + ?Sized>(
     };
     match check {
         EntryCheck::Held => Ok(true),
-        EntryCheck::Changed => Ok(false),
+        EntryCheck::Changed { .. } => Ok(false),
         EntryCheck::NotRam { gpa } => Err(not_ram(gpa)),
     }
 }

@@ -64,14 +64,14 @@ fn reference<R: GuestRam>(
     entries: &[(u64, u64)],
     wide: bool,
 ) -> Result<EntryCheck, BusError> {
-    for &(gpa, value) in entries {
+    for (index, &(gpa, value)) in entries.iter().enumerate() {
         let mut buf = [0u8; 8];
         let size = if wide { 8 } else { 4 };
         if ram.read(gpa, &mut buf[..size])? == RamStatus::NotRam {
             return Ok(EntryCheck::NotRam { gpa });
         }
         if u64::from_le_bytes(buf) != value {
-            return Ok(EntryCheck::Changed);
+            return Ok(EntryCheck::Changed { index });
         }
     }
     Ok(EntryCheck::Held)
@@ -139,7 +139,7 @@ fn the_default_reads_in_order_and_stops_at_the_deciding_entry() {
         assert_eq!(got_reads, ram.reads, "{entries:x?} wide {wide}");
         let decided = match want {
             Ok(EntryCheck::Held) => entries.len(),
-            Ok(EntryCheck::Changed) => ram.reads.len(),
+            Ok(EntryCheck::Changed { .. }) => ram.reads.len(),
             Ok(EntryCheck::NotRam { gpa }) => {
                 assert_eq!(Some(&gpa), ram.reads.last());
                 ram.reads.len()
@@ -149,7 +149,7 @@ fn the_default_reads_in_order_and_stops_at_the_deciding_entry() {
         assert_eq!(ram.reads.len(), decided);
         outcomes[match want {
             Ok(EntryCheck::Held) => 0,
-            Ok(EntryCheck::Changed) => 1,
+            Ok(EntryCheck::Changed { .. }) => 1,
             _ => 2,
         }] += 1;
     }
@@ -200,7 +200,7 @@ fn the_bench_ram_override_agrees_with_the_default() {
         assert_eq!(got, want, "{entries:x?} wide {wide}");
         outcomes[match want {
             Ok(EntryCheck::Held) => 0,
-            Ok(EntryCheck::Changed) => 1,
+            Ok(EntryCheck::Changed { .. }) => 1,
             _ => 2,
         }] += 1;
     }

@@ -588,3 +588,65 @@ fn a_control_change_between_assists_walks_again() {
         }
     }
 }
+
+/// Only the second operand's leaf (an entry of its walk that the first
+/// operand's walk does not read) rewritten between two assists: the pair
+/// record's one check finds the change past the first operand's entries,
+/// so the first operand is a hit and only the second walks again, as the
+/// slot path does; each assist does what a cold one does, and the next
+/// pair is served whole again. The leaf is rewritten with its accessed
+/// bit cleared (the walk sets it again) and then to the other tree's leaf
+/// (the operand moves), for each instruction and 4 KiB layout. (CMPSB
+/// reads the device page whose slot a write made: the read's walk must
+/// replace that stale slot, or the search finds it first on every later
+/// read and the pair is never served again.)
+#[test]
+fn only_the_second_operands_leaf_rewritten_walks_the_second_alone() {
+    for case in CASES {
+        if case.ram.level != 1 || case.dev.level != 1 {
+            continue;
+        }
+        for insn in INSNS {
+            for rewrite in ["accessed bit cleared", "other tree's leaf"] {
+                let (mut m, mut cache) = warmed(case);
+                // PUSH reads the device and writes the stack (RAM); the
+                // others read RAM first and then the device.
+                let second = if insn == Insn::Push {
+                    m.ram_linear()
+                } else {
+                    m.dev_linear()
+                };
+                let at = m.tables.clone().entry_gpa(&mut m.ram, second, 1);
+                let theirs = m.other.clone().entry_gpa(&mut m.ram, second, 1);
+                let mine = m.tables.get(&m.ram, at);
+                let value = if rewrite == "accessed bit cleared" {
+                    mine & !pte::A
+                } else {
+                    m.other.get(&m.ram, theirs)
+                };
+                assert_ne!(value, mine, "{}: {insn:?}: {rewrite}", case.what);
+                m.tables.set(&mut m.ram, at, value);
+                let what = format!("second operand's leaf: {rewrite}");
+                let (hits, misses) = (cache.data_hits(), cache.data_misses());
+                let (r, _) = m.step(&mut cache, insn, &what);
+                assert_eq!(r, Ok(Outcome::Done), "{}: {insn:?}: {what}", case.what);
+                assert_eq!(
+                    (cache.data_hits(), cache.data_misses()),
+                    (hits + 1, misses + 1),
+                    "{}: {insn:?}: {what}: the first operand a hit, the second a walk",
+                    case.what
+                );
+                // The next pair: both hits, no walk.
+                let (hits, misses) = (cache.data_hits(), cache.data_misses());
+                let (r, _) = m.step(&mut cache, insn, &what);
+                assert_eq!(r, Ok(Outcome::Done), "{}: {insn:?}: {what}", case.what);
+                assert_eq!(
+                    (cache.data_hits(), cache.data_misses()),
+                    (hits + 2, misses),
+                    "{}: {insn:?}: {what}: served again",
+                    case.what
+                );
+            }
+        }
+    }
+}

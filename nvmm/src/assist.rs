@@ -455,7 +455,7 @@ impl GuestRam for VcpuRam {
     ) -> std::result::Result<EntryCheck, BusError> {
         let len = if wide { 8 } else { 4 };
         let mut area: Option<GuestArea> = None;
-        for &(gpa, value) in entries {
+        for (index, &(gpa, value)) in entries.iter().enumerate() {
             let src = match area.and_then(|a| a.host_range(gpa, len, Prot::READ)) {
                 Some(src) => src,
                 None => {
@@ -478,7 +478,7 @@ impl GuestRam for VcpuRam {
                 u64::from(u32::from_le_bytes(buf))
             };
             if now != value {
-                return Ok(EntryCheck::Changed);
+                return Ok(EntryCheck::Changed { index });
             }
         }
         Ok(EntryCheck::Held)
@@ -1053,7 +1053,7 @@ mod tests {
             assert_eq!(got, want, "{entries:x?} wide {wide}");
             seen[match got {
                 Ok(EntryCheck::Held) => 0,
-                Ok(EntryCheck::Changed) => 1,
+                Ok(EntryCheck::Changed { .. }) => 1,
                 _ => 2,
             }] += 1;
         }

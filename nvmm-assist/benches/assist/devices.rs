@@ -29,19 +29,19 @@ impl FlatRam {
     }
 }
 
-/// [`FlatRam::check_entries`] when an entry is not RAM: the entries in
+/// [`FlatRam::check_entries`] when an entry is not RAM or differs: the entries in
 /// order, the first that is not RAM or differs deciding (what the trait's
 /// default gives).
 #[inline(never)]
 fn slow_check(ram: &mut FlatRam, entries: &[(u64, u64)], size: usize) -> EntryCheck {
-    for &(gpa, value) in entries {
+    for (index, &(gpa, value)) in entries.iter().enumerate() {
         let Some(r) = ram.range(gpa, size) else {
             return EntryCheck::NotRam { gpa };
         };
         let mut buf = [0u8; 8];
         buf[..size].copy_from_slice(&ram.mem[r]);
         if u64::from_le_bytes(buf) != value {
-            return EntryCheck::Changed;
+            return EntryCheck::Changed { index };
         }
     }
     EntryCheck::Held
@@ -101,7 +101,8 @@ impl GuestRam for FlatRam {
         Ok(if differ == 0 {
             EntryCheck::Held
         } else {
-            EntryCheck::Changed
+            // Which entry changed: the entry-by-entry order, out of line.
+            slow_check(self, entries, if wide { 8 } else { 4 })
         })
     }
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<RamStatus, BusError> {

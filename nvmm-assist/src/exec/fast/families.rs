@@ -169,19 +169,32 @@ where
 /// cache's `translate_pair` (exact, as [`FetchCache::translate_data`]),
 /// whose second re-validation reads only the entries the first did not
 /// (the general path shares them the same way).
+///
+/// In real mode (a constant in the real-mode copies of the forms) paging
+/// is off, CR0.PG needing CR0.PE: that copy has no paged path, whose
+/// inlined code cost the real-mode MOVSB and CMPSB 9-15 instructions (a
+/// state that says real mode with paging on is left to the general path,
+/// `None`).
 #[inline(always)]
 pub(super) fn translate_pair<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     state: &S,
+    mode: CpuMode,
     ram: &mut R,
     cache: &mut FetchCache,
     src: u64,
     dst: u64,
     dst_access: AccessType,
-) -> Result<(u64, u64), Error> {
-    if translate::unpaged(state) {
-        return Ok((src & 0xFFFF_FFFF, dst & 0xFFFF_FFFF));
+) -> Option<Result<(u64, u64), Error>> {
+    let unpaged = translate::unpaged(state);
+    if unpaged {
+        return Some(Ok((src & 0xFFFF_FFFF, dst & 0xFFFF_FFFF)));
     }
-    translate_pair_paged(state, ram, cache, src, dst, dst_access)
+    if mode == CpuMode::Real {
+        return None;
+    }
+    Some(translate_pair_paged(
+        state, ram, cache, src, dst, dst_access,
+    ))
 }
 
 /// [`translate_pair`] with paging on. Inline in each form's out-of-line

@@ -127,7 +127,7 @@ where
             operand(state, mode, m.segment, m.offset, s, AccessType::Write)?,
         )
     };
-    let (src, dst) = match translate_pair(state, ram, cache, src, dst, AccessType::Write) {
+    let (src, dst) = match translate_pair(state, mode, ram, cache, src, dst, AccessType::Write)? {
         Ok(pair) => pair,
         Err(e) => return Some(Err(e)),
     };

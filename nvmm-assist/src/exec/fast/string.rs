@@ -334,7 +334,7 @@ where
     let src = operand(state, mode, step, src_seg, Gpr::Rsi, AccessType::Read)?;
     let dst = operand(state, mode, step, Segment::Es, Gpr::Rdi, dst_access)?;
     Some(
-        match translate_pair(state, ram, cache, src, dst, dst_access) {
+        match translate_pair(state, mode, ram, cache, src, dst, dst_access)? {
             Ok((src, dst)) => exec(state, ram, mmio, step, Some(src), Some(dst)),
             Err(e) => Err(e),
         },
