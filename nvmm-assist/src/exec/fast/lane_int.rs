@@ -36,6 +36,8 @@ use crate::flags::{self, RF};
 use crate::mode::CpuMode;
 use crate::state::{CpuState, Gpr, Segment};
 
+mod unary;
+
 /// The operation of a form, picked by its opcode (and ModRM `reg` for the
 /// groups).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -130,6 +132,11 @@ where
     } else {
         0
     };
+    // The plain INC/DEC/NOT/NEG: their own path, the operand size a
+    // constant in each copy (see `unary.rs`).
+    if !lock && unary::is_opcode(b) {
+        return unary::sized::<ADDR, S, R, M>(state, mode, ram, mmio, exit_gpa, bytes, i, b, rex);
+    }
     let rex_w = rex & 8 != 0;
     let vsize = if rex_w {
         8
