@@ -665,10 +665,20 @@ pub(crate) fn rmw<T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
         && size <= 8
         && len == usize::from(size)
     {
-        return rmw_page(ram, mmio, gpa, size, locked, |old| {
-            let (new, out) = op(u128::from(old));
-            (new as u64, out)
-        });
+        // (Always inline: a closure is instantiated once, maybe in another
+        // codegen unit than its caller, and then stays a call.)
+        return rmw_page(
+            ram,
+            mmio,
+            gpa,
+            size,
+            locked,
+            #[inline(always)]
+            |old| {
+                let (new, out) = op(u128::from(old));
+                (new as u64, out)
+            },
+        );
     }
     rmw_range(ram, mmio, range, size, locked, op)
 }

@@ -18,23 +18,26 @@
 //! same ModRM and segment helpers, [`checked_linear`]), its checks (LOCK
 //! only on the lockable forms, CMPXCHG16B aligned, the BT* register
 //! offset's displacement) and its executor's semantics functions and
-//! read-modify-write rules ([`rmw_page`], [`rmw`], [`rmw_range`]); a case
+//! read-modify-write rules ([`rmw_page`], [`rmw`](crate::exec::rmw), [`rmw_range`]); a case
 //! the full fast path leaves to the general one is declined (`None`,
 //! nothing done), and the caller then runs the full fast path. A
 //! differential test (`lane_int_tests.rs`) holds the lane to the full fast
 //! path in every mode.
 
+use super::families::write_sized;
 use super::{address_mask, byte, checked_linear, merged, modrm16, modrm32, prefix, read_reg};
-use super::{alu_op, sized_field};
+use super::{alu_op, read_sized, sized_field};
 use crate::Outcome;
 use crate::access::{AccessType, PhysRange};
 use crate::bus::{GuestRam, MmioBus};
 use crate::decode::Mnemonic;
 use crate::error::Error;
-use crate::exec::{alu, bits, mov, read_page, rmw, rmw_page, rmw_range, write_page, xchg};
+use crate::exec::{alu, bits, mov, read_page, rmw_page, rmw_range, write_page, xchg};
 use crate::flags::{self, RF};
 use crate::mode::CpuMode;
 use crate::state::{CpuState, Gpr, Segment};
+
+mod unary;
 
 /// The operation of a form, picked by its opcode (and ModRM `reg` for the
 /// groups).
@@ -130,6 +133,11 @@ where
     } else {
         0
     };
+    // The plain INC/DEC/NOT/NEG: their own path, the operand size a
+    // constant in each copy (see `unary.rs`).
+    if !lock && unary::is_opcode(b) {
+        return unary::sized::<ADDR, S, R, M>(state, mode, ram, mmio, exit_gpa, bytes, i, b, rex);
+    }
     let rex_w = rex & 8 != 0;
     let vsize = if rex_w {
         8
@@ -192,6 +200,74 @@ where
     if lock && !op.lockable() {
         return None;
     }
+    // The rest in a copy per operand size, a constant there (so are the
+    // size's masks and the flags' shifts, and the read-modify-writes'
+    // operations are small enough to be inline). CMPXCHG8B is the 8-byte
+    // copy's, CMPXCHG16B the 16-byte one's; outside 64-bit mode the
+    // operand size is 1, 2 (16-bit modes) or 4.
+    let at = Form {
+        op,
+        access,
+        imm_size,
+        modrm,
+        i,
+        rex,
+        lock,
+    };
+    let (st, r, m) = (state, ram, mmio);
+    match size {
+        1 => operand::<ADDR, 1, S, R, M>(st, mode, r, m, exit_gpa, bytes, at),
+        2 if ADDR == 2 => operand::<ADDR, 2, S, R, M>(st, mode, r, m, exit_gpa, bytes, at),
+        4 => operand::<ADDR, 4, S, R, M>(st, mode, r, m, exit_gpa, bytes, at),
+        8 => operand::<ADDR, 8, S, R, M>(st, mode, r, m, exit_gpa, bytes, at),
+        16 if ADDR == 8 => operand::<ADDR, 16, S, R, M>(st, mode, r, m, exit_gpa, bytes, at),
+        _ => None,
+    }
+}
+
+/// What [`run`] passes on to [`operand`]: the operation, the bytes
+/// accessed, the immediate's size, the ModRM byte and its index, the REX
+/// prefix (0 for none) and LOCK.
+#[derive(Clone, Copy)]
+struct Form {
+    op: Op,
+    access: u8,
+    imm_size: u8,
+    modrm: u8,
+    i: usize,
+    rex: u8,
+    lock: bool,
+}
+
+/// [`run`] once the form is known, for operand size `SIZE`: the memory
+/// operand, its checks, and [`exec`].
+#[inline(always)]
+fn operand<const ADDR: u8, const SIZE: u8, S, R, M>(
+    state: &mut S,
+    mode: CpuMode,
+    ram: &mut R,
+    mmio: &mut M,
+    exit_gpa: u64,
+    bytes: &[u8],
+    at: Form,
+) -> Option<Result<Outcome, Error>>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let long = ADDR == 8;
+    let Form {
+        op,
+        access,
+        imm_size,
+        modrm,
+        mut i,
+        rex,
+        lock,
+    } = at;
+    let size = SIZE;
+    let reg_field = (modrm >> 3) & 7;
     // The memory operand (a register operand is the general path's).
     let md = modrm >> 6;
     if md == 3 {
@@ -231,14 +307,13 @@ where
     if access == 16 && linear & 15 != 0 {
         return None;
     }
-    Some(exec(
+    Some(exec::<ADDR, SIZE, S, R, M>(
         state,
         ram,
         mmio,
         exit_gpa,
         &Decoded {
             op,
-            size,
             access,
             reg,
             rex: rex != 0,
@@ -286,8 +361,6 @@ fn secondary(op2: u8, reg_field: u8, vsize: u8, rex_w: bool) -> Option<(Op, u8, 
 /// A decoded form of the lane, its memory operand at the exit GPA.
 struct Decoded {
     op: Op,
-    /// Operand size.
-    size: u8,
     /// Bytes accessed in memory.
     access: u8,
     /// The register operand's encoding (0-15).
@@ -309,7 +382,7 @@ struct Decoded {
 /// RIP are written only once they all succeeded, so an error or a
 /// [`Outcome::Resume`] changes nothing.
 #[inline(always)]
-fn exec<S, R, M>(
+fn exec<const ADDR: u8, const SIZE: u8, S, R, M>(
     state: &mut S,
     ram: &mut R,
     mmio: &mut M,
@@ -321,7 +394,12 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    let size = d.size;
+    let size = SIZE;
+    // CMPXCHG8B/16B are the only forms of their copies outside 64-bit
+    // mode (8 bytes) and in it (16).
+    if SIZE == 16 || (ADDR != 8 && SIZE == 8) || d.op == Op::CmpxchgWide {
+        return cmpxchg_wide(state, ram, mmio, gpa, d);
+    }
     let rflags = state.rflags();
     // A locked read-modify-write that lost every race: nothing changes.
     macro_rules! or_resume {
@@ -332,17 +410,37 @@ where
             }
         };
     }
-    // A read-modify-write of `size` bytes at `gpa`, `$f` mapping the old
-    // value to the new one and a result (`rmw_page`'s rules), locked if
-    // the instruction is. Two copies, the lock a constant in each: the
-    // unlocked one has no retries, so its operation is inline (with the
-    // retries as a second caller it was a call, some 30 instructions).
+    // A read-modify-write of `size` bytes at `gpa`, `$body` mapping the
+    // old value `$old` to the new one and a result (`rmw_page`'s rules),
+    // locked if the instruction is. Two copies, the lock a constant in
+    // each: the unlocked one has no retries, so its operation is inline
+    // (with the retries as a second caller it was a call, some 30
+    // instructions).
+    //
+    // Unlocked, `rmw_page`'s rules are one read, the operation, one write:
+    // written out here with the ALU lane's accesses. Locked, the operation
+    // is a closure marked always-inline: without that the closure (which
+    // is not generic over anything of its own) is instantiated once, in
+    // another codegen unit than this function maybe, and stays a call
+    // (some 50 instructions for XADD with its arguments and results in
+    // memory).
     macro_rules! rmw {
-        ($f:expr) => {
+        (|$old:ident| $body:expr) => {
             if d.lock {
-                or_resume!(rmw_page(ram, mmio, gpa, size, true, $f))
+                or_resume!(rmw_page(
+                    ram,
+                    mmio,
+                    gpa,
+                    size,
+                    true,
+                    #[inline(always)]
+                    move |$old: u64| $body
+                ))
             } else {
-                or_resume!(rmw_page(ram, mmio, gpa, size, false, $f))
+                let $old = read_sized(ram, mmio, gpa, usize::from(SIZE))?;
+                let (new, out) = $body;
+                write_sized(ram, mmio, gpa, usize::from(SIZE), new)?;
+                out
             }
         };
     }
@@ -351,7 +449,7 @@ where
     macro_rules! alu_rmw {
         ($m:expr, $b:expr) => {{
             let b = $b;
-            rmw!(move |old| alu::compute($m, old, b, size, rflags).unwrap_or((old, rflags)))
+            rmw!(|old| alu::compute($m, old, b, size, rflags).unwrap_or((old, rflags)))
         }};
     }
     // Each arm's register write (at most one, CMPXCHG8B/16B's two
@@ -381,14 +479,20 @@ where
         Op::Xchg => {
             let value = read_reg(state, d.reg, size, d.rex);
             // Locked with or without the prefix.
-            let old = or_resume!(rmw_page(ram, mmio, gpa, size, true, move |old| (
-                value, old
-            )));
+            let old = or_resume!(rmw_page(
+                ram,
+                mmio,
+                gpa,
+                size,
+                true,
+                #[inline(always)]
+                move |old| (value, old)
+            ));
             (Some(merged(state, d.reg, size, d.rex, old)), rflags)
         }
         Op::Xadd => {
             let src = read_reg(state, d.reg, size, d.rex);
-            let (old, fl) = rmw!(move |old| {
+            let (old, fl) = rmw!(|old| {
                 let (sum, fl) = xchg::xadd(old, src, size, rflags);
                 (sum, (old, fl))
             });
@@ -397,12 +501,13 @@ where
         Op::Cmpxchg => {
             let src = read_reg(state, d.reg, size, d.rex);
             let acc = state.gpr(Gpr::Rax) & flags::size_mask(size);
-            let (fl, loaded) = rmw!(move |old| {
+            let (fl, loaded) = rmw!(|old| {
                 let (new, fl, loaded) = xchg::cmpxchg(acc, old, src, size, rflags);
                 (new, (fl, loaded))
             });
             (loaded.map(|old| merged(state, 0, size, false, old)), fl)
         }
+        // (Taken above.)
         Op::CmpxchgWide => return cmpxchg_wide(state, ram, mmio, gpa, d),
         Op::BtImm(m) | Op::BtReg(m) => {
             let bit = if let Op::BtImm(_) = d.op {
@@ -412,9 +517,9 @@ where
             };
             let fl = match m {
                 Mnemonic::Bt => bits::compute(m, read_page(ram, mmio, gpa, size)?, bit, rflags).1,
-                Mnemonic::Bts => rmw!(move |old| bits::compute(Mnemonic::Bts, old, bit, rflags)),
-                Mnemonic::Btr => rmw!(move |old| bits::compute(Mnemonic::Btr, old, bit, rflags)),
-                _ => rmw!(move |old| bits::compute(Mnemonic::Btc, old, bit, rflags)),
+                Mnemonic::Bts => rmw!(|old| bits::compute(Mnemonic::Bts, old, bit, rflags)),
+                Mnemonic::Btr => rmw!(|old| bits::compute(Mnemonic::Btr, old, bit, rflags)),
+                _ => rmw!(|old| bits::compute(Mnemonic::Btc, old, bit, rflags)),
             };
             (None, fl)
         }
@@ -466,15 +571,35 @@ where
     let rflags = state.rflags();
     let expected = xchg::pair(state.gpr(Gpr::Rax), state.gpr(Gpr::Rdx), half);
     let replacement = xchg::pair(state.gpr(Gpr::Rbx), state.gpr(Gpr::Rcx), half);
-    let range = PhysRange {
-        parts: [(gpa, usize::from(width)), (0, 0)],
-        count: 1,
-    };
-    let op = move |old| xchg::cmpxchg_wide(old, expected, replacement);
+    // (Each operation always inline: see `exec`'s `rmw!`. CMPXCHG8B is
+    // `rmw`'s one-page case, `rmw_page` on 64-bit values, called directly.)
     let result = if width == 16 {
-        rmw_range(ram, mmio, &range, width, d.lock, op)
+        let range = PhysRange {
+            parts: [(gpa, usize::from(width)), (0, 0)],
+            count: 1,
+        };
+        rmw_range(
+            ram,
+            mmio,
+            &range,
+            width,
+            d.lock,
+            #[inline(always)]
+            move |old| xchg::cmpxchg_wide(old, expected, replacement),
+        )
     } else {
-        rmw(ram, mmio, &range, width, d.lock, op)
+        rmw_page(
+            ram,
+            mmio,
+            gpa,
+            width,
+            d.lock,
+            #[inline(always)]
+            move |old| {
+                let (new, loaded) = xchg::cmpxchg_wide(u128::from(old), expected, replacement);
+                (new as u64, loaded)
+            },
+        )
     }?;
     let Some(loaded) = result else {
         return Ok(Outcome::Resume);

@@ -236,16 +236,28 @@ fn linear_of(bytes: &[u8], regs: &Registers, mode: CpuMode) -> Option<u64> {
     })
 }
 
+/// Whether `bytes` are a plain INC/DEC/NOT/NEG of memory (no LOCK, at most
+/// a REX prefix in 64-bit mode), the lane's own path for them
+/// (`unary.rs`).
+fn plain_unary(bytes: &[u8], long: bool) -> bool {
+    let at = usize::from(long && bytes.first().is_some_and(|b| b & 0xF0 == 0x40));
+    matches!(
+        (bytes.get(at), bytes.get(at + 1).map(|m| (m >> 3) & 7)),
+        (Some(0xFE | 0xFF), Some(0 | 1)) | (Some(0xF6 | 0xF7), Some(2 | 3))
+    )
+}
+
 /// `iterations` random cases in `mode` (default address size `ADDR`);
-/// returns how many the lane took and how many of those were locked.
+/// returns how many the lane took, how many of those were locked and how
+/// many were plain INC/DEC/NOT/NEG ([`plain_unary`]).
 fn compare<const ADDR: u8>(
     rng: &mut Rng,
     mode: CpuMode,
     base_ram: &TestRam,
     cr3: u64,
     iterations: usize,
-) -> (usize, usize) {
-    let (mut taken, mut locked) = (0, 0);
+) -> (usize, usize, usize) {
+    let (mut taken, mut locked, mut unary) = (0, 0, 0);
     for _ in 0..iterations {
         let (bytes, foreign) = random_bytes(rng, mode.is_64bit());
         let mut regs = random_state(rng, mode, cr3);
@@ -303,6 +315,7 @@ fn compare<const ADDR: u8>(
             Some(result) => {
                 taken += 1;
                 locked += usize::from(bytes.first() == Some(&0xF0));
+                unary += usize::from(plain_unary(&bytes, mode.is_64bit()));
                 assert_eq!(result, general, "{}", what());
                 assert_eq!(r1, r2, "{}", what());
                 assert_eq!(m1.log, m2.log, "{}", what());
@@ -346,7 +359,7 @@ fn compare<const ADDR: u8>(
             }
         }
     }
-    (taken, locked)
+    (taken, locked, unary)
 }
 
 #[test]
@@ -373,12 +386,16 @@ fn integer_lane_is_the_general_path_in_every_mode() {
         CpuMode::Protected16,
         CpuMode::Real,
     ] {
-        let (taken, locked) = match mode.default_address_size() {
+        let (taken, locked, unary) = match mode.default_address_size() {
             8 => compare::<8>(&mut rng, mode, &ram, pt.cr3(), iterations),
             4 => compare::<4>(&mut rng, mode, &ram, pt.cr3(), iterations),
             _ => compare::<2>(&mut rng, mode, &ram, pt.cr3(), iterations),
         };
         assert!(taken > iterations / 5, "{mode:?}: the lane took {taken}");
         assert!(locked > iterations / 50, "{mode:?}: {locked} locked");
+        assert!(
+            unary > iterations / 100,
+            "{mode:?}: {unary} plain INC/DEC/NOT/NEG"
+        );
     }
 }
