@@ -9,31 +9,13 @@
 
 use std::vec::Vec;
 
+use super::super::lane_harness::{Machine, case};
 use super::run;
 use crate::decode::{Mnemonic, Operand, decode};
-use crate::exec::fast::{Lane, lane, run_mode};
-use crate::fetch_cache::FetchCache;
-use crate::mem::assist_mem_with;
+use crate::exec::fast::{Lane, lane};
 use crate::mode::CpuMode;
-use crate::testutil::{Layout, PageTables, RecordingMmio, TEST_VENDOR, TestRam, pte};
-use crate::{AccessType, Gpr, MemExit, Outcome, Registers, Segment, SegmentAttributes};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<T: Copy>(&mut self, from: &[T]) -> T {
-        from[self.below(from.len() as u64) as usize]
-    }
-}
+use crate::testutil::{Layout, PageTables, RecordingMmio, Rng, TEST_VENDOR, TestRam, pte};
+use crate::{Gpr, Outcome, Registers, Segment, SegmentAttributes};
 
 /// The lane's opcodes (after LOCK and REX), and near misses it declines.
 const OPCODES: &[&[u8]] = &[
@@ -294,67 +276,31 @@ fn compare<const ADDR: u8>(
             fail_at: (rng.below(16) == 0).then(|| rng.below(3) as usize),
             ..RecordingMmio::default()
         };
-        let (mut r1, mut ram1, mut m1) = (regs.clone(), ram.clone(), mmio.clone());
-        let (mut r2, mut ram2, mut m2) = (regs.clone(), ram.clone(), mmio.clone());
-        let got = run::<ADDR, _, _, _>(&mut r1, mode, &mut ram1, &mut m1, gpa, &bytes);
-        let exit = MemExit {
-            gpa,
-            access: AccessType::Read,
-            instruction: &bytes,
-        };
-        let general = assist_mem_with(
-            &mut r2,
-            &mut ram2,
-            &mut m2,
-            &exit,
-            false,
-            &mut FetchCache::new(),
-        );
-        let what = || std::format!("{mode:?} {bytes:02x?} gpa {gpa:#x}");
+        let what = case(mode, &bytes, gpa);
+        let mut ours = Machine::new(&regs, &ram, &mmio);
+        let (r1, ram1, m1) = (&mut ours.regs, &mut ours.ram, &mut ours.mmio);
+        let got = run::<ADDR, _, _, _>(r1, mode, ram1, m1, gpa, &bytes);
         match got {
             Some(result) => {
                 taken += 1;
                 locked += usize::from(bytes.first() == Some(&0xF0));
                 unary += usize::from(plain_unary(&bytes, mode.is_64bit()));
-                assert_eq!(result, general, "{}", what());
-                assert_eq!(r1, r2, "{}", what());
-                assert_eq!(m1.log, m2.log, "{}", what());
-                assert!(ram1.mem == ram2.mem, "{}", what());
-                assert_eq!(ram1.cas_log, ram2.cas_log, "{}", what());
-                assert_eq!(
-                    (ram1.reads, ram1.writes),
-                    (ram2.reads, ram2.writes),
-                    "{}",
-                    what()
-                );
+                let mut general = Machine::new(&regs, &ram, &mmio);
+                assert_eq!(result, general.general(gpa, &bytes), "{what}");
+                ours.assert_same(&general, &what);
                 if result.is_err() || result == Ok(Outcome::Resume) {
-                    assert_eq!(r1, regs, "{}: nothing changes", what());
+                    assert_eq!(ours.regs, regs, "{what}: nothing changes");
                 }
             }
             None => {
-                assert_eq!(r1, regs, "{}: declined, nothing done", what());
-                assert!(m1.log.is_empty(), "{}", what());
-                assert_eq!((ram1.reads, ram1.writes), (0, 0), "{}", what());
+                ours.assert_untouched(&regs, &what);
                 // The full fast path takes no case of the lane's shapes
                 // that the lane declines (a LOCK and a 66 prefix, which
                 // the lane choice sends here, are the full path's).
                 if lane::<ADDR>(&bytes) == Lane::Int && !foreign {
-                    let (mut r3, mut ram3, mut m3) = (regs.clone(), ram.clone(), mmio);
-                    let mut declined = false;
-                    let _ = run_mode::<ADDR, _, _, _>(
-                        &mut r3,
-                        mode,
-                        &mut ram3,
-                        &mut FetchCache::new(),
-                        &mut m3,
-                        gpa,
-                        &bytes,
-                        |_, _, _, _| {
-                            declined = true;
-                            Ok(Outcome::Resume)
-                        },
-                    );
-                    assert!(declined, "{}: the full fast path took it", what());
+                    let mut full = Machine::new(&regs, &ram, &mmio);
+                    let taken_by_full = full.full_fast::<ADDR>(mode, gpa, &bytes).is_some();
+                    assert!(!taken_by_full, "{what}: the full fast path took it");
                 }
             }
         }
