@@ -242,6 +242,12 @@ pub struct FetchCache {
     /// The data translations (the memory assist's two-operand forms use
     /// them directly: `DataSlots::translate_pair`, `share_walks`).
     pub(crate) data: DataSlots,
+    /// The bytes of the last usual fetch ([`quick`](crate::fetch::quick)):
+    /// scratch, read again from guest memory on every fetch (never used as
+    /// a cache of the code). They are kept here rather than in a buffer of
+    /// the caller's frame so that the fetch path can jump to the lane that
+    /// runs them without a frame of its own.
+    pub(crate) code: [u8; 15],
     /// The slot a miss fills next: the one not filled last (a hit leaves
     /// it, which keeps the hit path short).
     victim: usize,
@@ -261,6 +267,7 @@ impl FetchCache {
         FetchCache {
             slots: [EMPTY; SLOTS],
             data: DataSlots::new(),
+            code: [0; 15],
             victim: 0,
             hits: 0,
             misses: 0,

@@ -342,6 +342,11 @@ where
 /// per address size, which calls the same lane and fast-path functions as
 /// an exit with bytes. In the 64-bit copy the mode is a constant (the
 /// fetch's segmentation check is the canonical test alone).
+///
+/// The usual fetch ([`fetch::quick`]) leaves its bytes in the cache
+/// ([`FetchCache::code`]) and makes no call, so this function needs no
+/// frame: it ends in a jump to the lane's copy that runs them
+/// ([`fetched_in_lane`]) or to the out-of-line rest.
 #[inline(never)]
 fn fetched_sized<const ADDR: u8, S, R, M>(
     state: &mut S,
@@ -369,27 +374,130 @@ where
     // bytes at most: fewer (an edge right after them) pick no lane, or a
     // lane that declines. The exit's access type is not looked at past
     // the entry.
+    match fetch::quick::<ADDR, S, R>(state, mode, ram, cache)? {
+        fetch::Quick::Done => {}
+        other => {
+            return fetched_rest::<ADDR, S, R, M>(state, ram, mmio, exit_gpa, cache, mode, other);
+        }
+    }
+    // The usual case, all 15 bytes: the lane choice sees a constant
+    // length.
+    match fast::lane::<ADDR>(&cache.code) {
+        fast::Lane::Other => {
+            fetched_in_lane::<ADDR, OTHER, S, R, M>(state, ram, mmio, exit_gpa, cache, mode)
+        }
+        fast::Lane::Mov => {
+            fetched_in_lane::<ADDR, MOV, S, R, M>(state, ram, mmio, exit_gpa, cache, mode)
+        }
+        fast::Lane::Alu => {
+            fetched_in_lane::<ADDR, ALU, S, R, M>(state, ram, mmio, exit_gpa, cache, mode)
+        }
+        fast::Lane::Int => {
+            fetched_in_lane::<ADDR, INT, S, R, M>(state, ram, mmio, exit_gpa, cache, mode)
+        }
+        fast::Lane::Stack => {
+            fetched_in_lane::<ADDR, STACK, S, R, M>(state, ram, mmio, exit_gpa, cache, mode)
+        }
+        fast::Lane::Sse => {
+            fetched_in_lane::<ADDR, SSE, S, R, M>(state, ram, mmio, exit_gpa, cache, mode)
+        }
+        fast::Lane::String => {
+            fetched_in_lane::<ADDR, STRING, S, R, M>(state, ram, mmio, exit_gpa, cache, mode)
+        }
+    }
+}
+
+/// [`fetched_in_lane`]'s `LANE` for bytes that pick no lane: the full
+/// fast path.
+const OTHER: u8 = 6;
+
+/// [`assist_in_lane`] on the 15 bytes of the usual fetch, which are in
+/// the cache ([`FetchCache::code`]): one lane's attempt (`LANE`, a
+/// constant per copy; [`OTHER`]: the full fast path), else (it declined,
+/// having done nothing) the full fast path, else the general path on
+/// these bytes. Out of line, one small copy per lane and address size.
+/// The lanes that use the cache themselves (stack, string, the full fast
+/// path) take a copy of the bytes, or the opcode alone.
+#[inline(never)]
+fn fetched_in_lane<const ADDR: u8, const LANE: u8, S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    gpa: u64,
+    cache: &mut FetchCache,
+    mode: CpuMode,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    // A constant in 64-bit mode's copy, as in `assist_sized`.
+    let mode = if ADDR == 8 { CpuMode::Long64 } else { mode };
+    let attempt = match LANE {
+        MOV => fast::run_mov::<ADDR, S, R, M>(state, mode, ram, mmio, gpa, &cache.code),
+        ALU => fast::run_alu::<ADDR, S, R, M>(state, mode, ram, mmio, gpa, &cache.code),
+        INT => fast::run_int::<ADDR, S, R, M>(state, mode, ram, mmio, gpa, &cache.code),
+        SSE => fast::run_sse(state, mode, ram, mmio, gpa, &cache.code),
+        STACK => {
+            let bytes = cache.code;
+            fast::run_stack::<ADDR, S, R, M>(state, mode, ram, cache, mmio, &bytes)
+        }
+        STRING => {
+            let [opcode, ..] = cache.code;
+            fast::run_string(state, mode, ram, cache, mmio, gpa, opcode)
+        }
+        _ => None,
+    };
+    if let Some(result) = attempt {
+        return result;
+    }
+    // The full fast path inline here, with the general path on these
+    // bytes behind it.
+    let bytes = cache.code;
+    fast::run_mode::<ADDR, S, R, M>(
+        state,
+        mode,
+        ram,
+        cache,
+        mmio,
+        gpa,
+        &bytes,
+        |state: &mut S, ram: &mut R, mmio: &mut M, cache: &mut FetchCache| {
+            let mut bytes = bytes;
+            decode_and_execute(state, ram, mmio, cache, mode, &mut bytes, 15, gpa)
+        },
+    )
+}
+
+/// [`fetched_sized`] past an unusual fetch (`quick` is what
+/// [`fetch::quick`] found: code outside RAM, a walk, an edge within the 15
+/// bytes or a CS check that may fault): the rest of the fetch, then what
+/// an exit carrying the fetched bytes takes. Out of line.
+#[inline(never)]
+fn fetched_rest<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit_gpa: u64,
+    cache: &mut FetchCache,
+    mode: CpuMode,
+    quick: fetch::Quick,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
     let mut bytes = [0u8; 15];
-    let given = match fetch::quick::<ADDR, S, R, M>(state, mode, ram, mmio, cache, &mut bytes)? {
+    let given = match quick {
         fetch::Quick::Done => {
-            // The usual case, all 15 bytes: the lane choice sees a
-            // constant length. No lane: the full fast path inline here,
-            // with the general path on these bytes behind it (through
-            // `assist_sized`, or out of line, it costs 25-45 instructions
-            // more; inline it costs the lanes nothing now that the fetch's
-            // slow paths are out of line).
-            let lane = fast::lane::<ADDR>(&bytes);
-            if lane == fast::Lane::Other {
-                return fetched_other::<ADDR, S, R, M>(
-                    state, ram, mmio, exit_gpa, cache, mode, &bytes,
-                );
-            }
-            let exit = MemExit {
-                gpa: exit_gpa,
-                access: AccessType::Read,
-                instruction: &bytes,
-            };
-            return assist_lane_of::<ADDR, S, R, M>(lane, state, ram, mmio, &exit, cache, mode);
+            bytes = cache.code;
+            bytes.len()
+        }
+        fetch::Quick::Mmio(gpa) => {
+            fetch::read_mmio(mmio, gpa, &mut bytes)?;
+            bytes.len()
         }
         fetch::Quick::Walk(linear) => {
             fetch::fetch_walk(state, ram, mmio, cache, linear, &mut bytes)?
@@ -406,39 +514,6 @@ where
         instruction,
     };
     assist_lane_of::<ADDR, S, R, M>(lane, state, ram, mmio, &exit, cache, mode)
-}
-
-/// [`fetched_sized`] of all 15 bytes that pick no lane: the full fast path,
-/// else the general path on these bytes (which decodes them). Inline in
-/// `fetched_sized`.
-#[inline(always)]
-fn fetched_other<const ADDR: u8, S, R, M>(
-    state: &mut S,
-    ram: &mut R,
-    mmio: &mut M,
-    exit_gpa: u64,
-    cache: &mut FetchCache,
-    mode: CpuMode,
-    fetched: &[u8; 15],
-) -> Result<Outcome, Error>
-where
-    S: CpuState + ?Sized,
-    R: GuestRam + ?Sized,
-    M: MmioBus + ?Sized,
-{
-    fast::run_mode::<ADDR, S, R, M>(
-        state,
-        mode,
-        ram,
-        cache,
-        mmio,
-        exit_gpa,
-        fetched,
-        |state: &mut S, ram: &mut R, mmio: &mut M, cache: &mut FetchCache| {
-            let mut bytes = *fetched;
-            decode_and_execute(state, ram, mmio, cache, mode, &mut bytes, 15, exit_gpa)
-        },
-    )
 }
 
 /// [`assist_mem_with`] for a control state outside [`CpuMode::common_of`]'s
