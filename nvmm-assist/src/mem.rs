@@ -44,7 +44,7 @@ use crate::decode::{DecodeError, Instruction, decode};
 use crate::error::{Error, Exception};
 use crate::exec::{Exec, PAGE_SIZE, Pending, fast};
 use crate::fetch;
-use crate::fetch_cache::FetchCache;
+use crate::fetch_cache::{FetchCache, NO_LANE};
 use crate::mode::CpuMode;
 use crate::state::{CpuState, Segment};
 
@@ -343,10 +343,11 @@ where
 /// an exit with bytes. In the 64-bit copy the mode is a constant (the
 /// fetch's segmentation check is the canonical test alone).
 ///
-/// The usual fetch ([`fetch::quick`]) leaves its bytes in the cache
-/// ([`FetchCache::code`]) and makes no call, so this function needs no
-/// frame: it ends in a jump to the lane's copy that runs them
-/// ([`fetched_in_lane`]) or to the out-of-line rest.
+/// It guesses the lane of the bytes it is about to fetch (the one it
+/// found last, [`FetchCache::lanes`]) and jumps to that lane's copy of
+/// [`fetched_in_lane`], which fetches and checks the guess: the fetch and
+/// the lane then share one frame, and this function needs none. A wrong
+/// guess (the first fetch, another lane) takes [`fetched_repick`].
 #[inline(never)]
 fn fetched_sized<const ADDR: u8, S, R, M>(
     state: &mut S,
@@ -361,49 +362,42 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    // 64-bit mode is the only mode with 8-byte default addressing.
-    let mode = if ADDR == 8 { CpuMode::Long64 } else { mode };
-    // Fetch what lies before the first page or CS-limit edge, which is
-    // all of it for most instructions; then exactly what an exit carrying
-    // the fetched bytes takes: the lane of the first bytes, else (or when
-    // it declines) the full fast path, else the general one, which
-    // decodes these bytes and fetches more if the instruction goes on past
-    // them (it crosses the page or CS-limit edge that ended the fetch) as
-    // the general path on no bytes does. The lanes and the full fast path
-    // decline bytes that end early, and the lane choice looks at three
-    // bytes at most: fewer (an edge right after them) pick no lane, or a
-    // lane that declines. The exit's access type is not looked at past
-    // the entry.
-    match fetch::quick::<ADDR, S, R>(state, mode, ram, cache)? {
-        fetch::Quick::Done => {}
-        other => {
-            return fetched_rest::<ADDR, S, R, M>(state, ram, mmio, exit_gpa, cache, mode, other);
-        }
+    let guess = cache
+        .lanes
+        .get(lane_index::<ADDR>())
+        .copied()
+        .unwrap_or(NO_LANE);
+    match guess {
+        MOV => fetched_in_lane::<ADDR, MOV, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
+        ALU => fetched_in_lane::<ADDR, ALU, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
+        INT => fetched_in_lane::<ADDR, INT, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
+        STACK => fetched_in_lane::<ADDR, STACK, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
+        SSE => fetched_in_lane::<ADDR, SSE, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
+        STRING => fetched_in_lane::<ADDR, STRING, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
+        // OTHER, or no guess yet (the check then fails).
+        _ => fetched_in_lane::<ADDR, OTHER, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
     }
-    // The usual case, all 15 bytes: the lane choice sees a constant
-    // length.
-    match fast::lane::<ADDR>(&cache.code) {
-        fast::Lane::Other => {
-            fetched_in_lane::<ADDR, OTHER, S, R, M>(state, ram, mmio, exit_gpa, cache, mode)
-        }
-        fast::Lane::Mov => {
-            fetched_in_lane::<ADDR, MOV, S, R, M>(state, ram, mmio, exit_gpa, cache, mode)
-        }
-        fast::Lane::Alu => {
-            fetched_in_lane::<ADDR, ALU, S, R, M>(state, ram, mmio, exit_gpa, cache, mode)
-        }
-        fast::Lane::Int => {
-            fetched_in_lane::<ADDR, INT, S, R, M>(state, ram, mmio, exit_gpa, cache, mode)
-        }
-        fast::Lane::Stack => {
-            fetched_in_lane::<ADDR, STACK, S, R, M>(state, ram, mmio, exit_gpa, cache, mode)
-        }
-        fast::Lane::Sse => {
-            fetched_in_lane::<ADDR, SSE, S, R, M>(state, ram, mmio, exit_gpa, cache, mode)
-        }
-        fast::Lane::String => {
-            fetched_in_lane::<ADDR, STRING, S, R, M>(state, ram, mmio, exit_gpa, cache, mode)
-        }
+}
+
+/// The index in [`FetchCache::lanes`] of the default address size `ADDR`.
+const fn lane_index<const ADDR: u8>() -> usize {
+    match ADDR {
+        8 => 0,
+        4 => 1,
+        _ => 2,
+    }
+}
+
+/// The lane code (`MOV` .. `OTHER`) of `lane`.
+const fn lane_code(lane: fast::Lane) -> u8 {
+    match lane {
+        fast::Lane::Mov => MOV,
+        fast::Lane::Alu => ALU,
+        fast::Lane::Int => INT,
+        fast::Lane::Stack => STACK,
+        fast::Lane::Sse => SSE,
+        fast::Lane::String => STRING,
+        fast::Lane::Other => OTHER,
     }
 }
 
@@ -434,6 +428,26 @@ where
 {
     // A constant in 64-bit mode's copy, as in `assist_sized`.
     let mode = if ADDR == 8 { CpuMode::Long64 } else { mode };
+    // Fetch what lies before the first page or CS-limit edge, which is
+    // all of it for most instructions; then exactly what an exit carrying
+    // the fetched bytes takes: the lane of the first bytes, else (or when
+    // it declines) the full fast path, else the general one, which
+    // decodes these bytes and fetches more if the instruction goes on past
+    // them (it crosses the page or CS-limit edge that ended the fetch) as
+    // the general path on no bytes does. The lanes and the full fast path
+    // decline bytes that end early, and the lane choice looks at three
+    // bytes at most: fewer (an edge right after them) pick no lane, or a
+    // lane that declines. The exit's access type is not looked at past
+    // the entry.
+    match fetch::quick::<ADDR, S, R>(state, mode, ram, cache)? {
+        fetch::Quick::Done => {}
+        other => return fetched_rest::<ADDR, S, R, M>(state, ram, mmio, gpa, cache, mode, other),
+    }
+    // The usual case, all 15 bytes: the lane choice sees a constant
+    // length. This copy runs the guessed lane only.
+    if lane_code(fast::lane::<ADDR>(&cache.code)) != LANE {
+        return fetched_repick::<ADDR, S, R, M>(state, ram, mmio, gpa, cache, mode);
+    }
     let attempt = match LANE {
         MOV => fast::run_mov::<ADDR, S, R, M>(state, mode, ram, mmio, gpa, &cache.code),
         ALU => fast::run_alu::<ADDR, S, R, M>(state, mode, ram, mmio, gpa, &cache.code),
@@ -468,6 +482,36 @@ where
             decode_and_execute(state, ram, mmio, cache, mode, &mut bytes, 15, gpa)
         },
     )
+}
+
+/// [`fetched_in_lane`] when the 15 bytes it fetched are not of the lane
+/// guessed: the lane they pick becomes the guess, and runs them as it runs
+/// an exit's bytes. Out of line.
+#[inline(never)]
+fn fetched_repick<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit_gpa: u64,
+    cache: &mut FetchCache,
+    mode: CpuMode,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let bytes = cache.code;
+    let lane = fast::lane::<ADDR>(&bytes);
+    if let Some(guess) = cache.lanes.get_mut(lane_index::<ADDR>()) {
+        *guess = lane_code(lane);
+    }
+    let exit = MemExit {
+        gpa: exit_gpa,
+        access: AccessType::Read,
+        instruction: &bytes,
+    };
+    assist_lane_of::<ADDR, S, R, M>(lane, state, ram, mmio, &exit, cache, mode)
 }
 
 /// [`fetched_sized`] past an unusual fetch (`quick` is what
