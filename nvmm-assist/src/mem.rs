@@ -362,20 +362,79 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
+    if ADDR == 4 && mode == CpuMode::Compat32 {
+        // Compatibility mode: the fetch apart from the lane (fused, the
+        // re-validation of a 4-level walk and the 32-bit segmentation
+        // check make the lanes spill: 4-15 instructions more per row).
+        return fetched_apart::<ADDR, S, R, M>(state, ram, mmio, exit_gpa, cache, mode);
+    }
     let guess = cache
         .lanes
         .get(lane_index::<ADDR>())
         .copied()
         .unwrap_or(NO_LANE);
     match guess {
-        MOV => fetched_in_lane::<ADDR, MOV, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
-        ALU => fetched_in_lane::<ADDR, ALU, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
-        INT => fetched_in_lane::<ADDR, INT, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
-        STACK => fetched_in_lane::<ADDR, STACK, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
-        SSE => fetched_in_lane::<ADDR, SSE, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
-        STRING => fetched_in_lane::<ADDR, STRING, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
+        MOV => fetched_in_lane::<ADDR, MOV, true, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
+        ALU => fetched_in_lane::<ADDR, ALU, true, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
+        INT => fetched_in_lane::<ADDR, INT, true, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
+        STACK => {
+            fetched_in_lane::<ADDR, STACK, true, S, R, M>(state, ram, mmio, exit_gpa, cache, mode)
+        }
+        SSE => fetched_in_lane::<ADDR, SSE, true, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
+        STRING => {
+            fetched_in_lane::<ADDR, STRING, true, S, R, M>(state, ram, mmio, exit_gpa, cache, mode)
+        }
         // OTHER, or no guess yet (the check then fails).
-        _ => fetched_in_lane::<ADDR, OTHER, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
+        _ => fetched_in_lane::<ADDR, OTHER, true, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
+    }
+}
+
+/// [`fetched_sized`] with the fetch apart from the lane: the fetch, then
+/// the lane of its bytes, whose copy of [`fetched_in_lane`] (`FETCH`
+/// false) runs them. Out of line.
+#[inline(never)]
+fn fetched_apart<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit_gpa: u64,
+    cache: &mut FetchCache,
+    mode: CpuMode,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    match fetch::quick::<ADDR, S, R>(state, mode, ram, cache)? {
+        fetch::Quick::Done => {}
+        other => {
+            return fetched_rest::<ADDR, S, R, M>(state, ram, mmio, exit_gpa, cache, mode, other);
+        }
+    }
+    let (g, c) = (exit_gpa, cache);
+    match fast::lane::<ADDR>(&c.code) {
+        fast::Lane::Mov => {
+            fetched_in_lane::<ADDR, MOV, false, S, R, M>(state, ram, mmio, g, c, mode)
+        }
+        fast::Lane::Alu => {
+            fetched_in_lane::<ADDR, ALU, false, S, R, M>(state, ram, mmio, g, c, mode)
+        }
+        fast::Lane::Int => {
+            fetched_in_lane::<ADDR, INT, false, S, R, M>(state, ram, mmio, g, c, mode)
+        }
+        fast::Lane::Stack => {
+            fetched_in_lane::<ADDR, STACK, false, S, R, M>(state, ram, mmio, g, c, mode)
+        }
+        fast::Lane::Sse => {
+            fetched_in_lane::<ADDR, SSE, false, S, R, M>(state, ram, mmio, g, c, mode)
+        }
+        fast::Lane::String => {
+            fetched_in_lane::<ADDR, STRING, false, S, R, M>(state, ram, mmio, g, c, mode)
+        }
+        fast::Lane::Other => {
+            fetched_in_lane::<ADDR, OTHER, false, S, R, M>(state, ram, mmio, g, c, mode)
+        }
     }
 }
 
@@ -413,7 +472,7 @@ const OTHER: u8 = 6;
 /// The lanes that use the cache themselves (stack, string, the full fast
 /// path) take a copy of the bytes, or the opcode alone.
 #[inline(never)]
-fn fetched_in_lane<const ADDR: u8, const LANE: u8, S, R, M>(
+fn fetched_in_lane<const ADDR: u8, const LANE: u8, const FETCH: bool, S, R, M>(
     state: &mut S,
     ram: &mut R,
     mmio: &mut M,
@@ -439,14 +498,19 @@ where
     // bytes at most: fewer (an edge right after them) pick no lane, or a
     // lane that declines. The exit's access type is not looked at past
     // the entry.
-    match fetch::quick::<ADDR, S, R>(state, mode, ram, cache)? {
-        fetch::Quick::Done => {}
-        other => return fetched_rest::<ADDR, S, R, M>(state, ram, mmio, gpa, cache, mode, other),
-    }
-    // The usual case, all 15 bytes: the lane choice sees a constant
-    // length. This copy runs the guessed lane only.
-    if lane_code(fast::lane::<ADDR>(&cache.code)) != LANE {
-        return fetched_repick::<ADDR, S, R, M>(state, ram, mmio, gpa, cache, mode);
+    // (Without `FETCH`, the caller has fetched them and picked `LANE`.)
+    if FETCH {
+        match fetch::quick::<ADDR, S, R>(state, mode, ram, cache)? {
+            fetch::Quick::Done => {}
+            other => {
+                return fetched_rest::<ADDR, S, R, M>(state, ram, mmio, gpa, cache, mode, other);
+            }
+        }
+        // The usual case, all 15 bytes: the lane choice sees a constant
+        // length. This copy runs the guessed lane only.
+        if lane_code(fast::lane::<ADDR>(&cache.code)) != LANE {
+            return fetched_repick::<ADDR, S, R, M>(state, ram, mmio, gpa, cache, mode);
+        }
     }
     let attempt = match LANE {
         MOV => fast::run_mov::<ADDR, S, R, M>(state, mode, ram, mmio, gpa, &cache.code),
