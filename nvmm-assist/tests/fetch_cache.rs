@@ -730,7 +730,7 @@ fn rewritten_code_of_another_lane_runs_as_written() {
         &[0xF3, 0xAA],             // rep stosb (the general path)
         &[0x0F, 0x0B],             // ud2 (#UD)
     ];
-    let mut rng = support::rng::Rng(0x1A7E_5EED);
+    let mut rng = support::Rng(0x1A7E_5EED);
     let exit = MemExit {
         gpa: MMIO,
         access: AccessType::Write,
