@@ -56,15 +56,8 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    match quick::<ADDR, S, R>(state, mode, ram, cache)? {
-        Quick::Done => {
-            *buf = cache.code;
-            Ok(buf.len())
-        }
-        Quick::Mmio(gpa) => {
-            read_mmio(mmio, gpa, buf)?;
-            Ok(buf.len())
-        }
+    match quick::<ADDR, S, R, M>(state, mode, ram, mmio, cache, buf)? {
+        Quick::Done => Ok(buf.len()),
         Quick::Walk(linear) => fetch_walk(state, ram, mmio, cache, linear, buf),
         Quick::General => fetch_general::<ADDR, S, R, M>(state, mode, ram, mmio, cache, buf),
     }
@@ -72,13 +65,8 @@ where
 
 /// What [`quick`] did.
 pub(crate) enum Quick {
-    /// The 15 bytes are in the cache's code buffer ([`FetchCache::code`]).
+    /// The 15 bytes are in the buffer.
     Done,
-    /// The 15 bytes are at this guest-physical address, which is not RAM
-    /// (code in a ROM or flash device): the caller reads them from the
-    /// MMIO bus (out of line, so that the usual fetch holds no register
-    /// for the bus).
-    Mmio(u64),
     /// The fetch of 15 bytes at this linear address passed its
     /// segmentation check, and its translation is to be walked (the cache
     /// had none that its re-validation proved current).
@@ -88,29 +76,29 @@ pub(crate) enum Quick {
 }
 
 /// The usual fetch, inline and small (few live values, so that the
-/// caller's registers hold them without spills, and no call, so that the
-/// caller can jump to the lane after it without a frame of its own): 15
-/// bytes that stop short of the page and CS-limit edges, through a plain
-/// CS (the inline check of [`span`]) and, with paging on, a cached
-/// translation that its re-validation proves current
-/// ([`FetchCache::lookup`]), read from RAM into the cache's code buffer
-/// ([`FetchCache::code`]: the caller's frame holds no buffer).
-/// [`Quick::General`]: anything else (an edge within the 15 bytes, a CS
-/// check that may fault), which [`fetch_general`] then fetches from the
-/// start; a translation the cache cannot prove current goes to
-/// [`fetch_walk`], without a second re-validation, and code outside RAM to
-/// the MMIO bus. An error here is the one the full fetch gives: an entry
+/// caller's registers hold them without spills): 15 bytes that stop
+/// short of the page and CS-limit edges, through a plain CS (the inline
+/// check of [`span`]) and, with paging on, a cached translation that its
+/// re-validation proves current ([`FetchCache::lookup`]). `Ok(false)`:
+/// anything else (an edge within the 15 bytes, a CS check that may fault,
+/// a translation not cached or no longer current), which
+/// [`fetch_general`] then fetches from the start; a translation the cache
+/// cannot prove current goes to [`fetch_walk`], without a second
+/// re-validation. An error here is the one the full fetch gives: an entry
 /// no longer RAM, or a failed read.
 #[inline(always)]
-pub(crate) fn quick<const ADDR: u8, S, R>(
+pub(crate) fn quick<const ADDR: u8, S, R, M>(
     state: &S,
     mode: CpuMode,
     ram: &mut R,
+    mmio: &mut M,
     cache: &mut FetchCache,
+    buf: &mut [u8; 15],
 ) -> Result<Quick, Error>
 where
     S: CpuState + ?Sized,
     R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
 {
     let Some(linear) = quick_span::<ADDR, S>(state, mode) else {
         return Ok(Quick::General);
@@ -124,8 +112,8 @@ where
             None => return Ok(Quick::Walk(linear)),
         }
     };
-    if ram.read(gpa, &mut cache.code)? == RamStatus::NotRam {
-        return Ok(Quick::Mmio(gpa));
+    if ram.read(gpa, buf)? == RamStatus::NotRam {
+        read_mmio(mmio, gpa, buf)?;
     }
     Ok(Quick::Done)
 }
@@ -153,11 +141,7 @@ where
 /// Code outside RAM (a ROM or flash device): out of line, so that the
 /// usual fetch keeps no register for the MMIO bus.
 #[inline(never)]
-pub(crate) fn read_mmio<M: MmioBus + ?Sized>(
-    mmio: &mut M,
-    gpa: u64,
-    buf: &mut [u8; 15],
-) -> Result<(), Error> {
+fn read_mmio<M: MmioBus + ?Sized>(mmio: &mut M, gpa: u64, buf: &mut [u8; 15]) -> Result<(), Error> {
     mmio.read(gpa, buf)?;
     Ok(())
 }

@@ -229,9 +229,6 @@ const EMPTY: Cached = Cached {
     shape: Shape::Other,
 };
 
-/// [`FetchCache::lanes`] before any fetch.
-pub(crate) const NO_LANE: u8 = u8::MAX;
-
 /// How many translations a [`FetchCache`] keeps: two, so that an
 /// instruction that straddles a page edge, or code that exits from two
 /// pages in turn, does not walk on every exit.
@@ -245,19 +242,6 @@ pub struct FetchCache {
     /// The data translations (the memory assist's two-operand forms use
     /// them directly: `DataSlots::translate_pair`, `share_walks`).
     pub(crate) data: DataSlots,
-    /// The bytes of the last usual fetch ([`quick`](crate::fetch::quick)):
-    /// scratch, read again from guest memory on every fetch (never used as
-    /// a cache of the code). They are kept here rather than in a buffer of
-    /// the caller's frame so that the fetch path can jump to the lane that
-    /// runs them without a frame of its own.
-    pub(crate) code: [u8; 15],
-    /// The lane the fetch path found last in the bytes it fetched, for
-    /// each default address size (8, 4, 2 bytes; see
-    /// `mem::fetched_sized`): a guess, which it checks against the lane
-    /// of the bytes it fetches next (the bytes are always read again and
-    /// their lane found again; a wrong guess costs a detour, never a wrong
-    /// lane). [`NO_LANE`] when there is none.
-    pub(crate) lanes: [u8; 3],
     /// The slot a miss fills next: the one not filled last (a hit leaves
     /// it, which keeps the hit path short).
     victim: usize,
@@ -277,8 +261,6 @@ impl FetchCache {
         FetchCache {
             slots: [EMPTY; SLOTS],
             data: DataSlots::new(),
-            code: [0; 15],
-            lanes: [NO_LANE; 3],
             victim: 0,
             hits: 0,
             misses: 0,

@@ -44,7 +44,7 @@ use crate::decode::{DecodeError, Instruction, decode};
 use crate::error::{Error, Exception};
 use crate::exec::{Exec, PAGE_SIZE, Pending, fast};
 use crate::fetch;
-use crate::fetch_cache::{FetchCache, NO_LANE};
+use crate::fetch_cache::FetchCache;
 use crate::mode::CpuMode;
 use crate::state::{CpuState, Segment};
 
@@ -342,12 +342,6 @@ where
 /// per address size, which calls the same lane and fast-path functions as
 /// an exit with bytes. In the 64-bit copy the mode is a constant (the
 /// fetch's segmentation check is the canonical test alone).
-///
-/// It guesses the lane of the bytes it is about to fetch (the one it
-/// found last, [`FetchCache::lanes`]) and jumps to that lane's copy of
-/// [`fetched_in_lane`], which fetches and checks the guess: the fetch and
-/// the lane then share one frame, and this function needs none. A wrong
-/// guess (the first fetch, another lane) takes [`fetched_repick`].
 #[inline(never)]
 fn fetched_sized<const ADDR: u8, S, R, M>(
     state: &mut S,
@@ -362,130 +356,7 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    if ADDR == 4 && mode == CpuMode::Compat32 {
-        // Compatibility mode: the fetch apart from the lane (fused, the
-        // re-validation of a 4-level walk and the 32-bit segmentation
-        // check make the lanes spill: 4-15 instructions more per row).
-        return fetched_apart::<ADDR, S, R, M>(state, ram, mmio, exit_gpa, cache, mode);
-    }
-    let guess = cache
-        .lanes
-        .get(lane_index::<ADDR>())
-        .copied()
-        .unwrap_or(NO_LANE);
-    match guess {
-        MOV => fetched_in_lane::<ADDR, MOV, true, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
-        ALU => fetched_in_lane::<ADDR, ALU, true, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
-        INT => fetched_in_lane::<ADDR, INT, true, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
-        STACK => {
-            fetched_in_lane::<ADDR, STACK, true, S, R, M>(state, ram, mmio, exit_gpa, cache, mode)
-        }
-        SSE => fetched_in_lane::<ADDR, SSE, true, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
-        STRING => {
-            fetched_in_lane::<ADDR, STRING, true, S, R, M>(state, ram, mmio, exit_gpa, cache, mode)
-        }
-        // OTHER, or no guess yet (the check then fails).
-        _ => fetched_in_lane::<ADDR, OTHER, true, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
-    }
-}
-
-/// [`fetched_sized`] with the fetch apart from the lane: the fetch, then
-/// the lane of its bytes, whose copy of [`fetched_in_lane`] (`FETCH`
-/// false) runs them. Out of line.
-#[inline(never)]
-fn fetched_apart<const ADDR: u8, S, R, M>(
-    state: &mut S,
-    ram: &mut R,
-    mmio: &mut M,
-    exit_gpa: u64,
-    cache: &mut FetchCache,
-    mode: CpuMode,
-) -> Result<Outcome, Error>
-where
-    S: CpuState + ?Sized,
-    R: GuestRam + ?Sized,
-    M: MmioBus + ?Sized,
-{
-    match fetch::quick::<ADDR, S, R>(state, mode, ram, cache)? {
-        fetch::Quick::Done => {}
-        other => {
-            return fetched_rest::<ADDR, S, R, M>(state, ram, mmio, exit_gpa, cache, mode, other);
-        }
-    }
-    let (g, c) = (exit_gpa, cache);
-    match fast::lane::<ADDR>(&c.code) {
-        fast::Lane::Mov => {
-            fetched_in_lane::<ADDR, MOV, false, S, R, M>(state, ram, mmio, g, c, mode)
-        }
-        fast::Lane::Alu => {
-            fetched_in_lane::<ADDR, ALU, false, S, R, M>(state, ram, mmio, g, c, mode)
-        }
-        fast::Lane::Int => {
-            fetched_in_lane::<ADDR, INT, false, S, R, M>(state, ram, mmio, g, c, mode)
-        }
-        fast::Lane::Stack => {
-            fetched_in_lane::<ADDR, STACK, false, S, R, M>(state, ram, mmio, g, c, mode)
-        }
-        fast::Lane::Sse => {
-            fetched_in_lane::<ADDR, SSE, false, S, R, M>(state, ram, mmio, g, c, mode)
-        }
-        fast::Lane::String => {
-            fetched_in_lane::<ADDR, STRING, false, S, R, M>(state, ram, mmio, g, c, mode)
-        }
-        fast::Lane::Other => {
-            fetched_in_lane::<ADDR, OTHER, false, S, R, M>(state, ram, mmio, g, c, mode)
-        }
-    }
-}
-
-/// The index in [`FetchCache::lanes`] of the default address size `ADDR`.
-const fn lane_index<const ADDR: u8>() -> usize {
-    match ADDR {
-        8 => 0,
-        4 => 1,
-        _ => 2,
-    }
-}
-
-/// The lane code (`MOV` .. `OTHER`) of `lane`.
-const fn lane_code(lane: fast::Lane) -> u8 {
-    match lane {
-        fast::Lane::Mov => MOV,
-        fast::Lane::Alu => ALU,
-        fast::Lane::Int => INT,
-        fast::Lane::Stack => STACK,
-        fast::Lane::Sse => SSE,
-        fast::Lane::String => STRING,
-        fast::Lane::Other => OTHER,
-    }
-}
-
-/// [`fetched_in_lane`]'s `LANE` for bytes that pick no lane: the full
-/// fast path.
-const OTHER: u8 = 6;
-
-/// [`assist_in_lane`] on the 15 bytes of the usual fetch, which are in
-/// the cache ([`FetchCache::code`]): one lane's attempt (`LANE`, a
-/// constant per copy; [`OTHER`]: the full fast path), else (it declined,
-/// having done nothing) the full fast path, else the general path on
-/// these bytes. Out of line, one small copy per lane and address size.
-/// The lanes that use the cache themselves (stack, string, the full fast
-/// path) take a copy of the bytes, or the opcode alone.
-#[inline(never)]
-fn fetched_in_lane<const ADDR: u8, const LANE: u8, const FETCH: bool, S, R, M>(
-    state: &mut S,
-    ram: &mut R,
-    mmio: &mut M,
-    gpa: u64,
-    cache: &mut FetchCache,
-    mode: CpuMode,
-) -> Result<Outcome, Error>
-where
-    S: CpuState + ?Sized,
-    R: GuestRam + ?Sized,
-    M: MmioBus + ?Sized,
-{
-    // A constant in 64-bit mode's copy, as in `assist_sized`.
+    // 64-bit mode is the only mode with 8-byte default addressing.
     let mode = if ADDR == 8 { CpuMode::Long64 } else { mode };
     // Fetch what lies before the first page or CS-limit edge, which is
     // all of it for most instructions; then exactly what an exit carrying
@@ -498,114 +369,27 @@ where
     // bytes at most: fewer (an edge right after them) pick no lane, or a
     // lane that declines. The exit's access type is not looked at past
     // the entry.
-    // (Without `FETCH`, the caller has fetched them and picked `LANE`.)
-    if FETCH {
-        match fetch::quick::<ADDR, S, R>(state, mode, ram, cache)? {
-            fetch::Quick::Done => {}
-            other => {
-                return fetched_rest::<ADDR, S, R, M>(state, ram, mmio, gpa, cache, mode, other);
-            }
-        }
-        // The usual case, all 15 bytes: the lane choice sees a constant
-        // length. This copy runs the guessed lane only.
-        if lane_code(fast::lane::<ADDR>(&cache.code)) != LANE {
-            return fetched_repick::<ADDR, S, R, M>(state, ram, mmio, gpa, cache, mode);
-        }
-    }
-    let attempt = match LANE {
-        MOV => fast::run_mov::<ADDR, S, R, M>(state, mode, ram, mmio, gpa, &cache.code),
-        ALU => fast::run_alu::<ADDR, S, R, M>(state, mode, ram, mmio, gpa, &cache.code),
-        INT => fast::run_int::<ADDR, S, R, M>(state, mode, ram, mmio, gpa, &cache.code),
-        SSE => fast::run_sse(state, mode, ram, mmio, gpa, &cache.code),
-        STACK => {
-            let bytes = cache.code;
-            fast::run_stack::<ADDR, S, R, M>(state, mode, ram, cache, mmio, &bytes)
-        }
-        STRING => {
-            let [opcode, ..] = cache.code;
-            fast::run_string(state, mode, ram, cache, mmio, gpa, opcode)
-        }
-        _ => None,
-    };
-    if let Some(result) = attempt {
-        return result;
-    }
-    // The full fast path inline here, with the general path on these
-    // bytes behind it.
-    let bytes = cache.code;
-    fast::run_mode::<ADDR, S, R, M>(
-        state,
-        mode,
-        ram,
-        cache,
-        mmio,
-        gpa,
-        &bytes,
-        |state: &mut S, ram: &mut R, mmio: &mut M, cache: &mut FetchCache| {
-            let mut bytes = bytes;
-            decode_and_execute(state, ram, mmio, cache, mode, &mut bytes, 15, gpa)
-        },
-    )
-}
-
-/// [`fetched_in_lane`] when the 15 bytes it fetched are not of the lane
-/// guessed: the lane they pick becomes the guess, and runs them as it runs
-/// an exit's bytes. Out of line.
-#[inline(never)]
-fn fetched_repick<const ADDR: u8, S, R, M>(
-    state: &mut S,
-    ram: &mut R,
-    mmio: &mut M,
-    exit_gpa: u64,
-    cache: &mut FetchCache,
-    mode: CpuMode,
-) -> Result<Outcome, Error>
-where
-    S: CpuState + ?Sized,
-    R: GuestRam + ?Sized,
-    M: MmioBus + ?Sized,
-{
-    let bytes = cache.code;
-    let lane = fast::lane::<ADDR>(&bytes);
-    if let Some(guess) = cache.lanes.get_mut(lane_index::<ADDR>()) {
-        *guess = lane_code(lane);
-    }
-    let exit = MemExit {
-        gpa: exit_gpa,
-        access: AccessType::Read,
-        instruction: &bytes,
-    };
-    assist_lane_of::<ADDR, S, R, M>(lane, state, ram, mmio, &exit, cache, mode)
-}
-
-/// [`fetched_sized`] past an unusual fetch (`quick` is what
-/// [`fetch::quick`] found: code outside RAM, a walk, an edge within the 15
-/// bytes or a CS check that may fault): the rest of the fetch, then what
-/// an exit carrying the fetched bytes takes. Out of line.
-#[inline(never)]
-fn fetched_rest<const ADDR: u8, S, R, M>(
-    state: &mut S,
-    ram: &mut R,
-    mmio: &mut M,
-    exit_gpa: u64,
-    cache: &mut FetchCache,
-    mode: CpuMode,
-    quick: fetch::Quick,
-) -> Result<Outcome, Error>
-where
-    S: CpuState + ?Sized,
-    R: GuestRam + ?Sized,
-    M: MmioBus + ?Sized,
-{
     let mut bytes = [0u8; 15];
-    let given = match quick {
+    let given = match fetch::quick::<ADDR, S, R, M>(state, mode, ram, mmio, cache, &mut bytes)? {
         fetch::Quick::Done => {
-            bytes = cache.code;
-            bytes.len()
-        }
-        fetch::Quick::Mmio(gpa) => {
-            fetch::read_mmio(mmio, gpa, &mut bytes)?;
-            bytes.len()
+            // The usual case, all 15 bytes: the lane choice sees a
+            // constant length. No lane: the full fast path inline here,
+            // with the general path on these bytes behind it (through
+            // `assist_sized`, or out of line, it costs 25-45 instructions
+            // more; inline it costs the lanes nothing now that the fetch's
+            // slow paths are out of line).
+            let lane = fast::lane::<ADDR>(&bytes);
+            if lane == fast::Lane::Other {
+                return fetched_other::<ADDR, S, R, M>(
+                    state, ram, mmio, exit_gpa, cache, mode, &bytes,
+                );
+            }
+            let exit = MemExit {
+                gpa: exit_gpa,
+                access: AccessType::Read,
+                instruction: &bytes,
+            };
+            return assist_lane_of::<ADDR, S, R, M>(lane, state, ram, mmio, &exit, cache, mode);
         }
         fetch::Quick::Walk(linear) => {
             fetch::fetch_walk(state, ram, mmio, cache, linear, &mut bytes)?
@@ -622,6 +406,39 @@ where
         instruction,
     };
     assist_lane_of::<ADDR, S, R, M>(lane, state, ram, mmio, &exit, cache, mode)
+}
+
+/// [`fetched_sized`] of all 15 bytes that pick no lane: the full fast path,
+/// else the general path on these bytes (which decodes them). Inline in
+/// `fetched_sized`.
+#[inline(always)]
+fn fetched_other<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit_gpa: u64,
+    cache: &mut FetchCache,
+    mode: CpuMode,
+    fetched: &[u8; 15],
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    fast::run_mode::<ADDR, S, R, M>(
+        state,
+        mode,
+        ram,
+        cache,
+        mmio,
+        exit_gpa,
+        fetched,
+        |state: &mut S, ram: &mut R, mmio: &mut M, cache: &mut FetchCache| {
+            let mut bytes = *fetched;
+            decode_and_execute(state, ram, mmio, cache, mode, &mut bytes, 15, exit_gpa)
+        },
+    )
 }
 
 /// [`assist_mem_with`] for a control state outside [`CpuMode::common_of`]'s
