@@ -26,10 +26,8 @@
 //!
 //! [`run_mode`]: super::run_mode
 
-use super::{
-    address_mask, alu, byte, checked_linear, merged, modrm16, modrm32, prefix, read_reg,
-    read_sized, rex_and_opcode, sized_field,
-};
+use super::operand::{self, Placed};
+use super::{alu, byte, checked_linear, merged, read_reg, read_sized, rex_and_opcode, sized_field};
 use crate::Outcome;
 use crate::access::AccessType;
 use crate::bus::{GuestRam, MmioBus};
@@ -37,7 +35,7 @@ use crate::decode::Mnemonic;
 use crate::error::Error;
 use crate::flags::RF;
 use crate::mode::CpuMode;
-use crate::state::{CpuState, Segment};
+use crate::state::CpuState;
 
 /// [`modrm_alu`]'s `KIND`: ALU r/m, reg (the x0/x1 forms of 00-39, TEST
 /// 84/85).
@@ -150,7 +148,6 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    let long = ADDR == 8;
     let Operands {
         exit_gpa,
         mut i,
@@ -183,12 +180,7 @@ where
     } else {
         (opcode >> 3) & 7
     };
-    let ea = if ADDR == 2 {
-        modrm16(state, md, rm)
-    } else {
-        modrm32(state, bytes, &mut i, md, rm, rex, long)?
-    };
-    let disp = sized_field(bytes, &mut i, ea.disp_bytes)?;
+    let address = operand::address::<ADDR, S>(state, bytes, &mut i, md, rm, rex)?;
     // A full immediate is 16 bits at operand size 2, else 32
     // (sign-extended at size 8).
     let imm = match KIND {
@@ -197,15 +189,8 @@ where
         _ => 0,
     };
     // REX, opcode, ModRM, SIB, disp32 and imm32 are 12 bytes at most.
-    let next_rip = prefix::next_rip::<ADDR, S>(state, i);
-    let base = if ea.rip_relative { next_rip } else { ea.sum };
-    let offset = base.wrapping_add(disp) & address_mask(ADDR);
-    // (64-bit mode: DS, whose base does not count.)
-    let segment = if ea.stack && !long {
-        Segment::Ss
-    } else {
-        Segment::Ds
-    };
+    let Placed { offset, next_rip } = address.place::<ADDR, S>(state, i);
+    let segment = address.data_segment::<ADDR>();
     // CMP and TEST only read their memory operand, and so does every
     // reg, r/m form; the others read and write it.
     let writes = op < CMP;

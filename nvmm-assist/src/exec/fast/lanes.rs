@@ -45,10 +45,11 @@
 //! decoders have declined them. A lane that declines (`None`) has done
 //! nothing, and the caller runs the full fast path, then the general one.
 
+use super::operand::{self, Placed};
 use super::prefix::Prefixes;
 use super::{
-    address_mask, byte, checked_linear, int, merged, modrm16, modrm32, moffs, prefix, read_reg,
-    read_sized, rex_and_opcode, sized_field, sse, stack, string,
+    byte, checked_linear, int, merged, moffs, read_reg, read_sized, rex_and_opcode, sized_field,
+    sse, stack, string,
 };
 use crate::Outcome;
 use crate::access::AccessType;
@@ -57,7 +58,7 @@ use crate::error::Error;
 use crate::fetch_cache::FetchCache;
 use crate::flags::RF;
 use crate::mode::CpuMode;
-use crate::state::{CpuState, Segment};
+use crate::state::CpuState;
 
 /// Which lane the first bytes of an instruction pick.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -399,7 +400,6 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    let long = ADDR == 8;
     let modrm = byte(bytes, i)?;
     i += 1;
     let md = modrm >> 6;
@@ -409,12 +409,7 @@ where
     if md == 3 || (KIND == STORE_IMM && reg_field != 0) {
         return None;
     }
-    let ea = if ADDR == 2 {
-        modrm16(state, md, rm)
-    } else {
-        modrm32(state, bytes, &mut i, md, rm, rex, long)?
-    };
-    let disp = sized_field(bytes, &mut i, ea.disp_bytes)?;
+    let address = operand::address::<ADDR, S>(state, bytes, &mut i, md, rm, rex)?;
     let imm = if KIND == STORE_IMM {
         let imm_size = match size {
             1 => 1,
@@ -426,15 +421,8 @@ where
         0
     };
     // REX, opcode, ModRM, SIB, disp32 and imm32 are 12 bytes at most.
-    let next_rip = prefix::next_rip::<ADDR, S>(state, i);
-    let base = if ea.rip_relative { next_rip } else { ea.sum };
-    let offset = base.wrapping_add(disp) & address_mask(ADDR);
-    // (64-bit mode: DS, whose base does not count.)
-    let segment = if ea.stack && !long {
-        Segment::Ss
-    } else {
-        Segment::Ds
-    };
+    let Placed { offset, next_rip } = address.place::<ADDR, S>(state, i);
+    let segment = address.data_segment::<ADDR>();
     let kind = if KIND == LOAD || KIND == LOAD_SIGNED {
         AccessType::Read
     } else {

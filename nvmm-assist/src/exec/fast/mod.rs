@@ -64,6 +64,7 @@ mod lane_alu;
 mod lane_harness;
 mod lane_int;
 mod lanes;
+mod operand;
 mod prefix;
 mod sse;
 mod stack;
@@ -83,6 +84,7 @@ use crate::flags::{self, AC, RF};
 use crate::mode::CpuMode;
 use crate::segment::{self, linear_address};
 use crate::state::{CpuState, Gpr, Segment};
+use operand::{Placed, modrm16, modrm32};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -536,12 +538,7 @@ fn decode_form_with<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
             kind = int::locked(kind, op)?;
         }
     }
-    let ea = if ADDR == 2 {
-        modrm16(state, md, rm)
-    } else {
-        modrm32(state, bytes, &mut i, md, rm, rex, long)?
-    };
-    let disp = sized_field(bytes, &mut i, ea.disp_bytes)?;
+    let address = operand::address::<ADDR, S>(state, bytes, &mut i, md, rm, rex)?;
     let imm = sized_field(bytes, &mut i, imm_size)?;
     // Three prefixes, REX and the longest form stay under 15 bytes only
     // without SIB + disp32 + imm32 all at once: leave the rest (#GP) to the
@@ -549,15 +546,9 @@ fn decode_form_with<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
     if i > 15 {
         return None;
     }
-    let next_rip = prefix::next_rip::<ADDR, S>(state, i);
-    let base = if ea.rip_relative { next_rip } else { ea.sum };
-    let amask = address_mask(ADDR);
+    let Placed { offset, next_rip } = address.place::<ADDR, S>(state, i);
     // (64-bit mode: only an FS/GS override matters, and it is kept.)
-    let default_seg = if ea.stack && !long {
-        Segment::Ss
-    } else {
-        Segment::Ds
-    };
+    let default_seg = address.data_segment::<ADDR>();
     Some(Fast {
         kind,
         size,
@@ -567,7 +558,7 @@ fn decode_form_with<const ADDR: u8, const INT: bool, S: CpuState + ?Sized>(
         rex: rex != 0,
         lock,
         imm,
-        offset: base.wrapping_add(disp) & amask,
+        offset,
         segment: seg_override.unwrap_or(default_seg),
         next_rip,
         cc,
@@ -637,103 +628,6 @@ fn moffs<const ADDR: u8, S: CpuState + ?Sized>(
         next_rip,
         cc: 0,
     })
-}
-
-/// A ModRM memory operand before its displacement.
-struct EffectiveAddress {
-    /// base + scaled index (unmasked).
-    sum: u64,
-    /// `[rip + disp32]`: the base is the next RIP, known once the length is.
-    rip_relative: bool,
-    /// SS is the default segment (rBP/rSP-based forms).
-    stack: bool,
-    /// Size of the displacement that follows: 0, 1, 2 or 4.
-    disp_bytes: u8,
-}
-
-/// 16-bit ModRM addressing (mod 0-2).
-#[inline(always)]
-fn modrm16<S: CpuState + ?Sized>(state: &S, md: u8, rm: u8) -> EffectiveAddress {
-    let g = |r: Gpr| state.gpr(r);
-    let disp_bytes = match md {
-        0 if rm == 6 => {
-            return EffectiveAddress {
-                sum: 0,
-                rip_relative: false,
-                stack: false,
-                disp_bytes: 2,
-            };
-        }
-        0 => 0,
-        1 => 1,
-        _ => 2,
-    };
-    let (sum, stack) = match rm {
-        0 => (g(Gpr::Rbx).wrapping_add(g(Gpr::Rsi)), false),
-        1 => (g(Gpr::Rbx).wrapping_add(g(Gpr::Rdi)), false),
-        2 => (g(Gpr::Rbp).wrapping_add(g(Gpr::Rsi)), true),
-        3 => (g(Gpr::Rbp).wrapping_add(g(Gpr::Rdi)), true),
-        4 => (g(Gpr::Rsi), false),
-        5 => (g(Gpr::Rdi), false),
-        6 => (g(Gpr::Rbp), true),
-        _ => (g(Gpr::Rbx), false),
-    };
-    EffectiveAddress {
-        sum,
-        rip_relative: false,
-        stack,
-        disp_bytes,
-    }
-}
-
-/// 32/64-bit ModRM addressing (mod 0-2), reading a SIB byte at `*i` if
-/// there is one.
-#[inline(always)]
-fn modrm32<S: CpuState + ?Sized>(
-    state: &S,
-    bytes: &[u8],
-    i: &mut usize,
-    md: u8,
-    rm: u8,
-    rex: u8,
-    long: bool,
-) -> Option<EffectiveAddress> {
-    let ea = |sum, rip_relative, stack, disp_bytes| EffectiveAddress {
-        sum,
-        rip_relative,
-        stack,
-        disp_bytes,
-    };
-    let rex_b = (rex & 1) << 3;
-    let disp_bytes = match md {
-        1 => 1,
-        2 => 4,
-        _ => 0,
-    };
-    if rm == 4 {
-        let sib = byte(bytes, *i)?;
-        *i += 1;
-        let index = ((sib >> 3) & 7) | ((rex & 2) << 2);
-        let mut sum = 0u64;
-        if index != 4 {
-            sum = state.gpr(Gpr::from_index(index)) << (sib >> 6);
-        }
-        let base = sib & 7;
-        if base == 5 && md == 0 {
-            return Some(ea(sum, false, false, 4));
-        }
-        let base = base | rex_b;
-        sum = sum.wrapping_add(state.gpr(Gpr::from_index(base)));
-        // rSP/rBP as the base default to SS (R12/R13 do not).
-        return Some(ea(sum, false, base == 4 || base == 5, disp_bytes));
-    }
-    if rm == 5 && md == 0 {
-        // 64-bit mode: RIP-relative; elsewhere an absolute disp32.
-        return Some(ea(0, long, false, 4));
-    }
-    let base = rm | rex_b;
-    let sum = state.gpr(Gpr::from_index(base));
-    Some(ea(sum, false, base == 5, disp_bytes))
 }
 
 /// One access within a page at `gpa`: RAM if the RAM says so, else MMIO

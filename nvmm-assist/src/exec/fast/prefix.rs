@@ -5,7 +5,8 @@
 //! F2/F3 is the repeat or mandatory prefix, and a REX prefix counts only
 //! directly before the opcode. LOCK is left to the general path.
 
-use super::{address_mask, byte, modrm16, modrm32, sized_field};
+use super::byte;
+use super::operand::{self, Placed};
 use crate::state::{CpuState, Segment};
 
 /// The legacy and REX prefixes in front of an opcode.
@@ -132,32 +133,29 @@ pub(super) fn mem_operand<const ADDR: u8, S: CpuState + ?Sized>(
     mut i: usize,
     p: &Prefixes,
 ) -> Option<MemOperand> {
-    let long = ADDR == 8;
     let modrm = byte(bytes, i)?;
     i += 1;
     let md = modrm >> 6;
     if md == 3 {
         return None;
     }
-    let rm = modrm & 7;
-    let ea = if ADDR == 2 {
-        modrm16(state, md, rm)
-    } else {
-        modrm32(state, bytes, &mut i, md, rm, p.rex, long)?
-    };
-    let disp = sized_field(bytes, &mut i, ea.disp_bytes)?;
+    let address = operand::address::<ADDR, S>(state, bytes, &mut i, md, modrm & 7, p.rex)?;
     if i > 15 {
         return None;
     }
-    let next_rip = next_rip::<ADDR, S>(state, i);
-    let base = if ea.rip_relative { next_rip } else { ea.sum };
-    let amask = address_mask(ADDR);
-    let default_seg = if ea.stack { Segment::Ss } else { Segment::Ds };
+    let Placed { offset, next_rip } = address.place::<ADDR, S>(state, i);
+    // The stack forms' callers keep SS in 64-bit mode too: they check the
+    // stack segment's own way.
+    let default_seg = if address.stack {
+        Segment::Ss
+    } else {
+        Segment::Ds
+    };
     Some(MemOperand {
         reg: ((modrm >> 3) & 7) | ((p.rex & 4) << 1),
-        offset: base.wrapping_add(disp) & amask,
+        offset,
         segment: p.segment.unwrap_or(default_seg),
-        stack_based: ea.stack,
+        stack_based: address.stack,
         next_rip,
     })
 }
