@@ -11,10 +11,10 @@
 //! accesses. In 32-bit, PAE, 4-level and 5-level paging.
 
 use crate::support;
+use crate::support::dyn_assist::{assist_mem, assist_mem_cached};
 
 use nvmm_assist::{
-    AccessType, CpuState, Error, Exception, FetchCache, MemExit, Outcome, Registers, assist_mem,
-    assist_mem_cached, translate,
+    AccessType, CpuState, Error, Exception, FetchCache, MemExit, Outcome, Registers, translate,
 };
 use support::{Layout, PageTables, RecordingMmio, TEST_VENDOR, TestRam, bits, pte};
 

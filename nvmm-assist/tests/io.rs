@@ -3,9 +3,10 @@
 //! overrides, RCX=0, bus errors mid-batch, page faults and page splits.
 
 use crate::support;
+use crate::support::dyn_assist::assist_io;
 
 use nvmm_assist::translate::pf;
-use nvmm_assist::{Error, Exception, Gpr, IoExit, Outcome, Registers, Segment, assist_io};
+use nvmm_assist::{Error, Exception, Gpr, IoExit, Outcome, Registers, Segment};
 use support::*;
 
 const PORT: u16 = 123;

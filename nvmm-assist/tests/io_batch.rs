@@ -6,8 +6,9 @@
 //! buffers, MMIO buffers and a port failure at any element.
 
 use crate::support;
+use crate::support::dyn_assist::assist_io;
 
-use nvmm_assist::{BusError, IoExit, Outcome, PartialBatch, PortIo, Segment, assist_io};
+use nvmm_assist::{BusError, IoExit, Outcome, PartialBatch, PortIo, Segment};
 use support::Rng;
 use support::memdev::Guest;
 use support::{BusAccess, RecordingPorts};

@@ -4,12 +4,10 @@
 //! guest rewrites its page tables between exits without telling anyone.
 
 use crate::support;
+use crate::support::dyn_assist::{assist_io, assist_io_cached};
 
 use nvmm_assist::translate::pf;
-use nvmm_assist::{
-    Error, Exception, FetchCache, Gpr, IoExit, Outcome, Registers, Segment, assist_io,
-    assist_io_cached,
-};
+use nvmm_assist::{Error, Exception, FetchCache, Gpr, IoExit, Outcome, Registers, Segment};
 use support::Rng;
 use support::*;
 

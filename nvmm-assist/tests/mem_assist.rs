@@ -3,8 +3,9 @@
 //! values are worked out from the manual, not from the implementation.
 
 use crate::support;
+use crate::support::dyn_assist::assist_mem;
 
-use nvmm_assist::{AccessType, Error, Exception, Gpr, MemExit, Outcome, Registers, assist_mem};
+use nvmm_assist::{AccessType, Error, Exception, Gpr, MemExit, Outcome, Registers};
 use support::TEST_VENDOR;
 use support::memdev::{Guest, MMIO, MMIO2, RacingRam};
 

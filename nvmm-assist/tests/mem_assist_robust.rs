@@ -6,9 +6,10 @@
 //! on error no register changed.
 
 use crate::support;
+use crate::support::dyn_assist::assist_mem;
 
 use nvmm_assist::{
-    AccessType, MemExit, Outcome, Registers, SegmentAttributes, SegmentRegister, Vendor, assist_mem,
+    AccessType, MemExit, Outcome, Registers, SegmentAttributes, SegmentRegister, Vendor,
 };
 use support::RecordingMmio;
 use support::Rng;

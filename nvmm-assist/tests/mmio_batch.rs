@@ -7,6 +7,7 @@
 //! device that declines some batches.
 
 use crate::support;
+use crate::support::dyn_assist::assist_mem;
 
 use nvmm_assist::{BusError, MmioBus, Outcome, PartialBatch};
 use support::Rng;
@@ -123,7 +124,7 @@ fn batch_device_matches_per_element_device() {
                 access: nvmm_assist::AccessType::Read,
                 instruction: &bytes,
             };
-            let b = nvmm_assist::assist_mem(&mut regs2, &mut ram2, &mut batch, &exit);
+            let b = assist_mem(&mut regs2, &mut ram2, &mut batch, &exit);
             let ctx = format!("case {case} call {call}: {bytes:02x?} dst {dst:#x} src {src:#x}");
             assert_eq!(a, b, "{ctx}");
             assert_eq!(g.regs, regs2, "{ctx}");
@@ -167,7 +168,7 @@ fn rep_stosd_to_a_framebuffer_is_one_call() {
         access: nvmm_assist::AccessType::Write,
         instruction: &[0xF3, 0xAB],
     };
-    let r = nvmm_assist::assist_mem(&mut g.regs, &mut g.ram, &mut dev, &exit);
+    let r = assist_mem(&mut g.regs, &mut g.ram, &mut dev, &exit);
     assert_eq!(r, Ok(Outcome::Done));
     assert_eq!(dev.batches, 1);
     assert!(dev.inner.high.mem[..4096].iter().all(|&b| b == 0x5A));
@@ -288,7 +289,7 @@ fn a_ram_error_on_a_batch_is_the_last_callback() {
         access: nvmm_assist::AccessType::Write,
         instruction: &[0xF3, 0xA4],
     };
-    let r = nvmm_assist::assist_mem(&mut regs, &mut ram, &mut dev, &exit);
+    let r = assist_mem(&mut regs, &mut ram, &mut dev, &exit);
     assert_eq!(r, Err(nvmm_assist::Error::Bus(BusError(3))));
     assert!(ram.failed);
     assert_eq!(ram.after, 0, "a callback after the failed one");

@@ -26,6 +26,7 @@ macro_rules! figure {
 
 use crate::host_vendor;
 use crate::oracle_support::{cases, encode, host, mock, native};
+use crate::support::dyn_assist::assist_mem;
 
 use mock::assist;
 
@@ -353,7 +354,7 @@ fn oracle_detects_a_broken_assist() {
             },
             instruction: bytes,
         };
-        nvmm_assist::assist_mem(st, ram, &mut Corrupt(mmio), &exit)
+        assist_mem(st, ram, &mut Corrupt(mmio), &exit)
     };
     let mov = forms
         .iter()

@@ -45,6 +45,7 @@ macro_rules! figure {
 
 use crate::host_vendor;
 use crate::oracle_support::{encode, kvm, kvm_cases, kvm_modes};
+use crate::support::dyn_assist::{assist_io, assist_mem};
 
 use encode::{DF, Rng, STATUS};
 use kvm::{Dev, Devices, Guest, HIGH, HOLE, RAM_LEN};
@@ -317,7 +318,7 @@ fn run_case(g: &mut Guest, devs: &mut Devices, mode: &ModeDef, c: &KCase) -> Ver
                     segment: io.segment,
                     npc: k.before.rip + c.bytes.len() as u64,
                 };
-                nvmm_assist::assist_io(&mut st, &mut aram, &mut Bus(&adev), &mut Bus(&adev), &exit)
+                assist_io(&mut st, &mut aram, &mut Bus(&adev), &mut Bus(&adev), &exit)
             }
             None => {
                 // The first exit is KVM's; a REP re-execution exits at its
@@ -339,7 +340,7 @@ fn run_case(g: &mut Guest, devs: &mut Devices, mode: &ModeDef, c: &KCase) -> Ver
                     },
                     instruction: if fetch { &[] } else { &c.bytes },
                 };
-                nvmm_assist::assist_mem(&mut st, &mut aram, &mut Bus(&adev), &exit)
+                assist_mem(&mut st, &mut aram, &mut Bus(&adev), &exit)
             }
         };
         match r {
@@ -729,7 +730,7 @@ fn zero_count_rep_ins_outs_a32_match_this_cpu() {
                 npc: k.before.rip + bytes.len() as u64,
             };
             let adev = RefCell::new(Devices::new(0x1234));
-            let r = nvmm_assist::assist_io(
+            let r = assist_io(
                 &mut a,
                 &mut CopyRam(vec![0; 0x1000]),
                 &mut Bus(&adev),
@@ -864,13 +865,7 @@ fn thirty_two_bit_register_writes_outside_64_bit_mode_match_kvm_and_this_cpu() {
                 let mut calls = 0;
                 loop {
                     calls += 1;
-                    match nvmm_assist::assist_io(
-                        &mut a,
-                        &mut aram,
-                        &mut Bus(&adev),
-                        &mut Bus(&adev),
-                        &exit,
-                    ) {
+                    match assist_io(&mut a, &mut aram, &mut Bus(&adev), &mut Bus(&adev), &exit) {
                         Ok(Outcome::Done) => break,
                         Ok(Outcome::Resume) if calls < 100 => {}
                         r => panic!("{at}: assist {r:?}"),

@@ -10,11 +10,9 @@
 //! walk of every entry).
 
 use crate::support;
+use crate::support::dyn_assist::{assist_mem, assist_mem_cached};
 
-use nvmm_assist::{
-    AccessType, Error, Exception, FetchCache, MemExit, Outcome, Registers, assist_mem,
-    assist_mem_cached,
-};
+use nvmm_assist::{AccessType, Error, Exception, FetchCache, MemExit, Outcome, Registers};
 use support::{Layout, PageTables, RecordingMmio, TEST_VENDOR, TestRam, bits, pte};
 
 /// The device's guest-physical page (not RAM) and offset.

@@ -4,10 +4,11 @@
 //! leave registers unchanged on error.
 
 use crate::support;
+use crate::support::dyn_assist::assist_io;
 
 use nvmm_assist::{
     AccessType, CpuMode, Error, IoExit, Outcome, Registers, Segment, SegmentAttributes, Vendor,
-    assist_io, linear_address, translate,
+    linear_address, translate,
 };
 use support::*;
 

@@ -3,10 +3,11 @@
 //! is refused with a typed error by every entry point, changing nothing.
 
 use crate::support;
+use crate::support::dyn_assist::{assist_io, assist_mem};
 
 use nvmm_assist::{
     AccessType, CpuMode, CpuState, Error, Gpr, InconsistentState, IoExit, MemExit, Registers,
-    Segment, SegmentAttributes, SegmentRegister, Vendor, assist_io, assist_mem, translate,
+    Segment, SegmentAttributes, SegmentRegister, Vendor, translate,
 };
 use support::*;
 

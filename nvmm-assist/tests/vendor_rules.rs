@@ -8,10 +8,11 @@
 //! previous, Intel, development host.
 
 use crate::support;
+use crate::support::dyn_assist::assist_io;
 
 use nvmm_assist::{
     AccessType, CpuMode, Error, Exception, Gpr, IoExit, Outcome, Registers, Segment, Vendor,
-    assist_io, linear_address,
+    linear_address,
 };
 use support::memdev::{Guest, MMIO};
 use support::*;

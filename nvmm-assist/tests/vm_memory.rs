@@ -2,10 +2,11 @@
 //! a dirty bitmap), directly and through the assist and the page walker.
 #![cfg(feature = "vm-memory")]
 
+use crate::support::dyn_assist::assist_mem;
 use nvmm_assist::rust_vmm::VM_MEMORY_FAULT;
 use nvmm_assist::{
     AccessType, CompareWrite, CpuState, Gpr, GuestRam, MemExit, MmioBus, Outcome, RamStatus,
-    Registers, Vendor, assist_mem, translate,
+    Registers, Vendor, translate,
 };
 use vm_memory::bitmap::{AtomicBitmap, Bitmap};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MmapRegion};

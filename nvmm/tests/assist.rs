@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::dyn_assist::AssistDyn;
 use nvmm::model::{KernelModel, ScriptedExit};
 use nvmm::nvmm_assist::{BusError, MmioBus, PortIo};
 use nvmm::nvmm_sys as sys;
@@ -93,7 +94,7 @@ fn out_and_in_through_the_port_bus_without_syscalls() {
     };
     let s = model.syscalls();
     assert_eq!(
-        v.assist_io(&mut Mmio::default(), &mut ports).unwrap(),
+        v.assist_io_dyn(&mut Mmio::default(), &mut ports).unwrap(),
         Outcome::Done
     );
     assert_eq!(model.syscalls(), s, "no syscall in the assist");
@@ -103,7 +104,7 @@ fn out_and_in_through_the_port_bus_without_syscalls() {
 
     io_exit(&model, &m, 0x60, true, |_| {});
     v.run().unwrap();
-    v.assist_io(&mut Mmio::default(), &mut ports).unwrap();
+    v.assist_io_dyn(&mut Mmio::default(), &mut ports).unwrap();
     assert_eq!(v.gprs().unwrap().get(Gpr::Rax), 0x1122_3344_5566_77ab);
     v.run().unwrap();
     let hw = model.hw_state(m.id(), 0);
@@ -128,7 +129,7 @@ fn rep_outsb_reads_guest_ram_through_the_area_list() {
     v.run().unwrap();
     let mut ports = Ports::default();
     assert_eq!(
-        v.assist_io(&mut Mmio::default(), &mut ports).unwrap(),
+        v.assist_io_dyn(&mut Mmio::default(), &mut ports).unwrap(),
         Outcome::Done
     );
     let bytes: Vec<u8> = ports.log.iter().flat_map(|(_, d)| d.clone()).collect();
@@ -157,7 +158,7 @@ fn rep_insb_writes_guest_ram() {
         input: 0x5a,
         ..Default::default()
     };
-    v.assist_io(&mut Mmio::default(), &mut ports).unwrap();
+    v.assist_io_dyn(&mut Mmio::default(), &mut ports).unwrap();
     let mut buf = [0u8; 4];
     m.read_guest(0x3000, &mut buf).unwrap();
     assert_eq!(buf, [0x5a, 0x5a, 0x5a, 0]);
@@ -173,7 +174,9 @@ fn a_failing_port_changes_no_register() {
         fail: true,
         ..Default::default()
     };
-    let e = v.assist_io(&mut Mmio::default(), &mut ports).unwrap_err();
+    let e = v
+        .assist_io_dyn(&mut Mmio::default(), &mut ports)
+        .unwrap_err();
     assert!(
         matches!(
             e,
@@ -203,7 +206,7 @@ fn mmio_write_and_read_with_exit_bytes() {
     v.run().unwrap();
     let mut mmio = Mmio::default();
     let s = model.syscalls();
-    assert_eq!(v.assist_mem(&mut mmio).unwrap(), Outcome::Done);
+    assert_eq!(v.assist_mem_dyn(&mut mmio).unwrap(), Outcome::Done);
     assert_eq!(model.syscalls(), s);
     assert_eq!(mmio.writes, vec![(0xfee0_0300, vec![0x5a])]);
     assert_eq!(v.gprs().unwrap().rip(), 0x1003);
@@ -218,7 +221,7 @@ fn mmio_write_and_read_with_exit_bytes() {
     model.push_exit(m.id(), 0, ScriptedExit::memory(0xfee0_0300, false, &[]));
     v.run().unwrap();
     mmio.value = 0xc3;
-    v.assist_mem(&mut mmio).unwrap();
+    v.assist_mem_dyn(&mut mmio).unwrap();
     let g = v.gprs().unwrap();
     assert_eq!((g.get(Gpr::Rax) & 0xff, g.rip()), (0xc3, 0x1006));
 }
@@ -229,14 +232,14 @@ fn assist_after_the_wrong_exit_is_refused() {
     model.push_exit(m.id(), 0, ScriptedExit::reason(sys::NVMM_VCPU_EXIT_HALTED));
     v.run().unwrap();
     assert!(matches!(
-        v.assist_mem(&mut Mmio::default()).unwrap_err(),
+        v.assist_mem_dyn(&mut Mmio::default()).unwrap_err(),
         Error::Rejected {
             op: Op::AssistMem,
             ..
         }
     ));
     assert!(matches!(
-        v.assist_io(&mut Mmio::default(), &mut Ports::default())
+        v.assist_io_dyn(&mut Mmio::default(), &mut Ports::default())
             .unwrap_err(),
         Error::Rejected {
             op: Op::AssistIo,
@@ -254,7 +257,7 @@ fn undecodable_bytes_are_an_error_with_no_change() {
         ScriptedExit::memory(0xfee0_0000, true, &[0x0f, 0x0b]),
     );
     v.run().unwrap();
-    let e = v.assist_mem(&mut Mmio::default()).unwrap_err();
+    let e = v.assist_mem_dyn(&mut Mmio::default()).unwrap_err();
     assert!(
         matches!(
             e,
@@ -284,8 +287,8 @@ fn steady_state_with_assists_is_one_syscall_per_exit() {
     let (mut ports, mut mmio) = (Ports::default(), Mmio::default());
     for i in 1..40u64 {
         match v.last_exit() {
-            nvmm::Exit::Io(_) => v.assist_io(&mut mmio, &mut ports).unwrap(),
-            nvmm::Exit::Memory(_) => v.assist_mem(&mut mmio).unwrap(),
+            nvmm::Exit::Io(_) => v.assist_io_dyn(&mut mmio, &mut ports).unwrap(),
+            nvmm::Exit::Memory(_) => v.assist_mem_dyn(&mut mmio).unwrap(),
             other => panic!("{other:?}"),
         };
         v.run().unwrap();
@@ -349,7 +352,7 @@ fn zero_count_a32_stosb(vendor: nvmm::Vendor) -> (u64, u64, u64) {
     );
     v.run().unwrap();
     let mut mmio = Mmio::default();
-    assert_eq!(v.assist_mem(&mut mmio).unwrap(), Outcome::Done);
+    assert_eq!(v.assist_mem_dyn(&mut mmio).unwrap(), Outcome::Done);
     assert!(mmio.reads.is_empty() && mmio.writes.is_empty());
     let g = v.gprs().unwrap();
     (g.get(Gpr::Rcx), g.get(Gpr::Rdi), g.rip())

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
+use crate::dyn_assist::AssistDyn;
 use nvmm::model::{KernelModel, ScriptedExit};
 use nvmm::nvmm_assist::{BusError, MmioBus, PortIo};
 use nvmm::nvmm_sys as sys;
@@ -201,7 +202,7 @@ fn rep_outsb_reads_ram_while_another_thread_writes_it() {
         for _ in 0..ROUNDS {
             queue_rep_outsb(&model, &m, &mut v, 0x5000, 8);
             run_to_io(&mut v);
-            v.assist_io(&mut NoMmio, &mut sink).unwrap();
+            v.assist_io_dyn(&mut NoMmio, &mut sink).unwrap();
         }
         assert!(sink.0.iter().all(|b| *b == 7));
         assert_eq!(sink.0.len() as u64, 8 * ROUNDS);
@@ -241,7 +242,7 @@ fn stress_two_vcpus_a_device_and_stoppers() {
             for _ in 0..ROUNDS {
                 queue_rep_outsb(&model, &m, &mut io, 0x6000, 4);
                 run_to_io(&mut io);
-                io.assist_io(&mut NoMmio, &mut sink).unwrap();
+                io.assist_io_dyn(&mut NoMmio, &mut sink).unwrap();
             }
             assert!(sink.0.iter().all(|b| *b == 0x5a));
             finished.fetch_add(1, Ordering::SeqCst);
@@ -339,7 +340,7 @@ fn a_device_callback_may_remap_guest_memory() {
                 window,
                 unmap_refused: None,
             };
-            let outcome = v.assist_mem(&mut dev);
+            let outcome = v.assist_mem_dyn(&mut dev);
             tx.send((outcome.map_err(|e| e.to_string()), dev.unmap_refused))
                 .unwrap();
         })
@@ -444,7 +445,7 @@ const MOVSB: [u8; 1] = [0xA4];
 fn warm(model: &KernelModel, m: &Machine, v: &mut Vcpu) {
     exit_on(model, m, v, 0xfee0_0300, true, &MOV_TO_MMIO);
     assert_eq!(
-        v.assist_mem(&mut Recorder::default()).unwrap(),
+        v.assist_mem_dyn(&mut Recorder::default()).unwrap(),
         Outcome::Done
     );
 }
@@ -471,7 +472,7 @@ fn an_mmio_only_assist_pins_no_host_memory() {
         written: Vec::new(),
         hva_unmap: None,
     };
-    assert_eq!(v.assist_mem(&mut dev).unwrap(), Outcome::Done);
+    assert_eq!(v.assist_mem_dyn(&mut dev).unwrap(), Outcome::Done);
     assert_eq!(dev.written, [0x42]);
     assert!(matches!(dev.hva_unmap, Some(Ok(()))), "{:?}", dev.hva_unmap);
     assert!(m.gpa_areas().iter().all(|a| a.gpa != 0x20000));
@@ -500,7 +501,7 @@ fn a_ram_access_keeps_host_memory_mapped_through_later_callbacks() {
         written: Vec::new(),
         hva_unmap: None,
     };
-    assert_eq!(v.assist_mem(&mut dev).unwrap(), Outcome::Done);
+    assert_eq!(v.assist_mem_dyn(&mut dev).unwrap(), Outcome::Done);
     assert_eq!(dev.written, [0x5a]);
     assert!(
         matches!(
@@ -553,7 +554,7 @@ fn ram_mapped_by_a_callback_is_ram_for_the_next_access() {
         window,
         writes: 0,
     };
-    assert_eq!(v.assist_mem(&mut dev).unwrap(), Outcome::Done);
+    assert_eq!(v.assist_mem_dyn(&mut dev).unwrap(), Outcome::Done);
     assert_eq!(dev.writes, 0, "the store went to MMIO, not to the new RAM");
     let mut byte = [0u8];
     m.read_guest(0x40000, &mut byte).unwrap();
@@ -597,7 +598,7 @@ fn host_memory_is_never_freed_under_a_running_assist() {
         let mut dev = Recorder::default();
         for _ in 0..ROUNDS {
             exit_on(&model, &m, &mut v, 0x30000, true, &MOVSB);
-            assert_eq!(v.assist_mem(&mut dev).unwrap(), Outcome::Done);
+            assert_eq!(v.assist_mem_dyn(&mut dev).unwrap(), Outcome::Done);
         }
         assert_eq!(dev.0.len() as u64, ROUNDS);
         assert!(

@@ -4,6 +4,7 @@
 //! against the kernel model.
 #![cfg(feature = "assist")]
 
+use crate::dyn_assist::AssistDyn;
 use nvmm::model::{KernelModel, ScriptedExit};
 use nvmm::nvmm_assist::{BusError, MmioBus};
 use nvmm::sys::OpenMode;
@@ -76,7 +77,7 @@ fn a_rewritten_pte_between_two_fetching_assists_is_seen() {
         v.gprs().unwrap().set_rip(0x1000);
         model.push_exit(m.id(), 0, ScriptedExit::memory(0xfee0_0300, true, &[]));
         v.run().unwrap();
-        assert_eq!(v.assist_mem(mmio).unwrap(), Outcome::Done);
+        assert_eq!(v.assist_mem_dyn(mmio).unwrap(), Outcome::Done);
         mmio.writes.pop().unwrap()
     };
     assert_eq!(

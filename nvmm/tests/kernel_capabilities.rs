@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
+use crate::dyn_assist::AssistDyn;
 use guests::*;
 use kernel_support::{Vm, say};
 use nvmm::nvmm_assist::{BusError, MmioBus, PortIo};
@@ -486,12 +487,12 @@ fn memory_exits_and_rep_batches_across_real_re_exits() {
                 if !m.instruction.is_empty() {
                     with_bytes += 1;
                 }
-                if vm.vcpu.assist_mem(&mut mmio).unwrap() == Outcome::Resume {
+                if vm.vcpu.assist_mem_dyn(&mut mmio).unwrap() == Outcome::Resume {
                     resumes += 1;
                 }
             }
             Exit::Io(_) => {
-                vm.vcpu.assist_io(&mut mmio, &mut NoPorts).unwrap();
+                vm.vcpu.assist_io_dyn(&mut mmio, &mut NoPorts).unwrap();
             }
             Exit::Halted => break,
             Exit::None | Exit::Stopped => {}

@@ -19,6 +19,43 @@
 //! Run one file's tests with a filter: `cargo test -p nvmm --test suite
 //! concurrency::`.
 
+/// `Vcpu::assist_mem` and `Vcpu::assist_io` with the buses as trait
+/// objects. Each device type passed to them compiles its own copy of the
+/// whole assist (every lane, per address size) into this binary, in every
+/// build CI makes of it (debug, release, NetBSD, both sanitizers); the
+/// files' devices go through these so that they share one. The assist is
+/// the same code: only the bus calls are dynamic.
+#[cfg(feature = "assist")]
+mod dyn_assist {
+    use nvmm::nvmm_assist::{MmioBus, PortIo};
+    use nvmm::{Outcome, Result, Vcpu};
+
+    pub trait AssistDyn {
+        /// [`Vcpu::assist_mem`] with `mmio` as a trait object.
+        fn assist_mem_dyn(&mut self, mmio: &mut dyn MmioBus) -> Result<Outcome>;
+        /// [`Vcpu::assist_io`] with the buses as trait objects.
+        fn assist_io_dyn(
+            &mut self,
+            mmio: &mut dyn MmioBus,
+            ports: &mut dyn PortIo,
+        ) -> Result<Outcome>;
+    }
+
+    impl AssistDyn for Vcpu {
+        fn assist_mem_dyn(&mut self, mmio: &mut dyn MmioBus) -> Result<Outcome> {
+            self.assist_mem(mmio)
+        }
+
+        fn assist_io_dyn(
+            &mut self,
+            mmio: &mut dyn MmioBus,
+            ports: &mut dyn PortIo,
+        ) -> Result<Outcome> {
+            self.assist_io(mmio, ports)
+        }
+    }
+}
+
 #[cfg(all(not(miri), target_arch = "x86_64", target_os = "linux"))]
 mod kvm_support;
 

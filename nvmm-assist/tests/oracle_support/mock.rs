@@ -274,5 +274,13 @@ pub fn assist(
         },
         instruction: bytes,
     };
+    // Through trait objects: the integration suite's other tests call the
+    // assist the same way (`support::dyn_assist`), so that the suite (and
+    // this fuzz target) compile one copy of it, not one per device type.
+    let (st, ram, mmio): (
+        &mut dyn nvmm_assist::CpuState,
+        &mut dyn nvmm_assist::GuestRam,
+        &mut dyn nvmm_assist::MmioBus,
+    ) = (st, ram, mmio);
     nvmm_assist::assist_mem(st, ram, mmio, &exit)
 }

@@ -69,7 +69,11 @@ impl Address {
         let next_rip = prefix::next_rip::<ADDR, S>(state, len);
         // (The sum and displacement are added here, not before: the RIP
         // is selected as the base in their place, one addition fewer.)
-        let base = if self.rip_relative { next_rip } else { self.sum };
+        let base = if self.rip_relative {
+            next_rip
+        } else {
+            self.sum
+        };
         Placed {
             offset: base.wrapping_add(self.disp) & super::address_mask(ADDR),
             next_rip,
