@@ -14,6 +14,14 @@
 //! operation's read-modify-write has its operation constant, so that its
 //! closure is a few instructions and inline.
 //!
+//! BT*, XCHG/XADD/CMPXCHG, SETcc/CMOVcc and the plain INC/DEC/NOT/NEG go
+//! further: [`run`] hands them, after LOCK and REX, to a path of their own
+//! (`lane_int/bits.rs`, `exchange.rs`, `cond.rs`, `unary.rs`), the operand
+//! size a constant in each copy and nothing packed for a second dispatch
+//! (some 70 to 85 instructions less). What follows [`run`]'s hand-off is
+//! the generic path of the other forms (LOCK INC/DEC/NOT/NEG and ALU,
+//! CMPXCHG8B/16B, MOVSXD, MOVNTI).
+//!
 //! Exactness: these are the full fast path's forms with its decode (the
 //! same ModRM and segment helpers, [`checked_linear`]), its checks (LOCK
 //! only on the lockable forms, CMPXCHG16B aligned, the BT* register
@@ -32,11 +40,14 @@ use crate::access::{AccessType, PhysRange};
 use crate::bus::{GuestRam, MmioBus};
 use crate::decode::Mnemonic;
 use crate::error::Error;
-use crate::exec::{alu, bits, mov, read_page, rmw_page, rmw_range, write_page, xchg};
+use crate::exec::{alu, read_page, rmw_page, rmw_range, write_page, xchg};
 use crate::flags::{self, RF};
 use crate::mode::CpuMode;
 use crate::state::{CpuState, Gpr, Segment};
 
+mod bits;
+mod cond;
+mod exchange;
 mod unary;
 
 /// The operation of a form, picked by its opcode (and ModRM `reg` for the
@@ -47,20 +58,8 @@ enum Op {
     Dec,
     Not,
     Neg,
-    Xchg,
-    Xadd,
-    Cmpxchg,
     /// CMPXCHG8B (8 bytes accessed) or CMPXCHG16B (16).
     CmpxchgWide,
-    /// BT, BTS, BTR or BTC (the mnemonic) with an imm8 bit offset.
-    BtImm(Mnemonic),
-    /// BT, BTS, BTR or BTC with a register bit offset, which also moves
-    /// the address.
-    BtReg(Mnemonic),
-    /// SETcc (its condition).
-    Setcc(u8),
-    /// CMOVcc (its condition).
-    Cmovcc(u8),
     Movsxd,
     Movnti,
     /// LOCK ALU r/m, reg (the operation).
@@ -74,23 +73,17 @@ impl Op {
     /// `#UD`, which the general path reports).
     #[inline(always)]
     fn lockable(self) -> bool {
-        match self {
-            Op::BtImm(m) | Op::BtReg(m) => m != Mnemonic::Bt,
-            Op::Setcc(_) | Op::Cmovcc(_) | Op::Movsxd | Op::Movnti => false,
-            _ => true,
-        }
+        !matches!(self, Op::Movsxd | Op::Movnti)
     }
 
-    /// The access the segment and page checks see: BT, CMOVcc and MOVSXD
-    /// read their memory operand, the others write it (SETcc, MOVNTI) or
-    /// read and write it.
+    /// The access the segment and page checks see: MOVSXD reads its
+    /// memory operand, the others write it (MOVNTI) or read and write it.
     #[inline(always)]
     fn access(self) -> AccessType {
-        match self {
-            Op::BtImm(Mnemonic::Bt) | Op::BtReg(Mnemonic::Bt) | Op::Cmovcc(_) | Op::Movsxd => {
-                AccessType::Read
-            }
-            _ => AccessType::Write,
+        if self == Op::Movsxd {
+            AccessType::Read
+        } else {
+            AccessType::Write
         }
     }
 }
@@ -138,6 +131,47 @@ where
     if !lock && unary::is_opcode(b) {
         return unary::sized::<ADDR, S, R, M>(state, mode, ram, mmio, exit_gpa, bytes, i, b, rex);
     }
+    // XCHG/XADD/CMPXCHG, BT* and SETcc/CMOVcc: theirs too (`exchange.rs`,
+    // `bits.rs`, `cond.rs`), for the same reason.
+    let (st, r, m) = (state, ram, mmio);
+    if b == 0x0F {
+        let op2 = byte(bytes, i)?;
+        let j = i + 1;
+        if bits::is_secondary(op2) {
+            return bits::sized::<ADDR, S, R, M>(
+                st, mode, r, m, exit_gpa, bytes, j, op2, rex, lock,
+            );
+        }
+        if let Some(op) = exchange::secondary(op2) {
+            let wide = op2 & 1 != 0;
+            return exchange::sized::<ADDR, S, R, M>(
+                st, mode, r, m, exit_gpa, bytes, j, op, wide, rex, lock,
+            );
+        }
+        if cond::is_secondary(op2) {
+            // (LOCK: #UD, the general path's.)
+            if lock {
+                return None;
+            }
+            return cond::sized::<ADDR, S, R, M>(st, mode, r, m, exit_gpa, bytes, j, op2, rex);
+        }
+    } else if exchange::is_xchg(b) {
+        let wide = b & 1 != 0;
+        return exchange::sized::<ADDR, S, R, M>(
+            st,
+            mode,
+            r,
+            m,
+            exit_gpa,
+            bytes,
+            i,
+            exchange::XCHG,
+            wide,
+            rex,
+            lock,
+        );
+    }
+    let (state, ram, mmio) = (st, r, m);
     let rex_w = rex & 8 != 0;
     let vsize = if rex_w {
         8
@@ -174,12 +208,10 @@ where
                 _ => return None,
             }
         }
-        0x86 => (Op::Xchg, 1, 1, 0),
-        0x87 => (Op::Xchg, vsize, vsize, 0),
         // MOVSXD (64-bit mode; elsewhere 63 is ARPL): 4 bytes read
         // without a 66 prefix, which this lane does not take.
         0x63 if long => (Op::Movsxd, vsize, 4, 0),
-        0x0F => secondary(op2, reg_field, vsize, rex_w)?,
+        0x0F => secondary(op2, reg_field, rex_w)?,
         // LOCK ALU r/m, reg: the even forms 00/01, 08/09, ... 30/31 (CMP
         // does not take LOCK).
         0x00..=0x31 if lock && b & 6 == 0 => {
@@ -266,7 +298,6 @@ where
         rex,
         lock,
     } = at;
-    let size = SIZE;
     let reg_field = (modrm >> 3) & 7;
     // The memory operand (a register operand is the general path's).
     let md = modrm >> 6;
@@ -286,15 +317,7 @@ where
     // LOCK, REX, 0F op, ModRM, SIB, disp32 and imm32 are 12 bytes at most.
     let next_rip = prefix::next_rip::<ADDR, S>(state, i);
     let base = if ea.rip_relative { next_rip } else { ea.sum };
-    let mut offset = base.wrapping_add(disp) & address_mask(ADDR);
-    // A BT* register bit offset moves the access (the address-size wrap
-    // applies to the sum).
-    let mut bit = 0;
-    if let Op::BtReg(_) = op {
-        let (b, displacement) = bits::register_offset(read_reg(state, reg, size, rex != 0), size);
-        bit = b;
-        offset = offset.wrapping_add(displacement as u64) & address_mask(ADDR);
-    }
+    let offset = base.wrapping_add(disp) & address_mask(ADDR);
     // (64-bit mode: DS, whose base does not count.)
     let segment = if ea.stack && !long {
         Segment::Ss
@@ -319,33 +342,17 @@ where
             rex: rex != 0,
             lock,
             imm,
-            bit,
             next_rip,
         },
     ))
 }
 
-/// The 0F opcodes of the lane, with the ModRM `reg` field for the groups:
-/// (operation, operand size, bytes accessed, immediate size).
+/// The 0F opcodes of the lane's generic path (the others are taken before
+/// it), with the ModRM `reg` field for the groups: (operation, operand
+/// size, bytes accessed, immediate size).
 #[inline(always)]
-fn secondary(op2: u8, reg_field: u8, vsize: u8, rex_w: bool) -> Option<(Op, u8, u8, u8)> {
-    let bt = |index: u8| match index & 3 {
-        0 => Mnemonic::Bt,
-        1 => Mnemonic::Bts,
-        2 => Mnemonic::Btr,
-        _ => Mnemonic::Btc,
-    };
+fn secondary(op2: u8, reg_field: u8, rex_w: bool) -> Option<(Op, u8, u8, u8)> {
     Some(match op2 {
-        0x40..=0x4F => (Op::Cmovcc(op2 & 15), vsize, vsize, 0),
-        0x90..=0x9F => (Op::Setcc(op2 & 15), 1, 1, 0),
-        // A3, AB, B3, BB: BT, BTS, BTR, BTC (bits 4:3).
-        0xA3 | 0xAB | 0xB3 | 0xBB => (Op::BtReg(bt(op2 >> 3)), vsize, vsize, 0),
-        // BA /4-/7.
-        0xBA if reg_field >= 4 => (Op::BtImm(bt(reg_field)), vsize, vsize, 1),
-        0xB0 => (Op::Cmpxchg, 1, 1, 0),
-        0xB1 => (Op::Cmpxchg, vsize, vsize, 0),
-        0xC0 => (Op::Xadd, 1, 1, 0),
-        0xC1 => (Op::Xadd, vsize, vsize, 0),
         0xC3 => {
             let size = if rex_w { 8 } else { 4 };
             (Op::Movnti, size, size, 0)
@@ -370,8 +377,6 @@ struct Decoded {
     lock: bool,
     /// The immediate, sign-extended to 64 bits (16-bit ones zero-extended).
     imm: u64,
-    /// BT* with a register bit offset: the bit within the word accessed.
-    bit: u32,
     /// The RIP after the instruction.
     next_rip: u64,
 }
@@ -476,67 +481,11 @@ where
             };
             (None, fl)
         }
-        Op::Xchg => {
-            let value = read_reg(state, d.reg, size, d.rex);
-            // Locked with or without the prefix.
-            let old = or_resume!(rmw_page(
-                ram,
-                mmio,
-                gpa,
-                size,
-                true,
-                #[inline(always)]
-                move |old| (value, old)
-            ));
-            (Some(merged(state, d.reg, size, d.rex, old)), rflags)
-        }
-        Op::Xadd => {
-            let src = read_reg(state, d.reg, size, d.rex);
-            let (old, fl) = rmw!(|old| {
-                let (sum, fl) = xchg::xadd(old, src, size, rflags);
-                (sum, (old, fl))
-            });
-            (Some(merged(state, d.reg, size, d.rex, old)), fl)
-        }
-        Op::Cmpxchg => {
-            let src = read_reg(state, d.reg, size, d.rex);
-            let acc = state.gpr(Gpr::Rax) & flags::size_mask(size);
-            let (fl, loaded) = rmw!(|old| {
-                let (new, fl, loaded) = xchg::cmpxchg(acc, old, src, size, rflags);
-                (new, (fl, loaded))
-            });
-            (loaded.map(|old| merged(state, 0, size, false, old)), fl)
-        }
         // (Taken above.)
         Op::CmpxchgWide => return cmpxchg_wide(state, ram, mmio, gpa, d),
-        Op::BtImm(m) | Op::BtReg(m) => {
-            let bit = if let Op::BtImm(_) = d.op {
-                (d.imm & (u64::from(size) * 8 - 1)) as u32
-            } else {
-                d.bit
-            };
-            let fl = match m {
-                Mnemonic::Bt => bits::compute(m, read_page(ram, mmio, gpa, size)?, bit, rflags).1,
-                Mnemonic::Bts => rmw!(|old| bits::compute(Mnemonic::Bts, old, bit, rflags)),
-                Mnemonic::Btr => rmw!(|old| bits::compute(Mnemonic::Btr, old, bit, rflags)),
-                _ => rmw!(|old| bits::compute(Mnemonic::Btc, old, bit, rflags)),
-            };
-            (None, fl)
-        }
-        Op::Setcc(cc) => {
-            write_page(ram, mmio, gpa, 1, mov::setcc(cc, rflags))?;
-            (None, rflags)
-        }
         Op::Movnti => {
             write_page(ram, mmio, gpa, size, read_reg(state, d.reg, size, d.rex))?;
             (None, rflags)
-        }
-        Op::Cmovcc(cc) => {
-            // The memory is read whether or not the condition holds.
-            let loaded = read_page(ram, mmio, gpa, size)?;
-            let current = read_reg(state, d.reg, size, d.rex);
-            let value = mov::cmov(cc, rflags, loaded, current);
-            (Some(merged(state, d.reg, size, d.rex, value)), rflags)
         }
         Op::Movsxd => {
             let raw = read_page(ram, mmio, gpa, d.access)?;

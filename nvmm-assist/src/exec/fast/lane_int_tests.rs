@@ -15,7 +15,7 @@ use crate::decode::{Mnemonic, Operand, decode};
 use crate::exec::fast::{Lane, lane};
 use crate::mode::CpuMode;
 use crate::testutil::{Layout, PageTables, RecordingMmio, Rng, TEST_VENDOR, TestRam, pte};
-use crate::{Gpr, Outcome, Registers, Segment, SegmentAttributes};
+use crate::{Error, Gpr, Outcome, Registers, Segment, SegmentAttributes};
 
 /// The lane's opcodes (after LOCK and REX), and near misses it declines.
 const OPCODES: &[&[u8]] = &[
@@ -72,6 +72,19 @@ const OPCODES: &[&[u8]] = &[
     &[0x0F, 0xB6],
     &[0x0F, 0xC8],
 ];
+
+/// The lane on `m` (default address size `ADDR`), out of line: [`run`] is
+/// always inline, and each call site would hold a copy of the whole lane
+/// (which the test binary's build pays for).
+#[inline(never)]
+fn lane_run<const ADDR: u8>(
+    m: &mut Machine,
+    mode: CpuMode,
+    gpa: u64,
+    bytes: &[u8],
+) -> Option<Result<Outcome, Error>> {
+    run::<ADDR, _, _, _>(&mut m.regs, mode, &mut m.ram, &mut m.mmio, gpa, bytes)
+}
 
 /// Random bytes of the lane's shapes: LOCK or not, REX or not (64-bit
 /// mode), sometimes another prefix (which the lane declines; then the
@@ -229,17 +242,44 @@ fn plain_unary(bytes: &[u8], long: bool) -> bool {
     )
 }
 
+/// The lane's own paths besides INC/DEC/NOT/NEG: BT* (`bits.rs`),
+/// XCHG/XADD/CMPXCHG (`exchange.rs`), SETcc/CMOVcc (`cond.rs`).
+const FAMILIES: [&str; 3] = ["BT*", "XCHG/XADD/CMPXCHG", "SETcc/CMOVcc"];
+
+/// Which of [`FAMILIES`] the opcode of `bytes` (after LOCK and, 64-bit
+/// mode, REX) belongs to, if any.
+fn family(bytes: &[u8], long: bool) -> Option<usize> {
+    let mut at = usize::from(bytes.first() == Some(&0xF0));
+    at += usize::from(long && bytes.get(at).is_some_and(|b| b & 0xF0 == 0x40));
+    match (bytes.get(at), bytes.get(at + 1)) {
+        (Some(0x0F), Some(0xA3 | 0xAB | 0xB3 | 0xBB | 0xBA)) => Some(0),
+        (Some(0x86 | 0x87), _) | (Some(0x0F), Some(0xB0 | 0xB1 | 0xC0 | 0xC1)) => Some(1),
+        (Some(0x0F), Some(&b)) if matches!(b & 0xF0, 0x40 | 0x90) => Some(2),
+        _ => None,
+    }
+}
+
+/// What [`compare`] counts of the cases the lane took.
+#[derive(Default)]
+struct Taken {
+    all: usize,
+    locked: usize,
+    /// Plain INC/DEC/NOT/NEG ([`plain_unary`]).
+    unary: usize,
+    /// Per one of [`FAMILIES`]: all, locked.
+    family: [(usize, usize); 3],
+}
+
 /// `iterations` random cases in `mode` (default address size `ADDR`);
-/// returns how many the lane took, how many of those were locked and how
-/// many were plain INC/DEC/NOT/NEG ([`plain_unary`]).
+/// returns what the lane took.
 fn compare<const ADDR: u8>(
     rng: &mut Rng,
     mode: CpuMode,
     base_ram: &TestRam,
     cr3: u64,
     iterations: usize,
-) -> (usize, usize, usize) {
-    let (mut taken, mut locked, mut unary) = (0, 0, 0);
+) -> Taken {
+    let mut taken = Taken::default();
     for _ in 0..iterations {
         let (bytes, foreign) = random_bytes(rng, mode.is_64bit());
         let mut regs = random_state(rng, mode, cr3);
@@ -278,13 +318,17 @@ fn compare<const ADDR: u8>(
         };
         let what = case(mode, &bytes, gpa);
         let mut ours = Machine::new(&regs, &ram, &mmio);
-        let (r1, ram1, m1) = (&mut ours.regs, &mut ours.ram, &mut ours.mmio);
-        let got = run::<ADDR, _, _, _>(r1, mode, ram1, m1, gpa, &bytes);
+        let got = lane_run::<ADDR>(&mut ours, mode, gpa, &bytes);
         match got {
             Some(result) => {
-                taken += 1;
-                locked += usize::from(bytes.first() == Some(&0xF0));
-                unary += usize::from(plain_unary(&bytes, mode.is_64bit()));
+                let lock = bytes.first() == Some(&0xF0);
+                taken.all += 1;
+                taken.locked += usize::from(lock);
+                taken.unary += usize::from(plain_unary(&bytes, mode.is_64bit()));
+                if let Some(f) = family(&bytes, mode.is_64bit()) {
+                    taken.family[f].0 += 1;
+                    taken.family[f].1 += usize::from(lock);
+                }
                 let mut general = Machine::new(&regs, &ram, &mmio);
                 assert_eq!(result, general.general(gpa, &bytes), "{what}");
                 ours.assert_same(&general, &what);
@@ -305,7 +349,7 @@ fn compare<const ADDR: u8>(
             }
         }
     }
-    (taken, locked, unary)
+    taken
 }
 
 #[test]
@@ -332,16 +376,182 @@ fn integer_lane_is_the_general_path_in_every_mode() {
         CpuMode::Protected16,
         CpuMode::Real,
     ] {
-        let (taken, locked, unary) = match mode.default_address_size() {
+        let taken = match mode.default_address_size() {
             8 => compare::<8>(&mut rng, mode, &ram, pt.cr3(), iterations),
             4 => compare::<4>(&mut rng, mode, &ram, pt.cr3(), iterations),
             _ => compare::<2>(&mut rng, mode, &ram, pt.cr3(), iterations),
         };
-        assert!(taken > iterations / 5, "{mode:?}: the lane took {taken}");
+        let Taken {
+            all,
+            locked,
+            unary,
+            family,
+        } = taken;
+        assert!(all > iterations / 5, "{mode:?}: the lane took {all}");
         assert!(locked > iterations / 50, "{mode:?}: {locked} locked");
         assert!(
             unary > iterations / 100,
             "{mode:?}: {unary} plain INC/DEC/NOT/NEG"
         );
+        for (name, (all, locked)) in FAMILIES.iter().zip(family) {
+            assert!(all > iterations / 100, "{mode:?}: {all} {name}");
+            // (SETcc/CMOVcc do not take LOCK.)
+            if *name != "SETcc/CMOVcc" {
+                assert!(
+                    locked > iterations / 1000,
+                    "{mode:?}: {locked} locked {name}"
+                );
+            }
+        }
     }
+}
+
+/// A state of `mode` with flat segments, no alignment checking and RBX
+/// (the operand's base) at `address`.
+fn plain_state(mode: CpuMode, cr3: u64, address: u64) -> Registers {
+    let mut regs = match mode {
+        CpuMode::Long64 => Registers::long_mode(TEST_VENDOR, cr3, 0, 0),
+        CpuMode::Compat32 => Registers::compat_mode(TEST_VENDOR, cr3, 0, 0),
+        CpuMode::Protected32 | CpuMode::Protected16 => Registers::flat_protected32(TEST_VENDOR),
+        _ => Registers::real_mode(TEST_VENDOR),
+    };
+    if mode == CpuMode::Protected16 {
+        regs.segments[Segment::Cs as usize].attributes = SegmentAttributes::code16();
+    }
+    for (n, g) in regs.gprs.iter_mut().enumerate() {
+        *g = 0x0123_4567_89AB_CDEF_u64.rotate_left(8 * n as u32);
+    }
+    // A small register bit offset (BT* r: CX, R9 with REX.R), and ZF set (SETE, CMOVE).
+    regs.gprs[Gpr::Rcx as usize] = 13;
+    regs.gprs[Gpr::R9 as usize] = 13;
+    regs.gprs[Gpr::Rbx as usize] = address;
+    regs.rflags = 2 | (1 << 6) | (1 << 16);
+    regs.rip = 0x10000;
+    regs
+}
+
+/// The lane's own BT*, XCHG/XADD/CMPXCHG and SETcc/CMOVcc paths in every
+/// mode, at every operand size, locked and not, on RAM and on a device:
+/// taken with the general path's result where the operand is within a
+/// page at the exit GPA, declined with nothing done where it crosses a
+/// page or the exit GPA's page offset differs, and declined for LOCK on
+/// BT, SETcc and CMOVcc.
+#[test]
+fn integer_lane_paths_take_every_size_and_decline_crossings() {
+    let mut ram = TestRam::new(0x40000).hole(0x1000, 0x3000);
+    let mut rng = Rng(0x5EED_0B17_C0DE_0013);
+    for b in ram.mem.iter_mut().take(0x20000) {
+        *b = rng.next() as u8;
+    }
+    let mut pt = PageTables::new(Layout::Level4, 0x20000);
+    for page in 0..0x20u64 {
+        pt.map(&mut ram, page * 4096, page * 4096, 1, pte::PWU);
+    }
+    // (opcode bytes after the prefixes, ModRM.reg, takes LOCK, a byte
+    // operand)
+    let forms: &[(&[u8], u8, bool, bool)] = &[
+        (&[0x0F, 0xA3], 1, false, false), // BT r/m, CX
+        (&[0x0F, 0xAB], 1, true, false),  // BTS r/m, CX
+        (&[0x0F, 0xB3], 1, true, false),  // BTR r/m, CX
+        (&[0x0F, 0xBB], 1, true, false),  // BTC r/m, CX
+        (&[0x0F, 0xBA], 4, false, false), // BT r/m, imm8
+        (&[0x0F, 0xBA], 5, true, false),  // BTS r/m, imm8
+        (&[0x0F, 0xBA], 6, true, false),  // BTR r/m, imm8
+        (&[0x0F, 0xBA], 7, true, false),  // BTC r/m, imm8
+        (&[0x86], 2, true, true),         // XCHG r/m8, DL
+        (&[0x86], 6, true, true),         // XCHG r/m8, DH (SIL with REX)
+        (&[0x87], 2, true, false),        // XCHG r/m, DX
+        (&[0x0F, 0xC0], 5, true, true),   // XADD r/m8, CH
+        (&[0x0F, 0xC1], 2, true, false),  // XADD r/m, DX
+        (&[0x0F, 0xB0], 2, true, true),   // CMPXCHG r/m8, DL
+        (&[0x0F, 0xB1], 2, true, false),  // CMPXCHG r/m, DX
+        (&[0x0F, 0x94], 0, false, true),  // SETE
+        (&[0x0F, 0x95], 3, false, true),  // SETNE (ModRM.reg ignored)
+        (&[0x0F, 0x44], 2, false, false), // CMOVE DX, r/m
+        (&[0x0F, 0x45], 6, false, false), // CMOVNE SI, r/m
+    ];
+    let mut taken = 0;
+    for mode in [
+        CpuMode::Long64,
+        CpuMode::Compat32,
+        CpuMode::Protected32,
+        CpuMode::Protected16,
+        CpuMode::Real,
+    ] {
+        let long = mode.is_64bit();
+        // [BX] in 16-bit addressing, [EBX]/[RBX] otherwise.
+        let rm = if mode.default_address_size() == 2 {
+            7
+        } else {
+            3
+        };
+        for &(opcode, reg, lockable, byte) in forms {
+            for lock in [false, true] {
+                for rex in [None, Some(0x40), Some(0x48), Some(0x4C)] {
+                    if rex.is_some() && !long {
+                        continue;
+                    }
+                    let mut bytes = Vec::new();
+                    if lock {
+                        bytes.push(0xF0);
+                    }
+                    bytes.extend(rex);
+                    bytes.extend_from_slice(opcode);
+                    bytes.push(reg << 3 | rm);
+                    if opcode == [0x0F, 0xBA] {
+                        bytes.push(0x25);
+                    }
+                    let size: u64 = if byte {
+                        1
+                    } else if rex.is_some_and(|r| r & 8 != 0) {
+                        8
+                    } else if mode.default_size() == 2 {
+                        2
+                    } else {
+                        4
+                    };
+                    // Within a page (RAM, device), crossing one, and a
+                    // mismatching exit GPA.
+                    for (address, gpa_xor, within) in [
+                        (0x4010, 0, true),
+                        (0x1FF0 - size, 0, true),
+                        (0x5000 - size + 1, 0, false),
+                        (0x1000 - size / 2, 0, false),
+                        (0x4020, 0x10, false),
+                    ] {
+                        if size == 1 && !within && gpa_xor == 0 {
+                            continue;
+                        }
+                        let regs = plain_state(mode, pt.cr3(), address);
+                        let gpa = address ^ gpa_xor;
+                        let what = case(mode, &bytes, gpa);
+                        // CMPXCHG: the comparison succeeds at 0x4010 (the
+                        // accumulator's bytes there), fails elsewhere.
+                        let mut ram = ram.clone();
+                        let acc = regs.gprs[Gpr::Rax as usize].to_le_bytes();
+                        ram.mem[0x4010..0x4018].copy_from_slice(&acc);
+                        let mmio = RecordingMmio::default();
+                        let mut ours = Machine::new(&regs, &ram, &mmio);
+                        let got = match mode.default_address_size() {
+                            8 => lane_run::<8>(&mut ours, mode, gpa, &bytes),
+                            4 => lane_run::<4>(&mut ours, mode, gpa, &bytes),
+                            _ => lane_run::<2>(&mut ours, mode, gpa, &bytes),
+                        };
+                        if within && (lockable || !lock) {
+                            let result = got.unwrap_or_else(|| panic!("{what}: declined"));
+                            let mut general = Machine::new(&regs, &ram, &mmio);
+                            assert_eq!(result, general.general(gpa, &bytes), "{what}");
+                            assert_eq!(result, Ok(Outcome::Done), "{what}");
+                            ours.assert_same(&general, &what);
+                            taken += 1;
+                        } else {
+                            assert!(got.is_none(), "{what}: taken");
+                            ours.assert_untouched(&regs, &what);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(taken > 500, "{taken} taken");
 }
