@@ -56,8 +56,12 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    match quick::<ADDR, S, R, M>(state, mode, ram, mmio, cache, buf)? {
+    match quick::<ADDR, S, R>(state, mode, ram, cache, buf)? {
         Quick::Done => Ok(buf.len()),
+        Quick::Mmio(gpa) => {
+            read_mmio(mmio, gpa, buf)?;
+            Ok(buf.len())
+        }
         Quick::Walk(linear) => fetch_walk(state, ram, mmio, cache, linear, buf),
         Quick::General => fetch_general::<ADDR, S, R, M>(state, mode, ram, mmio, cache, buf),
     }
@@ -67,6 +71,11 @@ where
 pub(crate) enum Quick {
     /// The 15 bytes are in the buffer.
     Done,
+    /// The 15 bytes are at this guest-physical address, which is not RAM
+    /// (code in a ROM or flash device): the caller reads them from the
+    /// MMIO bus, out of line, so that the usual fetch holds no register
+    /// for the bus.
+    Mmio(u64),
     /// The fetch of 15 bytes at this linear address passed its
     /// segmentation check, and its translation is to be walked (the cache
     /// had none that its re-validation proved current).
@@ -79,26 +88,25 @@ pub(crate) enum Quick {
 /// caller's registers hold them without spills): 15 bytes that stop
 /// short of the page and CS-limit edges, through a plain CS (the inline
 /// check of [`span`]) and, with paging on, a cached translation that its
-/// re-validation proves current ([`FetchCache::lookup`]). `Ok(false)`:
-/// anything else (an edge within the 15 bytes, a CS check that may fault,
-/// a translation not cached or no longer current), which
-/// [`fetch_general`] then fetches from the start; a translation the cache
+/// re-validation proves current ([`FetchCache::lookup`]).
+/// [`Quick::General`]: anything else (an edge within the 15 bytes, a CS
+/// check that may fault), which [`fetch_general`] then fetches from the
+/// start; a translation the cache
 /// cannot prove current goes to [`fetch_walk`], without a second
-/// re-validation. An error here is the one the full fetch gives: an entry
-/// no longer RAM, or a failed read.
+/// re-validation, and code outside RAM to the MMIO bus ([`Quick::Mmio`]).
+/// An error here is the one the full fetch gives: an entry no longer RAM,
+/// or a failed read.
 #[inline(always)]
-pub(crate) fn quick<const ADDR: u8, S, R, M>(
+pub(crate) fn quick<const ADDR: u8, S, R>(
     state: &S,
     mode: CpuMode,
     ram: &mut R,
-    mmio: &mut M,
     cache: &mut FetchCache,
     buf: &mut [u8; 15],
 ) -> Result<Quick, Error>
 where
     S: CpuState + ?Sized,
     R: GuestRam + ?Sized,
-    M: MmioBus + ?Sized,
 {
     let Some(linear) = quick_span::<ADDR, S>(state, mode) else {
         return Ok(Quick::General);
@@ -113,7 +121,7 @@ where
         }
     };
     if ram.read(gpa, buf)? == RamStatus::NotRam {
-        read_mmio(mmio, gpa, buf)?;
+        return Ok(Quick::Mmio(gpa));
     }
     Ok(Quick::Done)
 }
@@ -141,7 +149,11 @@ where
 /// Code outside RAM (a ROM or flash device): out of line, so that the
 /// usual fetch keeps no register for the MMIO bus.
 #[inline(never)]
-fn read_mmio<M: MmioBus + ?Sized>(mmio: &mut M, gpa: u64, buf: &mut [u8; 15]) -> Result<(), Error> {
+pub(crate) fn read_mmio<M: MmioBus + ?Sized>(
+    mmio: &mut M,
+    gpa: u64,
+    buf: &mut [u8; 15],
+) -> Result<(), Error> {
     mmio.read(gpa, buf)?;
     Ok(())
 }

@@ -342,6 +342,14 @@ where
 /// per address size, which calls the same lane and fast-path functions as
 /// an exit with bytes. In the 64-bit copy the mode is a constant (the
 /// fetch's segmentation check is the canonical test alone).
+///
+/// It is the one fetch of the fast path: the usual fetch
+/// ([`fetch::quick`]) inline, then the copy of [`assist_in_lane`] (or
+/// [`assist_sized`]) that an exit carrying the fetched bytes takes. It
+/// holds no fast path of its own (an inlined copy of the full fast path
+/// here cost every lane a large frame, and the build a copy of the fast
+/// path per address size and bus type); every unusual fetch is out of
+/// line ([`fetched_rest`]).
 #[inline(never)]
 fn fetched_sized<const ADDR: u8, S, R, M>(
     state: &mut S,
@@ -370,31 +378,55 @@ where
     // lane that declines. The exit's access type is not looked at past
     // the entry.
     let mut bytes = [0u8; 15];
-    let given = match fetch::quick::<ADDR, S, R, M>(state, mode, ram, mmio, cache, &mut bytes)? {
-        fetch::Quick::Done => {
-            // The usual case, all 15 bytes: the lane choice sees a
-            // constant length. No lane: the full fast path inline here,
-            // with the general path on these bytes behind it (through
-            // `assist_sized`, or out of line, it costs 25-45 instructions
-            // more; inline it costs the lanes nothing now that the fetch's
-            // slow paths are out of line).
-            let lane = fast::lane::<ADDR>(&bytes);
-            if lane == fast::Lane::Other {
-                return fetched_other::<ADDR, S, R, M>(
-                    state, ram, mmio, exit_gpa, cache, mode, &bytes,
-                );
-            }
-            let exit = MemExit {
-                gpa: exit_gpa,
-                access: AccessType::Read,
-                instruction: &bytes,
-            };
-            return assist_lane_of::<ADDR, S, R, M>(lane, state, ram, mmio, &exit, cache, mode);
+    match fetch::quick::<ADDR, S, R>(state, mode, ram, cache, &mut bytes)? {
+        fetch::Quick::Done => {}
+        quick => {
+            return fetched_rest::<ADDR, S, R, M>(state, ram, mmio, exit_gpa, cache, mode, quick);
+        }
+    }
+    // The usual case, all 15 bytes: the lane choice sees a constant
+    // length.
+    let lane = fast::lane::<ADDR>(&bytes);
+    let exit = MemExit {
+        gpa: exit_gpa,
+        access: AccessType::Read,
+        instruction: &bytes,
+    };
+    assist_lane_of::<ADDR, S, R, M>(lane, state, ram, mmio, &exit, cache, mode)
+}
+
+/// [`fetched_sized`] past an unusual fetch (`quick` is what
+/// [`fetch::quick`] found: code outside RAM, a walk, an edge within the 15
+/// bytes or a CS check that may fault): the rest of the fetch, then what
+/// an exit carrying the fetched bytes takes. Out of line, so that the
+/// usual fetch keeps its registers.
+#[inline(never)]
+fn fetched_rest<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit_gpa: u64,
+    cache: &mut FetchCache,
+    mode: CpuMode,
+    quick: fetch::Quick,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let mut bytes = [0u8; 15];
+    let given = match quick {
+        fetch::Quick::Mmio(gpa) => {
+            fetch::read_mmio(mmio, gpa, &mut bytes)?;
+            bytes.len()
         }
         fetch::Quick::Walk(linear) => {
             fetch::fetch_walk(state, ram, mmio, cache, linear, &mut bytes)?
         }
-        fetch::Quick::General => {
+        // `Done` is not passed here (`fetched_sized` runs those bytes);
+        // the full fetch would fetch them again.
+        fetch::Quick::General | fetch::Quick::Done => {
             fetch::fetch_general::<ADDR, S, R, M>(state, mode, ram, mmio, cache, &mut bytes)?
         }
     };
@@ -406,39 +438,6 @@ where
         instruction,
     };
     assist_lane_of::<ADDR, S, R, M>(lane, state, ram, mmio, &exit, cache, mode)
-}
-
-/// [`fetched_sized`] of all 15 bytes that pick no lane: the full fast path,
-/// else the general path on these bytes (which decodes them). Inline in
-/// `fetched_sized`.
-#[inline(always)]
-fn fetched_other<const ADDR: u8, S, R, M>(
-    state: &mut S,
-    ram: &mut R,
-    mmio: &mut M,
-    exit_gpa: u64,
-    cache: &mut FetchCache,
-    mode: CpuMode,
-    fetched: &[u8; 15],
-) -> Result<Outcome, Error>
-where
-    S: CpuState + ?Sized,
-    R: GuestRam + ?Sized,
-    M: MmioBus + ?Sized,
-{
-    fast::run_mode::<ADDR, S, R, M>(
-        state,
-        mode,
-        ram,
-        cache,
-        mmio,
-        exit_gpa,
-        fetched,
-        |state: &mut S, ram: &mut R, mmio: &mut M, cache: &mut FetchCache| {
-            let mut bytes = *fetched;
-            decode_and_execute(state, ram, mmio, cache, mode, &mut bytes, 15, exit_gpa)
-        },
-    )
 }
 
 /// [`assist_mem_with`] for a control state outside [`CpuMode::common_of`]'s

@@ -705,3 +705,64 @@ fn two_code_pages_are_kept() {
         assert_eq!(cache.misses(), 3, "{layout:?}");
     }
 }
+
+/// The guest rewrites its code between two assists, without any exit:
+/// each assist runs the instruction now at CS:RIP whatever the one before
+/// was (another lane of the fast path, the full fast path, the general
+/// path), exactly as an assist with a cold cache does. The fetch path
+/// guesses the lane of the bytes it fetches from the last one's; a wrong
+/// guess must cost time only.
+#[test]
+fn rewritten_code_of_another_lane_runs_as_written() {
+    let codes: [&[u8]; 14] = [
+        &[0x89, 0x03],             // mov [rbx], eax
+        &[0x88, 0x03],             // mov [rbx], al
+        &[0x01, 0x03],             // add [rbx], eax
+        &[0x85, 0x03],             // test [rbx], eax
+        &[0xFF, 0x03],             // inc dword [rbx]
+        &[0xF0, 0x0F, 0xC1, 0x03], // lock xadd [rbx], eax
+        &[0x0F, 0xB6, 0x03],       // movzx eax, byte [rbx]
+        &[0x66, 0x89, 0x03],       // mov [rbx], ax
+        &[0xAA],                   // stosb
+        &[0xAC],                   // lodsb
+        &[0x0F, 0x11, 0x03],       // movups [rbx], xmm0
+        &[0xFF, 0x33],             // push [rbx]
+        &[0xF3, 0xAA],             // rep stosb (the general path)
+        &[0x0F, 0x0B],             // ud2 (#UD)
+    ];
+    let mut rng = support::Rng(0x1A7E_5EED);
+    let exit = MemExit {
+        gpa: MMIO,
+        access: AccessType::Write,
+        instruction: &[],
+    };
+    for layout in [Layout::Bits32, Layout::Level4] {
+        let mut s = setup(layout);
+        // The string forms' operands at the MMIO page too.
+        s.regs.gprs[6] = MMIO;
+        s.regs.gprs[7] = MMIO;
+        let fresh = s.regs.clone();
+        let mut cache = FetchCache::new();
+        let mut done = 0;
+        for step in 0..400 {
+            let code = codes[rng.below(codes.len() as u64) as usize];
+            let mut bytes = [0x90u8; 15];
+            bytes[..code.len()].copy_from_slice(code);
+            s.ram.put(PAGE_A, &bytes);
+            s.regs = fresh.clone();
+            s.regs.gprs[1] = 3;
+            s.regs.rip = CODE;
+            let (mut regs, mut ram, mut mmio) = (s.regs.clone(), s.ram.clone(), s.mmio.clone());
+            let cold = assist_mem(&mut regs, &mut ram, &mut mmio, &exit);
+            let warm = assist_mem_cached(&mut s.regs, &mut s.ram, &mut s.mmio, &exit, &mut cache);
+            let what = format!("{layout:?} step {step} {code:02x?}");
+            assert_eq!(warm, cold, "{what}");
+            assert_eq!(s.regs, regs, "{what}");
+            assert!(s.ram.mem == ram.mem, "{what}: RAM");
+            assert_eq!(s.mmio.log, mmio.log, "{what}");
+            done += usize::from(warm.is_ok());
+        }
+        assert!(done > 250, "{layout:?}: {done} completed");
+        assert!(cache.hits() > 350, "{layout:?}: {} hits", cache.hits());
+    }
+}
