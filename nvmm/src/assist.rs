@@ -372,8 +372,12 @@ impl VcpuRam {
     /// copy (now of the snapshot's list) answer again.
     #[inline]
     fn end_assist(&mut self) {
-        // Most assists take no snapshot: then nothing is stored.
-        if self.snapshot.is_some() {
+        // Most assists take no snapshot: then nothing is stored. A held
+        // snapshot is the one case where `answers_for` is NO_GENERATION
+        // (besides a VCPU whose copy was never made, where clearing the
+        // empty slot and copying the copy's `u64::MAX` changes nothing):
+        // compared in place, with no load of the slot.
+        if self.answers_for == NO_GENERATION {
             self.snapshot = None;
             self.answers_for = self.copy.generation();
         }
@@ -789,20 +793,11 @@ impl Vcpu {
     {
         self.fetch(PROVIDED_ON_IO_AND_MEMORY)?;
         let parts = self.assist_parts();
-        let Some(m) = crate::exit::memory(parts.exit) else {
+        let Some(exit) = crate::exit::assist_mem(parts.exit) else {
             return Err(Error::rejected(
                 Op::AssistMem,
                 crate::error::Rejection::WrongExit,
             ));
-        };
-        let exit = nvmm_assist::MemExit {
-            gpa: m.gpa,
-            access: match m.access {
-                crate::MemAccess::Read => AccessType::Read,
-                crate::MemAccess::Write => AccessType::Write,
-                crate::MemAccess::Exec => AccessType::Execute,
-            },
-            instruction: m.instruction,
         };
         let state = parts.state;
         let mut ram = AreaRam::new(parts.ram);
@@ -950,6 +945,59 @@ mod tests {
         assert!(area_ram.has_snapshot());
         drop(area_ram);
         // Nothing holds the host mapping any more.
+        machine.hva_unmap(ram).unwrap();
+    }
+
+    /// The end of an assist drops the snapshot the assist took, and
+    /// otherwise changes nothing: after an assist that made no lookup on a
+    /// VCPU whose copy was never made, the copy still answers for no list
+    /// (the next lookup takes a snapshot); after one that took a snapshot,
+    /// the slot is empty, the copy answers for the snapshot's list (the
+    /// next MMIO lookup needs none) and no host mapping stays pinned.
+    #[test]
+    fn the_end_of_an_assist_drops_only_a_snapshot_it_took() {
+        let model = KernelModel::new();
+        let nvmm = Nvmm::open_with(model, OpenMode::User).unwrap();
+        let machine = nvmm.create_machine().unwrap();
+        let ram = machine.hva_map(0x1000).unwrap();
+        machine.gpa_map(&ram, 0, 0, 0x1000, Prot::ALL).unwrap();
+        let mut vcpu = machine.create_vcpu(0).unwrap();
+        let mut byte = [0u8; 1];
+
+        // No lookup: nothing taken, nothing changed.
+        drop(AreaRam::new(vcpu.assist_parts().ram));
+        let parts = vcpu.assist_parts();
+        assert!(parts.ram.snapshot.is_none());
+        assert_eq!(parts.ram.answers_for, NO_GENERATION);
+        // So the copy is still unmade: even MMIO takes a snapshot.
+        let mut area_ram = AreaRam::new(parts.ram);
+        assert_eq!(
+            area_ram.get().read(0xfee0_0000, &mut byte),
+            Ok(RamStatus::NotRam)
+        );
+        assert!(area_ram.has_snapshot());
+        drop(area_ram);
+        let parts = vcpu.assist_parts();
+        assert!(parts.ram.snapshot.is_none());
+        assert_ne!(parts.ram.answers_for, NO_GENERATION);
+        assert_eq!(parts.ram.answers_for, parts.ram.copy.generation());
+        let mut area_ram = AreaRam::new(parts.ram);
+        assert_eq!(
+            area_ram.get().read(0xfee0_0000, &mut byte),
+            Ok(RamStatus::NotRam)
+        );
+        assert!(!area_ram.has_snapshot());
+        drop(area_ram);
+
+        // A snapshot (taken by a RAM access) pins the mapping only until
+        // the end of its assist.
+        let mut area_ram = AreaRam::new(vcpu.assist_parts().ram);
+        assert_eq!(area_ram.get().read(0x10, &mut byte), Ok(RamStatus::Done));
+        assert!(area_ram.has_snapshot());
+        machine.gpa_unmap(0, 0x1000).unwrap();
+        assert!(machine.hva_unmap(ram).is_err());
+        drop(area_ram);
+        assert!(vcpu.assist_parts().ram.snapshot.is_none());
         machine.hva_unmap(ram).unwrap();
     }
 
