@@ -23,7 +23,7 @@ use crate::vcpu::{PROVIDED_ON_IO_AND_MEMORY, Vcpu};
 /// The assist's view of the VCPU registers: reads and writes go to the comm
 /// page in place. Writing GPRs, RIP or RFLAGS does not mark GPRS in
 /// `state_commit`/`state_cached`: the caller does that once, after an assist
-/// that succeeded ([`CommState::mark_gprs`]); a failed assist has changed no
+/// that succeeded ([`mark_gprs`]); a failed assist has changed no
 /// register (nvmm-assist's contract: registers are written only when the
 /// instruction, or a REP batch, is complete). Nothing can observe the page
 /// in between: the view borrows the VCPU exclusively. XMM writes mark FPU
@@ -73,19 +73,6 @@ impl CommState {
         unsafe { self.addr.page_unchecked() }
     }
 
-    /// Marks GPRS for commit (libnvmm's `nvmm_vcpu_setstate(GPRS)`), after
-    /// an assist that succeeded and so may have written GPRs, RIP or
-    /// RFLAGS. (An assist that succeeded without changing a register, such
-    /// as a locked operation that gave up, makes the kernel load the same
-    /// values again.) Only `state_commit` is written: a `CommState` is built
-    /// after GPRS was fetched, and nothing between that and this (no ioctl:
-    /// the view borrows the VCPU exclusively) can clear it from
-    /// `state_cached`.
-    #[inline]
-    fn mark_gprs(&self) {
-        self.page().mark_commit(StateClasses::GPRS);
-    }
-
     /// Reads element `i` of the GPR array (RAX..R15, RIP, RFLAGS).
     #[inline]
     fn gpr_at(&self, i: Gpr) -> u64 {
@@ -93,7 +80,7 @@ impl CommState {
     }
 
     /// Writes element `i` of the GPR array (GPRS is marked by the caller,
-    /// see [`CommState::mark_gprs`]).
+    /// see [`mark_gprs`]).
     #[inline]
     fn set_gpr_at(&mut self, i: Gpr, value: u64) {
         self.set_gpr_index(i.index(), value);
@@ -117,6 +104,22 @@ impl CommState {
         // SAFETY: as in `gpr_index`.
         unsafe { self.page().write(field!(st, gprs[i]), value) };
     }
+}
+
+/// Marks GPRS for commit (libnvmm's `nvmm_vcpu_setstate(GPRS)`) in the
+/// VCPU's comm `page`, after an assist that succeeded and so may have
+/// written GPRs, RIP or RFLAGS. (An assist that succeeded without changing
+/// a register, such as a locked operation that gave up, makes the kernel
+/// load the same values again.) Only `state_commit` is written: a
+/// `CommState` is used after GPRS was fetched, and nothing between that and
+/// this (no ioctl: the assist borrows the VCPU exclusively) can clear it
+/// from `state_cached`. The page comes from [`crate::vcpu::AssistParts`],
+/// not the `CommState`: its address is the one the cached-state check
+/// loaded, so the wrapper loads it once per assist and keeps it across the
+/// assist's call.
+#[inline]
+fn mark_gprs(page: CommPage<'_>) {
+    page.mark_commit(StateClasses::GPRS);
 }
 
 /// nvmm-assist numbers RAX..R15 by their encoding (0-15), and so does NVMM
@@ -739,7 +742,7 @@ impl Vcpu {
         drop(ram);
         match result {
             Ok(outcome) => {
-                state.mark_gprs();
+                mark_gprs(parts.page);
                 Ok(outcome)
             }
             Err(source) => Err(assist_error(Op::AssistIo, source)),
@@ -812,7 +815,7 @@ impl Vcpu {
         drop(ram);
         match result {
             Ok(outcome) => {
-                state.mark_gprs();
+                mark_gprs(parts.page);
                 Ok(outcome)
             }
             Err(source) => Err(assist_error(Op::AssistMem, source)),
