@@ -300,9 +300,11 @@ pub(crate) struct VcpuRam {
     /// between assists ([`AreaRam`] clears it).
     snapshot: Option<Arc<Areas>>,
     /// The generation of the list the copy may answer for: the copy's
-    /// while no snapshot is held, [`NO_GENERATION`] while one is (from
-    /// then on the snapshot answers). One comparison with the machine's
-    /// generation thus checks both.
+    /// while no snapshot is held ([`UNMADE`] before the first copy),
+    /// [`NO_GENERATION`] while one is (from then on the snapshot answers),
+    /// and only then. One comparison with the machine's generation thus
+    /// checks both, and one with [`NO_GENERATION`] whether a snapshot is
+    /// held.
     answers_for: u64,
 }
 
@@ -311,6 +313,13 @@ pub(crate) struct VcpuRam {
 /// assumption).
 const NO_GENERATION: u64 = u64::MAX;
 
+/// Another generation no list has (2^64 - 2 changes away): the one a VCPU's
+/// copy answers for before it is first made, so that the first lookup
+/// takes a snapshot (and makes the copy). Not [`NO_GENERATION`], which
+/// says a snapshot is held: a VCPU that never looks up RAM (only IN/OUT)
+/// would otherwise take the end-of-assist path of a snapshot every time.
+const UNMADE: u64 = u64::MAX - 1;
+
 impl VcpuRam {
     /// The guest RAM of `machine` for one VCPU's assists.
     pub(crate) fn new(machine: Arc<MachineInner>) -> Self {
@@ -318,7 +327,7 @@ impl VcpuRam {
             machine,
             copy: GuestRanges::new(),
             snapshot: None,
-            answers_for: NO_GENERATION,
+            answers_for: UNMADE,
         }
     }
 
@@ -375,11 +384,9 @@ impl VcpuRam {
     /// copy (now of the snapshot's list) answer again.
     #[inline]
     fn end_assist(&mut self) {
-        // Most assists take no snapshot: then nothing is stored. A held
-        // snapshot is the one case where `answers_for` is NO_GENERATION
-        // (besides a VCPU whose copy was never made, where clearing the
-        // empty slot and copying the copy's `u64::MAX` changes nothing):
-        // compared in place, with no load of the slot.
+        // Most assists take no snapshot: then nothing is stored. A
+        // snapshot is held exactly when `answers_for` is NO_GENERATION
+        // (see the field): compared in place, with no load of the slot.
         if self.answers_for == NO_GENERATION {
             self.snapshot = None;
             self.answers_for = self.copy.generation();
@@ -971,7 +978,7 @@ mod tests {
         drop(AreaRam::new(vcpu.assist_parts().ram));
         let parts = vcpu.assist_parts();
         assert!(parts.ram.snapshot.is_none());
-        assert_eq!(parts.ram.answers_for, NO_GENERATION);
+        assert_eq!(parts.ram.answers_for, UNMADE);
         // So the copy is still unmade: even MMIO takes a snapshot.
         let mut area_ram = AreaRam::new(parts.ram);
         assert_eq!(
