@@ -23,7 +23,7 @@ use crate::vcpu::{PROVIDED_ON_IO_AND_MEMORY, Vcpu};
 /// The assist's view of the VCPU registers: reads and writes go to the comm
 /// page in place. Writing GPRs, RIP or RFLAGS does not mark GPRS in
 /// `state_commit`/`state_cached`: the caller does that once, after an assist
-/// that succeeded ([`CommState::mark_gprs`]); a failed assist has changed no
+/// that succeeded ([`mark_gprs`]); a failed assist has changed no
 /// register (nvmm-assist's contract: registers are written only when the
 /// instruction, or a REP batch, is complete). Nothing can observe the page
 /// in between: the view borrows the VCPU exclusively. XMM writes mark FPU
@@ -73,19 +73,6 @@ impl CommState {
         unsafe { self.addr.page_unchecked() }
     }
 
-    /// Marks GPRS for commit (libnvmm's `nvmm_vcpu_setstate(GPRS)`), after
-    /// an assist that succeeded and so may have written GPRs, RIP or
-    /// RFLAGS. (An assist that succeeded without changing a register, such
-    /// as a locked operation that gave up, makes the kernel load the same
-    /// values again.) Only `state_commit` is written: a `CommState` is built
-    /// after GPRS was fetched, and nothing between that and this (no ioctl:
-    /// the view borrows the VCPU exclusively) can clear it from
-    /// `state_cached`.
-    #[inline]
-    fn mark_gprs(&self) {
-        self.page().mark_commit(StateClasses::GPRS);
-    }
-
     /// Reads element `i` of the GPR array (RAX..R15, RIP, RFLAGS).
     #[inline]
     fn gpr_at(&self, i: Gpr) -> u64 {
@@ -93,7 +80,7 @@ impl CommState {
     }
 
     /// Writes element `i` of the GPR array (GPRS is marked by the caller,
-    /// see [`CommState::mark_gprs`]).
+    /// see [`mark_gprs`]).
     #[inline]
     fn set_gpr_at(&mut self, i: Gpr, value: u64) {
         self.set_gpr_index(i.index(), value);
@@ -117,6 +104,22 @@ impl CommState {
         // SAFETY: as in `gpr_index`.
         unsafe { self.page().write(field!(st, gprs[i]), value) };
     }
+}
+
+/// Marks GPRS for commit (libnvmm's `nvmm_vcpu_setstate(GPRS)`) in the
+/// VCPU's comm `page`, after an assist that succeeded and so may have
+/// written GPRs, RIP or RFLAGS. (An assist that succeeded without changing
+/// a register, such as a locked operation that gave up, makes the kernel
+/// load the same values again.) Only `state_commit` is written: a
+/// `CommState` is used after GPRS was fetched, and nothing between that and
+/// this (no ioctl: the assist borrows the VCPU exclusively) can clear it
+/// from `state_cached`. The page comes from [`crate::vcpu::AssistParts`],
+/// not the `CommState`: its address is the one the cached-state check
+/// loaded, so the wrapper loads it once per assist and keeps it across the
+/// assist's call.
+#[inline]
+fn mark_gprs(page: CommPage<'_>) {
+    page.mark_commit(StateClasses::GPRS);
 }
 
 /// nvmm-assist numbers RAX..R15 by their encoding (0-15), and so does NVMM
@@ -297,9 +300,11 @@ pub(crate) struct VcpuRam {
     /// between assists ([`AreaRam`] clears it).
     snapshot: Option<Arc<Areas>>,
     /// The generation of the list the copy may answer for: the copy's
-    /// while no snapshot is held, [`NO_GENERATION`] while one is (from
-    /// then on the snapshot answers). One comparison with the machine's
-    /// generation thus checks both.
+    /// while no snapshot is held ([`UNMADE`] before the first copy),
+    /// [`NO_GENERATION`] while one is (from then on the snapshot answers),
+    /// and only then. One comparison with the machine's generation thus
+    /// checks both, and one with [`NO_GENERATION`] whether a snapshot is
+    /// held.
     answers_for: u64,
 }
 
@@ -308,6 +313,13 @@ pub(crate) struct VcpuRam {
 /// assumption).
 const NO_GENERATION: u64 = u64::MAX;
 
+/// Another generation no list has (2^64 - 2 changes away): the one a VCPU's
+/// copy answers for before it is first made, so that the first lookup
+/// takes a snapshot (and makes the copy). Not [`NO_GENERATION`], which
+/// says a snapshot is held: a VCPU that never looks up RAM (only IN/OUT)
+/// would otherwise take the end-of-assist path of a snapshot every time.
+const UNMADE: u64 = u64::MAX - 1;
+
 impl VcpuRam {
     /// The guest RAM of `machine` for one VCPU's assists.
     pub(crate) fn new(machine: Arc<MachineInner>) -> Self {
@@ -315,7 +327,7 @@ impl VcpuRam {
             machine,
             copy: GuestRanges::new(),
             snapshot: None,
-            answers_for: NO_GENERATION,
+            answers_for: UNMADE,
         }
     }
 
@@ -372,8 +384,10 @@ impl VcpuRam {
     /// copy (now of the snapshot's list) answer again.
     #[inline]
     fn end_assist(&mut self) {
-        // Most assists take no snapshot: then nothing is stored.
-        if self.snapshot.is_some() {
+        // Most assists take no snapshot: then nothing is stored. A
+        // snapshot is held exactly when `answers_for` is NO_GENERATION
+        // (see the field): compared in place, with no load of the slot.
+        if self.answers_for == NO_GENERATION {
             self.snapshot = None;
             self.answers_for = self.copy.generation();
         }
@@ -735,7 +749,7 @@ impl Vcpu {
         drop(ram);
         match result {
             Ok(outcome) => {
-                state.mark_gprs();
+                mark_gprs(parts.page);
                 Ok(outcome)
             }
             Err(source) => Err(assist_error(Op::AssistIo, source)),
@@ -789,20 +803,11 @@ impl Vcpu {
     {
         self.fetch(PROVIDED_ON_IO_AND_MEMORY)?;
         let parts = self.assist_parts();
-        let Some(m) = crate::exit::memory(parts.exit) else {
+        let Some(exit) = crate::exit::assist_mem(parts.exit) else {
             return Err(Error::rejected(
                 Op::AssistMem,
                 crate::error::Rejection::WrongExit,
             ));
-        };
-        let exit = nvmm_assist::MemExit {
-            gpa: m.gpa,
-            access: match m.access {
-                crate::MemAccess::Read => AccessType::Read,
-                crate::MemAccess::Write => AccessType::Write,
-                crate::MemAccess::Exec => AccessType::Execute,
-            },
-            instruction: m.instruction,
         };
         let state = parts.state;
         let mut ram = AreaRam::new(parts.ram);
@@ -817,7 +822,7 @@ impl Vcpu {
         drop(ram);
         match result {
             Ok(outcome) => {
-                state.mark_gprs();
+                mark_gprs(parts.page);
                 Ok(outcome)
             }
             Err(source) => Err(assist_error(Op::AssistMem, source)),
@@ -950,6 +955,59 @@ mod tests {
         assert!(area_ram.has_snapshot());
         drop(area_ram);
         // Nothing holds the host mapping any more.
+        machine.hva_unmap(ram).unwrap();
+    }
+
+    /// The end of an assist drops the snapshot the assist took, and
+    /// otherwise changes nothing: after an assist that made no lookup on a
+    /// VCPU whose copy was never made, the copy still answers for no list
+    /// (the next lookup takes a snapshot); after one that took a snapshot,
+    /// the slot is empty, the copy answers for the snapshot's list (the
+    /// next MMIO lookup needs none) and no host mapping stays pinned.
+    #[test]
+    fn the_end_of_an_assist_drops_only_a_snapshot_it_took() {
+        let model = KernelModel::new();
+        let nvmm = Nvmm::open_with(model, OpenMode::User).unwrap();
+        let machine = nvmm.create_machine().unwrap();
+        let ram = machine.hva_map(0x1000).unwrap();
+        machine.gpa_map(&ram, 0, 0, 0x1000, Prot::ALL).unwrap();
+        let mut vcpu = machine.create_vcpu(0).unwrap();
+        let mut byte = [0u8; 1];
+
+        // No lookup: nothing taken, nothing changed.
+        drop(AreaRam::new(vcpu.assist_parts().ram));
+        let parts = vcpu.assist_parts();
+        assert!(parts.ram.snapshot.is_none());
+        assert_eq!(parts.ram.answers_for, UNMADE);
+        // So the copy is still unmade: even MMIO takes a snapshot.
+        let mut area_ram = AreaRam::new(parts.ram);
+        assert_eq!(
+            area_ram.get().read(0xfee0_0000, &mut byte),
+            Ok(RamStatus::NotRam)
+        );
+        assert!(area_ram.has_snapshot());
+        drop(area_ram);
+        let parts = vcpu.assist_parts();
+        assert!(parts.ram.snapshot.is_none());
+        assert_ne!(parts.ram.answers_for, NO_GENERATION);
+        assert_eq!(parts.ram.answers_for, parts.ram.copy.generation());
+        let mut area_ram = AreaRam::new(parts.ram);
+        assert_eq!(
+            area_ram.get().read(0xfee0_0000, &mut byte),
+            Ok(RamStatus::NotRam)
+        );
+        assert!(!area_ram.has_snapshot());
+        drop(area_ram);
+
+        // A snapshot (taken by a RAM access) pins the mapping only until
+        // the end of its assist.
+        let mut area_ram = AreaRam::new(vcpu.assist_parts().ram);
+        assert_eq!(area_ram.get().read(0x10, &mut byte), Ok(RamStatus::Done));
+        assert!(area_ram.has_snapshot());
+        machine.gpa_unmap(0, 0x1000).unwrap();
+        assert!(machine.hva_unmap(ram).is_err());
+        drop(area_ram);
+        assert!(vcpu.assist_parts().ram.snapshot.is_none());
         machine.hva_unmap(ram).unwrap();
     }
 

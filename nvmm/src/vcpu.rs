@@ -106,6 +106,8 @@ pub(crate) struct AssistParts<'a> {
     pub(crate) exit: &'a sys::nvmm_x86_exit,
     pub(crate) ram: &'a mut crate::assist::VcpuRam,
     pub(crate) fetch_cache: &'a mut nvmm_assist::FetchCache,
+    /// The comm page (the one `state` works on).
+    pub(crate) page: CommPage<'a>,
 }
 
 /// The state classes the kernel provides on I/O and memory exits.
@@ -236,6 +238,9 @@ impl Vcpu {
             exit: &self.run_args.exit,
             ram: &mut self.ram,
             fetch_cache: &mut self.fetch_cache,
+            // SAFETY: `self.page` is `self.comm.addr()` (set in `create`,
+            // never changed).
+            page: unsafe { self.page.page(&self.comm) },
         }
     }
 
