@@ -33,8 +33,9 @@
 //! path in every mode.
 
 use super::families::write_sized;
-use super::{address_mask, byte, checked_linear, merged, modrm16, modrm32, prefix, read_reg};
+use super::operand::{self, Placed};
 use super::{alu_op, read_sized, sized_field};
+use super::{byte, checked_linear, merged, read_reg};
 use crate::Outcome;
 use crate::access::{AccessType, PhysRange};
 use crate::bus::{GuestRam, MmioBus};
@@ -43,7 +44,7 @@ use crate::error::Error;
 use crate::exec::{alu, read_page, rmw_page, rmw_range, write_page, xchg};
 use crate::flags::{self, RF};
 use crate::mode::CpuMode;
-use crate::state::{CpuState, Gpr, Segment};
+use crate::state::{CpuState, Gpr};
 
 mod bits;
 mod cond;
@@ -257,7 +258,7 @@ where
     }
 }
 
-/// What [`run`] passes on to [`operand`]: the operation, the bytes
+/// What [`run`] passes on to [`operand()`]: the operation, the bytes
 /// accessed, the immediate's size, the ModRM byte and its index, the REX
 /// prefix (0 for none) and LOCK.
 #[derive(Clone, Copy)]
@@ -288,7 +289,6 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    let long = ADDR == 8;
     let Form {
         op,
         access,
@@ -307,23 +307,11 @@ where
     let rm = modrm & 7;
     let reg = reg_field | ((rex & 4) << 1);
     i += 1;
-    let ea = if ADDR == 2 {
-        modrm16(state, md, rm)
-    } else {
-        modrm32(state, bytes, &mut i, md, rm, rex, long)?
-    };
-    let disp = sized_field(bytes, &mut i, ea.disp_bytes)?;
+    let address = operand::address::<ADDR, S>(state, bytes, &mut i, md, rm, rex)?;
     let imm = sized_field(bytes, &mut i, imm_size)?;
     // LOCK, REX, 0F op, ModRM, SIB, disp32 and imm32 are 12 bytes at most.
-    let next_rip = prefix::next_rip::<ADDR, S>(state, i);
-    let base = if ea.rip_relative { next_rip } else { ea.sum };
-    let offset = base.wrapping_add(disp) & address_mask(ADDR);
-    // (64-bit mode: DS, whose base does not count.)
-    let segment = if ea.stack && !long {
-        Segment::Ss
-    } else {
-        Segment::Ds
-    };
+    let Placed { offset, next_rip } = address.place::<ADDR, S>(state, i);
+    let segment = address.data_segment::<ADDR>();
     let linear =
         checked_linear::<ADDR, S>(state, mode, exit_gpa, segment, offset, access, op.access())?;
     // Leave CMPXCHG16B's #GP (a misaligned operand) to the general path.

@@ -84,7 +84,7 @@ use crate::flags::{self, AC, RF};
 use crate::mode::CpuMode;
 use crate::segment::{self, linear_address};
 use crate::state::{CpuState, Gpr, Segment};
-use operand::{Placed, modrm16, modrm32};
+use operand::Placed;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {

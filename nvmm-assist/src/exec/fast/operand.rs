@@ -96,7 +96,7 @@ impl Address {
 }
 
 /// A ModRM memory operand before its displacement.
-pub(super) struct EffectiveAddress {
+struct EffectiveAddress {
     /// base + scaled index (unmasked).
     pub(super) sum: u64,
     /// `[rip + disp32]`: the base is the next RIP, known once the length is.
@@ -109,7 +109,7 @@ pub(super) struct EffectiveAddress {
 
 /// 16-bit ModRM addressing (mod 0-2).
 #[inline(always)]
-pub(super) fn modrm16<S: CpuState + ?Sized>(state: &S, md: u8, rm: u8) -> EffectiveAddress {
+fn modrm16<S: CpuState + ?Sized>(state: &S, md: u8, rm: u8) -> EffectiveAddress {
     let g = |r: Gpr| state.gpr(r);
     let disp_bytes = match md {
         0 if rm == 6 => {
@@ -145,7 +145,7 @@ pub(super) fn modrm16<S: CpuState + ?Sized>(state: &S, md: u8, rm: u8) -> Effect
 /// 32/64-bit ModRM addressing (mod 0-2), reading a SIB byte at `*i` if
 /// there is one.
 #[inline(always)]
-pub(super) fn modrm32<S: CpuState + ?Sized>(
+fn modrm32<S: CpuState + ?Sized>(
     state: &S,
     bytes: &[u8],
     i: &mut usize,

@@ -22,9 +22,8 @@
 //! test (`lane_int_tests.rs`) covers these forms in every mode.
 
 use super::super::families::write_sized;
-use super::super::{
-    address_mask, byte, checked_linear, modrm16, modrm32, prefix, read_reg, read_sized, sized_field,
-};
+use super::super::operand::{self, Placed};
+use super::super::{address_mask, byte, checked_linear, read_reg, read_sized, sized_field};
 use crate::Outcome;
 use crate::access::AccessType;
 use crate::bus::{GuestRam, MmioBus};
@@ -32,7 +31,7 @@ use crate::error::Error;
 use crate::exec::{bits, rmw_page};
 use crate::flags::{CF, RF};
 use crate::mode::CpuMode;
-use crate::state::{CpuState, Segment};
+use crate::state::CpuState;
 
 /// Whether `op2` (the byte after 0F) is one of this path's opcodes (BA's
 /// ModRM.reg is checked with the operand).
@@ -96,7 +95,6 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    let long = ADDR == 8;
     let modrm = byte(bytes, i)?;
     i += 1;
     let md = modrm >> 6;
@@ -120,17 +118,13 @@ where
         return None;
     }
     let rm = modrm & 7;
-    let ea = if ADDR == 2 {
-        modrm16(state, md, rm)
-    } else {
-        modrm32(state, bytes, &mut i, md, rm, rex, long)?
-    };
-    let disp = sized_field(bytes, &mut i, ea.disp_bytes)?;
+    let address = operand::address::<ADDR, S>(state, bytes, &mut i, md, rm, rex)?;
     let imm = sized_field(bytes, &mut i, u8::from(imm_form))?;
     // LOCK, REX, 0F op, ModRM, SIB, disp32 and imm8 are 10 bytes at most.
-    let next_rip = prefix::next_rip::<ADDR, S>(state, i);
-    let base = if ea.rip_relative { next_rip } else { ea.sum };
-    let mut offset = base.wrapping_add(disp) & address_mask(ADDR);
+    let Placed {
+        mut offset,
+        next_rip,
+    } = address.place::<ADDR, S>(state, i);
     let bits_mask = u64::from(SIZE) * 8 - 1;
     let bit = if imm_form {
         (imm & bits_mask) as u32
@@ -142,12 +136,7 @@ where
         offset = offset.wrapping_add(displacement as u64) & address_mask(ADDR);
         b
     };
-    // (64-bit mode: DS, whose base does not count.)
-    let segment = if ea.stack && !long {
-        Segment::Ss
-    } else {
-        Segment::Ds
-    };
+    let segment = address.data_segment::<ADDR>();
     let access = if op == 0 {
         AccessType::Read
     } else {

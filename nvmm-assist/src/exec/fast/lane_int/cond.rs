@@ -20,10 +20,8 @@
 //! (`lane_int_tests.rs`) covers these forms in every mode.
 
 use super::super::families::write_sized;
-use super::super::{
-    address_mask, byte, checked_linear, merged, modrm16, modrm32, prefix, read_reg, read_sized,
-    sized_field,
-};
+use super::super::operand::{self, Placed};
+use super::super::{byte, checked_linear, merged, read_reg, read_sized};
 use crate::Outcome;
 use crate::access::AccessType;
 use crate::bus::{GuestRam, MmioBus};
@@ -31,7 +29,7 @@ use crate::error::Error;
 use crate::exec::mov;
 use crate::flags::RF;
 use crate::mode::CpuMode;
-use crate::state::{CpuState, Segment};
+use crate::state::CpuState;
 
 /// Whether `op2` (the byte after 0F) is SETcc or CMOVcc.
 #[inline(always)]
@@ -94,7 +92,6 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    let long = ADDR == 8;
     let setcc = SIZE == 1;
     let modrm = byte(bytes, i)?;
     i += 1;
@@ -104,22 +101,10 @@ where
     }
     let rm = modrm & 7;
     let reg = ((modrm >> 3) & 7) | ((rex & 4) << 1);
-    let ea = if ADDR == 2 {
-        modrm16(state, md, rm)
-    } else {
-        modrm32(state, bytes, &mut i, md, rm, rex, long)?
-    };
-    let disp = sized_field(bytes, &mut i, ea.disp_bytes)?;
+    let address = operand::address::<ADDR, S>(state, bytes, &mut i, md, rm, rex)?;
     // REX, 0F op, ModRM, SIB and disp32 are 9 bytes at most.
-    let next_rip = prefix::next_rip::<ADDR, S>(state, i);
-    let base = if ea.rip_relative { next_rip } else { ea.sum };
-    let offset = base.wrapping_add(disp) & address_mask(ADDR);
-    // (64-bit mode: DS, whose base does not count.)
-    let segment = if ea.stack && !long {
-        Segment::Ss
-    } else {
-        Segment::Ds
-    };
+    let Placed { offset, next_rip } = address.place::<ADDR, S>(state, i);
+    let segment = address.data_segment::<ADDR>();
     let access = if setcc {
         AccessType::Write
     } else {

@@ -21,16 +21,15 @@
 //! (`lane_int_tests.rs`) covers these forms in every mode.
 
 use super::super::families::write_sized;
-use super::super::{
-    address_mask, byte, checked_linear, modrm16, modrm32, prefix, read_sized, sized_field,
-};
+use super::super::operand::{self, Placed};
+use super::super::{byte, checked_linear, read_sized};
 use crate::Outcome;
 use crate::access::AccessType;
 use crate::bus::{GuestRam, MmioBus};
 use crate::error::Error;
 use crate::flags::{self, RF};
 use crate::mode::CpuMode;
-use crate::state::{CpuState, Segment};
+use crate::state::CpuState;
 
 /// Whether `opcode` is one of this path's (the ModRM `reg` field is
 /// checked once the operand size is known).
@@ -94,7 +93,6 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    let long = ADDR == 8;
     let modrm = byte(bytes, i)?;
     i += 1;
     let md = modrm >> 6;
@@ -109,22 +107,10 @@ where
         return None;
     }
     let rm = modrm & 7;
-    let ea = if ADDR == 2 {
-        modrm16(state, md, rm)
-    } else {
-        modrm32(state, bytes, &mut i, md, rm, rex, long)?
-    };
-    let disp = sized_field(bytes, &mut i, ea.disp_bytes)?;
+    let address = operand::address::<ADDR, S>(state, bytes, &mut i, md, rm, rex)?;
     // REX, opcode, ModRM, SIB and disp32 are 8 bytes at most.
-    let next_rip = prefix::next_rip::<ADDR, S>(state, i);
-    let base = if ea.rip_relative { next_rip } else { ea.sum };
-    let offset = base.wrapping_add(disp) & address_mask(ADDR);
-    // (64-bit mode: DS, whose base does not count.)
-    let segment = if ea.stack && !long {
-        Segment::Ss
-    } else {
-        Segment::Ds
-    };
+    let Placed { offset, next_rip } = address.place::<ADDR, S>(state, i);
+    let segment = address.data_segment::<ADDR>();
     checked_linear::<ADDR, S>(
         state,
         mode,
