@@ -5,10 +5,10 @@
 //! what the guest's tables now say, as a full walk does.
 
 use crate::support;
+use crate::support::dyn_assist::{assist_mem, assist_mem_cached};
 
 use nvmm_assist::{
-    AccessType, CpuState, Error, Exception, FetchCache, MemExit, Outcome, Registers, assist_mem,
-    assist_mem_cached,
+    AccessType, CpuState, Error, Exception, FetchCache, MemExit, Outcome, Registers,
 };
 use support::{Layout, PageTables, RecordingMmio, TEST_VENDOR, TestRam, pte};
 

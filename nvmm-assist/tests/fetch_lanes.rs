@@ -8,10 +8,10 @@
 //! crosses the CS limit faults without bytes, and changes nothing.
 
 use crate::support;
+use crate::support::dyn_assist::assist_mem;
 
 use nvmm_assist::{
     AccessType, Error, Exception, Gpr, MemExit, Outcome, Registers, Segment, SegmentAttributes,
-    assist_mem,
 };
 use support::TEST_VENDOR;
 use support::memdev::{Guest, MMIO};
