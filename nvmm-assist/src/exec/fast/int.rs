@@ -15,6 +15,7 @@
 //! bounded retries on RAM ([`Outcome::Resume`] when they run out), a read
 //! then a write on MMIO.
 
+use super::retire;
 use super::{Fast, Kind, merged, read_reg};
 use crate::Outcome;
 use crate::access::PhysRange;
@@ -376,9 +377,6 @@ where
         state.set_gpr(g, v);
     }
     let new_flags = new_flags & !RF;
-    if new_flags != rflags {
-        state.set_rflags(new_flags);
-    }
-    state.set_rip(f.next_rip);
+    retire(state, rflags, new_flags, f.next_rip);
     Ok(Outcome::Done)
 }

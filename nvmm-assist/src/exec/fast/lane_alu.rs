@@ -27,6 +27,7 @@
 //! [`run_mode`]: super::run_mode
 
 use super::operand::{self, Placed};
+use super::retire;
 use super::{alu, byte, checked_linear, merged, read_reg, read_sized, rex_and_opcode, sized_field};
 use crate::Outcome;
 use crate::access::AccessType;
@@ -280,10 +281,7 @@ where
             super::families::write_sized(ram, mmio, gpa, n, result)?;
         }
     }
-    if new_flags != rflags {
-        state.set_rflags(new_flags);
-    }
-    state.set_rip(next_rip);
+    retire(state, rflags, new_flags, next_rip);
     Ok(Outcome::Done)
 }
 

@@ -34,6 +34,7 @@
 
 use super::families::write_sized;
 use super::operand::{self, Placed};
+use super::retire;
 use super::{alu_op, read_sized, sized_field};
 use super::{byte, checked_linear, merged, read_reg};
 use crate::Outcome;
@@ -558,10 +559,7 @@ where
 #[inline(always)]
 fn commit<S: CpuState + ?Sized>(state: &mut S, rflags: u64, new_flags: u64, next_rip: u64) {
     let new_flags = new_flags & !RF;
-    if new_flags != rflags {
-        state.set_rflags(new_flags);
-    }
-    state.set_rip(next_rip);
+    retire(state, rflags, new_flags, next_rip);
 }
 
 #[cfg(test)]

@@ -154,6 +154,18 @@ fn merged<S: CpuState + ?Sized>(state: &S, reg: u8, size: u8, rex: bool, value: 
     }
 }
 
+/// Retires an instruction whose every access succeeded: RFLAGS (`new_flags`,
+/// RF already cleared) only if it changed, which saves the store (often:
+/// a MOV or a flag-preserving form leaves it as it was), then RIP. The
+/// lanes' and the full fast path's one tail.
+#[inline(always)]
+fn retire<S: CpuState + ?Sized>(state: &mut S, rflags: u64, new_flags: u64, next_rip: u64) {
+    if new_flags != rflags {
+        state.set_rflags(new_flags);
+    }
+    state.set_rip(next_rip);
+}
+
 #[inline]
 fn byte(bytes: &[u8], i: usize) -> Option<u8> {
     bytes.get(i).copied()
@@ -750,10 +762,7 @@ where
         }
         Kind::Int(_) => return Err(Error::InconsistentExit),
     }
-    if new_flags != rflags {
-        state.set_rflags(new_flags);
-    }
-    state.set_rip(f.next_rip);
+    retire(state, rflags, new_flags, f.next_rip);
     Ok(Outcome::Done)
 }
 

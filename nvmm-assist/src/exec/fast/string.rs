@@ -26,6 +26,7 @@ use super::super::{alignment_faults, merge_sized, string};
 use super::families::{translate_pair, within_page, write_sized};
 use super::prefix::{Prefixes, next_rip};
 use super::read_sized;
+use super::retire;
 use crate::Outcome;
 use crate::access::AccessType;
 use crate::bus::{GuestRam, MmioBus};
@@ -443,9 +444,6 @@ where
         state.set_gpr(Gpr::Rax, merge_sized(state.gpr(Gpr::Rax), size, v));
     }
     let new_flags = new_flags & !RF;
-    if new_flags != rflags {
-        state.set_rflags(new_flags);
-    }
-    state.set_rip(step.next_rip);
+    retire(state, rflags, new_flags, step.next_rip);
     Ok(Outcome::Done)
 }

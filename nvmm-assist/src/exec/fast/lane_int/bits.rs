@@ -23,6 +23,7 @@
 
 use super::super::families::write_sized;
 use super::super::operand::{self, Placed};
+use super::super::retire;
 use super::super::{address_mask, byte, checked_linear, read_reg, read_sized, sized_field};
 use crate::Outcome;
 use crate::access::AccessType;
@@ -205,9 +206,6 @@ where
     } else {
         rflags & !CF
     } & !RF;
-    if new_flags != rflags {
-        state.set_rflags(new_flags);
-    }
-    state.set_rip(next_rip);
+    retire(state, rflags, new_flags, next_rip);
     Ok(Outcome::Done)
 }

@@ -22,6 +22,7 @@
 
 use super::super::families::write_sized;
 use super::super::operand::{self, Placed};
+use super::super::retire;
 use super::super::{byte, checked_linear, merged, read_reg, read_sized};
 use crate::Outcome;
 use crate::access::AccessType;
@@ -262,9 +263,6 @@ where
         state.set_gpr(g, v);
     }
     let new_flags = new_flags & !RF;
-    if new_flags != rflags {
-        state.set_rflags(new_flags);
-    }
-    state.set_rip(next_rip);
+    retire(state, rflags, new_flags, next_rip);
     Ok(Outcome::Done)
 }

@@ -22,6 +22,7 @@
 
 use super::super::families::write_sized;
 use super::super::operand::{self, Placed};
+use super::super::retire;
 use super::super::{byte, checked_linear, read_sized};
 use crate::Outcome;
 use crate::access::AccessType;
@@ -155,9 +156,6 @@ where
         _ => flags::neg(old, SIZE, flags_in),
     };
     write_sized(ram, mmio, gpa, n, result)?;
-    if new_flags != rflags {
-        state.set_rflags(new_flags);
-    }
-    state.set_rip(next_rip);
+    retire(state, rflags, new_flags, next_rip);
     Ok(Outcome::Done)
 }
