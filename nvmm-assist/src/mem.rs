@@ -124,6 +124,16 @@ const MAX_PHYS_ADDR_BITS: u32 = 52;
 
 /// [`assist_mem`], with the fast path enabled or not (the tests compare
 /// both), fetching through `cache`.
+///
+/// Inline in the callers, and only this choice: an exit with no bytes
+/// (VMX) and the fast path on takes its own out-of-line entry,
+/// [`assist_fetching`], which fetches inline and hands the bytes to the
+/// lanes from its own frame; everything else takes [`assist_entry`]. Two
+/// entries rather than one, so that each has the frame its own path
+/// needs: the fetch's registers and buffer do not cost the exits that
+/// carry their bytes anything, and the fetch path does not pass through
+/// a second frame.
+#[inline(always)]
 pub(crate) fn assist_mem_with<S, R, M>(
     state: &mut S,
     ram: &mut R,
@@ -137,6 +147,17 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
+    if fast_path && exit.instruction.is_empty() {
+        return assist_fetching(state, ram, mmio, exit, cache);
+    }
+    assist_entry(state, ram, mmio, exit, fast_path, cache)
+}
+
+/// The checks of the exit that both entries make first: an exit for an
+/// instruction fetch, or with a guest-physical address above the
+/// architectural maximum, is inconsistent.
+#[inline(always)]
+fn check_exit(exit: &MemExit<'_>) -> Result<(), Error> {
     if exit.access == AccessType::Execute {
         return Err(Error::InconsistentExit);
     }
@@ -147,17 +168,38 @@ where
     if exit.gpa >> MAX_PHYS_ADDR_BITS != 0 {
         return Err(Error::InconsistentExit);
     }
+    Ok(())
+}
+
+/// [`assist_mem_with`] for an exit carrying its bytes, or with the fast
+/// path off.
+#[inline(never)]
+fn assist_entry<S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit: &MemExit<'_>,
+    fast_path: bool,
+    cache: &mut FetchCache,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    check_exit(exit)?;
     // The two common shapes of the control state inline; anything else
     // (inconsistent, or rare such as LME set with paging off) out of line,
     // so that this entry makes no call it must come back from.
     let Some(mode) = CpuMode::common_of(state) else {
-        return uncommon(state, ram, mmio, exit, fast_path, cache);
+        return uncommon(state, ram, mmio, exit, cache);
     };
     if !fast_path {
-        return general(state, ram, mmio, exit, fast_path, cache, mode);
+        return general(state, ram, mmio, exit, cache, mode);
     }
     if exit.instruction.is_empty() {
-        return fetched(state, ram, mmio, exit.gpa, cache, mode, true);
+        // Not reached (`assist_mem_with` sends these to their own entry).
+        return assist_fetching(state, ram, mmio, exit, cache);
     }
     match mode {
         CpuMode::Long64 => assist_lane::<8, S, R, M>(state, ram, mmio, exit, cache, mode),
@@ -165,6 +207,36 @@ where
             assist_lane::<4, S, R, M>(state, ram, mmio, exit, cache, mode)
         }
         _ => assist_lane::<2, S, R, M>(state, ram, mmio, exit, cache, mode),
+    }
+}
+
+/// [`assist_mem_with`] for an exit with no bytes (VMX) and the fast path
+/// on: the entry's checks, then the fetch and what an exit carrying the
+/// fetched bytes takes, in [`fetched_sized`]'s copy for the mode's
+/// default address size, inline.
+#[inline(never)]
+fn assist_fetching<S, R, M>(
+    state: &mut S,
+    ram: &mut R,
+    mmio: &mut M,
+    exit: &MemExit<'_>,
+    cache: &mut FetchCache,
+) -> Result<Outcome, Error>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    check_exit(exit)?;
+    let Some(mode) = CpuMode::common_of(state) else {
+        // The general path (which fetches on its own) for the rare and
+        // the inconsistent control states, as with bytes.
+        return uncommon(state, ram, mmio, exit, cache);
+    };
+    match mode.default_address_size() {
+        8 => fetched_sized::<8, S, R, M>(state, ram, mmio, exit.gpa, cache, mode),
+        4 => fetched_sized::<4, S, R, M>(state, ram, mmio, exit.gpa, cache, mode),
+        _ => fetched_sized::<2, S, R, M>(state, ram, mmio, exit.gpa, cache, mode),
     }
 }
 
@@ -282,42 +354,9 @@ where
     }
 }
 
-/// [`assist_mem_with`] with no bytes in the exit (VMX): the fetch, then
-/// what an exit carrying the fetched bytes takes if `fast_path` (the
-/// lanes, the full fast path, the general path), else the general path on
-/// them, in [`fetched_sized`]'s copy for the mode's default address size
-/// (this dispatch is inline in its callers).
-#[inline(always)]
-fn fetched<S, R, M>(
-    state: &mut S,
-    ram: &mut R,
-    mmio: &mut M,
-    exit_gpa: u64,
-    cache: &mut FetchCache,
-    mode: CpuMode,
-    fast_path: bool,
-) -> Result<Outcome, Error>
-where
-    S: CpuState + ?Sized,
-    R: GuestRam + ?Sized,
-    M: MmioBus + ?Sized,
-{
-    if !fast_path {
-        return match mode.default_address_size() {
-            8 => fetched_general::<8, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
-            4 => fetched_general::<4, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
-            _ => fetched_general::<2, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
-        };
-    }
-    match mode.default_address_size() {
-        8 => fetched_sized::<8, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
-        4 => fetched_sized::<4, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
-        _ => fetched_sized::<2, S, R, M>(state, ram, mmio, exit_gpa, cache, mode),
-    }
-}
-
-/// [`fetched`] with the fast path off: the fetch, then the general path
-/// on the fetched bytes.
+/// The general path on an exit with no bytes (the fast path off, or a
+/// rare control state): the fetch, then the general path on the fetched
+/// bytes, in one copy per default address size.
 #[inline(never)]
 fn fetched_general<const ADDR: u8, S, R, M>(
     state: &mut S,
@@ -337,10 +376,10 @@ where
     decode_and_execute(state, ram, mmio, cache, mode, &mut bytes, given, exit_gpa)
 }
 
-/// [`fetched`] with the fast path on, for the modes whose default address
-/// size is `ADDR` (as [`assist_sized`]): out of line, one instantiation
-/// per address size, which calls the same lane and fast-path functions as
-/// an exit with bytes. In the 64-bit copy the mode is a constant (the
+/// [`assist_fetching`]'s work, for the modes whose default address
+/// size is `ADDR` (as [`assist_sized`]): inline there, one copy per
+/// address size, which calls the same lane and fast-path functions as an
+/// exit with bytes. In the 64-bit copy the mode is a constant (the
 /// fetch's segmentation check is the canonical test alone).
 ///
 /// It is the one fetch of the fast path: the usual fetch
@@ -350,7 +389,7 @@ where
 /// here cost every lane a large frame, and the build a copy of the fast
 /// path per address size and bus type); every unusual fetch is out of
 /// line ([`fetched_rest`]).
-#[inline(never)]
+#[inline(always)]
 fn fetched_sized<const ADDR: u8, S, R, M>(
     state: &mut S,
     ram: &mut R,
@@ -449,7 +488,6 @@ fn uncommon<S, R, M>(
     ram: &mut R,
     mmio: &mut M,
     exit: &MemExit<'_>,
-    fast_path: bool,
     cache: &mut FetchCache,
 ) -> Result<Outcome, Error>
 where
@@ -458,7 +496,7 @@ where
     M: MmioBus + ?Sized,
 {
     let mode = CpuMode::try_of(state)?;
-    general(state, ram, mmio, exit, fast_path, cache, mode)
+    general(state, ram, mmio, exit, cache, mode)
 }
 
 /// [`assist_mem_with`] with the bytes in the exit, for the modes whose
@@ -494,22 +532,22 @@ where
         mmio,
         exit.gpa,
         exit.instruction,
-        |state, ram, mmio, cache| general(state, ram, mmio, exit, true, cache, mode),
+        |state, ram, mmio, cache| general(state, ram, mmio, exit, cache, mode),
     )
 }
 
 /// [`assist_mem_with`] past the fast path with the exit's bytes (or with
 /// the fast path off, or for an uncommon control state): the general
-/// decoder and executor, and the fetch when the exit carries no bytes
-/// (then the fast path first, on the fetched bytes, if it is on). Out of line, so that the entry and the fast path stay
-/// small and their code does not move with this path's.
+/// decoder and executor, and, when the exit carries no bytes (the fast
+/// path off, or a rare control state), the fetch. Out of line, so that
+/// the entries and the fast path stay small and their code does not move
+/// with this path's.
 #[inline(never)]
 fn general<S, R, M>(
     state: &mut S,
     ram: &mut R,
     mmio: &mut M,
     exit: &MemExit<'_>,
-    fast_path: bool,
     cache: &mut FetchCache,
     mode: CpuMode,
 ) -> Result<Outcome, Error>
@@ -530,8 +568,13 @@ where
         }
     }
     if exit.instruction.is_empty() {
-        // No bytes in the exit (VMX).
-        return fetched(state, ram, mmio, exit.gpa, cache, mode, fast_path);
+        // No bytes in the exit (VMX), and the fast path off or a rare
+        // control state (`assist_fetching` takes the others).
+        return match mode.default_address_size() {
+            8 => fetched_general::<8, S, R, M>(state, ram, mmio, exit.gpa, cache, mode),
+            4 => fetched_general::<4, S, R, M>(state, ram, mmio, exit.gpa, cache, mode),
+            _ => fetched_general::<2, S, R, M>(state, ram, mmio, exit.gpa, cache, mode),
+        };
     }
     let mut bytes = [0u8; 15];
     let given = exit.instruction.len().min(15);
