@@ -24,6 +24,8 @@ use support::host_vendor;
 /// The decoder's differential oracle (iced-x86), shared by `decode_iced`
 /// and `decode_iced_host_cases`.
 mod decode_oracle;
+/// The generator `decode_oracle` names as `super::Rng`.
+use support::Rng;
 
 /// The hardware oracles' harness, shared by `oracle_host`, `oracle_kvm`
 /// and `decode_iced_host_cases`: the files name each other as `super::`.

@@ -18,6 +18,11 @@
 #[path = "../../tests/decode_oracle/mod.rs"]
 #[allow(dead_code)]
 mod decode_oracle;
+/// The tests' generator, which `decode_oracle` names as `super::Rng`.
+#[path = "../../src/test_rng.rs"]
+#[allow(dead_code)]
+mod test_rng;
+use test_rng::Rng;
 
 use libfuzzer_sys::fuzz_target;
 use nvmm_assist::decode::{DecodeError, Operand};
