@@ -229,17 +229,40 @@ pub(crate) fn assist_mem(e: &sys::nvmm_x86_exit) -> Option<nvmm_assist::MemExit<
     // SAFETY: as in `memory_of`.
     let bytes = unsafe { &(*u).mem.inst_bytes };
     // `memory_of`'s rules: the access by its table (in nvmm-assist's
-    // type), at most the 15 bytes the structure has.
-    const ACCESS: [nvmm_assist::AccessType; 8] = {
+    // type), at most the 15 bytes the structure has. The table is indexed
+    // by the low byte of `prot`, 256 entries repeating the eight of
+    // `memory_of` (only bits 0-2 count), so the index needs no mask.
+    const ACCESS: [nvmm_assist::AccessType; 256] = {
         use nvmm_assist::AccessType::{Execute, Read, Write};
-        [Read, Read, Write, Write, Execute, Execute, Write, Write]
+        let eight = [Read, Read, Write, Write, Execute, Execute, Write, Write];
+        let mut t = [Read; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = eight[i & 7];
+            i += 1;
+        }
+        t
     };
-    let n = usize::from(len).min(bytes.len());
+    // The kernel writes at most 15; a longer length (never seen) is cut
+    // off out of line, so the common case is one predicted branch instead
+    // of a clamp on the way to the assist.
+    let instruction = match bytes.get(..usize::from(len)) {
+        Some(instruction) => instruction,
+        None => all_bytes(bytes),
+    };
     Some(nvmm_assist::MemExit {
         gpa,
-        access: ACCESS[(prot & 7) as usize],
-        instruction: bytes.get(..n).unwrap_or_default(),
+        access: ACCESS[usize::from(prot as u8)],
+        instruction,
     })
+}
+
+/// All of `bytes`: [`assist_mem`]'s instruction when the exit's length is
+/// more than the structure holds (as [`memory_of`] has it).
+#[cold]
+#[inline(never)]
+fn all_bytes(bytes: &[u8; 15]) -> &[u8] {
+    bytes
 }
 
 /// The `mem` member of `e`, whatever the reason says.
