@@ -712,6 +712,20 @@ pub(crate) fn rmw_page<T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     rmw_at(ram, mmio, OnePage { gpa, size }, locked, op)
 }
 
+/// [`rmw`] of 16 bytes at `gpa`, within one page, on 128-bit values
+/// ([`rmw_at`] on [`OnePageWide`]): CMPXCHG16B's in the integer lane,
+/// without [`rmw_range`]'s fragments.
+#[inline(always)]
+pub(crate) fn rmw_page_wide<T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+    ram: &mut R,
+    mmio: &mut M,
+    gpa: u64,
+    locked: bool,
+    op: impl FnMut(u128) -> (u128, T),
+) -> Result<Option<T>, Error> {
+    rmw_at(ram, mmio, OnePageWide { gpa }, locked, op)
+}
+
 /// The one implementation of [`rmw`]'s rules, on any [`RmwPlace`] (and so
 /// on its value type).
 #[inline(always)]
@@ -910,6 +924,60 @@ macro_rules! read_in_page {
     };
 }
 pub(crate) use read_in_page;
+
+/// 16 bytes at `gpa`, within one page, as a `u128`: the one-page case of
+/// [`Fragments`] (the same callbacks with the same arguments: one read,
+/// one write or one compare-and-write of all 16 bytes).
+#[derive(Clone, Copy)]
+struct OnePageWide {
+    gpa: u64,
+}
+
+impl RmwPlace for OnePageWide {
+    type Value = u128;
+
+    #[inline(always)]
+    fn read<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+        self,
+        ram: &mut R,
+        mmio: &mut M,
+    ) -> Result<u128, Error> {
+        let mut b = [0u8; 16];
+        read_in_page!(ram, mmio, self.gpa, &mut b);
+        Ok(u128::from_le_bytes(b))
+    }
+
+    #[inline(always)]
+    fn write<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+        self,
+        ram: &mut R,
+        mmio: &mut M,
+        value: u128,
+    ) -> Result<(), Error> {
+        write_in_page(ram, mmio, self.gpa, &value.to_le_bytes())
+    }
+
+    #[inline(always)]
+    fn compare_and_write<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+        self,
+        ram: &mut R,
+        mmio: &mut M,
+        old: u128,
+        new: u128,
+    ) -> Result<bool, Error> {
+        let data = new.to_le_bytes();
+        Ok(
+            match ram.compare_and_write(self.gpa, &old.to_le_bytes(), &data)? {
+                CompareWrite::Written => true,
+                CompareWrite::Mismatch => false,
+                CompareWrite::NotRam => {
+                    mmio.write(self.gpa, &data)?;
+                    true
+                }
+            },
+        )
+    }
+}
 
 /// Reads `size` (1, 2, 4 or 8) bytes at `gpa` (within one page) with
 /// [`read_in_page!`], into a buffer of exactly that width (see

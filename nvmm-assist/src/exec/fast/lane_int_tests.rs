@@ -555,3 +555,317 @@ fn integer_lane_paths_take_every_size_and_decline_crossings() {
     }
     assert!(taken > 500, "{taken} taken");
 }
+
+/// The lane on `m` in `mode`, for its default address size.
+fn lane_in_mode(
+    m: &mut Machine,
+    mode: CpuMode,
+    gpa: u64,
+    bytes: &[u8],
+) -> Option<Result<Outcome, Error>> {
+    match mode.default_address_size() {
+        8 => lane_run::<8>(m, mode, gpa, bytes),
+        4 => lane_run::<4>(m, mode, gpa, bytes),
+        _ => lane_run::<2>(m, mode, gpa, bytes),
+    }
+}
+
+/// RAM with a device hole at 0x1000-0x3000 and random bytes, identity
+/// mapped below the page tables (the directed tests' machine).
+fn directed_ram(seed: u64) -> (TestRam, u64) {
+    let mut ram = TestRam::new(0x40000).hole(0x1000, 0x3000);
+    let mut rng = Rng(seed);
+    for b in ram.mem.iter_mut().take(0x20000) {
+        *b = rng.next() as u8;
+    }
+    let mut pt = PageTables::new(Layout::Level4, 0x20000);
+    for page in 0..0x20u64 {
+        pt.map(&mut ram, page * 4096, page * 4096, 1, pte::PWU);
+    }
+    (ram, pt.cr3())
+}
+
+/// The 16 bytes at `address` as `directed_ram`'s machine holds them (RAM
+/// or the device's).
+fn memory_at(ram: &TestRam, address: u64) -> [u8; 16] {
+    core::array::from_fn(|k| {
+        let a = address + k as u64;
+        if (0x1000..0x3000).contains(&a) {
+            RecordingMmio::byte_at(a)
+        } else {
+            ram.mem[a as usize]
+        }
+    })
+}
+
+/// CMPXCHG8B/16B (`lane_int/wide.rs`) in every mode, both widths (16 bytes
+/// with REX.W in 64-bit mode), locked and not, on RAM and on a device, the
+/// comparison succeeding and failing, with no, one and every
+/// compare-and-write lost: taken with the general path's result, registers,
+/// memory, device log and compare-and-write log where the operand is
+/// within a page at the exit GPA (and CMPXCHG16B aligned); declined with
+/// nothing done for a register operand (LOCK or not: `#UD`), the group's
+/// other members (0F C7 /0, /6, /7), a misaligned CMPXCHG16B (`#GP`), a page
+/// crossing and a mismatching exit GPA.
+#[test]
+fn integer_lane_wide_compare_exchange_in_every_mode() {
+    let (ram, cr3) = directed_ram(0x5EED_0B17_C0DE_0816);
+    let (mut taken, mut locked, mut wide, mut resumed, mut failed) = (0, 0, 0, 0, 0);
+    for mode in [
+        CpuMode::Long64,
+        CpuMode::Compat32,
+        CpuMode::Protected32,
+        CpuMode::Protected16,
+        CpuMode::Real,
+    ] {
+        let long = mode.is_64bit();
+        let rm = if mode.default_address_size() == 2 {
+            7
+        } else {
+            3
+        };
+        for lock in [false, true] {
+            for rex in [None, Some(0x40), Some(0x48), Some(0x4C), Some(0x44)] {
+                if rex.is_some() && !long {
+                    continue;
+                }
+                let width: u64 = if rex.is_some_and(|r| r & 8 != 0) {
+                    16
+                } else {
+                    8
+                };
+                for (md, reg) in [(0, 1), (3, 1), (0, 0), (0, 6), (0, 7)] {
+                    let mut bytes = Vec::new();
+                    if lock {
+                        bytes.push(0xF0);
+                    }
+                    bytes.extend(rex);
+                    bytes.extend_from_slice(&[0x0F, 0xC7, md << 6 | reg << 3 | rm]);
+                    let ours_form = md == 0 && reg == 1;
+                    // (address, exit GPA xor, taken): RAM and the device
+                    // within a page, 8- but not 16-byte aligned, crossing
+                    // a page (RAM, RAM to device), a mismatching exit GPA.
+                    for (address, gpa_xor, within) in [
+                        (0x4010, 0, true),
+                        (0x1FF0, 0, true),
+                        (0x2FF0, 0, true),
+                        (0x4028, 0, width == 8),
+                        (0x1008, 0, width == 8),
+                        (0x5000 - width / 2, 0, false),
+                        (0x1000 - 4, 0, false),
+                        (0x4020, 0x10, false),
+                    ] {
+                        for succeed in [true, false] {
+                            for mismatches in [0, 1, 100] {
+                                let mut regs = plain_state(mode, cr3, address);
+                                if succeed {
+                                    let mem = memory_at(&ram, address);
+                                    let half = (width / 2) as usize;
+                                    let le = |b: &[u8]| {
+                                        b.iter().rev().fold(0u64, |a, &x| (a << 8) | u64::from(x))
+                                    };
+                                    regs.gprs[Gpr::Rax as usize] = le(&mem[..half]);
+                                    regs.gprs[Gpr::Rdx as usize] = le(&mem[half..2 * half]);
+                                }
+                                let gpa = address ^ gpa_xor;
+                                let what = std::format!(
+                                    "{} succeed {succeed} mismatches {mismatches}",
+                                    case(mode, &bytes, gpa)
+                                );
+                                let mut ram = ram.clone();
+                                ram.cas_mismatches = mismatches;
+                                let mmio = RecordingMmio::default();
+                                let mut ours = Machine::new(&regs, &ram, &mmio);
+                                let got = lane_in_mode(&mut ours, mode, gpa, &bytes);
+                                if ours_form && within {
+                                    let result = got.unwrap_or_else(|| panic!("{what}: declined"));
+                                    let mut general = Machine::new(&regs, &ram, &mmio);
+                                    assert_eq!(result, general.general(gpa, &bytes), "{what}");
+                                    ours.assert_same(&general, &what);
+                                    let on_ram = !(0x1000..0x3000).contains(&address);
+                                    if lock && on_ram && mismatches == 100 {
+                                        assert_eq!(result, Ok(Outcome::Resume), "{what}");
+                                        assert_eq!(ours.regs, regs, "{what}: nothing changes");
+                                        resumed += 1;
+                                    } else {
+                                        assert_eq!(result, Ok(Outcome::Done), "{what}");
+                                        let zf = ours.regs.rflags & (1 << 6) != 0;
+                                        assert_eq!(zf, succeed, "{what}: ZF");
+                                        failed += usize::from(!succeed);
+                                    }
+                                    taken += 1;
+                                    locked += usize::from(lock);
+                                    wide += usize::from(width == 16);
+                                } else {
+                                    assert!(got.is_none(), "{what}: taken");
+                                    ours.assert_untouched(&regs, &what);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        taken > 300 && locked > 150 && wide > 50 && resumed > 10 && failed > 100,
+        "{taken} taken, {locked} locked, {wide} 16-byte, {resumed} resumed, {failed} failed"
+    );
+}
+
+/// Which prefix a form of [`integer_lane_locked_forms_and_moves_in_every_mode`]
+/// must have to be the lane's.
+#[derive(Clone, Copy, PartialEq)]
+enum Needs {
+    /// LOCK (`locked.rs`; without it the ALU forms are the ALU lane's).
+    Lock,
+    /// Either (INC/DEC/NOT/NEG: `locked.rs` with LOCK, `unary.rs` without).
+    Either,
+    /// No LOCK (`moves.rs`: LOCK is `#UD`).
+    NoLock,
+    /// Never the lane's (CMP, TEST: LOCK is `#UD`).
+    Never,
+}
+
+/// The lane's LOCK read-modify-writes (`lane_int/locked.rs`: ALU r/m, reg
+/// and r/m, imm, INC/DEC/NOT/NEG) and MOVSXD/MOVNTI (`moves.rs`) in every
+/// mode, at every operand size, locked and not, on RAM and on a device,
+/// with no, one and every compare-and-write lost: taken with the general
+/// path's result, registers, memory, device log and compare-and-write log
+/// where the operand is within a page at the exit GPA; declined with
+/// nothing done for a page crossing, a mismatching exit GPA, a register
+/// operand, LOCK on MOVSXD, MOVNTI, CMP and TEST, and MOVSXD's opcode (ARPL)
+/// outside 64-bit mode.
+#[test]
+fn integer_lane_locked_forms_and_moves_in_every_mode() {
+    let (ram, cr3) = directed_ram(0x5EED_0B17_C0DE_10C4);
+    // (opcode bytes after the prefixes, ModRM.reg, immediate bytes (4:
+    // imm16/32 by operand size), a byte operand, what it needs)
+    let forms: &[(&[u8], u8, u8, bool, Needs)] = &[
+        (&[0x00], 2, 0, true, Needs::Lock),          // ADD r/m8, DL
+        (&[0x01], 2, 0, false, Needs::Lock),         // ADD r/m, DX
+        (&[0x09], 6, 0, false, Needs::Lock),         // OR r/m, SI
+        (&[0x11], 1, 0, false, Needs::Lock),         // ADC
+        (&[0x19], 2, 0, false, Needs::Lock),         // SBB
+        (&[0x20], 6, 0, true, Needs::Lock),          // AND r/m8, DH (SIL with REX)
+        (&[0x29], 2, 0, false, Needs::Lock),         // SUB
+        (&[0x31], 2, 0, false, Needs::Lock),         // XOR
+        (&[0x39], 2, 0, false, Needs::Never),        // CMP
+        (&[0x80], 0, 1, true, Needs::Lock),          // ADD r/m8, imm8
+        (&[0x81], 1, 4, false, Needs::Lock),         // OR r/m, imm
+        (&[0x83], 2, 1, false, Needs::Lock),         // ADC r/m, imm8
+        (&[0x83], 5, 1, false, Needs::Lock),         // SUB r/m, imm8
+        (&[0x81], 6, 4, false, Needs::Lock),         // XOR r/m, imm
+        (&[0x80], 7, 1, true, Needs::Never),         // CMP r/m8, imm8
+        (&[0xFE], 0, 0, true, Needs::Either),        // INC r/m8
+        (&[0xFF], 1, 0, false, Needs::Either),       // DEC r/m
+        (&[0xF6], 2, 0, true, Needs::Either),        // NOT r/m8
+        (&[0xF7], 3, 0, false, Needs::Either),       // NEG r/m
+        (&[0xF7], 0, 4, false, Needs::Never),        // TEST r/m, imm
+        (&[0xFF], 2, 0, false, Needs::Never),        // CALL r/m (not the lane's)
+        (&[0x63], 2, 0, false, Needs::NoLock),       // MOVSXD DX, r/m32
+        (&[0x0F, 0xC3], 2, 0, false, Needs::NoLock), // MOVNTI r/m, DX
+    ];
+    let (mut taken, mut locked, mut resumed, mut moves) = (0, 0, 0, 0);
+    for mode in [
+        CpuMode::Long64,
+        CpuMode::Compat32,
+        CpuMode::Protected32,
+        CpuMode::Protected16,
+        CpuMode::Real,
+    ] {
+        let long = mode.is_64bit();
+        let rm = if mode.default_address_size() == 2 {
+            7
+        } else {
+            3
+        };
+        for &(opcode, reg, imm, byte, needs) in forms {
+            let is_move = needs == Needs::NoLock;
+            for lock in [false, true] {
+                for rex in [None, Some(0x40), Some(0x48), Some(0x4C)] {
+                    if rex.is_some() && !long {
+                        continue;
+                    }
+                    for md in [0, 3] {
+                        let rex_w = rex.is_some_and(|r| r & 8 != 0);
+                        let size: u64 = if byte {
+                            1
+                        } else if rex_w {
+                            8
+                        } else if mode.default_size() == 2 && !is_move {
+                            2
+                        } else {
+                            4
+                        };
+                        let mut bytes = Vec::new();
+                        if lock {
+                            bytes.push(0xF0);
+                        }
+                        bytes.extend(rex);
+                        bytes.extend_from_slice(opcode);
+                        bytes.push(md << 6 | reg << 3 | rm);
+                        let imm_len = if imm == 4 && size == 2 { 2 } else { imm };
+                        bytes.extend_from_slice(&[0x85, 0x3C, 0x00, 0x80][..usize::from(imm_len)]);
+                        let lanes = match needs {
+                            Needs::Lock => lock,
+                            Needs::Either => true,
+                            Needs::NoLock => !lock && (long || opcode != [0x63]),
+                            Needs::Never => false,
+                        } && md == 0;
+                        // MOVSXD reads 4 bytes whatever the operand size.
+                        let access = if opcode == [0x63] { 4 } else { size };
+                        for (address, gpa_xor, within) in [
+                            (0x4010, 0, true),
+                            (0x1FF0 - access, 0, true),
+                            (0x5000 - access + 1, 0, false),
+                            (0x1000 - access / 2, 0, false),
+                            (0x4020, 0x10, false),
+                        ] {
+                            if access == 1 && !within && gpa_xor == 0 {
+                                continue;
+                            }
+                            for mismatches in [0, 1, 100] {
+                                let regs = plain_state(mode, cr3, address);
+                                let gpa = address ^ gpa_xor;
+                                let what = std::format!(
+                                    "{} mismatches {mismatches}",
+                                    case(mode, &bytes, gpa)
+                                );
+                                let mut ram = ram.clone();
+                                ram.cas_mismatches = mismatches;
+                                let mmio = RecordingMmio::default();
+                                let mut ours = Machine::new(&regs, &ram, &mmio);
+                                let got = lane_in_mode(&mut ours, mode, gpa, &bytes);
+                                if lanes && within {
+                                    let result = got.unwrap_or_else(|| panic!("{what}: declined"));
+                                    let mut general = Machine::new(&regs, &ram, &mmio);
+                                    assert_eq!(result, general.general(gpa, &bytes), "{what}");
+                                    ours.assert_same(&general, &what);
+                                    let on_ram = !(0x1000..0x3000).contains(&address);
+                                    if lock && on_ram && mismatches == 100 {
+                                        assert_eq!(result, Ok(Outcome::Resume), "{what}");
+                                        assert_eq!(ours.regs, regs, "{what}: nothing changes");
+                                        resumed += 1;
+                                    } else {
+                                        assert_eq!(result, Ok(Outcome::Done), "{what}");
+                                    }
+                                    taken += 1;
+                                    locked += usize::from(lock);
+                                    moves += usize::from(is_move);
+                                } else {
+                                    assert!(got.is_none(), "{what}: taken");
+                                    ours.assert_untouched(&regs, &what);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        taken > 500 && locked > 400 && resumed > 100 && moves > 40,
+        "{taken} taken, {locked} locked, {resumed} resumed, {moves} moves"
+    );
+}
