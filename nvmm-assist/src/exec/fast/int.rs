@@ -148,7 +148,7 @@ pub(super) fn secondary(opcode: u8, vsize: u8, rex_w: bool, osz16: bool) -> Opti
 /// Whether [`secondary`] takes the 0F opcode `opcode` (for some
 /// prefixes).
 #[inline(always)]
-pub(super) fn is_secondary(opcode: u8) -> bool {
+pub(super) const fn is_secondary(opcode: u8) -> bool {
     // Bit n % 64 of word n / 64: 40-4F, 90-9F, A3, AB, B0, B1, B3, BA, BB,
     // C0, C1, C3, C7.
     const TAKEN: [u64; 4] = [
@@ -164,7 +164,7 @@ pub(super) fn is_secondary(opcode: u8) -> bool {
             | (1 << 0x3B),
         (1 << 0x00) | (1 << 0x01) | (1 << 0x03) | (1 << 0x07),
     ];
-    TAKEN[usize::from(opcode >> 6)] >> (opcode & 63) & 1 != 0
+    TAKEN[(opcode >> 6) as usize] >> (opcode & 63) & 1 != 0
 }
 
 /// The form and operation once the ModRM `reg` field is known: the

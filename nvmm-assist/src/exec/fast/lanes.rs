@@ -132,6 +132,39 @@ const FIRST: [u8; 256] = {
     t
 };
 
+/// The lane of each byte after 0F (with no prefix before 0F but REX):
+/// MOVZX/MOVSX (B6, B7, BE, BF) the MOV lane's, the integer opcodes of the
+/// full decoder (`int::secondary`) the integer lane's, the SSE moves'
+/// opcodes the SSE lane's; the rest the full path's. One load where a
+/// chain of three tests cost every 0F form some 14 instructions.
+const SECOND: [Lane; 256] = {
+    let mut t = [Lane::Other; 256];
+    let mut b = 0;
+    while b < 256 {
+        let op2 = b as u8;
+        t[b] = if op2 & 0xF6 == 0xB6 {
+            Lane::Mov
+        } else if int::is_secondary(op2) {
+            Lane::Int
+        } else if sse::is_opcode(op2) {
+            Lane::Sse
+        } else {
+            Lane::Other
+        };
+        b += 1;
+    }
+    t
+};
+
+/// The lane of the byte after 0F ([`SECOND`]), none if there is none.
+#[inline(always)]
+fn second(op2: Option<&u8>) -> Lane {
+    match op2 {
+        Some(&b) => SECOND[usize::from(b)],
+        None => Lane::Other,
+    }
+}
+
 /// The lane of `bytes` in a mode whose default address size is `ADDR`
 /// (REX exists in 64-bit mode only). Looks at no more than three bytes.
 #[inline(always)]
@@ -167,9 +200,7 @@ pub(crate) fn lane<const ADDR: u8>(bytes: &[u8]) -> Lane {
         INT => Lane::Int,
         STRING => Lane::String,
         GROUP => group(first, bytes.get(1)),
-        ESCAPE if is_movx(bytes.get(1)) => Lane::Mov,
-        ESCAPE if is_int_escape(bytes.get(1)) => Lane::Int,
-        ESCAPE => sse_at(0),
+        ESCAPE => second(bytes.get(1)),
         MANDATORY => sse_at(1),
         // (One dispatch on the class of the byte after REX, as on the
         // first: a chain of class compares cost REX forms some 20
@@ -181,12 +212,11 @@ pub(crate) fn lane<const ADDR: u8>(bytes: &[u8]) -> Lane {
                 GROUP3 => group3(bytes.get(2)),
                 INT => Lane::Int,
                 GROUP if group(b, bytes.get(2)) == Lane::Int => Lane::Int,
-                ESCAPE if is_movx(bytes.get(2)) => Lane::Mov,
-                ESCAPE if is_int_escape(bytes.get(2)) => Lane::Int,
+                ESCAPE => second(bytes.get(2)),
                 // (MOVSXD is 63 with REX.W, the only way 64-bit code
                 // writes it.)
                 _ if b == 0x63 => Lane::Int,
-                _ => sse_at(1),
+                _ => Lane::Other,
             },
             None => Lane::Other,
         },
@@ -203,19 +233,6 @@ const STORE_IMM: u8 = 2;
 /// [`modrm_mov`]'s `KIND`: MOVSX reg, r/m8/16 (0F BE/BF); MOVZX is
 /// [`LOAD`] with a narrower access.
 const LOAD_SIGNED: u8 = 3;
-
-/// Whether the byte after 0F is MOVZX or MOVSX (B6, B7, BE, BF).
-#[inline(always)]
-fn is_movx(op2: Option<&u8>) -> bool {
-    matches!(op2, Some(&b) if b & 0xF6 == 0xB6)
-}
-
-/// Whether the byte after 0F is an integer opcode of the full decoder
-/// (`int::secondary`).
-#[inline(always)]
-fn is_int_escape(op2: Option<&u8>) -> bool {
-    matches!(op2, Some(&b) if int::is_secondary(b))
-}
 
 /// The integer lane: the bytes [`lane`] takes for [`Lane::Int`], decoded
 /// and executed by the lane's own code (`lane_int.rs`), which takes a

@@ -127,8 +127,8 @@ static ROWS: [u8; 256] = {
 /// Whether `op2`, the byte after 0F, is an SSE move's opcode with some
 /// prefix (a row of [`FORMS`]).
 #[inline(always)]
-pub(super) fn is_opcode(op2: u8) -> bool {
-    ROWS[usize::from(op2)] != u8::MAX
+pub(super) const fn is_opcode(op2: u8) -> bool {
+    ROWS[op2 as usize] != u8::MAX
 }
 
 /// What [`run`] needs besides the bytes, in one register.
