@@ -24,7 +24,7 @@
 
 use super::super::{alignment_faults, merge_sized, string};
 use super::families::{translate_pair, within_page, write_sized};
-use super::prefix::{Prefixes, next_rip};
+use super::prefix::Prefixes;
 use super::read_sized;
 use super::retire;
 use crate::Outcome;
@@ -115,13 +115,13 @@ where
 {
     let wide = if ADDR == 2 { 2 } else { 4 };
     let rflags = state.rflags();
-    let next_rip = next_rip::<ADDR, S>(state, 1);
     let step = |op, size| Step {
         op,
         size,
         asz: ADDR,
         rflags,
-        next_rip,
+        len: 1,
+        rip_mask: rip_mask::<ADDR>(),
     };
     let ds = Segment::Ds;
     // One arm per opcode, so that each arm's mnemonic and size are
@@ -230,13 +230,13 @@ where
     }
     let size = if opcode & 1 == 0 { 1 } else { p.v_size(ADDR) };
     let rflags = state.rflags();
-    let next_rip = next_rip::<ADDR, S>(state, len);
     let step = |op| Step {
         op,
         size,
         asz: p.address_size(ADDR),
         rflags,
-        next_rip,
+        len: len as u64,
+        rip_mask: rip_mask::<ADDR>(),
     };
     let src_seg = p.segment.unwrap_or(Segment::Ds);
     // One arm per instruction, each with its mnemonic a constant: `two`,
@@ -384,7 +384,24 @@ struct Step {
     /// The address size.
     asz: u8,
     rflags: u64,
-    next_rip: u64,
+    /// The instruction's length, and the mask of RIP after it (the code
+    /// size's): RIP is moved on at the end, where it is read, rather than
+    /// carried from the start through the translations (the string lane
+    /// spilled it, which cost the STOS, LODS and SCAS rows a store and a
+    /// load too).
+    len: u64,
+    rip_mask: u64,
+}
+
+/// The mask of RIP after an instruction in a mode whose default address
+/// size is `ADDR` (what [`next_rip`](super::prefix::next_rip) wraps at).
+#[inline(always)]
+const fn rip_mask<const ADDR: u8>() -> u64 {
+    match ADDR {
+        8 => u64::MAX,
+        4 => 0xFFFF_FFFF,
+        _ => 0xFFFF,
+    }
 }
 
 /// Runs one iteration of `step.op` on the source and destination at the
@@ -444,6 +461,7 @@ where
         state.set_gpr(Gpr::Rax, merge_sized(state.gpr(Gpr::Rax), size, v));
     }
     let new_flags = new_flags & !RF;
-    retire(state, rflags, new_flags, step.next_rip);
+    let next_rip = state.rip().wrapping_add(step.len) & step.rip_mask;
+    retire(state, rflags, new_flags, next_rip);
     Ok(Outcome::Done)
 }
