@@ -194,15 +194,32 @@ struct Pair {
     /// The slots of the source and the destination.
     s: usize,
     d: usize,
-    /// The guest-physical pages of the source and the destination.
-    src_gpa_page: u64,
-    dst_gpa_page: u64,
+    /// The guest-physical pages of the source and the destination, as
+    /// addresses (the page offset zero), which the offsets complete.
+    src_gpa_base: u64,
+    dst_gpa_base: u64,
     /// Slot `s`'s entries (the first `src_count`), then the destination
     /// slot's past those it shares with `s`: `count` in all.
     entries: [(u64, u64); 10],
     count: usize,
     src_count: usize,
+    /// [`shape`] of `count` and `wide`: the common shapes' checks are
+    /// one dispatch on it, each with its count and width constants.
+    shape: u8,
 }
+
+/// A pair record's count and width as one byte (the count below 16).
+#[inline(always)]
+const fn shape(count: usize, wide: bool) -> u8 {
+    (count as u8 & 0xF) | (wide as u8) << 4
+}
+
+/// [`shape`] of two 4-level walks that share all but the destination's
+/// leaf (both pages in one 2 MiB region, as a stack and a nearby
+/// operand usually are): the source's four entries and one.
+const WIDE_5: u8 = shape(5, true);
+/// [`shape`] of two 32-bit-paging walks that share all but the leaf.
+const NARROW_3: u8 = shape(3, false);
 
 const NO_PAIR: Pair = Pair {
     src: EMPTY_PAGE,
@@ -211,11 +228,12 @@ const NO_PAIR: Pair = Pair {
     wide: false,
     s: NONE,
     d: NONE,
-    src_gpa_page: 0,
-    dst_gpa_page: 0,
+    src_gpa_base: 0,
+    dst_gpa_base: 0,
     entries: [(0, 0); 10],
     count: 0,
     src_count: 0,
+    shape: 0,
 };
 
 /// Where [`DataSlots::translate_pair_slots`] starts.
@@ -377,14 +395,11 @@ impl DataSlots {
             | ((src >> 12) ^ p.src)
             | ((dst >> 12) ^ p.dst);
         if differ == 0 && p.dst_need == needs(dst_access) {
-            let check = pair_check(ram, &p.entries, p.count, p.wide)?;
+            let check = pair_check(ram, p)?;
             if check == EntryCheck::Held {
                 self.hits += 2;
-                let (src_gpa_page, dst_gpa_page) = (p.src_gpa_page, p.dst_gpa_page);
-                return Ok((
-                    (src_gpa_page << 12) | (src & 0xFFF),
-                    (dst_gpa_page << 12) | (dst & 0xFFF),
-                ));
+                let (src_gpa_base, dst_gpa_base) = (p.src_gpa_base, p.dst_gpa_base);
+                return Ok((src_gpa_base | (src & 0xFFF), dst_gpa_base | (dst & 0xFFF)));
             }
             return self.pair_changed(state, ram, src, dst, dst_access, check);
         }
@@ -426,7 +441,7 @@ impl DataSlots {
             return self.translate_pair_slots(state, ram, src, dst, dst_access, Stage::SrcChanged);
         }
         self.hits += 1;
-        let src_gpa = (p.src_gpa_page << 12) | (src & 0xFFF);
+        let src_gpa = p.src_gpa_base | (src & 0xFFF);
         let stage = Stage::DstChanged(src_gpa);
         self.translate_pair_slots(state, ram, src, dst, dst_access, stage)
     }
@@ -514,10 +529,11 @@ impl DataSlots {
             wide: a.walk.wide,
             s,
             d,
-            src_gpa_page: src_gpa >> 12,
-            dst_gpa_page: dst_gpa >> 12,
+            src_gpa_base: src_gpa & !0xFFF,
+            dst_gpa_base: dst_gpa & !0xFFF,
             count,
             src_count,
+            shape: shape(count, a.walk.wide),
             ..NO_PAIR
         };
         let from = a.walk.entries.iter().take(src_count).chain(rest);
@@ -650,20 +666,30 @@ impl DataSlots {
     }
 }
 
-/// The [`GuestRam::check_entries`] of a pair record's first `count`
-/// entries (the usual counts constant, so that an inlined implementation
-/// unrolls): 4-level paging's four and a leaf, 32-bit paging's two and a
-/// leaf, PAE's three and a leaf.
+/// The [`GuestRam::check_entries`] of a pair record's entries: the
+/// common shapes ([`WIDE_5`], [`NARROW_3`]) with the count and the width
+/// constants, so that an inlined implementation unrolls and drops its
+/// other width's code, then PAE's four (three and a leaf) with the width a
+/// runtime value, then any count.
 #[inline(always)]
-fn pair_check<R: GuestRam + ?Sized>(
+fn pair_check<R: GuestRam + ?Sized>(ram: &mut R, p: &Pair) -> Result<EntryCheck, Error> {
+    let entries = &p.entries;
+    Ok(match p.shape {
+        WIDE_5 => ram.check_entries(&entries[..5], true)?,
+        NARROW_3 => ram.check_entries(&entries[..3], false)?,
+        _ => pair_check_other(ram, entries, p.count, p.wide)?,
+    })
+}
+
+/// [`pair_check`] past the common shapes, out of line.
+#[inline(never)]
+fn pair_check_other<R: GuestRam + ?Sized>(
     ram: &mut R,
     entries: &[(u64, u64); 10],
     count: usize,
     wide: bool,
 ) -> Result<EntryCheck, Error> {
     Ok(match count {
-        5 => ram.check_entries(&entries[..5], wide)?,
-        3 => ram.check_entries(&entries[..3], wide)?,
         4 => ram.check_entries(&entries[..4], wide)?,
         _ => ram.check_entries(entries.get(..count).unwrap_or(entries), wide)?,
     })
@@ -773,6 +799,7 @@ mod tests {
     use super::*;
     use crate::state::Registers;
     use crate::testutil::{Layout, PageTables, TEST_VENDOR, TestRam, pte};
+    use std::format;
     use std::vec::Vec;
 
     /// Linear pages of the two trees: pairs in one 2 MiB region, one
@@ -909,57 +936,125 @@ mod tests {
     }
 
     /// A warm pair is served by the pair record with one read of each
-    /// entry (the source's four, the destination's leaf), and a rewrite of
-    /// any entry either walk read, or of a control register, between two
-    /// pairs gives what a cold walk gives (the same RAM after it).
+    /// entry (the source's, then the destination's below those the two
+    /// walks share), in every shape the record's check dispatches on (4-level
+    /// walks sharing all but a leaf, 32-bit ones alike, and the others),
+    /// and a rewrite of any entry either walk read, or of a control
+    /// register, between two pairs gives what a cold walk gives (the same
+    /// RAM after it).
     #[test]
     fn the_pair_record_rereads_every_entry_and_the_control_state() {
-        let (src, dst) = (0x20_3010, 0x20_5020);
-        let mut ram = TestRam::new(0x8_0000);
-        let mut tree = PageTables::new(Layout::Level4, 0x10000);
-        tree.map(&mut ram, src & !0xFFF, 0x3000, 1, pte::PWU);
-        tree.map(&mut ram, dst & !0xFFF, 0x5000, 1, pte::PWU);
-        tree.map(&mut ram, 0x20_7000, 0x7000, 1, pte::PWU);
-        let mut entries: Vec<u64> = (1..=4)
-            .map(|level| tree.entry_gpa(&mut ram, src, level))
-            .collect();
-        entries.push(tree.entry_gpa(&mut ram, dst, 1));
-        let regs = Registers::long_mode(TEST_VENDOR, 0x10000, 0, 0);
-        let pair = |slots: &mut DataSlots, regs: &Registers, ram: &mut TestRam| {
-            let mut cold = ram.clone();
-            let want = translate(regs, &mut cold, src, AccessType::Read)
-                .and_then(|s| Ok((s, translate(regs, &mut cold, dst, AccessType::Write)?)));
-            let got = slots.translate_pair(regs, ram, src, dst, AccessType::Write);
-            assert_eq!(got, want);
-            assert!(ram.mem == cold.mem, "RAM after the pair");
-            got
-        };
-        for (k, &at) in entries.iter().enumerate() {
-            for change in 0..4 {
-                let mut slots = DataSlots::new();
-                let mut ram = ram.clone();
-                let mut regs = regs.clone();
-                let _ = pair(&mut slots, &regs, &mut ram);
-                let reads = ram.reads;
-                let hits = slots.hits;
-                assert_eq!(pair(&mut slots, &regs, &mut ram), Ok((0x3010, 0x5020)));
-                assert_eq!(ram.reads - reads, 5, "a warm pair: one read per entry");
-                assert_eq!(slots.hits, hits + 2);
-                match change {
-                    // Another page (the leaf's address bits).
-                    0 => ram.write_u64(at, ram.read_u64(at) ^ 0x2000),
-                    // Not present.
-                    1 => ram.write_u64(at, ram.read_u64(at) & !pte::P),
-                    // Read-only (the destination is written).
-                    2 => ram.write_u64(at, ram.read_u64(at) & !pte::RW),
-                    // Another CR3 (no tables there: a page fault).
-                    _ => regs.cr3 = 0x40000,
+        // The layout, the destination's linear page (the source's is
+        // 0x20_3000, or 0x40_3000 under 32-bit paging) and how many
+        // levels the two walks share.
+        let cases = [
+            (Layout::Level4, 0x20_5000, 3),
+            (Layout::Level4, 0x4000_5000, 1),
+            (Layout::Level5, 0x20_5000, 4),
+            (Layout::Pae, 0x20_5000, 2),
+            (Layout::Pae, 0x4000_5000, 0),
+            (Layout::Bits32, 0x40_5000, 1),
+            (Layout::Bits32, 0x80_5000, 0),
+        ];
+        for (layout, dst_page, shared) in cases {
+            let levels = match layout {
+                Layout::Bits32 => 2,
+                Layout::Pae => 3,
+                Layout::Level4 => 4,
+                Layout::Level5 => 5,
+            };
+            let src_page = if layout == Layout::Bits32 {
+                0x40_3000
+            } else {
+                0x20_3000
+            };
+            let (src, dst) = (src_page | 0x10, dst_page | 0x20);
+            let mut ram = TestRam::new(0x8_0000);
+            let mut tree = PageTables::new(layout, 0x10000);
+            tree.map(&mut ram, src_page, 0x3000, 1, pte::PWU);
+            tree.map(&mut ram, dst_page, 0x5000, 1, pte::PWU);
+            tree.map(&mut ram, src_page + 0x4000, 0x7000, 1, pte::PWU);
+            let mut entries: Vec<u64> = (1..=levels)
+                .map(|level| tree.entry_gpa(&mut ram, src, level))
+                .collect();
+            for level in 1..=levels - shared {
+                entries.push(tree.entry_gpa(&mut ram, dst, level));
+            }
+            let regs = match layout {
+                Layout::Bits32 | Layout::Pae => {
+                    let mut r = Registers::flat_protected32(TEST_VENDOR);
+                    r.cr0 |= CR0_PG | 1 << 16;
+                    if layout == Layout::Pae {
+                        r.cr4 |= 1 << 5;
+                    }
+                    r.cr3 = 0x10000;
+                    r
                 }
-                let misses = slots.misses;
-                let got = pair(&mut slots, &regs, &mut ram);
-                assert!(slots.misses > misses, "entry {k}, change {change}: {got:?}");
-                // And once more, from whatever the miss left.
-                let _ = pair(&mut slots, &regs, &mut ram);
+                _ => {
+                    let mut r = Registers::long_mode(TEST_VENDOR, 0x10000, 0, 0);
+                    if layout == Layout::Level5 {
+                        r.cr4 |= 1 << 12;
+                    }
+                    r
+                }
+            };
+            let pair = |slots: &mut DataSlots, regs: &Registers, ram: &mut TestRam| {
+                let mut cold = ram.clone();
+                let want = translate(regs, &mut cold, src, AccessType::Read)
+                    .and_then(|s| Ok((s, translate(regs, &mut cold, dst, AccessType::Write)?)));
+                let got = slots.translate_pair(regs, ram, src, dst, AccessType::Write);
+                assert_eq!(got, want, "{layout:?} {dst_page:#x}");
+                assert!(
+                    ram.mem == cold.mem,
+                    "{layout:?} {dst_page:#x}: RAM after the pair"
+                );
+                got
+            };
+            let what = |k: usize, change: u32| {
+                format!("{layout:?} {dst_page:#x}: entry {k}, change {change}")
+            };
+            for (k, &at) in entries.iter().enumerate() {
+                for change in 0..4 {
+                    let mut slots = DataSlots::new();
+                    let mut ram = ram.clone();
+                    let mut regs = regs.clone();
+                    let _ = pair(&mut slots, &regs, &mut ram);
+                    let reads = ram.reads;
+                    let hits = slots.hits;
+                    assert_eq!(pair(&mut slots, &regs, &mut ram), Ok((0x3010, 0x5020)));
+                    assert_eq!(slots.pair.count, entries.len(), "{}", what(k, change));
+                    assert_eq!(
+                        ram.reads - reads,
+                        entries.len(),
+                        "{}: a warm pair reads each entry once",
+                        what(k, change)
+                    );
+                    assert_eq!(slots.hits, hits + 2);
+                    let old = tree.get(&ram, at);
+                    let new = match change {
+                        // Another page (the leaf's address bits), or
+                        // another table.
+                        0 => old ^ 0x2000,
+                        // Not present.
+                        1 => old & !pte::P,
+                        // Read-only (the destination is written; not a
+                        // right of a PAE PDPTE: no change there).
+                        2 => old & !pte::RW,
+                        // Another CR3 (no tables there: a page fault).
+                        _ => {
+                            regs.cr3 = 0x40000;
+                            old
+                        }
+                    };
+                    tree.set(&mut ram, at, new);
+                    let misses = slots.misses;
+                    let got = pair(&mut slots, &regs, &mut ram);
+                    if new != old || change == 3 {
+                        assert!(slots.misses > misses, "{}: {got:?}", what(k, change));
+                    }
+                    // And once more, from whatever the miss left.
+                    let _ = pair(&mut slots, &regs, &mut ram);
+                }
             }
         }
     }

@@ -127,6 +127,25 @@ pub(crate) fn linear_address_if_allowed<S: CpuState + ?Sized>(
     size: u64,
     access: AccessType,
 ) -> Option<u64> {
+    linear_address_common(state, mode, seg, offset, size, access)
+        .or_else(|| linear_address(state, mode, seg, offset, size, access).ok())
+}
+
+/// [`linear_address_if_allowed`]'s common cases alone: the linear address
+/// [`linear_address`] gives when one of them proves the access allowed,
+/// else `None` (a fault, or a case it leaves to [`linear_address`]), with
+/// no call. For a caller that has a slower path to leave those to: the
+/// call's clobbered registers made the lanes save their arguments around
+/// it on the common path too.
+#[inline(always)]
+pub(crate) fn linear_address_common<S: CpuState + ?Sized>(
+    state: &S,
+    mode: CpuMode,
+    seg: Segment,
+    offset: u64,
+    size: u64,
+    access: AccessType,
+) -> Option<u64> {
     if mode.is_64bit() {
         if !matches!(seg, Segment::Fs | Segment::Gs) {
             let last = offset.wrapping_add(size.max(1) - 1);
@@ -154,7 +173,32 @@ pub(crate) fn linear_address_if_allowed<S: CpuState + ?Sized>(
             }
         }
     }
-    linear_address(state, mode, seg, offset, size, access).ok()
+    None
+}
+
+/// [`linear_address_common`] for an access that must also lie within one
+/// page: the linear address if one of the common cases proves the access
+/// allowed and its `size` (1 to 4096) bytes do not cross a page, else
+/// `None`. In 64-bit mode the page test comes first, which makes the
+/// canonical test of the first byte enough (the last is on its page).
+#[inline(always)]
+pub(crate) fn linear_address_in_page<S: CpuState + ?Sized>(
+    state: &S,
+    mode: CpuMode,
+    seg: Segment,
+    offset: u64,
+    size: u64,
+    access: AccessType,
+) -> Option<u64> {
+    let in_page = |linear: u64| (linear & 0xFFF) + size <= 0x1000;
+    if mode.is_64bit() {
+        if !matches!(seg, Segment::Fs | Segment::Gs) && in_page(offset) && is_canonical(offset, 48)
+        {
+            return Some(offset);
+        }
+        return None;
+    }
+    linear_address_common(state, mode, seg, offset, size, access).filter(|&l| in_page(l))
 }
 
 /// [`linear_address`] outside 64-bit mode, for a `size` of at least 1.
@@ -320,6 +364,19 @@ mod tests {
                 quick, full,
                 "{mode:?} {seg:?} {:?} offset {offset:#x} size {size} {access:?}",
                 regs.segments[seg as usize]
+            );
+            // The common cases within a page: the same address, or none.
+            let in_page = linear_address_in_page(&regs, mode, seg, offset, size, access);
+            assert!(
+                in_page.is_none()
+                    || (in_page == full && (full.unwrap_or(0) & 0xFFF) + size <= 0x1000),
+                "{mode:?} {seg:?} offset {offset:#x} size {size} {access:?}: {in_page:?}"
+            );
+            // The common cases alone: the same address, or none.
+            let common = linear_address_common(&regs, mode, seg, offset, size, access);
+            assert!(
+                common.is_none() || common == full,
+                "{mode:?} {seg:?} offset {offset:#x} size {size} {access:?}: {common:?}"
             );
             if full.is_some() {
                 fast += 1;

@@ -43,7 +43,9 @@ where
         op @ (0xA4..=0xA7 | 0xAA..=0xAF) => {
             string::try_exec::<ADDR, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, p, op, i + 1)
         }
-        0xFF | 0x8F => stack::try_exec::<ADDR, S, R, M>(state, mode, ram, cache, mmio, bytes, p, i),
+        0xFF | 0x8F => {
+            stack::try_exec::<ADDR, false, S, R, M>(state, mode, ram, cache, mmio, bytes, p, i)
+        }
         _ => None,
     }
 }

@@ -277,7 +277,7 @@ where
     M: MmioBus + ?Sized,
 {
     let p = Prefixes::default();
-    stack::try_exec::<ADDR, S, R, M>(state, mode, ram, cache, mmio, bytes, &p, 0)
+    stack::try_exec::<ADDR, true, S, R, M>(state, mode, ram, cache, mmio, bytes, &p, 0)
 }
 
 /// The MOV lane: MOV r/m, reg (88/89), reg, r/m (8A/8B), r/m, imm (C6/C7
@@ -548,7 +548,7 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    string::plain_inline(state, mode, ram, cache, mmio, exit_gpa, opcode)
+    string::plain_inline::<true, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, opcode)
 }
 
 /// The SSE lane: the SSE family's own entry. `None`: nothing done.

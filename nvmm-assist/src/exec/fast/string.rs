@@ -24,7 +24,7 @@
 
 use super::super::{alignment_faults, merge_sized, string};
 use super::families::{translate_pair, within_page, write_sized};
-use super::prefix::{Prefixes, next_rip};
+use super::prefix::Prefixes;
 use super::read_sized;
 use super::retire;
 use crate::Outcome;
@@ -35,7 +35,7 @@ use crate::error::Error;
 use crate::fetch_cache::FetchCache;
 use crate::flags::{self, DF, RF};
 use crate::mode::CpuMode;
-use crate::segment::linear_address_if_allowed;
+use crate::segment::{linear_address_if_allowed, linear_address_in_page};
 use crate::state::{CpuState, Gpr, Segment};
 
 /// Tries the string instruction `opcode` (A4-A7, AA-AF) with no prefix,
@@ -59,13 +59,16 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    plain_inline(state, mode, ram, cache, mmio, exit_gpa, opcode)
+    plain_inline::<false, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, opcode)
 }
 
 /// [`try_plain`], inline: the memory assist's string lane
-/// (`lanes.rs`) is an out-of-line function of its own around it.
+/// (`lanes.rs`) is an out-of-line function of its own around it. With
+/// `LANE` (that lane, which has the full fast path behind it) an operand
+/// that the segmentation's common cases do not prove allowed is left to
+/// that path rather than checked in full here ([`linear_address_in_page`]).
 #[inline(always)]
-pub(super) fn plain_inline<S, R, M>(
+pub(super) fn plain_inline<const LANE: bool, S, R, M>(
     state: &mut S,
     mode: CpuMode,
     ram: &mut R,
@@ -84,22 +87,22 @@ where
     // modes by their default address size.
     match mode {
         CpuMode::Long64 => {
-            plain::<8, S, R, M>(state, CpuMode::Long64, ram, cache, mmio, exit_gpa, opcode)
+            plain::<8, LANE, S, R, M>(state, CpuMode::Long64, ram, cache, mmio, exit_gpa, opcode)
         }
         CpuMode::Real => {
-            plain::<2, S, R, M>(state, CpuMode::Real, ram, cache, mmio, exit_gpa, opcode)
+            plain::<2, LANE, S, R, M>(state, CpuMode::Real, ram, cache, mmio, exit_gpa, opcode)
         }
         _ if mode.default_address_size() == 4 => {
-            plain::<4, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, opcode)
+            plain::<4, LANE, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, opcode)
         }
-        _ => plain::<2, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, opcode),
+        _ => plain::<2, LANE, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, opcode),
     }
 }
 
 /// [`try_plain`] in a mode whose default address size is `ADDR`: the
 /// operand size is `ADDR`'s default one (2 with `ADDR` 2, else 4).
 #[inline(always)]
-fn plain<const ADDR: u8, S, R, M>(
+fn plain<const ADDR: u8, const LANE: bool, S, R, M>(
     state: &mut S,
     mode: CpuMode,
     ram: &mut R,
@@ -115,13 +118,14 @@ where
 {
     let wide = if ADDR == 2 { 2 } else { 4 };
     let rflags = state.rflags();
-    let next_rip = next_rip::<ADDR, S>(state, 1);
     let step = |op, size| Step {
         op,
         size,
         asz: ADDR,
         rflags,
-        next_rip,
+        len: 1,
+        rip_mask: rip_mask::<ADDR>(),
+        lane: LANE,
     };
     let ds = Segment::Ds;
     // One arm per opcode, so that each arm's mnemonic and size are
@@ -230,13 +234,14 @@ where
     }
     let size = if opcode & 1 == 0 { 1 } else { p.v_size(ADDR) };
     let rflags = state.rflags();
-    let next_rip = next_rip::<ADDR, S>(state, len);
     let step = |op| Step {
         op,
         size,
         asz: p.address_size(ADDR),
         rflags,
-        next_rip,
+        len: len as u64,
+        rip_mask: rip_mask::<ADDR>(),
+        lane: false,
     };
     let src_seg = p.segment.unwrap_or(Segment::Ds);
     // One arm per instruction, each with its mnemonic a constant: `two`,
@@ -307,8 +312,16 @@ fn operand<S: CpuState + ?Sized>(
 ) -> Option<u64> {
     let s = u64::from(step.size);
     let offset = state.gpr(reg) & flags::size_mask(step.asz);
-    let linear = linear_address_if_allowed(state, mode, seg, offset, s, access)?;
-    if !within_page(linear, s) || alignment_faults(state, step.rflags, linear, s) {
+    let linear = if step.lane {
+        linear_address_in_page(state, mode, seg, offset, s, access)?
+    } else {
+        let linear = linear_address_if_allowed(state, mode, seg, offset, s, access)?;
+        if !within_page(linear, s) {
+            return None;
+        }
+        linear
+    };
+    if alignment_faults(state, step.rflags, linear, s) {
         return None;
     }
     Some(linear)
@@ -384,7 +397,26 @@ struct Step {
     /// The address size.
     asz: u8,
     rflags: u64,
-    next_rip: u64,
+    /// The instruction's length, and the mask of RIP after it (the code
+    /// size's): RIP is moved on at the end, where it is read, rather than
+    /// carried from the start through the translations (the string lane
+    /// spilled it, which cost the STOS, LODS and SCAS rows a store and a
+    /// load too).
+    len: u64,
+    rip_mask: u64,
+    /// In the string lane: see [`plain_inline`].
+    lane: bool,
+}
+
+/// The mask of RIP after an instruction in a mode whose default address
+/// size is `ADDR` (what [`next_rip`](super::prefix::next_rip) wraps at).
+#[inline(always)]
+const fn rip_mask<const ADDR: u8>() -> u64 {
+    match ADDR {
+        8 => u64::MAX,
+        4 => 0xFFFF_FFFF,
+        _ => 0xFFFF,
+    }
 }
 
 /// Runs one iteration of `step.op` on the source and destination at the
@@ -444,6 +476,7 @@ where
         state.set_gpr(Gpr::Rax, merge_sized(state.gpr(Gpr::Rax), size, v));
     }
     let new_flags = new_flags & !RF;
-    retire(state, rflags, new_flags, step.next_rip);
+    let next_rip = state.rip().wrapping_add(step.len) & step.rip_mask;
+    retire(state, rflags, new_flags, next_rip);
     Ok(Outcome::Done)
 }
