@@ -259,6 +259,7 @@ pub(crate) fn assist_mem(e: &sys::nvmm_x86_exit) -> Option<nvmm_assist::MemExit<
 
 /// All of `bytes`: [`assist_mem`]'s instruction when the exit's length is
 /// more than the structure holds (as [`memory_of`] has it).
+#[cfg(feature = "assist")]
 #[cold]
 #[inline(never)]
 fn all_bytes(bytes: &[u8; 15]) -> &[u8] {
