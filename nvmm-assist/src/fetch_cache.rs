@@ -202,7 +202,8 @@ fn not_ram(gpa: u64) -> Error {
 struct Cached {
     /// CR0 = 0 for an empty slot.
     key: Key,
-    /// The guest-physical page (address >> 12).
+    /// The guest-physical page's address (its low 12 bits clear: a hit
+    /// ORs in the page offset, with no shift).
     gpa_page: u64,
     /// The paging-structure entries the walk read, top level first, with
     /// the values they held after its accessed-bit update.
@@ -350,7 +351,7 @@ impl FetchCache {
         let key = Key::of(state, linear);
         Ok(self
             .validated(ram, &key)?
-            .map(|gpa_page| (gpa_page << 12) | (linear & (PAGE_SIZE - 1))))
+            .map(|gpa_page| gpa_page | (linear & (PAGE_SIZE - 1))))
     }
 
     /// The guest-physical page of the slot holding `key`, if its entries
@@ -397,7 +398,7 @@ impl FetchCache {
         }
         let key = Key::of(state, linear);
         if let Some(gpa_page) = self.validated(ram, &key)? {
-            return Ok((gpa_page << 12) | (linear & 0xFFF));
+            return Ok(gpa_page | (linear & 0xFFF));
         }
         self.walk(state, ram, linear, key)
     }
@@ -448,7 +449,7 @@ impl FetchCache {
             && slot.walk.count > 0
         {
             slot.key = key;
-            slot.gpa_page = gpa >> 12;
+            slot.gpa_page = gpa & !(PAGE_SIZE - 1);
             slot.shape = Shape::of(&slot.walk);
         }
         result
