@@ -111,7 +111,7 @@ const GROUP3: u8 = 9;
 /// [`FIRST`]: 8F (/0 POP m; the rest XOP or `#UD`, the full path's). A
 /// class apart from FF's so that each is one test of the reg field (one
 /// test of the opcode and the reg field together cost PUSH m and POP m
-/// some 4 instructions more).
+/// some 6 instructions more, and FF INC/DEC 4).
 const POP: u8 = 10;
 
 /// The lane class of each first byte.

@@ -99,7 +99,7 @@ where
     let push = if LANE {
         // The stack lane's choice ([`lane`](super::lane)) has checked the
         // opcode and the reg field: FF /6 is PUSH, the other 8F /0. (The
-        // second check cost PUSH m and POP m about 10 instructions.)
+        // second check cost PUSH m and POP m 5-18 instructions, by mode.)
         *bytes.get(i)? == 0xFF
     } else {
         let push = match *bytes.get(i)? {
