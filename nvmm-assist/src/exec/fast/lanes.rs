@@ -98,8 +98,7 @@ const REX: u8 = 5;
 /// XCHG, FE INC/DEC), or LOCK (F0): the integer lane takes LOCK on every
 /// lockable form, the ALU ones included.
 const INT: u8 = 6;
-/// [`FIRST`]: FF (/0 /1 INC/DEC, /6 PUSH m), 8F (/0 POP m) and F6/F7
-/// (/2 /3 NOT/NEG; /0 /1 TEST are the full path's).
+/// [`FIRST`]: FF (/0 /1 INC/DEC, /6 PUSH m; the rest the full path's).
 const GROUP: u8 = 7;
 /// [`FIRST`]: an ALU opcode (00-3B with low bits 0-3, 80/81/83, 84/85).
 /// The ALU forms have a lane of their own rather than the integer lane's
@@ -109,6 +108,11 @@ const ALU: u8 = 8;
 /// [`FIRST`]: F6/F7 (group 3: TEST /0 /1 is the ALU lane's, NOT/NEG and
 /// the rest the full path's).
 const GROUP3: u8 = 9;
+/// [`FIRST`]: 8F (/0 POP m; the rest XOP or `#UD`, the full path's). A
+/// class apart from FF's so that each is one test of the reg field (one
+/// test of the opcode and the reg field together cost PUSH m and POP m
+/// some 6 instructions more, and FF INC/DEC 4).
+const POP: u8 = 10;
 
 /// The lane class of each first byte.
 const FIRST: [u8; 256] = {
@@ -122,7 +126,8 @@ const FIRST: [u8; 256] = {
             0x66 | 0xF2 | 0xF3 => MANDATORY,
             0x40..=0x4F => REX,
             0x86 | 0x87 | 0xFE | 0xF0 => INT,
-            0xFF | 0x8F => GROUP,
+            0xFF => GROUP,
+            0x8F => POP,
             0xF6 | 0xF7 => GROUP3,
             op if super::lane_alu::is_opcode(op) => ALU,
             _ => OTHER,
@@ -179,11 +184,11 @@ pub(crate) fn lane<const ADDR: u8>(bytes: &[u8]) -> Lane {
             Lane::Other
         }
     };
-    // FF /0 /1 (INC, DEC) are integer forms, FF /6 PUSH m and 8F /0 POP
-    // m; the rest of these groups the full path's.
-    let group = |opcode: u8, modrm: Option<&u8>| match (opcode, modrm.map(|m| (m >> 3) & 7)) {
-        (0xFF, Some(0 | 1)) => Lane::Int,
-        (0xFF, Some(6)) | (0x8F, Some(0)) => Lane::Stack,
+    // FF /0 /1 (INC, DEC) are integer forms, FF /6 PUSH m; the rest of
+    // the group the full path's.
+    let group = |modrm: Option<&u8>| match modrm.map(|m| (m >> 3) & 7) {
+        Some(0 | 1) => Lane::Int,
+        Some(6) => Lane::Stack,
         _ => Lane::Other,
     };
     // F6/F7: TEST is /0 and its alias /1 (the ALU lane's), NOT /2 and NEG
@@ -199,7 +204,11 @@ pub(crate) fn lane<const ADDR: u8>(bytes: &[u8]) -> Lane {
         GROUP3 => group3(bytes.get(1)),
         INT => Lane::Int,
         STRING => Lane::String,
-        GROUP => group(first, bytes.get(1)),
+        GROUP => group(bytes.get(1)),
+        POP => match bytes.get(1) {
+            Some(&modrm) if modrm & 0x38 == 0 => Lane::Stack,
+            _ => Lane::Other,
+        },
         ESCAPE => second(bytes.get(1)),
         MANDATORY => sse_at(1),
         // (One dispatch on the class of the byte after REX, as on the
@@ -211,7 +220,7 @@ pub(crate) fn lane<const ADDR: u8>(bytes: &[u8]) -> Lane {
                 ALU => Lane::Alu,
                 GROUP3 => group3(bytes.get(2)),
                 INT => Lane::Int,
-                GROUP if group(b, bytes.get(2)) == Lane::Int => Lane::Int,
+                GROUP if group(bytes.get(2)) == Lane::Int => Lane::Int,
                 ESCAPE => second(bytes.get(2)),
                 // (MOVSXD is 63 with REX.W, the only way 64-bit code
                 // writes it.)
@@ -261,7 +270,9 @@ where
 /// The stack lane: PUSH m or POP m with no prefix, the stack family's
 /// own entry for them (which the full path reaches for these bytes after
 /// the decoders declined them), inline in the caller's copy for the
-/// default address size `ADDR`. `None`: nothing done.
+/// default address size `ADDR`. `None`: nothing done. Only for `bytes`
+/// that [`lane`] gives [`Lane::Stack`] for (FF /6 or 8F /0, no prefix):
+/// the stack family trusts that choice rather than checking it again.
 #[inline(always)]
 pub(crate) fn run_stack<const ADDR: u8, S, R, M>(
     state: &mut S,
@@ -659,6 +670,39 @@ mod tests {
             assert_eq!(lane::<4>(bytes), other, "{bytes:02x?}");
             assert_eq!(lane::<2>(bytes), other, "{bytes:02x?}");
         }
+    }
+
+    /// FF and 8F (classes of their own) by every reg field and `mod`: the
+    /// stack lane trusts this choice (`run_stack` does not check the
+    /// opcode and reg field again), so only FF /6 and 8F /0 may be
+    /// [`Lane::Stack`], and with REX (64-bit mode) neither is.
+    #[test]
+    fn ff_and_8f_lanes_by_reg_field() {
+        for md in 0..4u8 {
+            for reg in 0..8u8 {
+                let modrm = md << 6 | reg << 3 | 3;
+                let ff = match reg {
+                    0 | 1 => Lane::Int,
+                    6 => Lane::Stack,
+                    _ => Lane::Other,
+                };
+                let pop = if reg == 0 { Lane::Stack } else { Lane::Other };
+                for (bytes, want) in [([0xFF, modrm], ff), ([0x8F, modrm], pop)] {
+                    assert_eq!(lane::<8>(&bytes), want, "{bytes:02x?}");
+                    assert_eq!(lane::<4>(&bytes), want, "{bytes:02x?}");
+                    assert_eq!(lane::<2>(&bytes), want, "{bytes:02x?}");
+                }
+                let rex_ff = if ff == Lane::Int {
+                    Lane::Int
+                } else {
+                    Lane::Other
+                };
+                assert_eq!(lane::<8>(&[0x48, 0xFF, modrm]), rex_ff);
+                assert_eq!(lane::<8>(&[0x41, 0x8F, modrm]), Lane::Other);
+            }
+        }
+        assert_eq!(lane::<4>(&[0x8F]), Lane::Other);
+        assert_eq!(lane::<8>(&[0x48, 0x8F]), Lane::Other);
     }
 
     /// Random bytes of the MOV lane's shapes and near misses.

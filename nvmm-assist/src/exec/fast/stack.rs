@@ -69,7 +69,9 @@ where
 }
 
 /// Tries PUSH m or POP m, whose opcode (FF or 8F) is `bytes[i]`. With
-/// `LANE` (the stack lane, which has the full fast path behind it) an
+/// `LANE` (the stack lane, which has the full fast path behind it, and
+/// which only calls it with the bytes of a PUSH m or POP m: `i` is 0,
+/// `bytes` start FF /6 or 8F /0, [`lane`](super::lane)'s `Lane::Stack`) an
 /// operand that the segmentation's common cases do not prove allowed is
 /// left to that path rather than checked in full here
 /// ([`linear_address_in_page`]).
@@ -94,16 +96,24 @@ where
         return None;
     }
     let mode = narrow_mode::<ADDR>(mode)?;
-    let push = match *bytes.get(i)? {
-        0xFF => true,
-        0x8F => false,
-        _ => return None,
+    let push = if LANE {
+        // The stack lane's choice ([`lane`](super::lane)) has checked the
+        // opcode and the reg field: FF /6 is PUSH, the other 8F /0. (The
+        // second check cost PUSH m and POP m 5-18 instructions, by mode.)
+        *bytes.get(i)? == 0xFF
+    } else {
+        let push = match *bytes.get(i)? {
+            0xFF => true,
+            0x8F => false,
+            _ => return None,
+        };
+        // /6 for PUSH, /0 for POP (8F with another reg field is XOP or #UD).
+        let reg_field = (*bytes.get(i + 1)? >> 3) & 7;
+        if reg_field != if push { 6 } else { 0 } {
+            return None;
+        }
+        push
     };
-    // /6 for PUSH, /0 for POP (8F with another reg field is XOP or #UD).
-    let reg_field = (*bytes.get(i + 1)? >> 3) & 7;
-    if reg_field != if push { 6 } else { 0 } {
-        return None;
-    }
     let m = mem_operand::<ADDR, S>(state, bytes, i + 1, p)?;
     if !push && ADDR != 2 && m.stack_based {
         return None;
