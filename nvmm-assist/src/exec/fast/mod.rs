@@ -26,8 +26,8 @@
 //! forms only the full decoder takes and PUSH/POP m with no prefix), each a small
 //! out-of-line function of its own; everything else, and whatever a lane
 //! declines, goes to [`run_mode`], inlined into one out-of-line function
-//! per default address size in `mem.rs` (`assist_sized` with the exit's
-//! bytes; `fetched` after the fetch, with a copy per size), so that the
+//! per default address size in `mem.rs` (`assist_sized`, with the exit's
+//! bytes or the ones `assist_fetching` fetched), so that the
 //! memory assist's entry is a small dispatcher and each mode class's code
 //! is compiled on its own. There the MOV/ALU decoder (the integer forms
 //! and LOCK compiled out, so that MOV costs what it did before they were
