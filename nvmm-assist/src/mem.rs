@@ -197,10 +197,9 @@ where
     if !fast_path {
         return general(state, ram, mmio, exit, cache, mode);
     }
-    if exit.instruction.is_empty() {
-        // Not reached (`assist_mem_with` sends these to their own entry).
-        return assist_fetching(state, ram, mmio, exit, cache);
-    }
+    // (An exit without bytes has its own entry, `assist_fetching`, which
+    // `assist_mem_with` chose before; were one to come here, no lane takes
+    // empty bytes and the general path behind them fetches.)
     match mode {
         CpuMode::Long64 => assist_lane::<8, S, R, M>(state, ram, mmio, exit, cache, mode),
         CpuMode::Protected32 | CpuMode::Compat32 => {
