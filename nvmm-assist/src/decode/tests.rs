@@ -212,15 +212,16 @@ fn group1_immediates() {
 
 #[test]
 fn alu_all_encodings() {
+    use Mnemonic as M;
     let names = [
-        Mnemonic::Add,
-        Mnemonic::Or,
-        Mnemonic::Adc,
-        Mnemonic::Sbb,
-        Mnemonic::And,
-        Mnemonic::Sub,
-        Mnemonic::Xor,
-        Mnemonic::Cmp,
+        M::Add,
+        M::Or,
+        M::Adc,
+        M::Sbb,
+        M::And,
+        M::Sub,
+        M::Xor,
+        M::Cmp,
     ];
     for (n, &mn) in names.iter().enumerate() {
         let base = (n as u8) * 8;
@@ -692,30 +693,20 @@ fn sse_moves() {
         ok(&[0x66, 0x0F, 0xD6, 0x00], L64).access,
         AccessClass::Write
     );
-    // movdqa/movdqu, movaps/movups/movapd/movupd
-    assert_eq!(
-        ok(&[0x66, 0x0F, 0x6F, 0x00], L64).mnemonic,
-        Mnemonic::Movdqa
-    );
-    assert_eq!(
-        ok(&[0xF3, 0x0F, 0x7F, 0x00], L64).mnemonic,
-        Mnemonic::Movdqu
-    );
-    assert_eq!(ok(&[0x0F, 0x28, 0x00], L64).mnemonic, Mnemonic::Movaps);
-    assert_eq!(ok(&[0x0F, 0x11, 0x00], L64).mnemonic, Mnemonic::Movups);
-    assert_eq!(
-        ok(&[0x66, 0x0F, 0x29, 0x00], L64).mnemonic,
-        Mnemonic::Movapd
-    );
-    assert_eq!(
-        ok(&[0x66, 0x0F, 0x10, 0x00], L64).mnemonic,
-        Mnemonic::Movupd
-    );
-    // F3 beats 66 as the mandatory prefix.
-    assert_eq!(
-        ok(&[0x66, 0xF3, 0x0F, 0x6F, 0x00], L64).mnemonic,
-        Mnemonic::Movdqu
-    );
+    let moves: [(&[u8], Mnemonic); 7] = [
+        // movdqa/movdqu, movaps/movups/movapd/movupd
+        (&[0x66, 0x0F, 0x6F, 0x00], Mnemonic::Movdqa),
+        (&[0xF3, 0x0F, 0x7F, 0x00], Mnemonic::Movdqu),
+        (&[0x0F, 0x28, 0x00], Mnemonic::Movaps),
+        (&[0x0F, 0x11, 0x00], Mnemonic::Movups),
+        (&[0x66, 0x0F, 0x29, 0x00], Mnemonic::Movapd),
+        (&[0x66, 0x0F, 0x10, 0x00], Mnemonic::Movupd),
+        // F3 beats 66 as the mandatory prefix.
+        (&[0x66, 0xF3, 0x0F, 0x6F, 0x00], Mnemonic::Movdqu),
+    ];
+    for (bytes, want) in moves {
+        assert_eq!(ok(bytes, L64).mnemonic, want, "{bytes:02x?}");
+    }
     // Non-temporal stores are memory-only.
     assert_eq!(
         ok(&[0x66, 0x0F, 0xE7, 0x00], L64).mnemonic,
@@ -805,17 +796,8 @@ fn vex_evex_and_les() {
 
 #[test]
 fn every_mode_every_short_input_is_safe() {
-    let modes = [
-        CpuMode::Real,
-        CpuMode::Virtual8086,
-        CpuMode::Protected16,
-        CpuMode::Protected32,
-        CpuMode::Compat16,
-        CpuMode::Compat32,
-        CpuMode::Long64,
-    ];
     // Every 2-byte string followed by a fixed tail, and every prefix of it.
-    for mode in modes {
+    for mode in crate::testutil::MODES {
         for a in 0..=255u8 {
             for b in 0..=255u8 {
                 let bytes = [a, b, 0x24, 0x80, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77];
