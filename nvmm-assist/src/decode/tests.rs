@@ -585,35 +585,22 @@ fn lock_rules() {
 
 #[test]
 fn string_instructions() {
+    // A string operand: `segment:[gpr]` of `size` bytes.
+    let at = |segment, gpr, size| Operand::Mem(m(segment, Some(gpr), None, 1, 0, size));
     // f3 a4: rep movsb
     let i = ok(&[0xF3, 0xA4], L64);
     assert_eq!(
         (i.mnemonic, i.rep, i.operand_size),
         (Mnemonic::Movs, Some(RepPrefix::Rep), 1)
     );
-    assert_eq!(
-        i.operands[0],
-        Operand::Mem(m(Segment::Es, Some(Gpr::Rdi), None, 1, 0, 1))
-    );
-    assert_eq!(
-        i.operands[1],
-        Operand::Mem(m(Segment::Ds, Some(Gpr::Rsi), None, 1, 0, 1))
-    );
+    assert_eq!(i.operands[0], at(Segment::Es, Gpr::Rdi, 1));
+    assert_eq!(i.operands[1], at(Segment::Ds, Gpr::Rsi, 1));
     // The source segment can be overridden, the destination cannot.
     let i = ok(&[0x26, 0x66, 0xA5], P32);
-    assert_eq!(
-        i.operands[0],
-        Operand::Mem(m(Segment::Es, Some(Gpr::Rdi), None, 1, 0, 2))
-    );
-    assert_eq!(
-        i.operands[1],
-        Operand::Mem(m(Segment::Es, Some(Gpr::Rsi), None, 1, 0, 2))
-    );
+    assert_eq!(i.operands[0], at(Segment::Es, Gpr::Rdi, 2));
+    assert_eq!(i.operands[1], at(Segment::Es, Gpr::Rsi, 2));
     let i = ok(&[0x64, 0xAB], P32);
-    assert_eq!(
-        i.operands[0],
-        Operand::Mem(m(Segment::Es, Some(Gpr::Rdi), None, 1, 0, 4))
-    );
+    assert_eq!(i.operands[0], at(Segment::Es, Gpr::Rdi, 4));
     // f3 48 a7: repe cmpsq (NetBSD test17)
     let i = ok(&[0xF3, 0x48, 0xA7], L64);
     assert_eq!(

@@ -8,14 +8,14 @@ use std::vec::Vec;
 
 use super::super::lane_harness::{
     Machine, SegmentDraw, case as name, linear_address, mode_registers, operand_offset,
-    push_modrm_and_tail, random_mod, random_segments,
+    push_modrm_and_tail, random_mod, random_rip, random_segments,
 };
 use crate::decode::{Operand, decode};
 use crate::mode::CpuMode;
 use crate::testutil::bits::{CR0_PG, RFLAGS_AC, RFLAGS_DF};
 use crate::testutil::{Layout, MODES, PageTables, RecordingMmio, Rng, TestRam, pte};
 use crate::translate::translate_query;
-use crate::{FetchCache, Registers, Segment, SegmentAttributes};
+use crate::{FetchCache, Registers};
 
 /// Which family a case belongs to (for the coverage counts).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -115,32 +115,8 @@ fn random_state(rng: &mut Rng, mode: CpuMode, cr3_4: u64, cr3_2: u64) -> Registe
         regs.cr0 |= CR0_PG;
         regs.cr3 = cr3_2;
     }
-    let draw = SegmentDraw {
-        segments: &[
-            Segment::Es,
-            Segment::Ss,
-            Segment::Ds,
-            Segment::Fs,
-            Segment::Gs,
-        ],
-        limits: &[0xFFF, 0x17FF, 0x1FFF, 0xFFFF],
-        db: true,
-        type_one_in: 12,
-        types: &[
-            SegmentAttributes::TYPE_DATA_READ_ONLY,
-            SegmentAttributes::TYPE_DATA_EXPAND_DOWN,
-            SegmentAttributes::TYPE_CODE_EXECUTE_ONLY,
-        ],
-    };
-    random_segments(rng, mode, &mut regs, &draw);
-    regs.rip = 0x10000 + rng.below(0x100);
-    if !mode.is_64bit() && rng.below(16) == 0 {
-        regs.rip = if mode.default_size() == 2 {
-            0xFFF8
-        } else {
-            0xFFFF_FFF8
-        };
-    }
+    random_segments(rng, mode, &mut regs, &SegmentDraw::data_segments(true, 12));
+    random_rip(rng, mode, &mut regs, 0x10000);
     for g in regs.gprs.iter_mut() {
         *g = random_value(rng);
     }

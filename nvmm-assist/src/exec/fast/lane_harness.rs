@@ -103,6 +103,24 @@ pub(super) fn mode_registers(mode: CpuMode, cr3: u64) -> Registers {
     regs
 }
 
+/// The segments a data access may name (every one but CS), for
+/// [`SegmentDraw::segments`].
+pub(super) const DATA_SEGMENTS: &[Segment] = &[
+    Segment::Es,
+    Segment::Ss,
+    Segment::Ds,
+    Segment::Fs,
+    Segment::Gs,
+];
+
+/// The segment types that fault some data accesses (a write, an
+/// expand-down offset, any read), for [`SegmentDraw::types`].
+pub(super) const FAULTING_TYPES: &[u8] = &[
+    SegmentAttributes::TYPE_DATA_READ_ONLY,
+    SegmentAttributes::TYPE_DATA_EXPAND_DOWN,
+    SegmentAttributes::TYPE_CODE_EXECUTE_ONLY,
+];
+
 /// What [`random_segments`] may change, and how often.
 pub(super) struct SegmentDraw<'a> {
     /// The segments drawn (outside 64-bit mode; in it only FS and GS,
@@ -117,6 +135,21 @@ pub(super) struct SegmentDraw<'a> {
     pub type_one_in: u64,
     /// The types drawn.
     pub types: &'a [u8],
+}
+
+impl SegmentDraw<'static> {
+    /// Every data segment ([`DATA_SEGMENTS`]), limits of 4, 6, 8 and 64
+    /// KiB, D/B bits with `db`, and one of [`FAULTING_TYPES`] one in
+    /// `type_one_in`: the general differential tests' draw.
+    pub(super) fn data_segments(db: bool, type_one_in: u64) -> SegmentDraw<'static> {
+        SegmentDraw {
+            segments: DATA_SEGMENTS,
+            limits: &[0xFFF, 0x17FF, 0x1FFF, 0xFFFF],
+            db,
+            type_one_in,
+            types: FAULTING_TYPES,
+        }
+    }
 }
 
 /// Random bases, limits, D/B bits and types on `regs`' segments, as
@@ -157,11 +190,9 @@ pub(super) fn random_segments(
     }
 }
 
-/// The end of the lane tests' random states: RIP at `rip` plus up to
-/// 0xFF (outside 64-bit mode, one in 16 near the wrap of the instruction
-/// pointer), random status flags with AC one in 8, RF one in 4, and one in
-/// 8 CR0.AM with CPL 3 outside real mode (so that AC checks alignment).
-pub(super) fn random_rip_and_flags(rng: &mut Rng, mode: CpuMode, regs: &mut Registers, rip: u64) {
+/// RIP at `rip` plus up to 0xFF, or (outside 64-bit mode, one in 16)
+/// near the wrap of the instruction pointer.
+pub(super) fn random_rip(rng: &mut Rng, mode: CpuMode, regs: &mut Registers, rip: u64) {
     regs.rip = rip + rng.below(0x100);
     if !mode.is_64bit() && rng.below(16) == 0 {
         regs.rip = if mode.default_size() == 2 {
@@ -170,6 +201,13 @@ pub(super) fn random_rip_and_flags(rng: &mut Rng, mode: CpuMode, regs: &mut Regi
             0xFFFF_FFF8
         };
     }
+}
+
+/// The end of the lane tests' random states: [`random_rip`], random
+/// status flags with AC one in 8, RF one in 4, and one in 8 CR0.AM with
+/// CPL 3 outside real mode (so that AC checks alignment).
+pub(super) fn random_rip_and_flags(rng: &mut Rng, mode: CpuMode, regs: &mut Registers, rip: u64) {
+    random_rip(rng, mode, regs, rip);
     regs.rflags = 2 | (rng.next() & 0x8D5) | if rng.below(8) == 0 { 1 << 18 } else { 0 };
     if rng.below(4) == 0 {
         regs.rflags |= 1 << 16; // RF

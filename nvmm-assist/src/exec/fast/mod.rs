@@ -848,12 +848,12 @@ mod tests {
 
     use super::lane_harness::{
         LANE_MODES, Machine, SegmentDraw, accumulator_matches, addresses, by_address_size, case,
-        identity_ram, mode_registers, push_modrm_and_tail, random_mod, random_segments,
+        identity_ram, mode_registers, push_modrm_and_tail, random_mod, random_rip, random_segments,
     };
     use crate::decode::decode;
     use crate::mode::CpuMode;
     use crate::testutil::{MODES, RecordingMmio, Rng};
-    use crate::{Outcome, Registers, Segment, SegmentAttributes};
+    use crate::{Outcome, Registers, Segment};
 
     const OPCODES: &[&[u8]] = &[
         &[0x88],
@@ -978,33 +978,8 @@ mod tests {
     /// data segments outside 64-bit mode (FS/GS bases in 64-bit mode).
     fn random_state(rng: &mut Rng, mode: CpuMode, cr3: u64) -> Registers {
         let mut regs = mode_registers(mode, cr3);
-        let draw = SegmentDraw {
-            segments: &[
-                Segment::Es,
-                Segment::Ss,
-                Segment::Ds,
-                Segment::Fs,
-                Segment::Gs,
-            ],
-            limits: &[0xFFF, 0x17FF, 0x1FFF, 0xFFFF],
-            db: false,
-            type_one_in: 8,
-            types: &[
-                SegmentAttributes::TYPE_DATA_READ_ONLY,
-                SegmentAttributes::TYPE_DATA_EXPAND_DOWN,
-                SegmentAttributes::TYPE_CODE_EXECUTE_ONLY,
-            ],
-        };
-        random_segments(rng, mode, &mut regs, &draw);
-        regs.rip = 0x10000 + rng.below(0x100);
-        if !mode.is_64bit() && rng.below(16) == 0 {
-            // Near the wrap of the instruction pointer.
-            regs.rip = if mode.default_size() == 2 {
-                0xFFF8
-            } else {
-                0xFFFF_FFF8
-            };
-        }
+        random_segments(rng, mode, &mut regs, &SegmentDraw::data_segments(false, 8));
+        random_rip(rng, mode, &mut regs, 0x10000);
         for g in regs.gprs.iter_mut() {
             *g = match rng.below(4) {
                 0 => rng.below(0x400),
