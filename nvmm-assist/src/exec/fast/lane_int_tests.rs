@@ -359,13 +359,7 @@ fn integer_lane_paths_take_every_size_and_decline_crossings() {
                     if rex.is_some() && !long {
                         continue;
                     }
-                    let mut bytes = Vec::new();
-                    if lock {
-                        bytes.push(0xF0);
-                    }
-                    bytes.extend(rex);
-                    bytes.extend_from_slice(opcode);
-                    bytes.push(reg << 3 | rm);
+                    let mut bytes = encode(lock, rex, opcode, reg << 3 | rm);
                     if opcode == [0x0F, 0xBA] {
                         bytes.push(0x25);
                     }
@@ -378,18 +372,7 @@ fn integer_lane_paths_take_every_size_and_decline_crossings() {
                     } else {
                         4
                     };
-                    // Within a page (RAM, device), crossing one, and a
-                    // mismatching exit GPA.
-                    for (address, gpa_xor, within) in [
-                        (0x4010, 0, true),
-                        (0x1FF0 - size, 0, true),
-                        (0x5000 - size + 1, 0, false),
-                        (0x1000 - size / 2, 0, false),
-                        (0x4020, 0x10, false),
-                    ] {
-                        if size == 1 && !within && gpa_xor == 0 {
-                            continue;
-                        }
+                    for (address, gpa_xor, within) in placements(size) {
                         let regs = plain_state(mode, cr3, address);
                         let gpa = address ^ gpa_xor;
                         let what = case(mode, &bytes, gpa);
@@ -407,6 +390,34 @@ fn integer_lane_paths_take_every_size_and_decline_crossings() {
         }
     }
     assert!(taken > 500, "{taken} taken");
+}
+
+/// LOCK (with `lock`), `rex`, `opcode` and `modrm`.
+fn encode(lock: bool, rex: Option<u8>, opcode: &[u8], modrm: u8) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    if lock {
+        bytes.push(0xF0);
+    }
+    bytes.extend(rex);
+    bytes.extend_from_slice(opcode);
+    bytes.push(modrm);
+    bytes
+}
+
+/// Where the directed tests put an operand of `size` bytes: (address,
+/// exit GPA xor, within a page): within a page in RAM and on the device,
+/// crossing a page (RAM; RAM to device), and a mismatching exit GPA (a
+/// byte crosses nothing: its crossings are left out).
+fn placements(size: u64) -> impl Iterator<Item = (u64, u64, bool)> {
+    [
+        (0x4010, 0, true),
+        (0x1FF0 - size, 0, true),
+        (0x5000 - size + 1, 0, false),
+        (0x1000 - size / 2, 0, false),
+        (0x4020, 0x10, false),
+    ]
+    .into_iter()
+    .filter(move |&(_, gpa_xor, within)| !(size == 1 && !within && gpa_xor == 0))
 }
 
 /// The ModRM.rm of the directed tests' operand `[rBX]` in `mode`: `[BX]`
@@ -491,13 +502,14 @@ fn integer_lane_wide_compare_exchange_in_every_mode() {
                     8
                 };
                 for (md, reg) in [(0, 1), (3, 1), (0, 0), (0, 6), (0, 7)] {
-                    let mut bytes = Vec::new();
-                    if lock {
-                        bytes.push(0xF0);
-                    }
-                    bytes.extend(rex);
-                    bytes.extend_from_slice(&[0x0F, 0xC7, md << 6 | reg << 3 | rm]);
+                    let bytes = encode(lock, rex, &[0x0F, 0xC7], md << 6 | reg << 3 | rm);
                     let ours_form = md == 0 && reg == 1;
+                    let form = Directed {
+                        mode,
+                        bytes: &bytes,
+                        lock,
+                        lanes: ours_form,
+                    };
                     // (address, exit GPA xor, taken): RAM and the device
                     // within a page, 8- but not 16-byte aligned, crossing
                     // a page (RAM, RAM to device), a mismatching exit GPA.
@@ -512,26 +524,16 @@ fn integer_lane_wide_compare_exchange_in_every_mode() {
                         (0x4020, 0x10, false),
                     ] {
                         for succeed in [true, false] {
-                            for mismatches in [0, 1, 100] {
-                                let mut regs = plain_state(mode, cr3, address);
-                                if succeed {
-                                    let mem = memory_at(&ram, address, 16);
-                                    let half = (width / 2) as usize;
-                                    regs.gprs[Gpr::Rax as usize] = le(&mem[..half]);
-                                    regs.gprs[Gpr::Rdx as usize] = le(&mem[half..2 * half]);
-                                }
-                                let gpa = address ^ gpa_xor;
-                                let what = std::format!(
-                                    "{} succeed {succeed} mismatches {mismatches}",
-                                    case(mode, &bytes, gpa)
-                                );
-                                let mut ram = ram.clone();
-                                ram.cas_mismatches = mismatches;
-                                let takes = ours_form && within;
-                                let resumes = lock && on_ram(address) && mismatches == 100;
-                                let ours =
-                                    directed(&regs, &ram, mode, gpa, &bytes, &what, takes, resumes);
-                                let Some(ours) = ours else { continue };
+                            let mut regs = plain_state(mode, cr3, address);
+                            if succeed {
+                                let mem = memory_at(&ram, address, 16);
+                                let half = (width / 2) as usize;
+                                regs.gprs[Gpr::Rax as usize] = le(&mem[..half]);
+                                regs.gprs[Gpr::Rdx as usize] = le(&mem[half..2 * half]);
+                            }
+                            let extra = std::format!(" succeed {succeed}");
+                            let at = (address, gpa_xor, within);
+                            form.races(&regs, &ram, at, &extra, |resumes, ours, what| {
                                 if resumes {
                                     resumed += 1;
                                 } else {
@@ -542,7 +544,7 @@ fn integer_lane_wide_compare_exchange_in_every_mode() {
                                 taken += 1;
                                 locked += usize::from(lock);
                                 wide += usize::from(width == 16);
-                            }
+                            });
                         }
                     }
                 }
@@ -555,10 +557,53 @@ fn integer_lane_wide_compare_exchange_in_every_mode() {
     );
 }
 
-/// Whether an operand at `address` is in RAM (not the directed machine's
-/// device at 0x1000-0x2FFF).
-fn on_ram(address: u64) -> bool {
-    !(0x1000..0x3000).contains(&address)
+/// A form of the LOCK and CMPXCHG8B/16B directed tests.
+struct Directed<'a> {
+    mode: CpuMode,
+    bytes: &'a [u8],
+    /// A LOCK prefix.
+    lock: bool,
+    /// Whether the lane must take the form (where the operand is within a
+    /// page at the exit GPA).
+    lanes: bool,
+}
+
+impl Directed<'_> {
+    /// [`directed`] on the form with the operand at `address` (linear and
+    /// guest-physical: identity paging), the exit GPA `address ^ gpa_xor`,
+    /// `within` a page or not, and no, one and every compare-and-write
+    /// lost (`ram` with [`TestRam::cas_mismatches`] 0, 1 and 100; with
+    /// every one lost, a locked form on RAM, not the device at
+    /// 0x1000-0x2FFF, resumes), each case named by [`case`], `extra` and
+    /// the mismatches. Calls `taken` with whether it resumed, the lane's
+    /// machine and the name for each case the lane takes.
+    fn races(
+        &self,
+        regs: &Registers,
+        ram: &TestRam,
+        (address, gpa_xor, within): (u64, u64, bool),
+        extra: &str,
+        mut taken: impl FnMut(bool, &Machine, &str),
+    ) {
+        let gpa = address ^ gpa_xor;
+        for mismatches in [0, 1, 100] {
+            let what = std::format!(
+                "{}{extra} mismatches {mismatches}",
+                case(self.mode, self.bytes, gpa)
+            );
+            let mut ram = ram.clone();
+            ram.cas_mismatches = mismatches;
+            let on_ram = !(0x1000..0x3000).contains(&address);
+            let resumes = self.lock && on_ram && mismatches == 100;
+            let takes = self.lanes && within;
+            let ours = directed(
+                regs, &ram, self.mode, gpa, self.bytes, &what, takes, resumes,
+            );
+            if let Some(ours) = ours {
+                taken(resumes, &ours, &what);
+            }
+        }
+    }
 }
 
 /// Which prefix a form of [`integer_lane_locked_forms_and_moves_in_every_mode`]
@@ -636,13 +681,7 @@ fn integer_lane_locked_forms_and_moves_in_every_mode() {
                         } else {
                             4
                         };
-                        let mut bytes = Vec::new();
-                        if lock {
-                            bytes.push(0xF0);
-                        }
-                        bytes.extend(rex);
-                        bytes.extend_from_slice(opcode);
-                        bytes.push(md << 6 | reg << 3 | rm);
+                        let mut bytes = encode(lock, rex, opcode, md << 6 | reg << 3 | rm);
                         let imm_len = if imm == 4 && size == 2 { 2 } else { imm };
                         bytes.extend_from_slice(&[0x85, 0x3C, 0x00, 0x80][..usize::from(imm_len)]);
                         let lanes = match needs {
@@ -653,37 +692,20 @@ fn integer_lane_locked_forms_and_moves_in_every_mode() {
                         } && md == 0;
                         // MOVSXD reads 4 bytes whatever the operand size.
                         let access = if opcode == [0x63] { 4 } else { size };
-                        for (address, gpa_xor, within) in [
-                            (0x4010, 0, true),
-                            (0x1FF0 - access, 0, true),
-                            (0x5000 - access + 1, 0, false),
-                            (0x1000 - access / 2, 0, false),
-                            (0x4020, 0x10, false),
-                        ] {
-                            if access == 1 && !within && gpa_xor == 0 {
-                                continue;
-                            }
-                            for mismatches in [0, 1, 100] {
-                                let regs = plain_state(mode, cr3, address);
-                                let gpa = address ^ gpa_xor;
-                                let what = std::format!(
-                                    "{} mismatches {mismatches}",
-                                    case(mode, &bytes, gpa)
-                                );
-                                let mut ram = ram.clone();
-                                ram.cas_mismatches = mismatches;
-                                let takes = lanes && within;
-                                let resumes = lock && on_ram(address) && mismatches == 100;
-                                let ours =
-                                    directed(&regs, &ram, mode, gpa, &bytes, &what, takes, resumes);
-                                if ours.is_none() {
-                                    continue;
-                                }
+                        let form = Directed {
+                            mode,
+                            bytes: &bytes,
+                            lock,
+                            lanes,
+                        };
+                        for at in placements(access) {
+                            let regs = plain_state(mode, cr3, at.0);
+                            form.races(&regs, &ram, at, "", |resumes, _, _| {
                                 resumed += usize::from(resumes);
                                 taken += 1;
                                 locked += usize::from(lock);
                                 moves += usize::from(is_move);
-                            }
+                            });
                         }
                     }
                 }
