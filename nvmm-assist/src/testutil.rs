@@ -15,7 +15,7 @@ mod test_rng;
 pub use test_rng::Rng;
 
 use nvmm_assist::{
-    BusError, CompareWrite, CpuState, Gpr, GuestRam, MmioBus, PortIo, RamStatus, Segment,
+    BusError, CompareWrite, CpuMode, CpuState, Gpr, GuestRam, MmioBus, PortIo, RamStatus, Segment,
     SegmentRegister, Vendor,
 };
 
@@ -539,6 +539,17 @@ pub mod bits {
 /// CPU; a case whose result depends on the vendor sets
 /// `Registers::vendor` itself (tests/vendor_rules.rs).
 pub const TEST_VENDOR: Vendor = Vendor::Intel;
+
+/// Every mode of the CPU, 64-bit mode first.
+pub const MODES: [CpuMode; 7] = [
+    CpuMode::Long64,
+    CpuMode::Compat32,
+    CpuMode::Protected32,
+    CpuMode::Protected16,
+    CpuMode::Compat16,
+    CpuMode::Virtual8086,
+    CpuMode::Real,
+];
 
 /// A [`CpuState`] that reports `max_phys` as MAXPHYADDR and delegates the
 /// rest to `state`.

@@ -212,15 +212,16 @@ fn group1_immediates() {
 
 #[test]
 fn alu_all_encodings() {
+    use Mnemonic as M;
     let names = [
-        Mnemonic::Add,
-        Mnemonic::Or,
-        Mnemonic::Adc,
-        Mnemonic::Sbb,
-        Mnemonic::And,
-        Mnemonic::Sub,
-        Mnemonic::Xor,
-        Mnemonic::Cmp,
+        M::Add,
+        M::Or,
+        M::Adc,
+        M::Sbb,
+        M::And,
+        M::Sub,
+        M::Xor,
+        M::Cmp,
     ];
     for (n, &mn) in names.iter().enumerate() {
         let base = (n as u8) * 8;
@@ -584,35 +585,22 @@ fn lock_rules() {
 
 #[test]
 fn string_instructions() {
+    // A string operand: `segment:[gpr]` of `size` bytes.
+    let at = |segment, gpr, size| Operand::Mem(m(segment, Some(gpr), None, 1, 0, size));
     // f3 a4: rep movsb
     let i = ok(&[0xF3, 0xA4], L64);
     assert_eq!(
         (i.mnemonic, i.rep, i.operand_size),
         (Mnemonic::Movs, Some(RepPrefix::Rep), 1)
     );
-    assert_eq!(
-        i.operands[0],
-        Operand::Mem(m(Segment::Es, Some(Gpr::Rdi), None, 1, 0, 1))
-    );
-    assert_eq!(
-        i.operands[1],
-        Operand::Mem(m(Segment::Ds, Some(Gpr::Rsi), None, 1, 0, 1))
-    );
+    assert_eq!(i.operands[0], at(Segment::Es, Gpr::Rdi, 1));
+    assert_eq!(i.operands[1], at(Segment::Ds, Gpr::Rsi, 1));
     // The source segment can be overridden, the destination cannot.
     let i = ok(&[0x26, 0x66, 0xA5], P32);
-    assert_eq!(
-        i.operands[0],
-        Operand::Mem(m(Segment::Es, Some(Gpr::Rdi), None, 1, 0, 2))
-    );
-    assert_eq!(
-        i.operands[1],
-        Operand::Mem(m(Segment::Es, Some(Gpr::Rsi), None, 1, 0, 2))
-    );
+    assert_eq!(i.operands[0], at(Segment::Es, Gpr::Rdi, 2));
+    assert_eq!(i.operands[1], at(Segment::Es, Gpr::Rsi, 2));
     let i = ok(&[0x64, 0xAB], P32);
-    assert_eq!(
-        i.operands[0],
-        Operand::Mem(m(Segment::Es, Some(Gpr::Rdi), None, 1, 0, 4))
-    );
+    assert_eq!(i.operands[0], at(Segment::Es, Gpr::Rdi, 4));
     // f3 48 a7: repe cmpsq (NetBSD test17)
     let i = ok(&[0xF3, 0x48, 0xA7], L64);
     assert_eq!(
@@ -692,30 +680,20 @@ fn sse_moves() {
         ok(&[0x66, 0x0F, 0xD6, 0x00], L64).access,
         AccessClass::Write
     );
-    // movdqa/movdqu, movaps/movups/movapd/movupd
-    assert_eq!(
-        ok(&[0x66, 0x0F, 0x6F, 0x00], L64).mnemonic,
-        Mnemonic::Movdqa
-    );
-    assert_eq!(
-        ok(&[0xF3, 0x0F, 0x7F, 0x00], L64).mnemonic,
-        Mnemonic::Movdqu
-    );
-    assert_eq!(ok(&[0x0F, 0x28, 0x00], L64).mnemonic, Mnemonic::Movaps);
-    assert_eq!(ok(&[0x0F, 0x11, 0x00], L64).mnemonic, Mnemonic::Movups);
-    assert_eq!(
-        ok(&[0x66, 0x0F, 0x29, 0x00], L64).mnemonic,
-        Mnemonic::Movapd
-    );
-    assert_eq!(
-        ok(&[0x66, 0x0F, 0x10, 0x00], L64).mnemonic,
-        Mnemonic::Movupd
-    );
-    // F3 beats 66 as the mandatory prefix.
-    assert_eq!(
-        ok(&[0x66, 0xF3, 0x0F, 0x6F, 0x00], L64).mnemonic,
-        Mnemonic::Movdqu
-    );
+    let moves: [(&[u8], Mnemonic); 7] = [
+        // movdqa/movdqu, movaps/movups/movapd/movupd
+        (&[0x66, 0x0F, 0x6F, 0x00], Mnemonic::Movdqa),
+        (&[0xF3, 0x0F, 0x7F, 0x00], Mnemonic::Movdqu),
+        (&[0x0F, 0x28, 0x00], Mnemonic::Movaps),
+        (&[0x0F, 0x11, 0x00], Mnemonic::Movups),
+        (&[0x66, 0x0F, 0x29, 0x00], Mnemonic::Movapd),
+        (&[0x66, 0x0F, 0x10, 0x00], Mnemonic::Movupd),
+        // F3 beats 66 as the mandatory prefix.
+        (&[0x66, 0xF3, 0x0F, 0x6F, 0x00], Mnemonic::Movdqu),
+    ];
+    for (bytes, want) in moves {
+        assert_eq!(ok(bytes, L64).mnemonic, want, "{bytes:02x?}");
+    }
     // Non-temporal stores are memory-only.
     assert_eq!(
         ok(&[0x66, 0x0F, 0xE7, 0x00], L64).mnemonic,
@@ -805,17 +783,8 @@ fn vex_evex_and_les() {
 
 #[test]
 fn every_mode_every_short_input_is_safe() {
-    let modes = [
-        CpuMode::Real,
-        CpuMode::Virtual8086,
-        CpuMode::Protected16,
-        CpuMode::Protected32,
-        CpuMode::Compat16,
-        CpuMode::Compat32,
-        CpuMode::Long64,
-    ];
     // Every 2-byte string followed by a fixed tail, and every prefix of it.
-    for mode in modes {
+    for mode in crate::testutil::MODES {
         for a in 0..=255u8 {
             for b in 0..=255u8 {
                 let bytes = [a, b, 0x24, 0x80, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77];

@@ -6,13 +6,16 @@
 
 use std::vec::Vec;
 
-use super::super::lane_harness::{Machine, case as name};
+use super::super::lane_harness::{
+    Machine, SegmentDraw, case as name, linear_address, mode_registers, operand_offset,
+    push_modrm_and_tail, random_mod, random_rip, random_segments,
+};
 use crate::decode::{Operand, decode};
 use crate::mode::CpuMode;
 use crate::testutil::bits::{CR0_PG, RFLAGS_AC, RFLAGS_DF};
-use crate::testutil::{Layout, PageTables, RecordingMmio, Rng, TEST_VENDOR, TestRam, pte};
+use crate::testutil::{Layout, MODES, PageTables, RecordingMmio, Rng, TestRam, pte};
 use crate::translate::translate_query;
-use crate::{FetchCache, Registers, Segment, SegmentAttributes};
+use crate::{FetchCache, Registers};
 
 /// Which family a case belongs to (for the coverage counts).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -57,11 +60,7 @@ fn random_instruction(rng: &mut Rng, long: bool) -> (Vec<u8>, Family) {
     }
     // ModRM (strings have none; the random bytes that follow are another
     // instruction's).
-    let md = if rng.below(16) == 0 {
-        3
-    } else {
-        rng.below(3) as u8
-    };
+    let md = random_mod(rng);
     let reg = match family {
         Family::Stack if rng.below(4) != 0 => {
             if v.last() == Some(&0xFF) {
@@ -72,13 +71,7 @@ fn random_instruction(rng: &mut Rng, long: bool) -> (Vec<u8>, Family) {
         }
         _ => rng.below(8) as u8,
     };
-    v.push(md << 6 | reg << 3 | rng.below(8) as u8);
-    for _ in 0..10 {
-        let b = rng.next() as u8;
-        v.push(if rng.below(2) == 0 { b & 0x0F } else { b });
-    }
-    let keep = v.len() - rng.below(3) as usize * rng.below(4) as usize;
-    v.truncate(keep);
+    push_modrm_and_tail(rng, &mut v, md, reg, 4);
     (v, family)
 }
 
@@ -91,29 +84,8 @@ fn operand_linears(bytes: &[u8], regs: &Registers, mode: CpuMode) -> Vec<u64> {
     let mut out = Vec::new();
     for o in insn.operands.iter() {
         let Operand::Mem(m) = o else { continue };
-        let mut ea = if m.rip_relative {
-            regs.rip.wrapping_add(u64::from(insn.len))
-        } else {
-            0
-        };
-        if let Some(b) = m.base {
-            ea = ea.wrapping_add(regs.gprs[b as usize]);
-        }
-        if let Some(i) = m.index {
-            ea = ea.wrapping_add(regs.gprs[i as usize].wrapping_mul(u64::from(m.scale)));
-        }
-        ea = ea.wrapping_add(m.disp as u64);
-        ea &= crate::flags::size_mask(insn.address_size);
-        let seg = regs.segments[m.segment as usize];
-        out.push(if mode.is_64bit() {
-            if matches!(m.segment, Segment::Fs | Segment::Gs) {
-                seg.base.wrapping_add(ea)
-            } else {
-                ea
-            }
-        } else {
-            seg.base.wrapping_add(ea) & 0xFFFF_FFFF
-        });
+        let offset = operand_offset(&insn, m, regs);
+        out.push(linear_address(regs, mode, m.segment, offset));
     }
     out
 }
@@ -136,67 +108,15 @@ fn random_value(rng: &mut Rng) -> u64 {
 
 fn random_state(rng: &mut Rng, mode: CpuMode, cr3_4: u64, cr3_2: u64) -> Registers {
     let paged32 = mode == CpuMode::Protected32 && rng.below(2) == 0;
-    let mut regs = match mode {
-        CpuMode::Long64 => Registers::long_mode(TEST_VENDOR, cr3_4, 0, 0),
-        CpuMode::Compat32 => Registers::compat_mode(TEST_VENDOR, cr3_4, 0, 0),
-        CpuMode::Compat16 => Registers::compat_mode(TEST_VENDOR, cr3_4, 0, 0),
-        CpuMode::Protected32 | CpuMode::Protected16 => Registers::flat_protected32(TEST_VENDOR),
-        CpuMode::Virtual8086 => {
-            // Real-mode segments under CR0.PE with RFLAGS.VM: the CPL is 3.
-            // (RFLAGS.VM is set with the random flags below.)
-            let mut r = Registers::real_mode(TEST_VENDOR);
-            r.cr0 |= 1;
-            r
-        }
-        _ => Registers::real_mode(TEST_VENDOR),
-    };
+    // (Virtual-8086 mode: RFLAGS.VM is set again with the random flags
+    // below.)
+    let mut regs = mode_registers(mode, cr3_4);
     if paged32 {
         regs.cr0 |= CR0_PG;
         regs.cr3 = cr3_2;
     }
-    if matches!(mode, CpuMode::Protected16 | CpuMode::Compat16) {
-        regs.segments[Segment::Cs as usize].attributes = SegmentAttributes::code16();
-    }
-    for s in [
-        Segment::Es,
-        Segment::Ss,
-        Segment::Ds,
-        Segment::Fs,
-        Segment::Gs,
-    ] {
-        let r = &mut regs.segments[s as usize];
-        if mode.is_64bit() {
-            if matches!(s, Segment::Fs | Segment::Gs) && rng.below(2) == 0 {
-                r.base = 0x800 * rng.below(4);
-            }
-            continue;
-        }
-        if rng.below(4) == 0 {
-            r.base = 0x400 * rng.below(8);
-        }
-        if rng.below(4) == 0 {
-            r.limit = [0xFFF, 0x17FF, 0x1FFF, 0xFFFF][rng.below(4) as usize];
-        }
-        if !mode.is_real_or_v86() && rng.below(3) == 0 {
-            // The stack's address size (SS.B) and 16-bit data segments.
-            r.attributes = r.attributes.with_db(rng.below(2) == 0);
-        }
-        if !mode.is_real_or_v86() && rng.below(12) == 0 {
-            r.attributes = r.attributes.with_type(rng.pick(&[
-                SegmentAttributes::TYPE_DATA_READ_ONLY,
-                SegmentAttributes::TYPE_DATA_EXPAND_DOWN,
-                SegmentAttributes::TYPE_CODE_EXECUTE_ONLY,
-            ]));
-        }
-    }
-    regs.rip = 0x10000 + rng.below(0x100);
-    if !mode.is_64bit() && rng.below(16) == 0 {
-        regs.rip = if mode.default_size() == 2 {
-            0xFFF8
-        } else {
-            0xFFFF_FFF8
-        };
-    }
+    random_segments(rng, mode, &mut regs, &SegmentDraw::data_segments(true, 12));
+    random_rip(rng, mode, &mut regs, 0x10000);
     for g in regs.gprs.iter_mut() {
         *g = random_value(rng);
     }
@@ -261,15 +181,7 @@ const CASES: u32 = if cfg!(debug_assertions) {
 fn sse_string_and_stack_fast_forms_match_the_general_path() {
     let (ram, cr3_4, cr3_2) = machine();
     let mut rng = Rng(0x0F0E_0D0C_0B0A_0908);
-    for mode in [
-        CpuMode::Long64,
-        CpuMode::Compat32,
-        CpuMode::Protected32,
-        CpuMode::Protected16,
-        CpuMode::Compat16,
-        CpuMode::Virtual8086,
-        CpuMode::Real,
-    ] {
+    for mode in MODES {
         // Handled by the fast path: per family, and strings with DF = 1
         // and with a 67 prefix.
         let mut handled = [0u32; 3];

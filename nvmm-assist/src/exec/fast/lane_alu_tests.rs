@@ -8,10 +8,13 @@
 
 use std::vec::Vec;
 
-use super::super::lane_harness::{Machine, case};
+use super::super::lane_harness::{
+    LANE_MODES, Machine, SegmentDraw, by_address_size, case, each_lane_mode, exit_gpa, form_linear,
+    mode_registers, push_modrm_and_tail, random_mod, random_rip_and_flags, random_segments,
+};
 use super::run_alu;
 use crate::mode::CpuMode;
-use crate::testutil::{RecordingMmio, Rng, TEST_VENDOR, TestRam};
+use crate::testutil::{RecordingMmio, Rng, TestRam};
 use crate::{Registers, Segment, SegmentAttributes};
 
 /// The lane's opcodes, and near misses (04/05, 3C/3D: accumulator
@@ -34,23 +37,13 @@ fn random_alu(rng: &mut Rng, long: bool) -> Vec<u8> {
         _ => {}
     }
     v.push(rng.pick(OPCODES));
-    let md = if rng.below(16) == 0 {
-        3
-    } else {
-        rng.below(3) as u8
-    };
+    let md = random_mod(rng);
     let reg = if rng.below(2) == 0 {
         rng.below(2) as u8
     } else {
         rng.below(8) as u8
     };
-    v.push(md << 6 | reg << 3 | rng.below(8) as u8);
-    for _ in 0..10 {
-        let b = rng.next() as u8;
-        v.push(if rng.below(2) == 0 { b & 0x0F } else { b });
-    }
-    let keep = v.len() - rng.below(3) as usize * rng.below(5) as usize;
-    v.truncate(keep);
+    push_modrm_and_tail(rng, &mut v, md, reg, 5);
     v
 }
 
@@ -58,32 +51,18 @@ fn random_alu(rng: &mut Rng, long: bool) -> Vec<u8> {
 /// AC with CR0.AM at CPL 3 sometimes) and data segments (outside 64-bit
 /// mode: bases, limits, and sometimes a read-only or expand-down type).
 fn random_state(rng: &mut Rng, mode: CpuMode) -> Registers {
-    let mut regs = match mode {
-        CpuMode::Long64 => Registers::long_mode(TEST_VENDOR, 0x20000, 0, 0),
-        CpuMode::Compat32 => Registers::compat_mode(TEST_VENDOR, 0x20000, 0, 0),
-        CpuMode::Protected32 | CpuMode::Protected16 => Registers::flat_protected32(TEST_VENDOR),
-        _ => Registers::real_mode(TEST_VENDOR),
+    let mut regs = mode_registers(mode, 0x20000);
+    let draw = SegmentDraw {
+        segments: &[Segment::Ds, Segment::Ss, Segment::Es],
+        limits: &[0xFFF, 0x1FFF, 0x8FFF, 0xFFFF],
+        db: false,
+        type_one_in: 16,
+        types: &[
+            SegmentAttributes::TYPE_DATA_READ_ONLY,
+            SegmentAttributes::TYPE_DATA_EXPAND_DOWN,
+        ],
     };
-    if mode == CpuMode::Protected16 {
-        regs.segments[Segment::Cs as usize].attributes = SegmentAttributes::code16();
-    }
-    if !mode.is_64bit() {
-        for s in [Segment::Ds, Segment::Ss, Segment::Es] {
-            let r = &mut regs.segments[s as usize];
-            if rng.below(4) == 0 {
-                r.base = 0x400 * rng.below(8);
-            }
-            if rng.below(4) == 0 {
-                r.limit = rng.pick(&[0xFFF, 0x1FFF, 0x8FFF, 0xFFFF]);
-            }
-            if !mode.is_real_or_v86() && rng.below(16) == 0 {
-                r.attributes = r.attributes.with_type(rng.pick(&[
-                    SegmentAttributes::TYPE_DATA_READ_ONLY,
-                    SegmentAttributes::TYPE_DATA_EXPAND_DOWN,
-                ]));
-            }
-        }
-    }
+    random_segments(rng, mode, &mut regs, &draw);
     for g in regs.gprs.iter_mut() {
         *g = match rng.below(4) {
             0 => rng.below(0x400),
@@ -92,24 +71,7 @@ fn random_state(rng: &mut Rng, mode: CpuMode) -> Registers {
             _ => rng.next(),
         };
     }
-    regs.rip = 0x1000 + rng.below(0x100);
-    if !mode.is_64bit() && rng.below(16) == 0 {
-        regs.rip = if mode.default_size() == 2 {
-            0xFFF8
-        } else {
-            0xFFFF_FFF8
-        };
-    }
-    regs.rflags = 2 | (rng.next() & 0x8D5) | if rng.below(8) == 0 { 1 << 18 } else { 0 };
-    if rng.below(4) == 0 {
-        regs.rflags |= 1 << 16; // RF
-    }
-    if rng.below(8) == 0 {
-        regs.cr0 |= 1 << 18; // CR0.AM: with AC and CPL 3, #AC
-        if !mode.is_real_or_v86() {
-            regs = regs.at_cpl(3);
-        }
-    }
+    random_rip_and_flags(rng, mode, &mut regs, 0x1000);
     regs
 }
 
@@ -127,27 +89,13 @@ fn compare<const ADDR: u8>(rng: &mut Rng, mode: CpuMode, iterations: usize) -> u
         assert_eq!(CpuMode::of(&regs), mode);
         // The exit GPA at the page offset of the decoded linear address,
         // in RAM (random contents) or at a device, else anywhere.
-        let linear = super::super::decode_form::<ADDR, false, _>(&regs, mode, &bytes)
-            .map(|f| {
-                if mode.is_64bit() {
-                    f.offset
-                } else {
-                    regs.segments[f.segment as usize]
-                        .base
-                        .wrapping_add(f.offset)
-                }
-            })
-            .unwrap_or(0);
+        let linear = form_linear::<ADDR, false>(&regs, mode, &bytes);
         let page = if rng.below(2) == 0 {
             0x8000
         } else {
             0x1_0000_0000
         };
-        let gpa = if rng.below(16) == 0 {
-            page + rng.below(0x1000)
-        } else {
-            page + (linear & 0xFFF)
-        };
+        let gpa = exit_gpa(rng, page, linear);
         let mut ram = ram.clone();
         let mut mmio = RecordingMmio::default();
         match rng.below(16) {
@@ -190,26 +138,13 @@ fn compare<const ADDR: u8>(rng: &mut Rng, mode: CpuMode, iterations: usize) -> u
 
 #[test]
 fn alu_lane_is_the_general_and_the_full_fast_path() {
-    let iterations = if cfg!(debug_assertions) {
-        4_000
-    } else {
-        40_000
-    };
-    let mut rng = Rng(0xA1B2_C3D4_E5F6_0718);
-    for mode in [
-        CpuMode::Long64,
-        CpuMode::Compat32,
-        CpuMode::Protected32,
-        CpuMode::Protected16,
-        CpuMode::Real,
-    ] {
-        let taken = match mode.default_address_size() {
-            8 => compare::<8>(&mut rng, mode, iterations),
-            4 => compare::<4>(&mut rng, mode, iterations),
-            _ => compare::<2>(&mut rng, mode, iterations),
-        };
-        assert!(taken > iterations / 5, "{mode:?}: the lane took {taken}");
-    }
+    each_lane_mode(
+        0xA1B2_C3D4_E5F6_0718,
+        4_000,
+        40_000,
+        5,
+        |rng, mode, n| by_address_size!(mode, A => compare::<A>(rng, mode, n)),
+    );
 }
 
 /// Every operation, size and direction on fixed bytes in each mode, with
@@ -218,13 +153,7 @@ fn alu_lane_is_the_general_and_the_full_fast_path() {
 #[test]
 fn alu_lane_every_operation_and_size() {
     let mut rng = Rng(0x5EED_0A1B_2C3D_4E5F);
-    for mode in [
-        CpuMode::Long64,
-        CpuMode::Compat32,
-        CpuMode::Protected32,
-        CpuMode::Protected16,
-        CpuMode::Real,
-    ] {
+    for mode in LANE_MODES {
         let long = mode.is_64bit();
         let mut forms: Vec<Vec<u8>> = Vec::new();
         for op in 0..8u8 {
@@ -250,15 +179,7 @@ fn alu_lane_every_operation_and_size() {
             for _ in 0..64 {
                 // The mode's flat segments (random registers, no #AC).
                 let mut regs = random_state(&mut rng, mode);
-                let mut plain = match mode {
-                    CpuMode::Long64 => Registers::long_mode(TEST_VENDOR, 0x20000, 0, 0),
-                    CpuMode::Compat32 => Registers::compat_mode(TEST_VENDOR, 0x20000, 0, 0),
-                    CpuMode::Real => Registers::real_mode(TEST_VENDOR),
-                    _ => Registers::flat_protected32(TEST_VENDOR),
-                };
-                if mode == CpuMode::Protected16 {
-                    plain.segments[Segment::Cs as usize].attributes = SegmentAttributes::code16();
-                }
+                let mut plain = mode_registers(mode, 0x20000);
                 plain.gprs = regs.gprs;
                 plain.rip = regs.rip;
                 plain.rflags = 2 | (rng.next() & 0x8D5);
@@ -301,11 +222,9 @@ fn alu_lane_every_operation_and_size() {
                 let mmio = RecordingMmio::default();
                 let mut lane = Machine::new(&regs, &ram, &mmio);
                 let (r1, ram1, m1) = (&mut lane.regs, &mut lane.ram, &mut lane.mmio);
-                let got = match mode.default_address_size() {
-                    8 => run_alu::<8, _, _, _>(r1, mode, ram1, m1, offset, &bytes),
-                    4 => run_alu::<4, _, _, _>(r1, mode, ram1, m1, offset, &bytes),
-                    _ => run_alu::<2, _, _, _>(r1, mode, ram1, m1, offset, &bytes),
-                };
+                let got = by_address_size!(mode, A => {
+                    run_alu::<A, _, _, _>(r1, mode, ram1, m1, offset, &bytes)
+                });
                 let mut general = Machine::new(&regs, &ram, &mmio);
                 assert_eq!(got, Some(general.general(offset, &bytes)), "{what}");
                 lane.assert_same(&general, &what);

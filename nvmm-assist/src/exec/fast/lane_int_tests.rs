@@ -9,12 +9,15 @@
 
 use std::vec::Vec;
 
-use super::super::lane_harness::{Machine, case};
+use super::super::lane_harness::{
+    LANE_MODES, Machine, SegmentDraw, accumulator_matches, addresses, by_address_size, case,
+    identity_ram, le, memory_at, mode_registers, push_modrm_and_tail, random_mod,
+    random_rip_and_flags, random_segments,
+};
 use super::run;
-use crate::decode::{Mnemonic, Operand, decode};
 use crate::exec::fast::{Lane, lane};
 use crate::mode::CpuMode;
-use crate::testutil::{Layout, PageTables, RecordingMmio, Rng, TEST_VENDOR, TestRam, pte};
+use crate::testutil::{RecordingMmio, Rng, TestRam};
 use crate::{Error, Gpr, Outcome, Registers, Segment, SegmentAttributes};
 
 /// The lane's opcodes (after LOCK and REX), and near misses it declines.
@@ -104,24 +107,14 @@ fn random_bytes(rng: &mut Rng, long: bool) -> (Vec<u8>, bool) {
         v.insert(at, rng.pick(&[0x66, 0x67, 0x2E, 0x64, 0xF3, 0xF0]));
     }
     v.extend_from_slice(rng.pick(OPCODES));
-    let md = if rng.below(16) == 0 {
-        3
-    } else {
-        rng.below(3) as u8
-    };
+    let md = random_mod(rng);
     let reg = match rng.below(4) {
         0 => rng.below(2) as u8,     // INC/DEC, CMPXCHG8B
         1 => 2 + rng.below(2) as u8, // NOT/NEG
         2 => 4 + rng.below(4) as u8, // BT* imm8
         _ => rng.below(8) as u8,
     };
-    v.push(md << 6 | reg << 3 | rng.below(8) as u8);
-    for _ in 0..10 {
-        let b = rng.next() as u8;
-        v.push(if rng.below(2) == 0 { b & 0x0F } else { b });
-    }
-    let keep = v.len() - rng.below(3) as usize * rng.below(5) as usize;
-    v.truncate(keep);
+    push_modrm_and_tail(rng, &mut v, md, reg, 5);
     (v, foreign)
 }
 
@@ -129,31 +122,15 @@ fn random_bytes(rng: &mut Rng, long: bool) -> (Vec<u8>, bool) {
 /// random registers, flags, data segments (outside 64-bit mode) and
 /// alignment checking.
 fn random_state(rng: &mut Rng, mode: CpuMode, cr3: u64) -> Registers {
-    let mut regs = match mode {
-        CpuMode::Long64 => Registers::long_mode(TEST_VENDOR, cr3, 0, 0),
-        CpuMode::Compat32 => Registers::compat_mode(TEST_VENDOR, cr3, 0, 0),
-        CpuMode::Protected32 | CpuMode::Protected16 => Registers::flat_protected32(TEST_VENDOR),
-        _ => Registers::real_mode(TEST_VENDOR),
+    let mut regs = mode_registers(mode, cr3);
+    let draw = SegmentDraw {
+        segments: &[Segment::Ds, Segment::Ss],
+        limits: &[0xFFF, 0x1FFF, 0xFFFF],
+        db: false,
+        type_one_in: 16,
+        types: &[SegmentAttributes::TYPE_DATA_READ_ONLY],
     };
-    if mode == CpuMode::Protected16 {
-        regs.segments[Segment::Cs as usize].attributes = SegmentAttributes::code16();
-    }
-    if !mode.is_64bit() {
-        for s in [Segment::Ds, Segment::Ss] {
-            let r = &mut regs.segments[s as usize];
-            if rng.below(4) == 0 {
-                r.base = 0x400 * rng.below(8);
-            }
-            if rng.below(4) == 0 {
-                r.limit = rng.pick(&[0xFFF, 0x1FFF, 0xFFFF]);
-            }
-            if mode != CpuMode::Real && rng.below(16) == 0 {
-                r.attributes = r
-                    .attributes
-                    .with_type(SegmentAttributes::TYPE_DATA_READ_ONLY);
-            }
-        }
-    }
+    random_segments(rng, mode, &mut regs, &draw);
     for g in regs.gprs.iter_mut() {
         *g = match rng.below(4) {
             0 => rng.below(0x400),
@@ -168,67 +145,14 @@ fn random_state(rng: &mut Rng, mode: CpuMode, cr3: u64) -> Registers {
             *g &= !15;
         }
     }
-    regs.rip = 0x10000 + rng.below(0x100);
-    if !mode.is_64bit() && rng.below(16) == 0 {
-        // Near the wrap of the instruction pointer.
-        regs.rip = if mode.default_size() == 2 {
-            0xFFF8
-        } else {
-            0xFFFF_FFF8
-        };
-    }
-    regs.rflags = 2 | (rng.next() & 0x8D5) | if rng.below(8) == 0 { 1 << 18 } else { 0 };
-    if rng.below(4) == 0 {
-        regs.rflags |= 1 << 16; // RF
-    }
-    if rng.below(8) == 0 {
-        regs.cr0 |= 1 << 18; // CR0.AM: with AC and CPL 3, #AC
-        if mode != CpuMode::Real {
-            regs = regs.at_cpl(3);
-        }
-    }
+    random_rip_and_flags(rng, mode, &mut regs, 0x10000);
     regs
 }
 
 /// The linear address the general decoder says the instruction accesses
-/// (segment checks left out), computed from its decoded operand.
+/// (segment checks left out; these states have no FS or GS base).
 fn linear_of(bytes: &[u8], regs: &Registers, mode: CpuMode) -> Option<u64> {
-    let insn = decode(bytes, mode).ok()?;
-    let m = insn.operands.iter().find_map(|o| match o {
-        Operand::Mem(m) => Some(*m),
-        _ => None,
-    })?;
-    let mut ea = if m.rip_relative {
-        regs.rip.wrapping_add(u64::from(insn.len))
-    } else {
-        0
-    };
-    if let Some(b) = m.base {
-        ea = ea.wrapping_add(regs.gprs[b as usize]);
-    }
-    if let Some(i) = m.index {
-        ea = ea.wrapping_add(regs.gprs[i as usize].wrapping_mul(u64::from(m.scale)));
-    }
-    ea = ea.wrapping_add(m.disp as u64);
-    let amask = match insn.address_size {
-        2 => 0xFFFF,
-        4 => 0xFFFF_FFFF,
-        _ => u64::MAX,
-    };
-    ea &= amask;
-    if let (Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc, Operand::Reg(r)) =
-        (insn.mnemonic, insn.operands[1])
-    {
-        let raw = regs.gprs[r.gpr as usize] & crate::flags::size_mask(insn.operand_size);
-        let (_, d) = crate::exec::bits::register_offset(raw, insn.operand_size);
-        ea = ea.wrapping_add(d as u64) & amask;
-    }
-    let base = regs.segments[m.segment as usize].base;
-    Some(if mode.is_64bit() {
-        ea
-    } else {
-        base.wrapping_add(ea) & 0xFFFF_FFFF
-    })
+    addresses(bytes, regs, mode).map(|(_, linear)| linear)
 }
 
 /// Whether `bytes` are a plain INC/DEC/NOT/NEG of memory (no LOCK, at most
@@ -287,20 +211,7 @@ fn compare<const ADDR: u8>(
         let lin = linear_of(&bytes, &regs, mode).unwrap_or(0);
         if rng.below(3) == 0 && lin < 0x1F000 {
             // rDX:rAX (and rAX) equal to the operand: CMPXCHG* succeeds.
-            let at = lin as usize;
-            let half = if rng.below(2) == 0 { 4 } else { 8 };
-            let le = |b: &[u8]| b.iter().rev().fold(0u64, |a, &x| (a << 8) | u64::from(x));
-            let mem: Vec<u8> = (at..at + 16)
-                .map(|a| {
-                    if (0x1000..0x3000).contains(&a) {
-                        RecordingMmio::byte_at(a as u64)
-                    } else {
-                        base_ram.mem[a]
-                    }
-                })
-                .collect();
-            regs.gprs[Gpr::Rax as usize] = le(&mem[..half]);
-            regs.gprs[Gpr::Rdx as usize] = le(&mem[half..2 * half]);
+            accumulator_matches(rng, &mut regs, base_ram, lin);
         }
         // (Again: rAX or rDX may be in the address.)
         let lin = linear_of(&bytes, &regs, mode).unwrap_or(0);
@@ -360,27 +271,11 @@ fn integer_lane_is_the_general_path_in_every_mode() {
         40_000
     };
     // RAM with a device hole, identity-mapped below the page tables.
-    let mut ram = TestRam::new(0x40000).hole(0x1000, 0x3000);
     let mut rng = Rng(0x1A7E_0BAD_5EED_F00D);
-    for b in ram.mem.iter_mut().take(0x20000) {
-        *b = rng.next() as u8;
-    }
-    let mut pt = PageTables::new(Layout::Level4, 0x20000);
-    for page in 0..0x20u64 {
-        pt.map(&mut ram, page * 4096, page * 4096, 1, pte::PWU);
-    }
-    for mode in [
-        CpuMode::Long64,
-        CpuMode::Compat32,
-        CpuMode::Protected32,
-        CpuMode::Protected16,
-        CpuMode::Real,
-    ] {
-        let taken = match mode.default_address_size() {
-            8 => compare::<8>(&mut rng, mode, &ram, pt.cr3(), iterations),
-            4 => compare::<4>(&mut rng, mode, &ram, pt.cr3(), iterations),
-            _ => compare::<2>(&mut rng, mode, &ram, pt.cr3(), iterations),
-        };
+    let (ram, cr3) = identity_ram(&mut rng);
+    for mode in LANE_MODES {
+        let taken =
+            by_address_size!(mode, A => compare::<A>(&mut rng, mode, &ram, cr3, iterations));
         let Taken {
             all,
             locked,
@@ -409,15 +304,7 @@ fn integer_lane_is_the_general_path_in_every_mode() {
 /// A state of `mode` with flat segments, no alignment checking and RBX
 /// (the operand's base) at `address`.
 fn plain_state(mode: CpuMode, cr3: u64, address: u64) -> Registers {
-    let mut regs = match mode {
-        CpuMode::Long64 => Registers::long_mode(TEST_VENDOR, cr3, 0, 0),
-        CpuMode::Compat32 => Registers::compat_mode(TEST_VENDOR, cr3, 0, 0),
-        CpuMode::Protected32 | CpuMode::Protected16 => Registers::flat_protected32(TEST_VENDOR),
-        _ => Registers::real_mode(TEST_VENDOR),
-    };
-    if mode == CpuMode::Protected16 {
-        regs.segments[Segment::Cs as usize].attributes = SegmentAttributes::code16();
-    }
+    let mut regs = mode_registers(mode, cr3);
     for (n, g) in regs.gprs.iter_mut().enumerate() {
         *g = 0x0123_4567_89AB_CDEF_u64.rotate_left(8 * n as u32);
     }
@@ -438,15 +325,7 @@ fn plain_state(mode: CpuMode, cr3: u64, address: u64) -> Registers {
 /// BT, SETcc and CMOVcc.
 #[test]
 fn integer_lane_paths_take_every_size_and_decline_crossings() {
-    let mut ram = TestRam::new(0x40000).hole(0x1000, 0x3000);
-    let mut rng = Rng(0x5EED_0B17_C0DE_0013);
-    for b in ram.mem.iter_mut().take(0x20000) {
-        *b = rng.next() as u8;
-    }
-    let mut pt = PageTables::new(Layout::Level4, 0x20000);
-    for page in 0..0x20u64 {
-        pt.map(&mut ram, page * 4096, page * 4096, 1, pte::PWU);
-    }
+    let (ram, cr3) = directed_ram(0x5EED_0B17_C0DE_0013);
     // (opcode bytes after the prefixes, ModRM.reg, takes LOCK, a byte
     // operand)
     let forms: &[(&[u8], u8, bool, bool)] = &[
@@ -471,33 +350,16 @@ fn integer_lane_paths_take_every_size_and_decline_crossings() {
         (&[0x0F, 0x45], 6, false, false), // CMOVNE SI, r/m
     ];
     let mut taken = 0;
-    for mode in [
-        CpuMode::Long64,
-        CpuMode::Compat32,
-        CpuMode::Protected32,
-        CpuMode::Protected16,
-        CpuMode::Real,
-    ] {
+    for mode in LANE_MODES {
         let long = mode.is_64bit();
-        // [BX] in 16-bit addressing, [EBX]/[RBX] otherwise.
-        let rm = if mode.default_address_size() == 2 {
-            7
-        } else {
-            3
-        };
+        let rm = base_rm(mode);
         for &(opcode, reg, lockable, byte) in forms {
             for lock in [false, true] {
                 for rex in [None, Some(0x40), Some(0x48), Some(0x4C)] {
                     if rex.is_some() && !long {
                         continue;
                     }
-                    let mut bytes = Vec::new();
-                    if lock {
-                        bytes.push(0xF0);
-                    }
-                    bytes.extend(rex);
-                    bytes.extend_from_slice(opcode);
-                    bytes.push(reg << 3 | rm);
+                    let mut bytes = encode(lock, rex, opcode, reg << 3 | rm);
                     if opcode == [0x0F, 0xBA] {
                         bytes.push(0x25);
                     }
@@ -510,19 +372,8 @@ fn integer_lane_paths_take_every_size_and_decline_crossings() {
                     } else {
                         4
                     };
-                    // Within a page (RAM, device), crossing one, and a
-                    // mismatching exit GPA.
-                    for (address, gpa_xor, within) in [
-                        (0x4010, 0, true),
-                        (0x1FF0 - size, 0, true),
-                        (0x5000 - size + 1, 0, false),
-                        (0x1000 - size / 2, 0, false),
-                        (0x4020, 0x10, false),
-                    ] {
-                        if size == 1 && !within && gpa_xor == 0 {
-                            continue;
-                        }
-                        let regs = plain_state(mode, pt.cr3(), address);
+                    for (address, gpa_xor, within) in placements(size) {
+                        let regs = plain_state(mode, cr3, address);
                         let gpa = address ^ gpa_xor;
                         let what = case(mode, &bytes, gpa);
                         // CMPXCHG: the comparison succeeds at 0x4010 (the
@@ -530,24 +381,9 @@ fn integer_lane_paths_take_every_size_and_decline_crossings() {
                         let mut ram = ram.clone();
                         let acc = regs.gprs[Gpr::Rax as usize].to_le_bytes();
                         ram.mem[0x4010..0x4018].copy_from_slice(&acc);
-                        let mmio = RecordingMmio::default();
-                        let mut ours = Machine::new(&regs, &ram, &mmio);
-                        let got = match mode.default_address_size() {
-                            8 => lane_run::<8>(&mut ours, mode, gpa, &bytes),
-                            4 => lane_run::<4>(&mut ours, mode, gpa, &bytes),
-                            _ => lane_run::<2>(&mut ours, mode, gpa, &bytes),
-                        };
-                        if within && (lockable || !lock) {
-                            let result = got.unwrap_or_else(|| panic!("{what}: declined"));
-                            let mut general = Machine::new(&regs, &ram, &mmio);
-                            assert_eq!(result, general.general(gpa, &bytes), "{what}");
-                            assert_eq!(result, Ok(Outcome::Done), "{what}");
-                            ours.assert_same(&general, &what);
-                            taken += 1;
-                        } else {
-                            assert!(got.is_none(), "{what}: taken");
-                            ours.assert_untouched(&regs, &what);
-                        }
+                        let takes = within && (lockable || !lock);
+                        let ours = directed(&regs, &ram, mode, gpa, &bytes, &what, takes, false);
+                        taken += usize::from(ours.is_some());
                     }
                 }
             }
@@ -556,46 +392,87 @@ fn integer_lane_paths_take_every_size_and_decline_crossings() {
     assert!(taken > 500, "{taken} taken");
 }
 
-/// The lane on `m` in `mode`, for its default address size.
-fn lane_in_mode(
-    m: &mut Machine,
+/// LOCK (with `lock`), `rex`, `opcode` and `modrm`.
+fn encode(lock: bool, rex: Option<u8>, opcode: &[u8], modrm: u8) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    if lock {
+        bytes.push(0xF0);
+    }
+    bytes.extend(rex);
+    bytes.extend_from_slice(opcode);
+    bytes.push(modrm);
+    bytes
+}
+
+/// Where the directed tests put an operand of `size` bytes: (address,
+/// exit GPA xor, within a page): within a page in RAM and on the device,
+/// crossing a page (RAM; RAM to device), and a mismatching exit GPA (a
+/// byte crosses nothing: its crossings are left out).
+fn placements(size: u64) -> impl Iterator<Item = (u64, u64, bool)> {
+    [
+        (0x4010, 0, true),
+        (0x1FF0 - size, 0, true),
+        (0x5000 - size + 1, 0, false),
+        (0x1000 - size / 2, 0, false),
+        (0x4020, 0x10, false),
+    ]
+    .into_iter()
+    .filter(move |&(_, gpa_xor, within)| !(size == 1 && !within && gpa_xor == 0))
+}
+
+/// The ModRM.rm of the directed tests' operand `[rBX]` in `mode`: `[BX]`
+/// (7) in 16-bit addressing, `[EBX]`/`[RBX]` (3) otherwise.
+fn base_rm(mode: CpuMode) -> u8 {
+    if mode.default_address_size() == 2 {
+        7
+    } else {
+        3
+    }
+}
+
+/// RAM with a device hole at 0x1000-0x3000 and random bytes from `seed`,
+/// identity mapped below the page tables (the directed tests' machine).
+fn directed_ram(seed: u64) -> (TestRam, u64) {
+    identity_ram(&mut Rng(seed))
+}
+
+/// Runs the lane on a directed case: `bytes` in `mode` on `regs` and
+/// `ram` (with the device at 0x1000-0x2FFF), the exit at `gpa`. Where the
+/// lane must take the case (`takes`) it does, with the general path's
+/// result, registers, RAM, device log and compare-and-write log, and the
+/// result is `Done`, or with `resumes` `Resume` with no register changed;
+/// returns the lane's machine then. Otherwise the lane declines with
+/// nothing done.
+#[allow(clippy::too_many_arguments)]
+fn directed(
+    regs: &Registers,
+    ram: &TestRam,
     mode: CpuMode,
     gpa: u64,
     bytes: &[u8],
-) -> Option<Result<Outcome, Error>> {
-    match mode.default_address_size() {
-        8 => lane_run::<8>(m, mode, gpa, bytes),
-        4 => lane_run::<4>(m, mode, gpa, bytes),
-        _ => lane_run::<2>(m, mode, gpa, bytes),
+    what: &str,
+    takes: bool,
+    resumes: bool,
+) -> Option<Machine> {
+    let mmio = RecordingMmio::default();
+    let mut ours = Machine::new(regs, ram, &mmio);
+    let got = by_address_size!(mode, A => lane_run::<A>(&mut ours, mode, gpa, bytes));
+    if !takes {
+        assert!(got.is_none(), "{what}: taken");
+        ours.assert_untouched(regs, what);
+        return None;
     }
-}
-
-/// RAM with a device hole at 0x1000-0x3000 and random bytes, identity
-/// mapped below the page tables (the directed tests' machine).
-fn directed_ram(seed: u64) -> (TestRam, u64) {
-    let mut ram = TestRam::new(0x40000).hole(0x1000, 0x3000);
-    let mut rng = Rng(seed);
-    for b in ram.mem.iter_mut().take(0x20000) {
-        *b = rng.next() as u8;
+    let result = got.unwrap_or_else(|| panic!("{what}: declined"));
+    let mut general = Machine::new(regs, ram, &mmio);
+    assert_eq!(result, general.general(gpa, bytes), "{what}");
+    ours.assert_same(&general, what);
+    if resumes {
+        assert_eq!(result, Ok(Outcome::Resume), "{what}");
+        assert_eq!(&ours.regs, regs, "{what}: nothing changes");
+    } else {
+        assert_eq!(result, Ok(Outcome::Done), "{what}");
     }
-    let mut pt = PageTables::new(Layout::Level4, 0x20000);
-    for page in 0..0x20u64 {
-        pt.map(&mut ram, page * 4096, page * 4096, 1, pte::PWU);
-    }
-    (ram, pt.cr3())
-}
-
-/// The 16 bytes at `address` as `directed_ram`'s machine holds them (RAM
-/// or the device's).
-fn memory_at(ram: &TestRam, address: u64) -> [u8; 16] {
-    core::array::from_fn(|k| {
-        let a = address + k as u64;
-        if (0x1000..0x3000).contains(&a) {
-            RecordingMmio::byte_at(a)
-        } else {
-            ram.mem[a as usize]
-        }
-    })
+    Some(ours)
 }
 
 /// CMPXCHG8B/16B (`lane_int/wide.rs`) in every mode, both widths (16 bytes
@@ -611,19 +488,9 @@ fn memory_at(ram: &TestRam, address: u64) -> [u8; 16] {
 fn integer_lane_wide_compare_exchange_in_every_mode() {
     let (ram, cr3) = directed_ram(0x5EED_0B17_C0DE_0816);
     let (mut taken, mut locked, mut wide, mut resumed, mut failed) = (0, 0, 0, 0, 0);
-    for mode in [
-        CpuMode::Long64,
-        CpuMode::Compat32,
-        CpuMode::Protected32,
-        CpuMode::Protected16,
-        CpuMode::Real,
-    ] {
+    for mode in LANE_MODES {
         let long = mode.is_64bit();
-        let rm = if mode.default_address_size() == 2 {
-            7
-        } else {
-            3
-        };
+        let rm = base_rm(mode);
         for lock in [false, true] {
             for rex in [None, Some(0x40), Some(0x48), Some(0x4C), Some(0x44)] {
                 if rex.is_some() && !long {
@@ -635,13 +502,14 @@ fn integer_lane_wide_compare_exchange_in_every_mode() {
                     8
                 };
                 for (md, reg) in [(0, 1), (3, 1), (0, 0), (0, 6), (0, 7)] {
-                    let mut bytes = Vec::new();
-                    if lock {
-                        bytes.push(0xF0);
-                    }
-                    bytes.extend(rex);
-                    bytes.extend_from_slice(&[0x0F, 0xC7, md << 6 | reg << 3 | rm]);
+                    let bytes = encode(lock, rex, &[0x0F, 0xC7], md << 6 | reg << 3 | rm);
                     let ours_form = md == 0 && reg == 1;
+                    let form = Directed {
+                        mode,
+                        bytes: &bytes,
+                        lock,
+                        lanes: ours_form,
+                    };
                     // (address, exit GPA xor, taken): RAM and the device
                     // within a page, 8- but not 16-byte aligned, crossing
                     // a page (RAM, RAM to device), a mismatching exit GPA.
@@ -656,51 +524,27 @@ fn integer_lane_wide_compare_exchange_in_every_mode() {
                         (0x4020, 0x10, false),
                     ] {
                         for succeed in [true, false] {
-                            for mismatches in [0, 1, 100] {
-                                let mut regs = plain_state(mode, cr3, address);
-                                if succeed {
-                                    let mem = memory_at(&ram, address);
-                                    let half = (width / 2) as usize;
-                                    let le = |b: &[u8]| {
-                                        b.iter().rev().fold(0u64, |a, &x| (a << 8) | u64::from(x))
-                                    };
-                                    regs.gprs[Gpr::Rax as usize] = le(&mem[..half]);
-                                    regs.gprs[Gpr::Rdx as usize] = le(&mem[half..2 * half]);
-                                }
-                                let gpa = address ^ gpa_xor;
-                                let what = std::format!(
-                                    "{} succeed {succeed} mismatches {mismatches}",
-                                    case(mode, &bytes, gpa)
-                                );
-                                let mut ram = ram.clone();
-                                ram.cas_mismatches = mismatches;
-                                let mmio = RecordingMmio::default();
-                                let mut ours = Machine::new(&regs, &ram, &mmio);
-                                let got = lane_in_mode(&mut ours, mode, gpa, &bytes);
-                                if ours_form && within {
-                                    let result = got.unwrap_or_else(|| panic!("{what}: declined"));
-                                    let mut general = Machine::new(&regs, &ram, &mmio);
-                                    assert_eq!(result, general.general(gpa, &bytes), "{what}");
-                                    ours.assert_same(&general, &what);
-                                    let on_ram = !(0x1000..0x3000).contains(&address);
-                                    if lock && on_ram && mismatches == 100 {
-                                        assert_eq!(result, Ok(Outcome::Resume), "{what}");
-                                        assert_eq!(ours.regs, regs, "{what}: nothing changes");
-                                        resumed += 1;
-                                    } else {
-                                        assert_eq!(result, Ok(Outcome::Done), "{what}");
-                                        let zf = ours.regs.rflags & (1 << 6) != 0;
-                                        assert_eq!(zf, succeed, "{what}: ZF");
-                                        failed += usize::from(!succeed);
-                                    }
-                                    taken += 1;
-                                    locked += usize::from(lock);
-                                    wide += usize::from(width == 16);
-                                } else {
-                                    assert!(got.is_none(), "{what}: taken");
-                                    ours.assert_untouched(&regs, &what);
-                                }
+                            let mut regs = plain_state(mode, cr3, address);
+                            if succeed {
+                                let mem = memory_at(&ram, address, 16);
+                                let half = (width / 2) as usize;
+                                regs.gprs[Gpr::Rax as usize] = le(&mem[..half]);
+                                regs.gprs[Gpr::Rdx as usize] = le(&mem[half..2 * half]);
                             }
+                            let extra = std::format!(" succeed {succeed}");
+                            let at = (address, gpa_xor, within);
+                            form.races(&regs, &ram, at, &extra, |resumes, ours, what| {
+                                if resumes {
+                                    resumed += 1;
+                                } else {
+                                    let zf = ours.regs.rflags & (1 << 6) != 0;
+                                    assert_eq!(zf, succeed, "{what}: ZF");
+                                    failed += usize::from(!succeed);
+                                }
+                                taken += 1;
+                                locked += usize::from(lock);
+                                wide += usize::from(width == 16);
+                            });
                         }
                     }
                 }
@@ -711,6 +555,55 @@ fn integer_lane_wide_compare_exchange_in_every_mode() {
         taken > 300 && locked > 150 && wide > 50 && resumed > 10 && failed > 100,
         "{taken} taken, {locked} locked, {wide} 16-byte, {resumed} resumed, {failed} failed"
     );
+}
+
+/// A form of the LOCK and CMPXCHG8B/16B directed tests.
+struct Directed<'a> {
+    mode: CpuMode,
+    bytes: &'a [u8],
+    /// A LOCK prefix.
+    lock: bool,
+    /// Whether the lane must take the form (where the operand is within a
+    /// page at the exit GPA).
+    lanes: bool,
+}
+
+impl Directed<'_> {
+    /// [`directed`] on the form with the operand at `address` (linear and
+    /// guest-physical: identity paging), the exit GPA `address ^ gpa_xor`,
+    /// `within` a page or not, and no, one and every compare-and-write
+    /// lost (`ram` with [`TestRam::cas_mismatches`] 0, 1 and 100; with
+    /// every one lost, a locked form on RAM, not the device at
+    /// 0x1000-0x2FFF, resumes), each case named by [`case`], `extra` and
+    /// the mismatches. Calls `taken` with whether it resumed, the lane's
+    /// machine and the name for each case the lane takes.
+    fn races(
+        &self,
+        regs: &Registers,
+        ram: &TestRam,
+        (address, gpa_xor, within): (u64, u64, bool),
+        extra: &str,
+        mut taken: impl FnMut(bool, &Machine, &str),
+    ) {
+        let gpa = address ^ gpa_xor;
+        for mismatches in [0, 1, 100] {
+            let what = std::format!(
+                "{}{extra} mismatches {mismatches}",
+                case(self.mode, self.bytes, gpa)
+            );
+            let mut ram = ram.clone();
+            ram.cas_mismatches = mismatches;
+            let on_ram = !(0x1000..0x3000).contains(&address);
+            let resumes = self.lock && on_ram && mismatches == 100;
+            let takes = self.lanes && within;
+            let ours = directed(
+                regs, &ram, self.mode, gpa, self.bytes, &what, takes, resumes,
+            );
+            if let Some(ours) = ours {
+                taken(resumes, &ours, &what);
+            }
+        }
+    }
 }
 
 /// Which prefix a form of [`integer_lane_locked_forms_and_moves_in_every_mode`]
@@ -767,19 +660,9 @@ fn integer_lane_locked_forms_and_moves_in_every_mode() {
         (&[0x0F, 0xC3], 2, 0, false, Needs::NoLock), // MOVNTI r/m, DX
     ];
     let (mut taken, mut locked, mut resumed, mut moves) = (0, 0, 0, 0);
-    for mode in [
-        CpuMode::Long64,
-        CpuMode::Compat32,
-        CpuMode::Protected32,
-        CpuMode::Protected16,
-        CpuMode::Real,
-    ] {
+    for mode in LANE_MODES {
         let long = mode.is_64bit();
-        let rm = if mode.default_address_size() == 2 {
-            7
-        } else {
-            3
-        };
+        let rm = base_rm(mode);
         for &(opcode, reg, imm, byte, needs) in forms {
             let is_move = needs == Needs::NoLock;
             for lock in [false, true] {
@@ -798,13 +681,7 @@ fn integer_lane_locked_forms_and_moves_in_every_mode() {
                         } else {
                             4
                         };
-                        let mut bytes = Vec::new();
-                        if lock {
-                            bytes.push(0xF0);
-                        }
-                        bytes.extend(rex);
-                        bytes.extend_from_slice(opcode);
-                        bytes.push(md << 6 | reg << 3 | rm);
+                        let mut bytes = encode(lock, rex, opcode, md << 6 | reg << 3 | rm);
                         let imm_len = if imm == 4 && size == 2 { 2 } else { imm };
                         bytes.extend_from_slice(&[0x85, 0x3C, 0x00, 0x80][..usize::from(imm_len)]);
                         let lanes = match needs {
@@ -815,49 +692,20 @@ fn integer_lane_locked_forms_and_moves_in_every_mode() {
                         } && md == 0;
                         // MOVSXD reads 4 bytes whatever the operand size.
                         let access = if opcode == [0x63] { 4 } else { size };
-                        for (address, gpa_xor, within) in [
-                            (0x4010, 0, true),
-                            (0x1FF0 - access, 0, true),
-                            (0x5000 - access + 1, 0, false),
-                            (0x1000 - access / 2, 0, false),
-                            (0x4020, 0x10, false),
-                        ] {
-                            if access == 1 && !within && gpa_xor == 0 {
-                                continue;
-                            }
-                            for mismatches in [0, 1, 100] {
-                                let regs = plain_state(mode, cr3, address);
-                                let gpa = address ^ gpa_xor;
-                                let what = std::format!(
-                                    "{} mismatches {mismatches}",
-                                    case(mode, &bytes, gpa)
-                                );
-                                let mut ram = ram.clone();
-                                ram.cas_mismatches = mismatches;
-                                let mmio = RecordingMmio::default();
-                                let mut ours = Machine::new(&regs, &ram, &mmio);
-                                let got = lane_in_mode(&mut ours, mode, gpa, &bytes);
-                                if lanes && within {
-                                    let result = got.unwrap_or_else(|| panic!("{what}: declined"));
-                                    let mut general = Machine::new(&regs, &ram, &mmio);
-                                    assert_eq!(result, general.general(gpa, &bytes), "{what}");
-                                    ours.assert_same(&general, &what);
-                                    let on_ram = !(0x1000..0x3000).contains(&address);
-                                    if lock && on_ram && mismatches == 100 {
-                                        assert_eq!(result, Ok(Outcome::Resume), "{what}");
-                                        assert_eq!(ours.regs, regs, "{what}: nothing changes");
-                                        resumed += 1;
-                                    } else {
-                                        assert_eq!(result, Ok(Outcome::Done), "{what}");
-                                    }
-                                    taken += 1;
-                                    locked += usize::from(lock);
-                                    moves += usize::from(is_move);
-                                } else {
-                                    assert!(got.is_none(), "{what}: taken");
-                                    ours.assert_untouched(&regs, &what);
-                                }
-                            }
+                        let form = Directed {
+                            mode,
+                            bytes: &bytes,
+                            lock,
+                            lanes,
+                        };
+                        for at in placements(access) {
+                            let regs = plain_state(mode, cr3, at.0);
+                            form.races(&regs, &ram, at, "", |resumes, _, _| {
+                                resumed += usize::from(resumes);
+                                taken += 1;
+                                locked += usize::from(lock);
+                                moves += usize::from(is_move);
+                            });
                         }
                     }
                 }

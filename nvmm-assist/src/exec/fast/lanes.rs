@@ -589,12 +589,15 @@ mod tests {
 
     use std::vec::Vec;
 
-    use super::super::lane_harness::{Machine, case};
+    use super::super::lane_harness::{
+        Machine, SegmentDraw, by_address_size, case, each_lane_mode, exit_gpa, form_linear,
+        mode_registers, push_modrm_and_tail, random_mod, random_rip_and_flags, random_segments,
+    };
     use super::{Lane, lane, run_int, run_mov, run_stack};
     use crate::FetchCache;
     use crate::mode::CpuMode;
-    use crate::testutil::{RecordingMmio, Rng, TEST_VENDOR, TestRam};
-    use crate::{Registers, Segment, SegmentAttributes};
+    use crate::testutil::{RecordingMmio, Rng, TestRam};
+    use crate::{Registers, Segment};
 
     #[test]
     fn lanes_pick_their_first_bytes() {
@@ -723,47 +726,28 @@ mod tests {
         if op == 0x0F {
             v.push([0xB6, 0xB7, 0xBE, 0xBF, 0xAF, 0x7F][rng.below(6) as usize]);
         }
-        let md = if rng.below(16) == 0 {
-            3
-        } else {
-            rng.below(3) as u8
-        };
+        let md = random_mod(rng);
         let reg = if rng.below(2) == 0 {
             0
         } else {
             rng.below(8) as u8
         };
-        v.push(md << 6 | reg << 3 | rng.below(8) as u8);
-        for _ in 0..10 {
-            let b = rng.next() as u8;
-            v.push(if rng.below(2) == 0 { b & 0x0F } else { b });
-        }
-        let keep = v.len() - rng.below(3) as usize * rng.below(5) as usize;
-        v.truncate(keep);
+        push_modrm_and_tail(rng, &mut v, md, reg, 5);
         v
     }
 
+    /// A state of `mode` with random registers, flags and (outside 64-bit
+    /// mode) DS and SS bases and limits.
     fn state(rng: &mut Rng, mode: CpuMode) -> Registers {
-        let mut regs = match mode {
-            CpuMode::Long64 => Registers::long_mode(TEST_VENDOR, 0x20000, 0, 0),
-            CpuMode::Compat32 => Registers::compat_mode(TEST_VENDOR, 0x20000, 0, 0),
-            CpuMode::Protected32 | CpuMode::Protected16 => Registers::flat_protected32(TEST_VENDOR),
-            _ => Registers::real_mode(TEST_VENDOR),
+        let mut regs = mode_registers(mode, 0x20000);
+        let draw = SegmentDraw {
+            segments: &[Segment::Ds, Segment::Ss],
+            limits: &[0xFFF, 0x1FFF, 0xFFFF],
+            db: false,
+            type_one_in: 0,
+            types: &[],
         };
-        if mode == CpuMode::Protected16 {
-            regs.segments[Segment::Cs as usize].attributes = SegmentAttributes::code16();
-        }
-        if !mode.is_64bit() {
-            for s in [Segment::Ds, Segment::Ss] {
-                let r = &mut regs.segments[s as usize];
-                if rng.below(4) == 0 {
-                    r.base = 0x400 * rng.below(8);
-                }
-                if rng.below(4) == 0 {
-                    r.limit = [0xFFF, 0x1FFF, 0xFFFF][rng.below(3) as usize];
-                }
-            }
-        }
+        random_segments(rng, mode, &mut regs, &draw);
         for g in regs.gprs.iter_mut() {
             *g = match rng.below(3) {
                 0 => rng.below(0x400),
@@ -771,24 +755,7 @@ mod tests {
                 _ => rng.next(),
             };
         }
-        regs.rip = 0x1000 + rng.below(0x100);
-        if !mode.is_64bit() && rng.below(16) == 0 {
-            regs.rip = if mode.default_size() == 2 {
-                0xFFF8
-            } else {
-                0xFFFF_FFF8
-            };
-        }
-        regs.rflags = 2 | (rng.next() & 0x8D5) | if rng.below(8) == 0 { 1 << 18 } else { 0 };
-        if rng.below(4) == 0 {
-            regs.rflags |= 1 << 16; // RF
-        }
-        if rng.below(8) == 0 {
-            regs.cr0 |= 1 << 18; // CR0.AM: with AC and CPL 3, #AC
-            if !mode.is_real_or_v86() {
-                regs = regs.at_cpl(3);
-            }
-        }
+        random_rip_and_flags(rng, mode, &mut regs, 0x1000);
         regs
     }
 
@@ -803,23 +770,8 @@ mod tests {
             assert_eq!(CpuMode::of(&regs), mode);
             // The exit GPA at the page offset of the decoded linear
             // address (an MMIO page), else anywhere.
-            let linear = super::super::decode_form::<ADDR, false, _>(&regs, mode, &bytes)
-                .map(|f| {
-                    if mode.is_64bit() {
-                        f.offset
-                    } else {
-                        regs.segments[f.segment as usize]
-                            .base
-                            .wrapping_add(f.offset)
-                    }
-                })
-                .unwrap_or(0);
-            let page = 0x1_0000_0000;
-            let gpa = if rng.below(16) == 0 {
-                page + rng.below(0x1000)
-            } else {
-                page + (linear & 0xFFF)
-            };
+            let linear = form_linear::<ADDR, false>(&regs, mode, &bytes);
+            let gpa = exit_gpa(rng, 0x1_0000_0000, linear);
             let what = case(mode, &bytes, gpa);
             let ram = TestRam::new(0x10000);
             let mmio = RecordingMmio {
@@ -873,18 +825,9 @@ mod tests {
             ];
             v.push(ops2[rng.below(ops2.len() as u64) as usize]);
         }
-        let md = if rng.below(16) == 0 {
-            3
-        } else {
-            rng.below(3) as u8
-        };
-        v.push(md << 6 | (rng.below(8) as u8) << 3 | rng.below(8) as u8);
-        for _ in 0..10 {
-            let b = rng.next() as u8;
-            v.push(if rng.below(2) == 0 { b & 0x0F } else { b });
-        }
-        let keep = v.len() - rng.below(3) as usize * rng.below(5) as usize;
-        v.truncate(keep);
+        let md = random_mod(rng);
+        let reg = rng.below(8) as u8;
+        push_modrm_and_tail(rng, &mut v, md, reg, 5);
         v
     }
 
@@ -899,28 +842,14 @@ mod tests {
         for _ in 0..iterations {
             let bytes = random_int(rng, mode.is_64bit());
             let regs = state(rng, mode);
-            let linear = super::super::decode_form::<ADDR, true, _>(&regs, mode, &bytes)
-                .map(|f| {
-                    if mode.is_64bit() {
-                        f.offset
-                    } else {
-                        regs.segments[f.segment as usize]
-                            .base
-                            .wrapping_add(f.offset)
-                    }
-                })
-                .unwrap_or(0);
+            let linear = form_linear::<ADDR, true>(&regs, mode, &bytes);
             // RAM (the locked compare-and-write) or a device.
             let page = if rng.below(4) == 0 {
                 0x8000
             } else {
                 0x1_0000_0000
             };
-            let gpa = if rng.below(16) == 0 {
-                page + rng.below(0x1000)
-            } else {
-                page + (linear & 0xFFF)
-            };
+            let gpa = exit_gpa(rng, page, linear);
             let mut ram = TestRam::new(0x10000);
             let seed = rng.next();
             for (k, b) in ram.mem[0x8000..0x9000].iter_mut().enumerate() {
@@ -955,51 +884,26 @@ mod tests {
 
     #[test]
     fn int_and_stack_lanes_are_the_full_fast_path() {
-        let iterations = if cfg!(debug_assertions) {
-            3_000
-        } else {
-            30_000
-        };
-        let mut rng = Rng(0x1A7E_5EED_0BAD_CAFE);
-        for mode in [
-            CpuMode::Long64,
-            CpuMode::Compat32,
-            CpuMode::Protected32,
-            CpuMode::Protected16,
-            CpuMode::Real,
-        ] {
-            let taken = match mode.default_address_size() {
-                8 => compare_int::<8>(&mut rng, mode, iterations),
-                4 => compare_int::<4>(&mut rng, mode, iterations),
-                _ => compare_int::<2>(&mut rng, mode, iterations),
-            };
-            // (The integer lane takes its own forms only, not the ALU
-            // ones without LOCK that the generator also makes.)
-            assert!(taken > iterations / 20, "{mode:?}: the lanes took {taken}");
-        }
+        // (More than one case in 20: the integer lane takes its own forms
+        // only, not the ALU ones without LOCK that the generator also
+        // makes.)
+        each_lane_mode(
+            0x1A7E_5EED_0BAD_CAFE,
+            3_000,
+            30_000,
+            20,
+            |rng, mode, n| by_address_size!(mode, A => compare_int::<A>(rng, mode, n)),
+        );
     }
 
     #[test]
     fn mov_lane_is_the_mov_decoder_and_executor() {
-        let iterations = if cfg!(debug_assertions) {
-            3_000
-        } else {
-            30_000
-        };
-        let mut rng = Rng(0x0DDB_A11C_0FFE_E123);
-        for mode in [
-            CpuMode::Long64,
-            CpuMode::Compat32,
-            CpuMode::Protected32,
-            CpuMode::Protected16,
-            CpuMode::Real,
-        ] {
-            let taken = match mode.default_address_size() {
-                8 => compare::<8>(&mut rng, mode, iterations),
-                4 => compare::<4>(&mut rng, mode, iterations),
-                _ => compare::<2>(&mut rng, mode, iterations),
-            };
-            assert!(taken > iterations / 10, "{mode:?}: the lane took {taken}");
-        }
+        each_lane_mode(
+            0x0DDB_A11C_0FFE_E123,
+            3_000,
+            30_000,
+            10,
+            |rng, mode, n| by_address_size!(mode, A => compare::<A>(rng, mode, n)),
+        );
     }
 }

@@ -846,12 +846,14 @@ mod tests {
     use std::format;
     use std::string::String;
 
-    use super::lane_harness::{Machine, case};
-    use crate::decode::{Mnemonic, Operand, decode};
+    use super::lane_harness::{
+        LANE_MODES, Machine, SegmentDraw, accumulator_matches, addresses, by_address_size, case,
+        identity_ram, mode_registers, push_modrm_and_tail, random_mod, random_rip, random_segments,
+    };
+    use crate::decode::decode;
     use crate::mode::CpuMode;
-    use crate::testutil::{Layout, PageTables, RecordingMmio, Rng, TEST_VENDOR, TestRam, pte};
-    use crate::{Gpr, Outcome};
-    use crate::{Registers, Segment, SegmentAttributes};
+    use crate::testutil::{MODES, RecordingMmio, Rng};
+    use crate::{Outcome, Registers, Segment};
 
     const OPCODES: &[&[u8]] = &[
         &[0x88],
@@ -960,139 +962,24 @@ mod tests {
             _ => {}
         }
         v.extend_from_slice(OPCODES[rng.below(OPCODES.len() as u64) as usize]);
-        // Mostly memory forms; mod 3 sometimes.
-        let md = if rng.below(16) == 0 {
-            3
-        } else {
-            rng.below(3) as u8
-        };
+        let md = random_mod(rng);
         let mut reg = rng.below(8) as u8;
         match rng.below(4) {
             0 => reg = 0, // C6/C7 /0 more often
             1 => reg = 1, // and 0F C7 /1
             _ => {}
         }
-        v.push(md << 6 | reg << 3 | rng.below(8) as u8);
-        // Enough trailing bytes for SIB, displacement and immediate.
-        for _ in 0..10 {
-            let b = rng.next() as u8;
-            v.push(if rng.below(2) == 0 { b & 0x0F } else { b });
-        }
-        let keep = v.len() - rng.below(3) as usize * rng.below(4) as usize;
-        v.truncate(keep);
+        push_modrm_and_tail(rng, &mut v, md, reg, 4);
         v
-    }
-
-    /// The effective address (offset) and linear address the general
-    /// decoder says the instruction accesses, computed here from the
-    /// decoded operand independently of both paths (segment checks left
-    /// out: the linear address is base + offset).
-    fn addresses(bytes: &[u8], regs: &Registers, mode: CpuMode) -> Option<(u64, u64)> {
-        let insn = decode(bytes, mode).ok()?;
-        let m = insn.operands.iter().find_map(|o| match o {
-            Operand::Mem(m) => Some(*m),
-            _ => None,
-        })?;
-        let mut ea = if m.rip_relative {
-            regs.rip.wrapping_add(u64::from(insn.len))
-        } else {
-            0
-        };
-        if let Some(b) = m.base {
-            ea = ea.wrapping_add(regs.gprs[b as usize]);
-        }
-        if let Some(i) = m.index {
-            ea = ea.wrapping_add(regs.gprs[i as usize].wrapping_mul(u64::from(m.scale)));
-        }
-        ea = ea.wrapping_add(m.disp as u64);
-        let amask = match insn.address_size {
-            2 => 0xFFFF,
-            4 => 0xFFFF_FFFF,
-            _ => u64::MAX,
-        };
-        ea &= amask;
-        // BT* with a register bit offset: the offset moves the access.
-        let mut accessed = ea;
-        if let (Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc, Operand::Reg(r)) =
-            (insn.mnemonic, insn.operands[1])
-        {
-            let raw = regs.gprs[r.gpr as usize] & crate::flags::size_mask(insn.operand_size);
-            let (_, d) = crate::exec::bits::register_offset(raw, insn.operand_size);
-            accessed = ea.wrapping_add(d as u64) & amask;
-        }
-        let seg = regs.segments[m.segment as usize];
-        let linear = if mode.is_64bit() {
-            if matches!(m.segment, Segment::Fs | Segment::Gs) {
-                seg.base.wrapping_add(accessed)
-            } else {
-                accessed
-            }
-        } else {
-            seg.base.wrapping_add(accessed) & 0xFFFF_FFFF
-        };
-        Some((ea, linear))
     }
 
     /// A state of `mode` (paging identity-maps the first 0x20 pages where
     /// the mode pages), with random segment bases, limits and types on the
     /// data segments outside 64-bit mode (FS/GS bases in 64-bit mode).
     fn random_state(rng: &mut Rng, mode: CpuMode, cr3: u64) -> Registers {
-        let mut regs = match mode {
-            CpuMode::Long64 => Registers::long_mode(TEST_VENDOR, cr3, 0, 0),
-            CpuMode::Compat32 | CpuMode::Compat16 => Registers::compat_mode(TEST_VENDOR, cr3, 0, 0),
-            CpuMode::Protected32 => Registers::flat_protected32(TEST_VENDOR),
-            _ => Registers::real_mode(TEST_VENDOR),
-        };
-        if mode == CpuMode::Protected16 {
-            regs = Registers::flat_protected32(TEST_VENDOR);
-            regs.segments[Segment::Cs as usize].attributes = SegmentAttributes::code16();
-        }
-        if mode == CpuMode::Compat16 {
-            regs.segments[Segment::Cs as usize].attributes = SegmentAttributes::code16();
-        }
-        if mode == CpuMode::Virtual8086 {
-            // Real-mode segments under CR0.PE (RFLAGS.VM below): CPL 3.
-            regs.cr0 |= 1;
-        }
-        for s in [
-            Segment::Es,
-            Segment::Ss,
-            Segment::Ds,
-            Segment::Fs,
-            Segment::Gs,
-        ] {
-            let r = &mut regs.segments[s as usize];
-            if mode.is_64bit() {
-                if matches!(s, Segment::Fs | Segment::Gs) && rng.below(2) == 0 {
-                    r.base = 0x800 * rng.below(4);
-                }
-                continue;
-            }
-            if rng.below(4) == 0 {
-                r.base = 0x400 * rng.below(8);
-            }
-            if rng.below(4) == 0 {
-                r.limit = [0xFFF, 0x17FF, 0x1FFF, 0xFFFF][rng.below(4) as usize];
-            }
-            if !mode.is_real_or_v86() && rng.below(8) == 0 {
-                r.attributes = r.attributes.with_type(
-                    [
-                        SegmentAttributes::TYPE_DATA_READ_ONLY,
-                        SegmentAttributes::TYPE_DATA_EXPAND_DOWN,
-                        SegmentAttributes::TYPE_CODE_EXECUTE_ONLY,
-                    ][rng.below(3) as usize],
-                );
-            }
-        }
-        regs.rip = 0x10000 + rng.below(0x100);
-        if !mode.is_64bit() && rng.below(16) == 0 {
-            // Near the wrap of the instruction pointer.
-            regs.rip = if mode.default_size() == 2 {
-                0xFFF8
-            } else {
-                0xFFFF_FFF8
-            };
-        }
+        let mut regs = mode_registers(mode, cr3);
+        random_segments(rng, mode, &mut regs, &SegmentDraw::data_segments(false, 8));
+        random_rip(rng, mode, &mut regs, 0x10000);
         for g in regs.gprs.iter_mut() {
             *g = match rng.below(4) {
                 0 => rng.below(0x400),
@@ -1118,27 +1005,6 @@ mod tests {
         regs
     }
 
-    /// The `n` bytes a read at `gpa` returns (RAM, or the test device).
-    fn memory_at(ram: &TestRam, gpa: u64, n: usize) -> Vec<u8> {
-        (0..n as u64)
-            .map(|i| gpa.wrapping_add(i))
-            .map(|a| {
-                if ram.holes.iter().any(|&(s, e)| (s..e).contains(&a)) {
-                    RecordingMmio::byte_at(a)
-                } else {
-                    ram.mem.get(a as usize).copied().unwrap_or(0)
-                }
-            })
-            .collect()
-    }
-
-    fn le(bytes: &[u8]) -> u64 {
-        bytes
-            .iter()
-            .rev()
-            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
-    }
-
     /// Iterations per mode: `FAST_DIFF_ITERATIONS` (default 30 000).
     fn iterations() -> usize {
         std::env::var("FAST_DIFF_ITERATIONS")
@@ -1153,13 +1019,7 @@ mod tests {
     #[test]
     fn the_mov_decoders_hint_covers_every_integer_form() {
         let mut rng = Rng(0x0DEC_0DE5_1234_5678);
-        for mode in [
-            CpuMode::Long64,
-            CpuMode::Compat32,
-            CpuMode::Protected32,
-            CpuMode::Protected16,
-            CpuMode::Real,
-        ] {
+        for mode in LANE_MODES {
             let mut taken = 0;
             for _ in 0..20_000 {
                 let bytes = random_instruction(&mut rng);
@@ -1169,20 +1029,10 @@ mod tests {
                 };
                 let gpa = if rng.below(32) == 0 { lin ^ 8 } else { lin };
                 let mut hint = false;
-                let (mov, full) = match mode.default_address_size() {
-                    8 => (
-                        super::decode_with::<8, false, _>(&regs, mode, gpa, &bytes, &mut hint),
-                        super::decode::<8, true, _>(&regs, mode, gpa, &bytes),
-                    ),
-                    4 => (
-                        super::decode_with::<4, false, _>(&regs, mode, gpa, &bytes, &mut hint),
-                        super::decode::<4, true, _>(&regs, mode, gpa, &bytes),
-                    ),
-                    _ => (
-                        super::decode_with::<2, false, _>(&regs, mode, gpa, &bytes, &mut hint),
-                        super::decode::<2, true, _>(&regs, mode, gpa, &bytes),
-                    ),
-                };
+                let (mov, full) = by_address_size!(mode, A => (
+                    super::decode_with::<A, false, _>(&regs, mode, gpa, &bytes, &mut hint),
+                    super::decode::<A, true, _>(&regs, mode, gpa, &bytes),
+                ));
                 if mov.is_none() && full.is_some() {
                     taken += 1;
                     assert!(hint, "{mode:?} {bytes:02x?}: no hint");
@@ -1207,34 +1057,19 @@ mod tests {
 
     #[test]
     fn fast_path_matches_the_general_path_in_every_mode() {
-        let mut ram = TestRam::new(0x40000).hole(0x1000, 0x3000);
-        let mut pt = PageTables::new(Layout::Level4, 0x20000);
-        for page in 0..0x20u64 {
-            pt.map(&mut ram, page * 4096, page * 4096, 1, pte::PWU);
-        }
         let mut rng = Rng(0x1234_5678_9ABC_DEF1);
         // Random RAM below the page tables, so that bit tests, compares
         // and exchanges see varied values.
-        for b in ram.mem.iter_mut().take(0x20000) {
-            *b = rng.next() as u8;
-        }
+        let (ram, cr3) = identity_ram(&mut rng);
         // The integer forms (and LOCK) the fast path handled, and whether
         // a locked one lost every race (Resume) on it.
         let mut int_forms: BTreeSet<String> = BTreeSet::new();
         let mut resumed = 0;
-        for mode in [
-            CpuMode::Long64,
-            CpuMode::Compat32,
-            CpuMode::Protected32,
-            CpuMode::Protected16,
-            CpuMode::Compat16,
-            CpuMode::Virtual8086,
-            CpuMode::Real,
-        ] {
+        for mode in MODES {
             let mut handled = 0;
             for _ in 0..iterations() {
                 let bytes = random_instruction(&mut rng);
-                let mut regs = random_state(&mut rng, mode, pt.cr3());
+                let mut regs = random_state(&mut rng, mode, cr3);
                 assert_eq!(CpuMode::of(&regs), mode);
                 let Some((_, lin)) = addresses(&bytes, &regs, mode) else {
                     continue;
@@ -1242,10 +1077,7 @@ mod tests {
                 if rng.below(3) == 0 {
                     // rDX:rAX (and rAX) equal to the operand: CMPXCHG*
                     // succeeds.
-                    let mem = memory_at(&ram, lin, 16);
-                    let half = if rng.below(2) == 0 { 4 } else { 8 };
-                    regs.gprs[Gpr::Rax as usize] = le(&mem[..half]);
-                    regs.gprs[Gpr::Rdx as usize] = le(&mem[half..2 * half]);
+                    accumulator_matches(&mut rng, &mut regs, &ram, lin);
                 }
                 // (Again: rAX or rDX may be in the address.)
                 let Some((ea, lin)) = addresses(&bytes, &regs, mode) else {
@@ -1276,20 +1108,15 @@ mod tests {
                         "{what}: a failure changes no register"
                     );
                 }
-                let decoded = match mode.default_address_size() {
-                    8 => super::decode::<8, true, _>(&regs, mode, gpa, &bytes).is_some(),
-                    4 => super::decode::<4, true, _>(&regs, mode, gpa, &bytes).is_some(),
-                    _ => super::decode::<2, true, _>(&regs, mode, gpa, &bytes).is_some(),
-                };
+                let (decoded, form) = by_address_size!(mode, A => (
+                    super::decode::<A, true, _>(&regs, mode, gpa, &bytes).is_some(),
+                    super::decode_form::<A, true, _>(&regs, mode, &bytes),
+                ));
                 if decoded {
                     handled += 1;
-                    let form = match mode.default_address_size() {
-                        8 => super::decode_form::<8, true, _>(&regs, mode, &bytes),
-                        4 => super::decode_form::<4, true, _>(&regs, mode, &bytes),
-                        _ => super::decode_form::<2, true, _>(&regs, mode, &bytes),
-                    };
-                    if let Some(f) =
-                        form.filter(|f| matches!(f.kind, super::Kind::Int(_)) || f.lock)
+                    if let Some(f) = form
+                        .as_ref()
+                        .filter(|f| matches!(f.kind, super::Kind::Int(_)) || f.lock)
                     {
                         let lock = if f.lock { "lock " } else { "" };
                         int_forms.insert(format!("{lock}{:?}", f.op));
@@ -1300,11 +1127,6 @@ mod tests {
                 }
                 // Whatever the exit says, a form the fast path takes must
                 // have the general decoder's address, segment and length.
-                let form = match mode.default_address_size() {
-                    8 => super::decode_form::<8, true, _>(&regs, mode, &bytes),
-                    4 => super::decode_form::<4, true, _>(&regs, mode, &bytes),
-                    _ => super::decode_form::<2, true, _>(&regs, mode, &bytes),
-                };
                 if let Some(f) = form {
                     let insn = decode(&bytes, mode).expect("general decode");
                     let m = insn.memory_operand().expect("memory operand");
