@@ -233,3 +233,30 @@ pub(crate) fn executable_of(line: &str) -> Option<Executable> {
         path,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The collector keeps the executables of the artifact messages,
+    /// passes over every other line, and hands a failed exit back to the
+    /// caller (which words the error); a command that cannot start is an
+    /// error naming it.
+    #[test]
+    fn run_for_executables_collects_artifacts_and_the_exit_status() {
+        let artifact = r#"{"reason":"compiler-artifact","executable":"/t/suite-1","target":{"kind":["test"],"name":"suite"},"profile":{"test":true}}"#;
+        let script = format!(
+            "echo '{artifact}'; echo 'not json'; echo '{{\"reason\":\"build-finished\"}}'; exit 3"
+        );
+        let (executables, status) =
+            run_for_executables(Command::new("sh").args(["-c", &script]), "sh").unwrap();
+        assert_eq!(executables.len(), 1);
+        let e = &executables[0];
+        assert_eq!((e.kind.as_str(), e.name.as_str()), ("test", "suite"));
+        assert_eq!(e.path, PathBuf::from("/t/suite-1"));
+        assert_eq!(status.code(), Some(3));
+
+        let missing = run_for_executables(&mut Command::new("/nonexistent/cargo"), "cargo x");
+        assert!(missing.is_err_and(|e| e.0.starts_with("cannot run cargo x: ")));
+    }
+}
