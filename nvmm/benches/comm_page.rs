@@ -49,6 +49,10 @@ impl MmioBus for Sink {
 
 const EXITS: u64 = 10_000;
 const ITERS: u64 = 20_000_000;
+/// The guest RAM: one area at GPA 0.
+const RAM_SIZE: usize = 0x10000;
+/// Real-mode `mov [0x300], al`, which writes MMIO at GPA 0xfee00300.
+const MOV_TO_MMIO: [u8; 3] = [0xA2, 0x00, 0x03];
 
 /// `COMM_PAGE_BENCH_SCALE=<n>` divides the iteration counts by `n` (for
 /// profiling under callgrind).
@@ -111,6 +115,71 @@ impl nvmm::nvmm_assist::GuestRam for PlainRam {
     }
 }
 
+/// The plain-struct rows' state: the VCPU's registers copied into a plain
+/// struct, guest RAM like the machine's, and a fetch cache of their own.
+fn plain_state(
+    vcpu: &mut nvmm::Vcpu,
+) -> Result<
+    (
+        nvmm::nvmm_assist::Registers,
+        PlainRam,
+        nvmm::nvmm_assist::FetchCache,
+    ),
+    nvmm::Error,
+> {
+    let ram = PlainRam {
+        gpa: 0,
+        mem: vec![0; RAM_SIZE],
+    };
+    Ok((
+        plain_registers(vcpu)?,
+        ram,
+        nvmm::nvmm_assist::FetchCache::new(),
+    ))
+}
+
+/// The plain-struct memory assist on `Sink`, as both plain rows time it
+/// (inlined, so that the rows time the call itself and not this one).
+#[inline(always)]
+fn assist_mem_plain(
+    regs: &mut nvmm::nvmm_assist::Registers,
+    ram: &mut PlainRam,
+    exit: &nvmm::nvmm_assist::MemExit<'_>,
+    cache: &mut nvmm::nvmm_assist::FetchCache,
+) {
+    nvmm::nvmm_assist::assist_mem_cached(regs, ram, &mut Sink, exit, cache).expect("assist");
+}
+
+/// `exit` with the guest's RIP at 0x1000 when it is taken.
+fn at_rip_1000(exit: ScriptedExit) -> ScriptedExit {
+    exit.with_guest(|hw| {
+        hw.gprs[nvmm::nvmm_sys::NVMM_X64_GPR_RIP] = 0x1000;
+    })
+}
+
+/// Handles `EXITS` exits that `exit` makes, each with `handle` then a run
+/// (after a first run to the first of them); ns and syscalls per exit.
+fn per_exit(
+    model: &KernelModel,
+    vcpu: &mut nvmm::Vcpu,
+    exit: impl Fn() -> ScriptedExit,
+    mut handle: impl FnMut(&mut nvmm::Vcpu) -> Result<nvmm::Outcome, nvmm::Error>,
+) -> Result<(f64, f64), nvmm::Error> {
+    for _ in 0..=EXITS {
+        model.push_exit(vcpu.machine_id(), vcpu.id(), at_rip_1000(exit()));
+    }
+    vcpu.run()?;
+    let start = model.syscalls();
+    let t = Instant::now();
+    for _ in 0..EXITS {
+        handle(vcpu)?;
+        vcpu.run()?;
+    }
+    let ns = t.elapsed().as_nanos() as f64 / EXITS as f64;
+    let syscalls = (model.syscalls() - start) as f64 / EXITS as f64;
+    Ok((ns, syscalls))
+}
+
 /// The VCPU's registers copied into a plain struct.
 fn plain_registers(vcpu: &mut nvmm::Vcpu) -> Result<nvmm::nvmm_assist::Registers, nvmm::Error> {
     use nvmm::nvmm_assist::{Registers, SegmentAttributes, SegmentRegister};
@@ -169,6 +238,14 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// Prints the row `label` with the median of `rounds` to `decimals`
+/// places, if the row ran.
+fn print_median(label: &str, rounds: &mut [f64], decimals: usize) {
+    if !rounds.is_empty() {
+        println!("  {label}{:.decimals$}", median(rounds));
+    }
+}
+
 fn main() -> Result<(), nvmm::Error> {
     let model = KernelModel::new();
     let nvmm = Nvmm::open_with(model.clone(), OpenMode::User)?;
@@ -176,7 +253,6 @@ fn main() -> Result<(), nvmm::Error> {
     let mut vcpu = machine.create_vcpu(0)?;
     let id = machine.id();
 
-    const RAM_SIZE: usize = 0x10000;
     let ram = machine.hva_map(RAM_SIZE)?;
     machine.gpa_map(&ram, 0, 0, RAM_SIZE as u64, Prot::ALL)?;
     let mut cs = vcpu.segs()?.get(Seg::Cs);
@@ -188,45 +264,20 @@ fn main() -> Result<(), nvmm::Error> {
     if enabled("exits") {
         // I/O exits (`out 0x80, al`), each handled by the I/O assist:
         // getstate of the provided classes, emulate, setstate, run.
-        for _ in 0..=EXITS {
-            model.push_exit(
-                id,
-                0,
-                ScriptedExit::io(0x80, false, 1, 0x1002).with_guest(|hw| {
-                    hw.gprs[nvmm::nvmm_sys::NVMM_X64_GPR_RIP] = 0x1000;
-                }),
-            );
-        }
-        vcpu.run()?;
-        let start = model.syscalls();
-        let t = Instant::now();
-        for _ in 0..EXITS {
-            vcpu.assist_io(&mut Sink, &mut Sink)?;
-            vcpu.run()?;
-        }
-        let io_ns = t.elapsed().as_nanos() as f64 / EXITS as f64;
-        let io_syscalls = (model.syscalls() - start) as f64 / EXITS as f64;
-
+        let (io_ns, io_syscalls) = per_exit(
+            &model,
+            &mut vcpu,
+            || ScriptedExit::io(0x80, false, 1, 0x1002),
+            |v| v.assist_io(&mut Sink, &mut Sink),
+        )?;
         // Memory exits (`mov [0x300], al` to MMIO), handled by the memory
         // assist.
-        for _ in 0..=EXITS {
-            model.push_exit(
-                id,
-                0,
-                ScriptedExit::memory(0xfee0_0300, true, &[0xA2, 0x00, 0x03]).with_guest(|hw| {
-                    hw.gprs[nvmm::nvmm_sys::NVMM_X64_GPR_RIP] = 0x1000;
-                }),
-            );
-        }
-        vcpu.run()?;
-        let start = model.syscalls();
-        let t = Instant::now();
-        for _ in 0..EXITS {
-            vcpu.assist_mem(&mut Sink)?;
-            vcpu.run()?;
-        }
-        let mem_ns = t.elapsed().as_nanos() as f64 / EXITS as f64;
-        let mem_syscalls = (model.syscalls() - start) as f64 / EXITS as f64;
+        let (mem_ns, mem_syscalls) = per_exit(
+            &model,
+            &mut vcpu,
+            || ScriptedExit::memory(0xfee0_0300, true, &MOV_TO_MMIO),
+            |v| v.assist_mem(&mut Sink),
+        )?;
         println!("  syscalls per handled I/O exit      {io_syscalls:.3}");
         println!("  syscalls per handled memory exit   {mem_syscalls:.3}");
         println!("  ns per I/O exit, assist + model run {io_ns:.1}");
@@ -258,23 +309,16 @@ fn main() -> Result<(), nvmm::Error> {
             model.push_exit(
                 id,
                 0,
-                ScriptedExit::memory(0xfee0_0300, true, &[0xA2, 0x00, 0x03]).with_guest(|hw| {
-                    hw.gprs[nvmm::nvmm_sys::NVMM_X64_GPR_RIP] = 0x1000;
-                }),
+                at_rip_1000(ScriptedExit::memory(0xfee0_0300, true, &MOV_TO_MMIO)),
             );
             vcpu.run()?;
         }
         let before = model.syscalls();
-        let mut regs = plain_registers(&mut vcpu)?;
-        let mut plain_ram = PlainRam {
-            gpa: 0,
-            mem: vec![0; RAM_SIZE],
-        };
-        let mut plain_cache = nvmm::nvmm_assist::FetchCache::new();
+        let (mut regs, mut plain_ram, mut plain_cache) = plain_state(&mut vcpu)?;
         let exit = nvmm::nvmm_assist::MemExit {
             gpa: 0xfee0_0300,
             access: nvmm::nvmm_assist::AccessType::Write,
-            instruction: &[0xA2, 0x00, 0x03],
+            instruction: &MOV_TO_MMIO,
         };
         let (mut pages, mut structs, mut decoded) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..15 {
@@ -288,14 +332,7 @@ fn main() -> Result<(), nvmm::Error> {
             if enabled("assist-struct") {
                 regs.rip = 0x1000;
                 structs.push(ns_per(iters, |_| {
-                    nvmm::nvmm_assist::assist_mem_cached(
-                        &mut regs,
-                        &mut plain_ram,
-                        &mut Sink,
-                        &exit,
-                        &mut plain_cache,
-                    )
-                    .expect("assist");
+                    assist_mem_plain(&mut regs, &mut plain_ram, &exit, &mut plain_cache);
                 }));
                 assert_eq!(regs.rip, 0x1000 + 3 * iters);
             }
@@ -317,32 +354,16 @@ fn main() -> Result<(), nvmm::Error> {
                         },
                         instruction: m.instruction,
                     };
-                    nvmm::nvmm_assist::assist_mem_cached(
-                        &mut regs,
-                        &mut plain_ram,
-                        &mut Sink,
-                        &exit,
-                        &mut plain_cache,
-                    )
-                    .expect("assist");
+                    assist_mem_plain(&mut regs, &mut plain_ram, &exit, &mut plain_cache);
                 }));
                 assert_eq!(regs.rip, 0x1000 + 3 * iters);
             }
         }
         assert_eq!(model.syscalls(), before, "the assist made a syscall");
         println!("  assist_mem calls per row            {}", 15 * iters);
-        if !pages.is_empty() {
-            let on_page = median(&mut pages);
-            println!("  ns assist_mem on the comm page      {on_page:.1}");
-        }
-        if !structs.is_empty() {
-            let on_struct = median(&mut structs);
-            println!("  ns assist_mem on a plain struct     {on_struct:.1}");
-        }
-        if !decoded.is_empty() {
-            let on_struct = median(&mut decoded);
-            println!("  ns ... plain struct, exit from last_exit {on_struct:.1}");
-        }
+        print_median("ns assist_mem on the comm page      ", &mut pages, 1);
+        print_median("ns assist_mem on a plain struct     ", &mut structs, 1);
+        print_median("ns ... plain struct, exit from last_exit ", &mut decoded, 1);
         if !pages.is_empty() && !structs.is_empty() {
             let (on_page, on_struct) = (median(&mut pages), median(&mut structs));
             println!(
@@ -417,11 +438,7 @@ fn main() -> Result<(), nvmm::Error> {
         // Decoding the last exit (a memory exit) as a VMM's exit loop
         // does: match on the kind, use the fields.
         if !matches!(vcpu.last_exit(), nvmm::Exit::Memory(_)) {
-            model.push_exit(
-                id,
-                0,
-                ScriptedExit::memory(0xfee0_0300, true, &[0xA2, 0x00, 0x03]),
-            );
+            model.push_exit(id, 0, ScriptedExit::memory(0xfee0_0300, true, &MOV_TO_MMIO));
             vcpu.run()?;
         }
         let mut rounds = Vec::new();
@@ -448,21 +465,10 @@ fn main() -> Result<(), nvmm::Error> {
         // row is `Vcpu::assist_io` as a VMM calls it: its overhead is the
         // cached-state check, decoding the exit and the guest-RAM
         // bookkeeping, as in the `assist_mem` rows.
-        model.push_exit(
-            id,
-            0,
-            ScriptedExit::io(0x80, false, 1, 0x1002).with_guest(|hw| {
-                hw.gprs[nvmm::nvmm_sys::NVMM_X64_GPR_RIP] = 0x1000;
-            }),
-        );
+        model.push_exit(id, 0, at_rip_1000(ScriptedExit::io(0x80, false, 1, 0x1002)));
         vcpu.run()?;
         let before = model.syscalls();
-        let mut regs = plain_registers(&mut vcpu)?;
-        let mut plain_ram = PlainRam {
-            gpa: 0,
-            mem: vec![0; RAM_SIZE],
-        };
-        let mut plain_cache = nvmm::nvmm_assist::FetchCache::new();
+        let (mut regs, mut plain_ram, mut plain_cache) = plain_state(&mut vcpu)?;
         let exit = nvmm::nvmm_assist::IoExit {
             port: 0x80,
             input: false,
@@ -499,14 +505,8 @@ fn main() -> Result<(), nvmm::Error> {
         }
         assert_eq!(model.syscalls(), before, "the assist made a syscall");
         println!("  assist_io calls per row             {}", 15 * iters);
-        if !pages.is_empty() {
-            let on_page = median(&mut pages);
-            println!("  ns assist_io (out) on the comm page {on_page:.2}");
-        }
-        if !structs.is_empty() {
-            let on_struct = median(&mut structs);
-            println!("  ns assist_io (out) on a plain struct {on_struct:.2}");
-        }
+        print_median("ns assist_io (out) on the comm page ", &mut pages, 2);
+        print_median("ns assist_io (out) on a plain struct ", &mut structs, 2);
     }
 
     if enabled("state") {

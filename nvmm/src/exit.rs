@@ -443,6 +443,36 @@ mod tests {
         *s
     }
 
+    /// An exit structure of random bytes from `seed` (the reason too).
+    fn random_exit(seed: &mut u64) -> sys::nvmm_x86_exit {
+        let mut raw = [0u8; size_of::<sys::nvmm_x86_exit>()];
+        for chunk in raw.chunks_mut(8) {
+            let r = next(seed).to_le_bytes();
+            chunk.copy_from_slice(&r[..chunk.len()]);
+        }
+        // SAFETY: nvmm_x86_exit is plain integers and unions of them,
+        // except the bools of the io member, which `decode` reads as
+        // bytes; every bit pattern of the rest is valid.
+        unsafe { std::mem::transmute(raw) }
+    }
+
+    /// Round `i`'s value of a byte field: every byte value on even
+    /// rounds, and 0 to `few - 1` (the common ones) on odd rounds.
+    #[cfg(feature = "assist")]
+    fn every_and_often(i: usize, few: usize) -> u8 {
+        if i.is_multiple_of(2) {
+            (i / 2) as u8
+        } else {
+            (i % few) as u8
+        }
+    }
+
+    /// Round `i`'s reason: `other` every fifth round, else `usual`.
+    #[cfg(feature = "assist")]
+    fn mostly(i: usize, usual: u64, other: u64) -> u64 {
+        if i.is_multiple_of(5) { other } else { usual }
+    }
+
     #[test]
     fn hostile_exit_structures_decode_without_panic() {
         const REASONS: [u64; 17] = [
@@ -473,15 +503,7 @@ mod tests {
             20_000
         };
         for i in 0..rounds {
-            let mut raw = [0u8; size_of::<sys::nvmm_x86_exit>()];
-            for chunk in raw.chunks_mut(8) {
-                let r = next(&mut seed).to_le_bytes();
-                chunk.copy_from_slice(&r[..chunk.len()]);
-            }
-            // SAFETY: nvmm_x86_exit is plain integers and unions of them,
-            // except the bools of the io member, which `decode` reads as
-            // bytes; every bit pattern of the rest is valid.
-            let mut e: sys::nvmm_x86_exit = unsafe { std::mem::transmute(raw) };
+            let mut e = random_exit(&mut seed);
             e.reason = REASONS[i % REASONS.len()];
             let exit = decode(&e);
             if let Exit::Memory(m) = exit {
@@ -506,28 +528,14 @@ mod tests {
         let rounds: usize = if cfg!(miri) { 64 } else { 20_000 };
         let mut memory = 0;
         for i in 0..rounds {
-            let mut raw = [0u8; size_of::<sys::nvmm_x86_exit>()];
-            for chunk in raw.chunks_mut(8) {
-                let r = next(&mut seed).to_le_bytes();
-                chunk.copy_from_slice(&r[..chunk.len()]);
-            }
-            // SAFETY: as in `hostile_exit_structures_decode_without_panic`.
-            let mut e: sys::nvmm_x86_exit = unsafe { std::mem::transmute(raw) };
+            let mut e = random_exit(&mut seed);
             // Every length byte, and the kernel's 0-15 often; every low
             // `prot` pattern with random high bits.
-            let len = if i % 2 == 0 {
-                (i / 2) as u8
-            } else {
-                (i % 17) as u8
-            };
+            let len = every_and_often(i, 17);
             let prot = (next(&mut seed) as i32 & !7) | (i % 8) as i32;
             e.u.mem.inst_len = len;
             e.u.mem.prot = prot;
-            e.reason = if i % 5 == 0 {
-                sys::NVMM_VCPU_EXIT_IO
-            } else {
-                sys::NVMM_VCPU_EXIT_MEMORY
-            };
+            e.reason = mostly(i, sys::NVMM_VCPU_EXIT_MEMORY, sys::NVMM_VCPU_EXIT_IO);
             let expected = match decode(&e) {
                 Exit::Memory(m) => Some(nvmm_assist::MemExit {
                     gpa: m.gpa,
@@ -565,26 +573,11 @@ mod tests {
         let rounds = if cfg!(miri) { 64 } else { 20_000 };
         let mut with_segment = 0;
         for i in 0..rounds {
-            let mut raw = [0u8; size_of::<sys::nvmm_x86_exit>()];
-            for chunk in raw.chunks_mut(8) {
-                let r = next(&mut seed).to_le_bytes();
-                chunk.copy_from_slice(&r[..chunk.len()]);
-            }
-            // SAFETY: as in `hostile_exit_structures_decode_without_panic`.
-            let mut e: sys::nvmm_x86_exit = unsafe { std::mem::transmute(raw) };
+            let mut e = random_exit(&mut seed);
             // Every `seg` value, and a few of them (-1, 0-5) often.
-            let seg = if i % 2 == 0 {
-                (i / 2) as u8
-            } else {
-                (i % 7) as u8
-            };
-            let seg = seg.wrapping_sub(1) as i8;
+            let seg = every_and_often(i, 7).wrapping_sub(1) as i8;
             e.u.io.seg = seg;
-            e.reason = if i % 5 == 0 {
-                sys::NVMM_VCPU_EXIT_MEMORY
-            } else {
-                sys::NVMM_VCPU_EXIT_IO
-            };
+            e.reason = mostly(i, sys::NVMM_VCPU_EXIT_IO, sys::NVMM_VCPU_EXIT_MEMORY);
             let expected = match decode(&e) {
                 Exit::Io(io) => Some(nvmm_assist::IoExit {
                     port: io.port,

@@ -17,32 +17,20 @@ use crate::kvm_support;
 use crate::long_guests as guests;
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use guests::*;
-use kvm_bindings::{KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_UNKNOWN, kvm_enable_cap};
 use kvm_ioctls::{Kvm, VcpuExit};
-use kvm_support::{KvmVm, set_flat_long_mode};
-
-fn say(line: &str) {
-    let _ = writeln!(std::io::stdout().lock(), "{line}");
-}
+use kvm_support::{KvmVm, say, set_flat_long_mode, user_space_msr_exits};
 
 /// `KVM_INTERRUPT` (no kvm-ioctls wrapper; valid without an irqchip).
 const KVM_INTERRUPT: libc::c_ulong = 0x4004_AE86;
 
 fn vm(kvm: &Kvm, program: &Program) -> Result<KvmVm, String> {
     let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
-    let cap = kvm_enable_cap {
-        cap: KVM_CAP_X86_USER_SPACE_MSR,
-        args: [u64::from(KVM_MSR_EXIT_REASON_UNKNOWN), 0, 0, 0],
-        ..Default::default()
-    };
-    vm.enable_cap(&cap)
-        .map_err(|e| format!("KVM_CAP_X86_USER_SPACE_MSR: {e}"))?;
+    user_space_msr_exits(&vm)?;
     let v = KvmVm::new(vm, RAM, &[(0, RAM as u64)], |mem| {
         for (gpa, bytes) in program.image() {
             mem[gpa as usize..gpa as usize + bytes.len()].copy_from_slice(&bytes);

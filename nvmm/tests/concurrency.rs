@@ -47,6 +47,26 @@ fn machine(model: &Arc<KernelModel>) -> Machine {
     m
 }
 
+/// A one-page RAM window of fresh host memory, mapped read-write at `gpa`.
+fn map_window(m: &Machine, gpa: u64) -> HostMapping {
+    let window = m.hva_map(0x1000).unwrap();
+    m.gpa_map(&window, 0, gpa, 0x1000, Prot::READ | Prot::WRITE)
+        .unwrap();
+    window
+}
+
+/// Whether `e` is the refusal of `hva_unmap` while an assist may still use
+/// the host memory.
+fn is_busy(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Rejected {
+            reason: Rejection::HostMappingBusy,
+            ..
+        }
+    )
+}
+
 /// 4-level paging: 0x4000_0000 -> a 2 MiB page at 0x20_0000, with the
 /// accessed and dirty bits of every entry clear.
 fn write_page_tables(m: &Machine) {
@@ -186,6 +206,20 @@ fn run_to_io(v: &mut Vcpu) {
     }
 }
 
+/// `ROUNDS` times: `rep outsb` of `len` bytes from DS:`src`, run to its
+/// exit and assisted; what the port received, every byte of which must be
+/// `byte` (RAM another thread keeps writing with it).
+fn outsb_rounds(model: &KernelModel, m: &Machine, v: &mut Vcpu, src: u64, len: u64, byte: u8) {
+    let mut sink = Sink::default();
+    for _ in 0..ROUNDS {
+        queue_rep_outsb(model, m, v, src, len);
+        run_to_io(v);
+        v.assist_io_dyn(&mut NoMmio, &mut sink).unwrap();
+    }
+    assert!(sink.0.iter().all(|b| *b == byte));
+    assert_eq!(sink.0.len() as u64, len * ROUNDS);
+}
+
 #[test]
 fn rep_outsb_reads_ram_while_another_thread_writes_it() {
     let model = KernelModel::new();
@@ -198,14 +232,7 @@ fn rep_outsb_reads_ram_while_another_thread_writes_it() {
                 m.write_guest(0x5000, &[7; 8]).unwrap();
             }
         });
-        let mut sink = Sink::default();
-        for _ in 0..ROUNDS {
-            queue_rep_outsb(&model, &m, &mut v, 0x5000, 8);
-            run_to_io(&mut v);
-            v.assist_io_dyn(&mut NoMmio, &mut sink).unwrap();
-        }
-        assert!(sink.0.iter().all(|b| *b == 7));
-        assert_eq!(sink.0.len() as u64, 8 * ROUNDS);
+        outsb_rounds(&model, &m, &mut v, 0x5000, 8, 7);
     });
 }
 
@@ -238,13 +265,7 @@ fn stress_two_vcpus_a_device_and_stoppers() {
             finished.fetch_add(1, Ordering::SeqCst);
         });
         s.spawn(|| {
-            let mut sink = Sink::default();
-            for _ in 0..ROUNDS {
-                queue_rep_outsb(&model, &m, &mut io, 0x6000, 4);
-                run_to_io(&mut io);
-                io.assist_io_dyn(&mut NoMmio, &mut sink).unwrap();
-            }
-            assert!(sink.0.iter().all(|b| *b == 0x5a));
+            outsb_rounds(&model, &m, &mut io, 0x6000, 4, 0x5a);
             finished.fetch_add(1, Ordering::SeqCst);
         });
         s.spawn(|| {
@@ -270,6 +291,11 @@ fn stress_two_vcpus_a_device_and_stoppers() {
     assert_eq!(finished.load(Ordering::SeqCst), 2);
 }
 
+/// The bus error a device callback returns for a failed machine call.
+fn bus(e: Error) -> BusError {
+    BusError(e.errno())
+}
+
 /// A device that moves a RAM window (think of a PCI BAR) when the guest
 /// writes its MMIO register, from inside the assist's callback.
 struct Remapper<'a> {
@@ -291,17 +317,15 @@ impl MmioBus for Remapper<'_> {
             .find(|a| a.hva == self.window.as_ptr().addr())
             .map(|a| a.gpa);
         if let Some(from) = from {
-            m.gpa_unmap(from, 0x1000).map_err(|e| BusError(e.errno()))?;
+            m.gpa_unmap(from, 0x1000).map_err(bus)?;
         }
-        m.gpa_map(&self.window, 0, to, 0x1000, Prot::READ | Prot::WRITE)
-            .map_err(|e| BusError(e.errno()))?;
+        let map = || m.gpa_map(&self.window, 0, to, 0x1000, Prot::READ | Prot::WRITE);
+        map().map_err(bus)?;
         // Unmapping the host memory itself must wait until the assist is
         // done with its view of the areas: refused, not a deadlock.
-        m.gpa_unmap(to, 0x1000).map_err(|e| BusError(e.errno()))?;
+        m.gpa_unmap(to, 0x1000).map_err(bus)?;
         self.unmap_refused = m.hva_unmap(self.window).err();
-        m.gpa_map(&self.window, 0, to, 0x1000, Prot::READ | Prot::WRITE)
-            .map_err(|e| BusError(e.errno()))?;
-        Ok(())
+        map().map_err(bus)
     }
 }
 
@@ -313,9 +337,7 @@ impl MmioBus for Remapper<'_> {
 fn a_device_callback_may_remap_guest_memory() {
     let model = KernelModel::new();
     let m = Arc::new(machine(&model));
-    let window = m.hva_map(0x1000).unwrap();
-    m.gpa_map(&window, 0, 0x20000, 0x1000, Prot::READ | Prot::WRITE)
-        .unwrap();
+    let window = map_window(&m, 0x20000);
     // This is the VCPU's first assist, so it takes a snapshot of the area
     // list at its first lookup even for this MMIO-only `mov` (its copy of
     // the guest ranges is of no list yet): the callback's `hva_unmap` is
@@ -350,16 +372,7 @@ fn a_device_callback_may_remap_guest_memory() {
         .expect("the assist deadlocked in the device callback");
     worker.join().unwrap();
     assert_eq!(outcome, Ok(Outcome::Done));
-    assert!(
-        matches!(
-            refused,
-            Some(Error::Rejected {
-                reason: Rejection::HostMappingBusy,
-                ..
-            })
-        ),
-        "{refused:?}"
-    );
+    assert!(refused.as_ref().is_some_and(is_busy), "{refused:?}");
     let areas = m.gpa_areas();
     assert!(
         areas
@@ -380,6 +393,17 @@ struct Unmapper<'a> {
     written: Vec<u8>,
     hva_unmap: Option<Result<(), Error>>,
 }
+impl<'a> Unmapper<'a> {
+    fn new(machine: &'a Machine, window: HostMapping, window_gpa: u64) -> Self {
+        Unmapper {
+            machine,
+            window,
+            window_gpa,
+            written: Vec::new(),
+            hva_unmap: None,
+        }
+    }
+}
 impl MmioBus for Unmapper<'_> {
     fn read(&mut self, _gpa: u64, buf: &mut [u8]) -> Result<(), BusError> {
         buf.fill(0xee);
@@ -389,7 +413,7 @@ impl MmioBus for Unmapper<'_> {
         self.written.extend_from_slice(data);
         self.machine
             .gpa_unmap(self.window_gpa, 0x1000)
-            .map_err(|e| BusError(e.errno()))?;
+            .map_err(bus)?;
         self.hva_unmap = Some(self.machine.hva_unmap(self.window));
         Ok(())
     }
@@ -458,20 +482,12 @@ fn warm(model: &KernelModel, m: &Machine, v: &mut Vcpu) {
 fn an_mmio_only_assist_pins_no_host_memory() {
     let model = KernelModel::new();
     let m = machine(&model);
-    let window = m.hva_map(0x1000).unwrap();
-    m.gpa_map(&window, 0, 0x20000, 0x1000, Prot::READ | Prot::WRITE)
-        .unwrap();
+    let window = map_window(&m, 0x20000);
     let mut v = real_mode_vcpu(&m, 0);
     v.gprs().unwrap().set(Gpr::Rax, 0x42);
     warm(&model, &m, &mut v);
     exit_on(&model, &m, &mut v, 0xfee0_0300, true, &MOV_TO_MMIO);
-    let mut dev = Unmapper {
-        machine: &m,
-        window,
-        window_gpa: 0x20000,
-        written: Vec::new(),
-        hva_unmap: None,
-    };
+    let mut dev = Unmapper::new(&m, window, 0x20000);
     assert_eq!(v.assist_mem_dyn(&mut dev).unwrap(), Outcome::Done);
     assert_eq!(dev.written, [0x42]);
     assert!(matches!(dev.hva_unmap, Some(Ok(()))), "{:?}", dev.hva_unmap);
@@ -486,31 +502,19 @@ fn an_mmio_only_assist_pins_no_host_memory() {
 fn a_ram_access_keeps_host_memory_mapped_through_later_callbacks() {
     let model = KernelModel::new();
     let m = machine(&model);
-    let window = m.hva_map(0x1000).unwrap();
-    m.gpa_map(&window, 0, 0x20000, 0x1000, Prot::READ | Prot::WRITE)
-        .unwrap();
+    let window = map_window(&m, 0x20000);
     m.write_guest(0x20000, &[0x5a]).unwrap();
     // movsb from the window (RAM, DS = 0x2000) to MMIO at 0x30000 (ES).
     let mut v = movs_vcpu(&m, 0x20000, 0x30000);
     warm(&model, &m, &mut v);
     exit_on(&model, &m, &mut v, 0x30000, true, &MOVSB);
-    let mut dev = Unmapper {
-        machine: &m,
-        window,
-        window_gpa: 0x20000,
-        written: Vec::new(),
-        hva_unmap: None,
-    };
+    let mut dev = Unmapper::new(&m, window, 0x20000);
     assert_eq!(v.assist_mem_dyn(&mut dev).unwrap(), Outcome::Done);
     assert_eq!(dev.written, [0x5a]);
     assert!(
-        matches!(
-            dev.hva_unmap,
-            Some(Err(Error::Rejected {
-                reason: Rejection::HostMappingBusy,
-                ..
-            }))
-        ),
+        dev.hva_unmap
+            .as_ref()
+            .is_some_and(|r| r.as_ref().is_err_and(is_busy)),
         "{:?}",
         dev.hva_unmap
     );
@@ -532,7 +536,7 @@ fn ram_mapped_by_a_callback_is_ram_for_the_next_access() {
         fn read(&mut self, _gpa: u64, buf: &mut [u8]) -> Result<(), BusError> {
             self.machine
                 .gpa_map(&self.window, 0, 0x40000, 0x1000, Prot::READ | Prot::WRITE)
-                .map_err(|e| BusError(e.errno()))?;
+                .map_err(bus)?;
             buf.fill(0x77);
             Ok(())
         }
@@ -571,9 +575,7 @@ fn ram_mapped_by_a_callback_is_ram_for_the_next_access() {
 fn host_memory_is_never_freed_under_a_running_assist() {
     let model = KernelModel::new();
     let m = machine(&model);
-    let first = m.hva_map(0x1000).unwrap();
-    m.gpa_map(&first, 0, 0x20000, 0x1000, Prot::READ | Prot::WRITE)
-        .unwrap();
+    let first = map_window(&m, 0x20000);
     m.write_guest(0x20000, &[0x5a]).unwrap();
     let mut v = movs_vcpu(&m, 0x20000, 0x30000);
     let last = thread::scope(|s| {
@@ -583,10 +585,7 @@ fn host_memory_is_never_freed_under_a_running_assist() {
                 m.gpa_unmap(0x20000, 0x1000).unwrap();
                 match m.hva_unmap(window) {
                     Ok(()) => window = m.hva_map(0x1000).unwrap(),
-                    Err(Error::Rejected {
-                        reason: Rejection::HostMappingBusy,
-                        ..
-                    }) => {}
+                    Err(e) if is_busy(&e) => {}
                     Err(e) => panic!("{e}"),
                 }
                 m.gpa_map(&window, 0, 0x20000, 0x1000, Prot::READ | Prot::WRITE)

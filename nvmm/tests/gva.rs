@@ -3,24 +3,49 @@
 //! comm-page state and the area list.
 #![cfg(feature = "assist")]
 
+use std::sync::Arc;
+
 use nvmm::model::{KernelModel, ScriptedExit};
 use nvmm::nvmm_sys as sys;
 use nvmm::sys::OpenMode;
-use nvmm::{Cr, Error, GvaAccess, Msr, Nvmm, Prot};
+use nvmm::{Cr, Error, GvaAccess, Machine, Msr, Nvmm, Prot, Vcpu};
 
 const P: u64 = 1;
 const RW: u64 = 2;
 const PS: u64 = 1 << 7;
 const A: u64 = 1 << 5;
 
-#[test]
-fn checked_translation_follows_the_guest_page_tables() {
+/// A machine with 4 MiB of RAM at GPA 0 and its VCPU 0.
+fn vcpu_with_ram() -> (Arc<KernelModel>, Machine, Vcpu) {
     let model = KernelModel::new();
     let nvmm = Nvmm::open_with(model.clone(), OpenMode::User).unwrap();
     let m = nvmm.create_machine().unwrap();
     let ram = m.hva_map(4 << 20).unwrap();
     m.gpa_map(&ram, 0, 0, 4 << 20, Prot::ALL).unwrap();
-    let mut v = m.create_vcpu(0).unwrap();
+    let v = m.create_vcpu(0).unwrap();
+    (model, m, v)
+}
+
+/// Writes the page-table `entries` (address, entry) and turns on 4-level
+/// paging with CR3 = 0x1000 and EFER = LME | LMA | `efer`.
+fn four_level_paging(m: &Machine, v: &mut Vcpu, entries: &[(u64, u64)], efer: u64) {
+    for &(at, entry) in entries {
+        m.write_guest(at, &entry.to_le_bytes()).unwrap();
+    }
+    {
+        let mut c = v.crs().unwrap();
+        c.set(Cr::Cr3, 0x1000);
+        c.set(Cr::Cr4, 1 << 5);
+        c.set(Cr::Cr0, (1 << 31) | 1);
+    }
+    v.msrs()
+        .unwrap()
+        .set(Msr::Efer, (1 << 8) | (1 << 10) | efer);
+}
+
+#[test]
+fn checked_translation_follows_the_guest_page_tables() {
+    let (model, m, mut v) = vcpu_with_ram();
 
     // Paging off: the linear address is the physical one.
     assert_eq!(
@@ -29,19 +54,12 @@ fn checked_translation_follows_the_guest_page_tables() {
     );
 
     // 4-level paging: 0x4000_1234 -> 2 MiB page at 0x20_0000.
-    m.write_guest(0x1000, &(0x2000 | P | RW).to_le_bytes())
-        .unwrap();
-    m.write_guest(0x2000 + 8, &(0x3000 | P | RW).to_le_bytes())
-        .unwrap();
-    m.write_guest(0x3000, &(0x20_0000 | P | RW | PS).to_le_bytes())
-        .unwrap();
-    {
-        let mut c = v.crs().unwrap();
-        c.set(Cr::Cr3, 0x1000);
-        c.set(Cr::Cr4, 1 << 5);
-        c.set(Cr::Cr0, (1 << 31) | 1);
-    }
-    v.msrs().unwrap().set(Msr::Efer, (1 << 8) | (1 << 10));
+    let entries = [
+        (0x1000, 0x2000 | P | RW),
+        (0x2000 + 8, 0x3000 | P | RW),
+        (0x3000, 0x20_0000 | P | RW | PS),
+    ];
+    four_level_paging(&m, &mut v, &entries, 0);
     let s = model.syscalls();
     assert_eq!(
         v.gva_to_gpa_checked(0x4000_1234, GvaAccess::Read).unwrap(),
@@ -90,12 +108,7 @@ const XD: u64 = 1 << 63;
 
 #[test]
 fn the_query_is_read_only_keeps_64_bits_and_returns_the_rights() {
-    let model = KernelModel::new();
-    let nvmm = Nvmm::open_with(model.clone(), OpenMode::User).unwrap();
-    let m = nvmm.create_machine().unwrap();
-    let ram = m.hva_map(4 << 20).unwrap();
-    m.gpa_map(&ram, 0, 0, 4 << 20, Prot::ALL).unwrap();
-    let mut v = m.create_vcpu(0).unwrap();
+    let (model, m, mut v) = vcpu_with_ram();
 
     // Paging off: the address unchanged, all 64 bits, every right.
     let t = v.gva_to_gpa(0x1_2345_6789).unwrap();
@@ -103,23 +116,14 @@ fn the_query_is_read_only_keeps_64_bits_and_returns_the_rights() {
     assert_eq!((t.prot, t.user), (Prot::ALL, true));
 
     // 4-level paging: a user, read-only, no-execute 4 KiB page.
-    m.write_guest(0x1000, &(0x2000 | P | RW | US).to_le_bytes())
-        .unwrap();
-    m.write_guest(0x2000 + 8, &(0x3000 | P | RW | US).to_le_bytes())
-        .unwrap();
-    m.write_guest(0x3000, &(0x4000 | P | RW | US).to_le_bytes())
-        .unwrap();
-    m.write_guest(0x4000 + 8, &(0x5_0000 | P | US | XD).to_le_bytes())
-        .unwrap();
-    {
-        let mut c = v.crs().unwrap();
-        c.set(Cr::Cr3, 0x1000);
-        c.set(Cr::Cr4, 1 << 5);
-        c.set(Cr::Cr0, (1 << 31) | 1);
-    }
-    v.msrs()
-        .unwrap()
-        .set(Msr::Efer, (1 << 8) | (1 << 10) | (1 << 11));
+    let entries = [
+        (0x1000, 0x2000 | P | RW | US),
+        (0x2000 + 8, 0x3000 | P | RW | US),
+        (0x3000, 0x4000 | P | RW | US),
+        (0x4000 + 8, 0x5_0000 | P | US | XD),
+    ];
+    // EFER.NXE, so that XD counts.
+    four_level_paging(&m, &mut v, &entries, 1 << 11);
     let mut before = vec![0u8; 0x5000];
     m.read_guest(0, &mut before).unwrap();
     let t = v.gva_to_gpa(0x4000_1234).unwrap();

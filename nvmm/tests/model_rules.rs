@@ -11,7 +11,7 @@ use std::sync::Arc;
 use nvmm::model::{Backend, GPA_END, KernelModel, ScriptedExit};
 use nvmm::nvmm_sys as sys;
 use nvmm::sys::{Kernel, OpenMode};
-use nvmm::{Cr, Exit, Gpr, Msr, Nvmm, Prot, Seg, SegAttrib};
+use nvmm::{Cr, Exit, Gpr, Machine, Msr, Nvmm, Prot, Seg, SegAttrib, Vcpu};
 
 fn ioctl<T>(model: &KernelModel, fd: &OwnedFd, request: u64, arg: &mut T) -> Result<(), i32> {
     // SAFETY: each caller passes the argument structure of `request`.
@@ -22,6 +22,59 @@ fn raw_machine(model: &KernelModel, fd: &OwnedFd) -> u32 {
     let mut a = sys::nvmm_ioc_machine_create { machid: 0 };
     ioctl(model, fd, sys::NVMM_IOC_MACHINE_CREATE, &mut a).unwrap();
     a.machid
+}
+
+/// `NVMM_IOC_HVA_MAP` of `size` bytes of fresh model memory into
+/// `machid`; the host address.
+fn raw_hva_map(model: &KernelModel, fd: &OwnedFd, machid: u32, size: usize) -> usize {
+    let hva = model.map_anonymous(size).unwrap().as_ptr() as usize;
+    let mut h = sys::nvmm_ioc_hva_map {
+        machid,
+        hva: hva as _,
+        size,
+        flags: 0,
+    };
+    ioctl(model, fd, sys::NVMM_IOC_HVA_MAP, &mut h).unwrap();
+    hva
+}
+
+/// `NVMM_IOC_GPA_MAP` of `hva` at `gpa`, `size` bytes with `prot`.
+fn raw_gpa_map(
+    model: &KernelModel,
+    fd: &OwnedFd,
+    machid: u32,
+    (hva, gpa, size, prot): (usize, u64, usize, i32),
+) {
+    let mut g = sys::nvmm_ioc_gpa_map {
+        machid,
+        hva: hva as _,
+        gpa,
+        size,
+        prot,
+    };
+    ioctl(model, fd, sys::NVMM_IOC_GPA_MAP, &mut g).unwrap();
+}
+
+/// Maps the two pages at `p` (filled with 0xAA first) into a machine's
+/// guest RAM at 0 and checks that the guest reads zeroes from them.
+///
+/// # Safety
+/// `p` is the caller's, page-aligned, valid for 0x2000 bytes, not
+/// referenced, and kept until this returns (the machine is gone then).
+unsafe fn check_hva_map_zeroes(p: *mut u8) {
+    let model = KernelModel::new();
+    let nvmm = Nvmm::open_with(model.clone(), OpenMode::User).unwrap();
+    let m = nvmm.create_machine().unwrap();
+    // SAFETY: the caller's two pages.
+    unsafe { p.write_bytes(0xAA, 0x2000) };
+    // SAFETY: the caller's, page-aligned, not referenced, kept until after
+    // drop.
+    let host = unsafe { m.hva_map_raw(p, 0x2000) }.unwrap();
+    m.gpa_map(&host, 0, 0, 0x2000, Prot::ALL).unwrap();
+    let mut buf = [0xFFu8; 16];
+    m.read_guest(0x1ff0, &mut buf).unwrap();
+    assert_eq!(buf, [0; 16], "the old contents are gone");
+    drop(m);
 }
 
 #[test]
@@ -69,18 +122,9 @@ fn closing_any_root_descriptor_destroys_every_root_machine() {
 fn hva_map_replaces_the_range_with_zeroed_memory() {
     // nvmm.c nvmm_hva_map: a fresh object mapped UVM_FLAG_FIXED|UVM_FLAG_UNMAP.
     let model = KernelModel::new();
-    let nvmm = Nvmm::open_with(model.clone(), OpenMode::User).unwrap();
-    let m = nvmm.create_machine().unwrap();
     let p = model.map_anonymous(0x2000).unwrap().as_ptr();
-    // SAFETY: the mapping just made.
-    unsafe { p.write_bytes(0xAA, 0x2000) };
-    // SAFETY: ours, page-aligned, not referenced, kept until after drop.
-    let host = unsafe { m.hva_map_raw(p, 0x2000) }.unwrap();
-    m.gpa_map(&host, 0, 0, 0x2000, Prot::ALL).unwrap();
-    let mut buf = [0xFFu8; 16];
-    m.read_guest(0x1ff0, &mut buf).unwrap();
-    assert_eq!(buf, [0; 16], "the old contents are gone");
-    drop(m);
+    // SAFETY: the mapping just made, which the model keeps.
+    unsafe { check_hva_map_zeroes(p) };
 }
 
 /// The same for memory the model did not allocate: it zeroes it through
@@ -89,24 +133,14 @@ fn hva_map_replaces_the_range_with_zeroed_memory() {
 #[cfg(not(miri))]
 #[test]
 fn hva_map_zeroes_caller_allocated_memory_too() {
-    let model = KernelModel::new();
-    let nvmm = Nvmm::open_with(model.clone(), OpenMode::User).unwrap();
-    let m = nvmm.create_machine().unwrap();
     let layout = std::alloc::Layout::from_size_align(0x2000, 0x1000).unwrap();
     // SAFETY: non-zero size; freed below after the machine is gone.
     let p = unsafe { std::alloc::alloc(layout) };
     assert!(!p.is_null());
-    // SAFETY: the block just allocated.
-    unsafe { p.write_bytes(0xAA, 0x2000) };
     // The model gets the address only (as the kernel does).
     p.expose_provenance();
-    // SAFETY: ours, page-aligned, not referenced, kept until after drop.
-    let host = unsafe { m.hva_map_raw(p, 0x2000) }.unwrap();
-    m.gpa_map(&host, 0, 0, 0x2000, Prot::ALL).unwrap();
-    let mut buf = [0xFFu8; 16];
-    m.read_guest(0x1ff0, &mut buf).unwrap();
-    assert_eq!(buf, [0; 16], "the old contents are gone");
-    drop(m);
+    // SAFETY: the block just allocated, freed only below.
+    unsafe { check_hva_map_zeroes(p) };
     // SAFETY: allocated above with `layout`; the machine is destroyed.
     unsafe { std::alloc::dealloc(p, layout) };
 }
@@ -118,27 +152,9 @@ fn gpa_map_replaces_overlapping_guest_mappings() {
     let model = KernelModel::new();
     let fd = model.open(c"/dev/nvmm", OpenMode::User).unwrap();
     let machid = raw_machine(&model, &fd);
-    let hva = model.map_anonymous(0x10000).unwrap().as_ptr() as usize;
-    let mut h = sys::nvmm_ioc_hva_map {
-        machid,
-        hva: hva as _,
-        size: 0x10000,
-        flags: 0,
-    };
-    ioctl(&model, &fd, sys::NVMM_IOC_HVA_MAP, &mut h).unwrap();
-    let mut g = sys::nvmm_ioc_gpa_map {
-        machid,
-        hva: hva as _,
-        gpa: 0,
-        size: 0x4000,
-        prot: 7,
-    };
-    ioctl(&model, &fd, sys::NVMM_IOC_GPA_MAP, &mut g).unwrap();
-    g.hva = (hva + 0x8000) as _;
-    g.gpa = 0x1000;
-    g.size = 0x1000;
-    g.prot = 1;
-    ioctl(&model, &fd, sys::NVMM_IOC_GPA_MAP, &mut g).unwrap();
+    let hva = raw_hva_map(&model, &fd, machid, 0x10000);
+    raw_gpa_map(&model, &fd, machid, (hva, 0, 0x4000, 7));
+    raw_gpa_map(&model, &fd, machid, (hva + 0x8000, 0x1000, 0x1000, 1));
     let mut maps = model.gpa_maps(machid);
     maps.sort();
     assert_eq!(
@@ -168,22 +184,8 @@ fn gpa_unmap_refuses_size_0_and_ranges_ending_at_the_limit() {
         ioctl(&model, &fd, sys::NVMM_IOC_GPA_UNMAP, &mut u),
         Err(libc::EINVAL)
     );
-    let hva = model.map_anonymous(0x1000).unwrap().as_ptr() as usize;
-    let mut h = sys::nvmm_ioc_hva_map {
-        machid,
-        hva: hva as _,
-        size: 0x1000,
-        flags: 0,
-    };
-    ioctl(&model, &fd, sys::NVMM_IOC_HVA_MAP, &mut h).unwrap();
-    let mut g = sys::nvmm_ioc_gpa_map {
-        machid,
-        hva: hva as _,
-        gpa: GPA_END - 0x1000,
-        size: 0x1000,
-        prot: 7,
-    };
-    ioctl(&model, &fd, sys::NVMM_IOC_GPA_MAP, &mut g).unwrap();
+    let hva = raw_hva_map(&model, &fd, machid, 0x1000);
+    raw_gpa_map(&model, &fd, machid, (hva, GPA_END - 0x1000, 0x1000, 7));
     u.gpa = GPA_END - 0x1000;
     u.size = 0x1000;
     assert_eq!(
@@ -195,19 +197,20 @@ fn gpa_unmap_refuses_size_0_and_ranges_ending_at_the_limit() {
     model.close(fd);
 }
 
-fn vcpu_on(backend: Backend) -> (Arc<KernelModel>, Nvmm) {
+/// A machine on `backend` and its VCPU 0.
+fn vcpu_on(backend: Backend) -> (Arc<KernelModel>, Machine, Vcpu) {
     let model = KernelModel::with_backend(backend);
     let nvmm = Nvmm::open_with(model.clone(), OpenMode::User).unwrap();
-    (model, nvmm)
+    let m = nvmm.create_machine().unwrap();
+    let v = m.create_vcpu(0).unwrap();
+    (model, m, v)
 }
 
 #[test]
 fn the_reset_state_is_the_kernels() {
     // nvmm_x86.c nvmm_x86_reset_state.
     for b in Backend::BOTH {
-        let (model, nvmm) = vcpu_on(b);
-        let m = nvmm.create_machine().unwrap();
-        let mut v = m.create_vcpu(0).unwrap();
+        let (model, m, mut v) = vcpu_on(b);
         assert_eq!(v.gprs().unwrap().get(Gpr::Rdx), 0x600);
         let segs = v.segs().unwrap();
         let gdt = SegAttrib::new(2, true, 0, true, false, false, false, false);
@@ -230,9 +233,7 @@ fn the_reset_state_is_the_kernels() {
 #[test]
 fn committing_sanitises_as_each_backend_does() {
     for b in Backend::BOTH {
-        let (model, nvmm) = vcpu_on(b);
-        let m = nvmm.create_machine().unwrap();
-        let mut v = m.create_vcpu(0).unwrap();
+        let (model, m, mut v) = vcpu_on(b);
         {
             let mut c = v.crs().unwrap();
             c.set(Cr::Cr0, 0x6000_0011);
@@ -288,9 +289,7 @@ fn a_cpuid_exit_carries_the_kernels_answer_not_the_leaf() {
     // svm_exit_cpuid / vmx_exit_cpuid: the in-kernel CPUID overwrites
     // RAX-RDX before `cpuid->exit` is checked.
     for b in Backend::BOTH {
-        let (model, nvmm) = vcpu_on(b);
-        let m = nvmm.create_machine().unwrap();
-        let mut v = m.create_vcpu(0).unwrap();
+        let (model, m, mut v) = vcpu_on(b);
         model.push_exit(
             m.id(),
             0,

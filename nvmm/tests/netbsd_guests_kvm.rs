@@ -19,16 +19,10 @@ use crate::kvm_support;
 use crate::netbsd_guests as guests;
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 
 use guests::{CODE, DATA, END_MSR, PML4, PORT};
-use kvm_bindings::{KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_UNKNOWN, kvm_enable_cap};
 use kvm_ioctls::{Kvm, VcpuExit};
-use kvm_support::{KvmVm, set_flat_long_mode};
-
-fn say(line: &str) {
-    let _ = writeln!(std::io::stdout().lock(), "{line}");
-}
+use kvm_support::{KvmVm, say, set_flat_long_mode, user_space_msr_exits};
 
 const RAM: usize = 0x10000;
 
@@ -43,13 +37,7 @@ fn vm(
 ) -> Result<KvmVm, String> {
     let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
     let _ = vm.set_tss_address(0xfffb_d000);
-    let cap = kvm_enable_cap {
-        cap: KVM_CAP_X86_USER_SPACE_MSR,
-        args: [u64::from(KVM_MSR_EXIT_REASON_UNKNOWN), 0, 0, 0],
-        ..Default::default()
-    };
-    vm.enable_cap(&cap)
-        .map_err(|e| format!("KVM_CAP_X86_USER_SPACE_MSR: {e}"))?;
+    user_space_msr_exits(&vm)?;
     let slots: Vec<(u64, u64)> = match hole {
         Some(h) => vec![(0, h), (h + 0x1000, RAM as u64 - h - 0x1000)],
         None => vec![(0, RAM as u64)],

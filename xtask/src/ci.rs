@@ -161,17 +161,8 @@ pub fn run() -> Result<()> {
         netbsd::ensure_target()?;
         run_plain(
             cargo()
-                .args([
-                    "clippy",
-                    "--workspace",
-                    "--all-features",
-                    "--exclude",
-                    "xtask",
-                    "--lib",
-                    "--bins",
-                    "--tests",
-                    "--examples",
-                ])
+                .args(["clippy", "--all-features"])
+                .args(netbsd::WORKSPACE_TARGETS)
                 .args(["--target", netbsd::TARGET, "--", "-D", "warnings"]),
         )
     });

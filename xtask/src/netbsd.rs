@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 
 use crate::elf;
 use crate::fail;
@@ -146,32 +146,51 @@ pub fn run() -> Result<()> {
     }
 }
 
+/// What the NetBSD build (and `cargo xtask ci`'s NetBSD clippy) covers:
+/// every package but xtask (a host tool), every kind of target that links.
+pub(crate) const WORKSPACE_TARGETS: [&str; 7] = [
+    "--workspace",
+    "--exclude",
+    "xtask",
+    "--lib",
+    "--bins",
+    "--tests",
+    "--examples",
+];
+
 /// Builds libraries, binaries, test binaries and examples, returning the
 /// executables cargo reports.
 pub(crate) fn build(linker: &Path) -> Result<Vec<Executable>> {
     let mut command = cargo();
     command
-        .args([
-            "build",
-            "--workspace",
-            "--exclude",
-            "xtask",
-            "--lib",
-            "--bins",
-            "--tests",
-            "--examples",
-        ])
+        .arg("build")
+        .args(WORKSPACE_TARGETS)
         .args([
             "--target",
             TARGET,
             "--message-format=json-render-diagnostics",
         ])
         .env("CARGO_TARGET_X86_64_UNKNOWN_NETBSD_LINKER", linker)
-        .env("CC_x86_64_unknown_netbsd", linker)
-        .stdout(Stdio::piped());
+        .env("CC_x86_64_unknown_netbsd", linker);
+    let (mut executables, status) = run_for_executables(&mut command, "cargo build")?;
+    if !status.success() {
+        return Err(fail!("cargo build --target {TARGET} failed ({status})"));
+    }
+    sort(&mut executables);
+    Ok(executables)
+}
+
+/// Runs `command`, a cargo command with JSON messages, to its end; the
+/// executables its messages report and how it exited. `what` names it in
+/// errors.
+pub(crate) fn run_for_executables(
+    command: &mut Command,
+    what: &str,
+) -> Result<(Vec<Executable>, ExitStatus)> {
     let mut child = command
+        .stdout(Stdio::piped())
         .spawn()
-        .map_err(|err| fail!("cannot run cargo build: {err}"))?;
+        .map_err(|err| fail!("cannot run {what}: {err}"))?;
     let mut executables = Vec::new();
     if let Some(stdout) = child.stdout.take() {
         for line in BufReader::new(stdout).lines() {
@@ -183,12 +202,13 @@ pub(crate) fn build(linker: &Path) -> Result<Vec<Executable>> {
     }
     let status = child
         .wait()
-        .map_err(|err| fail!("waiting for cargo build: {err}"))?;
-    if !status.success() {
-        return Err(fail!("cargo build --target {TARGET} failed ({status})"));
-    }
+        .map_err(|err| fail!("waiting for {what}: {err}"))?;
+    Ok((executables, status))
+}
+
+/// Sorts executables by kind, then name (the order they are reported in).
+pub(crate) fn sort(executables: &mut [Executable]) {
     executables.sort_by(|a, b| (&a.kind, &a.name).cmp(&(&b.kind, &b.name)));
-    Ok(executables)
 }
 
 /// The executable of a `compiler-artifact` message, if it has one.
@@ -212,4 +232,31 @@ pub(crate) fn executable_of(line: &str) -> Option<Executable> {
         name,
         path,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The collector keeps the executables of the artifact messages,
+    /// passes over every other line, and hands a failed exit back to the
+    /// caller (which words the error); a command that cannot start is an
+    /// error naming it.
+    #[test]
+    fn run_for_executables_collects_artifacts_and_the_exit_status() {
+        let artifact = r#"{"reason":"compiler-artifact","executable":"/t/suite-1","target":{"kind":["test"],"name":"suite"},"profile":{"test":true}}"#;
+        let script = format!(
+            "echo '{artifact}'; echo 'not json'; echo '{{\"reason\":\"build-finished\"}}'; exit 3"
+        );
+        let (executables, status) =
+            run_for_executables(Command::new("sh").args(["-c", &script]), "sh").unwrap();
+        assert_eq!(executables.len(), 1);
+        let e = &executables[0];
+        assert_eq!((e.kind.as_str(), e.name.as_str()), ("test", "suite"));
+        assert_eq!(e.path, PathBuf::from("/t/suite-1"));
+        assert_eq!(status.code(), Some(3));
+
+        let missing = run_for_executables(&mut Command::new("/nonexistent/cargo"), "cargo x");
+        assert!(missing.is_err_and(|e| e.0.starts_with("cannot run cargo x: ")));
+    }
 }

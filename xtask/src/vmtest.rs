@@ -13,7 +13,7 @@
 //! executable failed.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::fail;
 use crate::netbsd::{self, Executable};
@@ -222,32 +222,19 @@ fn build_local() -> Result<Vec<Executable>> {
         "xtask",
         "--examples",
     ])?);
-    executables.sort_by(|a, b| (&a.kind, &a.name).cmp(&(&b.kind, &b.name)));
+    netbsd::sort(&mut executables);
     Ok(executables)
 }
 
 /// Runs cargo with `args` and JSON messages; the executables it built.
 fn cargo_executables(args: &[&str]) -> Result<Vec<Executable>> {
     let what = format!("cargo {}", args.join(" "));
-    let mut child = cargo()
-        .args(args)
-        .arg("--message-format=json-render-diagnostics")
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|err| fail!("cannot run {what}: {err}"))?;
-    let mut executables = Vec::new();
-    if let Some(stdout) = child.stdout.take() {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines() {
-            let line = line.map_err(|err| fail!("reading cargo's output: {err}"))?;
-            if let Some(exe) = netbsd::executable_of(&line) {
-                executables.push(exe);
-            }
-        }
-    }
-    let status = child
-        .wait()
-        .map_err(|err| fail!("waiting for {what}: {err}"))?;
+    let (executables, status) = netbsd::run_for_executables(
+        cargo()
+            .args(args)
+            .arg("--message-format=json-render-diagnostics"),
+        &what,
+    )?;
     if !status.success() {
         return Err(fail!("{what} failed ({status})"));
     }

@@ -7,6 +7,9 @@
 
 use std::io::Write as _;
 
+/// An error and its sources, `a: b` (toyvm's, whose VMM reports errors
+/// the same way).
+pub(crate) use crate::toyvm::chain;
 use nvmm::nvmm_assist::{MmioBus, PortIo};
 use nvmm::{Exit, Machine, Nvmm, Prot, Vcpu};
 
@@ -114,16 +117,4 @@ pub fn run_to_end(
         }
     }
     Err("no end after 100000 exits".into())
-}
-
-/// An error and its sources, `a: b`.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }

@@ -6,8 +6,31 @@
 // Each test uses only part of this module.
 #![allow(dead_code)]
 
-use kvm_bindings::{kvm_segment, kvm_sregs, kvm_userspace_memory_region};
+use std::io::Write as _;
+
+use kvm_bindings::{
+    KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_UNKNOWN, kvm_enable_cap, kvm_segment,
+    kvm_sregs, kvm_userspace_memory_region,
+};
 use kvm_ioctls::{VcpuFd, VmFd};
+
+/// Prints past libtest's capture, so skips show in `cargo test` output.
+pub fn say(line: &str) {
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// Makes the MSRs KVM does not know exit to userland
+/// (`KVM_CAP_X86_USER_SPACE_MSR`), as every unhandled MSR does on NVMM.
+/// The error starts with `KVM_CAP` (the tests skip on it).
+pub fn user_space_msr_exits(vm: &VmFd) -> Result<(), String> {
+    let cap = kvm_enable_cap {
+        cap: KVM_CAP_X86_USER_SPACE_MSR,
+        args: [u64::from(KVM_MSR_EXIT_REASON_UNKNOWN), 0, 0, 0],
+        ..Default::default()
+    };
+    vm.enable_cap(&cap)
+        .map_err(|e| format!("KVM_CAP_X86_USER_SPACE_MSR: {e}"))
+}
 
 /// An anonymous read-write mapping that backs the guest RAM.
 struct GuestRam {
