@@ -154,14 +154,7 @@ where
     // one through the execution too, as in the integer lane, they cost 2-7
     // instructions more per assist in 16- and 32-bit modes, where they
     // crowd the registers.)
-    let run = Run {
-        state,
-        mode,
-        ram,
-        mmio,
-        exit_gpa,
-        bytes,
-    };
+    let run = Run::new(state, mode, ram, mmio, exit_gpa, bytes);
     let modrm = run.modrm(&mut i)?;
     let reg_field = (modrm >> 3) & 7;
     // The operation: its index in the ALU opcodes' order (00 ADD ... 38

@@ -99,14 +99,7 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    let run = Run {
-        state,
-        mode,
-        ram,
-        mmio,
-        exit_gpa,
-        bytes,
-    };
+    let run = Run::new(state, mode, ram, mmio, exit_gpa, bytes);
     let long = ADDR == 8;
     let mut b = byte(bytes, 0)?;
     let mut i = 1;

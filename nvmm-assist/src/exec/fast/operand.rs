@@ -87,6 +87,26 @@ pub(super) struct Memory {
 }
 
 impl<'a, S: CpuState + ?Sized, R: ?Sized, M: ?Sized> Run<'a, S, R, M> {
+    /// A lane's arguments as one.
+    #[inline(always)]
+    pub(super) fn new(
+        state: &'a mut S,
+        mode: CpuMode,
+        ram: &'a mut R,
+        mmio: &'a mut M,
+        exit_gpa: u64,
+        bytes: &'a [u8],
+    ) -> Self {
+        Run {
+            state,
+            mode,
+            ram,
+            mmio,
+            exit_gpa,
+            bytes,
+        }
+    }
+
     /// The state, the buses and the exit GPA (the operand's address once
     /// checked), for a path's execution.
     #[inline(always)]

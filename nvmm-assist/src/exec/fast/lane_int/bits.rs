@@ -95,14 +95,7 @@ where
     // (The arguments are a `Run` for the shared prologue only, as in the
     // ALU lane: passed on as one through the execution, they cost up to 5
     // instructions more per assist here.)
-    let run = Run {
-        state,
-        mode,
-        ram,
-        mmio,
-        exit_gpa,
-        bytes,
-    };
+    let run = Run::new(state, mode, ram, mmio, exit_gpa, bytes);
     let modrm = run.modrm(&mut i)?;
     let reg_field = (modrm >> 3) & 7;
     let imm_form = op2 == 0xBA;
