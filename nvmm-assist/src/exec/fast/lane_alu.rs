@@ -151,9 +151,9 @@ where
         rex,
     } = at;
     // (The arguments are a `Run` for the shared prologue only: passed on as
-    // one through the execution too, as in the integer lane, they cost 2-7
-    // instructions more per assist in 16- and 32-bit modes, where they
-    // crowd the registers.)
+    // one through the execution too, as in the integer lane, they cost up
+    // to 9 instructions more per assist in 16- and 32-bit modes, measured,
+    // where they crowd the registers.)
     let run = Run::new(state, mode, ram, mmio, exit_gpa, bytes);
     let modrm = run.modrm(&mut i)?;
     let reg_field = (modrm >> 3) & 7;

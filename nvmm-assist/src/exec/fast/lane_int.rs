@@ -5,20 +5,20 @@
 //! but LOCK and (64-bit mode) REX, in that order.
 //!
 //! Why: the full decoder ([`decode_with`](super::decode_with) with `INT`)
-//! parses any prefixes, walks the MOV/ALU opcodes first, packs a `Fast`
-//! and the executor dispatches on its form again, then runs the operation
-//! in a read-modify-write closure that dispatches on the mnemonic once
-//! more (and is too large to inline, as the locked retries are its second
-//! caller). Here [`run`] reads LOCK and REX, then hands each family to a
-//! path of its own: the plain INC/DEC/NOT/NEG (`lane_int/unary.rs`),
-//! XCHG/XADD/CMPXCHG (`exchange.rs`), CMPXCHG8B/16B (`wide.rs`), BT*
-//! (`bits.rs`), SETcc/CMOVcc (`cond.rs`), the other LOCK read-modify-writes
+//! parses any prefixes, walks the MOV/ALU opcodes first, packs a `Fast` and
+//! the executor dispatches on its form again, then runs the operation in a
+//! read-modify-write closure that dispatches on the mnemonic once more (and
+//! is too large to inline, as the locked retries are its second caller).
+//! Here [`run`] reads LOCK and REX, then hands each family to a path of its
+//! own: the plain INC/DEC/NOT/NEG (`lane_int/unary.rs`), XCHG/XADD/CMPXCHG
+//! (`exchange.rs`), CMPXCHG8B/16B (`wide.rs`), BT* (`bits.rs`),
+//! SETcc/CMOVcc (`cond.rs`), the other LOCK read-modify-writes
 //! (`locked.rs`) and MOVSXD/MOVNTI (`moves.rs`), each a method of the
 //! lane's arguments bundled as one [`Run`] (but BT*, whose arguments stay
 //! apart past the prologue, as the ALU lane's: there the bundle cost up to
-//! 5 instructions per assist). Each decodes its memory operand with the
-//! prologue the lanes share ([`Run::modrm`], [`Run::memory`]), has its
-//! operand size a constant in each copy
+//! 6 instructions per assist in 16-bit modes). Each decodes its memory
+//! operand with the prologue the lanes share ([`Run::modrm`],
+//! [`Run::memory`]), has its operand size a constant in each copy
 //! ([`operand_size!`](super::operand::operand_size)), picks its operation
 //! with one jump and has that operation's read-modify-write inline
 //! (`read_modify_write!`), with nothing packed for a second dispatch.

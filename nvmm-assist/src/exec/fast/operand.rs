@@ -7,11 +7,15 @@
 //! (address size, immediate size) fold into it.
 //!
 //! The integer and ALU lanes (`lane_int/*.rs`, `lane_alu.rs`) share more:
-//! their arguments travel as one [`Run`], whose [`Run::modrm`] and
-//! [`Run::memory`] are the whole prologue of a form with no prefix but
-//! LOCK and REX (ModRM, address, immediate, next RIP, data segment and
-//! [`checked_linear`]), and [`operand_size!`](operand_size) is their
-//! operand-size dispatch, which makes the size a constant in each copy.
+//! their arguments as one [`Run`], whose [`Run::modrm`] and [`Run::memory`]
+//! ([`Run::operand`], then [`Run::checked`]: a caller may move the operand
+//! or pick the access in between) are the whole prologue of a form with no
+//! prefix but LOCK and REX (ModRM, address, immediate, next RIP, data
+//! segment and [`checked_linear`]), and [`operand_size!`](operand_size) is
+//! their operand-size dispatch, which makes the size a constant in each
+//! copy. (The integer families are methods of `Run`; BT* and the ALU lane
+//! build one for the prologue only: there, the bundle carried through the
+//! execution cost instructions, as their docs say.)
 
 use super::{address_mask, byte, checked_linear, prefix, sized_field};
 use crate::Outcome;

@@ -93,8 +93,9 @@ where
     M: MmioBus + ?Sized,
 {
     // (The arguments are a `Run` for the shared prologue only, as in the
-    // ALU lane: passed on as one through the execution, they cost up to 5
-    // instructions more per assist here.)
+    // ALU lane: passed on as one through the execution, they cost up to 6
+    // instructions more per assist in 16-bit modes, measured (and saved 7
+    // on 64-bit BTS/BTR/BTC): register allocation.)
     let run = Run::new(state, mode, ram, mmio, exit_gpa, bytes);
     let modrm = run.modrm(&mut i)?;
     let reg_field = (modrm >> 3) & 7;
