@@ -15,7 +15,8 @@
 //!
 //! Exactness: for the bytes it takes, [`run_alu`] is the full fast path's
 //! MOV/ALU decoder (the same effective address, segment, address checks
-//! ([`checked_linear`]) and next RIP) and its executor's ALU arm (one
+//! (`checked_linear`) and next RIP, through the prologue the lanes share,
+//! [`Run::operand`] and [`Run::checked`]) and its executor's ALU arm (one
 //! read, [`alu::compute`], then one write of the memory operand or of the
 //! register, none for CMP and TEST, RF cleared, RIP last). It declines
 //! (`None`, nothing done) anything else: a register operand, bytes that
@@ -26,9 +27,9 @@
 //!
 //! [`run_mode`]: super::run_mode
 
-use super::operand::{self, Placed};
+use super::operand::{Run, operand_size};
 use super::retire;
-use super::{alu, byte, checked_linear, merged, read_reg, read_sized, rex_and_opcode, sized_field};
+use super::{alu, merged, read_reg, read_sized, rex_and_opcode};
 use crate::Outcome;
 use crate::access::AccessType;
 use crate::bus::{GuestRam, MmioBus};
@@ -121,15 +122,9 @@ where
     M: MmioBus + ?Sized,
 {
     // (81 and F7 are never byte forms.)
-    if KIND != IMM && at.opcode & 1 == 0 {
-        modrm_alu::<ADDR, KIND, 1, S, R, M>(state, mode, ram, mmio, bytes, at)
-    } else if ADDR == 8 && at.rex & 8 != 0 {
-        modrm_alu::<ADDR, KIND, 8, S, R, M>(state, mode, ram, mmio, bytes, at)
-    } else if ADDR == 2 {
-        modrm_alu::<ADDR, KIND, 2, S, R, M>(state, mode, ram, mmio, bytes, at)
-    } else {
-        modrm_alu::<ADDR, KIND, 4, S, R, M>(state, mode, ram, mmio, bytes, at)
-    }
+    operand_size!(byte if KIND != IMM && at.opcode & 1 == 0, ADDR, at.rex, |SIZE| {
+        modrm_alu::<ADDR, KIND, SIZE, S, R, M>(state, mode, ram, mmio, bytes, at)
+    })
 }
 
 /// [`run_alu`] once the opcode is known, its ModRM byte at
@@ -155,14 +150,13 @@ where
         opcode,
         rex,
     } = at;
-    let modrm = byte(bytes, i)?;
-    i += 1;
-    let md = modrm >> 6;
+    // (The arguments are a `Run` for the shared prologue only: passed on as
+    // one through the execution too, as in the integer lane, they cost up
+    // to 9 instructions more per assist in 16- and 32-bit modes, measured,
+    // where they crowd the registers.)
+    let run = Run::new(state, mode, ram, mmio, exit_gpa, bytes);
+    let modrm = run.modrm(&mut i)?;
     let reg_field = (modrm >> 3) & 7;
-    let rm = modrm & 7;
-    if md == 3 {
-        return None;
-    }
     // The operation: its index in the ALU opcodes' order (00 ADD ... 38
     // CMP), or [`TEST`].
     let op = if KIND == IMM8 || KIND == IMM {
@@ -181,26 +175,25 @@ where
     } else {
         (opcode >> 3) & 7
     };
-    let address = operand::address::<ADDR, S>(state, bytes, &mut i, md, rm, rex)?;
     // A full immediate is 16 bits at operand size 2, else 32
     // (sign-extended at size 8).
-    let imm = match KIND {
-        IMM8 => sized_field(bytes, &mut i, 1)?,
-        IMM => sized_field(bytes, &mut i, if SIZE == 2 { 2 } else { 4 })?,
+    let imm_size = match KIND {
+        IMM8 => 1,
+        IMM if SIZE == 2 => 2,
+        IMM => 4,
         _ => 0,
     };
     // REX, opcode, ModRM, SIB, disp32 and imm32 are 12 bytes at most.
-    let Placed { offset, next_rip } = address.place::<ADDR, S>(state, i);
-    let segment = address.data_segment::<ADDR>();
+    let m = run.operand::<ADDR>(i, modrm, rex, imm_size)?;
     // CMP and TEST only read their memory operand, and so does every
     // reg, r/m form; the others read and write it.
-    let writes = op < CMP;
-    let access = if KIND == TO_REG || !writes {
+    let access = if KIND == TO_REG || op >= CMP {
         AccessType::Read
     } else {
         AccessType::Write
     };
-    checked_linear::<ADDR, S>(state, mode, exit_gpa, segment, offset, SIZE, access)?;
+    run.checked::<ADDR>(&m, SIZE, access)?;
+    let (imm, next_rip) = (m.imm, m.next_rip);
     let reg = reg_field | ((rex & 4) << 1);
     Some(execute::<KIND, SIZE, S, R, M>(
         state,

@@ -5,19 +5,23 @@
 //! but LOCK and (64-bit mode) REX, in that order.
 //!
 //! Why: the full decoder ([`decode_with`](super::decode_with) with `INT`)
-//! parses any prefixes, walks the MOV/ALU opcodes first, packs a `Fast`
-//! and the executor dispatches on its form again, then runs the operation
-//! in a read-modify-write closure that dispatches on the mnemonic once
-//! more (and is too large to inline, as the locked retries are its second
-//! caller). Here [`run`] reads LOCK and REX, then hands each family to a
-//! path of its own: the plain INC/DEC/NOT/NEG (`lane_int/unary.rs`),
-//! XCHG/XADD/CMPXCHG (`exchange.rs`), CMPXCHG8B/16B (`wide.rs`), BT*
-//! (`bits.rs`), SETcc/CMOVcc (`cond.rs`), the other LOCK read-modify-writes
-//! (`locked.rs`) and MOVSXD/MOVNTI (`moves.rs`). Each decodes its memory
-//! operand with the shared prologue (`operand.rs`), has its operand size a
-//! constant in each copy, picks its operation with one jump and has that
-//! operation's read-modify-write inline, with nothing packed for a second
-//! dispatch.
+//! parses any prefixes, walks the MOV/ALU opcodes first, packs a `Fast` and
+//! the executor dispatches on its form again, then runs the operation in a
+//! read-modify-write closure that dispatches on the mnemonic once more (and
+//! is too large to inline, as the locked retries are its second caller).
+//! Here [`run`] reads LOCK and REX, then hands each family to a path of its
+//! own: the plain INC/DEC/NOT/NEG (`lane_int/unary.rs`), XCHG/XADD/CMPXCHG
+//! (`exchange.rs`), CMPXCHG8B/16B (`wide.rs`), BT* (`bits.rs`),
+//! SETcc/CMOVcc (`cond.rs`), the other LOCK read-modify-writes
+//! (`locked.rs`) and MOVSXD/MOVNTI (`moves.rs`), each a method of the
+//! lane's arguments bundled as one [`Run`] (but BT*, whose arguments stay
+//! apart past the prologue, as the ALU lane's: there the bundle cost up to
+//! 6 instructions per assist in 16-bit modes). Each decodes its memory
+//! operand with the prologue the lanes share ([`Run::modrm`],
+//! [`Run::memory`]), has its operand size a constant in each copy
+//! ([`operand_size!`](super::operand::operand_size)), picks its operation
+//! with one jump and has that operation's read-modify-write inline
+//! (`read_modify_write!`), with nothing packed for a second dispatch.
 //!
 //! Exactness: these are the full fast path's forms with its decode (the
 //! same ModRM and segment helpers, `checked_linear`), its checks (LOCK
@@ -30,11 +34,42 @@
 //! lane to the general path in every mode.
 
 use super::byte;
+use super::operand::Run;
 use crate::Outcome;
 use crate::bus::{GuestRam, MmioBus};
 use crate::error::Error;
 use crate::mode::CpuMode;
 use crate::state::CpuState;
+
+/// The read-modify-write `$op` (a closure: old value -> (new value,
+/// result)) of the `$size` bytes at `$gpa`, evaluating to its result:
+/// locked (`$lock`), [`rmw_page`](crate::exec::rmw_page)'s compare-and-write
+/// with the operation always inline, returning [`Outcome::Resume`] from the
+/// enclosing function if every attempt lost its race (nothing changed);
+/// unlocked, one read and one write of the new value, always made.
+macro_rules! read_modify_write {
+    ($ram:ident, $mmio:ident, $gpa:ident, $size:expr, $lock:expr, $op:expr) => {
+        if $lock {
+            match $crate::exec::rmw_page(
+                $ram,
+                $mmio,
+                $gpa,
+                $size,
+                true,
+                #[inline(always)]
+                $op,
+            )? {
+                Some(v) => v,
+                None => return Ok($crate::Outcome::Resume),
+            }
+        } else {
+            let n = usize::from($size);
+            let (new, v) = ($op)($crate::exec::fast::read_sized($ram, $mmio, $gpa, n)?);
+            $crate::exec::fast::families::write_sized($ram, $mmio, $gpa, n, new)?;
+            v
+        }
+    };
+}
 
 mod bits;
 mod cond;
@@ -64,6 +99,7 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
+    let run = Run::new(state, mode, ram, mmio, exit_gpa, bytes);
     let long = ADDR == 8;
     let mut b = byte(bytes, 0)?;
     let mut i = 1;
@@ -85,57 +121,48 @@ where
     // The plain INC/DEC/NOT/NEG: their own path, the operand size a
     // constant in each copy (see `unary.rs`).
     if !lock && unary::is_opcode(b) {
-        return unary::sized::<ADDR, S, R, M>(state, mode, ram, mmio, exit_gpa, bytes, i, b, rex);
+        return run.unary::<ADDR>(i, b, rex);
     }
     // BT*, XCHG/XADD/CMPXCHG, CMPXCHG8B/16B and SETcc/CMOVcc: theirs too
     // (`bits.rs`, `exchange.rs`, `wide.rs`, `cond.rs`), for the same reason.
-    let (st, r, m) = (state, ram, mmio);
     if b == 0x0F {
         let op2 = byte(bytes, i)?;
         let j = i + 1;
         if bits::is_secondary(op2) {
+            let Run {
+                state,
+                mode,
+                ram,
+                mmio,
+                exit_gpa,
+                bytes,
+            } = run;
             return bits::sized::<ADDR, S, R, M>(
-                st, mode, r, m, exit_gpa, bytes, j, op2, rex, lock,
+                state, mode, ram, mmio, exit_gpa, bytes, j, op2, rex, lock,
             );
         }
         if let Some(op) = exchange::secondary(op2) {
-            let wide = op2 & 1 != 0;
-            return exchange::sized::<ADDR, S, R, M>(
-                st, mode, r, m, exit_gpa, bytes, j, op, wide, rex, lock,
-            );
+            return run.exchange::<ADDR>(j, op, op2 & 1 != 0, rex, lock);
         }
         if cond::is_secondary(op2) {
             // (LOCK: #UD, the general path's.)
             if lock {
                 return None;
             }
-            return cond::sized::<ADDR, S, R, M>(st, mode, r, m, exit_gpa, bytes, j, op2, rex);
+            return run.conditional::<ADDR>(j, op2, rex);
         }
         if wide::is_secondary(op2) {
-            return wide::sized::<ADDR, S, R, M>(st, mode, r, m, exit_gpa, bytes, j, rex, lock);
+            return run.wide::<ADDR>(j, rex, lock);
         }
     } else if exchange::is_xchg(b) {
-        let wide = b & 1 != 0;
-        return exchange::sized::<ADDR, S, R, M>(
-            st,
-            mode,
-            r,
-            m,
-            exit_gpa,
-            bytes,
-            i,
-            exchange::XCHG,
-            wide,
-            rex,
-            lock,
-        );
+        return run.exchange::<ADDR>(i, exchange::XCHG, b & 1 != 0, rex, lock);
     }
     // The LOCK-prefixed ALU and INC/DEC/NOT/NEG forms: theirs
     // (`locked.rs`). LOCK on anything else (MOVSXD, MOVNTI, the forms
     // that are not the lane's) is left to the general path (#UD).
     if lock {
         return if locked::is_opcode(b) {
-            locked::sized::<ADDR, S, R, M>(st, mode, r, m, exit_gpa, bytes, i, b, rex)
+            run.locked::<ADDR>(i, b, rex)
         } else {
             None
         };
@@ -143,10 +170,10 @@ where
     // MOVSXD (64-bit mode; elsewhere 63 is ARPL) and MOVNTI (0F C3):
     // theirs (`moves.rs`).
     if long && b == 0x63 {
-        return moves::sized::<ADDR, S, R, M>(st, mode, r, m, exit_gpa, bytes, i, rex, true);
+        return run.moves::<ADDR>(i, rex, true);
     }
     if b == 0x0F && byte(bytes, i)? == 0xC3 {
-        return moves::sized::<ADDR, S, R, M>(st, mode, r, m, exit_gpa, bytes, i + 1, rex, false);
+        return run.moves::<ADDR>(i + 1, rex, false);
     }
     None
 }

@@ -154,6 +154,14 @@ fn merged<S: CpuState + ?Sized>(state: &S, reg: u8, size: u8, rex: bool, value: 
     }
 }
 
+/// Writes `value` to the register of encoding `reg` at `size`, with
+/// [`merged`]'s rules.
+#[inline(always)]
+fn set_reg<S: CpuState + ?Sized>(state: &mut S, reg: u8, size: u8, rex: bool, value: u64) {
+    let (g, v) = merged(state, reg, size, rex, value);
+    state.set_gpr(g, v);
+}
+
 /// Retires an instruction whose every access succeeded: RFLAGS (`new_flags`,
 /// RF already cleared) only if it changed, which saves the store (often:
 /// a MOV or a flag-preserving form leaves it as it was), then RIP. The

@@ -2,34 +2,35 @@
 //! with a register bit offset (0F A3, AB, B3, BB) or an imm8 one (0F BA
 //! /4-/7), LOCK (BTS/BTR/BTC) and (64-bit mode) REX their only prefixes.
 //!
-//! Why: through the lane's generic decoder and executor ([`run`](super::run))
-//! these paid its opcode table, the packed `Form`/`Decoded` and the
-//! executor's dispatch on the operation once more, some 90 instructions
-//! of an assist of about 300. Here, as for INC/DEC/NOT/NEG (`unary.rs`),
-//! the operand size is a constant in each copy ([`sized`]: 2 in 16-bit
-//! modes, 4, or 8 with REX.W) and the operation (bits 4:3 of the opcode,
-//! or ModRM.reg) is picked by one jump, inline.
+//! Why: through the lane's generic decoder and executor
+//! ([`run`](super::run)) these paid its opcode table, the packed
+//! `Form`/`Decoded` and the executor's dispatch on the operation once more,
+//! some 90 instructions of an assist of about 300. Here, as for
+//! INC/DEC/NOT/NEG (`unary.rs`), the operand size is a constant in each
+//! copy ([`sized`]: 2 in 16-bit modes, 4, or 8 with REX.W) and the
+//! operation (bits 4:3 of the opcode, or ModRM.reg) is picked by one jump,
+//! inline.
 //!
-//! Exactness: the lane's decode for these bytes (the same ModRM and
-//! segment helpers, [`checked_linear`] with a read access for BT and a
-//! write one for the others, the register offset's signed displacement of
-//! the address, wrapped at the address size), and the execution of the
-//! full fast path: BT one read; BTS/BTR/BTC unlocked one read and one
-//! write of the new value (always made), locked the compare-and-write
-//! rules of [`rmw_page`] (a lost race leaves everything unchanged,
-//! [`Outcome::Resume`]). CF is the old bit; RF is cleared, RIP written
-//! last; a failed access changes no register. The lane's differential
-//! test (`lane_int_tests.rs`) covers these forms in every mode.
+//! Exactness: the lane's decode for these bytes (the lanes' shared
+//! prologue, [`Run::operand`] and [`Run::checked`]: the same ModRM and
+//! segment helpers, `checked_linear` with a read access for BT and a write
+//! one for the others, the register offset's signed displacement of the
+//! address, wrapped at the address size), and the execution of the full
+//! fast path: BT one read; BTS/BTR/BTC unlocked one read and one write of
+//! the new value (always made), locked the compare-and-write rules of
+//! [`rmw_page`](crate::exec::rmw_page) (a lost race leaves everything
+//! unchanged, [`Outcome::Resume`]). CF is the old bit; RF is cleared, RIP
+//! written last; a failed access changes no register. The lane's
+//! differential test (`lane_int_tests.rs`) covers these forms in every
+//! mode.
 
-use super::super::families::write_sized;
-use super::super::operand::{self, Placed};
-use super::super::retire;
-use super::super::{address_mask, byte, checked_linear, read_reg, read_sized, sized_field};
+use super::super::operand::{Run, Taken, operand_size};
+use super::super::{read_reg, read_sized, retire};
 use crate::Outcome;
 use crate::access::AccessType;
 use crate::bus::{GuestRam, MmioBus};
 use crate::error::Error;
-use crate::exec::{bits, rmw_page};
+use crate::exec::bits;
 use crate::flags::{CF, RF};
 use crate::mode::CpuMode;
 use crate::state::CpuState;
@@ -59,20 +60,15 @@ pub(super) fn sized<const ADDR: u8, S, R, M>(
     op2: u8,
     rex: u8,
     lock: bool,
-) -> Option<Result<Outcome, Error>>
+) -> Taken
 where
     S: CpuState + ?Sized,
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    let (st, r, m) = (state, ram, mmio);
-    if ADDR == 8 && rex & 8 != 0 {
-        bit_test::<ADDR, 8, S, R, M>(st, mode, r, m, exit_gpa, bytes, i, op2, rex, lock)
-    } else if ADDR == 2 {
-        bit_test::<ADDR, 2, S, R, M>(st, mode, r, m, exit_gpa, bytes, i, op2, rex, lock)
-    } else {
-        bit_test::<ADDR, 4, S, R, M>(st, mode, r, m, exit_gpa, bytes, i, op2, rex, lock)
-    }
+    operand_size!(ADDR, rex, |SIZE| {
+        bit_test::<ADDR, SIZE, S, R, M>(state, mode, ram, mmio, exit_gpa, bytes, i, op2, rex, lock)
+    })
 }
 
 /// [`sized`] for operand size `SIZE`: the decode, the checks and the
@@ -90,18 +86,18 @@ fn bit_test<const ADDR: u8, const SIZE: u8, S, R, M>(
     op2: u8,
     rex: u8,
     lock: bool,
-) -> Option<Result<Outcome, Error>>
+) -> Taken
 where
     S: CpuState + ?Sized,
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    let modrm = byte(bytes, i)?;
-    i += 1;
-    let md = modrm >> 6;
-    if md == 3 {
-        return None;
-    }
+    // (The arguments are a `Run` for the shared prologue only, as in the
+    // ALU lane: passed on as one through the execution, they cost up to 6
+    // instructions more per assist in 16-bit modes, measured (and saved 7
+    // on 64-bit BTS/BTR/BTC): register allocation.)
+    let run = Run::new(state, mode, ram, mmio, exit_gpa, bytes);
+    let modrm = run.modrm(&mut i)?;
     let reg_field = (modrm >> 3) & 7;
     let imm_form = op2 == 0xBA;
     // The operation: 0 BT, 1 BTS, 2 BTR, 3 BTC (bits 4:3 of A3/AB/B3/BB,
@@ -118,32 +114,25 @@ where
     if lock && op == 0 {
         return None;
     }
-    let rm = modrm & 7;
-    let address = operand::address::<ADDR, S>(state, bytes, &mut i, md, rm, rex)?;
-    let imm = sized_field(bytes, &mut i, u8::from(imm_form))?;
     // LOCK, REX, 0F op, ModRM, SIB, disp32 and imm8 are 10 bytes at most.
-    let Placed {
-        mut offset,
-        next_rip,
-    } = address.place::<ADDR, S>(state, i);
-    let bits_mask = u64::from(SIZE) * 8 - 1;
+    let mut m = run.operand::<ADDR>(i, modrm, rex, u8::from(imm_form))?;
     let bit = if imm_form {
-        (imm & bits_mask) as u32
+        (m.imm & (u64::from(SIZE) * 8 - 1)) as u32
     } else {
         // A register bit offset moves the access (the address-size wrap
         // applies to the sum).
         let reg = reg_field | ((rex & 4) << 1);
-        let (b, displacement) = bits::register_offset(read_reg(state, reg, SIZE, true), SIZE);
-        offset = offset.wrapping_add(displacement as u64) & address_mask(ADDR);
+        let (b, displacement) = bits::register_offset(read_reg(&*run.state, reg, SIZE, true), SIZE);
+        m.displace::<ADDR>(displacement as u64);
         b
     };
-    let segment = address.data_segment::<ADDR>();
     let access = if op == 0 {
         AccessType::Read
     } else {
         AccessType::Write
     };
-    checked_linear::<ADDR, S>(state, mode, exit_gpa, segment, offset, SIZE, access)?;
+    run.checked::<ADDR>(&m, SIZE, access)?;
+    let next_rip = m.next_rip;
     Some(execute::<SIZE, S, R, M>(
         state, ram, mmio, exit_gpa, op, bit, lock, next_rip,
     ))
@@ -182,24 +171,10 @@ where
     }
     let old = if op == 0 {
         read_sized(ram, mmio, gpa, n)?
-    } else if lock {
-        match rmw_page(
-            ram,
-            mmio,
-            gpa,
-            SIZE,
-            true,
-            #[inline(always)]
-            move |old| (changed(op, old, mask), old),
-        )? {
-            Some(old) => old,
-            // Every attempt lost its race: nothing changes.
-            None => return Ok(Outcome::Resume),
-        }
     } else {
-        let old = read_sized(ram, mmio, gpa, n)?;
-        write_sized(ram, mmio, gpa, n, changed(op, old, mask))?;
-        old
+        read_modify_write!(ram, mmio, gpa, SIZE, lock, move |old| {
+            (changed(op, old, mask), old)
+        })
     };
     let new_flags = if old & mask != 0 {
         rflags | CF
