@@ -55,14 +55,14 @@ fn raw_gpa_map(
     ioctl(model, fd, sys::NVMM_IOC_GPA_MAP, &mut g).unwrap();
 }
 
-/// Maps the two pages at `p` (filled with 0xAA first) into a machine's
-/// guest RAM at 0 and checks that the guest reads zeroes from them.
+/// Maps the two pages at `p` (filled with 0xAA first) into the guest RAM
+/// of a machine of `model` at 0 and checks that the guest reads zeroes
+/// from them.
 ///
 /// # Safety
 /// `p` is the caller's, page-aligned, valid for 0x2000 bytes, not
 /// referenced, and kept until this returns (the machine is gone then).
-unsafe fn check_hva_map_zeroes(p: *mut u8) {
-    let model = KernelModel::new();
+unsafe fn check_hva_map_zeroes(model: &Arc<KernelModel>, p: *mut u8) {
     let nvmm = Nvmm::open_with(model.clone(), OpenMode::User).unwrap();
     let m = nvmm.create_machine().unwrap();
     // SAFETY: the caller's two pages.
@@ -124,7 +124,7 @@ fn hva_map_replaces_the_range_with_zeroed_memory() {
     let model = KernelModel::new();
     let p = model.map_anonymous(0x2000).unwrap().as_ptr();
     // SAFETY: the mapping just made, which the model keeps.
-    unsafe { check_hva_map_zeroes(p) };
+    unsafe { check_hva_map_zeroes(&model, p) };
 }
 
 /// The same for memory the model did not allocate: it zeroes it through
@@ -140,7 +140,7 @@ fn hva_map_zeroes_caller_allocated_memory_too() {
     // The model gets the address only (as the kernel does).
     p.expose_provenance();
     // SAFETY: the block just allocated, freed only below.
-    unsafe { check_hva_map_zeroes(p) };
+    unsafe { check_hva_map_zeroes(&KernelModel::new(), p) };
     // SAFETY: allocated above with `layout`; the machine is destroyed.
     unsafe { std::alloc::dealloc(p, layout) };
 }
