@@ -83,6 +83,8 @@ mod netbsd_guests;
 
 #[path = "assist.rs"]
 mod assist;
+#[path = "assist_state.rs"]
+mod assist_state;
 #[path = "capability_guests_kvm.rs"]
 mod capability_guests_kvm;
 #[path = "concurrency.rs"]
