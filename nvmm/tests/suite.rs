@@ -113,6 +113,8 @@ mod mxcsr;
 mod netbsd_guests_kvm;
 #[path = "open.rs"]
 mod open;
+#[path = "read_only_tables.rs"]
+mod read_only_tables;
 #[path = "snapshot.rs"]
 mod snapshot;
 #[path = "stop_semantics.rs"]
