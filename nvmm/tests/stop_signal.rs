@@ -68,6 +68,32 @@ fn a_signal_without_handler_is_refused() {
     assert_eq!(model.comm_stop(m.id(), 0), 0, "no stop requested either");
 }
 
+/// A number that is no signal at all (sigaction fails with EINVAL) is
+/// refused the same way, before any stop is requested.
+#[test]
+fn a_number_that_is_no_signal_is_refused() {
+    let model = KernelModel::new();
+    let nvmm = Nvmm::open_with(model.clone(), OpenMode::User).unwrap();
+    let m = nvmm.create_machine().unwrap();
+    let v = m.create_vcpu(0).unwrap();
+    for signal in [0, -1, 4096] {
+        // SAFETY: pthread_self names the current thread, alive for the call.
+        let e = unsafe {
+            v.stopper()
+                .stop_and_signal_raw(libc::pthread_self(), signal)
+                .unwrap_err()
+        };
+        assert!(
+            matches!(
+                e,
+                Error::Rejected { op: Op::Signal, reason: Rejection::SignalNotHandled(s) } if s == signal
+            ),
+            "{signal}: {e:?}"
+        );
+    }
+    assert_eq!(model.comm_stop(m.id(), 0), 0, "no stop requested");
+}
+
 #[test]
 fn a_finished_but_unjoined_thread_can_be_signalled() {
     // SAFETY: installing a handler that only touches an atomic.
