@@ -243,6 +243,37 @@ fn serde_round_trip() {
     // The FXSAVE area must be exactly 512 bytes.
     let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
     value["fpu"].as_array_mut().unwrap().pop();
-    let short = serde_json::from_value::<nvmm::VcpuState>(value).unwrap_err();
+    let short = serde_json::from_value::<nvmm::VcpuState>(value.clone()).unwrap_err();
     assert!(short.to_string().contains("512 bytes"), "{short}");
+    value["fpu"]
+        .as_array_mut()
+        .unwrap()
+        .extend([0.into(), 0.into()]);
+    let long = serde_json::from_value::<nvmm::VcpuState>(value).unwrap_err();
+    assert!(long.to_string().contains("513"), "{long}");
+}
+
+/// A format that hands the FXSAVE area over as bytes (serde's
+/// `visit_bytes`; serde_json's reader does so for a string where bytes
+/// are asked for) gets the same length rule: 512 bytes are the area,
+/// anything else is an error.
+#[cfg(feature = "serde")]
+#[test]
+fn serde_fxsave_area_as_bytes() {
+    let (model, machine) = setup();
+    let mut vcpu = vcpu_after_guest(&model, &machine, 0);
+    let mut value = serde_json::to_value(vcpu.save().unwrap()).unwrap();
+    let with_fpu = |value: &mut serde_json::Value, len: usize| {
+        value["fpu"] = "x".repeat(len).into();
+        serde_json::from_str::<nvmm::VcpuState>(&value.to_string())
+    };
+    let state = with_fpu(&mut value, 512).unwrap();
+    assert_eq!(
+        serde_json::to_value(&state).unwrap()["fpu"],
+        serde_json::to_value(vec![b'x'; 512]).unwrap()
+    );
+    for len in [0, 511, 513] {
+        let e = with_fpu(&mut value, len).unwrap_err();
+        assert!(e.to_string().contains("512 bytes"), "{len}: {e}");
+    }
 }
