@@ -322,6 +322,37 @@ fn completion_helpers() {
     assert!(v.complete_cpuid(CpuidRegs::default()).is_err());
 }
 
+/// `skip_instruction` takes each skippable exit's `npc`, and only theirs:
+/// RDMSR, WRMSR and port I/O besides the CPUID/MWAIT above, and MONITOR.
+#[test]
+fn skip_instruction_takes_the_npc_of_every_skippable_exit() {
+    let (model, m) = setup_with(ModelConfig::default());
+    let mut v = m.create_vcpu(0).unwrap();
+    let exits = [
+        ScriptedExit::rdmsr(0x10, 0x5000),
+        ScriptedExit::wrmsr(0x10, 7, 0x5100),
+        ScriptedExit::io(0x80, false, 1, 0x5200),
+        ScriptedExit::insn(sys::NVMM_VCPU_EXIT_MONITOR, 0x5300),
+    ];
+    for (i, exit) in exits.into_iter().enumerate() {
+        model.push_exit(m.id(), 0, exit);
+        v.run().unwrap();
+        let before = v.gprs().unwrap().rip();
+        v.skip_instruction().unwrap();
+        let npc = 0x5000 + 0x100 * i as u64;
+        assert_ne!(before, npc);
+        assert_eq!(v.gprs().unwrap().rip(), npc, "{:?}", v.last_exit());
+        assert!(v.pending_commit().contains(StateClasses::GPRS));
+    }
+    // A memory exit has no npc (the assist completes it).
+    model.push_exit(m.id(), 0, ScriptedExit::memory(0xfee0_0000, true, &[]));
+    v.run().unwrap();
+    assert_eq!(
+        rejected(&v.skip_instruction().unwrap_err()),
+        Some((Op::CompleteExit, Rejection::WrongExit))
+    );
+}
+
 #[test]
 fn cpuid_configuration_rules() {
     let (model, m) = setup_with(ModelConfig {
