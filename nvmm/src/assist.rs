@@ -291,7 +291,8 @@ impl CpuState for CommState {
 /// it at once, without asking the copy.
 ///
 /// A lookup in the snapshot tries, in order: the area the last one found
-/// ([`LastArea`]: most of an assist's accesses fall in one area), the page
+/// ([`LastArea`]: most accesses fall in one area; kept from one assist to
+/// the next while the list is unchanged), the page
 /// the copy remembers as holding no RAM (the copy is of the snapshot's
 /// list while the snapshot is held: taking it refreshed the copy), and
 /// only then the list, which sets one or the other. Each gives the list's
@@ -320,27 +321,30 @@ pub(crate) struct VcpuRam {
     last: LastArea,
 }
 
-/// The area of the current assist's snapshot that its last lookup found
-/// ([`GuestArea::NONE`] while no snapshot is held, and from the start of
-/// each assist until its first lookup in the snapshot). An assist's
-/// accesses cluster: the fetch cache's entries, the code they lead to and
-/// the walker's entries usually lie in one area, so each lookup after the
-/// first is this area's range test instead of a walk of the list, and
+/// The area of the list that the last lookup in a snapshot found, or
+/// [`GuestArea::NONE`]. An assist's accesses cluster, and so do those of
+/// successive assists: the fetch cache's entries, the code they lead to
+/// and the walker's entries usually lie in one area, so a lookup is this
+/// area's range test instead of a walk of the list, and
 /// [`GuestRam::check_entries`] checks every entry against it with one
 /// bound.
 ///
-/// Its host pointer is one of the snapshot's, used only while that
-/// snapshot is held: it is set only from the snapshot, and
-/// [`VcpuRam::end_assist`] clears it when it drops the snapshot. Areas do
-/// not overlap, so an address this area holds is held by no other area of
-/// the snapshot: its answer is the list's.
+/// It is an area of the list of the copy's generation, and is used only
+/// while a snapshot is held, whose list then is of that generation (taking
+/// a snapshot refreshes the copy, and clears this when the generation
+/// changed). Every change of the guest areas gives the list a new
+/// generation, so a snapshot of the same generation has this very area,
+/// inside a host mapping that the snapshot holds (a host mapping cannot be
+/// released while a guest area uses it): the pointer is valid, and keeps
+/// its mapping, whenever it is used, also in a later assist than the one
+/// that found it. Areas do not overlap, so an address this area holds is
+/// held by no other area of the snapshot: its answer is the list's.
 struct LastArea(GuestArea);
 
-// SAFETY: the pointer is a copy of one of the snapshot's (`Areas` is
-// `Send`), dereferenced only through `guest_ram`'s atomics while the
-// snapshot keeps it mapped, by the thread that holds the `VcpuRam`
-// exclusively (see `LastArea`); moving it to another thread between
-// assists moves a `GuestArea::NONE`.
+// SAFETY: the pointer is a copy of one of a snapshot's (`Areas` is
+// `Send`), dereferenced only through `guest_ram`'s atomics while a
+// snapshot of its list keeps it mapped, by the thread that holds the
+// `VcpuRam` exclusively (see `LastArea`).
 unsafe impl Send for LastArea {}
 
 /// A generation no list has: the machine's counter starts at 0 and would
@@ -428,14 +432,18 @@ impl VcpuRam {
     #[inline(never)]
     fn snapshot_host_range(&mut self, gpa: u64, len: usize, need: Prot) -> Option<NonNull<u8>> {
         self.take_snapshot();
-        self.find_host_range(gpa, len, need)
+        self.held_host_range(gpa, len, need)
     }
 
     /// Takes the snapshot of the list for the rest of the assist, and
     /// brings the VCPU's copy up to date with it.
     fn take_snapshot(&mut self) {
         let snapshot = self.machine.snapshot();
-        self.copy.refresh(&snapshot);
+        if self.copy.generation() != snapshot.generation {
+            // Another list: the last area found may not be one of its.
+            self.last = LastArea(GuestArea::NONE);
+            self.copy.refresh(&snapshot);
+        }
         self.answers_for = NO_GENERATION;
         self.snapshot = Some(snapshot);
     }
@@ -446,13 +454,19 @@ impl VcpuRam {
     /// rather than asking the copy first.
     #[inline(always)]
     fn find_readable(&mut self, gpa: u64, len: usize) -> bool {
+        if self.answers_for != NO_GENERATION {
+            self.take_snapshot_cold();
+        }
         // A pointer comes from the last area found, which is kept (see
         // `find_host_range`).
-        if self.answers_for != NO_GENERATION {
-            // No snapshot yet, so no last area: the list is walked.
-            return self.snapshot_host_range(gpa, len, Prot::READ).is_some();
-        }
         self.held_host_range(gpa, len, Prot::READ).is_some()
+    }
+
+    /// [`VcpuRam::take_snapshot`] out of line.
+    #[cold]
+    #[inline(never)]
+    fn take_snapshot_cold(&mut self) {
+        self.take_snapshot();
     }
 
     /// Whether all `entries`, `N`-byte entries (8 or 4), hold their
@@ -541,8 +555,8 @@ impl VcpuRam {
         // snapshot is held exactly when `answers_for` is NO_GENERATION
         // (see the field): compared in place, with no load of the slot.
         if self.answers_for == NO_GENERATION {
-            // The last area's pointer goes with the snapshot.
-            self.last = LastArea(GuestArea::NONE);
+            // The last area stays: it is of the copy's generation, and is
+            // used only under a snapshot of it (see `LastArea`).
             self.snapshot = None;
             self.answers_for = self.copy.generation();
         }
@@ -1331,7 +1345,7 @@ mod tests {
                     1 => 0xfee0_0000 + (r >> 8) % 0x1000,
                     _ => (r >> 8) % 0x8000,
                 };
-                let len = [1usize, 2, 4, 8, 15][(r >> 32) as usize % 5];
+                let len = [0usize, 1, 2, 4, 8, 15][(r >> 32) as usize % 6];
                 let need =
                     [Prot::READ, Prot::WRITE, Prot::READ | Prot::WRITE][(r >> 40) as usize % 3];
                 let want = snapshot.host_range(gpa, len, need);
@@ -1364,7 +1378,7 @@ mod tests {
             let mut area_ram = AreaRam::new(vcpu.assist_parts().ram);
             // MMIO first: after a change of the list it takes the
             // snapshot and finds no area, so the next read goes through
-            // the last area (which must not be the previous assist's) or
+            // the last area (which must not be one of the old list) or
             // the remembered page. Then RAM, and `gpa` again through what
             // that left.
             let _ = area_ram.get().read(0xfee0_0000, &mut byte);

@@ -169,22 +169,26 @@ impl GuestArea {
     /// The host pointer of `gpa..gpa+len` if this area holds all of it
     /// and allows `need`: what `Areas::host_range` gives when `gpa`
     /// lies in this area (areas do not overlap, so it is the one found).
-    /// [`GuestArea::NONE`] holds nothing. Two comparisons and the rights
-    /// test: the assists' guest RAM asks it first on every access.
+    /// [`GuestArea::NONE`] holds nothing. One addition, one comparison
+    /// and the rights test: the assists' guest RAM asks it first on every
+    /// access.
     #[cfg(feature = "assist")]
     #[inline(always)]
     pub(crate) fn host_range(&self, gpa: u64, len: usize, need: Prot) -> Option<NonNull<u8>> {
-        // `off < size` is `gpa` in the area (a `gpa` below it wraps to a
-        // huge offset); then `len <= size - off` is its end in it too.
+        // The range's end in the area: a `gpa` below the area wraps to a
+        // huge offset, whose end overflows or passes the size. An empty
+        // range counts as one byte, so that `gpa` itself lies in the area
+        // (the list's rule: `Areas::find`, then `holds`).
         let off = gpa.wrapping_sub(self.gpa);
-        if off < self.size && len as u64 <= self.size - off && self.prot.contains(need) {
-            // SAFETY: `off < size`, and the area lies inside one host
-            // mapping (an invariant of `Areas`), so the result stays in
-            // that allocation; `off` fits in a `usize` as the mapping's
-            // length does.
-            Some(unsafe { self.host.add(off as usize) })
-        } else {
-            None
+        match off.checked_add((len as u64).max(1)) {
+            Some(end) if end <= self.size && self.prot.contains(need) => {
+                // SAFETY: `off < end <= size`, and the area lies inside
+                // one host mapping (an invariant of `Areas`), so the result
+                // stays in that allocation; `off` fits in a `usize` as the
+                // mapping's length does.
+                Some(unsafe { self.host.add(off as usize) })
+            }
+            _ => None,
         }
     }
     /// The host pointer of `gpa`, which lies in this area.
