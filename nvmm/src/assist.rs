@@ -448,18 +448,32 @@ impl VcpuRam {
         self.snapshot = Some(snapshot);
     }
 
-    /// Makes the last area the one holding `gpa..gpa+len` with read
-    /// access, for [`GuestRam::check_entries`]; false if there is none.
-    /// Page-table entries are RAM, so this takes the snapshot at once
-    /// rather than asking the copy first.
-    #[inline(always)]
-    fn find_readable(&mut self, gpa: u64, len: usize) -> bool {
-        if self.answers_for != NO_GENERATION {
-            self.take_snapshot_cold();
+    /// [`GuestRam::check_entries`] when the last area does not hold every
+    /// entry: the area of the first entry becomes the last one, and the
+    /// entries are checked against it; anything else takes the default's
+    /// order.
+    #[inline(never)]
+    fn check_entries_found(
+        &mut self,
+        entries: &[(u64, u64)],
+        wide: bool,
+    ) -> std::result::Result<EntryCheck, BusError> {
+        let len = if wide { 8 } else { 4 };
+        if let Some(&(first, _)) = entries.first() {
+            // A pointer comes from the last area found, which is kept
+            // (see `find_host_range`).
+            if self.held_host_range(first, len, Prot::READ).is_some() {
+                let held = if wide {
+                    self.last_area_holds::<8>(entries)
+                } else {
+                    self.last_area_holds::<4>(entries)
+                };
+                if held == Some(true) {
+                    return Ok(EntryCheck::Held);
+                }
+            }
         }
-        // A pointer comes from the last area found, which is kept (see
-        // `find_host_range`).
-        self.held_host_range(gpa, len, Prot::READ).is_some()
+        self.check_entries_in_order(entries, wide)
     }
 
     /// [`VcpuRam::take_snapshot`] out of line.
@@ -632,38 +646,37 @@ impl GuestRam for VcpuRam {
         Ok(Some(unsafe { guest_ram::read_u64(src) }))
     }
 
-    /// The default's answer with one lookup and one test: the area of
-    /// the first entry (usually the last area found already), a bound
-    /// test per entry against it, and the differences of all the entries
-    /// accumulated and tested once at the end. Anything else (an entry
-    /// outside that area, or one that changed) takes the default's
+    /// The default's answer with no lookup and one test when the last
+    /// area found holds every entry (the walk's tables usually lie in the
+    /// area of the last assist's): a bound test per entry against it, each
+    /// entry's bytes compared in place, the differences accumulated and
+    /// tested once at the end. Otherwise the area of the first entry is
+    /// looked up and the same is tried against it; anything else (an
+    /// entry outside that area, or one that changed) takes the default's
     /// entry-by-entry order, out of line, which names the entry. Reading
     /// the entries after a changed one first is allowed (the trait's
-    /// contract): they are plain RAM, and are read with the default's
-    /// accesses (`read_u64` is `read_aligned_u64`'s, `read_u32` the
-    /// bytes `read` would load).
+    /// contract): they are plain RAM, read with the byte loads the
+    /// default's `read_aligned_u64` or `read` would make.
     #[inline(always)]
     fn check_entries(
         &mut self,
         entries: &[(u64, u64)],
         wide: bool,
     ) -> std::result::Result<EntryCheck, BusError> {
-        let len = if wide { 8 } else { 4 };
-        let Some(&(first, _)) = entries.first() else {
-            return Ok(EntryCheck::Held);
-        };
-        if !self.find_readable(first, len) {
-            return self.check_entries_in_order(entries, wide);
+        // Page-table entries are RAM: the snapshot is taken at once,
+        // without asking the copy first.
+        if self.answers_for != NO_GENERATION {
+            self.take_snapshot_cold();
         }
         let held = if wide {
             self.last_area_holds::<8>(entries)
         } else {
             self.last_area_holds::<4>(entries)
         };
-        if held == Some(true) {
-            Ok(EntryCheck::Held)
-        } else {
-            self.check_entries_in_order(entries, wide)
+        match held {
+            Some(true) => Ok(EntryCheck::Held),
+            Some(false) => self.check_entries_in_order(entries, wide),
+            None => self.check_entries_found(entries, wide),
         }
     }
 
@@ -1404,6 +1417,37 @@ mod tests {
         assert_eq!(read(&mut vcpu, 0x1010).map(|r| r.0), Ok(RamStatus::NotRam));
         assert_eq!(read(&mut vcpu, 0x10).map(|r| r.0), Ok(RamStatus::NotRam));
         assert!(vcpu.assist_parts().ram.snapshot.is_none());
+        machine.hva_unmap(one).unwrap();
+        machine.hva_unmap(two).unwrap();
+    }
+
+    /// `check_entries` after the page holding the entries was remapped to
+    /// other host memory between two assists reads the new memory, though
+    /// the area the last assist found held every entry.
+    #[test]
+    fn check_entries_sees_a_remapped_table() {
+        let model = KernelModel::new();
+        let nvmm = Nvmm::open_with(model, OpenMode::User).unwrap();
+        let machine = nvmm.create_machine().unwrap();
+        let one = machine.hva_map(0x1000).unwrap();
+        let two = machine.hva_map(0x1000).unwrap();
+        machine.gpa_map(&one, 0, 0, 0x1000, Prot::ALL).unwrap();
+        machine.write_guest(0x100, &7u64.to_le_bytes()).unwrap();
+        machine.write_guest(0x108, &9u64.to_le_bytes()).unwrap();
+        let mut vcpu = machine.create_vcpu(0).unwrap();
+        let entries = [(0x100, 7), (0x108, 9)];
+        let check = |vcpu: &mut crate::Vcpu| {
+            let mut area_ram = AreaRam::new(vcpu.assist_parts().ram);
+            area_ram.get().check_entries(&entries, true)
+        };
+        assert_eq!(check(&mut vcpu), Ok(EntryCheck::Held));
+        assert_eq!(check(&mut vcpu), Ok(EntryCheck::Held));
+        machine.gpa_unmap(0, 0x1000).unwrap();
+        machine.gpa_map(&two, 0, 0, 0x1000, Prot::ALL).unwrap();
+        machine.write_guest(0x100, &7u64.to_le_bytes()).unwrap();
+        assert_eq!(check(&mut vcpu), Ok(EntryCheck::Changed { index: 1 }));
+        machine.gpa_unmap(0, 0x1000).unwrap();
+        assert_eq!(check(&mut vcpu), Ok(EntryCheck::NotRam { gpa: 0x100 }));
         machine.hva_unmap(one).unwrap();
         machine.hva_unmap(two).unwrap();
     }
