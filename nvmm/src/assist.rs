@@ -287,6 +287,16 @@ impl CpuState for CommState {
 /// or finds the list changed, takes the snapshot (and refreshes the copy);
 /// every later lookup of the assist uses that snapshot, so from the first
 /// RAM access on, the assist sees one consistent list, as before.
+/// [`GuestRam::check_entries`] (page-table entries, which are RAM) takes
+/// it at once, without asking the copy.
+///
+/// A lookup in the snapshot tries, in order: the area the last one found
+/// ([`LastArea`]: most accesses fall in one area; kept from one assist to
+/// the next while the list is unchanged), the page
+/// the copy remembers as holding no RAM (the copy is of the snapshot's
+/// list while the snapshot is held: taking it refreshed the copy), and
+/// only then the list, which sets one or the other. Each gives the list's
+/// own answer, so the assist sees exactly the snapshot.
 ///
 /// The copy, the snapshot slot and the machine live in the VCPU
 /// ([`VcpuRam`]), so an assist is handed one pointer to long-lived data
@@ -306,7 +316,36 @@ pub(crate) struct VcpuRam {
     /// checks both, and one with [`NO_GENERATION`] whether a snapshot is
     /// held.
     answers_for: u64,
+    /// The area of the snapshot that the last lookup in it found, or
+    /// [`GuestArea::NONE`]: see [`LastArea`].
+    last: LastArea,
 }
+
+/// The area of the list that the last lookup in a snapshot found, or
+/// [`GuestArea::NONE`]. An assist's accesses cluster, and so do those of
+/// successive assists: the fetch cache's entries, the code they lead to
+/// and the walker's entries usually lie in one area, so a lookup is this
+/// area's range test instead of a walk of the list, and
+/// [`GuestRam::check_entries`] checks every entry against it with one
+/// bound.
+///
+/// It is an area of the list of the copy's generation, and is used only
+/// while a snapshot is held, whose list then is of that generation (taking
+/// a snapshot refreshes the copy, and clears this when the generation
+/// changed). Every change of the guest areas gives the list a new
+/// generation, so a snapshot of the same generation has this very area,
+/// inside a host mapping that the snapshot holds (a host mapping cannot be
+/// released while a guest area uses it): the pointer is valid, and keeps
+/// its mapping, whenever it is used, also in a later assist than the one
+/// that found it. Areas do not overlap, so an address this area holds is
+/// held by no other area of the snapshot: its answer is the list's.
+struct LastArea(GuestArea);
+
+// SAFETY: the pointer is a copy of one of a snapshot's (`Areas` is
+// `Send`), dereferenced only through `guest_ram`'s atomics while a
+// snapshot of its list keeps it mapped, by the thread that holds the
+// `VcpuRam` exclusively (see `LastArea`).
+unsafe impl Send for LastArea {}
 
 /// A generation no list has: the machine's counter starts at 0 and would
 /// need 2^64 - 1 changes to reach it (`GuestRanges` makes the same
@@ -328,20 +367,62 @@ impl VcpuRam {
             copy: GuestRanges::new(),
             snapshot: None,
             answers_for: UNMADE,
+            last: LastArea(GuestArea::NONE),
         }
     }
 
     /// The host pointer of `gpa..gpa+len` if it is RAM allowing `need`.
     #[inline(always)]
     fn host_range(&mut self, gpa: u64, len: usize, need: Prot) -> Option<NonNull<u8>> {
-        // No snapshot held, and the copy is of the current list: it
-        // answers "not RAM" (see `VcpuRam`).
-        if self.answers_for == self.machine.generation() && !self.copy.holds(gpa, len, need) {
+        if self.answers_for == self.machine.generation() {
+            // No snapshot held, and the copy is of the current list: it
+            // answers "not RAM" (see `VcpuRam`).
+            if !self.copy.holds(gpa, len, need) {
+                return None;
+            }
+            return self.snapshot_host_range(gpa, len, need);
+        }
+        if self.answers_for != NO_GENERATION {
+            // The list changed since the copy was made (or it never was).
+            return self.snapshot_host_range(gpa, len, need);
+        }
+        self.held_host_range(gpa, len, need)
+    }
+
+    /// [`VcpuRam::host_range`] while a snapshot is held: the last area
+    /// found, then the page the copy (of the snapshot's list: the snapshot
+    /// refreshed it) knows holds no RAM, then the snapshot's list.
+    #[inline(always)]
+    fn held_host_range(&mut self, gpa: u64, len: usize, need: Prot) -> Option<NonNull<u8>> {
+        if let Some(p) = self.last.0.host_range(gpa, len, need) {
+            return Some(p);
+        }
+        if self.copy.in_mmio_page(gpa, len) {
             return None;
         }
-        match &self.snapshot {
-            Some(snapshot) => snapshot.host_range(gpa, len, need),
-            None => self.snapshot_host_range(gpa, len, need),
+        self.find_host_range(gpa, len, need)
+    }
+
+    /// [`VcpuRam::held_host_range`]'s walk of the snapshot's list: keeps
+    /// the area holding `gpa` as the last one found, or, when none holds
+    /// it, remembers its page in the copy (which is of the snapshot's
+    /// generation) as holding no RAM.
+    #[inline(never)]
+    fn find_host_range(&mut self, gpa: u64, len: usize, need: Prot) -> Option<NonNull<u8>> {
+        let found = self.snapshot.as_ref().and_then(|s| s.find(gpa).copied());
+        match found {
+            Some(area) => {
+                self.last = LastArea(area);
+                area.host_range(gpa, len, need)
+            }
+            None => {
+                // Only reached with a snapshot held (and so a copy of its
+                // list): no area holds `gpa`.
+                if self.snapshot.is_some() {
+                    self.copy.remember_mmio_page(gpa);
+                }
+                None
+            }
         }
     }
 
@@ -350,34 +431,134 @@ impl VcpuRam {
     #[cold]
     #[inline(never)]
     fn snapshot_host_range(&mut self, gpa: u64, len: usize, need: Prot) -> Option<NonNull<u8>> {
+        self.take_snapshot();
+        self.held_host_range(gpa, len, need)
+    }
+
+    /// Takes the snapshot of the list for the rest of the assist, and
+    /// brings the VCPU's copy up to date with it.
+    fn take_snapshot(&mut self) {
         let snapshot = self.machine.snapshot();
-        self.copy.refresh(&snapshot);
+        if self.copy.generation() != snapshot.generation {
+            // Another list: the last area found may not be one of its.
+            self.last = LastArea(GuestArea::NONE);
+            self.copy.refresh(&snapshot);
+        }
         self.answers_for = NO_GENERATION;
-        self.snapshot.insert(snapshot).host_range(gpa, len, need)
+        self.snapshot = Some(snapshot);
     }
 
-    /// [`VcpuRam::host_range`]'s lookup, giving the area that holds
-    /// `gpa..gpa+len` (for [`GuestRam::check_entries`], whose next entry
-    /// usually lies in the same area).
-    #[inline(always)]
-    fn host_area(&mut self, gpa: u64, len: usize, need: Prot) -> Option<GuestArea> {
-        if self.answers_for == self.machine.generation() && !self.copy.holds(gpa, len, need) {
-            return None;
+    /// [`GuestRam::check_entries`] when the last area does not hold every
+    /// entry: the area of the first entry becomes the last one, and the
+    /// entries are checked against it; anything else takes the default's
+    /// order.
+    #[inline(never)]
+    fn check_entries_found(
+        &mut self,
+        entries: &[(u64, u64)],
+        wide: bool,
+    ) -> std::result::Result<EntryCheck, BusError> {
+        let len = if wide { 8 } else { 4 };
+        if let Some(&(first, _)) = entries.first() {
+            // A pointer comes from the last area found, which is kept
+            // (see `find_host_range`).
+            if self.held_host_range(first, len, Prot::READ).is_some() {
+                let held = if wide {
+                    self.last_area_holds::<8>(entries)
+                } else {
+                    self.last_area_holds::<4>(entries)
+                };
+                if held == Some(true) {
+                    return Ok(EntryCheck::Held);
+                }
+            }
         }
-        match &self.snapshot {
-            Some(snapshot) => snapshot.area_holding(gpa, len, need),
-            None => self.snapshot_host_area(gpa, len, need),
-        }
+        self.check_entries_in_order(entries, wide)
     }
 
-    /// [`VcpuRam::snapshot_host_range`] for [`VcpuRam::host_area`].
+    /// [`VcpuRam::take_snapshot`] out of line.
     #[cold]
     #[inline(never)]
-    fn snapshot_host_area(&mut self, gpa: u64, len: usize, need: Prot) -> Option<GuestArea> {
-        let snapshot = self.machine.snapshot();
-        self.copy.refresh(&snapshot);
-        self.answers_for = NO_GENERATION;
-        self.snapshot.insert(snapshot).area_holding(gpa, len, need)
+    fn take_snapshot_cold(&mut self) {
+        self.take_snapshot();
+    }
+
+    /// Whether all `entries`, `N`-byte entries (8 or 4), hold their
+    /// values, if the last area holds every entry and allows reads;
+    /// `None` otherwise (at the first entry outside it: the ones before it
+    /// may have been read, which the trait allows). Out of line: inlined
+    /// into the fetch, the compiler loaded all the entries' bytes first
+    /// and spilled them.
+    #[inline(never)]
+    fn last_area_holds<const N: usize>(&self, entries: &[(u64, u64)]) -> Option<bool> {
+        let area = &self.last.0;
+        // `GuestArea::NONE` (size 0) holds nothing: `None`.
+        let last_offset = area.size.checked_sub(N as u64)?;
+        if !area.prot.contains(Prot::READ) {
+            return None;
+        }
+        let mut differ = 0;
+        for (gpa, value) in entries {
+            let offset = gpa.wrapping_sub(area.gpa);
+            if offset > last_offset {
+                return None;
+            }
+            // SAFETY: `offset + N <= size`: the entry lies in the last
+            // area, inside its host mapping, which the snapshot this
+            // assist holds keeps mapped (see `LastArea`). `offset` fits in
+            // a `usize` as the mapping's length does.
+            let src = unsafe { area.host.add(offset as usize) };
+            // A 4-byte entry's value is below 2^32 when it holds.
+            differ |= u8::from(N == 4 && *value > u64::from(u32::MAX));
+            if cfg!(target_endian = "little") {
+                // The value's bytes where they are stored, in guest
+                // RAM's (little-endian) order: compared in place.
+                // SAFETY: a `u64` is 8 initialised bytes, and `[u8; 8]`
+                // has no alignment requirement.
+                let bytes = unsafe { &*std::ptr::from_ref(value).cast::<[u8; 8]>() };
+                let expected = bytes.first_chunk::<N>()?;
+                // SAFETY: as above, for `src..src+N`.
+                differ |= unsafe { guest_ram::differ(src, expected) };
+            } else {
+                let now = if N == 8 {
+                    // SAFETY: as above, for `src..src+8`.
+                    unsafe { guest_ram::read_u64(src) }
+                } else {
+                    // SAFETY: as above, for `src..src+4`.
+                    u64::from(unsafe { guest_ram::read_u32(src) })
+                };
+                differ |= u8::from(now != *value);
+            }
+        }
+        Some(differ == 0)
+    }
+
+    /// [`GuestRam::check_entries`] the trait's default way, one entry at a
+    /// time (the fast path's answer when an entry is not in the area of
+    /// the first, or some entry changed).
+    #[inline(never)]
+    fn check_entries_in_order(
+        &mut self,
+        entries: &[(u64, u64)],
+        wide: bool,
+    ) -> std::result::Result<EntryCheck, BusError> {
+        for (index, &(gpa, value)) in entries.iter().enumerate() {
+            let now = if wide {
+                self.read_aligned_u64(gpa)?
+            } else {
+                let mut buf = [0u8; 4];
+                match self.read(gpa, &mut buf)? {
+                    RamStatus::Done => Some(u64::from(u32::from_le_bytes(buf))),
+                    RamStatus::NotRam => None,
+                }
+            };
+            match now {
+                None => return Ok(EntryCheck::NotRam { gpa }),
+                Some(now) if now != value => return Ok(EntryCheck::Changed { index }),
+                Some(_) => {}
+            }
+        }
+        Ok(EntryCheck::Held)
     }
 
     /// Ends an assist: drops its snapshot, if it took one, and lets the
@@ -388,6 +569,8 @@ impl VcpuRam {
         // snapshot is held exactly when `answers_for` is NO_GENERATION
         // (see the field): compared in place, with no load of the slot.
         if self.answers_for == NO_GENERATION {
+            // The last area stays: it is of the copy's generation, and is
+            // used only under a snapshot of it (see `LastArea`).
             self.snapshot = None;
             self.answers_for = self.copy.generation();
         }
@@ -437,6 +620,13 @@ impl GuestRam for VcpuRam {
         let Some(src) = self.host_range(gpa, buf.len(), Prot::READ) else {
             return Ok(RamStatus::NotRam);
         };
+        // The instruction fetch reads 15 bytes (a length the compiler
+        // knows there, so this test goes away at every call site).
+        if let Ok(code) = <&mut [u8; 15]>::try_from(&mut *buf) {
+            // SAFETY: as below, for `src..src+15`.
+            unsafe { guest_ram::read_array(src, code) };
+            return Ok(RamStatus::Done);
+        }
         // SAFETY: `src..src+len` lies in a registered host mapping that
         // `self.snapshot` (which `host_range` used) keeps mapped until the
         // `AreaRam` that lent `self` is dropped; guest RAM is only accessed
@@ -456,46 +646,38 @@ impl GuestRam for VcpuRam {
         Ok(Some(unsafe { guest_ram::read_u64(src) }))
     }
 
-    /// The default's reads and answer, with one area lookup for the
-    /// entries that lie in the area of the one before: once an entry was
-    /// found in RAM the assist holds a snapshot, in which the area holding
-    /// that entry is the only one that can hold an address inside it
-    /// (areas do not overlap), so the full lookup would find it again.
+    /// The default's answer with no lookup and one test when the last
+    /// area found holds every entry (the walk's tables usually lie in the
+    /// area of the last assist's): a bound test per entry against it, each
+    /// entry's bytes compared in place, the differences accumulated and
+    /// tested once at the end. Otherwise the area of the first entry is
+    /// looked up and the same is tried against it; anything else (an
+    /// entry outside that area, or one that changed) takes the default's
+    /// entry-by-entry order, out of line, which names the entry. Reading
+    /// the entries after a changed one first is allowed (the trait's
+    /// contract): they are plain RAM, read with the byte loads the
+    /// default's `read_aligned_u64` or `read` would make.
     #[inline(always)]
     fn check_entries(
         &mut self,
         entries: &[(u64, u64)],
         wide: bool,
     ) -> std::result::Result<EntryCheck, BusError> {
-        let len = if wide { 8 } else { 4 };
-        let mut area: Option<GuestArea> = None;
-        for (index, &(gpa, value)) in entries.iter().enumerate() {
-            let src = match area.and_then(|a| a.host_range(gpa, len, Prot::READ)) {
-                Some(src) => src,
-                None => {
-                    area = self.host_area(gpa, len, Prot::READ);
-                    match area.and_then(|a| a.host_of(gpa)) {
-                        Some(src) => src,
-                        None => return Ok(EntryCheck::NotRam { gpa }),
-                    }
-                }
-            };
-            let now = if wide {
-                // SAFETY: as in `read`, for `src..src+8`: the area, of the
-                // snapshot this assist holds, holds all of it.
-                unsafe { guest_ram::read_u64(src) }
-            } else {
-                let mut buf = [0u8; 4];
-                // SAFETY: as in `read`, for `src..src+4`: the area, of the
-                // snapshot this assist holds, holds all of it.
-                unsafe { guest_ram::read(src, &mut buf) };
-                u64::from(u32::from_le_bytes(buf))
-            };
-            if now != value {
-                return Ok(EntryCheck::Changed { index });
-            }
+        // Page-table entries are RAM: the snapshot is taken at once,
+        // without asking the copy first.
+        if self.answers_for != NO_GENERATION {
+            self.take_snapshot_cold();
         }
-        Ok(EntryCheck::Held)
+        let held = if wide {
+            self.last_area_holds::<8>(entries)
+        } else {
+            self.last_area_holds::<4>(entries)
+        };
+        match held {
+            Some(true) => Ok(EntryCheck::Held),
+            Some(false) => self.check_entries_in_order(entries, wide),
+            None => self.check_entries_found(entries, wide),
+        }
     }
 
     #[inline(always)]
@@ -1092,21 +1274,32 @@ mod tests {
                     (gpa, value)
                 })
                 .collect();
-            // Every other round in an assist already holding a snapshot.
+            // Most rounds in an assist already holding a snapshot, whose
+            // last area found is the first area, the second (read-only),
+            // or none after a lookup of MMIO.
+            let before = [None, Some(0x10u64), Some(0x2010), Some(0x7010)][round % 4];
+            let lookup = |area_ram: &mut AreaRam<'_>| {
+                if let Some(gpa) = before {
+                    let mut b = [0u8; 1];
+                    let want = if gpa < 0x3000 {
+                        RamStatus::Done
+                    } else {
+                        RamStatus::NotRam
+                    };
+                    assert_eq!(area_ram.get().read(gpa, &mut b), Ok(want));
+                    // The MMIO lookup took no snapshot: take it now.
+                    assert_eq!(area_ram.get().read(0x10, &mut b), Ok(RamStatus::Done));
+                    assert_eq!(area_ram.get().read(gpa, &mut b), Ok(want));
+                }
+            };
             let parts = vcpu.assist_parts();
             let mut area_ram = AreaRam::new(parts.ram);
-            if round % 2 == 1 {
-                let mut b = [0u8; 1];
-                assert_eq!(area_ram.get().read(0x10, &mut b), Ok(RamStatus::Done));
-            }
+            lookup(&mut area_ram);
             let want = Default(area_ram.get()).check_entries(&entries, wide);
             drop(area_ram);
             let parts = vcpu.assist_parts();
             let mut area_ram = AreaRam::new(parts.ram);
-            if round % 2 == 1 {
-                let mut b = [0u8; 1];
-                assert_eq!(area_ram.get().read(0x10, &mut b), Ok(RamStatus::Done));
-            }
+            lookup(&mut area_ram);
             let got = area_ram.get().check_entries(&entries, wide);
             assert_eq!(got, want, "{entries:x?} wide {wide}");
             seen[match got {
@@ -1117,5 +1310,145 @@ mod tests {
         }
         // Each answer comes up (more than a tenth of the time here).
         assert!(seen.iter().all(|&k| k * 10 > rounds), "{seen:?}");
+    }
+
+    /// Within an assist holding a snapshot, every lookup (through the
+    /// last area found, the page the copy remembers as not RAM, or the
+    /// list) gives the snapshot's own answer, whatever the lookups before
+    /// it: random lookups over adjacent areas, areas with other rights, a
+    /// gap and MMIO, with page-straddling and area-straddling ranges.
+    #[test]
+    fn lookups_in_a_snapshot_answer_as_its_list() {
+        let model = KernelModel::new();
+        let nvmm = Nvmm::open_with(model, OpenMode::User).unwrap();
+        let machine = nvmm.create_machine().unwrap();
+        let ram = machine.hva_map(0x6000).unwrap();
+        machine.gpa_map(&ram, 0, 0, 0x2000, Prot::ALL).unwrap();
+        machine
+            .gpa_map(&ram, 0x2000, 0x2000, 0x1000, Prot::READ)
+            .unwrap();
+        machine
+            .gpa_map(&ram, 0x3000, 0x5000, 0x2000, Prot::WRITE)
+            .unwrap();
+        let mut vcpu = machine.create_vcpu(0).unwrap();
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let rounds = if cfg!(miri) { 10 } else { 300 };
+        for _ in 0..rounds {
+            let parts = vcpu.assist_parts();
+            let mut area_ram = AreaRam::new(parts.ram);
+            let mut b = [0u8; 1];
+            // Take the snapshot, with no last area yet or the first one.
+            let first = if next() & 1 == 0 { 0x10 } else { 0x9010 };
+            let _ = area_ram.get().read(first, &mut b);
+            let _ = area_ram.get().read(0x10, &mut b);
+            let ram = area_ram.get();
+            let snapshot = Arc::clone(ram.snapshot.as_ref().unwrap());
+            for _ in 0..32 {
+                let r = next();
+                let gpa = match r % 3 {
+                    0 => [0x2000u64, 0x3000, 0x5000, 0x7000][(r >> 8) as usize % 4]
+                        .wrapping_add((r >> 16) % 32)
+                        .wrapping_sub(16),
+                    1 => 0xfee0_0000 + (r >> 8) % 0x1000,
+                    _ => (r >> 8) % 0x8000,
+                };
+                let len = [0usize, 1, 2, 4, 8, 15][(r >> 32) as usize % 6];
+                let need =
+                    [Prot::READ, Prot::WRITE, Prot::READ | Prot::WRITE][(r >> 40) as usize % 3];
+                let want = snapshot.host_range(gpa, len, need);
+                assert_eq!(
+                    ram.host_range(gpa, len, need),
+                    want,
+                    "{gpa:#x}+{len} {need:?}"
+                );
+            }
+            drop(area_ram);
+        }
+    }
+
+    /// A change of the area list between two assists is seen by the next
+    /// one, whatever the last assist cached: the area it found last (a
+    /// page remapped to other host memory, or unmapped) and the page it
+    /// remembered as not RAM (mapped since).
+    #[test]
+    fn the_next_assist_sees_a_changed_list() {
+        let model = KernelModel::new();
+        let nvmm = Nvmm::open_with(model, OpenMode::User).unwrap();
+        let machine = nvmm.create_machine().unwrap();
+        let one = machine.hva_map(0x1000).unwrap();
+        let two = machine.hva_map(0x1000).unwrap();
+        machine.gpa_map(&one, 0, 0, 0x1000, Prot::ALL).unwrap();
+        machine.write_guest(0x10, &[0x11]).unwrap();
+        let mut vcpu = machine.create_vcpu(0).unwrap();
+        let mut byte = [0u8; 1];
+        let mut read = |vcpu: &mut crate::Vcpu, gpa: u64| {
+            let mut area_ram = AreaRam::new(vcpu.assist_parts().ram);
+            // MMIO first: after a change of the list it takes the
+            // snapshot and finds no area, so the next read goes through
+            // the last area (which must not be one of the old list) or
+            // the remembered page. Then RAM, and `gpa` again through what
+            // that left.
+            let _ = area_ram.get().read(0xfee0_0000, &mut byte);
+            let first = area_ram.get().read(gpa, &mut byte).map(|s| (s, byte[0]));
+            let _ = area_ram.get().read(0x10, &mut byte);
+            let again = area_ram.get().read(gpa, &mut byte).map(|s| (s, byte[0]));
+            assert_eq!(first, again, "{gpa:#x}");
+            first
+        };
+        assert_eq!(read(&mut vcpu, 0x10), Ok((RamStatus::Done, 0x11)));
+        assert_eq!(read(&mut vcpu, 0x1010).map(|r| r.0), Ok(RamStatus::NotRam));
+        // Remapped to other host memory: the new bytes.
+        machine.gpa_unmap(0, 0x1000).unwrap();
+        machine.gpa_map(&two, 0, 0, 0x1000, Prot::ALL).unwrap();
+        machine.write_guest(0x10, &[0x22]).unwrap();
+        assert_eq!(read(&mut vcpu, 0x10), Ok((RamStatus::Done, 0x22)));
+        // The page remembered as not RAM is RAM now.
+        machine.gpa_map(&one, 0, 0x1000, 0x1000, Prot::ALL).unwrap();
+        assert_eq!(read(&mut vcpu, 0x1010), Ok((RamStatus::Done, 0x11)));
+        // Unmapped: not RAM, and nothing pins the host memory.
+        machine.gpa_unmap(0, 0x1000).unwrap();
+        machine.gpa_unmap(0x1000, 0x1000).unwrap();
+        assert_eq!(read(&mut vcpu, 0x1010).map(|r| r.0), Ok(RamStatus::NotRam));
+        assert_eq!(read(&mut vcpu, 0x10).map(|r| r.0), Ok(RamStatus::NotRam));
+        assert!(vcpu.assist_parts().ram.snapshot.is_none());
+        machine.hva_unmap(one).unwrap();
+        machine.hva_unmap(two).unwrap();
+    }
+
+    /// `check_entries` after the page holding the entries was remapped to
+    /// other host memory between two assists reads the new memory, though
+    /// the area the last assist found held every entry.
+    #[test]
+    fn check_entries_sees_a_remapped_table() {
+        let model = KernelModel::new();
+        let nvmm = Nvmm::open_with(model, OpenMode::User).unwrap();
+        let machine = nvmm.create_machine().unwrap();
+        let one = machine.hva_map(0x1000).unwrap();
+        let two = machine.hva_map(0x1000).unwrap();
+        machine.gpa_map(&one, 0, 0, 0x1000, Prot::ALL).unwrap();
+        machine.write_guest(0x100, &7u64.to_le_bytes()).unwrap();
+        machine.write_guest(0x108, &9u64.to_le_bytes()).unwrap();
+        let mut vcpu = machine.create_vcpu(0).unwrap();
+        let entries = [(0x100, 7), (0x108, 9)];
+        let check = |vcpu: &mut crate::Vcpu| {
+            let mut area_ram = AreaRam::new(vcpu.assist_parts().ram);
+            area_ram.get().check_entries(&entries, true)
+        };
+        assert_eq!(check(&mut vcpu), Ok(EntryCheck::Held));
+        assert_eq!(check(&mut vcpu), Ok(EntryCheck::Held));
+        machine.gpa_unmap(0, 0x1000).unwrap();
+        machine.gpa_map(&two, 0, 0, 0x1000, Prot::ALL).unwrap();
+        machine.write_guest(0x100, &7u64.to_le_bytes()).unwrap();
+        assert_eq!(check(&mut vcpu), Ok(EntryCheck::Changed { index: 1 }));
+        machine.gpa_unmap(0, 0x1000).unwrap();
+        assert_eq!(check(&mut vcpu), Ok(EntryCheck::NotRam { gpa: 0x100 }));
+        machine.hva_unmap(one).unwrap();
+        machine.hva_unmap(two).unwrap();
     }
 }

@@ -157,16 +157,39 @@ impl GuestArea {
             prot: self.prot,
         }
     }
-    /// The host pointer of `gpa..gpa+len` if this area holds all of it
-    /// and allows `need`: what [`Areas::host_range`] gives when `gpa`
-    /// lies in this area (areas do not overlap, so it is the one found).
+    /// An area that holds no address (size 0): what a VCPU's last-area
+    /// cache holds when it knows no area (see `VcpuRam`).
     #[cfg(feature = "assist")]
-    #[inline]
+    pub(crate) const NONE: GuestArea = GuestArea {
+        gpa: 0,
+        size: 0,
+        host: NonNull::dangling(),
+        prot: Prot::empty(),
+    };
+    /// The host pointer of `gpa..gpa+len` if this area holds all of it
+    /// and allows `need`: what `Areas::host_range` gives when `gpa`
+    /// lies in this area (areas do not overlap, so it is the one found).
+    /// [`GuestArea::NONE`] holds nothing. One addition, one comparison
+    /// and the rights test: the assists' guest RAM asks it first on every
+    /// access.
+    #[cfg(feature = "assist")]
+    #[inline(always)]
     pub(crate) fn host_range(&self, gpa: u64, len: usize, need: Prot) -> Option<NonNull<u8>> {
-        if !self.contains(gpa) || !holds(self.gpa, self.size, self.prot, gpa, len, need) {
-            return None;
+        // The range's end in the area: a `gpa` below the area wraps to a
+        // huge offset, whose end overflows or passes the size. An empty
+        // range counts as one byte, so that `gpa` itself lies in the area
+        // (the list's rule: `Areas::find`, then `holds`).
+        let off = gpa.wrapping_sub(self.gpa);
+        match off.checked_add((len as u64).max(1)) {
+            Some(end) if end <= self.size && self.prot.contains(need) => {
+                // SAFETY: `off < end <= size`, and the area lies inside
+                // one host mapping (an invariant of `Areas`), so the result
+                // stays in that allocation; `off` fits in a `usize` as the
+                // mapping's length does.
+                Some(unsafe { self.host.add(off as usize) })
+            }
+            _ => None,
         }
-        self.host_of(gpa)
     }
     /// The host pointer of `gpa`, which lies in this area.
     pub(crate) fn host_of(&self, gpa: u64) -> Option<NonNull<u8>> {
@@ -297,17 +320,10 @@ impl Areas {
         self.gpas.iter().find(|a| a.contains(gpa))
     }
 
-    /// The area that holds all of `gpa..gpa+len` and allows `need`: the
-    /// one whose [`GuestArea::host_range`] gives [`Areas::host_range`].
-    #[cfg(feature = "assist")]
-    pub(crate) fn area_holding(&self, gpa: u64, len: usize, need: Prot) -> Option<GuestArea> {
-        let a = self.find(gpa)?;
-        holds(a.gpa, a.size, a.prot, gpa, len, need).then_some(*a)
-    }
-
     /// The host address of `gpa..gpa+len` if one area holds all of it and
-    /// allows `need`.
-    #[cfg(feature = "assist")]
+    /// allows `need` (the assists' guest RAM finds the area with
+    /// [`Areas::find`] and keeps it; the tests compare with this).
+    #[cfg(all(feature = "assist", test))]
     pub(crate) fn host_range(&self, gpa: u64, len: usize, need: Prot) -> Option<NonNull<u8>> {
         let a = self.find(gpa)?;
         if !holds(a.gpa, a.size, a.prot, gpa, len, need) {
@@ -319,7 +335,7 @@ impl Areas {
 
 /// Whether the area `area_gpa..area_gpa+area_size` with rights `prot`
 /// holds all of `gpa..gpa+len` (`gpa` is known to lie in it) and allows
-/// `need`: the one rule of [`Areas::host_range`] and [`GuestRanges::holds`].
+/// `need`: the one rule of `Areas::host_range` and [`GuestRanges::holds`].
 #[cfg(feature = "assist")]
 #[inline]
 fn holds(area_gpa: u64, area_size: u64, prot: Prot, gpa: u64, len: usize, need: Prot) -> bool {
@@ -382,16 +398,31 @@ impl GuestRanges {
     }
 
     /// Whether the copied list has `gpa..gpa+len` in RAM allowing `need`
-    /// (exactly when [`Areas::host_range`] on that list gives a pointer).
+    /// (exactly when `Areas::host_range` on that list gives a pointer).
     // Always inlined: the call would cost more than the page check; the
     // walk of the ranges is not.
     #[inline(always)]
     pub(crate) fn holds(&mut self, gpa: u64, len: usize, need: Prot) -> bool {
-        let off = gpa.wrapping_sub(self.mmio_page);
-        if off < PAGE && len as u64 <= PAGE - off {
+        if self.in_mmio_page(gpa, len) {
             return false;
         }
         self.holds_listed(gpa, len, need)
+    }
+
+    /// Whether `gpa..gpa+len` lies in the remembered page that no copied
+    /// range touches (so [`GuestRanges::holds`] is false for it).
+    #[inline(always)]
+    pub(crate) fn in_mmio_page(&self, gpa: u64, len: usize) -> bool {
+        let off = gpa.wrapping_sub(self.mmio_page);
+        off < PAGE && len as u64 <= PAGE - off
+    }
+
+    /// Remembers the page of `gpa`, which no range of the copied list
+    /// holds: the caller looked `gpa` up in a list of the copy's
+    /// generation (a snapshot the copy was refreshed from) and found no
+    /// area holding it. Areas are whole pages, so none touches the page.
+    pub(crate) fn remember_mmio_page(&mut self, gpa: u64) {
+        self.mmio_page = gpa & !(PAGE - 1);
     }
 
     /// [`GuestRanges::holds`] outside the remembered page: walks the
