@@ -508,27 +508,14 @@ impl VcpuRam {
             // assist holds keeps mapped (see `LastArea`). `offset` fits in
             // a `usize` as the mapping's length does.
             let src = unsafe { area.host.add(offset as usize) };
-            // A 4-byte entry's value is below 2^32 when it holds.
-            differ |= u8::from(N == 4 && *value > u64::from(u32::MAX));
-            if cfg!(target_endian = "little") {
-                // The value's bytes where they are stored, in guest
-                // RAM's (little-endian) order: compared in place.
-                // SAFETY: a `u64` is 8 initialised bytes, and `[u8; 8]`
-                // has no alignment requirement.
-                let bytes = unsafe { &*std::ptr::from_ref(value).cast::<[u8; 8]>() };
-                let expected = bytes.first_chunk::<N>()?;
-                // SAFETY: as above, for `src..src+N`.
-                differ |= unsafe { guest_ram::differ(src, expected) };
+            let now = if N == 8 {
+                // SAFETY: as above, for `src..src+8`.
+                unsafe { guest_ram::read_u64(src) }
             } else {
-                let now = if N == 8 {
-                    // SAFETY: as above, for `src..src+8`.
-                    unsafe { guest_ram::read_u64(src) }
-                } else {
-                    // SAFETY: as above, for `src..src+4`.
-                    u64::from(unsafe { guest_ram::read_u32(src) })
-                };
-                differ |= u8::from(now != *value);
-            }
+                // SAFETY: as above, for `src..src+4`.
+                u64::from(unsafe { guest_ram::read_u32(src) })
+            };
+            differ |= u8::from(now != *value);
         }
         Some(differ == 0)
     }
@@ -649,8 +636,9 @@ impl GuestRam for VcpuRam {
     /// The default's answer with no lookup and one test when the last
     /// area found holds every entry (the walk's tables usually lie in the
     /// area of the last assist's): a bound test per entry against it, each
-    /// entry's bytes compared in place, the differences accumulated and
-    /// tested once at the end. Otherwise the area of the first entry is
+    /// entry read (the one-byte loads of `guest_ram::read_u64`/`read_u32`)
+    /// and compared, the differences accumulated and tested once at the
+    /// end. Otherwise the area of the first entry is
     /// looked up and the same is tried against it; anything else (an
     /// entry outside that area, or one that changed) takes the default's
     /// entry-by-entry order, out of line, which names the entry. Reading

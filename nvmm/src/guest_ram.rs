@@ -121,27 +121,6 @@ pub(crate) unsafe fn read_u32(src: NonNull<u8>) -> u32 {
     value
 }
 
-/// Whether guest RAM at `src` holds the bytes `expected`: 0 if it does,
-/// otherwise not 0 (the OR of every byte XOR-ed with the expected one).
-/// The relaxed byte loads of [`read()`], each compared in place (three
-/// instructions a byte, where assembling a `u64` as [`read_u64`] does
-/// takes four).
-///
-/// # Safety
-///
-/// As for [`read()`], for `src..src+N`.
-#[cfg(any(feature = "assist", test))]
-#[inline]
-pub(crate) unsafe fn differ<const N: usize>(src: NonNull<u8>, expected: &[u8; N]) -> u8 {
-    let mut differ = 0;
-    for (i, e) in expected.iter().enumerate() {
-        // SAFETY: `i < N`, so `src + i` is inside the range the caller
-        // vouches for.
-        differ |= unsafe { byte(src.add(i)) }.load(Ordering::Relaxed) ^ e;
-    }
-    differ
-}
-
 /// [`read()`] of a length known at compile time, unrolled: the assists'
 /// 15-byte instruction fetch copies in 30 instructions instead of the
 /// 70 of the loop over a slice (its tail a byte per 5).
@@ -274,12 +253,6 @@ mod tests {
             assert_eq!(read_u64(p), 0);
             assert_eq!(read_u32(p.add(8)), 0x6745_2301);
             assert_eq!(read_u32(p.add(12)), 0xEFCD_AB89);
-            assert_eq!(differ(p.add(8), &bytes), 0);
-            assert_ne!(differ(p.add(7), &bytes), 0);
-            let mut other = bytes;
-            other[7] ^= 0x80;
-            assert_ne!(differ(p.add(8), &other), 0);
-            assert_eq!(differ(p.add(8), &[0x01, 0x23, 0x45]), 0);
             let mut code = [0u8; 15];
             read_array(p.add(1), &mut code);
             assert_eq!(code[7..], bytes);
