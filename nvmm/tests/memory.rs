@@ -96,6 +96,15 @@ fn rules_are_checked_before_the_kernel_sees_them() {
         (0, 0x20000, 0, Rejection::ZeroSize),
         (0, u64::MAX - 0xfff, 0x2000, Rejection::Overflow),
         (0x3000, 0x20000, 0x2000, Rejection::NotInHostMapping),
+        // An offset past the host mapping's end (the pointer it would
+        // give lies outside the mapping): refused before any arithmetic.
+        (0x5000, 0x20000, 0x1000, Rejection::NotInHostMapping),
+        (
+            usize::MAX & !0xfff,
+            0x20000,
+            0x1000,
+            Rejection::NotInHostMapping,
+        ),
         (
             0x3000,
             0,
