@@ -12,9 +12,11 @@
 //!   a lost race on the RAM part;
 //! - an exit carrying more than 15 instruction bytes, or only the bytes
 //!   before a page edge;
-//! - string port I/O without exit segment information (an SS override,
-//!   fifteen prefixes), and a backwards batch cut by an expand-down limit;
-//! - `FetchCache::clear`, and the `&mut T` forwarding impls of the buses.
+//! - a plain IN/OUT through `assist_io_cached`; string port I/O without
+//!   exit segment information (an SS override, fifteen prefixes), and a
+//!   backwards batch cut by an expand-down limit;
+//! - `FetchCache::clear`, the `&mut T` forwarding impls of the buses, and
+//!   rust-vmm memory whose regions are not 8-byte aligned.
 //!
 //! On every error: the exact typed result, no register changed and no
 //! device access made.
@@ -642,11 +644,13 @@ fn bug_a_locked_xadd_split_over_mmio_then_ram_retries_from_its_own_write() {
 // ---- instruction bytes ------------------------------------------------
 
 /// An exit carrying more than 15 instruction bytes whose instruction is
-/// longer than 15 bytes: the fast path's forms stop at the length limit
-/// (moffs, and ModRM + SIB + disp32 + imm32 behind six prefixes) and the
-/// general decoder reports it too long: `#GP(0)` (Intel SDM Vol. 3A,
-/// "Interrupt 13—General Protection Exception": "exceeding the instruction
-/// length limit of 15 bytes"), no register changed, no MMIO access.
+/// longer than 15 bytes (a hostile or broken exit: SVM gives 15 at most):
+/// the fast path declines them (it takes three prefixes at most, which
+/// keeps its longest form within 15 bytes) and the general decoder, which
+/// reads the first 15, reports the instruction too long: `#GP(0)` (Intel
+/// SDM Vol. 3A, "Interrupt 13—General Protection Exception": "exceeding
+/// the instruction length limit of 15 bytes"), no register changed, no
+/// MMIO access.
 #[test]
 fn an_instruction_over_15_bytes_in_the_exit_is_gp0() {
     let mut moffs = vec![0x66; 7];
@@ -704,6 +708,80 @@ fn an_exit_with_the_bytes_before_a_page_edge_fetches_the_rest() {
     }
     for r in &results[1..] {
         assert_eq!(r, &results[0]);
+    }
+}
+
+// ---- port I/O ----------------------------------------------------------
+
+/// `assist_io_cached` on a plain IN/OUT (not a string instruction): the
+/// cache is not needed and not touched, and the result is `assist_io`'s:
+/// OUT writes AL/AX/EAX, IN loads them (a 32-bit IN zero-extends into RAX
+/// in 64-bit mode, a narrower one keeps the upper bits: Intel SDM Vol. 2A,
+/// IN), RIP goes to `npc`; a failing device changes nothing.
+#[test]
+fn a_plain_in_or_out_through_the_cached_entry() {
+    use crate::support::dyn_assist::assist_io_cached;
+    for (input, size, fail) in [
+        (false, 1u8, false),
+        (false, 4, false),
+        (true, 1, false),
+        (true, 2, false),
+        (true, 4, false),
+        (true, 4, true),
+        (false, 2, true),
+    ] {
+        let what = format!("input {input} size {size} fail {fail}");
+        let exit = IoExit {
+            port: 0x60,
+            input,
+            operand_size: size,
+            address_size: 8,
+            rep: false,
+            string: false,
+            segment: None,
+            npc: 0x1002,
+        };
+        let mut results = Vec::new();
+        for cached in [false, true] {
+            let mut regs = Registers::long_mode(TEST_VENDOR, 0x8_0000, 0x1000, 0);
+            regs.gprs[0] = 0xFFFF_FFFF_8765_4321;
+            let mut ram = TestRam::new(0x1000);
+            let mut ports = RecordingPorts::with_input(&[0xA1, 0xB2, 0xC3, 0xD4]);
+            if fail {
+                ports.fail_at = Some(0);
+            }
+            let mut mmio = RecordingMmio::default();
+            let mut cache = FetchCache::new();
+            let before = regs.clone();
+            let r = if cached {
+                assist_io_cached(
+                    &mut regs, &mut ram, &mut mmio, &mut ports, &exit, &mut cache,
+                )
+            } else {
+                assist_io(&mut regs, &mut ram, &mut mmio, &mut ports, &exit)
+            };
+            if fail {
+                assert_eq!(r, Err(Error::Bus(BusError(9))), "{what}");
+                assert_eq!(regs, before, "{what}");
+            } else {
+                assert_eq!(r, Ok(Outcome::Done), "{what}");
+                assert_eq!(regs.rip, 0x1002, "{what}");
+            }
+            assert_eq!(ram.reads + ram.writes, 0, "{what}: RAM touched");
+            assert_eq!((cache.misses(), cache.data_misses()), (0, 0), "{what}");
+            results.push((r, regs, ports.log));
+        }
+        assert_eq!(results[0], results[1], "{what}");
+        if !fail {
+            let rax = results[0].1.gprs[0];
+            let want = match (input, size) {
+                (false, _) => 0xFFFF_FFFF_8765_4321,
+                (true, 1) => 0xFFFF_FFFF_8765_43A1,
+                (true, 2) => 0xFFFF_FFFF_8765_B2A1,
+                _ => 0xD4C3_B2A1,
+            };
+            assert_eq!(rax, want, "{what}");
+        }
     }
 }
 
