@@ -40,9 +40,10 @@ pub fn run_all(args: &[String]) -> Result<()> {
         println!("\n==> coverage: {package}");
         let objects = build_and_test(package, &paths)?;
         merge(&tools, &paths)?;
-        let report = llvm_cov(&tools, "report", &objects, &paths)?;
+        let sources = workspace_root().join(package).join("src");
+        let report = llvm_cov(&tools, "report", &objects, &paths, &sources)?;
         print!("{report}");
-        let show = llvm_cov(&tools, "show", &objects, &paths)?;
+        let show = llvm_cov(&tools, "show", &objects, &paths, &sources)?;
         let uncovered = uncovered_lines(&show, &workspace_root());
         let mut listing = uncovered.join("\n");
         listing.push('\n');
@@ -291,8 +292,10 @@ fn merge(tools: &Tools, paths: &Paths) -> Result<()> {
 }
 
 /// The arguments of `llvm-cov <command>` (`report` or `show`) over
-/// `objects` with the merged profile.
-fn cov_args(command: &str, objects: &[PathBuf], paths: &Paths) -> Vec<String> {
+/// `objects` with the merged profile, for the files under `sources` (the
+/// package's own: `nvmm`'s test executables hold `nvmm-assist`'s and
+/// `nvmm-sys`'s code too, which their own tests measure).
+fn cov_args(command: &str, objects: &[PathBuf], paths: &Paths, sources: &Path) -> Vec<String> {
     let mut args = vec![command.to_owned()];
     for object in objects {
         args.push("-object".to_owned());
@@ -303,13 +306,21 @@ fn cov_args(command: &str, objects: &[PathBuf], paths: &Paths) -> Vec<String> {
     if command == "show" {
         args.push("-show-instantiations=false".to_owned());
     }
+    args.push("-sources".to_owned());
+    args.push(sources.display().to_string());
     args
 }
 
 /// Runs `llvm-cov` and returns its output.
-fn llvm_cov(tools: &Tools, command: &str, objects: &[PathBuf], paths: &Paths) -> Result<String> {
+fn llvm_cov(
+    tools: &Tools,
+    command: &str,
+    objects: &[PathBuf],
+    paths: &Paths,
+    sources: &Path,
+) -> Result<String> {
     let out = Command::new(&tools.cov)
-        .args(cov_args(command, objects, paths))
+        .args(cov_args(command, objects, paths, sources))
         .output()
         .map_err(|err| fail!("coverage: cannot run llvm-cov: {err}"))?;
     if !out.status.success() {
@@ -419,8 +430,9 @@ mod tests {
             ])
         );
         let objects = [PathBuf::from("/a/t1"), PathBuf::from("/a/t2")];
+        let sources = Path::new("/w/nvmm-assist/src");
         assert_eq!(
-            cov_args("report", &objects, &paths),
+            cov_args("report", &objects, &paths, sources),
             strings(&[
                 "report",
                 "-object",
@@ -429,11 +441,18 @@ mod tests {
                 "/a/t2",
                 "-instr-profile=/w/target/coverage/nvmm-assist.profdata",
                 &format!("--ignore-filename-regex={IGNORE}"),
+                "-sources",
+                "/w/nvmm-assist/src",
             ])
         );
+        let show = cov_args("show", &objects[..1], &paths, sources);
         assert_eq!(
-            cov_args("show", &objects[..1], &paths).last().unwrap(),
-            "-show-instantiations=false"
+            show[show.len() - 3..],
+            strings(&[
+                "-show-instantiations=false",
+                "-sources",
+                "/w/nvmm-assist/src"
+            ])
         );
     }
 
