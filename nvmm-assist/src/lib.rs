@@ -72,6 +72,8 @@ pub mod translate;
 pub mod vendor;
 
 #[cfg(test)]
+mod general_fetch_tests;
+#[cfg(test)]
 pub(crate) mod testutil;
 
 pub use access::AccessType;

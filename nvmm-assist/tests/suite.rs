@@ -58,6 +58,8 @@ mod decode_iced;
 mod decode_iced_host_cases;
 #[path = "decode_segment_hw.rs"]
 mod decode_segment_hw;
+#[path = "error_paths.rs"]
+mod error_paths;
 #[path = "explain.rs"]
 mod explain;
 #[path = "fetch_cache.rs"]

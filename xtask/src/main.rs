@@ -2,6 +2,7 @@
 
 mod bench;
 mod ci;
+mod coverage;
 mod elf;
 mod host_cpu;
 mod netbsd;
@@ -25,6 +26,7 @@ commands:
   ci                               the full test suite
   publish-check                    cargo package, MSRV build and cargo-deny (CI steps 7-9)
   bench                            run every benchmark of nvmm and nvmm-assist
+  coverage [PACKAGE...]            line coverage of nvmm-assist and nvmm's tests (llvm-cov)
   vmtest [--local | --ssh USER@HOST] [--dry-run]
                                    run the test executables and toyvm with NVMM_VMTEST=1
                                    on a NetBSD host with /dev/nvmm (this one, or over ssh)";
@@ -49,6 +51,7 @@ fn dispatch(args: &[String]) -> Result<()> {
         "ci" => no_args("ci", rest).and_then(|()| ci::run()),
         "publish-check" => no_args("publish-check", rest).and_then(|()| publish::check()),
         "bench" => no_args("bench", rest).and_then(|()| bench::run_all()),
+        "coverage" => coverage::run_all(rest),
         "vmtest" => vmtest::parse(rest).and_then(|o| vmtest::run(&o)),
         "netbsd" => no_args("netbsd", rest).and_then(|()| netbsd::run()),
         "help" | "--help" | "-h" => {
