@@ -190,9 +190,11 @@ fn write_fragments<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
 /// The write half of a locked read-modify-write: on RAM, atomically replaces
 /// `expected` (what the caller read) with `new` and returns `false` if memory
 /// changed in between (the caller retries); on MMIO, writes `new` and returns
-/// `true`. A range split over two pages is written non-atomically: a
-/// mismatch on the second part after the first was written returns `false`
-/// too, and the caller's retry rewrites both parts from a fresh read.
+/// `true`. A range split over two pages is written part by part
+/// ([`compare_and_write_fragments`]): `false` means that nothing of `new`
+/// is left in memory and no device was written, so a retry from a fresh
+/// read (RAM parts; the MMIO parts keep the first read,
+/// [`reread_ram_fragments`]) applies the operation once.
 #[inline(always)]
 pub(crate) fn compare_and_write_phys<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     ram: &mut R,
@@ -215,7 +217,17 @@ pub(crate) fn compare_and_write_phys<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     compare_and_write_fragments(ram, mmio, range, expected, new)
 }
 
-/// [`compare_and_write_phys`] fragment by fragment.
+/// [`compare_and_write_phys`] fragment by fragment. The RAM parts first,
+/// each compare-and-written; the MMIO parts (`NotRam`) only once every
+/// RAM part was written, since a device write cannot be taken back. A
+/// mismatch therefore leaves no device written; a RAM part this attempt
+/// already wrote (both parts RAM) is put back by a compare-and-write of
+/// the old bytes, which fails only if another writer overwrote it since,
+/// and then holds that writer's bytes: either way none of `new` is left,
+/// and the caller's retry from a fresh read applies the operation once.
+/// (The two pages are not one atomic access, as the memory assist's
+/// module docs (`mem.rs`) say: another CPU may see
+/// one part written before the other.)
 #[inline(never)]
 fn compare_and_write_fragments<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     ram: &mut R,
@@ -227,17 +239,59 @@ fn compare_and_write_fragments<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     if expected.len() != new.len() {
         return Err(Error::InconsistentExit);
     }
-    for (start, gpa, len) in fragments(range) {
+    // At most two fragments: which are MMIO, and which RAM part was
+    // written (to put back on a later mismatch).
+    let mut deferred = [None; 2];
+    let mut written = None;
+    for (index, (start, gpa, len)) in fragments(range).enumerate() {
         let end = start.checked_add(len).ok_or(Error::InconsistentExit)?;
         let old_part = expected.get(start..end).ok_or(Error::InconsistentExit)?;
         let new_part = new.get(start..end).ok_or(Error::InconsistentExit)?;
         match ram.compare_and_write(gpa, old_part, new_part)? {
-            CompareWrite::Written => {}
-            CompareWrite::Mismatch => return Ok(false),
-            CompareWrite::NotRam => mmio.write(gpa, new_part)?,
+            CompareWrite::Written => written = Some((gpa, old_part, new_part)),
+            CompareWrite::Mismatch => {
+                if let Some((gpa, old_part, new_part)) = written {
+                    // Whatever this says, none of `new` is left there.
+                    ram.compare_and_write(gpa, new_part, old_part)?;
+                }
+                return Ok(false);
+            }
+            CompareWrite::NotRam => {
+                if let Some(slot) = deferred.get_mut(index) {
+                    *slot = Some((gpa, new_part));
+                }
+            }
         }
     }
+    for (gpa, new_part) in deferred.into_iter().flatten() {
+        mmio.write(gpa, new_part)?;
+    }
     Ok(true)
+}
+
+/// Reads the RAM fragments of `range` into `buf` again, leaving the bytes
+/// of the MMIO fragments as they are (`buf` holds the previous read): a
+/// locked read-modify-write's retry, after its compare-and-write lost
+/// against another writer of the RAM part. The device was read once and
+/// has not been written (see [`compare_and_write_fragments`]), so its
+/// bytes are still the instruction's; reading it again would be a second
+/// device read that the instruction does not make.
+#[inline(never)]
+pub(crate) fn reread_ram_fragments<R: GuestRam + ?Sized>(
+    ram: &mut R,
+    range: &PhysRange,
+    buf: &mut [u8],
+) -> Result<(), Error> {
+    for (start, gpa, len) in fragments(range) {
+        let end = start.checked_add(len).ok_or(Error::InconsistentExit)?;
+        let part = buf.get_mut(start..end).ok_or(Error::InconsistentExit)?;
+        let mut fresh = [0u8; 16];
+        let fresh = fresh.get_mut(..len).ok_or(Error::InconsistentExit)?;
+        if ram.read(gpa, fresh)? == RamStatus::Done {
+            part.copy_from_slice(fresh);
+        }
+    }
+    Ok(())
 }
 
 /// Fetches instruction bytes `buf[have..want]` at CS:RIP + `have`, through

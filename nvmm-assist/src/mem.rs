@@ -32,7 +32,12 @@
 //!   rest (RF set, as after an interrupted REP).
 //! - Locked read-modify-writes on RAM use compare-and-write and retry up to
 //!   16 times, then return [`Outcome::Resume`] with nothing changed; on MMIO
-//!   they are a read followed by a write.
+//!   they are a read followed by a write. An operand split over a RAM and
+//!   an MMIO page reads the device once and writes it once, after the RAM
+//!   part's compare-and-write succeeded (a retry reads the RAM part
+//!   again); split over two RAM pages, a lost race on the second puts the
+//!   first back before the retry. The two pages are not one atomic
+//!   access: another CPU may see one part written before the other.
 //! - A completed instruction clears RFLAGS.RF. Single-step traps (RFLAGS.TF)
 //!   are not raised: the [`Error`]/[`Outcome`] contract has no way to report
 //!   a trap after completion.

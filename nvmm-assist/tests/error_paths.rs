@@ -585,10 +585,10 @@ fn a_locked_add_split_over_ram_then_mmio() {
         } else {
             assert_eq!(cas, [CompareWrite::Written, CompareWrite::NotRam]);
         }
-        // The MMIO half: read on each attempt (the retry starts from a
-        // fresh read), written once, by the attempt that succeeded.
-        let reads = if race { 2 } else { 1 };
-        assert_eq!(g.mmio.low.counts(), (reads, 1), "race {race}");
+        // The MMIO half: read once (the retry reads the RAM half again
+        // and keeps the device's bytes: the instruction reads it once),
+        // written once, by the attempt that succeeded.
+        assert_eq!(g.mmio.low.counts(), (1, 1), "race {race}");
         assert_eq!(
             g.mmio.low.log.last(),
             Some(&BusAccess {
@@ -601,28 +601,62 @@ fn a_locked_add_split_over_ram_then_mmio() {
     }
 }
 
-/// **BUG (reported, not fixed here):** a locked XADD whose dword straddles
-/// the MMIO page and the RAM page after it (0x1FFE..0x2002), with the RAM
-/// half changed by another writer between the read and the compare. The
-/// MMIO half is written first (a device write cannot be undone), then the
-/// RAM half's compare fails and the assist retries from a fresh read:
-/// that read takes the MMIO half the first attempt already wrote, so the
-/// addition is applied twice to it, and XADD returns that value as the
-/// old one. A locked XADD is one atomic access (Intel SDM Vol. 3A,
-/// "Software Controlled Bus Locking";
-/// the SDM's XADD: "TEMP := SRC + DEST; SRC := DEST; DEST := TEMP"): the
-/// other writer's store comes before it or after it, so the result is
-/// either old MMIO half + the other writer's RAM half, plus EAX, or the
-/// race lost the other way (the other writer's store overwrites the RAM
-/// half afterwards). Either way the MMIO half is 0x0001 + 0x10 = 0x0011
-/// and EAX gets 0x0001 in its low half; the assist gives 0x0021 and
-/// 0x0011. (If every retry loses, `Resume` is returned after the MMIO
-/// half was written `LOCK_RETRIES` times, contrary to "Resume: nothing
-/// changed".) Repro: `cargo test -p nvmm-assist --release --test suite
-/// error_paths::bug_ -- --ignored`.
+/// A locked ADD whose dword straddles two RAM pages (0x3FFE..0x4002; an
+/// exit that names RAM, which the assist still completes on RAM), with
+/// the second page's half changed by another writer after the first half
+/// was compare-and-written: the first half is put back before the retry,
+/// so the retry adds once to what memory held after that writer (0x0001
+/// in the upper half): 0x0001_FFFF + 3 = 0x0002_0002. (Left written, the
+/// retry would have read its own 0x0002 and given 0x0001_0005.)
 #[test]
-#[ignore = "BUG: a split locked RMW retried after its MMIO half was written applies the operation twice to that half"]
-fn bug_a_locked_xadd_split_over_mmio_then_ram_retries_from_its_own_write() {
+fn a_locked_add_split_over_two_ram_pages_puts_the_first_half_back() {
+    let mut g = settled_long64();
+    let pt = PageTables::new(Layout::Level4, PT_ROOT);
+    let mut probe = pt.clone();
+    for page in [0x3000u64, 0x4000] {
+        for level in 1..=4 {
+            let at = probe.entry_gpa(&mut g.ram, page, level);
+            pt.modify(&mut g.ram, at, pte::A | pte::D, 0);
+        }
+    }
+    g.ram.put(0x3FFE, &[0xFF, 0xFF, 0x00, 0x00]);
+    g.regs.gprs[3] = 0x3FFE;
+    g.regs.gprs[0] = 3;
+    // Before the first compare: nothing (the same bytes); before the
+    // second: the other writer's 0x0001 in the upper half.
+    g.ram.cas_interference.push((0x3FFE, vec![0xFF, 0xFF]));
+    g.ram.cas_interference.push((0x4000, vec![0x01, 0x00]));
+    let r = g.exec(&LOCK_ADD, 0x3FFE);
+    assert_eq!(r, Ok(Outcome::Done));
+    assert_eq!(g.ram.get(0x3FFE, 4), &[0x02, 0x00, 0x02, 0x00]);
+    let cas: Vec<_> = g.ram.cas_log.iter().map(|c| (c.0, c.2)).collect();
+    assert_eq!(
+        cas,
+        [
+            (0x3FFE, CompareWrite::Written),
+            (0x4000, CompareWrite::Mismatch),
+            (0x3FFE, CompareWrite::Written),
+            (0x3FFE, CompareWrite::Written),
+            (0x4000, CompareWrite::Written),
+        ],
+        "written, mismatch, put back, then the retry"
+    );
+    assert_eq!(g.mmio.total_accesses(), 0);
+}
+
+/// A locked XADD whose dword straddles the MMIO page and the RAM page
+/// after it (0x1FFE..0x2002), with the RAM half changed by another writer
+/// between the read and the compare. A locked XADD is one atomic access
+/// (Intel SDM Vol. 3A, "Software Controlled Bus Locking"; the SDM's XADD:
+/// "TEMP := SRC + DEST; SRC := DEST; DEST := TEMP"): the other writer's
+/// store comes before it or after it, so the MMIO half is 0x0001 + 0x10 =
+/// 0x0011 and EAX gets 0x0001 in its low half. The device write waits
+/// until the RAM half's compare-and-write succeeded, and the retry keeps
+/// the device's first read: the addition is applied once, the device read
+/// once and written once. (This found a bug: the MMIO half used to be
+/// written first, and the retry read it back, adding twice.)
+#[test]
+fn a_locked_xadd_split_over_mmio_then_ram_retries_once_on_the_device() {
     let mut g = settled_long64();
     g.mmio.low.put(0x1FFE, &[0x01, 0x00]);
     g.ram.put(0x2000, &[0x00, 0x00]);
@@ -636,9 +670,14 @@ fn bug_a_locked_xadd_split_over_mmio_then_ram_retries_from_its_own_write() {
     assert_eq!(
         &g.mmio.low.mem[0xFFE..],
         &[0x11, 0x00],
-        "MMIO half: the addition applied twice"
+        "MMIO half: the addition applied once"
     );
     assert_eq!(g.regs.gprs[0] & 0xFFFF, 0x0001, "XADD's old value");
+    // The RAM half: the other writer's 0x1122 plus the carry-free upper
+    // half of 0x10 (0), so unchanged; XADD returns it in EAX[31:16].
+    assert_eq!(g.ram.get(0x2000, 2), &[0x22, 0x11]);
+    assert_eq!(g.regs.gprs[0], 0x1122_0001);
+    assert_eq!(g.mmio.low.counts(), (1, 1), "one device read, one write");
 }
 
 // ---- instruction bytes ------------------------------------------------
@@ -1088,15 +1127,12 @@ fn mut_references_forward_every_bus_method() {
     );
 }
 
-/// **BUG (reported, not fixed here), the same path:** when every retry of
-/// that split locked XADD loses its race on the RAM half, the assist
-/// returns `Resume`, documented as "nothing changed" (the guest
-/// re-executes the instruction), but the MMIO half was written on every
-/// attempt: the device saw `LOCK_RETRIES` writes of values the
-/// instruction never produced. Repro as above.
+/// The same split locked XADD when every retry loses its race on the RAM
+/// half: the assist returns `Resume`, documented as "nothing changed" (the
+/// guest re-executes the instruction), and so the device was not written
+/// (its write waits for the RAM half) and read once.
 #[test]
-#[ignore = "BUG: Resume after a split locked RMW lost every race, yet its MMIO half was written on each attempt"]
-fn bug_a_split_locked_xadd_that_resumes_has_written_its_mmio_half() {
+fn a_split_locked_xadd_that_resumes_has_not_written_its_mmio_half() {
     let mut g = settled_long64();
     g.mmio.low.put(0x1FFE, &[0x01, 0x00]);
     g.regs.gprs[3] = 0x1FFE;
@@ -1107,7 +1143,11 @@ fn bug_a_split_locked_xadd_that_resumes_has_written_its_mmio_half() {
     let r = g.exec(&LOCK_XADD, 0x1FFE);
     assert_eq!(r, Ok(Outcome::Resume));
     assert_eq!(g.regs, before);
-    assert_eq!(g.mmio.low.counts().1, 0, "MMIO writes before Resume");
+    assert_eq!(
+        g.mmio.low.counts(),
+        (1, 0),
+        "MMIO reads and writes before Resume"
+    );
 }
 
 // ---- rust-vmm guest memory with unaligned regions ------------------------

@@ -749,7 +749,7 @@ fn rmw_at<P: RmwPlace, T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     if place.compare_and_write(ram, mmio, old, new)? {
         return Ok(Some(out));
     }
-    rmw_retry(ram, mmio, place, &mut op)
+    rmw_retry(ram, mmio, place, old, &mut op)
 }
 
 /// The locked retries of [`rmw_at`] after the first attempt lost a race:
@@ -760,10 +760,12 @@ fn rmw_retry<P: RmwPlace, T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     ram: &mut R,
     mmio: &mut M,
     place: P,
+    first: P::Value,
     op: &mut impl FnMut(P::Value) -> (P::Value, T),
 ) -> Result<Option<T>, Error> {
+    let mut old = first;
     for _ in 1..LOCK_RETRIES {
-        let old = place.read(ram, mmio)?;
+        old = place.reread(ram, mmio, old)?;
         let (new, out) = op(old);
         if place.compare_and_write(ram, mmio, old, new)? {
             return Ok(Some(out));
@@ -794,8 +796,9 @@ trait RmwPlace: Copy {
     ) -> Result<(), Error>;
 
     /// The write half of a locked read-modify-write: on RAM `new` replaces
-    /// `old` unless memory changed since it was read (`false`); on MMIO
-    /// `new` is written.
+    /// `old` unless memory changed since it was read (`false`: then none of
+    /// `new` is left in memory and no device was written); on MMIO `new`
+    /// is written.
     fn compare_and_write<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
         self,
         ram: &mut R,
@@ -803,6 +806,22 @@ trait RmwPlace: Copy {
         old: Self::Value,
         new: Self::Value,
     ) -> Result<bool, Error>;
+
+    /// The value a locked retry starts from, after `compare_and_write`
+    /// of a value computed from `old` lost against another writer: the
+    /// memory read again, except what `old` took from a device, which the
+    /// instruction reads once (the default reads all of it: a place in
+    /// one page is retried only when it is RAM).
+    #[inline(always)]
+    fn reread<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+        self,
+        ram: &mut R,
+        mmio: &mut M,
+        old: Self::Value,
+    ) -> Result<Self::Value, Error> {
+        let _ = old;
+        self.read(ram, mmio)
+    }
 }
 
 /// `size` (1, 2, 4 or 8) bytes at `gpa`, within one page, as a `u64`.
@@ -901,6 +920,22 @@ impl RmwPlace for Fragments<'_> {
             return Err(Error::InconsistentExit);
         };
         access::compare_and_write_phys(ram, mmio, self.range, expected, data)
+    }
+
+    /// The RAM parts read again, the MMIO parts as `old` has them
+    /// ([`access::reread_ram_fragments`]).
+    #[inline(always)]
+    fn reread<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
+        self,
+        ram: &mut R,
+        _mmio: &mut M,
+        old: u128,
+    ) -> Result<u128, Error> {
+        let mut bytes = old.to_le_bytes();
+        let n = usize::from(self.size).min(16);
+        let value = bytes.get_mut(..n).ok_or(Error::InconsistentExit)?;
+        access::reread_ram_fragments(ram, self.range, value)?;
+        Ok(u128::from_le_bytes(bytes))
     }
 }
 
