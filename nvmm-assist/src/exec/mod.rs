@@ -749,7 +749,15 @@ fn rmw_at<P: RmwPlace, T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     if place.compare_and_write(ram, mmio, old, new)? {
         return Ok(Some(out));
     }
-    rmw_retry(ram, mmio, place, old, &mut op)
+    // Only a place that can hold device bytes besides RAM keeps the first
+    // read for the retries (a constant per place: the one-page places
+    // keep nothing alive across the compare-and-write).
+    let kept = if P::RETRY_KEEPS_FIRST_READ {
+        Some(old)
+    } else {
+        None
+    };
+    rmw_retry(ram, mmio, place, kept, &mut op)
 }
 
 /// The locked retries of [`rmw_at`] after the first attempt lost a race:
@@ -760,12 +768,18 @@ fn rmw_retry<P: RmwPlace, T, R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     ram: &mut R,
     mmio: &mut M,
     place: P,
-    first: P::Value,
+    mut kept: Option<P::Value>,
     op: &mut impl FnMut(P::Value) -> (P::Value, T),
 ) -> Result<Option<T>, Error> {
-    let mut old = first;
     for _ in 1..LOCK_RETRIES {
-        old = place.reread(ram, mmio, old)?;
+        let old = match kept {
+            Some(previous) => {
+                let old = place.reread(ram, mmio, previous)?;
+                kept = Some(old);
+                old
+            }
+            None => place.read(ram, mmio)?,
+        };
         let (new, out) = op(old);
         if place.compare_and_write(ram, mmio, old, new)? {
             return Ok(Some(out));
@@ -807,11 +821,18 @@ trait RmwPlace: Copy {
         new: Self::Value,
     ) -> Result<bool, Error>;
 
+    /// Whether a locked retry starts from [`RmwPlace::reread`] of the
+    /// previous attempt's value rather than from a fresh
+    /// [`RmwPlace::read`]: for a place that can be part RAM, part device.
+    /// A place in one page is retried only when it is RAM, and reads it
+    /// again.
+    const RETRY_KEEPS_FIRST_READ: bool = false;
+
     /// The value a locked retry starts from, after `compare_and_write`
     /// of a value computed from `old` lost against another writer: the
     /// memory read again, except what `old` took from a device, which the
-    /// instruction reads once (the default reads all of it: a place in
-    /// one page is retried only when it is RAM).
+    /// instruction reads once. Used when
+    /// [`RmwPlace::RETRY_KEEPS_FIRST_READ`]; the default reads all of it.
     #[inline(always)]
     fn reread<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
         self,
@@ -886,6 +907,7 @@ struct Fragments<'r> {
 
 impl RmwPlace for Fragments<'_> {
     type Value = u128;
+    const RETRY_KEEPS_FIRST_READ: bool = true;
 
     #[inline(always)]
     fn read<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
