@@ -7,7 +7,9 @@
 //! [`string::compare_flags`]): STOS, LODS and SCAS use the exit GPA for
 //! their one memory operand; MOVS and CMPS translate both operands (the
 //! exit does not say which of them is the device), each within its page,
-//! as the general path's walk does ([`translate_pair`]).
+//! as the general path's walk does ([`translate_pair`]; in the string lane
+//! [`probe_pair`], the warm case alone, the rest left to the full fast
+//! path).
 //!
 //! The checks that change nothing (segmentation, the page crossing, the
 //! alignment check and, for one operand, the exit GPA's page offset) are
@@ -23,7 +25,7 @@
 //! runtime values, which keeps that rarer path's code small.
 
 use super::super::{alignment_faults, merge_sized, string};
-use super::families::{translate_pair, within_page, write_sized};
+use super::families::{probe_pair, translate_pair, within_page, write_sized};
 use super::prefix::Prefixes;
 use super::read_sized;
 use super::retire;
@@ -66,7 +68,9 @@ where
 /// (`lanes.rs`) is an out-of-line function of its own around it. With
 /// `LANE` (that lane, which has the full fast path behind it) an operand
 /// that the segmentation's common cases do not prove allowed is left to
-/// that path rather than checked in full here ([`linear_address_in_page`]).
+/// that path rather than checked in full here ([`linear_address_in_page`]),
+/// and so is a pair of translations the data cache's pair record does not
+/// serve.
 #[inline(always)]
 pub(super) fn plain_inline<const LANE: bool, S, R, M>(
     state: &mut S,
@@ -347,6 +351,16 @@ where
     let (_, _, dst_access) = string::operands(step.op)?;
     let src = operand(state, mode, step, src_seg, Gpr::Rsi, AccessType::Read)?;
     let dst = operand(state, mode, step, Segment::Es, Gpr::Rdi, dst_access)?;
+    if step.lane {
+        // The warm pair alone: anything else is the full fast path's.
+        return Some(
+            match probe_pair(state, mode, ram, cache, src, dst, dst_access)? {
+                Ok(Ok((src, dst))) => exec(state, ram, mmio, step, Some(src), Some(dst)),
+                Ok(Err(_)) => return None,
+                Err(e) => Err(e),
+            },
+        );
+    }
     Some(
         match translate_pair(state, mode, ram, cache, src, dst, dst_access)? {
             Ok((src, dst)) => exec(state, ram, mmio, step, Some(src), Some(dst)),
