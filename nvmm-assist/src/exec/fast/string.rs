@@ -29,6 +29,7 @@ use super::families::{probe_pair, translate_pair, within_page, write_sized};
 use super::prefix::Prefixes;
 use super::read_sized;
 use super::retire;
+use super::stack::narrow_mode;
 use crate::Outcome;
 use crate::access::AccessType;
 use crate::bus::{GuestRam, MmioBus};
@@ -61,18 +62,37 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    plain_inline::<false, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, opcode)
+    // 64-bit and real mode (the BIOS, boot loaders) with the mode a
+    // constant, which makes their segmentation checks simpler; the other
+    // modes by their default address size.
+    match mode {
+        CpuMode::Long64 => {
+            plain::<8, false, S, R, M>(state, CpuMode::Long64, ram, cache, mmio, exit_gpa, opcode)
+        }
+        CpuMode::Real => {
+            plain::<2, false, S, R, M>(state, CpuMode::Real, ram, cache, mmio, exit_gpa, opcode)
+        }
+        _ if mode.default_address_size() == 4 => {
+            plain::<4, false, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, opcode)
+        }
+        _ => plain::<2, false, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, opcode),
+    }
 }
 
-/// [`try_plain`], inline: the memory assist's string lane
-/// (`lanes.rs`) is an out-of-line function of its own around it. With
-/// `LANE` (that lane, which has the full fast path behind it) an operand
-/// that the segmentation's common cases do not prove allowed is left to
-/// that path rather than checked in full here ([`linear_address_in_page`]),
-/// and so is a pair of translations the data cache's pair record does not
-/// serve.
+/// [`try_plain`] for the memory assist's string lane (`lanes.rs`, an
+/// out-of-line function of its own around it, one copy per default
+/// address size `ADDR`, which is `mode`'s), inline. The mode is a
+/// constant in each copy where `ADDR` leaves two that the segmentation
+/// checks and the translations tell apart: 64-bit mode; compatibility or
+/// protected mode ([`narrow_mode`]); real mode or another 16-bit one.
+/// (With the mode a runtime value, each lane copy held all four of
+/// [`try_plain`]'s and chose one by a jump on the mode.) In the lane,
+/// which has the full fast path behind it, an operand that the
+/// segmentation's common cases do not prove allowed is left to that path
+/// rather than checked in full here ([`linear_address_in_page`]), and so
+/// is a pair of translations the data cache's pair record does not serve.
 #[inline(always)]
-pub(super) fn plain_inline<const LANE: bool, S, R, M>(
+pub(super) fn lane<const ADDR: u8, S, R, M>(
     state: &mut S,
     mode: CpuMode,
     ram: &mut R,
@@ -86,20 +106,35 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    // 64-bit and real mode (the BIOS, boot loaders) with the mode a
-    // constant, which makes their segmentation checks simpler; the other
-    // modes by their default address size.
-    match mode {
-        CpuMode::Long64 => {
-            plain::<8, LANE, S, R, M>(state, CpuMode::Long64, ram, cache, mmio, exit_gpa, opcode)
+    match ADDR {
+        8 if mode == CpuMode::Long64 => {
+            plain::<8, true, S, R, M>(state, CpuMode::Long64, ram, cache, mmio, exit_gpa, opcode)
         }
-        CpuMode::Real => {
-            plain::<2, LANE, S, R, M>(state, CpuMode::Real, ram, cache, mmio, exit_gpa, opcode)
+        8 => None,
+        4 => match narrow_mode::<4>(mode)? {
+            CpuMode::Compat32 => plain::<4, true, S, R, M>(
+                state,
+                CpuMode::Compat32,
+                ram,
+                cache,
+                mmio,
+                exit_gpa,
+                opcode,
+            ),
+            _ => plain::<4, true, S, R, M>(
+                state,
+                CpuMode::Protected32,
+                ram,
+                cache,
+                mmio,
+                exit_gpa,
+                opcode,
+            ),
+        },
+        _ if mode == CpuMode::Real => {
+            plain::<2, true, S, R, M>(state, CpuMode::Real, ram, cache, mmio, exit_gpa, opcode)
         }
-        _ if mode.default_address_size() == 4 => {
-            plain::<4, LANE, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, opcode)
-        }
-        _ => plain::<2, LANE, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, opcode),
+        _ => plain::<2, true, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, opcode),
     }
 }
 
@@ -418,7 +453,7 @@ struct Step {
     /// load too).
     len: u64,
     rip_mask: u64,
-    /// In the string lane: see [`plain_inline`].
+    /// In the string lane: see [`lane`].
     lane: bool,
 }
 
