@@ -211,9 +211,10 @@ pub(super) fn translate_pair<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
 /// call the lane could come back from off its warm path, whose values
 /// then stay in registers: the stack and string lanes spilled a dozen
 /// around the slot path's calls (measured: 5-18 instructions per PUSH m,
-/// POP m, MOVS and CMPS in the paged modes).
+/// POP m, MOVS and CMPS in the paged modes). `mode` is `state`'s, and
+/// `ADDR` its default address size.
 #[inline(always)]
-pub(super) fn probe_pair<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
+pub(super) fn probe_pair<const ADDR: u8, S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     state: &S,
     mode: CpuMode,
     ram: &mut R,
@@ -222,8 +223,13 @@ pub(super) fn probe_pair<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
     dst: u64,
     dst_access: AccessType,
 ) -> Option<PairProbe> {
-    let unpaged = translate::unpaged(state);
-    if unpaged {
+    // 64-bit mode, a constant in the 64-bit copies, has paging on: EFER.LMA,
+    // which it needs, needs CR0.PG. (Measured: compatibility mode too took
+    // 2-3 off its MOVS and CMPS but cost its PUSH m and POP m 3, by
+    // register allocation; in the 16-bit copies, where the mode is a
+    // runtime value, the test cost 2-3.)
+    let long = ADDR == 8 && mode == CpuMode::Long64;
+    if !long && translate::unpaged(state) {
         return Some(Ok(Ok((src & 0xFFFF_FFFF, dst & 0xFFFF_FFFF))));
     }
     if mode == CpuMode::Real {

@@ -147,7 +147,7 @@ where
     };
     let (src, dst) = if LANE {
         // The warm pair alone: anything else is the full fast path's.
-        match probe_pair(state, mode, ram, cache, src, dst, AccessType::Write)? {
+        match probe_pair::<ADDR, S, R>(state, mode, ram, cache, src, dst, AccessType::Write)? {
             Ok(Ok(pair)) => pair,
             Ok(Err(_)) => return None,
             Err(e) => return Some(Err(e)),

@@ -170,8 +170,8 @@ where
     // One arm per opcode, so that each arm's mnemonic and size are
     // constants.
     match opcode {
-        0xA4 => two(state, mode, ram, cache, mmio, &step(Mnemonic::Movs, 1), ds),
-        0xA5 => two(
+        0xA4 => two::<ADDR, S, R, M>(state, mode, ram, cache, mmio, &step(Mnemonic::Movs, 1), ds),
+        0xA5 => two::<ADDR, S, R, M>(
             state,
             mode,
             ram,
@@ -180,8 +180,8 @@ where
             &step(Mnemonic::Movs, wide),
             ds,
         ),
-        0xA6 => two(state, mode, ram, cache, mmio, &step(Mnemonic::Cmps, 1), ds),
-        0xA7 => two(
+        0xA6 => two::<ADDR, S, R, M>(state, mode, ram, cache, mmio, &step(Mnemonic::Cmps, 1), ds),
+        0xA7 => two::<ADDR, S, R, M>(
             state,
             mode,
             ram,
@@ -288,7 +288,7 @@ where
     // value, a MOVS costs about 30 instructions more). The size stays a
     // runtime value here, which keeps this rarer path's code small.
     match opcode {
-        0xA4 | 0xA5 => two(
+        0xA4 | 0xA5 => two::<ADDR, S, R, M>(
             state,
             mode,
             ram,
@@ -297,7 +297,7 @@ where
             &step(Mnemonic::Movs),
             src_seg,
         ),
-        0xA6 | 0xA7 => two(
+        0xA6 | 0xA7 => two::<ADDR, S, R, M>(
             state,
             mode,
             ram,
@@ -369,7 +369,7 @@ fn operand<S: CpuState + ?Sized>(
 /// MOVS or CMPS: the checks that change nothing for both operands, then
 /// the translations (source first) and the instruction.
 #[inline(always)]
-fn two<S, R, M>(
+fn two<const ADDR: u8, S, R, M>(
     state: &mut S,
     mode: CpuMode,
     ram: &mut R,
@@ -389,7 +389,7 @@ where
     if step.lane {
         // The warm pair alone: anything else is the full fast path's.
         return Some(
-            match probe_pair(state, mode, ram, cache, src, dst, dst_access)? {
+            match probe_pair::<ADDR, S, R>(state, mode, ram, cache, src, dst, dst_access)? {
                 Ok(Ok((src, dst))) => exec(state, ram, mmio, step, Some(src), Some(dst)),
                 Ok(Err(_)) => return None,
                 Err(e) => Err(e),
