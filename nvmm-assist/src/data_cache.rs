@@ -64,6 +64,15 @@
 //! (the entry that decides says which slot the slot path finds changed).
 //! It mirrors the slots and is dropped whenever a slot changes (see
 //! `Pair`), so both paths still read, walk and count alike.
+//!
+//! **The probe.** The fast path's stack and string lanes take the warm
+//! pair alone ([`DataSlots::probe_pair`]: the record's comparison and
+//! check, the same reads and hits as [`DataSlots::translate_pair`] makes
+//! there). Anything else, they leave to the full fast path behind them,
+//! having changed nothing, which translates the pair from the start: an
+//! entry the probe found changed is then read again (a plain RAM read,
+//! without effect; the rules above hold for each of the two uses), and
+//! the hits, misses and walks are those of one `translate_pair`.
 
 use crate::access::AccessType;
 use crate::bus::{EntryCheck, GuestRam, RamStatus};
@@ -248,6 +257,21 @@ enum Stage {
     DstChanged(u64),
 }
 
+/// What [`DataSlots::probe_pair`] leaves to
+/// [`DataSlots::translate_pair_rest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PairMiss {
+    /// No pair record of these pages, accesses and control state (or
+    /// paging off): the slot path from the start.
+    Fresh,
+    /// The pair record's check found this (not [`EntryCheck::Held`]).
+    Check(EntryCheck),
+}
+
+/// What [`DataSlots::probe_pair`] gives: the two addresses (the warm
+/// pair), what it left, or the RAM's error.
+pub(crate) type PairProbe = Result<Result<(u64, u64), PairMiss>, Error>;
+
 /// No previous translation to share entries with: the row of
 /// [`DataSlots::shared`] that shares nothing.
 const NONE: usize = DATA_SLOTS;
@@ -369,7 +393,8 @@ impl DataSlots {
     /// read that fails in the caller's RAM, an error the assist returns
     /// as is, leaves the hit counter as it was, where the slot path has
     /// counted the source's hit when the failing entry is the
-    /// destination's.)
+    /// destination's.) [`probe_pair`](Self::probe_pair), then what it
+    /// leaves, [`translate_pair_rest`](Self::translate_pair_rest).
     #[inline(always)]
     pub(crate) fn translate_pair<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
         &mut self,
@@ -379,9 +404,33 @@ impl DataSlots {
         dst: u64,
         dst_access: AccessType,
     ) -> Result<(u64, u64), Error> {
+        match self.probe_pair(state, ram, src, dst, dst_access)? {
+            Ok(pair) => Ok(pair),
+            Err(miss) => self.translate_pair_rest(state, ram, src, dst, dst_access, miss),
+        }
+    }
+
+    /// [`translate_pair`](Self::translate_pair)'s warm case alone: with
+    /// paging on and the pair record of these pages and this control
+    /// state, its one [`GuestRam::check_entries`] call; the two addresses
+    /// if every entry held (two hits). Else ([`PairMiss`]) nothing is done
+    /// but that check, and [`translate_pair_rest`](Self::translate_pair_rest)
+    /// with the same arguments finishes the translations from there (or
+    /// the caller leaves the pair to a `translate_pair` of its own: see
+    /// "The probe" in the [module documentation](self)). It makes no call
+    /// but the RAM's check, so that the fast path's lanes keep their
+    /// values in registers on the warm path.
+    #[inline(always)]
+    pub(crate) fn probe_pair<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
+        &mut self,
+        state: &S,
+        ram: &mut R,
+        src: u64,
+        dst: u64,
+        dst_access: AccessType,
+    ) -> PairProbe {
         if state.cr0() & CR0_PG == 0 {
-            let src = translate(state, ram, src, AccessType::Read)?;
-            return Ok((src, translate(state, ram, dst, dst_access)?));
+            return Ok(Err(PairMiss::Fresh));
         }
         // The control state and both pages in one test (the pair record
         // is of `self.control`'s state: `clear` empties it).
@@ -399,11 +448,38 @@ impl DataSlots {
             if check == EntryCheck::Held {
                 self.hits += 2;
                 let (src_gpa_base, dst_gpa_base) = (p.src_gpa_base, p.dst_gpa_base);
-                return Ok((src_gpa_base | (src & 0xFFF), dst_gpa_base | (dst & 0xFFF)));
+                return Ok(Ok((
+                    src_gpa_base | (src & 0xFFF),
+                    dst_gpa_base | (dst & 0xFFF),
+                )));
             }
-            return self.pair_changed(state, ram, src, dst, dst_access, check);
+            return Ok(Err(PairMiss::Check(check)));
         }
-        self.translate_pair_slots(state, ram, src, dst, dst_access, Stage::Fresh)
+        Ok(Err(PairMiss::Fresh))
+    }
+
+    /// The rest of [`translate_pair`](Self::translate_pair) after
+    /// [`probe_pair`](Self::probe_pair) of the same arguments found `miss`.
+    #[inline(always)]
+    pub(crate) fn translate_pair_rest<S: CpuState + ?Sized, R: GuestRam + ?Sized>(
+        &mut self,
+        state: &S,
+        ram: &mut R,
+        src: u64,
+        dst: u64,
+        dst_access: AccessType,
+        miss: PairMiss,
+    ) -> Result<(u64, u64), Error> {
+        if state.cr0() & CR0_PG == 0 {
+            let src = translate(state, ram, src, AccessType::Read)?;
+            return Ok((src, translate(state, ram, dst, dst_access)?));
+        }
+        match miss {
+            PairMiss::Fresh => {
+                self.translate_pair_slots(state, ram, src, dst, dst_access, Stage::Fresh)
+            }
+            PairMiss::Check(check) => self.pair_changed(state, ram, src, dst, dst_access, check),
+        }
     }
 
     /// A warm pair whose [`pair_check`] found `check` (not
@@ -933,6 +1009,98 @@ mod tests {
         }
         // The cache served, not only walked.
         assert!(hits_seen > 300, "{hits_seen} hits");
+    }
+
+    /// The probe serves exactly the warm pairs `translate_pair` serves
+    /// from the record (the same addresses, reads and hits), and leaves
+    /// the rest having changed nothing but its reads: a cold pair, another
+    /// page, another access, another control state, a rewritten entry (of
+    /// either walk) and paging off. `translate_pair` then does what it
+    /// does without the probe before it.
+    #[test]
+    fn the_probe_serves_the_warm_pair_alone_and_changes_nothing_else() {
+        let mut ram = TestRam::new(0x8_0000);
+        let mut tree = PageTables::new(Layout::Level4, 0x10000);
+        tree.map(&mut ram, 0x20_3000, 0x3000, 1, pte::PWU);
+        tree.map(&mut ram, 0x20_5000, 0x5000, 1, pte::PWU);
+        tree.map(&mut ram, 0x20_7000, 0x7000, 1, pte::PWU);
+        let regs = Registers::long_mode(TEST_VENDOR, 0x10000, 0, 0);
+        let (src, dst) = (0x20_3010, 0x20_5020);
+        let mut slots = DataSlots::new();
+        let probe = |slots: &mut DataSlots, regs: &Registers, ram: &mut TestRam, dst, access| {
+            let (hits, misses, reads) = (slots.hits, slots.misses, ram.reads);
+            let before = (slots.slots.map(|c| (c.page, c.gpa_page)), ram.mem.clone());
+            let got = slots.probe_pair(regs, ram, src, dst, access);
+            if !matches!(got, Ok(Ok(_))) {
+                assert_eq!((slots.hits, slots.misses), (hits, misses));
+                assert!(before == (slots.slots.map(|c| (c.page, c.gpa_page)), ram.mem.clone()));
+            }
+            (got, ram.reads - reads)
+        };
+        let write = AccessType::Write;
+        // Cold: no record, nothing read.
+        assert_eq!(
+            probe(&mut slots, &regs, &mut ram, dst, write),
+            (Ok(Err(PairMiss::Fresh)), 0)
+        );
+        assert_eq!(
+            slots.translate_pair(&regs, &mut ram, src, dst, write),
+            Ok((0x3010, 0x5020))
+        );
+        assert_eq!(
+            slots.translate_pair(&regs, &mut ram, src, dst, write),
+            Ok((0x3010, 0x5020))
+        );
+        // Warm: served, five entries read, two hits.
+        let hits = slots.hits;
+        assert_eq!(
+            probe(&mut slots, &regs, &mut ram, dst, write),
+            (Ok(Ok((0x3010, 0x5020))), 5)
+        );
+        assert_eq!(slots.hits, hits + 2);
+        // Another destination page, another access: not the record's.
+        let other = probe(&mut slots, &regs, &mut ram, 0x20_7020, write);
+        assert_eq!(other, (Ok(Err(PairMiss::Fresh)), 0));
+        let read = probe(&mut slots, &regs, &mut ram, dst, AccessType::Read);
+        assert_eq!(read, (Ok(Err(PairMiss::Fresh)), 0));
+        // Another control state.
+        let mut cr3 = regs.clone();
+        cr3.cr3 = 0x40000;
+        assert_eq!(
+            probe(&mut slots, &cr3, &mut ram, dst, write),
+            (Ok(Err(PairMiss::Fresh)), 0)
+        );
+        // Paging off (a protected-mode state): the caller's.
+        let flat = Registers::flat_protected32(TEST_VENDOR);
+        assert_eq!(
+            probe(&mut slots, &flat, &mut ram, dst, write),
+            (Ok(Err(PairMiss::Fresh)), 0)
+        );
+        // Each entry rewritten: the probe leaves it, the slot path walks.
+        let mut entries: Vec<u64> = (1..=4).map(|l| tree.entry_gpa(&mut ram, src, l)).collect();
+        entries.push(tree.entry_gpa(&mut ram, dst, 1));
+        for (k, &at) in entries.iter().enumerate() {
+            let mut slots = slots.clone();
+            let mut ram = ram.clone();
+            let old = tree.get(&ram, at);
+            tree.set(&mut ram, at, old ^ pte::A);
+            let (got, _) = probe(&mut slots, &regs, &mut ram, dst, write);
+            assert!(
+                matches!(got, Ok(Err(PairMiss::Check(EntryCheck::Changed { .. })))),
+                "{k}: {got:?}"
+            );
+            let mut cold = ram.clone();
+            let want = translate(&regs, &mut cold, src, AccessType::Read)
+                .and_then(|s| Ok((s, translate(&regs, &mut cold, dst, write)?)));
+            let misses = slots.misses;
+            assert_eq!(
+                slots.translate_pair(&regs, &mut ram, src, dst, write),
+                want,
+                "{k}"
+            );
+            assert!(ram.mem == cold.mem, "{k}: RAM");
+            assert!(slots.misses > misses, "{k}: walked");
+        }
     }
 
     /// A warm pair is served by the pair record with one read of each

@@ -349,7 +349,7 @@ where
         SSE => fast::run_sse(state, mode, ram, mmio, gpa, bytes),
         _ => {
             let opcode = bytes.first().copied().unwrap_or(0);
-            fast::run_string(state, mode, ram, cache, mmio, gpa, opcode)
+            fast::run_string::<ADDR, S, R, M>(state, mode, ram, cache, mmio, gpa, opcode)
         }
     };
     match attempt {

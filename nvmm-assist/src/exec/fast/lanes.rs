@@ -543,9 +543,10 @@ fn commit<S: CpuState + ?Sized>(state: &mut S, next_rip: u64) {
 }
 
 /// The string lane: a single string instruction with no prefix, the
-/// string family's own entry for them, inline. `None`: nothing done.
+/// string family's own entry for them, inline, in a mode whose default
+/// address size is `ADDR`. `None`: nothing done.
 #[inline(always)]
-pub(crate) fn run_string<S, R, M>(
+pub(crate) fn run_string<const ADDR: u8, S, R, M>(
     state: &mut S,
     mode: CpuMode,
     ram: &mut R,
@@ -559,7 +560,7 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    string::plain_inline::<true, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, opcode)
+    string::lane::<ADDR, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, opcode)
 }
 
 /// The SSE lane: the SSE family's own entry. `None`: nothing done.

@@ -3,7 +3,9 @@
 //! The general executor (`exec/stack.rs`) is the reference: both operands
 //! (the explicit one and the stack slot at SS:rSP) are translated, since
 //! the exit does not say which of them is the device, each within its
-//! page as the general path's walk does ([`translate_pair`]); the stack's
+//! page as the general path's walk does ([`translate_pair`]; in the stack
+//! lane [`probe_pair`], the warm case alone, the rest left to the full
+//! fast path); the stack's
 //! address size and the rSP update are its [`stack::address_size`] and
 //! [`stack::moved_sp`]. The checks that change nothing (segmentation, the
 //! page crossing and the alignment check of both operands) are made first:
@@ -19,7 +21,7 @@
 //! [`try_exec`] after parsed prefixes.
 
 use super::super::{alignment_faults, merge_sized, stack};
-use super::families::{translate_pair, within_page, write_sized};
+use super::families::{probe_pair, translate_pair, within_page, write_sized};
 use super::prefix::{Prefixes, mem_operand};
 use super::read_sized;
 use crate::Outcome;
@@ -74,7 +76,8 @@ where
 /// `bytes` start FF /6 or 8F /0, [`lane`](super::lane)'s `Lane::Stack`) an
 /// operand that the segmentation's common cases do not prove allowed is
 /// left to that path rather than checked in full here
-/// ([`linear_address_in_page`]).
+/// ([`linear_address_in_page`]), and so is a pair of translations the data
+/// cache's pair record does not serve.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) fn try_exec<const ADDR: u8, const LANE: bool, S, R, M>(
@@ -142,9 +145,18 @@ where
             operand::<ADDR, LANE, S>(state, mode, m.segment, m.offset, s, AccessType::Write)?,
         )
     };
-    let (src, dst) = match translate_pair(state, mode, ram, cache, src, dst, AccessType::Write)? {
-        Ok(pair) => pair,
-        Err(e) => return Some(Err(e)),
+    let (src, dst) = if LANE {
+        // The warm pair alone: anything else is the full fast path's.
+        match probe_pair::<ADDR, S, R>(state, mode, ram, cache, src, dst, AccessType::Write)? {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(_)) => return None,
+            Err(e) => return Some(Err(e)),
+        }
+    } else {
+        match translate_pair(state, mode, ram, cache, src, dst, AccessType::Write)? {
+            Ok(pair) => pair,
+            Err(e) => return Some(Err(e)),
+        }
     };
     Some(exec(
         state, ram, mmio, src, dst, size, sas, new_sp, m.next_rip,

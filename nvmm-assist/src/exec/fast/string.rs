@@ -7,7 +7,9 @@
 //! [`string::compare_flags`]): STOS, LODS and SCAS use the exit GPA for
 //! their one memory operand; MOVS and CMPS translate both operands (the
 //! exit does not say which of them is the device), each within its page,
-//! as the general path's walk does ([`translate_pair`]).
+//! as the general path's walk does ([`translate_pair`]; in the string lane
+//! [`probe_pair`], the warm case alone, the rest left to the full fast
+//! path).
 //!
 //! The checks that change nothing (segmentation, the page crossing, the
 //! alignment check and, for one operand, the exit GPA's page offset) are
@@ -23,10 +25,11 @@
 //! runtime values, which keeps that rarer path's code small.
 
 use super::super::{alignment_faults, merge_sized, string};
-use super::families::{translate_pair, within_page, write_sized};
+use super::families::{probe_pair, translate_pair, within_page, write_sized};
 use super::prefix::Prefixes;
 use super::read_sized;
 use super::retire;
+use super::stack::narrow_mode;
 use crate::Outcome;
 use crate::access::AccessType;
 use crate::bus::{GuestRam, MmioBus};
@@ -59,16 +62,37 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    plain_inline::<false, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, opcode)
+    // 64-bit and real mode (the BIOS, boot loaders) with the mode a
+    // constant, which makes their segmentation checks simpler; the other
+    // modes by their default address size.
+    match mode {
+        CpuMode::Long64 => {
+            plain::<8, false, S, R, M>(state, CpuMode::Long64, ram, cache, mmio, exit_gpa, opcode)
+        }
+        CpuMode::Real => {
+            plain::<2, false, S, R, M>(state, CpuMode::Real, ram, cache, mmio, exit_gpa, opcode)
+        }
+        _ if mode.default_address_size() == 4 => {
+            plain::<4, false, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, opcode)
+        }
+        _ => plain::<2, false, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, opcode),
+    }
 }
 
-/// [`try_plain`], inline: the memory assist's string lane
-/// (`lanes.rs`) is an out-of-line function of its own around it. With
-/// `LANE` (that lane, which has the full fast path behind it) an operand
-/// that the segmentation's common cases do not prove allowed is left to
-/// that path rather than checked in full here ([`linear_address_in_page`]).
+/// [`try_plain`] for the memory assist's string lane (`lanes.rs`, an
+/// out-of-line function of its own around it, one copy per default
+/// address size `ADDR`, which is `mode`'s), inline. The mode is a
+/// constant in each copy where `ADDR` leaves two that the segmentation
+/// checks and the translations tell apart: 64-bit mode; compatibility or
+/// protected mode ([`narrow_mode`]); real mode or another 16-bit one.
+/// (With the mode a runtime value, each lane copy held all four of
+/// [`try_plain`]'s and chose one by a jump on the mode.) In the lane,
+/// which has the full fast path behind it, an operand that the
+/// segmentation's common cases do not prove allowed is left to that path
+/// rather than checked in full here ([`linear_address_in_page`]), and so
+/// is a pair of translations the data cache's pair record does not serve.
 #[inline(always)]
-pub(super) fn plain_inline<const LANE: bool, S, R, M>(
+pub(super) fn lane<const ADDR: u8, S, R, M>(
     state: &mut S,
     mode: CpuMode,
     ram: &mut R,
@@ -82,20 +106,35 @@ where
     R: GuestRam + ?Sized,
     M: MmioBus + ?Sized,
 {
-    // 64-bit and real mode (the BIOS, boot loaders) with the mode a
-    // constant, which makes their segmentation checks simpler; the other
-    // modes by their default address size.
-    match mode {
-        CpuMode::Long64 => {
-            plain::<8, LANE, S, R, M>(state, CpuMode::Long64, ram, cache, mmio, exit_gpa, opcode)
+    match ADDR {
+        8 if mode == CpuMode::Long64 => {
+            plain::<8, true, S, R, M>(state, CpuMode::Long64, ram, cache, mmio, exit_gpa, opcode)
         }
-        CpuMode::Real => {
-            plain::<2, LANE, S, R, M>(state, CpuMode::Real, ram, cache, mmio, exit_gpa, opcode)
+        8 => None,
+        4 => match narrow_mode::<4>(mode)? {
+            CpuMode::Compat32 => plain::<4, true, S, R, M>(
+                state,
+                CpuMode::Compat32,
+                ram,
+                cache,
+                mmio,
+                exit_gpa,
+                opcode,
+            ),
+            _ => plain::<4, true, S, R, M>(
+                state,
+                CpuMode::Protected32,
+                ram,
+                cache,
+                mmio,
+                exit_gpa,
+                opcode,
+            ),
+        },
+        _ if mode == CpuMode::Real => {
+            plain::<2, true, S, R, M>(state, CpuMode::Real, ram, cache, mmio, exit_gpa, opcode)
         }
-        _ if mode.default_address_size() == 4 => {
-            plain::<4, LANE, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, opcode)
-        }
-        _ => plain::<2, LANE, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, opcode),
+        _ => plain::<2, true, S, R, M>(state, mode, ram, cache, mmio, exit_gpa, opcode),
     }
 }
 
@@ -131,8 +170,8 @@ where
     // One arm per opcode, so that each arm's mnemonic and size are
     // constants.
     match opcode {
-        0xA4 => two(state, mode, ram, cache, mmio, &step(Mnemonic::Movs, 1), ds),
-        0xA5 => two(
+        0xA4 => two::<ADDR, S, R, M>(state, mode, ram, cache, mmio, &step(Mnemonic::Movs, 1), ds),
+        0xA5 => two::<ADDR, S, R, M>(
             state,
             mode,
             ram,
@@ -141,8 +180,8 @@ where
             &step(Mnemonic::Movs, wide),
             ds,
         ),
-        0xA6 => two(state, mode, ram, cache, mmio, &step(Mnemonic::Cmps, 1), ds),
-        0xA7 => two(
+        0xA6 => two::<ADDR, S, R, M>(state, mode, ram, cache, mmio, &step(Mnemonic::Cmps, 1), ds),
+        0xA7 => two::<ADDR, S, R, M>(
             state,
             mode,
             ram,
@@ -249,7 +288,7 @@ where
     // value, a MOVS costs about 30 instructions more). The size stays a
     // runtime value here, which keeps this rarer path's code small.
     match opcode {
-        0xA4 | 0xA5 => two(
+        0xA4 | 0xA5 => two::<ADDR, S, R, M>(
             state,
             mode,
             ram,
@@ -258,7 +297,7 @@ where
             &step(Mnemonic::Movs),
             src_seg,
         ),
-        0xA6 | 0xA7 => two(
+        0xA6 | 0xA7 => two::<ADDR, S, R, M>(
             state,
             mode,
             ram,
@@ -330,7 +369,7 @@ fn operand<S: CpuState + ?Sized>(
 /// MOVS or CMPS: the checks that change nothing for both operands, then
 /// the translations (source first) and the instruction.
 #[inline(always)]
-fn two<S, R, M>(
+fn two<const ADDR: u8, S, R, M>(
     state: &mut S,
     mode: CpuMode,
     ram: &mut R,
@@ -347,6 +386,16 @@ where
     let (_, _, dst_access) = string::operands(step.op)?;
     let src = operand(state, mode, step, src_seg, Gpr::Rsi, AccessType::Read)?;
     let dst = operand(state, mode, step, Segment::Es, Gpr::Rdi, dst_access)?;
+    if step.lane {
+        // The warm pair alone: anything else is the full fast path's.
+        return Some(
+            match probe_pair::<ADDR, S, R>(state, mode, ram, cache, src, dst, dst_access)? {
+                Ok(Ok((src, dst))) => exec(state, ram, mmio, step, Some(src), Some(dst)),
+                Ok(Err(_)) => return None,
+                Err(e) => Err(e),
+            },
+        );
+    }
     Some(
         match translate_pair(state, mode, ram, cache, src, dst, dst_access)? {
             Ok((src, dst)) => exec(state, ram, mmio, step, Some(src), Some(dst)),
@@ -404,7 +453,7 @@ struct Step {
     /// load too).
     len: u64,
     rip_mask: u64,
-    /// In the string lane: see [`plain_inline`].
+    /// In the string lane: see [`lane`].
     lane: bool,
 }
 
