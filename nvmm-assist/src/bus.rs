@@ -91,30 +91,16 @@ pub trait GuestRam {
     /// default's for the same RAM contents, and each entry it reads must be
     /// read with the access the default would make. It may read the entries
     /// past the one that decides (to compare them all at once) if reading
-    /// them has no effect, as for plain RAM.
+    /// them has no effect, as for plain RAM. An override falls back on
+    /// [`check_entries_in_order`], the default's own code, where its
+    /// faster check cannot decide.
     #[inline]
     fn check_entries(
         &mut self,
         entries: &[(u64, u64)],
         wide: bool,
     ) -> Result<EntryCheck, BusError> {
-        for (index, &(gpa, value)) in entries.iter().enumerate() {
-            let now = if wide {
-                self.read_aligned_u64(gpa)?
-            } else {
-                let mut buf = [0u8; 4];
-                match self.read(gpa, &mut buf)? {
-                    RamStatus::Done => Some(u64::from(u32::from_le_bytes(buf))),
-                    RamStatus::NotRam => None,
-                }
-            };
-            match now {
-                None => return Ok(EntryCheck::NotRam { gpa }),
-                Some(now) if now != value => return Ok(EntryCheck::Changed { index }),
-                Some(_) => {}
-            }
-        }
-        Ok(EntryCheck::Held)
+        check_entries_in_order(self, entries, wide)
     }
     /// Replaces `expected` with `new` at `gpa` if memory holds `expected`
     /// (same length, at most 16 bytes). Used for locked read-modify-write
@@ -134,6 +120,37 @@ pub trait GuestRam {
         expected: &[u8],
         new: &[u8],
     ) -> Result<CompareWrite, BusError>;
+}
+
+/// [`GuestRam::check_entries`] as its default does it: one entry at a
+/// time, in order, each read with [`GuestRam::read_aligned_u64`] (8-byte
+/// entries, `wide`) or [`GuestRam::read`] of 4 bytes, the first that is
+/// not RAM or differs deciding. For an implementation that overrides
+/// `check_entries` with a faster check and needs the default's answer
+/// where that check cannot decide (an entry outside its fast case, or one
+/// that changed and must be named).
+pub fn check_entries_in_order<R: GuestRam + ?Sized>(
+    ram: &mut R,
+    entries: &[(u64, u64)],
+    wide: bool,
+) -> Result<EntryCheck, BusError> {
+    for (index, &(gpa, value)) in entries.iter().enumerate() {
+        let now = if wide {
+            ram.read_aligned_u64(gpa)?
+        } else {
+            let mut buf = [0u8; 4];
+            match ram.read(gpa, &mut buf)? {
+                RamStatus::Done => Some(u64::from(u32::from_le_bytes(buf))),
+                RamStatus::NotRam => None,
+            }
+        };
+        match now {
+            None => return Ok(EntryCheck::NotRam { gpa }),
+            Some(now) if now != value => return Ok(EntryCheck::Changed { index }),
+            Some(_) => {}
+        }
+    }
+    Ok(EntryCheck::Held)
 }
 
 /// Memory-mapped I/O: every guest-physical access that is not RAM.

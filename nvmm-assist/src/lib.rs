@@ -79,6 +79,7 @@ pub(crate) mod testutil;
 pub use access::AccessType;
 pub use bus::{
     BusError, CompareWrite, EntryCheck, GuestRam, MmioBus, PartialBatch, PortIo, RamStatus,
+    check_entries_in_order,
 };
 pub use decode::{DecodeError, Instruction, decode};
 pub use error::{Error, Exception};

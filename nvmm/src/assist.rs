@@ -520,32 +520,17 @@ impl VcpuRam {
         Some(differ == 0)
     }
 
-    /// [`GuestRam::check_entries`] the trait's default way, one entry at a
-    /// time (the fast path's answer when an entry is not in the area of
-    /// the first, or some entry changed).
+    /// [`GuestRam::check_entries`] the trait's default way
+    /// ([`nvmm_assist::check_entries_in_order`]), out of line: the fast
+    /// path's answer when an entry is not in the area of the first, or
+    /// some entry changed.
     #[inline(never)]
     fn check_entries_in_order(
         &mut self,
         entries: &[(u64, u64)],
         wide: bool,
     ) -> std::result::Result<EntryCheck, BusError> {
-        for (index, &(gpa, value)) in entries.iter().enumerate() {
-            let now = if wide {
-                self.read_aligned_u64(gpa)?
-            } else {
-                let mut buf = [0u8; 4];
-                match self.read(gpa, &mut buf)? {
-                    RamStatus::Done => Some(u64::from(u32::from_le_bytes(buf))),
-                    RamStatus::NotRam => None,
-                }
-            };
-            match now {
-                None => return Ok(EntryCheck::NotRam { gpa }),
-                Some(now) if now != value => return Ok(EntryCheck::Changed { index }),
-                Some(_) => {}
-            }
-        }
-        Ok(EntryCheck::Held)
+        nvmm_assist::check_entries_in_order(self, entries, wide)
     }
 
     /// Ends an assist: drops its snapshot, if it took one, and lets the
