@@ -35,11 +35,13 @@ impl PortIo for Ports {
     }
 }
 
+/// An MMIO device that records every access and reads as `value`
+/// repeated (`assist_state` uses it too).
 #[derive(Default)]
-struct Mmio {
-    writes: Vec<(u64, Vec<u8>)>,
-    reads: Vec<(u64, usize)>,
-    value: u8,
+pub(crate) struct Mmio {
+    pub(crate) writes: Vec<(u64, Vec<u8>)>,
+    pub(crate) reads: Vec<(u64, usize)>,
+    pub(crate) value: u8,
 }
 impl MmioBus for Mmio {
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BusError> {
@@ -54,7 +56,7 @@ impl MmioBus for Mmio {
 }
 
 /// A machine with 64 KiB of RAM at 0 and a real-mode VCPU at CS:IP 0:0x1000.
-fn setup() -> (Arc<KernelModel>, Machine, Vcpu) {
+pub(crate) fn setup() -> (Arc<KernelModel>, Machine, Vcpu) {
     let model = KernelModel::new();
     let nvmm = Nvmm::open_with(model.clone(), OpenMode::User).unwrap();
     let m = nvmm.create_machine().unwrap();

@@ -7,46 +7,16 @@
 
 use std::sync::Arc;
 
+use crate::assist::{Mmio, setup};
 use crate::dyn_assist::AssistDyn;
 use nvmm::model::{KernelModel, ScriptedExit};
-use nvmm::nvmm_assist::{BusError, MmioBus};
-use nvmm::sys::OpenMode;
-use nvmm::{Error, Gpr, Machine, Nvmm, Op, Outcome, Prot, Seg, StateClasses, Vcpu};
+use nvmm::{Error, Gpr, Machine, Op, Outcome, Seg, StateClasses, Vcpu};
 
-/// An MMIO device that records every access and reads as `value`
-/// repeated.
-#[derive(Default)]
-struct Mmio {
-    writes: Vec<(u64, Vec<u8>)>,
-    reads: Vec<(u64, usize)>,
-    value: u8,
-}
-impl MmioBus for Mmio {
-    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BusError> {
-        buf.fill(self.value);
-        self.reads.push((gpa, buf.len()));
-        Ok(())
-    }
-    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), BusError> {
-        self.writes.push((gpa, data.to_vec()));
-        Ok(())
-    }
-}
-
-/// A machine with 64 KiB of RAM at 0 and a real-mode VCPU at CS:IP
-/// 0:0x1000, run once to the scripted memory exit of `bytes` at `gpa`
-/// (a write if `write`).
+/// The machine of `assist::setup` (64 KiB of RAM at 0, a real-mode VCPU
+/// at CS:IP 0:0x1000), run once to the scripted memory exit of `bytes` at
+/// `gpa` (a write if `write`).
 fn at_memory_exit(gpa: u64, write: bool, bytes: &[u8]) -> (Arc<KernelModel>, Machine, Vcpu) {
-    let model = KernelModel::new();
-    let nvmm = Nvmm::open_with(model.clone(), OpenMode::User).unwrap();
-    let m = nvmm.create_machine().unwrap();
-    let ram = m.hva_map(0x10000).unwrap();
-    m.gpa_map(&ram, 0, 0, 0x10000, Prot::ALL).unwrap();
-    let mut v = m.create_vcpu(0).unwrap();
-    let mut cs = v.segs().unwrap().get(Seg::Cs);
-    (cs.selector, cs.base) = (0, 0);
-    v.segs().unwrap().set(Seg::Cs, cs);
-    v.gprs().unwrap().set_rip(0x1000);
+    let (model, m, mut v) = setup();
     model.push_exit(m.id(), 0, ScriptedExit::memory(gpa, write, bytes));
     v.run().unwrap();
     (model, m, v)
