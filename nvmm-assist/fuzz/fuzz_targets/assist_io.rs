@@ -40,6 +40,9 @@
 
 use std::cell::RefCell;
 
+mod common;
+
+use common::{Input, MMIO_HOLE, RAM_SIZE, mode_state};
 use libfuzzer_sys::fuzz_target;
 use nvmm_assist::{
     BusError, CompareWrite, FetchCache, Gpr, GuestRam, IoExit, MmioBus, Outcome, PartialBatch,
@@ -47,9 +50,6 @@ use nvmm_assist::{
     assist_io_cached,
 };
 
-/// Guest RAM: GPA 0..RAM_SIZE except the MMIO page at MMIO_HOLE.
-const RAM_SIZE: usize = 0x1_0000;
-const MMIO_HOLE: u64 = 0x8000;
 /// Generous bound on callbacks for one call (a batch moves at most 4 KiB:
 /// 4096 port elements, plus its memory accesses and page walks).
 const MAX_CALLS: u32 = 20_000;
@@ -60,51 +60,15 @@ const RFLAGS_DF: u64 = 1 << 10;
 const TABLES: usize = 0xC000;
 const RFLAGS_RF: u64 = 1 << 16;
 
-/// Takes fixed-size values from the input, zero once it runs out.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn bytes<const N: usize>(&mut self) -> [u8; N] {
-        let mut out = [0u8; N];
-        let n = N.min(self.0.len());
-        out[..n].copy_from_slice(&self.0[..n]);
-        self.0 = &self.0[n..];
-        out
-    }
-    fn u8(&mut self) -> u8 {
-        self.bytes::<1>()[0]
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes(self.bytes())
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes(self.bytes())
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from_le_bytes(self.bytes())
-    }
-    /// A value biased towards addresses inside RAM and edge values.
-    fn value(&mut self) -> u64 {
-        match self.u8() % 8 {
-            0 => 0,
-            1 => 1,
-            2 => u64::MAX,
-            3 => 0xFFFF_FFFF,
-            4 | 5 => self.u64() & (RAM_SIZE as u64 - 1),
-            6 => MMIO_HOLE + u64::from(self.u16() & 0xFFF),
-            _ => self.u64(),
-        }
-    }
-    /// A count for rCX: small ones (including 0), page-sized ones and
-    /// arbitrary ones, with arbitrary upper bits.
-    fn count(&mut self) -> u64 {
-        match self.u8() % 6 {
-            0 => self.u64() & !0xFFFF_FFFF, // zero at a32/a16, upper bits set
-            1 => self.u64() & !0xFFFF | u64::from(self.u8() % 8),
-            2 => u64::from(self.u16() & 0x1FFF),
-            3 => 0x1_0000_0000 | u64::from(self.u16()),
-            _ => self.value(),
-        }
+/// A count for rCX: small ones (including 0), page-sized ones and
+/// arbitrary ones, with arbitrary upper bits.
+fn count(input: &mut Input<'_>) -> u64 {
+    match input.u8() % 6 {
+        0 => input.u64() & !0xFFFF_FFFF, // zero at a32/a16, upper bits set
+        1 => input.u64() & !0xFFFF | u64::from(input.u8() % 8),
+        2 => u64::from(input.u16() & 0x1FFF),
+        3 => 0x1_0000_0000 | u64::from(input.u16()),
+        _ => input.value(),
     }
 }
 
@@ -363,39 +327,6 @@ impl PortIo for BulkPorts<'_> {
             done,
             error: BusError(9),
         })
-    }
-}
-
-/// CR0, EFER, RFLAGS.VM and CS attributes for each mode (type 0xB code,
-/// S, present), from which `CpuMode::of` derives it: real, v8086, 16- and
-/// 32-bit protected, 16- and 32-bit compatibility, 64-bit.
-fn mode_state(sel: u8, regs: &mut Registers, paging: bool) {
-    const PE: u64 = 1;
-    const PG: u64 = 1 << 31;
-    const LME_LMA: u64 = (1 << 8) | (1 << 10);
-    const PAE: u64 = 1 << 5;
-    let code = |l: bool, db: bool| SegmentAttributes::new(0xB, true, 0, true, false, l, db, false);
-    let cs = &mut regs.segments[1];
-    match sel % 7 {
-        0 => {
-            regs.cr0 = 0;
-            cs.attributes = code(false, false);
-        }
-        1 => {
-            regs.cr0 = PE | if paging { PG } else { 0 };
-            regs.rflags |= 1 << 17;
-            cs.attributes = code(false, false);
-        }
-        2 | 3 => {
-            regs.cr0 = PE | if paging { PG } else { 0 };
-            cs.attributes = code(false, sel % 7 == 3);
-        }
-        m => {
-            regs.cr0 = PE | PG;
-            regs.cr4 |= PAE;
-            regs.efer |= LME_LMA;
-            cs.attributes = code(m == 6, m == 5);
-        }
     }
 }
 
@@ -674,7 +605,7 @@ fuzz_target!(|data: &[u8]| {
     for g in regs.gprs.iter_mut() {
         *g = input.value();
     }
-    regs.gprs[Gpr::Rcx as usize] = input.count();
+    regs.gprs[Gpr::Rcx as usize] = count(&mut input);
     for (n, s) in regs.segments.iter_mut().enumerate() {
         let attributes = if flags & 2 == 0 {
             // Present, accessed read/write data (CS gets its mode below).
