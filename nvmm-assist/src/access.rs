@@ -99,8 +99,10 @@ fn resolve_by<S: CpuState + ?Sized>(
     })
 }
 
-/// The used fragments of `range`, each with its offset in the whole range.
-fn fragments(range: &PhysRange) -> impl Iterator<Item = (usize, u64, usize)> + '_ {
+/// The used fragments of `range`: each one's place in the whole range's
+/// bytes, and its GPA. A length that overflows saturates, so the caller's
+/// slicing of its buffer by the place fails instead of wrapping.
+fn fragments(range: &PhysRange) -> impl Iterator<Item = (core::ops::Range<usize>, u64)> + '_ {
     let mut offset = 0usize;
     range
         .parts
@@ -109,7 +111,7 @@ fn fragments(range: &PhysRange) -> impl Iterator<Item = (usize, u64, usize)> + '
         .map(move |&(gpa, len)| {
             let start = offset;
             offset = offset.saturating_add(len);
-            (start, gpa, len)
+            (start..offset, gpa)
         })
 }
 
@@ -141,9 +143,8 @@ fn read_fragments<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     range: &PhysRange,
     buf: &mut [u8],
 ) -> Result<(), Error> {
-    for (start, gpa, len) in fragments(range) {
-        let end = start.checked_add(len).ok_or(Error::InconsistentExit)?;
-        let part = buf.get_mut(start..end).ok_or(Error::InconsistentExit)?;
+    for (place, gpa) in fragments(range) {
+        let part = buf.get_mut(place).ok_or(Error::InconsistentExit)?;
         if ram.read(gpa, part)? == RamStatus::NotRam {
             mmio.read(gpa, part)?;
         }
@@ -177,9 +178,8 @@ fn write_fragments<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     range: &PhysRange,
     data: &[u8],
 ) -> Result<(), Error> {
-    for (start, gpa, len) in fragments(range) {
-        let end = start.checked_add(len).ok_or(Error::InconsistentExit)?;
-        let part = data.get(start..end).ok_or(Error::InconsistentExit)?;
+    for (place, gpa) in fragments(range) {
+        let part = data.get(place).ok_or(Error::InconsistentExit)?;
         if ram.write(gpa, part)? == RamStatus::NotRam {
             mmio.write(gpa, part)?;
         }
@@ -243,10 +243,9 @@ fn compare_and_write_fragments<R: GuestRam + ?Sized, M: MmioBus + ?Sized>(
     // written (to put back on a later mismatch).
     let mut deferred = [None; 2];
     let mut written = None;
-    for (index, (start, gpa, len)) in fragments(range).enumerate() {
-        let end = start.checked_add(len).ok_or(Error::InconsistentExit)?;
-        let old_part = expected.get(start..end).ok_or(Error::InconsistentExit)?;
-        let new_part = new.get(start..end).ok_or(Error::InconsistentExit)?;
+    for (index, (place, gpa)) in fragments(range).enumerate() {
+        let old_part = expected.get(place.clone()).ok_or(Error::InconsistentExit)?;
+        let new_part = new.get(place).ok_or(Error::InconsistentExit)?;
         match ram.compare_and_write(gpa, old_part, new_part)? {
             CompareWrite::Written => written = Some((gpa, old_part, new_part)),
             CompareWrite::Mismatch => {
@@ -282,11 +281,10 @@ pub(crate) fn reread_ram_fragments<R: GuestRam + ?Sized>(
     range: &PhysRange,
     buf: &mut [u8],
 ) -> Result<(), Error> {
-    for (start, gpa, len) in fragments(range) {
-        let end = start.checked_add(len).ok_or(Error::InconsistentExit)?;
-        let part = buf.get_mut(start..end).ok_or(Error::InconsistentExit)?;
+    for (place, gpa) in fragments(range) {
+        let part = buf.get_mut(place).ok_or(Error::InconsistentExit)?;
         let mut fresh = [0u8; 16];
-        let fresh = fresh.get_mut(..len).ok_or(Error::InconsistentExit)?;
+        let fresh = fresh.get_mut(..part.len()).ok_or(Error::InconsistentExit)?;
         if ram.read(gpa, fresh)? == RamStatus::Done {
             part.copy_from_slice(fresh);
         }
