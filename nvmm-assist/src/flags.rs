@@ -94,7 +94,7 @@ const PARITY: [u8; 256] = {
     let mut t = [0u8; 256];
     let mut b = 0;
     while b < 256 {
-        if (b as u8).count_ones() % 2 == 0 {
+        if (b as u8).count_ones() & 1 == 0 {
             t[b] = PF as u8;
         }
         b += 1;
