@@ -84,21 +84,31 @@ pub const fn sign_extend(value: u64, size: u8) -> u64 {
 const fn szp_high(high: u64, low: u8) -> u64 {
     let sf = high >> 63;
     let zf = (high == 0) as u64;
-    // Even parity of the low byte: fold it to a nibble, then look the
-    // nibble's even parity up in the 16-bit constant 0x9669 (bit n set when
-    // n has an even number of ones), which avoids a software popcount on
-    // targets without POPCNT.
-    let b = low ^ (low >> 4);
-    let pf = ((0x9669u16 >> (b & 0xF)) & 1) as u64;
-    (sf << 7) | (zf << 6) | (pf << 2)
+    (sf << 7) | (zf << 6) | PARITY[low as usize] as u64
 }
+
+/// PF of each low byte: [`PF`] when it has an even number of ones. One
+/// load where folding the byte to a nibble and looking its parity up in a
+/// 16-bit constant took 8 instructions.
+const PARITY: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        if (b as u8).count_ones() & 1 == 0 {
+            t[b] = PF as u8;
+        }
+        b += 1;
+    }
+    t
+};
 
 /// [`szp_high`] with the parity taken as the count of ones, which LLVM
 /// computes with the host's own parity flag (`test; setnp`, no POPCNT
-/// needed): 3 instructions where the nibble lookup takes 7 to 9. For
-/// [`cmp`] alone: the same in [`szp_high`] took 1-7 instructions off 128
-/// rows of the assist bench but moved the inlining of the integer lane's
-/// BT* and XCHG copies in real and 16-bit protected mode (+7 to +10).
+/// needed): 3 instructions where the nibble lookup [`szp_high`] had before
+/// its [`PARITY`] table took 7 to 9. For [`cmp`] alone: the same in
+/// [`szp_high`] took 1-7 instructions off 128 rows of the assist bench but
+/// moved the inlining of the integer lane's BT* and XCHG copies in real
+/// and 16-bit protected mode (+7 to +10); the table did not.
 #[inline(always)]
 const fn szp_high_cmp(high: u64, low: u8) -> u64 {
     let pf = ((low.count_ones() & 1) ^ 1) as u64;

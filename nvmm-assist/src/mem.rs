@@ -296,6 +296,15 @@ where
         fast::Lane::Int => {
             assist_in_lane::<ADDR, INT, S, R, M>(state, ram, mmio, exit, cache, mode)
         }
+        fast::Lane::Exchange => {
+            assist_in_lane::<ADDR, EXCHANGE, S, R, M>(state, ram, mmio, exit, cache, mode)
+        }
+        fast::Lane::Bits => {
+            assist_in_lane::<ADDR, BITS, S, R, M>(state, ram, mmio, exit, cache, mode)
+        }
+        fast::Lane::Cond => {
+            assist_in_lane::<ADDR, COND, S, R, M>(state, ram, mmio, exit, cache, mode)
+        }
         fast::Lane::Stack => {
             assist_in_lane::<ADDR, STACK, S, R, M>(state, ram, mmio, exit, cache, mode)
         }
@@ -320,6 +329,12 @@ const STACK: u8 = 3;
 const SSE: u8 = 4;
 /// [`assist_in_lane`]'s `LANE`: [`fast::run_string`].
 const STRING: u8 = 5;
+/// [`assist_in_lane`]'s `LANE`: [`fast::run_exchange`].
+const EXCHANGE: u8 = 6;
+/// [`assist_in_lane`]'s `LANE`: [`fast::run_bits`].
+const BITS: u8 = 7;
+/// [`assist_in_lane`]'s `LANE`: [`fast::run_cond`].
+const COND: u8 = 8;
 
 /// One lane's attempt (`LANE`, a constant per copy), else (it declined,
 /// having done nothing) the full fast path. Out of line: one small copy
@@ -345,6 +360,9 @@ where
         MOV => fast::run_mov::<ADDR, S, R, M>(state, mode, ram, mmio, gpa, bytes),
         ALU => fast::run_alu::<ADDR, S, R, M>(state, mode, ram, mmio, gpa, bytes),
         INT => fast::run_int::<ADDR, S, R, M>(state, mode, ram, mmio, gpa, bytes),
+        EXCHANGE => fast::run_exchange::<ADDR, S, R, M>(state, mode, ram, mmio, gpa, bytes),
+        BITS => fast::run_bits::<ADDR, S, R, M>(state, mode, ram, mmio, gpa, bytes),
+        COND => fast::run_cond::<ADDR, S, R, M>(state, mode, ram, mmio, gpa, bytes),
         STACK => fast::run_stack::<ADDR, S, R, M>(state, mode, ram, cache, mmio, bytes),
         SSE => fast::run_sse(state, mode, ram, mmio, gpa, bytes),
         _ => {

@@ -178,6 +178,116 @@ where
     None
 }
 
+/// The lane of the byte after 0F for the families of this lane with an
+/// entry of their own ([`run_exchange`], [`run_bits`], [`run_cond`]), for
+/// [`lane`](super::lane)'s table; `None` for the rest of the lane's (all
+/// of them [`run`]'s).
+pub(super) const fn secondary_lane(op2: u8) -> Option<super::Lane> {
+    if exchange::secondary(op2).is_some() {
+        Some(super::Lane::Exchange)
+    } else if bits::is_secondary(op2) {
+        Some(super::Lane::Bits)
+    } else if cond::is_secondary(op2) {
+        Some(super::Lane::Cond)
+    } else {
+        None
+    }
+}
+
+/// The exchanges' own entry ([`Lane::Exchange`](super::Lane::Exchange)):
+/// XCHG (86/87), XADD and CMPXCHG (0F C0/C1/B0/B1) with no prefix but
+/// (64-bit mode) REX, which [`lane`](super::lane) picks for them by their
+/// first bytes. [`run`] takes the same bytes to the same code
+/// (`exchange.rs`) after its chain of tests of the other families (LOCK,
+/// INC/DEC/NOT/NEG, 0F, BT*), which cost these forms some 15
+/// instructions. `None` (nothing done) for anything else, as [`run`].
+#[inline(always)]
+pub(crate) fn run_exchange<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    mode: CpuMode,
+    ram: &mut R,
+    mmio: &mut M,
+    exit_gpa: u64,
+    bytes: &[u8],
+) -> Option<Result<Outcome, Error>>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let (rex, b, i) = super::rex_and_opcode::<ADDR>(bytes)?;
+    let run = Run::new(state, mode, ram, mmio, exit_gpa, bytes);
+    if exchange::is_xchg(b) {
+        return run.exchange::<ADDR>(i, exchange::XCHG, b & 1 != 0, rex, false);
+    }
+    let op2 = byte(bytes, i)?;
+    match exchange::secondary(op2) {
+        Some(op) if b == 0x0F => run.exchange::<ADDR>(i + 1, op, op2 & 1 != 0, rex, false),
+        _ => None,
+    }
+}
+
+/// BT*'s own entry ([`Lane::Bits`](super::Lane::Bits)): 0F A3/AB/B3/BB/BA
+/// with no prefix but (64-bit mode) REX, as [`run_exchange`] for the
+/// exchanges: the code of `bits.rs` without [`run`]'s chain of tests.
+#[inline(always)]
+pub(crate) fn run_bits<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    mode: CpuMode,
+    ram: &mut R,
+    mmio: &mut M,
+    exit_gpa: u64,
+    bytes: &[u8],
+) -> Option<Result<Outcome, Error>>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let (rex, b, i) = super::rex_and_opcode::<ADDR>(bytes)?;
+    let op2 = byte(bytes, i)?;
+    if b != 0x0F || !bits::is_secondary(op2) {
+        return None;
+    }
+    bits::sized::<ADDR, S, R, M>(
+        state,
+        mode,
+        ram,
+        mmio,
+        exit_gpa,
+        bytes,
+        i + 1,
+        op2,
+        rex,
+        false,
+    )
+}
+
+/// SETcc's and CMOVcc's own entry ([`Lane::Cond`](super::Lane::Cond)): 0F
+/// 4x and 9x with no prefix but (64-bit mode) REX, as [`run_exchange`] for
+/// the exchanges: the code of `cond.rs` without [`run`]'s chain of tests.
+#[inline(always)]
+pub(crate) fn run_cond<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    mode: CpuMode,
+    ram: &mut R,
+    mmio: &mut M,
+    exit_gpa: u64,
+    bytes: &[u8],
+) -> Option<Result<Outcome, Error>>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let (rex, b, i) = super::rex_and_opcode::<ADDR>(bytes)?;
+    let op2 = byte(bytes, i)?;
+    if b != 0x0F || !cond::is_secondary(op2) {
+        return None;
+    }
+    Run::new(state, mode, ram, mmio, exit_gpa, bytes).conditional::<ADDR>(i + 1, op2, rex)
+}
+
 #[cfg(test)]
 #[path = "lane_int_tests.rs"]
 mod tests;

@@ -14,7 +14,7 @@ use super::super::lane_harness::{
     identity_ram, le, memory_at, mode_registers, push_modrm_and_tail, random_mod,
     random_rip_and_flags, random_segments,
 };
-use super::run;
+use super::{run, run_bits, run_cond, run_exchange};
 use crate::exec::fast::{Lane, lane};
 use crate::mode::CpuMode;
 use crate::testutil::{RecordingMmio, Rng, TestRam};
@@ -87,6 +87,26 @@ fn lane_run<const ADDR: u8>(
     bytes: &[u8],
 ) -> Option<Result<Outcome, Error>> {
     run::<ADDR, _, _, _>(&mut m.regs, mode, &mut m.ram, &mut m.mmio, gpa, bytes)
+}
+
+/// The entry of their own that [`lane`] gives the exchanges, BT* and
+/// SETcc/CMOVcc (`family`), on `m`, out of line as [`lane_run`]; `None`
+/// for the other lanes.
+#[inline(never)]
+fn family_run<const ADDR: u8>(
+    family: Lane,
+    m: &mut Machine,
+    mode: CpuMode,
+    gpa: u64,
+    bytes: &[u8],
+) -> Option<Option<Result<Outcome, Error>>> {
+    let (regs, ram, mmio) = (&mut m.regs, &mut m.ram, &mut m.mmio);
+    Some(match family {
+        Lane::Exchange => run_exchange::<ADDR, _, _, _>(regs, mode, ram, mmio, gpa, bytes),
+        Lane::Bits => run_bits::<ADDR, _, _, _>(regs, mode, ram, mmio, gpa, bytes),
+        Lane::Cond => run_cond::<ADDR, _, _, _>(regs, mode, ram, mmio, gpa, bytes),
+        _ => return None,
+    })
 }
 
 /// Random bytes of the lane's shapes: LOCK or not, REX or not (64-bit
@@ -192,6 +212,8 @@ struct Taken {
     unary: usize,
     /// Per one of [`FAMILIES`]: all, locked.
     family: [(usize, usize); 3],
+    /// Run by a family's own entry as well ([`family_run`]).
+    own: usize,
 }
 
 /// `iterations` random cases in `mode` (default address size `ADDR`);
@@ -230,6 +252,15 @@ fn compare<const ADDR: u8>(
         let what = case(mode, &bytes, gpa);
         let mut ours = Machine::new(&regs, &ram, &mmio);
         let got = lane_run::<ADDR>(&mut ours, mode, gpa, &bytes);
+        // The entry of their own that the lane choice gives some
+        // families: exactly what the lane's `run` does on those bytes.
+        let chosen = lane::<ADDR>(&bytes);
+        let mut own = Machine::new(&regs, &ram, &mmio);
+        if let Some(own_got) = family_run::<ADDR>(chosen, &mut own, mode, gpa, &bytes) {
+            taken.own += 1;
+            assert_eq!(own_got, got, "{what}: {chosen:?}'s own entry");
+            own.assert_same(&ours, &what);
+        }
         match got {
             Some(result) => {
                 let lock = bytes.first() == Some(&0xF0);
@@ -252,7 +283,9 @@ fn compare<const ADDR: u8>(
                 // The full fast path takes no case of the lane's shapes
                 // that the lane declines (a LOCK and a 66 prefix, which
                 // the lane choice sends here, are the full path's).
-                if lane::<ADDR>(&bytes) == Lane::Int && !foreign {
+                let int_lane =
+                    matches!(chosen, Lane::Int | Lane::Exchange | Lane::Bits | Lane::Cond);
+                if int_lane && !foreign {
                     let mut full = Machine::new(&regs, &ram, &mmio);
                     let taken_by_full = full.full_fast::<ADDR>(mode, gpa, &bytes).is_some();
                     assert!(!taken_by_full, "{what}: the full fast path took it");
@@ -281,7 +314,12 @@ fn integer_lane_is_the_general_path_in_every_mode() {
             locked,
             unary,
             family,
+            own,
         } = taken;
+        assert!(
+            own > iterations / 20,
+            "{mode:?}: {own} by a family's own entry"
+        );
         assert!(all > iterations / 5, "{mode:?}: the lane took {all}");
         assert!(locked > iterations / 50, "{mode:?}: {locked} locked");
         assert!(

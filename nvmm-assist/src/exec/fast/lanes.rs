@@ -73,6 +73,16 @@ pub(crate) enum Lane {
     /// XCHG, MOVSXD, the 0F integer opcodes) with no prefix but LOCK and
     /// REX, or any LOCK-prefixed bytes ([`run_int`]).
     Int,
+    /// XCHG (86/87), XADD or CMPXCHG (0F C0/C1/B0/B1) with no prefix but
+    /// REX: the integer lane's exchanges, by their own entry
+    /// ([`run_exchange`](super::lane_int::run_exchange)).
+    Exchange,
+    /// BT* (0F A3/AB/B3/BB/BA) with no prefix but REX: the integer lane's,
+    /// by their own entry ([`run_bits`](super::lane_int::run_bits)).
+    Bits,
+    /// SETcc or CMOVcc (0F 9x, 4x) with no prefix but REX: the integer
+    /// lane's, by their own entry ([`run_cond`](super::lane_int::run_cond)).
+    Cond,
     /// PUSH m (FF /6) or POP m (8F /0) with no prefix ([`run_stack`]).
     Stack,
     /// An ALU form (00-3B, 80/81/83, TEST 84/85 and F6/F7 /0 /1) with no
@@ -113,6 +123,8 @@ const GROUP3: u8 = 9;
 /// test of the opcode and the reg field together cost PUSH m and POP m
 /// some 6 instructions more, and FF INC/DEC 4).
 const POP: u8 = 10;
+/// [`FIRST`]: 86/87 (XCHG r/m, reg: [`Lane::Exchange`]).
+const XCHG: u8 = 11;
 
 /// The lane class of each first byte.
 const FIRST: [u8; 256] = {
@@ -125,7 +137,8 @@ const FIRST: [u8; 256] = {
             0x0F => ESCAPE,
             0x66 | 0xF2 | 0xF3 => MANDATORY,
             0x40..=0x4F => REX,
-            0x86 | 0x87 | 0xFE | 0xF0 => INT,
+            0x86 | 0x87 => XCHG,
+            0xFE | 0xF0 => INT,
             0xFF => GROUP,
             0x8F => POP,
             0xF6 | 0xF7 => GROUP3,
@@ -150,7 +163,10 @@ const SECOND: [Lane; 256] = {
         t[b] = if op2 & 0xF6 == 0xB6 {
             Lane::Mov
         } else if int::is_secondary(op2) {
-            Lane::Int
+            match super::lane_int::secondary_lane(op2) {
+                Some(family) => family,
+                None => Lane::Int,
+            }
         } else if sse::is_opcode(op2) {
             Lane::Sse
         } else {
@@ -203,6 +219,7 @@ pub(crate) fn lane<const ADDR: u8>(bytes: &[u8]) -> Lane {
         ALU => Lane::Alu,
         GROUP3 => group3(bytes.get(1)),
         INT => Lane::Int,
+        XCHG => Lane::Exchange,
         STRING => Lane::String,
         GROUP => group(bytes.get(1)),
         POP => match bytes.get(1) {
@@ -220,6 +237,7 @@ pub(crate) fn lane<const ADDR: u8>(bytes: &[u8]) -> Lane {
                 ALU => Lane::Alu,
                 GROUP3 => group3(bytes.get(2)),
                 INT => Lane::Int,
+                XCHG => Lane::Exchange,
                 GROUP if group(bytes.get(2)) == Lane::Int => Lane::Int,
                 ESCAPE => second(bytes.get(2)),
                 // (MOVSXD is 63 with REX.W, the only way 64-bit code
@@ -594,6 +612,7 @@ mod tests {
         Machine, SegmentDraw, by_address_size, case, each_lane_mode, exit_gpa, form_linear,
         mode_registers, push_modrm_and_tail, random_mod, random_rip_and_flags, random_segments,
     };
+    use super::super::lane_int::{run_bits, run_cond, run_exchange};
     use super::{Lane, lane, run_int, run_mov, run_stack};
     use crate::FetchCache;
     use crate::mode::CpuMode;
@@ -630,7 +649,9 @@ mod tests {
             (&[0x48, 0xF7, 0x1B], Lane::Int, Lane::Other),
             (&[0x48, 0x83, 0x03, 1], Lane::Alu, Lane::Other),
             (&[0xFE, 0x03], Lane::Int, Lane::Int),
-            (&[0x87, 0x0B], Lane::Int, Lane::Int),
+            (&[0x87, 0x0B], Lane::Exchange, Lane::Exchange),
+            (&[0x41, 0x86, 0x0B], Lane::Exchange, Lane::Other),
+            (&[0xF0, 0x87, 0x0B], Lane::Int, Lane::Int),
             (&[0xFF, 0x03], Lane::Int, Lane::Int),
             (&[0xFF, 0x0B], Lane::Int, Lane::Int),
             (&[0xFF, 0x33], Lane::Stack, Lane::Stack),
@@ -641,9 +662,14 @@ mod tests {
             (&[0x48, 0xFF, 0x03], Lane::Int, Lane::Other),
             (&[0x48, 0xFF, 0x33], Lane::Other, Lane::Other),
             (&[0x48, 0x63, 0x03], Lane::Int, Lane::Other),
-            (&[0x0F, 0xB1, 0x0B], Lane::Int, Lane::Int),
+            (&[0x0F, 0xB1, 0x0B], Lane::Exchange, Lane::Exchange),
+            (&[0x0F, 0xC0, 0x0B], Lane::Exchange, Lane::Exchange),
+            (&[0x0F, 0xAB, 0x0B], Lane::Bits, Lane::Bits),
+            (&[0x48, 0x0F, 0xBA, 0x2B, 1], Lane::Bits, Lane::Other),
+            (&[0x0F, 0x44, 0x0B], Lane::Cond, Lane::Cond),
+            (&[0x0F, 0xC3, 0x0B], Lane::Int, Lane::Int),
             (&[0x48, 0x0F, 0xC7, 0x0B], Lane::Int, Lane::Other),
-            (&[0x0F, 0x94, 0x03], Lane::Int, Lane::Int),
+            (&[0x0F, 0x94, 0x03], Lane::Cond, Lane::Cond),
             (&[0xF0, 0x01, 0x03], Lane::Int, Lane::Int),
             (&[0xF7, 0x1B], Lane::Int, Lane::Int),
             (&[0xF6, 0x13], Lane::Int, Lane::Int),
@@ -863,11 +889,17 @@ mod tests {
             };
             let mut ours = Machine::new(&regs, &ram, &mmio);
             let (r1, ram1, m1) = (&mut ours.regs, &mut ours.ram, &mut ours.mmio);
-            let got = if lane::<ADDR>(&bytes) == Lane::Stack {
-                let mut cache = FetchCache::default();
-                run_stack::<ADDR, _, _, _>(r1, mode, ram1, &mut cache, m1, &bytes)
-            } else {
-                run_int::<ADDR, _, _, _>(r1, mode, ram1, m1, gpa, &bytes)
+            // (The entry the memory assist calls for the lane of the
+            // bytes; the integer lane's `run` for the bytes of no lane.)
+            let got = match lane::<ADDR>(&bytes) {
+                Lane::Stack => {
+                    let mut cache = FetchCache::default();
+                    run_stack::<ADDR, _, _, _>(r1, mode, ram1, &mut cache, m1, &bytes)
+                }
+                Lane::Exchange => run_exchange::<ADDR, _, _, _>(r1, mode, ram1, m1, gpa, &bytes),
+                Lane::Bits => run_bits::<ADDR, _, _, _>(r1, mode, ram1, m1, gpa, &bytes),
+                Lane::Cond => run_cond::<ADDR, _, _, _>(r1, mode, ram1, m1, gpa, &bytes),
+                _ => run_int::<ADDR, _, _, _>(r1, mode, ram1, m1, gpa, &bytes),
             };
             let mut full = Machine::new(&regs, &ram, &mmio);
             let full_result = full.full_fast::<ADDR>(mode, gpa, &bytes);
