@@ -508,13 +508,8 @@ impl VcpuRam {
             // assist holds keeps mapped (see `LastArea`). `offset` fits in
             // a `usize` as the mapping's length does.
             let src = unsafe { area.host.add(offset as usize) };
-            let now = if N == 8 {
-                // SAFETY: as above, for `src..src+8`.
-                unsafe { guest_ram::read_u64(src) }
-            } else {
-                // SAFETY: as above, for `src..src+4`.
-                u64::from(unsafe { guest_ram::read_u32(src) })
-            };
+            // SAFETY: as above, for `src..src+N`.
+            let now = unsafe { guest_ram::read_le::<N>(src) };
             differ |= u8::from(now != *value);
         }
         Some(differ == 0)
@@ -615,13 +610,13 @@ impl GuestRam for VcpuRam {
             return Ok(None);
         };
         // SAFETY: as in `read`, for `src..src+8`.
-        Ok(Some(unsafe { guest_ram::read_u64(src) }))
+        Ok(Some(unsafe { guest_ram::read_le::<8>(src) }))
     }
 
     /// The default's answer with no lookup and one test when the last
     /// area found holds every entry (the walk's tables usually lie in the
     /// area of the last assist's): a bound test per entry against it, each
-    /// entry read (the one-byte loads of `guest_ram::read_u64`/`read_u32`)
+    /// entry read (the one-byte loads of `guest_ram::read_le`)
     /// and compared, the differences accumulated and tested once at the
     /// end. Otherwise the area of the first entry is
     /// looked up and the same is tried against it; anything else (an

@@ -80,43 +80,25 @@ pub(crate) unsafe fn read(src: NonNull<u8>, buf: &mut [u8]) {
     }
 }
 
-/// Reads the 8 bytes of guest RAM at `src` as a little-endian `u64`: the
-/// relaxed byte loads of [`read()`], assembled in a register rather than
-/// through a buffer (whose byte stores a wide reload could not forward
-/// from).
+/// Reads the `N` (at most 8) bytes of guest RAM at `src` as a
+/// little-endian integer: the relaxed byte loads of [`read()`], assembled
+/// in a register rather than through a buffer (whose byte stores a wide
+/// reload could not forward from). The page walker reads its 8-byte
+/// entries (and 32-bit paging's 4-byte ones) this way.
 ///
 /// # Safety
 ///
-/// As for [`read()`], for `src..src+8`.
-// (Only the assist's guest RAM reads page-table entries this way.)
+/// As for [`read()`], for `src..src+N`.
 #[cfg(any(feature = "assist", test))]
-#[inline]
-pub(crate) unsafe fn read_u64(src: NonNull<u8>) -> u64 {
+#[inline(always)]
+pub(crate) unsafe fn read_le<const N: usize>(src: NonNull<u8>) -> u64 {
+    const { assert!(N <= 8, "a u64 holds at most 8 bytes") };
     let mut value = 0;
-    for i in 0..8 {
-        // SAFETY: `i < 8`, so `src + i` is inside the range the caller
+    for i in 0..N {
+        // SAFETY: `i < N`, so `src + i` is inside the range the caller
         // vouches for.
         let b = unsafe { byte(src.add(i)) }.load(Ordering::Relaxed);
         value |= u64::from(b) << (8 * i);
-    }
-    value
-}
-
-/// Reads the 4 bytes of guest RAM at `src` as a little-endian `u32`, as
-/// [`read_u64`] does for 8 (32-bit paging's entries).
-///
-/// # Safety
-///
-/// As for [`read()`], for `src..src+4`.
-#[cfg(any(feature = "assist", test))]
-#[inline]
-pub(crate) unsafe fn read_u32(src: NonNull<u8>) -> u32 {
-    let mut value = 0;
-    for i in 0..4 {
-        // SAFETY: `i < 4`, so `src + i` is inside the range the caller
-        // vouches for.
-        let b = unsafe { byte(src.add(i)) }.load(Ordering::Relaxed);
-        value |= u32::from(b) << (8 * i);
     }
     value
 }
@@ -242,17 +224,18 @@ mod tests {
     }
 
     #[test]
-    fn read_u64_is_the_little_endian_read() {
+    fn read_le_is_the_little_endian_read() {
         let mut mem = [0u8; 16];
         let p = cell(&mut mem);
         let bytes = [0x01, 0x23, 0x45, 0x67, 0x89, 0xAB, 0xCD, 0xEF];
         // SAFETY: `mem` is ours and only accessed through `p` here.
         unsafe {
             write(p.add(8), &bytes);
-            assert_eq!(read_u64(p.add(8)), u64::from_le_bytes(bytes));
-            assert_eq!(read_u64(p), 0);
-            assert_eq!(read_u32(p.add(8)), 0x6745_2301);
-            assert_eq!(read_u32(p.add(12)), 0xEFCD_AB89);
+            assert_eq!(read_le::<8>(p.add(8)), u64::from_le_bytes(bytes));
+            assert_eq!(read_le::<8>(p), 0);
+            assert_eq!(read_le::<4>(p.add(8)), 0x6745_2301);
+            assert_eq!(read_le::<4>(p.add(12)), 0xEFCD_AB89);
+            assert_eq!(read_le::<2>(p.add(9)), 0x4523);
             let mut code = [0u8; 15];
             read_array(p.add(1), &mut code);
             assert_eq!(code[7..], bytes);
