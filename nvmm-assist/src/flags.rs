@@ -136,7 +136,9 @@ macro_rules! typed_flags {
         let (_, o1) = (x as $i).$op(y as $i);
         let (r, c2) = first.$op(c);
         let (_, o2) = (first as $i).$op(c as $i);
-        let szp = (((r as $i) < 0) as u64) << 7 | ((r == 0) as u64) << 6 | PARITY[r as u8 as usize] as u64;
+        let szp = (((r as $i) < 0) as u64) << 7
+            | ((r == 0) as u64) << 6
+            | PARITY[r as u8 as usize] as u64;
         let f = szp | (c1 | c2) as u64 | ((o1 ^ o2) as u64) << 11 | ((x ^ y ^ r) as u64 & AF);
         (r as u64, ($rflags & !STATUS) | f)
     }};

@@ -71,7 +71,7 @@ mod stack;
 mod string;
 
 pub(crate) use lane_alu::run_alu;
-pub(crate) use lane_int::{run_bits, run_cond, run_exchange};
+pub(crate) use lane_int::{run_bits, run_cond, run_exchange, run_unary};
 pub(crate) use lanes::{Lane, lane, run_int, run_mov, run_sse, run_stack, run_string};
 
 use super::alu;
