@@ -505,7 +505,11 @@ mod tests {
                     let szp = |r: u64| {
                         (if r & 0x80 != 0 { SF } else { 0 })
                             | (if r == 0 { ZF } else { 0 })
-                            | (if r.count_ones() % 2 == 0 { PF } else { 0 })
+                            | (if r.count_ones().is_multiple_of(2) {
+                                PF
+                            } else {
+                                0
+                            })
                     };
                     let (sa, sb) = (a as u8 as i8 as i64, b as u8 as i8 as i64);
                     let of_add = !(-128..=127).contains(&(sa + sb + c as i64));
