@@ -299,6 +299,9 @@ where
         fast::Lane::Exchange => {
             assist_in_lane::<ADDR, EXCHANGE, S, R, M>(state, ram, mmio, exit, cache, mode)
         }
+        fast::Lane::Unary => {
+            assist_in_lane::<ADDR, UNARY, S, R, M>(state, ram, mmio, exit, cache, mode)
+        }
         fast::Lane::Bits => {
             assist_in_lane::<ADDR, BITS, S, R, M>(state, ram, mmio, exit, cache, mode)
         }
@@ -335,6 +338,8 @@ const EXCHANGE: u8 = 6;
 const BITS: u8 = 7;
 /// [`assist_in_lane`]'s `LANE`: [`fast::run_cond`].
 const COND: u8 = 8;
+/// [`assist_in_lane`]'s `LANE`: [`fast::run_unary`].
+const UNARY: u8 = 9;
 
 /// One lane's attempt (`LANE`, a constant per copy), else (it declined,
 /// having done nothing) the full fast path. Out of line: one small copy
@@ -362,6 +367,7 @@ where
         INT => fast::run_int::<ADDR, S, R, M>(state, mode, ram, mmio, gpa, bytes),
         EXCHANGE => fast::run_exchange::<ADDR, S, R, M>(state, mode, ram, mmio, gpa, bytes),
         BITS => fast::run_bits::<ADDR, S, R, M>(state, mode, ram, mmio, gpa, bytes),
+        UNARY => fast::run_unary::<ADDR, S, R, M>(state, mode, ram, mmio, gpa, bytes),
         COND => fast::run_cond::<ADDR, S, R, M>(state, mode, ram, mmio, gpa, bytes),
         STACK => fast::run_stack::<ADDR, S, R, M>(state, mode, ram, cache, mmio, bytes),
         SSE => fast::run_sse(state, mode, ram, mmio, gpa, bytes),

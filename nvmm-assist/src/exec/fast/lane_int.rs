@@ -179,7 +179,8 @@ where
 }
 
 /// The lane of the byte after 0F for the families of this lane with an
-/// entry of their own ([`run_exchange`], [`run_bits`], [`run_cond`]), for
+/// entry of their own ([`run_exchange`], [`run_bits`], [`run_cond`]; INC/DEC
+/// and NOT/NEG, [`run_unary`], have no 0F opcode), for
 /// [`lane`](super::lane)'s table; `None` for the rest of the lane's (all
 /// of them [`run`]'s).
 pub(super) const fn secondary_lane(op2: u8) -> Option<super::Lane> {
@@ -225,6 +226,35 @@ where
         Some(op) if b == 0x0F => run.exchange::<ADDR>(i + 1, op, op2 & 1 != 0, rex, false),
         _ => None,
     }
+}
+
+/// INC/DEC's and NOT/NEG's own entry ([`Lane::Unary`](super::Lane::Unary)):
+/// FE/FF /0 /1 and F6/F7 /2 /3 with no prefix but (64-bit mode) REX, as
+/// [`run_exchange`] for the exchanges: the code of `unary.rs` without
+/// [`run`]'s tests of LOCK and REX apart (REX is [`rex_and_opcode`]'s
+/// one test here). `None` (nothing done) for anything else, as [`run`]
+/// (the reg field is `unary.rs`'s to check).
+///
+/// [`rex_and_opcode`]: super::rex_and_opcode
+#[inline(always)]
+pub(crate) fn run_unary<const ADDR: u8, S, R, M>(
+    state: &mut S,
+    mode: CpuMode,
+    ram: &mut R,
+    mmio: &mut M,
+    exit_gpa: u64,
+    bytes: &[u8],
+) -> Option<Result<Outcome, Error>>
+where
+    S: CpuState + ?Sized,
+    R: GuestRam + ?Sized,
+    M: MmioBus + ?Sized,
+{
+    let (rex, b, i) = super::rex_and_opcode::<ADDR>(bytes)?;
+    if !unary::is_opcode(b) {
+        return None;
+    }
+    Run::new(state, mode, ram, mmio, exit_gpa, bytes).unary::<ADDR>(i, b, rex)
 }
 
 /// BT*'s own entry ([`Lane::Bits`](super::Lane::Bits)): 0F A3/AB/B3/BB/BA

@@ -14,7 +14,7 @@ use super::super::lane_harness::{
     identity_ram, le, memory_at, mode_registers, push_modrm_and_tail, random_mod,
     random_rip_and_flags, random_segments,
 };
-use super::{run, run_bits, run_cond, run_exchange};
+use super::{run, run_bits, run_cond, run_exchange, run_unary};
 use crate::exec::fast::{Lane, lane};
 use crate::mode::CpuMode;
 use crate::testutil::{RecordingMmio, Rng, TestRam};
@@ -89,8 +89,8 @@ fn lane_run<const ADDR: u8>(
     run::<ADDR, _, _, _>(&mut m.regs, mode, &mut m.ram, &mut m.mmio, gpa, bytes)
 }
 
-/// The entry of their own that [`lane`] gives the exchanges, BT* and
-/// SETcc/CMOVcc (`family`), on `m`, out of line as [`lane_run`]; `None`
+/// The entry of their own that [`lane`] gives the exchanges, INC/DEC and
+/// NOT/NEG, BT* and SETcc/CMOVcc (`family`), on `m`, out of line as [`lane_run`]; `None`
 /// for the other lanes.
 #[inline(never)]
 fn family_run<const ADDR: u8>(
@@ -105,6 +105,7 @@ fn family_run<const ADDR: u8>(
         Lane::Exchange => run_exchange::<ADDR, _, _, _>(regs, mode, ram, mmio, gpa, bytes),
         Lane::Bits => run_bits::<ADDR, _, _, _>(regs, mode, ram, mmio, gpa, bytes),
         Lane::Cond => run_cond::<ADDR, _, _, _>(regs, mode, ram, mmio, gpa, bytes),
+        Lane::Unary => run_unary::<ADDR, _, _, _>(regs, mode, ram, mmio, gpa, bytes),
         _ => return None,
     })
 }
@@ -256,7 +257,10 @@ fn compare<const ADDR: u8>(
         // families: exactly what the lane's `run` does on those bytes.
         // (The copy of the 256 KiB RAM is made only for those cases.)
         let chosen = lane::<ADDR>(&bytes);
-        let has_own = matches!(chosen, Lane::Exchange | Lane::Bits | Lane::Cond);
+        let has_own = matches!(
+            chosen,
+            Lane::Exchange | Lane::Bits | Lane::Cond | Lane::Unary
+        );
         let mut own = has_own.then(|| Machine::new(&regs, &ram, &mmio));
         if let Some(own) = own.as_mut()
             && let Some(own_got) = family_run::<ADDR>(chosen, own, mode, gpa, &bytes)
@@ -287,8 +291,10 @@ fn compare<const ADDR: u8>(
                 // The full fast path takes no case of the lane's shapes
                 // that the lane declines (a LOCK and a 66 prefix, which
                 // the lane choice sends here, are the full path's).
-                let int_lane =
-                    matches!(chosen, Lane::Int | Lane::Exchange | Lane::Bits | Lane::Cond);
+                let int_lane = matches!(
+                    chosen,
+                    Lane::Int | Lane::Exchange | Lane::Bits | Lane::Cond | Lane::Unary
+                );
                 if int_lane && !foreign {
                     let mut full = Machine::new(&regs, &ram, &mmio);
                     let taken_by_full = full.full_fast::<ADDR>(mode, gpa, &bytes).is_some();

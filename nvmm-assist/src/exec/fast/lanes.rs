@@ -17,7 +17,10 @@
 //!   form: their own decoder and executor (`lane_int.rs`, [`run_int`]),
 //!   without the MOV/ALU decoder's attempt and restart from byte 0 (the
 //!   ALU forms without LOCK, which that decoder takes at once, stay on
-//!   the full path);
+//!   the full path); of these, INC/DEC/NOT/NEG ([`Lane::Unary`]), the
+//!   exchanges ([`Lane::Exchange`]), BT* ([`Lane::Bits`]) and
+//!   SETcc/CMOVcc ([`Lane::Cond`]) without LOCK have an entry of their
+//!   own into the lane's code for their family, past its chain of tests;
 //! - [`Lane::Stack`]: PUSH m (FF /6) and POP m (8F /0) with no prefix,
 //!   the stack family's own entry ([`run_stack`]);
 //! - [`Lane::Alu`]: the ALU forms 00-3B, 80/81/83 and TEST 84/85, F6/F7
@@ -69,14 +72,18 @@ pub(crate) enum Lane {
     String,
     /// An SSE move's opcode after at most one prefix byte.
     Sse,
-    /// An integer form only the full decoder takes (INC/DEC, NOT/NEG,
-    /// XCHG, MOVSXD, the 0F integer opcodes) with no prefix but LOCK and
-    /// REX, or any LOCK-prefixed bytes ([`run_int`]).
+    /// An integer form only the full decoder takes (MOVSXD, MOVNTI,
+    /// CMPXCHG8B/16B; the other families have a lane of their own) with
+    /// no prefix but REX, or any LOCK-prefixed bytes ([`run_int`]).
     Int,
     /// XCHG (86/87), XADD or CMPXCHG (0F C0/C1/B0/B1) with no prefix but
     /// REX: the integer lane's exchanges, by their own entry
     /// ([`run_exchange`](super::lane_int::run_exchange)).
     Exchange,
+    /// INC/DEC (FE/FF /0 /1) or NOT/NEG (F6/F7 /2 /3) with no prefix but
+    /// REX: the integer lane's, by their own entry
+    /// ([`run_unary`](super::lane_int::run_unary)).
+    Unary,
     /// BT* (0F A3/AB/B3/BB/BA) with no prefix but REX: the integer lane's,
     /// by their own entry ([`run_bits`](super::lane_int::run_bits)).
     Bits,
@@ -104,9 +111,8 @@ const ESCAPE: u8 = 3;
 const MANDATORY: u8 = 4;
 /// [`FIRST`]: 40-4F (REX in 64-bit mode).
 const REX: u8 = 5;
-/// [`FIRST`]: an integer opcode that only the full decoder takes (86/87
-/// XCHG, FE INC/DEC), or LOCK (F0): the integer lane takes LOCK on every
-/// lockable form, the ALU ones included.
+/// [`FIRST`]: LOCK (F0): the integer lane takes LOCK on every lockable
+/// form, the ALU ones included.
 const INT: u8 = 6;
 /// [`FIRST`]: FF (/0 /1 INC/DEC, /6 PUSH m; the rest the full path's).
 const GROUP: u8 = 7;
@@ -125,6 +131,9 @@ const GROUP3: u8 = 9;
 const POP: u8 = 10;
 /// [`FIRST`]: 86/87 (XCHG r/m, reg: [`Lane::Exchange`]).
 const XCHG: u8 = 11;
+/// [`FIRST`]: FE (/0 /1 INC/DEC r/m8, [`Lane::Unary`]; the rest `#UD`,
+/// the full path's).
+const GROUP8: u8 = 12;
 
 /// The lane class of each first byte.
 const FIRST: [u8; 256] = {
@@ -138,7 +147,8 @@ const FIRST: [u8; 256] = {
             0x66 | 0xF2 | 0xF3 => MANDATORY,
             0x40..=0x4F => REX,
             0x86 | 0x87 => XCHG,
-            0xFE | 0xF0 => INT,
+            0xF0 => INT,
+            0xFE => GROUP8,
             0xFF => GROUP,
             0x8F => POP,
             0xF6 | 0xF7 => GROUP3,
@@ -201,17 +211,21 @@ pub(crate) fn lane<const ADDR: u8>(bytes: &[u8]) -> Lane {
         }
     };
     // FF /0 /1 (INC, DEC) are integer forms, FF /6 PUSH m; the rest of
-    // the group the full path's.
+    // the group the full path's. (FE: INC/DEC only.)
     let group = |modrm: Option<&u8>| match modrm.map(|m| (m >> 3) & 7) {
-        Some(0 | 1) => Lane::Int,
+        Some(0 | 1) => Lane::Unary,
         Some(6) => Lane::Stack,
+        _ => Lane::Other,
+    };
+    let group8 = |modrm: Option<&u8>| match modrm.map(|m| (m >> 3) & 7) {
+        Some(0 | 1) => Lane::Unary,
         _ => Lane::Other,
     };
     // F6/F7: TEST is /0 and its alias /1 (the ALU lane's), NOT /2 and NEG
     // /3 integer forms; MUL/IMUL/DIV/IDIV the full path's.
     let group3 = |modrm: Option<&u8>| match modrm.map(|m| (m >> 3) & 7) {
         Some(0 | 1) => Lane::Alu,
-        Some(2 | 3) => Lane::Int,
+        Some(2 | 3) => Lane::Unary,
         _ => Lane::Other,
     };
     match FIRST[usize::from(first)] {
@@ -222,6 +236,7 @@ pub(crate) fn lane<const ADDR: u8>(bytes: &[u8]) -> Lane {
         XCHG => Lane::Exchange,
         STRING => Lane::String,
         GROUP => group(bytes.get(1)),
+        GROUP8 => group8(bytes.get(1)),
         POP => match bytes.get(1) {
             Some(&modrm) if modrm & 0x38 == 0 => Lane::Stack,
             _ => Lane::Other,
@@ -238,7 +253,8 @@ pub(crate) fn lane<const ADDR: u8>(bytes: &[u8]) -> Lane {
                 GROUP3 => group3(bytes.get(2)),
                 INT => Lane::Int,
                 XCHG => Lane::Exchange,
-                GROUP if group(bytes.get(2)) == Lane::Int => Lane::Int,
+                GROUP if group(bytes.get(2)) == Lane::Unary => Lane::Unary,
+                GROUP8 => group8(bytes.get(2)),
                 ESCAPE => second(bytes.get(2)),
                 // (MOVSXD is 63 with REX.W, the only way 64-bit code
                 // writes it.)
@@ -612,7 +628,7 @@ mod tests {
         Machine, SegmentDraw, by_address_size, case, each_lane_mode, exit_gpa, form_linear,
         mode_registers, push_modrm_and_tail, random_mod, random_rip_and_flags, random_segments,
     };
-    use super::super::lane_int::{run_bits, run_cond, run_exchange};
+    use super::super::lane_int::{run_bits, run_cond, run_exchange, run_unary};
     use super::{Lane, lane, run_int, run_mov, run_stack};
     use crate::FetchCache;
     use crate::mode::CpuMode;
@@ -641,25 +657,33 @@ mod tests {
             (&[0x84, 0x0B], Lane::Alu, Lane::Alu),
             (&[0xF7, 0x03, 1, 0, 0, 0], Lane::Alu, Lane::Alu),
             (&[0xF6, 0x0B, 1], Lane::Alu, Lane::Alu),
-            (&[0xF7, 0x13], Lane::Int, Lane::Int),
-            (&[0xF6, 0x1B], Lane::Int, Lane::Int),
+            (&[0xF7, 0x13], Lane::Unary, Lane::Unary),
+            (&[0xF6, 0x1B], Lane::Unary, Lane::Unary),
             (&[0xF7, 0x23], Lane::Other, Lane::Other),
             (&[0xF7], Lane::Other, Lane::Other),
             (&[0x4C, 0xF7, 0x03, 1, 0, 0, 0], Lane::Alu, Lane::Other),
-            (&[0x48, 0xF7, 0x1B], Lane::Int, Lane::Other),
+            (&[0x48, 0xF7, 0x1B], Lane::Unary, Lane::Other),
             (&[0x48, 0x83, 0x03, 1], Lane::Alu, Lane::Other),
-            (&[0xFE, 0x03], Lane::Int, Lane::Int),
+            (&[0xFE, 0x03], Lane::Unary, Lane::Unary),
+            (&[0xFE, 0x0B], Lane::Unary, Lane::Unary),
+            (&[0xFE, 0x13], Lane::Other, Lane::Other),
+            (&[0xFE], Lane::Other, Lane::Other),
+            (&[0x41, 0xFE, 0x0B], Lane::Unary, Lane::Other),
+            (&[0x41, 0xFE, 0x33], Lane::Other, Lane::Other),
+            (&[0xF0, 0xFE, 0x03], Lane::Int, Lane::Int),
+            (&[0xF0, 0xFF, 0x0B], Lane::Int, Lane::Int),
+            (&[0xF0, 0xF7, 0x1B], Lane::Int, Lane::Int),
             (&[0x87, 0x0B], Lane::Exchange, Lane::Exchange),
             (&[0x41, 0x86, 0x0B], Lane::Exchange, Lane::Other),
             (&[0xF0, 0x87, 0x0B], Lane::Int, Lane::Int),
-            (&[0xFF, 0x03], Lane::Int, Lane::Int),
-            (&[0xFF, 0x0B], Lane::Int, Lane::Int),
+            (&[0xFF, 0x03], Lane::Unary, Lane::Unary),
+            (&[0xFF, 0x0B], Lane::Unary, Lane::Unary),
             (&[0xFF, 0x33], Lane::Stack, Lane::Stack),
             (&[0xFF, 0x13], Lane::Other, Lane::Other),
             (&[0x8F, 0x03], Lane::Stack, Lane::Stack),
             (&[0x8F, 0x0B], Lane::Other, Lane::Other),
             (&[0xFF], Lane::Other, Lane::Other),
-            (&[0x48, 0xFF, 0x03], Lane::Int, Lane::Other),
+            (&[0x48, 0xFF, 0x03], Lane::Unary, Lane::Other),
             (&[0x48, 0xFF, 0x33], Lane::Other, Lane::Other),
             (&[0x48, 0x63, 0x03], Lane::Int, Lane::Other),
             (&[0x0F, 0xB1, 0x0B], Lane::Exchange, Lane::Exchange),
@@ -671,9 +695,9 @@ mod tests {
             (&[0x48, 0x0F, 0xC7, 0x0B], Lane::Int, Lane::Other),
             (&[0x0F, 0x94, 0x03], Lane::Cond, Lane::Cond),
             (&[0xF0, 0x01, 0x03], Lane::Int, Lane::Int),
-            (&[0xF7, 0x1B], Lane::Int, Lane::Int),
-            (&[0xF6, 0x13], Lane::Int, Lane::Int),
-            (&[0x48, 0xF7, 0x13], Lane::Int, Lane::Other),
+            (&[0xF7, 0x1B], Lane::Unary, Lane::Unary),
+            (&[0xF6, 0x13], Lane::Unary, Lane::Unary),
+            (&[0x48, 0xF7, 0x13], Lane::Unary, Lane::Other),
             (&[0x48, 0xF7, 0x03, 1, 0, 0, 0], Lane::Alu, Lane::Other),
             (&[0x66, 0x01, 0x03], Lane::Other, Lane::Other),
             (&[0x41, 0xAA], Lane::Other, Lane::Other),
@@ -712,7 +736,7 @@ mod tests {
             for reg in 0..8u8 {
                 let modrm = md << 6 | reg << 3 | 3;
                 let ff = match reg {
-                    0 | 1 => Lane::Int,
+                    0 | 1 => Lane::Unary,
                     6 => Lane::Stack,
                     _ => Lane::Other,
                 };
@@ -722,8 +746,8 @@ mod tests {
                     assert_eq!(lane::<4>(&bytes), want, "{bytes:02x?}");
                     assert_eq!(lane::<2>(&bytes), want, "{bytes:02x?}");
                 }
-                let rex_ff = if ff == Lane::Int {
-                    Lane::Int
+                let rex_ff = if ff == Lane::Unary {
+                    Lane::Unary
                 } else {
                     Lane::Other
                 };
@@ -899,6 +923,7 @@ mod tests {
                 Lane::Exchange => run_exchange::<ADDR, _, _, _>(r1, mode, ram1, m1, gpa, &bytes),
                 Lane::Bits => run_bits::<ADDR, _, _, _>(r1, mode, ram1, m1, gpa, &bytes),
                 Lane::Cond => run_cond::<ADDR, _, _, _>(r1, mode, ram1, m1, gpa, &bytes),
+                Lane::Unary => run_unary::<ADDR, _, _, _>(r1, mode, ram1, m1, gpa, &bytes),
                 _ => run_int::<ADDR, _, _, _>(r1, mode, ram1, m1, gpa, &bytes),
             };
             let mut full = Machine::new(&regs, &ram, &mmio);

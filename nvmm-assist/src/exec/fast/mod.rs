@@ -71,7 +71,7 @@ mod stack;
 mod string;
 
 pub(crate) use lane_alu::run_alu;
-pub(crate) use lane_int::{run_bits, run_cond, run_exchange};
+pub(crate) use lane_int::{run_bits, run_cond, run_exchange, run_unary};
 pub(crate) use lanes::{Lane, lane, run_int, run_mov, run_sse, run_stack, run_string};
 
 use super::alu;
@@ -366,9 +366,10 @@ fn checked_linear<const ADDR: u8, S: CpuState + ?Sized>(
         segment::legacy_checked(state, mode, segment, offset, asz, access).ok()?
     };
     // Leave page-crossing accesses, a mismatching exit GPA and a possible
-    // #AC to the general path.
-    if (linear & 0xFFF) + asz > 0x1000
-        || exit_gpa & 0xFFF != linear & 0xFFF
+    // #AC to the general path. (The mismatch is one exclusive or; the
+    // crossing is then the exit GPA's, which is known from the start.)
+    if (linear ^ exit_gpa) & 0xFFF != 0
+        || (exit_gpa & 0xFFF) + asz > 0x1000
         || (state.rflags() & AC != 0 && linear & (asz - 1) != 0)
     {
         return None;
