@@ -237,9 +237,19 @@ where
         // the inconsistent control states, as with bytes.
         return uncommon(state, ram, mmio, exit, cache);
     };
-    match mode.default_address_size() {
-        8 => fetched_sized::<8, S, R, M>(state, ram, mmio, exit.gpa, cache, mode),
-        4 => fetched_sized::<4, S, R, M>(state, ram, mmio, exit.gpa, cache, mode),
+    // The mode a constant in each copy of the 32- and 64-bit ones (it is
+    // passed on to the lanes, and a value held across the fetch would be
+    // spilled).
+    match mode {
+        CpuMode::Long64 => {
+            fetched_sized::<8, S, R, M>(state, ram, mmio, exit.gpa, cache, CpuMode::Long64)
+        }
+        CpuMode::Compat32 => {
+            fetched_sized::<4, S, R, M>(state, ram, mmio, exit.gpa, cache, CpuMode::Compat32)
+        }
+        CpuMode::Protected32 => {
+            fetched_sized::<4, S, R, M>(state, ram, mmio, exit.gpa, cache, CpuMode::Protected32)
+        }
         _ => fetched_sized::<2, S, R, M>(state, ram, mmio, exit.gpa, cache, mode),
     }
 }
