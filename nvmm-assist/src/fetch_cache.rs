@@ -163,20 +163,20 @@ impl Shape {
     }
 }
 
-/// Whether the entries of a cached walk of shape `shape` still hold their
-/// values (see [`Shape`]).
+/// Whether the entries of the cached walk `c` still hold their values
+/// (see [`Shape`]).
 #[inline(always)]
-fn holds<R: GuestRam + ?Sized>(
-    ram: &mut R,
-    shape: Shape,
-    walk: &WalkRecord,
-) -> Result<bool, Error> {
-    // The 4-level case first, with one test.
-    let check = if shape == Shape::Wide4 {
+fn holds<R: GuestRam + ?Sized>(ram: &mut R, c: &Cached) -> Result<bool, Error> {
+    let walk = &c.walk;
+    // The 4-level case first, with one test, then 32-bit paging's, each
+    // on a flag of its own: tests of one shape field became a jump table
+    // (or a chain of compares in another order), with the spills of every
+    // shape's cold path at its head.
+    let check = if c.wide4 {
         ram.check_entries(&walk.entries[..4], true)?
-    } else if shape == Shape::Narrow2 {
+    } else if c.narrow2 {
         ram.check_entries(&walk.entries[..2], false)?
-    } else if shape == Shape::Wide3 {
+    } else if c.shape == Shape::Wide3 {
         ram.check_entries(&walk.entries[..3], true)?
     } else {
         holds_any(ram, walk)?
@@ -215,6 +215,10 @@ struct Cached {
     walk: WalkRecord,
     /// `Shape::of(&walk)`, kept so that a hit picks its reads at once.
     shape: Shape,
+    /// Whether `shape` is [`Shape::Wide4`].
+    wide4: bool,
+    /// Whether `shape` is [`Shape::Narrow2`].
+    narrow2: bool,
 }
 
 /// An empty slot: its CR0 (0, paging off) is never looked up.
@@ -233,6 +237,8 @@ const EMPTY: Cached = Cached {
         wide: false,
     },
     shape: Shape::Other,
+    wide4: false,
+    narrow2: false,
 };
 
 /// How many translations a [`FetchCache`] keeps: two, so that an
@@ -375,7 +381,7 @@ impl FetchCache {
         } else {
             return Ok(None);
         };
-        if !holds(ram, c.shape, &c.walk)? {
+        if !holds(ram, c)? {
             return Ok(None);
         }
         let gpa_page = c.gpa_page;
@@ -456,6 +462,8 @@ impl FetchCache {
             slot.key = key;
             slot.gpa_page = gpa & !(PAGE_SIZE - 1);
             slot.shape = Shape::of(&slot.walk);
+            slot.wide4 = slot.shape == Shape::Wide4;
+            slot.narrow2 = slot.shape == Shape::Narrow2;
         }
         result
     }

@@ -237,9 +237,19 @@ where
         // the inconsistent control states, as with bytes.
         return uncommon(state, ram, mmio, exit, cache);
     };
-    match mode.default_address_size() {
-        8 => fetched_sized::<8, S, R, M>(state, ram, mmio, exit.gpa, cache, mode),
-        4 => fetched_sized::<4, S, R, M>(state, ram, mmio, exit.gpa, cache, mode),
+    // The mode a constant in each copy of the 32- and 64-bit ones (it is
+    // passed on to the lanes, and a value held across the fetch would be
+    // spilled).
+    match mode {
+        CpuMode::Long64 => {
+            fetched_sized::<8, S, R, M>(state, ram, mmio, exit.gpa, cache, CpuMode::Long64)
+        }
+        CpuMode::Compat32 => {
+            fetched_sized::<4, S, R, M>(state, ram, mmio, exit.gpa, cache, CpuMode::Compat32)
+        }
+        CpuMode::Protected32 => {
+            fetched_sized::<4, S, R, M>(state, ram, mmio, exit.gpa, cache, CpuMode::Protected32)
+        }
         _ => fetched_sized::<2, S, R, M>(state, ram, mmio, exit.gpa, cache, mode),
     }
 }
@@ -445,10 +455,25 @@ where
     // lane that declines. The exit's access type is not looked at past
     // the entry.
     let mut bytes = [0u8; 15];
+    // Each unusual fetch calls its own copy of `fetched_rest` (one
+    // shared call took the kind as a value, which the usual fetch then
+    // set on its way to every test that may fail).
     match fetch::quick::<ADDR, S, R>(state, mode, ram, cache, &mut bytes)? {
         fetch::Quick::Done => {}
-        quick => {
-            return fetched_rest::<ADDR, S, R, M>(state, ram, mmio, exit_gpa, cache, mode, quick);
+        fetch::Quick::Walk(linear) => {
+            return fetched_rest::<ADDR, REST_WALK, S, R, M>(
+                state, ram, mmio, exit_gpa, cache, mode, linear,
+            );
+        }
+        fetch::Quick::Mmio(gpa) => {
+            return fetched_rest::<ADDR, REST_MMIO, S, R, M>(
+                state, ram, mmio, exit_gpa, cache, mode, gpa,
+            );
+        }
+        fetch::Quick::General => {
+            return fetched_rest::<ADDR, REST_GENERAL, S, R, M>(
+                state, ram, mmio, exit_gpa, cache, mode, 0,
+            );
         }
     }
     // The usual case, all 15 bytes: the lane choice sees a constant
@@ -462,20 +487,31 @@ where
     assist_lane_of::<ADDR, S, R, M>(lane, state, ram, mmio, &exit, cache, mode)
 }
 
-/// [`fetched_sized`] past an unusual fetch (`quick` is what
-/// [`fetch::quick`] found: code outside RAM, a walk, an edge within the 15
-/// bytes or a CS check that may fault): the rest of the fetch, then what
-/// an exit carrying the fetched bytes takes. Out of line, so that the
-/// usual fetch keeps its registers.
+/// [`fetched_rest`]'s `KIND`: the translation is to be walked
+/// ([`fetch::Quick::Walk`], `at` its linear address).
+const REST_WALK: u8 = 0;
+/// [`fetched_rest`]'s `KIND`: code outside RAM ([`fetch::Quick::Mmio`],
+/// `at` its guest-physical address).
+const REST_MMIO: u8 = 1;
+/// [`fetched_rest`]'s `KIND`: anything else ([`fetch::Quick::General`]):
+/// the full fetch.
+const REST_GENERAL: u8 = 2;
+
+/// [`fetched_sized`] past an unusual fetch (`KIND` is what
+/// [`fetch::quick`] found: a walk, code outside RAM, or an edge within the
+/// 15 bytes or a CS check that may fault; `at` its address): the rest of
+/// the fetch, then what an exit carrying the fetched bytes takes. Out of
+/// line, so that the usual fetch keeps its registers.
 #[inline(never)]
-fn fetched_rest<const ADDR: u8, S, R, M>(
+#[allow(clippy::too_many_arguments)]
+fn fetched_rest<const ADDR: u8, const KIND: u8, S, R, M>(
     state: &mut S,
     ram: &mut R,
     mmio: &mut M,
     exit_gpa: u64,
     cache: &mut FetchCache,
     mode: CpuMode,
-    quick: fetch::Quick,
+    at: u64,
 ) -> Result<Outcome, Error>
 where
     S: CpuState + ?Sized,
@@ -483,19 +519,13 @@ where
     M: MmioBus + ?Sized,
 {
     let mut bytes = [0u8; 15];
-    let given = match quick {
-        fetch::Quick::Mmio(gpa) => {
-            fetch::read_mmio(mmio, gpa, &mut bytes)?;
+    let given = match KIND {
+        REST_MMIO => {
+            fetch::read_mmio(mmio, at, &mut bytes)?;
             bytes.len()
         }
-        fetch::Quick::Walk(linear) => {
-            fetch::fetch_walk(state, ram, mmio, cache, linear, &mut bytes)?
-        }
-        // `Done` is not passed here (`fetched_sized` runs those bytes);
-        // the full fetch would fetch them again.
-        fetch::Quick::General | fetch::Quick::Done => {
-            fetch::fetch_general::<ADDR, S, R, M>(state, mode, ram, mmio, cache, &mut bytes)?
-        }
+        REST_WALK => fetch::fetch_walk(state, ram, mmio, cache, at, &mut bytes)?,
+        _ => fetch::fetch_general::<ADDR, S, R, M>(state, mode, ram, mmio, cache, &mut bytes)?,
     };
     let instruction = bytes.get(..given).unwrap_or(&bytes);
     let lane = fast::lane::<ADDR>(instruction);

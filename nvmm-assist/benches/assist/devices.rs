@@ -33,7 +33,10 @@ impl FlatRam {
 
 /// [`FlatRam::check_entries`] when an entry is not RAM or differs: the entries in
 /// order, the first that is not RAM or differs deciding (what the trait's
-/// default gives).
+/// default gives). Cold as well as out of line: an entry that changed is
+/// rare, and the fetch path's registers are then saved on its way rather
+/// than ahead of every check.
+#[cold]
 #[inline(never)]
 fn slow_check(ram: &mut FlatRam, entries: &[(u64, u64)], size: usize) -> EntryCheck {
     for (index, &(gpa, value)) in entries.iter().enumerate() {
