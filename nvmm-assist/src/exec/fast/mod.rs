@@ -366,10 +366,9 @@ fn checked_linear<const ADDR: u8, S: CpuState + ?Sized>(
         segment::legacy_checked(state, mode, segment, offset, asz, access).ok()?
     };
     // Leave page-crossing accesses, a mismatching exit GPA and a possible
-    // #AC to the general path. (The mismatch is one exclusive or; the
-    // crossing is then the exit GPA's, which is known from the start.)
-    if (linear ^ exit_gpa) & 0xFFF != 0
-        || (exit_gpa & 0xFFF) + asz > 0x1000
+    // #AC to the general path.
+    if (linear & 0xFFF) + asz > 0x1000
+        || exit_gpa & 0xFFF != linear & 0xFFF
         || (state.rflags() & AC != 0 && linear & (asz - 1) != 0)
     {
         return None;
