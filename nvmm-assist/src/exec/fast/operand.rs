@@ -325,7 +325,8 @@ struct EffectiveAddress {
 }
 
 /// The displacement's size in 16-bit addressing by `mod` (0-2; 3 is a
-/// register), but for `[disp16]` (mod 0, r/m 6): as [`DISP32_BYTES`].
+/// register), as [`DISP32_BYTES`] for 32/64-bit addressing. `[disp16]`
+/// (mod 0, r/m 6) is the exception, taken before the lookup.
 const DISP16_BYTES: [u8; 4] = [0, 1, 2, 0];
 
 /// 16-bit ModRM addressing (mod 0-2).
