@@ -377,6 +377,6 @@ where
         state.set_gpr(g, v);
     }
     let new_flags = new_flags & !RF;
-    retire(state, rflags, new_flags, f.next_rip);
+    retire(state, new_flags, f.next_rip);
     Ok(Outcome::Done)
 }

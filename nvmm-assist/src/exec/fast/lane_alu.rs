@@ -274,7 +274,7 @@ where
             super::families::write_sized(ram, mmio, gpa, n, result)?;
         }
     }
-    retire(state, rflags, new_flags, next_rip);
+    retire(state, new_flags, next_rip);
     Ok(Outcome::Done)
 }
 

@@ -163,15 +163,16 @@ fn set_reg<S: CpuState + ?Sized>(state: &mut S, reg: u8, size: u8, rex: bool, va
     state.set_gpr(g, v);
 }
 
-/// Retires an instruction whose every access succeeded: RFLAGS (`new_flags`,
-/// RF already cleared) only if it changed, which saves the store (often:
-/// a MOV or a flag-preserving form leaves it as it was), then RIP. The
-/// lanes' and the full fast path's one tail.
+/// Retires an instruction whose every access succeeded: RFLAGS
+/// (`new_flags`, RF already cleared), then RIP. The lanes' and the full
+/// fast path's one tail. The store is unconditional: testing whether the
+/// flags changed cost a compare and a branch that the data decides (an
+/// RMW's or a CMPS's flags vary from one call to the next), and a
+/// mispredicted one cost the bench's SBB/ADC rows more than the store it
+/// saved.
 #[inline(always)]
-fn retire<S: CpuState + ?Sized>(state: &mut S, rflags: u64, new_flags: u64, next_rip: u64) {
-    if new_flags != rflags {
-        state.set_rflags(new_flags);
-    }
+fn retire<S: CpuState + ?Sized>(state: &mut S, new_flags: u64, next_rip: u64) {
+    state.set_rflags(new_flags);
     state.set_rip(next_rip);
 }
 
@@ -771,7 +772,7 @@ where
         }
         Kind::Int(_) => return Err(Error::InconsistentExit),
     }
-    retire(state, rflags, new_flags, f.next_rip);
+    retire(state, new_flags, f.next_rip);
     Ok(Outcome::Done)
 }
 

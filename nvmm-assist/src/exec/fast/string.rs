@@ -526,6 +526,6 @@ where
     }
     let new_flags = new_flags & !RF;
     let next_rip = state.rip().wrapping_add(step.len) & step.rip_mask;
-    retire(state, rflags, new_flags, next_rip);
+    retire(state, new_flags, next_rip);
     Ok(Outcome::Done)
 }

@@ -181,6 +181,6 @@ where
     } else {
         rflags & !CF
     } & !RF;
-    retire(state, rflags, new_flags, next_rip);
+    retire(state, new_flags, next_rip);
     Ok(Outcome::Done)
 }

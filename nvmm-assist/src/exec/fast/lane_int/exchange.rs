@@ -137,7 +137,7 @@ impl<S: CpuState + ?Sized, R: GuestRam + ?Sized, M: MmioBus + ?Sized> Run<'_, S,
             set_reg(state, reg, SIZE, rex, value);
         }
         let new_flags = new_flags & !RF;
-        retire(state, rflags, new_flags, next_rip);
+        retire(state, new_flags, next_rip);
         Ok(Outcome::Done)
     }
 }

@@ -149,7 +149,7 @@ impl<S: CpuState + ?Sized, R: GuestRam + ?Sized, M: MmioBus + ?Sized> Run<'_, S,
             10 => locked!(Mnemonic::Not),
             _ => locked!(Mnemonic::Neg),
         };
-        retire(state, rflags, new_flags & !RF, next_rip);
+        retire(state, new_flags & !RF, next_rip);
         Ok(Outcome::Done)
     }
 }

@@ -78,7 +78,7 @@ impl<S: CpuState + ?Sized, R: GuestRam + ?Sized, M: MmioBus + ?Sized> Run<'_, S,
         } else {
             write_page(ram, mmio, gpa, SIZE, read_reg(state, reg, SIZE, rex))?;
         }
-        retire(state, rflags, rflags & !RF, next_rip);
+        retire(state, rflags & !RF, next_rip);
         Ok(Outcome::Done)
     }
 }

@@ -93,7 +93,7 @@ impl<S: CpuState + ?Sized, R: GuestRam + ?Sized, M: MmioBus + ?Sized> Run<'_, S,
             _ => flags::neg(old, SIZE, flags_in),
         };
         write_sized(ram, mmio, gpa, n, result)?;
-        retire(state, rflags, new_flags, next_rip);
+        retire(state, new_flags, next_rip);
         Ok(Outcome::Done)
     }
 }

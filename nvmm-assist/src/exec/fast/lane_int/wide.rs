@@ -123,7 +123,7 @@ impl<S: CpuState + ?Sized, R: GuestRam + ?Sized, M: MmioBus + ?Sized> Run<'_, S,
             set_reg(state, 2, half, false, (old >> shift) as u64);
         }
         let new_flags = xchg::cmpxchg_wide_flags(rflags, loaded.is_none()) & !RF;
-        retire(state, rflags, new_flags, next_rip);
+        retire(state, new_flags, next_rip);
         Ok(Outcome::Done)
     }
 }
