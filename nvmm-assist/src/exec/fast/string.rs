@@ -28,8 +28,8 @@ use super::super::{alignment_faults, merge_sized, string};
 use super::families::{probe_pair, translate_pair, within_page, write_sized};
 use super::prefix::Prefixes;
 use super::read_sized;
-use super::retire;
 use super::stack::narrow_mode;
+use super::{retire, retire_flagless};
 use crate::Outcome;
 use crate::access::AccessType;
 use crate::bus::{GuestRam, MmioBus};
@@ -524,8 +524,13 @@ where
     if let Some(v) = loaded {
         state.set_gpr(Gpr::Rax, merge_sized(state.gpr(Gpr::Rax), size, v));
     }
-    let new_flags = new_flags & !RF;
     let next_rip = state.rip().wrapping_add(step.len) & step.rip_mask;
-    retire(state, new_flags, next_rip);
+    // The operation, not the data, picks the tail: CMPS and SCAS set the
+    // flags, the moves leave them.
+    if matches!(step.op, Mnemonic::Cmps | Mnemonic::Scas) {
+        retire(state, new_flags & !RF, next_rip);
+    } else {
+        retire_flagless(state, rflags, next_rip);
+    }
     Ok(Outcome::Done)
 }

@@ -18,13 +18,13 @@
 //! tests (`lane_int_tests.rs`) cover both in every mode.
 
 use super::super::operand::{Run, Taken, operand_size};
-use super::super::{read_reg, retire, set_reg};
+use super::super::{read_reg, retire_flagless, set_reg};
 use crate::Outcome;
 use crate::access::AccessType;
 use crate::bus::{GuestRam, MmioBus};
 use crate::error::Error;
 use crate::exec::{read_page, write_page};
-use crate::flags::{self, RF};
+use crate::flags;
 use crate::state::CpuState;
 
 impl<S: CpuState + ?Sized, R: GuestRam + ?Sized, M: MmioBus + ?Sized> Run<'_, S, R, M> {
@@ -78,7 +78,7 @@ impl<S: CpuState + ?Sized, R: GuestRam + ?Sized, M: MmioBus + ?Sized> Run<'_, S,
         } else {
             write_page(ram, mmio, gpa, SIZE, read_reg(state, reg, SIZE, rex))?;
         }
-        retire(state, rflags & !RF, next_rip);
+        retire_flagless(state, rflags, next_rip);
         Ok(Outcome::Done)
     }
 }
