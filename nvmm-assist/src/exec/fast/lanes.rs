@@ -51,15 +51,14 @@
 use super::operand::{self, Placed};
 use super::prefix::Prefixes;
 use super::{
-    byte, checked_linear, int, merged, moffs, read_reg, read_sized, rex_and_opcode, sized_field,
-    sse, stack, string,
+    byte, checked_linear, int, merged, moffs, read_reg, read_sized, retire_flagless,
+    rex_and_opcode, sized_field, sse, stack, string,
 };
 use crate::Outcome;
 use crate::access::AccessType;
 use crate::bus::{GuestRam, MmioBus};
 use crate::error::Error;
 use crate::fetch_cache::FetchCache;
-use crate::flags::RF;
 use crate::mode::CpuMode;
 use crate::state::CpuState;
 
@@ -513,7 +512,7 @@ where
 }
 
 /// A MOV store of the low `size` bytes of `value` at `gpa`, then the
-/// commit ([`commit`]): the executor's store arm.
+/// commit ([`retire_flagless`]): the executor's store arm.
 #[inline(always)]
 fn store_and_commit<S, R, M>(
     state: &mut S,
@@ -530,13 +529,13 @@ where
     M: MmioBus + ?Sized,
 {
     super::families::write_sized(ram, mmio, gpa, usize::from(size), value)?;
-    commit(state, next_rip);
+    retire_flagless(state, state.rflags(), next_rip);
     Ok(Outcome::Done)
 }
 
 /// A MOV load of `access` bytes at `gpa` (sign-extended if `signed`) into
 /// register `reg` of `size` bytes (AH..BH for 4-7 at size 1 without REX),
-/// then the commit ([`commit`]): the executor's load arm.
+/// then the commit ([`retire_flagless`]): the executor's load arm.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn load_and_commit<S, R, M>(
@@ -562,18 +561,8 @@ where
     }
     let (g, v) = merged(state, reg, size, rex != 0, v);
     state.set_gpr(g, v);
-    commit(state, next_rip);
+    retire_flagless(state, state.rflags(), next_rip);
     Ok(Outcome::Done)
-}
-
-/// A completed instruction: RFLAGS.RF cleared, RIP at `next_rip`.
-#[inline(always)]
-fn commit<S: CpuState + ?Sized>(state: &mut S, next_rip: u64) {
-    let rflags = state.rflags();
-    if rflags & RF != 0 {
-        state.set_rflags(rflags & !RF);
-    }
-    state.set_rip(next_rip);
 }
 
 /// The string lane: a single string instruction with no prefix, the

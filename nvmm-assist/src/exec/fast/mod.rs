@@ -176,9 +176,9 @@ fn retire<S: CpuState + ?Sized>(state: &mut S, new_flags: u64, next_rip: u64) {
     state.set_rip(next_rip);
 }
 
-/// Retires an instruction that leaves the flags as they were (MOVS, STOS,
-/// LODS, MOVSXD, MOVNTI): RFLAGS (`rflags`, as read) only if RF is to be
-/// cleared, then RIP. RF is rarely set, so this branch is predictable, and
+/// Retires an instruction that leaves the flags as they were (the MOV,
+/// SSE, CMOV/SETcc, PUSH/POP m and string-move forms, MOVSXD, MOVNTI):
+/// RFLAGS (`rflags`, as read) only if RF is to be cleared, then RIP. RF is rarely set, so this branch is predictable, and
 /// a `CpuState` whose register writes cost something (a dirty-register
 /// cache, a hypervisor call) sees no RFLAGS write for a move, as from the
 /// general path, which writes only what changed.

@@ -32,12 +32,12 @@
 
 use super::super::{alignment_faults, read_in_page, sse, write_in_page};
 use super::prefix::{Prefixes, mem_operand};
+use super::retire_flagless;
 use crate::Outcome;
 use crate::access::AccessType;
 use crate::bus::{BusError, GuestRam, MmioBus};
 use crate::decode::Mnemonic;
 use crate::error::Error;
-use crate::flags::RF;
 use crate::mode::CpuMode;
 use crate::segment::{is_canonical, legacy_checked, linear_address};
 use crate::state::{CpuState, Segment};
@@ -296,11 +296,7 @@ where
         _ => transfer::<4, S, R, M>(state, ram, mmio, exit_gpa, index, current, load),
     };
     if done.is_ok() {
-        let rflags = state.rflags();
-        if rflags & RF != 0 {
-            state.set_rflags(rflags & !RF);
-        }
-        state.set_rip(next_rip);
+        retire_flagless(state, state.rflags(), next_rip);
     }
     Some(done)
 }

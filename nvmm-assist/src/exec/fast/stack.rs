@@ -23,13 +23,13 @@
 use super::super::{alignment_faults, merge_sized, stack};
 use super::families::{probe_pair, translate_pair, within_page, write_sized};
 use super::prefix::{Prefixes, mem_operand};
-use super::read_sized;
+use super::{read_sized, retire_flagless};
 use crate::Outcome;
 use crate::access::AccessType;
 use crate::bus::{GuestRam, MmioBus};
 use crate::error::Error;
 use crate::fetch_cache::FetchCache;
-use crate::flags::{self, RF};
+use crate::flags;
 use crate::mode::CpuMode;
 use crate::segment::{linear_address_common, linear_address_if_allowed, linear_address_in_page};
 use crate::state::{CpuState, Gpr, Segment};
@@ -240,10 +240,6 @@ where
     write_sized(ram, mmio, dst, n, value)?;
     let rsp = state.gpr(Gpr::Rsp);
     state.set_gpr(Gpr::Rsp, merge_sized(rsp, sas, new_sp));
-    let rflags = state.rflags();
-    if rflags & RF != 0 {
-        state.set_rflags(rflags & !RF);
-    }
-    state.set_rip(next_rip);
+    retire_flagless(state, state.rflags(), next_rip);
     Ok(Outcome::Done)
 }

@@ -488,7 +488,8 @@ where
     let rflags = step.rflags;
     let n = usize::from(size);
     let rax = state.gpr(Gpr::Rax) & flags::size_mask(size);
-    let mut new_flags = rflags;
+    // The flags of CMPS and SCAS; the moves leave them.
+    let mut compared = None;
     let mut loaded = None;
     match (step.op, src, dst) {
         (Mnemonic::Movs, Some(src), Some(dst)) => {
@@ -500,11 +501,11 @@ where
         (Mnemonic::Cmps, Some(src), Some(dst)) => {
             let a = read_sized(ram, mmio, src, n)?;
             let b = read_sized(ram, mmio, dst, n)?;
-            new_flags = string::compare_flags(a, b, size, rflags);
+            compared = Some(string::compare_flags(a, b, size, rflags));
         }
         (Mnemonic::Scas, _, Some(dst)) => {
             let b = read_sized(ram, mmio, dst, n)?;
-            new_flags = string::compare_flags(rax, b, size, rflags);
+            compared = Some(string::compare_flags(rax, b, size, rflags));
         }
         _ => return Err(Error::InconsistentExit),
     }
@@ -525,12 +526,10 @@ where
         state.set_gpr(Gpr::Rax, merge_sized(state.gpr(Gpr::Rax), size, v));
     }
     let next_rip = state.rip().wrapping_add(step.len) & step.rip_mask;
-    // The operation, not the data, picks the tail: CMPS and SCAS set the
-    // flags, the moves leave them.
-    if matches!(step.op, Mnemonic::Cmps | Mnemonic::Scas) {
-        retire(state, new_flags & !RF, next_rip);
-    } else {
-        retire_flagless(state, rflags, next_rip);
+    // The operation, not the data, picks the tail.
+    match compared {
+        Some(new_flags) => retire(state, new_flags & !RF, next_rip),
+        None => retire_flagless(state, rflags, next_rip),
     }
     Ok(Outcome::Done)
 }

@@ -22,13 +22,12 @@
 
 use super::super::families::write_sized;
 use super::super::operand::{Run, Taken, operand_size};
-use super::super::{read_reg, read_sized, set_reg};
+use super::super::{read_reg, read_sized, retire_flagless, set_reg};
 use crate::Outcome;
 use crate::access::AccessType;
 use crate::bus::{GuestRam, MmioBus};
 use crate::error::Error;
 use crate::exec::mov;
-use crate::flags::RF;
 use crate::state::CpuState;
 
 /// Whether `op2` (the byte after 0F) is SETcc or CMOVcc.
@@ -98,10 +97,7 @@ impl<S: CpuState + ?Sized, R: GuestRam + ?Sized, M: MmioBus + ?Sized> Run<'_, S,
                 mov::cmov(cc, rflags, loaded, current),
             );
         }
-        if rflags & RF != 0 {
-            state.set_rflags(rflags & !RF);
-        }
-        state.set_rip(next_rip);
+        retire_flagless(state, rflags, next_rip);
         Ok(Outcome::Done)
     }
 }
