@@ -127,11 +127,13 @@ fn random_entries(rng: &mut Rng, ram: &mut FlatRam, wide: bool) -> Vec<(u64, u64
 fn the_default_reads_in_order_and_stops_at_the_deciding_entry() {
     let mut rng = Rng(0x5EED_0001);
     let mut outcomes = [0usize; 3];
+    // One RAM for all cases: the checks only read it, and the entries
+    // (their GPAs and the values they are to hold) are what varies.
+    let mut flat = random_ram(&mut rng);
     for i in 0..20_000 {
         let wide = i % 2 == 0;
-        let mut flat = random_ram(&mut rng);
         let entries = random_entries(&mut rng, &mut flat, wide);
-        let mut ram = plain(flat);
+        let mut ram = plain(&mut flat);
         let got = ram.check_entries(&entries, wide);
         let got_reads = std::mem::take(&mut ram.reads);
         let want = reference(&mut ram, &entries, wide);
@@ -162,10 +164,10 @@ fn the_default_reads_in_order_and_stops_at_the_deciding_entry() {
 #[test]
 fn the_default_returns_a_read_error_and_reads_nothing_after_it() {
     let mut rng = Rng(0x5EED_0002);
+    let mut flat = random_ram(&mut rng);
     for i in 0..2_000 {
         let wide = i % 2 == 0;
         let size = if wide { 8 } else { 4 };
-        let mut flat = random_ram(&mut rng);
         // Entries that all hold, one of which fails to read.
         let entries: Vec<(u64, u64)> = (0..1 + rng.below(5))
             .map(|_| {
@@ -176,7 +178,7 @@ fn the_default_returns_a_read_error_and_reads_nothing_after_it() {
             })
             .collect();
         let failing = rng.below(entries.len() as u64) as usize;
-        let mut ram = plain(flat);
+        let mut ram = plain(&mut flat);
         ram.fail_at = Some(entries[failing].0);
         assert_eq!(ram.check_entries(&entries, wide), Err(BusError(5)));
         // Up to the first entry at the failing GPA (one may repeat it).
@@ -190,12 +192,12 @@ fn the_default_returns_a_read_error_and_reads_nothing_after_it() {
 fn the_bench_ram_override_agrees_with_the_default() {
     let mut rng = Rng(0x5EED_0003);
     let mut outcomes = [0usize; 3];
+    let mut flat = random_ram(&mut rng);
     for i in 0..50_000 {
         let wide = i % 2 == 0;
-        let mut flat = random_ram(&mut rng);
         let entries = random_entries(&mut rng, &mut flat, wide);
         let got = flat.check_entries(&entries, wide);
-        let mut ram = plain(flat);
+        let mut ram = plain(&mut flat);
         let want = ram.check_entries(&entries, wide);
         assert_eq!(got, want, "{entries:x?} wide {wide}");
         outcomes[match want {

@@ -68,11 +68,17 @@ fn batch_device_matches_per_element_device() {
     let mut rng = Rng(0x5851_F42D_4C95_7F2D);
     let mut batches = 0;
     let mut cut = 0;
+    // Recognisable RAM contents, set up once and copied for each case.
+    let mut template = Guest::long64();
+    for (i, b) in template.ram.mem.iter_mut().enumerate().take(0x20000) {
+        *b = (i as u8).wrapping_mul(13) ^ (i >> 9) as u8;
+    }
     for case in 0..3000 {
-        let mut g = Guest::long64();
-        for (i, b) in g.ram.mem.iter_mut().enumerate().take(0x20000) {
-            *b = (i as u8).wrapping_mul(13) ^ (i >> 9) as u8;
-        }
+        let mut g = Guest {
+            regs: template.regs.clone(),
+            ram: template.ram.clone(),
+            mmio: template.mmio.clone(),
+        };
         let stos = rng.below(2) == 0;
         // F3 [REX.W] AA/AB (STOS) or A4/A5 (MOVS).
         let size = [1u64, 2, 4, 8][rng.below(4) as usize];

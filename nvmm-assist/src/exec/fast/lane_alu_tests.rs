@@ -175,6 +175,12 @@ fn alu_lane_every_operation_and_size() {
                 .collect();
             forms.extend(rexed);
         }
+        // One random RAM per mode: each case writes its operand into it,
+        // and the two paths run on copies of it.
+        let mut ram = TestRam::new(0x10000);
+        for b in ram.mem.iter_mut() {
+            *b = rng.next() as u8;
+        }
         for bytes in forms {
             for _ in 0..64 {
                 // The mode's flat segments (random registers, no #AC).
@@ -207,10 +213,6 @@ fn alu_lane_every_operation_and_size() {
                     rng.next()
                 };
                 regs.gprs[1] = regs.gprs[0].wrapping_add(rng.below(3)).rotate_left(8);
-                let mut ram = TestRam::new(0x10000);
-                for b in ram.mem.iter_mut() {
-                    *b = rng.next() as u8;
-                }
                 let value = if rng.below(2) == 0 {
                     rng.pick(&edge)
                 } else {
