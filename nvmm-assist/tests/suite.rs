@@ -92,6 +92,8 @@ mod oracle_kvm_paging;
 mod oracle_kvm_segment;
 #[path = "pair_walks.rs"]
 mod pair_walks;
+#[path = "register_writes.rs"]
+mod register_writes;
 #[path = "robustness.rs"]
 mod robustness;
 #[path = "segment.rs"]

@@ -164,8 +164,9 @@ fn set_reg<S: CpuState + ?Sized>(state: &mut S, reg: u8, size: u8, rex: bool, va
 }
 
 /// Retires an instruction whose every access succeeded: RFLAGS
-/// (`new_flags`, RF already cleared), then RIP. The lanes' and the full
-/// fast path's one tail. The store is unconditional: testing whether the
+/// (`new_flags`, RF already cleared), then RIP: the tail of every form
+/// that sets flags, in the lanes and the full fast path (the others take
+/// [`retire_flagless`]). The store is unconditional: testing whether the
 /// flags changed cost a compare and a branch that the data decides (an
 /// RMW's or a CMPS's flags vary from one call to the next), and a
 /// mispredicted one cost the bench's SBB/ADC rows more than the store it
@@ -177,11 +178,12 @@ fn retire<S: CpuState + ?Sized>(state: &mut S, new_flags: u64, next_rip: u64) {
 }
 
 /// Retires an instruction that leaves the flags as they were (the MOV,
-/// SSE, CMOV/SETcc, PUSH/POP m and string-move forms, MOVSXD, MOVNTI):
-/// RFLAGS (`rflags`, as read) only if RF is to be cleared, then RIP. RF is rarely set, so this branch is predictable, and
-/// a `CpuState` whose register writes cost something (a dirty-register
-/// cache, a hypervisor call) sees no RFLAGS write for a move, as from the
-/// general path, which writes only what changed.
+/// XCHG, SSE, CMOV/SETcc, PUSH/POP m and string-move forms, MOVSXD,
+/// MOVNTI): RFLAGS (`rflags`, as read) only if RF is to be cleared, then
+/// RIP. RF is rarely set, so this branch is predictable, and a `CpuState`
+/// whose register writes cost something (a dirty-register cache, a
+/// hypervisor call) sees no RFLAGS write for a move, as from the general
+/// path, which writes only what changed.
 #[inline(always)]
 fn retire_flagless<S: CpuState + ?Sized>(state: &mut S, rflags: u64, next_rip: u64) {
     if rflags & RF != 0 {
@@ -745,8 +747,9 @@ where
 {
     let n = usize::from(f.access_size.min(8));
     let rflags = state.rflags();
-    // RF is cleared when an instruction completes.
-    let mut new_flags = rflags & !RF;
+    // Each form retires in its arm: the moves with `retire_flagless`, the
+    // ALU forms with their flags (RF is cleared when an instruction
+    // completes).
     match f.kind {
         Kind::Store | Kind::StoreImm => {
             let v = if matches!(f.kind, Kind::Store) {
@@ -756,6 +759,7 @@ where
             };
             let data = v.to_le_bytes();
             write(ram, mmio, gpa, data.get(..n).unwrap_or(&[]))?;
+            retire_flagless(state, rflags, f.next_rip);
         }
         Kind::Load | Kind::Movzx | Kind::Movsx => {
             let mut v = read_sized(ram, mmio, gpa, n)?;
@@ -764,6 +768,7 @@ where
             }
             let (g, v) = merged(state, f.reg, f.size, f.rex, v);
             state.set_gpr(g, v);
+            retire_flagless(state, rflags, f.next_rip);
         }
         Kind::Alu | Kind::AluToMem | Kind::AluToReg => {
             let mem = read_sized(ram, mmio, gpa, n)?;
@@ -772,6 +777,7 @@ where
                 Kind::AluToMem => (mem, read_reg(state, f.reg, f.size, f.rex)),
                 _ => (read_reg(state, f.reg, f.size, f.rex), mem),
             };
+            let new_flags = rflags & !RF;
             let (r, fl) = alu::compute(f.op, a, b, f.size, new_flags).unwrap_or((a, new_flags));
             if !matches!(f.op, Mnemonic::Cmp | Mnemonic::Test) {
                 if matches!(f.kind, Kind::AluToReg) {
@@ -782,11 +788,10 @@ where
                     write(ram, mmio, gpa, data.get(..n).unwrap_or(&[]))?;
                 }
             }
-            new_flags = fl;
+            retire(state, fl, f.next_rip);
         }
         Kind::Int(_) => return Err(Error::InconsistentExit),
     }
-    retire(state, new_flags, f.next_rip);
     Ok(Outcome::Done)
 }
 

@@ -23,7 +23,7 @@
 //! mode.
 
 use super::super::operand::{Run, Taken, operand_size};
-use super::super::{read_reg, retire, set_reg};
+use super::super::{read_reg, retire, retire_flagless, set_reg};
 use crate::Outcome;
 use crate::access::AccessType;
 use crate::bus::{GuestRam, MmioBus};
@@ -110,18 +110,18 @@ impl<S: CpuState + ?Sized, R: GuestRam + ?Sized, M: MmioBus + ?Sized> Run<'_, S,
         let rflags = state.rflags();
         let src = read_reg(state, reg, SIZE, rex);
         // (the value loaded into the register if any, with its encoding; the
-        // new RFLAGS)
+        // new RFLAGS, None for XCHG, which sets no flag)
         let (load, new_flags) = match op {
             XCHG => {
                 let old = read_modify_write!(ram, mmio, gpa, SIZE, true, move |old| (src, old));
-                (Some((reg, rex, old)), rflags)
+                (Some((reg, rex, old)), None)
             }
             XADD => {
                 let (old, fl) = read_modify_write!(ram, mmio, gpa, SIZE, lock, move |old| {
                     let (sum, fl) = xchg::xadd(old, src, SIZE, rflags);
                     (sum, (old, fl))
                 });
-                (Some((reg, rex, old)), fl)
+                (Some((reg, rex, old)), Some(fl))
             }
             _ => {
                 let acc = state.gpr(Gpr::Rax) & flags::size_mask(SIZE);
@@ -130,14 +130,18 @@ impl<S: CpuState + ?Sized, R: GuestRam + ?Sized, M: MmioBus + ?Sized> Run<'_, S,
                     (new, (fl, loaded))
                 });
                 // A failed comparison loads the accumulator (AL, never AH).
-                (loaded.map(|old| (0, false, old)), fl)
+                (loaded.map(|old| (0, false, old)), Some(fl))
             }
         };
         if let Some((reg, rex, value)) = load {
             set_reg(state, reg, SIZE, rex, value);
         }
-        let new_flags = new_flags & !RF;
-        retire(state, new_flags, next_rip);
+        // XCHG leaves the flags: as the other moves, RFLAGS is written only
+        // to clear RF (the choice is by operation, never by data).
+        match new_flags {
+            Some(new_flags) => retire(state, new_flags & !RF, next_rip),
+            None => retire_flagless(state, rflags, next_rip),
+        }
         Ok(Outcome::Done)
     }
 }
