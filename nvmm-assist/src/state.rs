@@ -331,7 +331,10 @@ pub trait CpuState {
     fn set_rip(&mut self, value: u64);
     /// RFLAGS.
     fn rflags(&self) -> u64;
-    /// Sets RFLAGS.
+    /// Sets RFLAGS. For an instruction that sets no flag (a move, XCHG,
+    /// CMOVcc/SETcc, PUSH/POP, MOVS/STOS/LODS, an SSE move) the memory
+    /// assist calls this only to clear RF; an instruction that sets flags
+    /// may call it with the value unchanged.
     fn set_rflags(&mut self, value: u64);
     /// A segment register with its hidden part.
     fn segment(&self, seg: Segment) -> SegmentRegister;
