@@ -125,11 +125,7 @@ fn run(
     rip: u64,
     with_bytes: bool,
 ) -> (Guest, Result<Outcome, Error>) {
-    let mut g = Guest {
-        regs: base.regs.clone(),
-        ram: base.ram.clone(),
-        mmio: base.mmio.clone(),
-    };
+    let mut g = base.clone();
     g.regs.rip = rip;
     g.ram.put(rip, bytes);
     let exit = MemExit {

@@ -101,11 +101,7 @@ fn batch_ports_match_per_element_ports() {
     // The ports' input: each case reads from its own random start.
     let input_bytes: Vec<u8> = (0..40_000).map(|_| rng.next() as u8).collect();
     for case in 0..3000 {
-        let mut g = Guest {
-            regs: template.regs.clone(),
-            ram: template.ram.clone(),
-            mmio: template.mmio.clone(),
-        };
+        let mut g = template.clone();
         let input = rng.below(2) == 0;
         let size = [1u8, 2, 4][rng.below(3) as usize];
         let rep = rng.below(8) != 0;
@@ -137,11 +133,7 @@ fn batch_ports_match_per_element_ports() {
             segment: Some(Segment::Ds),
             npc: 0x2002,
         };
-        let mut g2 = Guest {
-            regs: g.regs.clone(),
-            ram: g.ram.clone(),
-            mmio: g.mmio.clone(),
-        };
+        let mut g2 = g.clone();
         for call in 0..64 {
             let a = assist_io(&mut g.regs, &mut g.ram, &mut g.mmio, &mut single, &exit);
             let b = assist_io(&mut g2.regs, &mut g2.ram, &mut g2.mmio, &mut batch, &exit);

@@ -74,11 +74,7 @@ fn batch_device_matches_per_element_device() {
         *b = (i as u8).wrapping_mul(13) ^ (i >> 9) as u8;
     }
     for case in 0..3000 {
-        let mut g = Guest {
-            regs: template.regs.clone(),
-            ram: template.ram.clone(),
-            mmio: template.mmio.clone(),
-        };
+        let mut g = template.clone();
         let stos = rng.below(2) == 0;
         // F3 [REX.W] AA/AB (STOS) or A4/A5 (MOVS).
         let size = [1u64, 2, 4, 8][rng.below(4) as usize];

@@ -165,6 +165,7 @@ pub const PT_ROOT: u64 = 0x8_0000;
 
 /// A guest: registers, RAM (with MMIO holes at 0x1000..0x2000 and
 /// 0x8000..0xA000, backed by `mmio`), and the device.
+#[derive(Clone)]
 pub struct Guest {
     /// The vCPU state.
     pub regs: Registers,
