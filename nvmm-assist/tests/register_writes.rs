@@ -3,9 +3,10 @@
 //! write: a dirty-register cache, a hypervisor call on WHP or HVF).
 //!
 //! - A form that sets no flag (the moves, XCHG, MOVZX/MOVSX/MOVSXD,
-//!   MOVNTI, CMOVcc/SETcc, PUSH/POP m, MOVS/STOS/LODS, the SSE moves)
-//!   writes RFLAGS only to clear RF: no call when RF is clear, and when it
-//!   is set, RFLAGS afterwards is the old value without RF.
+//!   MOVNTI, CMOVcc/SETcc, PUSH/POP m, MOVS/STOS/LODS with and without
+//!   REP, the SSE moves) writes RFLAGS only to clear RF: no call when RF
+//!   is clear, and when it is set, RFLAGS afterwards is the old value
+//!   without RF.
 //! - A form that sets flags writes them (whatever path runs it), and its
 //!   RFLAGS afterwards has RF clear.
 //!
@@ -120,6 +121,9 @@ const FORMS: &[(&[u8], Flags, bool)] = &[
     (&[0xA4], Kept, true),                  // movsb (RAM -> device)
     (&[0xAA], Kept, true),                  // stosb
     (&[0xAC], Kept, true),                  // lodsb (device)
+    (&[0xF3, 0xA4], Kept, true),            // rep movsb
+    (&[0xF3, 0xAA], Kept, true),            // rep stosb
+    (&[0xF3, 0xAC], Kept, true),            // rep lodsb
     (&[0x0F, 0x29, 0x07], Kept, false),     // movaps [m], xmm0
     (&[0x01, 0x07], Set, true),             // add [m], eax
     (&[0x84, 0x07], Set, true),             // test [m], al
@@ -138,6 +142,7 @@ fn guest(long: bool) -> Guest {
     g.regs.gprs[7] = TARGET; // rdi
     g.regs.gprs[3] = TARGET; // rbx ([bx] in 16-bit addressing)
     g.regs.gprs[4] = STACK; // rsp
+    g.regs.gprs[1] = 4; // rcx: the REP forms' count
     // A small rAX: BTS takes its bit offset from it.
     g.regs.gprs[0] = 0x5;
     g.ram.put(RAM_OPERAND, &[0x5A; 16]);
@@ -156,7 +161,7 @@ fn run(
     let mut g = guest(long);
     // movsb reads [rsi] in RAM, lodsb and cmpsb read [rsi] on the device.
     g.regs.gprs[6] = match bytes {
-        [0xA4] => RAM_OPERAND,
+        [0xA4] | [0xF3, 0xA4] => RAM_OPERAND,
         _ => TARGET,
     };
     if bytes == [0xA6] {
